@@ -1,0 +1,5 @@
+//! One module per subcommand; each parses its arguments and calls into the library crates.
+pub mod bench;
+pub mod chat;
+pub mod data;
+pub mod encode;

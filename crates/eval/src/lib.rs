@@ -1,0 +1,1 @@
+//! vlmix-eval
