@@ -2,10 +2,12 @@
 //!
 //! Why dlopen instead of linking: OpenBLAS picks its kernels in a library constructor that reads
 //! `OPENBLAS_CORETYPE`. Debian's 0.3.21 mis-detects AVX-512 AMD CPUs (Zen 4) and falls back to a
-//! kernel that runs sgemm ~5x slower. Loading the library ourselves lets us set the core type
-//! *before* that constructor runs, without asking the user to export anything. The override is
-//! applied only on AVX-512 CPUs that are not Intel (Intel's are detected correctly) and only when
-//! the user has not set the variable, so machines where detection works are untouched.
+//! kernel that runs sgemm ~5x slower on some AVX-512 CPUs it does not know (measured ~63 vs ~300
+//! GFLOP/s on a 2-core Xeon). Loading the library ourselves lets us set the core type *before* that
+//! constructor runs, without asking the user to export anything. The override applies only when the
+//! user has not set the variable and the CPU has the AVX-512 subset the SkylakeX kernels need; every
+//! AVX-512 core OpenBLAS knows (SkylakeX, Cooperlake, SapphireRapids, Zen 4) runs the same SkylakeX
+//! sgemm kernel, so machines where detection works lose nothing (BENCHMARKS.md has both numbers).
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
@@ -43,23 +45,12 @@ fn cpu_needs_forced_coretype() -> bool {
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512cd");
-        avx512 && !cpu_vendor_is_intel()
+        avx512
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn cpu_vendor_is_intel() -> bool {
-    // SAFETY: cpuid leaf 0 is available on every x86_64 CPU.
-    let r = unsafe { std::arch::x86_64::__cpuid(0) };
-    let mut vendor = [0u8; 12];
-    vendor[0..4].copy_from_slice(&r.ebx.to_le_bytes());
-    vendor[4..8].copy_from_slice(&r.edx.to_le_bytes());
-    vendor[8..12].copy_from_slice(&r.ecx.to_le_bytes());
-    &vendor == b"GenuineIntel"
 }
 
 fn load() -> Result<OpenBlas, String> {
