@@ -129,32 +129,55 @@ pub fn sgemm(
     assert!(a.len() >= m * k, "sgemm: A has {} elements, needs {}", a.len(), m * k);
     assert!(b.len() >= k * n, "sgemm: B has {} elements, needs {}", b.len(), k * n);
     assert!(c.len() >= m * n, "sgemm: C has {} elements, needs {}", c.len(), m * n);
+    let lda = if trans_a { m } else { k };
+    let ldb = if trans_b { k } else { n };
+    // SAFETY: bounds checked above for contiguous operands.
+    unsafe { sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, beta, c.as_mut_ptr(), n) }
+}
+
+/// [`sgemm`] over raw pointers with explicit leading dimensions, so callers can address column
+/// blocks of wider matrices and hand disjoint blocks of one C to several threads.
+///
+/// # Safety
+/// Every operand must be valid for the extents its shape and leading dimension imply, and no
+/// other thread may touch the part of C written here.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_raw(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    let lda = if trans_a { m } else { k };
-    let ldb = if trans_b { k } else { n };
     let ta = if trans_a { CBLAS_TRANS } else { CBLAS_NO_TRANS };
     let tb = if trans_b { CBLAS_TRANS } else { CBLAS_NO_TRANS };
-    // SAFETY: bounds checked above; OpenBLAS reads/writes exactly within those extents.
-    unsafe {
-        (lib().sgemm)(
-            CBLAS_ROW_MAJOR,
-            ta,
-            tb,
-            m as c_int,
-            n as c_int,
-            k as c_int,
-            alpha,
-            a.as_ptr(),
-            lda.max(1) as c_int,
-            b.as_ptr(),
-            ldb.max(1) as c_int,
-            beta,
-            c.as_mut_ptr(),
-            n as c_int,
-        )
-    }
+    (lib().sgemm)(
+        CBLAS_ROW_MAJOR,
+        ta,
+        tb,
+        m as c_int,
+        n as c_int,
+        k as c_int,
+        alpha,
+        a,
+        lda.max(1) as c_int,
+        b,
+        ldb.max(1) as c_int,
+        beta,
+        c,
+        ldc.max(1) as c_int,
+    )
 }
 
 #[cfg(test)]

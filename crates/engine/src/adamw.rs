@@ -1,0 +1,230 @@
+//! AdamW, numerically the same as `torch.optim.AdamW` (single-tensor CPU path): bias-corrected
+//! moments and decoupled weight decay `p *= 1 - lr * wd` applied only to parameters flagged for
+//! decay (matrices; OpenLM exempts embeddings, norms and biases). Frozen parameters are skipped.
+
+use crate::params::{ParamId, ParamStore};
+use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Hyper-parameters that stay fixed during a run; the learning rate comes with each step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// OpenLM's defaults: betas (0.9, 0.95), eps 1e-8, weight decay 0.1.
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    steps: u64,
+    exp_avg: Vec<Vec<f32>>,
+    exp_avg_sq: Vec<Vec<f32>>,
+}
+
+/// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
+const CHUNK: usize = 1 << 15;
+
+const STEP_KEY: &str = "step";
+const EXP_AVG: &str = "exp_avg.";
+const EXP_AVG_SQ: &str = "exp_avg_sq.";
+
+impl AdamW {
+    /// Zeroed moments for every parameter of `params`.
+    pub fn new(config: AdamWConfig, params: &ParamStore) -> Self {
+        let zeros = || params.ids().map(|id| vec![0.0f32; params.info(id).numel()]).collect::<Vec<_>>();
+        Self { config, steps: 0, exp_avg: zeros(), exp_avg_sq: zeros() }
+    }
+
+    /// Number of updates applied so far (drives bias correction).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    pub fn exp_avg(&self, id: ParamId) -> &[f32] {
+        &self.exp_avg[id.0]
+    }
+
+    pub fn exp_avg_sq(&self, id: ParamId) -> &[f32] {
+        &self.exp_avg_sq[id.0]
+    }
+
+    /// One update of every trainable parameter from its current gradient.
+    pub fn step(&mut self, params: &mut ParamStore, lr: f64) {
+        self.steps += 1;
+        let c = self.config;
+        // Same float order as PyTorch: scalars computed in f64 (Python floats), used as f32.
+        let bias_correction1 = 1.0 - c.beta1.powi(self.steps as i32);
+        let bias_correction2 = 1.0 - c.beta2.powi(self.steps as i32);
+        let neg_step_size = (-lr / bias_correction1) as f32;
+        let bc2_sqrt = bias_correction2.sqrt() as f32;
+        let (one_minus_beta1, beta2, one_minus_beta2) = ((1.0 - c.beta1) as f32, c.beta2 as f32, (1.0 - c.beta2) as f32);
+        let eps = c.eps as f32;
+        let flags: Vec<_> = params.ids().map(|id| params.info(id).flags).collect();
+        let (values, grads) = params.values_mut_and_grads();
+        for (i, flag) in flags.iter().enumerate() {
+            if !flag.trainable {
+                continue;
+            }
+            let decay = (1.0 - lr * c.weight_decay) as f32;
+            values[i]
+                .par_chunks_mut(CHUNK)
+                .zip(grads[i].par_chunks(CHUNK))
+                .zip(self.exp_avg[i].par_chunks_mut(CHUNK))
+                .zip(self.exp_avg_sq[i].par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| {
+                    for j in 0..p.len() {
+                        let grad = g[j];
+                        let mut param = p[j];
+                        if flag.weight_decay {
+                            param *= decay;
+                        }
+                        let exp_avg = m[j] + one_minus_beta1 * (grad - m[j]);
+                        let exp_avg_sq = v[j] * beta2 + one_minus_beta2 * grad * grad;
+                        let denom = exp_avg_sq.sqrt() / bc2_sqrt + eps;
+                        p[j] = param + neg_step_size * exp_avg / denom;
+                        m[j] = exp_avg;
+                        v[j] = exp_avg_sq;
+                    }
+                });
+        }
+    }
+
+    /// Writes both moments (named `exp_avg.<param>` / `exp_avg_sq.<param>`) and the step count.
+    pub fn save(&self, path: &Path, params: &ParamStore) -> Result<()> {
+        let mut views = Vec::with_capacity(2 * params.len());
+        for id in params.ids() {
+            let info = params.info(id);
+            views.push((format!("{EXP_AVG}{}", info.name), F32View { shape: info.shape.clone(), data: &self.exp_avg[id.0] }));
+            views.push((format!("{EXP_AVG_SQ}{}", info.name), F32View { shape: info.shape.clone(), data: &self.exp_avg_sq[id.0] }));
+        }
+        let meta = HashMap::from([(STEP_KEY.to_string(), self.steps.to_string())]);
+        write_f32_tensors(path, views, Some(meta))
+    }
+
+    /// Restores moments and step count saved by `save` for the same parameters.
+    pub fn load(&mut self, path: &Path, params: &ParamStore) -> Result<()> {
+        let file = SafetensorsFile::open(path)?;
+        let meta = file.metadata()?;
+        let steps: u64 = meta
+            .get(STEP_KEY)
+            .with_context(|| format!("{}: optimizer file has no {STEP_KEY:?} metadata", path.display()))?
+            .parse()
+            .with_context(|| format!("{}: optimizer step is not an integer", path.display()))?;
+        let expected = 2 * params.len();
+        if file.names().len() != expected {
+            bail!("{}: optimizer state has {} tensors, the model needs {expected}", path.display(), file.names().len());
+        }
+        let mut exp_avg = Vec::with_capacity(params.len());
+        let mut exp_avg_sq = Vec::with_capacity(params.len());
+        for id in params.ids() {
+            let info = params.info(id);
+            for (prefix, out) in [(EXP_AVG, &mut exp_avg), (EXP_AVG_SQ, &mut exp_avg_sq)] {
+                let name = format!("{prefix}{}", info.name);
+                let t = file.f32(&name)?;
+                if t.shape != info.shape {
+                    bail!(
+                        "{}: tensor {name} has shape {:?} in the file but the model expects {:?}",
+                        path.display(),
+                        t.shape,
+                        info.shape
+                    );
+                }
+                out.push(t.data);
+            }
+        }
+        self.steps = steps;
+        self.exp_avg = exp_avg;
+        self.exp_avg_sq = exp_avg_sq;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::atomic_file::scratch_dir;
+    use crate::params::ParamFlags;
+
+    /// Literal transcription of the torch.optim.AdamW update in f64.
+    fn reference(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], step: i32, lr: f64, c: AdamWConfig, decay: bool) {
+        let (b1, b2) = (c.beta1, c.beta2);
+        for j in 0..p.len() {
+            if decay {
+                p[j] *= 1.0 - lr * c.weight_decay;
+            }
+            m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+            v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+            let mhat = m[j] / (1.0 - b1.powi(step));
+            let denom = v[j].sqrt() / (1.0 - b2.powi(step)).sqrt() + c.eps;
+            p[j] -= lr * mhat / denom;
+        }
+    }
+
+    #[test]
+    fn matches_reference_formula_and_respects_flags() {
+        let c = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let mut s = ParamStore::new();
+        let w0: Vec<f32> = (0..6).map(|i| 0.3 * i as f32 - 0.7).collect();
+        let w = s.add("w", &[2, 3], w0.clone(), ParamFlags::MATRIX).unwrap();
+        let n = s.add("n", &[6], w0.clone(), ParamFlags::NO_DECAY).unwrap();
+        let f = s.add("f", &[6], w0.clone(), ParamFlags::FROZEN).unwrap();
+        let mut opt = AdamW::new(c, &s);
+        let mut want_w: Vec<f64> = w0.iter().map(|&x| x as f64).collect();
+        let mut want_n = want_w.clone();
+        let (mut mw, mut vw, mut mn, mut vn) = (vec![0.0; 6], vec![0.0; 6], vec![0.0; 6], vec![0.0; 6]);
+        for step in 1..=5 {
+            let grad: Vec<f32> = (0..6).map(|i| ((i * 7 + step * 3) % 5) as f32 - 2.0).collect();
+            for id in [w, n, f] {
+                s.grad_mut(id).copy_from_slice(&grad);
+            }
+            let g64: Vec<f64> = grad.iter().map(|&x| x as f64).collect();
+            let lr = 1e-2 * step as f64;
+            opt.step(&mut s, lr);
+            reference(&mut want_w, &g64, &mut mw, &mut vw, step as i32, lr, c, true);
+            reference(&mut want_n, &g64, &mut mn, &mut vn, step as i32, lr, c, false);
+        }
+        for (got, want) in [(s.value(w), &want_w), (s.value(n), &want_n)] {
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert!((*g as f64 - w).abs() < 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+            }
+        }
+        assert_ne!(s.value(w), s.value(n), "weight decay must only touch decayed parameters");
+        assert_eq!(s.value(f), w0.as_slice(), "frozen parameters must not move");
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let dir = scratch_dir("adamw");
+        let mut s = ParamStore::new();
+        let w = s.add("w", &[4], vec![1.0, 2.0, 3.0, 4.0], ParamFlags::MATRIX).unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default(), &s);
+        s.grad_mut(w).copy_from_slice(&[0.5, -0.5, 0.25, 1.0]);
+        opt.step(&mut s, 1e-3);
+        let path = dir.join("opt.safetensors");
+        opt.save(&path, &s).unwrap();
+        let mut back = AdamW::new(AdamWConfig::default(), &s);
+        back.load(&path, &s).unwrap();
+        assert_eq!(back.steps(), 1);
+        assert_eq!(back.exp_avg(w), opt.exp_avg(w));
+        assert_eq!(back.exp_avg_sq(w), opt.exp_avg_sq(w));
+
+        let mut other = ParamStore::new();
+        other.add("w", &[2, 2], vec![0.0; 4], ParamFlags::MATRIX).unwrap();
+        let err = AdamW::new(AdamWConfig::default(), &other).load(&path, &other).unwrap_err().to_string();
+        assert!(err.contains("exp_avg.w") && err.contains("[4]") && err.contains("[2, 2]"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,233 @@
+//! Training checkpoints: weights and AdamW moments as safetensors, the rest of the run's state
+//! (step, LR schedule, RNG, data cursor) as JSON.
+//!
+//! Layout under a run's checkpoint root:
+//! ```text
+//! step-00000500/model.safetensors      parameters by name
+//! step-00000500/optimizer.safetensors  exp_avg.<name>, exp_avg_sq.<name>, step in metadata
+//! step-00000500/state.json             TrainState
+//! latest                               "step-00000500"
+//! ```
+//! A checkpoint is assembled in a temporary directory, fsynced, renamed into place, and only then
+//! does `latest` (replaced atomically) point at it, so a kill at any moment leaves `latest` naming
+//! a complete checkpoint.
+
+use crate::adamw::AdamW;
+use crate::atomic_file::{sync_dir, write_atomic, TEMP_PREFIX};
+use crate::params::ParamStore;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+pub const LATEST_FILE: &str = "latest";
+
+/// Non-tensor state of a run; the caller owns the meaning of the opaque parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// LR schedule position and parameters.
+    pub schedule: Value,
+    /// Random generator state(s), e.g. seeds and stream positions.
+    pub rng: Value,
+    /// Where the data loader resumes.
+    pub data_cursor: Value,
+}
+
+fn step_dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// Writes a complete checkpoint for `state.step` under `root` and makes it the latest.
+pub fn save_checkpoint(root: &Path, state: &TrainState, params: &ParamStore, optimizer: &AdamW) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating checkpoint root {}", root.display()))?;
+    // A step saved again (e.g. after a resume) gets a fresh directory: the one `latest` names is
+    // never moved or modified, so there is no moment at which `latest` dangles.
+    let base = step_dir_name(state.step);
+    let name = (0..)
+        .map(|k| if k == 0 { base.clone() } else { format!("{base}-r{k}") })
+        .find(|n| !root.join(n).exists())
+        .expect("unbounded search");
+    let final_dir = root.join(&name);
+    let temp_dir = root.join(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
+    if temp_dir.exists() {
+        std::fs::remove_dir_all(&temp_dir).with_context(|| format!("removing stale {}", temp_dir.display()))?;
+    }
+    std::fs::create_dir(&temp_dir).with_context(|| format!("creating {}", temp_dir.display()))?;
+    params.save_safetensors(&temp_dir.join(MODEL_FILE))?;
+    optimizer.save(&temp_dir.join(OPTIMIZER_FILE), params)?;
+    let json = serde_json::to_vec_pretty(state).context("serialising train state")?;
+    write_atomic(&temp_dir.join(STATE_FILE), &json)?;
+    sync_dir(&temp_dir)?;
+    std::fs::rename(&temp_dir, &final_dir).with_context(|| format!("renaming into {}", final_dir.display()))?;
+    sync_dir(root)?;
+    write_atomic(&root.join(LATEST_FILE), name.as_bytes())?;
+    let superseded = |n: &str| n != name && (n == base || n.strip_prefix(&base).is_some_and(|r| r.starts_with("-r")));
+    for entry in std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))? {
+        let entry = entry?;
+        if superseded(&entry.file_name().to_string_lossy()) {
+            let dir = entry.path();
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing superseded {}", dir.display()))?;
+        }
+    }
+    Ok(final_dir)
+}
+
+/// The directory `latest` points at, or `None` when no checkpoint was ever completed.
+pub fn latest_checkpoint(root: &Path) -> Result<Option<PathBuf>> {
+    let latest = root.join(LATEST_FILE);
+    let name = match std::fs::read_to_string(&latest) {
+        Ok(name) => name,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", latest.display())),
+    };
+    let name = name.trim();
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        bail!("{}: {name:?} is not a checkpoint directory name", latest.display());
+    }
+    let dir = root.join(name);
+    if !dir.is_dir() {
+        bail!("{} points at {}, which does not exist", latest.display(), dir.display());
+    }
+    Ok(Some(dir))
+}
+
+/// Restores parameters and optimizer from a checkpoint directory and returns its `TrainState`.
+///
+/// Shapes and names are checked against the live model first; nothing is half-loaded on error.
+pub fn load_checkpoint(dir: &Path, params: &mut ParamStore, optimizer: &mut AdamW) -> Result<TrainState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
+    let mut staged = params.clone();
+    staged.load_safetensors(&dir.join(MODEL_FILE))?;
+    optimizer.load(&dir.join(OPTIMIZER_FILE), &staged)?;
+    if optimizer.steps() != state.step {
+        bail!(
+            "{}: optimizer has taken {} steps but state.json says step {}",
+            dir.display(),
+            optimizer.steps(),
+            state.step
+        );
+    }
+    *params = staged;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adamw::AdamWConfig;
+    use crate::atomic_file::scratch_dir;
+    use crate::params::{ParamFlags, ParamId};
+    use serde_json::json;
+
+    fn model(fill: f32) -> ParamStore {
+        let mut s = ParamStore::new();
+        s.add("w", &[512, 512], vec![fill; 512 * 512], ParamFlags::MATRIX).unwrap();
+        s.add("n", &[512], vec![fill; 512], ParamFlags::NO_DECAY).unwrap();
+        s
+    }
+
+    fn state(step: u64) -> TrainState {
+        TrainState { step, schedule: json!({"lr": 1e-3}), rng: json!({"seed": 7, "offset": step}), data_cursor: json!(step * 8) }
+    }
+
+    #[test]
+    fn save_load_round_trip_and_latest() {
+        let root = scratch_dir("ckpt");
+        assert!(latest_checkpoint(&root).unwrap().is_none());
+        let mut params = model(0.0);
+        let mut opt = AdamW::new(AdamWConfig::default(), &params);
+        for step in 1..=2u64 {
+            params.grad_mut(ParamId(0)).fill(0.1 * step as f32);
+            opt.step(&mut params, 1e-3);
+            save_checkpoint(&root, &state(step), &params, &opt).unwrap();
+        }
+        let again = save_checkpoint(&root, &state(2), &params, &opt).unwrap();
+        let dir = latest_checkpoint(&root).unwrap().unwrap();
+        assert_eq!(dir, again);
+        assert!(dir.ends_with("step-00000002-r1") && !root.join("step-00000002").exists());
+        let mut back = model(9.0);
+        let mut back_opt = AdamW::new(AdamWConfig::default(), &back);
+        assert_eq!(load_checkpoint(&dir, &mut back, &mut back_opt).unwrap(), state(2));
+        assert_eq!(back.value(ParamId(0)), params.value(ParamId(0)));
+        assert_eq!(back_opt.exp_avg_sq(ParamId(0)), opt.exp_avg_sq(ParamId(0)));
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn shape_mismatch_leaves_model_untouched() {
+        let root = scratch_dir("ckpt-shape");
+        let params = model(1.0);
+        let opt = AdamW::new(AdamWConfig::default(), &params);
+        let dir = save_checkpoint(&root, &state(0), &params, &opt).unwrap();
+        let mut other = ParamStore::new();
+        other.add("w", &[512, 256], vec![3.0; 512 * 256], ParamFlags::MATRIX).unwrap();
+        other.add("n", &[512], vec![3.0; 512], ParamFlags::NO_DECAY).unwrap();
+        let mut other_opt = AdamW::new(AdamWConfig::default(), &other);
+        let err = load_checkpoint(&dir, &mut other, &mut other_opt).unwrap_err().to_string();
+        assert!(err.contains("tensor w") && err.contains("[512, 512]") && err.contains("[512, 256]"), "{err}");
+        assert!(other.value(ParamId(1)).iter().all(|&x| x == 3.0));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    const KILL_CHILD_ENV: &str = "VLMIX_CHECKPOINT_KILL_CHILD_ROOT";
+
+    /// Child side of `kill_mid_write_keeps_latest_loadable`: saves forever until killed.
+    #[test]
+    fn checkpoint_writer_child() {
+        let Some(root) = std::env::var_os(KILL_CHILD_ENV) else { return };
+        let root = PathBuf::from(root);
+        let mut params = model(0.0);
+        let mut opt = AdamW::new(AdamWConfig::default(), &params);
+        loop {
+            opt.step(&mut params, 1e-3);
+            let fill = opt.steps() as f32;
+            for id in params.ids().collect::<Vec<_>>() {
+                params.value_mut(id).fill(fill);
+            }
+            save_checkpoint(&root, &state(opt.steps()), &params, &opt).unwrap();
+        }
+    }
+
+    #[test]
+    fn kill_mid_write_keeps_latest_loadable() {
+        let root = scratch_dir("ckpt-kill");
+        let exe = std::env::current_exe().unwrap();
+        for delay_ms in [5u64, 23, 41, 67] {
+            let mut child = std::process::Command::new(&exe)
+                .args(["--exact", "checkpoint::tests::checkpoint_writer_child", "--nocapture", "--test-threads=1"])
+                .env(KILL_CHILD_ENV, &root)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while latest_checkpoint(&root).map(|l| l.is_none()).unwrap_or(true) {
+                assert!(std::time::Instant::now() < deadline, "child never wrote a checkpoint");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let dir = latest_checkpoint(&root).unwrap().unwrap();
+            let mut params = model(-1.0);
+            let mut opt = AdamW::new(AdamWConfig::default(), &params);
+            let s = load_checkpoint(&dir, &mut params, &mut opt).unwrap();
+            let fill = s.step as f32;
+            assert!(params.value(ParamId(0)).iter().chain(params.value(ParamId(1))).all(|&x| x == fill));
+        }
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

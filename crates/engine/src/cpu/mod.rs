@@ -1,0 +1,199 @@
+//! The CPU device: OpenBLAS for matrix products, rayon-parallel fused loops for everything else.
+//!
+//! One thread pool (rayon's) does all the work: OpenBLAS runs single-threaded and [`gemm`] splits
+//! large products across rayon threads itself. Mixing two pools on few cores costs more than it
+//! gives, because OpenBLAS's idle workers spin while rayon runs the elementwise kernels, and the
+//! small per-head attention products run best as independent single-threaded calls.
+
+mod activation;
+mod attention;
+mod cross_entropy;
+mod elementwise;
+mod embedding;
+mod gemm;
+mod math;
+mod norm;
+mod par;
+mod rope;
+
+use std::ops::Range;
+
+use crate::blas;
+use crate::device::{AttnShape, Device, GeluKind, Gemm, LossStats};
+
+/// The CPU device. Cheap to construct; all state is global (OpenBLAS and the rayon pool).
+#[derive(Clone, Copy, Debug)]
+pub struct Cpu;
+
+impl Cpu {
+    /// Loads OpenBLAS (error names the fix when it is missing) and makes it single-threaded.
+    pub fn new() -> anyhow::Result<Self> {
+        blas::init().map_err(anyhow::Error::msg)?;
+        blas::set_num_threads(1);
+        Ok(Cpu)
+    }
+}
+
+impl Device for Cpu {
+    type Buf = [f32];
+    type Owned = Vec<f32>;
+
+    fn zeros(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+
+    fn upload(&self, host: &[f32]) -> Vec<f32> {
+        host.to_vec()
+    }
+
+    fn download(&self, buf: &[f32], host: &mut [f32]) {
+        host.copy_from_slice(buf);
+    }
+
+    fn len(&self, buf: &[f32]) -> usize {
+        buf.len()
+    }
+
+    fn slice<'a>(&self, buf: &'a [f32], range: Range<usize>) -> &'a [f32] {
+        &buf[range]
+    }
+
+    fn slice_mut<'a>(&self, buf: &'a mut [f32], range: Range<usize>) -> &'a mut [f32] {
+        &mut buf[range]
+    }
+
+    fn split_at_mut<'a>(&self, buf: &'a mut [f32], mid: usize) -> (&'a mut [f32], &'a mut [f32]) {
+        buf.split_at_mut(mid)
+    }
+
+    fn fill(&self, buf: &mut [f32], value: f32) {
+        elementwise::fill(buf, value);
+    }
+
+    fn copy(&self, src: &[f32], dst: &mut [f32]) {
+        elementwise::copy(src, dst);
+    }
+
+    fn gemm(&self, g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+        gemm::gemm(g, a, b, c);
+    }
+
+    fn add(&self, a: &[f32], b: &[f32], out: &mut [f32]) {
+        elementwise::add(a, b, out);
+    }
+
+    fn add_assign(&self, acc: &mut [f32], x: &[f32]) {
+        elementwise::add_assign(acc, x);
+    }
+
+    fn add_bias(&self, y: &mut [f32], bias: &[f32]) {
+        elementwise::add_bias(y, bias);
+    }
+
+    fn bias_backward(&self, dy: &[f32], dbias: &mut [f32]) {
+        elementwise::bias_backward(dy, dbias);
+    }
+
+    fn embedding_forward(&self, ids: &[u32], table: &[f32], out: &mut [f32]) {
+        embedding::forward(ids, table, out);
+    }
+
+    fn embedding_backward(&self, ids: &[u32], dout: &[f32], dtable: &mut [f32]) {
+        embedding::backward(ids, dout, dtable);
+    }
+
+    fn layernorm_forward(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        eps: f32,
+        out: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+    ) {
+        norm::layernorm_forward(x, weight, bias, eps, out, mean, rstd);
+    }
+
+    fn layernorm_backward(
+        &self,
+        dout: &[f32],
+        x: &[f32],
+        weight: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        dx: &mut [f32],
+        dweight: &mut [f32],
+        dbias: Option<&mut [f32]>,
+    ) {
+        norm::layernorm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias);
+    }
+
+    fn rmsnorm_forward(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], rstd: &mut [f32]) {
+        norm::rmsnorm_forward(x, weight, eps, out, rstd);
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dout: &[f32],
+        x: &[f32],
+        weight: &[f32],
+        rstd: &[f32],
+        dx: &mut [f32],
+        dweight: &mut [f32],
+    ) {
+        norm::rmsnorm_backward(dout, x, weight, rstd, dx, dweight);
+    }
+
+    fn rope(&self, x: &mut [f32], cos_sin: &[f32], shape: AttnShape, inverse: bool) {
+        rope::rope(x, cos_sin, shape, inverse);
+    }
+
+    fn attention_forward(&self, shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f32], out: &mut [f32]) {
+        attention::forward(shape, q, k, v, probs, out);
+    }
+
+    fn attention_backward(
+        &self,
+        shape: AttnShape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        probs: &[f32],
+        dout: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) {
+        attention::backward(shape, q, k, v, probs, dout, dq, dk, dv);
+    }
+
+    fn swiglu_forward(&self, gate_up: &[f32], out: &mut [f32]) {
+        activation::swiglu_forward(gate_up, out);
+    }
+
+    fn swiglu_backward(&self, gate_up: &[f32], dout: &[f32], dgate_up: &mut [f32]) {
+        activation::swiglu_backward(gate_up, dout, dgate_up);
+    }
+
+    fn gelu_forward(&self, kind: GeluKind, x: &[f32], out: &mut [f32]) {
+        activation::gelu_forward(kind, x, out);
+    }
+
+    fn gelu_backward(&self, kind: GeluKind, x: &[f32], dout: &[f32], dx: &mut [f32]) {
+        activation::gelu_backward(kind, x, dout, dx);
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut [f32],
+        vocab: usize,
+        targets: &[u32],
+        mask: &[f32],
+        z_loss: f32,
+        grad_scale: Option<f32>,
+        nll: &mut [f32],
+    ) -> LossStats {
+        cross_entropy::cross_entropy(logits, vocab, targets, mask, z_loss, grad_scale, nll)
+    }
+}

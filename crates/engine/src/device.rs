@@ -1,0 +1,235 @@
+//! The device abstraction: memory plus every kernel the layers call.
+//!
+//! Layers (in [`crate::layers`]) only orchestrate: they compute shapes and call these methods, so a
+//! CUDA backend implements this trait and every layer runs on it unchanged. On the CPU ([`crate::Cpu`])
+//! a buffer is a plain `[f32]`; a GPU backend would use a slice-like handle to device memory.
+//!
+//! Conventions shared by all kernels:
+//! - f32, row-major; activations are `[rows, width]` with `rows = batch * seq`.
+//! - Kernels that produce parameter gradients *accumulate* into them (gradient accumulation);
+//!   kernels that produce input gradients *overwrite* them, unless the name says `accumulate`.
+//! - Token ids, targets and loss masks are host slices: they are small and come from the data loader.
+
+use std::ops::{Deref, DerefMut, Range};
+
+/// Shape and scaling of one matrix product `C = alpha * op(A) op(B) + beta * C`.
+///
+/// `op(A)` is `m x k`, `op(B)` is `k x n`, C is `m x n`. Leading dimensions are the stored row
+/// lengths, which lets a kernel address a column block of a wider matrix (e.g. one head).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+}
+
+impl Gemm {
+    /// Contiguous operands, `alpha = 1`, `beta = 0` (overwrite C).
+    pub fn new(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize) -> Self {
+        let lda = if trans_a { m } else { k };
+        let ldb = if trans_b { k } else { n };
+        Gemm { trans_a, trans_b, m, n, k, alpha: 1.0, beta: 0.0, lda, ldb, ldc: n }
+    }
+
+    /// `beta = 1`: add the product to C (used for gradient accumulation).
+    pub fn accumulate(mut self) -> Self {
+        self.beta = 1.0;
+        self
+    }
+
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    pub fn strides(mut self, lda: usize, ldb: usize, ldc: usize) -> Self {
+        self.lda = lda;
+        self.ldb = ldb;
+        self.ldc = ldc;
+        self
+    }
+}
+
+/// Shape of a multi-head attention call: q, k, v and the output are `[batch * seq, heads * head_dim]`
+/// (heads side by side in each row, as PyTorch's `view(b, t, h, hd)` lays them out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
+impl AttnShape {
+    pub fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batch * self.seq
+    }
+
+    /// Length of the saved attention-probability buffer `[batch, heads, seq, seq]`.
+    pub fn probs_len(&self) -> usize {
+        self.batch * self.heads * self.seq * self.seq
+    }
+}
+
+/// Which GELU: exact (`erf`) or PyTorch's `approximate="tanh"` (SigLIP's `gelu_pytorch_tanh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeluKind {
+    Erf,
+    Tanh,
+}
+
+/// Result of a cross-entropy call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossStats {
+    /// `sum_t mask_t * (CE_t + z * lse_t^2) / sum_t mask_t` (0 when the mask sums to 0).
+    pub loss: f32,
+    /// `sum_t mask_t * CE_t` without z-loss, for perplexity / bits-per-byte.
+    pub nll_sum: f64,
+    /// `sum_t mask_t`.
+    pub mask_sum: f64,
+}
+
+/// Memory and kernels of one compute device. See the module docs for conventions.
+pub trait Device: Send + Sync {
+    /// Borrowed device memory (`[f32]` on the CPU).
+    type Buf: ?Sized + Send + Sync;
+    /// Owned device memory (`Vec<f32>` on the CPU).
+    type Owned: Deref<Target = Self::Buf> + DerefMut + Send + Sync;
+
+    // ---- memory ----
+    fn zeros(&self, len: usize) -> Self::Owned;
+    fn upload(&self, host: &[f32]) -> Self::Owned;
+    fn download(&self, buf: &Self::Buf, host: &mut [f32]);
+    fn len(&self, buf: &Self::Buf) -> usize;
+    fn slice<'a>(&self, buf: &'a Self::Buf, range: Range<usize>) -> &'a Self::Buf;
+    fn slice_mut<'a>(&self, buf: &'a mut Self::Buf, range: Range<usize>) -> &'a mut Self::Buf;
+    fn split_at_mut<'a>(&self, buf: &'a mut Self::Buf, mid: usize) -> (&'a mut Self::Buf, &'a mut Self::Buf);
+    fn fill(&self, buf: &mut Self::Buf, value: f32);
+    fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf);
+
+    // ---- matrix products ----
+    fn gemm(&self, g: Gemm, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf);
+
+    // ---- elementwise ----
+    /// `out = a + b`.
+    fn add(&self, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf);
+    /// `acc += x`.
+    fn add_assign(&self, acc: &mut Self::Buf, x: &Self::Buf);
+    /// `y[r, :] += bias` for every row of `y` (`[rows, bias.len()]`).
+    fn add_bias(&self, y: &mut Self::Buf, bias: &Self::Buf);
+    /// `dbias += sum_r dy[r, :]`.
+    fn bias_backward(&self, dy: &Self::Buf, dbias: &mut Self::Buf);
+
+    // ---- embedding ----
+    /// `out[r, :] = table[ids[r], :]`. Ids must be `< vocab` (layers check this on the host).
+    fn embedding_forward(&self, ids: &[u32], table: &Self::Buf, out: &mut Self::Buf);
+    /// `dtable[ids[r], :] += dout[r, :]`.
+    fn embedding_backward(&self, ids: &[u32], dout: &Self::Buf, dtable: &mut Self::Buf);
+
+    // ---- normalisation (over the last dimension, width = weight.len()) ----
+    /// LayerNorm with gain and optional bias. Saves per-row `mean` and `rstd` for the backward.
+    fn layernorm_forward(
+        &self,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        eps: f32,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+    );
+    /// Writes `dx`; accumulates `dweight` and `dbias`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        dx: &mut Self::Buf,
+        dweight: &mut Self::Buf,
+        dbias: Option<&mut Self::Buf>,
+    );
+    /// RMSNorm `x * rsqrt(mean(x^2) + eps) * weight`. Saves per-row `rstd`.
+    fn rmsnorm_forward(&self, x: &Self::Buf, weight: &Self::Buf, eps: f32, out: &mut Self::Buf, rstd: &mut Self::Buf);
+    fn rmsnorm_backward(
+        &self,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        rstd: &Self::Buf,
+        dx: &mut Self::Buf,
+        dweight: &mut Self::Buf,
+    );
+
+    // ---- attention ----
+    /// Rotary embedding in place on `x` (`[batch*seq, heads*head_dim]`), GPT-NeoX rotate-half layout.
+    /// `cos_sin` is the table `[seq, head_dim]`: cos of the `head_dim/2` frequencies, then their sin.
+    /// `inverse` rotates by the negative angle, which is exactly the backward of the forward rotation.
+    fn rope(&self, x: &mut Self::Buf, cos_sin: &Self::Buf, shape: AttnShape, inverse: bool);
+    /// Scaled dot-product attention (scale `1/sqrt(head_dim)`), saving softmax probabilities
+    /// (`[batch, heads, seq, seq]`) for the backward.
+    fn attention_forward(
+        &self,
+        shape: AttnShape,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        probs: &mut Self::Buf,
+        out: &mut Self::Buf,
+    );
+    /// Writes `dq`, `dk`, `dv`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        shape: AttnShape,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        probs: &Self::Buf,
+        dout: &Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+    );
+
+    // ---- activations ----
+    /// `out = silu(gate) * up` where `gate_up` rows are `[gate (hidden) | up (hidden)]`.
+    fn swiglu_forward(&self, gate_up: &Self::Buf, out: &mut Self::Buf);
+    /// Writes `dgate_up`.
+    fn swiglu_backward(&self, gate_up: &Self::Buf, dout: &Self::Buf, dgate_up: &mut Self::Buf);
+    fn gelu_forward(&self, kind: GeluKind, x: &Self::Buf, out: &mut Self::Buf);
+    /// Writes `dx`.
+    fn gelu_backward(&self, kind: GeluKind, x: &Self::Buf, dout: &Self::Buf, dx: &mut Self::Buf);
+
+    // ---- loss ----
+    /// Masked softmax cross-entropy with optional z-loss over `logits` (`[rows, vocab]`).
+    ///
+    /// Writes per-row plain NLL (`CE_t`, no z-loss, regardless of the mask) into `nll`. When
+    /// `grad_scale` is `Some(s)`, overwrites `logits` in place with `s * dloss/dlogits`
+    /// (saving a `[rows, vocab]` buffer); with `None` the logits are left untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        logits: &mut Self::Buf,
+        vocab: usize,
+        targets: &[u32],
+        mask: &[f32],
+        z_loss: f32,
+        grad_scale: Option<f32>,
+        nll: &mut Self::Buf,
+    ) -> LossStats;
+}

@@ -1,0 +1,315 @@
+//! Named model parameters with their gradients: the single owner of every trainable tensor.
+//!
+//! Layers address parameters by `ParamId`; values and gradients live in separate vectors so a
+//! backward pass can read weights while writing (several) gradients at once. Names follow
+//! ARCHITECTURE.md, which makes the store 1:1 with safetensors checkpoints and PyTorch's
+//! `state_dict`.
+
+use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+/// Index of a parameter in its `ParamStore`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(pub usize);
+
+/// What the optimizer may do with a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamFlags {
+    /// Frozen parameters (e.g. a pretrained vision encoder) get no optimizer updates.
+    pub trainable: bool,
+    /// Decoupled weight decay applies (matrices, but not embeddings, norms or biases).
+    pub weight_decay: bool,
+}
+
+impl ParamFlags {
+    /// A weight matrix of a linear layer: trained and decayed.
+    pub const MATRIX: Self = Self { trainable: true, weight_decay: true };
+    /// Embedding tables, norm gains and biases: trained, never decayed (OpenLM's rule).
+    pub const NO_DECAY: Self = Self { trainable: true, weight_decay: false };
+    /// Not trained at all.
+    pub const FROZEN: Self = Self { trainable: false, weight_decay: false };
+}
+
+#[derive(Debug, Clone)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub flags: ParamFlags,
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ParamStore {
+    infos: Vec<ParamInfo>,
+    values: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    by_name: HashMap<String, ParamId>,
+}
+
+/// Read access to all parameter values, borrowed alongside `Grads`.
+#[derive(Clone, Copy)]
+pub struct Values<'a>(&'a [Vec<f32>]);
+
+impl<'a> Values<'a> {
+    pub fn get(&self, id: ParamId) -> &'a [f32] {
+        &self.0[id.0]
+    }
+}
+
+/// Write access to all gradients, borrowed alongside `Values`.
+pub struct Grads<'a>(&'a mut [Vec<f32>]);
+
+impl Grads<'_> {
+    pub fn get_mut(&mut self, id: ParamId) -> &mut [f32] {
+        &mut self.0[id.0]
+    }
+
+    /// Several distinct gradients at once (e.g. a norm gain and a projection in one backward).
+    ///
+    /// Panics if an id repeats: that is a bug in the caller's layer wiring, not bad input.
+    pub fn get_many_mut<const N: usize>(&mut self, ids: [ParamId; N]) -> [&mut [f32]; N] {
+        let mut slots: Vec<Option<&mut Vec<f32>>> = self.0.iter_mut().map(Some).collect();
+        ids.map(|id| {
+            slots
+                .get_mut(id.0)
+                .and_then(Option::take)
+                .unwrap_or_else(|| panic!("gradient ids {ids:?} overlap or are out of range"))
+                .as_mut_slice()
+        })
+    }
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a parameter with its initial value. Names must be unique.
+    pub fn add(&mut self, name: &str, shape: &[usize], value: Vec<f32>, flags: ParamFlags) -> Result<ParamId> {
+        let numel: usize = shape.iter().product();
+        if value.len() != numel {
+            bail!("parameter {name}: shape {shape:?} needs {numel} values, got {}", value.len());
+        }
+        if self.by_name.contains_key(name) {
+            bail!("parameter {name} registered twice");
+        }
+        let id = ParamId(self.infos.len());
+        self.infos.push(ParamInfo { name: name.to_owned(), shape: shape.to_vec(), flags });
+        self.values.push(value);
+        self.grads.push(vec![0.0; numel]);
+        self.by_name.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.infos.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.infos.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = ParamId> {
+        (0..self.infos.len()).map(ParamId)
+    }
+
+    pub fn id(&self, name: &str) -> Option<ParamId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn info(&self, id: ParamId) -> &ParamInfo {
+        &self.infos[id.0]
+    }
+
+    pub fn value(&self, id: ParamId) -> &[f32] {
+        &self.values[id.0]
+    }
+
+    pub fn value_mut(&mut self, id: ParamId) -> &mut [f32] {
+        &mut self.values[id.0]
+    }
+
+    pub fn grad(&self, id: ParamId) -> &[f32] {
+        &self.grads[id.0]
+    }
+
+    pub fn grad_mut(&mut self, id: ParamId) -> &mut [f32] {
+        &mut self.grads[id.0]
+    }
+
+    /// Values (read) and gradients (write) at the same time, for backward passes.
+    pub fn split(&mut self) -> (Values<'_>, Grads<'_>) {
+        (Values(&self.values), Grads(&mut self.grads))
+    }
+
+    /// Values (write) and gradients (read) at the same time, for optimizers.
+    pub fn values_mut_and_grads(&mut self) -> (&mut [Vec<f32>], &[Vec<f32>]) {
+        (&mut self.values, &self.grads)
+    }
+
+    pub fn set_trainable(&mut self, id: ParamId, trainable: bool) {
+        self.infos[id.0].flags.trainable = trainable;
+    }
+
+    pub fn zero_grad(&mut self) {
+        for g in &mut self.grads {
+            g.fill(0.0);
+        }
+    }
+
+    /// Total number of scalars, optionally only trainable ones.
+    pub fn numel(&self, trainable_only: bool) -> usize {
+        self.infos.iter().filter(|i| i.flags.trainable || !trainable_only).map(ParamInfo::numel).sum()
+    }
+
+    /// Writes every parameter value, by name, atomically.
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let views = self
+            .infos
+            .iter()
+            .zip(&self.values)
+            .map(|(info, v)| (info.name.clone(), F32View { shape: info.shape.clone(), data: v }));
+        write_f32_tensors(path, views, None)
+    }
+
+    /// Loads every parameter from a file that must hold exactly this store's names and shapes.
+    pub fn load_safetensors(&mut self, path: &Path) -> Result<()> {
+        let file = SafetensorsFile::open(path)?;
+        self.load_from(&file, true)
+    }
+
+    /// Loads the parameters present in `file`; with `exact`, missing or extra tensors are errors.
+    ///
+    /// Everything is validated before any value changes, so a failed load leaves the store intact.
+    pub fn load_from(&mut self, file: &SafetensorsFile, exact: bool) -> Result<()> {
+        let in_file: BTreeSet<String> = file.names().into_iter().collect();
+        let ours: BTreeSet<String> = self.infos.iter().map(|i| i.name.clone()).collect();
+        if exact {
+            let missing: Vec<&String> = ours.difference(&in_file).collect();
+            let unexpected: Vec<&String> = in_file.difference(&ours).collect();
+            if !missing.is_empty() || !unexpected.is_empty() {
+                bail!(
+                    "{}: parameters do not match the model: missing {missing:?}, unexpected {unexpected:?}",
+                    file.path().display()
+                );
+            }
+        }
+        let mut loaded = Vec::new();
+        for (idx, info) in self.infos.iter().enumerate() {
+            if !in_file.contains(&info.name) {
+                continue;
+            }
+            let tensor = file.f32(&info.name)?;
+            if tensor.shape != info.shape {
+                bail!(
+                    "{}: tensor {} has shape {:?} in the file but the model expects {:?}",
+                    file.path().display(),
+                    info.name,
+                    tensor.shape,
+                    info.shape
+                );
+            }
+            loaded.push((idx, tensor.data));
+        }
+        for (idx, data) in loaded {
+            self.values[idx] = data;
+        }
+        Ok(())
+    }
+
+    /// Loads `path` into this store, naming the file on any failure.
+    pub fn load_partial_safetensors(&mut self, path: &Path) -> Result<()> {
+        let file = SafetensorsFile::open(path)?;
+        self.load_from(&file, false).with_context(|| format!("loading parameters from {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::atomic_file::scratch_dir;
+
+    fn store() -> ParamStore {
+        let mut s = ParamStore::new();
+        s.add("w", &[2, 3], (0..6).map(|i| i as f32).collect(), ParamFlags::MATRIX).unwrap();
+        s.add("g", &[3], vec![1.0; 3], ParamFlags::NO_DECAY).unwrap();
+        s
+    }
+
+    #[test]
+    fn split_borrows_and_zero_grad() {
+        let mut s = store();
+        let (w, g) = (s.id("w").unwrap(), s.id("g").unwrap());
+        {
+            let (values, mut grads) = s.split();
+            let [dw, dg] = grads.get_many_mut([w, g]);
+            dw.copy_from_slice(values.get(w));
+            dg.copy_from_slice(values.get(g));
+        }
+        assert_eq!(s.grad(w), s.value(w));
+        s.zero_grad();
+        assert!(s.grad(w).iter().chain(s.grad(g)).all(|&x| x == 0.0));
+        assert_eq!(s.numel(false), 9);
+        s.set_trainable(w, false);
+        assert_eq!(s.numel(true), 3);
+    }
+
+    #[test]
+    fn duplicate_and_wrong_length_are_errors() {
+        let mut s = store();
+        assert!(s.add("w", &[1], vec![0.0], ParamFlags::MATRIX).unwrap_err().to_string().contains("twice"));
+        assert!(s.add("x", &[2, 2], vec![0.0], ParamFlags::MATRIX).unwrap_err().to_string().contains("[2, 2]"));
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let dir = scratch_dir("params");
+        let path = dir.join("p.safetensors");
+        let s = store();
+        s.save_safetensors(&path).unwrap();
+        let mut t = store();
+        t.value_mut(ParamId(0)).fill(-1.0);
+        t.load_safetensors(&path).unwrap();
+        assert_eq!(t.value(ParamId(0)), s.value(ParamId(0)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn shape_mismatch_names_tensor_and_both_shapes() {
+        let dir = scratch_dir("params-shape");
+        let path = dir.join("p.safetensors");
+        let mut other = ParamStore::new();
+        other.add("w", &[3, 2], vec![0.0; 6], ParamFlags::MATRIX).unwrap();
+        other.add("g", &[3], vec![0.0; 3], ParamFlags::NO_DECAY).unwrap();
+        other.save_safetensors(&path).unwrap();
+        let mut s = store();
+        let before = s.value(ParamId(1)).to_vec();
+        let err = s.load_safetensors(&path).unwrap_err().to_string();
+        assert!(err.contains("tensor w") && err.contains("[3, 2]") && err.contains("[2, 3]"), "{err}");
+        assert_eq!(s.value(ParamId(1)), before, "a failed load must not change anything");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn missing_and_unexpected_are_named() {
+        let dir = scratch_dir("params-names");
+        let path = dir.join("p.safetensors");
+        let mut other = ParamStore::new();
+        other.add("w", &[2, 3], vec![0.0; 6], ParamFlags::MATRIX).unwrap();
+        other.add("extra", &[1], vec![0.0], ParamFlags::MATRIX).unwrap();
+        other.save_safetensors(&path).unwrap();
+        let err = store().load_safetensors(&path).unwrap_err().to_string();
+        assert!(err.contains("missing [\"g\"]") && err.contains("unexpected [\"extra\"]"), "{err}");
+        let mut s = store();
+        s.load_partial_safetensors(&path).unwrap();
+        assert_eq!(s.value(ParamId(0)), &[0.0; 6]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

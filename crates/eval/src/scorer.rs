@@ -1,0 +1,49 @@
+//! The one interface evaluation needs from a model, so scoring is testable without one.
+//!
+//! Mirrors lm-eval-harness's request types (`loglikelihood`, `generate_until`,
+//! `loglikelihood_rolling`) plus an optional image, so an LM, a VLM or a test fake all plug in.
+
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// An image an eval item refers to: the string written in the task file and the path it resolves to.
+///
+/// Both are kept because a model may look features up in a cache by `key` rather than decode `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The `image` field exactly as written in the JSONL line.
+    pub key: String,
+    /// `key` resolved against the task file's directory (absolute keys stay as they are).
+    pub path: PathBuf,
+}
+
+/// Log-probability of a continuation given a context, as lm-eval's `loglikelihood` returns it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogLikelihood {
+    /// Sum of natural-log probabilities of the continuation's tokens.
+    pub sum_logprob: f64,
+    /// Number of continuation tokens scored.
+    pub n_tokens: usize,
+    /// Whether greedy decoding from the context would produce exactly the continuation.
+    pub is_greedy: bool,
+}
+
+/// A model as evaluation sees it.
+pub trait Scorer {
+    /// Scores `continuation` after `context` (and the image, placed where the prompt's
+    /// [`crate::prompt::IMAGE_MARKER`] is). The context's own tokens are not scored.
+    fn loglikelihood(&mut self, image: Option<&ImageRef>, context: &str, continuation: &str) -> Result<LogLikelihood>;
+
+    /// Scores several continuations of one context; models override this to share the context's
+    /// forward pass across the choices of a multiple-choice item.
+    fn loglikelihoods(&mut self, image: Option<&ImageRef>, context: &str, continuations: &[String]) -> Result<Vec<LogLikelihood>> {
+        continuations.iter().map(|c| self.loglikelihood(image, context, c)).collect()
+    }
+
+    /// Greedy decoding of at most `max_tokens` tokens after `prompt`; returns only the new text.
+    fn generate(&mut self, image: Option<&ImageRef>, prompt: &str, max_tokens: usize) -> Result<String>;
+
+    /// Log-likelihood of a whole document from its first token, in windows of the model's context
+    /// length (lm-eval's `loglikelihood_rolling`); `n_tokens` counts every scored token.
+    fn rolling_loglikelihood(&mut self, text: &str) -> Result<LogLikelihood>;
+}

@@ -1,0 +1,265 @@
+//! The study config: one TOML file describing the whole grid, validated before anything trains.
+//!
+//! The grid is a set of one-axis sweeps around a base point (as the paper varies one knob at a time)
+//! rather than a full Cartesian product, which would cost fractions x ratios x shares cooldowns.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// Shown in the report and used as the default run directory name.
+    pub name: String,
+    /// Model preset name (see `configs/model/`) or a path to a model TOML.
+    pub model: String,
+    /// Vision encoder: "efficientnet-lite0", "patch", or a Hugging Face SigLIP directory.
+    pub encoder: String,
+    pub pretrain: PretrainConfig,
+    pub cooldown: CooldownConfig,
+    pub finetune: FinetuneConfig,
+    pub grid: GridConfig,
+    pub eval: EvalConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Planned text budget in tokens; the LR schedule spans all of it.
+    pub tokens: u64,
+    pub batch_size: usize,
+    pub peak_lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    /// Fractions of the planned run at which full checkpoints are kept.
+    pub checkpoint_fractions: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CooldownConfig {
+    /// Token budget of each cooldown (text + image tokens).
+    pub tokens: u64,
+    pub batch_size: usize,
+    /// Peak LR of the fresh warmup + cosine used when branching from 0 % or 100 %.
+    pub fresh_peak_lr: f64,
+    pub fresh_warmup_steps: u64,
+    pub weight_decay: f64,
+    /// Train the LM during cooldown (the projector always trains).
+    #[serde(default = "yes")]
+    pub train_lm: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Largest epoch count; the run keeps every epoch-end model, yielding 1..=epochs.
+    pub epochs: u32,
+    pub batch_size: usize,
+    pub peak_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+}
+
+/// One point of the grid: where images come in, how many, and how much instruction data.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridPoint {
+    /// Fraction of the text run at which the cooldown branches (0 = scratch, 1 = fully trained).
+    pub fraction: f64,
+    /// Fraction of image tokens among all cooldown tokens.
+    pub image_fraction: f64,
+    /// Share of instruction data within the image part of the cooldown mix.
+    pub instruction_share: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridConfig {
+    pub base: GridPoint,
+    /// Each list varies one knob with the others held at `base`.
+    #[serde(default)]
+    pub fractions: Vec<f64>,
+    #[serde(default)]
+    pub image_fractions: Vec<f64>,
+    #[serde(default)]
+    pub instruction_shares: Vec<f64>,
+    #[serde(default = "one_seed")]
+    pub seeds: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Vision-language task names (files `eval/vl/<task>.jsonl` of the prepared data).
+    pub vision_tasks: Vec<String>,
+    /// Text multiple-choice task names (files `eval/text/<task>.jsonl`).
+    pub text_tasks: Vec<String>,
+    /// At most this many items per task (deterministic subset), to bound eval time.
+    pub max_items_per_task: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one_seed() -> Vec<u64> {
+    vec![0]
+}
+
+impl StudyConfig {
+    /// Reads and validates a study TOML; every error names the file and the offending field.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading study config {}", path.display()))?;
+        let config: StudyConfig = toml::from_str(&text).with_context(|| format!("parsing study config {}", path.display()))?;
+        config.validate().with_context(|| format!("invalid study config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// All grid points, deduplicated, in a stable order: base first, then each sweep.
+    pub fn points(&self) -> Vec<GridPoint> {
+        let g = &self.grid;
+        let mut points = vec![g.base];
+        points.extend(g.fractions.iter().map(|&fraction| GridPoint { fraction, ..g.base }));
+        points.extend(g.image_fractions.iter().map(|&image_fraction| GridPoint { image_fraction, ..g.base }));
+        points.extend(g.instruction_shares.iter().map(|&instruction_share| GridPoint { instruction_share, ..g.base }));
+        let mut seen = Vec::<GridPoint>::new();
+        for p in points {
+            if !seen.contains(&p) {
+                seen.push(p);
+            }
+        }
+        seen
+    }
+
+    /// Refuses impossible values before any training starts, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let unit = |field: &str, v: f64| -> Result<()> {
+            if !(0.0..=1.0).contains(&v) || v.is_nan() {
+                bail!("{field} = {v} is outside [0, 1]");
+            }
+            Ok(())
+        };
+        let positive = |field: &str, v: f64| -> Result<()> {
+            if v <= 0.0 || !v.is_finite() {
+                bail!("{field} = {v} must be a positive number");
+            }
+            Ok(())
+        };
+        if self.name.trim().is_empty() {
+            bail!("name must not be empty");
+        }
+        let p = &self.pretrain;
+        positive("pretrain.tokens", p.tokens as f64)?;
+        positive("pretrain.batch_size", p.batch_size as f64)?;
+        positive("pretrain.peak_lr", p.peak_lr)?;
+        if p.min_lr < 0.0 || p.min_lr > p.peak_lr {
+            bail!("pretrain.min_lr = {} must lie in [0, pretrain.peak_lr]", p.min_lr);
+        }
+        for (i, &f) in p.checkpoint_fractions.iter().enumerate() {
+            unit(&format!("pretrain.checkpoint_fractions[{i}]"), f)?;
+        }
+        let c = &self.cooldown;
+        positive("cooldown.tokens", c.tokens as f64)?;
+        positive("cooldown.batch_size", c.batch_size as f64)?;
+        positive("cooldown.fresh_peak_lr", c.fresh_peak_lr)?;
+        let f = &self.finetune;
+        positive("finetune.epochs", f.epochs as f64)?;
+        positive("finetune.batch_size", f.batch_size as f64)?;
+        positive("finetune.peak_lr", f.peak_lr)?;
+
+        let g = &self.grid;
+        let checks: [(&str, Vec<f64>); 4] = [
+            ("grid.base", vec![g.base.fraction, g.base.image_fraction, g.base.instruction_share]),
+            ("grid.fractions", g.fractions.clone()),
+            ("grid.image_fractions", g.image_fractions.clone()),
+            ("grid.instruction_shares", g.instruction_shares.clone()),
+        ];
+        for (field, values) in &checks {
+            for (i, &v) in values.iter().enumerate() {
+                unit(&format!("{field}[{i}]"), v)?;
+            }
+        }
+        if g.seeds.is_empty() {
+            bail!("grid.seeds must list at least one seed");
+        }
+        let kept: Vec<f64> = p.checkpoint_fractions.clone();
+        for point in self.points() {
+            let interior = point.fraction > 0.0 && point.fraction < 1.0;
+            if interior && !kept.iter().any(|&k| (k - point.fraction).abs() < 1e-9) {
+                bail!(
+                    "grid: introduction fraction {} has no checkpoint; add it to pretrain.checkpoint_fractions (now {:?})",
+                    point.fraction,
+                    kept
+                );
+            }
+        }
+        let unique_vision: BTreeSet<&String> = self.eval.vision_tasks.iter().collect();
+        if unique_vision.len() != self.eval.vision_tasks.len() {
+            bail!("eval.vision_tasks lists a task twice");
+        }
+        positive("eval.max_items_per_task", self.eval.max_items_per_task as f64)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smoke() -> StudyConfig {
+        let text = include_str!("../../../configs/study/smoke.toml");
+        toml::from_str(text).expect("smoke preset parses")
+    }
+
+    #[test]
+    fn presets_parse_and_validate() {
+        for text in [include_str!("../../../configs/study/smoke.toml")] {
+            let config: StudyConfig = toml::from_str(text).unwrap();
+            config.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn points_are_sweeps_around_the_base_without_duplicates() {
+        let mut c = smoke();
+        c.grid.fractions = vec![0.0, 0.5, 1.0];
+        c.grid.image_fractions = vec![0.3, 0.6];
+        let points = c.points();
+        assert_eq!(points.len(), 4, "{points:?}");
+        assert_eq!(points[0], c.grid.base);
+        assert!(points.iter().any(|p| p.fraction == 0.0 && p.image_fraction == 0.3));
+        assert!(points.iter().any(|p| p.fraction == 0.5 && p.image_fraction == 0.6));
+    }
+
+    fn error_of(c: &StudyConfig) -> String {
+        format!("{:#}", c.validate().unwrap_err())
+    }
+
+    #[test]
+    fn impossible_values_are_refused_naming_the_field() {
+        let mut c = smoke();
+        c.grid.image_fractions = vec![0.2, 1.5];
+        assert!(error_of(&c).contains("grid.image_fractions[1] = 1.5"), "{}", error_of(&c));
+
+        let mut c = smoke();
+        c.grid.fractions = vec![0.3];
+        let e = error_of(&c);
+        assert!(e.contains("fraction 0.3 has no checkpoint"), "{e}");
+
+        let mut c = smoke();
+        c.pretrain.min_lr = 1.0;
+        assert!(error_of(&c).contains("pretrain.min_lr"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        let text = include_str!("../../../configs/study/smoke.toml").replace("[finetune]", "[finetune]\nepochz = 3");
+        let err = toml::from_str::<StudyConfig>(&text).unwrap_err().to_string();
+        assert!(err.contains("epochz"), "{err}");
+    }
+}

@@ -1,0 +1,109 @@
+//! Per-step training metrics as JSON lines, consistent across kills and resumes.
+//!
+//! A resumed run restarts at its last checkpoint, so lines written after that checkpoint would be
+//! written again; `open` drops them so the file reads as one uninterrupted run.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    /// Tokens consumed so far in this stage (image tokens included).
+    pub tokens: u64,
+    pub loss: f64,
+    pub lr: f64,
+    /// Fraction of image tokens among this step's tokens (0 in text-only stages).
+    pub image_fraction: f64,
+    pub tokens_per_s: f64,
+    pub grad_norm: f64,
+}
+
+pub struct MetricsLog {
+    path: PathBuf,
+    writer: BufWriter<File>,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending, keeping only the lines of steps before `resume_step`.
+    pub fn open(path: &Path, resume_step: u64) -> Result<Self> {
+        if path.exists() {
+            let kept = read(path)?.into_iter().filter(|m| m.step < resume_step).collect::<Vec<_>>();
+            let mut text = String::new();
+            for m in &kept {
+                text.push_str(&serde_json::to_string(m)?);
+                text.push('\n');
+            }
+            std::fs::write(path, text).with_context(|| format!("rewriting {}", path.display()))?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { path: path.to_owned(), writer: BufWriter::new(file) })
+    }
+
+    pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
+        serde_json::to_writer(&mut self.writer, m)?;
+        self.writer.write_all(b"\n").with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Flushes to the OS; called at checkpoints so the log is never behind a saved state.
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().with_context(|| format!("flushing {}", self.path.display()))
+    }
+}
+
+/// Reads a metrics file; a torn last line (killed mid-write) is ignored, any other bad line is an error.
+pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let lines: Vec<String> = BufReader::new(file).lines().collect::<std::io::Result<_>>()?;
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(m) => out.push(m),
+            Err(_) if i + 1 == lines.len() => break,
+            Err(e) => anyhow::bail!("{}:{}: bad metrics line: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(step: u64) -> StepMetrics {
+        StepMetrics { step, tokens: step * 10, loss: 1.0 / (step + 1) as f64, lr: 1e-3, image_fraction: 0.0, tokens_per_s: 5.0, grad_norm: 1.0 }
+    }
+
+    #[test]
+    fn resume_drops_steps_after_the_checkpoint_and_tolerates_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        for s in 0..6 {
+            log.write(&m(s)).unwrap();
+        }
+        log.flush().unwrap();
+        drop(log);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"step\":6,\"tok").unwrap();
+        assert_eq!(read(&path).unwrap().len(), 6);
+
+        let mut log = MetricsLog::open(&path, 4).unwrap();
+        log.write(&m(4)).unwrap();
+        log.flush().unwrap();
+        let steps: Vec<u64> = read(&path).unwrap().iter().map(|m| m.step).collect();
+        assert_eq!(steps, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_is_an_error_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        std::fs::write(&path, format!("{}\nnot json\n{}\n", serde_json::to_string(&m(0)).unwrap(), serde_json::to_string(&m(1)).unwrap())).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl:2"), "{err}");
+    }
+}
