@@ -3,3 +3,11 @@
 pub mod layout;
 
 pub use layout::DataLayout;
+
+// image side (H3b)
+pub mod image_io;
+pub mod images;
+pub mod inspect;
+pub mod llava;
+pub mod vl_eval;
+pub mod webdataset;

@@ -208,9 +208,9 @@ pub trait Device: Send + Sync {
 
     // ---- activations ----
     /// `out = silu(gate) * up` where `gate_up` rows are `[gate (hidden) | up (hidden)]`.
-    fn swiglu_forward(&self, gate_up: &Self::Buf, out: &mut Self::Buf);
+    fn swiglu_forward(&self, hidden: usize, gate_up: &Self::Buf, out: &mut Self::Buf);
     /// Writes `dgate_up`.
-    fn swiglu_backward(&self, gate_up: &Self::Buf, dout: &Self::Buf, dgate_up: &mut Self::Buf);
+    fn swiglu_backward(&self, hidden: usize, gate_up: &Self::Buf, dout: &Self::Buf, dgate_up: &mut Self::Buf);
     fn gelu_forward(&self, kind: GeluKind, x: &Self::Buf, out: &mut Self::Buf);
     /// Writes `dx`.
     fn gelu_backward(&self, kind: GeluKind, x: &Self::Buf, dout: &Self::Buf, dx: &mut Self::Buf);

@@ -144,6 +144,11 @@ impl ParamStore {
         &mut self.grads[id.0]
     }
 
+    /// Read access to every value (what a forward pass needs).
+    pub fn values(&self) -> Values<'_> {
+        Values(&self.values)
+    }
+
     /// Values (read) and gradients (write) at the same time, for backward passes.
     pub fn split(&mut self) -> (Values<'_>, Grads<'_>) {
         (Values(&self.values), Grads(&mut self.grads))

@@ -1,1 +1,18 @@
-//! vlmix-eval
+//! vlmix-eval: vision-language and text tasks, stable score, bits-per-byte.
+//!
+//! Models plug in through [`Scorer`]; tasks load from JSONL ([`task`]); [`evaluate`] returns an
+//! [`EvalReport`] whose stable scores (accuracy minus chance, averaged per modality) are the
+//! paper's headline numbers.
+pub mod bits_per_byte;
+pub mod evaluate;
+pub mod multiple_choice;
+pub mod prompt;
+pub mod scorer;
+pub mod task;
+pub mod vqa_answer;
+pub mod yes_no;
+
+pub use bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
+pub use evaluate::{evaluate, evaluate_task, EvalOptions, EvalReport, ItemOutcome, TaskResult, YesNoMode};
+pub use scorer::{ImageRef, LogLikelihood, Scorer};
+pub use task::{load_task_file, load_tasks, Modality, Task};

@@ -33,7 +33,7 @@ const ARTICLES: [&str; 3] = ["a", "an", "the"];
 
 /// The official contraction table, including its entries that can never match after lower-casing
 /// ("Im", "Ive", ...) and its one backwards entry ("somebody'd" -> "somebodyd").
-const CONTRACTIONS: [(&str, &str); 116] = [
+const CONTRACTIONS: [(&str, &str); 120] = [
     ("aint", "ain't"), ("arent", "aren't"), ("cant", "can't"), ("couldve", "could've"),
     ("couldnt", "couldn't"), ("couldn'tve", "couldn't've"), ("couldnt've", "couldn't've"),
     ("didnt", "didn't"), ("doesnt", "doesn't"), ("dont", "don't"), ("hadnt", "hadn't"),
@@ -190,5 +190,36 @@ mod tests {
         assert!((vqa_accuracy("red", &answers(3)) - 0.9).abs() < 1e-12);
         assert_eq!(vqa_accuracy("the red", &answers(4)), 1.0);
         assert_eq!(vqa_accuracy("blue", &answers(4)), 0.0);
+    }
+
+    /// Expected outputs produced by running the official `processPunctuation` + `processDigitArticle`
+    /// (Python) on the same inputs.
+    #[test]
+    fn matches_the_official_script_on_awkward_inputs() {
+        let cases = [
+            ("The cat's toy.", "cat's toy"),
+            ("isnt it?", "isn't it"),
+            ("Yes, it is!", "yes it is"),
+            ("1,000,000", "1000000"),
+            ("two-way street", "2 way street"),
+            ("a.b.c", "abc"),
+            ("Mr. Smith (Jr.)", "mr smith jr"),
+            ("3 dogs; 2 cats", "3 dogs 2 cats"),
+            ("whats up", "what's up"),
+            ("\tNONE \n", "0"),
+            ("e-mail@home.com", "e mail homecom"),
+            ("it's 10:30 p.m.", "it's 10:30 pm"),
+            ("50/50", "50 50"),
+            ("...", ""),
+            ("hes  not here", "he's not here"),
+            ("Id've", "id've"),
+            ("A / B", "b"),
+            ("<b>bold</b>", "b bold b"),
+            ("ten.5", "ten.5"),
+            (". . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . x", ". . . . . . . . x"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize_answer(input), expected, "input {input:?}");
+        }
     }
 }

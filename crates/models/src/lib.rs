@@ -1,1 +1,2 @@
-//! vlmix-models
+//! vlmix-models: the OpenLM decoder LM and, on top of it, the vision-language model.
+pub mod lm;

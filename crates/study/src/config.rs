@@ -59,6 +59,9 @@ pub struct CooldownConfig {
 pub struct FinetuneConfig {
     /// Largest epoch count; the run keeps every epoch-end model, yielding 1..=epochs.
     pub epochs: u32,
+    /// The epoch at which grid points are compared; only the base point is evaluated at every epoch
+    /// (the epoch sweep), which keeps evaluation cost linear in the grid.
+    pub compare_epoch: u32,
     pub batch_size: usize,
     pub peak_lr: f64,
     pub warmup_steps: u64,
@@ -169,6 +172,9 @@ impl StudyConfig {
         positive("cooldown.fresh_peak_lr", c.fresh_peak_lr)?;
         let f = &self.finetune;
         positive("finetune.epochs", f.epochs as f64)?;
+        if f.compare_epoch == 0 || f.compare_epoch > f.epochs {
+            bail!("finetune.compare_epoch = {} must lie in 1..=finetune.epochs ({})", f.compare_epoch, f.epochs);
+        }
         positive("finetune.batch_size", f.batch_size as f64)?;
         positive("finetune.peak_lr", f.peak_lr)?;
 

@@ -58,7 +58,12 @@ impl Plan {
                     kind: NodeKind::Finetune { cooldown: cooldown.clone() },
                     after: vec![cooldown],
                 });
-                for epoch in 1..=config.finetune.epochs {
+                let epochs: Vec<u32> = if point == config.grid.base {
+                    (1..=config.finetune.epochs).collect()
+                } else {
+                    vec![config.finetune.compare_epoch]
+                };
+                for epoch in epochs {
                     nodes.push(Node {
                         id: format!("eval-{}-ep{epoch}", finetune.trim_start_matches("finetune-")),
                         kind: NodeKind::Eval { finetune: finetune.clone(), epoch },
@@ -88,7 +93,8 @@ mod tests {
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 1);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Cooldown { .. })), points * 2);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Finetune { .. })), points * 2);
-        assert_eq!(plan.count(|k| matches!(k, NodeKind::Eval { .. })), points * 2 * config.finetune.epochs as usize);
+        let evals_per_seed = config.finetune.epochs as usize + (points - 1);
+        assert_eq!(plan.count(|k| matches!(k, NodeKind::Eval { .. })), 2 * evals_per_seed);
         // Every dependency appears before the node that needs it.
         for (i, node) in plan.nodes.iter().enumerate() {
             for dep in &node.after {

@@ -1,6 +1,6 @@
 //! The CPU device: OpenBLAS for matrix products, rayon-parallel fused loops for everything else.
 //!
-//! One thread pool (rayon's) does all the work: OpenBLAS runs single-threaded and [`gemm`] splits
+//! One thread pool (rayon's) does all the work: OpenBLAS runs single-threaded and `gemm` splits
 //! large products across rayon threads itself. Mixing two pools on few cores costs more than it
 //! gives, because OpenBLAS's idle workers spin while rayon runs the elementwise kernels, and the
 //! small per-head attention products run best as independent single-threaded calls.
@@ -23,14 +23,16 @@ use crate::device::{AttnShape, Device, GeluKind, Gemm, LossStats};
 
 /// The CPU device. Cheap to construct; all state is global (OpenBLAS and the rayon pool).
 #[derive(Clone, Copy, Debug)]
-pub struct Cpu;
+pub struct Cpu {
+    _loaded: (),
+}
 
 impl Cpu {
     /// Loads OpenBLAS (error names the fix when it is missing) and makes it single-threaded.
     pub fn new() -> anyhow::Result<Self> {
         blas::init().map_err(anyhow::Error::msg)?;
         blas::set_num_threads(1);
-        Ok(Cpu)
+        Ok(Cpu { _loaded: () })
     }
 }
 
@@ -168,12 +170,12 @@ impl Device for Cpu {
         attention::backward(shape, q, k, v, probs, dout, dq, dk, dv);
     }
 
-    fn swiglu_forward(&self, gate_up: &[f32], out: &mut [f32]) {
-        activation::swiglu_forward(gate_up, out);
+    fn swiglu_forward(&self, hidden: usize, gate_up: &[f32], out: &mut [f32]) {
+        activation::swiglu_forward(hidden, gate_up, out);
     }
 
-    fn swiglu_backward(&self, gate_up: &[f32], dout: &[f32], dgate_up: &mut [f32]) {
-        activation::swiglu_backward(gate_up, dout, dgate_up);
+    fn swiglu_backward(&self, hidden: usize, gate_up: &[f32], dout: &[f32], dgate_up: &mut [f32]) {
+        activation::swiglu_backward(hidden, gate_up, dout, dgate_up);
     }
 
     fn gelu_forward(&self, kind: GeluKind, x: &[f32], out: &mut [f32]) {

@@ -1,0 +1,143 @@
+//! Scaled dot-product attention, one rayon task per (batch, head).
+//!
+//! Each task runs single-threaded BLAS on its head's `[seq, head_dim]` column block (leading
+//! dimension = the full row width, so no permute copies). Causal attention walks query blocks of
+//! [`CAUSAL_BLOCK`] rows and only touches keys up to the block's last row, skipping ~3/8 of the
+//! products at seq 256. Softmax probabilities are saved for the backward.
+
+use rayon::prelude::*;
+
+use super::gemm::call;
+use super::math::exp;
+use super::par::SendPtr;
+use crate::device::{AttnShape, Gemm};
+
+const CAUSAL_BLOCK: usize = 64;
+
+fn check(shape: AttnShape, bufs: &[(&str, usize)], probs: usize) {
+    let len = shape.rows() * shape.width();
+    for (name, got) in bufs {
+        assert_eq!(*got, len, "attention: {name} is not [batch*seq, heads*head_dim] for {shape:?}");
+    }
+    assert!(probs >= shape.probs_len(), "attention: probs shorter than batch*heads*seq*seq for {shape:?}");
+}
+
+/// Query blocks `(first row, end row, keys used)` of one head.
+fn blocks(shape: AttnShape) -> impl Iterator<Item = (usize, usize, usize)> {
+    let t = shape.seq;
+    let step = if shape.causal { CAUSAL_BLOCK } else { t.max(1) };
+    (0..t).step_by(step).map(move |i0| {
+        let i1 = (i0 + step).min(t);
+        (i0, i1, if shape.causal { i1 } else { t })
+    })
+}
+
+fn valid_keys(shape: AttnShape, row: usize) -> usize {
+    if shape.causal {
+        row + 1
+    } else {
+        shape.seq
+    }
+}
+
+pub fn forward(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f32], out: &mut [f32]) {
+    check(shape, &[("q", q.len()), ("k", k.len()), ("v", v.len()), ("out", out.len())], probs.len());
+    let (t, d, hd) = (shape.seq, shape.width(), shape.head_dim);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    probs[..shape.probs_len()].par_chunks_mut(t * t).enumerate().for_each(|(task, p)| {
+        let (b, h) = (task / shape.heads, task % shape.heads);
+        let base = b * t * d + h * hd;
+        let out_ptr = out_ptr;
+        for (i0, i1, nk) in blocks(shape) {
+            let rows = i1 - i0;
+            // SAFETY: q/k/v/out extents checked in `check`; this task alone writes head h of
+            // batch b in `out` and its own probs chunk.
+            unsafe {
+                let g = Gemm::new(false, true, rows, nk, hd).alpha(scale).strides(d, d, t);
+                call(g, q.as_ptr().add(base + i0 * d), k.as_ptr().add(base), p.as_mut_ptr().add(i0 * t));
+            }
+            for i in i0..i1 {
+                let row = &mut p[i * t..(i + 1) * t];
+                let valid = valid_keys(shape, i);
+                let max = row[..valid].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0f32;
+                for x in &mut row[..valid] {
+                    *x = exp(*x - max);
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                row[..valid].iter_mut().for_each(|x| *x *= inv);
+                row[valid..].fill(0.0);
+            }
+            unsafe {
+                let g = Gemm::new(false, false, rows, hd, nk).strides(t, d, d);
+                call(g, p.as_ptr().add(i0 * t), v.as_ptr().add(base), out_ptr.0.add(base + i0 * d));
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    shape: AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let lens = [("q", q.len()), ("k", k.len()), ("v", v.len()), ("dout", dout.len())];
+    check(shape, &lens, probs.len());
+    check(shape, &[("dq", dq.len()), ("dk", dk.len()), ("dv", dv.len())], probs.len());
+    let (t, d, hd) = (shape.seq, shape.width(), shape.head_dim);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (dq_ptr, dk_ptr, dv_ptr) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    (0..shape.batch * shape.heads).into_par_iter().for_each_init(
+        || vec![0.0f32; t * t],
+        |ds, task| {
+            let (b, h) = (task / shape.heads, task % shape.heads);
+            let base = b * t * d + h * hd;
+            let p = &probs[task * t * t..(task + 1) * t * t];
+            let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
+            // SAFETY (all blocks below): extents checked above; this task alone touches head h
+            // of batch b in dq/dk/dv.
+            unsafe {
+                for r in 0..t {
+                    std::slice::from_raw_parts_mut(dk_ptr.0.add(base + r * d), hd).fill(0.0);
+                    std::slice::from_raw_parts_mut(dv_ptr.0.add(base + r * d), hd).fill(0.0);
+                }
+            }
+            for (i0, i1, nk) in blocks(shape) {
+                let rows = i1 - i0;
+                unsafe {
+                    // dP = dO V^T
+                    let g = Gemm::new(false, true, rows, nk, hd).strides(d, d, t);
+                    call(g, dout.as_ptr().add(base + i0 * d), v.as_ptr().add(base), ds.as_mut_ptr().add(i0 * t));
+                }
+                for i in i0..i1 {
+                    let valid = valid_keys(shape, i);
+                    let pr = &p[i * t..i * t + valid];
+                    let dr = &mut ds[i * t..i * t + nk];
+                    let dot: f32 = pr.iter().zip(dr.iter()).map(|(p, g)| p * g).sum();
+                    for (g, p) in dr[..valid].iter_mut().zip(pr) {
+                        *g = p * (*g - dot) * scale;
+                    }
+                    dr[valid..].fill(0.0);
+                }
+                unsafe {
+                    // dQ = dS K ; dK += dS^T Q ; dV += P^T dO
+                    let g = Gemm::new(false, false, rows, hd, nk).strides(t, d, d);
+                    call(g, ds.as_ptr().add(i0 * t), k.as_ptr().add(base), dq_ptr.0.add(base + i0 * d));
+                    let g = Gemm::new(true, false, nk, hd, rows).strides(t, d, d).accumulate();
+                    call(g, ds.as_ptr().add(i0 * t), q.as_ptr().add(base + i0 * d), dk_ptr.0.add(base));
+                    let g = Gemm::new(true, false, nk, hd, rows).strides(t, d, d).accumulate();
+                    call(g, p.as_ptr().add(i0 * t), dout.as_ptr().add(base + i0 * d), dv_ptr.0.add(base));
+                }
+            }
+        },
+    );
+}

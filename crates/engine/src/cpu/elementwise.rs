@@ -1,0 +1,69 @@
+//! Residual adds, bias adds and their backward, copies.
+
+use rayon::prelude::*;
+
+use super::par::{row_blocks, rows_per_task};
+
+const CHUNK: usize = 64 * 1024;
+
+pub fn fill(buf: &mut [f32], value: f32) {
+    buf.par_chunks_mut(CHUNK).for_each(|c| c.fill(value));
+}
+
+pub fn copy(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "copy: length mismatch");
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert!(a.len() == out.len() && b.len() == out.len(), "add: length mismatch");
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
+        for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+            *o = a + b;
+        }
+    });
+}
+
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_assign: length mismatch");
+    acc.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(acc, x)| {
+        for (a, x) in acc.iter_mut().zip(x) {
+            *a += x;
+        }
+    });
+}
+
+pub fn add_bias(y: &mut [f32], bias: &[f32]) {
+    let width = bias.len();
+    assert!(width > 0 && y.len() % width == 0, "add_bias: {} elements are not rows of {width}", y.len());
+    let rows_per = rows_per_task(y.len() / width, width);
+    y.par_chunks_mut(rows_per * width).for_each(|block| {
+        for row in block.chunks_exact_mut(width) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    });
+}
+
+pub fn bias_backward(dy: &[f32], dbias: &mut [f32]) {
+    let width = dbias.len();
+    assert!(width > 0 && dy.len() % width == 0, "bias_backward: {} elements are not rows of {width}", dy.len());
+    let partials: Vec<Vec<f32>> = row_blocks(dy.len() / width, width)
+        .into_par_iter()
+        .map(|rows| {
+            let mut sum = vec![0.0f32; width];
+            for row in dy[rows.start * width..rows.end * width].chunks_exact(width) {
+                for (s, d) in sum.iter_mut().zip(row) {
+                    *s += d;
+                }
+            }
+            sum
+        })
+        .collect();
+    for partial in partials {
+        for (db, s) in dbias.iter_mut().zip(partial) {
+            *db += s;
+        }
+    }
+}

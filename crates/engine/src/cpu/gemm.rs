@@ -1,0 +1,65 @@
+//! Matrix products: single-threaded OpenBLAS calls on disjoint blocks of C, one per rayon thread.
+
+use rayon::prelude::*;
+
+use super::par::SendPtr;
+use crate::blas;
+use crate::device::Gemm;
+
+/// Below this many multiply-adds one call is faster than splitting.
+const SPLIT_MIN_MACS: usize = 1 << 21;
+
+/// Elements an operand spans given rows, row length and leading dimension.
+fn extent(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
+}
+
+pub fn gemm(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+    let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+    assert!(a_cols <= g.lda && b_cols <= g.ldb && g.n <= g.ldc, "gemm: leading dimension too small: {g:?}");
+    assert!(a.len() >= extent(a_rows, a_cols, g.lda), "gemm: A has {} elements for {g:?}", a.len());
+    assert!(b.len() >= extent(b_rows, b_cols, g.ldb), "gemm: B has {} elements for {g:?}", b.len());
+    assert!(c.len() >= extent(g.m, g.n, g.ldc), "gemm: C has {} elements for {g:?}", c.len());
+    if g.m == 0 || g.n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let macs = g.m * g.n * g.k;
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    if threads == 1 || macs < SPLIT_MIN_MACS {
+        // SAFETY: extents checked above.
+        unsafe { call(g, a.as_ptr(), b.as_ptr(), c_ptr.0) };
+        return;
+    }
+    let split_m = g.m >= g.n;
+    let total = if split_m { g.m } else { g.n };
+    // Blocks are multiples of 16 so BLAS kernels keep full register tiles.
+    let per = total.div_ceil(threads).div_ceil(16) * 16;
+    let starts: Vec<usize> = (0..total).step_by(per).collect();
+    starts.into_par_iter().for_each(|start| {
+        let len = per.min(total - start);
+        let c_ptr = c_ptr;
+        // SAFETY: each task writes its own rows (or columns) of C; A and B are only read; all
+        // offsets stay inside the extents checked above.
+        unsafe {
+            if split_m {
+                let a_off = if g.trans_a { start } else { start * g.lda };
+                call(Gemm { m: len, ..g }, a.as_ptr().add(a_off), b.as_ptr(), c_ptr.0.add(start * g.ldc));
+            } else {
+                let b_off = if g.trans_b { start * g.ldb } else { start };
+                call(Gemm { n: len, ..g }, a.as_ptr(), b.as_ptr().add(b_off), c_ptr.0.add(start));
+            }
+        }
+    });
+}
+
+/// # Safety
+/// Operands must be valid for the extents `g` implies.
+pub unsafe fn call(g: Gemm, a: *const f32, b: *const f32, c: *mut f32) {
+    blas::sgemm_raw(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, a, g.lda, b, g.ldb, g.beta, c, g.ldc);
+}

@@ -1,0 +1,179 @@
+//! LayerNorm (gain, optional bias) and RMSNorm over the last dimension, forward and backward.
+//! Rows run in parallel; parameter gradients are summed per task and reduced at the end.
+
+use rayon::prelude::*;
+
+use super::par::{row_blocks, rows_per_task};
+
+fn rows_of(x: &[f32], width: usize, what: &str) -> usize {
+    assert!(width > 0 && x.len() % width == 0, "{what}: {} elements are not rows of {width}", x.len());
+    x.len() / width
+}
+
+pub fn layernorm_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let width = weight.len();
+    let rows = rows_of(x, width, "layernorm");
+    assert!(out.len() == x.len() && mean.len() >= rows && rstd.len() >= rows, "layernorm: buffer sizes");
+    let per = rows_per_task(rows, width);
+    out.par_chunks_mut(per * width)
+        .zip(x.par_chunks(per * width))
+        .zip(mean[..rows].par_chunks_mut(per).zip(rstd[..rows].par_chunks_mut(per)))
+        .for_each(|((out, x), (mean, rstd))| {
+            for (((o, x), m), r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(mean).zip(rstd) {
+                let mu = x.iter().sum::<f32>() / width as f32;
+                let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / width as f32;
+                let rs = 1.0 / (var + eps).sqrt();
+                match bias {
+                    Some(b) => {
+                        for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(b) {
+                            *o = (x - mu) * rs * w + b;
+                        }
+                    }
+                    None => {
+                        for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
+                            *o = (x - mu) * rs * w;
+                        }
+                    }
+                }
+                *m = mu;
+                *r = rs;
+            }
+        });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dout: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dx: &mut [f32],
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+) {
+    let width = weight.len();
+    let rows = rows_of(x, width, "layernorm backward");
+    assert!(dout.len() == x.len() && dx.len() == x.len(), "layernorm backward: buffer sizes");
+    let blocks = row_blocks(rows, width);
+    let dx_blocks: Vec<&mut [f32]> = split_rows(dx, &blocks, width);
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = blocks
+        .into_par_iter()
+        .zip(dx_blocks)
+        .map(|(range, dx)| {
+            let mut dw = vec![0.0f32; width];
+            let mut db = vec![0.0f32; width];
+            let mut xhat = vec![0.0f32; width];
+            for (i, r) in range.enumerate() {
+                let xr = &x[r * width..(r + 1) * width];
+                let dy = &dout[r * width..(r + 1) * width];
+                let (mu, rs) = (mean[r], rstd[r]);
+                let mut sum_g = 0.0f32;
+                let mut sum_gx = 0.0f32;
+                for j in 0..width {
+                    let xh = (xr[j] - mu) * rs;
+                    xhat[j] = xh;
+                    let g = dy[j] * weight[j];
+                    sum_g += g;
+                    sum_gx += g * xh;
+                    dw[j] += dy[j] * xh;
+                    db[j] += dy[j];
+                }
+                let mean_g = sum_g / width as f32;
+                let mean_gx = sum_gx / width as f32;
+                let dxr = &mut dx[i * width..(i + 1) * width];
+                for j in 0..width {
+                    dxr[j] = rs * (dy[j] * weight[j] - mean_g - xhat[j] * mean_gx);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    for (dw, _) in &partials {
+        for (acc, v) in dweight.iter_mut().zip(dw) {
+            *acc += v;
+        }
+    }
+    if let Some(dbias) = dbias {
+        for (_, db) in &partials {
+            for (acc, v) in dbias.iter_mut().zip(db) {
+                *acc += v;
+            }
+        }
+    }
+}
+
+pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], rstd: &mut [f32]) {
+    let width = weight.len();
+    let rows = rows_of(x, width, "rmsnorm");
+    assert!(out.len() == x.len() && rstd.len() >= rows, "rmsnorm: buffer sizes");
+    let per = rows_per_task(rows, width);
+    out.par_chunks_mut(per * width)
+        .zip(x.par_chunks(per * width))
+        .zip(rstd[..rows].par_chunks_mut(per))
+        .for_each(|((out, x), rstd)| {
+            for ((o, x), r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(rstd) {
+                let ms = x.iter().map(|v| v * v).sum::<f32>() / width as f32;
+                let rs = 1.0 / (ms + eps).sqrt();
+                for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
+                    *o = x * rs * w;
+                }
+                *r = rs;
+            }
+        });
+}
+
+pub fn rmsnorm_backward(dout: &[f32], x: &[f32], weight: &[f32], rstd: &[f32], dx: &mut [f32], dweight: &mut [f32]) {
+    let width = weight.len();
+    let rows = rows_of(x, width, "rmsnorm backward");
+    assert!(dout.len() == x.len() && dx.len() == x.len(), "rmsnorm backward: buffer sizes");
+    let blocks = row_blocks(rows, width);
+    let dx_blocks = split_rows(dx, &blocks, width);
+    let partials: Vec<Vec<f32>> = blocks
+        .into_par_iter()
+        .zip(dx_blocks)
+        .map(|(range, dx)| {
+            let mut dw = vec![0.0f32; width];
+            for (i, r) in range.enumerate() {
+                let xr = &x[r * width..(r + 1) * width];
+                let dy = &dout[r * width..(r + 1) * width];
+                let rs = rstd[r];
+                let mut sum_gx = 0.0f32;
+                for j in 0..width {
+                    sum_gx += dy[j] * weight[j] * xr[j];
+                    dw[j] += dy[j] * xr[j] * rs;
+                }
+                let coef = sum_gx * rs * rs * rs / width as f32;
+                let dxr = &mut dx[i * width..(i + 1) * width];
+                for j in 0..width {
+                    dxr[j] = dy[j] * weight[j] * rs - xr[j] * coef;
+                }
+            }
+            dw
+        })
+        .collect();
+    for dw in partials {
+        for (acc, v) in dweight.iter_mut().zip(dw) {
+            *acc += v;
+        }
+    }
+}
+
+/// Splits `buf` into the row blocks (consecutive, covering `buf`) as disjoint mutable slices.
+fn split_rows<'a>(mut buf: &'a mut [f32], blocks: &[std::ops::Range<usize>], width: usize) -> Vec<&'a mut [f32]> {
+    let mut parts = Vec::with_capacity(blocks.len());
+    for range in blocks {
+        let (head, tail) = buf.split_at_mut(range.len() * width);
+        parts.push(head);
+        buf = tail;
+    }
+    parts
+}

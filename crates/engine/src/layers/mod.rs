@@ -1,0 +1,38 @@
+//! Layers with forward and backward side by side, written against [`Device`] only.
+//!
+//! Pattern (same for every layer):
+//! - The layer struct holds shapes and options only; it owns no memory.
+//! - Parameters arrive as `XParams` (borrowed buffers) and gradients as `XGrads` (mutable buffers), so
+//!   a model can keep all parameters in one flat buffer and hand out slices of it.
+//! - `forward` fills an `XActs` (allocated once with `X::acts(dev, max_rows)`), which `backward` reads.
+//!   `backward` takes the same input `x` forward saw (the caller keeps it) and may use an `XScratch`
+//!   that all layers of one shape can share.
+//! - `backward` *accumulates* parameter gradients and *overwrites* input gradients.
+//! - Row counts come from the input length, so one `XActs` sized for the largest batch serves
+//!   smaller ones too.
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod embedding;
+pub mod gelu_mlp;
+pub mod linear;
+pub mod norm;
+pub mod swiglu;
+
+pub use attention::{Attention, AttentionActs, AttentionGrads, AttentionParams, AttentionScratch};
+pub use cross_entropy::CrossEntropy;
+pub use embedding::Embedding;
+pub use gelu_mlp::{GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch};
+pub use linear::{Linear, LinearGrads, LinearParams};
+pub use norm::{Norm, NormActs, NormGrads, NormKind, NormParams};
+pub use swiglu::{SwiGlu, SwiGluActs, SwiGluGrads, SwiGluParams, SwiGluScratch};
+
+use crate::Device;
+
+/// Rows of `x` when it holds whole rows of `width`; shapes are programmer contracts, so a mismatch
+/// panics with the layer's name.
+pub(crate) fn rows_of<D: Device>(dev: &D, x: &D::Buf, width: usize, layer: &str) -> usize {
+    let len = dev.len(x);
+    assert!(width > 0 && len % width == 0, "{layer}: input of {len} elements is not rows of width {width}");
+    len / width
+}

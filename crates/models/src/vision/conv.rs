@@ -1,0 +1,281 @@
+//! Inference-only convolutions on NHWC activations (`[batch, height, width, channels]`).
+//!
+//! NHWC keeps each pixel's channels contiguous, so a 1x1 convolution is one matrix product over all
+//! pixels of the batch and the final feature map is already the `[tokens, width]` layout the
+//! projector consumes. Batch norm is folded into each convolution's weight and bias beforehand.
+
+use rayon::prelude::*;
+use vlmix_engine::blas::sgemm;
+
+/// Spatial size of a feature map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spatial {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Spatial {
+    pub fn pixels(&self) -> usize {
+        self.batch * self.height * self.width
+    }
+}
+
+/// TensorFlow "SAME" padding of one dimension: `(output size, padding before)`.
+///
+/// Total padding is `max((out - 1) * stride + kernel - in, 0)` with the extra pixel after, exactly
+/// as the EfficientNet-Lite port computes it (`Conv2dStaticSamePadding`) at its native 224 px.
+pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let output = input.div_ceil(stride);
+    let total = ((output - 1) * stride + kernel).saturating_sub(input);
+    (output, total / 2)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    Relu6,
+}
+
+impl Activation {
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::None => v,
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+}
+
+/// Adds `bias` to every row of `y` (`[rows, bias.len()]`) and applies `act`, in parallel.
+fn bias_activation(y: &mut [f32], bias: &[f32], act: Activation) {
+    let width = bias.len();
+    y.par_chunks_mut(width * 64).for_each(|block| {
+        for row in block.chunks_exact_mut(width) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = act.apply(*v + b);
+            }
+        }
+    });
+}
+
+/// 1x1 convolution: `y = act(x W^T + b)` with `x: [pixels, in]`, `weight: [out, in]`.
+pub fn pointwise(x: &[f32], pixels: usize, weight: &[f32], bias: &[f32], act: Activation) -> Vec<f32> {
+    let out = bias.len();
+    let inp = weight.len() / out;
+    let mut y = vec![0.0; pixels * out];
+    sgemm(false, true, pixels, out, inp, 1.0, x, weight, 0.0, &mut y);
+    bias_activation(&mut y, bias, act);
+    y
+}
+
+/// Depthwise `k x k` convolution with stride and SAME padding.
+///
+/// `weight` is `[k, k, channels]` (channel innermost, so the inner loop runs over contiguous
+/// channels of one input pixel and vectorises).
+pub fn depthwise(
+    x: &[f32],
+    shape: Spatial,
+    channels: usize,
+    kernel: usize,
+    stride: usize,
+    weight: &[f32],
+    bias: &[f32],
+    act: Activation,
+) -> (Vec<f32>, Spatial) {
+    let (out_h, pad_top) = same_padding(shape.height, kernel, stride);
+    let (out_w, pad_left) = same_padding(shape.width, kernel, stride);
+    let out_shape = Spatial { batch: shape.batch, height: out_h, width: out_w };
+    let mut y = vec![0.0; out_shape.pixels() * channels];
+    y.par_chunks_mut(out_w * channels).enumerate().for_each(|(row_index, out_row)| {
+        let b = row_index / out_h;
+        let oy = row_index % out_h;
+        let image = &x[b * shape.height * shape.width * channels..(b + 1) * shape.height * shape.width * channels];
+        for ox in 0..out_w {
+            let acc = &mut out_row[ox * channels..(ox + 1) * channels];
+            acc.copy_from_slice(bias);
+            for ky in 0..kernel {
+                let iy = (oy * stride + ky) as isize - pad_top as isize;
+                if iy < 0 || iy >= shape.height as isize {
+                    continue;
+                }
+                for kx in 0..kernel {
+                    let ix = (ox * stride + kx) as isize - pad_left as isize;
+                    if ix < 0 || ix >= shape.width as isize {
+                        continue;
+                    }
+                    let pixel = (iy as usize * shape.width + ix as usize) * channels;
+                    let input = &image[pixel..pixel + channels];
+                    let w = &weight[(ky * kernel + kx) * channels..(ky * kernel + kx + 1) * channels];
+                    for ((a, &v), &wv) in acc.iter_mut().zip(input).zip(w) {
+                        *a += v * wv;
+                    }
+                }
+            }
+            for a in acc.iter_mut() {
+                *a = act.apply(*a);
+            }
+        }
+    });
+    (y, out_shape)
+}
+
+/// Dense `k x k` convolution with stride and SAME padding, as im2col + one matrix product.
+///
+/// Used for the stem, whose 3 input channels are too few for a depthwise-style loop to pay.
+/// `x` is NCHW (the layout preprocessing produces); `weight` is `[out, k, k, in]`.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_nchw(
+    x: &[f32],
+    shape: Spatial,
+    in_channels: usize,
+    kernel: usize,
+    stride: usize,
+    weight: &[f32],
+    bias: &[f32],
+    act: Activation,
+) -> (Vec<f32>, Spatial) {
+    let (out_h, pad_top) = same_padding(shape.height, kernel, stride);
+    let (out_w, pad_left) = same_padding(shape.width, kernel, stride);
+    let out_shape = Spatial { batch: shape.batch, height: out_h, width: out_w };
+    let patch = kernel * kernel * in_channels;
+    let plane = shape.height * shape.width;
+    let mut columns = vec![0.0f32; out_shape.pixels() * patch];
+    columns.par_chunks_mut(out_w * patch).enumerate().for_each(|(row_index, rows)| {
+        let b = row_index / out_h;
+        let oy = row_index % out_h;
+        let image = &x[b * in_channels * plane..(b + 1) * in_channels * plane];
+        for ox in 0..out_w {
+            let col = &mut rows[ox * patch..(ox + 1) * patch];
+            for ky in 0..kernel {
+                let iy = (oy * stride + ky) as isize - pad_top as isize;
+                for kx in 0..kernel {
+                    let ix = (ox * stride + kx) as isize - pad_left as isize;
+                    let inside = iy >= 0 && iy < shape.height as isize && ix >= 0 && ix < shape.width as isize;
+                    for c in 0..in_channels {
+                        col[(ky * kernel + kx) * in_channels + c] =
+                            if inside { image[c * plane + iy as usize * shape.width + ix as usize] } else { 0.0 };
+                    }
+                }
+            }
+        }
+    });
+    (pointwise(&columns, out_shape.pixels(), weight, bias, act), out_shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct NCHW convolution with explicit padding, the textbook definition.
+    #[allow(clippy::too_many_arguments)]
+    fn reference_conv(
+        x: &[f32],
+        (h, w): (usize, usize),
+        cin: usize,
+        cout: usize,
+        groups: usize,
+        k: usize,
+        stride: usize,
+        weight_oihw: &[f32],
+    ) -> (Vec<f32>, usize, usize) {
+        let (oh, pt) = same_padding(h, k, stride);
+        let (ow, pl) = same_padding(w, k, stride);
+        let cin_g = cin / groups;
+        let cout_g = cout / groups;
+        let mut y = vec![0.0; cout * oh * ow];
+        for o in 0..cout {
+            let g = o / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut s = 0.0f64;
+                    for ci in 0..cin_g {
+                        let c = g * cin_g + ci;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * stride + ky) as isize - pt as isize;
+                                let ix = (ox * stride + kx) as isize - pl as isize;
+                                if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
+                                    s += x[c * h * w + iy as usize * w + ix as usize] as f64
+                                        * weight_oihw[((o * cin_g + ci) * k + ky) * k + kx] as f64;
+                                }
+                            }
+                        }
+                    }
+                    y[(o * oh + oy) * ow + ox] = s as f32;
+                }
+            }
+        }
+        (y, oh, ow)
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104729) % 211) as f32 - 105.0) / 53.0).collect()
+    }
+
+    fn nchw_to_nhwc(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
+        for ch in 0..c {
+            for p in 0..h * w {
+                y[p * c + ch] = x[ch * h * w + p];
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        assert_eq!(same_padding(224, 3, 2), (112, 0));
+        assert_eq!(same_padding(112, 5, 2), (56, 1));
+        assert_eq!(same_padding(7, 3, 2), (4, 1));
+        assert_eq!(same_padding(14, 5, 1), (14, 2));
+    }
+
+    #[test]
+    fn depthwise_matches_reference_for_odd_and_even_sizes() {
+        for &(h, w, k, stride) in &[(9, 8, 3, 2), (7, 7, 5, 2), (6, 5, 5, 1), (4, 4, 3, 1)] {
+            let c = 5;
+            let x = values(c * h * w, 1);
+            let weight = values(c * k * k, 2);
+            let (want, oh, ow) = reference_conv(&x, (h, w), c, c, c, k, stride, &weight);
+            // [c, 1, k, k] -> [k, k, c]
+            let mut w_kkc = vec![0.0; k * k * c];
+            for ch in 0..c {
+                for t in 0..k * k {
+                    w_kkc[t * c + ch] = weight[ch * k * k + t];
+                }
+            }
+            let bias = vec![0.0; c];
+            let (got, shape) = depthwise(&nchw_to_nhwc(&x, c, h, w), Spatial { batch: 1, height: h, width: w }, c, k, stride, &w_kkc, &bias, Activation::None);
+            assert_eq!((shape.height, shape.width), (oh, ow));
+            let want = nchw_to_nhwc(&want, c, oh, ow);
+            for (g, r) in got.iter().zip(&want) {
+                assert!((g - r).abs() < 1e-4, "h={h} w={w} k={k} s={stride}: {g} vs {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn dense_matches_reference_and_applies_bias_and_relu6() {
+        let (h, w, cin, cout, k, stride) = (9, 10, 3, 4, 3, 2);
+        let x = values(cin * h * w, 3);
+        let weight = values(cout * cin * k * k, 4);
+        let (want, oh, ow) = reference_conv(&x, (h, w), cin, cout, 1, k, stride, &weight);
+        let mut w_okki = vec![0.0; weight.len()];
+        for o in 0..cout {
+            for ci in 0..cin {
+                for t in 0..k * k {
+                    w_okki[(o * k * k + t) * cin + ci] = weight[(o * cin + ci) * k * k + t];
+                }
+            }
+        }
+        let bias = vec![0.5, -0.5, 3.0, 0.0];
+        let (got, shape) = dense_nchw(&x, Spatial { batch: 1, height: h, width: w }, cin, k, stride, &w_okki, &bias, Activation::Relu6);
+        assert_eq!((shape.height, shape.width), (oh, ow));
+        let want = nchw_to_nhwc(&want, cout, oh, ow);
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            let r = (r + bias[i % cout]).clamp(0.0, 6.0);
+            assert!((g - r).abs() < 1e-4, "{g} vs {r}");
+        }
+    }
+}

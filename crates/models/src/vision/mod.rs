@@ -1,0 +1,9 @@
+//! Vision encoders (EfficientNet-Lite0, SigLIP, patch projection), image preprocessing, the on-disk
+//! feature cache for frozen encoders, and the projector into the LM's width.
+pub mod conv;
+pub mod efficientnet;
+pub mod pickle;
+pub mod preprocess;
+pub mod resample;
+pub mod torch_legacy;
+pub mod weights;

@@ -1,0 +1,168 @@
+//! Runs a plan's nodes in order, skipping finished ones, so a killed study resumes where it was.
+//!
+//! A node is finished exactly when `nodes/<id>/done.json` exists; it is written atomically after
+//! the node's outputs, so a kill at any point either leaves the node unfinished (it resumes from its
+//! own checkpoints) or finished. A lock file keeps two studies from writing one directory at once.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use vlmix_engine::atomic_file::write_atomic;
+
+use crate::plan::{Node, Plan};
+
+/// What a finished node leaves behind, beside its own files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeDone {
+    pub id: String,
+    /// Wall seconds of the run that finished it (summed over resumed attempts).
+    pub wall_s: f64,
+    pub finished_at: String,
+    /// Stage-specific outputs (checkpoint paths, scores, token counts).
+    pub outputs: serde_json::Value,
+}
+
+/// Executes one node; called only when its dependencies are done.
+pub trait NodeRunner {
+    /// `dir` is the node's own directory (created); `previous_wall_s` is time spent by killed attempts.
+    fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<serde_json::Value>;
+    /// Called before and after each node, for progress display.
+    fn on_progress(&mut self, _finished: usize, _total: usize, _current: Option<&Node>) {}
+}
+
+/// A study's run directory.
+pub struct StudyDir {
+    pub root: PathBuf,
+    _lock: File,
+}
+
+impl StudyDir {
+    /// Opens (creating) `root` and takes its lock; fails if another study holds it.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root.join("nodes")).with_context(|| format!("creating run directory {}", root.display()))?;
+        let lock_path = root.join(".lock");
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!("{} is in use by another vlmix study (lock {})", root.display(), lock_path.display());
+        }
+        Ok(Self { root: root.to_owned(), _lock: lock })
+    }
+
+    pub fn node_dir(&self, id: &str) -> PathBuf {
+        self.root.join("nodes").join(id)
+    }
+
+    pub fn done(&self, id: &str) -> Result<Option<NodeDone>> {
+        let path = self.node_dir(id).join("done.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?))
+    }
+
+    fn mark_done(&self, done: &NodeDone) -> Result<()> {
+        let path = self.node_dir(&done.id).join("done.json");
+        write_atomic(&path, serde_json::to_string_pretty(done)?.as_bytes())
+    }
+
+    /// Wall time spent on a node by earlier, interrupted attempts.
+    fn previous_wall(&self, id: &str) -> f64 {
+        std::fs::read_to_string(self.node_dir(id).join("wall_s")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0.0)
+    }
+
+    fn record_wall(&self, id: &str, wall_s: f64) -> Result<()> {
+        write_atomic(&self.node_dir(id).join("wall_s"), format!("{wall_s}").as_bytes())
+    }
+}
+
+/// Runs every unfinished node of `plan` in order. Returns how many nodes ran now.
+pub fn execute(plan: &Plan, study: &StudyDir, runner: &mut dyn NodeRunner) -> Result<usize> {
+    let total = plan.nodes.len();
+    let mut finished = plan.nodes.iter().filter(|n| study.node_dir(&n.id).join("done.json").exists()).count();
+    let mut ran = 0;
+    for node in &plan.nodes {
+        if study.done(&node.id)?.is_some() {
+            continue;
+        }
+        for dep in &node.after {
+            if study.done(dep)?.is_none() {
+                bail!("node {} needs {dep}, which is not finished", node.id);
+            }
+        }
+        runner.on_progress(finished, total, Some(node));
+        let dir = study.node_dir(&node.id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let previous = study.previous_wall(&node.id);
+        let start = Instant::now();
+        let outputs = runner.run(node, &dir, study).with_context(|| format!("study node {}", node.id));
+        let wall_s = previous + start.elapsed().as_secs_f64();
+        study.record_wall(&node.id, wall_s)?;
+        let outputs = outputs?;
+        study.mark_done(&NodeDone { id: node.id.clone(), wall_s, finished_at: now_rfc3339(), outputs })?;
+        finished += 1;
+        ran += 1;
+    }
+    runner.on_progress(finished, total, None);
+    Ok(ran)
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("unix:{secs}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::NodeKind;
+
+    struct Counting {
+        runs: Vec<String>,
+        fail_on: Option<String>,
+    }
+
+    impl NodeRunner for Counting {
+        fn run(&mut self, node: &Node, dir: &Path, _study: &StudyDir) -> Result<serde_json::Value> {
+            if self.fail_on.as_deref() == Some(&node.id) {
+                bail!("simulated crash");
+            }
+            std::fs::write(dir.join("out.txt"), &node.id)?;
+            self.runs.push(node.id.clone());
+            Ok(serde_json::json!({ "id": node.id }))
+        }
+    }
+
+    fn plan() -> Plan {
+        let node = |id: &str, after: &[&str]| Node { id: id.into(), kind: NodeKind::Pretrain, after: after.iter().map(|s| s.to_string()).collect() };
+        Plan { nodes: vec![node("a", &[]), node("b", &["a"]), node("c", &["b"])] }
+    }
+
+    #[test]
+    fn a_failed_study_resumes_skipping_finished_nodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let study = StudyDir::open(tmp.path()).unwrap();
+        let mut runner = Counting { runs: vec![], fail_on: Some("b".into()) };
+        let err = execute(&plan(), &study, &mut runner).unwrap_err();
+        assert!(format!("{err:#}").contains("study node b"), "{err:#}");
+        assert_eq!(runner.runs, vec!["a"]);
+
+        let mut runner = Counting { runs: vec![], fail_on: None };
+        assert_eq!(execute(&plan(), &study, &mut runner).unwrap(), 2);
+        assert_eq!(runner.runs, vec!["b", "c"]);
+        assert_eq!(study.done("c").unwrap().unwrap().outputs["id"], "c");
+        let mut runner = Counting { runs: vec![], fail_on: None };
+        assert_eq!(execute(&plan(), &study, &mut runner).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_second_study_on_the_same_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = StudyDir::open(tmp.path()).unwrap();
+        let err = StudyDir::open(tmp.path()).err().expect("second open must fail").to_string();
+        assert!(err.contains("in use"), "{err}");
+    }
+}

@@ -1,0 +1,183 @@
+//! Reading the grid out of the results table: which knob each figure varies, the series drawn
+//! for it (seeds averaged), and the marginal means the "what this grid says" table ranks.
+
+use super::results_table::{percent, ResultRow};
+
+/// A knob of the study that a figure puts on its x axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knob {
+    Introduction,
+    ImageTokenFraction,
+    InstructionShare,
+    FinetuneEpochs,
+}
+
+impl Knob {
+    pub const ALL: [Knob; 4] = [Knob::Introduction, Knob::ImageTokenFraction, Knob::InstructionShare, Knob::FinetuneEpochs];
+
+    /// The row's x value in display units (percent for shares, count for epochs); None for a
+    /// text-only model, which has no image knobs.
+    pub fn value(self, row: &ResultRow) -> Option<f64> {
+        row.introduction?;
+        Some(match self {
+            Knob::Introduction => row.introduction? * 100.0,
+            Knob::ImageTokenFraction => row.image_token_fraction * 100.0,
+            Knob::InstructionShare => row.instruction_share * 100.0,
+            Knob::FinetuneEpochs => f64::from(row.finetune_epochs),
+        })
+    }
+
+    /// File-name stem of the knob's figure.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Knob::Introduction => "stable_vs_introduction",
+            Knob::ImageTokenFraction => "stable_vs_image_fraction",
+            Knob::InstructionShare => "stable_vs_instruction_share",
+            Knob::FinetuneEpochs => "stable_vs_finetune_epochs",
+        }
+    }
+
+    pub fn axis_label(self) -> &'static str {
+        match self {
+            Knob::Introduction => "images introduced at % of text pre-training",
+            Knob::ImageTokenFraction => "image tokens in cooldown (%)",
+            Knob::InstructionShare => "instruction data in image mix (%)",
+            Knob::FinetuneEpochs => "fine-tuning epochs",
+        }
+    }
+
+    /// Short name used in series labels and findings.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Knob::Introduction => "intro",
+            Knob::ImageTokenFraction => "img",
+            Knob::InstructionShare => "instr",
+            Knob::FinetuneEpochs => "ft",
+        }
+    }
+
+    /// A value of this knob as text ("80 %", "2 ep").
+    pub fn format(self, value: f64) -> String {
+        match self {
+            Knob::FinetuneEpochs => format!("{value} ep"),
+            _ => format!("{} %", percent(value / 100.0)),
+        }
+    }
+}
+
+/// Which stable score a figure panel or finding reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Score {
+    Vision,
+    Text,
+}
+
+impl Score {
+    pub fn of(self, row: &ResultRow) -> Option<f64> {
+        match self {
+            Score::Vision => row.vision_stable_score,
+            Score::Text => row.text_stable_score,
+        }
+        .filter(|v| v.is_finite())
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Score::Vision => "vision",
+            Score::Text => "text",
+        }
+    }
+}
+
+/// A mean over the runs that share an x value (and schedule).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeanPoint {
+    pub x: f64,
+    /// Fresh warmup + cosine cooldown (scratch / full): drawn hollow, not joined by the line.
+    pub fresh: bool,
+    pub mean: f64,
+    pub runs: usize,
+}
+
+/// One line of a knob figure: the runs that agree on every other knob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnobSeries {
+    pub label: String,
+    pub points: Vec<MeanPoint>,
+}
+
+/// Knobs whose value differs between image-trained rows.
+pub fn varied_knobs(rows: &[ResultRow]) -> Vec<Knob> {
+    Knob::ALL
+        .into_iter()
+        .filter(|k| {
+            let mut values: Vec<f64> = rows.iter().filter_map(|r| k.value(r)).collect();
+            values.sort_by(f64::total_cmp);
+            values.dedup();
+            values.len() > 1
+        })
+        .collect()
+}
+
+/// The series of a knob's figure: rows grouped by the other varied knobs, seeds averaged.
+pub fn knob_series(rows: &[ResultRow], knob: Knob, score: Score) -> Vec<KnobSeries> {
+    let others: Vec<Knob> = varied_knobs(rows).into_iter().filter(|k| *k != knob).collect();
+    let mut groups: Vec<(String, Vec<&ResultRow>)> = Vec::new();
+    for row in rows.iter().filter(|r| knob.value(r).is_some()) {
+        let label = others
+            .iter()
+            .map(|k| format!("{} {}", k.short_name(), k.format(k.value(row).expect("image-trained row"))))
+            .collect::<Vec<_>>()
+            .join(" · ");
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, members)) => members.push(row),
+            None => groups.push((label, vec![row])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(label, members)| KnobSeries {
+            label: if label.is_empty() { "all runs".to_string() } else { label },
+            points: means_by_value(&members, knob, score),
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect()
+}
+
+/// Mean score per (knob value, schedule), sorted by value; rows lacking the score are skipped.
+pub fn means_by_value(rows: &[&ResultRow], knob: Knob, score: Score) -> Vec<MeanPoint> {
+    let mut points: Vec<(f64, bool, f64, usize)> = Vec::new();
+    for row in rows {
+        let (Some(x), Some(y)) = (knob.value(row), score.of(row)) else { continue };
+        let fresh = row.fresh_schedule;
+        match points.iter_mut().find(|p| p.0 == x && p.1 == fresh) {
+            Some(p) => {
+                p.2 += y;
+                p.3 += 1;
+            }
+            None => points.push((x, fresh, y, 1)),
+        }
+    }
+    let mut means: Vec<MeanPoint> =
+        points.into_iter().map(|(x, fresh, sum, runs)| MeanPoint { x, fresh, mean: sum / runs as f64, runs }).collect();
+    means.sort_by(|a, b| a.x.total_cmp(&b.x).then(a.fresh.cmp(&b.fresh)));
+    means
+}
+
+/// Largest max - min of the vision score among runs identical except for the seed.
+pub fn seed_spread(rows: &[ResultRow]) -> Option<f64> {
+    let mut groups: Vec<(Vec<Option<f64>>, bool, Vec<f64>)> = Vec::new();
+    for row in rows {
+        let Some(score) = Score::Vision.of(row) else { continue };
+        let key: Vec<Option<f64>> = Knob::ALL.iter().map(|k| k.value(row)).collect();
+        match groups.iter_mut().find(|(k, f, _)| *k == key && *f == row.fresh_schedule) {
+            Some((_, _, scores)) => scores.push(score),
+            None => groups.push((key, row.fresh_schedule, vec![score])),
+        }
+    }
+    groups
+        .iter()
+        .filter(|(_, _, s)| s.len() > 1)
+        .map(|(_, _, s)| s.iter().cloned().fold(f64::MIN, f64::max) - s.iter().cloned().fold(f64::MAX, f64::min))
+        .reduce(f64::max)
+}

@@ -1,0 +1,175 @@
+//! The report page: one self-contained HTML file (inline CSS) that shows the figures beside it.
+
+use super::findings::Finding;
+use super::figures::Figure;
+use super::results_table::{ResultsTable, ResultRow};
+use std::fmt::Write;
+
+const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1800px;padding:0 1.5em;color:#222}\
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.2em}\
+table{border-collapse:collapse;margin:.8em 0;font-size:.88em}th,td{border:1px solid #d0d0d0;padding:.25em .6em;text-align:left;vertical-align:top}\
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even) td{background:#fafafa}\
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #e0e0e0}figcaption{color:#555;font-size:.9em}\
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}.muted{color:#777}";
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A score as shown in every table: three decimals, "—" when absent.
+pub fn score(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.3}"),
+        Some(v) => v.to_string(),
+        None => "—".to_string(),
+    }
+}
+
+/// Seconds as "1h 02m 03s" / "2m 05s" / "4.2s".
+pub fn duration(seconds: f64) -> String {
+    if seconds < 60.0 {
+        return format!("{seconds:.1}s");
+    }
+    let s = seconds.round() as u64;
+    if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h {:02}m {:02}s", s / 3600, (s / 60) % 60, s % 60)
+    }
+}
+
+fn num(value: String) -> String {
+    format!("<td class=\"num\">{value}</td>")
+}
+
+fn text(value: &str) -> String {
+    format!("<td>{}</td>", escape(value))
+}
+
+/// The whole page.
+pub fn render_page(title: &str, table: &ResultsTable, figures: &[Figure], findings: &[Finding]) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{t}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{t}</h1>\n",
+        t = escape(title)
+    );
+    let _ = writeln!(h, "<p class=\"muted\">{} evaluated models, {} executed nodes.</p>", table.rows.len(), table.nodes.len());
+
+    h.push_str("<h2>What this grid says</h2>\n<table class=\"findings\">\n<tr><th>question</th><th>answer</th><th>evidence (mean stable scores)</th></tr>\n");
+    for f in findings {
+        let _ = writeln!(h, "<tr>{}{}{}</tr>", text(&f.question), text(&f.answer), text(&f.evidence));
+    }
+    h.push_str("</table>\n");
+
+    h.push_str("<h2>Figures</h2>\n");
+    for f in figures {
+        let _ = writeln!(
+            h,
+            "<figure id=\"{s}\"><img src=\"{s}.png\" alt=\"{a}\"><figcaption>{c} <a href=\"{s}.svg\">SVG</a></figcaption></figure>",
+            s = escape(&f.slug),
+            a = escape(&f.title),
+            c = escape(&f.caption)
+        );
+    }
+
+    h.push_str("<h2>Results</h2>\n");
+    results_table(&mut h, &table.rows);
+    h.push_str("<h2>Per-task scores</h2>\n");
+    task_tables(&mut h, table);
+    h.push_str("<h2>Nodes: machine, versions, wall time</h2>\n");
+    nodes_table(&mut h, table);
+    h.push_str("<h2>Run configs</h2>\n");
+    for r in &table.rows {
+        let config = serde_json::to_string_pretty(&r.config).unwrap_or_else(|e| format!("unprintable config: {e}"));
+        let _ = writeln!(h, "<details><summary>{}</summary><pre>{}</pre></details>", escape(&r.run_id), escape(&config));
+    }
+    h.push_str("</body>\n</html>\n");
+    h
+}
+
+fn results_table(h: &mut String, rows: &[ResultRow]) {
+    h.push_str("<table class=\"results\">\n<tr><th>run</th><th>stage</th><th>images introduced</th><th>image tokens</th><th>instruction share</th><th>ft epochs</th><th>seed</th><th>vision stable</th><th>text stable</th><th>bits/byte</th><th>wall time</th></tr>\n");
+    for r in rows {
+        let _ = writeln!(
+            h,
+            "<tr>{}{}{}{}{}{}{}{}{}{}{}</tr>",
+            text(&r.run_id),
+            text(&r.stage),
+            text(&r.introduction_label()),
+            num(format!("{} %", super::results_table::percent(r.image_token_fraction))),
+            num(format!("{} %", super::results_table::percent(r.instruction_share))),
+            num(r.finetune_epochs.to_string()),
+            num(r.seed.to_string()),
+            num(score(r.vision_stable_score)),
+            num(score(r.text_stable_score)),
+            num(score(r.bits_per_byte)),
+            num(duration(r.wall_time_s)),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+/// Two tables, accuracy and stable score, with a column per task.
+fn task_tables(h: &mut String, table: &ResultsTable) {
+    let tasks = table.task_names();
+    if tasks.is_empty() {
+        h.push_str("<p class=\"muted\">No task scores yet.</p>\n");
+        return;
+    }
+    for (caption, pick) in [
+        ("accuracy (chance in the header)", (|s: &super::results_table::TaskScore| s.accuracy) as fn(&_) -> f64),
+        ("stable score = accuracy - chance", |s| s.stable_score),
+    ] {
+        let _ = writeln!(h, "<h3>{}</h3>\n<table class=\"tasks\">", escape(caption));
+        h.push_str("<tr><th>run</th>");
+        for (name, modality) in &tasks {
+            let chance = table.rows.iter().flat_map(|r| &r.tasks).find(|t| t.task == *name).map(|t| t.chance);
+            let _ = write!(h, "<th>{} <span class=\"muted\">({:?}, chance {})</span></th>", escape(name), modality, score(chance));
+        }
+        h.push_str("</tr>\n");
+        for r in &table.rows {
+            let _ = write!(h, "<tr>{}", text(&r.run_id));
+            for (name, _) in &tasks {
+                h.push_str(&num(score(r.tasks.iter().find(|t| t.task == *name).map(pick))));
+            }
+            h.push_str("</tr>\n");
+        }
+        h.push_str("</table>\n");
+    }
+}
+
+fn nodes_table(h: &mut String, table: &ResultsTable) {
+    if table.nodes.is_empty() {
+        h.push_str("<p class=\"muted\">No node records.</p>\n");
+        return;
+    }
+    let total: f64 = table.nodes.iter().map(|n| n.wall_time_s).sum();
+    let _ = writeln!(h, "<p>Total wall time of all nodes: {}.</p>", duration(total));
+    h.push_str("<table class=\"nodes\">\n<tr><th>node</th><th>stage</th><th>wall time</th><th>machine</th><th>versions</th></tr>\n");
+    for n in &table.nodes {
+        let versions: Vec<String> = n.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            h,
+            "<tr>{}{}{}{}{}</tr>",
+            text(&n.node_id),
+            text(&n.stage),
+            num(duration(n.wall_time_s)),
+            text(&n.machine),
+            text(&versions.join(", "))
+        );
+    }
+    h.push_str("</table>\n");
+}

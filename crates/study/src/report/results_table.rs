@@ -1,0 +1,200 @@
+//! The study's results table: one row per evaluated model, plus a record per executed node.
+//!
+//! JSON (`results.json`) is the source of truth; CSV (`results.csv`) flattens it for spreadsheets,
+//! one column per task's stable score.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use vlmix_eval::{EvalReport, Modality, TaskResult};
+
+/// One task's headline numbers for one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    pub task: String,
+    pub modality: Modality,
+    pub accuracy: f64,
+    pub chance: f64,
+    pub stable_score: f64,
+}
+
+impl From<&TaskResult> for TaskScore {
+    fn from(t: &TaskResult) -> Self {
+        Self { task: t.task.clone(), modality: t.modality, accuracy: t.accuracy, chance: t.chance, stable_score: t.stable_score }
+    }
+}
+
+/// One evaluated model and the knobs that produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub run_id: String,
+    /// The stage whose output was evaluated: "pretrain", "cooldown" or "finetune".
+    pub stage: String,
+    /// Share of text pre-training done before images came in (0..=1); None for a text-only model.
+    pub introduction: Option<f64>,
+    /// True where the cooldown used a fresh warmup + cosine (the scratch 0 % and full 100 % points)
+    /// instead of continuing the text schedule; such points are drawn hollow.
+    pub fresh_schedule: bool,
+    /// Share of cooldown tokens that are image tokens (0..=1).
+    pub image_token_fraction: f64,
+    /// Share of instruction data inside the image part of the cooldown mix (0..=1).
+    pub instruction_share: f64,
+    /// Instruction fine-tuning epochs (0 = not fine-tuned).
+    pub finetune_epochs: u32,
+    pub seed: u64,
+    pub tasks: Vec<TaskScore>,
+    pub vision_stable_score: Option<f64>,
+    pub text_stable_score: Option<f64>,
+    pub bits_per_byte: Option<f64>,
+    /// Wall time of this model's own node (not of its shared ancestors), seconds.
+    pub wall_time_s: f64,
+    pub machine: String,
+    pub versions: BTreeMap<String, String>,
+    /// The run's full resolved config, for reproduction.
+    pub config: serde_json::Value,
+}
+
+impl ResultRow {
+    /// Copies a model's evaluation into the row's score fields.
+    pub fn set_scores(&mut self, eval: &EvalReport) {
+        self.tasks = eval.tasks.iter().map(TaskScore::from).collect();
+        self.vision_stable_score = eval.vision_stable_score;
+        self.text_stable_score = eval.text_stable_score;
+        self.bits_per_byte = eval.validation.map(|v| v.bits_per_byte);
+    }
+
+    /// Rejects values the figures could not place, naming the row and field.
+    pub fn validate(&self) -> Result<()> {
+        let in_unit = |name: &str, v: f64| -> Result<()> {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("row {:?}: field `{name}` = {v} is outside [0, 1]", self.run_id);
+            }
+            Ok(())
+        };
+        if let Some(x) = self.introduction {
+            in_unit("introduction", x)?;
+        }
+        in_unit("image_token_fraction", self.image_token_fraction)?;
+        in_unit("instruction_share", self.instruction_share)
+    }
+
+    /// How the introduction point reads in tables: "scratch", "full", "80 %" or "text only".
+    pub fn introduction_label(&self) -> String {
+        match self.introduction {
+            None => "text only".to_string(),
+            Some(x) if self.fresh_schedule && x == 0.0 => "scratch (0 %)".to_string(),
+            Some(x) if self.fresh_schedule && x == 1.0 => "full (100 %)".to_string(),
+            Some(x) if self.fresh_schedule => format!("{} % (fresh)", percent(x)),
+            Some(x) => format!("{} %", percent(x)),
+        }
+    }
+}
+
+/// A fraction as a percentage without trailing zeros ("12.5", "80").
+pub fn percent(fraction: f64) -> String {
+    let p = (fraction * 1000.0).round() / 10.0;
+    if p.fract() == 0.0 {
+        format!("{p:.0}")
+    } else {
+        format!("{p}")
+    }
+}
+
+/// Where and how long one node of the study's DAG ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    /// "pretrain", "cooldown", "finetune" or "eval".
+    pub stage: String,
+    pub wall_time_s: f64,
+    pub machine: String,
+    pub versions: BTreeMap<String, String>,
+}
+
+/// All rows and node records of a study.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultsTable {
+    pub rows: Vec<ResultRow>,
+    pub nodes: Vec<NodeRecord>,
+}
+
+impl ResultsTable {
+    pub fn validate(&self) -> Result<()> {
+        self.rows.iter().try_for_each(ResultRow::validate)
+    }
+
+    pub fn read_json(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading results table {}", path.display()))?;
+        let table: Self = serde_json::from_slice(&bytes).with_context(|| format!("parsing results table {}", path.display()))?;
+        table.validate().with_context(|| format!("results table {}", path.display()))?;
+        Ok(table)
+    }
+
+    /// Writes pretty JSON atomically.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).context("serialising results table")?;
+        vlmix_engine::atomic_file::write_atomic(path, &json)
+    }
+
+    /// Task names in first-seen order, vision tasks first.
+    pub fn task_names(&self) -> Vec<(String, Modality)> {
+        let mut names: Vec<(String, Modality)> = Vec::new();
+        for t in self.rows.iter().flat_map(|r| &r.tasks) {
+            if !names.iter().any(|(n, _)| *n == t.task) {
+                names.push((t.task.clone(), t.modality));
+            }
+        }
+        names.sort_by_key(|(_, m)| *m != Modality::Vision);
+        names
+    }
+
+    /// Writes one CSV line per row (RFC 4180 quoting), atomically.
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        let tasks = self.task_names();
+        let mut header: Vec<String> = [
+            "run_id", "stage", "introduction", "fresh_schedule", "image_token_fraction", "instruction_share",
+            "finetune_epochs", "seed", "vision_stable_score", "text_stable_score", "bits_per_byte", "wall_time_s", "machine",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        header.extend(tasks.iter().map(|(t, _)| format!("stable:{t}")));
+        let mut out = csv_line(&header);
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        for r in &self.rows {
+            let mut cells = vec![
+                r.run_id.clone(),
+                r.stage.clone(),
+                opt(r.introduction),
+                r.fresh_schedule.to_string(),
+                r.image_token_fraction.to_string(),
+                r.instruction_share.to_string(),
+                r.finetune_epochs.to_string(),
+                r.seed.to_string(),
+                opt(r.vision_stable_score),
+                opt(r.text_stable_score),
+                opt(r.bits_per_byte),
+                r.wall_time_s.to_string(),
+                r.machine.clone(),
+            ];
+            cells.extend(tasks.iter().map(|(t, _)| opt(r.tasks.iter().find(|s| s.task == *t).map(|s| s.stable_score))));
+            out.push_str(&csv_line(&cells));
+        }
+        vlmix_engine::atomic_file::write_atomic(path, out.as_bytes())
+    }
+}
+
+fn csv_line(cells: &[String]) -> String {
+    let quoted: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            if c.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
+    format!("{}\n", quoted.join(","))
+}

@@ -1,0 +1,156 @@
+//! The training loop every stage shares: batches in, AdamW steps out, resumable at any kill.
+//!
+//! Per step: fetch a batch, forward + backward (gradient accumulation over micro-batches is the
+//! model's business: layers accumulate grads), stop on a non-finite loss *before* touching the
+//! weights or any checkpoint, clip, AdamW at the schedule's LR, log metrics. Every `save_every` steps
+//! and at each kept step a full checkpoint is written; older unkept checkpoints are pruned only after
+//! a newer one is complete, so some complete checkpoint always exists.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use vlmix_engine::adamw::AdamW;
+use vlmix_engine::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, LATEST_FILE};
+use vlmix_engine::grad_clip::clip_grad_norm;
+use vlmix_engine::nonfinite::ensure_finite;
+use vlmix_engine::params::ParamStore;
+
+use crate::metrics::{MetricsLog, StepMetrics};
+use crate::schedule::Schedule;
+
+/// One optimizer step's worth of data, as the model consumes it.
+pub trait Trainable {
+    type Batch;
+    fn params(&self) -> &ParamStore;
+    fn params_mut(&mut self) -> &mut ParamStore;
+    /// Forward and backward over the batch, accumulating gradients; returns the mean loss.
+    fn forward_backward(&mut self, batch: &Self::Batch) -> Result<f32>;
+}
+
+/// A deterministic, resumable stream of batches.
+pub trait BatchSource {
+    type Batch;
+    fn next_batch(&mut self) -> Result<Self::Batch>;
+    /// Tokens in a batch: (image tokens, all tokens), pads excluded.
+    fn token_counts(&self, batch: &Self::Batch) -> (u64, u64);
+    fn cursor(&self) -> serde_json::Value;
+    fn restore(&mut self, cursor: &serde_json::Value) -> Result<()>;
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoopConfig {
+    pub schedule: Schedule,
+    pub clip_norm: f32,
+    /// Steps after which a checkpoint is kept for good (e.g. the pre-training fractions).
+    pub keep_steps: Vec<u64>,
+    /// Interval of rolling checkpoints that only serve resumption.
+    pub save_every: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoopOutcome {
+    pub steps: u64,
+    pub tokens: u64,
+    pub image_tokens: u64,
+    pub final_loss: f64,
+    /// Kept step -> checkpoint directory.
+    pub kept: Vec<(u64, PathBuf)>,
+}
+
+/// Progress callback: (step, total steps, metrics of the step just taken).
+pub type OnStep<'a> = dyn FnMut(u64, u64, &StepMetrics) + 'a;
+
+#[derive(Default, Serialize, Deserialize)]
+struct Counters {
+    tokens: u64,
+    image_tokens: u64,
+}
+
+/// Trains from the latest checkpoint under `dir/checkpoints` (or from scratch) to the schedule's end.
+pub fn train<M, S>(model: &mut M, optimizer: &mut AdamW, source: &mut S, config: &LoopConfig, dir: &Path, on_step: &mut OnStep) -> Result<LoopOutcome>
+where
+    M: Trainable,
+    S: BatchSource<Batch = M::Batch>,
+{
+    let ckpt_root = dir.join("checkpoints");
+    let mut counters = Counters::default();
+    let mut step = 0;
+    if let Some(latest) = latest_checkpoint(&ckpt_root)? {
+        let state = load_checkpoint(&latest, model.params_mut(), optimizer)?;
+        source.restore(&state.data_cursor).with_context(|| format!("restoring data cursor from {}", latest.display()))?;
+        counters = serde_json::from_value(state.rng.clone()).unwrap_or_default();
+        step = state.step;
+        tracing::info!(step, checkpoint = %latest.display(), "resuming");
+    }
+    let total = config.schedule.total_steps();
+    let mut log = MetricsLog::open(&dir.join("metrics.jsonl"), step)?;
+    let mut last_loss = f64::NAN;
+    while step < total {
+        let started = Instant::now();
+        let batch = source.next_batch()?;
+        let (image_tokens, tokens) = source.token_counts(&batch);
+        model.params_mut().zero_grad();
+        let loss = model.forward_backward(&batch)?;
+        ensure_finite("loss", loss, step)?;
+        let grad_norm = clip_grad_norm(model.params_mut(), config.clip_norm);
+        ensure_finite("gradient norm", grad_norm, step)?;
+        let lr = config.schedule.lr(step);
+        optimizer.step(model.params_mut(), lr);
+        step += 1;
+        counters.tokens += tokens;
+        counters.image_tokens += image_tokens;
+        last_loss = loss as f64;
+        let metrics = StepMetrics {
+            step: step - 1,
+            tokens: counters.tokens,
+            loss: last_loss,
+            lr,
+            image_fraction: if tokens > 0 { image_tokens as f64 / tokens as f64 } else { 0.0 },
+            tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            grad_norm: grad_norm as f64,
+        };
+        log.write(&metrics)?;
+        on_step(step, total, &metrics);
+        let keep = config.keep_steps.contains(&step);
+        if keep || step % config.save_every.max(1) == 0 || step == total {
+            log.flush()?;
+            let state = TrainState {
+                step,
+                schedule: serde_json::to_value(&config.schedule)?,
+                rng: serde_json::to_value(&counters)?,
+                data_cursor: source.cursor(),
+            };
+            save_checkpoint(&ckpt_root, &state, model.params(), optimizer)?;
+            prune(&ckpt_root, &config.keep_steps)?;
+        }
+    }
+    log.flush()?;
+    let kept = config
+        .keep_steps
+        .iter()
+        .filter_map(|&s| step_dir(&ckpt_root, s).map(|d| (s, d)))
+        .collect();
+    Ok(LoopOutcome { steps: step, tokens: counters.tokens, image_tokens: counters.image_tokens, final_loss: last_loss, kept })
+}
+
+fn step_dir(root: &Path, step: u64) -> Option<PathBuf> {
+    let dir = root.join(format!("step-{step:08}"));
+    dir.is_dir().then_some(dir)
+}
+
+/// Removes complete checkpoints that are neither kept nor the latest.
+fn prune(root: &Path, keep_steps: &[u64]) -> Result<()> {
+    let latest = std::fs::read_to_string(root.join(LATEST_FILE)).unwrap_or_default();
+    for entry in std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(step) = name.strip_prefix("step-").and_then(|s| s.get(..8)).and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        if name != latest.trim() && !keep_steps.contains(&step) {
+            std::fs::remove_dir_all(root.join(&name)).with_context(|| format!("pruning {}", root.join(&name).display()))?;
+        }
+    }
+    Ok(())
+}
