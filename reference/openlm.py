@@ -5,6 +5,7 @@ engine can be checked against it. Only the pieces vlmix uses are here: rotary po
 QK-norm, SwiGLU feed-forward, gain-only LayerNorm or RMSNorm, tied or untied output.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -73,14 +74,21 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x):
-    """GPT-NeoX rotate-half rotary on x of shape (batch, seq, heads, head_dim), positions 0..seq-1."""
-    seq, head_dim = x.shape[1], x.shape[3]
+@functools.lru_cache(maxsize=8)
+def rotary_tables(seq: int, head_dim: int, dtype: torch.dtype):
+    """cos/sin of pos * 10000^(-2j/head_dim), duplicated over both halves, shaped (1, seq, 1, head_dim).
+
+    Computed in float64 and cached (OpenLM caches them too), then cast to the activations' dtype.
+    """
     inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     freqs = torch.outer(torch.arange(seq, dtype=torch.float64), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos = emb.cos()[None, :, None, :].to(x.dtype)
-    sin = emb.sin()[None, :, None, :].to(x.dtype)
+    return emb.cos()[None, :, None, :].to(dtype), emb.sin()[None, :, None, :].to(dtype)
+
+
+def apply_rotary(x):
+    """GPT-NeoX rotate-half rotary on x of shape (batch, seq, heads, head_dim), positions 0..seq-1."""
+    cos, sin = rotary_tables(x.shape[1], x.shape[3], x.dtype)
     return x * cos + rotate_half(x) * sin
 
 

@@ -41,7 +41,7 @@ def build_model(seed: int) -> SiglipVisionModel:
         num_attention_heads=4, intermediate_size=64, hidden_act="gelu_pytorch_tanh",
         layer_norm_eps=1e-6, attention_dropout=0.0, vision_use_head=False,
     )
-    config._attn_implementation = "eager"
+    config._attn_implementation = "sdpa"  # eager would round the softmax to f32 even in f64
     torch.manual_seed(seed)
     model = SiglipVisionModel(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)

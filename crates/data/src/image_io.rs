@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn svg_is_rasterised_at_the_requested_longer_side_over_white() {
-        let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect x="0" y="0" width="20" height="20" fill="#0000ff"/></svg>"#;
+        let svg = br##"<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect x="0" y="0" width="20" height="20" fill="#0000ff"/></svg>"##;
         let image = rasterize_svg(svg, 64).unwrap();
         assert_eq!(image.dimensions(), (64, 32));
         assert_eq!(image.get_pixel(10, 16), &Rgb([0, 0, 255]));

@@ -1,6 +1,8 @@
 //! vlmix-data: registry-package ingestion, tokenizer, standard-format readers and writers, packing and
 //! token-ratio mixing. Paths live in [`layout::DataLayout`].
 pub mod layout;
+pub mod text;
+pub mod tokenizer;
 
 pub use layout::DataLayout;
 

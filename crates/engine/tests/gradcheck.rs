@@ -5,7 +5,7 @@ mod common;
 
 use common::{check_grads, cpu, project, rand_vec};
 use vlmix_engine::layers::*;
-use vlmix_engine::{Cpu, Device, GeluKind};
+use vlmix_engine::{Cpu, GeluKind};
 
 type Tensors<'a> = [(&'a str, Vec<f32>)];
 
@@ -19,11 +19,6 @@ fn opt<'a>(t: &'a Tensors, name: &str) -> Option<&'a [f32]> {
 
 fn zeros_like(t: &Tensors) -> Vec<Vec<f32>> {
     t.iter().map(|(_, v)| vec![0.0; v.len()]).collect()
-}
-
-/// Index of `name` in `t`, for writing its analytic gradient.
-fn idx(t: &Tensors, name: &str) -> usize {
-    t.iter().position(|(n, _)| *n == name).unwrap_or_else(|| panic!("no tensor {name}"))
 }
 
 /// Mutable references to the gradients of `names` (in that order; absent names give `None`).

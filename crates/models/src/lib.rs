@@ -1,2 +1,3 @@
 //! vlmix-models: the OpenLM decoder LM and, on top of it, the vision-language model.
 pub mod lm;
+pub mod vision;

@@ -5,7 +5,7 @@
 //! projector consumes. Batch norm is folded into each convolution's weight and bias beforehand.
 
 use rayon::prelude::*;
-use vlmix_engine::blas::sgemm;
+use vlmix_engine::{Cpu, Device, Gemm};
 
 /// Spatial size of a feature map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,11 +60,14 @@ fn bias_activation(y: &mut [f32], bias: &[f32], act: Activation) {
 }
 
 /// 1x1 convolution: `y = act(x W^T + b)` with `x: [pixels, in]`, `weight: [out, in]`.
-pub fn pointwise(x: &[f32], pixels: usize, weight: &[f32], bias: &[f32], act: Activation) -> Vec<f32> {
+///
+/// The product goes through the engine's CPU device, which splits it across the rayon pool (the
+/// engine keeps OpenBLAS single-threaded so only one thread pool competes for the cores).
+pub fn pointwise(dev: &Cpu, x: &[f32], pixels: usize, weight: &[f32], bias: &[f32], act: Activation) -> Vec<f32> {
     let out = bias.len();
     let inp = weight.len() / out;
     let mut y = vec![0.0; pixels * out];
-    sgemm(false, true, pixels, out, inp, 1.0, x, weight, 0.0, &mut y);
+    dev.gemm(Gemm::new(false, true, pixels, out, inp), x, weight, &mut y);
     bias_activation(&mut y, bias, act);
     y
 }
@@ -126,6 +129,7 @@ pub fn depthwise(
 /// `x` is NCHW (the layout preprocessing produces); `weight` is `[out, k, k, in]`.
 #[allow(clippy::too_many_arguments)]
 pub fn dense_nchw(
+    dev: &Cpu,
     x: &[f32],
     shape: Spatial,
     in_channels: usize,
@@ -160,7 +164,7 @@ pub fn dense_nchw(
             }
         }
     });
-    (pointwise(&columns, out_shape.pixels(), weight, bias, act), out_shape)
+    (pointwise(dev, &columns, out_shape.pixels(), weight, bias, act), out_shape)
 }
 
 #[cfg(test)]
@@ -270,7 +274,8 @@ mod tests {
             }
         }
         let bias = vec![0.5, -0.5, 3.0, 0.0];
-        let (got, shape) = dense_nchw(&x, Spatial { batch: 1, height: h, width: w }, cin, k, stride, &w_okki, &bias, Activation::Relu6);
+        let dev = Cpu::new().unwrap();
+        let (got, shape) = dense_nchw(&dev, &x, Spatial { batch: 1, height: h, width: w }, cin, k, stride, &w_okki, &bias, Activation::Relu6);
         assert_eq!((shape.height, shape.width), (oh, ow));
         let want = nchw_to_nhwc(&want, cout, oh, ow);
         for (i, (g, r)) in got.iter().zip(&want).enumerate() {

@@ -13,6 +13,7 @@ use super::conv::{self, Activation, Spatial};
 use super::weights::Weights;
 use anyhow::{bail, Result};
 use std::path::Path;
+use vlmix_engine::Cpu;
 
 const BN_EPS: f32 = 1e-3;
 const STEM_CHANNELS: usize = 32;
@@ -50,6 +51,15 @@ impl EfficientNetLayer {
         }
     }
 
+    /// Side of the square feature map this layer produces from a `size x size` input.
+    pub fn side(self, size: usize) -> usize {
+        let stages = match self {
+            EfficientNetLayer::Stage(s) => s,
+            EfficientNetLayer::Head => STAGES.len(),
+        };
+        STAGES[..stages].iter().fold(size.div_ceil(2), |side, stage| side.div_ceil(stage.2))
+    }
+
     fn validate(self) -> Result<()> {
         if let EfficientNetLayer::Stage(s) = self {
             if !(1..=STAGES.len()).contains(&s) {
@@ -77,6 +87,7 @@ struct Block {
 }
 
 pub struct EfficientNetLite0 {
+    dev: Cpu,
     stem: FoldedConv,
     blocks: Vec<Block>,
     /// Index (exclusive) into `blocks` where each stage ends.
@@ -163,7 +174,7 @@ impl EfficientNetLite0 {
         let head = fold(&weights, "_conv_head", "_bn1", HEAD_CHANNELS, last, 1)?;
         let classifier_weight = weights.get("_fc.weight", &[CLASSES, HEAD_CHANNELS])?;
         let classifier_bias = weights.get("_fc.bias", &[CLASSES])?;
-        Ok(Self { stem, blocks, stage_ends, head, classifier_weight, classifier_bias })
+        Ok(Self { dev: Cpu::new()?, stem, blocks, stage_ends, head, classifier_weight, classifier_bias })
     }
 
     /// Runs the network on `pixels` (`[batch, 3, height, width]`, normalised) up to `layer`.
@@ -176,7 +187,7 @@ impl EfficientNetLite0 {
             bail!("EfficientNet-Lite0 needs images of at least 32x32 pixels, got {height}x{width}");
         }
         let input = Spatial { batch, height, width };
-        let (mut x, mut shape) = conv::dense_nchw(pixels, input, 3, 3, 2, &self.stem.weight, &self.stem.bias, Activation::Relu6);
+        let (mut x, mut shape) = conv::dense_nchw(&self.dev, pixels, input, 3, 3, 2, &self.stem.weight, &self.stem.bias, Activation::Relu6);
         let mut channels = STEM_CHANNELS;
         let end = match layer {
             EfficientNetLayer::Stage(s) => self.stage_ends[s - 1],
@@ -189,7 +200,7 @@ impl EfficientNetLite0 {
             channels = block.project.bias.len();
         }
         if layer == EfficientNetLayer::Head {
-            x = conv::pointwise(&x, shape.pixels(), &self.head.weight, &self.head.bias, Activation::Relu6);
+            x = conv::pointwise(&self.dev, &x, shape.pixels(), &self.head.weight, &self.head.bias, Activation::Relu6);
             channels = HEAD_CHANNELS;
         }
         Ok(FeatureMap { data: x, shape, channels })
@@ -199,7 +210,7 @@ impl EfficientNetLite0 {
         let expanded;
         let hidden = match &block.expand {
             Some(e) => {
-                expanded = conv::pointwise(x, shape.pixels(), &e.weight, &e.bias, Activation::Relu6);
+                expanded = conv::pointwise(&self.dev, x, shape.pixels(), &e.weight, &e.bias, Activation::Relu6);
                 &expanded[..]
             }
             None => x,
@@ -214,7 +225,7 @@ impl EfficientNetLite0 {
             &block.depthwise.bias,
             Activation::Relu6,
         );
-        let mut out = conv::pointwise(&y, out_shape.pixels(), &block.project.weight, &block.project.bias, Activation::None);
+        let mut out = conv::pointwise(&self.dev, &y, out_shape.pixels(), &block.project.weight, &block.project.bias, Activation::None);
         if block.residual {
             for (o, i) in out.iter_mut().zip(x) {
                 *o += i;
@@ -237,6 +248,6 @@ impl EfficientNetLite0 {
                 }
             }
         }
-        Ok(conv::pointwise(&pooled, batch, &self.classifier_weight, &self.classifier_bias, Activation::None))
+        Ok(conv::pointwise(&self.dev, &pooled, batch, &self.classifier_weight, &self.classifier_bias, Activation::None))
     }
 }

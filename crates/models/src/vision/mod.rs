@@ -2,6 +2,7 @@
 //! feature cache for frozen encoders, and the projector into the LM's width.
 pub mod conv;
 pub mod efficientnet;
+pub mod encoder;
 pub mod pickle;
 pub mod preprocess;
 pub mod resample;

@@ -20,6 +20,9 @@ pub enum ResizeMode {
     ShortestEdgeCrop { shortest_edge: u32, height: u32, width: u32 },
     /// Pad to a square with the mean colour, then resize to `size x size` (LLaVA's "pad" mode).
     Letterbox { size: u32 },
+    /// Cut the central square of `size / (size + crop_padding)` of the shorter side, then resize it
+    /// to `size x size` (TensorFlow's EfficientNet evaluation, which the Lite0 weights come from).
+    CenterCropResize { size: u32, crop_padding: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +59,7 @@ impl Preprocess {
     pub fn output_size(&self) -> (u32, u32) {
         match self.resize {
             ResizeMode::Exact { height, width } | ResizeMode::ShortestEdgeCrop { height, width, .. } => (height, width),
-            ResizeMode::Letterbox { size } => (size, size),
+            ResizeMode::Letterbox { size } | ResizeMode::CenterCropResize { size, .. } => (size, size),
         }
     }
 
@@ -67,6 +70,7 @@ impl Preprocess {
             ResizeMode::Exact { height, width } => format!("exact{height}x{width}"),
             ResizeMode::ShortestEdgeCrop { shortest_edge, height, width } => format!("short{shortest_edge}-crop{height}x{width}"),
             ResizeMode::Letterbox { size } => format!("letterbox{size}"),
+            ResizeMode::CenterCropResize { size, crop_padding } => format!("centercrop{size}+{crop_padding}"),
         };
         format!(
             "{resize};{};rescale{:e};mean{:?};std{:?}",
@@ -185,6 +189,16 @@ impl Preprocess {
                 let fill: [u8; 3] = std::array::from_fn(|c| (self.mean[c] / self.rescale).round().clamp(0.0, 255.0) as u8);
                 let mut square = RgbImage::from_pixel(side, side, image::Rgb(fill));
                 image::imageops::replace(&mut square, image, ((side - w) / 2) as i64, ((side - h) / 2) as i64);
+                resize(&square, size, size, self.resample)
+            }
+            ResizeMode::CenterCropResize { size, crop_padding } => {
+                let (w, h) = image.dimensions();
+                let crop = (f64::from(size) / f64::from(size + crop_padding) * f64::from(w.min(h))) as u32;
+                if crop == 0 {
+                    bail!("a {w}x{h} image is too small to centre-crop");
+                }
+                let (left, top) = ((w - crop).div_ceil(2), (h - crop).div_ceil(2));
+                let square = image::imageops::crop_imm(image, left, top, crop, crop).to_image();
                 resize(&square, size, size, self.resample)
             }
         }

@@ -1,7 +1,11 @@
-//! The "what this grid says" table: each of the paper's questions answered from marginal means
-//! (every run sharing a knob value, averaged), with the numbers behind the answer.
+//! The "what this grid says" table: each of the paper's questions answered from the grid.
+//!
+//! A knob is judged along one line of its figure (the other knobs held fixed, seeds averaged), not
+//! from means over everything: in a one-knob-at-a-time grid those means would mix in the other
+//! knobs' effects. The line used is the one that varies the knob most, ties broken by the best
+//! vision score, so a full factorial grid is read at its best setting of the other knobs.
 
-use super::grid::{means_by_value, seed_spread, varied_knobs, Knob, MeanPoint, Score};
+use super::grid::{knob_series, seed_spread, Knob, KnobSeries, MeanPoint, Score};
 use super::results_table::ResultRow;
 
 /// One answered question.
@@ -9,23 +13,18 @@ use super::results_table::ResultRow;
 pub struct Finding {
     pub question: String,
     pub answer: String,
-    /// The marginal means the answer rests on, e.g. "20 %: vision 0.301, text 0.112 · ...".
+    /// The means the answer rests on, e.g. "with img 20 %: 60 %: vision 0.301, text 0.112 · ...".
     pub evidence: String,
 }
 
 /// Answers the paper's questions that this grid can answer; says so where a knob was not varied.
 pub fn findings(rows: &[ResultRow]) -> Vec<Finding> {
-    let varied = varied_knobs(rows);
-    let all: Vec<&ResultRow> = rows.iter().collect();
-    let mut out = Vec::new();
-    for (knob, question) in [
-        (Knob::Introduction, "When should images be introduced?"),
-        (Knob::ImageTokenFraction, "What share of image tokens is best?"),
-        (Knob::FinetuneEpochs, "How many fine-tuning epochs?"),
-    ] {
-        out.push(best_value(&all, knob, question, varied.contains(&knob)));
-    }
-    out.push(instruction_effect(&all, varied.contains(&Knob::InstructionShare)));
+    let mut out = vec![
+        best_value(rows, Knob::Introduction, "When should images be introduced?"),
+        best_value(rows, Knob::ImageTokenFraction, "What share of image tokens is best?"),
+        instruction_effect(rows),
+        best_value(rows, Knob::FinetuneEpochs, "How many fine-tuning epochs?"),
+    ];
     out.push(Finding {
         question: "How much do seeds move the vision score?".to_string(),
         answer: match seed_spread(rows) {
@@ -38,67 +37,82 @@ pub fn findings(rows: &[ResultRow]) -> Vec<Finding> {
 }
 
 fn point_label(knob: Knob, p: &MeanPoint) -> String {
-    let base = knob.format(p.x);
     match (knob, p.fresh) {
         (Knob::Introduction, true) if p.x == 0.0 => "scratch (0 %)".to_string(),
         (Knob::Introduction, true) if p.x == 100.0 => "full (100 %)".to_string(),
-        (_, true) => format!("{base} (fresh)"),
-        _ => base,
+        (_, true) => format!("{} (fresh)", knob.format(p.x)),
+        _ => knob.format(p.x),
     }
 }
 
-fn evidence(rows: &[&ResultRow], knob: Knob) -> String {
-    let vision = means_by_value(rows, knob, Score::Vision);
-    let text = means_by_value(rows, knob, Score::Text);
-    vision
+fn distinct_values(series: &KnobSeries) -> usize {
+    let mut xs: Vec<f64> = series.points.iter().map(|p| p.x).collect();
+    xs.dedup();
+    xs.len()
+}
+
+fn best_point(points: &[MeanPoint]) -> Option<&MeanPoint> {
+    points.iter().max_by(|a, b| a.mean.total_cmp(&b.mean))
+}
+
+/// The vision line that varies `knob` most (ties: highest vision score), with its text twin.
+fn judged_line(rows: &[ResultRow], knob: Knob) -> Option<(KnobSeries, Option<KnobSeries>)> {
+    let vision = knob_series(rows, knob, Score::Vision).into_iter().max_by(|a, b| {
+        let best = |s: &KnobSeries| best_point(&s.points).map_or(f64::MIN, |p| p.mean);
+        distinct_values(a).cmp(&distinct_values(b)).then(best(a).total_cmp(&best(b)))
+    })?;
+    let text = knob_series(rows, knob, Score::Text).into_iter().find(|t| t.label == vision.label);
+    Some((vision, text))
+}
+
+fn evidence(knob: Knob, vision: &KnobSeries, text: Option<&KnobSeries>) -> String {
+    let points = vision
+        .points
         .iter()
         .map(|v| {
-            let t = text.iter().find(|t| t.x == v.x && t.fresh == v.fresh);
+            let t = text.and_then(|t| t.points.iter().find(|t| t.x == v.x && t.fresh == v.fresh));
             let text_part = t.map(|t| format!(", text {:.3}", t.mean)).unwrap_or_default();
             format!("{}: vision {:.3}{text_part}", point_label(knob, v), v.mean)
         })
         .collect::<Vec<_>>()
-        .join(" · ")
+        .join(" · ");
+    format!("with {}: {points}", vision.label)
 }
 
-fn best_value(rows: &[&ResultRow], knob: Knob, question: &str, varied: bool) -> Finding {
-    let vision = means_by_value(rows, knob, Score::Vision);
-    let answer = if !varied {
-        match vision.first() {
-            Some(p) => format!("not varied in this grid (all at {})", point_label(knob, p)),
-            None => "not varied in this grid".to_string(),
-        }
-    } else {
-        match vision.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)) {
-            Some(best) => {
-                let text_best = means_by_value(rows, knob, Score::Text).into_iter().max_by(|a, b| a.mean.total_cmp(&b.mean));
-                let text_part = match text_best {
-                    Some(t) if knob == Knob::FinetuneEpochs => format!("; for text: {}", point_label(knob, &t)),
+fn best_value(rows: &[ResultRow], knob: Knob, question: &str) -> Finding {
+    let (answer, evidence) = match judged_line(rows, knob) {
+        None => ("no image-trained models with scores yet".to_string(), String::new()),
+        Some((vision, text)) => {
+            let ev = evidence(knob, &vision, text.as_ref());
+            let best = best_point(&vision.points).expect("series are never empty");
+            let answer = if distinct_values(&vision) < 2 {
+                format!("not varied in this grid (all at {})", point_label(knob, best))
+            } else {
+                let text_part = match text.as_ref().and_then(|t| best_point(&t.points)) {
+                    Some(t) if knob == Knob::FinetuneEpochs => format!("; best for text: {}", point_label(knob, t)),
                     _ => String::new(),
                 };
-                format!("{} (best vision stable score, {:.3}){text_part}", point_label(knob, best), best.mean)
-            }
-            None => "no vision scores yet".to_string(),
+                format!("{} (vision stable score {:.3}){text_part}", point_label(knob, best), best.mean)
+            };
+            (answer, ev)
         }
     };
-    Finding { question: question.to_string(), answer, evidence: evidence(rows, knob) }
+    Finding { question: question.to_string(), answer, evidence }
 }
 
-fn instruction_effect(rows: &[&ResultRow], varied: bool) -> Finding {
+fn instruction_effect(rows: &[ResultRow]) -> Finding {
+    let knob = Knob::InstructionShare;
     let question = "Does instruction data in the cooldown mix help?".to_string();
-    let vision = means_by_value(rows, Knob::InstructionShare, Score::Vision);
-    let answer = match (varied, vision.first(), vision.last()) {
-        (true, Some(lo), Some(hi)) if lo.x != hi.x => {
-            let delta = hi.mean - lo.mean;
-            let verdict = if delta < 0.0 { "hurts" } else { "helps" };
-            format!(
-                "{verdict} vision: {:+.3} going from {} to {} instruction data",
-                delta,
-                Knob::InstructionShare.format(lo.x),
-                Knob::InstructionShare.format(hi.x)
-            )
-        }
-        _ => "not varied in this grid".to_string(),
+    let Some((vision, text)) = judged_line(rows, knob) else {
+        return Finding { question, answer: "no image-trained models with scores yet".to_string(), evidence: String::new() };
     };
-    Finding { question, answer, evidence: evidence(rows, Knob::InstructionShare) }
+    let (lo, hi) = (vision.points.first().expect("non-empty"), vision.points.last().expect("non-empty"));
+    let answer = if distinct_values(&vision) < 2 {
+        format!("not varied in this grid (all at {})", knob.format(lo.x))
+    } else {
+        let delta = hi.mean - lo.mean;
+        let verdict = if delta < 0.0 { "hurts" } else { "helps" };
+        format!("{verdict} vision: {delta:+.3} going from {} to {}", knob.format(lo.x), knob.format(hi.x))
+    };
+    Finding { question, answer, evidence: evidence(knob, &vision, text.as_ref()) }
 }

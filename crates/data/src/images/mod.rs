@@ -1,0 +1,358 @@
+//! `vlmix data prepare`, image side: registry packages -> image-caption WebDataset shards,
+//! LLaVA instruction JSON and vision-language eval JSONL under the prepared folder:
+//! ```text
+//! images/train/shard-NNNNNN.tar     key.png + key.txt (caption) + key.json (source, licence, facts)
+//! images/heldout/shard-NNNNNN.tar   same format; never used for training, reserved for eval
+//! images/manifest.json              counts per source and split, shards, licences, settings
+//! instruct/llava_instruct.json      LLaVA conversations about training images only
+//! instruct/images/KEY.png
+//! eval/vl/TASK.jsonl                eval items (see vl_eval), on held-out images only
+//! eval/vl/images/KEY.png
+//! ```
+//! Images are RGB with alpha composited over white, shrunk (never enlarged) to `max_side`
+//! and letterboxed to the encoder's square input at load time ([`crate::image_io::letterbox`]).
+//! Each output folder is built beside the old one and swapped in whole.
+pub mod bigbench;
+pub mod cifar;
+pub mod emoji;
+pub mod flags;
+pub mod instruct;
+pub mod openclipart;
+pub mod openmoji;
+pub mod record;
+pub mod tuxpaint;
+pub mod vl_tasks;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+
+pub use record::{ImageRecord, Source, Split, Subject};
+
+use crate::llava::write_llava;
+use crate::vl_eval::write_eval_set;
+use crate::webdataset::ShardBuilder;
+use crate::DataLayout;
+
+/// Settings of the image preparation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageConfig {
+    /// Longer side of stored images. 224 is EfficientNet-Lite0's input: larger stores pixels the
+    /// encoder throws away; smaller sources (32 px CIFAR, 64 px emoji) are kept as they are.
+    pub max_side: u32,
+    pub samples_per_shard: usize,
+    /// Percent of clip art, stamps and emoji concepts held out.
+    pub heldout_percent: u32,
+    /// Percent of CIFAR-10 images held out (each gives one open and two yes/no eval items).
+    pub cifar_heldout_percent: u32,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self { max_side: 224, samples_per_shard: 1000, heldout_percent: 10, cifar_heldout_percent: 10 }
+    }
+}
+
+/// Records of one source and the items that could not be used (each naming its file).
+#[derive(Default)]
+pub struct SourceOutput {
+    pub records: Vec<ImageRecord>,
+    pub skipped: Vec<String>,
+}
+
+impl SourceOutput {
+    fn from_results(results: Vec<Result<ImageRecord, String>>) -> Self {
+        let mut out = Self::default();
+        for result in results {
+            match result {
+                Ok(record) => out.records.push(record),
+                Err(skip) => out.skipped.push(skip),
+            }
+        }
+        out
+    }
+}
+
+/// What `prepare` wrote, also saved as `images/manifest.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePrepareSummary {
+    pub config: ImageConfig,
+    pub sources: Vec<SourceSummary>,
+    /// Training images dropped because the same pixels are held out or already in training.
+    pub duplicates_removed: Vec<String>,
+    pub train_shards: Vec<ShardSummary>,
+    pub heldout_shards: Vec<ShardSummary>,
+    pub instruct_file: PathBuf,
+    pub instruct_conversations: usize,
+    pub instruct_turns: usize,
+    pub eval_tasks: Vec<EvalTaskSummary>,
+    pub eval_left_out: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSummary {
+    pub source: &'static str,
+    pub packages: &'static str,
+    pub licence: &'static str,
+    pub train: usize,
+    pub heldout: usize,
+    pub skipped: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardSummary {
+    pub path: PathBuf,
+    pub samples: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalTaskSummary {
+    pub task: String,
+    pub path: PathBuf,
+    pub items: usize,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Mean chance accuracy over the items.
+    pub chance: f64,
+}
+
+impl fmt::Display for ImagePrepareSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "image-caption pairs (max side {} px):", self.config.max_side)?;
+        for s in &self.sources {
+            writeln!(f, "  {:<12} train {:>6}  heldout {:>5}  skipped {:>3}  {:>6.1}s  {}", s.source, s.train, s.heldout, s.skipped.len(), s.seconds, s.licence)?;
+        }
+        let count = |shards: &[ShardSummary]| shards.iter().map(|s| s.samples).sum::<usize>();
+        writeln!(f, "  shards: {} train ({} samples), {} heldout ({} samples); {} duplicate training images removed",
+            self.train_shards.len(), count(&self.train_shards), self.heldout_shards.len(), count(&self.heldout_shards), self.duplicates_removed.len())?;
+        writeln!(f, "instruction conversations: {} ({} turns) in {}", self.instruct_conversations, self.instruct_turns, self.instruct_file.display())?;
+        writeln!(f, "vision-language eval (held-out images only):")?;
+        for t in &self.eval_tasks {
+            writeln!(f, "  {:<17} {:>5} items  {:<7} chance {:.4}", t.task, t.items, t.kind, t.chance)?;
+        }
+        write!(f, "image preparation took {:.1}s", self.seconds)
+    }
+}
+
+type Loader = fn(&DataLayout, &ImageConfig) -> Result<SourceOutput>;
+
+/// Reads every image source of `layout` and writes shards, instruction data and eval sets.
+pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepareSummary> {
+    if config.max_side < 8 || config.samples_per_shard == 0 || config.heldout_percent >= 100 || config.cifar_heldout_percent >= 100 {
+        bail!("invalid image settings {config:?}");
+    }
+    let started = Instant::now();
+    let loaders: [(Source, Loader); 6] = [
+        (Source::Openclipart, openclipart::load),
+        (Source::Tuxpaint, tuxpaint::load),
+        (Source::NotoEmoji, emoji::load),
+        (Source::Openmoji, openmoji::load),
+        (Source::FlagIcons, flags::load),
+        (Source::Cifar10, cifar::load),
+    ];
+    let mut records = Vec::new();
+    let mut sources = Vec::new();
+    for (source, load) in loaders {
+        let begun = Instant::now();
+        let output = load(layout, config).with_context(|| format!("reading image source {}", source.name()))?;
+        for skip in &output.skipped {
+            tracing::warn!(source = source.name(), "skipped: {skip}");
+        }
+        sources.push(SourceSummary {
+            source: source.name(),
+            packages: source.packages(),
+            licence: source.licence(),
+            train: 0,
+            heldout: 0,
+            skipped: output.skipped,
+            seconds: begun.elapsed().as_secs_f64(),
+        });
+        tracing::info!(source = source.name(), images = output.records.len(), seconds = begun.elapsed().as_secs_f64(), "read image source");
+        records.extend(output.records);
+    }
+    check_unique_keys(&records)?;
+    let duplicates_removed = remove_duplicates(&mut records);
+    for summary in &mut sources {
+        let of_source = |split| records.iter().filter(|r| r.source.name() == summary.source && r.split == split).count();
+        summary.train = of_source(Split::Train);
+        summary.heldout = of_source(Split::Heldout);
+    }
+    // Shard order is a hash of the key: sources interleave and the order never depends on threads.
+    records.sort_by_cached_key(|r| (record::hex_prefix(r.key.as_bytes(), 16), r.key.clone()));
+    let (train, heldout): (Vec<&ImageRecord>, Vec<&ImageRecord>) = records.iter().partition(|r| r.split == Split::Train);
+
+    let mut train_shards = Vec::new();
+    let mut heldout_shards = Vec::new();
+    replace_dir(&layout.images_dir(), |staging| {
+        train_shards = write_shards(&staging.join("train"), &train, config.samples_per_shard)?;
+        heldout_shards = write_shards(&staging.join("heldout"), &heldout, config.samples_per_shard)?;
+        Ok(())
+    })?;
+    let relocate = |shards: &mut Vec<ShardSummary>, split: &str| {
+        for shard in shards.iter_mut() {
+            shard.path = layout.images_dir().join(split).join(shard.path.file_name().expect("shard file name"));
+        }
+    };
+    relocate(&mut train_shards, "train");
+    relocate(&mut heldout_shards, "heldout");
+
+    let instruct_file = layout.instruct_dir().join("llava_instruct.json");
+    let conversations: Vec<_> = train.iter().filter_map(|r| instruct::conversation(r, &format!("images/{}.png", r.key))).collect();
+    replace_dir(&layout.instruct_dir(), |staging| {
+        write_files(&staging.join("images"), train.iter().map(|r| (format!("{}.png", r.key), r.png.as_slice())))?;
+        write_llava(&staging.join("llava_instruct.json"), &conversations)
+    })?;
+
+    let eval = vl_tasks::build(layout, &heldout, config)?;
+    let mut eval_tasks = Vec::new();
+    replace_dir(&layout.eval_vl_dir(), |staging| {
+        write_files(&staging.join("images"), eval.images.iter().map(|(name, png)| (name.clone(), png.as_slice())))?;
+        for (task, items) in &eval.tasks {
+            write_eval_set(&staging.join(format!("{task}.jsonl")), items)?;
+            let kind = items.first().map(|i| format!("{:?}", i.kind).to_lowercase()).unwrap_or_default();
+            let chance = items.iter().map(|i| i.chance).sum::<f64>() / items.len().max(1) as f64;
+            let path = layout.eval_vl_dir().join(format!("{task}.jsonl"));
+            eval_tasks.push(EvalTaskSummary { task: task.clone(), path, items: items.len(), kind, chance });
+        }
+        Ok(())
+    })?;
+
+    let summary = ImagePrepareSummary {
+        config: config.clone(),
+        sources,
+        duplicates_removed,
+        train_shards,
+        heldout_shards,
+        instruct_file,
+        instruct_conversations: conversations.len(),
+        instruct_turns: conversations.iter().map(|c| c.conversations.len()).sum(),
+        eval_tasks,
+        eval_left_out: eval.left_out,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let manifest = serde_json::to_vec_pretty(&summary).context("serialising the image manifest")?;
+    vlmix_engine::atomic_file::write_atomic(&layout.images_dir().join("manifest.json"), &manifest)?;
+    Ok(summary)
+}
+
+fn check_unique_keys(records: &[ImageRecord]) -> Result<()> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for r in records {
+        if let Some(other) = seen.insert(&r.key, &r.origin) {
+            bail!("two {} images map to key {}: {other:?} and {:?}", r.source.name(), r.key, r.origin);
+        }
+    }
+    Ok(())
+}
+
+/// Drops training images whose pixels equal a held-out image (that would leak the eval) or an
+/// earlier training image (by key order); returns the dropped keys.
+fn remove_duplicates(records: &mut Vec<ImageRecord>) -> Vec<String> {
+    records.sort_by(|a, b| a.key.cmp(&b.key));
+    let heldout: HashSet<[u8; 32]> = records.iter().filter(|r| r.split == Split::Heldout).map(|r| r.pixel_hash).collect();
+    let mut seen_train: HashSet<[u8; 32]> = HashSet::new();
+    let mut removed = Vec::new();
+    records.retain(|r| {
+        let keep = r.split == Split::Heldout || (!heldout.contains(&r.pixel_hash) && seen_train.insert(r.pixel_hash));
+        if !keep {
+            removed.push(r.key.clone());
+        }
+        keep
+    });
+    removed
+}
+
+fn write_shards(dir: &Path, records: &[&ImageRecord], per_shard: usize) -> Result<Vec<ShardSummary>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    records
+        .par_chunks(per_shard)
+        .enumerate()
+        .map(|(index, chunk)| {
+            let mut shard = ShardBuilder::new();
+            for r in chunk {
+                let json = serde_json::to_vec(&r.metadata()).context("serialising sample metadata")?;
+                shard.add(&r.key, &[("json", &json), ("png", &r.png), ("txt", r.caption.as_bytes())])?;
+            }
+            let bytes = shard.finish()?;
+            let path = dir.join(format!("shard-{index:06}.tar"));
+            write_synced(&path, &bytes)?;
+            Ok(ShardSummary { path, samples: chunk.len(), bytes: bytes.len() })
+        })
+        .collect()
+}
+
+fn write_files<'a>(dir: &Path, files: impl Iterator<Item = (String, &'a [u8])>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files: Vec<(String, &[u8])> = files.collect();
+    files.par_iter().try_for_each(|(name, bytes)| write_synced(&dir.join(name), bytes))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Builds `target` in a staging folder beside it and swaps it in, so a killed run leaves either
+/// the previous complete folder or the new complete one.
+fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = target.parent().with_context(|| format!("{} has no parent folder", target.display()))?;
+    let name = target.file_name().with_context(|| format!("{} has no name", target.display()))?.to_string_lossy().into_owned();
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    let old = parent.join(format!(".old-{name}-{}", std::process::id()));
+    for leftover in [&staging, &old] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(leftover).with_context(|| format!("removing {}", leftover.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    if let Err(err) = fill(&staging) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(err);
+    }
+    vlmix_engine::atomic_file::sync_dir(&staging)?;
+    if target.exists() {
+        std::fs::rename(target, &old).with_context(|| format!("moving aside {}", target.display()))?;
+    }
+    std::fs::rename(&staging, target).with_context(|| format!("moving {} into place", target.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    vlmix_engine::atomic_file::sync_dir(parent)
+}
+
+/// Regular files under `dir`, recursively, sorted; symbolic links are skipped because the
+/// packages use them for duplicate names of the same file.
+pub(crate) fn regular_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).with_context(|| format!("listing {}", current.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", current.display()))?;
+            let kind = entry.file_type().with_context(|| format!("inspecting {}", entry.path().display()))?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub(crate) fn require_dir(dir: &Path) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        bail!("{} is missing: run scripts/fetch-data.sh to fetch and extract the image packages", dir.display());
+    }
+    Ok(dir.to_path_buf())
+}
