@@ -1,7 +1,13 @@
 //! vlmix-data: registry-package ingestion, tokenizer, standard-format readers and writers, packing and
 //! token-ratio mixing. Paths live in [`layout::DataLayout`].
+pub mod attribution;
 pub mod layout;
+pub mod mixing;
+pub mod packing;
+pub mod prepare;
+pub mod stats;
 pub mod text;
+pub mod text_eval;
 pub mod tokenizer;
 
 pub use layout::DataLayout;

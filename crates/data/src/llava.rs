@@ -124,6 +124,7 @@ impl LlavaSet {
                 Err((id, message)) => set.problems.push(problem(line, id, message)),
             }
         }
+        set.problems.sort_by_key(|p| p.line);
         if set.records.is_empty() && set.problems.is_empty() {
             set.problems.push(problem(1, None, "no records".into()));
         }

@@ -105,10 +105,7 @@ pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProbl
         let mut entry = match entry {
             Ok(entry) => entry,
             Err(err) => {
-                if let Some(item) = pending.take(shard) {
-                    deliver(item, &mut counts)?;
-                }
-                let message = format!("broken tar structure after member {last_member}: {err}");
+                let message = format!("broken tar structure after member {last_member}{}: {err}", pending.lost());
                 deliver(Err(problem("-", message, true)), &mut counts)?;
                 return Ok(counts);
             }
@@ -140,10 +137,7 @@ pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProbl
             return Ok(counts);
         }
         if (data.len() as u64) < expected {
-            if let Some(item) = pending.take(shard) {
-                deliver(item, &mut counts)?;
-            }
-            let message = format!("truncated: header says {expected} bytes, the shard ends after {}", data.len());
+            let message = format!("truncated: header says {expected} bytes, the shard ends after {}{}", data.len(), pending.lost());
             deliver(Err(problem(&name, message, true)), &mut counts)?;
             return Ok(counts);
         }
@@ -177,6 +171,14 @@ struct PendingSample {
 }
 
 impl PendingSample {
+    /// Names the sample a fatal error cuts short, for the error message.
+    fn lost(&self) -> String {
+        match &self.key {
+            Some(key) => format!(" (sample {key} is incomplete and not used)"),
+            None => String::new(),
+        }
+    }
+
     fn take(&mut self, shard: &Path) -> Option<Result<WdsSample, WdsProblem>> {
         let key = self.key.take()?;
         let members = std::mem::take(&mut self.members);
@@ -449,16 +451,18 @@ mod tests {
         shard.add("first", &[("png", &big), ("txt", b"one")]).unwrap();
         shard.add("second", &[("png", &big), ("txt", b"two")]).unwrap();
         let bytes = shard.finish().unwrap();
-        let cut_in_data = write(dir.path(), "cut.tar", &bytes[..bytes.len() / 2 + 700]);
+        let second_header = bytes.windows(10).position(|w| w == b"second.png").expect("member name in its header");
+        let cut_in_data = write(dir.path(), "cut.tar", &bytes[..second_header + 512 + 100]);
         let items = read_all(&cut_in_data);
         assert!(items[0].is_ok());
         let last = items.last().unwrap().as_ref().unwrap_err();
         assert!(last.fatal && last.member == "second.png" && last.message.contains("truncated"), "{last}");
-        let cut_in_header = write(dir.path(), "cut2.tar", &bytes[..512 + 300]);
+        let cut_in_header = write(dir.path(), "cut2.tar", &bytes[..second_header + 200]);
         let items = read_all(&cut_in_header);
-        let problem = items.iter().find_map(|i| i.as_ref().err()).expect("a problem");
+        assert_eq!(items.len(), 2, "first sample, then the fatal problem");
+        let problem = items[1].as_ref().unwrap_err();
         assert!(problem.fatal, "{problem}");
-        assert!(problem.to_string().contains("cut2.tar"), "{problem}");
+        assert!(problem.to_string().contains("cut2.tar") && problem.message.contains("after member first.txt"), "{problem}");
         let not_tar = write(dir.path(), "text.tar", &[b'x'; 1500]);
         let items = read_all(&not_tar);
         assert!(items.iter().all(|i| i.is_err()) && !items.is_empty());

@@ -233,7 +233,7 @@ fn bad_task_files_name_file_line_and_field() {
 fn same_task_in_two_files_is_refused_and_documents_need_text() {
     let dir = tempfile::tempdir().unwrap();
     let line = serde_json::json!({"id": "1", "task": "t", "context": "c", "choices": ["x", "y"], "gold": 0});
-    let a = write(dir.path(), "a.jsonl", &[line.clone()]);
+    let a = write(dir.path(), "a.jsonl", std::slice::from_ref(&line));
     let b = write(dir.path(), "b.jsonl", &[line]);
     let err = format!("{:#}", load_tasks(&[a, b]).unwrap_err());
     assert!(err.contains("a.jsonl") && err.contains("b.jsonl"), "{err}");

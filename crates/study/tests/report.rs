@@ -149,6 +149,7 @@ fn findings_pick_the_known_best_settings() {
     assert_eq!(answer("instruction"), "hurts vision: -0.033 going from 0 % to 10 %");
     // Text rises with epochs in this table, vision peaks at 2.
     assert_eq!(answer("epochs"), "2 ep (vision stable score 0.403); best for text: 4 ep");
+    assert_eq!(answer("text scores hold"), "i0.8-r0.2-s0-e2-seed1: text 0.200 vs. 0.200 for the text-only model (+0.000)");
     assert_eq!(answer("seeds"), "at most 0.006 between seeds of one configuration");
     let intro = f.iter().find(|f| f.question.contains("introduced")).unwrap();
     assert!(intro.evidence.contains("scratch (0 %): vision 0.050"), "{}", intro.evidence);

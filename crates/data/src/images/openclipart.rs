@@ -34,7 +34,8 @@ fn one(png: &Path, svg: &Path, origin: String, config: &ImageConfig) -> Result<I
     let bytes = std::fs::read(png).context("reading PNG")?;
     let image = image_io::fit_within(image_io::decode_rgb(&bytes)?, config.max_side);
     let meta = std::fs::read(svg).ok().and_then(|svg| rdf_metadata(&svg));
-    let category: Vec<String> = origin.split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev().map(humanise).collect();
+    let folders: Vec<&str> = origin.split('/').collect();
+    let category: Vec<String> = folders[..folders.len() - 1].iter().map(|f| humanise(f)).collect();
     let stem = origin.rsplit('/').next().unwrap_or(&origin);
     let (title, description, keywords) = match meta {
         Some(meta) => (meta.title.unwrap_or_else(|| humanise(stem)), meta.description, meta.keywords),
@@ -71,7 +72,7 @@ pub fn rdf_metadata(svg: &[u8]) -> Option<RdfMetadata> {
     let child_text = |name: &str| {
         work.children()
             .find(|n| n.tag_name().name() == name)
-            .map(|n| clean(&n.descendants().filter_map(|d| d.text()).collect::<String>()))
+            .map(|n| clean(&n.descendants().filter(|d| d.is_text()).filter_map(|d| d.text()).collect::<String>()))
             .filter(|t| !t.is_empty())
     };
     let mut keywords: Vec<String> = Vec::new();

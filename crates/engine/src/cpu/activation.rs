@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use super::math::{exp, sigmoid};
 use super::par::rows_per_task;
+use super::simd::multiversion;
 use crate::device::GeluKind;
 
 const CHUNK: usize = 16 * 1024;
@@ -12,14 +13,18 @@ pub fn swiglu_forward(hidden: usize, gate_up: &[f32], out: &mut [f32]) {
     assert!(hidden > 0 && out.len() % hidden == 0, "swiglu: output is not rows of {hidden}");
     assert_eq!(gate_up.len(), 2 * out.len(), "swiglu: gate_up must be twice the output");
     let per = rows_per_task(out.len() / hidden, 2 * hidden);
-    out.par_chunks_mut(per * hidden).zip(gate_up.par_chunks(per * 2 * hidden)).for_each(|(out, gu)| {
-        for (o, gu) in out.chunks_exact_mut(hidden).zip(gu.chunks_exact(2 * hidden)) {
+    out.par_chunks_mut(per * hidden).zip(gate_up.par_chunks(per * 2 * hidden)).for_each(|(out, gu)| swiglu_rows(hidden, out, gu));
+}
+
+multiversion! {
+    fn swiglu_rows(hidden: usize, out: &mut [f32], gate_up: &[f32]) {
+        for (o, gu) in out.chunks_exact_mut(hidden).zip(gate_up.chunks_exact(2 * hidden)) {
             let (g, u) = gu.split_at(hidden);
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                 *o = g * sigmoid(g) * u;
             }
         }
-    });
+    }
 }
 
 pub fn swiglu_backward(hidden: usize, gate_up: &[f32], dout: &[f32], dgate_up: &mut [f32]) {
@@ -30,18 +35,21 @@ pub fn swiglu_backward(hidden: usize, gate_up: &[f32], dout: &[f32], dgate_up: &
         .par_chunks_mut(per * 2 * hidden)
         .zip(gate_up.par_chunks(per * 2 * hidden))
         .zip(dout.par_chunks(per * hidden))
-        .for_each(|((dgu, gu), dout)| {
-            for ((dgu, gu), dy) in dgu.chunks_exact_mut(2 * hidden).zip(gu.chunks_exact(2 * hidden)).zip(dout.chunks_exact(hidden)) {
-                let (g, u) = gu.split_at(hidden);
-                let (dg, du) = dgu.split_at_mut(hidden);
-                for j in 0..hidden {
-                    let s = sigmoid(g[j]);
-                    let silu = g[j] * s;
-                    du[j] = dy[j] * silu;
-                    dg[j] = dy[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
-                }
+        .for_each(|((dgu, gu), dout)| swiglu_backward_rows(hidden, dgu, gu, dout));
+}
+
+multiversion! {
+    fn swiglu_backward_rows(hidden: usize, dgate_up: &mut [f32], gate_up: &[f32], dout: &[f32]) {
+        for ((dgu, gu), dy) in dgate_up.chunks_exact_mut(2 * hidden).zip(gate_up.chunks_exact(2 * hidden)).zip(dout.chunks_exact(hidden)) {
+            let (g, u) = gu.split_at(hidden);
+            let (dg, du) = dgu.split_at_mut(hidden);
+            for j in 0..hidden {
+                let s = sigmoid(g[j]);
+                du[j] = dy[j] * g[j] * s;
+                dg[j] = dy[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
             }
-        });
+        }
+    }
 }
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;

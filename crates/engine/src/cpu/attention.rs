@@ -8,8 +8,9 @@
 use rayon::prelude::*;
 
 use super::gemm::call;
-use super::math::exp;
+use super::math::{dot, exp_shifted_in_place, max};
 use super::par::SendPtr;
+use super::simd::multiversion;
 use crate::device::{AttnShape, Gemm};
 
 const CAUSAL_BLOCK: usize = 64;
@@ -32,11 +33,35 @@ fn blocks(shape: AttnShape) -> impl Iterator<Item = (usize, usize, usize)> {
     })
 }
 
-fn valid_keys(shape: AttnShape, row: usize) -> usize {
-    if shape.causal {
-        row + 1
-    } else {
-        shape.seq
+multiversion! {
+    /// Rows `i0..i1` of one head's `[t, t]` scores become probabilities; masked entries become 0.
+    fn softmax_rows(p: &mut [f32], t: usize, i0: usize, i1: usize, causal: bool) {
+        for i in i0..i1 {
+            let row = &mut p[i * t..(i + 1) * t];
+            let valid = if causal { i + 1 } else { t };
+            let row_max = max(&row[..valid]);
+            let inv = 1.0 / exp_shifted_in_place(&mut row[..valid], row_max);
+            row[..valid].iter_mut().for_each(|x| *x *= inv);
+            row[valid..].fill(0.0);
+        }
+    }
+}
+
+multiversion! {
+    /// Turns `dP` (in `ds`, rows `i0..i1`, columns `..nk`) into the score gradient
+    /// `dS = P * (dP - rowsum(P * dP)) * scale`.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_backward_rows(p: &[f32], ds: &mut [f32], t: usize, i0: usize, i1: usize, nk: usize, causal: bool, scale: f32) {
+        for i in i0..i1 {
+            let valid = if causal { i + 1 } else { t };
+            let pr = &p[i * t..i * t + valid];
+            let dr = &mut ds[i * t..i * t + nk];
+            let row_dot = dot(pr, &dr[..valid]);
+            for (g, p) in dr[..valid].iter_mut().zip(pr) {
+                *g = p * (*g - row_dot) * scale;
+            }
+            dr[valid..].fill(0.0);
+        }
     }
 }
 
@@ -57,19 +82,7 @@ pub fn forward(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f
                 let g = Gemm::new(false, true, rows, nk, hd).alpha(scale).strides(d, d, t);
                 call(g, q.as_ptr().add(base + i0 * d), k.as_ptr().add(base), p.as_mut_ptr().add(i0 * t));
             }
-            for i in i0..i1 {
-                let row = &mut p[i * t..(i + 1) * t];
-                let valid = valid_keys(shape, i);
-                let max = row[..valid].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0.0f32;
-                for x in &mut row[..valid] {
-                    *x = exp(*x - max);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row[..valid].iter_mut().for_each(|x| *x *= inv);
-                row[valid..].fill(0.0);
-            }
+            softmax_rows(p, t, i0, i1, shape.causal);
             unsafe {
                 let g = Gemm::new(false, false, rows, hd, nk).strides(t, d, d);
                 call(g, p.as_ptr().add(i0 * t), v.as_ptr().add(base), out_ptr.0.add(base + i0 * d));
@@ -118,16 +131,7 @@ pub fn backward(
                     let g = Gemm::new(false, true, rows, nk, hd).strides(d, d, t);
                     call(g, dout.as_ptr().add(base + i0 * d), v.as_ptr().add(base), ds.as_mut_ptr().add(i0 * t));
                 }
-                for i in i0..i1 {
-                    let valid = valid_keys(shape, i);
-                    let pr = &p[i * t..i * t + valid];
-                    let dr = &mut ds[i * t..i * t + nk];
-                    let dot: f32 = pr.iter().zip(dr.iter()).map(|(p, g)| p * g).sum();
-                    for (g, p) in dr[..valid].iter_mut().zip(pr) {
-                        *g = p * (*g - dot) * scale;
-                    }
-                    dr[valid..].fill(0.0);
-                }
+                softmax_backward_rows(p, ds, t, i0, i1, nk, shape.causal, scale);
                 unsafe {
                     // dQ = dS K ; dK += dS^T Q ; dV += P^T dO
                     let g = Gemm::new(false, false, rows, hd, nk).strides(t, d, d);

@@ -15,6 +15,7 @@ mod math;
 mod norm;
 mod par;
 mod rope;
+pub(crate) mod simd;
 
 use std::ops::Range;
 

@@ -3,7 +3,9 @@
 
 use rayon::prelude::*;
 
+use super::math::{dot, sum, sum_sq_dev};
 use super::par::{row_blocks, rows_per_task};
+use super::simd::multiversion;
 
 fn rows_of(x: &[f32], width: usize, what: &str) -> usize {
     assert!(width > 0 && x.len() % width == 0, "{what}: {} elements are not rows of {width}", x.len());
@@ -26,27 +28,31 @@ pub fn layernorm_forward(
     out.par_chunks_mut(per * width)
         .zip(x.par_chunks(per * width))
         .zip(mean[..rows].par_chunks_mut(per).zip(rstd[..rows].par_chunks_mut(per)))
-        .for_each(|((out, x), (mean, rstd))| {
-            for (((o, x), m), r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(mean).zip(rstd) {
-                let mu = x.iter().sum::<f32>() / width as f32;
-                let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / width as f32;
-                let rs = 1.0 / (var + eps).sqrt();
-                match bias {
-                    Some(b) => {
-                        for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(b) {
-                            *o = (x - mu) * rs * w + b;
-                        }
-                    }
-                    None => {
-                        for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
-                            *o = (x - mu) * rs * w;
-                        }
+        .for_each(|((out, x), (mean, rstd))| layernorm_rows(out, x, weight, bias, eps, mean, rstd));
+}
+
+multiversion! {
+    fn layernorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], bias: Option<&[f32]>, eps: f32, mean: &mut [f32], rstd: &mut [f32]) {
+        let width = weight.len();
+        for (((o, x), m), r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(mean).zip(rstd) {
+            let mu = sum(x) / width as f32;
+            let rs = 1.0 / (sum_sq_dev(x, mu) / width as f32 + eps).sqrt();
+            match bias {
+                Some(b) => {
+                    for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(b) {
+                        *o = (x - mu) * rs * w + b;
                     }
                 }
-                *m = mu;
-                *r = rs;
+                None => {
+                    for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
+                        *o = (x - mu) * rs * w;
+                    }
+                }
             }
-        });
+            *m = mu;
+            *r = rs;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -71,29 +77,8 @@ pub fn layernorm_backward(
         .map(|(range, dx)| {
             let mut dw = vec![0.0f32; width];
             let mut db = vec![0.0f32; width];
-            let mut xhat = vec![0.0f32; width];
-            for (i, r) in range.enumerate() {
-                let xr = &x[r * width..(r + 1) * width];
-                let dy = &dout[r * width..(r + 1) * width];
-                let (mu, rs) = (mean[r], rstd[r]);
-                let mut sum_g = 0.0f32;
-                let mut sum_gx = 0.0f32;
-                for j in 0..width {
-                    let xh = (xr[j] - mu) * rs;
-                    xhat[j] = xh;
-                    let g = dy[j] * weight[j];
-                    sum_g += g;
-                    sum_gx += g * xh;
-                    dw[j] += dy[j] * xh;
-                    db[j] += dy[j];
-                }
-                let mean_g = sum_g / width as f32;
-                let mean_gx = sum_gx / width as f32;
-                let dxr = &mut dx[i * width..(i + 1) * width];
-                for j in 0..width {
-                    dxr[j] = rs * (dy[j] * weight[j] - mean_g - xhat[j] * mean_gx);
-                }
-            }
+            let rows = range.start * width..range.end * width;
+            layernorm_backward_rows(&dout[rows.clone()], &x[rows], weight, &mean[range.clone()], &rstd[range], dx, &mut dw, &mut db);
             (dw, db)
         })
         .collect();
@@ -111,6 +96,28 @@ pub fn layernorm_backward(
     }
 }
 
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward_rows(dout: &[f32], x: &[f32], weight: &[f32], mean: &[f32], rstd: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
+        let width = weight.len();
+        let mut xhat = vec![0.0f32; width];
+        let mut g = vec![0.0f32; width];
+        for ((((xr, dy), dxr), &mu), &rs) in x.chunks_exact(width).zip(dout.chunks_exact(width)).zip(dx.chunks_exact_mut(width)).zip(mean).zip(rstd) {
+            for j in 0..width {
+                xhat[j] = (xr[j] - mu) * rs;
+                g[j] = dy[j] * weight[j];
+                dw[j] += dy[j] * xhat[j];
+                db[j] += dy[j];
+            }
+            let mean_g = sum(&g) / width as f32;
+            let mean_gx = dot(&g, &xhat) / width as f32;
+            for j in 0..width {
+                dxr[j] = rs * (g[j] - mean_g - xhat[j] * mean_gx);
+            }
+        }
+    }
+}
+
 pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], rstd: &mut [f32]) {
     let width = weight.len();
     let rows = rows_of(x, width, "rmsnorm");
@@ -121,7 +128,7 @@ pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], rst
         .zip(rstd[..rows].par_chunks_mut(per))
         .for_each(|((out, x), rstd)| {
             for ((o, x), r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(rstd) {
-                let ms = x.iter().map(|v| v * v).sum::<f32>() / width as f32;
+                let ms = dot(x, x) / width as f32;
                 let rs = 1.0 / (ms + eps).sqrt();
                 for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
                     *o = x * rs * w;

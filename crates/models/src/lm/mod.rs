@@ -1,5 +1,6 @@
 //! The OpenLM decoder language model (see ARCHITECTURE.md for parameter names).
 
+pub mod bench;
 pub mod config;
 pub mod init;
 pub mod input;

@@ -3,8 +3,10 @@
 pub mod conv;
 pub mod efficientnet;
 pub mod encoder;
+pub mod feature_cache;
 pub mod pickle;
 pub mod preprocess;
+pub mod projector;
 pub mod resample;
 pub mod torch_legacy;
 pub mod weights;

@@ -53,6 +53,8 @@ pub struct Panel {
     pub series: Vec<PlotSeries>,
     /// Draw y = 0 (chance level for stable scores) and keep it in view.
     pub zero_line: bool,
+    /// Only whole-number ticks on x (epoch counts).
+    pub integer_x: bool,
 }
 
 /// A figure: panels side by side with one shared legend underneath.
@@ -87,6 +89,7 @@ pub fn knob_figure(rows: &[ResultRow], knob: Knob) -> Figure {
             })
             .collect(),
         zero_line: true,
+        integer_x: knob == Knob::FinetuneEpochs,
     };
     let caption = match knob {
         Knob::Introduction => "Mean over seeds. Hollow markers: scratch / full points, trained with a fresh warmup + cosine schedule instead of continuing the text schedule.",
@@ -121,6 +124,7 @@ pub fn curves_figure(curves: &[TrainingCurve]) -> Figure {
             })
             .collect(),
         zero_line: false,
+        integer_x: false,
     };
     Figure {
         slug: "training_curves".to_string(),
@@ -223,7 +227,9 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
         .y_desc(&panel.y_label)
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(238, 238, 238))
+        .x_label_formatter(&|v| if panel.integer_x && v.fract() != 0.0 { String::new() } else { tick(v) })
+        .y_label_formatter(&tick)
+        .light_line_style(RGBColor(243, 243, 243))
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()?;
     if panel.zero_line {
@@ -243,6 +249,19 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
         chart.draw_series(s.hollow.iter().filter(finite).map(|&p| Circle::new(p, 6, c.stroke_width(2))))?;
     }
     Ok(())
+}
+
+/// Axis tick text without float noise: "10" not "10.0", "2.5e-5" for tiny learning rates.
+fn tick(value: &f64) -> String {
+    let v = *value;
+    if v == 0.0 {
+        return "0".to_string();
+    }
+    if v.abs() < 1e-3 {
+        return format!("{v:.1e}");
+    }
+    let fixed = format!("{v:.4}");
+    fixed.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Draws a figure into an SVG string and a PNG byte buffer.
@@ -275,6 +294,14 @@ mod tests {
         assert_eq!(padded_range(std::iter::empty(), false), (0.0, 1.0));
         let (lo, hi) = padded_range([0.2, 0.4].into_iter(), true);
         assert!(lo < 0.0 && hi > 0.4);
+    }
+
+    #[test]
+    fn ticks_drop_float_noise() {
+        assert_eq!(tick(&10.0), "10");
+        assert_eq!(tick(&0.25), "0.25");
+        assert_eq!(tick(&0.0), "0");
+        assert_eq!(tick(&0.00003), "3.0e-5");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub fn findings(rows: &[ResultRow]) -> Vec<Finding> {
         instruction_effect(rows),
         best_value(rows, Knob::FinetuneEpochs, "How many fine-tuning epochs?"),
     ];
+    out.push(text_holds(rows));
     out.push(Finding {
         question: "How much do seeds move the vision score?".to_string(),
         answer: match seed_spread(rows) {
@@ -115,4 +116,24 @@ fn instruction_effect(rows: &[ResultRow]) -> Finding {
         format!("{verdict} vision: {delta:+.3} going from {} to {}", knob.format(lo.x), knob.format(hi.x))
     };
     Finding { question, answer, evidence: evidence(knob, &vision, text.as_ref()) }
+}
+
+/// The best vision model's text score against the text-only model's (the paper: text holds).
+fn text_holds(rows: &[ResultRow]) -> Finding {
+    let question = "Do text scores hold at the best vision model?".to_string();
+    let best = rows
+        .iter()
+        .filter(|r| r.introduction.is_some())
+        .filter_map(|r| Score::Vision.of(r).map(|v| (r, v)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let text_only = rows.iter().filter(|r| r.introduction.is_none()).filter_map(|r| Score::Text.of(r)).reduce(f64::max);
+    let answer = match (best, text_only) {
+        (Some((row, _)), Some(base)) => match Score::Text.of(row) {
+            Some(t) => format!("{}: text {t:.3} vs. {base:.3} for the text-only model ({:+.3})", row.run_id, t - base),
+            None => format!("{} has no text score", row.run_id),
+        },
+        (None, _) => "no image-trained models with scores yet".to_string(),
+        (_, None) => "no text-only model evaluated".to_string(),
+    };
+    Finding { question, answer, evidence: String::new() }
 }

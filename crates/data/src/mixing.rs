@@ -1,0 +1,322 @@
+//! The mixing sampler: decides for each sequence whether it is text or image-text so that image tokens
+//! make up a requested fraction of all (non-pad) tokens, the paper's knob "fraction of visual tokens".
+//!
+//! Error feedback, not coin flips: with `I` image tokens and `T` tokens so far, the deficit
+//! `D = I - f*T` moves by a known amount for either choice, and the sampler takes the choice that leaves
+//! `|D|` smaller. `|D|` therefore stays below one sequence's worth of tokens, so the fraction over any
+//! window of steps is off by at most about `2 * seq_len / tokens in the window` (e.g. under 0.5 points
+//! over 100 steps of 8 sequences), and the whole run is a pure function of the seed and data. The same
+//! rule splits image sequences between captions and instruction conversations (the paper's
+//! instruction-share ablation). The cursor (counters, stream positions, recent window) is serialisable;
+//! a sampler rebuilt from it continues exactly where the saved one stopped.
+use std::collections::VecDeque;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::packing::{epoch_order, pack_image_sequence, ImageText, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
+use crate::tokenizer::SpecialTokens;
+
+/// Steps in the window the achieved fraction is reported over.
+pub const WINDOW_STEPS: usize = 100;
+
+/// Image examples addressed by index; only their text is needed to decide and pack, the trainer maps
+/// `Sequence::example` back to the image (or its cached encoder features).
+pub trait ImageTexts {
+    fn len(&self) -> u64;
+    fn text(&mut self, index: u64) -> Result<ImageText>;
+}
+
+impl ImageTexts for Vec<ImageText> {
+    fn len(&self) -> u64 {
+        Vec::len(self) as u64
+    }
+    fn text(&mut self, index: u64) -> Result<ImageText> {
+        self.get(index as usize).cloned().ok_or_else(|| anyhow::anyhow!("image example {index} out of range"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MixConfig {
+    pub seq_len: usize,
+    /// Image tokens per image (the encoder's output length, e.g. 729 for SigLIP at 384 px).
+    pub n_image_tokens: usize,
+    /// Requested fraction of image tokens among all non-pad tokens, in [0, 1].
+    pub image_token_fraction: f64,
+    /// Fraction of image sequences drawn from instruction conversations instead of captions.
+    pub instruct_fraction: f64,
+    pub seed: u64,
+    /// Log the achieved fraction every this many steps (0: never).
+    pub log_every: u64,
+}
+
+/// Position in an indexed example set: seeded order per epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExampleCursor {
+    pub epoch: u64,
+    pub position: u64,
+}
+
+/// Everything needed to resume: stream positions and the counters the decisions depend on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MixCursor {
+    pub text: TextCursor,
+    pub captions: ExampleCursor,
+    pub instruct: ExampleCursor,
+    pub image_tokens: u64,
+    pub total_tokens: u64,
+    pub text_sequences: u64,
+    pub caption_sequences: u64,
+    pub instruct_sequences: u64,
+    pub steps: u64,
+    /// (image tokens, total tokens) of the last [`WINDOW_STEPS`] steps.
+    pub window: VecDeque<(u64, u64)>,
+}
+
+/// Achieved mix, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MixStats {
+    pub steps: u64,
+    pub cumulative_image_fraction: f64,
+    pub window_image_fraction: f64,
+    pub instruct_share: f64,
+}
+
+struct IndexedSet<S> {
+    set: S,
+    seed: u64,
+    order: Option<(u64, Vec<u32>)>,
+}
+
+impl<S: ImageTexts> IndexedSet<S> {
+    fn index_at(&mut self, cursor: ExampleCursor) -> u64 {
+        let n = self.set.len() as usize;
+        if self.order.as_ref().is_none_or(|(epoch, _)| *epoch != cursor.epoch) {
+            self.order = Some((cursor.epoch, epoch_order(n, self.seed, cursor.epoch)));
+        }
+        self.order.as_ref().map_or(0, |(_, o)| o[cursor.position as usize] as u64)
+    }
+}
+
+fn advance(cursor: ExampleCursor, len: u64) -> ExampleCursor {
+    if cursor.position + 1 >= len {
+        ExampleCursor { epoch: cursor.epoch + 1, position: 0 }
+    } else {
+        ExampleCursor { epoch: cursor.epoch, position: cursor.position + 1 }
+    }
+}
+
+pub struct MixingSampler<D, C, I> {
+    config: MixConfig,
+    special: SpecialTokens,
+    text: TextPacker<D>,
+    captions: IndexedSet<C>,
+    instruct: IndexedSet<I>,
+    cursor: MixCursor,
+}
+
+impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
+    /// A sampler at `cursor` (`MixCursor::default()` to start).
+    pub fn new(config: MixConfig, special: SpecialTokens, docs: D, captions: C, instruct: I, cursor: MixCursor) -> Result<Self> {
+        anyhow::ensure!((0.0..=1.0).contains(&config.image_token_fraction), "image token fraction {} is not in [0, 1]", config.image_token_fraction);
+        anyhow::ensure!((0.0..=1.0).contains(&config.instruct_fraction), "instruction fraction {} is not in [0, 1]", config.instruct_fraction);
+        anyhow::ensure!(config.seq_len > config.n_image_tokens + 1, "sequence length {} leaves no room for text after {} image tokens", config.seq_len, config.n_image_tokens);
+        if config.image_token_fraction > 0.0 {
+            anyhow::ensure!(config.instruct_fraction == 1.0 || captions.len() > 0, "an image token fraction above 0 needs image-caption examples; none were given");
+            anyhow::ensure!(config.instruct_fraction == 0.0 || instruct.len() > 0, "an instruction fraction above 0 needs instruction examples; none were given");
+        }
+        let text = TextPacker::new(docs, config.seq_len, special.eos, config.seed, cursor.text)?;
+        let captions = IndexedSet { set: captions, seed: config.seed ^ 0xC0FFEE, order: None };
+        let instruct = IndexedSet { set: instruct, seed: config.seed ^ 0x1D57_C0DE, order: None };
+        Ok(Self { config, special, text, captions, instruct, cursor })
+    }
+
+    /// The state to save with a checkpoint.
+    pub fn cursor(&self) -> &MixCursor {
+        &self.cursor
+    }
+
+    pub fn stats(&self) -> MixStats {
+        let c = &self.cursor;
+        let (wi, wt) = c.window.iter().fold((0, 0), |(a, b), &(i, t)| (a + i, b + t));
+        let image_sequences = c.caption_sequences + c.instruct_sequences;
+        MixStats {
+            steps: c.steps,
+            cumulative_image_fraction: ratio(c.image_tokens, c.total_tokens),
+            window_image_fraction: ratio(wi, wt),
+            instruct_share: ratio(c.instruct_sequences, image_sequences),
+        }
+    }
+
+    /// One optimizer step's worth of sequences.
+    pub fn next_batch(&mut self, batch_size: usize) -> Result<Vec<Sequence>> {
+        let (image_before, total_before) = (self.cursor.image_tokens, self.cursor.total_tokens);
+        let batch = (0..batch_size).map(|_| self.next_sequence()).collect::<Result<Vec<_>>>()?;
+        let c = &mut self.cursor;
+        c.steps += 1;
+        c.window.push_back((c.image_tokens - image_before, c.total_tokens - total_before));
+        if c.window.len() > WINDOW_STEPS {
+            c.window.pop_front();
+        }
+        if self.config.log_every > 0 && c.steps % self.config.log_every == 0 {
+            let s = self.stats();
+            tracing::info!(
+                step = s.steps,
+                requested = self.config.image_token_fraction,
+                window = s.window_image_fraction,
+                cumulative = s.cumulative_image_fraction,
+                instruct_share = s.instruct_share,
+                "image token fraction"
+            );
+        }
+        Ok(batch)
+    }
+
+    /// The next sequence, text or image, by the error-feedback rule.
+    pub fn next_sequence(&mut self) -> Result<Sequence> {
+        let f = self.config.image_token_fraction;
+        if f == 0.0 {
+            return Ok(self.take_text());
+        }
+        let image_sequences = self.cursor.caption_sequences + self.cursor.instruct_sequences;
+        let want_instruct = (self.cursor.instruct_sequences as f64 + 0.5) < self.config.instruct_fraction * (image_sequences + 1) as f64;
+        let (kind, cursor) = if want_instruct { (SequenceKind::Instruct, self.cursor.instruct) } else { (SequenceKind::Caption, self.cursor.captions) };
+        let set_len = if want_instruct { self.instruct.set.len() } else { self.captions.set.len() };
+        let index = if want_instruct { self.instruct.index_at(cursor) } else { self.captions.index_at(cursor) };
+        let text = if want_instruct { self.instruct.set.text(index)? } else { self.captions.set.text(index)? };
+        let n_img = self.config.n_image_tokens as f64;
+        let image_total = n_img + text.packed_text_tokens(self.config.seq_len, self.config.n_image_tokens) as f64;
+        let deficit = self.cursor.image_tokens as f64 - f * self.cursor.total_tokens as f64;
+        let after_image = deficit + n_img - f * image_total;
+        let after_text = deficit - f * self.config.seq_len as f64;
+        if after_text.abs() < after_image.abs() {
+            return Ok(self.take_text());
+        }
+        let sequence = pack_image_sequence(kind, index, &text, self.config.seq_len, self.config.n_image_tokens, self.special);
+        let c = &mut self.cursor;
+        c.image_tokens += sequence.n_image_tokens as u64;
+        c.total_tokens += (sequence.n_image_tokens + sequence.n_text_tokens) as u64;
+        if want_instruct {
+            c.instruct_sequences += 1;
+            c.instruct = advance(cursor, set_len);
+        } else {
+            c.caption_sequences += 1;
+            c.captions = advance(cursor, set_len);
+        }
+        Ok(sequence)
+    }
+
+    fn take_text(&mut self) -> Sequence {
+        let sequence = self.text.next_sequence();
+        let c = &mut self.cursor;
+        c.text = self.text.cursor;
+        c.text_sequences += 1;
+        c.total_tokens += sequence.n_text_tokens as u64;
+        sequence
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
+
+    /// Documents and captions of varied lengths, generated deterministically.
+    fn docs() -> Vec<Vec<u32>> {
+        (0..300).map(|d| (0..(d * 37 % 900 + 5)).map(|t| 3 + (t * 7 + d) as u32 % 500).collect()).collect()
+    }
+    fn texts(n: usize, min: usize, spread: usize) -> Vec<ImageText> {
+        (0..n).map(|i| ImageText::caption((0..(min + i * 13 % spread)).map(|t| 3 + t as u32).collect())).collect()
+    }
+    fn config(fraction: f64, instruct: f64) -> MixConfig {
+        MixConfig { seq_len: 256, n_image_tokens: 64, image_token_fraction: fraction, instruct_fraction: instruct, seed: 42, log_every: 0 }
+    }
+    fn sampler(cfg: MixConfig, cursor: MixCursor) -> MixingSampler<Vec<Vec<u32>>, Vec<ImageText>, Vec<ImageText>> {
+        MixingSampler::new(cfg, SPECIAL, docs(), texts(997, 4, 40), texts(101, 20, 120), cursor).unwrap()
+    }
+
+    #[test]
+    fn every_100_step_window_is_within_half_a_point_of_the_requested_fraction() {
+        for fraction in [0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7] {
+            let mut s = sampler(config(fraction, 0.0), MixCursor::default());
+            let mut per_step = Vec::new();
+            for _ in 0..600 {
+                let batch = s.next_batch(8).unwrap();
+                let image: usize = batch.iter().map(|q| q.n_image_tokens).sum();
+                let total: usize = batch.iter().map(|q| q.n_image_tokens + q.n_text_tokens).sum();
+                per_step.push((image, total));
+            }
+            for start in 0..=per_step.len() - WINDOW_STEPS {
+                let (i, t) = per_step[start..start + WINDOW_STEPS].iter().fold((0, 0), |(a, b), &(i, t)| (a + i, b + t));
+                let achieved = i as f64 / t as f64;
+                assert!((achieved - fraction).abs() < 0.005, "fraction {fraction}: window at step {start} achieved {achieved}");
+            }
+            assert!((s.stats().window_image_fraction - fraction).abs() < 0.005);
+        }
+    }
+
+    #[test]
+    fn pads_are_not_counted_and_text_only_or_image_only_extremes_work() {
+        let mut text_only = sampler(config(0.0, 0.0), MixCursor::default());
+        assert!(text_only.next_batch(16).unwrap().iter().all(|q| q.kind == SequenceKind::Text));
+        let mut image_only = sampler(config(1.0, 0.0), MixCursor::default());
+        let batch = image_only.next_batch(16).unwrap();
+        assert!(batch.iter().all(|q| q.kind == SequenceKind::Caption));
+        let counted: usize = batch.iter().map(|q| q.n_image_tokens + q.n_text_tokens).sum();
+        let non_pad: usize = batch.iter().map(|q| q.inputs.iter().filter(|&&t| t != SPECIAL.pad).count()).sum();
+        assert_eq!(counted, non_pad);
+        assert_eq!(image_only.cursor().total_tokens as usize, counted);
+    }
+
+    #[test]
+    fn instruction_share_of_image_sequences_is_held() {
+        let mut s = sampler(config(0.3, 0.25), MixCursor::default());
+        let mut kinds = Vec::new();
+        for _ in 0..200 {
+            kinds.extend(s.next_batch(8).unwrap().into_iter().map(|q| q.kind));
+        }
+        let instruct = kinds.iter().filter(|&&k| k == SequenceKind::Instruct).count() as f64;
+        let image = kinds.iter().filter(|&&k| k != SequenceKind::Text).count() as f64;
+        assert!((instruct / image - 0.25).abs() < 1.0 / image + 1e-9, "{}", instruct / image);
+        assert!((s.stats().cumulative_image_fraction - 0.3).abs() < 0.005);
+    }
+
+    #[test]
+    fn same_seed_same_batches_and_resume_from_saved_cursor_is_exact() {
+        let cfg = config(0.2, 0.1);
+        let mut straight = sampler(cfg, MixCursor::default());
+        let mut first: Vec<Vec<Sequence>> = (0..37).map(|_| straight.next_batch(4).unwrap()).collect();
+        let saved = serde_json::to_string(straight.cursor()).unwrap();
+        let rest: Vec<Vec<Sequence>> = (0..300).map(|_| straight.next_batch(4).unwrap()).collect();
+
+        let mut again = sampler(cfg, MixCursor::default());
+        assert_eq!((0..37).map(|_| again.next_batch(4).unwrap()).collect::<Vec<_>>(), first);
+
+        let mut resumed = sampler(cfg, serde_json::from_str(&saved).unwrap());
+        let resumed_rest: Vec<Vec<Sequence>> = (0..300).map(|_| resumed.next_batch(4).unwrap()).collect();
+        assert_eq!(resumed_rest, rest);
+        assert_eq!(resumed.cursor(), straight.cursor());
+
+        let mut other_seed = sampler(MixConfig { seed: 7, ..cfg }, MixCursor::default());
+        first.truncate(5);
+        assert_ne!((0..5).map(|_| other_seed.next_batch(4).unwrap()).collect::<Vec<_>>(), first);
+    }
+
+    #[test]
+    fn impossible_settings_are_refused() {
+        let none: Vec<ImageText> = Vec::new();
+        assert!(MixingSampler::new(config(0.2, 0.0), SPECIAL, docs(), none.clone(), none.clone(), MixCursor::default()).is_err());
+        assert!(MixingSampler::new(config(1.5, 0.0), SPECIAL, docs(), texts(3, 1, 2), none.clone(), MixCursor::default()).is_err());
+        let tight = MixConfig { seq_len: 65, ..config(0.2, 0.0) };
+        assert!(MixingSampler::new(tight, SPECIAL, docs(), texts(3, 1, 2), none, MixCursor::default()).is_err());
+    }
+}

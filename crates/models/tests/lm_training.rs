@@ -1,0 +1,169 @@
+//! Behaviour of the LM beyond PyTorch parity: gradients reach every parameter, injected
+//! embeddings (the VLM's image tokens) act exactly like token embeddings and get their gradient
+//! back, gradient accumulation, and clear errors on bad input.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vlmix_engine::nonfinite::ensure_finite;
+use vlmix_engine::params::ParamStore;
+use vlmix_models::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput, NormKind};
+
+const BATCH: usize = 2;
+const SEQ: usize = 16;
+
+fn tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(0..vocab as u32)).collect()
+}
+
+fn tiny(tied: bool, norm: NormKind) -> (Lm, ParamStore) {
+    let mut config = LmConfig::preset("tiny").unwrap();
+    config.tied_embeddings = tied;
+    config.norm = norm;
+    let mut params = ParamStore::new();
+    let lm = Lm::new(config, &mut params, 42).unwrap();
+    (lm, params)
+}
+
+#[test]
+fn every_trainable_parameter_receives_a_nonzero_gradient() {
+    for (tied, norm) in [(false, NormKind::GainOnlyLayerNorm), (true, NormKind::RmsNorm)] {
+        let (mut lm, mut params) = tiny(tied, norm);
+        let vocab = lm.config().vocab;
+        let input = tokens(1, BATCH * SEQ, vocab);
+        let targets = tokens(2, BATCH * SEQ, vocab);
+        let stats = lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &[1.0; BATCH * SEQ], 1.0, None).unwrap();
+        assert!(stats.loss.is_finite() && (stats.loss - (vocab as f32).ln()).abs() < 1.0, "loss {}", stats.loss);
+        assert_eq!(params.numel(true), lm.config().param_count().total);
+        for id in params.ids() {
+            let info = params.info(id);
+            let g = params.grad(id);
+            assert!(g.iter().all(|x| x.is_finite()), "{}: non-finite gradient", info.name);
+            let nonzero = g.iter().filter(|&&x| x != 0.0).count();
+            assert!(nonzero > 0, "tied={tied}: {} has an all-zero gradient", info.name);
+        }
+    }
+}
+
+#[test]
+fn injected_embeddings_equal_token_embeddings_and_get_their_gradient() {
+    let (mut lm, mut params) = tiny(false, NormKind::GainOnlyLayerNorm);
+    let (vocab, d) = (lm.config().vocab, lm.config().d_model);
+    let input = tokens(3, BATCH * SEQ, vocab);
+    let targets = tokens(4, BATCH * SEQ, vocab);
+    let mask: Vec<f32> = (0..BATCH * SEQ).map(|r| if r % SEQ < 4 { 0.0 } else { 1.0 }).collect();
+    let table_id = lm.param_ids().tok_embeddings;
+
+    let plain = lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &mask, 1.0, None).unwrap();
+    let table_grad_plain = params.grad(table_id).to_vec();
+
+    // The first 4 positions of each sequence (an "image prefix") come in as vectors equal to the
+    // embeddings of their tokens; the token ids there are replaced by 0 and must not matter.
+    let rows: Vec<usize> = (0..BATCH).flat_map(|b| (0..4).map(move |t| b * SEQ + t)).collect();
+    let table = params.value(table_id);
+    let values: Vec<f32> = rows.iter().flat_map(|&r| table[input[r] as usize * d..(input[r] as usize + 1) * d].to_vec()).collect();
+    let mut masked_ids = input.clone();
+    rows.iter().for_each(|&r| masked_ids[r] = 0);
+    let injected = LmInput { batch: BATCH, seq: SEQ, tokens: &masked_ids, injected: Some(InjectedEmbeddings { rows: &rows, values: &values }) };
+    params.zero_grad();
+    let mut d_injected = vec![0.0f32; rows.len() * d];
+    let with = lm.forward_backward(&mut params, &injected, &targets, &mask, 1.0, Some(&mut d_injected)).unwrap();
+    assert_eq!(with.loss, plain.loss);
+
+    // What the table received plus what the injected vectors received is what the table got before.
+    let mut table_grad = params.grad(table_id).to_vec();
+    for (i, &r) in rows.iter().enumerate() {
+        let t = input[r] as usize;
+        for j in 0..d {
+            table_grad[t * d + j] += d_injected[i * d + j];
+        }
+    }
+    let worst = table_grad.iter().zip(&table_grad_plain).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let scale = table_grad_plain.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5 * scale, "table gradient differs by {worst} (scale {scale})");
+    assert!(d_injected.iter().any(|&x| x != 0.0));
+
+    // And the injected gradient is the derivative of the loss (central finite differences).
+    for (i, j) in [(0usize, 3usize), (5, 17), (7, 63)] {
+        let eps = 1e-2f32;
+        let loss_at = |delta: f32, lm: &mut Lm| {
+            let mut v = values.clone();
+            v[i * d + j] += delta;
+            let input = LmInput { injected: Some(InjectedEmbeddings { rows: &rows, values: &v }), ..injected };
+            lm.loss(&params, &input, &targets, &mask).unwrap().loss as f64
+        };
+        let numeric = (loss_at(eps, &mut lm) - loss_at(-eps, &mut lm)) / (2.0 * eps as f64);
+        let analytic = d_injected[i * d + j] as f64;
+        assert!((numeric - analytic).abs() < 2e-3 * analytic.abs().max(1e-2), "row {i} col {j}: {numeric} vs {analytic}");
+    }
+}
+
+#[test]
+fn gradient_accumulation_matches_the_full_batch() {
+    let (mut lm, mut params) = tiny(false, NormKind::GainOnlyLayerNorm);
+    let vocab = lm.config().vocab;
+    let input = tokens(5, BATCH * SEQ, vocab);
+    let targets = tokens(6, BATCH * SEQ, vocab);
+    let ones = vec![1.0f32; BATCH * SEQ];
+    lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &ones, 1.0, None).unwrap();
+    let full: Vec<Vec<f32>> = params.ids().map(|id| params.grad(id).to_vec()).collect();
+    params.zero_grad();
+    for half in 0..2 {
+        let r = half * SEQ..(half + 1) * SEQ;
+        lm.forward_backward(&mut params, &LmInput::tokens(1, SEQ, &input[r.clone()]), &targets[r], &ones[..SEQ], 0.5, None).unwrap();
+    }
+    for (id, want) in params.ids().zip(&full) {
+        let got = params.grad(id);
+        let scale = want.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+        let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5 * scale, "{}: accumulated gradient off by {worst}", params.info(id).name);
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let (mut lm, mut params) = tiny(false, NormKind::GainOnlyLayerNorm);
+    let vocab = lm.config().vocab as u32;
+    let mut ids = vec![1u32; BATCH * SEQ];
+    let ones = vec![1.0f32; BATCH * SEQ];
+    ids[5] = vocab;
+    let err = lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &ids), &ids, &ones, 1.0, None).unwrap_err().to_string();
+    assert!(err.contains(&format!("token id {vocab} at position 5")), "{err}");
+    let long = vec![1u32; 65];
+    let err = lm.logits(&params, &LmInput::tokens(1, 65, &long)).unwrap_err().to_string();
+    assert!(err.contains("exceeds the model's seq_len 64"), "{err}");
+    let err = lm.logits(&params, &LmInput::tokens(2, SEQ, &long[..SEQ])).unwrap_err().to_string();
+    assert!(err.contains("16 token ids for batch 2 x seq 16"), "{err}");
+    let rows = [3usize, 3];
+    let values = vec![0.0f32; 2 * 64];
+    let input = LmInput { batch: 1, seq: SEQ, tokens: &long[..SEQ], injected: Some(InjectedEmbeddings { rows: &rows, values: &values }) };
+    let err = lm.logits(&params, &input).unwrap_err().to_string();
+    assert!(err.contains("strictly increasing"), "{err}");
+}
+
+#[test]
+fn nan_weights_give_a_nan_loss_that_stops_the_run() {
+    let (mut lm, mut params) = tiny(false, NormKind::GainOnlyLayerNorm);
+    let id = lm.param_ids().blocks[0].w3;
+    params.value_mut(id)[0] = f32::NAN;
+    let ids = vec![1u32; SEQ];
+    let stats = lm.forward_backward(&mut params, &LmInput::tokens(1, SEQ, &ids), &ids, &[1.0; SEQ], 1.0, None).unwrap();
+    let err = ensure_finite("loss", stats.loss, 12).unwrap_err().to_string();
+    assert!(err.contains("loss is NaN at step 12"), "{err}");
+}
+
+#[test]
+fn token_nll_scores_match_the_loss() {
+    let (mut lm, params) = tiny(true, NormKind::RmsNorm);
+    let vocab = lm.config().vocab;
+    let input = tokens(7, BATCH * SEQ, vocab);
+    let targets = tokens(8, BATCH * SEQ, vocab);
+    let nll: f64 = lm.token_nll(&params, &LmInput::tokens(BATCH, SEQ, &input), &targets).unwrap().iter().map(|&x| x as f64).sum();
+    let stats = lm.loss(&params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &[1.0; BATCH * SEQ]).unwrap();
+    assert!((stats.nll_sum - nll).abs() < 1e-3, "{} vs {nll}", stats.nll_sum);
+    // Logits of a shorter batch are a prefix-consistent causal computation.
+    let full = lm.logits(&params, &LmInput::tokens(1, SEQ, &input[..SEQ])).unwrap().to_vec();
+    let prefix = lm.logits(&params, &LmInput::tokens(1, 4, &input[..4])).unwrap().to_vec();
+    let worst = prefix.iter().zip(&full[..prefix.len()]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "causality: prefix logits differ by {worst}");
+}
