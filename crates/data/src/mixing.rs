@@ -125,6 +125,9 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
             anyhow::ensure!(config.instruct_fraction == 1.0 || captions.len() > 0, "an image token fraction above 0 needs image-caption examples; none were given");
             anyhow::ensure!(config.instruct_fraction == 0.0 || instruct.len() > 0, "an instruction fraction above 0 needs instruction examples; none were given");
         }
+        for (name, at, len) in [("caption", cursor.captions, captions.len()), ("instruction", cursor.instruct, instruct.len())] {
+            anyhow::ensure!(len == 0 || at.position < len, "saved {name} cursor points at example {} of {}: it belongs to other data", at.position, len);
+        }
         let text = TextPacker::new(docs, config.seq_len, special.eos, config.seed, cursor.text)?;
         let captions = IndexedSet { set: captions, seed: config.seed ^ 0xC0FFEE, order: None };
         let instruct = IndexedSet { set: instruct, seed: config.seed ^ 0x1D57_C0DE, order: None };

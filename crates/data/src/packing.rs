@@ -94,16 +94,17 @@ impl<D: TokenDocuments> TextPacker<D> {
         anyhow::ensure!(docs.n_docs() <= u32::MAX as usize, "more than 2^32 documents in one shard");
         anyhow::ensure!(seq_len > 0, "sequence length must be positive");
         let order = (cursor.epoch, epoch_order(docs.n_docs(), seed, cursor.epoch));
-        Ok(Self { docs, seq_len, eos, seed, cursor, order, doc: Vec::new() })
+        anyhow::ensure!(cursor.position < docs.n_docs() as u64, "saved text cursor points at document {} of a shard with {}: it belongs to other data", cursor.position, docs.n_docs());
+        let mut doc = Vec::new();
+        docs.extend_with_doc(order.1[cursor.position as usize] as usize, &mut doc);
+        anyhow::ensure!(cursor.offset <= doc.len() as u64, "saved text cursor offset {} is past its document ({} tokens): it belongs to other data", cursor.offset, doc.len());
+        Ok(Self { docs, seq_len, eos, seed, cursor, order, doc })
     }
 
     /// Reads `n` stream tokens from `cursor` into `out`, returning the cursor after them.
     fn read(&mut self, mut cursor: TextCursor, n: usize, out: &mut Vec<u32>) -> TextCursor {
         let mut left = n;
         while left > 0 {
-            if cursor.position as usize >= self.docs.n_docs() {
-                cursor = TextCursor { epoch: cursor.epoch + 1, position: 0, offset: 0 };
-            }
             if self.order.0 != cursor.epoch {
                 self.order = (cursor.epoch, epoch_order(self.docs.n_docs(), self.seed, cursor.epoch));
             }
@@ -116,7 +117,11 @@ impl<D: TokenDocuments> TextPacker<D> {
             left -= take;
             cursor.offset += take as u64;
             if cursor.offset as usize == self.doc.len() {
-                cursor = TextCursor { epoch: cursor.epoch, position: cursor.position + 1, offset: 0 };
+                cursor = if cursor.position as usize + 1 == self.docs.n_docs() {
+                    TextCursor { epoch: cursor.epoch + 1, position: 0, offset: 0 }
+                } else {
+                    TextCursor { epoch: cursor.epoch, position: cursor.position + 1, offset: 0 }
+                };
             }
         }
         cursor

@@ -105,7 +105,10 @@ pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProbl
         let mut entry = match entry {
             Ok(entry) => entry,
             Err(err) => {
-                let message = format!("broken tar structure after member {last_member}{}: {err}", pending.lost());
+                if let Some(item) = pending.take(shard) {
+                    deliver(item, &mut counts)?;
+                }
+                let message = format!("broken tar structure after member {last_member}: {err}");
                 deliver(Err(problem("-", message, true)), &mut counts)?;
                 return Ok(counts);
             }
@@ -137,6 +140,11 @@ pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProbl
             return Ok(counts);
         }
         if (data.len() as u64) < expected {
+            if pending.key.as_deref() != Some(key) {
+                if let Some(item) = pending.take(shard) {
+                    deliver(item, &mut counts)?;
+                }
+            }
             let message = format!("truncated: header says {expected} bytes, the shard ends after {}{}", data.len(), pending.lost());
             deliver(Err(problem(&name, message, true)), &mut counts)?;
             return Ok(counts);

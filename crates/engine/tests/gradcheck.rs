@@ -275,3 +275,30 @@ fn backward_accumulates_parameter_grads_and_overwrites_input_grads() {
         assert!((a - 2.0 * b).abs() <= 1e-6 * b.abs().max(1.0), "parameter gradient must accumulate");
     }
 }
+
+#[test]
+fn lm_head_fused_chunks_match_linear_plus_cross_entropy() {
+    let dev = cpu();
+    let (rows, width, vocab) = (7, 5, 11);
+    let targets = [1u32, 10, 4, 4, 0, 7, 2];
+    let mask = [1.0f32, 0.0, 1.0, 0.5, 1.0, 1.0, 0.0];
+    let mut t = vec![("x", rand_vec(rows * width, 91, 1.0)), ("w", rand_vec(vocab * width, 92, 1.0))];
+    // chunk 3 does not divide 7 rows: exercises the ragged last chunk and per-chunk mask scaling.
+    let head = LmHead { width, vocab, z_loss: 0.01, chunk_rows: 3 };
+    let mut scratch = head.scratch(&dev, rows);
+    let mut g = zeros_like(&t);
+    let [dx, dw] = grads_mut(&t, &mut g, ["x", "w"]);
+    let stats = head
+        .forward_backward(&dev, get(&t, "w"), get(&t, "x"), &targets, &mask, 1.0, dx.unwrap(), dw.unwrap(), &mut scratch)
+        .unwrap();
+    let unfused = |t: &Tensors| {
+        let mut logits = vec![0.0; rows * vocab];
+        Linear { in_dim: width, out_dim: vocab, bias: false }.forward(&dev, &LinearParams::<Cpu> { weight: get(t, "w"), bias: None }, get(t, "x"), &mut logits);
+        let mut nll = vec![0.0; rows];
+        CrossEntropy { vocab, z_loss: 0.01 }.forward(&dev, &mut logits, &targets, &mask, &mut nll).unwrap().loss as f64
+    };
+    assert!((stats.loss as f64 - unfused(&t)).abs() < 1e-5, "fused loss {} vs unfused {}", stats.loss, unfused(&t));
+    check_grads("lm head", &mut t, &g, 64, &unfused);
+    let fwd = head.forward(&dev, get(&t, "w"), get(&t, "x"), &targets, &mask, &mut scratch).unwrap();
+    assert_eq!(fwd.loss, stats.loss);
+}

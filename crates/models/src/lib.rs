@@ -1,3 +1,4 @@
 //! vlmix-models: the OpenLM decoder LM and, on top of it, the vision-language model.
 pub mod lm;
 pub mod vision;
+pub mod vlm;

@@ -16,6 +16,7 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod gelu_mlp;
 pub mod linear;
+pub mod lm_head;
 pub mod norm;
 pub mod swiglu;
 
@@ -24,6 +25,7 @@ pub use cross_entropy::CrossEntropy;
 pub use embedding::Embedding;
 pub use gelu_mlp::{GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch};
 pub use linear::{Linear, LinearGrads, LinearParams};
+pub use lm_head::{LmHead, LmHeadScratch};
 pub use norm::{Norm, NormActs, NormGrads, NormKind, NormParams};
 pub use swiglu::{SwiGlu, SwiGluActs, SwiGluGrads, SwiGluParams, SwiGluScratch};
 

@@ -1,0 +1,139 @@
+//! The vision-language model: projected image features placed before the text, one causal LM.
+//!
+//! Each image sequence starts with `n_image_tokens` positions whose inputs are the projector's
+//! outputs instead of token embeddings (the paper: image tokens before the caption, plain causal
+//! attention, loss on text only — the caller's loss mask is zero on image positions). The LM hands
+//! back the gradient at those positions and the projector turns it into its own weight gradients,
+//! so one backward trains both. The encoder is frozen: features come precomputed (feature cache).
+
+use anyhow::{bail, Result};
+use vlmix_engine::LossStats;
+use vlmix_engine::params::ParamStore;
+
+use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput};
+use crate::vision::projector::Projector;
+
+/// A batch of sequences, some of which start with an image.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VlmBatch {
+    pub batch: usize,
+    pub seq: usize,
+    /// `[batch * seq]`; ids at image positions are ignored.
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub loss_mask: Vec<f32>,
+    /// Sequences (in increasing order) whose first `n_image_tokens` positions are image tokens.
+    pub image_sequences: Vec<usize>,
+    pub n_image_tokens: usize,
+    /// `[image_sequences.len() * n_image_tokens, encoder width]` encoder features.
+    pub features: Vec<f32>,
+}
+
+impl VlmBatch {
+    /// Flat positions (`b * seq + t`) that take projected features.
+    fn image_positions(&self) -> Vec<usize> {
+        self.image_sequences.iter().flat_map(|&b| (0..self.n_image_tokens).map(move |t| b * self.seq + t)).collect()
+    }
+
+    fn validate(&self, encoder_width: usize) -> Result<()> {
+        let want = self.image_sequences.len() * self.n_image_tokens * encoder_width;
+        if self.features.len() != want {
+            bail!(
+                "batch has {} feature values for {} images of {} tokens x width {encoder_width} (expected {want})",
+                self.features.len(),
+                self.image_sequences.len(),
+                self.n_image_tokens
+            );
+        }
+        if self.n_image_tokens > self.seq {
+            bail!("{} image tokens do not fit a sequence of {}", self.n_image_tokens, self.seq);
+        }
+        if let Some(&b) = self.image_sequences.iter().find(|&&b| b >= self.batch) {
+            bail!("image sequence {b} is outside the batch of {}", self.batch);
+        }
+        Ok(())
+    }
+}
+
+/// The LM's view of a batch: token ids plus projected features at the image positions.
+fn lm_input<'a>(batch: &'a VlmBatch, positions: &'a [usize], projected: &'a [f32]) -> LmInput<'a> {
+    let injected = (!positions.is_empty()).then_some(InjectedEmbeddings { rows: positions, values: projected });
+    LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected }
+}
+
+pub struct Vlm {
+    pub lm: Lm,
+    pub projector: Projector,
+    /// Projected features of the last forward, `[image positions, d_model]`.
+    projected: Vec<f32>,
+    d_projected: Vec<f32>,
+}
+
+impl Vlm {
+    /// A new VLM whose LM and projector parameters are registered in `params`.
+    pub fn new(config: LmConfig, encoder_width: usize, params: &mut ParamStore, seed: u64) -> Result<Self> {
+        let lm = Lm::new(config.clone(), params, seed)?;
+        let projector = Projector::new(encoder_width, config.d_model, params, seed.wrapping_add(1))?;
+        Ok(Self::assemble(lm, projector))
+    }
+
+    /// Adds a fresh projector to an LM whose parameters are already in `params` (a text checkpoint).
+    pub fn with_new_projector(lm: Lm, encoder_width: usize, params: &mut ParamStore, seed: u64) -> Result<Self> {
+        let projector = Projector::new(encoder_width, lm.config().d_model, params, seed)?;
+        Ok(Self::assemble(lm, projector))
+    }
+
+    /// Both parts already registered in `params` (a VLM checkpoint loaded into the store).
+    pub fn from_parts(lm: Lm, params: &ParamStore) -> Result<Self> {
+        let projector = Projector::from_store(params)?;
+        if projector.d_model() != lm.config().d_model {
+            bail!("projector outputs width {} but the LM's d_model is {}", projector.d_model(), lm.config().d_model);
+        }
+        Ok(Self::assemble(lm, projector))
+    }
+
+    fn assemble(lm: Lm, projector: Projector) -> Self {
+        Self { lm, projector, projected: Vec::new(), d_projected: Vec::new() }
+    }
+
+    pub fn encoder_width(&self) -> usize {
+        self.projector.encoder_width()
+    }
+
+    fn project(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<Vec<usize>> {
+        batch.validate(self.encoder_width())?;
+        let positions = batch.image_positions();
+        self.projected.resize(positions.len() * self.lm.config().d_model, 0.0);
+        if !positions.is_empty() {
+            self.projector.forward(params, &batch.features, &mut self.projected)?;
+        }
+        Ok(positions)
+    }
+
+    /// Forward + backward; accumulates gradients of the LM and the projector. Returns the loss.
+    pub fn forward_backward(&mut self, params: &mut ParamStore, batch: &VlmBatch) -> Result<LossStats> {
+        let positions = self.project(params, batch)?;
+        let input = lm_input(batch, &positions, &self.projected);
+        self.d_projected.resize(self.projected.len(), 0.0);
+        let d_injected = input.injected.is_some().then_some(&mut self.d_projected[..]);
+        let stats = self.lm.forward_backward(params, &input, &batch.targets, &batch.loss_mask, 1.0, d_injected)?;
+        if !positions.is_empty() {
+            self.projector.backward(params, &batch.features, &self.d_projected, None)?;
+        }
+        Ok(stats)
+    }
+
+    /// `-log p(target)` at every position (forward only), for evaluation.
+    pub fn token_nll(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<&[f32]> {
+        let positions = self.project(params, batch)?;
+        let input = lm_input(batch, &positions, &self.projected);
+        self.lm.token_nll(params, &input, &batch.targets)
+    }
+
+    /// Logits `[batch * seq, vocab]` (forward only), for generation.
+    pub fn logits(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<&[f32]> {
+        let positions = self.project(params, batch)?;
+        let input = lm_input(batch, &positions, &self.projected);
+        self.lm.logits(params, &input)
+    }
+}
