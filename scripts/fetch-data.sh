@@ -40,7 +40,7 @@ download() { # registry spec file dir -> file in dir
         fi ;;
     pypi)
         need_tool python3 PyPI
-        python3 -m pip download --no-deps --no-build-isolation --disable-pip-version-check -q -d "$dir" "$spec" \
+        python3 -m pip download --no-deps --disable-pip-version-check -q -d "$dir" "$spec" \
             >"$log" 2>&1 || registry_failed PyPI "$spec" "$log" ;;
     npm)
         need_tool npm npm

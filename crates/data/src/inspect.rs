@@ -196,7 +196,8 @@ fn inspect_vl_eval(path: &Path, report: &mut InspectReport) -> Result<()> {
     report.problems.extend(set.problems.iter().map(ToString::to_string));
     let mut tasks = BTreeMap::<String, (usize, String, f64)>::new();
     for (_, item) in &set.items {
-        let entry = tasks.entry(item.task.clone()).or_insert((0, format!("{:?}", item.kind).to_lowercase(), 0.0));
+        let kind = serde_json::to_value(item.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let entry = tasks.entry(item.task.clone()).or_insert((0, kind, 0.0));
         entry.0 += 1;
         entry.2 += item.chance;
     }

@@ -161,5 +161,21 @@ fn main() -> anyhow::Result<()> {
         println!("{:<36} {:>9.3} {:>9.3} {:>6} {:>9.1}%", r.name, r.fwd, r.bwd, r.per_step, 100.0 * share / step);
     }
     println!("estimated step (layers only, no optimizer): {step:.1} ms = {:.0} tokens/s", rows as f64 / step * 1e3);
+
+    let unfused_head: f64 = table.iter().filter(|r| r.name.starts_with("output") || r.name.starts_with("cross")).map(|r| r.fwd + r.bwd).sum();
+    let mut best_fused = f64::INFINITY;
+    for chunk_rows in [64, 128, 256, 512, 1024] {
+        let fused = LmHead { width: D, vocab: VOCAB, z_loss: 1e-4, chunk_rows };
+        let mut scratch = fused.scratch(&dev, rows);
+        let t = time_ms(reps, || {
+            fused
+                .forward_backward(&dev, &w_head, &x, &targets, &mask, 1.0, &mut dx, &mut g_head, &mut scratch)
+                .unwrap();
+        });
+        best_fused = best_fused.min(t);
+        println!("fused lm head + cross-entropy, chunk {chunk_rows:5} rows: {t:9.3} ms (unfused {unfused_head:.3} ms)");
+    }
+    let fused_step = step - unfused_head + best_fused;
+    println!("estimated step with the fused head: {fused_step:.1} ms = {:.0} tokens/s", rows as f64 / fused_step * 1e3);
     Ok(())
 }

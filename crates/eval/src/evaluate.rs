@@ -1,15 +1,15 @@
 //! Runs tasks against a [`Scorer`] and turns item outcomes into task accuracies and stable scores.
 
-use crate::bits_per_byte::BitsPerByte;
+use crate::bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
 use crate::multiple_choice::predict_choice;
 use crate::prompt::{continuation, VlTemplate};
 use crate::scorer::Scorer;
-use crate::task::{Modality, Task, TaskItems, TextChoiceItem, VlItem, VlQuestion};
+use crate::task::{load_tasks, Modality, Task, TaskItems, TextChoiceItem, VlItem, VlQuestion};
 use crate::vqa_answer::vqa_accuracy;
 use crate::yes_no::{parse_yes_no, YesNoCounts, YesNoMetrics};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How yes/no questions get their answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,11 +112,49 @@ impl EvalReport {
 
 /// Evaluates every task, then groups them (and the optional validation loss) into a report.
 pub fn evaluate(scorer: &mut dyn Scorer, tasks: &[Task], validation: Option<BitsPerByte>, options: &EvalOptions) -> Result<EvalReport> {
-    let results = tasks
-        .iter()
-        .map(|task| evaluate_task(scorer, task, options).with_context(|| format!("evaluating task {:?}", task.name)))
-        .collect::<Result<Vec<_>>>()?;
+    evaluate_with_progress(scorer, tasks, validation, options, &mut |_, _| {})
+}
+
+/// [`evaluate`], calling `on_item(done, total)` after every item so callers can draw progress.
+pub fn evaluate_with_progress(
+    scorer: &mut dyn Scorer,
+    tasks: &[Task],
+    validation: Option<BitsPerByte>,
+    options: &EvalOptions,
+    on_item: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let limit = options.limit.unwrap_or(usize::MAX);
+    let total: usize = tasks.iter().map(|t| t.len().min(limit)).sum();
+    let mut done = 0;
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let mut tick = || {
+            done += 1;
+            on_item(done, total);
+        };
+        let result = score_task(scorer, task, options, &mut tick).with_context(|| format!("evaluating task {:?}", task.name))?;
+        results.push(result);
+    }
     Ok(EvalReport::new(results, validation))
+}
+
+/// Loads task files (and optionally a validation JSONL of `{"text": ...}` documents), evaluates,
+/// and returns the report: the whole `eval` stage in one call.
+pub fn evaluate_files(
+    scorer: &mut dyn Scorer,
+    task_files: &[PathBuf],
+    validation_file: Option<&Path>,
+    options: &EvalOptions,
+) -> Result<EvalReport> {
+    let tasks = load_tasks(task_files)?;
+    let validation = match validation_file {
+        Some(path) => {
+            let docs = load_text_documents(path)?;
+            Some(bits_per_byte(scorer, &docs).with_context(|| format!("bits-per-byte on {}", path.display()))?)
+        }
+        None => None,
+    };
+    evaluate(scorer, &tasks, validation, options)
 }
 
 /// Running sums while a task's items are scored.
@@ -171,17 +209,23 @@ impl Tally {
 
 /// Evaluates one task.
 pub fn evaluate_task(scorer: &mut dyn Scorer, task: &Task, options: &EvalOptions) -> Result<TaskResult> {
+    score_task(scorer, task, options, &mut || {})
+}
+
+fn score_task(scorer: &mut dyn Scorer, task: &Task, options: &EvalOptions, tick: &mut dyn FnMut()) -> Result<TaskResult> {
     let limit = options.limit.unwrap_or(usize::MAX);
     let mut tally = Tally::default();
     match &task.items {
         TaskItems::Vision(items) => {
             for item in items.iter().take(limit) {
                 score_vl_item(scorer, item, options, &mut tally).with_context(|| format!("item {:?}", item.id))?;
+                tick();
             }
         }
         TaskItems::Text(items) => {
             for item in items.iter().take(limit) {
                 score_text_item(scorer, item, &mut tally).with_context(|| format!("item {:?}", item.id))?;
+                tick();
             }
         }
     }

@@ -13,6 +13,6 @@ pub mod vqa_answer;
 pub mod yes_no;
 
 pub use bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
-pub use evaluate::{evaluate, evaluate_task, EvalOptions, EvalReport, ItemOutcome, TaskResult, YesNoMode};
+pub use evaluate::{evaluate, evaluate_files, evaluate_task, evaluate_with_progress, EvalOptions, EvalReport, ItemOutcome, TaskResult, YesNoMode};
 pub use scorer::{ImageRef, LogLikelihood, Scorer};
 pub use task::{load_task_file, load_tasks, Modality, Task};

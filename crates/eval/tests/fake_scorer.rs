@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_eval::{
-    bits_per_byte, evaluate, load_task_file, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageRef,
+    bits_per_byte, evaluate, evaluate_files, evaluate_with_progress, load_task_file, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageRef,
     LogLikelihood, Modality, Scorer, YesNoMode,
 };
 
@@ -179,6 +179,10 @@ fn text_multiple_choice_reports_acc_and_acc_norm_like_lm_eval() {
     assert_eq!((v.bytes, v.documents, v.tokens), (16, 2, 1 + 3));
     assert!(close(v.bits_per_byte, 0.5 / std::f64::consts::LN_2));
 
+    let val = write(dir.path(), "val.jsonl", &[serde_json::json!({"text": "abcd"}), serde_json::json!({"text": "hello world!"})]);
+    let from_files = evaluate_files(&mut scorer, &[file], Some(&val), &EvalOptions::default()).unwrap();
+    assert_eq!(from_files, report, "the one-call stage gives the same report");
+
     let out = dir.path().join("eval.json");
     report.write_json(&out).unwrap();
     assert_eq!(EvalReport::read_json(&out).unwrap(), report);
@@ -192,7 +196,9 @@ fn limit_takes_the_first_items_of_each_task() {
     let tasks = load_task_file(&file).unwrap();
     // Unlisted continuations all score -10: ties pick choice 0.
     let options = EvalOptions { limit: Some(2), ..EvalOptions::default() };
-    let report = evaluate(&mut FakeScorer::default(), &tasks, None, &options).unwrap();
+    let mut seen = Vec::new();
+    let report = evaluate_with_progress(&mut FakeScorer::default(), &tasks, None, &options, &mut |done, total| seen.push((done, total))).unwrap();
+    assert_eq!(seen, [(1, 2), (2, 2)]);
     assert_eq!(report.tasks[0].n_items, 2);
     assert!(close(report.tasks[0].accuracy, 0.5));
 }

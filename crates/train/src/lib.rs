@@ -1,5 +1,9 @@
 //! Training stages of vlmix: text pre-training, image-text cooldown, instruction fine-tuning.
+pub mod corpus;
 pub mod metrics;
 pub mod schedule;
+pub mod sources;
+pub mod stages;
 pub mod text_model;
 pub mod trainer;
+pub mod vision_model;

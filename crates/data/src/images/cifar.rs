@@ -17,10 +17,11 @@ const CAPTIONS: [&str; 4] = ["A photo of {}.", "A small, low-resolution photo of
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let path = task_path(layout, "cifar10_classification/base64")?;
     let examples = read_examples(&path)?;
-    let results: Vec<Result<ImageRecord, String>> = examples
+    let indexed: Vec<(usize, &Example)> = examples.iter().enumerate().collect();
+    let results: Vec<Result<ImageRecord, String>> = config
+        .subset(&indexed)
         .par_iter()
-        .enumerate()
-        .map(|(index, example)| one(index, example, config).map_err(|err| format!("{} example {index}: {err:#}", path.display())))
+        .map(|&&(index, example)| one(index, example, config).map_err(|err| format!("{} example {index}: {err:#}", path.display())))
         .collect();
     Ok(SourceOutput::from_results(results))
 }

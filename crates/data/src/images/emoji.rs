@@ -73,7 +73,8 @@ pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
             jobs.push(Job { entry, unified: &variation.unified, image: &variation.image, skin_tone: tone_names(tones) });
         }
     }
-    let results: Vec<Result<ImageRecord, String>> = jobs
+    let results: Vec<Result<ImageRecord, String>> = config
+        .subset(&jobs)
         .par_iter()
         .map(|job| one(&images, job, config).map_err(|err| format!("{}: {err:#}", images.join(job.image).display())))
         .collect();

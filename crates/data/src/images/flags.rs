@@ -33,7 +33,8 @@ pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
         .with_context(|| format!("parsing {}", index.display()))?;
     let jobs: Vec<(&Country, &str, Split)> =
         countries.iter().flat_map(|c| [(c, "4x3", Split::Train), (c, "1x1", Split::Heldout)]).collect();
-    let results: Vec<Result<ImageRecord, String>> = jobs
+    let results: Vec<Result<ImageRecord, String>> = config
+        .subset(&jobs)
         .par_iter()
         .map(|(country, aspect, split)| {
             let path = root.join("flags").join(aspect).join(format!("{}.svg", country.code));

@@ -47,7 +47,8 @@ pub fn conversation(record: &ImageRecord, image_path: &str) -> Option<LlavaRecor
             push_colour(&mut qa, &vary("colour", COLOUR_QUESTIONS), &[name.as_str()], &[]);
         }
         Subject::Flag { country, capital, continent, .. } => {
-            qa.push((vary("what", &["Which country or region does this flag belong to?", "Whose flag is this?", "What flag is shown?"]), sentence(country)));
+            qa.push((vary("kind", &["What kind of picture is this?", "What is shown here?"]), "A flag.".to_string()));
+            qa.push((vary("what", &["Which country or region does it belong to?", "Whose flag is it?", "Which flag is it?"]), sentence(country)));
             if let Some(capital) = capital {
                 qa.push((vary("capital", &["What is its capital?", "Which city is its capital?"]), sentence(capital)));
             }

@@ -50,11 +50,24 @@ pub struct ImageConfig {
     pub heldout_percent: u32,
     /// Percent of CIFAR-10 images held out (each gives one open and two yes/no eval items).
     pub cifar_heldout_percent: u32,
+    /// Reads only the first N items of each source (tests and quick looks); None reads all.
+    pub max_per_source: Option<usize>,
+}
+
+impl ImageConfig {
+    /// The items of a source this run reads: all, or `max_per_source` spread evenly over them
+    /// (package order groups items by class, so a prefix would be one class).
+    pub fn subset<'a, T>(&self, items: &'a [T]) -> Vec<&'a T> {
+        match self.max_per_source {
+            Some(n) if n < items.len() => (0..n).map(|i| &items[i * items.len() / n]).collect(),
+            _ => items.iter().collect(),
+        }
+    }
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        Self { max_side: 224, samples_per_shard: 1000, heldout_percent: 10, cifar_heldout_percent: 10 }
+        Self { max_side: 224, samples_per_shard: 1000, heldout_percent: 10, cifar_heldout_percent: 10, max_per_source: None }
     }
 }
 
@@ -217,7 +230,7 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
         write_files(&staging.join("images"), eval.images.iter().map(|(name, png)| (name.clone(), png.as_slice())))?;
         for (task, items) in &eval.tasks {
             write_eval_set(&staging.join(format!("{task}.jsonl")), items)?;
-            let kind = items.first().map(|i| format!("{:?}", i.kind).to_lowercase()).unwrap_or_default();
+            let kind = items.first().map(|i| serde_json::to_value(i.kind).map(|v| v.as_str().unwrap_or_default().to_string())).transpose()?.unwrap_or_default();
             let chance = items.iter().map(|i| i.chance).sum::<f64>() / items.len().max(1) as f64;
             let path = layout.eval_vl_dir().join(format!("{task}.jsonl"));
             eval_tasks.push(EvalTaskSummary { task: task.clone(), path, items: items.len(), kind, chance });

@@ -19,7 +19,8 @@ pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let png_root = require_dir(&layout.require_source("openclipart-png")?.join(PNG_DIR))?;
     let svg_root = require_dir(&layout.require_source("openclipart-svg")?.join(SVG_DIR))?;
     let files: Vec<_> = regular_files(&png_root)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
-    let results: Vec<Result<ImageRecord, String>> = files
+    let results: Vec<Result<ImageRecord, String>> = config
+        .subset(&files)
         .par_iter()
         .map(|png| {
             let rel = png.strip_prefix(&png_root).expect("walked under root").with_extension("");

@@ -23,8 +23,9 @@ struct Entry {
     tags: String,
     #[serde(default)]
     openmoji_tags: String,
+    /// "" for no skin tone, else a number or a list such as "1,3".
     #[serde(default)]
-    skintone: String,
+    skintone: serde_json::Value,
 }
 
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
@@ -33,7 +34,8 @@ pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let entries: Vec<Entry> = serde_json::from_slice(&std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?)
         .with_context(|| format!("parsing {}", index.display()))?;
     let svgs = require_dir(&root.join("color/svg"))?;
-    let results: Vec<Result<ImageRecord, String>> = entries
+    let results: Vec<Result<ImageRecord, String>> = config
+        .subset(&entries)
         .par_iter()
         .map(|entry| {
             let path = svgs.join(format!("{}.svg", entry.hexcode));
@@ -53,7 +55,8 @@ fn one(path: &Path, entry: &Entry, config: &ImageConfig) -> Result<ImageRecord> 
             keywords.push(tag);
         }
     }
-    let skin_tone = if entry.skintone.is_empty() { None } else { tone_names(&entry.hexcode) };
+    let toned = !matches!(&entry.skintone, serde_json::Value::Null | serde_json::Value::String(_)) || entry.skintone.as_str().is_some_and(|s| !s.is_empty());
+    let skin_tone = if toned { tone_names(&entry.hexcode) } else { None };
     let caption = emoji_caption(&entry.annotation, &category, &entry.subgroups, &keywords);
     let subject = Subject::Emoji {
         name: entry.annotation.clone(),

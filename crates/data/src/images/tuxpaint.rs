@@ -15,7 +15,8 @@ const STAMPS_DIR: &str = "usr/share/tuxpaint/stamps";
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let root = require_dir(&layout.require_source("tuxpaint-stamps-default")?.join(STAMPS_DIR))?;
     let texts: Vec<PathBuf> = regular_files(&root)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).collect();
-    let results: Vec<Result<ImageRecord, String>> = texts
+    let results: Vec<Result<ImageRecord, String>> = config
+        .subset(&texts)
         .par_iter()
         .map(|txt| one(&root, txt, config).map_err(|err| format!("{}: {err:#}", txt.display())))
         .collect();

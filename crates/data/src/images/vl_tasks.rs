@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::{bail, Result};
 use image::{Rgb, RgbImage};
 
-use super::bigbench::{read_examples, rgb_triple, svg_path_data, task_path};
+use super::bigbench::{read_examples, rgb_triple, svg_path_data, task_path, Example};
 use super::cifar::{with_article, LABELS};
 use super::emoji::CATEGORIES;
 use super::record::{pick, ImageRecord, Split, Subject};
@@ -56,7 +56,7 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
             pope.push(item("pope_cifar", &format!("{}-{answer}", r.key), &r.key, &question, answer, QuestionType::YesNo, None));
         }
     }
-    sets.push_open("cifar10_what", what);
+    sets.push("cifar10_what", what, 1.0 / LABELS.len() as f64);
     sets.push("pope_cifar", pope, 0.5);
 
     let categories: Vec<String> = CATEGORIES.iter().map(|c| c.to_string()).collect();
@@ -100,7 +100,7 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
     }
 
     shapes(layout, config, &mut sets)?;
-    colours(layout, &mut sets)?;
+    colours(layout, config, &mut sets)?;
     Ok(sets)
 }
 
@@ -113,7 +113,8 @@ impl EvalSets {
     }
 
     /// Open answers: chance is one over the number of distinct answers, the accuracy of a model
-    /// that knows the answer set but not the image and guesses uniformly.
+    /// that knows the answer set but not the image and guesses uniformly (CIFAR-10 uses its ten
+    /// labels, which a subset may not all reach).
     fn push_open(&mut self, task: &str, items: Vec<EvalItem>) {
         let distinct: BTreeSet<&str> = items.iter().map(|i| i.answers[0].as_str()).collect();
         let chance = if distinct.is_empty() { 0.0 } else { 1.0 / distinct.len() as f64 };
@@ -139,8 +140,9 @@ fn item(task: &str, id: &str, image_key: &str, question: &str, answer: &str, kin
 /// one gold answer, since vlmix-eval scores only `answers[0]`.
 fn shapes(layout: &DataLayout, config: &ImageConfig, sets: &mut EvalSets) -> Result<()> {
     let path = task_path(layout, "geometric_shapes")?;
+    let examples: Vec<(usize, Example)> = read_examples(&path)?.into_iter().enumerate().collect();
     let mut items = Vec::new();
-    for (index, example) in read_examples(&path)?.iter().enumerate() {
+    for (index, example) in config.subset(&examples) {
         let at = || format!("{} example {index}", path.display());
         let Some(d) = svg_path_data(&example.input) else { bail!("{}: no <path d=...> in the input", at()) };
         let correct = example.correct();
@@ -158,10 +160,11 @@ fn shapes(layout: &DataLayout, config: &ImageConfig, sets: &mut EvalSets) -> Res
 }
 
 /// color/rgb: a flat swatch of the rgb triple; choices are BIG-bench's ten colour names.
-fn colours(layout: &DataLayout, sets: &mut EvalSets) -> Result<()> {
+fn colours(layout: &DataLayout, config: &ImageConfig, sets: &mut EvalSets) -> Result<()> {
     let path = task_path(layout, "color/rgb")?;
+    let examples: Vec<(usize, Example)> = read_examples(&path)?.into_iter().enumerate().collect();
     let mut items = Vec::new();
-    for (index, example) in read_examples(&path)?.iter().enumerate() {
+    for (index, example) in config.subset(&examples) {
         let at = || format!("{} example {index}", path.display());
         let Some(rgb) = rgb_triple(&example.input) else { bail!("{}: no rgb(r, g, b) in the input", at()) };
         let correct = example.correct();

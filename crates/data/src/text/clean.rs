@@ -44,6 +44,10 @@ const DROPPED_BLOCK_DIRECTIVES: &[&str] = &[
     "default-domain", "role", "glossary",
 ];
 
+/// Sphinx's version notes, rendered as the words Sphinx prints for them.
+const VERSION_DIRECTIVES: &[(&str, &str)] =
+    &[("versionadded", "New in version"), ("versionchanged", "Changed in version"), ("deprecated", "Deprecated since version"), ("deprecated-removed", "Deprecated since version")];
+
 /// Strips reStructuredText markup to readable text.
 pub fn strip_rst(source: &str) -> String {
     let lines: Vec<&str> = source.lines().collect();
@@ -81,9 +85,13 @@ pub fn strip_rst(source: &str) -> String {
                         skip_block_deeper_than = Some(indent);
                     } else {
                         // Keep the directive's argument (a signature, a note's first words) and its body.
-                        let argument = argument.trim();
-                        if !argument.is_empty() {
-                            kept.push(format!("{}{}", " ".repeat(indent), strip_inline(argument)));
+                        let argument = strip_inline(argument.trim());
+                        let line = match VERSION_DIRECTIVES.iter().find(|(d, _)| *d == name) {
+                            Some((_, phrase)) => format!("{phrase} {argument}."),
+                            None => argument,
+                        };
+                        if !line.is_empty() {
+                            kept.push(format!("{}{line}", " ".repeat(indent)));
                         }
                         options_of_directive_at = Some(indent);
                     }
@@ -184,9 +192,9 @@ fn interpreted_text(inner: &str) -> String {
 pub fn clean_gcide_entry(entry: &str) -> String {
     let mut paragraphs: Vec<String> = Vec::new();
     let mut current = String::new();
-    for line in entry.lines() {
-        let body = line.trim();
-        let body = strip_source_tags(body);
+    for (n, line) in entry.lines().enumerate() {
+        let body = strip_source_tags(line.trim());
+        let body = if n == 0 { drop_parenthesised_pronunciation(&body) } else { body };
         if body.is_empty() {
             if !current.is_empty() {
                 paragraphs.push(std::mem::take(&mut current));
@@ -212,26 +220,95 @@ pub fn clean_gcide_entry(entry: &str) -> String {
             _ => out.push(c),
         }
     }
-    normalize_whitespace(&out.replace(" ,", ",")).trim().to_string()
+    normalize_whitespace(&expand_letter_entities(&out).replace(" ,", ",")).trim().to_string()
 }
 
-/// Removes trailing bracketed source tags of GCIDE lines (`[1913 Webster]`, `[Webster 1913 Suppl.]`,
-/// `[WordNet 1.5]`, `[PJC]`), which mark provenance rather than meaning.
+/// Removes GCIDE's bracketed source tags (`[1913 Webster]`, `[Webster 1913 Suppl.]`, `[WordNet 1.5]`,
+/// `[PJC]`), which mark provenance rather than meaning, wherever they stand in the line.
 fn strip_source_tags(body: &str) -> String {
-    let mut s = body.to_string();
-    loop {
-        let trimmed = s.trim_end();
-        let Some(open) = trimmed.rfind('[') else { break };
-        let tag = &trimmed[open..];
-        let is_source = tag.ends_with(']')
-            && (tag.contains("Webster") || tag.contains("WordNet") || tag.contains("PJC") || tag.contains("Century Dict"))
-            && tag.len() < 40;
-        if !is_source {
-            break;
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(open) = rest.find('[') {
+        let tag_end = rest[open..].find(']').map(|e| open + e + 1);
+        let is_source = tag_end.is_some_and(|end| {
+            let tag = &rest[open..end];
+            tag.len() < 40 && ["Webster", "WordNet", "PJC", "Century Dict"].iter().any(|m| tag.contains(m))
+        });
+        match tag_end {
+            Some(end) if is_source => {
+                out.push_str(rest[..open].trim_end());
+                rest = &rest[end..];
+            }
+            _ => {
+                out.push_str(&rest[..=open]);
+                rest = &rest[open + 1..];
+            }
         }
-        s = trimmed[..open].trim_end().to_string();
     }
-    s
+    out.push_str(rest);
+    out.trim().to_string()
+}
+
+/// GCIDE writes accented letters as ASCII entities in brackets (`[ae]`, `[aum]`, `[e^]`, `[=o]`, `[*u]`):
+/// ligatures and umlauts become their letters, other diacritic marks are dropped.
+fn expand_letter_entities(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let entity = after.find(']').filter(|&e| e <= 4).map(|e| &after[..e]);
+        match entity.and_then(letter_entity) {
+            Some(letter) => {
+                out.push_str(&letter);
+                rest = &after[entity.map_or(0, str::len) + 1..];
+            }
+            None => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn letter_entity(entity: &str) -> Option<String> {
+    const LIGATURES: &[(&str, &str)] = &[("ae", "æ"), ("AE", "Æ"), ("oe", "œ"), ("OE", "Œ")];
+    if let Some((_, l)) = LIGATURES.iter().find(|(e, _)| *e == entity) {
+        return Some(l.to_string());
+    }
+    if let Some(base) = entity.strip_suffix("um") {
+        let umlaut = match base {
+            "a" => "ä",
+            "e" => "ë",
+            "i" => "ï",
+            "o" => "ö",
+            "u" => "ü",
+            "A" => "Ä",
+            "O" => "Ö",
+            "U" => "Ü",
+            _ => return None,
+        };
+        return Some(umlaut.to_string());
+    }
+    let letters: String = entity.chars().filter(char::is_ascii_alphabetic).collect();
+    let marks = entity.chars().filter(|c| !c.is_ascii_alphabetic()).count();
+    (letters.chars().count() == 1 && marks >= 1 && entity.chars().all(|c| c.is_ascii_alphabetic() || "^=*.`'~\"_:,".contains(c))).then_some(letters)
+}
+
+/// Drops the pronunciation in parentheses right after the headword (`Apple ([a^]p"p'l), n.`).
+fn drop_parenthesised_pronunciation(first_line: &str) -> String {
+    if let Some(open) = first_line.find(" (") {
+        if let Some(close) = first_line[open..].find(')').map(|c| open + c) {
+            let inside = &first_line[open + 2..close];
+            let looks_phonetic = inside.contains('"') || inside.contains('[') || inside.contains('*') || inside.contains('`');
+            if looks_phonetic && !first_line[..open].contains(' ') {
+                return format!("{}{}", &first_line[..open], &first_line[close + 1..]);
+            }
+        }
+    }
+    first_line.to_string()
 }
 
 /// Decodes text that is UTF-8 except for stray Windows-1252 bytes (as in GCIDE), mapping each invalid
@@ -278,12 +355,12 @@ mod tests {
 
     #[test]
     fn rst_headings_directives_and_roles_are_removed() {
-        let rst = ".. SPDX-License-Identifier: GPL-2.0\n\n.. _readme:\n\nLinux kernel release 6.x <http://kernel.org/>\n=============================================\n\nPlease read the\n:ref:`Documentation/process/changes.rst <changes>` file and ``make menuconfig``.\n\n.. toctree::\n   :maxdepth: 2\n\n   intro\n   setup\n\n.. note:: Keep **this** text.\n\nExample::\n\n    $ make\n";
+        let rst = ".. SPDX-License-Identifier: GPL-2.0\n\n.. _readme:\n\nLinux kernel release 6.x <http://kernel.org/>\n=============================================\n\nPlease read the\n:ref:`Documentation/process/changes.rst <changes>` file and ``make menuconfig``.\n\n.. toctree::\n   :maxdepth: 2\n\n   intro\n   setup\n\n.. note:: Keep **this** text.\n\n.. versionadded:: 3.2\n\nExample::\n\n    $ make\n";
         let text = strip_rst(rst);
         assert!(!text.contains("SPDX") && !text.contains("_readme") && !text.contains("====="), "{text}");
         assert!(!text.contains("toctree") && !text.contains("maxdepth") && !text.contains("intro"), "{text}");
         assert!(text.contains("Documentation/process/changes.rst file and make menuconfig."), "{text}");
-        assert!(text.contains("Keep this text."), "{text}");
+        assert!(text.contains("Keep this text.") && text.contains("New in version 3.2."), "{text}");
         assert!(text.contains("Example:\n\n    $ make"), "{text}");
     }
 
@@ -300,6 +377,12 @@ mod tests {
             clean_gcide_entry(entry),
             "Abdominal, a. [Cf. F. abdominal.] 1. Of or pertaining to the abdomen; ventral; as, the abdominal regions.\nAbdominal ring (Anat.), an opening."
         );
+    }
+
+    #[test]
+    fn gcide_phonetic_headword_and_letter_entities() {
+        let entry = "Apple ([a^]p\"p'l), n. [OE. appel, AS. [ae]ppel; Sw. [aum]ple, Lith. ob[*u]lys.] [1913 Webster] applejack\n";
+        assert_eq!(clean_gcide_entry(entry), "Apple, n. [OE. appel, AS. æppel; Sw. äple, Lith. obulys.] applejack");
     }
 
     #[test]

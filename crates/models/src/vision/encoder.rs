@@ -8,9 +8,11 @@
 use super::efficientnet::{EfficientNetLayer, EfficientNetLite0};
 use super::preprocess::{Preprocess, ResizeMode};
 use super::resample::Resample;
+use super::siglip::{SiglipConfig, SiglipVision};
 use super::torch_legacy;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+use vlmix_engine::params::ParamStore;
 use std::path::{Path, PathBuf};
 
 /// Which layer's output becomes the image tokens.
@@ -91,7 +93,10 @@ pub fn open_encoder(spec: &EncoderSpec, home: &Path) -> Result<Box<dyn ImageEnco
     }
     if source.is_dir() {
         if source.join("config.json").is_file() {
-            bail!("SIGLIP_TODO");
+            if spec.resolution.is_some() {
+                bail!("--resolution applies to EfficientNet only; a SigLIP model's input size comes from its config.json");
+            }
+            return Ok(Box::new(SiglipEncoder::load(source, spec.layer)?));
         }
         bail!("{}: no config.json (expected a Hugging Face SigLIP directory)", source.display());
     }
@@ -175,5 +180,48 @@ impl ImageEncoder for EfficientNetEncoder {
     fn encode(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
         let (h, w) = self.preprocess.output_size();
         Ok(self.model.features(pixels, batch, h as usize, w as usize, self.layer)?.data)
+    }
+}
+
+/// A frozen SigLIP tower with its own parameter store.
+pub struct SiglipEncoder {
+    model: SiglipVision,
+    params: ParamStore,
+    preprocess: Preprocess,
+    id: String,
+}
+
+impl SiglipEncoder {
+    /// Loads `config.json`, `model.safetensors` and `preprocessor_config.json` from a Hugging Face directory.
+    pub fn load(dir: &Path, layer: FeatureLayer) -> Result<Self> {
+        let config = SiglipConfig::from_file(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        let mut params = ParamStore::new();
+        let model = SiglipVision::register(&config, &weights, layer, 0, &mut params)?;
+        let preprocess = Preprocess::from_hf_config(&dir.join("preprocessor_config.json"))?;
+        let (h, w) = preprocess.output_size();
+        if (h as usize, w as usize) != (config.image_size, config.image_size) {
+            bail!("{}: preprocessing gives {h}x{w} images but config.json has image_size {}", dir.display(), config.image_size);
+        }
+        let id = format!("siglip;weights={};layer={};{}", file_digest(&weights)?, layer.name(), preprocess.descriptor());
+        Ok(Self { model, params, preprocess, id })
+    }
+}
+
+impl ImageEncoder for SiglipEncoder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+    fn tokens(&self) -> usize {
+        self.model.config().tokens()
+    }
+    fn width(&self) -> usize {
+        self.model.config().hidden_size
+    }
+    fn encode(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        self.model.forward(&self.params, pixels, batch, None)
     }
 }

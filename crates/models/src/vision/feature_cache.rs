@@ -46,7 +46,7 @@ pub fn image_key(image: &RgbImage) -> ImageKey {
 /// and on drop). At 224 px this is 32-128 MB of features per shard.
 const SHARD_BYTES: usize = 64 << 20;
 /// Images encoded per forward pass on a cache miss.
-const ENCODE_BATCH: usize = 16;
+const ENCODE_BATCH: usize = 4;
 
 const KEYS: &str = "keys";
 const FEATURES: &str = "features";

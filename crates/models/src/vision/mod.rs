@@ -8,5 +8,6 @@ pub mod pickle;
 pub mod preprocess;
 pub mod projector;
 pub mod resample;
+pub mod siglip;
 pub mod torch_legacy;
 pub mod weights;

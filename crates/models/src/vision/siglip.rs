@@ -1,0 +1,426 @@
+//! SigLIP's vision tower (a ViT) on the engine's layers, loading Hugging Face weights.
+//!
+//! Patch embedding (a stride-`p` convolution, computed as one matrix product over flattened
+//! patches), learned position embeddings, pre-norm blocks `h = x + attn(ln1(x)); x' = h + mlp(ln2(h))`
+//! with LayerNorm (bias), non-causal multi-head attention with biases and a GELU-tanh MLP, then
+//! `post_layernorm`. Sizes come from `config.json`, so any patch size, resolution, width, depth and
+//! head count loads.
+//!
+//! Parameters are registered in the caller's `ParamStore` under Hugging Face's names, except that
+//! `self_attn.{q,k,v}_proj` are fused into `self_attn.in_proj` (`[3d, d]`, rows q, k, v) as the
+//! engine's attention takes them. Blocks that the chosen feature layer does not use are not loaded.
+//! The last `trainable_blocks` used blocks (and `post_layernorm` with the last layer) are trainable:
+//! [`SiglipVision::backward`] propagates through them only.
+
+use super::encoder::FeatureLayer;
+use super::weights::Weights;
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+use vlmix_engine::layers::{
+    Attention, AttentionActs, AttentionGrads, AttentionParams, GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, LinearGrads,
+    LinearParams, Norm, NormActs, NormGrads, NormKind, NormParams,
+};
+use vlmix_engine::params::{ParamFlags, ParamId, ParamStore, Values};
+use vlmix_engine::{Cpu, Device, GeluKind, Gemm};
+
+const PREFIX: &str = "vision_model";
+
+/// The vision tower's sizes, from a Hugging Face `config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiglipConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub layer_norm_eps: f32,
+    pub gelu: GeluKind,
+}
+
+impl SiglipConfig {
+    /// Reads a `SiglipVisionModel` config, or the `vision_config` of a full `SiglipModel` config.
+    ///
+    /// Hugging Face configs carry many keys that do not affect the vision tower (dropout, dtype,
+    /// label maps); only the ones read here matter, and each is checked.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let json: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        Self::from_json(&json).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let vision = json.get("vision_config").unwrap_or(json);
+        if let Some(kind) = vision.get("model_type").and_then(Value::as_str) {
+            if !kind.starts_with("siglip") {
+                bail!("field model_type is {kind:?}, expected a SigLIP vision model");
+            }
+        }
+        let int = |key: &str, default: Option<usize>| -> Result<usize> {
+            match vision.get(key) {
+                None => default.with_context(|| format!("missing field {key}")),
+                Some(v) => v.as_u64().filter(|&n| n > 0).map(|n| n as usize).with_context(|| format!("field {key}: expected a positive integer, got {v}")),
+            }
+        };
+        let gelu = match vision.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh") {
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => GeluKind::Tanh,
+            "gelu" => GeluKind::Erf,
+            other => bail!("field hidden_act: {other:?} is not supported (gelu_pytorch_tanh or gelu)"),
+        };
+        let eps = match vision.get("layer_norm_eps") {
+            None => 1e-6,
+            Some(v) => v.as_f64().with_context(|| format!("field layer_norm_eps: expected a number, got {v}"))? as f32,
+        };
+        let config = SiglipConfig {
+            hidden_size: int("hidden_size", Some(768))?,
+            intermediate_size: int("intermediate_size", Some(3072))?,
+            num_hidden_layers: int("num_hidden_layers", Some(12))?,
+            num_attention_heads: int("num_attention_heads", Some(12))?,
+            num_channels: int("num_channels", Some(3))?,
+            image_size: int("image_size", Some(224))?,
+            patch_size: int("patch_size", Some(16))?,
+            layer_norm_eps: eps,
+            gelu,
+        };
+        if config.hidden_size % config.num_attention_heads != 0 {
+            bail!("hidden_size {} is not divisible by num_attention_heads {}", config.hidden_size, config.num_attention_heads);
+        }
+        if config.patch_size > config.image_size {
+            bail!("patch_size {} is larger than image_size {}", config.patch_size, config.image_size);
+        }
+        if config.num_channels != 3 {
+            bail!("num_channels {} is not supported (RGB only)", config.num_channels);
+        }
+        Ok(config)
+    }
+
+    /// Patches per side (the convolution has no padding, so a partial patch is dropped).
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    fn patch_dim(&self) -> usize {
+        self.num_channels * self.patch_size * self.patch_size
+    }
+
+    /// Blocks run for `layer`: all of them, or all but the last.
+    pub fn used_blocks(&self, layer: FeatureLayer) -> usize {
+        match layer {
+            FeatureLayer::Last => self.num_hidden_layers,
+            FeatureLayer::Penultimate => self.num_hidden_layers - 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BlockIds {
+    ln1: (ParamId, ParamId),
+    in_proj: (ParamId, ParamId),
+    out_proj: (ParamId, ParamId),
+    ln2: (ParamId, ParamId),
+    fc1: (ParamId, ParamId),
+    fc2: (ParamId, ParamId),
+}
+
+/// Activations one trainable block saves for its backward.
+struct BlockTape {
+    x: Vec<f32>,
+    ln1: NormActs<Cpu>,
+    ln1_out: Vec<f32>,
+    attention: AttentionActs<Cpu>,
+    h: Vec<f32>,
+    ln2: NormActs<Cpu>,
+    ln2_out: Vec<f32>,
+    mlp: GeluMlpActs<Cpu>,
+}
+
+/// What [`SiglipVision::forward`] keeps for [`SiglipVision::backward`].
+pub struct SiglipTape {
+    batch: usize,
+    /// Tapes of the trainable blocks, in forward order.
+    blocks: Vec<BlockTape>,
+    /// Input and statistics of `post_layernorm` (last-layer features only).
+    post: Option<(Vec<f32>, NormActs<Cpu>)>,
+}
+
+pub struct SiglipVision {
+    config: SiglipConfig,
+    layer: FeatureLayer,
+    dev: Cpu,
+    norm: Norm,
+    attention: Attention,
+    mlp: GeluMlp,
+    patch: (ParamId, ParamId),
+    position: ParamId,
+    blocks: Vec<BlockIds>,
+    post: Option<(ParamId, ParamId)>,
+    /// Index of the first trainable block (`blocks.len()` when frozen).
+    first_trainable: usize,
+}
+
+fn norm_params(v: Values<'_>, ids: (ParamId, ParamId)) -> NormParams<'_, Cpu> {
+    NormParams { weight: v.get(ids.0), bias: Some(v.get(ids.1)) }
+}
+
+fn linear_params(v: Values<'_>, ids: (ParamId, ParamId)) -> LinearParams<'_, Cpu> {
+    LinearParams { weight: v.get(ids.0), bias: Some(v.get(ids.1)) }
+}
+
+/// Registers `vision_model.{name}` from the weights file, checking its shape.
+fn load(params: &mut ParamStore, weights: &Weights, name: &str, shape: &[usize], flags: ParamFlags) -> Result<ParamId> {
+    let full = format!("{PREFIX}.{name}");
+    params.add(&full, shape, weights.get(&full, shape)?, flags)
+}
+
+impl SiglipTape {
+    /// An empty tape for [`SiglipVision::forward`] to fill.
+    pub fn new() -> Self {
+        SiglipTape { batch: 0, blocks: Vec::new(), post: None }
+    }
+}
+
+impl Default for SiglipTape {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SiglipVision {
+    /// Loads the weights of the blocks `layer` needs from a safetensors file into `params`;
+    /// the last `trainable_blocks` of them are registered as trainable, the rest frozen.
+    pub fn register(
+        config: &SiglipConfig,
+        weights_path: &Path,
+        layer: FeatureLayer,
+        trainable_blocks: usize,
+        params: &mut ParamStore,
+    ) -> Result<Self> {
+        let weights = Weights::open(weights_path)?;
+        let (d, hidden) = (config.hidden_size, config.intermediate_size);
+        let used = config.used_blocks(layer);
+        if trainable_blocks > used {
+            bail!("cannot unfreeze {trainable_blocks} blocks: the {} feature layer uses {used}", layer.name());
+        }
+        let first_trainable = used - trainable_blocks;
+        let frozen = ParamFlags::FROZEN;
+        let p = config.patch_size;
+        let patch_weight = load(params, &weights, "embeddings.patch_embedding.weight", &[d, config.num_channels, p, p], frozen)?;
+        let patch_bias = load(params, &weights, "embeddings.patch_embedding.bias", &[d], frozen)?;
+        let position = load(params, &weights, "embeddings.position_embedding.weight", &[config.tokens(), d], frozen)?;
+        let mut blocks = Vec::with_capacity(used);
+        for i in 0..used {
+            let trainable = i >= first_trainable;
+            let (matrix, vector) = if trainable { (ParamFlags::MATRIX, ParamFlags::NO_DECAY) } else { (frozen, frozen) };
+            let b = format!("encoder.layers.{i}");
+            let pair = |name: &str, shape: &[usize], params: &mut ParamStore| -> Result<(ParamId, ParamId)> {
+                let flags = if shape.len() == 2 { matrix } else { vector };
+                Ok((
+                    load(params, &weights, &format!("{b}.{name}.weight"), shape, flags)?,
+                    load(params, &weights, &format!("{b}.{name}.bias"), &shape[..1], vector)?,
+                ))
+            };
+            let ln1 = pair("layer_norm1", &[d], params)?;
+            let out_proj = pair("self_attn.out_proj", &[d, d], params)?;
+            let ln2 = pair("layer_norm2", &[d], params)?;
+            let fc1 = pair("mlp.fc1", &[hidden, d], params)?;
+            let fc2 = pair("mlp.fc2", &[d, hidden], params)?;
+            let mut fused_weight = Vec::with_capacity(3 * d * d);
+            let mut fused_bias = Vec::with_capacity(3 * d);
+            for proj in ["q_proj", "k_proj", "v_proj"] {
+                fused_weight.extend(weights.get(&format!("{PREFIX}.{b}.self_attn.{proj}.weight"), &[d, d])?);
+                fused_bias.extend(weights.get(&format!("{PREFIX}.{b}.self_attn.{proj}.bias"), &[d])?);
+            }
+            let in_proj = (
+                params.add(&format!("{PREFIX}.{b}.self_attn.in_proj.weight"), &[3 * d, d], fused_weight, matrix)?,
+                params.add(&format!("{PREFIX}.{b}.self_attn.in_proj.bias"), &[3 * d], fused_bias, vector)?,
+            );
+            blocks.push(BlockIds { ln1, in_proj, out_proj, ln2, fc1, fc2 });
+        }
+        let post = match layer {
+            FeatureLayer::Last => {
+                let flags = if trainable_blocks > 0 { ParamFlags::NO_DECAY } else { frozen };
+                Some((
+                    load(params, &weights, "post_layernorm.weight", &[d], flags)?,
+                    load(params, &weights, "post_layernorm.bias", &[d], flags)?,
+                ))
+            }
+            FeatureLayer::Penultimate => None,
+        };
+        Ok(Self {
+            config: config.clone(),
+            layer,
+            dev: Cpu::new()?,
+            norm: Norm { kind: NormKind::LayerNormBias, width: d, eps: config.layer_norm_eps },
+            attention: Attention::vit(d, config.num_attention_heads),
+            mlp: GeluMlp { in_dim: d, hidden, out_dim: d, gelu: config.gelu },
+            patch: (patch_weight, patch_bias),
+            position,
+            blocks,
+            post,
+            first_trainable,
+        })
+    }
+
+    pub fn config(&self) -> &SiglipConfig {
+        &self.config
+    }
+
+    pub fn layer(&self) -> FeatureLayer {
+        self.layer
+    }
+
+    /// Patch embedding plus positions: `[batch * tokens, d]`.
+    fn embed(&self, v: Values<'_>, pixels: &[f32], batch: usize) -> Vec<f32> {
+        let (c, s, p, g, d) = (self.config.num_channels, self.config.image_size, self.config.patch_size, self.config.grid(), self.config.hidden_size);
+        let tokens = g * g;
+        let dim = self.config.patch_dim();
+        // Flatten each patch in (channel, row, column) order, matching the conv weight [d, c, p, p].
+        let mut patches = vec![0.0f32; batch * tokens * dim];
+        for (t, row) in patches.chunks_exact_mut(dim).enumerate() {
+            let (b, cell) = (t / tokens, t % tokens);
+            let (py, px) = (cell / g, cell % g);
+            for ch in 0..c {
+                for y in 0..p {
+                    let src = ((b * c + ch) * s + py * p + y) * s + px * p;
+                    row[(ch * p + y) * p..(ch * p + y + 1) * p].copy_from_slice(&pixels[src..src + p]);
+                }
+            }
+        }
+        let mut x = vec![0.0f32; batch * tokens * d];
+        self.dev.gemm(Gemm::new(false, true, batch * tokens, d, dim), &patches, v.get(self.patch.0), &mut x);
+        self.dev.add_bias(&mut x, v.get(self.patch.1));
+        let position = v.get(self.position);
+        for image in x.chunks_exact_mut(tokens * d) {
+            self.dev.add_assign(image, position);
+        }
+        x
+    }
+
+    /// Features `[batch, tokens, d]` of `pixels` (`[batch, 3, image_size, image_size]`) at this
+    /// tower's layer. With `tape`, saves what [`backward`](Self::backward) needs.
+    pub fn forward(&self, params: &ParamStore, pixels: &[f32], batch: usize, mut tape: Option<&mut SiglipTape>) -> Result<Vec<f32>> {
+        let s = self.config.image_size;
+        ensure!(
+            pixels.len() == batch * self.config.num_channels * s * s,
+            "SigLIP input has {} values, expected [{batch}, {}, {s}, {s}]",
+            pixels.len(),
+            self.config.num_channels
+        );
+        let v = params.values();
+        let dev = &self.dev;
+        let seq = self.config.tokens();
+        let rows = batch * seq;
+        let n = rows * self.config.hidden_size;
+        let mut x = self.embed(v, pixels, batch);
+        if let Some(t) = tape.as_deref_mut() {
+            *t = SiglipTape { batch, blocks: Vec::new(), post: None };
+        }
+        let mut ln1 = self.norm.acts(dev, rows);
+        let mut ln2 = self.norm.acts(dev, rows);
+        let mut attention = self.attention.acts(dev, batch, seq);
+        let mut mlp = self.mlp.acts(dev, rows);
+        let (mut ln_out, mut h, mut branch) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let mut ln2_out = vec![0.0; n];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let keep = tape.is_some() && i >= self.first_trainable;
+            if keep {
+                ln1 = self.norm.acts(dev, rows);
+                ln2 = self.norm.acts(dev, rows);
+                attention = self.attention.acts(dev, batch, seq);
+                mlp = self.mlp.acts(dev, rows);
+            }
+            self.norm.forward(dev, &norm_params(v, b.ln1), &x, &mut ln1, &mut ln_out);
+            let attn = AttentionParams { in_proj: linear_params(v, b.in_proj), q_norm: None, k_norm: None, out_proj: linear_params(v, b.out_proj) };
+            self.attention.forward(dev, &attn, &ln_out, batch, seq, &mut attention, &mut branch);
+            dev.add(&x, &branch, &mut h);
+            self.norm.forward(dev, &norm_params(v, b.ln2), &h, &mut ln2, &mut ln2_out);
+            let mlp_params = GeluMlpParams { fc1: linear_params(v, b.fc1), fc2: linear_params(v, b.fc2) };
+            self.mlp.forward(dev, &mlp_params, &ln2_out, &mut mlp, &mut branch);
+            let mut next = vec![0.0; n];
+            dev.add(&h, &branch, &mut next);
+            let input = std::mem::replace(&mut x, next);
+            if keep {
+                let tape = tape.as_deref_mut().expect("keep implies a tape");
+                tape.blocks.push(BlockTape {
+                    x: input,
+                    ln1: std::mem::replace(&mut ln1, self.norm.acts(dev, 0)),
+                    ln1_out: ln_out.clone(),
+                    attention: std::mem::replace(&mut attention, self.attention.acts(dev, 0, 0)),
+                    h: h.clone(),
+                    ln2: std::mem::replace(&mut ln2, self.norm.acts(dev, 0)),
+                    ln2_out: ln2_out.clone(),
+                    mlp: std::mem::replace(&mut mlp, self.mlp.acts(dev, 0)),
+                });
+            }
+        }
+        if let Some(post) = self.post {
+            let mut acts = self.norm.acts(dev, rows);
+            let mut out = vec![0.0; n];
+            self.norm.forward(dev, &norm_params(v, post), &x, &mut acts, &mut out);
+            if let Some(t) = tape.as_deref_mut() {
+                t.post = Some((x, acts));
+            }
+            return Ok(out);
+        }
+        Ok(x)
+    }
+
+    /// Backward of a [`forward`](Self::forward) that filled `tape`: accumulates the gradients of the
+    /// trainable blocks (and `post_layernorm` when trainable) from `dfeatures` (`[batch, tokens, d]`).
+    pub fn backward(&self, params: &mut ParamStore, tape: &SiglipTape, dfeatures: &[f32]) -> Result<()> {
+        let seq = self.config.tokens();
+        let rows = tape.batch * seq;
+        let n = rows * self.config.hidden_size;
+        ensure!(dfeatures.len() == n, "SigLIP feature gradient has {} values, expected {n}", dfeatures.len());
+        if self.first_trainable == self.blocks.len() {
+            bail!("SigLIP backward called on a frozen tower (0 trainable blocks)");
+        }
+        ensure!(tape.blocks.len() == self.blocks.len() - self.first_trainable, "tape does not come from a forward with a tape");
+        let dev = &self.dev;
+        let (values, mut grads) = params.split();
+        let mut dx = vec![0.0; n];
+        match (self.post, &tape.post) {
+            (Some(post), Some((input, acts))) => {
+                let [w, b] = grads.get_many_mut([post.0, post.1]);
+                let mut g = NormGrads { weight: w, bias: Some(b) };
+                self.norm.backward(dev, &norm_params(values, post), input, acts, dfeatures, &mut dx, &mut g);
+            }
+            (None, None) => dx.copy_from_slice(dfeatures),
+            _ => bail!("tape does not match the feature layer"),
+        }
+        let mut attn_scratch = self.attention.scratch(dev, rows);
+        let mut mlp_scratch = self.mlp.scratch(dev, rows);
+        let (mut dbranch, mut dh, mut dln) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        for (b, t) in self.blocks[self.first_trainable..].iter().zip(&tape.blocks).rev() {
+            let ids = [b.ln1.0, b.ln1.1, b.in_proj.0, b.in_proj.1, b.out_proj.0, b.out_proj.1, b.ln2.0, b.ln2.1, b.fc1.0, b.fc1.1, b.fc2.0, b.fc2.1];
+            let [ln1w, ln1b, inw, inb, outw, outb, ln2w, ln2b, fc1w, fc1b, fc2w, fc2b] = grads.get_many_mut(ids);
+            // x' = h + mlp(ln2(h))
+            let mlp_params = GeluMlpParams { fc1: linear_params(values, b.fc1), fc2: linear_params(values, b.fc2) };
+            let mut mlp_grads = GeluMlpGrads {
+                fc1: LinearGrads { weight: fc1w, bias: Some(fc1b) },
+                fc2: LinearGrads { weight: fc2w, bias: Some(fc2b) },
+            };
+            self.mlp.backward(dev, &mlp_params, &t.ln2_out, &t.mlp, &dx, Some(&mut dln), &mut mlp_grads, &mut mlp_scratch);
+            self.norm.backward(dev, &norm_params(values, b.ln2), &t.h, &t.ln2, &dln, &mut dbranch, &mut NormGrads { weight: ln2w, bias: Some(ln2b) });
+            dev.add(&dx, &dbranch, &mut dh);
+            // h = x + attn(ln1(x))
+            let attn = AttentionParams { in_proj: linear_params(values, b.in_proj), q_norm: None, k_norm: None, out_proj: linear_params(values, b.out_proj) };
+            let mut attn_grads = AttentionGrads {
+                in_proj: LinearGrads { weight: inw, bias: Some(inb) },
+                q_norm: None,
+                k_norm: None,
+                out_proj: LinearGrads { weight: outw, bias: Some(outb) },
+            };
+            self.attention.backward(dev, &attn, &t.ln1_out, tape.batch, seq, &t.attention, &dh, &mut dln, &mut attn_grads, &mut attn_scratch);
+            self.norm.backward(dev, &norm_params(values, b.ln1), &t.x, &t.ln1, &dln, &mut dbranch, &mut NormGrads { weight: ln1w, bias: Some(ln1b) });
+            dev.add(&dh, &dbranch, &mut dx);
+        }
+        Ok(())
+    }
+}

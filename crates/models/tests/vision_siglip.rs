@@ -1,0 +1,139 @@
+//! SigLIP vision tower: parity with Hugging Face transformers (reference/siglip_reference.py),
+//! gradient check of the unfrozen blocks, and weight-shape errors.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use vlmix_engine::params::ParamStore;
+use vlmix_engine::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
+use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer};
+use vlmix_models::vision::preprocess;
+use vlmix_models::vision::siglip::{SiglipConfig, SiglipTape, SiglipVision};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/siglip_tiny")
+}
+
+fn config() -> SiglipConfig {
+    SiglipConfig::from_file(&fixture().join("config.json")).unwrap()
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= tol, "{name}: max abs error {worst} > {tol}");
+}
+
+#[test]
+fn penultimate_and_last_layers_match_transformers() {
+    let outputs = SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap();
+    let pixels = outputs.f32("pixel_values").unwrap().data;
+    let config = config();
+    assert_eq!((config.tokens(), config.hidden_size), (16, 32));
+    for (layer, want) in [(FeatureLayer::Penultimate, "penultimate"), (FeatureLayer::Last, "last_hidden_state")] {
+        let mut params = ParamStore::new();
+        let model = SiglipVision::register(&config, &fixture().join("model.safetensors"), layer, 0, &mut params).unwrap();
+        let got = model.forward(&params, &pixels, 2, None).unwrap();
+        assert_close(want, &got, &outputs.f32(want).unwrap().data, 1e-4);
+    }
+}
+
+#[test]
+fn encoder_from_directory_preprocesses_pngs_like_the_hf_processor() {
+    let outputs = SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap();
+    let spec = EncoderSpec { source: fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None };
+    let encoder = open_encoder(&spec, Path::new("/nonexistent")).unwrap();
+    assert_eq!((encoder.tokens(), encoder.width()), (16, 32));
+    let pixels: Vec<f32> = ["image_a.png", "image_b.png"]
+        .iter()
+        .flat_map(|name| encoder.preprocess().pixels(&preprocess::load(&fixture().join(name)).unwrap()).unwrap())
+        .collect();
+    let got = encoder.encode(&pixels, 2).unwrap();
+    assert_close("penultimate from PNGs", &got, &outputs.f32("penultimate").unwrap().data, 1e-4);
+}
+
+/// Loss = sum(features * r); analytic gradients of the unfrozen last block and post-layernorm
+/// against central differences, and no gradient at all for frozen parameters.
+#[test]
+fn unfrozen_last_block_gradients_match_finite_differences() {
+    let outputs = SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap();
+    let pixels = outputs.f32("pixel_values").unwrap().data;
+    let config = config();
+    let mut params = ParamStore::new();
+    let model = SiglipVision::register(&config, &fixture().join("model.safetensors"), FeatureLayer::Last, 1, &mut params).unwrap();
+    let n = 2 * config.tokens() * config.hidden_size;
+    let r: Vec<f32> = (0..n).map(|i| ((i * 37 % 29) as f32 - 14.0) / 15.0).collect();
+    let loss = |params: &ParamStore| -> f64 {
+        let f = model.forward(params, &pixels, 2, None).unwrap();
+        f.iter().zip(&r).map(|(&a, &b)| a as f64 * b as f64).sum()
+    };
+    let mut tape = SiglipTape::new();
+    model.forward(&params, &pixels, 2, Some(&mut tape)).unwrap();
+    model.backward(&mut params, &tape, &r).unwrap();
+
+    let trainable = |name: &str| name.contains("layers.2.") || name.contains("post_layernorm");
+    let ids: Vec<_> = params.ids().collect();
+    let mut checked = 0;
+    for id in ids {
+        let name = params.info(id).name.clone();
+        let grad = params.grad(id).to_vec();
+        assert_eq!(params.info(id).flags.trainable, trainable(&name), "{name}: trainable flag");
+        if !trainable(&name) {
+            assert!(grad.iter().all(|&g| g == 0.0), "{name}: frozen parameter got a gradient");
+            continue;
+        }
+        assert!(grad.iter().any(|&g| g != 0.0), "{name}: gradient is all zero");
+        for i in (0..grad.len()).step_by(grad.len().div_ceil(12)) {
+            let orig = params.value(id)[i];
+            let eps = 1e-2f32;
+            params.value_mut(id)[i] = orig + eps;
+            let plus = loss(&params);
+            params.value_mut(id)[i] = orig - eps;
+            let minus = loss(&params);
+            params.value_mut(id)[i] = orig;
+            let numeric = (plus - minus) / (2.0 * eps as f64);
+            assert!((grad[i] as f64 - numeric).abs() <= 1e-2 * (1.0 + numeric.abs()), "{name}[{i}]: analytic {} vs numeric {numeric}", grad[i]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} entries checked");
+}
+
+#[test]
+fn wrong_or_missing_weights_name_the_tensor_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = SafetensorsFile::open(&fixture().join("model.safetensors")).unwrap();
+    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    for name in file.names() {
+        let t = file.f32(&name).unwrap();
+        tensors.insert(name, (t.shape, t.data));
+    }
+    let write = |tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>| {
+        let path = dir.path().join("model.safetensors");
+        write_f32_tensors(&path, tensors.iter().map(|(n, (s, d))| (n.clone(), F32View { shape: s.clone(), data: d })), None).unwrap();
+        path
+    };
+    let mut wrong = tensors.clone();
+    let name = "vision_model.encoder.layers.1.mlp.fc1.weight";
+    wrong.get_mut(name).unwrap().0 = vec![32, 64];
+    let err = format!("{:#}", SiglipVision::register(&config(), &write(&wrong), FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap());
+    assert!(err.contains(name) && err.contains("[32, 64]") && err.contains("[64, 32]"), "{err}");
+
+    let mut missing = tensors;
+    missing.remove("vision_model.encoder.layers.0.self_attn.k_proj.bias");
+    let err = format!("{:#}", SiglipVision::register(&config(), &write(&missing), FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap());
+    assert!(err.contains("missing tensor vision_model.encoder.layers.0.self_attn.k_proj.bias") && err.contains("[32]"), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let base = serde_json::json!({"hidden_size": 30, "num_attention_heads": 4, "image_size": 32, "patch_size": 8});
+    let err = SiglipConfig::from_json(&base).unwrap_err().to_string();
+    assert!(err.contains("not divisible"), "{err}");
+    let err = SiglipConfig::from_json(&serde_json::json!({"hidden_act": "swish"})).unwrap_err().to_string();
+    assert!(err.contains("hidden_act"), "{err}");
+    let err = SiglipConfig::from_json(&serde_json::json!({"patch_size": "14"})).unwrap_err().to_string();
+    assert!(err.contains("patch_size"), "{err}");
+    let full = serde_json::json!({"model_type": "siglip", "vision_config": {"hidden_size": 1152, "intermediate_size": 4304,
+        "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 384, "patch_size": 14, "model_type": "siglip_vision_model"}});
+    let so400m = SiglipConfig::from_json(&full).unwrap();
+    assert_eq!(so400m.tokens(), 729, "SO400M/14@384 gives 27x27 patch tokens");
+}

@@ -1,0 +1,217 @@
+//! Batch sources of the three stages: packed text, the text/image mix, and instruction epochs.
+//!
+//! Each wraps a data-crate sampler, turns its sequences into the model's batch type (looking image
+//! features up in the feature cache by the corpus's keys) and exposes the sampler's cursor, so the
+//! trainer can checkpoint and resume the stream exactly.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
+use vlmix_data::packing::{epoch_order, pack_image_sequence, ImageText, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
+use vlmix_data::tokenizer::SpecialTokens;
+use vlmix_models::vision::feature_cache::FeatureCache;
+use vlmix_models::vlm::VlmBatch;
+
+use crate::corpus::{ImageCorpus, ImageExample};
+use crate::text_model::TokenBatch;
+use crate::trainer::BatchSource;
+
+fn mask(bits: &[bool]) -> impl Iterator<Item = f32> + '_ {
+    bits.iter().map(|&b| if b { 1.0 } else { 0.0 })
+}
+
+/// Packed text for pre-training.
+pub struct TextSource<D> {
+    packer: TextPacker<D>,
+    batch_size: usize,
+}
+
+impl<D: TokenDocuments> TextSource<D> {
+    pub fn new(docs: D, seq_len: usize, batch_size: usize, eos: u32, seed: u64) -> Result<Self> {
+        Ok(Self { packer: TextPacker::new(docs, seq_len, eos, seed, TextCursor::default())?, batch_size })
+    }
+}
+
+impl<D: TokenDocuments> BatchSource for TextSource<D> {
+    type Batch = TokenBatch;
+
+    fn next_batch(&mut self) -> Result<TokenBatch> {
+        let seqs: Vec<Sequence> = (0..self.batch_size).map(|_| self.packer.next_sequence()).collect();
+        let seq = seqs[0].inputs.len();
+        Ok(TokenBatch {
+            batch: seqs.len(),
+            seq,
+            inputs: seqs.iter().flat_map(|s| s.inputs.iter().copied()).collect(),
+            targets: seqs.iter().flat_map(|s| s.targets.iter().copied()).collect(),
+            loss_mask: seqs.iter().flat_map(|s| mask(&s.loss_mask)).collect(),
+        })
+    }
+
+    fn token_counts(&self, b: &TokenBatch) -> (u64, u64) {
+        (0, (b.batch * b.seq) as u64)
+    }
+
+    fn cursor(&self) -> serde_json::Value {
+        serde_json::to_value(self.packer.cursor).expect("cursor serialises")
+    }
+
+    fn restore(&mut self, cursor: &serde_json::Value) -> Result<()> {
+        self.packer.cursor = serde_json::from_value(cursor.clone()).context("text cursor")?;
+        Ok(())
+    }
+}
+
+/// Builds the VLM batch of `seqs`, reading each image sequence's features from the cache.
+fn vlm_batch(seqs: &[Sequence], corpus: &ImageCorpus, cache: &FeatureCache) -> Result<VlmBatch> {
+    let seq = seqs[0].inputs.len();
+    let row = corpus.n_image_tokens * corpus.feature_width;
+    let mut batch = VlmBatch { batch: seqs.len(), seq, n_image_tokens: corpus.n_image_tokens, ..Default::default() };
+    for (b, s) in seqs.iter().enumerate() {
+        batch.inputs.extend_from_slice(&s.inputs);
+        batch.targets.extend_from_slice(&s.targets);
+        batch.loss_mask.extend(mask(&s.loss_mask));
+        let example = match (s.kind, s.example) {
+            (SequenceKind::Text, _) => continue,
+            (SequenceKind::Caption, Some(i)) => &corpus.captions[i as usize],
+            (SequenceKind::Instruct, Some(i)) => &corpus.instruct[i as usize],
+            (kind, None) => bail!("{kind:?} sequence without an example index"),
+        };
+        batch.image_sequences.push(b);
+        let start = batch.features.len();
+        batch.features.resize(start + row, 0.0);
+        if !cache.get(&example.cache_key()?, &mut batch.features[start..]) {
+            bail!("image {} is missing from the feature cache {}; rebuild the study's image corpus", example.key, cache.dir().display());
+        }
+    }
+    Ok(batch)
+}
+
+fn vlm_token_counts(b: &VlmBatch) -> (u64, u64) {
+    let image = (b.image_sequences.len() * b.n_image_tokens) as u64;
+    // Non-pad tokens: everything the sequence holds up to its last trained target (pads carry no loss).
+    let mut text = 0u64;
+    for s in 0..b.batch {
+        let mask = &b.loss_mask[s * b.seq..(s + 1) * b.seq];
+        let used = mask.iter().rposition(|&m| m > 0.0).map_or(0, |p| p + 2).min(b.seq);
+        let image_here = if b.image_sequences.contains(&s) { b.n_image_tokens } else { 0 };
+        text += used.saturating_sub(image_here) as u64;
+    }
+    (image, image + text)
+}
+
+/// Caption and instruction texts of the corpus, as the mixing sampler reads them.
+struct Texts<'a>(&'a [ImageExample]);
+
+impl vlmix_data::mixing::ImageTexts for Texts<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn text(&mut self, index: u64) -> Result<ImageText> {
+        Ok(self.0[index as usize].text())
+    }
+}
+
+/// The cooldown mix: text sequences and image sequences at the requested image-token fraction.
+pub struct MixedSource<'a, D> {
+    sampler: MixingSampler<D, Texts<'a>, Texts<'a>>,
+    corpus: &'a ImageCorpus,
+    cache: &'a FeatureCache,
+    batch_size: usize,
+    rebuild: Box<dyn Fn(MixCursor) -> Result<MixingSampler<D, Texts<'a>, Texts<'a>>> + 'a>,
+}
+
+impl<'a, D: TokenDocuments + Clone + 'a> MixedSource<'a, D> {
+    pub fn new(docs: D, corpus: &'a ImageCorpus, cache: &'a FeatureCache, config: MixConfig, special: SpecialTokens, batch_size: usize) -> Result<Self> {
+        let rebuild = move |cursor: MixCursor| MixingSampler::new(config, special, docs.clone(), Texts(&corpus.captions), Texts(&corpus.instruct), cursor);
+        Ok(Self { sampler: rebuild(MixCursor::default())?, corpus, cache, batch_size, rebuild: Box::new(rebuild) })
+    }
+
+    pub fn achieved_image_fraction(&self) -> f64 {
+        self.sampler.stats().cumulative_image_fraction
+    }
+}
+
+impl<'a, D: TokenDocuments + Clone + 'a> BatchSource for MixedSource<'a, D> {
+    type Batch = VlmBatch;
+
+    fn next_batch(&mut self) -> Result<VlmBatch> {
+        let seqs = self.sampler.next_batch(self.batch_size)?;
+        vlm_batch(&seqs, self.corpus, self.cache)
+    }
+
+    fn token_counts(&self, b: &VlmBatch) -> (u64, u64) {
+        vlm_token_counts(b)
+    }
+
+    fn cursor(&self) -> serde_json::Value {
+        serde_json::to_value(self.sampler.cursor()).expect("cursor serialises")
+    }
+
+    fn restore(&mut self, cursor: &serde_json::Value) -> Result<()> {
+        let cursor: MixCursor = serde_json::from_value(cursor.clone()).context("mixing cursor")?;
+        self.sampler = (self.rebuild)(cursor)?;
+        Ok(())
+    }
+}
+
+/// Where instruction fine-tuning stands: epoch and position in that epoch's seeded order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochCursor {
+    pub epoch: u64,
+    pub position: u64,
+}
+
+/// Instruction conversations, whole epochs in a seeded order per epoch; the last batch of an epoch
+/// may be short so epochs end exactly at step boundaries.
+pub struct InstructSource<'a> {
+    corpus: &'a ImageCorpus,
+    cache: &'a FeatureCache,
+    special: SpecialTokens,
+    seq_len: usize,
+    batch_size: usize,
+    seed: u64,
+    cursor: EpochCursor,
+}
+
+impl<'a> InstructSource<'a> {
+    pub fn new(corpus: &'a ImageCorpus, cache: &'a FeatureCache, special: SpecialTokens, seq_len: usize, batch_size: usize, seed: u64) -> Result<Self> {
+        if corpus.instruct.is_empty() {
+            bail!("no instruction conversations to fine-tune on");
+        }
+        Ok(Self { corpus, cache, special, seq_len, batch_size, seed, cursor: EpochCursor::default() })
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.corpus.instruct.len().div_ceil(self.batch_size) as u64
+    }
+}
+
+impl BatchSource for InstructSource<'_> {
+    type Batch = VlmBatch;
+
+    fn next_batch(&mut self) -> Result<VlmBatch> {
+        let n = self.corpus.instruct.len();
+        let order = epoch_order(n, self.seed, self.cursor.epoch);
+        let start = self.cursor.position as usize;
+        let end = (start + self.batch_size).min(n);
+        let seqs: Vec<Sequence> = order[start..end]
+            .iter()
+            .map(|&i| pack_image_sequence(SequenceKind::Instruct, i as u64, &self.corpus.instruct[i as usize].text(), self.seq_len, self.corpus.n_image_tokens, self.special))
+            .collect();
+        self.cursor = if end == n { EpochCursor { epoch: self.cursor.epoch + 1, position: 0 } } else { EpochCursor { epoch: self.cursor.epoch, position: end as u64 } };
+        vlm_batch(&seqs, self.corpus, self.cache)
+    }
+
+    fn token_counts(&self, b: &VlmBatch) -> (u64, u64) {
+        vlm_token_counts(b)
+    }
+
+    fn cursor(&self) -> serde_json::Value {
+        serde_json::to_value(self.cursor).expect("cursor serialises")
+    }
+
+    fn restore(&mut self, cursor: &serde_json::Value) -> Result<()> {
+        self.cursor = serde_json::from_value(cursor.clone()).context("instruction cursor")?;
+        Ok(())
+    }
+}

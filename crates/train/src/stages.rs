@@ -1,0 +1,198 @@
+//! The paper's three training stages as library calls: each sets up model, data, schedule and
+//! checkpoints, then runs the shared loop in `dir` (resuming whatever a killed run left there).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use vlmix_data::mixing::MixConfig;
+use vlmix_data::packing::TokenDocuments;
+use vlmix_data::tokenizer::SpecialTokens;
+use vlmix_engine::adamw::{AdamW, AdamWConfig};
+use vlmix_engine::params::ParamStore;
+use vlmix_models::lm::{Lm, LmConfig};
+use vlmix_models::vision::feature_cache::FeatureCache;
+use vlmix_models::vlm::Vlm;
+
+use crate::corpus::ImageCorpus;
+use crate::schedule::{Schedule, WarmupCosine};
+use crate::sources::{InstructSource, MixedSource, TextSource};
+use crate::text_model::TextModel;
+use crate::trainer::{train, LoopConfig, LoopOutcome, OnStep};
+use crate::vision_model::VisionModel;
+
+/// Gradient-norm clipping threshold of every stage (OpenLM's default).
+pub const CLIP_NORM: f32 = 1.0;
+/// Rolling checkpoints for resumption are written this often (steps).
+pub const SAVE_EVERY: u64 = 50;
+
+/// The weights file of a checkpoint directory.
+pub fn weights_of(checkpoint: &Path) -> PathBuf {
+    checkpoint.join(vlmix_engine::checkpoint::MODEL_FILE)
+}
+
+/// Every stage directory holds the LM config its checkpoints were trained with.
+pub const MODEL_CONFIG_FILE: &str = "model.toml";
+
+fn write_model_config(dir: &Path, model: &LmConfig) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    vlmix_engine::atomic_file::write_atomic(&dir.join(MODEL_CONFIG_FILE), model.to_toml().as_bytes())
+}
+
+/// The LM config of a checkpoint directory (`<stage dir>/checkpoints/step-N`), read from its stage.
+pub fn model_config_of(checkpoint: &Path) -> Result<LmConfig> {
+    let stage_dir = checkpoint.parent().and_then(Path::parent).with_context(|| format!("{} is not inside a stage directory", checkpoint.display()))?;
+    LmConfig::from_toml_file(&stage_dir.join(MODEL_CONFIG_FILE))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PretrainSpec {
+    pub model: LmConfig,
+    pub schedule: WarmupCosine,
+    pub batch_size: usize,
+    pub weight_decay: f64,
+    /// Fractions of the run whose checkpoints are kept.
+    pub keep_fractions: Vec<f64>,
+    pub seed: u64,
+}
+
+impl PretrainSpec {
+    /// Step at which fraction `f` of the run is complete.
+    pub fn step_at(&self, fraction: f64) -> u64 {
+        (fraction * self.schedule.total_steps as f64).round() as u64
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PretrainOutcome {
+    pub run: LoopOutcome,
+    /// (fraction, checkpoint directory) for every kept fraction above 0.
+    pub checkpoints: Vec<(f64, PathBuf)>,
+}
+
+/// Text-only pre-training with warmup + cosine over the planned run, keeping fraction checkpoints.
+pub fn pretrain<D: TokenDocuments>(spec: &PretrainSpec, docs: D, special: SpecialTokens, dir: &Path, on_step: &mut OnStep) -> Result<PretrainOutcome> {
+    write_model_config(dir, &spec.model)?;
+    let mut params = ParamStore::new();
+    let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
+    let mut model = TextModel { lm, params };
+    let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
+    let mut source = TextSource::new(docs, spec.model.seq_len, spec.batch_size, special.eos, spec.seed)?;
+    let keep_steps: Vec<u64> = spec.keep_fractions.iter().map(|&f| spec.step_at(f)).filter(|&s| s > 0).collect();
+    let config = LoopConfig { schedule: Schedule::WarmupCosine(spec.schedule.clone()), clip_norm: CLIP_NORM, keep_steps, save_every: SAVE_EVERY };
+    let run = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
+    let checkpoints = spec
+        .keep_fractions
+        .iter()
+        .filter_map(|&f| run.kept.iter().find(|(s, _)| *s == spec.step_at(f)).map(|(_, d)| (f, d.clone())))
+        .collect();
+    Ok(PretrainOutcome { run, checkpoints })
+}
+
+/// Where a cooldown starts: random init (the paper's 0 %) or a text checkpoint's weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Start {
+    Scratch,
+    TextCheckpoint(PathBuf),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CooldownSpec {
+    pub model: LmConfig,
+    pub start: Start,
+    pub schedule: Schedule,
+    pub batch_size: usize,
+    pub weight_decay: f64,
+    pub image_token_fraction: f64,
+    pub instruct_fraction: f64,
+    /// When false only the projector trains (the LM is frozen).
+    pub train_lm: bool,
+    pub seed: u64,
+}
+
+/// Image-text continued pre-training branched from `spec.start`, at the requested image-token fraction.
+pub fn cooldown<D: TokenDocuments + Clone>(
+    spec: &CooldownSpec,
+    docs: D,
+    corpus: &ImageCorpus,
+    cache: &FeatureCache,
+    special: SpecialTokens,
+    dir: &Path,
+    on_step: &mut OnStep,
+) -> Result<LoopOutcome> {
+    write_model_config(dir, &spec.model)?;
+    let mut params = ParamStore::new();
+    let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
+    if let Start::TextCheckpoint(checkpoint) = &spec.start {
+        params.load_safetensors(&weights_of(checkpoint)).with_context(|| format!("branching from {}", checkpoint.display()))?;
+    }
+    let vlm = Vlm::with_new_projector(lm, corpus.feature_width, &mut params, spec.seed ^ 0x9e37_79b9)?;
+    if !spec.train_lm {
+        let lm_ids: Vec<_> = params.ids().filter(|&id| !params.info(id).name.starts_with("projector.")).collect();
+        for id in lm_ids {
+            params.set_trainable(id, false);
+        }
+    }
+    let mut model = VisionModel { vlm, params };
+    let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
+    let mix = MixConfig {
+        seq_len: spec.model.seq_len,
+        n_image_tokens: corpus.n_image_tokens,
+        image_token_fraction: spec.image_token_fraction,
+        instruct_fraction: spec.instruct_fraction,
+        seed: spec.seed,
+        log_every: 100,
+    };
+    let mut source = MixedSource::new(docs, corpus, cache, mix, special, spec.batch_size)?;
+    let total = spec.schedule.total_steps();
+    let config = LoopConfig { schedule: spec.schedule.clone(), clip_norm: CLIP_NORM, keep_steps: vec![total], save_every: SAVE_EVERY };
+    let outcome = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
+    tracing::info!(achieved = source.achieved_image_fraction(), requested = spec.image_token_fraction, "cooldown image-token fraction");
+    Ok(outcome)
+}
+
+/// Loads a VLM (LM + projector) from a checkpoint directory.
+pub fn load_vlm(model: &LmConfig, encoder_width: usize, checkpoint: &Path) -> Result<(Vlm, ParamStore)> {
+    let mut params = ParamStore::new();
+    let vlm = Vlm::new(model.clone(), encoder_width, &mut params, 0)?;
+    params.load_safetensors(&weights_of(checkpoint)).with_context(|| format!("loading VLM from {}", checkpoint.display()))?;
+    Ok((vlm, params))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinetuneSpec {
+    pub model: LmConfig,
+    /// The cooldown checkpoint to fine-tune.
+    pub start: PathBuf,
+    pub epochs: u32,
+    pub batch_size: usize,
+    pub peak_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinetuneOutcome {
+    pub run: LoopOutcome,
+    /// (epoch, checkpoint directory) at the end of every epoch.
+    pub epochs: Vec<(u32, PathBuf)>,
+}
+
+/// Instruction fine-tuning: fresh warmup + cosine over all epochs, loss on answers only, keeping
+/// every epoch-end model.
+pub fn finetune(spec: &FinetuneSpec, corpus: &ImageCorpus, cache: &FeatureCache, special: SpecialTokens, dir: &Path, on_step: &mut OnStep) -> Result<FinetuneOutcome> {
+    write_model_config(dir, &spec.model)?;
+    let (vlm, params) = load_vlm(&spec.model, corpus.feature_width, &spec.start)?;
+    let mut model = VisionModel { vlm, params };
+    let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
+    let mut source = InstructSource::new(corpus, cache, special, spec.model.seq_len, spec.batch_size, spec.seed)?;
+    let per_epoch = source.steps_per_epoch();
+    let total = per_epoch * spec.epochs as u64;
+    let schedule = Schedule::WarmupCosine(WarmupCosine { peak: spec.peak_lr, floor: 0.0, warmup_steps: spec.warmup_steps.min(total / 2), total_steps: total });
+    let keep_steps: Vec<u64> = (1..=spec.epochs as u64).map(|e| e * per_epoch).collect();
+    let config = LoopConfig { schedule, clip_norm: CLIP_NORM, keep_steps: keep_steps.clone(), save_every: SAVE_EVERY };
+    let run = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
+    let epochs = run.kept.iter().map(|(step, d)| ((step / per_epoch) as u32, d.clone())).collect();
+    Ok(FinetuneOutcome { run, epochs })
+}
