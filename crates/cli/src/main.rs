@@ -21,6 +21,8 @@ enum Command {
     Describe(cmd::chat::DescribeArgs),
     /// Ask a trained VLM a question about an image.
     Chat(cmd::chat::ChatArgs),
+    /// Evaluate a checkpoint: vision-language and text tasks, stable scores, validation bits-per-byte.
+    Eval(cmd::eval::Args),
     /// Micro-benchmarks of the engine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -34,6 +36,7 @@ fn main() {
         Command::Encode(a) => cmd::encode::run(a),
         Command::Describe(a) => cmd::chat::describe(a),
         Command::Chat(a) => cmd::chat::chat(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Bench(c) => cmd::bench::run(c),
     };
     if let Err(err) = result {

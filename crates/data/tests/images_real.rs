@@ -89,7 +89,12 @@ fn real_subset_prepares_disjoint_train_instruct_and_eval_data() {
                 assert!(set.items.iter().all(|(_, i)| i.kind == QuestionType::YesNo && i.chance == 0.5));
             }
             "cifar10_what" => {
+                assert!(set.items.iter().all(|(_, i)| vlmix_data::images::cifar::LABELS.contains(&i.answers[0].as_str())));
+                assert!(set.items.iter().all(|(_, i)| i.chance == 0.1), "chance is one in ten labels");
+            }
+            "flag_country" => {
                 let distinct: HashSet<&str> = set.items.iter().map(|(_, i)| i.answers[0].as_str()).collect();
+                assert_eq!(distinct.len(), set.items.len(), "one unambiguous flag per country");
                 assert!(set.items.iter().all(|(_, i)| (i.chance - 1.0 / distinct.len() as f64).abs() < 1e-12));
             }
             "emoji_category" | "geometric_shapes" | "color_swatch" => {

@@ -3,11 +3,9 @@
 
 mod common;
 
-use common::{check_grads, cpu, project, rand_vec};
+use common::{check_grads, cpu, project, rand_vec, Tensors};
 use vlmix_engine::layers::*;
 use vlmix_engine::{Cpu, GeluKind};
-
-type Tensors<'a> = [(&'a str, Vec<f32>)];
 
 fn get<'a>(t: &'a Tensors, name: &str) -> &'a [f32] {
     &t.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no tensor {name}")).1

@@ -5,6 +5,7 @@
 //! paper's headline numbers.
 pub mod bits_per_byte;
 pub mod evaluate;
+pub mod model_scorer;
 pub mod multiple_choice;
 pub mod prompt;
 pub mod scorer;
@@ -14,5 +15,6 @@ pub mod yes_no;
 
 pub use bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
 pub use evaluate::{evaluate, evaluate_files, evaluate_task, evaluate_with_progress, EvalOptions, EvalReport, ItemOutcome, TaskResult, YesNoMode};
+pub use model_scorer::{Decoding, ImageFeatures, ModelScorer, ScoredModel};
 pub use scorer::{ImageRef, LogLikelihood, Scorer};
 pub use task::{load_task_file, load_tasks, Modality, Task};

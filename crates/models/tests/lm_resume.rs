@@ -92,6 +92,7 @@ fn run_child(root: &Path) {
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "resume_child", "--test-threads=1"])
         .env(CHILD_ENV, root)
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success(), "child process failed: {status}");

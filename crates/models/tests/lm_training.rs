@@ -167,3 +167,17 @@ fn token_nll_scores_match_the_loss() {
     let worst = prefix.iter().zip(&full[..prefix.len()]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "causality: prefix logits differ by {worst}");
 }
+
+#[test]
+fn bench_reports_consistent_numbers() {
+    use vlmix_models::lm::bench::{bench_train, BenchOptions};
+    let model = LmConfig::preset("tiny").unwrap();
+    let r = bench_train(&BenchOptions { model: model.clone(), model_name: "tiny".into(), batch: 2, steps: 2, warmup: 1 }).unwrap();
+    assert!(r.tokens_per_s > 0.0 && r.final_loss.is_finite() && r.peak_rss_mb > 1.0, "{r:?}");
+    assert!((r.gflops - r.tokens_per_s * model.train_flops_per_token(64) / 1e9).abs() < 1e-9 * r.gflops.max(1.0));
+    assert!((r.step_ms * r.tokens_per_s / 1000.0 - 128.0).abs() < 1e-6, "step time and throughput disagree");
+    let json: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+    for key in ["engine", "tokens_per_s", "gflops", "peak_rss_mb", "step_ms", "steps", "warmup", "final_loss", "threads", "cpu"] {
+        assert!(json.get(key).is_some(), "JSON lacks {key}, a field shared with reference/bench_train.py");
+    }
+}

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct StudyConfig {
     /// Shown in the report and used as the default run directory name.
     pub name: String,
-    /// Model preset name (see `configs/model/`) or a path to a model TOML.
-    pub model: String,
+    /// The LM: a preset with optional overrides; the vocabulary always comes from the tokenizer.
+    pub model: ModelChoice,
     /// Vision encoder: "efficientnet-lite0", "patch", or a Hugging Face SigLIP directory.
     pub encoder: String,
     pub pretrain: PretrainConfig,
@@ -23,6 +23,17 @@ pub struct StudyConfig {
     pub finetune: FinetuneConfig,
     pub grid: GridConfig,
     pub eval: EvalConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelChoice {
+    /// A `vlmix_models::lm::LmConfig` preset name (`tiny`, `cpu-small`, `openlm-79m`, ...).
+    pub preset: String,
+    pub d_model: Option<usize>,
+    pub n_layers: Option<usize>,
+    pub n_heads: Option<usize>,
+    pub seq_len: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use crate::config::{GridPoint, StudyConfig};
 pub enum NodeKind {
     Pretrain,
     Cooldown { point: GridPoint, seed: u64 },
-    Finetune { cooldown: String },
+    Finetune { cooldown: String, seed: u64 },
     Eval { finetune: String, epoch: u32 },
 }
 
@@ -55,7 +55,7 @@ impl Plan {
                 nodes.push(Node { id: cooldown.clone(), kind: NodeKind::Cooldown { point, seed }, after: vec!["pretrain".into()] });
                 nodes.push(Node {
                     id: finetune.clone(),
-                    kind: NodeKind::Finetune { cooldown: cooldown.clone() },
+                    kind: NodeKind::Finetune { cooldown: cooldown.clone(), seed },
                     after: vec![cooldown],
                 });
                 let epochs: Vec<u32> = if point == config.grid.base {

@@ -6,4 +6,5 @@ pub mod sources;
 pub mod stages;
 pub mod text_model;
 pub mod trainer;
+pub mod validation;
 pub mod vision_model;

@@ -166,3 +166,57 @@ fn fill_cache(encoder: &dyn ImageEncoder, inputs: &[PathBuf], root: &Path) -> Re
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vlmix_data::webdataset::ShardBuilder;
+    use vlmix_engine::safetensors_io::SafetensorsFile;
+
+    fn siglip_fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/siglip_tiny")
+    }
+
+    fn encoder() -> Box<dyn ImageEncoder> {
+        let spec = EncoderSpec { source: siglip_fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None };
+        open_encoder(&spec, Path::new("/nonexistent")).unwrap()
+    }
+
+    #[test]
+    fn encodes_files_into_a_features_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("f.safetensors");
+        let images = vec![siglip_fixture().join("image_a.png"), siglip_fixture().join("image_b.png")];
+        encode_files(encoder().as_ref(), &images, &out).unwrap();
+        let got = SafetensorsFile::open(&out).unwrap().f32("features").unwrap();
+        assert_eq!(got.shape, vec![2, 16, 32]);
+        let want = SafetensorsFile::open(&siglip_fixture().join("outputs.safetensors")).unwrap().f32("penultimate").unwrap();
+        let worst = got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "max error {worst}");
+    }
+
+    #[test]
+    fn shards_fill_the_cache_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = |name: &str| std::fs::read(siglip_fixture().join(name)).unwrap();
+        let (a, b) = (png("image_a.png"), png("image_b.png"));
+        let mut shard = ShardBuilder::new();
+        shard.add("s0", &[("png", &a), ("txt", b"a")]).unwrap();
+        shard.add("s1", &[("png", &b), ("txt", b"b")]).unwrap();
+        shard.add("s2", &[("png", &a), ("txt", b"same picture again")]).unwrap();
+        let tar = dir.path().join("000.tar");
+        std::fs::write(&tar, shard.finish().unwrap()).unwrap();
+        assert_eq!(shard_images(&tar).unwrap().len(), 3);
+
+        let encoder = encoder();
+        let root = dir.path().join("cache");
+        fill_cache(encoder.as_ref(), &[dir.path().to_path_buf()], &root).unwrap();
+        let mut cache = FeatureCache::open(&root, encoder.as_ref()).unwrap();
+        assert_eq!(cache.len(), 2, "identical pictures share one entry");
+        let image = image_io::decode_rgb(&b).unwrap();
+        cache.features(encoder.as_ref(), &[&image]).unwrap();
+        assert_eq!((cache.stats().hits, cache.stats().misses), (1, 0));
+        let err = fill_cache(encoder.as_ref(), &[dir.path().join("missing.tar")], &root).unwrap_err();
+        assert!(err.to_string().contains("missing.tar"), "{err}");
+    }
+}

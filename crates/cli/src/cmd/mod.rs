@@ -3,3 +3,4 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod encode;
+pub mod eval;

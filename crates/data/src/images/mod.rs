@@ -191,7 +191,7 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
         tracing::info!(source = source.name(), images = output.records.len(), seconds = begun.elapsed().as_secs_f64(), "read image source");
         records.extend(output.records);
     }
-    check_unique_keys(&records)?;
+    disambiguate_keys(&mut records)?;
     let duplicates_removed = remove_duplicates(&mut records);
     for summary in &mut sources {
         let of_source = |split| records.iter().filter(|r| r.source.name() == summary.source && r.split == split).count();
@@ -256,9 +256,19 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
     Ok(summary)
 }
 
-fn check_unique_keys(records: &[ImageRecord]) -> Result<()> {
+/// Gives images whose names slug to the same key ("viewmag+" and "viewmag-") a hash suffix of
+/// their origin, then checks that every key is unique.
+fn disambiguate_keys(records: &mut [ImageRecord]) -> Result<()> {
+    let mut uses: BTreeMap<String, usize> = BTreeMap::new();
+    for r in records.iter() {
+        *uses.entry(r.key.clone()).or_default() += 1;
+    }
+    for r in records.iter_mut().filter(|r| uses[&r.key] > 1) {
+        let suffix = record::hex_prefix(format!("{}:{}", r.source.name(), r.origin).as_bytes(), 8);
+        r.key = format!("{}-{suffix}", &r.key[..r.key.len().min(80)]);
+    }
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    for r in records {
+    for r in records.iter() {
         if let Some(other) = seen.insert(&r.key, &r.origin) {
             bail!("two {} images map to key {}: {other:?} and {:?}", r.source.name(), r.key, r.origin);
         }
@@ -368,4 +378,37 @@ pub(crate) fn require_dir(dir: &Path) -> Result<PathBuf> {
         bail!("{} is missing: run scripts/fetch-data.sh to fetch and extract the image packages", dir.display());
     }
     Ok(dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::RgbImage;
+
+    fn record(origin: &str, split: Split, shade: u8) -> ImageRecord {
+        let image = RgbImage::from_pixel(2, 2, image::Rgb([shade; 3]));
+        let subject = Subject::Cifar { label: "cat".into(), index: 0 };
+        ImageRecord::new(Source::Openclipart, origin.into(), split, &image, "c".into(), subject).unwrap()
+    }
+
+    #[test]
+    fn colliding_slugs_get_distinct_valid_keys() {
+        let mut records = vec![record("icons/viewmag+", Split::Train, 1), record("icons/viewmag-", Split::Train, 2), record("icons/other", Split::Train, 3)];
+        assert_eq!(records[0].key, records[1].key);
+        disambiguate_keys(&mut records).unwrap();
+        assert_ne!(records[0].key, records[1].key);
+        assert_eq!(records[2].key, "openclipart_icons-other");
+        for r in &records {
+            crate::webdataset::validate_key(&r.key).unwrap();
+        }
+    }
+
+    #[test]
+    fn training_copies_of_heldout_pixels_are_removed() {
+        let mut records = vec![record("a", Split::Train, 7), record("b", Split::Heldout, 7), record("c", Split::Train, 8), record("d", Split::Train, 8)];
+        let removed = remove_duplicates(&mut records);
+        assert_eq!(removed, ["openclipart_a", "openclipart_d"]);
+        let kept: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(kept, ["openclipart_b", "openclipart_c"]);
+    }
 }

@@ -10,7 +10,7 @@ use crate::device::GeluKind;
 const CHUNK: usize = 16 * 1024;
 
 pub fn swiglu_forward(hidden: usize, gate_up: &[f32], out: &mut [f32]) {
-    assert!(hidden > 0 && out.len() % hidden == 0, "swiglu: output is not rows of {hidden}");
+    assert!(hidden > 0 && out.len().is_multiple_of(hidden), "swiglu: output is not rows of {hidden}");
     assert_eq!(gate_up.len(), 2 * out.len(), "swiglu: gate_up must be twice the output");
     let per = rows_per_task(out.len() / hidden, 2 * hidden);
     out.par_chunks_mut(per * hidden).zip(gate_up.par_chunks(per * 2 * hidden)).for_each(|(out, gu)| swiglu_rows(hidden, out, gu));
@@ -28,7 +28,7 @@ multiversion! {
 }
 
 pub fn swiglu_backward(hidden: usize, gate_up: &[f32], dout: &[f32], dgate_up: &mut [f32]) {
-    assert!(hidden > 0 && dout.len() % hidden == 0, "swiglu backward: dout is not rows of {hidden}");
+    assert!(hidden > 0 && dout.len().is_multiple_of(hidden), "swiglu backward: dout is not rows of {hidden}");
     assert!(gate_up.len() == 2 * dout.len() && dgate_up.len() == gate_up.len(), "swiglu backward: buffer sizes");
     let per = rows_per_task(dout.len() / hidden, 2 * hidden);
     dgate_up

@@ -73,7 +73,6 @@ pub fn forward(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f
     probs[..shape.probs_len()].par_chunks_mut(t * t).enumerate().for_each(|(task, p)| {
         let (b, h) = (task / shape.heads, task % shape.heads);
         let base = b * t * d + h * hd;
-        let out_ptr = out_ptr;
         for (i0, i1, nk) in blocks(shape) {
             let rows = i1 - i0;
             // SAFETY: q/k/v/out extents checked in `check`; this task alone writes head h of
@@ -85,7 +84,7 @@ pub fn forward(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f
             softmax_rows(p, t, i0, i1, shape.causal);
             unsafe {
                 let g = Gemm::new(false, false, rows, hd, nk).strides(t, d, d);
-                call(g, p.as_ptr().add(i0 * t), v.as_ptr().add(base), out_ptr.0.add(base + i0 * d));
+                call(g, p.as_ptr().add(i0 * t), v.as_ptr().add(base), out_ptr.get().add(base + i0 * d));
             }
         }
     });
@@ -115,13 +114,12 @@ pub fn backward(
             let (b, h) = (task / shape.heads, task % shape.heads);
             let base = b * t * d + h * hd;
             let p = &probs[task * t * t..(task + 1) * t * t];
-            let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
             // SAFETY (all blocks below): extents checked above; this task alone touches head h
             // of batch b in dq/dk/dv.
             unsafe {
                 for r in 0..t {
-                    std::slice::from_raw_parts_mut(dk_ptr.0.add(base + r * d), hd).fill(0.0);
-                    std::slice::from_raw_parts_mut(dv_ptr.0.add(base + r * d), hd).fill(0.0);
+                    std::slice::from_raw_parts_mut(dk_ptr.get().add(base + r * d), hd).fill(0.0);
+                    std::slice::from_raw_parts_mut(dv_ptr.get().add(base + r * d), hd).fill(0.0);
                 }
             }
             for (i0, i1, nk) in blocks(shape) {
@@ -135,11 +133,11 @@ pub fn backward(
                 unsafe {
                     // dQ = dS K ; dK += dS^T Q ; dV += P^T dO
                     let g = Gemm::new(false, false, rows, hd, nk).strides(t, d, d);
-                    call(g, ds.as_ptr().add(i0 * t), k.as_ptr().add(base), dq_ptr.0.add(base + i0 * d));
+                    call(g, ds.as_ptr().add(i0 * t), k.as_ptr().add(base), dq_ptr.get().add(base + i0 * d));
                     let g = Gemm::new(true, false, nk, hd, rows).strides(t, d, d).accumulate();
-                    call(g, ds.as_ptr().add(i0 * t), q.as_ptr().add(base + i0 * d), dk_ptr.0.add(base));
+                    call(g, ds.as_ptr().add(i0 * t), q.as_ptr().add(base + i0 * d), dk_ptr.get().add(base));
                     let g = Gemm::new(true, false, nk, hd, rows).strides(t, d, d).accumulate();
-                    call(g, p.as_ptr().add(i0 * t), dout.as_ptr().add(base + i0 * d), dv_ptr.0.add(base));
+                    call(g, p.as_ptr().add(i0 * t), dout.as_ptr().add(base + i0 * d), dv_ptr.get().add(base));
                 }
             }
         },

@@ -35,7 +35,7 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
 
 pub fn add_bias(y: &mut [f32], bias: &[f32]) {
     let width = bias.len();
-    assert!(width > 0 && y.len() % width == 0, "add_bias: {} elements are not rows of {width}", y.len());
+    assert!(width > 0 && y.len().is_multiple_of(width), "add_bias: {} elements are not rows of {width}", y.len());
     let rows_per = rows_per_task(y.len() / width, width);
     y.par_chunks_mut(rows_per * width).for_each(|block| {
         for row in block.chunks_exact_mut(width) {
@@ -48,7 +48,7 @@ pub fn add_bias(y: &mut [f32], bias: &[f32]) {
 
 pub fn bias_backward(dy: &[f32], dbias: &mut [f32]) {
     let width = dbias.len();
-    assert!(width > 0 && dy.len() % width == 0, "bias_backward: {} elements are not rows of {width}", dy.len());
+    assert!(width > 0 && dy.len().is_multiple_of(width), "bias_backward: {} elements are not rows of {width}", dy.len());
     let partials: Vec<Vec<f32>> = row_blocks(dy.len() / width, width)
         .into_par_iter()
         .map(|rows| {

@@ -26,13 +26,12 @@ pub fn backward(ids: &[u32], dout: &[f32], dtable: &mut [f32]) {
     let table_len = dtable.len();
     (0..width).step_by(cols_per).collect::<Vec<_>>().into_par_iter().for_each(|c0| {
         let c1 = (c0 + cols_per).min(width);
-        let table = table;
         for (r, &id) in ids.iter().enumerate() {
             let base = id as usize * width;
             assert!(base + width <= table_len, "embedding backward: id {id} out of range");
             let src = &dout[r * width + c0..r * width + c1];
             // SAFETY: in bounds (checked); this task alone writes columns c0..c1.
-            let dst = unsafe { std::slice::from_raw_parts_mut(table.0.add(base + c0), c1 - c0) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(table.get().add(base + c0), c1 - c0) };
             for (d, s) in dst.iter_mut().zip(src) {
                 *d += s;
             }

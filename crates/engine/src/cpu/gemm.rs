@@ -8,6 +8,8 @@ use crate::device::Gemm;
 
 /// Below this many multiply-adds one call is faster than splitting.
 const SPLIT_MIN_MACS: usize = 1 << 21;
+/// C at least this wide is split by columns, narrower C by rows.
+const SPLIT_N_MIN_COLS: usize = 512;
 
 /// Elements an operand spans given rows, row length and leading dimension.
 fn extent(rows: usize, cols: usize, ld: usize) -> usize {
@@ -33,26 +35,27 @@ pub fn gemm(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     let c_ptr = SendPtr(c.as_mut_ptr());
     if threads == 1 || macs < SPLIT_MIN_MACS {
         // SAFETY: extents checked above.
-        unsafe { call(g, a.as_ptr(), b.as_ptr(), c_ptr.0) };
+        unsafe { call(g, a.as_ptr(), b.as_ptr(), c_ptr.get()) };
         return;
     }
-    let split_m = g.m >= g.n;
+    // Measured on 2 AVX-512 cores: splitting C's columns is faster once rows of C are long
+    // (e.g. 2048x1536x256: 219 vs 142 GFLOP/s), splitting rows is faster for narrow C.
+    let split_m = g.n < SPLIT_N_MIN_COLS;
     let total = if split_m { g.m } else { g.n };
     // Blocks are multiples of 16 so BLAS kernels keep full register tiles.
     let per = total.div_ceil(threads).div_ceil(16) * 16;
     let starts: Vec<usize> = (0..total).step_by(per).collect();
     starts.into_par_iter().for_each(|start| {
         let len = per.min(total - start);
-        let c_ptr = c_ptr;
         // SAFETY: each task writes its own rows (or columns) of C; A and B are only read; all
         // offsets stay inside the extents checked above.
         unsafe {
             if split_m {
                 let a_off = if g.trans_a { start } else { start * g.lda };
-                call(Gemm { m: len, ..g }, a.as_ptr().add(a_off), b.as_ptr(), c_ptr.0.add(start * g.ldc));
+                call(Gemm { m: len, ..g }, a.as_ptr().add(a_off), b.as_ptr(), c_ptr.get().add(start * g.ldc));
             } else {
                 let b_off = if g.trans_b { start * g.ldb } else { start };
-                call(Gemm { n: len, ..g }, a.as_ptr(), b.as_ptr().add(b_off), c_ptr.0.add(start));
+                call(Gemm { n: len, ..g }, a.as_ptr(), b.as_ptr().add(b_off), c_ptr.get().add(start));
             }
         }
     });

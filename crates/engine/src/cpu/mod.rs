@@ -105,6 +105,7 @@ impl Device for Cpu {
         embedding::backward(ids, dout, dtable);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn layernorm_forward(
         &self,
         x: &[f32],

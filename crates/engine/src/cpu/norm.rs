@@ -8,7 +8,7 @@ use super::par::{row_blocks, rows_per_task};
 use super::simd::multiversion;
 
 fn rows_of(x: &[f32], width: usize, what: &str) -> usize {
-    assert!(width > 0 && x.len() % width == 0, "{what}: {} elements are not rows of {width}", x.len());
+    assert!(width > 0 && x.len().is_multiple_of(width), "{what}: {} elements are not rows of {width}", x.len());
     x.len() / width
 }
 

@@ -27,6 +27,13 @@ pub fn row_blocks(rows: usize, width: usize) -> Vec<Range<usize>> {
 #[derive(Clone, Copy)]
 pub struct SendPtr(pub *mut f32);
 
+impl SendPtr {
+    /// Going through a method makes closures capture the whole (Send) wrapper, not the field.
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 // SAFETY: only used to hand disjoint regions of one buffer to different threads.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}

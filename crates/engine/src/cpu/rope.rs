@@ -9,7 +9,7 @@ use crate::device::AttnShape;
 pub fn rope(x: &mut [f32], cos_sin: &[f32], shape: AttnShape, inverse: bool) {
     let (width, hd) = (shape.width(), shape.head_dim);
     let half = hd / 2;
-    assert!(hd % 2 == 0, "rope: head_dim {hd} must be even");
+    assert!(hd.is_multiple_of(2), "rope: head_dim {hd} must be even");
     assert_eq!(x.len(), shape.rows() * width, "rope: x is not [batch*seq, heads*head_dim] for {shape:?}");
     assert!(cos_sin.len() >= shape.seq * hd, "rope: table shorter than seq {}", shape.seq);
     let sign = if inverse { -1.0 } else { 1.0 };

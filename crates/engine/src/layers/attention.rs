@@ -80,13 +80,13 @@ pub struct AttentionScratch<D: Device> {
 impl Attention {
     /// OpenLM's attention: causal, rotary, QK-norm of the model's norm kind, no biases.
     pub fn openlm(width: usize, heads: usize, norm: NormKind, norm_eps: f32) -> Self {
-        assert!(heads > 0 && width % heads == 0, "attention: width {width} is not divisible by {heads} heads");
+        assert!(heads > 0 && width.is_multiple_of(heads), "attention: width {width} is not divisible by {heads} heads");
         Attention { width, heads, head_dim: width / heads, causal: true, rotary: true, qk_norm: Some(norm), norm_eps, bias: false }
     }
 
     /// A ViT encoder's attention: non-causal, biases, no rotary, no QK-norm.
     pub fn vit(width: usize, heads: usize) -> Self {
-        assert!(heads > 0 && width % heads == 0, "attention: width {width} is not divisible by {heads} heads");
+        assert!(heads > 0 && width.is_multiple_of(heads), "attention: width {width} is not divisible by {heads} heads");
         Attention { width, heads, head_dim: width / heads, causal: false, rotary: false, qk_norm: None, norm_eps: 0.0, bias: true }
     }
 

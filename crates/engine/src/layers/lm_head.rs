@@ -28,7 +28,9 @@ pub struct LmHeadScratch<D: Device> {
 }
 
 impl LmHead {
-    pub const DEFAULT_CHUNK_ROWS: usize = 256;
+    /// Measured at vocab 8192, d 256: 512-row chunks are as fast as the unfused head (105.7 vs
+    /// 108.4 ms for 2048 rows) while holding 16 MiB of logits instead of 64 MiB.
+    pub const DEFAULT_CHUNK_ROWS: usize = 512;
 
     pub fn new(width: usize, vocab: usize, z_loss: f32) -> Self {
         LmHead { width, vocab, z_loss, chunk_rows: Self::DEFAULT_CHUNK_ROWS }

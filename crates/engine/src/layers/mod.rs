@@ -35,6 +35,6 @@ use crate::Device;
 /// panics with the layer's name.
 pub(crate) fn rows_of<D: Device>(dev: &D, x: &D::Buf, width: usize, layer: &str) -> usize {
     let len = dev.len(x);
-    assert!(width > 0 && len % width == 0, "{layer}: input of {len} elements is not rows of width {width}");
+    assert!(width > 0 && len.is_multiple_of(width), "{layer}: input of {len} elements is not rows of width {width}");
     len / width
 }

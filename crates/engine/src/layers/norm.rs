@@ -68,6 +68,7 @@ impl Norm {
     }
 
     /// Writes `dx`, accumulates `g`.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward<D: Device>(
         &self,
         dev: &D,

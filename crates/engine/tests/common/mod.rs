@@ -3,6 +3,9 @@
 
 use vlmix_engine::Cpu;
 
+/// Named tensors a finite-difference check perturbs.
+pub type Tensors<'a> = [(&'a str, Vec<f32>)];
+
 pub fn cpu() -> Cpu {
     Cpu::new().expect("OpenBLAS must be installed for the engine tests")
 }
@@ -31,10 +34,10 @@ pub fn project(y: &[f32], r: &[f32]) -> f64 {
 /// the first mismatch. `loss` must read the current `tensors`.
 pub fn check_grads(
     what: &str,
-    tensors: &mut [(&str, Vec<f32>)],
+    tensors: &mut Tensors,
     analytic: &[Vec<f32>],
     max_coords: usize,
-    loss: &dyn Fn(&[(&str, Vec<f32>)]) -> f64,
+    loss: &dyn Fn(&Tensors) -> f64,
 ) {
     const EPS: f32 = 1e-2;
     assert_eq!(tensors.len(), analytic.len(), "{what}: one analytic gradient per tensor");

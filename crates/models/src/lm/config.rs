@@ -120,10 +120,10 @@ impl LmConfig {
                 bail!("{field} must be positive");
             }
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             bail!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads);
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!("head dimension {} must be even for rotary embeddings", self.head_dim());
         }
         if self.vocab > u32::MAX as usize {

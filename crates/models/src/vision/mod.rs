@@ -4,6 +4,8 @@ pub mod conv;
 pub mod efficientnet;
 pub mod encoder;
 pub mod feature_cache;
+pub mod patch_projection;
+pub mod patches;
 pub mod pickle;
 pub mod preprocess;
 pub mod projector;

@@ -13,6 +13,7 @@
 //! [`SiglipVision::backward`] propagates through them only.
 
 use super::encoder::FeatureLayer;
+use super::patches::patchify;
 use super::weights::Weights;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
@@ -277,21 +278,9 @@ impl SiglipVision {
 
     /// Patch embedding plus positions: `[batch * tokens, d]`.
     fn embed(&self, v: Values<'_>, pixels: &[f32], batch: usize) -> Vec<f32> {
-        let (c, s, p, g, d) = (self.config.num_channels, self.config.image_size, self.config.patch_size, self.config.grid(), self.config.hidden_size);
-        let tokens = g * g;
-        let dim = self.config.patch_dim();
-        // Flatten each patch in (channel, row, column) order, matching the conv weight [d, c, p, p].
-        let mut patches = vec![0.0f32; batch * tokens * dim];
-        for (t, row) in patches.chunks_exact_mut(dim).enumerate() {
-            let (b, cell) = (t / tokens, t % tokens);
-            let (py, px) = (cell / g, cell % g);
-            for ch in 0..c {
-                for y in 0..p {
-                    let src = ((b * c + ch) * s + py * p + y) * s + px * p;
-                    row[(ch * p + y) * p..(ch * p + y + 1) * p].copy_from_slice(&pixels[src..src + p]);
-                }
-            }
-        }
+        let (c, s, p, d) = (self.config.num_channels, self.config.image_size, self.config.patch_size, self.config.hidden_size);
+        let (tokens, dim) = (self.config.tokens(), self.config.patch_dim());
+        let patches = patchify(pixels, batch, c, s, p);
         let mut x = vec![0.0f32; batch * tokens * d];
         self.dev.gemm(Gemm::new(false, true, batch * tokens, d, dim), &patches, v.get(self.patch.0), &mut x);
         self.dev.add_bias(&mut x, v.get(self.patch.1));

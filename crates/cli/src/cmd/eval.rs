@@ -1,0 +1,218 @@
+//! `vlmix eval`: the paper's evaluation (vision-language and text tasks, stable scores, validation
+//! bits-per-byte) on any checkpoint, or on the user's own JSONL task files.
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use vlmix_data::tokenizer::TextTokenizer;
+use vlmix_data::DataLayout;
+use vlmix_eval::{bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures, Modality, ModelScorer, Task, YesNoMode};
+use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, EFFICIENTNET_NAME};
+use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
+
+/// Which checkpoint to load and how its images are encoded (shared with `describe` and `chat`).
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Prepared data directory holding tokenizer/ and eval/ (default $VLMIX_HOME/prepared).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Frozen image encoder the model was trained with: efficientnet-lite0, an EfficientNet
+    /// .pth/.safetensors file, or a Hugging Face SigLIP directory.
+    #[arg(long, default_value = EFFICIENTNET_NAME)]
+    pub encoder: String,
+    /// Encoder feature layer: penultimate or last.
+    #[arg(long, default_value = "penultimate")]
+    pub layer: String,
+    /// EfficientNet input size in pixels (default 224).
+    #[arg(long)]
+    pub resolution: Option<u32>,
+}
+
+impl ModelArgs {
+    pub fn layout(&self) -> Result<DataLayout> {
+        DataLayout::from_env(self.data.as_deref())
+    }
+
+    /// Loads the checkpoint with the prepared tokenizer; a VLM also gets its encoder and feature cache.
+    pub fn open_scorer(&self, checkpoint: &Path) -> Result<ModelScorer> {
+        let layout = self.layout()?;
+        let tokenizer_path = layout.tokenizer_json();
+        if !tokenizer_path.is_file() {
+            bail!("no tokenizer at {}: run `vlmix data prepare` (or pass --data DIR)", tokenizer_path.display());
+        }
+        let tokenizer = TextTokenizer::load(&tokenizer_path)?;
+        let mut scorer = ModelScorer::from_checkpoint(checkpoint, tokenizer, None)?;
+        if scorer.is_vision() {
+            let spec = EncoderSpec { source: self.encoder.clone(), layer: FeatureLayer::parse(&self.layer)?, resolution: self.resolution };
+            let encoder = open_encoder(&spec, &layout.home)?;
+            scorer.attach_images(ImageFeatures::open(encoder, &layout.home.join(CACHE_SUBDIR))?)?;
+        }
+        Ok(scorer)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (`<stage>/checkpoints/step-N`), or a stage directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Task files (JSONL); default: every file in the prepared data's eval/vl and eval/text.
+    #[arg(long, num_args = 1..)]
+    tasks: Vec<PathBuf>,
+    /// Evaluate only the first N items of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Documents for validation bits-per-byte (default: the prepared text validation split).
+    #[arg(long)]
+    validation: Option<PathBuf>,
+    /// Use only the first N validation documents.
+    #[arg(long)]
+    validation_docs: Option<usize>,
+    /// Skip validation bits-per-byte.
+    #[arg(long, conflicts_with_all = ["validation", "validation_docs"])]
+    no_validation: bool,
+    /// How yes/no questions are answered: rank (compare " yes" and " no") or generate.
+    #[arg(long, default_value = "rank", value_parser = ["rank", "generate"])]
+    yes_no: String,
+    /// Write the full report (every item's prediction) as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Every `.jsonl` file directly in `dir`, sorted.
+fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing eval tasks in {}: run `vlmix data prepare` (or pass --tasks)", dir.display()))? {
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == "jsonl") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let layout = args.model.layout()?;
+    let task_files = if args.tasks.is_empty() {
+        let mut files = jsonl_files(&layout.eval_vl_dir())?;
+        files.extend(jsonl_files(&layout.eval_text_dir())?);
+        if files.is_empty() {
+            bail!("no task files in {} or {}", layout.eval_vl_dir().display(), layout.eval_text_dir().display());
+        }
+        files
+    } else {
+        args.tasks.clone()
+    };
+    let mut tasks = load_tasks(&task_files)?;
+    let mut scorer = args.model.open_scorer(&args.checkpoint)?;
+    if !scorer.is_vision() {
+        let skipped: Vec<String> = tasks.iter().filter(|t| t.modality() == Modality::Vision).map(|t| t.name.clone()).collect();
+        if !skipped.is_empty() {
+            eprintln!("eval: {} is a text-only checkpoint (no projector): skipping vision tasks {}", args.checkpoint.display(), skipped.join(", "));
+        }
+        tasks.retain(|t| t.modality() == Modality::Text);
+    }
+    let options = EvalOptions {
+        limit: args.limit,
+        yes_no: if args.yes_no == "generate" { YesNoMode::Generate } else { YesNoMode::Rank },
+        ..EvalOptions::default()
+    };
+
+    let start = Instant::now();
+    let validation = match validation_file(&args, &layout) {
+        Some(path) => {
+            let mut docs = load_text_documents(&path)?;
+            docs.truncate(args.validation_docs.unwrap_or(usize::MAX));
+            let spinner = ProgressBar::new_spinner().with_message(format!("validation bits-per-byte over {} documents", docs.len()));
+            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let result = bits_per_byte(&mut scorer, &docs).with_context(|| format!("bits-per-byte on {}", path.display()));
+            spinner.finish_and_clear();
+            Some(result?)
+        }
+        None => None,
+    };
+    let validation_s = start.elapsed().as_secs_f64();
+
+    let items_start = Instant::now();
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} eval [{bar:30}] {pos}/{len} items ({per_sec}, ETA {eta})").expect("static template").progress_chars("=> "),
+    );
+    let limit = options.limit.unwrap_or(usize::MAX);
+    let total: usize = tasks.iter().map(|t| t.len().min(limit)).sum();
+    bar.set_length(total as u64);
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in &tasks {
+        let done_before = bar.position();
+        let one = evaluate_with_progress(&mut scorer, std::slice::from_ref(task), None, &options, &mut |done, _| bar.set_position(done_before + done as u64));
+        match one {
+            Ok(report) => results.extend(report.tasks),
+            Err(err) => {
+                bar.abandon();
+                return Err(err.context(format!("task file {}", task.source.display())));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let report = EvalReport::new(results, validation);
+    let items: usize = report.tasks.iter().map(|t| t.n_items).sum();
+    let items_s = items_start.elapsed().as_secs_f64();
+
+    if let Some(out) = &args.out {
+        report.write_json(out)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).context("serialising eval report")?);
+    } else {
+        print_table(&report, &tasks);
+        println!(
+            "{items} items in {items_s:.1} s ({:.1} items/s){}",
+            items as f64 / items_s.max(1e-9),
+            if report.validation.is_some() { format!("; validation {validation_s:.1} s") } else { String::new() }
+        );
+        if let Some(out) = &args.out {
+            println!("report written to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+/// The validation documents to score, if any: the flag, or the prepared split when it exists.
+fn validation_file(args: &Args, layout: &DataLayout) -> Option<PathBuf> {
+    if args.no_validation {
+        return None;
+    }
+    if let Some(path) = &args.validation {
+        return Some(path.clone());
+    }
+    let prepared = layout.text_documents("validation");
+    if prepared.is_file() {
+        Some(prepared)
+    } else {
+        eprintln!("eval: no validation split at {}: skipping bits-per-byte", prepared.display());
+        None
+    }
+}
+
+fn print_table(report: &EvalReport, tasks: &[Task]) {
+    let width = tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<width$}  {:<6}  {:>5}  {:>8}  {:>6}  {:>7}", "task", "kind", "n", "accuracy", "chance", "stable");
+    for t in &report.tasks {
+        let kind = match t.modality {
+            Modality::Vision => "vision",
+            Modality::Text => "text",
+        };
+        println!("{:<width$}  {kind:<6}  {:>5}  {:>8.4}  {:>6.3}  {:>+7.4}", t.task, t.n_items, t.accuracy, t.chance, t.stable_score);
+    }
+    let show = |score: Option<f64>| score.map_or("-".to_string(), |s| format!("{s:+.4}"));
+    println!("vision stable score: {}", show(report.vision_stable_score));
+    println!("text stable score:   {}", show(report.text_stable_score));
+    if let Some(v) = &report.validation {
+        println!("validation bits-per-byte: {:.4} ({} documents, {} tokens, {} bytes)", v.bits_per_byte, v.documents, v.tokens, v.bytes);
+    }
+}

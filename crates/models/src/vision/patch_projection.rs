@@ -1,0 +1,112 @@
+//! The patch-projection "encoder": one trainable linear map of raw pixel patches, no pretrained
+//! vision at all (the paper's weakest ablation, Fuyu-style).
+//!
+//! `tokens = patchify(pixels) W^T + b` with `W` `[width, 3 * patch^2]` stored as
+//! `patch_projection.weight` / `.bias` in the caller's `ParamStore`. It is trained with the rest of
+//! the model, so its features are never cached.
+
+use super::patches::patchify;
+use super::preprocess::{Preprocess, ResizeMode};
+use super::resample::Resample;
+use anyhow::{bail, ensure, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vlmix_engine::layers::{Linear, LinearGrads, LinearParams};
+use vlmix_engine::params::{ParamFlags, ParamId, ParamStore};
+use vlmix_engine::Cpu;
+
+pub const WEIGHT: &str = "patch_projection.weight";
+pub const BIAS: &str = "patch_projection.bias";
+
+pub struct PatchProjection {
+    image_size: usize,
+    patch_size: usize,
+    linear: Linear,
+    weight: ParamId,
+    bias: ParamId,
+    preprocess: Preprocess,
+    dev: Cpu,
+}
+
+impl PatchProjection {
+    /// Registers a freshly initialised projection (PyTorch `nn.Linear` init) of `patch_size` patches
+    /// of `image_size` images to `width` channels.
+    pub fn new(image_size: usize, patch_size: usize, width: usize, params: &mut ParamStore, seed: u64) -> Result<Self> {
+        if patch_size == 0 || patch_size > image_size || width == 0 {
+            bail!("patch projection needs 0 < patch_size {patch_size} <= image_size {image_size} and width > 0");
+        }
+        let inp = 3 * patch_size * patch_size;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let bound = 1.0 / (inp as f32).sqrt();
+        let weight = (0..width * inp).map(|_| rng.gen_range(-bound..bound)).collect();
+        let bias = (0..width).map(|_| rng.gen_range(-bound..bound)).collect();
+        let weight = params.add(WEIGHT, &[width, inp], weight, ParamFlags::MATRIX)?;
+        let bias = params.add(BIAS, &[width], bias, ParamFlags::NO_DECAY)?;
+        Self::with_ids(image_size, patch_size, width, weight, bias)
+    }
+
+    /// The projection already in `params` (after loading a checkpoint).
+    pub fn from_store(image_size: usize, patch_size: usize, params: &ParamStore) -> Result<Self> {
+        let weight = params.id(WEIGHT).with_context(|| format!("parameter {WEIGHT} is not in the store"))?;
+        let bias = params.id(BIAS).with_context(|| format!("parameter {BIAS} is not in the store"))?;
+        let shape = params.info(weight).shape.clone();
+        let inp = 3 * patch_size * patch_size;
+        let [width, stored_inp] = shape[..] else { bail!("{WEIGHT} has shape {shape:?}, expected [width, {inp}]") };
+        ensure!(stored_inp == inp, "{WEIGHT} has shape {shape:?}, expected [{width}, {inp}] for {patch_size}px patches");
+        ensure!(params.info(bias).shape == [width], "{BIAS} has shape {:?}, expected [{width}]", params.info(bias).shape);
+        Self::with_ids(image_size, patch_size, width, weight, bias)
+    }
+
+    fn with_ids(image_size: usize, patch_size: usize, width: usize, weight: ParamId, bias: ParamId) -> Result<Self> {
+        let size = image_size as u32;
+        let preprocess = Preprocess {
+            resize: ResizeMode::Exact { height: size, width: size },
+            resample: Resample::Bicubic,
+            rescale: 1.0 / 255.0,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let linear = Linear { in_dim: 3 * patch_size * patch_size, out_dim: width, bias: true };
+        Ok(Self { image_size, patch_size, linear, weight, bias, preprocess, dev: Cpu::new()? })
+    }
+
+    /// Resize to `image_size` square, bicubic, scaled to [-1, 1].
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+
+    pub fn tokens(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    pub fn width(&self) -> usize {
+        self.linear.out_dim
+    }
+
+    fn patches(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let s = self.image_size;
+        ensure!(pixels.len() == batch * 3 * s * s, "patch projection input has {} values, expected [{batch}, 3, {s}, {s}]", pixels.len());
+        Ok(patchify(pixels, batch, 3, s, self.patch_size))
+    }
+
+    /// `[batch, tokens, width]` features of `pixels` (`[batch, 3, image_size, image_size]`).
+    pub fn forward(&self, params: &ParamStore, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let patches = self.patches(pixels, batch)?;
+        let mut out = vec![0.0; batch * self.tokens() * self.width()];
+        let p = LinearParams { weight: params.value(self.weight), bias: Some(params.value(self.bias)) };
+        self.linear.forward(&self.dev, &p, &patches, &mut out);
+        Ok(out)
+    }
+
+    /// Accumulates the gradients of the projection from `dfeatures` (`[batch, tokens, width]`).
+    pub fn backward(&self, params: &mut ParamStore, pixels: &[f32], batch: usize, dfeatures: &[f32]) -> Result<()> {
+        let patches = self.patches(pixels, batch)?;
+        let n = batch * self.tokens() * self.width();
+        ensure!(dfeatures.len() == n, "patch projection feature gradient has {} values, expected {n}", dfeatures.len());
+        let (values, mut grads) = params.split();
+        let p = LinearParams { weight: values.get(self.weight), bias: Some(values.get(self.bias)) };
+        let [weight, bias] = grads.get_many_mut([self.weight, self.bias]);
+        self.linear.backward(&self.dev, &p, &patches, dfeatures, None, &mut LinearGrads { weight, bias: Some(bias) });
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Evaluation nodes: score one fine-tuned model on the study's tasks, plus held-out bits-per-byte.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use vlmix_data::tokenizer::TextTokenizer;
+use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
+use vlmix_eval::{evaluate_files, EvalOptions};
+use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer};
+use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
+
+use crate::config::StudyConfig;
+use crate::executor::StudyDir;
+use crate::runner::StudyRunner;
+
+/// File of each configured task, in the prepared data; a missing file is an error naming the field.
+pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for (field, tasks, dir) in [("eval.vision_tasks", &config.eval.vision_tasks, layout.eval_vl_dir()), ("eval.text_tasks", &config.eval.text_tasks, layout.eval_text_dir())] {
+        for (i, task) in tasks.iter().enumerate() {
+            let file = dir.join(format!("{task}.jsonl"));
+            if !file.is_file() {
+                let known: Vec<String> = std::fs::read_dir(&dir)
+                    .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                anyhow::bail!("{field}[{i}] = {task:?} is not a prepared task (no {}); known: {}", file.display(), known.join(", "));
+            }
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+pub fn evaluate_node(runner: &mut StudyRunner, finetune: &str, epoch: u32, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    let done = study.done(finetune)?.with_context(|| format!("{finetune} is not finished"))?;
+    let rel = done.outputs.pointer(&format!("/epochs/{epoch}")).and_then(|v| v.as_str()).with_context(|| format!("{finetune} kept no epoch {epoch}"))?;
+    let checkpoint = study.root.join(rel);
+    let layout = &runner.layout;
+    let files = task_files(runner.config, layout)?;
+    let tokenizer = TextTokenizer::load(&layout.tokenizer_json())?;
+    let spec = EncoderSpec { source: runner.config.encoder.clone(), layer: FeatureLayer::default(), resolution: None };
+    let images = ImageFeatures::open(open_encoder(&spec, &layout.home)?, &layout.home.join(CACHE_SUBDIR))?;
+    let mut scorer = ModelScorer::from_checkpoint(&checkpoint, tokenizer, Some(images))?;
+    let options = EvalOptions { limit: Some(runner.config.eval.max_items_per_task), ..EvalOptions::default() };
+    let mut report = evaluate_files(&mut scorer, &files, None, &options)?;
+    let bits_per_byte = runner.validation_bits_per_byte(&checkpoint)?;
+    report.validation = None;
+    let path = dir.join("eval.json");
+    report.write_json(&path)?;
+    Ok(json!({
+        "report": path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy(),
+        "checkpoint": rel,
+        "bits_per_byte": bits_per_byte,
+        "vision_stable_score": report.vision_stable_score,
+        "text_stable_score": report.text_stable_score,
+    }))
+}

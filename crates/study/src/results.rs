@@ -1,0 +1,134 @@
+//! Collects finished evaluation nodes into the results table and draws the report.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use vlmix_eval::EvalReport;
+
+use crate::config::StudyConfig;
+use crate::executor::StudyDir;
+use crate::plan::{NodeKind, Plan};
+use crate::report::{write_report, NodeRecord, ReportInput, ResultRow, ResultsTable, TrainingCurve};
+
+/// The machine in words, for the report: CPU model and core count.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}, {cores} cores")
+}
+
+pub fn versions() -> BTreeMap<String, String> {
+    let mut v = BTreeMap::new();
+    v.insert("vlmix".into(), env!("CARGO_PKG_VERSION").into());
+    v.insert("openblas_core".into(), vlmix_engine::blas::corename());
+    v
+}
+
+fn stage_of(kind: &NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Pretrain => "pretrain",
+        NodeKind::Cooldown { .. } => "cooldown",
+        NodeKind::Finetune { .. } => "finetune",
+        NodeKind::Eval { .. } => "eval",
+    }
+}
+
+/// The table of every finished eval node (unfinished ones are left out, so a partial study reports too).
+pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<ResultsTable> {
+    let (machine, versions) = (machine(), versions());
+    let mut table = ResultsTable { rows: Vec::new(), nodes: Vec::new() };
+    for node in &plan.nodes {
+        let Some(done) = study.done(&node.id)? else { continue };
+        table.nodes.push(NodeRecord { node_id: node.id.clone(), stage: stage_of(&node.kind).into(), wall_time_s: done.wall_s, machine: machine.clone(), versions: versions.clone() });
+        if matches!(node.kind, NodeKind::Pretrain) {
+            table.rows.extend(pretrain_rows(&done.outputs, &machine, &versions));
+        }
+        let NodeKind::Eval { finetune, epoch } = &node.kind else { continue };
+        let finetune_node = plan.nodes.iter().find(|n| &n.id == finetune).context("eval node without its fine-tune")?;
+        let NodeKind::Finetune { cooldown, seed } = &finetune_node.kind else { unreachable!("eval follows a fine-tune") };
+        let cooldown_node = plan.nodes.iter().find(|n| &n.id == cooldown).context("fine-tune without its cooldown")?;
+        let NodeKind::Cooldown { point, .. } = &cooldown_node.kind else { unreachable!("fine-tune follows a cooldown") };
+        let cooldown_done = study.done(cooldown)?.context("evaluated model's cooldown is not finished")?;
+        let report = EvalReport::read_json(&study.root.join(done.outputs["report"].as_str().context("eval output without report")?))?;
+        let mut row = ResultRow {
+            run_id: node.id.trim_start_matches("eval-").to_string(),
+            stage: "finetune".into(),
+            introduction: Some(point.fraction),
+            fresh_schedule: cooldown_done.outputs["fresh_schedule"].as_bool().unwrap_or(false),
+            image_token_fraction: point.image_fraction,
+            instruction_share: point.instruction_share,
+            finetune_epochs: *epoch,
+            seed: *seed,
+            tasks: Vec::new(),
+            vision_stable_score: None,
+            text_stable_score: None,
+            bits_per_byte: None,
+            wall_time_s: done.wall_s,
+            machine: machine.clone(),
+            versions: versions.clone(),
+            config: serde_json::json!({ "study": config, "point": point, "seed": seed, "epoch": epoch }),
+        };
+        row.set_scores(&report);
+        row.bits_per_byte = done.outputs["bits_per_byte"].as_f64();
+        table.rows.push(row);
+    }
+    Ok(table)
+}
+
+/// The text-only model's held-out bits-per-byte at init and at each kept fraction of pre-training.
+fn pretrain_rows(outputs: &serde_json::Value, machine: &str, versions: &BTreeMap<String, String>) -> Vec<ResultRow> {
+    let points = outputs["validation_bpb"].as_array().cloned().unwrap_or_default();
+    points
+        .iter()
+        .filter_map(|p| Some((p["fraction"].as_f64()?, p["bits_per_byte"].as_f64()?)))
+        .map(|(fraction, bpb)| ResultRow {
+            run_id: format!("pretrain-at{:03}", (fraction * 100.0).round() as u32),
+            stage: "pretrain".into(),
+            introduction: None,
+            fresh_schedule: false,
+            image_token_fraction: 0.0,
+            instruction_share: 0.0,
+            finetune_epochs: 0,
+            seed: 0,
+            tasks: Vec::new(),
+            vision_stable_score: None,
+            text_stable_score: None,
+            bits_per_byte: Some(bpb),
+            wall_time_s: 0.0,
+            machine: machine.to_string(),
+            versions: versions.clone(),
+            config: serde_json::json!({ "pretrain_fraction": fraction }),
+        })
+        .collect()
+}
+
+/// Training curves of every finished training node.
+pub fn curves(plan: &Plan, study: &StudyDir) -> Result<Vec<TrainingCurve>> {
+    let mut curves = Vec::new();
+    for node in &plan.nodes {
+        let metrics = study.node_dir(&node.id).join("metrics.jsonl");
+        if matches!(node.kind, NodeKind::Eval { .. }) || !metrics.is_file() {
+            continue;
+        }
+        curves.push(TrainingCurve::load_jsonl(&node.id, &metrics)?);
+    }
+    Ok(curves)
+}
+
+/// Writes `results.json`, `results.csv` and `report/index.html` under the run directory.
+pub fn write_all(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<PathBuf> {
+    let table = collect(config, plan, study)?;
+    table.write_json(&study.root.join("results.json"))?;
+    table.write_csv(&study.root.join("results.csv"))?;
+    let curves = curves(plan, study)?;
+    let files = write_report(&report_dir(&study.root), &ReportInput { title: &format!("vlmix study: {}", config.name), table: &table, curves: &curves })?;
+    Ok(files.index)
+}
+
+pub fn report_dir(root: &Path) -> PathBuf {
+    root.join("report")
+}

@@ -1,0 +1,239 @@
+//! Turns plan nodes into stage calls: the glue between the study config, the data, the stages and
+//! evaluation. Node outputs store paths relative to the run directory, so a run directory can move.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use vlmix_data::packing::TokenDocuments;
+use vlmix_data::text::shard::TokenShard;
+use vlmix_data::tokenizer::TextTokenizer;
+use vlmix_data::DataLayout;
+use vlmix_models::lm::{Lm, LmConfig};
+use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
+use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
+use vlmix_engine::params::ParamStore;
+use vlmix_train::corpus::ImageCorpus;
+use vlmix_train::schedule::{cooldown_schedule, WarmupCosine};
+use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start};
+use vlmix_train::validation::ValidationSet;
+
+use crate::config::StudyConfig;
+use crate::executor::{NodeRunner, StudyDir};
+use crate::plan::{Node, NodeKind};
+use crate::progress::StudyProgress;
+
+/// Validation sequences scored at every kept pre-training checkpoint.
+const VALIDATION_SEQUENCES: usize = 32;
+
+/// Token documents shared by the stages without copying the memory-mapped shard.
+#[derive(Clone)]
+pub struct SharedDocs(pub Arc<TokenShard>);
+
+impl TokenDocuments for SharedDocs {
+    fn n_docs(&self) -> usize {
+        self.0.n_docs()
+    }
+    fn extend_with_doc(&self, d: usize, out: &mut Vec<u32>) {
+        self.0.extend_with_doc(d, out)
+    }
+}
+
+/// Resolves the study's model: preset, overrides, and the tokenizer's vocabulary.
+pub fn model_config(config: &StudyConfig, vocab: usize) -> Result<LmConfig> {
+    let m = &config.model;
+    let mut lm = LmConfig::preset(&m.preset).context("study field `model.preset`")?;
+    lm.vocab = vocab;
+    lm.d_model = m.d_model.unwrap_or(lm.d_model);
+    lm.n_layers = m.n_layers.unwrap_or(lm.n_layers);
+    lm.n_heads = m.n_heads.unwrap_or(lm.n_heads);
+    lm.seq_len = m.seq_len.unwrap_or(lm.seq_len);
+    lm.validate().context("study field `model`")?;
+    Ok(lm)
+}
+
+/// Steps of a stage that consumes `tokens` in batches of `batch` sequences of `seq` positions.
+pub fn steps_for(tokens: u64, batch: usize, seq: usize) -> u64 {
+    (tokens / (batch * seq) as u64).max(1)
+}
+
+pub fn text_schedule(config: &StudyConfig, seq: usize) -> WarmupCosine {
+    let p = &config.pretrain;
+    WarmupCosine { peak: p.peak_lr, floor: p.min_lr, warmup_steps: p.warmup_steps, total_steps: steps_for(p.tokens, p.batch_size, seq) }
+}
+
+/// Everything the nodes of one study share, loaded once.
+pub struct StudyRunner<'a> {
+    pub config: &'a StudyConfig,
+    pub layout: DataLayout,
+    pub tokenizer: TextTokenizer,
+    pub model: LmConfig,
+    train_docs: SharedDocs,
+    validation: ValidationSet,
+    encoder: Box<dyn ImageEncoder>,
+    cache: FeatureCache,
+    corpus: Option<ImageCorpus>,
+    pub progress: StudyProgress,
+}
+
+fn rel(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned()
+}
+
+fn output_path(study: &StudyDir, outputs: &serde_json::Value, pointer: &str) -> Result<PathBuf> {
+    let text = outputs.pointer(pointer).and_then(|v| v.as_str()).with_context(|| format!("node output {pointer} is missing"))?;
+    Ok(study.root.join(text))
+}
+
+impl<'a> StudyRunner<'a> {
+    pub fn new(config: &'a StudyConfig, layout: DataLayout, quiet: bool) -> Result<Self> {
+        let tokenizer = TextTokenizer::load(&layout.tokenizer_json()).context("loading the prepared tokenizer; run `vlmix data prepare`")?;
+        let model = model_config(config, tokenizer.vocab_size())?;
+        let train_docs = SharedDocs(Arc::new(TokenShard::open(&layout.text_tokens("train"))?));
+        let validation_docs = TokenShard::open(&layout.text_tokens("validation"))?;
+        let validation = ValidationSet::new(validation_docs, model.seq_len, VALIDATION_SEQUENCES, &tokenizer)?;
+        let spec = EncoderSpec { source: config.encoder.clone(), layer: FeatureLayer::default(), resolution: None };
+        let encoder = open_encoder(&spec, &layout.home).context("study field `encoder`")?;
+        let cache = FeatureCache::open(&layout.home.join(CACHE_SUBDIR), encoder.as_ref())?;
+        if model.seq_len <= encoder.tokens() + 1 {
+            bail!("model seq_len {} leaves no room for text after the encoder's {} image tokens", model.seq_len, encoder.tokens());
+        }
+        Ok(Self { config, layout, tokenizer, model, train_docs, validation, encoder, cache, corpus: None, progress: StudyProgress::new(quiet) })
+    }
+
+    /// The image corpus of this run directory, built (encoding every image through the cache) once.
+    fn corpus(&mut self, study: &StudyDir) -> Result<&ImageCorpus> {
+        if self.corpus.is_none() {
+            let path = study.root.join("image_corpus.json");
+            let corpus = match ImageCorpus::load(&path) {
+                Ok(c) if c.encoder_id == self.encoder.id() => c,
+                _ => {
+                    self.progress.start_node("image corpus + feature cache", 0);
+                    let mut seen = 0u64;
+                    let progress = &self.progress;
+                    let instruct = self.layout.instruct_dir().join("llava_instruct.json");
+                    let corpus = ImageCorpus::build(&self.layout.images_dir(), Some(&instruct), &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
+                        seen += n as u64;
+                        progress.advance(seen, seen);
+                    })?;
+                    corpus.save(&path)?;
+                    corpus
+                }
+            };
+            self.corpus = Some(corpus);
+        }
+        Ok(self.corpus.as_ref().expect("set above"))
+    }
+
+    /// Held-out text bits-per-byte of any checkpoint's LM (projector weights, if any, are ignored).
+    pub fn validation_bits_per_byte(&self, checkpoint: &Path) -> Result<f64> {
+        let mut params = ParamStore::new();
+        let mut lm = Lm::new(self.model.clone(), &mut params, 0)?;
+        params.load_partial_safetensors(&stages::weights_of(checkpoint))?;
+        self.validation.bits_per_byte(&mut lm, &params)
+    }
+
+    fn pretrain(&mut self, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+        let p = &self.config.pretrain;
+        let spec = PretrainSpec {
+            model: self.model.clone(),
+            schedule: text_schedule(self.config, self.model.seq_len),
+            batch_size: p.batch_size,
+            weight_decay: p.weight_decay,
+            keep_fractions: p.checkpoint_fractions.clone(),
+            seed: self.config.grid.seeds[0],
+        };
+        let progress = &self.progress;
+        let outcome = stages::pretrain(&spec, self.train_docs.clone(), self.tokenizer.special, dir, &mut |s, t, m| progress.step(s, t, m))?;
+        // Validation bits-per-byte at init and at every kept fraction: the text-learning curve.
+        let mut curve = Vec::new();
+        let mut params = ParamStore::new();
+        let mut lm = Lm::new(self.model.clone(), &mut params, spec.seed)?;
+        curve.push(json!({"fraction": 0.0, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
+        let mut checkpoints = serde_json::Map::new();
+        for (fraction, ckpt) in &outcome.checkpoints {
+            params.load_safetensors(&stages::weights_of(ckpt))?;
+            curve.push(json!({"fraction": fraction, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
+            checkpoints.insert(format!("{fraction}"), json!(rel(&study.root, ckpt)));
+        }
+        Ok(json!({ "checkpoints": checkpoints, "validation_bpb": curve, "tokens": outcome.run.tokens, "steps": outcome.run.steps }))
+    }
+
+    fn cooldown(&mut self, point: &crate::config::GridPoint, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+        let pretrain = study.done("pretrain")?.context("pretrain is not finished")?;
+        let start = if point.fraction <= 0.0 {
+            Start::Scratch
+        } else {
+            let key = pretrain.outputs["checkpoints"]
+                .as_object()
+                .and_then(|m| m.keys().find(|k| k.parse::<f64>().is_ok_and(|f| (f - point.fraction).abs() < 1e-9)).cloned())
+                .with_context(|| format!("no pre-training checkpoint at fraction {}", point.fraction))?;
+            Start::TextCheckpoint(output_path(study, &pretrain.outputs, &format!("/checkpoints/{key}"))?)
+        };
+        let c = &self.config.cooldown;
+        let steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
+        let fresh = WarmupCosine { peak: c.fresh_peak_lr, floor: self.config.pretrain.min_lr, warmup_steps: c.fresh_warmup_steps, total_steps: steps };
+        let spec = CooldownSpec {
+            model: self.model.clone(),
+            start,
+            schedule: cooldown_schedule(&text_schedule(self.config, self.model.seq_len), point.fraction, steps, &fresh),
+            batch_size: c.batch_size,
+            weight_decay: c.weight_decay,
+            image_token_fraction: point.image_fraction,
+            instruct_fraction: point.instruction_share,
+            train_lm: c.train_lm,
+            seed,
+        };
+        let docs = self.train_docs.clone();
+        let special = self.tokenizer.special;
+        self.corpus(study)?;
+        let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
+        let outcome = stages::cooldown(&spec, docs, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
+        let final_ckpt = outcome.kept.last().map(|k| k.1.clone()).context("cooldown kept no checkpoint")?;
+        Ok(json!({
+            "checkpoint": rel(&study.root, &final_ckpt),
+            "fresh_schedule": spec.schedule.is_fresh(),
+            "tokens": outcome.tokens,
+            "image_tokens": outcome.image_tokens,
+            "achieved_image_fraction": outcome.image_tokens as f64 / outcome.tokens.max(1) as f64,
+        }))
+    }
+
+    fn finetune(&mut self, cooldown: &str, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+        let done = study.done(cooldown)?.with_context(|| format!("{cooldown} is not finished"))?;
+        let f = &self.config.finetune;
+        let spec = FinetuneSpec {
+            model: self.model.clone(),
+            start: output_path(study, &done.outputs, "/checkpoint")?,
+            epochs: f.epochs,
+            batch_size: f.batch_size,
+            peak_lr: f.peak_lr,
+            warmup_steps: f.warmup_steps,
+            weight_decay: f.weight_decay,
+            seed,
+        };
+        let special = self.tokenizer.special;
+        self.corpus(study)?;
+        let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
+        let outcome = stages::finetune(&spec, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
+        let epochs: serde_json::Map<String, serde_json::Value> = outcome.epochs.iter().map(|(e, d)| (e.to_string(), json!(rel(&study.root, d)))).collect();
+        Ok(json!({ "epochs": epochs, "tokens": outcome.run.tokens }))
+    }
+}
+
+impl NodeRunner for StudyRunner<'_> {
+    fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+        self.progress.start_node(&node.id, 0);
+        match &node.kind {
+            NodeKind::Pretrain => self.pretrain(dir, study),
+            NodeKind::Cooldown { point, seed } => self.cooldown(point, *seed, dir, study),
+            NodeKind::Finetune { cooldown, seed } => self.finetune(cooldown, *seed, dir, study),
+            NodeKind::Eval { finetune, epoch } => crate::evaluation::evaluate_node(self, finetune, *epoch, dir, study),
+        }
+    }
+
+    fn on_progress(&mut self, finished: usize, total: usize, current: Option<&Node>) {
+        self.progress.study(finished, total, current.map(|n| n.id.as_str()));
+    }
+}
