@@ -4,8 +4,18 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "vlmix", version, about = "Train and study vision-language models that see images during LM pre-training", long_about = None)]
+#[command(
+    name = "vlmix",
+    version,
+    about = "Train and study vision-language models that see images during LM pre-training",
+    long_about = "Train and study vision-language models that see images during LM pre-training.\n\n\
+                  Typical use: `vlmix data prepare`, then `vlmix study configs/study/mini.toml --out runs/mini`;\n\
+                  the report lands in runs/mini/report/index.html. Set VLMIX_LOG=info for logs."
+)]
 struct Cli {
+    /// Logs as JSON lines on stderr (for batch use).
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,20 +33,32 @@ enum Command {
     Chat(cmd::chat::ChatArgs),
     /// Evaluate a checkpoint: vision-language and text tasks, stable scores, validation bits-per-byte.
     Eval(cmd::eval::Args),
+    /// Run (or resume) a whole study: pretrain, cooldowns, fine-tunes, evals, report.
+    Study(cmd::study::Args),
+    /// Redraw the report of a study run directory.
+    Report(cmd::study::ReportArgs),
     /// Micro-benchmarks of the engine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("VLMIX_LOG")).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VLMIX_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),
         Command::Encode(a) => cmd::encode::run(a),
         Command::Describe(a) => cmd::chat::describe(a),
         Command::Chat(a) => cmd::chat::chat(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Study(a) => cmd::study::run(a),
+        Command::Report(a) => cmd::study::report(a),
         Command::Bench(c) => cmd::bench::run(c),
     };
     if let Err(err) = result {

@@ -241,3 +241,18 @@ fn threaded_gemm_split_matches_naive_for_all_layouts() {
         }
     }
 }
+
+#[test]
+fn non_finite_logits_give_a_non_finite_loss() {
+    // The training loop stops on a NaN/inf loss; the fused kernels must not hide one.
+    let dev = cpu();
+    let (rows, vocab) = (3, 40);
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut logits = rand_vec(rows * vocab, 30, 2.0);
+        logits[vocab + 17] = bad;
+        let mut nll = vec![0.0; rows];
+        let ce = CrossEntropy { vocab, z_loss: 1e-4 };
+        let stats = ce.forward_backward(&dev, &mut logits, &[1, 2, 3], &[1.0; 3], 1.0, &mut nll).unwrap();
+        assert!(!stats.loss.is_finite(), "loss {} from a {bad} logit", stats.loss);
+    }
+}

@@ -189,9 +189,8 @@ impl ModelScorer {
             let encoder = images.encoder();
             ensure!(
                 encoder.width() == vlm.encoder_width(),
-                "the model's projector takes features of width {} but encoder {} gives width {}: pass the encoder (and layer) it was trained with",
+                "the model's projector takes features of width {} but the encoder gives width {}: pass the encoder (and layer) it was trained with",
                 vlm.encoder_width(),
-                encoder.id(),
                 encoder.width()
             );
             ensure!(encoder.tokens() < self.seq_len, "{} image tokens leave no room for text in a window of {}", encoder.tokens(), self.seq_len);

@@ -35,6 +35,9 @@ fn every_trainable_parameter_receives_a_nonzero_gradient() {
         let stats = lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &[1.0; BATCH * SEQ], 1.0, None).unwrap();
         assert!(stats.loss.is_finite() && (stats.loss - (vocab as f32).ln()).abs() < 1.0, "loss {}", stats.loss);
         assert_eq!(params.numel(true), lm.config().param_count().total);
+        let mut all = lm.param_ids().all();
+        all.sort();
+        assert_eq!(all, params.ids().collect::<Vec<_>>(), "LmParamIds::all lists every parameter once");
         for id in params.ids() {
             let info = params.info(id);
             let g = params.grad(id);
@@ -166,6 +169,14 @@ fn token_nll_scores_match_the_loss() {
     let prefix = lm.logits(&params, &LmInput::tokens(1, 4, &input[..4])).unwrap().to_vec();
     let worst = prefix.iter().zip(&full[..prefix.len()]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "causality: prefix logits differ by {worst}");
+    // Next-token logits are exactly the last position's row of the full logits.
+    let both = LmInput::tokens(BATCH, SEQ, &input);
+    let all = lm.logits(&params, &both).unwrap().to_vec();
+    let next = lm.next_token_logits(&params, &both).unwrap().to_vec();
+    for b in 0..BATCH {
+        let last = (b + 1) * SEQ - 1;
+        assert_eq!(next[b * vocab..(b + 1) * vocab], all[last * vocab..(last + 1) * vocab], "sequence {b}");
+    }
 }
 
 #[test]

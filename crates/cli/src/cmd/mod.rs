@@ -3,4 +3,5 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod encode;
+pub mod study;
 pub mod eval;

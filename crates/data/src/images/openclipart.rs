@@ -33,8 +33,16 @@ pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
 
 fn one(png: &Path, svg: &Path, origin: String, config: &ImageConfig) -> Result<ImageRecord> {
     let bytes = std::fs::read(png).context("reading PNG")?;
-    let image = image_io::fit_within(image_io::decode_rgb(&bytes)?, config.max_side);
-    let meta = std::fs::read(svg).ok().and_then(|svg| rdf_metadata(&svg));
+    let svg_bytes = std::fs::read(svg).ok();
+    let image = match (image_io::decode_rgb(&bytes), &svg_bytes) {
+        (Ok(image), _) => image_io::fit_within(image, config.max_side),
+        // A few renderings are ~15,000 px square, past the decoder's memory limit; the SVG they
+        // were rendered from draws the same picture directly at the size kept.
+        (Err(png_error), Some(svg_bytes)) => image_io::rasterize_svg(svg_bytes, config.max_side)
+            .with_context(|| format!("the PNG failed ({png_error:#}) and so did rasterising its SVG {}", svg.display()))?,
+        (Err(png_error), None) => return Err(png_error),
+    };
+    let meta = svg_bytes.as_deref().and_then(rdf_metadata);
     let folders: Vec<&str> = origin.split('/').collect();
     let category: Vec<String> = folders[..folders.len() - 1].iter().map(|f| humanise(f)).collect();
     let stem = origin.rsplit('/').next().unwrap_or(&origin);

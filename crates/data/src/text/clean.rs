@@ -192,9 +192,8 @@ fn interpreted_text(inner: &str) -> String {
 pub fn clean_gcide_entry(entry: &str) -> String {
     let mut paragraphs: Vec<String> = Vec::new();
     let mut current = String::new();
-    for (n, line) in entry.lines().enumerate() {
+    for line in entry.lines() {
         let body = strip_source_tags(line.trim());
-        let body = if n == 0 { drop_parenthesised_pronunciation(&body) } else { body };
         if body.is_empty() {
             if !current.is_empty() {
                 paragraphs.push(std::mem::take(&mut current));
@@ -220,6 +219,7 @@ pub fn clean_gcide_entry(entry: &str) -> String {
             _ => out.push(c),
         }
     }
+    let out = drop_parenthesised_pronunciation(&out);
     normalize_whitespace(&expand_letter_entities(&out).replace(" ,", ",")).trim().to_string()
 }
 
@@ -298,13 +298,23 @@ fn letter_entity(entity: &str) -> Option<String> {
 }
 
 /// Drops the pronunciation in parentheses right after the headword (`Apple ([a^]p"p'l), n.`).
-fn drop_parenthesised_pronunciation(first_line: &str) -> String {
+fn drop_parenthesised_pronunciation(entry: &str) -> String {
+    let (first_line, rest) = entry.split_once('\n').map_or((entry, None), |(a, b)| (a, Some(b)));
+    let first_line = drop_pronunciation_in_line(first_line);
+    match rest {
+        Some(rest) => format!("{first_line}\n{rest}"),
+        None => first_line,
+    }
+}
+
+fn drop_pronunciation_in_line(first_line: &str) -> String {
     if let Some(open) = first_line.find(" (") {
         if let Some(close) = first_line[open..].find(')').map(|c| open + c) {
             let inside = &first_line[open + 2..close];
             let looks_phonetic = inside.contains('"') || inside.contains('[') || inside.contains('*') || inside.contains('`');
-            if looks_phonetic && !first_line[..open].contains(' ') {
-                return format!("{}{}", &first_line[..open], &first_line[close + 1..]);
+            let headword = first_line[..open].trim_end();
+            if looks_phonetic && !headword.contains(' ') {
+                return format!("{headword}{}", &first_line[close + 1..]);
             }
         }
     }
@@ -381,7 +391,7 @@ mod tests {
 
     #[test]
     fn gcide_phonetic_headword_and_letter_entities() {
-        let entry = "Apple ([a^]p\"p'l), n. [OE. appel, AS. [ae]ppel; Sw. [aum]ple, Lith. ob[*u]lys.] [1913 Webster] applejack\n";
+        let entry = "Apple \\Ap\"ple\\ ([a^]p\"p'l), n. [OE. appel, AS. [ae]ppel; Sw. [aum]ple, Lith. ob[*u]lys.] [1913 Webster] applejack\n";
         assert_eq!(clean_gcide_entry(entry), "Apple, n. [OE. appel, AS. æppel; Sw. äple, Lith. obulys.] applejack");
     }
 

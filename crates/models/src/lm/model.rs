@@ -85,8 +85,9 @@ impl Lm {
         self.work = None;
     }
 
-    /// Forward pass up to the logits (left in the workspace).
-    fn forward(&mut self, params: &ParamStore, input: &LmInput) -> Result<()> {
+    /// Forward pass up to the logits (left in the workspace): of every position, or with
+    /// `last_only` of each sequence's last position (`[batch, vocab]`, for generation).
+    fn forward(&mut self, params: &ParamStore, input: &LmInput, last_only: bool) -> Result<()> {
         input.validate(self.config.d_model, self.config.seq_len)?;
         self.reserve(input.batch, input.seq);
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
@@ -119,7 +120,17 @@ impl Lm {
         let last = &ws.residual[ids.blocks.len()][..n];
         layers.norm.forward(dev, &norm_params(v, ids.norm), last, &mut ws.final_norm, &mut ws.final_norm_out[..n]);
         let output = LinearParams { weight: v.get(ids.output_weight()), bias: None };
-        layers.output.forward(dev, &output, &ws.final_norm_out[..n], &mut ws.logits[..rows * self.config.vocab]);
+        if last_only {
+            // The rows before each sequence's last are not needed: compact the last rows first.
+            for b in 0..input.batch {
+                let last_row = (b + 1) * input.seq - 1;
+                ws.final_norm_out.copy_within(last_row * d..(last_row + 1) * d, b * d);
+            }
+            let nd = input.batch * d;
+            layers.output.forward(dev, &output, &ws.final_norm_out[..nd], &mut ws.logits[..input.batch * self.config.vocab]);
+        } else {
+            layers.output.forward(dev, &output, &ws.final_norm_out[..n], &mut ws.logits[..rows * self.config.vocab]);
+        }
         Ok(())
     }
 
@@ -145,7 +156,7 @@ impl Lm {
             None if injected_rows > 0 => bail!("injected embeddings need an injected_grad buffer for their gradient"),
             _ => {}
         }
-        self.forward(params, input)?;
+        self.forward(params, input, false)?;
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
         let ws = self.work.as_mut().expect("forward reserved it");
         let (rows, d, vocab) = (input.rows(), self.config.d_model, self.config.vocab);
@@ -206,7 +217,7 @@ impl Lm {
 
     /// The masked loss without gradients (validation).
     pub fn loss(&mut self, params: &ParamStore, input: &LmInput, targets: &[u32], loss_mask: &[f32]) -> Result<LossStats> {
-        self.forward(params, input)?;
+        self.forward(params, input, false)?;
         let ws = self.work.as_mut().expect("forward reserved it");
         let rows = input.rows();
         self.layers.loss.forward(&self.dev, &mut ws.logits[..rows * self.config.vocab], targets, loss_mask, &mut ws.nll[..rows])
@@ -220,9 +231,16 @@ impl Lm {
         Ok(&self.work.as_ref().expect("forward reserved it").nll[..input.rows()])
     }
 
-    /// Logits `[batch * seq, vocab]` (generation reads the last position of each sequence).
+    /// Logits `[batch * seq, vocab]` of every position.
     pub fn logits(&mut self, params: &ParamStore, input: &LmInput) -> Result<&[f32]> {
-        self.forward(params, input)?;
+        self.forward(params, input, false)?;
         Ok(&self.work.as_ref().expect("forward reserved it").logits[..input.rows() * self.config.vocab])
+    }
+
+    /// Logits `[batch, vocab]` of each sequence's last position only: what greedy or sampled
+    /// generation needs, without the output projection of every other position.
+    pub fn next_token_logits(&mut self, params: &ParamStore, input: &LmInput) -> Result<&[f32]> {
+        self.forward(params, input, true)?;
+        Ok(&self.work.as_ref().expect("forward reserved it").logits[..input.batch * self.config.vocab])
     }
 }

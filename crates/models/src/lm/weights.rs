@@ -30,6 +30,19 @@ pub struct LmParamIds {
 }
 
 impl LmParamIds {
+    /// Every LM parameter (e.g. to freeze the LM inside a VLM).
+    pub fn all(&self) -> Vec<ParamId> {
+        let mut ids = vec![self.tok_embeddings];
+        for b in &self.blocks {
+            ids.extend([b.attention_norm, b.in_proj]);
+            ids.extend(b.q_norm.into_iter().chain(b.k_norm));
+            ids.extend([b.out_proj, b.ffn_norm, b.w12, b.w3]);
+        }
+        ids.push(self.norm);
+        ids.extend(self.output);
+        ids
+    }
+
     /// The matrix the output projection multiplies by.
     pub fn output_weight(&self) -> ParamId {
         self.output.unwrap_or(self.tok_embeddings)

@@ -76,6 +76,7 @@ pub fn pointwise(dev: &Cpu, x: &[f32], pixels: usize, weight: &[f32], bias: &[f3
 ///
 /// `weight` is `[k, k, channels]` (channel innermost, so the inner loop runs over contiguous
 /// channels of one input pixel and vectorises).
+#[allow(clippy::too_many_arguments)]
 pub fn depthwise(
     x: &[f32],
     shape: Spatial,

@@ -8,7 +8,7 @@
 //! distinct shard names and may at worst compute an image twice (the first copy read wins).
 //!
 //! Why f16: features are read back into an f32 projector; f16 keeps ~3 significant digits, well
-//! inside the noise of training, and halves the disk (see crates/models/VISION.md for sizes).
+//! inside the noise of training, and halves the disk (see README.md here for the sizes measured).
 //!
 //! Why key by decoded pixels rather than file bytes: the training loader holds decoded images, and
 //! the same picture re-encoded (another PNG compressor) must still hit.

@@ -126,7 +126,7 @@ impl Machine<'_, '_> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             bail!("SETITEMS with an odd number of values");
         }
         let Value::Dict(entries) = self.top_mut()? else { bail!("SETITEM(S) on a value that is not a dict") };

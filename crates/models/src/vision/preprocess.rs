@@ -186,7 +186,8 @@ impl Preprocess {
             ResizeMode::Letterbox { size } => {
                 let (w, h) = image.dimensions();
                 let side = w.max(h);
-                let fill: [u8; 3] = std::array::from_fn(|c| (self.mean[c] / self.rescale).round().clamp(0.0, 255.0) as u8);
+                // LLaVA's expand2square fills with `int(mean * 255)`: truncated, not rounded.
+                let fill: [u8; 3] = std::array::from_fn(|c| (self.mean[c] / self.rescale).clamp(0.0, 255.0) as u8);
                 let mut square = RgbImage::from_pixel(side, side, image::Rgb(fill));
                 image::imageops::replace(&mut square, image, ((side - w) / 2) as i64, ((side - h) / 2) as i64);
                 resize(&square, size, size, self.resample)
@@ -277,7 +278,7 @@ mod tests {
         assert_eq!(out.get_pixel(5, 5).0, [255, 255, 255]);
         let boxed = Preprocess { resize: ResizeMode::Letterbox { size: 40 }, mean: [0.5; 3], ..crop };
         let out = boxed.resize_image(&img).unwrap();
-        assert_eq!(out.get_pixel(0, 0).0, [128, 128, 128], "padding is the mean colour");
+        assert_eq!(out.get_pixel(0, 0).0, [127, 127, 127], "padding is int(mean * 255), as LLaVA pads");
         assert_eq!(out.get_pixel(20, 20).0, [255, 255, 255]);
     }
 

@@ -107,7 +107,7 @@ impl Projector {
     }
 
     fn rows(&self, features: &[f32]) -> Result<usize> {
-        if features.len() % self.mlp.in_dim != 0 {
+        if !features.len().is_multiple_of(self.mlp.in_dim) {
             bail!("projector input has {} values, not a multiple of the encoder width {}", features.len(), self.mlp.in_dim);
         }
         Ok(features.len() / self.mlp.in_dim)
@@ -119,7 +119,7 @@ impl Projector {
         if out.len() != rows * self.mlp.out_dim {
             bail!("projector output has {} values, expected {rows} x {}", out.len(), self.mlp.out_dim);
         }
-        if !self.work.as_ref().is_some_and(|w| w.rows >= rows) {
+        if self.work.as_ref().is_none_or(|w| w.rows < rows) {
             self.work = Some(Workspace { rows, acts: self.mlp.acts(&self.dev, rows), scratch: self.mlp.scratch(&self.dev, rows) });
         }
         let work = self.work.as_mut().expect("allocated above");

@@ -85,7 +85,7 @@ impl SiglipConfig {
             layer_norm_eps: eps,
             gelu,
         };
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             bail!("hidden_size {} is not divisible by num_attention_heads {}", config.hidden_size, config.num_attention_heads);
         }
         if config.patch_size > config.image_size {
@@ -272,10 +272,6 @@ impl SiglipVision {
         &self.config
     }
 
-    pub fn layer(&self) -> FeatureLayer {
-        self.layer
-    }
-
     /// Patch embedding plus positions: `[batch * tokens, d]`.
     fn embed(&self, v: Values<'_>, pixels: &[f32], batch: usize) -> Vec<f32> {
         let (c, s, p, d) = (self.config.num_channels, self.config.image_size, self.config.patch_size, self.config.hidden_size);
@@ -352,7 +348,7 @@ impl SiglipVision {
             let mut acts = self.norm.acts(dev, rows);
             let mut out = vec![0.0; n];
             self.norm.forward(dev, &norm_params(v, post), &x, &mut acts, &mut out);
-            if let Some(t) = tape.as_deref_mut() {
+            if let Some(t) = tape {
                 t.post = Some((x, acts));
             }
             return Ok(out);

@@ -1,12 +1,14 @@
 //! PyTorch's legacy (pre-1.6, non-zip) checkpoint format, converted to safetensors.
 //!
-//! Layout (torch/serialization.py `_legacy_load`): five things back to back —
-//! 1. pickle: magic number `0x1950a86a20f9469cfc6c`; 2. pickle: protocol version 1001;
-//! 3. pickle: sys_info dict (endianness, type sizes); 4. pickle: the object (a state dict) whose
-//! tensors are `_rebuild_tensor_v2(storage, offset, size, stride, ...)` calls and whose storages are
-//! persistent ids `("storage", torch.FloatStorage, key, location, numel, view)`; 5. pickle: the list of
-//! storage keys, followed by each storage's raw bytes in that order, each preceded by its element
-//! count as a little-endian i64.
+//! Layout (torch/serialization.py `_legacy_load`), five parts back to back:
+//! 1. pickle: magic number `0x1950a86a20f9469cfc6c`;
+//! 2. pickle: protocol version 1001;
+//! 3. pickle: sys_info dict (endianness, type sizes);
+//! 4. pickle: the object (a state dict) whose tensors are
+//!    `_rebuild_tensor_v2(storage, offset, size, stride, ...)` calls and whose storages are persistent
+//!    ids `("storage", torch.FloatStorage, key, location, numel, view)`;
+//! 5. pickle: the list of storage keys, then each storage's raw bytes in that order, each preceded
+//!    by its element count as a little-endian i64.
 //!
 //! Tensors may be stored with any strides (this EfficientNet file keeps TensorFlow's HWIO order),
 //! so each tensor is gathered into a contiguous row-major copy.

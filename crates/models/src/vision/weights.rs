@@ -39,12 +39,4 @@ impl Weights {
         }
         Ok(tensor.data)
     }
-
-    /// The shape of tensor `name`, for models that infer their sizes from the weights.
-    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        if !self.contains(name) {
-            bail!("{}: missing tensor {name}", self.path().display());
-        }
-        Ok(self.file.f32(name)?.shape)
-    }
 }
