@@ -114,15 +114,25 @@ impl AdamW {
         write_f32_tensors(path, views, Some(meta))
     }
 
-    /// Restores moments and step count saved by `save` for the same parameters.
+    fn steps_in(file: &SafetensorsFile) -> Result<u64> {
+        let path = file.path().display();
+        file.metadata()?
+            .get(STEP_KEY)
+            .with_context(|| format!("{path}: optimizer file has no {STEP_KEY:?} metadata"))?
+            .parse()
+            .with_context(|| format!("{path}: optimizer step is not an integer"))
+    }
+
+    /// The step count stored in an optimizer file (without loading the moments).
+    pub fn saved_steps(path: &Path) -> Result<u64> {
+        Self::steps_in(&SafetensorsFile::open(path)?)
+    }
+
+    /// Restores moments and step count saved by `save` for the same parameters; on error
+    /// nothing changes.
     pub fn load(&mut self, path: &Path, params: &ParamStore) -> Result<()> {
         let file = SafetensorsFile::open(path)?;
-        let meta = file.metadata()?;
-        let steps: u64 = meta
-            .get(STEP_KEY)
-            .with_context(|| format!("{}: optimizer file has no {STEP_KEY:?} metadata", path.display()))?
-            .parse()
-            .with_context(|| format!("{}: optimizer step is not an integer", path.display()))?;
+        let steps = Self::steps_in(&file)?;
         let expected = 2 * params.len();
         if file.names().len() != expected {
             bail!("{}: optimizer state has {} tensors, the model needs {expected}", path.display(), file.names().len());

@@ -15,6 +15,7 @@
 use crate::adamw::AdamW;
 use crate::atomic_file::{sync_dir, write_atomic, TEMP_PREFIX};
 use crate::params::ParamStore;
+use crate::safetensors_io::SafetensorsFile;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -104,18 +105,16 @@ pub fn load_checkpoint(dir: &Path, params: &mut ParamStore, optimizer: &mut Adam
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
     let state: TrainState = serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
-    let mut staged = params.clone();
-    staged.load_safetensors(&dir.join(MODEL_FILE))?;
-    optimizer.load(&dir.join(OPTIMIZER_FILE), &staged)?;
-    if optimizer.steps() != state.step {
-        bail!(
-            "{}: optimizer has taken {} steps but state.json says step {}",
-            dir.display(),
-            optimizer.steps(),
-            state.step
-        );
+    let model = SafetensorsFile::open(&dir.join(MODEL_FILE))?;
+    params.check_file(&model, true)?;
+    let optimizer_path = dir.join(OPTIMIZER_FILE);
+    let optimizer_steps = AdamW::saved_steps(&optimizer_path)?;
+    if optimizer_steps != state.step {
+        bail!("{}: optimizer has taken {optimizer_steps} steps but state.json says step {}", dir.display(), state.step);
     }
-    *params = staged;
+    // The optimizer load validates before changing anything; after it the model file is known good.
+    optimizer.load(&optimizer_path, params)?;
+    params.load_from(&model, true)?;
     Ok(state)
 }
 

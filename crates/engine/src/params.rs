@@ -7,6 +7,7 @@
 
 use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
 use anyhow::{bail, Context, Result};
+use safetensors::Dtype;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -190,13 +191,12 @@ impl ParamStore {
         self.load_from(&file, true)
     }
 
-    /// Loads the parameters present in `file`; with `exact`, missing or extra tensors are errors.
-    ///
-    /// Everything is validated before any value changes, so a failed load leaves the store intact.
-    pub fn load_from(&mut self, file: &SafetensorsFile, exact: bool) -> Result<()> {
+    /// Checks that `file` holds float tensors of this store's shapes (with `exact`, exactly this
+    /// store's names), without loading anything.
+    pub fn check_file(&self, file: &SafetensorsFile, exact: bool) -> Result<()> {
         let in_file: BTreeSet<String> = file.names().into_iter().collect();
-        let ours: BTreeSet<String> = self.infos.iter().map(|i| i.name.clone()).collect();
         if exact {
+            let ours: BTreeSet<String> = self.infos.iter().map(|i| i.name.clone()).collect();
             let missing: Vec<&String> = ours.difference(&in_file).collect();
             let unexpected: Vec<&String> = in_file.difference(&ours).collect();
             if !missing.is_empty() || !unexpected.is_empty() {
@@ -206,25 +206,34 @@ impl ParamStore {
                 );
             }
         }
-        let mut loaded = Vec::new();
-        for (idx, info) in self.infos.iter().enumerate() {
-            if !in_file.contains(&info.name) {
-                continue;
-            }
-            let tensor = file.f32(&info.name)?;
-            if tensor.shape != info.shape {
+        for info in self.infos.iter().filter(|i| in_file.contains(&i.name)) {
+            let (dtype, shape) = file.dtype_and_shape(&info.name)?;
+            if shape != info.shape {
                 bail!(
                     "{}: tensor {} has shape {:?} in the file but the model expects {:?}",
                     file.path().display(),
                     info.name,
-                    tensor.shape,
+                    shape,
                     info.shape
                 );
             }
-            loaded.push((idx, tensor.data));
+            if !matches!(dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16) {
+                bail!("{}: tensor {} has dtype {dtype:?}, expected a float type", file.path().display(), info.name);
+            }
         }
-        for (idx, data) in loaded {
-            self.values[idx] = data;
+        Ok(())
+    }
+
+    /// Loads the parameters present in `file`; with `exact`, missing or extra tensors are errors.
+    ///
+    /// Everything is checked before any value changes, so a failed load leaves the store intact.
+    pub fn load_from(&mut self, file: &SafetensorsFile, exact: bool) -> Result<()> {
+        self.check_file(file, exact)?;
+        let in_file: BTreeSet<String> = file.names().into_iter().collect();
+        for (info, value) in self.infos.iter().zip(&mut self.values) {
+            if in_file.contains(&info.name) {
+                *value = file.f32(&info.name)?.data;
+            }
         }
         Ok(())
     }

@@ -20,15 +20,18 @@ pub struct Tensor<T> {
     pub data: Vec<T>,
 }
 
-/// A whole safetensors file held in memory, with tensors converted on demand.
+/// A safetensors file mapped into memory, with tensors converted on demand.
 pub struct SafetensorsFile {
     path: PathBuf,
-    bytes: Vec<u8>,
+    bytes: memmap2::Mmap,
 }
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: vlmix replaces files by rename (atomic_file), never rewrites them in place, so
+        // the mapped bytes do not change while mapped.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
         SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
         Ok(Self { path: path.to_path_buf(), bytes })
@@ -60,6 +63,12 @@ impl SafetensorsFile {
         self.parsed()
             .tensor(name)
             .map_err(|_| anyhow::anyhow!("{}: no tensor named {name:?}", self.path.display()))
+    }
+
+    /// Dtype and shape of a tensor, without reading its data.
+    pub fn dtype_and_shape(&self, name: &str) -> Result<(Dtype, Vec<usize>)> {
+        let view = self.view(name)?;
+        Ok((view.dtype(), view.shape().to_vec()))
     }
 
     /// A floating-point tensor as f32.

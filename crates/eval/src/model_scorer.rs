@@ -21,8 +21,10 @@ use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::projector::FC1_WEIGHT;
 use vlmix_models::vlm::Vlm;
 
-/// Rows (choices or rolling windows) run in one forward pass; bounds the logits buffer.
+/// Rows (choices or rolling windows) run in one forward pass, at most.
 const MAX_ROWS: usize = 16;
+/// Logit values one forward may produce (256 MB): big-vocabulary, long-window models get fewer rows.
+const LOGITS_BUDGET: usize = 64 << 20;
 
 /// The network being scored.
 pub enum ScoredModel {
@@ -128,7 +130,6 @@ pub struct ModelScorer {
     tokens: Vec<u32>,
     injected_rows: Vec<usize>,
     injected_values: Vec<f32>,
-    logprobs: Vec<f64>,
 }
 
 /// Log-probability of `target` and whether it is the argmax (first maximum, as torch.argmax).
@@ -154,8 +155,7 @@ fn split_trailing_space<'a>(context: &'a str, continuations: &[String]) -> (&'a 
 
 impl ModelScorer {
     /// A scorer over a model whose parameters are in `params`; `images` is required for image items.
-    pub fn new(model: ScoredModel, params: ParamStore, tokenizer: TextTokenizer, images: Option<ImageFeatures>) -> Result<Self> {
-        let mut model = model;
+    pub fn new(mut model: ScoredModel, params: ParamStore, tokenizer: TextTokenizer, images: Option<ImageFeatures>) -> Result<Self> {
         let config = model.lm().config().clone();
         ensure!(
             tokenizer.vocab_size() <= config.vocab,
@@ -174,7 +174,6 @@ impl ModelScorer {
             tokens: Vec::new(),
             injected_rows: Vec::new(),
             injected_values: Vec::new(),
-            logprobs: Vec::new(),
         };
         if let Some(images) = images {
             scorer.attach_images(images)?;
@@ -224,10 +223,6 @@ impl ModelScorer {
     /// Whether the model can see images (it has a projector).
     pub fn is_vision(&self) -> bool {
         matches!(self.model, ScoredModel::Vision(_))
-    }
-
-    pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
     }
 
     /// Number of image tokens each image takes (0 for a text-only model or without an encoder).
@@ -288,8 +283,8 @@ impl ModelScorer {
         Ok(Row { inputs, first_scored, targets: continuation })
     }
 
-    /// One forward over `rows` (padded to the longest); returns per row the log-probabilities of its
-    /// targets (concatenated in `self.logprobs`) and whether each was the argmax.
+    /// One forward over `rows` (padded to the longest); returns the log-probability of every row's
+    /// targets (rows concatenated) and whether each was the argmax.
     fn forward_rows(&mut self, n_image: usize, rows: &[Row]) -> Result<Vec<(f64, bool)>> {
         let batch = rows.len();
         let seq = rows.iter().map(|r| r.inputs.len()).max().context("no rows to score")?;
@@ -322,19 +317,19 @@ impl ModelScorer {
         Ok(out)
     }
 
-    /// Log-likelihoods of rows scored in forwards of at most [`MAX_ROWS`].
+    /// Log-likelihoods of rows, scored a few at a time (see [`MAX_ROWS`], [`LOGITS_BUDGET`]).
     fn score_rows(&mut self, n_image: usize, rows: &[Row]) -> Result<Vec<LogLikelihood>> {
+        let longest = rows.iter().map(|r| r.inputs.len()).max().unwrap_or(1);
+        let per_forward = (LOGITS_BUDGET / (longest * self.model.lm().config().vocab)).clamp(1, MAX_ROWS);
         let mut results = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(MAX_ROWS) {
+        for chunk in rows.chunks(per_forward) {
             let scores = self.forward_rows(n_image, chunk)?;
             let mut at = 0;
             for row in chunk {
                 let mine = &scores[at..at + row.targets.len()];
                 at += row.targets.len();
-                self.logprobs.clear();
-                self.logprobs.extend(mine.iter().map(|s| s.0));
                 results.push(LogLikelihood {
-                    sum_logprob: self.logprobs.iter().sum(),
+                    sum_logprob: mine.iter().map(|s| s.0).sum(),
                     n_tokens: mine.len(),
                     is_greedy: mine.iter().all(|s| s.1),
                 });
@@ -369,17 +364,17 @@ impl ModelScorer {
             text = self.tokenizer.decode(&generated)?;
             if let Some(newline) = text.find('\n') {
                 text.truncate(newline);
-                on_text(&text[emitted..]);
+                on_text(text.get(emitted..).unwrap_or_default());
                 return Ok(text);
             }
             // Hold back a partial UTF-8 character until its last byte arrives.
             if !text.ends_with(char::REPLACEMENT_CHARACTER) {
-                on_text(&text[emitted..]);
+                on_text(text.get(emitted..).unwrap_or_default());
                 emitted = text.len();
             }
         }
         if emitted < text.len() {
-            on_text(&text[emitted..]);
+            on_text(text.get(emitted..).unwrap_or_default());
         }
         Ok(text)
     }

@@ -169,13 +169,14 @@ fn token_nll_scores_match_the_loss() {
     let prefix = lm.logits(&params, &LmInput::tokens(1, 4, &input[..4])).unwrap().to_vec();
     let worst = prefix.iter().zip(&full[..prefix.len()]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "causality: prefix logits differ by {worst}");
-    // Next-token logits are exactly the last position's row of the full logits.
+    // Next-token logits are the last position's row of the full logits (up to GEMM blocking).
     let both = LmInput::tokens(BATCH, SEQ, &input);
     let all = lm.logits(&params, &both).unwrap().to_vec();
     let next = lm.next_token_logits(&params, &both).unwrap().to_vec();
     for b in 0..BATCH {
         let last = (b + 1) * SEQ - 1;
-        assert_eq!(next[b * vocab..(b + 1) * vocab], all[last * vocab..(last + 1) * vocab], "sequence {b}");
+        let worst = next[b * vocab..(b + 1) * vocab].iter().zip(&all[last * vocab..(last + 1) * vocab]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "sequence {b}: next-token logits differ by {worst}");
     }
 }
 

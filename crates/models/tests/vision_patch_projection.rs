@@ -40,15 +40,15 @@ fn gradients_match_finite_differences() {
     for name in [WEIGHT, BIAS] {
         let id = params.id(name).unwrap();
         let grad = params.grad(id).to_vec();
-        for i in 0..grad.len() {
+        for (i, &analytic) in grad.iter().enumerate() {
             let orig = params.value(id)[i];
-            let mut loss = |v: f32, params: &mut ParamStore| -> f64 {
+            let loss = |v: f32, params: &mut ParamStore| -> f64 {
                 params.value_mut(id)[i] = v;
                 proj.forward(params, &x, 2).unwrap().iter().zip(&r).map(|(&a, &b)| a as f64 * b as f64).sum()
             };
             let numeric = (loss(orig + 1e-2, &mut params) - loss(orig - 1e-2, &mut params)) / 2e-2;
             params.value_mut(id)[i] = orig;
-            assert!((grad[i] as f64 - numeric).abs() < 1e-3 * (1.0 + numeric.abs()), "{name}[{i}]: {} vs {numeric}", grad[i]);
+            assert!((analytic as f64 - numeric).abs() < 1e-3 * (1.0 + numeric.abs()), "{name}[{i}]: {analytic} vs {numeric}");
         }
     }
 }

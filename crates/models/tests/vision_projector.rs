@@ -30,14 +30,14 @@ fn gradients_match_finite_differences() {
         let id = params.id(name).unwrap();
         let analytic = params.grad(id).to_vec();
         assert!(analytic.iter().any(|&g| g != 0.0), "{name}: gradient is all zero");
-        for i in 0..analytic.len() {
+        for (i, &want) in analytic.iter().enumerate() {
             let orig = params.value(id)[i];
             params.value_mut(id)[i] = orig + eps;
             let plus = loss(&mut projector, &params, &features, &r);
             params.value_mut(id)[i] = orig - eps;
             let minus = loss(&mut projector, &params, &features, &r);
             params.value_mut(id)[i] = orig;
-            check(analytic[i], (plus - minus) / (2.0 * eps as f64), &format!("{name}[{i}]"));
+            check(want, (plus - minus) / (2.0 * eps as f64), &format!("{name}[{i}]"));
         }
     }
     for i in 0..features.len() {

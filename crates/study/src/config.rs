@@ -73,6 +73,8 @@ pub struct FinetuneConfig {
     /// The epoch at which grid points are compared; only the base point is evaluated at every epoch
     /// (the epoch sweep), which keeps evaluation cost linear in the grid.
     pub compare_epoch: u32,
+    /// Fine-tune on a seeded random subset of at most this many conversations (all when absent).
+    pub max_examples: Option<usize>,
     pub batch_size: usize,
     pub peak_lr: f64,
     pub warmup_steps: u64,
@@ -235,7 +237,12 @@ mod tests {
 
     #[test]
     fn presets_parse_and_validate() {
-        for text in [include_str!("../../../configs/study/smoke.toml")] {
+        for text in [
+            include_str!("../../../configs/study/smoke.toml"),
+            include_str!("../../../configs/study/mini.toml"),
+            include_str!("../../../configs/study/openlm-79m.toml"),
+            include_str!("../../../configs/study/openlm-1b.toml"),
+        ] {
             let config: StudyConfig = toml::from_str(text).unwrap();
             config.validate().unwrap();
         }

@@ -113,7 +113,7 @@ impl<'a> StudyRunner<'a> {
                     let mut seen = 0u64;
                     let progress = &self.progress;
                     let instruct = self.layout.instruct_dir().join("llava_instruct.json");
-                    let corpus = ImageCorpus::build(&self.layout.images_dir(), Some(&instruct), &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
+                    let corpus = ImageCorpus::build(&self.layout.images_dir().join("train"), Some(&instruct), &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
                         seen += n as u64;
                         progress.advance(seen, seen);
                     })?;
@@ -207,6 +207,7 @@ impl<'a> StudyRunner<'a> {
             model: self.model.clone(),
             start: output_path(study, &done.outputs, "/checkpoint")?,
             epochs: f.epochs,
+            max_examples: f.max_examples,
             batch_size: f.batch_size,
             peak_lr: f.peak_lr,
             warmup_steps: f.warmup_steps,

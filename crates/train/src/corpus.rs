@@ -85,7 +85,7 @@ fn cache_features(cache: &mut FeatureCache, encoder: &dyn ImageEncoder, images: 
 const CHUNK: usize = 64;
 
 impl ImageCorpus {
-    /// Reads the training shards and the instruction file, fills the feature cache, tokenizes.
+    /// Reads the training shards in `shards_dir` and the instruction file, fills the feature cache, tokenizes.
     /// A malformed sample is an error naming shard and member: training data is never silently thinned.
     pub fn build(
         shards_dir: &Path,
@@ -95,12 +95,9 @@ impl ImageCorpus {
         cache: &mut FeatureCache,
         on_progress: &mut dyn FnMut(usize),
     ) -> Result<Self> {
-        let shards: Vec<_> = webdataset::list_shards(shards_dir)?
-            .into_iter()
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("train")))
-            .collect();
+        let shards = webdataset::list_shards(shards_dir)?;
         if shards.is_empty() {
-            bail!("no training shards (train-*.tar) in {}; run `vlmix data prepare`", shards_dir.display());
+            bail!("no WebDataset shards (*.tar) in {}; run `vlmix data prepare`", shards_dir.display());
         }
         let mut captions = Vec::new();
         let (mut images, mut texts) = (Vec::new(), Vec::new());

@@ -162,9 +162,11 @@ pub struct EpochCursor {
 }
 
 /// Instruction conversations, whole epochs in a seeded order per epoch; the last batch of an epoch
-/// may be short so epochs end exactly at step boundaries.
+/// may be short so epochs end exactly at step boundaries. `limit` takes a seeded random subset (the
+/// same for every epoch), to bound fine-tuning cost on small machines.
 pub struct InstructSource<'a> {
     corpus: &'a ImageCorpus,
+    subset: Vec<u32>,
     cache: &'a FeatureCache,
     special: SpecialTokens,
     seq_len: usize,
@@ -174,15 +176,17 @@ pub struct InstructSource<'a> {
 }
 
 impl<'a> InstructSource<'a> {
-    pub fn new(corpus: &'a ImageCorpus, cache: &'a FeatureCache, special: SpecialTokens, seq_len: usize, batch_size: usize, seed: u64) -> Result<Self> {
+    pub fn new(corpus: &'a ImageCorpus, cache: &'a FeatureCache, special: SpecialTokens, seq_len: usize, batch_size: usize, limit: Option<usize>, seed: u64) -> Result<Self> {
         if corpus.instruct.is_empty() {
             bail!("no instruction conversations to fine-tune on");
         }
-        Ok(Self { corpus, cache, special, seq_len, batch_size, seed, cursor: EpochCursor::default() })
+        let mut subset = epoch_order(corpus.instruct.len(), seed ^ 0x5B5E7, 0);
+        subset.truncate(limit.unwrap_or(usize::MAX).max(1));
+        Ok(Self { corpus, subset, cache, special, seq_len, batch_size, seed, cursor: EpochCursor::default() })
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
-        self.corpus.instruct.len().div_ceil(self.batch_size) as u64
+        self.subset.len().div_ceil(self.batch_size) as u64
     }
 }
 
@@ -190,13 +194,14 @@ impl BatchSource for InstructSource<'_> {
     type Batch = VlmBatch;
 
     fn next_batch(&mut self) -> Result<VlmBatch> {
-        let n = self.corpus.instruct.len();
+        let n = self.subset.len();
         let order = epoch_order(n, self.seed, self.cursor.epoch);
         let start = self.cursor.position as usize;
         let end = (start + self.batch_size).min(n);
         let seqs: Vec<Sequence> = order[start..end]
             .iter()
-            .map(|&i| pack_image_sequence(SequenceKind::Instruct, i as u64, &self.corpus.instruct[i as usize].text(), self.seq_len, self.corpus.n_image_tokens, self.special))
+            .map(|&j| self.subset[j as usize])
+            .map(|i| pack_image_sequence(SequenceKind::Instruct, i as u64, &self.corpus.instruct[i as usize].text(), self.seq_len, self.corpus.n_image_tokens, self.special))
             .collect();
         self.cursor = if end == n { EpochCursor { epoch: self.cursor.epoch + 1, position: 0 } } else { EpochCursor { epoch: self.cursor.epoch, position: end as u64 } };
         vlm_batch(&seqs, self.corpus, self.cache)

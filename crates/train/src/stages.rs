@@ -165,6 +165,8 @@ pub struct FinetuneSpec {
     /// The cooldown checkpoint to fine-tune.
     pub start: PathBuf,
     pub epochs: u32,
+    /// Fine-tune on a seeded random subset of at most this many conversations.
+    pub max_examples: Option<usize>,
     pub batch_size: usize,
     pub peak_lr: f64,
     pub warmup_steps: u64,
@@ -186,7 +188,7 @@ pub fn finetune(spec: &FinetuneSpec, corpus: &ImageCorpus, cache: &FeatureCache,
     let (vlm, params) = load_vlm(&spec.model, corpus.feature_width, &spec.start)?;
     let mut model = VisionModel { vlm, params };
     let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
-    let mut source = InstructSource::new(corpus, cache, special, spec.model.seq_len, spec.batch_size, spec.seed)?;
+    let mut source = InstructSource::new(corpus, cache, special, spec.model.seq_len, spec.batch_size, spec.max_examples, spec.seed)?;
     let per_epoch = source.steps_per_epoch();
     let total = per_epoch * spec.epochs as u64;
     let schedule = Schedule::WarmupCosine(WarmupCosine { peak: spec.peak_lr, floor: 0.0, warmup_steps: spec.warmup_steps.min(total / 2), total_steps: total });

@@ -1,6 +1,7 @@
 //! Open Clip Art Library 0.18 (Debian openclipart-png + openclipart-svg): the PNG renderings, with
 //! title, description and keywords read from the RDF metadata of the matching SVG.
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;
@@ -15,41 +16,58 @@ const SVG_DIR: &str = "usr/share/openclipart/svg";
 /// Keywords that say nothing about the picture (collection bookkeeping, tool names).
 const EMPTY_KEYWORDS: &[&str] = &["", "hash", "unsorted", "clip art", "clipart", "image", "media", "png", "svg", "public domain", "externalsource"];
 
+/// A title shared by more than this many drawings names a collection ("Part of the Flat Icon
+/// Collection (date)", "Lemon SVG theme"), not the picture: the file name is used instead.
+const GENERIC_TITLE_USES: usize = 3;
+
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let png_root = require_dir(&layout.require_source("openclipart-png")?.join(PNG_DIR))?;
     let svg_root = require_dir(&layout.require_source("openclipart-svg")?.join(SVG_DIR))?;
     let files: Vec<_> = regular_files(&png_root)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    let origins: Vec<String> =
+        files.iter().map(|png| png.strip_prefix(&png_root).expect("walked under root").with_extension("").to_string_lossy().replace('\\', "/")).collect();
+    // Titles are counted over the whole collection so that a subset captions like the full run.
+    let metadata: Vec<Option<RdfMetadata>> =
+        origins.par_iter().map(|origin| std::fs::read(svg_root.join(format!("{origin}.svg"))).ok().and_then(|svg| rdf_metadata(&svg))).collect();
+    let mut title_uses: HashMap<String, usize> = HashMap::new();
+    for title in metadata.iter().flatten().filter_map(|m| m.title.as_deref()) {
+        *title_uses.entry(title_family(title)).or_default() += 1;
+    }
+    let jobs: Vec<(&PathBuf, &String, &Option<RdfMetadata>)> = files.iter().zip(&origins).zip(&metadata).map(|((f, o), m)| (f, o, m)).collect();
     let results: Vec<Result<ImageRecord, String>> = config
-        .subset(&files)
+        .subset(&jobs)
         .par_iter()
-        .map(|png| {
-            let rel = png.strip_prefix(&png_root).expect("walked under root").with_extension("");
-            let origin = rel.to_string_lossy().replace('\\', "/");
-            one(png, &svg_root.join(rel.with_extension("svg")), origin, config).map_err(|err| format!("{}: {err:#}", png.display()))
+        .map(|&&(png, origin, meta)| {
+            let generic = |title: &str| title_uses.get(&title_family(title)).is_some_and(|&n| n > GENERIC_TITLE_USES);
+            one(png, &svg_root.join(format!("{origin}.svg")), origin.clone(), meta.as_ref(), generic, config)
+                .map_err(|err| format!("{}: {err:#}", png.display()))
         })
         .collect();
     Ok(SourceOutput::from_results(results))
 }
 
-fn one(png: &Path, svg: &Path, origin: String, config: &ImageConfig) -> Result<ImageRecord> {
+/// A title without parenthesised parts (dates, versions), lower-cased.
+fn title_family(title: &str) -> String {
+    title.split('(').next().unwrap_or(title).trim().to_lowercase()
+}
+
+fn one(png: &Path, svg: &Path, origin: String, meta: Option<&RdfMetadata>, generic: impl Fn(&str) -> bool, config: &ImageConfig) -> Result<ImageRecord> {
     let bytes = std::fs::read(png).context("reading PNG")?;
-    let svg_bytes = std::fs::read(svg).ok();
-    let image = match (image_io::decode_rgb(&bytes), &svg_bytes) {
-        (Ok(image), _) => image_io::fit_within(image, config.max_side),
+    let image = match image_io::decode_rgb(&bytes) {
+        Ok(image) => image_io::fit_within(image, config.max_side),
         // A few renderings are ~15,000 px square, past the decoder's memory limit; the SVG they
         // were rendered from draws the same picture directly at the size kept.
-        (Err(png_error), Some(svg_bytes)) => image_io::rasterize_svg(svg_bytes, config.max_side)
-            .with_context(|| format!("the PNG failed ({png_error:#}) and so did rasterising its SVG {}", svg.display()))?,
-        (Err(png_error), None) => return Err(png_error),
+        Err(png_error) => {
+            let svg_bytes = std::fs::read(svg).map_err(|_| png_error)?;
+            image_io::rasterize_svg(&svg_bytes, config.max_side).context("the PNG is unreadable and so is its SVG")?
+        }
     };
-    let meta = svg_bytes.as_deref().and_then(rdf_metadata);
     let folders: Vec<&str> = origin.split('/').collect();
     let category: Vec<String> = folders[..folders.len() - 1].iter().map(|f| humanise(f)).collect();
-    let stem = origin.rsplit('/').next().unwrap_or(&origin);
-    let (title, description, keywords) = match meta {
-        Some(meta) => (meta.title.unwrap_or_else(|| humanise(stem)), meta.description, meta.keywords),
-        None => (humanise(stem), None, Vec::new()),
-    };
+    let stem = humanise(folders[folders.len() - 1]);
+    let title = meta.and_then(|m| m.title.clone()).filter(|t| !generic(t)).unwrap_or(stem);
+    let description = meta.and_then(|m| m.description.clone());
+    let keywords = meta.map(|m| m.keywords.clone()).unwrap_or_default();
     let mut caption = format!("Clip art: {}.", title.trim_end_matches('.'));
     if let Some(description) = &description {
         caption.push(' ');
@@ -145,5 +163,6 @@ mod tests {
         assert_eq!(humanise("dog_03_drawn_with_strai_01"), "dog 03 drawn with strai");
         assert_eq!(humanise("malawi"), "malawi");
         assert_eq!(shorten("one two three", 9), "one two");
+        assert_eq!(title_family("Part of the Flat Icon Collection (Wed Aug 25 2004)"), "part of the flat icon collection");
     }
 }

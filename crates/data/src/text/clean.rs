@@ -119,11 +119,12 @@ fn is_option_line(body: &str) -> bool {
     inner.find(':').is_some_and(|end| end > 0 && inner[..end].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
 }
 
-/// A heading's over/underline: one punctuation character repeated.
+/// A heading's over/underline or a table border: one punctuation character repeated, possibly in
+/// columns separated by blanks or `+` (simple and grid tables).
 fn is_section_rule(body: &str) -> bool {
-    let mut chars = body.chars();
-    let Some(first) = chars.next() else { return false };
-    body.len() >= 3 && "=-~^*#\"'`+.:_<>".contains(first) && chars.all(|c| c == first)
+    let first = body.chars().next().unwrap_or(' ');
+    let first = if first == '+' { body.chars().find(|&c| c != '+').unwrap_or('+') } else { first };
+    "=-~^*#\"'`.:_<>".contains(first) && body.chars().filter(|&c| c == first).count() >= 3 && body.chars().all(|c| c == first || c == ' ' || c == '+')
 }
 
 /// Reduces inline markup: ``code`` -> code, :role:`text <target>` -> text, `text <url>`_ -> text,
@@ -208,7 +209,8 @@ pub fn clean_gcide_entry(entry: &str) -> String {
     if !current.is_empty() {
         paragraphs.push(current);
     }
-    let joined = paragraphs.join("\n");
+    // Tags can wrap across lines (`[1913` / `Webster]`), so strip again once lines are joined.
+    let joined = strip_source_tags(&paragraphs.join("\n"));
     let mut out = String::with_capacity(joined.len());
     let mut in_pronunciation = false;
     for c in joined.chars() {
@@ -365,9 +367,10 @@ mod tests {
 
     #[test]
     fn rst_headings_directives_and_roles_are_removed() {
-        let rst = ".. SPDX-License-Identifier: GPL-2.0\n\n.. _readme:\n\nLinux kernel release 6.x <http://kernel.org/>\n=============================================\n\nPlease read the\n:ref:`Documentation/process/changes.rst <changes>` file and ``make menuconfig``.\n\n.. toctree::\n   :maxdepth: 2\n\n   intro\n   setup\n\n.. note:: Keep **this** text.\n\n.. versionadded:: 3.2\n\nExample::\n\n    $ make\n";
+        let rst = ".. SPDX-License-Identifier: GPL-2.0\n\n.. _readme:\n\nLinux kernel release 6.x <http://kernel.org/>\n=============================================\n\n=====   =====\nfield   value\n=====   =====\n+---+---+\n\nPlease read the\n:ref:`Documentation/process/changes.rst <changes>` file and ``make menuconfig``.\n\n.. toctree::\n   :maxdepth: 2\n\n   intro\n   setup\n\n.. note:: Keep **this** text.\n\n.. versionadded:: 3.2\n\nExample::\n\n    $ make\n";
         let text = strip_rst(rst);
-        assert!(!text.contains("SPDX") && !text.contains("_readme") && !text.contains("====="), "{text}");
+        assert!(!text.contains("SPDX") && !text.contains("_readme") && !text.contains("===") && !text.contains("+---"), "{text}");
+        assert!(text.contains("field value"), "{text}");
         assert!(!text.contains("toctree") && !text.contains("maxdepth") && !text.contains("intro"), "{text}");
         assert!(text.contains("Documentation/process/changes.rst file and make menuconfig."), "{text}");
         assert!(text.contains("Keep this text.") && text.contains("New in version 3.2."), "{text}");
@@ -391,8 +394,8 @@ mod tests {
 
     #[test]
     fn gcide_phonetic_headword_and_letter_entities() {
-        let entry = "Apple \\Ap\"ple\\ ([a^]p\"p'l), n. [OE. appel, AS. [ae]ppel; Sw. [aum]ple, Lith. ob[*u]lys.] [1913 Webster] applejack\n";
-        assert_eq!(clean_gcide_entry(entry), "Apple, n. [OE. appel, AS. æppel; Sw. äple, Lith. obulys.] applejack");
+        let entry = "Apple \\Ap\"ple\\ ([a^]p\"p'l), n. [OE. appel, AS. [ae]ppel; Sw. [aum]ple, Lith. ob[*u]lys.] [1913 Webster] applejack\n   stymie. [1913\n   Webster]\n";
+        assert_eq!(clean_gcide_entry(entry), "Apple, n. [OE. appel, AS. æppel; Sw. äple, Lith. obulys.] applejack stymie.");
     }
 
     #[test]

@@ -152,7 +152,6 @@ pub struct SiglipTape {
 
 pub struct SiglipVision {
     config: SiglipConfig,
-    layer: FeatureLayer,
     dev: Cpu,
     norm: Norm,
     attention: Attention,
@@ -255,7 +254,6 @@ impl SiglipVision {
         };
         Ok(Self {
             config: config.clone(),
-            layer,
             dev: Cpu::new()?,
             norm: Norm { kind: NormKind::LayerNormBias, width: d, eps: config.layer_norm_eps },
             attention: Attention::vit(d, config.num_attention_heads),
