@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job of README.md: system packages, data, release build, then the default study.
+# The main job of README.md: prerequisites, then the default `mini` study (resumable: rerun after an
+# interruption and it continues). Pass another config or --out to change it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-scripts/fetch-data.sh
-cargo build --release --bin vlmix
-echo "vlmix: the study command is not built yet; engine, data and vision come first (see ARCHITECTURE.md)."
+scripts/prepare.sh
+config="${1:-configs/study/mini.toml}"
+out="${2:-runs/mini}"
+target/release/vlmix study "$config" --out "$out"
+echo "open $out/report/index.html in a browser"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command of README.md: system packages, test data, then the whole test suite.
+# The test command of README.md: prerequisites (scripts/prepare.sh), then the whole test suite in
+# release mode (the numerics tests are heavy in debug builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-scripts/fetch-data.sh
+scripts/prepare.sh
 cargo test --release --workspace "$@"

@@ -18,6 +18,9 @@ pub struct StudyConfig {
     pub model: ModelChoice,
     /// Vision encoder: "efficientnet-lite0", "patch", or a Hugging Face SigLIP directory.
     pub encoder: String,
+    /// Use only the first N training images (and N instruction conversations): quick studies.
+    #[serde(default)]
+    pub max_images: Option<usize>,
     pub pretrain: PretrainConfig,
     pub cooldown: CooldownConfig,
     pub finetune: FinetuneConfig,

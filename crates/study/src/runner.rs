@@ -113,7 +113,7 @@ impl<'a> StudyRunner<'a> {
                     let mut seen = 0u64;
                     let progress = &self.progress;
                     let instruct = self.layout.instruct_dir().join("llava_instruct.json");
-                    let corpus = ImageCorpus::build(&self.layout.images_dir().join("train"), Some(&instruct), &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
+                    let corpus = ImageCorpus::build(&self.layout.images_dir().join("train"), Some(&instruct), self.config.max_images, &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
                         seen += n as u64;
                         progress.advance(seen, seen);
                     })?;

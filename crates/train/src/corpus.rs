@@ -90,6 +90,7 @@ impl ImageCorpus {
     pub fn build(
         shards_dir: &Path,
         instruct_file: Option<&Path>,
+        max_images: Option<usize>,
         tokenizer: &TextTokenizer,
         encoder: &dyn ImageEncoder,
         cache: &mut FeatureCache,
@@ -111,7 +112,8 @@ impl ImageCorpus {
             texts.clear();
             Ok(())
         };
-        for sample in webdataset::stream(shards, 256) {
+        let limit = max_images.unwrap_or(usize::MAX);
+        for sample in webdataset::stream(shards, 256).take(limit) {
             let sample = sample.map_err(anyhow::Error::new)?;
             images.push(sample.image);
             texts.push(sample.caption);
@@ -127,7 +129,7 @@ impl ImageCorpus {
             if let Some(problem) = set.problems.first() {
                 bail!("{problem} ({} problems in all; `vlmix data inspect` lists them)", set.problems.len());
             }
-            for chunk in set.records.chunks(CHUNK) {
+            for chunk in set.records[..set.records.len().min(limit)].chunks(CHUNK) {
                 let mut images = Vec::with_capacity(chunk.len());
                 for (line, record) in chunk {
                     let path = set.image_path(record).with_context(|| format!("{}:{line}: record {} has no image", file.display(), record.id))?;
