@@ -30,7 +30,10 @@ for row in "${packages_table[@]}"; do
     target="$packages/$file"
     stamp="$sources/$name/.vlmix-fetched"
     want="$sha $members"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" == "$want" ] && [ -f "$target" ]; then
+    read -r -a pairs <<<"$members"
+    present=1
+    for pair in "${pairs[@]}"; do [ -f "$sources/$name/${pair%%=*}" ] || present=0; done
+    if ((present)) && [ -f "$stamp" ] && [ "$(cat "$stamp")" == "$want" ] && [ -f "$target" ]; then
         continue
     fi
     fetched=$((fetched + 1))
@@ -52,7 +55,6 @@ for row in "${packages_table[@]}"; do
     echo "fetch-weights: extracting $name"
     rm -rf "$sources/$name"
     mkdir -p "$sources/$name"
-    read -r -a pairs <<<"$members"
     python3 - "$target" "$sources/$name" "${pairs[@]}" <<'PY' || die "extracting $name from $target failed"
 import hashlib, sys, zipfile
 archive, dest, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]

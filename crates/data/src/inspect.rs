@@ -315,3 +315,48 @@ fn for_each_json_line(
 fn join_counts(counts: &BTreeMap<String, usize>) -> String {
     counts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webdataset::ShardBuilder;
+
+    #[test]
+    fn folder_report_names_every_broken_file_member_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = image_io::encode_png(&image::RgbImage::new(3, 2)).unwrap();
+        let mut shard = ShardBuilder::new();
+        shard.add("a", &[("png", &png), ("txt", b"caption")]).unwrap();
+        shard.add("b", &[("png", &png), ("txt", b"caption")]).unwrap();
+        let bytes = shard.finish().unwrap();
+        std::fs::write(dir.path().join("good.tar"), &bytes).unwrap();
+        std::fs::write(dir.path().join("cut.tar"), &bytes[..bytes.len() - 1500]).unwrap();
+        std::fs::write(dir.path().join("x.png"), &png).unwrap();
+        std::fs::write(dir.path().join("bad.png"), b"not a png").unwrap();
+        let eval = [
+            r#"{"id":"1","task":"t","image":"x.png","question":"Q?","answers":["yes"],"type":"yes_no","chance":0.5}"#,
+            r#"{"id":"2","task":"t","image":"bad.png","question":"Q?","answers":["no"],"type":"yes_no","chance":0.5}"#,
+            r#"{"id":"3","task":"t","image":"x.png","question":"Q?","answers":["no"],"type":"yes_no","chance":0.5"#,
+        ];
+        std::fs::write(dir.path().join("t.jsonl"), eval.join("\n")).unwrap();
+        std::fs::write(dir.path().join("docs.jsonl"), "{\"id\":\"d\",\"text\":\"hello\"}\n{\"id\":\"e\",\"text\":\"\"}\n").unwrap();
+        std::fs::write(dir.path().join("manifest.json"), "{\n \"a\": 1\n}").unwrap();
+
+        let report = inspect_path(dir.path()).unwrap();
+        assert!(!report.is_clean());
+        let text = report.to_string();
+        assert!(text.contains("good.tar: WebDataset shard - 2 image-caption samples"), "{text}");
+        let find = |needle: &str| report.problems.iter().any(|p| p.contains(needle));
+        assert!(find("cut.tar: member b.txt: truncated") || find("cut.tar: member -: broken tar"), "{text}");
+        assert!(find("t.jsonl:2: image bad.png: unknown image format"), "{text}");
+        assert!(find("t.jsonl:3: malformed JSON"), "{text}");
+        assert!(find("docs.jsonl:2: field `text`: empty"), "{text}");
+        assert_eq!(report.problems.len(), 4, "{text}");
+
+        let single = inspect_path(&dir.path().join("good.tar")).unwrap();
+        assert!(single.is_clean(), "{single}");
+        let unknown = inspect_path(&dir.path().join("x.png")).unwrap();
+        assert!(!unknown.is_clean() && unknown.format == "unsupported");
+        assert!(inspect_path(&dir.path().join("missing.tar")).is_err());
+    }
+}

@@ -30,7 +30,8 @@ const LOGITS_BUDGET: usize = 64 << 20;
 pub enum ScoredModel {
     /// No projector: text items only.
     Text(Lm),
-    Vision(Vlm),
+    /// Boxed: a VLM carries the projector and its buffers besides the LM.
+    Vision(Box<Vlm>),
 }
 
 impl ScoredModel {
@@ -210,7 +211,7 @@ impl ModelScorer {
             let shape = file.f32(FC1_WEIGHT)?.shape;
             ensure!(shape.len() == 2, "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]", weights.display());
             let (vlm, params) = vlmix_train::stages::load_vlm(&config, shape[1], &checkpoint)?;
-            (ScoredModel::Vision(vlm), params)
+            (ScoredModel::Vision(Box::new(vlm)), params)
         } else {
             let mut params = ParamStore::new();
             let lm = Lm::new(config, &mut params, 0)?;

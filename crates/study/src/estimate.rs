@@ -50,6 +50,7 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
     let mut total = 0.0;
     for node in &plan.nodes {
         let positions = match &node.kind {
+            NodeKind::ImageCorpus => 0,
             NodeKind::Pretrain => steps_for(config.pretrain.tokens, config.pretrain.batch_size, seq) * (config.pretrain.batch_size * seq) as u64,
             NodeKind::Cooldown { .. } => steps_for(config.cooldown.tokens, config.cooldown.batch_size, seq) * (config.cooldown.batch_size * seq) as u64,
             NodeKind::Finetune { .. } => finetune_positions,

@@ -12,6 +12,8 @@ use crate::config::{GridPoint, StudyConfig};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum NodeKind {
+    /// Every training image encoded once into the feature cache, texts tokenized.
+    ImageCorpus,
     Pretrain,
     Cooldown { point: GridPoint, seed: u64 },
     Finetune { cooldown: String, seed: u64 },
@@ -32,6 +34,9 @@ pub struct Plan {
     pub nodes: Vec<Node>,
 }
 
+/// Id of the node that encodes the training images and tokenizes their texts.
+pub const IMAGE_CORPUS: &str = "image-corpus";
+
 pub fn cooldown_id(point: &GridPoint, seed: u64) -> String {
     format!(
         "cooldown-at{:03}-img{:03}-inst{:03}-seed{seed}",
@@ -47,12 +52,15 @@ fn percent(x: f64) -> u32 {
 
 impl Plan {
     pub fn build(config: &StudyConfig) -> Plan {
-        let mut nodes = vec![Node { id: "pretrain".into(), kind: NodeKind::Pretrain, after: vec![] }];
+        let mut nodes = vec![
+            Node { id: IMAGE_CORPUS.into(), kind: NodeKind::ImageCorpus, after: vec![] },
+            Node { id: "pretrain".into(), kind: NodeKind::Pretrain, after: vec![] },
+        ];
         for &seed in &config.grid.seeds {
             for point in config.points() {
                 let cooldown = cooldown_id(&point, seed);
                 let finetune = format!("finetune-{}", cooldown.trim_start_matches("cooldown-"));
-                nodes.push(Node { id: cooldown.clone(), kind: NodeKind::Cooldown { point, seed }, after: vec!["pretrain".into()] });
+                nodes.push(Node { id: cooldown.clone(), kind: NodeKind::Cooldown { point, seed }, after: vec![IMAGE_CORPUS.into(), "pretrain".into()] });
                 nodes.push(Node {
                     id: finetune.clone(),
                     kind: NodeKind::Finetune { cooldown: cooldown.clone(), seed },
@@ -91,6 +99,7 @@ mod tests {
         let plan = Plan::build(&config);
         let points = config.points().len();
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 1);
+        assert_eq!(plan.count(|k| matches!(k, NodeKind::ImageCorpus)), 1);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Cooldown { .. })), points * 2);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Finetune { .. })), points * 2);
         let evals_per_seed = config.finetune.epochs as usize + (points - 1);

@@ -30,6 +30,7 @@ pub fn versions() -> BTreeMap<String, String> {
 
 fn stage_of(kind: &NodeKind) -> &'static str {
     match kind {
+        NodeKind::ImageCorpus => "image-corpus",
         NodeKind::Pretrain => "pretrain",
         NodeKind::Cooldown { .. } => "cooldown",
         NodeKind::Finetune { .. } => "finetune",

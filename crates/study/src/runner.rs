@@ -102,26 +102,28 @@ impl<'a> StudyRunner<'a> {
         Ok(Self { config, layout, tokenizer, model, train_docs, validation, encoder, cache, corpus: None, progress: StudyProgress::new(quiet) })
     }
 
-    /// The image corpus of this run directory, built (encoding every image through the cache) once.
+    fn corpus_path(study: &StudyDir) -> PathBuf {
+        study.root.join("image_corpus.json")
+    }
+
+    /// Encodes every training image into the feature cache and tokenizes captions and conversations.
+    fn build_corpus(&mut self, study: &StudyDir) -> Result<serde_json::Value> {
+        let instruct = self.layout.instruct_dir().join("llava_instruct.json");
+        let mut seen = 0u64;
+        let progress = &self.progress;
+        let corpus = ImageCorpus::build(&self.layout.images_dir().join("train"), Some(&instruct), self.config.max_images, &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
+            seen += n as u64;
+            progress.advance(seen, seen);
+        })?;
+        let path = Self::corpus_path(study);
+        corpus.save(&path)?;
+        Ok(json!({ "corpus": rel(&study.root, &path), "captions": corpus.captions.len(), "conversations": corpus.instruct.len(), "cache_hits": self.cache.stats().hits, "cache_misses": self.cache.stats().misses }))
+    }
+
+    /// The image corpus the `image-corpus` node wrote, loaded once.
     fn corpus(&mut self, study: &StudyDir) -> Result<&ImageCorpus> {
         if self.corpus.is_none() {
-            let path = study.root.join("image_corpus.json");
-            let corpus = match ImageCorpus::load(&path) {
-                Ok(c) if c.encoder_id == self.encoder.id() => c,
-                _ => {
-                    self.progress.start_node("image corpus + feature cache", 0);
-                    let mut seen = 0u64;
-                    let progress = &self.progress;
-                    let instruct = self.layout.instruct_dir().join("llava_instruct.json");
-                    let corpus = ImageCorpus::build(&self.layout.images_dir().join("train"), Some(&instruct), self.config.max_images, &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
-                        seen += n as u64;
-                        progress.advance(seen, seen);
-                    })?;
-                    corpus.save(&path)?;
-                    corpus
-                }
-            };
-            self.corpus = Some(corpus);
+            self.corpus = Some(ImageCorpus::load(&Self::corpus_path(study))?);
         }
         Ok(self.corpus.as_ref().expect("set above"))
     }
@@ -227,6 +229,7 @@ impl NodeRunner for StudyRunner<'_> {
     fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
         self.progress.start_node(&node.id, 0);
         match &node.kind {
+            NodeKind::ImageCorpus => self.build_corpus(study),
             NodeKind::Pretrain => self.pretrain(dir, study),
             NodeKind::Cooldown { point, seed } => self.cooldown(point, *seed, dir, study),
             NodeKind::Finetune { cooldown, seed } => self.finetune(cooldown, *seed, dir, study),

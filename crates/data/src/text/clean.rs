@@ -124,7 +124,7 @@ fn is_option_line(body: &str) -> bool {
 fn is_section_rule(body: &str) -> bool {
     let first = body.chars().next().unwrap_or(' ');
     let first = if first == '+' { body.chars().find(|&c| c != '+').unwrap_or('+') } else { first };
-    "=-~^*#\"'`.:_<>".contains(first) && body.chars().filter(|&c| c == first).count() >= 3 && body.chars().all(|c| c == first || c == ' ' || c == '+')
+    "=-~^*#\"'`.:_<>".contains(first) && body.chars().filter(|&c| c == first).count() >= 3 && body.chars().all(|c| c == first || c == ' ' || c == '\t' || c == '+')
 }
 
 /// Reduces inline markup: ``code`` -> code, :role:`text <target>` -> text, `text <url>`_ -> text,
@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn rst_headings_directives_and_roles_are_removed() {
-        let rst = ".. SPDX-License-Identifier: GPL-2.0\n\n.. _readme:\n\nLinux kernel release 6.x <http://kernel.org/>\n=============================================\n\n=====   =====\nfield   value\n=====   =====\n+---+---+\n\nPlease read the\n:ref:`Documentation/process/changes.rst <changes>` file and ``make menuconfig``.\n\n.. toctree::\n   :maxdepth: 2\n\n   intro\n   setup\n\n.. note:: Keep **this** text.\n\n.. versionadded:: 3.2\n\nExample::\n\n    $ make\n";
+        let rst = ".. SPDX-License-Identifier: GPL-2.0\n\n.. _readme:\n\nLinux kernel release 6.x <http://kernel.org/>\n=============================================\n\n=====   =====\nfield   value\n=====\t=====\n+---+---+\n\nPlease read the\n:ref:`Documentation/process/changes.rst <changes>` file and ``make menuconfig``.\n\n.. toctree::\n   :maxdepth: 2\n\n   intro\n   setup\n\n.. note:: Keep **this** text.\n\n.. versionadded:: 3.2\n\nExample::\n\n    $ make\n";
         let text = strip_rst(rst);
         assert!(!text.contains("SPDX") && !text.contains("_readme") && !text.contains("===") && !text.contains("+---"), "{text}");
         assert!(text.contains("field value"), "{text}");
