@@ -33,6 +33,12 @@ enum Command {
     Chat(cmd::chat::ChatArgs),
     /// Evaluate a checkpoint: vision-language and text tasks, stable scores, validation bits-per-byte.
     Eval(cmd::eval::Args),
+    /// Text-only pre-training of a study config's model, keeping checkpoints at its fractions.
+    Pretrain(cmd::stage::PretrainArgs),
+    /// Image-text continued pre-training branched from a text checkpoint (or scratch).
+    Cooldown(cmd::stage::CooldownArgs),
+    /// Instruction fine-tuning of a cooldown checkpoint for N epochs, loss on answers only.
+    Finetune(cmd::stage::FinetuneArgs),
     /// Run (or resume) a whole study: pretrain, cooldowns, fine-tunes, evals, report.
     Study(cmd::study::Args),
     /// Redraw the report of a study run directory.
@@ -57,6 +63,9 @@ fn main() {
         Command::Describe(a) => cmd::chat::describe(a),
         Command::Chat(a) => cmd::chat::chat(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Pretrain(a) => cmd::stage::pretrain(a),
+        Command::Cooldown(a) => cmd::stage::cooldown(a),
+        Command::Finetune(a) => cmd::stage::finetune(a),
         Command::Study(a) => cmd::study::run(a),
         Command::Report(a) => cmd::study::report(a),
         Command::Bench(c) => cmd::bench::run(c),

@@ -17,7 +17,10 @@ use crate::webdataset::{read_shard, WdsProblem};
 
 /// Captions of every sample in `shards` (in shard order), tokenized, with the sample keys in the same
 /// order. A malformed sample fails with its shard and member: training must not drop data silently.
-pub fn caption_texts(shards: &[PathBuf], tokenizer: &TextTokenizer) -> Result<(Vec<String>, Vec<ImageText>)> {
+pub fn caption_texts(
+    shards: &[PathBuf],
+    tokenizer: &TextTokenizer,
+) -> Result<(Vec<String>, Vec<ImageText>)> {
     let mut keys = Vec::new();
     let mut captions = Vec::new();
     for shard in shards {
@@ -29,24 +32,42 @@ pub fn caption_texts(shards: &[PathBuf], tokenizer: &TextTokenizer) -> Result<(V
         })?;
     }
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-    let texts = tokenizer.encode_batch(&refs).context("tokenizing captions")?.into_iter().map(ImageText::caption).collect();
+    let texts = tokenizer
+        .encode_batch(&refs)
+        .context("tokenizing captions")?
+        .into_iter()
+        .map(ImageText::caption)
+        .collect();
     Ok((keys, texts))
 }
 
 /// One LLaVA conversation rendered with the template above.
 pub fn conversation_text(record: &LlavaRecord, tokenizer: &TextTokenizer) -> Result<ImageText> {
-    let mut text = ImageText { tokens: Vec::new(), loss: Vec::new() };
+    let mut text = ImageText {
+        tokens: Vec::new(),
+        loss: Vec::new(),
+    };
     for (n, (human, gpt)) in record.exchanges().enumerate() {
         let question = human.replace(IMAGE_PLACEHOLDER, "");
-        let prompt = format!("{}Question: {}\nAnswer:", if n > 0 { "\n" } else { "" }, question.trim());
+        let prompt = format!(
+            "{}Question: {}\nAnswer:",
+            if n > 0 { "\n" } else { "" },
+            question.trim()
+        );
         let answer = format!(" {}", gpt.trim());
         for (part, trained) in [(prompt, false), (answer, true)] {
-            let ids = tokenizer.encode(&part).with_context(|| format!("conversation {}", record.id))?;
+            let ids = tokenizer
+                .encode(&part)
+                .with_context(|| format!("conversation {}", record.id))?;
             text.loss.extend(std::iter::repeat_n(trained, ids.len()));
             text.tokens.extend(ids);
         }
     }
-    anyhow::ensure!(!text.tokens.is_empty(), "conversation {} has no exchanges", record.id);
+    anyhow::ensure!(
+        !text.tokens.is_empty(),
+        "conversation {} has no exchanges",
+        record.id
+    );
     Ok(text)
 }
 
@@ -57,16 +78,39 @@ mod tests {
 
     #[test]
     fn only_answers_are_trained_and_the_placeholder_is_removed() {
-        let tok = TextTokenizer::train(["Question: What is it?\nAnswer: A red apple."; 30].iter().copied(), 300).unwrap();
-        let turn = |from: &str, value: &str| Turn { from: from.into(), value: value.into() };
+        let tok = TextTokenizer::train(
+            ["Question: What is it?\nAnswer: A red apple."; 30]
+                .iter()
+                .copied(),
+            300,
+        )
+        .unwrap();
+        let turn = |from: &str, value: &str| Turn {
+            from: from.into(),
+            value: value.into(),
+        };
         let record = LlavaRecord {
             id: "r1".into(),
             image: Some("a.png".into()),
-            conversations: vec![turn("human", "<image>\nWhat is it?"), turn("gpt", "A red apple."), turn("human", "What colour?"), turn("gpt", "Red.")],
+            conversations: vec![
+                turn("human", "<image>\nWhat is it?"),
+                turn("gpt", "A red apple."),
+                turn("human", "What colour?"),
+                turn("gpt", "Red."),
+            ],
         };
         let text = conversation_text(&record, &tok).unwrap();
-        let trained: Vec<u32> = text.tokens.iter().zip(&text.loss).filter(|(_, &l)| l).map(|(&t, _)| t).collect();
+        let trained: Vec<u32> = text
+            .tokens
+            .iter()
+            .zip(&text.loss)
+            .filter(|(_, &l)| l)
+            .map(|(&t, _)| t)
+            .collect();
         assert_eq!(tok.decode(&trained).unwrap(), " A red apple. Red.");
-        assert_eq!(tok.decode(&text.tokens).unwrap(), "Question: What is it?\nAnswer: A red apple.\nQuestion: What colour?\nAnswer: Red.");
+        assert_eq!(
+            tok.decode(&text.tokens).unwrap(),
+            "Question: What is it?\nAnswer: A red apple.\nQuestion: What colour?\nAnswer: Red."
+        );
     }
 }

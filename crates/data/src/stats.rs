@@ -60,11 +60,19 @@ impl DataStats {
 
     pub fn collect(layout: &DataLayout) -> Result<Self> {
         let manifest = read_manifest(layout)?;
-        let image_sizes = if layout.images_dir().join("train").is_dir() { Some(image_sizes(layout)?) } else { None };
+        let image_sizes = if layout.images_dir().join("train").is_dir() {
+            Some(image_sizes(layout)?)
+        } else {
+            None
+        };
         Ok(Self::from_manifest(layout, &manifest, image_sizes))
     }
 
-    fn from_manifest(layout: &DataLayout, manifest: &Manifest, image_sizes: Option<ImageSizes>) -> Self {
+    fn from_manifest(
+        layout: &DataLayout,
+        manifest: &Manifest,
+        image_sizes: Option<ImageSizes>,
+    ) -> Self {
         let text = manifest
             .text
             .sources
@@ -83,17 +91,38 @@ impl DataStats {
             .collect();
         let images = manifest.images.as_ref();
         let mut image_pairs = BTreeMap::new();
-        for source in images.and_then(|i| i.get("sources")).and_then(Value::as_array).into_iter().flatten() {
-            let name = source.get("source").and_then(Value::as_str).unwrap_or("?").to_string();
-            let count = |split: &str| source.get(split).and_then(Value::as_u64).unwrap_or(0) as usize;
-            image_pairs.insert(name, BTreeMap::from([("train".to_string(), count("train")), ("heldout".to_string(), count("heldout"))]));
+        for source in images
+            .and_then(|i| i.get("sources"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = source
+                .get("source")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            let count =
+                |split: &str| source.get(split).and_then(Value::as_u64).unwrap_or(0) as usize;
+            image_pairs.insert(
+                name,
+                BTreeMap::from([
+                    ("train".to_string(), count("train")),
+                    ("heldout".to_string(), count("heldout")),
+                ]),
+            );
         }
         let vl_eval = images
             .and_then(|i| i.get("eval_tasks"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|t| Some((t.get("task")?.as_str()?.to_string(), t.get("items")?.as_u64()? as usize)))
+            .filter_map(|t| {
+                Some((
+                    t.get("task")?.as_str()?.to_string(),
+                    t.get("items")?.as_u64()? as usize,
+                ))
+            })
             .collect();
         Self {
             prepared: layout.prepared.display().to_string(),
@@ -103,7 +132,10 @@ impl DataStats {
             tokenizer_vocab_size: manifest.tokenizer.vocab_size,
             text_eval: manifest.text_eval.clone(),
             image_pairs,
-            instruct_conversations: images.and_then(|i| i.get("instruct_conversations")).and_then(Value::as_u64).map(|n| n as usize),
+            instruct_conversations: images
+                .and_then(|i| i.get("instruct_conversations"))
+                .and_then(Value::as_u64)
+                .map(|n| n as usize),
             vl_eval,
             image_sizes,
             licences: LICENCES,
@@ -128,7 +160,10 @@ fn image_sizes(layout: &DataLayout) -> Result<ImageSizes> {
             Ok((sizes, problems))
         })
         .collect();
-    let mut stats = ImageSizes { min_side: u32::MAX, ..Default::default() };
+    let mut stats = ImageSizes {
+        min_side: u32::MAX,
+        ..Default::default()
+    };
     let mut counts: BTreeMap<(u32, u32), usize> = BTreeMap::new();
     for result in per_shard {
         let (sizes, problems) = result?;
@@ -150,22 +185,57 @@ fn image_sizes(layout: &DataLayout) -> Result<ImageSizes> {
     }
     let mut common: Vec<_> = counts.into_iter().collect();
     common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    stats.most_common = common.into_iter().take(5).map(|((w, h), n)| (format!("{w}x{h}"), n)).collect();
+    stats.most_common = common
+        .into_iter()
+        .take(5)
+        .map(|((w, h), n)| (format!("{w}x{h}"), n))
+        .collect();
     Ok(stats)
 }
 
 impl fmt::Display for DataStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "prepared data in {}", self.prepared)?;
-        writeln!(f, "text documents and tokens (tokenizer vocabulary {}):", self.tokenizer_vocab_size)?;
-        writeln!(f, "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}", "source", "train", "valid", "bytes", "train tok", "valid tok")?;
+        writeln!(
+            f,
+            "text documents and tokens (tokenizer vocabulary {}):",
+            self.tokenizer_vocab_size
+        )?;
+        writeln!(
+            f,
+            "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}",
+            "source", "train", "valid", "bytes", "train tok", "valid tok"
+        )?;
         let mut total = (0, 0, 0, 0u64, 0u64);
         for s in &self.text {
-            writeln!(f, "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}", s.source, s.documents_train, s.documents_validation, s.bytes, s.tokens_train, s.tokens_validation)?;
-            total = (total.0 + s.documents_train, total.1 + s.documents_validation, total.2 + s.bytes, total.3 + s.tokens_train, total.4 + s.tokens_validation);
+            writeln!(
+                f,
+                "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}",
+                s.source,
+                s.documents_train,
+                s.documents_validation,
+                s.bytes,
+                s.tokens_train,
+                s.tokens_validation
+            )?;
+            total = (
+                total.0 + s.documents_train,
+                total.1 + s.documents_validation,
+                total.2 + s.bytes,
+                total.3 + s.tokens_train,
+                total.4 + s.tokens_validation,
+            );
         }
-        writeln!(f, "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}", "total", total.0, total.1, total.2, total.3, total.4)?;
-        writeln!(f, "  removed: {} exact duplicates, {} too short", self.duplicates_removed, self.short_documents_removed)?;
+        writeln!(
+            f,
+            "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}",
+            "total", total.0, total.1, total.2, total.3, total.4
+        )?;
+        writeln!(
+            f,
+            "  removed: {} exact duplicates, {} too short",
+            self.duplicates_removed, self.short_documents_removed
+        )?;
         writeln!(f, "text eval items:")?;
         for (task, n) in &self.text_eval {
             writeln!(f, "  {task:<16} {n:>6}")?;
@@ -177,7 +247,11 @@ impl fmt::Display for DataStats {
             let heldout: usize = self.image_pairs.values().map(|s| s["heldout"]).sum();
             writeln!(f, "image-caption pairs: {train} train, {heldout} held out")?;
             for (source, splits) in &self.image_pairs {
-                writeln!(f, "  {source:<12} train {:>6}  heldout {:>5}", splits["train"], splits["heldout"])?;
+                writeln!(
+                    f,
+                    "  {source:<12} train {:>6}  heldout {:>5}",
+                    splits["train"], splits["heldout"]
+                )?;
             }
         }
         if let Some(n) = self.instruct_conversations {
@@ -190,7 +264,11 @@ impl fmt::Display for DataStats {
             }
         }
         if let Some(sizes) = &self.image_sizes {
-            let common: Vec<String> = sizes.most_common.iter().map(|(s, n)| format!("{s} ({n})")).collect();
+            let common: Vec<String> = sizes
+                .most_common
+                .iter()
+                .map(|(s, n)| format!("{s} ({n})"))
+                .collect();
             writeln!(f, "training image sizes: {} images, sides {}..{} px, mean {:.0}x{:.0}; most common {}", sizes.images, sizes.min_side, sizes.max_side, sizes.mean_width, sizes.mean_height, common.join(", "))?;
             for problem in &sizes.problems {
                 writeln!(f, "  problem: {problem}")?;
@@ -198,7 +276,11 @@ impl fmt::Display for DataStats {
         }
         writeln!(f, "licences:")?;
         for l in self.licences {
-            writeln!(f, "  {:<12} {:<24} {} [{}]", l.source, l.used_for, l.licence, l.package)?;
+            writeln!(
+                f,
+                "  {:<12} {:<24} {} [{}]",
+                l.source, l.used_for, l.licence, l.package
+            )?;
         }
         Ok(())
     }

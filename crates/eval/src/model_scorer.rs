@@ -27,11 +27,11 @@ const MAX_ROWS: usize = 16;
 const LOGITS_BUDGET: usize = 64 << 20;
 
 /// The network being scored.
+#[allow(clippy::large_enum_variant)] // one per scorer, never moved in a loop: boxing would buy nothing
 pub enum ScoredModel {
     /// No projector: text items only.
     Text(Lm),
-    /// Boxed: a VLM carries the projector and its buffers besides the LM.
-    Vision(Box<Vlm>),
+    Vision(Vlm),
 }
 
 impl ScoredModel {
@@ -211,7 +211,7 @@ impl ModelScorer {
             let shape = file.f32(FC1_WEIGHT)?.shape;
             ensure!(shape.len() == 2, "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]", weights.display());
             let (vlm, params) = vlmix_train::stages::load_vlm(&config, shape[1], &checkpoint)?;
-            (ScoredModel::Vision(Box::new(vlm)), params)
+            (ScoredModel::Vision(vlm), params)
         } else {
             let mut params = ParamStore::new();
             let lm = Lm::new(config, &mut params, 0)?;

@@ -126,7 +126,7 @@ impl Fixture {
 
     fn vision_scorer(&self) -> ModelScorer {
         let (vlm, params) = new_vlm();
-        ModelScorer::new(ScoredModel::Vision(Box::new(vlm)), params, tokenizer(), Some(self.features())).unwrap()
+        ModelScorer::new(ScoredModel::Vision(vlm), params, tokenizer(), Some(self.features())).unwrap()
     }
 }
 
@@ -344,7 +344,7 @@ fn text_only_model_refuses_image_items_naming_the_task() {
 fn vision_model_without_an_encoder_says_so() {
     let fx = Fixture::new();
     let (vlm, params) = new_vlm();
-    let mut scorer = ModelScorer::new(ScoredModel::Vision(Box::new(vlm)), params, tokenizer(), None).unwrap();
+    let mut scorer = ModelScorer::new(ScoredModel::Vision(vlm), params, tokenizer(), None).unwrap();
     let err = format!("{:#}", scorer.generate(Some(&fx.image("red.png")), "<image>", 3).unwrap_err());
     assert!(err.contains("encoder"), "{err}");
 }
@@ -433,7 +433,7 @@ fn encoder_width_must_match_the_projector() {
     let fx = Fixture::new();
     let mut params = ParamStore::new();
     let vlm = Vlm::new(config(), FEATURE_WIDTH + 1, &mut params, SEED).unwrap();
-    let err = ModelScorer::new(ScoredModel::Vision(Box::new(vlm)), params, tokenizer(), Some(fx.features())).err().unwrap();
+    let err = ModelScorer::new(ScoredModel::Vision(vlm), params, tokenizer(), Some(fx.features())).err().unwrap();
     assert!(err.to_string().contains("width"), "{err}");
 }
 

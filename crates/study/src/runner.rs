@@ -19,7 +19,7 @@ use vlmix_train::schedule::{cooldown_schedule, WarmupCosine};
 use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start};
 use vlmix_train::validation::ValidationSet;
 
-use crate::config::StudyConfig;
+use crate::config::{GridPoint, StudyConfig};
 use crate::executor::{NodeRunner, StudyDir};
 use crate::plan::{Node, NodeKind};
 use crate::progress::StudyProgress;
@@ -102,12 +102,12 @@ impl<'a> StudyRunner<'a> {
         Ok(Self { config, layout, tokenizer, model, train_docs, validation, encoder, cache, corpus: None, progress: StudyProgress::new(quiet) })
     }
 
-    fn corpus_path(study: &StudyDir) -> PathBuf {
-        study.root.join("image_corpus.json")
+    fn corpus_path(root: &Path) -> PathBuf {
+        root.join("image_corpus.json")
     }
 
     /// Encodes every training image into the feature cache and tokenizes captions and conversations.
-    fn build_corpus(&mut self, study: &StudyDir) -> Result<serde_json::Value> {
+    pub fn build_corpus(&mut self, root: &Path) -> Result<serde_json::Value> {
         let instruct = self.layout.instruct_dir().join("llava_instruct.json");
         let mut seen = 0u64;
         let progress = &self.progress;
@@ -115,15 +115,18 @@ impl<'a> StudyRunner<'a> {
             seen += n as u64;
             progress.advance(seen, seen);
         })?;
-        let path = Self::corpus_path(study);
+        let path = Self::corpus_path(root);
         corpus.save(&path)?;
-        Ok(json!({ "corpus": rel(&study.root, &path), "captions": corpus.captions.len(), "conversations": corpus.instruct.len(), "cache_hits": self.cache.stats().hits, "cache_misses": self.cache.stats().misses }))
+        Ok(json!({ "corpus": rel(root, &path), "captions": corpus.captions.len(), "conversations": corpus.instruct.len(), "cache_hits": self.cache.stats().hits, "cache_misses": self.cache.stats().misses }))
     }
 
-    /// The image corpus the `image-corpus` node wrote, loaded once.
-    fn corpus(&mut self, study: &StudyDir) -> Result<&ImageCorpus> {
+    /// The image corpus under `root` (written by the `image-corpus` node, or built now), loaded once.
+    fn corpus(&mut self, root: &Path) -> Result<&ImageCorpus> {
         if self.corpus.is_none() {
-            self.corpus = Some(ImageCorpus::load(&Self::corpus_path(study))?);
+            if !Self::corpus_path(root).is_file() {
+                self.build_corpus(root)?;
+            }
+            self.corpus = Some(ImageCorpus::load(&Self::corpus_path(root))?);
         }
         Ok(self.corpus.as_ref().expect("set above"))
     }
@@ -136,7 +139,8 @@ impl<'a> StudyRunner<'a> {
         self.validation.bits_per_byte(&mut lm, &params)
     }
 
-    fn pretrain(&mut self, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    /// Text pre-training in `dir`, with validation bits-per-byte at init and every kept fraction.
+    pub fn pretrain(&mut self, dir: &Path, root: &Path) -> Result<serde_json::Value> {
         let p = &self.config.pretrain;
         let spec = PretrainSpec {
             model: self.model.clone(),
@@ -157,12 +161,12 @@ impl<'a> StudyRunner<'a> {
         for (fraction, ckpt) in &outcome.checkpoints {
             params.load_safetensors(&stages::weights_of(ckpt))?;
             curve.push(json!({"fraction": fraction, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
-            checkpoints.insert(format!("{fraction}"), json!(rel(&study.root, ckpt)));
+            checkpoints.insert(format!("{fraction}"), json!(rel(root, ckpt)));
         }
         Ok(json!({ "checkpoints": checkpoints, "validation_bpb": curve, "tokens": outcome.run.tokens, "steps": outcome.run.steps }))
     }
 
-    fn cooldown(&mut self, point: &crate::config::GridPoint, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    fn cooldown_node(&mut self, point: &GridPoint, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
         let pretrain = study.done("pretrain")?.context("pretrain is not finished")?;
         let start = if point.fraction <= 0.0 {
             Start::Scratch
@@ -173,6 +177,11 @@ impl<'a> StudyRunner<'a> {
                 .with_context(|| format!("no pre-training checkpoint at fraction {}", point.fraction))?;
             Start::TextCheckpoint(output_path(study, &pretrain.outputs, &format!("/checkpoints/{key}"))?)
         };
+        self.cooldown(point, start, seed, dir, &study.root)
+    }
+
+    /// Image-text cooldown at `point` from `start`, in `dir`.
+    pub fn cooldown(&mut self, point: &GridPoint, start: Start, seed: u64, dir: &Path, root: &Path) -> Result<serde_json::Value> {
         let c = &self.config.cooldown;
         let steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
         let fresh = WarmupCosine { peak: c.fresh_peak_lr, floor: self.config.pretrain.min_lr, warmup_steps: c.fresh_warmup_steps, total_steps: steps };
@@ -189,12 +198,12 @@ impl<'a> StudyRunner<'a> {
         };
         let docs = self.train_docs.clone();
         let special = self.tokenizer.special;
-        self.corpus(study)?;
+        self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
         let outcome = stages::cooldown(&spec, docs, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
         let final_ckpt = outcome.kept.last().map(|k| k.1.clone()).context("cooldown kept no checkpoint")?;
         Ok(json!({
-            "checkpoint": rel(&study.root, &final_ckpt),
+            "checkpoint": rel(root, &final_ckpt),
             "fresh_schedule": spec.schedule.is_fresh(),
             "tokens": outcome.tokens,
             "image_tokens": outcome.image_tokens,
@@ -202,12 +211,17 @@ impl<'a> StudyRunner<'a> {
         }))
     }
 
-    fn finetune(&mut self, cooldown: &str, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    fn finetune_node(&mut self, cooldown: &str, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
         let done = study.done(cooldown)?.with_context(|| format!("{cooldown} is not finished"))?;
+        self.finetune(output_path(study, &done.outputs, "/checkpoint")?, seed, dir, &study.root)
+    }
+
+    /// Instruction fine-tuning of the VLM checkpoint `start`, in `dir`.
+    pub fn finetune(&mut self, start: PathBuf, seed: u64, dir: &Path, root: &Path) -> Result<serde_json::Value> {
         let f = &self.config.finetune;
         let spec = FinetuneSpec {
             model: self.model.clone(),
-            start: output_path(study, &done.outputs, "/checkpoint")?,
+            start,
             epochs: f.epochs,
             max_examples: f.max_examples,
             batch_size: f.batch_size,
@@ -217,10 +231,10 @@ impl<'a> StudyRunner<'a> {
             seed,
         };
         let special = self.tokenizer.special;
-        self.corpus(study)?;
+        self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
         let outcome = stages::finetune(&spec, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
-        let epochs: serde_json::Map<String, serde_json::Value> = outcome.epochs.iter().map(|(e, d)| (e.to_string(), json!(rel(&study.root, d)))).collect();
+        let epochs: serde_json::Map<String, serde_json::Value> = outcome.epochs.iter().map(|(e, d)| (e.to_string(), json!(rel(root, d)))).collect();
         Ok(json!({ "epochs": epochs, "tokens": outcome.run.tokens }))
     }
 }
@@ -229,10 +243,10 @@ impl NodeRunner for StudyRunner<'_> {
     fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
         self.progress.start_node(&node.id, 0);
         match &node.kind {
-            NodeKind::ImageCorpus => self.build_corpus(study),
-            NodeKind::Pretrain => self.pretrain(dir, study),
-            NodeKind::Cooldown { point, seed } => self.cooldown(point, *seed, dir, study),
-            NodeKind::Finetune { cooldown, seed } => self.finetune(cooldown, *seed, dir, study),
+            NodeKind::ImageCorpus => self.build_corpus(&study.root),
+            NodeKind::Pretrain => self.pretrain(dir, &study.root),
+            NodeKind::Cooldown { point, seed } => self.cooldown_node(point, *seed, dir, study),
+            NodeKind::Finetune { cooldown, seed } => self.finetune_node(cooldown, *seed, dir, study),
             NodeKind::Eval { finetune, epoch } => crate::evaluation::evaluate_node(self, finetune, *epoch, dir, study),
         }
     }

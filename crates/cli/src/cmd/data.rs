@@ -85,21 +85,40 @@ pub fn run(cmd: DataCommand) -> Result<()> {
 }
 
 fn run_prepare(args: PrepareArgs) -> Result<()> {
-    anyhow::ensure!((0.0..1.0).contains(&args.validation_fraction), "--validation-fraction must be in [0, 1), got {}", args.validation_fraction);
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.validation_fraction),
+        "--validation-fraction must be in [0, 1), got {}",
+        args.validation_fraction
+    );
     let layout = DataLayout::from_env(args.out.as_deref())?;
     let options = PrepareOptions {
-        corpus: CorpusOptions { validation_fraction: args.validation_fraction, ..CorpusOptions::default() },
+        corpus: CorpusOptions {
+            validation_fraction: args.validation_fraction,
+            ..CorpusOptions::default()
+        },
         vocab_size: args.vocab_size,
         tokenizer: args.tokenizer,
         tokenizer_sample_bytes: args.tokenizer_sample_mb << 20,
         text_sources: args.text_sources,
         images: !args.no_images,
-        image_config: ImageConfig { max_side: args.image_max_side, ..ImageConfig::default() },
+        image_config: ImageConfig {
+            max_side: args.image_max_side,
+            ..ImageConfig::default()
+        },
     };
     let started = std::time::Instant::now();
     let manifest = prepare(&layout, &options)?;
-    let docs: usize = manifest.text.sources.values().map(|s| s.train.documents + s.validation.documents).sum();
-    let tokens: u64 = manifest.tokens.values().map(|t| t.train + t.validation).sum();
+    let docs: usize = manifest
+        .text
+        .sources
+        .values()
+        .map(|s| s.train.documents + s.validation.documents)
+        .sum();
+    let tokens: u64 = manifest
+        .tokens
+        .values()
+        .map(|t| t.train + t.validation)
+        .sum();
     let eval: usize = manifest.text_eval.values().sum();
     println!(
         "prepared {} in {:.0}s: {docs} text documents, {tokens} tokens (vocabulary {}), {eval} text eval items{}",
@@ -125,24 +144,47 @@ fn run_inspect(paths: &[PathBuf]) -> Result<()> {
 }
 
 fn inspect_one(path: &Path) -> Result<(String, usize)> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     if name.ends_with(".tokens") {
         return Ok(match TokenShard::open(path) {
             Ok(shard) => {
                 let problems = shard.check_token_ids();
-                let mut text = format!("{}: token shard\n  {} documents, {} tokens, vocabulary {}", path.display(), shard.n_docs(), shard.n_tokens(), shard.vocab_size());
+                let mut text = format!(
+                    "{}: token shard\n  {} documents, {} tokens, vocabulary {}",
+                    path.display(),
+                    shard.n_docs(),
+                    shard.n_tokens(),
+                    shard.vocab_size()
+                );
                 for p in &problems {
                     text.push_str(&format!("\n  problem: {p}"));
                 }
                 (text, problems.len())
             }
-            Err(e) => (format!("{}: token shard\n  problem: {e:#}", path.display()), 1),
+            Err(e) => (
+                format!("{}: token shard\n  problem: {e:#}", path.display()),
+                1,
+            ),
         });
     }
     if name == "tokenizer.json" {
         return Ok(match TextTokenizer::load(path) {
-            Ok(tok) => (format!("{}: tokenizer\n  vocabulary {}, special ids {:?}", path.display(), tok.vocab_size(), tok.special), 0),
-            Err(e) => (format!("{}: tokenizer\n  problem: {e:#}", path.display()), 1),
+            Ok(tok) => (
+                format!(
+                    "{}: tokenizer\n  vocabulary {}, special ids {:?}",
+                    path.display(),
+                    tok.vocab_size(),
+                    tok.special
+                ),
+                0,
+            ),
+            Err(e) => (
+                format!("{}: tokenizer\n  problem: {e:#}", path.display()),
+                1,
+            ),
         });
     }
     let report = vlmix_data::inspect::inspect_path(path)?;

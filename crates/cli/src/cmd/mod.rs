@@ -3,5 +3,6 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod encode;
+pub mod stage;
 pub mod study;
 pub mod eval;

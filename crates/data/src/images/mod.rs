@@ -306,7 +306,7 @@ fn write_shards(dir: &Path, records: &[&ImageRecord], per_shard: usize) -> Resul
             }
             let bytes = shard.finish()?;
             let path = dir.join(format!("shard-{index:06}.tar"));
-            write_synced(&path, &bytes)?;
+            write_file(&path, &bytes)?;
             Ok(ShardSummary { path, samples: chunk.len(), bytes: bytes.len() })
         })
         .collect()
@@ -315,13 +315,24 @@ fn write_shards(dir: &Path, records: &[&ImageRecord], per_shard: usize) -> Resul
 fn write_files<'a>(dir: &Path, files: impl Iterator<Item = (String, &'a [u8])>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let files: Vec<(String, &[u8])> = files.collect();
-    files.par_iter().try_for_each(|(name, bytes)| write_synced(&dir.join(name), bytes))
+    files.par_iter().try_for_each(|(name, bytes)| write_file(&dir.join(name), bytes))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", path.display()))
+/// Plain write: the staging folder is flushed as a whole by [`sync_filesystem`] before it is
+/// swapped in (an fsync per file costs ~3 ms, over a minute for the ~27,000 image files).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Flushes every written file of the filesystem holding `dir` to disk (Linux `syncfs`).
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("flushing {} to disk", dir.display()));
+    }
+    Ok(())
 }
 
 /// Builds `target` in a staging folder beside it and swaps it in, so a killed run leaves either
@@ -342,7 +353,7 @@ fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<
         let _ = std::fs::remove_dir_all(&staging);
         return Err(err);
     }
-    vlmix_engine::atomic_file::sync_dir(&staging)?;
+    sync_filesystem(&staging)?;
     if target.exists() {
         std::fs::rename(target, &old).with_context(|| format!("moving aside {}", target.display()))?;
     }

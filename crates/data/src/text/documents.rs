@@ -33,7 +33,8 @@ pub fn write_documents(path: &Path, documents: &[Document]) -> Result<()> {
             serde_json::to_writer(&mut out, doc)?;
             out.write_all(b"\n")?;
         }
-        out.flush().with_context(|| format!("write {}", temp.display()))
+        out.flush()
+            .with_context(|| format!("write {}", temp.display()))
     })
 }
 
@@ -51,14 +52,23 @@ pub fn parse_document_line(line: &str) -> std::result::Result<Document, String> 
 
 /// Visits every line of a documents file: a good document or the problem with that line (1-based).
 /// Blank lines are allowed (trailing newline); I/O errors abort with the file name.
-pub fn visit_documents(path: &Path, mut visit: impl FnMut(std::result::Result<Document, LineProblem>) -> Result<()>) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("open documents file {}", path.display()))?;
+pub fn visit_documents(
+    path: &Path,
+    mut visit: impl FnMut(std::result::Result<Document, LineProblem>) -> Result<()>,
+) -> Result<()> {
+    let file =
+        File::open(path).with_context(|| format!("open documents file {}", path.display()))?;
     for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: not readable UTF-8 text", path.display(), index + 1))?;
+        let line = line.with_context(|| {
+            format!("{}:{}: not readable UTF-8 text", path.display(), index + 1)
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        visit(parse_document_line(&line).map_err(|message| LineProblem { line: index + 1, message }))?;
+        visit(parse_document_line(&line).map_err(|message| LineProblem {
+            line: index + 1,
+            message,
+        }))?;
     }
     Ok(())
 }
@@ -81,7 +91,11 @@ mod tests {
     use super::*;
 
     fn doc(id: &str, text: &str) -> Document {
-        Document { id: id.into(), source: "test".into(), text: text.into() }
+        Document {
+            id: id.into(),
+            source: "test".into(),
+            text: text.into(),
+        }
     }
 
     #[test]
@@ -108,12 +122,17 @@ mod tests {
         let path = dir.path().join("missing.jsonl");
         std::fs::write(&path, "\n{\"id\":\"a\",\"source\":\"s\"}\n").unwrap();
         let err = read_documents(&path).unwrap_err().to_string();
-        assert!(err.contains("missing.jsonl:2:") && err.contains("missing field `text`"), "{err}");
+        assert!(
+            err.contains("missing.jsonl:2:") && err.contains("missing field `text`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn extra_fields_from_other_tools_are_accepted() {
-        let doc = parse_document_line(r#"{"id":"x","source":"dclm","text":"t","url":"u","score":0.9}"#).unwrap();
+        let doc =
+            parse_document_line(r#"{"id":"x","source":"dclm","text":"t","url":"u","score":0.9}"#)
+                .unwrap();
         assert_eq!(doc.text, "t");
     }
 }

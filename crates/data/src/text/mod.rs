@@ -27,7 +27,10 @@ pub struct CorpusOptions {
 
 impl Default for CorpusOptions {
     fn default() -> Self {
-        Self { validation_fraction: 0.02, min_chars: 24 }
+        Self {
+            validation_fraction: 0.02,
+            min_chars: 24,
+        }
     }
 }
 
@@ -58,22 +61,39 @@ pub struct Corpus {
 }
 
 /// Reads, cleans, deduplicates and splits the given sources and writes both splits' JSONL files.
-pub fn build_corpus(layout: &DataLayout, sources: &[&TextSource], options: CorpusOptions) -> Result<Corpus> {
+pub fn build_corpus(
+    layout: &DataLayout,
+    sources: &[&TextSource],
+    options: CorpusOptions,
+) -> Result<Corpus> {
     let mut all = Vec::new();
     for source in sources {
         let started = std::time::Instant::now();
         let docs = source.read(layout)?;
-        tracing::info!(source = source.name, documents = docs.len(), seconds = started.elapsed().as_secs_f32(), "read text source");
+        tracing::info!(
+            source = source.name,
+            documents = docs.len(),
+            seconds = started.elapsed().as_secs_f32(),
+            "read text source"
+        );
         all.extend(docs);
     }
     let removed = dedup_exact(&mut all, options.min_chars);
-    let mut report = CorpusReport { removed, ..Default::default() };
-    let (validation, train): (Vec<Document>, Vec<Document>) =
-        all.into_iter().partition(|d| split::is_validation(&d.id, options.validation_fraction));
+    let mut report = CorpusReport {
+        removed,
+        ..Default::default()
+    };
+    let (validation, train): (Vec<Document>, Vec<Document>) = all
+        .into_iter()
+        .partition(|d| split::is_validation(&d.id, options.validation_fraction));
     for (docs, is_val) in [(&train, false), (&validation, true)] {
         for doc in docs.iter() {
             let counts = report.sources.entry(doc.source.clone()).or_default();
-            let split = if is_val { &mut counts.validation } else { &mut counts.train };
+            let split = if is_val {
+                &mut counts.validation
+            } else {
+                &mut counts.train
+            };
             split.documents += 1;
             split.bytes += doc.text.len();
         }
@@ -81,5 +101,9 @@ pub fn build_corpus(layout: &DataLayout, sources: &[&TextSource], options: Corpu
     std::fs::create_dir_all(layout.text_dir())?;
     write_documents(&layout.text_documents("train"), &train)?;
     write_documents(&layout.text_documents("validation"), &validation)?;
-    Ok(Corpus { train, validation, report })
+    Ok(Corpus {
+        train,
+        validation,
+        report,
+    })
 }
