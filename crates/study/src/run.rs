@@ -45,8 +45,10 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<Option<PathBuf>> 
 fn pin_config(study: &StudyDir, config: &StudyConfig) -> Result<()> {
     let path = study.root.join("study.json");
     let text = serde_json::to_string_pretty(config)?;
+    // Compared as configs, not as text, so fields added to the format later (with defaults) still match.
+    let same = |old: &str| serde_json::from_str::<StudyConfig>(old).is_ok_and(|old| serde_json::to_string_pretty(&old).is_ok_and(|t| t == text));
     match std::fs::read_to_string(&path) {
-        Ok(old) if old == text => Ok(()),
+        Ok(old) if same(&old) => Ok(()),
         Ok(_) => bail!(
             "{} holds a study with a different config ({}); use another --out directory",
             study.root.display(),
