@@ -138,7 +138,7 @@ pub fn rasterize_path(d: &str, size: u32) -> Result<RgbImage> {
     let tree = usvg::Tree::from_data(probe.as_bytes(), &usvg::Options::default()).context("malformed SVG path")?;
     let bounds = tree.root().abs_stroke_bounding_box();
     let extent = bounds.width().max(bounds.height());
-    if !(extent > 0.0) {
+    if extent.is_nan() || extent <= 0.0 {
         bail!("path {d:?} draws nothing");
     }
     let stroke = extent * 0.03;

@@ -1,45 +1,16 @@
-//! The text that follows an image in a training sequence, built from the standard formats: captions of
-//! WebDataset shards and LLaVA conversations. The mixing sampler only needs these token ids (to count
-//! and pack); the trainer fetches the image itself by the example's index.
+//! The text that follows an image in a training sequence when it is a LLaVA conversation.
 //!
-//! Conversations are rendered with one fixed template, shared by mixing and fine-tuning so the model
-//! sees the same format in both: for each exchange `"Question: {human}\nAnswer: {gpt}"` followed by a
-//! newline between exchanges (the `<image>` placeholder is removed: the image tokens already precede the
-//! text, as in the paper). Only the answer tokens are trained (LLaVA's masking of human turns).
-use std::path::PathBuf;
-
+//! Conversations are rendered with one fixed template, shared by the cooldown mix and fine-tuning and
+//! identical to the frame evaluation asks in (`vlmix_eval::prompt::DEFAULT_VL_TEMPLATE` without its
+//! `<image>` marker): each exchange is `"\nQuestion: {human}\nAnswer:"` then `" {gpt}\n"`. The image
+//! tokens already precede the text (as in the paper), so the placeholder is removed. Only the answers
+//! and their closing newline are trained (LLaVA's masking of human turns); the newline teaches the
+//! model where an answer ends, which is where generation stops.
 use anyhow::{Context, Result};
 
 use crate::llava::{LlavaRecord, IMAGE_PLACEHOLDER};
 use crate::packing::ImageText;
 use crate::tokenizer::TextTokenizer;
-use crate::webdataset::{read_shard, WdsProblem};
-
-/// Captions of every sample in `shards` (in shard order), tokenized, with the sample keys in the same
-/// order. A malformed sample fails with its shard and member: training must not drop data silently.
-pub fn caption_texts(
-    shards: &[PathBuf],
-    tokenizer: &TextTokenizer,
-) -> Result<(Vec<String>, Vec<ImageText>)> {
-    let mut keys = Vec::new();
-    let mut captions = Vec::new();
-    for shard in shards {
-        read_shard(shard, |item| {
-            let sample = item.map_err(|p: WdsProblem| anyhow::anyhow!("{p}"))?;
-            keys.push(sample.key);
-            captions.push(sample.caption);
-            Ok(())
-        })?;
-    }
-    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-    let texts = tokenizer
-        .encode_batch(&refs)
-        .context("tokenizing captions")?
-        .into_iter()
-        .map(ImageText::caption)
-        .collect();
-    Ok((keys, texts))
-}
 
 /// One LLaVA conversation rendered with the template above.
 pub fn conversation_text(record: &LlavaRecord, tokenizer: &TextTokenizer) -> Result<ImageText> {
@@ -47,14 +18,10 @@ pub fn conversation_text(record: &LlavaRecord, tokenizer: &TextTokenizer) -> Res
         tokens: Vec::new(),
         loss: Vec::new(),
     };
-    for (n, (human, gpt)) in record.exchanges().enumerate() {
+    for (human, gpt) in record.exchanges() {
         let question = human.replace(IMAGE_PLACEHOLDER, "");
-        let prompt = format!(
-            "{}Question: {}\nAnswer:",
-            if n > 0 { "\n" } else { "" },
-            question.trim()
-        );
-        let answer = format!(" {}", gpt.trim());
+        let prompt = format!("\nQuestion: {}\nAnswer:", question.trim());
+        let answer = format!(" {}\n", gpt.trim());
         for (part, trained) in [(prompt, false), (answer, true)] {
             let ids = tokenizer
                 .encode(&part)
@@ -107,10 +74,10 @@ mod tests {
             .filter(|(_, &l)| l)
             .map(|(&t, _)| t)
             .collect();
-        assert_eq!(tok.decode(&trained).unwrap(), " A red apple. Red.");
+        assert_eq!(tok.decode(&trained).unwrap(), " A red apple.\n Red.\n");
         assert_eq!(
             tok.decode(&text.tokens).unwrap(),
-            "Question: What is it?\nAnswer: A red apple.\nQuestion: What colour?\nAnswer: Red."
+            "\nQuestion: What is it?\nAnswer: A red apple.\n\nQuestion: What colour?\nAnswer: Red.\n"
         );
     }
 }

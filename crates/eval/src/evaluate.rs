@@ -234,8 +234,14 @@ fn score_task(scorer: &mut dyn Scorer, task: &Task, options: &EvalOptions, tick:
 
 fn score_text_item(scorer: &mut dyn Scorer, item: &TextChoiceItem, tally: &mut Tally) -> Result<()> {
     let continuations: Vec<String> = item.choices.iter().map(|c| continuation(c)).collect();
-    let lls = scorer.loglikelihoods(None, &item.context, &continuations)?;
-    let sums: Vec<f64> = lls.iter().map(|l| l.sum_logprob).collect();
+    let sums: Vec<f64> = match &item.contexts {
+        None => scorer.loglikelihoods(None, &item.context, &continuations)?.iter().map(|l| l.sum_logprob).collect(),
+        Some(contexts) => contexts
+            .iter()
+            .zip(&continuations)
+            .map(|(context, cont)| scorer.loglikelihood(None, context, cont).map(|l| l.sum_logprob))
+            .collect::<Result<_>>()?,
+    };
     tally.add_choice(&item.id, &item.choices, item.gold, &sums, item.chance)
 }
 

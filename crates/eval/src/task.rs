@@ -42,11 +42,13 @@ pub struct VlItem {
     pub chance: f64,
 }
 
-/// One text multiple-choice item: continuation `" " + choices[i]` scored after `context`.
+/// One text multiple-choice item: continuation `" " + choices[i]` scored after `context`, or after
+/// `contexts[i]` when the task varies the context per choice (Winogrande's partial evaluation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextChoiceItem {
     pub id: String,
     pub context: String,
+    pub contexts: Option<Vec<String>>,
     pub choices: Vec<String>,
     pub gold: usize,
     pub chance: f64,
@@ -215,7 +217,21 @@ fn parse_text(obj: &Map<String, Value>, id: String) -> Result<TextChoiceItem> {
         bail!("field `gold`: index {gold} is out of range for {} choices", choices.len());
     }
     let chance = chance_field(obj, 1.0 / choices.len() as f64)?;
-    Ok(TextChoiceItem { id, context, choices, gold, chance })
+    let contexts = match obj.get("contexts") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(values)) => {
+            let contexts: Vec<String> = values
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("field `contexts`: {v} is not a string")))
+                .collect::<Result<_>>()?;
+            if contexts.len() != choices.len() {
+                bail!("field `contexts`: {} contexts for {} choices", contexts.len(), choices.len());
+            }
+            Some(contexts)
+        }
+        Some(other) => bail!("field `contexts`: expected a list of strings, got {other}"),
+    };
+    Ok(TextChoiceItem { id, context, contexts, choices, gold, chance })
 }
 
 fn id_field(obj: &Map<String, Value>) -> Result<String> {

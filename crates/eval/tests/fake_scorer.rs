@@ -189,6 +189,23 @@ fn text_multiple_choice_reports_acc_and_acc_norm_like_lm_eval() {
 }
 
 #[test]
+fn per_choice_contexts_score_each_choice_after_its_own_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let item = |contexts: serde_json::Value| {
+        serde_json::json!({"id": "w", "task": "winogrande", "context": "", "contexts": contexts, "choices": ["got the cases.", "got the cases."], "gold": 1})
+    };
+    let file = write(dir.path(), "wino.jsonl", &[item(serde_json::json!(["Sarah was better so Sarah", "Sarah was better so Maria"]))]);
+    let tasks = load_task_file(&file).unwrap();
+    let mut scorer = FakeScorer::default();
+    evaluate(&mut scorer, &tasks, None, &EvalOptions::default()).unwrap();
+    assert_eq!(scorer.contexts, ["Sarah was better so Sarah", "Sarah was better so Maria"]);
+
+    let bad = write(dir.path(), "bad.jsonl", &[item(serde_json::json!(["only one"]))]);
+    let err = format!("{:#}", load_task_file(&bad).unwrap_err());
+    assert!(err.contains("bad.jsonl:1") && err.contains("contexts"), "{err}");
+}
+
+#[test]
 fn limit_takes_the_first_items_of_each_task() {
     let dir = tempfile::tempdir().unwrap();
     let line = |id: &str, gold: usize| serde_json::json!({"id": id, "task": "t", "context": "c", "choices": ["x", "y"], "gold": gold});

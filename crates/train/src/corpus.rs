@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
+use vlmix_data::image_texts::conversation_text;
 use vlmix_data::llava::LlavaSet;
 use vlmix_data::packing::ImageText;
 use vlmix_data::tokenizer::TextTokenizer;
@@ -16,12 +17,6 @@ use vlmix_data::webdataset;
 use vlmix_engine::atomic_file::write_atomic;
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::{image_key, FeatureCache, ImageKey};
-
-/// How conversation turns are laid out after the image; the same frame eval asks questions in
-/// (`vlmix_eval::prompt::DEFAULT_VL_TEMPLATE`), so a fine-tuned model answers in the format it is asked.
-pub fn conversation_turn(question: &str) -> String {
-    format!("\nQuestion: {question}\nAnswer:")
-}
 
 /// One image with the text that follows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -58,21 +53,6 @@ pub struct ImageCorpus {
 fn caption_example(key: ImageKey, caption: &str, tokenizer: &TextTokenizer) -> Result<ImageExample> {
     let tokens = tokenizer.encode(caption.trim())?;
     Ok(ImageExample { key: hex::encode(key), loss: vec![true; tokens.len()], tokens })
-}
-
-/// A conversation: questions framed as eval frames them, loss only on the answers (and their newline).
-fn conversation_example(key: ImageKey, exchanges: &[(String, String)], tokenizer: &TextTokenizer) -> Result<ImageExample> {
-    let (mut tokens, mut loss) = (Vec::new(), Vec::new());
-    for (question, answer) in exchanges {
-        let question = question.replace(vlmix_data::llava::IMAGE_PLACEHOLDER, "");
-        let prompt = tokenizer.encode(&conversation_turn(question.trim()))?;
-        loss.extend(std::iter::repeat_n(false, prompt.len()));
-        tokens.extend(prompt);
-        let reply = tokenizer.encode(&format!(" {}\n", answer.trim()))?;
-        loss.extend(std::iter::repeat_n(true, reply.len()));
-        tokens.extend(reply);
-    }
-    Ok(ImageExample { key: hex::encode(key), tokens, loss })
 }
 
 /// Encodes images in chunks through the cache (computing misses) and returns their keys.
@@ -137,9 +117,9 @@ impl ImageCorpus {
                     images.push(vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("{}:{line}: decoding {}", file.display(), path.display()))?);
                 }
                 let keys = cache_features(cache, encoder, &images)?;
-                for (key, (_, record)) in keys.into_iter().zip(chunk) {
-                    let exchanges: Vec<(String, String)> = record.exchanges().map(|(q, a)| (q.to_string(), a.to_string())).collect();
-                    instruct.push(conversation_example(key, &exchanges, tokenizer)?);
+                for (key, (line, record)) in keys.into_iter().zip(chunk) {
+                    let text = conversation_text(record, tokenizer).with_context(|| format!("{}:{line}", file.display()))?;
+                    instruct.push(ImageExample { key: hex::encode(key), tokens: text.tokens, loss: text.loss });
                 }
                 on_progress(chunk.len());
             }
@@ -155,21 +135,5 @@ impl ImageCorpus {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading image corpus {}", path.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing image corpus {}", path.display()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conversations_train_only_on_answers() {
-        let tokenizer = TextTokenizer::train(["Question: what is it? Answer: a cat and a dog"].into_iter(), 300).unwrap();
-        let ex = conversation_example([7; 32], &[("<image>\nwhat is it?".into(), "a cat".into()), ("and?".into(), "a dog".into())], &tokenizer).unwrap();
-        let trained: Vec<u32> = ex.tokens.iter().zip(&ex.loss).filter(|(_, &l)| l).map(|(&t, _)| t).collect();
-        assert_eq!(tokenizer.decode(&trained).unwrap(), " a cat\n a dog\n");
-        let all = tokenizer.decode(&ex.tokens).unwrap();
-        assert_eq!(all, "\nQuestion: what is it?\nAnswer: a cat\n\nQuestion: and?\nAnswer: a dog\n");
-        assert_eq!(ex.cache_key().unwrap(), [7; 32]);
     }
 }
