@@ -268,10 +268,18 @@ impl ModelScorer {
     }
 
     /// A scoring row for `continuation` after the image slots and `context`, keeping the newest
-    /// context that fits the window.
+    /// context that fits the window. A continuation longer than the window itself is scored on its
+    /// tail only: its head joins the context, as a rolling window would see it.
     fn scoring_row(&self, n_image: usize, context: &[u32], continuation: Vec<u32>) -> Result<Row> {
         // Inputs hold everything but the last continuation token; at least one position must precede
         // the first continuation token (an image slot or a context token).
+        let max_scored = if n_image > 0 { (self.seq_len + 1).saturating_sub(n_image) } else { self.seq_len };
+        if continuation.len() > max_scored && max_scored > 0 {
+            let split = continuation.len() - max_scored;
+            let mut longer_context = context.to_vec();
+            longer_context.extend_from_slice(&continuation[..split]);
+            return self.scoring_row(n_image, &longer_context, continuation[split..].to_vec());
+        }
         let room = (self.seq_len + 1).saturating_sub(n_image + continuation.len());
         let keep = context.len().min(room);
         if n_image + keep == 0 || n_image + keep + continuation.len() - 1 > self.seq_len {

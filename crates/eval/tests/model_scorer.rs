@@ -350,6 +350,25 @@ fn vision_model_without_an_encoder_says_so() {
 }
 
 #[test]
+fn a_continuation_longer_than_the_window_is_scored_on_its_tail() {
+    let tok = tokenizer();
+    let mut scorer = text_scorer();
+    let continuation = format!(" {}", SENTENCES.join(" ").repeat(3));
+    let cont = tok.encode(&continuation).unwrap();
+    let seq = config().seq_len;
+    assert!(cont.len() > seq, "the test needs a continuation longer than the window");
+    let ll = scorer.loglikelihood(None, "The cat", &continuation).unwrap();
+    assert_eq!(ll.n_tokens, seq, "the tail that fits is scored");
+    // Same as scoring the last `seq` tokens after the window's worth of preceding tokens.
+    let mut all = vec![tok.special.eos];
+    all.extend(tok.encode("The cat").unwrap());
+    all.extend(&cont);
+    let window = &all[all.len() - seq - 1..];
+    let (want, _) = reference_score(window, 0, &[], seq);
+    assert!(close(ll.sum_logprob, want), "{} vs {want}", ll.sum_logprob);
+}
+
+#[test]
 fn rolling_windows_score_every_token_exactly_once() {
     for seq_len in [1, 2, 5, 64] {
         for n in 0..200 {
