@@ -3,7 +3,7 @@
 # engine) and fontconfig (plot labels). Safe to run repeatedly; does nothing when all is present.
 set -euo pipefail
 need=()
-for pkg in libopenblas0-pthread fontconfig fonts-dejavu-core; do
+for pkg in libopenblas0-pthread fontconfig fonts-dejavu-core libfontconfig1-dev pkg-config; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
