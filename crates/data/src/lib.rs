@@ -2,6 +2,7 @@
 //! token-ratio mixing. Paths live in [`layout::DataLayout`].
 pub mod attribution;
 pub mod image_texts;
+pub mod jsonl;
 pub mod layout;
 pub mod mixing;
 pub mod packing;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use vlmix_engine::atomic_file::write_atomic_with;
 
 use crate::layout::DataLayout;
-use crate::text::documents::LineProblem;
+use crate::jsonl::{read_lines, visit_lines, LineProblem};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChoiceItem {
@@ -214,41 +214,20 @@ pub fn write_choice_items(path: &Path, items: &[ChoiceItem]) -> Result<()> {
     })
 }
 
+/// One line of a multiple-choice file, parsed and checked.
+fn parse_choice_line(line: &str) -> std::result::Result<ChoiceItem, String> {
+    let item = serde_json::from_str::<ChoiceItem>(line).map_err(|e| e.to_string())?;
+    item.validate().map(|()| item)
+}
+
 /// Visits every line of a multiple-choice JSONL file: an item or what is wrong with that line.
-pub fn visit_choice_items(
-    path: &Path,
-    mut visit: impl FnMut(std::result::Result<ChoiceItem, LineProblem>) -> Result<()>,
-) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("open eval file {}", path.display()))?;
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| {
-            format!("{}:{}: not readable UTF-8 text", path.display(), index + 1)
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_str::<ChoiceItem>(&line)
-            .map_err(|e| e.to_string())
-            .and_then(|item| item.validate().map(|()| item));
-        visit(parsed.map_err(|message| LineProblem {
-            line: index + 1,
-            message,
-        }))?;
-    }
-    Ok(())
+pub fn visit_choice_items(path: &Path, visit: impl FnMut(std::result::Result<ChoiceItem, LineProblem>) -> Result<()>) -> Result<()> {
+    visit_lines(path, "eval", parse_choice_line, visit)
 }
 
 /// Reads a multiple-choice JSONL file, failing on the first bad line with file and line number.
 pub fn read_choice_items(path: &Path) -> Result<Vec<ChoiceItem>> {
-    let mut items = Vec::new();
-    visit_choice_items(path, |item| match item {
-        Ok(item) => {
-            items.push(item);
-            Ok(())
-        }
-        Err(p) => anyhow::bail!("{}:{}: {}", path.display(), p.line, p.message),
-    })?;
-    Ok(items)
+    read_lines(path, "eval", parse_choice_line)
 }
 
 #[cfg(test)]

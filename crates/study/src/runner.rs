@@ -108,6 +108,7 @@ impl<'a> StudyRunner<'a> {
 
     /// Encodes every training image into the feature cache and tokenizes captions and conversations.
     pub fn build_corpus(&mut self, root: &Path) -> Result<serde_json::Value> {
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let instruct = self.layout.instruct_dir().join("llava_instruct.json");
         let mut seen = 0u64;
         let progress = &self.progress;

@@ -1,12 +1,15 @@
 //! Text documents as JSONL, one `{"id","source","text"}` object a line: the interchange format between
 //! ingestion, the tokenizer and anything a user brings (e.g. DCLM-style JSONL with extra fields).
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_engine::atomic_file::write_atomic_with;
+
+pub use crate::jsonl::LineProblem;
+use crate::jsonl::{read_lines, visit_lines};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Document {
@@ -15,13 +18,6 @@ pub struct Document {
     /// Name of the source (e.g. `gcide`, `wikipedia`), used for per-source counts and attribution.
     pub source: String,
     pub text: String,
-}
-
-/// One malformed line of a documents file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineProblem {
-    pub line: usize,
-    pub message: String,
 }
 
 /// Writes documents atomically, one JSON object per line.
@@ -50,40 +46,14 @@ pub fn parse_document_line(line: &str) -> std::result::Result<Document, String> 
     Ok(doc)
 }
 
-/// Visits every line of a documents file: a good document or the problem with that line (1-based).
-/// Blank lines are allowed (trailing newline); I/O errors abort with the file name.
-pub fn visit_documents(
-    path: &Path,
-    mut visit: impl FnMut(std::result::Result<Document, LineProblem>) -> Result<()>,
-) -> Result<()> {
-    let file =
-        File::open(path).with_context(|| format!("open documents file {}", path.display()))?;
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| {
-            format!("{}:{}: not readable UTF-8 text", path.display(), index + 1)
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        visit(parse_document_line(&line).map_err(|message| LineProblem {
-            line: index + 1,
-            message,
-        }))?;
-    }
-    Ok(())
+/// Visits every line of a documents file: a good document or the problem with that line.
+pub fn visit_documents(path: &Path, visit: impl FnMut(std::result::Result<Document, LineProblem>) -> Result<()>) -> Result<()> {
+    visit_lines(path, "documents", parse_document_line, visit)
 }
 
 /// Reads a documents file, failing on the first malformed line with file and line number.
 pub fn read_documents(path: &Path) -> Result<Vec<Document>> {
-    let mut docs = Vec::new();
-    visit_documents(path, |item| match item {
-        Ok(doc) => {
-            docs.push(doc);
-            Ok(())
-        }
-        Err(p) => anyhow::bail!("{}:{}: {}", path.display(), p.line, p.message),
-    })?;
-    Ok(docs)
+    read_lines(path, "documents", parse_document_line)
 }
 
 #[cfg(test)]

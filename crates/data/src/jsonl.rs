@@ -1,0 +1,47 @@
+//! Line-by-line reading of JSONL files with per-line problems: the one reader behind every JSONL
+//! format of vlmix-data, so each format only says how to parse and check one line.
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// One malformed line of a JSONL file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineProblem {
+    /// 1-based.
+    pub line: usize,
+    pub message: String,
+}
+
+/// Visits every line of `path` (a `what` file, named in I/O errors): the parsed value or the problem
+/// with that line. Blank lines are allowed (trailing newline); I/O errors abort with the file name.
+pub fn visit_lines<T>(
+    path: &Path,
+    what: &str,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+    mut visit: impl FnMut(std::result::Result<T, LineProblem>) -> Result<()>,
+) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("open {what} file {}", path.display()))?;
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: not readable UTF-8 text", path.display(), index + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        visit(parse(&line).map_err(|message| LineProblem { line: index + 1, message }))?;
+    }
+    Ok(())
+}
+
+/// Reads every line of `path`, failing on the first malformed one with file and line number.
+pub fn read_lines<T>(path: &Path, what: &str, parse: impl Fn(&str) -> std::result::Result<T, String>) -> Result<Vec<T>> {
+    let mut values = Vec::new();
+    visit_lines(path, what, parse, |item| match item {
+        Ok(value) => {
+            values.push(value);
+            Ok(())
+        }
+        Err(p) => anyhow::bail!("{}:{}: {}", path.display(), p.line, p.message),
+    })?;
+    Ok(values)
+}
