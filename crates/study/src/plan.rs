@@ -2,7 +2,8 @@
 //!
 //! One text pre-training run serves every branch; each grid point x seed is one cooldown; each
 //! cooldown gets one fine-tuning run of the largest epoch count whose epoch-end checkpoints give the
-//! 1..=N-epoch models; each of those is evaluated. Node ids are stable strings, so a rerun finds the
+//! 1..=N-epoch models; each of those is evaluated. Only the base point sweeps epochs, so the other
+//! fine-tunes stop at the comparison epoch. Node ids are stable strings, so a rerun finds the
 //! nodes it already finished.
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,9 @@ pub enum NodeKind {
     ImageCorpus,
     Pretrain,
     Cooldown { point: GridPoint, seed: u64 },
-    Finetune { cooldown: String, seed: u64 },
+    /// `epochs` is how many of the configured epochs to train: all of them at the base point, only up
+    /// to the comparison epoch elsewhere (the LR schedule always spans the configured count).
+    Finetune { cooldown: String, seed: u64, epochs: u32 },
     Eval { finetune: String, epoch: u32 },
 }
 
@@ -61,16 +64,17 @@ impl Plan {
                 let cooldown = cooldown_id(&point, seed);
                 let finetune = format!("finetune-{}", cooldown.trim_start_matches("cooldown-"));
                 nodes.push(Node { id: cooldown.clone(), kind: NodeKind::Cooldown { point, seed }, after: vec![IMAGE_CORPUS.into(), "pretrain".into()] });
-                nodes.push(Node {
-                    id: finetune.clone(),
-                    kind: NodeKind::Finetune { cooldown: cooldown.clone(), seed },
-                    after: vec![cooldown],
-                });
                 let epochs: Vec<u32> = if point == config.grid.base {
                     (1..=config.finetune.epochs).collect()
                 } else {
                     vec![config.finetune.compare_epoch]
                 };
+                let trained_epochs = *epochs.last().expect("at least one epoch");
+                nodes.push(Node {
+                    id: finetune.clone(),
+                    kind: NodeKind::Finetune { cooldown: cooldown.clone(), seed, epochs: trained_epochs },
+                    after: vec![cooldown],
+                });
                 for epoch in epochs {
                     nodes.push(Node {
                         id: format!("eval-{}-ep{epoch}", finetune.trim_start_matches("finetune-")),
@@ -103,6 +107,9 @@ mod tests {
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Cooldown { .. })), points * 2);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Finetune { .. })), points * 2);
         let evals_per_seed = config.finetune.epochs as usize + (points - 1);
+        let trained: Vec<u32> = plan.nodes.iter().filter_map(|n| if let NodeKind::Finetune { epochs, .. } = n.kind { Some(epochs) } else { None }).collect();
+        assert_eq!(trained.iter().filter(|&&e| e == config.finetune.epochs).count(), 2, "only the base point trains every epoch");
+        assert!(trained.iter().all(|&e| e == config.finetune.epochs || e == config.finetune.compare_epoch));
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Eval { .. })), 2 * evals_per_seed);
         // Every dependency appears before the node that needs it.
         for (i, node) in plan.nodes.iter().enumerate() {

@@ -50,7 +50,7 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
         }
         let NodeKind::Eval { finetune, epoch } = &node.kind else { continue };
         let finetune_node = plan.nodes.iter().find(|n| &n.id == finetune).context("eval node without its fine-tune")?;
-        let NodeKind::Finetune { cooldown, seed } = &finetune_node.kind else { unreachable!("eval follows a fine-tune") };
+        let NodeKind::Finetune { cooldown, seed, .. } = &finetune_node.kind else { unreachable!("eval follows a fine-tune") };
         let cooldown_node = plan.nodes.iter().find(|n| &n.id == cooldown).context("fine-tune without its cooldown")?;
         let NodeKind::Cooldown { point, .. } = &cooldown_node.kind else { unreachable!("fine-tune follows a cooldown") };
         let cooldown_done = study.done(cooldown)?.context("evaluated model's cooldown is not finished")?;

@@ -212,18 +212,20 @@ impl<'a> StudyRunner<'a> {
         }))
     }
 
-    fn finetune_node(&mut self, cooldown: &str, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    fn finetune_node(&mut self, cooldown: &str, seed: u64, epochs: u32, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
         let done = study.done(cooldown)?.with_context(|| format!("{cooldown} is not finished"))?;
-        self.finetune(output_path(study, &done.outputs, "/checkpoint")?, seed, dir, &study.root)
+        self.finetune(output_path(study, &done.outputs, "/checkpoint")?, seed, epochs, dir, &study.root)
     }
 
-    /// Instruction fine-tuning of the VLM checkpoint `start`, in `dir`.
-    pub fn finetune(&mut self, start: PathBuf, seed: u64, dir: &Path, root: &Path) -> Result<serde_json::Value> {
+    /// Instruction fine-tuning of the VLM checkpoint `start`, in `dir`, for the first `epochs` of the
+    /// configured schedule.
+    pub fn finetune(&mut self, start: PathBuf, seed: u64, epochs: u32, dir: &Path, root: &Path) -> Result<serde_json::Value> {
         let f = &self.config.finetune;
         let spec = FinetuneSpec {
             model: self.model.clone(),
             start,
             epochs: f.epochs,
+            stop_after_epoch: Some(epochs),
             max_examples: f.max_examples,
             batch_size: f.batch_size,
             peak_lr: f.peak_lr,
@@ -247,7 +249,7 @@ impl NodeRunner for StudyRunner<'_> {
             NodeKind::ImageCorpus => self.build_corpus(&study.root),
             NodeKind::Pretrain => self.pretrain(dir, &study.root),
             NodeKind::Cooldown { point, seed } => self.cooldown_node(point, *seed, dir, study),
-            NodeKind::Finetune { cooldown, seed } => self.finetune_node(cooldown, *seed, dir, study),
+            NodeKind::Finetune { cooldown, seed, epochs } => self.finetune_node(cooldown, *seed, *epochs, dir, study),
             NodeKind::Eval { finetune, epoch } => crate::evaluation::evaluate_node(self, finetune, *epoch, dir, study),
         }
     }

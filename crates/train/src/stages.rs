@@ -79,7 +79,7 @@ pub fn pretrain<D: TokenDocuments>(spec: &PretrainSpec, docs: D, special: Specia
     let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
     let mut source = TextSource::new(docs, spec.model.seq_len, spec.batch_size, special.eos, spec.seed)?;
     let keep_steps: Vec<u64> = spec.keep_fractions.iter().map(|&f| spec.step_at(f)).filter(|&s| s > 0).collect();
-    let config = LoopConfig { schedule: Schedule::WarmupCosine(spec.schedule.clone()), clip_norm: CLIP_NORM, keep_steps, save_every: SAVE_EVERY };
+    let config = LoopConfig { schedule: Schedule::WarmupCosine(spec.schedule.clone()), clip_norm: CLIP_NORM, keep_steps, save_every: SAVE_EVERY, stop_step: None };
     let run = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
     let checkpoints = spec
         .keep_fractions
@@ -145,7 +145,7 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     };
     let mut source = MixedSource::new(docs, corpus, cache, mix, special, spec.batch_size)?;
     let total = spec.schedule.total_steps();
-    let config = LoopConfig { schedule: spec.schedule.clone(), clip_norm: CLIP_NORM, keep_steps: vec![total], save_every: SAVE_EVERY };
+    let config = LoopConfig { schedule: spec.schedule.clone(), clip_norm: CLIP_NORM, keep_steps: vec![total], save_every: SAVE_EVERY, stop_step: None };
     let outcome = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
     tracing::info!(achieved = source.achieved_image_fraction(), requested = spec.image_token_fraction, "cooldown image-token fraction");
     Ok(outcome)
@@ -164,7 +164,11 @@ pub struct FinetuneSpec {
     pub model: LmConfig,
     /// The cooldown checkpoint to fine-tune.
     pub start: PathBuf,
+    /// Epochs the LR schedule spans.
     pub epochs: u32,
+    /// Stop after this many epochs (<= `epochs`) when the later ones are not needed; the models
+    /// kept are the same as the full run's, because the schedule still spans all `epochs`.
+    pub stop_after_epoch: Option<u32>,
     /// Fine-tune on a seeded random subset of at most this many conversations.
     pub max_examples: Option<usize>,
     pub batch_size: usize,
@@ -192,8 +196,10 @@ pub fn finetune(spec: &FinetuneSpec, corpus: &ImageCorpus, cache: &FeatureCache,
     let per_epoch = source.steps_per_epoch();
     let total = per_epoch * spec.epochs as u64;
     let schedule = Schedule::WarmupCosine(WarmupCosine { peak: spec.peak_lr, floor: 0.0, warmup_steps: spec.warmup_steps.min(total / 2), total_steps: total });
-    let keep_steps: Vec<u64> = (1..=spec.epochs as u64).map(|e| e * per_epoch).collect();
-    let config = LoopConfig { schedule, clip_norm: CLIP_NORM, keep_steps: keep_steps.clone(), save_every: SAVE_EVERY };
+    let last_epoch = spec.stop_after_epoch.unwrap_or(spec.epochs).clamp(1, spec.epochs.max(1));
+    let keep_steps: Vec<u64> = (1..=last_epoch as u64).map(|e| e * per_epoch).collect();
+    let stop_step = Some(last_epoch as u64 * per_epoch);
+    let config = LoopConfig { schedule, clip_norm: CLIP_NORM, keep_steps, save_every: SAVE_EVERY, stop_step };
     let run = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
     let epochs = run.kept.iter().map(|(step, d)| ((step / per_epoch) as u32, d.clone())).collect();
     Ok(FinetuneOutcome { run, epochs })

@@ -47,6 +47,9 @@ pub struct LoopConfig {
     pub keep_steps: Vec<u64>,
     /// Interval of rolling checkpoints that only serve resumption.
     pub save_every: u64,
+    /// Stop here instead of at the schedule's end (a fine-tune whose later epochs nobody evaluates):
+    /// the steps taken are exactly those of the full run, since the LR still follows the whole schedule.
+    pub stop_step: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,7 +71,8 @@ struct Counters {
     image_tokens: u64,
 }
 
-/// Trains from the latest checkpoint under `dir/checkpoints` (or from scratch) to the schedule's end.
+/// Trains from the latest checkpoint under `dir/checkpoints` (or from scratch) to the schedule's end
+/// (or `stop_step`).
 pub fn train<M, S>(model: &mut M, optimizer: &mut AdamW, source: &mut S, config: &LoopConfig, dir: &Path, on_step: &mut OnStep) -> Result<LoopOutcome>
 where
     M: Trainable,
@@ -84,7 +88,7 @@ where
         step = state.step;
         tracing::info!(step, checkpoint = %latest.display(), "resuming");
     }
-    let total = config.schedule.total_steps();
+    let total = config.stop_step.map_or(config.schedule.total_steps(), |s| s.min(config.schedule.total_steps()));
     let mut log = MetricsLog::open(&dir.join("metrics.jsonl"), step)?;
     let mut last_loss = f64::NAN;
     while step < total {

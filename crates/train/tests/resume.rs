@@ -63,6 +63,7 @@ fn loop_config() -> LoopConfig {
         clip_norm: 1.0,
         keep_steps: vec![6, 12],
         save_every: 4,
+        stop_step: None,
     }
 }
 
@@ -119,4 +120,20 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert!(format!("{err:#}").to_lowercase().contains("loss"), "{err:#}");
     assert!(std::fs::read_dir(fresh.path().join("checkpoints")).unwrap().next().is_none(), "no checkpoint written after NaN");
     assert_eq!(std::fs::read(dir.path().join("checkpoints/step-00000004/model.safetensors")).unwrap(), saved);
+}
+
+#[test]
+fn stopping_early_keeps_the_full_runs_models() {
+    let full = tempfile::tempdir().unwrap();
+    run(full.path(), None).unwrap();
+
+    let stopped = tempfile::tempdir().unwrap();
+    let (mut m, mut opt) = model();
+    let mut source = Counting { next: 0, crash_at: None, vocab: m.lm.config().vocab as u32 };
+    let config = LoopConfig { stop_step: Some(6), ..loop_config() };
+    let outcome = train(&mut m, &mut opt, &mut source, &config, stopped.path(), &mut |_, total, _| assert_eq!(total, 6)).unwrap();
+    assert_eq!(outcome.steps, 6);
+    assert_eq!(outcome.kept.iter().map(|k| k.0).collect::<Vec<_>>(), vec![6]);
+    let weights = |dir: &std::path::Path| std::fs::read(dir.join("checkpoints/step-00000006/model.safetensors")).unwrap();
+    assert_eq!(weights(full.path()), weights(stopped.path()), "the LR follows the whole schedule, so step 6 is the same model");
 }

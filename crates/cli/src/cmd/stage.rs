@@ -104,5 +104,6 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     }
     let out = args.common.out.clone();
     let from = args.from.clone();
-    with_runner(&args.common, &config, |r| r.finetune(from, args.seed, &out, &out))
+    let epochs = config.finetune.epochs;
+    with_runner(&args.common, &config, |r| r.finetune(from, args.seed, epochs, &out, &out))
 }
