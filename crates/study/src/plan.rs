@@ -100,6 +100,7 @@ mod tests {
     fn one_text_run_one_cooldown_per_point_and_seed_one_eval_per_epoch() {
         let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
         config.grid.seeds = vec![0, 1];
+        (config.finetune.epochs, config.finetune.compare_epoch) = (3, 2);
         let plan = Plan::build(&config);
         let points = config.points().len();
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 1);
