@@ -208,9 +208,7 @@ impl ModelScorer {
         let weights = vlmix_train::stages::weights_of(&checkpoint);
         let file = SafetensorsFile::open(&weights).with_context(|| format!("opening checkpoint weights {}", weights.display()))?;
         let model = if file.names().iter().any(|n| n == FC1_WEIGHT) {
-            let shape = file.f32(FC1_WEIGHT)?.shape;
-            ensure!(shape.len() == 2, "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]", weights.display());
-            let (vlm, params) = vlmix_train::stages::load_vlm(&config, shape[1], &checkpoint)?;
+            let (vlm, params) = vlmix_train::stages::load_vlm(&config, &checkpoint)?;
             (ScoredModel::Vision(vlm), params)
         } else {
             let mut params = ParamStore::new();
@@ -246,7 +244,7 @@ impl ModelScorer {
         let features = images.of(image)?;
         let mut projected = self.projected.take().map(|(_, v)| v).unwrap_or_default();
         projected.resize(features.len() / vlm.encoder_width() * self.d_model, 0.0);
-        vlm.projector.forward(&self.params, &features, &mut projected)?;
+        vlm.project_features(&self.params, &features, 1, false, &mut projected)?;
         self.projected = Some((image.path.clone(), projected));
         Ok(())
     }
@@ -439,7 +437,7 @@ fn pick_token(logits: &[f32], decoding: &Decoding, rng: &mut ChaCha8Rng) -> u32 
 }
 
 /// A step directory, or a stage directory's latest checkpoint.
-fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if vlmix_train::stages::weights_of(path).is_file() {
         return Ok(path.to_path_buf());
     }

@@ -4,7 +4,9 @@
 //! outputs instead of token embeddings (the paper: image tokens before the caption, plain causal
 //! attention, loss on text only — the caller's loss mask is zero on image positions). The LM hands
 //! back the gradient at those positions and the projector turns it into its own weight gradients,
-//! so one backward trains both. The encoder is frozen: features come precomputed (feature cache).
+//! so one backward trains both. Features come precomputed (feature cache) from the frozen encoder;
+//! when the encoder's end trains too (an [`EncoderTail`]), the features pass through it first and
+//! the projector's input gradient flows on into it.
 
 use anyhow::{bail, Result};
 use vlmix_engine::LossStats;
@@ -12,6 +14,7 @@ use vlmix_engine::params::ParamStore;
 
 use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput};
 use crate::vision::projector::Projector;
+use crate::vision::tail::EncoderTail;
 
 /// A batch of sequences, some of which start with an image.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -25,7 +28,7 @@ pub struct VlmBatch {
     /// Sequences (in increasing order) whose first `n_image_tokens` positions are image tokens.
     pub image_sequences: Vec<usize>,
     pub n_image_tokens: usize,
-    /// `[image_sequences.len() * n_image_tokens, encoder width]` encoder features.
+    /// `[image_sequences.len() * n_image_tokens, feature width]` cached encoder features.
     pub features: Vec<f32>,
 }
 
@@ -64,6 +67,9 @@ fn lm_input<'a>(batch: &'a VlmBatch, positions: &'a [usize], projected: &'a [f32
 pub struct Vlm {
     pub lm: Lm,
     pub projector: Projector,
+    tail: Option<EncoderTail>,
+    /// The tail's output of the last forward (the projector's input), when there is a tail.
+    tail_out: Vec<f32>,
     /// Projected features of the last forward, `[image positions, d_model]`.
     projected: Vec<f32>,
     d_projected: Vec<f32>,
@@ -93,46 +99,79 @@ impl Vlm {
     }
 
     fn assemble(lm: Lm, projector: Projector) -> Self {
-        Self { lm, projector, projected: Vec::new(), d_projected: Vec::new() }
+        Self { lm, projector, tail: None, tail_out: Vec::new(), projected: Vec::new(), d_projected: Vec::new() }
     }
 
+    /// Puts a trainable encoder tail (its parameters already in the store) before the projector.
+    pub fn set_tail(&mut self, tail: EncoderTail) -> Result<()> {
+        if tail.output_width() != self.projector.encoder_width() {
+            bail!("encoder tail outputs width {} but the projector takes {}", tail.output_width(), self.projector.encoder_width());
+        }
+        self.tail = Some(tail);
+        Ok(())
+    }
+
+    /// Width of the features a batch carries (the cached encoder output).
     pub fn encoder_width(&self) -> usize {
-        self.projector.encoder_width()
+        self.tail.as_ref().map_or(self.projector.encoder_width(), EncoderTail::input_width)
     }
 
-    fn project(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<Vec<usize>> {
+    /// Image features (`[images, tokens, encoder_width]`) through the tail, if any, and the projector
+    /// into `out` (`[images * tokens, d_model]`); with `train`, keeps what backward needs.
+    pub fn project_features(&mut self, params: &ParamStore, features: &[f32], images: usize, train: bool, out: &mut [f32]) -> Result<()> {
+        match &mut self.tail {
+            Some(tail) => {
+                self.tail_out = tail.forward(params, features, images, train)?;
+                self.projector.forward(params, &self.tail_out, out)
+            }
+            None => self.projector.forward(params, features, out),
+        }
+    }
+
+    fn project(&mut self, params: &ParamStore, batch: &VlmBatch, train: bool) -> Result<Vec<usize>> {
         batch.validate(self.encoder_width())?;
         let positions = batch.image_positions();
-        self.projected.resize(positions.len() * self.lm.config().d_model, 0.0);
+        let mut projected = std::mem::take(&mut self.projected);
+        projected.resize(positions.len() * self.lm.config().d_model, 0.0);
         if !positions.is_empty() {
-            self.projector.forward(params, &batch.features, &mut self.projected)?;
+            self.project_features(params, &batch.features, batch.image_sequences.len(), train, &mut projected)?;
         }
+        self.projected = projected;
         Ok(positions)
     }
 
-    /// Forward + backward; accumulates gradients of the LM and the projector. Returns the loss.
+    /// Forward + backward; accumulates gradients of the LM, the projector and the encoder tail.
+    /// Returns the loss.
     pub fn forward_backward(&mut self, params: &mut ParamStore, batch: &VlmBatch) -> Result<LossStats> {
-        let positions = self.project(params, batch)?;
+        let positions = self.project(params, batch, true)?;
         let input = lm_input(batch, &positions, &self.projected);
         self.d_projected.resize(self.projected.len(), 0.0);
         let d_injected = input.injected.is_some().then_some(&mut self.d_projected[..]);
         let stats = self.lm.forward_backward(params, &input, &batch.targets, &batch.loss_mask, 1.0, d_injected)?;
-        if !positions.is_empty() {
-            self.projector.backward(params, &batch.features, &self.d_projected, None)?;
+        if positions.is_empty() {
+            return Ok(stats);
+        }
+        match &mut self.tail {
+            Some(tail) => {
+                let mut d_tail_out = vec![0.0; self.tail_out.len()];
+                self.projector.backward(params, &self.tail_out, &self.d_projected, Some(&mut d_tail_out))?;
+                tail.backward(params, &batch.features, batch.image_sequences.len(), &d_tail_out)?;
+            }
+            None => self.projector.backward(params, &batch.features, &self.d_projected, None)?,
         }
         Ok(stats)
     }
 
     /// `-log p(target)` at every position (forward only), for evaluation.
     pub fn token_nll(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<&[f32]> {
-        let positions = self.project(params, batch)?;
+        let positions = self.project(params, batch, false)?;
         let input = lm_input(batch, &positions, &self.projected);
         self.lm.token_nll(params, &input, &batch.targets)
     }
 
     /// Logits `[batch * seq, vocab]` (forward only), for generation.
     pub fn logits(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<&[f32]> {
-        let positions = self.project(params, batch)?;
+        let positions = self.project(params, batch, false)?;
         let input = lm_input(batch, &positions, &self.projected);
         self.lm.logits(params, &input)
     }

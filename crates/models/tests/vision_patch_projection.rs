@@ -1,6 +1,7 @@
 //! Patch projection: shapes, a hand-computed token, and finite-difference gradients.
 use vlmix_engine::params::ParamStore;
 use vlmix_models::vision::patch_projection::{PatchProjection, BIAS, WEIGHT};
+use vlmix_models::vision::patches::patchify;
 
 fn pixels(batch: usize, size: usize) -> Vec<f32> {
     (0..batch * 3 * size * size).map(|i| ((i * 31 % 19) as f32 - 9.0) / 10.0).collect()
@@ -12,7 +13,8 @@ fn tokens_are_linear_maps_of_patches() {
     let proj = PatchProjection::new(8, 4, 5, &mut params, 3).unwrap();
     assert_eq!((proj.tokens(), proj.width()), (4, 5));
     let x = pixels(2, 8);
-    let out = proj.forward(&params, &x, 2).unwrap();
+    let patches = patchify(&x, 2, 3, 8, 4);
+    let out = proj.forward(&params, &patches, 2).unwrap();
     assert_eq!(out.len(), 2 * 4 * 5);
     // Token 3 of image 1 (bottom-right patch), channel 2, computed by hand.
     let (w, b) = (params.value(params.id(WEIGHT).unwrap()), params.value(params.id(BIAS).unwrap()));
@@ -26,7 +28,8 @@ fn tokens_are_linear_maps_of_patches() {
     }
     assert!((out[(4 + 3) * 5 + 2] - want).abs() < 1e-5, "{} vs {want}", out[(4 + 3) * 5 + 2]);
     let again = PatchProjection::from_store(8, 4, &params).unwrap();
-    assert_eq!(again.forward(&params, &x, 2).unwrap(), out);
+    assert_eq!(again.forward(&params, &patches, 2).unwrap(), out);
+    assert!(proj.forward(&params, &x[..x.len() - 1], 2).is_err(), "a wrong-sized input is refused");
     assert!(PatchProjection::from_store(8, 2, &params).is_err(), "patch size must match the stored weight");
 }
 
@@ -34,7 +37,7 @@ fn tokens_are_linear_maps_of_patches() {
 fn gradients_match_finite_differences() {
     let mut params = ParamStore::new();
     let proj = PatchProjection::new(6, 3, 4, &mut params, 9).unwrap();
-    let x = pixels(2, 6);
+    let x = patchify(&pixels(2, 6), 2, 3, 6, 3);
     let r: Vec<f32> = (0..2 * 4 * 4).map(|i| ((i * 7 % 11) as f32 - 5.0) / 6.0).collect();
     proj.backward(&mut params, &x, 2, &r).unwrap();
     for name in [WEIGHT, BIAS] {

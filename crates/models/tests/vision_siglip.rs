@@ -39,7 +39,7 @@ fn penultimate_and_last_layers_match_transformers() {
 #[test]
 fn encoder_from_directory_preprocesses_pngs_like_the_hf_processor() {
     let outputs = SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap();
-    let spec = EncoderSpec { source: fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None };
+    let spec = EncoderSpec { source: fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None, trainable_blocks: 0 };
     let encoder = open_encoder(&spec, Path::new("/nonexistent")).unwrap();
     assert_eq!((encoder.tokens(), encoder.width()), (16, 32));
     let pixels: Vec<f32> = ["image_a.png", "image_b.png"]
@@ -48,6 +48,30 @@ fn encoder_from_directory_preprocesses_pngs_like_the_hf_processor() {
         .collect();
     let got = encoder.encode(&pixels, 2).unwrap();
     assert_close("penultimate from PNGs", &got, &outputs.f32("penultimate").unwrap().data, 1e-4);
+}
+
+/// Cutting the tower into a frozen trunk (cached) and a trainable tail changes nothing in the forward.
+#[test]
+fn trunk_then_tail_equals_the_whole_tower() {
+    let pixels = SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap().f32("pixel_values").unwrap().data;
+    let (config, weights) = (config(), fixture().join("model.safetensors"));
+    for layer in [FeatureLayer::Penultimate, FeatureLayer::Last] {
+        let mut whole_params = ParamStore::new();
+        let whole = SiglipVision::register(&config, &weights, layer, 0, &mut whole_params).unwrap().forward(&whole_params, &pixels, 2, None).unwrap();
+        for tail_blocks in 1..=config.used_blocks(layer) {
+            let (mut trunk_params, mut tail_params) = (ParamStore::new(), ParamStore::new());
+            let trunk = SiglipVision::register_trunk(&config, &weights, layer, tail_blocks, &mut trunk_params).unwrap();
+            let tail = SiglipVision::register_tail(&config, &weights, layer, tail_blocks, &mut tail_params).unwrap();
+            assert!(trunk_params.ids().all(|id| !trunk_params.info(id).flags.trainable), "the trunk is frozen");
+            assert!(tail_params.ids().all(|id| tail_params.info(id).flags.trainable), "the tail trains");
+            let hidden = trunk.forward(&trunk_params, &pixels, 2, None).unwrap();
+            let got = tail.forward(&tail_params, &hidden, 2, None).unwrap();
+            assert_close(&format!("{} with a {tail_blocks}-block tail", layer.name()), &got, &whole, 1e-6);
+        }
+    }
+    let too_many = config.used_blocks(FeatureLayer::Penultimate) + 1;
+    let err = SiglipVision::register_tail(&config, &weights, FeatureLayer::Penultimate, too_many, &mut ParamStore::new()).err().unwrap().to_string();
+    assert!(err.contains("cannot unfreeze"), "{err}");
 }
 
 /// Loss = sum(features * r); analytic gradients of the unfrozen last block and post-layernorm

@@ -16,8 +16,13 @@ pub struct StudyConfig {
     pub name: String,
     /// The LM: a preset with optional overrides; the vocabulary always comes from the tokenizer.
     pub model: ModelChoice,
-    /// Vision encoder: "efficientnet-lite0", "patch", or a Hugging Face SigLIP directory.
+    /// Vision encoder: "efficientnet-lite0", "patch" (a trainable linear map of raw pixel patches),
+    /// or a Hugging Face SigLIP directory.
     pub encoder: String,
+    /// SigLIP only: the last N blocks of the encoder train with the VLM from the cooldown on (the
+    /// paper's frozen-vs-unfrozen ablation); 0 keeps the encoder frozen, as the paper's main runs do.
+    #[serde(default)]
+    pub encoder_trainable_blocks: usize,
     /// Use only the first N training images (and N instruction conversations): quick studies.
     #[serde(default)]
     pub max_images: Option<usize>,
@@ -172,6 +177,13 @@ impl StudyConfig {
         if self.name.trim().is_empty() {
             bail!("name must not be empty");
         }
+        if self.encoder_trainable_blocks > 0 && !Path::new(&self.encoder).join("config.json").is_file() {
+            bail!(
+                "encoder_trainable_blocks = {} needs a SigLIP directory as `encoder` (blocks of {:?} cannot be unfrozen)",
+                self.encoder_trainable_blocks,
+                self.encoder
+            );
+        }
         let p = &self.pretrain;
         positive("pretrain.tokens", p.tokens as f64)?;
         positive("pretrain.batch_size", p.batch_size as f64)?;
@@ -277,6 +289,11 @@ mod tests {
         c.grid.fractions = vec![0.3];
         let e = error_of(&c);
         assert!(e.contains("fraction 0.3 has no checkpoint"), "{e}");
+
+        let mut c = smoke();
+        c.encoder_trainable_blocks = 2;
+        let e = error_of(&c);
+        assert!(e.contains("encoder_trainable_blocks = 2 needs a SigLIP directory"), "{e}");
 
         let mut c = smoke();
         c.pretrain.min_lr = 1.0;

@@ -7,12 +7,12 @@ use serde_json::json;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
 use vlmix_eval::{evaluate_files, EvalOptions};
-use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer};
+use vlmix_models::vision::encoder::open_encoder;
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
 use crate::config::StudyConfig;
 use crate::executor::StudyDir;
-use crate::runner::StudyRunner;
+use crate::runner::{encoder_spec, StudyRunner};
 
 /// File of each configured task, in the prepared data; a missing file is an error naming the field.
 pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout) -> Result<Vec<PathBuf>> {
@@ -39,8 +39,7 @@ pub fn evaluate_node(runner: &mut StudyRunner, finetune: &str, epoch: u32, dir: 
     let layout = &runner.layout;
     let files = task_files(runner.config, layout)?;
     let tokenizer = TextTokenizer::load(&layout.tokenizer_json())?;
-    let spec = EncoderSpec { source: runner.config.encoder.clone(), layer: FeatureLayer::default(), resolution: None };
-    let images = ImageFeatures::open(open_encoder(&spec, &layout.home)?, &layout.home.join(CACHE_SUBDIR))?;
+    let images = ImageFeatures::open(open_encoder(&encoder_spec(runner.config), &layout.home)?, &layout.home.join(CACHE_SUBDIR))?;
     let mut scorer = ModelScorer::from_checkpoint(&checkpoint, tokenizer, Some(images))?;
     let options = EvalOptions { limit: Some(runner.config.eval.max_items_per_task), ..EvalOptions::default() };
     let mut report = evaluate_files(&mut scorer, &files, None, &options)?;

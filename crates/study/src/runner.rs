@@ -53,6 +53,12 @@ pub fn model_config(config: &StudyConfig, vocab: usize) -> Result<LmConfig> {
     Ok(lm)
 }
 
+/// The study's encoder, with a SigLIP directory made absolute so stage records stay valid anywhere.
+pub fn encoder_spec(config: &StudyConfig) -> EncoderSpec {
+    let source = std::fs::canonicalize(&config.encoder).map_or_else(|_| config.encoder.clone(), |p| p.display().to_string());
+    EncoderSpec { source, layer: FeatureLayer::default(), resolution: None, trainable_blocks: config.encoder_trainable_blocks }
+}
+
 /// Steps of a stage that consumes `tokens` in batches of `batch` sequences of `seq` positions.
 pub fn steps_for(tokens: u64, batch: usize, seq: usize) -> u64 {
     (tokens / (batch * seq) as u64).max(1)
@@ -93,8 +99,7 @@ impl<'a> StudyRunner<'a> {
         let train_docs = SharedDocs(Arc::new(TokenShard::open(&layout.text_tokens("train"))?));
         let validation_docs = TokenShard::open(&layout.text_tokens("validation"))?;
         let validation = ValidationSet::new(validation_docs, model.seq_len, VALIDATION_SEQUENCES, &tokenizer)?;
-        let spec = EncoderSpec { source: config.encoder.clone(), layer: FeatureLayer::default(), resolution: None };
-        let encoder = open_encoder(&spec, &layout.home).context("study field `encoder`")?;
+        let encoder = open_encoder(&encoder_spec(config), &layout.home).context("study fields `encoder`, `encoder_trainable_blocks`")?;
         let cache = FeatureCache::open(&layout.home.join(CACHE_SUBDIR), encoder.as_ref())?;
         if model.seq_len <= encoder.tokens() + 1 {
             bail!("model seq_len {} leaves no room for text after the encoder's {} image tokens", model.seq_len, encoder.tokens());
@@ -194,6 +199,7 @@ impl<'a> StudyRunner<'a> {
             weight_decay: c.weight_decay,
             image_token_fraction: point.image_fraction,
             instruct_fraction: point.instruction_share,
+            encoder: encoder_spec(self.config),
             train_lm: c.train_lm,
             seed,
         };

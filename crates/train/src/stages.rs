@@ -10,8 +10,12 @@ use vlmix_data::packing::TokenDocuments;
 use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_models::lm::{Lm, LmConfig};
+use vlmix_models::vision::encoder::EncoderSpec;
 use vlmix_models::vision::feature_cache::FeatureCache;
+use vlmix_models::vision::projector::FC1_WEIGHT;
+use vlmix_models::vision::tail::EncoderTail;
 use vlmix_models::vlm::Vlm;
 
 use crate::corpus::ImageCorpus;
@@ -39,10 +43,30 @@ fn write_model_config(dir: &Path, model: &LmConfig) -> Result<()> {
     vlmix_engine::atomic_file::write_atomic(&dir.join(MODEL_CONFIG_FILE), model.to_toml().as_bytes())
 }
 
+/// Every image stage directory also records the encoder its features come from.
+pub const ENCODER_SPEC_FILE: &str = "encoder.json";
+
+fn write_encoder_spec(dir: &Path, encoder: &EncoderSpec) -> Result<()> {
+    vlmix_engine::atomic_file::write_atomic(&dir.join(ENCODER_SPEC_FILE), &serde_json::to_vec_pretty(encoder)?)
+}
+
+fn stage_dir_of(checkpoint: &Path) -> Result<&Path> {
+    checkpoint.parent().and_then(Path::parent).with_context(|| format!("{} is not inside a stage directory", checkpoint.display()))
+}
+
 /// The LM config of a checkpoint directory (`<stage dir>/checkpoints/step-N`), read from its stage.
 pub fn model_config_of(checkpoint: &Path) -> Result<LmConfig> {
-    let stage_dir = checkpoint.parent().and_then(Path::parent).with_context(|| format!("{} is not inside a stage directory", checkpoint.display()))?;
-    LmConfig::from_toml_file(&stage_dir.join(MODEL_CONFIG_FILE))
+    LmConfig::from_toml_file(&stage_dir_of(checkpoint)?.join(MODEL_CONFIG_FILE))
+}
+
+/// The encoder a VLM checkpoint was trained with, when its stage recorded one.
+pub fn encoder_spec_of(checkpoint: &Path) -> Result<Option<EncoderSpec>> {
+    let path = stage_dir_of(checkpoint)?.join(ENCODER_SPEC_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())).map(Some)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,7 +129,10 @@ pub struct CooldownSpec {
     pub weight_decay: f64,
     pub image_token_fraction: f64,
     pub instruct_fraction: f64,
-    /// When false only the projector trains (the LM is frozen).
+    /// The encoder whose cached features the corpus holds; a trainable tail of it (SigLIP's last
+    /// blocks, the patch projection) is created here and trained with the VLM.
+    pub encoder: EncoderSpec,
+    /// When false only the projector (and encoder tail) trains: the LM is frozen.
     pub train_lm: bool,
     pub seed: u64,
 }
@@ -121,17 +148,26 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     on_step: &mut OnStep,
 ) -> Result<LoopOutcome> {
     write_model_config(dir, &spec.model)?;
+    write_encoder_spec(dir, &spec.encoder)?;
     let mut params = ParamStore::new();
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     if let Start::TextCheckpoint(checkpoint) = &spec.start {
         params.load_safetensors(&weights_of(checkpoint)).with_context(|| format!("branching from {}", checkpoint.display()))?;
     }
-    let vlm = Vlm::with_new_projector(lm, corpus.feature_width, &mut params, spec.seed ^ 0x9e37_79b9)?;
     if !spec.train_lm {
-        let lm_ids: Vec<_> = params.ids().filter(|&id| !params.info(id).name.starts_with("projector.")).collect();
+        let lm_ids: Vec<_> = params.ids().collect();
         for id in lm_ids {
             params.set_trainable(id, false);
         }
+    }
+    let tail = EncoderTail::open(&spec.encoder, &mut params, spec.seed ^ 0x7a11)?;
+    if let Some(tail) = &tail {
+        anyhow::ensure!(tail.input_width() == corpus.feature_width, "the encoder tail takes width {} but the image corpus holds width {}", tail.input_width(), corpus.feature_width);
+    }
+    let projector_width = tail.as_ref().map_or(corpus.feature_width, EncoderTail::output_width);
+    let mut vlm = Vlm::with_new_projector(lm, projector_width, &mut params, spec.seed ^ 0x9e37_79b9)?;
+    if let Some(tail) = tail {
+        vlm.set_tail(tail)?;
     }
     let mut model = VisionModel { vlm, params };
     let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
@@ -151,11 +187,24 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     Ok(outcome)
 }
 
-/// Loads a VLM (LM + projector) from a checkpoint directory.
-pub fn load_vlm(model: &LmConfig, encoder_width: usize, checkpoint: &Path) -> Result<(Vlm, ParamStore)> {
+/// Loads a VLM (LM, projector and any trainable encoder tail its stage recorded) from a checkpoint
+/// directory; the projector's input width is read from the weights.
+pub fn load_vlm(model: &LmConfig, checkpoint: &Path) -> Result<(Vlm, ParamStore)> {
+    let weights = weights_of(checkpoint);
+    let file = SafetensorsFile::open(&weights).with_context(|| format!("opening VLM weights {}", weights.display()))?;
+    let (_, shape) = file.dtype_and_shape(FC1_WEIGHT).with_context(|| format!("{}: not a VLM checkpoint", weights.display()))?;
+    anyhow::ensure!(shape.len() == 2, "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]", weights.display());
     let mut params = ParamStore::new();
-    let vlm = Vlm::new(model.clone(), encoder_width, &mut params, 0)?;
-    params.load_safetensors(&weights_of(checkpoint)).with_context(|| format!("loading VLM from {}", checkpoint.display()))?;
+    let lm = Lm::new(model.clone(), &mut params, 0)?;
+    let tail = match encoder_spec_of(checkpoint)? {
+        Some(encoder) => EncoderTail::open(&encoder, &mut params, 0)?,
+        None => None,
+    };
+    let mut vlm = Vlm::with_new_projector(lm, shape[1], &mut params, 0)?;
+    if let Some(tail) = tail {
+        vlm.set_tail(tail)?;
+    }
+    params.load_from(&file, true).with_context(|| format!("loading VLM from {}", checkpoint.display()))?;
     Ok((vlm, params))
 }
 
@@ -189,7 +238,17 @@ pub struct FinetuneOutcome {
 /// every epoch-end model.
 pub fn finetune(spec: &FinetuneSpec, corpus: &ImageCorpus, cache: &FeatureCache, special: SpecialTokens, dir: &Path, on_step: &mut OnStep) -> Result<FinetuneOutcome> {
     write_model_config(dir, &spec.model)?;
-    let (vlm, params) = load_vlm(&spec.model, corpus.feature_width, &spec.start)?;
+    if let Some(encoder) = encoder_spec_of(&spec.start)? {
+        write_encoder_spec(dir, &encoder)?;
+    }
+    let (vlm, params) = load_vlm(&spec.model, &spec.start)?;
+    anyhow::ensure!(
+        vlm.encoder_width() == corpus.feature_width,
+        "{} takes image features of width {} but the image corpus holds width {}: fine-tune with the encoder the cooldown used",
+        spec.start.display(),
+        vlm.encoder_width(),
+        corpus.feature_width
+    );
     let mut model = VisionModel { vlm, params };
     let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
     let mut source = InstructSource::new(corpus, cache, special, spec.model.seq_len, spec.batch_size, spec.max_examples, spec.seed)?;

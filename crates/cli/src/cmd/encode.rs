@@ -43,7 +43,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let layout = DataLayout::from_env(None)?;
-    let spec = EncoderSpec { source: args.encoder.clone(), layer: FeatureLayer::parse(&args.layer)?, resolution: args.resolution };
+    let spec = EncoderSpec { source: args.encoder.clone(), layer: FeatureLayer::parse(&args.layer)?, resolution: args.resolution, trainable_blocks: 0 };
     match (args.images.is_empty(), args.shards.is_empty()) {
         (false, false) => bail!("give either IMAGE... with --out, or --shards, not both"),
         (true, true) => bail!("nothing to encode: give IMAGE... with --out, or --shards"),
@@ -178,7 +178,7 @@ mod tests {
     }
 
     fn encoder() -> Box<dyn ImageEncoder> {
-        let spec = EncoderSpec { source: siglip_fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None };
+        let spec = EncoderSpec { source: siglip_fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None, trainable_blocks: 0 };
         open_encoder(&spec, Path::new("/nonexistent")).unwrap()
     }
 

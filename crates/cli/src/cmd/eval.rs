@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
+use vlmix_eval::model_scorer::resolve_checkpoint;
 use vlmix_eval::{bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures, Modality, ModelScorer, Task, YesNoMode};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, EFFICIENTNET_NAME};
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
@@ -16,14 +17,15 @@ pub struct ModelArgs {
     /// Prepared data directory holding tokenizer/ and eval/ (default $VLMIX_HOME/prepared).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Frozen image encoder the model was trained with: efficientnet-lite0, an EfficientNet
-    /// .pth/.safetensors file, or a Hugging Face SigLIP directory.
-    #[arg(long, default_value = EFFICIENTNET_NAME)]
-    pub encoder: String,
+    /// Image encoder the model was trained with: efficientnet-lite0 (default), an EfficientNet
+    /// .pth/.safetensors file, a Hugging Face SigLIP directory, or patch. Not needed for checkpoints
+    /// of vlmix's image stages, which record their encoder (encoder.json) and are read with it.
+    #[arg(long)]
+    pub encoder: Option<String>,
     /// Encoder feature layer: penultimate or last.
     #[arg(long, default_value = "penultimate")]
     pub layer: String,
-    /// EfficientNet input size in pixels (default 224).
+    /// Encoder input size in pixels (EfficientNet default 224, patch default 64).
     #[arg(long)]
     pub resolution: Option<u32>,
 }
@@ -31,6 +33,23 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn layout(&self) -> Result<DataLayout> {
         DataLayout::from_env(self.data.as_deref())
+    }
+
+    /// The checkpoint's recorded encoder, else the one the flags describe.
+    fn encoder_spec(&self, checkpoint: &Path) -> Result<EncoderSpec> {
+        let recorded = vlmix_train::stages::encoder_spec_of(&resolve_checkpoint(checkpoint)?)?;
+        match (recorded, &self.encoder) {
+            (Some(recorded), Some(given)) if Path::new(given) != Path::new(&recorded.source) => {
+                bail!("{} was trained with encoder {:?}, not --encoder {given:?}", checkpoint.display(), recorded.source)
+            }
+            (Some(recorded), _) => Ok(recorded),
+            (None, given) => Ok(EncoderSpec {
+                source: given.clone().unwrap_or_else(|| EFFICIENTNET_NAME.to_string()),
+                layer: FeatureLayer::parse(&self.layer)?,
+                resolution: self.resolution,
+                trainable_blocks: 0,
+            }),
+        }
     }
 
     /// Loads the checkpoint with the prepared tokenizer; a VLM also gets its encoder and feature cache.
@@ -43,7 +62,7 @@ impl ModelArgs {
         let tokenizer = TextTokenizer::load(&tokenizer_path)?;
         let mut scorer = ModelScorer::from_checkpoint(checkpoint, tokenizer, None)?;
         if scorer.is_vision() {
-            let spec = EncoderSpec { source: self.encoder.clone(), layer: FeatureLayer::parse(&self.layer)?, resolution: self.resolution };
+            let spec = self.encoder_spec(checkpoint)?;
             let encoder = open_encoder(&spec, &layout.home)?;
             scorer.attach_images(ImageFeatures::open(encoder, &layout.home.join(CACHE_SUBDIR))?)?;
         }

