@@ -14,7 +14,7 @@ use crate::text::documents::Document;
 use crate::text::shard::write_token_shard;
 use crate::text::sources::{text_source, TEXT_SOURCES};
 use crate::text::{build_corpus, CorpusOptions, CorpusReport};
-use crate::text_eval::prepare_text_eval;
+use crate::text_eval::{prepare_text_eval, TEXT_EVAL_VERSION};
 use crate::tokenizer::{SpecialTokens, TextTokenizer};
 
 #[derive(Debug, Clone)]
@@ -70,6 +70,9 @@ pub struct Manifest {
     pub tokenizer: TokenizerSummary,
     pub tokens: BTreeMap<String, TokenCounts>,
     pub text_eval: BTreeMap<String, usize>,
+    /// [`TEXT_EVAL_VERSION`] of the files in `eval/text` (0: written before versions existed).
+    #[serde(default)]
+    pub text_eval_version: u32,
     /// The image side's summary (`images/manifest.json`), absent when images were not prepared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<serde_json::Value>,
@@ -158,6 +161,7 @@ pub fn prepare(layout: &DataLayout, options: &PrepareOptions) -> Result<Manifest
         },
         tokens,
         text_eval,
+        text_eval_version: TEXT_EVAL_VERSION,
         images,
         seconds,
     };
@@ -167,6 +171,23 @@ pub fn prepare(layout: &DataLayout, options: &PrepareOptions) -> Result<Manifest
     )?;
     write_atomic(&layout.attribution(), ATTRIBUTION_MD.as_bytes())?;
     Ok(manifest)
+}
+
+/// Brings an existing preparation up to date without redoing what is current: the text benchmarks
+/// are regenerated when their converter changed (seconds, deterministic). The tokenizer and token
+/// shards are never redone here: a retrained tokenizer would invalidate every checkpoint made with
+/// the old one. Returns the updated manifest, or `None` when everything was current.
+pub fn refresh(layout: &DataLayout) -> Result<Option<Manifest>> {
+    let mut manifest = read_manifest(layout)?;
+    if manifest.text_eval_version == TEXT_EVAL_VERSION {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    manifest.text_eval = prepare_text_eval(layout)?;
+    manifest.text_eval_version = TEXT_EVAL_VERSION;
+    manifest.seconds.insert("text_eval".into(), started.elapsed().as_secs_f64());
+    write_atomic(&layout.manifest(), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    Ok(Some(manifest))
 }
 
 /// Reads `manifest.json` of a prepared folder.

@@ -75,6 +75,11 @@ impl ChoiceItem {
     }
 }
 
+/// Version of the converted benchmark files: bump it when [`read_oe_eval_requests`] changes what it
+/// writes, so `vlmix data prepare --if-outdated` regenerates them on machines prepared before.
+/// 2: item ids fall back to document ids when a benchmark's native ids repeat (HellaSwag).
+pub const TEXT_EVAL_VERSION: u32 = 2;
+
 /// The benchmarks vlmix prepares: our task name and OLMo's `oe_eval_tasks` folder name.
 pub const TEXT_TASKS: &[(&str, &str)] = &[
     ("arc_easy", "arc_easy"),
@@ -179,10 +184,29 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
             };
             item.validate()
                 .map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
-            Ok(item)
+            Ok((doc_id, item))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(|items| unique_ids(task, items))
+}
+
+/// Item ids are the benchmark's native ids when those are unique within the task, else the
+/// document ids (HellaSwag's native ids repeat).
+fn unique_ids(task: &str, items: Vec<(u64, ChoiceItem)>) -> Vec<ChoiceItem> {
+    let distinct: std::collections::HashSet<&str> = items.iter().map(|(_, item)| item.id.as_str()).collect();
+    let natives_are_unique = distinct.len() == items.len();
+    items
+        .into_iter()
+        .map(|(doc_id, mut item)| {
+            if !natives_are_unique {
+                item.id = format!("{task}/{doc_id}");
+            }
+            item
         })
         .collect()
 }
+
+
 
 /// Writes each benchmark of [`TEXT_TASKS`] to `eval/text/<task>.jsonl`; returns items per task.
 pub fn prepare_text_eval(layout: &DataLayout) -> Result<BTreeMap<String, usize>> {

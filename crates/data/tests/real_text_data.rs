@@ -4,7 +4,7 @@ use std::path::Path;
 
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
 use vlmix_data::packing::{ImageText, SequenceKind};
-use vlmix_data::prepare::{prepare, read_manifest, PrepareOptions};
+use vlmix_data::prepare::{prepare, read_manifest, refresh, PrepareOptions};
 use vlmix_data::stats::DataStats;
 use vlmix_data::text::documents::read_documents;
 use vlmix_data::text::shard::TokenShard;
@@ -128,6 +128,11 @@ fn real_benchmarks_convert_to_multiple_choice_items() {
     assert!(arc
         .iter()
         .all(|i| i.gold < i.choices.len() && (3..=5).contains(&i.choices.len())));
+    for (task, folder) in vlmix_data::text_eval::TEXT_TASKS {
+        let items = read_oe_eval_requests(&tasks.join(folder).join("rc_0shot/requests.jsonl.gz"), task).unwrap();
+        let ids: std::collections::HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids.len(), items.len(), "{task}: item ids are unique (HellaSwag's native ids repeat)");
+    }
 }
 
 #[test]
@@ -200,6 +205,20 @@ fn prepare_small_real_subset_end_to_end_and_mix_it() {
     assert!(std::fs::read_to_string(layout.attribution())
         .unwrap()
         .contains("moby-dick"));
+
+    // A preparation from before the current benchmark converter is refreshed in place, once; the
+    // tokenizer is left alone.
+    assert!(refresh(&layout).unwrap().is_none(), "a fresh preparation is current");
+    let tokenizer_before = std::fs::read(layout.tokenizer_json()).unwrap();
+    let mut old = read_manifest(&layout).unwrap();
+    old.text_eval_version = 0;
+    std::fs::write(layout.manifest(), serde_json::to_vec(&old).unwrap()).unwrap();
+    std::fs::remove_file(layout.eval_text_task("copa")).unwrap();
+    let refreshed = refresh(&layout).unwrap().expect("an outdated preparation is refreshed");
+    assert_eq!(refreshed.text_eval, manifest.text_eval);
+    assert_eq!(read_choice_items(&layout.eval_text_task("copa")).unwrap().len(), 100);
+    assert!(refresh(&layout).unwrap().is_none(), "and then current");
+    assert_eq!(std::fs::read(layout.tokenizer_json()).unwrap(), tokenizer_before);
     let stats = DataStats::collect(&layout).unwrap();
     assert!(
         stats.to_string().contains("moby-dick")

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use vlmix_data::images::ImageConfig;
-use vlmix_data::prepare::{prepare, PrepareOptions};
+use vlmix_data::prepare::{prepare, refresh, PrepareOptions};
 use vlmix_data::stats::DataStats;
 use vlmix_data::text::shard::TokenShard;
 use vlmix_data::text::CorpusOptions;
@@ -49,6 +49,10 @@ pub struct PrepareArgs {
     /// Longer side of stored images, in pixels.
     #[arg(long, default_value_t = ImageConfig::default().max_side)]
     image_max_side: u32,
+    /// Prepare only what is missing or outdated: everything when there is no manifest yet,
+    /// otherwise only files whose converter changed (never the tokenizer, which checkpoints depend on).
+    #[arg(long)]
+    if_outdated: bool,
 }
 
 #[derive(Args)]
@@ -91,6 +95,13 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
         args.validation_fraction
     );
     let layout = DataLayout::from_env(args.out.as_deref())?;
+    if args.if_outdated && layout.manifest().is_file() {
+        match refresh(&layout)? {
+            Some(manifest) => println!("refreshed the text benchmarks in {} ({} items)", layout.prepared.display(), manifest.text_eval.values().sum::<usize>()),
+            None => println!("{} is up to date", layout.prepared.display()),
+        }
+        return Ok(());
+    }
     let options = PrepareOptions {
         corpus: CorpusOptions {
             validation_fraction: args.validation_fraction,
