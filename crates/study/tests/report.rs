@@ -105,9 +105,10 @@ fn report_has_every_figure_and_the_input_numbers() {
     assert_eq!(files.index, dir.path().join("index.html"));
     assert_eq!(files.figures.len(), 10, "four knob figures and the curves, PNG + SVG each");
     let html = std::fs::read_to_string(&files.index).unwrap();
+    assert_eq!(html.matches("<svg").count(), 5, "every figure is drawn inside the page, so it stands alone");
     for path in &files.figures {
         let name = path.file_name().unwrap().to_str().unwrap();
-        assert!(html.contains(&format!("\"{name}\"")), "page references {name}");
+        assert!(html.contains(&format!("\"{name}\"")), "page links {name}");
         if name.ends_with(".png") {
             let img = image::open(path).unwrap();
             assert!(img.width() >= 1000 && img.height() >= 400, "{name}: {}x{}", img.width(), img.height());

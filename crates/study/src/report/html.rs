@@ -9,7 +9,7 @@ const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;m
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.2em}\
 table{border-collapse:collapse;margin:.8em 0;font-size:.88em}th,td{border:1px solid #d0d0d0;padding:.25em .6em;text-align:left;vertical-align:top}\
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even) td{background:#fafafa}\
-figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #e0e0e0}figcaption{color:#555;font-size:.9em}\
+figure{margin:1.2em 0}figure svg{max-width:100%;height:auto;border:1px solid #e0e0e0}figcaption{color:#555;font-size:.9em}\
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}.muted{color:#777}";
 
 /// Escapes text for HTML element content and attribute values.
@@ -58,8 +58,9 @@ fn text(value: &str) -> String {
     format!("<td>{}</td>", escape(value))
 }
 
-/// The whole page.
-pub fn render_page(title: &str, table: &ResultsTable, figures: &[Figure], findings: &[Finding]) -> String {
+/// The whole page; figures are `(figure, its SVG)`, drawn inline so the page stands alone (the PNG and
+/// SVG files beside it are for slides and papers).
+pub fn render_page(title: &str, table: &ResultsTable, figures: &[(&Figure, &str)], findings: &[Finding]) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -75,10 +76,10 @@ pub fn render_page(title: &str, table: &ResultsTable, figures: &[Figure], findin
     h.push_str("</table>\n");
 
     h.push_str("<h2>Figures</h2>\n");
-    for f in figures {
+    for (f, svg) in figures {
         let _ = writeln!(
             h,
-            "<figure id=\"{s}\"><img src=\"{s}.png\" alt=\"{a}\"><figcaption>{c} <a href=\"{s}.svg\">SVG</a></figcaption></figure>",
+            "<figure id=\"{s}\" aria-label=\"{a}\">{svg}<figcaption>{c} <a href=\"{s}.png\">PNG</a> <a href=\"{s}.svg\">SVG</a></figcaption></figure>",
             s = escape(&f.slug),
             a = escape(&f.title),
             c = escape(&f.caption)

@@ -44,6 +44,7 @@ pub fn write_report(report_dir: &Path, input: &ReportInput) -> Result<ReportFile
     let mut figures: Vec<figures::Figure> = grid::Knob::ALL.iter().map(|&k| figures::knob_figure(rows, k)).collect();
     figures.push(figures::curves_figure(input.curves));
     let mut written = Vec::new();
+    let mut svgs = Vec::new();
     for figure in &figures {
         let rendered = figures::render(figure)?;
         for (ext, bytes) in [("png", rendered.png.as_slice()), ("svg", rendered.svg.as_bytes())] {
@@ -51,8 +52,10 @@ pub fn write_report(report_dir: &Path, input: &ReportInput) -> Result<ReportFile
             write_atomic(&path, bytes)?;
             written.push(path);
         }
+        svgs.push(rendered.svg);
     }
-    let page = html::render_page(input.title, input.table, &figures, &findings::findings(rows));
+    let inline: Vec<(&figures::Figure, &str)> = figures.iter().zip(svgs.iter().map(String::as_str)).collect();
+    let page = html::render_page(input.title, input.table, &inline, &findings::findings(rows));
     let index = report_dir.join(INDEX_FILE);
     write_atomic(&index, page.as_bytes())?;
     Ok(ReportFiles { index, figures: written })
