@@ -27,6 +27,9 @@ pub const WINDOW_STEPS: usize = 100;
 /// `Sequence::example` back to the image (or its cached encoder features).
 pub trait ImageTexts {
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn text(&mut self, index: u64) -> Result<ImageText>;
 }
 
@@ -160,11 +163,11 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         );
         if config.image_token_fraction > 0.0 {
             anyhow::ensure!(
-                config.instruct_fraction == 1.0 || captions.len() > 0,
+                config.instruct_fraction == 1.0 || !captions.is_empty(),
                 "an image token fraction above 0 needs image-caption examples; none were given"
             );
             anyhow::ensure!(
-                config.instruct_fraction == 0.0 || instruct.len() > 0,
+                config.instruct_fraction == 0.0 || !instruct.is_empty(),
                 "an instruction fraction above 0 needs instruction examples; none were given"
             );
         }
@@ -233,7 +236,7 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         if c.window.len() > WINDOW_STEPS {
             c.window.pop_front();
         }
-        if self.config.log_every > 0 && c.steps % self.config.log_every == 0 {
+        if self.config.log_every > 0 && c.steps.is_multiple_of(self.config.log_every) {
             let s = self.stats();
             tracing::info!(
                 step = s.steps,

@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn text_stream_is_every_document_once_per_epoch_with_eos_between() {
         let docs: Vec<Vec<u32>> = vec![vec![10, 11, 12], vec![20], vec![30, 31], vec![]];
-        let stream_len = 3 + 1 + 2 + 0 + 4; // tokens + one EOS per document
+        let stream_len = 3 + 1 + 2 + 4; // tokens (the last document is empty) + one EOS per document
         let mut packer = TextPacker::new(docs.clone(), 5, 0, 7, TextCursor::default()).unwrap();
         let mut stream = Vec::new();
         for _ in 0..2 {

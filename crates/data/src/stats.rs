@@ -146,7 +146,9 @@ impl DataStats {
 /// Reads every training shard (all cores) and summarises image sizes.
 fn image_sizes(layout: &DataLayout) -> Result<ImageSizes> {
     let shards = list_shards(&layout.images_dir().join("train"))?;
-    let per_shard: Vec<Result<(Vec<(u32, u32)>, Vec<String>)>> = shards
+    // Per shard: (width, height) of every image, and the problems found.
+    type ShardSizes = (Vec<(u32, u32)>, Vec<String>);
+    let per_shard: Vec<Result<ShardSizes>> = shards
         .par_iter()
         .map(|shard| {
             let (mut sizes, mut problems) = (Vec::new(), Vec::new());

@@ -169,6 +169,7 @@ mod tests {
     use crate::params::ParamFlags;
 
     /// Literal transcription of the torch.optim.AdamW update in f64.
+    #[allow(clippy::too_many_arguments)] // mirrors torch's functional signature
     fn reference(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], step: i32, lr: f64, c: AdamWConfig, decay: bool) {
         let (b1, b2) = (c.beta1, c.beta2);
         for j in 0..p.len() {
@@ -203,8 +204,8 @@ mod tests {
             let g64: Vec<f64> = grad.iter().map(|&x| x as f64).collect();
             let lr = 1e-2 * step as f64;
             opt.step(&mut s, lr);
-            reference(&mut want_w, &g64, &mut mw, &mut vw, step as i32, lr, c, true);
-            reference(&mut want_n, &g64, &mut mn, &mut vn, step as i32, lr, c, false);
+            reference(&mut want_w, &g64, &mut mw, &mut vw, step, lr, c, true);
+            reference(&mut want_n, &g64, &mut mn, &mut vn, step, lr, c, false);
         }
         for (got, want) in [(s.value(w), &want_w), (s.value(n), &want_n)] {
             for (g, w) in got.iter().zip(want.iter()) {

@@ -40,12 +40,11 @@ const LIBRARY_NAMES: &[&str] = &["libopenblas.so.0", "libopenblas.so", "libopenb
 fn cpu_needs_forced_coretype() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+        std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512cd");
-        avx512
+            && std::arch::is_x86_feature_detected!("avx512cd")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -111,13 +111,16 @@ impl vlmix_data::mixing::ImageTexts for Texts<'_> {
     }
 }
 
+/// The mixing sampler over a text stream and the corpus's captions and conversations.
+type CorpusSampler<'a, D> = MixingSampler<D, Texts<'a>, Texts<'a>>;
+
 /// The cooldown mix: text sequences and image sequences at the requested image-token fraction.
 pub struct MixedSource<'a, D> {
-    sampler: MixingSampler<D, Texts<'a>, Texts<'a>>,
+    sampler: CorpusSampler<'a, D>,
     corpus: &'a ImageCorpus,
     cache: &'a FeatureCache,
     batch_size: usize,
-    rebuild: Box<dyn Fn(MixCursor) -> Result<MixingSampler<D, Texts<'a>, Texts<'a>>> + 'a>,
+    rebuild: Box<dyn Fn(MixCursor) -> Result<CorpusSampler<'a, D>> + 'a>,
 }
 
 impl<'a, D: TokenDocuments + Clone + 'a> MixedSource<'a, D> {

@@ -210,10 +210,10 @@ mod tests {
                 (3, 4, vocab)
             );
             let mut out = Vec::new();
-            for d in 0..3 {
+            for (d, doc) in docs.iter().enumerate().take(3) {
                 out.clear();
                 shard.extend_with_doc(d, &mut out);
-                assert_eq!(out, docs[d]);
+                assert_eq!(&out, doc);
             }
             assert!(shard.check_token_ids().is_empty());
         }

@@ -285,7 +285,7 @@ pub struct PixelPatches {
 
 impl PixelPatches {
     pub fn new(size: u32) -> Result<Self> {
-        if size < PATCH_SIZE || size % PATCH_SIZE != 0 || size > 1024 {
+        if size < PATCH_SIZE || !size.is_multiple_of(PATCH_SIZE) || size > 1024 {
             bail!("patch encoder resolution {size} must be a multiple of {PATCH_SIZE} up to 1024");
         }
         let preprocess = Preprocess {

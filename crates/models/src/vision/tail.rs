@@ -17,6 +17,7 @@ use super::siglip::{SiglipConfig, SiglipTape, SiglipVision};
 /// Output width of the patch projection.
 pub const PATCH_WIDTH: usize = 256;
 
+#[allow(clippy::large_enum_variant)] // one per model, never moved in a loop: boxing would buy nothing
 pub enum EncoderTail {
     Siglip { tower: SiglipVision, tape: SiglipTape },
     Patch(PatchProjection),
