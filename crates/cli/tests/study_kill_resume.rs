@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::Instant;
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/study/smoke.toml");
 
@@ -37,17 +37,19 @@ fn killed_smoke_study_resumes_to_identical_results() {
     assert!(home.join("prepared/manifest.json").is_file(), "prepared data missing under {}: run scripts/test.sh (it runs scripts/fetch-data.sh and `vlmix data prepare`)", home.display());
     let tmp = tempfile::tempdir().unwrap();
     let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let started = Instant::now();
     run_to_end(&straight);
-
-    // Kill at points spread over the run: inside pre-training, the cooldown and fine-tuning.
-    for delay_ms in [2_500u64, 9_000, 17_000, 26_000] {
+    // Each attempt runs a fifth of the uninterrupted wall time before SIGKILL, so the four kills land
+    // at about 1/5 .. 4/5 of the work (pre-training, cooldowns, fine-tunes, evals) on any machine.
+    let slice = started.elapsed() / 5;
+    for _ in 0..4 {
         let mut child = study(&killed).spawn().expect("vlmix starts");
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-        }
+        std::thread::sleep(slice);
+        assert!(child.try_wait().unwrap().is_none(), "the study finished before it could be killed");
+        child.kill().unwrap();
         child.wait().unwrap();
     }
+    assert!(!killed.join("results.json").exists(), "four kills left work to resume");
     run_to_end(&killed);
 
     let (a, b) = (scores(&straight), scores(&killed));

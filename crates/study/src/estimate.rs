@@ -44,6 +44,7 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
     // Fine-tuning and evaluation sizes depend on the data; these are upper-bound style guesses.
     let finetune_positions_per_epoch = config.finetune.max_examples.unwrap_or(20_000) as u64 * seq as u64;
     let eval_positions = 3 * (config.eval.vision_tasks.len() + 4 * config.eval.text_tasks.len()) as u64 * config.eval.max_items_per_task as u64 * seq as u64;
+    let text_eval_positions = 3 * (4 * config.eval.text_tasks.len()) as u64 * config.eval.max_items_per_task as u64 * seq as u64;
     println!("model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters)", model.d_model, model.n_layers, model.n_heads, seq, model.vocab, model.param_count().total as f64 / 1e6);
     println!("measured training throughput here: {rate:.0} positions/s\n");
     println!("{:<48} {:>12} {:>10}", "node", "positions", "est. time");
@@ -56,6 +57,7 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
             NodeKind::Finetune { epochs, .. } => *epochs as u64 * finetune_positions_per_epoch,
             // Forward only: about a third of a training step's work.
             NodeKind::Eval { .. } => eval_positions / 3,
+            NodeKind::EvalTextBaseline => text_eval_positions / 3,
         };
         let secs = positions as f64 / rate;
         total += secs;

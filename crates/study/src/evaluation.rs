@@ -14,10 +14,13 @@ use crate::config::StudyConfig;
 use crate::executor::StudyDir;
 use crate::runner::{encoder_spec, StudyRunner};
 
-/// File of each configured task, in the prepared data; a missing file is an error naming the field.
-pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout) -> Result<Vec<PathBuf>> {
+/// File of each configured task (vision ones only with `vision`), in the prepared data; a missing
+/// file is an error naming the field.
+pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision: bool) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for (field, tasks, dir) in [("eval.vision_tasks", &config.eval.vision_tasks, layout.eval_vl_dir()), ("eval.text_tasks", &config.eval.text_tasks, layout.eval_text_dir())] {
+    let no_tasks = Vec::new();
+    let vision_tasks = if vision { &config.eval.vision_tasks } else { &no_tasks };
+    for (field, tasks, dir) in [("eval.vision_tasks", vision_tasks, layout.eval_vl_dir()), ("eval.text_tasks", &config.eval.text_tasks, layout.eval_text_dir())] {
         for (i, task) in tasks.iter().enumerate() {
             let file = dir.join(format!("{task}.jsonl"));
             if !file.is_file() {
@@ -37,7 +40,7 @@ pub fn evaluate_node(runner: &mut StudyRunner, finetune: &str, epoch: u32, dir: 
     let rel = done.outputs.pointer(&format!("/epochs/{epoch}")).and_then(|v| v.as_str()).with_context(|| format!("{finetune} kept no epoch {epoch}"))?;
     let checkpoint = study.root.join(rel);
     let layout = &runner.layout;
-    let files = task_files(runner.config, layout)?;
+    let files = task_files(runner.config, layout, true)?;
     let tokenizer = TextTokenizer::load(&layout.tokenizer_json())?;
     let images = ImageFeatures::open(open_encoder(&encoder_spec(runner.config), &layout.home)?, &layout.home.join(CACHE_SUBDIR))?;
     let mut scorer = ModelScorer::from_checkpoint(&checkpoint, tokenizer, Some(images))?;
@@ -52,6 +55,35 @@ pub fn evaluate_node(runner: &mut StudyRunner, finetune: &str, epoch: u32, dir: 
         "checkpoint": rel,
         "bits_per_byte": bits_per_byte,
         "vision_stable_score": report.vision_stable_score,
+        "text_stable_score": report.text_stable_score,
+    }))
+}
+
+/// The text-only baseline: the study's text tasks on the last kept pre-training checkpoint.
+pub fn evaluate_text_baseline(runner: &mut StudyRunner, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    let done = study.done("pretrain")?.context("pretrain is not finished")?;
+    let (fraction, rel) = done
+        .outputs
+        .get("checkpoints")
+        .and_then(|c| c.as_object())
+        .into_iter()
+        .flatten()
+        .filter_map(|(fraction, path)| Some((fraction.parse::<f64>().ok()?, path.as_str()?)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .context("pretrain kept no checkpoint")?;
+    let layout = &runner.layout;
+    let files = task_files(runner.config, layout, false)?;
+    let tokenizer = TextTokenizer::load(&layout.tokenizer_json())?;
+    let mut scorer = ModelScorer::from_checkpoint(&study.root.join(rel), tokenizer, None)?;
+    let options = EvalOptions { limit: Some(runner.config.eval.max_items_per_task), ..EvalOptions::default() };
+    let mut report = evaluate_files(&mut scorer, &files, None, &options)?;
+    report.validation = None;
+    let path = dir.join("eval.json");
+    report.write_json(&path)?;
+    Ok(json!({
+        "report": path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy(),
+        "checkpoint": rel,
+        "fraction": fraction,
         "text_stable_score": report.text_stable_score,
     }))
 }

@@ -21,6 +21,9 @@ pub enum NodeKind {
     /// to the comparison epoch elsewhere (the LR schedule always spans the configured count).
     Finetune { cooldown: String, seed: u64, epochs: u32 },
     Eval { finetune: String, epoch: u32 },
+    /// The text tasks on the last pre-training checkpoint: the text-only model that image-trained
+    /// models' text scores are held against (the paper: text performance holds).
+    EvalTextBaseline,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,6 +42,8 @@ pub struct Plan {
 
 /// Id of the node that encodes the training images and tokenizes their texts.
 pub const IMAGE_CORPUS: &str = "image-corpus";
+/// Id of the text-only baseline's evaluation.
+pub const EVAL_TEXT_BASELINE: &str = "eval-text-baseline";
 
 pub fn cooldown_id(point: &GridPoint, seed: u64) -> String {
     format!(
@@ -59,6 +64,9 @@ impl Plan {
             Node { id: IMAGE_CORPUS.into(), kind: NodeKind::ImageCorpus, after: vec![] },
             Node { id: "pretrain".into(), kind: NodeKind::Pretrain, after: vec![] },
         ];
+        if !config.eval.text_tasks.is_empty() {
+            nodes.push(Node { id: EVAL_TEXT_BASELINE.into(), kind: NodeKind::EvalTextBaseline, after: vec!["pretrain".into()] });
+        }
         for &seed in &config.grid.seeds {
             for point in config.points() {
                 let cooldown = cooldown_id(&point, seed);
@@ -105,6 +113,7 @@ mod tests {
         let points = config.points().len();
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 1);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::ImageCorpus)), 1);
+        assert_eq!(plan.count(|k| matches!(k, NodeKind::EvalTextBaseline)), 1, "one text-only baseline, shared by every seed");
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Cooldown { .. })), points * 2);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Finetune { .. })), points * 2);
         let evals_per_seed = config.finetune.epochs as usize + (points - 1);

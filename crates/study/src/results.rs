@@ -34,7 +34,7 @@ fn stage_of(kind: &NodeKind) -> &'static str {
         NodeKind::Pretrain => "pretrain",
         NodeKind::Cooldown { .. } => "cooldown",
         NodeKind::Finetune { .. } => "finetune",
-        NodeKind::Eval { .. } => "eval",
+        NodeKind::Eval { .. } | NodeKind::EvalTextBaseline => "eval",
     }
 }
 
@@ -47,6 +47,15 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
         table.nodes.push(NodeRecord { node_id: node.id.clone(), stage: stage_of(&node.kind).into(), wall_time_s: done.wall_s, machine: machine.clone(), versions: versions.clone() });
         if matches!(node.kind, NodeKind::Pretrain) {
             table.rows.extend(pretrain_rows(&done.outputs, &machine, &versions));
+        }
+        if matches!(node.kind, NodeKind::EvalTextBaseline) {
+            let report = EvalReport::read_json(&study.root.join(done.outputs["report"].as_str().context("eval output without report")?))?;
+            let run_id = pretrain_run_id(done.outputs["fraction"].as_f64().context("baseline eval output without fraction")?);
+            let row = table.rows.iter_mut().find(|r| r.run_id == run_id).with_context(|| format!("the text baseline's pre-training row {run_id} is missing"))?;
+            let bits_per_byte = row.bits_per_byte;
+            row.set_scores(&report);
+            row.bits_per_byte = bits_per_byte;
+            continue;
         }
         let NodeKind::Eval { finetune, epoch } = &node.kind else { continue };
         let finetune_node = plan.nodes.iter().find(|n| &n.id == finetune).context("eval node without its fine-tune")?;
@@ -87,7 +96,7 @@ fn pretrain_rows(outputs: &serde_json::Value, machine: &str, versions: &BTreeMap
         .iter()
         .filter_map(|p| Some((p["fraction"].as_f64()?, p["bits_per_byte"].as_f64()?)))
         .map(|(fraction, bpb)| ResultRow {
-            run_id: format!("pretrain-at{:03}", (fraction * 100.0).round() as u32),
+            run_id: pretrain_run_id(fraction),
             stage: "pretrain".into(),
             introduction: None,
             fresh_schedule: false,
@@ -107,12 +116,16 @@ fn pretrain_rows(outputs: &serde_json::Value, machine: &str, versions: &BTreeMap
         .collect()
 }
 
+fn pretrain_run_id(fraction: f64) -> String {
+    format!("pretrain-at{:03}", (fraction * 100.0).round() as u32)
+}
+
 /// Training curves of every finished training node.
 pub fn curves(plan: &Plan, study: &StudyDir) -> Result<Vec<TrainingCurve>> {
     let mut curves = Vec::new();
     for node in &plan.nodes {
         let metrics = study.node_dir(&node.id).join("metrics.jsonl");
-        if matches!(node.kind, NodeKind::Eval { .. }) || !metrics.is_file() {
+        if matches!(node.kind, NodeKind::Eval { .. } | NodeKind::EvalTextBaseline) || !metrics.is_file() {
             continue;
         }
         curves.push(TrainingCurve::load_jsonl(&node.id, &metrics)?);

@@ -27,7 +27,7 @@ pub struct RunOptions {
 pub fn run(config_path: &Path, options: &RunOptions) -> Result<Option<PathBuf>> {
     let config = StudyConfig::load(config_path)?;
     let layout = DataLayout::from_env(options.data.as_deref())?;
-    task_files(&config, &layout).with_context(|| format!("invalid study config {}", config_path.display()))?;
+    task_files(&config, &layout, true).with_context(|| format!("invalid study config {}", config_path.display()))?;
     let plan = Plan::build(&config);
     if options.dry_run {
         print_estimate(&config, &plan, &layout)?;

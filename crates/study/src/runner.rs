@@ -257,6 +257,7 @@ impl NodeRunner for StudyRunner<'_> {
             NodeKind::Cooldown { point, seed } => self.cooldown_node(point, *seed, dir, study),
             NodeKind::Finetune { cooldown, seed, epochs } => self.finetune_node(cooldown, *seed, *epochs, dir, study),
             NodeKind::Eval { finetune, epoch } => crate::evaluation::evaluate_node(self, finetune, *epoch, dir, study),
+            NodeKind::EvalTextBaseline => crate::evaluation::evaluate_text_baseline(self, dir, study),
         }
     }
 
