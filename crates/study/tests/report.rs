@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use vlmix_eval::Modality;
 use vlmix_study::report::{
-    findings::findings, write_report, MetricPoint, NodeRecord, ReportInput, ResultRow, ResultsTable, TaskScore,
+    figures::knob_figure, findings::findings, grid::Knob, write_report, MetricPoint, NodeRecord, ReportInput, ResultRow, ResultsTable, TaskScore,
     TrainingCurve,
 };
 
@@ -154,6 +154,11 @@ fn findings_pick_the_known_best_settings() {
     assert_eq!(answer("seeds"), "at most 0.006 between seeds of one configuration");
     let intro = f.iter().find(|f| f.question.contains("introduced")).unwrap();
     assert!(intro.evidence.contains("scratch (0 %): vision 0.050"), "{}", intro.evidence);
+
+    // The text panels carry the text-only model's score as their reference line; vision panels none.
+    let figure = knob_figure(&table.rows, Knob::Introduction);
+    assert_eq!(figure.panels[0].baseline, None);
+    assert_eq!(figure.panels[1].baseline, Some(("text-only model".to_string(), 0.2)));
 }
 
 #[test]

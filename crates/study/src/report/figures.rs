@@ -53,6 +53,8 @@ pub struct Panel {
     pub series: Vec<PlotSeries>,
     /// Draw y = 0 (chance level for stable scores) and keep it in view.
     pub zero_line: bool,
+    /// A dashed reference line (label, y), kept in view: the text-only model's text score.
+    pub baseline: Option<(String, f64)>,
     /// Only whole-number ticks on x (epoch counts).
     pub integer_x: bool,
 }
@@ -73,8 +75,10 @@ pub struct RenderedFigure {
     pub png: Vec<u8>,
 }
 
-/// Vision and text stable score against one knob; fresh-schedule points hollow.
+/// Vision and text stable score against one knob; fresh-schedule points hollow; the text panel
+/// shows the text-only model's score as a dashed line, as the paper compares against it.
 pub fn knob_figure(rows: &[ResultRow], knob: Knob) -> Figure {
+    let text_only = rows.iter().filter(|r| r.introduction.is_none()).filter_map(|r| Score::Text.of(r)).reduce(f64::max);
     let panel = |score: Score| Panel {
         title: format!("{} stable score", score.name()),
         x_label: knob.axis_label().to_string(),
@@ -89,6 +93,7 @@ pub fn knob_figure(rows: &[ResultRow], knob: Knob) -> Figure {
             })
             .collect(),
         zero_line: true,
+        baseline: text_only.filter(|_| score == Score::Text).map(|y| ("text-only model".to_string(), y)),
         integer_x: knob == Knob::FinetuneEpochs,
     };
     let caption = match knob {
@@ -124,6 +129,7 @@ pub fn curves_figure(curves: &[TrainingCurve]) -> Figure {
             })
             .collect(),
         zero_line: false,
+        baseline: None,
         integer_x: false,
     };
     Figure {
@@ -214,7 +220,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> R
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, labels: &[String]) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let all_points = || panel.series.iter().flat_map(|s| s.line.iter().chain(&s.hollow));
     let (x0, x1) = padded_range(all_points().map(|p| p.0), false);
-    let (y0, y1) = padded_range(all_points().map(|p| p.1), panel.zero_line);
+    let (y0, y1) = padded_range(all_points().map(|p| p.1).chain(panel.baseline.as_ref().map(|b| b.1)), panel.zero_line);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, 17))
         .margin(12)
@@ -234,6 +240,12 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
         .draw()?;
     if panel.zero_line {
         chart.draw_series(LineSeries::new(vec![(x0, 0.0), (x1, 0.0)], RGBColor(120, 120, 120).stroke_width(1)))?;
+    }
+    if let Some((label, y)) = &panel.baseline {
+        let grey = RGBColor(90, 90, 90);
+        chart.draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 8, 5, grey.stroke_width(2)))?;
+        let above = EmptyElement::at((x0, *y)) + Text::new(label.clone(), (6, -17), (FONT, 13).into_font().color(&grey));
+        chart.draw_series(std::iter::once(above))?;
     }
     if all_points().next().is_none() {
         let mid = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
