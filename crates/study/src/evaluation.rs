@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
-use vlmix_eval::{evaluate_files, EvalOptions};
+use vlmix_eval::{evaluate_files, EvalOptions, EvalReport};
 use vlmix_models::vision::encoder::open_encoder;
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
@@ -35,25 +35,34 @@ pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision:
     Ok(files)
 }
 
+/// Scores `checkpoint` on the study's tasks (the vision ones too with `vision`) and writes the full
+/// report to `dir/eval.json`; returns the report and that file's path relative to the run.
+fn score_checkpoint(runner: &StudyRunner, checkpoint: &Path, vision: bool, dir: &Path, study: &StudyDir) -> Result<(EvalReport, String)> {
+    let layout = &runner.layout;
+    let files = task_files(runner.config, layout, vision)?;
+    let tokenizer = TextTokenizer::load(&layout.tokenizer_json())?;
+    let images = match vision {
+        true => Some(ImageFeatures::open(open_encoder(&encoder_spec(runner.config), &layout.home)?, &layout.home.join(CACHE_SUBDIR))?),
+        false => None,
+    };
+    let mut scorer = ModelScorer::from_checkpoint(checkpoint, tokenizer, images)?;
+    let options = EvalOptions { limit: Some(runner.config.eval.max_items_per_task), ..EvalOptions::default() };
+    let mut report = evaluate_files(&mut scorer, &files, None, &options)?;
+    report.validation = None;
+    let path = dir.join("eval.json");
+    report.write_json(&path)?;
+    Ok((report, path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy().into_owned()))
+}
+
 pub fn evaluate_node(runner: &mut StudyRunner, finetune: &str, epoch: u32, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
     let done = study.done(finetune)?.with_context(|| format!("{finetune} is not finished"))?;
     let rel = done.outputs.pointer(&format!("/epochs/{epoch}")).and_then(|v| v.as_str()).with_context(|| format!("{finetune} kept no epoch {epoch}"))?;
     let checkpoint = study.root.join(rel);
-    let layout = &runner.layout;
-    let files = task_files(runner.config, layout, true)?;
-    let tokenizer = TextTokenizer::load(&layout.tokenizer_json())?;
-    let images = ImageFeatures::open(open_encoder(&encoder_spec(runner.config), &layout.home)?, &layout.home.join(CACHE_SUBDIR))?;
-    let mut scorer = ModelScorer::from_checkpoint(&checkpoint, tokenizer, Some(images))?;
-    let options = EvalOptions { limit: Some(runner.config.eval.max_items_per_task), ..EvalOptions::default() };
-    let mut report = evaluate_files(&mut scorer, &files, None, &options)?;
-    let bits_per_byte = runner.validation_bits_per_byte(&checkpoint)?;
-    report.validation = None;
-    let path = dir.join("eval.json");
-    report.write_json(&path)?;
+    let (report, report_path) = score_checkpoint(runner, &checkpoint, true, dir, study)?;
     Ok(json!({
-        "report": path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy(),
+        "report": report_path,
         "checkpoint": rel,
-        "bits_per_byte": bits_per_byte,
+        "bits_per_byte": runner.validation_bits_per_byte(&checkpoint)?,
         "vision_stable_score": report.vision_stable_score,
         "text_stable_score": report.text_stable_score,
     }))
@@ -71,17 +80,9 @@ pub fn evaluate_text_baseline(runner: &mut StudyRunner, dir: &Path, study: &Stud
         .filter_map(|(fraction, path)| Some((fraction.parse::<f64>().ok()?, path.as_str()?)))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .context("pretrain kept no checkpoint")?;
-    let layout = &runner.layout;
-    let files = task_files(runner.config, layout, false)?;
-    let tokenizer = TextTokenizer::load(&layout.tokenizer_json())?;
-    let mut scorer = ModelScorer::from_checkpoint(&study.root.join(rel), tokenizer, None)?;
-    let options = EvalOptions { limit: Some(runner.config.eval.max_items_per_task), ..EvalOptions::default() };
-    let mut report = evaluate_files(&mut scorer, &files, None, &options)?;
-    report.validation = None;
-    let path = dir.join("eval.json");
-    report.write_json(&path)?;
+    let (report, report_path) = score_checkpoint(runner, &study.root.join(rel), false, dir, study)?;
     Ok(json!({
-        "report": path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy(),
+        "report": report_path,
         "checkpoint": rel,
         "fraction": fraction,
         "text_stable_score": report.text_stable_score,
