@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use vlmix_models::vision::encoder::is_siglip_dir;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,7 +178,7 @@ impl StudyConfig {
         if self.name.trim().is_empty() {
             bail!("name must not be empty");
         }
-        if self.encoder_trainable_blocks > 0 && !Path::new(&self.encoder).join("config.json").is_file() {
+        if self.encoder_trainable_blocks > 0 && !is_siglip_dir(Path::new(&self.encoder)) {
             bail!(
                 "encoder_trainable_blocks = {} needs a SigLIP directory as `encoder` (blocks of {:?} cannot be unfrozen)",
                 self.encoder_trainable_blocks,

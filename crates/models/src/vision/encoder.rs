@@ -118,10 +118,15 @@ pub fn efficientnet_weights(home: &Path) -> Result<PathBuf> {
     Ok(converted)
 }
 
+/// Whether `source` is a Hugging Face SigLIP directory (it holds a `config.json`).
+pub fn is_siglip_dir(source: &Path) -> bool {
+    source.join("config.json").is_file()
+}
+
 /// Loads the encoder `spec` names; `home` is `$VLMIX_HOME` (for the default weights).
 pub fn open_encoder(spec: &EncoderSpec, home: &Path) -> Result<Box<dyn ImageEncoder>> {
     let source = Path::new(&spec.source);
-    let is_siglip = source.is_dir() && source.join("config.json").is_file();
+    let is_siglip = is_siglip_dir(source);
     if spec.trainable_blocks > 0 && !is_siglip {
         bail!("unfreezing encoder blocks needs a SigLIP directory; {:?} is not one", spec.source);
     }
@@ -131,13 +136,13 @@ pub fn open_encoder(spec: &EncoderSpec, home: &Path) -> Result<Box<dyn ImageEnco
     if spec.source == EFFICIENTNET_NAME {
         return Ok(Box::new(EfficientNetEncoder::load(&efficientnet_weights(home)?, spec)?));
     }
-    if source.is_dir() {
-        if source.join("config.json").is_file() {
-            if spec.resolution.is_some() {
-                bail!("--resolution applies to EfficientNet only; a SigLIP model's input size comes from its config.json");
-            }
-            return Ok(Box::new(SiglipEncoder::load(source, spec.layer, spec.trainable_blocks)?));
+    if is_siglip {
+        if spec.resolution.is_some() {
+            bail!("--resolution applies to EfficientNet only; a SigLIP model's input size comes from its config.json");
         }
+        return Ok(Box::new(SiglipEncoder::load(source, spec.layer, spec.trainable_blocks)?));
+    }
+    if source.is_dir() {
         bail!("{}: no config.json (expected a Hugging Face SigLIP directory)", source.display());
     }
     match source.extension().and_then(|e| e.to_str()) {

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, ensure, Result};
 use vlmix_engine::params::ParamStore;
 
-use super::encoder::{EncoderSpec, PATCH_NAME, PATCH_RESOLUTION, PATCH_SIZE};
+use super::encoder::{is_siglip_dir, EncoderSpec, PATCH_NAME, PATCH_RESOLUTION, PATCH_SIZE};
 use super::patch_projection::PatchProjection;
 use super::siglip::{SiglipConfig, SiglipTape, SiglipVision};
 
@@ -35,7 +35,7 @@ impl EncoderTail {
             return Ok(None);
         }
         let dir = Path::new(&spec.source);
-        if !dir.join("config.json").is_file() {
+        if !is_siglip_dir(dir) {
             bail!("unfreezing encoder blocks needs a SigLIP directory; {} has no config.json", dir.display());
         }
         let config = SiglipConfig::from_file(&dir.join("config.json"))?;
