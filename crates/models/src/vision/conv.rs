@@ -31,6 +31,13 @@ pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize
     (output, total / 2)
 }
 
+/// Output shape and `(top, left)` padding of a SAME convolution of `shape` images.
+fn same_output(shape: Spatial, kernel: usize, stride: usize) -> (Spatial, usize, usize) {
+    let (height, pad_top) = same_padding(shape.height, kernel, stride);
+    let (width, pad_left) = same_padding(shape.width, kernel, stride);
+    (Spatial { batch: shape.batch, height, width }, pad_top, pad_left)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     None,
@@ -87,9 +94,8 @@ pub fn depthwise(
     bias: &[f32],
     act: Activation,
 ) -> (Vec<f32>, Spatial) {
-    let (out_h, pad_top) = same_padding(shape.height, kernel, stride);
-    let (out_w, pad_left) = same_padding(shape.width, kernel, stride);
-    let out_shape = Spatial { batch: shape.batch, height: out_h, width: out_w };
+    let (out_shape, pad_top, pad_left) = same_output(shape, kernel, stride);
+    let (out_h, out_w) = (out_shape.height, out_shape.width);
     let mut y = vec![0.0; out_shape.pixels() * channels];
     y.par_chunks_mut(out_w * channels).enumerate().for_each(|(row_index, out_row)| {
         let b = row_index / out_h;
@@ -140,9 +146,8 @@ pub fn dense_nchw(
     bias: &[f32],
     act: Activation,
 ) -> (Vec<f32>, Spatial) {
-    let (out_h, pad_top) = same_padding(shape.height, kernel, stride);
-    let (out_w, pad_left) = same_padding(shape.width, kernel, stride);
-    let out_shape = Spatial { batch: shape.batch, height: out_h, width: out_w };
+    let (out_shape, pad_top, pad_left) = same_output(shape, kernel, stride);
+    let (out_h, out_w) = (out_shape.height, out_shape.width);
     let patch = kernel * kernel * in_channels;
     let plane = shape.height * shape.width;
     let mut columns = vec![0.0f32; out_shape.pixels() * patch];
