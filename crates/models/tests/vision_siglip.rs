@@ -1,5 +1,6 @@
-//! SigLIP vision tower: parity with Hugging Face transformers (reference/siglip_reference.py),
-//! gradient check of the unfrozen blocks, and weight-shape errors.
+//! SigLIP vision tower: parity with Hugging Face transformers (reference/siglip_reference.py, and
+//! reference/siglip_layouts_reference.py for the three checkpoint layouts), gradient check of the
+//! unfrozen blocks, and weight-shape errors.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_engine::params::ParamStore;
@@ -7,6 +8,7 @@ use vlmix_engine::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer};
 use vlmix_models::vision::preprocess;
 use vlmix_models::vision::siglip::{SiglipConfig, SiglipTape, SiglipVision};
+use vlmix_models::vision::tail::EncoderTail;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/siglip_tiny")
@@ -16,10 +18,21 @@ fn config() -> SiglipConfig {
     SiglipConfig::from_file(&fixture().join("config.json")).unwrap()
 }
 
-fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
+/// Asserts the largest absolute difference is within `tol`, and returns it.
+fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
     assert_eq!(got.len(), want.len(), "{name}: length");
     let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
     assert!(worst <= tol, "{name}: max abs error {worst} > {tol}");
+    worst
+}
+
+/// One SigLIP tower of an unusual shape (image 35, patch 7, width 42, 6 heads of 7) saved in the three
+/// layouts Hugging Face checkpoints come in: `SiglipVisionModel` without the `vision_model.` prefix (recent
+/// transformers), with it (older transformers), and a full `SiglipModel` with a text tower.
+const LAYOUTS: [&str; 3] = ["siglip_layout_unprefixed", "siglip_layout_prefixed", "siglip_layout_full"];
+
+fn layout_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 #[test]
@@ -34,6 +47,87 @@ fn penultimate_and_last_layers_match_transformers() {
         let got = model.forward(&params, &pixels, 2, None).unwrap();
         assert_close(want, &got, &outputs.f32(want).unwrap().data, 1e-4);
     }
+}
+
+#[test]
+fn every_checkpoint_layout_of_an_odd_shaped_tower_matches_transformers() {
+    for name in LAYOUTS {
+        let dir = layout_fixture(name);
+        let outputs = SafetensorsFile::open(&dir.join("outputs.safetensors")).unwrap();
+        let pixels = outputs.f32("pixel_values").unwrap().data;
+        let config = SiglipConfig::from_file(&dir.join("config.json")).unwrap();
+        assert_eq!((config.grid(), config.patch_size, config.hidden_size, config.num_attention_heads), (5, 7, 42, 6), "{name}");
+        for (layer, want) in [(FeatureLayer::Penultimate, "penultimate"), (FeatureLayer::Last, "last_hidden_state")] {
+            let mut params = ParamStore::new();
+            let model = SiglipVision::register(&config, &dir.join("model.safetensors"), layer, 0, &mut params).unwrap();
+            let got = model.forward(&params, &pixels, 2, None).unwrap();
+            let worst = assert_close(&format!("{name} {want}"), &got, &outputs.f32(want).unwrap().data, 1e-4);
+            eprintln!("{name} {want}: max abs error {worst:.2e}");
+        }
+    }
+}
+
+/// Whatever the file's layout, the tower registers under the same `vision_model.` names with the same
+/// values, so a VLM checkpoint holding a trained tail loads against any of them; the text tower, the
+/// logit scale and bias and the pooling head are not read.
+#[test]
+fn every_layout_registers_the_same_vision_model_parameters() {
+    let registered = |name: &str| -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let dir = layout_fixture(name);
+        let config = SiglipConfig::from_file(&dir.join("config.json")).unwrap();
+        let mut params = ParamStore::new();
+        SiglipVision::register(&config, &dir.join("model.safetensors"), FeatureLayer::Last, 1, &mut params).unwrap();
+        params.ids().map(|id| (params.info(id).name.clone(), params.info(id).shape.clone(), params.value(id).to_vec())).collect()
+    };
+    let want = registered("siglip_layout_prefixed");
+    assert!(want.iter().all(|(name, _, _)| name.starts_with("vision_model.") && !name.contains("head.")), "{:?}", want.iter().map(|p| &p.0).collect::<Vec<_>>());
+    assert!(want.iter().any(|(name, _, _)| name == "vision_model.encoder.layers.2.self_attn.in_proj.weight"));
+    for name in ["siglip_layout_unprefixed", "siglip_layout_full"] {
+        assert!(registered(name) == want, "{name}: parameters differ from the prefixed layout's");
+    }
+}
+
+#[test]
+fn encoder_and_tail_open_an_unprefixed_directory() {
+    let dir = layout_fixture("siglip_layout_unprefixed");
+    let outputs = SafetensorsFile::open(&dir.join("outputs.safetensors")).unwrap();
+    let pixels = outputs.f32("pixel_values").unwrap().data;
+    let spec = EncoderSpec { source: dir.display().to_string(), layer: FeatureLayer::Last, resolution: None, trainable_blocks: 1 };
+    let trunk = open_encoder(&spec, Path::new("/nonexistent")).unwrap();
+    assert_eq!((trunk.tokens(), trunk.width()), (25, 42));
+    let hidden = trunk.encode(&pixels, 2).unwrap();
+    let mut params = ParamStore::new();
+    let mut tail = EncoderTail::open(&spec, &mut params, 0).unwrap().expect("one trainable block gives a tail");
+    let got = tail.forward(&params, &hidden, 2, false).unwrap();
+    assert_close("unprefixed trunk + tail", &got, &outputs.f32("last_hidden_state").unwrap().data, 1e-4);
+}
+
+#[test]
+fn a_file_in_neither_layout_is_refused_naming_it_and_its_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let data = vec![0.0f32; 4];
+    let names = ["vision_tower.vision_model.embeddings.patch_embedding.bias", "multi_modal_projector.linear_1.bias"];
+    write_f32_tensors(&path, names.iter().map(|n| (n.to_string(), F32View { shape: vec![4], data: &data })), None).unwrap();
+    let config = SiglipConfig::from_file(&layout_fixture("siglip_layout_unprefixed").join("config.json")).unwrap();
+    let err = format!("{:#}", SiglipVision::register(&config, &path, FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap());
+    assert!(err.contains(&path.display().to_string()) && err.contains("not a SigLIP vision checkpoint"), "{err}");
+    assert!(names.iter().all(|n| err.contains(n)) && err.contains("found 2 tensors"), "{err}");
+
+    // In the unprefixed layout a missing tensor is named as the file would hold it.
+    let file = SafetensorsFile::open(&layout_fixture("siglip_layout_unprefixed").join("model.safetensors")).unwrap();
+    let kept: Vec<(String, Vec<usize>, Vec<f32>)> = file
+        .names()
+        .into_iter()
+        .filter(|n| n != "encoder.layers.1.mlp.fc2.bias")
+        .map(|n| {
+            let t = file.f32(&n).unwrap();
+            (n, t.shape, t.data)
+        })
+        .collect();
+    write_f32_tensors(&path, kept.iter().map(|(n, s, d)| (n.clone(), F32View { shape: s.clone(), data: d })), None).unwrap();
+    let err = format!("{:#}", SiglipVision::register(&config, &path, FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap());
+    assert!(err.contains("missing tensor encoder.layers.1.mlp.fc2.bias (expected shape [42])"), "{err}");
 }
 
 #[test]

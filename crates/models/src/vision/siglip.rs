@@ -9,6 +9,8 @@
 //! Parameters are registered in the caller's `ParamStore` under Hugging Face's names, except that
 //! `self_attn.{q,k,v}_proj` are fused into `self_attn.in_proj` (`[3d, d]`, rows q, k, v) as the
 //! engine's attention takes them. Blocks that the chosen feature layer does not use are not loaded.
+//! Those names keep the `vision_model.` prefix whatever the file's layout ([`TowerWeights`]), so VLM
+//! checkpoints that hold a trained tail stay valid.
 //! The last `trainable_blocks` used blocks (and `post_layernorm` with the last layer) are trainable:
 //! [`SiglipVision::backward`] propagates through them only.
 //!
@@ -31,6 +33,7 @@ use vlmix_engine::layers::{
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore, Values};
 use vlmix_engine::{Cpu, Device, GeluKind, Gemm};
 
+/// Prefix of the tower's parameter names in the `ParamStore` (and in VLM checkpoints).
 const PREFIX: &str = "vision_model";
 
 /// The vision tower's sizes, from a Hugging Face `config.json`.
@@ -193,10 +196,48 @@ fn linear_params(v: Values<'_>, ids: (ParamId, ParamId)) -> LinearParams<'_, Cpu
     LinearParams { weight: v.get(ids.0), bias: Some(v.get(ids.1)) }
 }
 
+/// A Hugging Face SigLIP weights file and where the vision tower's tensors sit in it. Three layouts
+/// exist: a full `SiglipModel` (`vision_model.*` beside `text_model.*`, `logit_scale`, `logit_bias`),
+/// a `SiglipVisionModel` as older transformers saved it (`vision_model.*`), and one as recent
+/// transformers save it (no prefix: `embeddings.*`, `encoder.layers.*`, `post_layernorm.*`). Only the
+/// tower's own tensors are read, so the text tower and any pooling head (`head.*`) are ignored.
+struct TowerWeights {
+    weights: Weights,
+    /// `"vision_model."` or `""`, prepended to a tower-relative name to find it in the file.
+    prefix: &'static str,
+}
+
+impl TowerWeights {
+    fn open(path: &Path) -> Result<Self> {
+        let weights = Weights::open(path)?;
+        let prefix = if weights.names().any(|n| n.starts_with("vision_model.")) {
+            "vision_model."
+        } else if weights.names().any(|n| ["embeddings.", "encoder.layers.", "post_layernorm."].iter().any(|p| n.starts_with(p))) {
+            ""
+        } else {
+            let mut found: Vec<&str> = weights.names().collect();
+            found.sort_unstable();
+            let shown = found.iter().take(3).map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+            bail!(
+                "{}: not a SigLIP vision checkpoint: no vision_model.* tensors (SiglipModel, or SiglipVisionModel from older transformers) \
+                 nor unprefixed embeddings.* / encoder.layers.* / post_layernorm.* (SiglipVisionModel from recent transformers); \
+                 found {} tensors, e.g. {shown}",
+                path.display(),
+                found.len()
+            );
+        };
+        Ok(Self { weights, prefix })
+    }
+
+    /// The tensor `name` (tower-relative, e.g. `post_layernorm.weight`), which must have `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.weights.get(&format!("{}{name}", self.prefix), shape)
+    }
+}
+
 /// Registers `vision_model.{name}` from the weights file, checking its shape.
-fn load(params: &mut ParamStore, weights: &Weights, name: &str, shape: &[usize], flags: ParamFlags) -> Result<ParamId> {
-    let full = format!("{PREFIX}.{name}");
-    params.add(&full, shape, weights.get(&full, shape)?, flags)
+fn load(params: &mut ParamStore, weights: &TowerWeights, name: &str, shape: &[usize], flags: ParamFlags) -> Result<ParamId> {
+    params.add(&format!("{PREFIX}.{name}"), shape, weights.get(name, shape)?, flags)
 }
 
 impl SiglipTape {
@@ -255,7 +296,7 @@ impl SiglipVision {
     }
 
     fn register_part(config: &SiglipConfig, weights_path: &Path, part: Part, params: &mut ParamStore) -> Result<Self> {
-        let weights = Weights::open(weights_path)?;
+        let weights = TowerWeights::open(weights_path)?;
         let (d, hidden) = (config.hidden_size, config.intermediate_size);
         let frozen = ParamFlags::FROZEN;
         let embedding = if part.embed {
@@ -290,8 +331,8 @@ impl SiglipVision {
             let mut fused_weight = Vec::with_capacity(3 * d * d);
             let mut fused_bias = Vec::with_capacity(3 * d);
             for proj in ["q_proj", "k_proj", "v_proj"] {
-                fused_weight.extend(weights.get(&format!("{PREFIX}.{b}.self_attn.{proj}.weight"), &[d, d])?);
-                fused_bias.extend(weights.get(&format!("{PREFIX}.{b}.self_attn.{proj}.bias"), &[d])?);
+                fused_weight.extend(weights.get(&format!("{b}.self_attn.{proj}.weight"), &[d, d])?);
+                fused_bias.extend(weights.get(&format!("{b}.self_attn.{proj}.bias"), &[d])?);
             }
             let in_proj = (
                 params.add(&format!("{PREFIX}.{b}.self_attn.in_proj.weight"), &[3 * d, d], fused_weight, matrix)?,

@@ -24,6 +24,11 @@ impl Weights {
         self.file.path()
     }
 
+    /// Every tensor name in the file, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.names.contains(name)
     }
