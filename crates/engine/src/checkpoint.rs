@@ -1,5 +1,5 @@
 //! Training checkpoints: weights and AdamW moments as safetensors, the rest of the run's state
-//! (step, LR schedule, RNG, data cursor) as JSON.
+//! (step, LR schedule, token counters, data cursor) as JSON.
 //!
 //! Layout under a run's checkpoint root:
 //! ```text
@@ -34,8 +34,11 @@ pub struct TrainState {
     pub step: u64,
     /// LR schedule position and parameters.
     pub schedule: Value,
-    /// Random generator state(s), e.g. seeds and stream positions.
-    pub rng: Value,
+    /// What the run has consumed so far (e.g. tokens and image tokens); restored on resume, so a
+    /// resumed run reports the same totals as an uninterrupted one. Read as `rng` from checkpoints
+    /// written before the field had its real name.
+    #[serde(alias = "rng")]
+    pub counters: Value,
     /// Where the data loader resumes.
     pub data_cursor: Value,
 }
@@ -98,6 +101,31 @@ pub fn latest_checkpoint(root: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
+/// The checkpoint directory a user means by `path`: a step directory (holds `model.safetensors`), the
+/// `latest` pointer file, a checkpoint root holding `latest`, or a stage directory (its
+/// `checkpoints/`'s latest). Every command that takes a checkpoint resolves it here.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.join(MODEL_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_file() && path.file_name().is_some_and(|n| n == LATEST_FILE) {
+        let root = path.parent().context("`latest` has a parent directory")?;
+        return latest_checkpoint(root)?.with_context(|| format!("{}: no completed checkpoint", path.display()));
+    }
+    for root in [path.to_path_buf(), path.join("checkpoints")] {
+        if root.join(LATEST_FILE).is_file() {
+            return latest_checkpoint(&root)?.with_context(|| format!("{}: no completed checkpoint yet", root.display()));
+        }
+    }
+    if path.join("checkpoints").is_dir() {
+        bail!("{}: no completed checkpoint yet", path.join("checkpoints").display());
+    }
+    if !path.exists() {
+        bail!("{}: no such checkpoint, stage directory or `latest` file", path.display());
+    }
+    bail!("{}: not a checkpoint (no {MODEL_FILE}), a `latest` pointer, nor a stage directory (no checkpoints/)", path.display())
+}
+
 /// Restores parameters and optimizer from a checkpoint directory and returns its `TrainState`.
 ///
 /// Shapes and names are checked against the live model first; nothing is half-loaded on error.
@@ -134,7 +162,7 @@ mod tests {
     }
 
     fn state(step: u64) -> TrainState {
-        TrainState { step, schedule: json!({"lr": 1e-3}), rng: json!({"seed": 7, "offset": step}), data_cursor: json!(step * 8) }
+        TrainState { step, schedule: json!({"lr": 1e-3}), counters: json!({"tokens": step * 64}), data_cursor: json!(step * 8) }
     }
 
     #[test]
@@ -164,6 +192,26 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_resolves_from_its_step_dir_latest_file_root_and_stage_dir() {
+        let stage = scratch_dir("ckpt-resolve");
+        let root = stage.join("checkpoints");
+        let params = model(1.0);
+        let opt = AdamW::new(AdamWConfig::default(), &params);
+        let err = resolve_checkpoint(&stage).unwrap_err().to_string();
+        assert!(err.contains("not a checkpoint"), "{err}");
+        std::fs::create_dir_all(&root).unwrap();
+        assert!(resolve_checkpoint(&stage).unwrap_err().to_string().contains("no completed checkpoint yet"));
+        save_checkpoint(&root, &state(1), &params, &opt).unwrap();
+        let step = save_checkpoint(&root, &state(2), &params, &opt).unwrap();
+        for path in [step.clone(), root.join(LATEST_FILE), root.clone(), stage.clone()] {
+            assert_eq!(resolve_checkpoint(&path).unwrap(), step, "{}", path.display());
+        }
+        let missing = resolve_checkpoint(&stage.join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("nope: no such checkpoint"), "{missing}");
+        std::fs::remove_dir_all(stage).unwrap();
     }
 
     #[test]

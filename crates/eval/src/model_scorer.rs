@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use vlmix_data::tokenizer::TextTokenizer;
+use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_models::lm::{InjectedEmbeddings, Lm, LmInput};
@@ -434,21 +435,6 @@ fn pick_token(logits: &[f32], decoding: &Decoding, rng: &mut ChaCha8Rng) -> u32 
         draw -= w;
     }
     *order.last().expect("vocabulary is not empty")
-}
-
-/// A step directory, or a stage directory's latest checkpoint.
-pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
-    if vlmix_train::stages::weights_of(path).is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let root = path.join("checkpoints");
-    if root.is_dir() {
-        if let Some(latest) = vlmix_engine::checkpoint::latest_checkpoint(&root)? {
-            return Ok(latest);
-        }
-        bail!("{}: no completed checkpoint yet", root.display());
-    }
-    bail!("{}: not a checkpoint (no {}) nor a stage directory (no checkpoints/)", path.display(), vlmix_engine::checkpoint::MODEL_FILE)
 }
 
 impl Scorer for ModelScorer {

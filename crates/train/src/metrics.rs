@@ -1,10 +1,11 @@
 //! Per-step training metrics as JSON lines, consistent across kills and resumes.
 //!
 //! A resumed run restarts at its last checkpoint, so lines written after that checkpoint would be
-//! written again; `open` drops them so the file reads as one uninterrupted run.
+//! written again; `open` drops them so the file reads as one uninterrupted run. Each line reaches the
+//! file as its step ends, so `tail -f metrics.jsonl` (and anything watching a run) sees live progress.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -25,7 +26,7 @@ pub struct StepMetrics {
 
 pub struct MetricsLog {
     path: PathBuf,
-    writer: BufWriter<File>,
+    file: File,
 }
 
 impl MetricsLog {
@@ -41,17 +42,14 @@ impl MetricsLog {
             std::fs::write(path, text).with_context(|| format!("rewriting {}", path.display()))?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { path: path.to_owned(), writer: BufWriter::new(file) })
+        Ok(Self { path: path.to_owned(), file })
     }
 
+    /// Appends one line in a single write (a kill leaves at most a torn last line, which `read` skips).
     pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
-        serde_json::to_writer(&mut self.writer, m)?;
-        self.writer.write_all(b"\n").with_context(|| format!("writing {}", self.path.display()))
-    }
-
-    /// Flushes to the OS; called at checkpoints so the log is never behind a saved state.
-    pub fn flush(&mut self) -> Result<()> {
-        self.writer.flush().with_context(|| format!("flushing {}", self.path.display()))
+        let mut line = serde_json::to_string(m)?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).with_context(|| format!("writing {}", self.path.display()))
     }
 }
 
@@ -86,14 +84,12 @@ mod tests {
         for s in 0..6 {
             log.write(&m(s)).unwrap();
         }
-        log.flush().unwrap();
         drop(log);
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"step\":6,\"tok").unwrap();
         assert_eq!(read(&path).unwrap().len(), 6);
 
         let mut log = MetricsLog::open(&path, 4).unwrap();
         log.write(&m(4)).unwrap();
-        log.flush().unwrap();
         let steps: Vec<u64> = read(&path).unwrap().iter().map(|m| m.step).collect();
         assert_eq!(steps, vec![0, 1, 2, 3, 4]);
     }

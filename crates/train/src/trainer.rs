@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_engine::adamw::AdamW;
-use vlmix_engine::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, LATEST_FILE};
+use vlmix_engine::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, LATEST_FILE, STATE_FILE};
 use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::nonfinite::ensure_finite;
 use vlmix_engine::params::ParamStore;
@@ -84,7 +84,8 @@ where
     if let Some(latest) = latest_checkpoint(&ckpt_root)? {
         let state = load_checkpoint(&latest, model.params_mut(), optimizer)?;
         source.restore(&state.data_cursor).with_context(|| format!("restoring data cursor from {}", latest.display()))?;
-        counters = serde_json::from_value(state.rng.clone()).unwrap_or_default();
+        counters = serde_json::from_value(state.counters.clone())
+            .with_context(|| format!("{}: field `counters` is not this trainer's token counters; refusing to resume with wrong totals", latest.join(STATE_FILE).display()))?;
         step = state.step;
         tracing::info!(step, checkpoint = %latest.display(), "resuming");
     }
@@ -119,18 +120,16 @@ where
         on_step(step, total, &metrics);
         let keep = config.keep_steps.contains(&step);
         if keep || step % config.save_every.max(1) == 0 || step == total {
-            log.flush()?;
             let state = TrainState {
                 step,
                 schedule: serde_json::to_value(&config.schedule)?,
-                rng: serde_json::to_value(&counters)?,
+                counters: serde_json::to_value(&counters)?,
                 data_cursor: source.cursor(),
             };
             save_checkpoint(&ckpt_root, &state, model.params(), optimizer)?;
             prune(&ckpt_root, &config.keep_steps)?;
         }
     }
-    log.flush()?;
     let kept = config
         .keep_steps
         .iter()

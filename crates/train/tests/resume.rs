@@ -54,7 +54,7 @@ fn model() -> (TextModel, AdamW) {
     let mut params = ParamStore::new();
     let lm = Lm::new(config, &mut params, 7).unwrap();
     let opt = AdamW::new(AdamWConfig::default(), &params);
-    (TextModel { lm, params }, opt)
+    (TextModel { lm, params, micro_batch: 2 }, opt)
 }
 
 fn loop_config() -> LoopConfig {
@@ -136,4 +136,28 @@ fn stopping_early_keeps_the_full_runs_models() {
     assert_eq!(outcome.kept.iter().map(|k| k.0).collect::<Vec<_>>(), vec![6]);
     let weights = |dir: &std::path::Path| std::fs::read(dir.join("checkpoints/step-00000006/model.safetensors")).unwrap();
     assert_eq!(weights(full.path()), weights(stopped.path()), "the LR follows the whole schedule, so step 6 is the same model");
+}
+
+#[test]
+fn a_checkpoint_whose_counters_cannot_be_read_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), Some(5)).err().expect("the first attempt crashes");
+    let state = dir.path().join("checkpoints/step-00000004/state.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    json["counters"] = serde_json::json!({ "seed": 7 });
+    std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = format!("{:#}", run(dir.path(), None).err().expect("resume refused"));
+    assert!(err.contains("step-00000004/state.json") && err.contains("counters"), "{err}");
+}
+
+#[test]
+fn checkpoints_written_before_the_counters_rename_still_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), Some(5)).err().expect("the first attempt crashes");
+    let state = dir.path().join("checkpoints/step-00000004/state.json");
+    let text = std::fs::read_to_string(&state).unwrap().replace("\"counters\"", "\"rng\"");
+    std::fs::write(&state, text).unwrap();
+    let (_, outcome) = run(dir.path(), None).unwrap();
+    let (_, straight) = run(tempfile::tempdir().unwrap().path(), None).unwrap();
+    assert_eq!(outcome.tokens, straight.tokens);
 }

@@ -36,7 +36,8 @@ impl DecodingArgs {
 pub struct DescribeArgs {
     /// Image file (PNG, JPEG, WebP).
     image: PathBuf,
-    /// Checkpoint directory (`<stage>/checkpoints/step-N`), or a stage directory (its latest checkpoint).
+    /// Checkpoint directory (`<stage>/checkpoints/step-N`), its `latest` file, or a stage directory (its
+    /// latest checkpoint).
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
@@ -49,7 +50,8 @@ pub struct DescribeArgs {
 pub struct ChatArgs {
     /// The question.
     question: String,
-    /// Checkpoint directory (`<stage>/checkpoints/step-N`), or a stage directory (its latest checkpoint).
+    /// Checkpoint directory (`<stage>/checkpoints/step-N`), its `latest` file, or a stage directory (its
+    /// latest checkpoint).
     #[arg(long)]
     model: PathBuf,
     /// Image the question is about (a text-only model answers without one).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
-use vlmix_eval::model_scorer::resolve_checkpoint;
+use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_eval::{bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures, Modality, ModelScorer, Task, YesNoMode};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, EFFICIENTNET_NAME};
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
@@ -72,7 +72,8 @@ impl ModelArgs {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (`<stage>/checkpoints/step-N`), or a stage directory (its latest checkpoint).
+    /// Checkpoint directory (`<stage>/checkpoints/step-N`), its `latest` file, or a stage directory (its
+    /// latest checkpoint).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Task files (JSONL); default: every file in the prepared data's eval/vl and eval/text.

@@ -1,10 +1,11 @@
 //! `vlmix pretrain | cooldown | finetune`: one stage of a study config, run on its own in a directory
 //! (resumable like every study node). The study command runs the same library calls for its grid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use vlmix_data::DataLayout;
+use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_study::config::{GridPoint, StudyConfig};
 use vlmix_study::runner::StudyRunner;
 use vlmix_train::stages::Start;
@@ -20,6 +21,10 @@ pub struct Common {
     /// Prepared data directory (default: $VLMIX_HOME/prepared).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Sequences per forward/backward pass (overrides the stage's `micro_batch_size`; default: the
+    /// largest that fits in this machine's memory). The batch stays the config's `batch_size`.
+    #[arg(long)]
+    pub micro_batch_size: Option<usize>,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -34,7 +39,8 @@ pub struct PretrainArgs {
 pub struct CooldownArgs {
     #[command(flatten)]
     pub common: Common,
-    /// A pre-training checkpoint directory (`.../checkpoints/step-N`), or `scratch`.
+    /// A pre-training checkpoint (`.../checkpoints/step-N`, the `latest` file, or a stage directory for
+    /// its latest checkpoint), or `scratch`.
     #[arg(long)]
     pub from: String,
     /// Fraction of the text run the checkpoint sits at (0 = scratch, 1 = fully trained): picks the
@@ -55,7 +61,8 @@ pub struct CooldownArgs {
 pub struct FinetuneArgs {
     #[command(flatten)]
     pub common: Common,
-    /// The cooldown checkpoint directory to fine-tune.
+    /// The cooldown checkpoint to fine-tune (`.../checkpoints/step-N`, the `latest` file, or the
+    /// cooldown's stage directory).
     #[arg(long)]
     pub from: PathBuf,
     /// Epochs (overrides the config's `finetune.epochs`).
@@ -75,19 +82,21 @@ fn with_runner(common: &Common, config: &StudyConfig, run: impl FnOnce(&mut Stud
 }
 
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
-    let config = StudyConfig::load(&args.common.config)?;
+    let mut config = StudyConfig::load(&args.common.config)?;
+    config.pretrain.micro_batch_size = args.common.micro_batch_size.or(config.pretrain.micro_batch_size);
     let out = args.common.out.clone();
     with_runner(&args.common, &config, |r| r.pretrain(&out, &out))
 }
 
 pub fn cooldown(args: CooldownArgs) -> Result<()> {
-    let config = StudyConfig::load(&args.common.config)?;
+    let mut config = StudyConfig::load(&args.common.config)?;
+    config.cooldown.micro_batch_size = args.common.micro_batch_size.or(config.cooldown.micro_batch_size);
     for (field, v) in [("--fraction", args.fraction), ("--image-fraction", args.image_fraction), ("--instruction-share", args.instruction_share)] {
         if !(0.0..=1.0).contains(&v) {
             bail!("{field} {v} is outside [0, 1]");
         }
     }
-    let start = if args.from == "scratch" { Start::Scratch } else { Start::TextCheckpoint(PathBuf::from(&args.from)) };
+    let start = if args.from == "scratch" { Start::Scratch } else { Start::TextCheckpoint(resolve_checkpoint(Path::new(&args.from))?) };
     if matches!(start, Start::Scratch) != (args.fraction == 0.0) {
         bail!("--from scratch goes with --fraction 0 (and a checkpoint with a fraction above 0)");
     }
@@ -98,12 +107,13 @@ pub fn cooldown(args: CooldownArgs) -> Result<()> {
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let mut config = StudyConfig::load(&args.common.config)?;
+    config.finetune.micro_batch_size = args.common.micro_batch_size.or(config.finetune.micro_batch_size);
     if let Some(epochs) = args.epochs {
         config.finetune.epochs = epochs;
         config.finetune.compare_epoch = config.finetune.compare_epoch.min(epochs);
     }
     let out = args.common.out.clone();
-    let from = args.from.clone();
+    let from = resolve_checkpoint(&args.from)?;
     let epochs = config.finetune.epochs;
     with_runner(&args.common, &config, |r| r.finetune(from, args.seed, epochs, &out, &out))
 }
