@@ -6,6 +6,7 @@
 //! fine-tunes stop at the comparison epoch. Node ids are stable strings, so a rerun finds the
 //! nodes it already finished.
 
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{GridPoint, StudyConfig};
@@ -46,20 +47,21 @@ pub const IMAGE_CORPUS: &str = "image-corpus";
 pub const EVAL_TEXT_BASELINE: &str = "eval-text-baseline";
 
 pub fn cooldown_id(point: &GridPoint, seed: u64) -> String {
-    format!(
-        "cooldown-at{:03}-img{:03}-inst{:03}-seed{seed}",
-        percent(point.fraction),
-        percent(point.image_fraction),
-        percent(point.instruction_share)
-    )
+    format!("cooldown-at{}-img{}-inst{}-seed{seed}", percent_label(point.fraction), percent_label(point.image_fraction), percent_label(point.instruction_share))
 }
 
-fn percent(x: f64) -> u32 {
-    (x * 100.0).round() as u32
+/// A fraction as the percent label of node and run ids: three integer digits, plus decimals only when
+/// the value is not a whole percent (`0.75` -> `075`, `0.301` -> `030.1`), so ids of whole-percent
+/// grids stay as they were and distinct values get distinct ids down to 1e-6 percent.
+pub fn percent_label(fraction: f64) -> String {
+    let fixed = format!("{:010.6}", fraction * 100.0);
+    fixed.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 impl Plan {
-    pub fn build(config: &StudyConfig) -> Plan {
+    /// The plan of `config`; refuses grid values too close to tell apart in node ids (which would make
+    /// a second node look finished when the first is).
+    pub fn build(config: &StudyConfig) -> Result<Plan> {
         let mut nodes = vec![
             Node { id: IMAGE_CORPUS.into(), kind: NodeKind::ImageCorpus, after: vec![] },
             Node { id: "pretrain".into(), kind: NodeKind::Pretrain, after: vec![] },
@@ -92,7 +94,13 @@ impl Plan {
                 }
             }
         }
-        Plan { nodes }
+        let mut seen = std::collections::BTreeMap::new();
+        for node in &nodes {
+            if let Some(other) = seen.insert(node.id.as_str(), &node.kind) {
+                bail!("two grid points share the node id {}: {other:?} and {:?}; grid values must differ by more than 1e-8", node.id, node.kind);
+            }
+        }
+        Ok(Plan { nodes })
     }
 
     pub fn count(&self, pred: impl Fn(&NodeKind) -> bool) -> usize {
@@ -109,7 +117,7 @@ mod tests {
         let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
         config.grid.seeds = vec![0, 1];
         (config.finetune.epochs, config.finetune.compare_epoch) = (3, 2);
-        let plan = Plan::build(&config);
+        let plan = Plan::build(&config).unwrap();
         let points = config.points().len();
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 1);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::ImageCorpus)), 1);
@@ -130,5 +138,27 @@ mod tests {
         }
         let ids: std::collections::BTreeSet<_> = plan.nodes.iter().map(|n| &n.id).collect();
         assert_eq!(ids.len(), plan.nodes.len(), "node ids are unique");
+    }
+
+    #[test]
+    fn ids_keep_whole_percents_and_tell_close_values_apart() {
+        assert_eq!(percent_label(0.75), "075");
+        assert_eq!(percent_label(1.0), "100");
+        assert_eq!(percent_label(0.0), "000");
+        assert_eq!(percent_label(0.301), "030.1");
+        assert_eq!(percent_label(0.304), "030.4");
+        let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
+        config.grid.image_fractions = vec![0.301, 0.304];
+        let plan = Plan::build(&config).unwrap();
+        let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).filter(|id| id.starts_with("cooldown-")).collect();
+        assert!(ids.contains(&"cooldown-at050-img030.1-inst000-seed0") && ids.contains(&"cooldown-at050-img030.4-inst000-seed0"), "{ids:?}");
+    }
+
+    #[test]
+    fn values_too_close_for_distinct_ids_are_refused_naming_both() {
+        let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
+        config.grid.image_fractions = vec![0.3, 0.3 + 1e-12];
+        let err = Plan::build(&config).unwrap_err().to_string();
+        assert!(err.contains("img030") && err.contains("0.3,") && err.contains("0.300000000001"), "{err}");
     }
 }

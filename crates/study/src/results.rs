@@ -117,7 +117,7 @@ fn pretrain_rows(outputs: &serde_json::Value, machine: &str, versions: &BTreeMap
 }
 
 fn pretrain_run_id(fraction: f64) -> String {
-    format!("pretrain-at{:03}", (fraction * 100.0).round() as u32)
+    format!("pretrain-at{}", crate::plan::percent_label(fraction))
 }
 
 /// Training curves of every finished training node.

@@ -28,7 +28,7 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<Option<PathBuf>> 
     let config = StudyConfig::load(config_path)?;
     let layout = DataLayout::from_env(options.data.as_deref())?;
     task_files(&config, &layout, true).with_context(|| format!("invalid study config {}", config_path.display()))?;
-    let plan = Plan::build(&config);
+    let plan = Plan::build(&config).with_context(|| format!("invalid study config {}", config_path.display()))?;
     if options.dry_run {
         print_estimate(&config, &plan, &layout)?;
         return Ok(None);
@@ -64,5 +64,5 @@ pub fn report(run_dir: &Path) -> Result<PathBuf> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a study run directory (no study.json)", run_dir.display()))?;
     let config: StudyConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let study = StudyDir::open(run_dir)?;
-    write_all(&config, &Plan::build(&config), &study)
+    write_all(&config, &Plan::build(&config)?, &study)
 }
