@@ -1,5 +1,6 @@
 //! Line-by-line reading of JSONL files with per-line problems: the one reader behind every JSONL
-//! format of vlmix-data, so each format only says how to parse and check one line.
+//! format of vlmix-data, so each format only says how to parse and check one line. Files ending in
+//! `.zst`/`.zstd` (DCLM's JSONL.zst) or `.gz` are decompressed as they stream.
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -22,15 +23,28 @@ pub fn visit_lines<T>(
     parse: impl Fn(&str) -> std::result::Result<T, String>,
     mut visit: impl FnMut(std::result::Result<T, LineProblem>) -> Result<()>,
 ) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("open {what} file {}", path.display()))?;
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: not readable UTF-8 text", path.display(), index + 1))?;
+    for (index, line) in open_text(path, what)?.lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: unreadable (truncated, or not UTF-8 text)", path.display(), index + 1))?;
         if line.trim().is_empty() {
             continue;
         }
         visit(parse(&line).map_err(|message| LineProblem { line: index + 1, message }))?;
     }
     Ok(())
+}
+
+/// A buffered reader of `path`'s text, decompressing `.zst`/`.zstd` and `.gz` files on the fly.
+pub fn open_text(path: &Path, what: &str) -> Result<Box<dyn BufRead>> {
+    let file = File::open(path).with_context(|| format!("open {what} file {}", path.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    Ok(if name.ends_with(".zst") || name.ends_with(".zstd") {
+        let decoder = zstd::stream::read::Decoder::new(file).with_context(|| format!("{}: not a zstd stream", path.display()))?;
+        Box::new(BufReader::new(decoder))
+    } else if name.ends_with(".gz") {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    })
 }
 
 /// Reads every line of `path`, failing on the first malformed one with file and line number.

@@ -1,6 +1,7 @@
 //! vlmix-data: registry-package ingestion, tokenizer, standard-format readers and writers, packing and
 //! token-ratio mixing. Paths live in [`layout::DataLayout`].
 pub mod attribution;
+pub mod byod;
 pub mod image_texts;
 pub mod jsonl;
 pub mod layout;

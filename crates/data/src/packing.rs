@@ -50,6 +50,15 @@ impl TokenDocuments for TokenShard {
     }
 }
 
+impl TokenDocuments for crate::text::shard::TokenShards {
+    fn n_docs(&self) -> usize {
+        crate::text::shard::TokenShards::n_docs(self)
+    }
+    fn extend_with_doc(&self, d: usize, out: &mut Vec<u32>) {
+        crate::text::shard::TokenShards::extend_with_doc(self, d, out)
+    }
+}
+
 impl TokenDocuments for Vec<Vec<u32>> {
     fn n_docs(&self) -> usize {
         self.len()

@@ -64,11 +64,49 @@ pub fn split_member_name(name: &str) -> Option<(&str, &str)> {
     (!key.is_empty() && !ext.is_empty()).then_some((key, ext))
 }
 
+/// Where a sample's caption is: DataComp writes it both as `key.txt` and as `"caption"` inside
+/// `key.json`; other sets keep it only in one of them, under their own field name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CaptionKey {
+    /// The `.txt` member, else `"caption"` in the `.json` member (what `vlmix data prepare` writes).
+    #[default]
+    Auto,
+    /// The member with this extension (e.g. `txt`).
+    Member(String),
+    /// This string field of the `.json` member (e.g. `caption`, `TEXT`).
+    JsonField(String),
+}
+
+impl CaptionKey {
+    /// Parses `txt` (any member extension), `json:FIELD` or `auto`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        if text == "auto" {
+            return Ok(Self::Auto);
+        }
+        if let Some(field) = text.strip_prefix("json:") {
+            if field.is_empty() {
+                bail!("caption key {text:?}: name the field after `json:` (e.g. json:caption)");
+            }
+            return Ok(Self::JsonField(field.to_string()));
+        }
+        if text.is_empty() || text.contains(['.', '/', ':']) {
+            bail!("caption key {text:?}: expected a member extension such as `txt`, `json:FIELD` or `auto`");
+        }
+        Ok(Self::Member(text.to_string()))
+    }
+}
+
 /// Reads one shard, calling `visit` with each sample or problem in member order.
 ///
 /// A broken tar structure (truncation, bad header) is delivered as a fatal problem and ends the
 /// shard; an error returned by `visit` stops reading and is passed back.
-pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProblem>) -> Result<()>) -> Result<ReadCounts> {
+pub fn read_shard(shard: &Path, visit: impl FnMut(Result<WdsSample, WdsProblem>) -> Result<()>) -> Result<ReadCounts> {
+    read_shard_with(shard, &CaptionKey::Auto, visit)
+}
+
+/// [`read_shard`] taking the caption from where `caption` says.
+pub fn read_shard_with(shard: &Path, caption: &CaptionKey, mut visit: impl FnMut(Result<WdsSample, WdsProblem>) -> Result<()>) -> Result<ReadCounts> {
     let mut counts = ReadCounts::default();
     let mut deliver = |item: Result<WdsSample, WdsProblem>, counts: &mut ReadCounts| {
         match &item {
@@ -105,7 +143,7 @@ pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProbl
         let mut entry = match entry {
             Ok(entry) => entry,
             Err(err) => {
-                if let Some(item) = pending.take(shard) {
+                if let Some(item) = pending.take(shard, caption) {
                     deliver(item, &mut counts)?;
                 }
                 let message = format!("broken tar structure after member {last_member}: {err}");
@@ -141,7 +179,7 @@ pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProbl
         }
         if (data.len() as u64) < expected {
             if pending.key.as_deref() != Some(key) {
-                if let Some(item) = pending.take(shard) {
+                if let Some(item) = pending.take(shard, caption) {
                     deliver(item, &mut counts)?;
                 }
             }
@@ -150,7 +188,7 @@ pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProbl
             return Ok(counts);
         }
         if pending.key.as_deref() != Some(key) {
-            if let Some(item) = pending.take(shard) {
+            if let Some(item) = pending.take(shard, caption) {
                 deliver(item, &mut counts)?;
             }
             if !finished_keys.insert(key.to_string()) {
@@ -166,10 +204,28 @@ pub fn read_shard(shard: &Path, mut visit: impl FnMut(Result<WdsSample, WdsProbl
         }
         pending.members.push((ext.to_string(), data));
     }
-    if let Some(item) = pending.take(shard) {
+    if let Some(item) = pending.take(shard, caption) {
         deliver(item, &mut counts)?;
     }
+    if let Some(message) = missing_end_blocks(shard) {
+        deliver(Err(problem("-", format!("{message} after member {last_member} (truncated: later samples are lost)"), true)), &mut counts)?;
+    }
     Ok(counts)
+}
+
+/// A tar archive ends with two zero blocks; a shard cut exactly at a member boundary reads as
+/// complete to the tar parser, so the end is checked separately.
+fn missing_end_blocks(shard: &Path) -> Option<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(shard).ok()?;
+    let len = file.metadata().ok()?.len();
+    if len < 1024 {
+        return Some(format!("shard is {len} bytes, shorter than the tar end-of-archive blocks"));
+    }
+    let mut tail = [0u8; 1024];
+    file.seek(SeekFrom::Start(len - 1024)).ok()?;
+    file.read_exact(&mut tail).ok()?;
+    tail.iter().any(|&b| b != 0).then(|| "shard does not end with the tar end-of-archive blocks".to_string())
 }
 
 #[derive(Default)]
@@ -187,14 +243,14 @@ impl PendingSample {
         }
     }
 
-    fn take(&mut self, shard: &Path) -> Option<Result<WdsSample, WdsProblem>> {
+    fn take(&mut self, shard: &Path, caption: &CaptionKey) -> Option<Result<WdsSample, WdsProblem>> {
         let key = self.key.take()?;
         let members = std::mem::take(&mut self.members);
-        Some(assemble(shard, key, members))
+        Some(assemble(shard, key, members, caption))
     }
 }
 
-fn assemble(shard: &Path, key: String, members: Vec<(String, Vec<u8>)>) -> Result<WdsSample, WdsProblem> {
+fn assemble(shard: &Path, key: String, members: Vec<(String, Vec<u8>)>, caption_key: &CaptionKey) -> Result<WdsSample, WdsProblem> {
     let fail = |member: String, message: String| WdsProblem { shard: shard.to_path_buf(), member, message, fatal: false };
     let find = |ext: &str| members.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)).map(|(e, d)| (e.as_str(), d));
     let Some((image_ext, image_bytes)) = IMAGE_EXTENSIONS.iter().find_map(|ext| find(ext)) else {
@@ -215,21 +271,33 @@ fn assemble(shard: &Path, key: String, members: Vec<(String, Vec<u8>)>) -> Resul
         ),
         None => None,
     };
-    let caption = match find("txt") {
-        Some((ext, bytes)) => std::str::from_utf8(bytes)
-            .map_err(|err| fail(format!("{key}.{ext}"), format!("caption is not UTF-8: {err}")))?
-            .trim()
-            .to_string(),
-        None => match metadata.as_ref().and_then(|m| m.get("caption")) {
-            Some(Value::String(caption)) => caption.trim().to_string(),
-            Some(other) => return Err(fail(format!("{key}.json"), format!("\"caption\" is not a string: {other}"))),
-            None => {
-                return Err(fail(
-                    format!("{key}.*"),
-                    "missing caption: no .txt member and no \"caption\" in a .json member".into(),
-                ))
-            }
+    let member_caption = |ext: &str| -> Result<Option<String>, WdsProblem> {
+        let Some((ext, bytes)) = find(ext) else { return Ok(None) };
+        let text = std::str::from_utf8(bytes).map_err(|err| fail(format!("{key}.{ext}"), format!("caption is not UTF-8: {err}")))?;
+        Ok(Some(text.trim().to_string()))
+    };
+    let json_caption = |field: &str| -> Result<Option<String>, WdsProblem> {
+        match metadata.as_ref().and_then(|m| m.get(field)) {
+            Some(Value::String(caption)) => Ok(Some(caption.trim().to_string())),
+            Some(other) => Err(fail(format!("{key}.json"), format!("\"{field}\" is not a string: {other}"))),
+            None => Ok(None),
+        }
+    };
+    let found = match caption_key {
+        CaptionKey::Auto => match member_caption("txt")? {
+            Some(caption) => Some(caption),
+            None => json_caption("caption")?,
         },
+        CaptionKey::Member(ext) => member_caption(ext)?,
+        CaptionKey::JsonField(field) => json_caption(field)?,
+    };
+    let Some(caption) = found else {
+        let wanted = match caption_key {
+            CaptionKey::Auto => "no .txt member and no \"caption\" in a .json member".to_string(),
+            CaptionKey::Member(ext) => format!("no .{ext} member"),
+            CaptionKey::JsonField(field) => format!("no \"{field}\" in a .json member"),
+        };
+        return Err(fail(format!("{key}.*"), format!("missing caption: {wanted}")));
     };
     if caption.is_empty() {
         return Err(fail(format!("{key}.txt"), "empty caption".into()));

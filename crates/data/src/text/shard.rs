@@ -26,41 +26,121 @@ const HEADER_BYTES: usize = 64;
 
 /// Writes documents of token ids atomically; ids are stored as u16 when `vocab_size <= 65536`.
 pub fn write_token_shard(path: &Path, vocab_size: usize, documents: &[Vec<u32>]) -> Result<()> {
-    let token_bytes: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
-    let n_tokens: u64 = documents.iter().map(|d| d.len() as u64).sum();
-    write_atomic_with(path, |temp| {
-        let mut out = BufWriter::new(
-            File::create(temp).with_context(|| format!("create {}", temp.display()))?,
-        );
-        out.write_all(MAGIC)?;
-        out.write_all(&token_bytes.to_le_bytes())?;
-        out.write_all(&0u32.to_le_bytes())?;
-        out.write_all(&(documents.len() as u64).to_le_bytes())?;
-        out.write_all(&n_tokens.to_le_bytes())?;
-        out.write_all(&(vocab_size as u64).to_le_bytes())?;
-        out.write_all(&[0u8; 24])?;
-        let mut offset = 0u64;
-        out.write_all(&offset.to_le_bytes())?;
-        for doc in documents {
-            offset += doc.len() as u64;
-            out.write_all(&offset.to_le_bytes())?;
-        }
-        for doc in documents {
-            for &id in doc {
-                anyhow::ensure!(
-                    (id as usize) < vocab_size,
-                    "token id {id} is outside the vocabulary of {vocab_size}"
-                );
-                if token_bytes == 2 {
-                    out.write_all(&(id as u16).to_le_bytes())?;
-                } else {
-                    out.write_all(&id.to_le_bytes())?;
-                }
+    let mut writer = TokenShardWriter::new(path, vocab_size)?;
+    for doc in documents {
+        writer.push(doc)?;
+    }
+    writer.finish()
+}
+
+/// Writes a token shard one document at a time, for corpora larger than memory: token ids go to a
+/// scratch file beside `path` as they come (only the 8-byte document offsets stay in memory), and
+/// `finish` assembles header, offsets and ids into `path` atomically.
+pub struct TokenShardWriter {
+    path: PathBuf,
+    scratch: PathBuf,
+    body: BufWriter<File>,
+    vocab_size: usize,
+    token_bytes: u32,
+    offsets: Vec<u64>,
+}
+
+impl TokenShardWriter {
+    pub fn new(path: &Path, vocab_size: usize) -> Result<Self> {
+        let scratch = path.with_extension("tokens-body.tmp");
+        let file = File::create(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+        let token_bytes: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
+        Ok(Self { path: path.to_path_buf(), scratch, body: BufWriter::new(file), vocab_size, token_bytes, offsets: vec![0] })
+    }
+
+    /// Appends one document's ids; an id outside the vocabulary is an error.
+    pub fn push(&mut self, doc: &[u32]) -> Result<()> {
+        for &id in doc {
+            anyhow::ensure!((id as usize) < self.vocab_size, "token id {id} is outside the vocabulary of {}", self.vocab_size);
+            if self.token_bytes == 2 {
+                self.body.write_all(&(id as u16).to_le_bytes())?;
+            } else {
+                self.body.write_all(&id.to_le_bytes())?;
             }
         }
-        out.flush()
-            .with_context(|| format!("write {}", temp.display()))
-    })
+        self.offsets.push(self.offsets.last().copied().unwrap_or(0) + doc.len() as u64);
+        Ok(())
+    }
+
+    pub fn n_docs(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        self.body.flush().with_context(|| format!("write {}", self.scratch.display()))?;
+        let n_tokens = *self.offsets.last().expect("starts with 0");
+        let result = write_atomic_with(&self.path, |temp| {
+            let mut out = BufWriter::new(File::create(temp).with_context(|| format!("create {}", temp.display()))?);
+            out.write_all(MAGIC)?;
+            out.write_all(&self.token_bytes.to_le_bytes())?;
+            out.write_all(&0u32.to_le_bytes())?;
+            out.write_all(&(self.offsets.len() as u64 - 1).to_le_bytes())?;
+            out.write_all(&n_tokens.to_le_bytes())?;
+            out.write_all(&(self.vocab_size as u64).to_le_bytes())?;
+            out.write_all(&[0u8; 24])?;
+            for offset in &self.offsets {
+                out.write_all(&offset.to_le_bytes())?;
+            }
+            let mut body = File::open(&self.scratch).with_context(|| format!("open {}", self.scratch.display()))?;
+            std::io::copy(&mut body, &mut out).with_context(|| format!("copy {}", self.scratch.display()))?;
+            out.flush().with_context(|| format!("write {}", temp.display()))
+        });
+        result
+    }
+}
+
+impl Drop for TokenShardWriter {
+    /// The scratch file goes whether the shard was finished or abandoned on an error.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.scratch);
+    }
+}
+
+/// Several token shards read as one document collection (a user's pre-tokenized corpus in parts).
+pub struct TokenShards {
+    shards: Vec<TokenShard>,
+    /// First document of each shard, plus the total at the end.
+    starts: Vec<usize>,
+}
+
+impl TokenShards {
+    /// Opens every shard; each must fit a vocabulary of `vocab_size` ids.
+    pub fn open(paths: &[PathBuf], vocab_size: usize) -> Result<Self> {
+        anyhow::ensure!(!paths.is_empty(), "no token shards given");
+        let mut shards = Vec::with_capacity(paths.len());
+        let mut starts = vec![0];
+        for path in paths {
+            let shard = TokenShard::open(path)?;
+            anyhow::ensure!(
+                shard.vocab_size() <= vocab_size,
+                "{}: token shard was written for a vocabulary of {} ids, the tokenizer has {vocab_size}: tokenize it with this tokenizer",
+                path.display(),
+                shard.vocab_size()
+            );
+            starts.push(starts.last().copied().unwrap_or(0) + shard.n_docs());
+            shards.push(shard);
+        }
+        Ok(Self { shards, starts })
+    }
+
+    pub fn n_docs(&self) -> usize {
+        *self.starts.last().expect("starts with 0")
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.shards.iter().map(TokenShard::n_tokens).sum()
+    }
+
+    /// Appends document `d` (counted across all shards) to `out`.
+    pub fn extend_with_doc(&self, d: usize, out: &mut Vec<u32>) {
+        let shard = self.starts.partition_point(|&start| start <= d) - 1;
+        self.shards[shard].extend_with_doc(d - self.starts[shard], out)
+    }
 }
 
 /// A memory-mapped token shard.
@@ -237,5 +317,26 @@ mod tests {
     fn out_of_vocabulary_ids_are_refused_when_writing() {
         let dir = tempfile::tempdir().unwrap();
         assert!(write_token_shard(&dir.path().join("x"), 10, &[vec![10]]).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no scratch file is left behind");
+    }
+
+    #[test]
+    fn several_shards_read_as_one_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.tokens"), dir.path().join("b.tokens"));
+        write_token_shard(&a, 50, &[vec![1], vec![2, 3]]).unwrap();
+        write_token_shard(&b, 50, &[vec![], vec![4, 5, 6]]).unwrap();
+        let set = TokenShards::open(&[a.clone(), b], 60).unwrap();
+        assert_eq!((set.n_docs(), set.n_tokens()), (4, 6));
+        let docs: Vec<Vec<u32>> = (0..4)
+            .map(|d| {
+                let mut out = Vec::new();
+                set.extend_with_doc(d, &mut out);
+                out
+            })
+            .collect();
+        assert_eq!(docs, vec![vec![1], vec![2, 3], vec![], vec![4, 5, 6]]);
+        let err = TokenShards::open(&[a], 40).err().unwrap().to_string();
+        assert!(err.contains("a.tokens") && err.contains("vocabulary of 50"), "{err}");
     }
 }
