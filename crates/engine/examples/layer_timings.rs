@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         }),
     });
 
-    let ce = CrossEntropy { vocab: VOCAB, z_loss: 1e-4 };
+    let ce = CrossEntropy { vocab: VOCAB, z_loss: 1e-4, z_rule: ZLossRule::Masked };
     let targets: Vec<u32> = ids.iter().map(|i| (i + 1) % VOCAB as u32).collect();
     let mask = vec![1.0; rows];
     let mut nll = vec![0.0; rows];

@@ -90,6 +90,16 @@ pub enum GeluKind {
     Tanh,
 }
 
+/// How the z-loss enters one cross-entropy pass over `rows` rows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ZLossTerm {
+    /// `z * lse_t^2` on each row, weighted by the mask like the cross-entropy.
+    Masked(f32),
+    /// open_lm's `z * mean(lse)^2`, the mean over all rows (masked ones included), known from a
+    /// first pass.
+    SquaredMean { z: f32, mean_lse: f32 },
+}
+
 /// Result of a cross-entropy call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossStats {
@@ -217,7 +227,7 @@ pub trait Device: Send + Sync {
     fn gelu_backward(&self, kind: GeluKind, x: &Self::Buf, dout: &Self::Buf, dx: &mut Self::Buf);
 
     // ---- loss ----
-    /// Masked softmax cross-entropy with optional z-loss over `logits` (`[rows, vocab]`).
+    /// Masked softmax cross-entropy with optional z-loss (`ZLossTerm`) over `logits` (`[rows, vocab]`).
     ///
     /// Writes per-row plain NLL (`CE_t`, no z-loss, regardless of the mask) into `nll`. When
     /// `grad_scale` is `Some(s)`, overwrites `logits` in place with `s * dloss/dlogits`
@@ -229,7 +239,7 @@ pub trait Device: Send + Sync {
         vocab: usize,
         targets: &[u32],
         mask: &[f32],
-        z_loss: f32,
+        z_loss: ZLossTerm,
         grad_scale: Option<f32>,
         nll: &mut Self::Buf,
     ) -> LossStats;

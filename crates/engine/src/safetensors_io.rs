@@ -74,14 +74,7 @@ impl SafetensorsFile {
     /// A floating-point tensor as f32.
     pub fn f32(&self, name: &str) -> Result<Tensor<f32>> {
         let view = self.view(name)?;
-        let bytes = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-            Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
-            other => bail!("{}: tensor {name:?} has dtype {other:?}, expected a float type", self.path.display()),
-        };
+        let data = float_bytes_to_f32(view.dtype(), view.data()).with_context(|| format!("{}: tensor {name:?}", self.path.display()))?;
         Ok(Tensor { shape: view.shape().to_vec(), data })
     }
 
@@ -97,6 +90,17 @@ impl SafetensorsFile {
         };
         Ok(Tensor { shape: view.shape().to_vec(), data })
     }
+}
+
+/// Little-endian float data of `dtype` (f32, f64, f16, bf16) as f32 (exactly, but for f64).
+pub fn float_bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+        other => bail!("dtype {other:?} is not a float type"),
+    })
 }
 
 fn f16_to_f32(h: u16) -> f32 {

@@ -186,7 +186,7 @@ fn cross_entropy_matches_definition() {
     let targets = [3u32, 10, 0, 3];
     let mask = [1.0f32, 0.25, 0.0, 1.0];
     let mut nll = vec![0.0; rows];
-    let stats = CrossEntropy { vocab, z_loss: z }.forward(&dev, &mut logits.clone(), &targets, &mask, &mut nll).unwrap();
+    let stats = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }.forward(&dev, &mut logits.clone(), &targets, &mask, &mut nll).unwrap();
     let (mut num, mut den, mut nll_sum) = (0.0f64, 0.0f64, 0.0f64);
     for r in 0..rows {
         let row: Vec<f64> = logits[r * vocab..(r + 1) * vocab].iter().map(|&v| v as f64).collect();
@@ -199,9 +199,9 @@ fn cross_entropy_matches_definition() {
     }
     assert!((stats.loss as f64 - num / den).abs() < 1e-5, "loss {} vs {}", stats.loss, num / den);
     assert!((stats.nll_sum - nll_sum).abs() < 1e-5 && stats.mask_sum == den);
-    let zero = CrossEntropy { vocab, z_loss: z }.forward(&dev, &mut logits.clone(), &targets, &[0.0; 4], &mut nll).unwrap();
+    let zero = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }.forward(&dev, &mut logits.clone(), &targets, &[0.0; 4], &mut nll).unwrap();
     assert_eq!(zero.loss, 0.0, "an all-zero mask gives loss 0, not NaN");
-    let bad = CrossEntropy { vocab, z_loss: z }.forward(&dev, &mut logits.clone(), &[3, 11, 0, 3], &mask, &mut nll);
+    let bad = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }.forward(&dev, &mut logits.clone(), &[3, 11, 0, 3], &mask, &mut nll);
     assert!(bad.unwrap_err().to_string().contains("target token 11 at position 1"));
 }
 
@@ -251,7 +251,7 @@ fn non_finite_logits_give_a_non_finite_loss() {
         let mut logits = rand_vec(rows * vocab, 30, 2.0);
         logits[vocab + 17] = bad;
         let mut nll = vec![0.0; rows];
-        let ce = CrossEntropy { vocab, z_loss: 1e-4 };
+        let ce = CrossEntropy { vocab, z_loss: 1e-4, z_rule: ZLossRule::Masked };
         let stats = ce.forward_backward(&dev, &mut logits, &[1, 2, 3], &[1.0; 3], 1.0, &mut nll).unwrap();
         assert!(!stats.loss.is_finite(), "loss {} from a {bad} logit", stats.loss);
     }

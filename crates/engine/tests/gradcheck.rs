@@ -233,8 +233,8 @@ fn gelu_mlp_erf_and_tanh() {
 #[test]
 fn cross_entropy_masked_with_z_loss() {
     let dev = cpu();
-    for z_loss in [0.0, 0.05] {
-        let layer = CrossEntropy { vocab: 9, z_loss };
+    for (z_loss, z_rule) in [(0.0, ZLossRule::Masked), (0.05, ZLossRule::Masked), (0.05, ZLossRule::OpenLm)] {
+        let layer = CrossEntropy { vocab: 9, z_loss, z_rule };
         let rows = 5;
         let targets = [2u32, 0, 8, 2, 5];
         let mask = [1.0f32, 0.0, 1.0, 0.5, 1.0];
@@ -248,8 +248,20 @@ fn cross_entropy_masked_with_z_loss() {
         let mut g = vec![get(&t, "logits").to_vec()];
         let stats = layer.forward_backward(&dev, &mut g[0], &targets, &mask, 1.0, &mut nll).unwrap();
         assert!((stats.loss as f64 - loss(&t)).abs() < 1e-6, "forward_backward and forward disagree");
-        assert!(g[0][9..18].iter().all(|&v| v == 0.0), "masked row must get no gradient");
-        check_grads(&format!("cross entropy z={z_loss}"), &mut t, &g, 64, &loss);
+        // The value, from the definitions (see cross_entropy.rs).
+        let logits = get(&t, "logits");
+        let lse: Vec<f64> = logits.chunks(9).map(|r| r.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln()).collect();
+        let ce: Vec<f64> = (0..rows).map(|r| lse[r] - logits[r * 9 + targets[r] as usize] as f64).collect();
+        let mask_sum: f64 = mask.iter().map(|&m| m as f64).sum();
+        let z = z_loss as f64;
+        let want = match z_rule {
+            ZLossRule::Masked => (0..rows).map(|r| mask[r] as f64 * (ce[r] + z * lse[r] * lse[r])).sum::<f64>() / mask_sum,
+            ZLossRule::OpenLm => (0..rows).map(|r| mask[r] as f64 * ce[r]).sum::<f64>() / mask_sum + z * (lse.iter().sum::<f64>() / rows as f64).powi(2),
+        };
+        assert!((stats.loss as f64 - want).abs() < 1e-5, "{z_rule:?}: loss {} vs {want}", stats.loss);
+        let masked_row_grad = g[0][9..18].iter().any(|&v| v != 0.0);
+        assert_eq!(masked_row_grad, z_rule == ZLossRule::OpenLm && z_loss > 0.0, "a masked row gets a gradient only from open_lm's z-term");
+        check_grads(&format!("cross entropy z={z_loss} {z_rule:?}"), &mut t, &g, 64, &loss);
     }
 }
 
@@ -293,7 +305,7 @@ fn lm_head_fused_chunks_match_linear_plus_cross_entropy() {
         let mut logits = vec![0.0; rows * vocab];
         Linear { in_dim: width, out_dim: vocab, bias: false }.forward(&dev, &LinearParams::<Cpu> { weight: get(t, "w"), bias: None }, get(t, "x"), &mut logits);
         let mut nll = vec![0.0; rows];
-        CrossEntropy { vocab, z_loss: 0.01 }.forward(&dev, &mut logits, &targets, &mask, &mut nll).unwrap().loss as f64
+        CrossEntropy { vocab, z_loss: 0.01, z_rule: ZLossRule::Masked }.forward(&dev, &mut logits, &targets, &mask, &mut nll).unwrap().loss as f64
     };
     assert!((stats.loss as f64 - unfused(&t)).abs() < 1e-5, "fused loss {} vs unfused {}", stats.loss, unfused(&t));
     check_grads("lm head", &mut t, &g, 64, &unfused);

@@ -11,7 +11,7 @@ use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
-use vlmix_models::lm::{Lm, LmConfig, LmInput, NormKind};
+use vlmix_models::lm::{Lm, LmConfig, LmInput, NormKind, WeightDecayRule, ZLossRule};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -47,6 +47,10 @@ fn load(case: &str) -> Result<Fixture> {
         tied_embeddings: json["tied"].as_bool().context("tied")?,
         z_loss: json["z_loss"].as_f64().context("z_loss")? as f32,
         qk_norm: json["qk_norm"].as_bool().context("qk_norm")?,
+        post_embed_norm: false,
+        weight_decay_rule: WeightDecayRule::Matrices,
+        z_loss_rule: ZLossRule::Masked,
+        rope_inv_freq: None,
     };
     assert_eq!(config.ffn_hidden(), usize_of("ffn_hidden")?, "SwiGLU hidden width rule");
     assert_eq!(json["norm_eps"].as_f64().map(|e| e as f32), Some(vlmix_models::lm::config::NORM_EPS));

@@ -7,17 +7,20 @@ use rayon::prelude::*;
 use super::math::{exp_shifted_in_place, exp_shifted_sum, max};
 use super::par::rows_per_task;
 use super::simd::multiversion;
-use crate::device::LossStats;
+use crate::device::{LossStats, ZLossTerm};
 
-/// What the gradient pass needs: the caller's scale and `1 / sum(mask)`.
+/// What the gradient pass needs: the caller's scale, `1 / sum(mask)`, and the z-loss gradient's
+/// weight on every row's softmax under open_lm's rule (`scale * 2 z mean_lse / rows`).
 #[derive(Clone, Copy)]
 struct GradScale {
     scale: f32,
     inv_mask_sum: f32,
+    squared_mean: f32,
 }
 
 multiversion! {
-    /// One block of rows; returns `(sum mask*(nll + z lse^2), sum mask*nll)`.
+    /// One block of rows; returns `(sum mask*(nll + z lse^2), sum mask*nll)`; `z_loss` is the
+    /// per-row (masked) coefficient, 0 under open_lm's rule, whose gradient comes in `grad`.
     fn rows(block: &mut [f32], nll: &mut [f32], targets: &[u32], mask: &[f32], vocab: usize, z_loss: f32, grad: Option<GradScale>) -> (f64, f64) {
         let mut loss_sum = 0.0f64;
         let mut nll_sum = 0.0f64;
@@ -36,7 +39,7 @@ multiversion! {
             nll_sum += m as f64 * *nll as f64;
             if let Some(g) = grad {
                 let row_scale = g.scale * m * g.inv_mask_sum;
-                let coef = row_scale * (1.0 + 2.0 * z_loss * lse) / sum;
+                let coef = (row_scale * (1.0 + 2.0 * z_loss * lse) + g.squared_mean) / sum;
                 row.iter_mut().for_each(|x| *x *= coef);
                 row[target] -= row_scale;
             }
@@ -51,7 +54,7 @@ pub fn cross_entropy(
     vocab: usize,
     targets: &[u32],
     mask: &[f32],
-    z_loss: f32,
+    z_loss: ZLossTerm,
     grad_scale: Option<f32>,
     nll: &mut [f32],
 ) -> LossStats {
@@ -60,14 +63,25 @@ pub fn cross_entropy(
     assert!(mask.len() == n && nll.len() >= n, "cross_entropy: mask / nll length");
     let mask_sum: f64 = mask.iter().map(|&m| m as f64).sum();
     let inv_mask_sum = if mask_sum > 0.0 { (1.0 / mask_sum) as f32 } else { 0.0 };
-    let grad = grad_scale.map(|scale| GradScale { scale, inv_mask_sum });
+    let (masked_z, squared_mean) = match z_loss {
+        ZLossTerm::Masked(z) => (z, None),
+        ZLossTerm::SquaredMean { z, mean_lse } => (0.0, Some((z, mean_lse))),
+    };
+    let grad = grad_scale.map(|scale| GradScale {
+        scale,
+        inv_mask_sum,
+        squared_mean: squared_mean.map_or(0.0, |(z, m)| scale * 2.0 * z * m / n.max(1) as f32),
+    });
     let per = rows_per_task(n, vocab);
     let (loss_sum, nll_sum) = logits
         .par_chunks_mut(per * vocab)
         .zip(nll[..n].par_chunks_mut(per))
         .zip(targets.par_chunks(per).zip(mask.par_chunks(per)))
-        .map(|((block, nll), (targets, mask))| rows(block, nll, targets, mask, vocab, z_loss, grad))
+        .map(|((block, nll), (targets, mask))| rows(block, nll, targets, mask, vocab, masked_z, grad))
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let loss = if mask_sum > 0.0 { (loss_sum / mask_sum) as f32 } else { 0.0 };
+    let mut loss = if mask_sum > 0.0 { (loss_sum / mask_sum) as f32 } else { 0.0 };
+    if let Some((z, mean_lse)) = squared_mean {
+        loss += z * mean_lse * mean_lse;
+    }
     LossStats { loss, nll_sum, mask_sum }
 }

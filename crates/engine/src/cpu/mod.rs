@@ -20,7 +20,7 @@ pub(crate) mod simd;
 use std::ops::Range;
 
 use crate::blas;
-use crate::device::{AttnShape, Device, GeluKind, Gemm, LossStats};
+use crate::device::{AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
 
 /// The CPU device. Cheap to construct; all state is global (OpenBLAS and the rayon pool).
 #[derive(Clone, Copy, Debug)]
@@ -194,7 +194,7 @@ impl Device for Cpu {
         vocab: usize,
         targets: &[u32],
         mask: &[f32],
-        z_loss: f32,
+        z_loss: ZLossTerm,
         grad_scale: Option<f32>,
         nll: &mut [f32],
     ) -> LossStats {

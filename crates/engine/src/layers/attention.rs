@@ -128,7 +128,7 @@ impl Attention {
             k_norm: norm.acts(dev, norm_rows),
             probs: dev.zeros(self.shape(max_batch, max_seq).probs_len()),
             att: dev.zeros(n),
-            rope: dev.upload(&rope_table(max_seq, self.head_dim)),
+            rope: dev.upload(&rope_table(max_seq, &rope_inv_freq(self.head_dim))),
             max_seq,
         }
     }
@@ -259,17 +259,33 @@ impl Attention {
     }
 }
 
-/// Rotary table `[seq, head_dim]` computed as PyTorch does (f32 inverse frequencies and angles).
-fn rope_table(seq: usize, head_dim: usize) -> Vec<f32> {
-    let half = head_dim / 2;
+/// Rotary inverse frequencies `ROPE_BASE^(-2j/head_dim)` for j < head_dim/2, computed as PyTorch
+/// does (in f32): what open_lm stores in every `attention.pos_embed.inv_freq` buffer.
+pub fn rope_inv_freq(head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0 / ROPE_BASE.powf((2 * i) as f32 / head_dim as f32)).collect()
+}
+
+/// Rotary table `[seq, head_dim]` of `inv_freq` (f32 angles, as PyTorch computes them).
+fn rope_table(seq: usize, inv_freq: &[f32]) -> Vec<f32> {
+    let (half, head_dim) = (inv_freq.len(), 2 * inv_freq.len());
     let mut table = vec![0.0f32; seq * head_dim];
     for pos in 0..seq {
-        for i in 0..half {
-            let inv_freq = 1.0 / ROPE_BASE.powf((2 * i) as f32 / head_dim as f32);
-            let angle = pos as f32 * inv_freq;
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let angle = pos as f32 * f;
             table[pos * head_dim + i] = (angle as f64).cos() as f32;
             table[pos * head_dim + half + i] = (angle as f64).sin() as f32;
         }
     }
     table
+}
+
+impl<D: Device> AttentionActs<D> {
+    /// Rotates by `inv_freq` (`head_dim / 2` values) instead of the exact frequencies: a model
+    /// trained with rounded ones (open_lm under FSDP bf16 buffers) keeps its own.
+    pub fn set_rope_inv_freq(&mut self, dev: &D, inv_freq: &[f32]) {
+        let head_dim = 2 * inv_freq.len();
+        let len = dev.len(&self.rope);
+        assert!(head_dim > 0 && len.is_multiple_of(head_dim), "attention: rotary table of {len} values is not rows of head_dim {head_dim}");
+        self.rope = dev.upload(&rope_table(len / head_dim, inv_freq));
+    }
 }

@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Result};
 
-use super::cross_entropy::CrossEntropy;
+use super::cross_entropy::{CrossEntropy, ZLossRule};
 use super::rows_of;
 use crate::{Device, Gemm, LossStats};
 
@@ -96,7 +96,8 @@ impl LmHead {
         if let Some((_, dx, dweight)) = grads.as_ref() {
             assert!(dev.len(dx) == rows * width && dev.len(dweight) == vocab * width, "lm head: dx / dweight shapes");
         }
-        let ce = CrossEntropy { vocab, z_loss: self.z_loss };
+        // Chunks see only their own rows, so only the masked z-loss rule can be fused.
+        let ce = CrossEntropy { vocab, z_loss: self.z_loss, z_rule: ZLossRule::Masked };
         let chunk = self.chunk_rows.min(dev.len(&scratch.logits) / vocab).max(1);
         let total_mask: f64 = mask.iter().map(|&m| m as f64).sum();
         let (mut loss_sum, mut nll_sum) = (0.0f64, 0.0f64);

@@ -20,8 +20,8 @@ pub mod lm_head;
 pub mod norm;
 pub mod swiglu;
 
-pub use attention::{Attention, AttentionActs, AttentionGrads, AttentionParams, AttentionScratch};
-pub use cross_entropy::CrossEntropy;
+pub use attention::{rope_inv_freq, Attention, AttentionActs, AttentionGrads, AttentionParams, AttentionScratch};
+pub use cross_entropy::{CrossEntropy, ZLossRule};
 pub use embedding::Embedding;
 pub use gelu_mlp::{GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch};
 pub use linear::{Linear, LinearGrads, LinearParams};

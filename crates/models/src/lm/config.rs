@@ -3,6 +3,8 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+/// Which positions the z-loss averages over: `masked` (default) or open_lm's `openlm`.
+pub use vlmix_engine::layers::ZLossRule;
 
 /// Normalisation used everywhere in the model (blocks, QK-norm and the final norm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,6 +14,23 @@ pub enum NormKind {
     GainOnlyLayerNorm,
     /// RMSNorm with a gain: OpenLM's `rms_norm`.
     RmsNorm,
+    /// LayerNorm with a gain and a bias (`.bias` beside every `.weight`): OpenLM's default
+    /// `default_layer_norm` (`torch.nn.LayerNorm`) and `lp_layer_norm`.
+    LayerNorm,
+}
+
+/// Which parameters AdamW's decoupled weight decay applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightDecayRule {
+    /// Every LM parameter, embeddings, norm gains and biases included: what open_lm's `main.py` does
+    /// (its `no_decay_params` list is empty).
+    #[serde(rename = "openlm")]
+    OpenLm,
+    /// Weight matrices only, not the token embedding (tied: the shared matrix is not decayed), norm
+    /// gains or biases: the GPT-2/LLaMA habit, and what vlmix did before it offered the choice.
+    #[default]
+    Matrices,
 }
 
 /// Everything that fixes the model's parameters and computation. Unknown keys are errors.
@@ -31,6 +50,18 @@ pub struct LmConfig {
     pub z_loss: f32,
     /// LayerNorm/RMSNorm over queries and keys (full width, before the head split).
     pub qk_norm: bool,
+    /// A norm (`post_embed_norm.weight`) right after the token embedding: OpenLM's `post_embed_norm`.
+    #[serde(default)]
+    pub post_embed_norm: bool,
+    #[serde(default)]
+    pub weight_decay_rule: WeightDecayRule,
+    #[serde(default)]
+    pub z_loss_rule: ZLossRule,
+    /// Rotary inverse frequencies to use instead of `ROPE_BASE^(-2j/head_dim)` (`head_dim / 2` of
+    /// them): an imported checkpoint whose stored `inv_freq` buffers differ (e.g. rounded to bf16 by
+    /// FSDP mixed precision, which open_lm then trains with) and that was imported keeping them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_inv_freq: Option<Vec<f32>>,
 }
 
 /// Epsilon of every norm (OpenLM's default).
@@ -62,7 +93,16 @@ impl LmConfig {
             tied_embeddings: false,
             z_loss: 1e-4,
             qk_norm: true,
+            post_embed_norm: false,
+            weight_decay_rule: WeightDecayRule::Matrices,
+            z_loss_rule: ZLossRule::Masked,
+            rope_inv_freq: None,
         }
+    }
+
+    /// The paper's OpenLM shapes, trained by open_lm's rules (decay every parameter).
+    fn openlm_paper(d_model: usize, n_layers: usize, n_heads: usize) -> Self {
+        Self { weight_decay_rule: WeightDecayRule::OpenLm, ..Self::openlm(NEOX_VOCAB, d_model, n_layers, n_heads, 2048) }
     }
 
     /// A built-in preset by name (see `PRESETS`).
@@ -71,8 +111,8 @@ impl LmConfig {
             "tiny" => Self::openlm(512, 64, 2, 2, 64),
             "cpu-small" => Self::openlm(8192, 128, 4, 2, 256),
             "reference" => Self::openlm(8192, 256, 4, 4, 256),
-            "openlm-79m" => Self::openlm(NEOX_VOCAB, 512, 8, 4, 2048),
-            "openlm-1b" => Self::openlm(NEOX_VOCAB, 2048, 24, 16, 2048),
+            "openlm-79m" => Self::openlm_paper(512, 8, 4),
+            "openlm-1b" => Self::openlm_paper(2048, 24, 16),
             _ => {
                 let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
                 bail!("unknown model preset {name:?}; presets: {}", names.join(", "))
@@ -132,6 +172,11 @@ impl LmConfig {
         if !(self.z_loss >= 0.0 && self.z_loss.is_finite()) {
             bail!("z_loss must be a finite non-negative number, got {}", self.z_loss);
         }
+        if let Some(freqs) = &self.rope_inv_freq {
+            if freqs.len() != self.head_dim() / 2 || freqs.iter().any(|f| !f.is_finite()) {
+                bail!("rope_inv_freq needs head_dim / 2 = {} finite values, got {}", self.head_dim() / 2, freqs.len());
+            }
+        }
         Ok(())
     }
 
@@ -147,11 +192,13 @@ impl LmConfig {
     /// Parameter count, from the shapes alone (matches `Lm::params` exactly).
     pub fn param_count(&self) -> ParamCount {
         let (d, h, v) = (self.d_model, self.ffn_hidden(), self.vocab);
-        let qk = if self.qk_norm { 2 * d } else { 0 };
-        let per_layer = d + 3 * d * d + qk + d * d + d + 2 * h * d + h * d;
-        let embedding = v * d;
+        // A norm holds a gain, and a bias for `layer_norm`.
+        let norm = if self.norm == NormKind::LayerNorm { 2 * d } else { d };
+        let qk = if self.qk_norm { 2 * norm } else { 0 };
+        let per_layer = norm + 3 * d * d + qk + d * d + norm + 2 * h * d + h * d;
+        let embedding = v * d + if self.post_embed_norm { norm } else { 0 };
         let output = if self.tied_embeddings { 0 } else { v * d };
-        let blocks = self.n_layers * per_layer + d;
+        let blocks = self.n_layers * per_layer + norm;
         ParamCount { embedding, output, blocks, total: embedding + output + blocks }
     }
 
@@ -168,7 +215,7 @@ impl LmConfig {
 /// Parameter counts by part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParamCount {
-    /// Token-embedding table.
+    /// Token-embedding table (and the post-embedding norm, when present).
     pub embedding: usize,
     /// Output projection (0 when tied).
     pub output: usize,

@@ -18,6 +18,7 @@ impl LmLayers {
         let kind = match config.norm {
             NormKind::GainOnlyLayerNorm => layers::NormKind::LayerNorm,
             NormKind::RmsNorm => layers::NormKind::RmsNorm,
+            NormKind::LayerNorm => layers::NormKind::LayerNormBias,
         };
         let mut attention = Attention::openlm(config.d_model, config.n_heads, kind, NORM_EPS);
         if !config.qk_norm {
@@ -29,7 +30,7 @@ impl LmLayers {
             attention,
             feed_forward: SwiGlu { width: config.d_model, hidden: config.ffn_hidden() },
             output: Linear { in_dim: config.d_model, out_dim: config.vocab, bias: false },
-            loss: CrossEntropy { vocab: config.vocab, z_loss: config.z_loss },
+            loss: CrossEntropy { vocab: config.vocab, z_loss: config.z_loss, z_rule: config.z_loss_rule },
         }
     }
 }

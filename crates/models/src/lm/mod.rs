@@ -6,9 +6,10 @@ pub mod init;
 pub mod input;
 mod layers;
 pub mod model;
+pub mod openlm_io;
 pub mod weights;
 mod workspace;
 
-pub use config::{LmConfig, NormKind, ParamCount};
+pub use config::{LmConfig, NormKind, ParamCount, WeightDecayRule, ZLossRule};
 pub use input::{InjectedEmbeddings, LmInput};
 pub use model::Lm;

@@ -1,18 +1,20 @@
 //! The OpenLM decoder: forward, backward and scoring over the engine's layers.
 //!
-//! Pre-norm blocks `h = x + attn(norm(x)); x' = h + swiglu(norm(h))`, a final norm and the
-//! output projection (or the tied embedding). Parameters live in a caller-owned `ParamStore` so
+//! The token embedding (optionally normed: `post_embed_norm`), pre-norm blocks
+//! `h = x + attn(norm(x)); x' = h + swiglu(norm(h))`, a final norm and the output projection (or the
+//! tied embedding). Parameters live in a caller-owned `ParamStore` so
 //! a VLM can keep the LM, projector and encoder in one store with one optimizer and checkpoint.
 
 use super::config::LmConfig;
 use super::init::Initializer;
 use super::input::LmInput;
 use super::layers::LmLayers;
-use super::weights::{register, BlockIds, LmParamIds};
+use super::weights::{register, BlockIds, LmParamIds, NormIds};
 use super::workspace::Workspace;
+use crate::memory::{ensure_available, TrainShape};
 use anyhow::{bail, Context, Result};
 use vlmix_engine::layers::{AttentionGrads, AttentionParams, LinearGrads, LinearParams, NormGrads, NormParams, SwiGluGrads, SwiGluParams};
-use vlmix_engine::params::{Grads, ParamId, ParamStore, Values};
+use vlmix_engine::params::{Grads, ParamStore, Values};
 use vlmix_engine::{Cpu, Device, LossStats};
 
 pub struct Lm {
@@ -23,25 +25,40 @@ pub struct Lm {
     work: Option<Workspace>,
 }
 
-fn norm_params(v: Values<'_>, id: ParamId) -> NormParams<'_, Cpu> {
-    NormParams { weight: v.get(id), bias: None }
+fn norm_params(v: Values<'_>, n: NormIds) -> NormParams<'_, Cpu> {
+    NormParams { weight: v.get(n.weight), bias: n.bias.map(|b| v.get(b)) }
+}
+
+fn norm_grads<'a>(g: &'a mut Grads<'_>, n: NormIds) -> NormGrads<'a, Cpu> {
+    match n.bias {
+        Some(bias) => {
+            let [weight, bias] = g.get_many_mut([n.weight, bias]);
+            NormGrads { weight, bias: Some(bias) }
+        }
+        None => NormGrads { weight: g.get_mut(n.weight), bias: None },
+    }
 }
 
 fn attention_params<'a>(v: Values<'a>, b: &BlockIds) -> AttentionParams<'a, Cpu> {
     AttentionParams {
         in_proj: LinearParams { weight: v.get(b.in_proj), bias: None },
-        q_norm: b.q_norm.map(|id| norm_params(v, id)),
-        k_norm: b.k_norm.map(|id| norm_params(v, id)),
+        q_norm: b.q_norm.map(|n| norm_params(v, n)),
+        k_norm: b.k_norm.map(|n| norm_params(v, n)),
         out_proj: LinearParams { weight: v.get(b.out_proj), bias: None },
     }
 }
 
 fn attention_grads<'a>(g: &'a mut Grads<'_>, b: &BlockIds) -> AttentionGrads<'a, Cpu> {
     let linear = |weight| LinearGrads { weight, bias: None };
-    let norm = |weight| NormGrads { weight, bias: None };
     match (b.q_norm, b.k_norm) {
+        (Some(NormIds { weight: qw, bias: Some(qb) }), Some(NormIds { weight: kw, bias: Some(kb) })) => {
+            let [in_proj, qw, qb, kw, kb, out_proj] = g.get_many_mut([b.in_proj, qw, qb, kw, kb, b.out_proj]);
+            let (q_norm, k_norm) = (NormGrads { weight: qw, bias: Some(qb) }, NormGrads { weight: kw, bias: Some(kb) });
+            AttentionGrads { in_proj: linear(in_proj), q_norm: Some(q_norm), k_norm: Some(k_norm), out_proj: linear(out_proj) }
+        }
         (Some(q), Some(k)) => {
-            let [in_proj, q_norm, k_norm, out_proj] = g.get_many_mut([b.in_proj, q, k, b.out_proj]);
+            let [in_proj, q_norm, k_norm, out_proj] = g.get_many_mut([b.in_proj, q.weight, k.weight, b.out_proj]);
+            let norm = |weight| NormGrads { weight, bias: None };
             AttentionGrads { in_proj: linear(in_proj), q_norm: Some(norm(q_norm)), k_norm: Some(norm(k_norm)), out_proj: linear(out_proj) }
         }
         _ => {
@@ -68,16 +85,21 @@ impl Lm {
         &self.ids
     }
 
-    /// Allocates activations for batches up to `batch x seq` now (otherwise the first call does).
-    pub fn reserve(&mut self, batch: usize, seq: usize) {
+    /// Allocates activations for batches up to `batch x seq` now (otherwise the first call does),
+    /// after checking the machine has the memory (an error with the numbers, not an abort).
+    pub fn reserve(&mut self, batch: usize, seq: usize) -> Result<()> {
         if !self.work.as_ref().is_some_and(|w| w.fits(batch, seq)) {
             let (b, s) = match &self.work {
                 Some(w) => (w.max_batch.max(batch), w.max_seq.max(seq)),
                 None => (batch, seq),
             };
             self.work = None;
+            let parts = TrainShape::text(self.config.clone()).lm_activation_parts(b, s);
+            let bytes = parts.iter().fold(0u64, |a, p| a.saturating_add(p.bytes));
+            ensure_available(&format!("the LM's activations for batch {b} x seq {s}"), bytes)?;
             self.work = Some(Workspace::new(&self.dev, &self.config, &self.layers, b, s));
         }
+        Ok(())
     }
 
     /// Frees the activation buffers (they are re-allocated by the next call).
@@ -89,19 +111,26 @@ impl Lm {
     /// `last_only` of each sequence's last position (`[batch, vocab]`, for generation).
     fn forward(&mut self, params: &ParamStore, input: &LmInput, last_only: bool) -> Result<()> {
         input.validate(self.config.d_model, self.config.seq_len)?;
-        self.reserve(input.batch, input.seq);
+        self.reserve(input.batch, input.seq)?;
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
         let ws = self.work.as_mut().expect("reserved above");
         let (rows, d) = (input.rows(), self.config.d_model);
         let n = rows * d;
         let v = params.values();
 
-        let x0 = &mut ws.residual[0][..n];
-        layers.embedding.forward(dev, v.get(ids.tok_embeddings), input.tokens, x0)?;
+        // Token embeddings (image rows injected), through the post-embedding norm when there is one.
+        let embedded = match ids.post_embed_norm {
+            Some(_) => &mut ws.embedded[..n],
+            None => &mut ws.residual[0][..n],
+        };
+        layers.embedding.forward(dev, v.get(ids.tok_embeddings), input.tokens, embedded)?;
         if let Some(inj) = &input.injected {
             for (i, &row) in inj.rows.iter().enumerate() {
-                x0[row * d..(row + 1) * d].copy_from_slice(&inj.values[i * d..(i + 1) * d]);
+                embedded[row * d..(row + 1) * d].copy_from_slice(&inj.values[i * d..(i + 1) * d]);
             }
+        }
+        if let Some(post) = ids.post_embed_norm {
+            layers.norm.forward(dev, &norm_params(v, post), &ws.embedded[..n], &mut ws.post_embed_norm, &mut ws.residual[0][..n]);
         }
         for (l, b) in ids.blocks.iter().enumerate() {
             let (before, after) = ws.residual.split_at_mut(l + 1);
@@ -172,8 +201,7 @@ impl Lm {
         let mut output_grad = LinearGrads { weight: g.get_mut(ids.output_weight()), bias: None };
         layers.output.backward(dev, &output, &ws.final_norm_out[..n], &ws.logits[..rows * vocab], Some(&mut *d_norm), &mut output_grad);
         let last = &ws.residual[ids.blocks.len()][..n];
-        let mut norm_grad = NormGrads { weight: g.get_mut(ids.norm), bias: None };
-        layers.norm.backward(dev, &norm_params(v, ids.norm), last, &ws.final_norm, d_norm, d_residual, &mut norm_grad);
+        layers.norm.backward(dev, &norm_params(v, ids.norm), last, &ws.final_norm, d_norm, d_residual, &mut norm_grads(&mut g, ids.norm));
 
         for (l, b) in ids.blocks.iter().enumerate().rev() {
             let acts = &ws.blocks[l];
@@ -181,8 +209,7 @@ impl Lm {
             let [w12, w3] = g.get_many_mut([b.w12, b.w3]);
             let mut ffn_grad = SwiGluGrads { w12, w3 };
             layers.feed_forward.backward(dev, &ffn, &acts.ffn_norm_out[..n], &acts.feed_forward, d_residual, d_norm, &mut ffn_grad, &mut ws.ffn_scratch);
-            let mut norm_grad = NormGrads { weight: g.get_mut(b.ffn_norm), bias: None };
-            layers.norm.backward(dev, &norm_params(v, b.ffn_norm), &acts.h[..n], &acts.ffn_norm, d_norm, d_branch, &mut norm_grad);
+            layers.norm.backward(dev, &norm_params(v, b.ffn_norm), &acts.h[..n], &acts.ffn_norm, d_norm, d_branch, &mut norm_grads(&mut g, b.ffn_norm));
             dev.add_assign(d_residual, d_branch);
 
             let mut attn_grad = attention_grads(&mut g, b);
@@ -198,20 +225,27 @@ impl Lm {
                 &mut attn_grad,
                 &mut ws.attention_scratch,
             );
-            let mut norm_grad = NormGrads { weight: g.get_mut(b.attention_norm), bias: None };
-            layers.norm.backward(dev, &norm_params(v, b.attention_norm), &ws.residual[l][..n], &acts.attention_norm, d_norm, d_branch, &mut norm_grad);
+            layers.norm.backward(dev, &norm_params(v, b.attention_norm), &ws.residual[l][..n], &acts.attention_norm, d_norm, d_branch, &mut norm_grads(&mut g, b.attention_norm));
             dev.add_assign(d_residual, d_branch);
         }
 
+        // Back through the post-embedding norm: the embeddings' gradient lands in d_branch.
+        let d_embedded = match ids.post_embed_norm {
+            Some(post) => {
+                layers.norm.backward(dev, &norm_params(v, post), &ws.embedded[..n], &ws.post_embed_norm, d_residual, d_branch, &mut norm_grads(&mut g, post));
+                d_branch
+            }
+            None => d_residual,
+        };
         if let (Some(inj), Some(out)) = (&input.injected, injected_grad) {
             for (i, &row) in inj.rows.iter().enumerate() {
-                let src = &mut d_residual[row * d..(row + 1) * d];
+                let src = &mut d_embedded[row * d..(row + 1) * d];
                 out[i * d..(i + 1) * d].copy_from_slice(src);
                 // Injected positions have no token: nothing may flow into the embedding table.
                 src.fill(0.0);
             }
         }
-        layers.embedding.backward(dev, input.tokens, d_residual, g.get_mut(ids.tok_embeddings));
+        layers.embedding.backward(dev, input.tokens, d_embedded, g.get_mut(ids.tok_embeddings));
         Ok(stats)
     }
 

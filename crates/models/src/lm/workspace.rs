@@ -20,6 +20,9 @@ pub struct BlockActs {
 pub struct Workspace {
     pub max_batch: usize,
     pub max_seq: usize,
+    /// Token embeddings before the post-embedding norm (empty without one).
+    pub embedded: Vec<f32>,
+    pub post_embed_norm: NormActs<Cpu>,
     /// Residual stream entering block `i` (`n_layers + 1` of them; the last feeds the final norm).
     pub residual: Vec<Vec<f32>>,
     pub blocks: Vec<BlockActs>,
@@ -41,7 +44,7 @@ impl Workspace {
     pub fn new(dev: &Cpu, config: &LmConfig, layers: &LmLayers, max_batch: usize, max_seq: usize) -> Self {
         let rows = max_batch * max_seq;
         let d = config.d_model;
-        let blocks = (0..config.n_layers)
+        let mut blocks: Vec<BlockActs> = (0..config.n_layers)
             .map(|_| BlockActs {
                 h: vec![0.0; rows * d],
                 attention_norm_out: vec![0.0; rows * d],
@@ -52,9 +55,15 @@ impl Workspace {
                 feed_forward: layers.feed_forward.acts(dev, rows),
             })
             .collect();
+        if let Some(freqs) = &config.rope_inv_freq {
+            blocks.iter_mut().for_each(|b| b.attention.set_rope_inv_freq(dev, freqs));
+        }
+        let post_rows = if config.post_embed_norm { rows } else { 0 };
         Self {
             max_batch,
             max_seq,
+            embedded: vec![0.0; post_rows * d],
+            post_embed_norm: layers.norm.acts(dev, post_rows),
             residual: (0..=config.n_layers).map(|_| vec![0.0; rows * d]).collect(),
             blocks,
             final_norm_out: vec![0.0; rows * d],
