@@ -4,6 +4,7 @@ pub mod metrics;
 pub mod schedule;
 pub mod sources;
 pub mod stages;
+pub mod tensorboard;
 pub mod text_model;
 pub mod trainer;
 pub mod validation;

@@ -1,4 +1,5 @@
-//! Per-step training metrics as JSON lines, consistent across kills and resumes.
+//! Per-step training metrics as JSON lines (and the same scalars as a TensorBoard event file beside
+//! them), consistent across kills and resumes.
 //!
 //! A resumed run restarts at its last checkpoint, so lines written after that checkpoint would be
 //! written again; `open` drops them so the file reads as one uninterrupted run. Each line reaches the
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::tensorboard::EventWriter;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
@@ -27,6 +30,7 @@ pub struct StepMetrics {
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    events: EventWriter,
 }
 
 impl MetricsLog {
@@ -42,14 +46,24 @@ impl MetricsLog {
             std::fs::write(path, text).with_context(|| format!("rewriting {}", path.display()))?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { path: path.to_owned(), file })
+        let events = EventWriter::open(path.parent().unwrap_or(Path::new(".")), resume_step)?;
+        Ok(Self { path: path.to_owned(), file, events })
     }
 
     /// Appends one line in a single write (a kill leaves at most a torn last line, which `read` skips).
     pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
         let mut line = serde_json::to_string(m)?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).with_context(|| format!("writing {}", self.path.display()))
+        self.file.write_all(line.as_bytes()).with_context(|| format!("writing {}", self.path.display()))?;
+        let scalars = [
+            ("train/loss", m.loss),
+            ("train/lr", m.lr),
+            ("train/grad_norm", m.grad_norm),
+            ("train/image_fraction", m.image_fraction),
+            ("train/tokens", m.tokens as f64),
+            ("train/tokens_per_s", m.tokens_per_s),
+        ];
+        self.events.scalars(m.step, &scalars)
     }
 }
 
@@ -92,6 +106,9 @@ mod tests {
         log.write(&m(4)).unwrap();
         let steps: Vec<u64> = read(&path).unwrap().iter().map(|m| m.step).collect();
         assert_eq!(steps, vec![0, 1, 2, 3, 4]);
+        let events = crate::tensorboard::read_events(&dir.path().join(crate::tensorboard::EVENTS_FILE)).unwrap();
+        let logged: Vec<(i64, f32)> = events.iter().skip(1).map(|e| (e.step, e.scalars[0].1)).collect();
+        assert_eq!(logged, steps.iter().map(|&s| (s as i64, 1.0 / (s + 1) as f32)).collect::<Vec<_>>(), "TensorBoard events mirror the JSONL");
     }
 
     #[test]
