@@ -43,6 +43,12 @@ enum Command {
     Study(cmd::study::Args),
     /// Redraw the report of a study run directory.
     Report(cmd::study::ReportArgs),
+    /// Import a checkpoint of another trainer (open_lm) as a vlmix checkpoint directory.
+    #[command(subcommand)]
+    Import(cmd::import::ImportCommand),
+    /// Export a checkpoint's LM for another trainer (open_lm's Hugging Face layout).
+    #[command(subcommand)]
+    Export(cmd::export::ExportCommand),
     /// Micro-benchmarks of the engine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -68,6 +74,8 @@ fn main() {
         Command::Finetune(a) => cmd::stage::finetune(a),
         Command::Study(a) => cmd::study::run(a),
         Command::Report(a) => cmd::study::report(a),
+        Command::Import(c) => cmd::import::run(c),
+        Command::Export(c) => cmd::export::run(c),
         Command::Bench(c) => cmd::bench::run(c),
     };
     if let Err(err) = result {

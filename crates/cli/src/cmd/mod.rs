@@ -3,6 +3,8 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod encode;
+pub mod export;
+pub mod import;
 pub mod stage;
 pub mod study;
 pub mod eval;

@@ -384,7 +384,8 @@ pub fn openlm_hf_config(config: &LmConfig) -> Value {
         "n_heads": config.n_heads,
         "vocab_size": config.vocab,
         "seq_len": config.seq_len,
-        "norm_eps": NORM_EPS,
+        // The decimal open_lm writes (1e-5), not the f32 constant widened to f64.
+        "norm_eps": NORM_EPS.to_string().parse::<f64>().expect("a float prints as a float"),
         "norm_type": openlm_norm_name(config.norm),
         "apply_qk_norm": config.qk_norm,
         "post_embed_norm": config.post_embed_norm,
