@@ -20,14 +20,14 @@ pub struct ParamId(pub usize);
 pub struct ParamFlags {
     /// Frozen parameters (e.g. a pretrained vision encoder) get no optimizer updates.
     pub trainable: bool,
-    /// Decoupled weight decay applies (matrices, but not embeddings, norms or biases).
+    /// Decoupled weight decay applies (set by the model's rule, e.g. the LM's `weight_decay_rule`).
     pub weight_decay: bool,
 }
 
 impl ParamFlags {
     /// A weight matrix of a linear layer: trained and decayed.
     pub const MATRIX: Self = Self { trainable: true, weight_decay: true };
-    /// Embedding tables, norm gains and biases: trained, never decayed (OpenLM's rule).
+    /// Trained, never decayed (e.g. embeddings, norm gains and biases under the `matrices` rule).
     pub const NO_DECAY: Self = Self { trainable: true, weight_decay: false };
     /// Not trained at all.
     pub const FROZEN: Self = Self { trainable: false, weight_decay: false };
