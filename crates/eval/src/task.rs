@@ -150,6 +150,25 @@ pub fn load_task_file(path: &Path) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
+/// A vision-language task from eval items read elsewhere (a benchmark in its own file layout), with
+/// images relative to `images`; each item is checked exactly as a JSONL line is.
+pub fn vl_task(name: &str, source: &Path, images: &Path, items: &[vlmix_data::vl_eval::EvalItem]) -> Result<Task> {
+    let mut seen = HashSet::new();
+    let mut parsed = Vec::with_capacity(items.len());
+    for item in items {
+        let at = || format!("{}: question {}", source.display(), item.id);
+        if !seen.insert(item.id.clone()) {
+            bail!("{}: field `id`: repeats within task {name:?}", at());
+        }
+        let Value::Object(obj) = serde_json::to_value(item).with_context(at)? else { bail!("{}: not an object", at()) };
+        parsed.push(parse_vl(&obj, item.id.clone(), images).with_context(at)?);
+    }
+    if parsed.is_empty() {
+        bail!("task {name:?} from {} has no items", source.display());
+    }
+    Ok(Task { name: name.to_string(), source: source.to_path_buf(), items: TaskItems::Vision(parsed) })
+}
+
 fn parse_line(line: &str, base: &Path) -> Result<(String, Item)> {
     let value: Value = serde_json::from_str(line).context("malformed JSON")?;
     let Value::Object(obj) = value else { bail!("line is not a JSON object") };

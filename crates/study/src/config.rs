@@ -32,6 +32,10 @@ pub struct StudyConfig {
     pub finetune: FinetuneConfig,
     pub grid: GridConfig,
     pub eval: EvalConfig,
+    /// The user's own data (text, image-caption shards, instruction data, eval sets, tokenizer);
+    /// absent entries use the prepared registry data.
+    #[serde(default, skip_serializing_if = "crate::data_config::DataConfig::is_empty")]
+    pub data: crate::data_config::DataConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -238,7 +242,7 @@ impl StudyConfig {
             bail!("eval.vision_tasks lists a task twice");
         }
         positive("eval.max_items_per_task", self.eval.max_items_per_task as f64)?;
-        Ok(())
+        self.data.validate()
     }
 }
 

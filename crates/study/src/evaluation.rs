@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
-use vlmix_eval::{evaluate_files, EvalOptions, EvalReport};
+use vlmix_eval::task::{load_tasks, Modality};
+use vlmix_eval::{evaluate, EvalOptions, EvalReport};
 use vlmix_models::vision::encoder::open_encoder;
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
@@ -35,19 +36,26 @@ pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision:
     Ok(files)
 }
 
-/// Scores `checkpoint` on the study's tasks (the vision ones too with `vision`) and writes the full
-/// report to `dir/eval.json`; returns the report and that file's path relative to the run.
+/// Scores `checkpoint` on the study's tasks (prepared ones and `[data]` eval sets; the vision ones
+/// too with `vision`) and writes the full report to `dir/eval.json`; returns the report and that
+/// file's path relative to the run.
 fn score_checkpoint(runner: &StudyRunner, checkpoint: &Path, vision: bool, dir: &Path, study: &StudyDir) -> Result<(EvalReport, String)> {
     let layout = &runner.layout;
-    let files = task_files(runner.config, layout, vision)?;
-    let tokenizer = TextTokenizer::load(&layout.tokenizer_json())?;
+    let mut tasks = load_tasks(&task_files(runner.config, layout, vision)?)?;
+    for task in runner.extra_tasks.iter().filter(|t| vision || t.modality() == Modality::Text) {
+        if let Some(other) = tasks.iter().find(|t| t.name == task.name) {
+            anyhow::bail!("eval task {:?} comes from both {} and {}; rename the data.eval set", task.name, other.source.display(), task.source.display());
+        }
+        tasks.push(task.clone());
+    }
+    let tokenizer = TextTokenizer::load(&runner.tokenizer_path)?;
     let images = match vision {
         true => Some(ImageFeatures::open(open_encoder(&encoder_spec(runner.config), &layout.home)?, &layout.home.join(CACHE_SUBDIR))?),
         false => None,
     };
     let mut scorer = ModelScorer::from_checkpoint(checkpoint, tokenizer, images)?;
     let options = EvalOptions { limit: Some(runner.config.eval.max_items_per_task), ..EvalOptions::default() };
-    let mut report = evaluate_files(&mut scorer, &files, None, &options)?;
+    let mut report = evaluate(&mut scorer, &tasks, None, &options)?;
     report.validation = None;
     let path = dir.join("eval.json");
     report.write_json(&path)?;
@@ -65,6 +73,7 @@ pub fn evaluate_node(runner: &mut StudyRunner, finetune: &str, epoch: u32, dir: 
         "bits_per_byte": runner.validation_bits_per_byte(&checkpoint)?,
         "vision_stable_score": report.vision_stable_score,
         "text_stable_score": report.text_stable_score,
+        "skipped_records": { "eval": runner.eval_skipped },
     }))
 }
 

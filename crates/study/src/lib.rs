@@ -1,5 +1,6 @@
 //! The study: a grid config becomes a DAG of resumable runs, executed, tabulated and reported.
 pub mod config;
+pub mod data_config;
 pub mod estimate;
 pub mod evaluation;
 pub mod executor;

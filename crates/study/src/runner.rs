@@ -2,18 +2,19 @@
 //! evaluation. Node outputs store paths relative to the run directory, so a run directory can move.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use vlmix_data::packing::TokenDocuments;
-use vlmix_data::text::shard::TokenShard;
+use vlmix_data::byod::text::{open_text, DocSplit};
+use vlmix_data::byod::Skipped;
+use vlmix_data::text::shard::TokenShards;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use vlmix_engine::params::ParamStore;
+use vlmix_eval::task::Task;
 use vlmix_train::corpus::ImageCorpus;
 use vlmix_train::schedule::{cooldown_schedule, WarmupCosine};
 use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start};
@@ -26,19 +27,6 @@ use crate::progress::StudyProgress;
 
 /// Validation sequences scored at every kept pre-training checkpoint.
 const VALIDATION_SEQUENCES: usize = 32;
-
-/// Token documents shared by the stages without copying the memory-mapped shard.
-#[derive(Clone)]
-pub struct SharedDocs(pub Arc<TokenShard>);
-
-impl TokenDocuments for SharedDocs {
-    fn n_docs(&self) -> usize {
-        self.0.n_docs()
-    }
-    fn extend_with_doc(&self, d: usize, out: &mut Vec<u32>) {
-        self.0.extend_with_doc(d, out)
-    }
-}
 
 /// Resolves the study's model: preset, overrides, and the tokenizer's vocabulary.
 pub fn model_config(config: &StudyConfig, vocab: usize) -> Result<LmConfig> {
@@ -74,8 +62,15 @@ pub struct StudyRunner<'a> {
     pub config: &'a StudyConfig,
     pub layout: DataLayout,
     pub tokenizer: TextTokenizer,
+    /// The `tokenizer.json` the study uses (`data.tokenizer` or the prepared one).
+    pub tokenizer_path: PathBuf,
     pub model: LmConfig,
-    train_docs: SharedDocs,
+    train_docs: DocSplit,
+    /// Text documents left out as bad records (`data.on_bad_record = "skip"`).
+    text_skipped: Skipped,
+    /// The `[data]` eval sets, read once, and the questions left out of them.
+    pub extra_tasks: Vec<Task>,
+    pub eval_skipped: Skipped,
     validation: ValidationSet,
     encoder: Box<dyn ImageEncoder>,
     cache: FeatureCache,
@@ -94,17 +89,43 @@ fn output_path(study: &StudyDir, outputs: &serde_json::Value, pointer: &str) -> 
 
 impl<'a> StudyRunner<'a> {
     pub fn new(config: &'a StudyConfig, layout: DataLayout, quiet: bool) -> Result<Self> {
-        let tokenizer = TextTokenizer::load(&layout.tokenizer_json()).context("loading the prepared tokenizer; run `vlmix data prepare`")?;
+        let data = &config.data;
+        let tokenizer_path = data.tokenizer_path(&layout);
+        let tokenizer = TextTokenizer::load(&tokenizer_path).context("loading the tokenizer (data.tokenizer, or the prepared one: run `vlmix data prepare`)")?;
         let model = model_config(config, tokenizer.vocab_size())?;
-        let train_docs = SharedDocs(Arc::new(TokenShard::open(&layout.text_tokens("train"))?));
-        let validation_docs = TokenShard::open(&layout.text_tokens("validation"))?;
+        let (train_docs, validation_docs, text_skipped) = match data.text_spec()? {
+            Some(spec) => {
+                let text = open_text(&spec, &tokenizer, &tokenizer_path, &layout.home.join("tokenized"))?;
+                (text.train, text.validation, text.skipped)
+            }
+            None => {
+                let open = |split: &str| TokenShards::open(&[layout.text_tokens(split)], tokenizer.vocab_size()).map(DocSplit::all);
+                (open("train")?, open("validation")?, Skipped::default())
+            }
+        };
         let validation = ValidationSet::new(validation_docs, model.seq_len, VALIDATION_SEQUENCES, &tokenizer)?;
+        let (extra_tasks, eval_skipped) = data.eval_tasks()?;
         let encoder = open_encoder(&encoder_spec(config), &layout.home).context("study fields `encoder`, `encoder_trainable_blocks`")?;
         let cache = FeatureCache::open(&layout.home.join(CACHE_SUBDIR), encoder.as_ref())?;
         if model.seq_len <= encoder.tokens() + 1 {
             bail!("model seq_len {} leaves no room for text after the encoder's {} image tokens", model.seq_len, encoder.tokens());
         }
-        Ok(Self { config, layout, tokenizer, model, train_docs, validation, encoder, cache, corpus: None, progress: StudyProgress::new(quiet) })
+        Ok(Self {
+            config,
+            layout,
+            tokenizer,
+            tokenizer_path,
+            model,
+            train_docs,
+            text_skipped,
+            extra_tasks,
+            eval_skipped,
+            validation,
+            encoder,
+            cache,
+            corpus: None,
+            progress: StudyProgress::new(quiet),
+        })
     }
 
     fn corpus_path(root: &Path) -> PathBuf {
@@ -114,16 +135,25 @@ impl<'a> StudyRunner<'a> {
     /// Encodes every training image into the feature cache and tokenizes captions and conversations.
     pub fn build_corpus(&mut self, root: &Path) -> Result<serde_json::Value> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        let instruct = self.layout.instruct_dir().join("llava_instruct.json");
+        let captions = self.config.data.caption_source(&self.layout, self.config.grid.seeds[0])?;
+        let instruct = self.config.data.instruct_source(&self.layout);
         let mut seen = 0u64;
         let progress = &self.progress;
-        let corpus = ImageCorpus::build(&self.layout.images_dir().join("train"), Some(&instruct), self.config.max_images, &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
+        let built = ImageCorpus::build(&captions, Some(&instruct), self.config.max_images, &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
             seen += n as u64;
             progress.advance(seen, seen);
         })?;
         let path = Self::corpus_path(root);
-        corpus.save(&path)?;
-        Ok(json!({ "corpus": rel(root, &path), "captions": corpus.captions.len(), "conversations": corpus.instruct.len(), "cache_hits": self.cache.stats().hits, "cache_misses": self.cache.stats().misses }))
+        built.corpus.save(&path)?;
+        let corpus = &built.corpus;
+        Ok(json!({
+            "corpus": rel(root, &path),
+            "captions": corpus.captions.len(),
+            "conversations": corpus.instruct.len(),
+            "cache_hits": self.cache.stats().hits,
+            "cache_misses": self.cache.stats().misses,
+            "skipped_records": { "captions": built.skipped_captions, "conversations": built.skipped_conversations },
+        }))
     }
 
     /// The image corpus under `root` (written by the `image-corpus` node, or built now), loaded once.
@@ -169,7 +199,7 @@ impl<'a> StudyRunner<'a> {
             curve.push(json!({"fraction": fraction, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
             checkpoints.insert(format!("{fraction}"), json!(rel(root, ckpt)));
         }
-        Ok(json!({ "checkpoints": checkpoints, "validation_bpb": curve, "tokens": outcome.run.tokens, "steps": outcome.run.steps }))
+        Ok(json!({ "checkpoints": checkpoints, "validation_bpb": curve, "tokens": outcome.run.tokens, "steps": outcome.run.steps, "skipped_records": { "text": self.text_skipped } }))
     }
 
     fn cooldown_node(&mut self, point: &GridPoint, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {

@@ -4,16 +4,17 @@
 //! Building it decodes and encodes every image (minutes); loading it reads one JSON file (a blink),
 //! so the many cooldown and fine-tuning runs of a study never touch image files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
+use vlmix_data::byod::stream::{ShardStream, StreamConfig, StreamCursor};
+use vlmix_data::byod::{OnBadRecord, Skipped};
 use vlmix_data::image_texts::conversation_text;
 use vlmix_data::llava::LlavaSet;
 use vlmix_data::packing::ImageText;
 use vlmix_data::tokenizer::TextTokenizer;
-use vlmix_data::webdataset;
 use vlmix_engine::atomic_file::write_atomic;
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::{image_key, FeatureCache, ImageKey};
@@ -64,22 +65,41 @@ fn cache_features(cache: &mut FeatureCache, encoder: &dyn ImageEncoder, images: 
 
 const CHUNK: usize = 64;
 
+/// Where the image-caption pairs come from: shards read as a (possibly shuffled) stream.
+pub struct CaptionSource {
+    pub shards: Vec<PathBuf>,
+    pub stream: StreamConfig,
+}
+
+/// Where the instruction conversations come from.
+pub struct InstructSource {
+    /// LLaVA JSON (or JSON Lines).
+    pub file: PathBuf,
+    /// Folder the records' `image` paths are relative to (default: the file's folder).
+    pub image_root: Option<PathBuf>,
+    pub on_bad_record: OnBadRecord,
+}
+
+/// A built corpus and the records left out building it.
+pub struct CorpusBuild {
+    pub corpus: ImageCorpus,
+    pub skipped_captions: Skipped,
+    pub skipped_conversations: Skipped,
+}
+
 impl ImageCorpus {
-    /// Reads the training shards in `shards_dir` and the instruction file, fills the feature cache, tokenizes.
-    /// A malformed sample is an error naming shard and member: training data is never silently thinned.
+    /// Reads the caption shards (the first `max_images` samples of the stream) and the instruction
+    /// file, fills the feature cache and tokenizes. A bad record is an error naming its file and
+    /// member or line, or, under `on_bad_record = "skip"`, logged, left out and counted.
     pub fn build(
-        shards_dir: &Path,
-        instruct_file: Option<&Path>,
+        captions_from: &CaptionSource,
+        instruct_from: Option<&InstructSource>,
         max_images: Option<usize>,
         tokenizer: &TextTokenizer,
         encoder: &dyn ImageEncoder,
         cache: &mut FeatureCache,
         on_progress: &mut dyn FnMut(usize),
-    ) -> Result<Self> {
-        let shards = webdataset::list_shards(shards_dir)?;
-        if shards.is_empty() {
-            bail!("no WebDataset shards (*.tar) in {}; run `vlmix data prepare`", shards_dir.display());
-        }
+    ) -> Result<CorpusBuild> {
         let mut captions = Vec::new();
         let (mut images, mut texts) = (Vec::new(), Vec::new());
         let mut flush = |images: &mut Vec<RgbImage>, texts: &mut Vec<String>, captions: &mut Vec<ImageExample>| -> Result<()> {
@@ -93,8 +113,9 @@ impl ImageCorpus {
             Ok(())
         };
         let limit = max_images.unwrap_or(usize::MAX);
-        for sample in webdataset::stream(shards, 256).take(limit) {
-            let sample = sample.map_err(anyhow::Error::new)?;
+        let mut stream = ShardStream::new(captions_from.shards.clone(), captions_from.stream.clone(), StreamCursor::default())?;
+        for sample in stream.by_ref().take(limit) {
+            let sample = sample?;
             images.push(sample.image);
             texts.push(sample.caption);
             if images.len() == CHUNK {
@@ -102,22 +123,41 @@ impl ImageCorpus {
             }
         }
         flush(&mut images, &mut texts, &mut captions)?;
+        let skipped_captions = stream.skipped().clone();
+        drop(stream);
+        if captions.is_empty() {
+            bail!("no usable image-caption samples in {} shard(s)", captions_from.shards.len());
+        }
 
         let mut instruct = Vec::new();
-        if let Some(file) = instruct_file {
-            let set = LlavaSet::read(file, None)?;
-            if let Some(problem) = set.problems.first() {
-                bail!("{problem} ({} problems in all; `vlmix data inspect` lists them)", set.problems.len());
+        let mut skipped_conversations = Skipped::default();
+        if let Some(from) = instruct_from {
+            let (file, policy) = (&from.file, from.on_bad_record);
+            let set = LlavaSet::read(file, from.image_root.as_deref())?;
+            for problem in &set.problems {
+                skipped_conversations.record(policy, "instruction data", problem)?;
             }
             for chunk in set.records[..set.records.len().min(limit)].chunks(CHUNK) {
                 let mut images = Vec::with_capacity(chunk.len());
+                let mut kept = Vec::with_capacity(chunk.len());
                 for (line, record) in chunk {
-                    let path = set.image_path(record).with_context(|| format!("{}:{line}: record {} has no image", file.display(), record.id))?;
-                    let bytes = std::fs::read(&path).with_context(|| format!("{}:{line}: reading image {}", file.display(), path.display()))?;
-                    images.push(vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("{}:{line}: decoding {}", file.display(), path.display()))?);
+                    let image = set
+                        .image_path(record)
+                        .with_context(|| format!("record {} has no image", record.id))
+                        .and_then(|path| {
+                            let bytes = std::fs::read(&path).with_context(|| format!("reading image {}", path.display()))?;
+                            vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("decoding {}", path.display()))
+                        });
+                    match image {
+                        Ok(image) => {
+                            images.push(image);
+                            kept.push((line, record));
+                        }
+                        Err(err) => skipped_conversations.record(policy, "instruction data", &format!("{}:{line} (id {}): {err:#}", file.display(), record.id))?,
+                    }
                 }
                 let keys = cache_features(cache, encoder, &images)?;
-                for (key, (line, record)) in keys.into_iter().zip(chunk) {
+                for (key, (line, record)) in keys.into_iter().zip(kept) {
                     let text = conversation_text(record, tokenizer).with_context(|| format!("{}:{line}", file.display()))?;
                     instruct.push(ImageExample { key: hex::encode(key), tokens: text.tokens, loss: text.loss });
                 }
@@ -125,7 +165,8 @@ impl ImageCorpus {
             }
         }
         cache.flush()?;
-        Ok(Self { encoder_id: encoder.id().to_string(), n_image_tokens: encoder.tokens(), feature_width: encoder.width(), captions, instruct })
+        let corpus = Self { encoder_id: encoder.id().to_string(), n_image_tokens: encoder.tokens(), feature_width: encoder.width(), captions, instruct };
+        Ok(CorpusBuild { corpus, skipped_captions, skipped_conversations })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

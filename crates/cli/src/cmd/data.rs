@@ -1,4 +1,4 @@
-//! `vlmix data prepare | stats | inspect`.
+//! `vlmix data prepare | stats | inspect | make-example`.
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -20,6 +20,19 @@ pub enum DataCommand {
     /// Check dataset files (WebDataset tar, LLaVA JSON, eval JSONL, text JSONL, token shards,
     /// tokenizer.json) and list every problem; exits non-zero when anything is malformed.
     Inspect(InspectArgs),
+    /// Write the README's bring-your-own-data example (DataComp-style shards, LLaVA JSON, DCLM-style
+    /// JSONL.zst, VQAv2 and POPE files) from the prepared data; `configs/study/byod.toml` uses it.
+    MakeExample(MakeExampleArgs),
+}
+
+#[derive(Args)]
+pub struct MakeExampleArgs {
+    /// Folder to write (the example config expects data/byod).
+    #[arg(default_value = "data/byod")]
+    out: PathBuf,
+    /// Prepared data folder to cut it from (default $VLMIX_HOME/prepared).
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -85,6 +98,18 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             Ok(())
         }
         DataCommand::Inspect(args) => run_inspect(&args.paths),
+        DataCommand::MakeExample(args) => {
+            let counts = vlmix_data::byod::example::make_example(&DataLayout::from_env(args.data.as_deref())?, &args.out)?;
+            println!(
+                "wrote {}: {} image-caption samples in 5 shards (the last truncated), {} conversations (one with a missing image), {} text documents, {} eval questions",
+                args.out.display(),
+                counts.samples,
+                counts.conversations,
+                counts.documents,
+                counts.eval_questions
+            );
+            Ok(())
+        }
     }
 }
 

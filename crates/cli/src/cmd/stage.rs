@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use vlmix_data::DataLayout;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_study::config::{GridPoint, StudyConfig};
+use vlmix_study::data_config::{ImagesConfig, InstructConfig, TextConfig};
 use vlmix_study::runner::StudyRunner;
 use vlmix_train::stages::Start;
 
@@ -27,6 +28,70 @@ pub struct Common {
     pub micro_batch_size: Option<usize>,
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub data_flags: DataFlags,
+}
+
+/// The study config's `[data]` entries as flags; each given flag replaces its entry.
+#[derive(clap::Args)]
+pub struct DataFlags {
+    /// Hugging Face tokenizer.json (`data.tokenizer`).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Pre-training text: JSONL / JSONL.zst files, globs or brace ranges, or .tokens shards (`data.text.files`).
+    #[arg(long = "text", value_name = "PATTERN")]
+    pub text: Vec<String>,
+    /// Validation text, same forms (default: one document in 100 of --text held out).
+    #[arg(long = "validation-text", value_name = "PATTERN")]
+    pub validation_text: Vec<String>,
+    /// JSON field holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Image-caption WebDataset shards: paths, globs or brace ranges like 'shards/{00000..00127}.tar'.
+    #[arg(long = "images", value_name = "PATTERN")]
+    pub images: Vec<String>,
+    /// Caption key: txt (any member extension), json:FIELD, or auto.
+    #[arg(long, default_value = "auto")]
+    pub caption: String,
+    /// Shuffle buffer of the shard stream, in samples.
+    #[arg(long, default_value_t = 1000)]
+    pub shuffle_buffer: usize,
+    /// LLaVA instruction JSON (`data.instruct.file`).
+    #[arg(long)]
+    pub instruct: Option<String>,
+    /// Image folder of the LLaVA JSON (default: the JSON's folder).
+    #[arg(long)]
+    pub image_root: Option<String>,
+    /// What to do with unreadable records: fail or skip (logged and counted).
+    #[arg(long)]
+    pub on_bad_record: Option<String>,
+}
+
+impl DataFlags {
+    /// Writes the given flags over the config's `[data]` entries and checks the result.
+    fn apply(&self, config: &mut StudyConfig) -> Result<()> {
+        let data = &mut config.data;
+        if let Some(tokenizer) = &self.tokenizer {
+            data.tokenizer = Some(tokenizer.clone());
+        }
+        if !self.text.is_empty() {
+            data.text = Some(TextConfig { files: self.text.clone(), validation_files: self.validation_text.clone(), text_field: self.text_field.clone() });
+        } else if !self.validation_text.is_empty() {
+            bail!("--validation-text goes with --text");
+        }
+        if !self.images.is_empty() {
+            data.images = Some(ImagesConfig { shards: self.images.clone(), caption: self.caption.clone(), shuffle_buffer: self.shuffle_buffer });
+        }
+        if let Some(file) = &self.instruct {
+            data.instruct = Some(InstructConfig { file: file.clone(), image_root: self.image_root.clone() });
+        } else if self.image_root.is_some() {
+            bail!("--image-root goes with --instruct");
+        }
+        if let Some(policy) = &self.on_bad_record {
+            data.on_bad_record = policy.parse()?;
+        }
+        data.validate()
+    }
 }
 
 #[derive(clap::Args)]
@@ -74,7 +139,9 @@ pub struct FinetuneArgs {
 
 fn with_runner(common: &Common, config: &StudyConfig, run: impl FnOnce(&mut StudyRunner) -> Result<serde_json::Value>) -> Result<()> {
     let layout = DataLayout::from_env(common.data.as_deref())?;
-    let mut runner = StudyRunner::new(config, layout, common.quiet)?;
+    let mut config = config.clone();
+    common.data_flags.apply(&mut config)?;
+    let mut runner = StudyRunner::new(&config, layout, common.quiet)?;
     runner.progress.start_node("stage", 0);
     let outputs = run(&mut runner)?;
     println!("{}", serde_json::to_string_pretty(&outputs)?);

@@ -5,6 +5,7 @@
 //! Inputs are named by paths, globs (`shards/*.tar`) or brace ranges (`shards/{00000..00127}.tar`),
 //! expanded here in one place so every source accepts the same forms.
 pub mod eval_sets;
+pub mod example;
 pub mod stream;
 pub mod text;
 

@@ -23,8 +23,10 @@ const READ_AHEAD: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
-    pub seed: u64,
-    /// Samples held for shuffling; 1 reads in shard order.
+    /// Seeds the shard order and the buffer's picks; `None` reads the shards as given, each in file
+    /// order (how the prepared registry data has always been read, so its studies stay identical).
+    pub seed: Option<u64>,
+    /// Samples held for shuffling (with a seed); 1 keeps file order within the shard order.
     pub shuffle_buffer: usize,
     pub caption: CaptionKey,
     pub on_bad_record: OnBadRecord,
@@ -68,7 +70,10 @@ impl ShardStream {
         if config.shuffle_buffer == 0 {
             bail!("shuffle_buffer must be at least 1");
         }
-        let order: Vec<PathBuf> = epoch_order(shards.len(), config.seed, cursor.epoch).into_iter().map(|i| shards[i as usize].clone()).collect();
+        let order: Vec<PathBuf> = match config.seed {
+            Some(seed) => epoch_order(shards.len(), seed, cursor.epoch).into_iter().map(|i| shards[i as usize].clone()).collect(),
+            None => shards,
+        };
         if cursor.shards_done > order.len() || cursor.buffer.iter().any(|&(pos, _)| pos >= order.len()) {
             bail!("stream cursor names shard {} of {}: it belongs to other data", cursor.shards_done, order.len());
         }
@@ -88,7 +93,8 @@ impl ShardStream {
 
     /// Reads until the buffer is full or the shards are exhausted.
     fn fill(&mut self) -> Result<()> {
-        while self.buffer.len() < self.config.shuffle_buffer {
+        let capacity = if self.config.seed.is_some() { self.config.shuffle_buffer } else { 1 };
+        while self.buffer.len() < capacity {
             let Some(reader) = &self.reader else { return Ok(()) };
             let Ok((pos, index, item)) = reader.recv() else {
                 self.reader = None;
@@ -119,7 +125,10 @@ impl Iterator for ShardStream {
         if self.buffer.is_empty() {
             return None;
         }
-        let pick = mix(self.config.seed ^ mix(self.cursor.epoch) ^ mix(self.cursor.emitted.wrapping_add(0x5EED))) % self.buffer.len() as u64;
+        let pick = match self.config.seed {
+            Some(seed) => mix(seed ^ mix(self.cursor.epoch) ^ mix(self.cursor.emitted.wrapping_add(0x5EED))) % self.buffer.len() as u64,
+            None => 0,
+        };
         self.cursor.emitted += 1;
         Some(Ok(self.buffer.swap_remove(pick as usize).1))
     }
@@ -208,7 +217,7 @@ mod tests {
     }
 
     fn config(buffer: usize) -> StreamConfig {
-        StreamConfig { seed: 7, shuffle_buffer: buffer, caption: CaptionKey::Auto, on_bad_record: OnBadRecord::Skip }
+        StreamConfig { seed: Some(7), shuffle_buffer: buffer, caption: CaptionKey::Auto, on_bad_record: OnBadRecord::Skip }
     }
 
     fn keys(stream: impl Iterator<Item = Result<WdsSample>>) -> Vec<String> {
@@ -230,6 +239,8 @@ mod tests {
         assert_eq!(sorted.len(), 20);
         let in_shard_order: Vec<String> = (0..5).flat_map(|s| (0..4).map(move |k| format!("s{s}k{k}"))).collect();
         assert_ne!(a, in_shard_order, "shuffled");
+        let sequential = StreamConfig { seed: None, ..config(6) };
+        assert_eq!(keys(ShardStream::new(paths, sequential, StreamCursor::default()).unwrap()), in_shard_order, "no seed: file order");
     }
 
     #[test]
