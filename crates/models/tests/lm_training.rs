@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vlmix_engine::nonfinite::ensure_finite;
 use vlmix_engine::params::ParamStore;
-use vlmix_models::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput, NormKind};
+use vlmix_models::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput, NormKind, WeightDecayRule, ZLossRule};
 
 const BATCH: usize = 2;
 const SEQ: usize = 16;
@@ -192,4 +192,64 @@ fn bench_reports_consistent_numbers() {
     for key in ["engine", "tokens_per_s", "gflops", "peak_rss_mb", "step_ms", "steps", "warmup", "final_loss", "threads", "cpu"] {
         assert!(json.get(key).is_some(), "JSON lacks {key}, a field shared with reference/bench_train.py");
     }
+}
+
+/// open_lm's variants (LayerNorm with bias, the post-embedding norm, z-loss over all positions):
+/// central differences of the loss agree with the analytic gradient.
+#[test]
+fn open_lm_variants_match_finite_differences() {
+    let mut config = LmConfig::preset("tiny").unwrap();
+    (config.vocab, config.seq_len, config.norm, config.post_embed_norm) = (50, 8, NormKind::LayerNorm, true);
+    (config.z_loss, config.z_loss_rule) = (0.05, ZLossRule::OpenLm);
+    let mut params = ParamStore::new();
+    let mut lm = Lm::new(config, &mut params, 5).unwrap();
+    // Gains and biases away from 1 and 0, so every path through them matters.
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for id in params.ids().collect::<Vec<_>>() {
+        if params.info(id).shape.len() == 1 {
+            let bias = params.info(id).name.ends_with(".bias");
+            params.value_mut(id).iter_mut().for_each(|v| *v = if bias { 0.0 } else { 1.0 } + rng.gen_range(-0.3..0.3));
+        }
+    }
+    let (batch, seq) = (2, 8);
+    let input = tokens(8, batch * seq, 50);
+    let targets = tokens(9, batch * seq, 50);
+    let mask: Vec<f32> = (0..batch * seq).map(|r| if r % seq < 3 { 0.0 } else { 1.0 }).collect();
+    let ids = LmInput::tokens(batch, seq, &input);
+    params.zero_grad();
+    lm.forward_backward(&mut params, &ids, &targets, &mask, 1.0, None).unwrap();
+    let names = ["post_embed_norm.weight", "post_embed_norm.bias", "layers.0.attention_norm.bias", "layers.0.attention.q_norm.bias", "layers.1.attention.k_norm.bias", "layers.1.ffn_norm.bias", "norm.bias", "tok_embeddings.weight"];
+    for name in names {
+        let id = params.id(name).unwrap_or_else(|| panic!("{name} is registered"));
+        let analytic = params.grad(id).to_vec();
+        for i in (0..analytic.len()).step_by(analytic.len().div_ceil(5)) {
+            let original = params.value(id)[i];
+            let mut loss_at = |value: f32| {
+                params.value_mut(id)[i] = value;
+                lm.loss(&params, &ids, &targets, &mask).unwrap().loss as f64
+            };
+            let h = 1e-2f32;
+            let numeric = (loss_at(original + h) - loss_at(original - h)) / (2.0 * h as f64);
+            params.value_mut(id)[i] = original;
+            let a = analytic[i] as f64;
+            assert!((a - numeric).abs() <= 2e-3 + 5e-2 * numeric.abs(), "{name}[{i}]: analytic {a} vs numeric {numeric}");
+        }
+    }
+}
+
+#[test]
+fn weight_decay_rule_picks_the_decayed_parameters() {
+    let mut config = LmConfig::preset("tiny").unwrap();
+    config.norm = NormKind::LayerNorm;
+    for (rule, all) in [(WeightDecayRule::OpenLm, true), (WeightDecayRule::Matrices, false)] {
+        config.weight_decay_rule = rule;
+        let mut params = ParamStore::new();
+        Lm::new(config.clone(), &mut params, 1).unwrap();
+        for id in params.ids() {
+            let info = params.info(id);
+            let matrix = info.shape.len() == 2 && info.name != "tok_embeddings.weight";
+            assert_eq!(info.flags.weight_decay, all || matrix, "{rule:?}: {}", info.name);
+        }
+    }
+    assert_eq!(LmConfig::preset("openlm-79m").unwrap().weight_decay_rule, WeightDecayRule::OpenLm, "open_lm's rule for the open_lm presets");
 }
