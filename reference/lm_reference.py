@@ -18,6 +18,9 @@ from openlm import LmConfig, Transformer, masked_lm_loss, openlm_init_
 CASES = {
     "openlm": dict(norm="gain_only_layer_norm", tied=False, z_loss=1e-4, qk_norm=True, seed=1234),
     "rms_tied": dict(norm="rms_norm", tied=True, z_loss=0.0, qk_norm=True, seed=5678),
+    # open_lm's variants and training rules: LayerNorm with bias, post-embedding norm, z-loss over all
+    # positions (large, so its gradient shows), weight decay on every parameter.
+    "openlm_rules": dict(norm="layer_norm", tied=False, z_loss=1e-2, qk_norm=True, seed=4321, post_embed_norm=True, z_rule="openlm", decay="openlm"),
 }
 SHAPE = dict(vocab=64, d_model=32, n_layers=2, n_heads=4, seq_len=8)
 BATCH = 2
@@ -42,7 +45,7 @@ def make_batch(gen, vocab):
 def run_reference(model, cfg, inputs, targets, loss_mask):
     """Forward + backward once, then STEPS of (zero_grad, backward, clip, AdamW) on the same batch."""
     logits = model(inputs)
-    loss = masked_lm_loss(logits, targets, loss_mask, cfg.z_loss)
+    loss = masked_lm_loss(logits, targets, loss_mask, cfg.z_loss, cfg.z_rule)
     model.zero_grad()
     loss.backward()
     grads = {n: p.grad.to(torch.float32).contiguous() for n, p in model.named_parameters()}
@@ -59,7 +62,7 @@ def run_reference(model, cfg, inputs, targets, loss_mask):
     step_loss, step_norm = [], []
     for _ in range(STEPS):
         opt.zero_grad()
-        step = masked_lm_loss(model(inputs), targets, loss_mask, cfg.z_loss)
+        step = masked_lm_loss(model(inputs), targets, loss_mask, cfg.z_loss, cfg.z_rule)
         step.backward()
         step_norm.append(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP).item())
         step_loss.append(step.item())
@@ -82,7 +85,8 @@ def max_rel_dev(ours: dict, ref: dict) -> float:
 
 def write_case(name, spec, out_root: Path):
     gen = torch.Generator().manual_seed(spec["seed"])
-    cfg = LmConfig(**SHAPE, norm=spec["norm"], tied=spec["tied"], qk_norm=spec["qk_norm"], z_loss=spec["z_loss"])
+    rules = {k: spec[k] for k in ("post_embed_norm", "z_rule", "decay") if k in spec}
+    cfg = LmConfig(**SHAPE, norm=spec["norm"], tied=spec["tied"], qk_norm=spec["qk_norm"], z_loss=spec["z_loss"], **rules)
     model = Transformer(cfg)
     openlm_init_(model, gen, norm_gain_noise=0.1)
     init = f32_state(model)
@@ -102,6 +106,8 @@ def write_case(name, spec, out_root: Path):
         lr=ADAMW["lr"], betas=list(ADAMW["betas"]), eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"],
         clip=CLIP, steps=STEPS, decayed_params=model.decayed_parameter_names(),
     )
+    if rules:  # only the open_lm-rules case names them, so the older fixtures stay byte-identical
+        config.update(post_embed_norm=cfg.post_embed_norm, z_loss_rule=cfg.z_rule, weight_decay_rule=cfg.decay)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(init, out / "init.safetensors")
     save_file({"inputs": inputs, "targets": targets, "loss_mask": loss_mask}, out / "batch.safetensors")

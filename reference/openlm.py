@@ -2,7 +2,9 @@
 
 Same math and parameter names as OpenLM, without xformers or open_lm installed, so vlmix's Rust
 engine can be checked against it. Only the pieces vlmix uses are here: rotary positions, optional
-QK-norm, SwiGLU feed-forward, gain-only LayerNorm or RMSNorm, tied or untied output.
+QK-norm, SwiGLU feed-forward, gain-only LayerNorm, LayerNorm with bias or RMSNorm, an optional
+post-embedding norm, tied or untied output, and both z-loss and weight-decay rules (vlmix's and
+open_lm's: open_lm/losses.py, open_lm/main.py).
 """
 
 import functools
@@ -28,6 +30,9 @@ class LmConfig:
     tied: bool = False
     qk_norm: bool = True
     z_loss: float = 0.0
+    post_embed_norm: bool = False
+    z_rule: str = "masked"  # or "openlm": z * mean(lse)^2 over all positions (open_lm/losses.py)
+    decay: str = "matrices"  # or "openlm": every parameter (open_lm/main.py)
 
     @property
     def head_dim(self) -> int:
@@ -66,6 +71,8 @@ def make_norm(kind: str, dim: int) -> nn.Module:
         return GainOnlyLayerNorm(dim)
     if kind == "rms_norm":
         return RmsNorm(dim)
+    if kind == "layer_norm":  # open_lm's default_layer_norm: torch.nn.LayerNorm, gain and bias
+        return nn.LayerNorm(dim, eps=NORM_EPS)
     raise ValueError(f"unknown norm {kind!r}")
 
 
@@ -145,6 +152,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab, cfg.d_model)
+        if cfg.post_embed_norm:
+            self.post_embed_norm = make_norm(cfg.norm, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg.norm, cfg.d_model)
         if not cfg.tied:
@@ -152,6 +161,8 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids):
         x = self.tok_embeddings(input_ids)
+        if self.cfg.post_embed_norm:
+            x = self.post_embed_norm(x)
         for layer in self.layers:
             x = layer(x)
         x = self.norm(x)
@@ -159,7 +170,9 @@ class Transformer(nn.Module):
         return F.linear(x, weight)
 
     def decayed_parameter_names(self):
-        """Names AdamW decays: matrices except the input embedding (norm gains are vectors)."""
+        """Names AdamW decays: every one under open_lm's rule, else matrices except the input embedding."""
+        if self.cfg.decay == "openlm":
+            return [n for n, _ in self.named_parameters()]
         return [n for n, p in self.named_parameters() if p.ndim >= 2 and not n.startswith("tok_embeddings")]
 
 
@@ -192,14 +205,19 @@ def openlm_init_(model: Transformer, gen: torch.Generator, norm_gain_noise: floa
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-                p.copy_((1.0 + norm_gain_noise * noise).to(p.dtype))
+                base = 0.0 if name.endswith(".bias") else 1.0  # norm biases start at 0, gains at 1
+                p.copy_((base + norm_gain_noise * noise).to(p.dtype))
 
 
-def masked_lm_loss(logits, targets, loss_mask, z_loss: float):
-    """sum_t mask_t * (CE_t + z * logsumexp_t^2) / sum_t mask_t (OpenLM's z-loss, masked mean)."""
+def masked_lm_loss(logits, targets, loss_mask, z_loss: float, z_rule: str = "masked"):
+    """`masked`: sum_t mask_t * (CE_t + z * lse_t^2) / sum_t mask_t.
+    `openlm` (open_lm/losses.py CrossEntropyLossWithZLoss): masked mean of CE_t + z * mean_t(lse_t)^2,
+    the mean over every position, masked ones included."""
     logits = logits.reshape(-1, logits.shape[-1])
     lse = torch.logsumexp(logits, dim=-1)
     ce = lse - logits.gather(1, targets.reshape(-1, 1)).squeeze(1)
-    per_token = ce + z_loss * lse.pow(2)
     mask = loss_mask.reshape(-1).to(logits.dtype)
+    if z_rule == "openlm":
+        return (ce * mask).sum() / mask.sum() + z_loss * lse.mean().pow(2)
+    per_token = ce + z_loss * lse.pow(2)
     return (per_token * mask).sum() / mask.sum()

@@ -11,7 +11,7 @@ use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
-use vlmix_models::lm::{Lm, LmConfig, LmInput, NormKind, WeightDecayRule, ZLossRule};
+use vlmix_models::lm::{Lm, LmConfig, LmInput, NormKind};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -42,14 +42,16 @@ fn load(case: &str) -> Result<Fixture> {
         norm: match json["norm"].as_str() {
             Some("gain_only_layer_norm") => NormKind::GainOnlyLayerNorm,
             Some("rms_norm") => NormKind::RmsNorm,
+            Some("layer_norm") => NormKind::LayerNorm,
             other => anyhow::bail!("config.json: norm {other:?}"),
         },
         tied_embeddings: json["tied"].as_bool().context("tied")?,
         z_loss: json["z_loss"].as_f64().context("z_loss")? as f32,
         qk_norm: json["qk_norm"].as_bool().context("qk_norm")?,
-        post_embed_norm: false,
-        weight_decay_rule: WeightDecayRule::Matrices,
-        z_loss_rule: ZLossRule::Masked,
+        // The open_lm-rules case names these; the older cases use vlmix's defaults.
+        post_embed_norm: json["post_embed_norm"].as_bool().unwrap_or(false),
+        weight_decay_rule: serde_json::from_value(json.get("weight_decay_rule").cloned().unwrap_or("matrices".into()))?,
+        z_loss_rule: serde_json::from_value(json.get("z_loss_rule").cloned().unwrap_or("masked".into()))?,
         rope_inv_freq: None,
     };
     assert_eq!(config.ffn_hidden(), usize_of("ffn_hidden")?, "SwiGLU hidden width rule");
@@ -162,4 +164,9 @@ fn openlm_gain_only_layernorm_untied_zloss_qknorm() {
 #[test]
 fn rmsnorm_tied_embeddings() {
     check_case("rms_tied").unwrap();
+}
+
+#[test]
+fn openlm_rules_bias_layernorm_post_embed_norm_all_positions_zloss_decay_everything() {
+    check_case("openlm_rules").unwrap();
 }
