@@ -36,6 +36,9 @@ pub struct StudyConfig {
     /// absent entries use the prepared registry data.
     #[serde(default, skip_serializing_if = "crate::data_config::DataConfig::is_empty")]
     pub data: crate::data_config::DataConfig,
+    /// Where the nodes run (`[executor]`: local, or Slurm jobs); not pinned with the run directory.
+    #[serde(default, skip_serializing)]
+    pub executor: crate::slurm::ExecutorConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -61,6 +64,12 @@ pub struct PretrainConfig {
     pub weight_decay: f64,
     /// Fractions of the planned run at which full checkpoints are kept.
     pub checkpoint_fractions: Vec<f64>,
+    /// Start from this text checkpoint instead of pre-training (a `vlmix import openlm` directory,
+    /// or any stage directory / checkpoint): it is the 100 % point, the grid's fractions can only be
+    /// 0 (scratch) and 1 (this model, fresh-schedule cooldowns), and the LM config is the
+    /// checkpoint's (`model` is not used). The other `pretrain` fields are then unused.
+    #[serde(default)]
+    pub from: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -227,7 +236,12 @@ impl StudyConfig {
             bail!("grid.seeds must list at least one seed");
         }
         let kept: Vec<f64> = p.checkpoint_fractions.clone();
-        for point in self.points() {
+        if let Some(from) = &p.from {
+            if let Some(point) = self.points().into_iter().find(|pt| pt.fraction > 0.0 && pt.fraction < 1.0) {
+                bail!("grid: introduction fraction {} needs a partly trained text model, but pretrain.from = {:?} gives only the finished one (use 0 or 1)", point.fraction, from.display());
+            }
+        }
+        for point in self.points().into_iter().filter(|_| p.from.is_none()) {
             let interior = point.fraction > 0.0 && point.fraction < 1.0;
             if interior && !kept.iter().any(|&k| (k - point.fraction).abs() < 1e-9) {
                 bail!(

@@ -79,6 +79,18 @@ pub fn evaluate_node(runner: &mut StudyRunner, finetune: &str, epoch: u32, dir: 
 
 /// The text-only baseline: the study's text tasks on the last kept pre-training checkpoint.
 pub fn evaluate_text_baseline(runner: &mut StudyRunner, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    if let Some(from) = crate::runner::imported_checkpoint(runner.config)? {
+        let (report, report_path) = score_checkpoint(runner, &from, false, dir, study)?;
+        let bits_per_byte = runner.validation_bits_per_byte(&from)?;
+        return Ok(json!({
+            "report": report_path,
+            "checkpoint": from,
+            "fraction": 1.0,
+            "imported": true,
+            "validation_bpb": [{ "fraction": 1.0, "bits_per_byte": bits_per_byte }],
+            "text_stable_score": report.text_stable_score,
+        }));
+    }
     let done = study.done("pretrain")?.context("pretrain is not finished")?;
     let (fraction, rel) = done
         .outputs

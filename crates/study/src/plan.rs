@@ -62,18 +62,23 @@ impl Plan {
     /// The plan of `config`; refuses grid values too close to tell apart in node ids (which would make
     /// a second node look finished when the first is).
     pub fn build(config: &StudyConfig) -> Result<Plan> {
-        let mut nodes = vec![
-            Node { id: IMAGE_CORPUS.into(), kind: NodeKind::ImageCorpus, after: vec![] },
-            Node { id: "pretrain".into(), kind: NodeKind::Pretrain, after: vec![] },
-        ];
+        let mut nodes = vec![Node { id: IMAGE_CORPUS.into(), kind: NodeKind::ImageCorpus, after: vec![] }];
+        // A study starting from an existing text model (`pretrain.from`) has no pre-training node.
+        let text: Vec<String> = match config.pretrain.from {
+            Some(_) => vec![],
+            None => vec!["pretrain".into()],
+        };
+        if text.len() == 1 {
+            nodes.push(Node { id: "pretrain".into(), kind: NodeKind::Pretrain, after: vec![] });
+        }
         if !config.eval.text_tasks.is_empty() {
-            nodes.push(Node { id: EVAL_TEXT_BASELINE.into(), kind: NodeKind::EvalTextBaseline, after: vec!["pretrain".into()] });
+            nodes.push(Node { id: EVAL_TEXT_BASELINE.into(), kind: NodeKind::EvalTextBaseline, after: text.clone() });
         }
         for &seed in &config.grid.seeds {
             for point in config.points() {
                 let cooldown = cooldown_id(&point, seed);
                 let finetune = format!("finetune-{}", cooldown.trim_start_matches("cooldown-"));
-                nodes.push(Node { id: cooldown.clone(), kind: NodeKind::Cooldown { point, seed }, after: vec![IMAGE_CORPUS.into(), "pretrain".into()] });
+                nodes.push(Node { id: cooldown.clone(), kind: NodeKind::Cooldown { point, seed }, after: [vec![IMAGE_CORPUS.into()], text.clone()].concat() });
                 let epochs: Vec<u32> = if point == config.grid.base {
                     (1..=config.finetune.epochs).collect()
                 } else {

@@ -45,7 +45,8 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
     for node in &plan.nodes {
         let Some(done) = study.done(&node.id)? else { continue };
         table.nodes.push(NodeRecord { node_id: node.id.clone(), stage: stage_of(&node.kind).into(), wall_time_s: done.wall_s, machine: machine.clone(), versions: versions.clone() });
-        if matches!(node.kind, NodeKind::Pretrain) {
+        // The text model's row: from pre-training, or from the baseline of an imported model.
+        if matches!(node.kind, NodeKind::Pretrain) || done.outputs["imported"] == true {
             table.rows.extend(pretrain_rows(&done.outputs, &machine, &versions));
         }
         if matches!(node.kind, NodeKind::EvalTextBaseline) {
@@ -139,7 +140,11 @@ pub fn write_all(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<
     table.write_json(&study.root.join("results.json"))?;
     table.write_csv(&study.root.join("results.csv"))?;
     let curves = curves(plan, study)?;
-    let files = write_report(&report_dir(&study.root), &ReportInput { title: &format!("vlmix study: {}", config.name), table: &table, curves: &curves })?;
+    let title = match &config.pretrain.from {
+        Some(from) => format!("vlmix study: {} (text model imported from {}, no text pre-training)", config.name, from.display()),
+        None => format!("vlmix study: {}", config.name),
+    };
+    let files = write_report(&report_dir(&study.root), &ReportInput { title: &title, table: &table, curves: &curves })?;
     Ok(files.index)
 }
 

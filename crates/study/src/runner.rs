@@ -13,6 +13,7 @@ use vlmix_data::DataLayout;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
+use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_eval::task::Task;
 use vlmix_train::corpus::ImageCorpus;
@@ -30,6 +31,15 @@ const VALIDATION_SEQUENCES: usize = 32;
 
 /// Resolves the study's model: preset, overrides, and the tokenizer's vocabulary.
 pub fn model_config(config: &StudyConfig, vocab: usize) -> Result<LmConfig> {
+    if let Some(from) = imported_checkpoint(config)? {
+        let mut lm = stages::model_config_of(&from).with_context(|| format!("study field `pretrain.from` ({})", from.display()))?;
+        if lm.vocab != vocab {
+            bail!("pretrain.from = {}: the model's vocabulary has {} tokens but the tokenizer has {vocab}; start from a model of this tokenizer", from.display(), lm.vocab);
+        }
+        lm.seq_len = config.model.seq_len.unwrap_or(lm.seq_len);
+        lm.validate().context("study field `model.seq_len`")?;
+        return Ok(lm);
+    }
     let m = &config.model;
     let mut lm = LmConfig::preset(&m.preset).context("study field `model.preset`")?;
     lm.vocab = vocab;
@@ -39,6 +49,13 @@ pub fn model_config(config: &StudyConfig, vocab: usize) -> Result<LmConfig> {
     lm.seq_len = m.seq_len.unwrap_or(lm.seq_len);
     lm.validate().context("study field `model`")?;
     Ok(lm)
+}
+
+/// The checkpoint `pretrain.from` names (resolved, absolute), when the study starts from one.
+pub fn imported_checkpoint(config: &StudyConfig) -> Result<Option<PathBuf>> {
+    let Some(from) = &config.pretrain.from else { return Ok(None) };
+    let checkpoint = resolve_checkpoint(from).context("study field `pretrain.from`")?;
+    Ok(Some(std::fs::canonicalize(&checkpoint).unwrap_or(checkpoint)))
 }
 
 /// The study's encoder, with a SigLIP directory made absolute so stage records stay valid anywhere.
@@ -203,10 +220,12 @@ impl<'a> StudyRunner<'a> {
     }
 
     fn cooldown_node(&mut self, point: &GridPoint, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
-        let pretrain = study.done("pretrain")?.context("pretrain is not finished")?;
         let start = if point.fraction <= 0.0 {
             Start::Scratch
+        } else if let Some(from) = imported_checkpoint(self.config)? {
+            Start::TextCheckpoint(from)
         } else {
+            let pretrain = study.done("pretrain")?.context("pretrain is not finished")?;
             let key = pretrain.outputs["checkpoints"]
                 .as_object()
                 .and_then(|m| m.keys().find(|k| k.parse::<f64>().is_ok_and(|f| (f - point.fraction).abs() < 1e-9)).cloned())
