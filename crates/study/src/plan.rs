@@ -166,4 +166,18 @@ mod tests {
         let err = Plan::build(&config).unwrap_err().to_string();
         assert!(err.contains("img030") && err.contains("0.3,") && err.contains("0.300000000001"), "{err}");
     }
+
+    #[test]
+    fn a_study_from_an_imported_model_has_no_pretraining_and_only_whole_fractions() {
+        let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
+        config.pretrain.from = Some("imported".into());
+        let err = format!("{:#}", config.validate().unwrap_err());
+        assert!(err.contains("introduction fraction 0.5") && err.contains("pretrain.from"), "{err}");
+        (config.grid.base.fraction, config.grid.fractions) = (1.0, vec![0.0]);
+        config.validate().unwrap();
+        let plan = Plan::build(&config).unwrap();
+        assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 0);
+        assert!(plan.nodes.iter().all(|n| !n.after.contains(&"pretrain".to_string())), "nothing waits for a pre-training node");
+        assert_eq!(plan.count(|k| matches!(k, NodeKind::Cooldown { .. })), 2, "100 % (the imported model) and 0 % (scratch)");
+    }
 }
