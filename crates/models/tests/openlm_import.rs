@@ -74,7 +74,7 @@ fn bf16_inv_freq_warns_and_can_be_kept() {
     let kept = import_case("pt_bf16_inv_freq", InvFreqPolicy::Keep);
     let freqs = kept.config.rope_inv_freq.clone().expect("kept");
     assert_eq!(freqs[0], 1.0);
-    assert_eq!(freqs[1], 0.10009765625, "0.1 rounded to bf16");
+    assert_eq!(freqs[1], f32::from_bits(0x3dcd_0000), "0.1 rounded to bf16 (0.10009765625)");
     let (dev_exact, dev_kept) = (logits_deviation("pt_bf16_inv_freq", &checked), logits_deviation("pt_bf16_inv_freq", &kept));
     eprintln!("pt_bf16_inv_freq: logits deviate {dev_kept:.2e} keeping the stored frequencies, {dev_exact:.2e} with the exact ones");
     assert!(dev_kept < TOLERANCE, "kept: {dev_kept:.2e}");

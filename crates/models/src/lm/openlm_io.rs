@@ -300,7 +300,7 @@ pub fn import_openlm(src: &Path, options: &ImportOptions) -> Result<Imported> {
     let present: BTreeSet<String> = source.names.keys().cloned().collect();
     let unknown: Vec<&String> = present.difference(&expected).collect();
     ensure!(unknown.is_empty(), "{origin}: unexpected tensors for a {n_layers}-layer {norm:?} LM (qk_norm {qk_norm}, post_embed_norm {post_embed_norm}, tied {tied}): {}", list(&unknown));
-    let missing: Vec<&String> = expected.iter().filter(|n| !present.contains(*n) && !buffers.contains(n) && !(tied && *n == "output.weight")).collect();
+    let missing: Vec<&String> = expected.iter().filter(|n| !(present.contains(*n) || buffers.contains(n) || tied && *n == "output.weight")).collect();
     ensure!(missing.is_empty(), "{origin}: missing tensors: {}", list(&missing));
 
     for id in params.ids().collect::<Vec<_>>() {
