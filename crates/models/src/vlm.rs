@@ -8,6 +8,8 @@
 //! when the encoder's end trains too (an [`EncoderTail`]), the features pass through it first and
 //! the projector's input gradient flows on into it.
 
+use std::ops::Range;
+
 use anyhow::{bail, Result};
 use vlmix_engine::LossStats;
 use vlmix_engine::params::ParamStore;
@@ -55,6 +57,28 @@ impl VlmBatch {
             bail!("image sequence {b} is outside the batch of {}", self.batch);
         }
         Ok(())
+    }
+
+    /// Sequences `range` as a batch of their own (a micro-batch), with their images' features.
+    pub fn sequences(&self, range: Range<usize>) -> Result<VlmBatch> {
+        if range.start >= range.end || range.end > self.batch {
+            bail!("sequences {range:?} are not a non-empty part of a batch of {}", self.batch);
+        }
+        let rows = range.start * self.seq..range.end * self.seq;
+        // Image sequences are increasing and their features stored in that order: one block.
+        let first = self.image_sequences.partition_point(|&b| b < range.start);
+        let end = self.image_sequences.partition_point(|&b| b < range.end);
+        let per_image = self.features.len().checked_div(self.image_sequences.len()).unwrap_or(0);
+        Ok(VlmBatch {
+            batch: range.len(),
+            seq: self.seq,
+            inputs: self.inputs[rows.clone()].to_vec(),
+            targets: self.targets[rows.clone()].to_vec(),
+            loss_mask: self.loss_mask[rows].to_vec(),
+            image_sequences: self.image_sequences[first..end].iter().map(|&b| b - range.start).collect(),
+            n_image_tokens: self.n_image_tokens,
+            features: self.features[first * per_image..end * per_image].to_vec(),
+        })
     }
 }
 
@@ -143,11 +167,17 @@ impl Vlm {
     /// Forward + backward; accumulates gradients of the LM, the projector and the encoder tail.
     /// Returns the loss.
     pub fn forward_backward(&mut self, params: &mut ParamStore, batch: &VlmBatch) -> Result<LossStats> {
+        self.forward_backward_scaled(params, batch, 1.0)
+    }
+
+    /// As [`forward_backward`](Self::forward_backward), adding `grad_scale * dloss/dp` (one
+    /// micro-batch's share of a larger batch).
+    pub fn forward_backward_scaled(&mut self, params: &mut ParamStore, batch: &VlmBatch, grad_scale: f32) -> Result<LossStats> {
         let positions = self.project(params, batch, true)?;
         let input = lm_input(batch, &positions, &self.projected);
         self.d_projected.resize(self.projected.len(), 0.0);
         let d_injected = input.injected.is_some().then_some(&mut self.d_projected[..]);
-        let stats = self.lm.forward_backward(params, &input, &batch.targets, &batch.loss_mask, 1.0, d_injected)?;
+        let stats = self.lm.forward_backward(params, &input, &batch.targets, &batch.loss_mask, grad_scale, d_injected)?;
         if positions.is_empty() {
             return Ok(stats);
         }

@@ -57,7 +57,12 @@ pub struct ModelChoice {
 pub struct PretrainConfig {
     /// Planned text budget in tokens; the LR schedule spans all of it.
     pub tokens: u64,
+    /// Sequences per optimizer step: the global batch, as the paper states it.
     pub batch_size: usize,
+    /// Sequences per forward/backward pass (gradients accumulate over `batch_size / micro_batch_size`
+    /// passes); when absent, the largest that fits in this machine's memory. Same in each stage.
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
     pub peak_lr: f64,
     pub min_lr: f64,
     pub warmup_steps: u64,
@@ -78,6 +83,8 @@ pub struct CooldownConfig {
     /// Token budget of each cooldown (text + image tokens).
     pub tokens: u64,
     pub batch_size: usize,
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
     /// Peak LR of the fresh warmup + cosine used when branching from 0 % or 100 %.
     pub fresh_peak_lr: f64,
     pub fresh_warmup_steps: u64,
@@ -98,6 +105,8 @@ pub struct FinetuneConfig {
     /// Fine-tune on a seeded random subset of at most this many conversations (all when absent).
     pub max_examples: Option<usize>,
     pub batch_size: usize,
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
     pub peak_lr: f64,
     pub warmup_steps: u64,
     pub weight_decay: f64,
@@ -220,6 +229,12 @@ impl StudyConfig {
         positive("finetune.batch_size", f.batch_size as f64)?;
         positive("finetune.peak_lr", f.peak_lr)?;
 
+        for (field, micro) in [("pretrain", p.micro_batch_size), ("cooldown", c.micro_batch_size), ("finetune", f.micro_batch_size)] {
+            if micro == Some(0) {
+                bail!("{field}.micro_batch_size must be positive (or absent, to fit it to this machine's memory)");
+            }
+        }
+
         let g = &self.grid;
         let checks: [(&str, Vec<f64>); 4] = [
             ("grid.base", vec![g.base.fraction, g.base.image_fraction, g.base.instruction_share]),
@@ -317,6 +332,10 @@ mod tests {
         let mut c = smoke();
         c.pretrain.min_lr = 1.0;
         assert!(error_of(&c).contains("pretrain.min_lr"));
+
+        let mut c = smoke();
+        c.finetune.micro_batch_size = Some(0);
+        assert!(error_of(&c).contains("finetune.micro_batch_size must be positive"), "{}", error_of(&c));
     }
 
     #[test]

@@ -1,68 +1,184 @@
-//! `--dry-run`: the plan with an estimated time per node from a throughput measured here and now.
+//! `--dry-run`: the plan with each stage's memory plan (micro-batch, breakdown, this machine's
+//! available memory) and an estimated time per node from a probe run here and now.
+//!
+//! The probe never runs the global batch: it times one micro-batch of the full model when that step
+//! is cheap, and otherwise one sequence of a one-layer copy at a shorter sequence (same width, heads
+//! and vocabulary), scaled to the full step by training FLOPs, so even the 1.4B preset probes in
+//! seconds and in a few GiB.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
+use vlmix_models::memory::{available_memory, gib, Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
+use vlmix_models::vision::encoder::open_encoder;
 
 use crate::config::StudyConfig;
 use crate::plan::{NodeKind, Plan};
-use crate::runner::{model_config, steps_for};
+use crate::runner::{encoder_spec, model_config, steps_for};
 
-/// Training positions per second of `model` at `batch`, from a few full steps on synthetic tokens.
-pub fn measure_throughput(model: &LmConfig, batch: usize) -> Result<f64> {
-    let mut params = ParamStore::new();
-    let mut lm = Lm::new(model.clone(), &mut params, 0)?;
-    let mut optimizer = AdamW::new(AdamWConfig::default(), &params);
-    let n = batch * model.seq_len;
-    let tokens: Vec<u32> = (0..n).map(|i| (i * 7919 % model.vocab) as u32).collect();
-    let mask = vec![1.0; n];
-    let mut step = |params: &mut ParamStore| -> Result<()> {
-        params.zero_grad();
-        lm.forward_backward(params, &LmInput::tokens(batch, model.seq_len, &tokens), &tokens, &mask, 1.0, None)?;
-        optimizer.step(params, 1e-4);
-        Ok(())
+/// Largest step (training FLOPs) the probe runs on the full model; beyond it, a reduced copy.
+const FULL_PROBE_FLOPS: f64 = 1e11;
+/// Sequence length of the reduced probe.
+const REDUCED_PROBE_SEQ: usize = 512;
+
+/// Time of one training step's parts, for the full model.
+pub struct Probe {
+    /// Forward + backward of one micro-batch.
+    pub forward_backward_secs: f64,
+    /// One AdamW step over all parameters.
+    pub optimizer_secs: f64,
+    /// How it was measured, for the printout.
+    pub how: String,
+}
+
+fn step_flops(model: &LmConfig, sequences: usize) -> f64 {
+    model.train_flops_per_token(model.seq_len) * (sequences * model.seq_len) as f64
+}
+
+/// Times one forward + backward of `micro` sequences of `model` (or of the reduced copy, scaled)
+/// and one AdamW step, after one untimed warm-up step.
+pub fn probe(model: &LmConfig, micro: usize) -> Result<Probe> {
+    let full = step_flops(model, micro) <= FULL_PROBE_FLOPS;
+    let (probed, batch) = if full {
+        (model.clone(), micro)
+    } else {
+        (LmConfig { n_layers: 1, seq_len: model.seq_len.min(REDUCED_PROBE_SEQ), ..model.clone() }, 1)
     };
-    step(&mut params)?;
-    let reps = 3;
+    // The probe allocates like a run does, so it is planned like one.
+    TrainShape::text(probed.clone()).plan(batch, Some(batch), available_memory()?).context("the throughput probe does not fit in memory")?;
+    let mut params = ParamStore::new();
+    let mut lm = Lm::new(probed.clone(), &mut params, 0)?;
+    let mut optimizer = AdamW::new(AdamWConfig::default(), &params);
+    let n = batch * probed.seq_len;
+    let tokens: Vec<u32> = (0..n).map(|i| (i * 7919 % probed.vocab) as u32).collect();
+    let mask = vec![1.0; n];
+    let mut forward_backward = |params: &mut ParamStore| -> Result<f64> {
+        let start = Instant::now();
+        params.zero_grad();
+        lm.forward_backward(params, &LmInput::tokens(batch, probed.seq_len, &tokens), &tokens, &mask, 1.0, None)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    forward_backward(&mut params)?;
+    let fb = forward_backward(&mut params)?;
     let start = Instant::now();
-    for _ in 0..reps {
-        step(&mut params)?;
+    optimizer.step(&mut params, 1e-4);
+    let opt = start.elapsed().as_secs_f64();
+    let param_scale = model.param_count().total as f64 / probed.param_count().total as f64;
+    Ok(if full {
+        Probe { forward_backward_secs: fb, optimizer_secs: opt, how: format!("measured on one micro-batch of {micro} sequences of the full model") }
+    } else {
+        Probe {
+            forward_backward_secs: fb * step_flops(model, micro) / step_flops(&probed, 1),
+            optimizer_secs: opt * param_scale,
+            how: format!(
+                "measured on 1 sequence of {} positions through a 1-layer copy, scaled by training FLOPs (6N + 12LTd) to {micro} x {} positions through {} layers; AdamW scaled by parameter count",
+                probed.seq_len, model.seq_len, model.n_layers
+            ),
+        }
+    })
+}
+
+/// Seconds as the largest sensible unit: "45 s", "12.5 min", "3.2 h", "41 d".
+fn duration(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.1} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.0} d", s / 86_400.0),
     }
-    Ok((reps * n) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn print_breakdown(b: &Breakdown) {
+    for part in &b.parts {
+        println!("    {:<46} {:>11}", part.name, gib(part.bytes));
+    }
+    println!("    {:<46} {:>11}", "total", gib(b.total()));
 }
 
 pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) -> Result<()> {
     let vocab = TextTokenizer::load(&layout.tokenizer_json()).map(|t| t.vocab_size()).unwrap_or(LmConfig::preset(&config.model.preset)?.vocab);
     let model = model_config(config, vocab)?;
-    let rate = measure_throughput(&model, config.pretrain.batch_size)?;
     let seq = model.seq_len;
+    println!("model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters), f32", model.d_model, model.n_layers, model.n_heads, seq, model.vocab, model.param_count().total as f64 / 1e6);
+
+    let available = available_memory()?;
+    println!("\nmemory: this machine has {} available (MemAvailable); a plan may use {:.0}% of it", gib(available), USABLE_FRACTION * 100.0);
+    let text = TrainShape::text(model.clone());
+    let spec = encoder_spec(config);
+    let vision = open_encoder(&spec, &layout.home).and_then(|e| Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? }));
+    let stages = [
+        ("pretrain", Ok(text.clone()), config.pretrain.batch_size, config.pretrain.micro_batch_size),
+        ("cooldown", vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)), config.cooldown.batch_size, config.cooldown.micro_batch_size),
+        ("finetune", vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)), config.finetune.batch_size, config.finetune.micro_batch_size),
+    ];
+    let mut micro = [1usize; 3];
+    let mut all_fit = true;
+    for (i, (stage, shape, batch, requested)) in stages.iter().enumerate() {
+        let shape = match shape {
+            Ok(shape) => shape,
+            Err(e) => {
+                println!("  {stage}: not planned: the encoder is not available ({e:#})");
+                continue;
+            }
+        };
+        match shape.plan(*batch, *requested, available) {
+            Ok(p) => {
+                micro[i] = p.micro_batch;
+                let how = if requested.is_some() { "as configured" } else { "the largest that fits" };
+                println!("  {stage}: batch {batch} = {} passes of micro-batch {} ({how}), needs {}", p.micro_batches, p.micro_batch, gib(p.breakdown.total()));
+                print_breakdown(&p.breakdown);
+            }
+            Err(e) => {
+                all_fit = false;
+                println!("  {stage}: DOES NOT FIT: {e:#}");
+                print_breakdown(&shape.breakdown(*batch, requested.unwrap_or(1).min(*batch)));
+            }
+        }
+    }
+
+    let probe = probe(&model, micro[0])?;
+    let rate = (micro[0] * seq) as f64 / probe.forward_backward_secs;
+    println!("\ntime: {}", probe.how);
+    println!("  forward + backward {rate:.0} positions/s, AdamW step {:.2} s", probe.optimizer_secs);
+    if !all_fit {
+        println!("  (a stage above does not fit here: its times are for a machine like this one with enough memory)");
+    }
+    println!();
     // Fine-tuning and evaluation sizes depend on the data; these are upper-bound style guesses.
     let finetune_positions_per_epoch = config.finetune.max_examples.unwrap_or(20_000) as u64 * seq as u64;
     let eval_positions = 3 * (config.eval.vision_tasks.len() + 4 * config.eval.text_tasks.len()) as u64 * config.eval.max_items_per_task as u64 * seq as u64;
     let text_eval_positions = 3 * (4 * config.eval.text_tasks.len()) as u64 * config.eval.max_items_per_task as u64 * seq as u64;
-    println!("model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters)", model.d_model, model.n_layers, model.n_heads, seq, model.vocab, model.param_count().total as f64 / 1e6);
-    println!("measured training throughput here: {rate:.0} positions/s\n");
-    println!("{:<48} {:>12} {:>10}", "node", "positions", "est. time");
+    let positions_per_step = |batch: usize| (batch * seq) as u64;
+    println!("{:<48} {:>14} {:>12}", "node", "positions", "est. time");
     let mut total = 0.0;
     for node in &plan.nodes {
-        let positions = match &node.kind {
-            NodeKind::ImageCorpus => 0,
-            NodeKind::Pretrain => steps_for(config.pretrain.tokens, config.pretrain.batch_size, seq) * (config.pretrain.batch_size * seq) as u64,
-            NodeKind::Cooldown { .. } => steps_for(config.cooldown.tokens, config.cooldown.batch_size, seq) * (config.cooldown.batch_size * seq) as u64,
-            NodeKind::Finetune { epochs, .. } => *epochs as u64 * finetune_positions_per_epoch,
-            // Forward only: about a third of a training step's work.
-            NodeKind::Eval { .. } => eval_positions / 3,
-            NodeKind::EvalTextBaseline => text_eval_positions / 3,
+        // (positions trained, optimizer steps), or positions scored forward only (a third of the work).
+        let (positions, steps) = match &node.kind {
+            NodeKind::ImageCorpus => (0, 0),
+            NodeKind::Pretrain => {
+                let steps = steps_for(config.pretrain.tokens, config.pretrain.batch_size, seq);
+                (steps * positions_per_step(config.pretrain.batch_size), steps)
+            }
+            NodeKind::Cooldown { .. } => {
+                let steps = steps_for(config.cooldown.tokens, config.cooldown.batch_size, seq);
+                (steps * positions_per_step(config.cooldown.batch_size), steps)
+            }
+            NodeKind::Finetune { epochs, .. } => {
+                let positions = *epochs as u64 * finetune_positions_per_epoch;
+                (positions, positions.div_ceil(positions_per_step(config.finetune.batch_size)))
+            }
+            NodeKind::Eval { .. } => (eval_positions / 3, 0),
+            NodeKind::EvalTextBaseline => (text_eval_positions / 3, 0),
         };
-        let secs = positions as f64 / rate;
+        let secs = positions as f64 / rate + steps as f64 * probe.optimizer_secs;
         total += secs;
-        println!("{:<48} {:>12} {:>9.0}s", node.id, positions, secs);
+        println!("{:<48} {:>14} {:>12}", node.id, positions, duration(secs));
     }
-    println!("\n{} nodes, estimated {:.1} min on this machine (plus one-time image feature caching)", plan.nodes.len(), total / 60.0);
+    println!("\n{} nodes, estimated {} on this machine (plus one-time image feature caching)", plan.nodes.len(), duration(total));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Training stages of vlmix: text pre-training, image-text cooldown, instruction fine-tuning.
 pub mod corpus;
 pub mod metrics;
+pub mod micro_batch;
 pub mod schedule;
 pub mod sources;
 pub mod stages;

@@ -12,6 +12,7 @@ use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_models::lm::{Lm, LmConfig};
+use vlmix_models::memory::{available_memory, gib, MemoryPlan, TailShape, TrainShape, VisionShape};
 use vlmix_models::vision::encoder::EncoderSpec;
 use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::projector::FC1_WEIGHT;
@@ -69,11 +70,23 @@ pub fn encoder_spec_of(checkpoint: &Path) -> Result<Option<EncoderSpec>> {
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())).map(Some)
 }
 
+/// Plans a stage's memory before anything is allocated: the micro-batch (`requested`, or the
+/// largest that fits), or an error naming the largest consumers and the machine's memory.
+pub fn plan_memory(stage: &str, shape: &TrainShape, batch: usize, requested: Option<usize>) -> Result<MemoryPlan> {
+    let plan = shape.plan(batch, requested, available_memory()?).with_context(|| format!("{stage} does not fit in memory"))?;
+    tracing::info!(stage, batch, micro_batch = plan.micro_batch, passes = plan.micro_batches, needs = %gib(plan.breakdown.total()), available = %gib(plan.available), "memory plan");
+    Ok(plan)
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PretrainSpec {
     pub model: LmConfig,
     pub schedule: WarmupCosine,
+    /// Sequences per optimizer step (the global batch).
     pub batch_size: usize,
+    /// Sequences per forward/backward pass; chosen from the memory plan when absent.
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
     pub weight_decay: f64,
     /// Fractions of the run whose checkpoints are kept.
     pub keep_fractions: Vec<f64>,
@@ -96,10 +109,11 @@ pub struct PretrainOutcome {
 
 /// Text-only pre-training with warmup + cosine over the planned run, keeping fraction checkpoints.
 pub fn pretrain<D: TokenDocuments>(spec: &PretrainSpec, docs: D, special: SpecialTokens, dir: &Path, on_step: &mut OnStep) -> Result<PretrainOutcome> {
+    let plan = plan_memory("pre-training", &TrainShape::text(spec.model.clone()), spec.batch_size, spec.micro_batch_size)?;
     write_model_config(dir, &spec.model)?;
     let mut params = ParamStore::new();
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
-    let mut model = TextModel { lm, params };
+    let mut model = TextModel { lm, params, micro_batch: plan.micro_batch };
     let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
     let mut source = TextSource::new(docs, spec.model.seq_len, spec.batch_size, special.eos, spec.seed)?;
     let keep_steps: Vec<u64> = spec.keep_fractions.iter().map(|&f| spec.step_at(f)).filter(|&s| s > 0).collect();
@@ -126,6 +140,9 @@ pub struct CooldownSpec {
     pub start: Start,
     pub schedule: Schedule,
     pub batch_size: usize,
+    /// Sequences per forward/backward pass; chosen from the memory plan when absent.
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
     pub weight_decay: f64,
     pub image_token_fraction: f64,
     pub instruct_fraction: f64,
@@ -147,6 +164,8 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     dir: &Path,
     on_step: &mut OnStep,
 ) -> Result<LoopOutcome> {
+    let vision = VisionShape { image_tokens: corpus.n_image_tokens, feature_width: corpus.feature_width, tail: TailShape::of(&spec.encoder, corpus.feature_width)? };
+    let plan = plan_memory("cooldown", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
     write_model_config(dir, &spec.model)?;
     write_encoder_spec(dir, &spec.encoder)?;
     let mut params = ParamStore::new();
@@ -169,7 +188,7 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     if let Some(tail) = tail {
         vlm.set_tail(tail)?;
     }
-    let mut model = VisionModel { vlm, params };
+    let mut model = VisionModel { vlm, params, micro_batch: plan.micro_batch };
     let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
     let mix = MixConfig {
         seq_len: spec.model.seq_len,
@@ -221,6 +240,9 @@ pub struct FinetuneSpec {
     /// Fine-tune on a seeded random subset of at most this many conversations.
     pub max_examples: Option<usize>,
     pub batch_size: usize,
+    /// Sequences per forward/backward pass; chosen from the memory plan when absent.
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
     pub peak_lr: f64,
     pub warmup_steps: u64,
     pub weight_decay: f64,
@@ -237,9 +259,16 @@ pub struct FinetuneOutcome {
 /// Instruction fine-tuning: fresh warmup + cosine over all epochs, loss on answers only, keeping
 /// every epoch-end model.
 pub fn finetune(spec: &FinetuneSpec, corpus: &ImageCorpus, cache: &FeatureCache, special: SpecialTokens, dir: &Path, on_step: &mut OnStep) -> Result<FinetuneOutcome> {
+    let encoder = encoder_spec_of(&spec.start)?;
+    let tail = match &encoder {
+        Some(encoder) => TailShape::of(encoder, corpus.feature_width)?,
+        None => None,
+    };
+    let vision = VisionShape { image_tokens: corpus.n_image_tokens, feature_width: corpus.feature_width, tail };
+    let plan = plan_memory("fine-tuning", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
     write_model_config(dir, &spec.model)?;
-    if let Some(encoder) = encoder_spec_of(&spec.start)? {
-        write_encoder_spec(dir, &encoder)?;
+    if let Some(encoder) = &encoder {
+        write_encoder_spec(dir, encoder)?;
     }
     let (vlm, params) = load_vlm(&spec.model, &spec.start)?;
     anyhow::ensure!(
@@ -249,7 +278,7 @@ pub fn finetune(spec: &FinetuneSpec, corpus: &ImageCorpus, cache: &FeatureCache,
         vlm.encoder_width(),
         corpus.feature_width
     );
-    let mut model = VisionModel { vlm, params };
+    let mut model = VisionModel { vlm, params, micro_batch: plan.micro_batch };
     let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
     let mut source = InstructSource::new(corpus, cache, special, spec.model.seq_len, spec.batch_size, spec.max_examples, spec.seed)?;
     let per_epoch = source.steps_per_epoch();

@@ -4,6 +4,7 @@ use anyhow::Result;
 use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::{Lm, LmInput};
 
+use crate::micro_batch::{accumulate, mask_sum};
 use crate::trainer::Trainable;
 
 /// `batch` sequences of `seq` tokens; position `t` predicts `targets[t]` where `loss_mask[t] > 0`.
@@ -19,6 +20,8 @@ pub struct TokenBatch {
 pub struct TextModel {
     pub lm: Lm,
     pub params: ParamStore,
+    /// Sequences per forward/backward pass; a batch is accumulated over passes of this size.
+    pub micro_batch: usize,
 }
 
 impl Trainable for TextModel {
@@ -33,7 +36,11 @@ impl Trainable for TextModel {
     }
 
     fn forward_backward(&mut self, b: &TokenBatch) -> Result<f32> {
-        let input = LmInput::tokens(b.batch, b.seq, &b.inputs);
-        Ok(self.lm.forward_backward(&mut self.params, &input, &b.targets, &b.loss_mask, 1.0, None)?.loss)
+        let (lm, params, seq) = (&mut self.lm, &mut self.params, b.seq);
+        accumulate(b.batch, self.micro_batch, |r| mask_sum(&b.loss_mask, seq, r), |r, scale| {
+            let rows = r.start * seq..r.end * seq;
+            let input = LmInput::tokens(r.len(), seq, &b.inputs[rows.clone()]);
+            lm.forward_backward(params, &input, &b.targets[rows.clone()], &b.loss_mask[rows], scale, None)
+        })
     }
 }

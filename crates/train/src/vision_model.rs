@@ -4,11 +4,14 @@ use anyhow::Result;
 use vlmix_engine::params::ParamStore;
 use vlmix_models::vlm::{Vlm, VlmBatch};
 
+use crate::micro_batch::{accumulate, mask_sum};
 use crate::trainer::Trainable;
 
 pub struct VisionModel {
     pub vlm: Vlm,
     pub params: ParamStore,
+    /// Sequences per forward/backward pass; a batch is accumulated over passes of this size.
+    pub micro_batch: usize,
 }
 
 impl Trainable for VisionModel {
@@ -23,6 +26,12 @@ impl Trainable for VisionModel {
     }
 
     fn forward_backward(&mut self, batch: &VlmBatch) -> Result<f32> {
-        Ok(self.vlm.forward_backward(&mut self.params, batch)?.loss)
+        let (vlm, params) = (&mut self.vlm, &mut self.params);
+        accumulate(batch.batch, self.micro_batch, |r| mask_sum(&batch.loss_mask, batch.seq, r), |r, scale| {
+            if r.len() == batch.batch {
+                return vlm.forward_backward_scaled(params, batch, scale);
+            }
+            vlm.forward_backward_scaled(params, &batch.sequences(r)?, scale)
+        })
     }
 }

@@ -61,6 +61,8 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         start: Start::Scratch,
         schedule: Schedule::WarmupCosine(WarmupCosine { peak: 3e-3, floor: 0.0, warmup_steps: 2, total_steps: 6 }),
         batch_size: 4,
+        // Two passes per step: the tail trains through micro-batches too.
+        micro_batch_size: Some(2),
         weight_decay: 0.1,
         image_token_fraction: 0.5,
         instruct_fraction: 0.0,
@@ -78,6 +80,7 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         stop_after_epoch: None,
         max_examples: None,
         batch_size: 4,
+        micro_batch_size: None,
         peak_lr: 1e-3,
         warmup_steps: 1,
         weight_decay: 0.0,

@@ -150,12 +150,14 @@ fn with_runner(common: &Common, config: &StudyConfig, run: impl FnOnce(&mut Stud
 
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let mut config = StudyConfig::load(&args.common.config)?;
+    config.pretrain.micro_batch_size = args.common.micro_batch_size.or(config.pretrain.micro_batch_size);
     let out = args.common.out.clone();
     with_runner(&args.common, &config, |r| r.pretrain(&out, &out))
 }
 
 pub fn cooldown(args: CooldownArgs) -> Result<()> {
     let mut config = StudyConfig::load(&args.common.config)?;
+    config.cooldown.micro_batch_size = args.common.micro_batch_size.or(config.cooldown.micro_batch_size);
     for (field, v) in [("--fraction", args.fraction), ("--image-fraction", args.image_fraction), ("--instruction-share", args.instruction_share)] {
         if !(0.0..=1.0).contains(&v) {
             bail!("{field} {v} is outside [0, 1]");
@@ -172,6 +174,7 @@ pub fn cooldown(args: CooldownArgs) -> Result<()> {
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let mut config = StudyConfig::load(&args.common.config)?;
+    config.finetune.micro_batch_size = args.common.micro_batch_size.or(config.finetune.micro_batch_size);
     if let Some(epochs) = args.epochs {
         config.finetune.epochs = epochs;
         config.finetune.compare_epoch = config.finetune.compare_epoch.min(epochs);
