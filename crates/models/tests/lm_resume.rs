@@ -60,7 +60,7 @@ fn train(run: &mut Run, steps: std::ops::Range<u64>) {
 }
 
 fn state(step: u64) -> TrainState {
-    TrainState { step, schedule: json!({"kind": "warmup_exp_decay", "lr": lr_at(step)}), rng: json!({"data_seed": 1000}), data_cursor: json!(step) }
+    TrainState { step, schedule: json!({"kind": "warmup_exp_decay", "lr": lr_at(step)}), counters: json!({"tokens": step * (BATCH * SEQ) as u64}), data_cursor: json!(step) }
 }
 
 /// Child process: a model with different initial weights, restored from the checkpoint.

@@ -164,7 +164,7 @@ mod tests {
         let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
         config.grid.image_fractions = vec![0.3, 0.3 + 1e-12];
         let err = Plan::build(&config).unwrap_err().to_string();
-        assert!(err.contains("img030") && err.contains("0.3,") && err.contains("0.300000000001"), "{err}");
+        assert!(err.contains("img030") && err.contains("image_fraction: 0.3,") && err.contains("image_fraction: 0.3000000000009"), "{err}");
     }
 
     #[test]
