@@ -12,6 +12,22 @@ use crate::llava::{LlavaRecord, IMAGE_PLACEHOLDER};
 use crate::packing::ImageText;
 use crate::tokenizer::TextTokenizer;
 
+/// A short answer as the instruction data writes it: "green" -> "Green.", "red heart" -> "Red heart."
+/// (a text already ending in '.', '!' or '?' keeps its own punctuation).
+pub fn answer_form(text: &str) -> String {
+    let text = text.trim();
+    let mut chars = text.chars();
+    let capitalised: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    if capitalised.ends_with(['.', '!', '?']) {
+        capitalised
+    } else {
+        format!("{capitalised}.")
+    }
+}
+
 /// One LLaVA conversation rendered with the template above.
 pub fn conversation_text(record: &LlavaRecord, tokenizer: &TextTokenizer) -> Result<ImageText> {
     let mut text = ImageText {
@@ -42,6 +58,14 @@ pub fn conversation_text(record: &LlavaRecord, tokenizer: &TextTokenizer) -> Res
 mod tests {
     use super::*;
     use crate::llava::Turn;
+
+    #[test]
+    fn answer_form_capitalises_and_closes_with_a_period() {
+        assert_eq!(answer_form("yes"), "Yes.");
+        assert_eq!(answer_form(" red heart "), "Red heart.");
+        assert_eq!(answer_form("Smileys & Emotion"), "Smileys & Emotion.");
+        assert_eq!(answer_form("Why not?"), "Why not?");
+    }
 
     #[test]
     fn only_answers_are_trained_and_the_placeholder_is_removed() {

@@ -31,6 +31,38 @@ pub struct ChoiceItem {
     pub chance: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contexts: Option<Vec<String>>,
+    /// The source suite's primary metric for this task (OLMES' `primary_metric`); None: the
+    /// scorer's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<ChoiceMetric>,
+}
+
+/// How a multiple-choice item is judged: lm-eval's `acc` (highest summed log-likelihood) or
+/// `acc_norm` (highest log-likelihood per character). Both are always recorded; this names the
+/// one that is the task's accuracy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChoiceMetric {
+    Acc,
+    AccNorm,
+}
+
+impl ChoiceMetric {
+    /// OLMES' names (`task_config.primary_metric`): `acc_raw` is acc, `acc_per_char` is acc_norm.
+    pub fn from_olmes(name: &str) -> Option<Self> {
+        match name {
+            "acc_raw" => Some(Self::Acc),
+            "acc_per_char" => Some(Self::AccNorm),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Acc => "acc",
+            Self::AccNorm => "acc_norm",
+        }
+    }
 }
 
 impl ChoiceItem {
@@ -78,7 +110,8 @@ impl ChoiceItem {
 /// Version of the converted benchmark files: bump it when [`read_oe_eval_requests`] changes what it
 /// writes, so `vlmix data prepare --if-outdated` regenerates them on machines prepared before.
 /// 2: item ids fall back to document ids when a benchmark's native ids repeat (HellaSwag).
-pub const TEXT_EVAL_VERSION: u32 = 2;
+/// 3: items carry their task's OLMES primary metric (`metric`).
+pub const TEXT_EVAL_VERSION: u32 = 3;
 
 /// The benchmarks vlmix prepares: our task name and OLMo's `oe_eval_tasks` folder name.
 pub const TEXT_TASKS: &[(&str, &str)] = &[
@@ -121,6 +154,12 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
         .pointer("/task_config/metric_kwargs/uncond_docid_offset")
         .and_then(|v| v.as_u64())
         .unwrap_or(u64::MAX);
+    let metric = match config.pointer("/task_config/primary_metric").and_then(|v| v.as_str()) {
+        None => None,
+        Some(name) => Some(ChoiceMetric::from_olmes(name).with_context(|| {
+            format!("{}: primary_metric {name:?} is neither acc_raw nor acc_per_char", config_path.display())
+        })?),
+    };
     let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut docs: BTreeMap<u64, Vec<(usize, Request)>> = BTreeMap::new();
     for (n, line) in BufReader::new(flate2::read::GzDecoder::new(file))
@@ -181,6 +220,7 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
                 gold,
                 chance: 1.0 / requests.len() as f64,
                 contexts: (!shared_context).then_some(contexts),
+                metric,
             };
             item.validate()
                 .map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
@@ -310,6 +350,7 @@ mod tests {
             gold: 0,
             chance: 0.5,
             contexts: Some(vec!["Sarah".into(), "Maria".into()]),
+            metric: None,
         };
         assert!(item.validate().is_ok());
         assert_eq!(item.context_for(1), "Maria");
@@ -318,6 +359,24 @@ mod tests {
             ..item
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn items_carry_the_olmes_primary_metric() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"{\"doc_id\":0,\"idx\":0,\"label\":1,\"request\":{\"context\":\"Q\",\"continuation\":\" a\"}}\n{\"doc_id\":0,\"idx\":1,\"label\":1,\"request\":{\"context\":\"Q\",\"continuation\":\" b\"}}\n").unwrap();
+        let path = dir.path().join("requests.jsonl.gz");
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        for (name, want) in [("acc_raw", Some(ChoiceMetric::Acc)), ("acc_per_char", Some(ChoiceMetric::AccNorm))] {
+            std::fs::write(dir.path().join("config.json"), format!(r#"{{"task_config":{{"primary_metric":"{name}"}}}}"#)).unwrap();
+            let items = read_oe_eval_requests(&path, "t").unwrap();
+            assert_eq!(items[0].metric, want, "{name}");
+            assert_eq!(items[0].choices, ["a", "b"]);
+        }
+        std::fs::write(dir.path().join("config.json"), r#"{"task_config":{"primary_metric":"bpb"}}"#).unwrap();
+        let err = format!("{:#}", read_oe_eval_requests(&path, "t").unwrap_err());
+        assert!(err.contains("bpb") && err.contains("config.json"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Multi-turn LLaVA conversations about training images, built only from their metadata (name,
 //! category, keywords, colour word, country facts, CIFAR label). Question wording varies by a
 //! stable hash of the key so the model cannot learn one template.
-use super::cifar::{capitalise, with_article, LABELS, VEHICLES};
+use super::cifar::{with_article, LABELS, VEHICLES};
 use super::record::{pick, ImageRecord, Split, Subject};
 use crate::llava::{LlavaRecord, Turn, IMAGE_PLACEHOLDER};
 
@@ -59,15 +59,15 @@ pub fn conversation(record: &ImageRecord, image_path: &str) -> Option<LlavaRecor
         Subject::Cifar { label, .. } => {
             qa.push((vary("what", &["What is shown in this image?", "What is this?", "What object is in the photo?"]), sentence(&with_article(label))));
             let vehicle = VEHICLES.contains(&label.as_str());
-            qa.push((vary("kind", &["Is it an animal or a vehicle?", "Is that a vehicle or an animal?"]), if vehicle { "A vehicle." } else { "An animal." }.to_string()));
+            qa.push((vary("kind", &["Is it an animal or a vehicle?", "Is that a vehicle or an animal?"]), sentence(if vehicle { "a vehicle" } else { "an animal" })));
             let asked = if pick(&format!("{key}:pope"), 2) == 0 {
                 label.clone()
             } else {
                 let others: Vec<&str> = LABELS.iter().copied().filter(|l| l != label).collect();
                 others[pick(&format!("{key}:absent"), others.len())].to_string()
             };
-            let answer = if asked == *label { "Yes." } else { "No." };
-            qa.push((format!("Is there {} in the image?", with_article(&asked)), answer.to_string()));
+            let answer = sentence(if asked == *label { "yes" } else { "no" });
+            qa.push((format!("Is there {} in the image?", with_article(&asked)), answer));
         }
     }
     let mut conversations = Vec::with_capacity(qa.len() * 2);
@@ -98,14 +98,9 @@ fn push_colour(qa: &mut Vec<(String, String)>, question: &str, texts: &[&str], k
     }
 }
 
-/// "red heart" -> "Red heart."
+/// "red heart" -> "Red heart.": the answer form the scorers ask for too.
 fn sentence(text: &str) -> String {
-    let text = capitalise(text.trim());
-    if text.ends_with(['.', '!', '?']) {
-        text
-    } else {
-        format!("{text}.")
-    }
+    crate::image_texts::answer_form(text)
 }
 
 #[cfg(test)]
