@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what vlmix needs from the system, idempotently: OpenBLAS (loaded at run time by the
-# engine) and fontconfig (plot labels). Safe to run repeatedly; does nothing when all is present.
+# engine), fontconfig (plot labels), Open MPI with libclang (the `mpi` crate's bindings are generated
+# by bindgen at build time; data-parallel training), and Slurm with munge (the Slurm executor's tests
+# start a one-node cluster with scripts/slurm-local.sh). Safe to run repeatedly; does nothing when
+# all is present.
 set -euo pipefail
 need=()
-for pkg in libopenblas0-pthread fontconfig fonts-dejavu-core libfontconfig1-dev pkg-config; do
+for pkg in libopenblas0-pthread fontconfig fonts-dejavu-core libfontconfig1-dev pkg-config \
+    libopenmpi-dev openmpi-bin libclang-dev slurm-wlm munge; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -2,7 +2,9 @@
 //!
 //! A node is finished exactly when `nodes/<id>/done.json` exists; it is written atomically after
 //! the node's outputs, so a kill at any point either leaves the node unfinished (it resumes from its
-//! own checkpoints) or finished. A lock file keeps two studies from writing one directory at once.
+//! own checkpoints) or finished. A lock file keeps two studies from writing one directory at once:
+//! a local study holds it alone; Slurm jobs (`vlmix study run-node`) share it and each holds its
+//! node's own lock, so parallel jobs run different nodes and never one twice.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,17 @@ impl StudyDir {
         Ok(Self { root: root.to_owned(), _lock: lock })
     }
 
+    /// Opens an existing run directory beside other jobs of the same study (Slurm); fails while a
+    /// local study holds it.
+    pub fn open_shared(root: &Path) -> Result<Self> {
+        let lock_path = root.join(".lock");
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+        if lock.try_lock_shared().is_err() {
+            bail!("{} is in use by a local vlmix study (lock {})", root.display(), lock_path.display());
+        }
+        Ok(Self { root: root.to_owned(), _lock: lock })
+    }
+
     pub fn node_dir(&self, id: &str) -> PathBuf {
         self.root.join("nodes").join(id)
     }
@@ -88,21 +101,8 @@ pub fn execute(plan: &Plan, study: &StudyDir, runner: &mut dyn NodeRunner) -> Re
         if study.done(&node.id)?.is_some() {
             continue;
         }
-        for dep in &node.after {
-            if study.done(dep)?.is_none() {
-                bail!("node {} needs {dep}, which is not finished", node.id);
-            }
-        }
         runner.on_progress(finished, total, Some(node));
-        let dir = study.node_dir(&node.id);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let previous = study.previous_wall(&node.id);
-        let start = Instant::now();
-        let outputs = runner.run(node, &dir, study).with_context(|| format!("study node {}", node.id));
-        let wall_s = previous + start.elapsed().as_secs_f64();
-        study.record_wall(&node.id, wall_s)?;
-        let outputs = outputs?;
-        study.mark_done(&NodeDone { id: node.id.clone(), wall_s, finished_at: now_rfc3339(), outputs })?;
+        execute_node(node, study, runner)?;
         finished += 1;
         ran += 1;
     }
@@ -110,7 +110,36 @@ pub fn execute(plan: &Plan, study: &StudyDir, runner: &mut dyn NodeRunner) -> Re
     Ok(ran)
 }
 
-fn now_rfc3339() -> String {
+/// Runs one node whose dependencies are finished, under the node's own lock; `false` when it was
+/// already finished.
+pub fn execute_node(node: &Node, study: &StudyDir, runner: &mut dyn NodeRunner) -> Result<bool> {
+    for dep in &node.after {
+        if study.done(dep)?.is_none() {
+            bail!("node {} needs {dep}, which is not finished", node.id);
+        }
+    }
+    let dir = study.node_dir(&node.id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock_path = dir.join(".lock");
+    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!("node {} is being run by another process (lock {})", node.id, lock_path.display());
+    }
+    // Checked again under the lock: another job may have finished it meanwhile.
+    if study.done(&node.id)?.is_some() {
+        return Ok(false);
+    }
+    let previous = study.previous_wall(&node.id);
+    let start = Instant::now();
+    let outputs = runner.run(node, &dir, study).with_context(|| format!("study node {}", node.id));
+    let wall_s = previous + start.elapsed().as_secs_f64();
+    study.record_wall(&node.id, wall_s)?;
+    let outputs = outputs?;
+    study.mark_done(&NodeDone { id: node.id.clone(), wall_s, finished_at: now_rfc3339(), outputs })?;
+    Ok(true)
+}
+
+pub(crate) fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     format!("unix:{secs}")
 }
@@ -156,6 +185,18 @@ mod tests {
         assert_eq!(study.done("c").unwrap().unwrap().outputs["id"], "c");
         let mut runner = Counting { runs: vec![], fail_on: None };
         assert_eq!(execute(&plan(), &study, &mut runner).unwrap(), 0);
+    }
+
+    #[test]
+    fn slurm_jobs_share_a_run_directory_that_a_local_study_holds_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("nodes")).unwrap();
+        let (first, second) = (StudyDir::open_shared(tmp.path()).unwrap(), StudyDir::open_shared(tmp.path()).unwrap());
+        assert!(StudyDir::open(tmp.path()).is_err(), "a local study must wait for the jobs");
+        drop((first, second));
+        let local = StudyDir::open(tmp.path()).unwrap();
+        assert!(StudyDir::open_shared(tmp.path()).is_err(), "jobs must not run beside a local study");
+        drop(local);
     }
 
     #[test]

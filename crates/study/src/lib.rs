@@ -10,3 +10,4 @@ pub mod report;
 pub mod results;
 pub mod run;
 pub mod runner;
+pub mod slurm;

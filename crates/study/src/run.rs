@@ -9,10 +9,11 @@ use vlmix_engine::atomic_file::write_atomic;
 use crate::config::StudyConfig;
 use crate::estimate::print_estimate;
 use crate::evaluation::task_files;
-use crate::executor::{execute, StudyDir};
+use crate::executor::{execute, execute_node, StudyDir};
 use crate::plan::Plan;
 use crate::results::write_all;
 use crate::runner::StudyRunner;
+use crate::slurm::{self, ExecutorConfig, Launch, StatusRow, Submission, RESULTS};
 
 pub struct RunOptions {
     /// Run directory (created; an existing one resumes).
@@ -40,6 +41,63 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<Option<PathBuf>> 
     write_all(&config, &plan, &study).map(Some)
 }
 
+/// Submits a study to Slurm (or re-submits what is neither finished nor queued) with `executor`'s
+/// resources; `vlmix study status` follows it.
+pub fn submit(config_path: &Path, options: &RunOptions, executor: &ExecutorConfig) -> Result<Submission> {
+    let config = StudyConfig::load(config_path)?;
+    let layout = DataLayout::from_env(options.data.as_deref())?;
+    task_files(&config, &layout, true).with_context(|| format!("invalid study config {}", config_path.display()))?;
+    let plan = Plan::build(&config).with_context(|| format!("invalid study config {}", config_path.display()))?;
+    std::fs::create_dir_all(&options.out).with_context(|| format!("creating run directory {}", options.out.display()))?;
+    let root = std::fs::canonicalize(&options.out).with_context(|| format!("resolving {}", options.out.display()))?;
+    let study = StudyDir::open_shared(&root)?;
+    std::fs::create_dir_all(root.join("nodes")).with_context(|| format!("creating {}", root.join("nodes").display()))?;
+    pin_config(&study, &config)?;
+    let absolute = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()));
+    let launch = Launch {
+        exe: std::env::current_exe().context("locating the vlmix binary for the job scripts")?,
+        data: options.data.as_deref().map(absolute).transpose()?,
+        workdir: std::env::current_dir().context("reading the working directory")?,
+        root,
+    };
+    slurm::submit(&plan, &study, executor, &launch, &config.name)
+}
+
+/// The config and plan pinned in a run directory.
+fn pinned(run_dir: &Path) -> Result<(StudyConfig, Plan)> {
+    let path = run_dir.join("study.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a study run directory (no study.json)", run_dir.display()))?;
+    let config: StudyConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let plan = Plan::build(&config)?;
+    Ok((config, plan))
+}
+
+/// Runs one node of a run directory (a Slurm job's work), or with `results` the results and report.
+pub fn run_node(run_dir: &Path, node_id: &str, data: Option<&Path>) -> Result<()> {
+    let (config, plan) = pinned(run_dir)?;
+    let study = StudyDir::open_shared(run_dir)?;
+    if node_id == RESULTS {
+        if let Some(node) = plan.nodes.iter().find(|n| study.done(&n.id).map_or(true, |d| d.is_none())) {
+            bail!("node {} is not finished; the results need every node", node.id);
+        }
+        let start = std::time::Instant::now();
+        write_all(&config, &plan, &study)?;
+        let done = serde_json::json!({ "wall_s": start.elapsed().as_secs_f64() });
+        return write_atomic(&slurm::results_done_path(run_dir), done.to_string().as_bytes());
+    }
+    let node = plan.nodes.iter().find(|n| n.id == node_id).with_context(|| format!("{} has no node {node_id}", run_dir.display()))?;
+    let layout = DataLayout::from_env(data)?;
+    let mut runner = StudyRunner::new(&config, layout, true)?;
+    execute_node(node, &study, &mut runner)?;
+    Ok(())
+}
+
+/// Node, state, job and wall time of every node of a Slurm-run directory.
+pub fn status(run_dir: &Path) -> Result<Vec<StatusRow>> {
+    let (_, plan) = pinned(run_dir)?;
+    slurm::status(&plan, run_dir)
+}
+
 /// Records the config in the run directory; resuming with a different config is refused, since the
 /// finished nodes would silently belong to another study.
 fn pin_config(study: &StudyDir, config: &StudyConfig) -> Result<()> {
@@ -60,9 +118,7 @@ fn pin_config(study: &StudyDir, config: &StudyConfig) -> Result<()> {
 
 /// Redraws the report of an existing run directory from its finished nodes.
 pub fn report(run_dir: &Path) -> Result<PathBuf> {
-    let path = run_dir.join("study.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a study run directory (no study.json)", run_dir.display()))?;
-    let config: StudyConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let (config, plan) = pinned(run_dir)?;
     let study = StudyDir::open(run_dir)?;
-    write_all(&config, &Plan::build(&config)?, &study)
+    write_all(&config, &plan, &study)
 }
