@@ -240,3 +240,39 @@ impl EvalSetConfig {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StudyConfig;
+
+    #[test]
+    fn the_byod_example_parses_and_configs_without_data_serialise_as_before() {
+        let byod: StudyConfig = toml::from_str(include_str!("../../../configs/study/byod.toml")).unwrap();
+        let data = &byod.data;
+        assert_eq!(data.on_bad_record, OnBadRecord::Skip);
+        assert_eq!(data.images.as_ref().unwrap().caption, "txt");
+        assert_eq!(data.eval.iter().map(|e| e.format.as_str()).collect::<Vec<_>>(), ["vqav2", "pope"]);
+        let smoke: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
+        assert!(smoke.data.is_empty());
+        assert!(!serde_json::to_string(&smoke).unwrap().contains("\"data\""), "run directories pinned before [data] still match");
+    }
+
+    #[test]
+    fn missing_files_and_bad_values_are_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display();
+        let mut data = DataConfig { images: Some(ImagesConfig { shards: vec![format!("{root}/{{00000..00001}}.tar")], caption: "txt".into(), shuffle_buffer: 10 }), ..Default::default() };
+        let err = format!("{:#}", data.validate().unwrap_err());
+        assert!(err.contains("data.images.shards") && err.contains("00000.tar does not exist"), "{err}");
+        for name in ["00000.tar", "00001.tar"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        data.validate().unwrap();
+        data.images.as_mut().unwrap().caption = "json:".into();
+        assert!(format!("{:#}", data.validate().unwrap_err()).contains("data.images.caption"));
+        let data = DataConfig { eval: vec![EvalSetConfig { name: "v".into(), format: "vqa".into(), questions: "q.json".into(), annotations: None, images: None }], ..Default::default() };
+        let err = format!("{:#}", data.validate().unwrap_err());
+        assert!(err.contains("data.eval[0] (v)") && err.contains("expected vqav2"), "{err}");
+    }
+}
