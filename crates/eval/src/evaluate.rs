@@ -3,9 +3,11 @@
 use crate::bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
 use crate::multiple_choice::predict_choice;
 use crate::prompt::{continuation, VlTemplate};
-use crate::scorer::Scorer;
-use crate::task::{load_tasks, Modality, Task, TaskItems, TextChoiceItem, VlItem, VlQuestion};
-use crate::vqa_answer::vqa_accuracy;
+use crate::scorer::{ImageRef, Scorer};
+use crate::stats::{mean_ci, paired_diff_ci, Interval};
+use crate::task::{load_tasks, ChoiceMetric, Modality, Task, TaskItems, TextChoiceItem, VlItem, VlQuestion};
+use crate::vqa_answer::{normalize_answer, vqa_accuracy};
+use vlmix_data::image_texts::answer_form;
 use crate::yes_no::{parse_yes_no, YesNoCounts, YesNoMetrics};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,31 @@ pub enum YesNoMode {
     Generate,
 }
 
+/// How many items of each task are scored: the first N in file order, so every model of a study
+/// is scored on the same items.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ItemLimit {
+    /// Vision-language tasks (None = all).
+    pub vision: Option<usize>,
+    /// Text tasks (None = all).
+    pub text: Option<usize>,
+}
+
+impl ItemLimit {
+    /// The same limit for both modalities.
+    pub fn all(limit: Option<usize>) -> Self {
+        Self { vision: limit, text: limit }
+    }
+
+    pub fn of(&self, modality: Modality) -> usize {
+        match modality {
+            Modality::Vision => self.vision,
+            Modality::Text => self.text,
+        }
+        .unwrap_or(usize::MAX)
+    }
+}
+
 /// Knobs of an evaluation run.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -28,13 +55,26 @@ pub struct EvalOptions {
     /// Generation budget for open questions (answers are a word or phrase).
     pub max_new_tokens: usize,
     pub yes_no: YesNoMode,
-    /// Evaluate only the first N items of each task (quick looks; None = all).
-    pub limit: Option<usize>,
+    pub limit: ItemLimit,
+    /// Score every vision-language item a second time with [`ImageRef::blank`] in place of its image.
+    pub blind_control: bool,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { vl_template: VlTemplate::default(), max_new_tokens: 16, yes_no: YesNoMode::Rank, limit: None }
+        Self { vl_template: VlTemplate::default(), max_new_tokens: 16, yes_no: YesNoMode::Rank, limit: ItemLimit::default(), blind_control: true }
+    }
+}
+
+impl EvalOptions {
+    /// Items to score for `task`, blind-control passes included (for progress bars).
+    pub fn work(&self, task: &Task) -> usize {
+        let items = task.len().min(self.limit.of(task.modality()));
+        if self.blind_control && task.modality() == Modality::Vision {
+            2 * items
+        } else {
+            items
+        }
     }
 }
 
@@ -46,19 +86,69 @@ pub struct ItemOutcome {
     pub score: f64,
 }
 
+/// One scored item as `samples.jsonl` logs it (lm-eval's `--log_samples`): enough to recompute
+/// every score and to compare two models item by item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub task: String,
+    pub id: String,
+    /// Scored with [`ImageRef::blank`] in place of the item's image (the blind control).
+    #[serde(default)]
+    pub blind: bool,
+    /// The prompt or context the model was given (the image, if any, comes first).
+    pub prompt: String,
+    /// Per-choice contexts, when the task varies them (Winogrande).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contexts: Option<Vec<String>>,
+    pub gold: String,
+    pub prediction: String,
+    /// Ranked items: the scored continuations and their summed log-likelihoods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuations: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loglikelihoods: Option<Vec<f64>>,
+    /// Multiple choice: whether lm-eval's acc / acc_norm pick is the gold one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<bool>,
+    /// Credit (0..=1) under the task's metric: the task's accuracy is the mean of it.
+    pub score: f64,
+}
+
+/// The blind control of one vision-language task: the same model with [`ImageRef::blank`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlindControl {
+    pub accuracy: f64,
+    /// `accuracy - blind accuracy`, paired over the same items.
+    pub vision_gain: f64,
+    /// 95 % paired-bootstrap interval of the gain (see [`crate::stats`]).
+    pub gain_ci: Interval,
+    /// The model sees on this task: the gain's interval lies above 0.
+    pub sees: bool,
+    pub items: Vec<ItemOutcome>,
+}
+
 /// One task's result.
 ///
-/// `accuracy` is the mean item credit: VQAv2 accuracy for open questions, correctness for yes/no,
-/// length-normalised correctness (acc_norm) for multiple choice. `stable_score = accuracy - chance`.
+/// `accuracy` is the mean item credit under `metric`: VQAv2 accuracy for open questions,
+/// correctness for yes/no, and for multiple choice lm-eval's acc (vision-language choices, and text
+/// tasks whose source suite says so) or acc_norm. `stable_score = accuracy - chance`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     pub task: String,
     pub modality: Modality,
     pub source: String,
+    /// What `accuracy` measures: "acc", "acc_norm", "vqa_accuracy" or "yes_no_accuracy".
+    pub metric: String,
     pub n_items: usize,
     pub accuracy: f64,
+    /// 95 % bootstrap interval of `accuracy` over items.
+    pub ci: Interval,
     /// Mean chance level of the items evaluated.
     pub chance: f64,
+    /// Accuracy of always giving the most frequent gold answer (text: the most frequent gold index).
+    pub majority: f64,
     pub stable_score: f64,
     /// lm-eval's acc over the multiple-choice items, when there are any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -69,7 +159,20 @@ pub struct TaskResult {
     /// POPE metrics over the yes/no items, when there are any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub yes_no: Option<YesNoMetrics>,
+    /// Vision-language tasks scored with the blind control.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub blind: Option<BlindControl>,
     pub items: Vec<ItemOutcome>,
+    /// Every scored item in full (blind passes included), for `samples.jsonl`; not in the JSON report.
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+impl TaskResult {
+    /// Per-item credit in item order.
+    pub fn item_scores(&self) -> Vec<f64> {
+        self.items.iter().map(|o| o.score).collect()
+    }
 }
 
 /// A model's whole evaluation: tasks, group stable scores and validation bits-per-byte.
@@ -108,6 +211,26 @@ impl EvalReport {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing eval report {}", path.display()))
     }
+
+    /// Writes every task's samples as JSON lines, atomically.
+    pub fn write_samples(&self, path: &Path) -> Result<()> {
+        let mut bytes = Vec::new();
+        for sample in self.tasks.iter().flat_map(|t| &t.samples) {
+            serde_json::to_writer(&mut bytes, sample).context("serialising sample")?;
+            bytes.push(b'\n');
+        }
+        vlmix_engine::atomic_file::write_atomic(path, &bytes)
+    }
+}
+
+/// Reads a `samples.jsonl` written by [`EvalReport::write_samples`].
+pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a sample", path.display(), i + 1)))
+        .collect()
 }
 
 /// Evaluates every task, then groups them (and the optional validation loss) into a report.
@@ -123,8 +246,7 @@ pub fn evaluate_with_progress(
     options: &EvalOptions,
     on_item: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
-    let limit = options.limit.unwrap_or(usize::MAX);
-    let total: usize = tasks.iter().map(|t| t.len().min(limit)).sum();
+    let total: usize = tasks.iter().map(|t| options.work(t)).sum();
     let mut done = 0;
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -161,6 +283,7 @@ pub fn evaluate_files(
 #[derive(Default)]
 struct Tally {
     outcomes: Vec<ItemOutcome>,
+    samples: Vec<Sample>,
     chance_sum: f64,
     choice_items: usize,
     acc_hits: usize,
@@ -169,41 +292,101 @@ struct Tally {
     yes_no_items: usize,
 }
 
+/// One ranked multiple-choice item, as scored.
+struct Ranked<'a> {
+    id: &'a str,
+    prompt: &'a str,
+    contexts: Option<&'a Vec<String>>,
+    /// The answers as scored (surface forms), without the target delimiter.
+    choices: &'a [String],
+    gold: usize,
+    lls: &'a [f64],
+    metric: ChoiceMetric,
+    chance: f64,
+}
+
 impl Tally {
-    fn add_choice(&mut self, id: &str, choices: &[String], gold: usize, lls: &[f64], chance: f64) -> Result<()> {
-        let p = predict_choice(choices, lls).with_context(|| format!("item {id:?}"))?;
+    fn add_choice(&mut self, task: &str, blind: bool, item: Ranked) -> Result<()> {
+        let p = predict_choice(item.choices, item.lls).with_context(|| format!("item {:?}", item.id))?;
         self.choice_items += 1;
-        self.acc_hits += usize::from(p.raw == gold);
-        self.acc_norm_hits += usize::from(p.length_normalized == gold);
-        let score = if p.length_normalized == gold { 1.0 } else { 0.0 };
-        self.push(id, choices[p.length_normalized].clone(), score, chance);
+        self.acc_hits += usize::from(p.raw == item.gold);
+        self.acc_norm_hits += usize::from(p.length_normalized == item.gold);
+        let picked = match item.metric {
+            ChoiceMetric::Acc => p.raw,
+            ChoiceMetric::AccNorm => p.length_normalized,
+        };
+        let score = if picked == item.gold { 1.0 } else { 0.0 };
+        self.push(Sample {
+            task: task.to_string(),
+            id: item.id.to_string(),
+            blind,
+            prompt: item.prompt.to_string(),
+            contexts: item.contexts.cloned(),
+            gold: item.choices[item.gold].clone(),
+            prediction: item.choices[picked].clone(),
+            continuations: Some(item.choices.iter().map(|c| continuation(c)).collect()),
+            loglikelihoods: Some(item.lls.to_vec()),
+            acc: Some(p.raw == item.gold),
+            acc_norm: Some(p.length_normalized == item.gold),
+            score,
+        }, item.chance);
         Ok(())
     }
 
-    fn push(&mut self, id: &str, prediction: String, score: f64, chance: f64) {
+    fn push(&mut self, sample: Sample, chance: f64) {
         self.chance_sum += chance;
-        self.outcomes.push(ItemOutcome { id: id.to_string(), prediction, score });
+        self.outcomes.push(ItemOutcome { id: sample.id.clone(), prediction: sample.prediction.clone(), score: sample.score });
+        self.samples.push(sample);
     }
 
-    fn finish(self, task: &Task) -> TaskResult {
+    fn accuracy(&self) -> f64 {
+        mean(&self.outcomes.iter().map(|o| o.score).collect::<Vec<_>>())
+    }
+
+    fn finish(self, task: &Task, metric: &str, majority: f64, blind: Option<Tally>) -> Result<TaskResult> {
         let n = self.outcomes.len();
-        let mean = |x: f64| if n == 0 { 0.0 } else { x / n as f64 };
-        let accuracy = mean(self.outcomes.iter().map(|o| o.score).sum());
-        let chance = mean(self.chance_sum);
+        let accuracy = self.accuracy();
+        let chance = if n == 0 { 0.0 } else { self.chance_sum / n as f64 };
         let per_choice = |hits: usize| (self.choice_items > 0).then(|| hits as f64 / self.choice_items as f64);
-        TaskResult {
+        let scores: Vec<f64> = self.outcomes.iter().map(|o| o.score).collect();
+        let ci = if n == 0 { Interval { lo: 0.0, hi: 0.0 } } else { mean_ci(&scores)? };
+        let mut samples = self.samples;
+        let blind = match blind {
+            None => None,
+            Some(blind) => {
+                let blind_scores: Vec<f64> = blind.outcomes.iter().map(|o| o.score).collect();
+                let gain_ci = paired_diff_ci(&scores, &blind_scores)?;
+                let blind_accuracy = blind.accuracy();
+                samples.extend(blind.samples);
+                Some(BlindControl { accuracy: blind_accuracy, vision_gain: accuracy - blind_accuracy, sees: gain_ci.lo > 0.0, gain_ci, items: blind.outcomes })
+            }
+        };
+        Ok(TaskResult {
             task: task.name.clone(),
             modality: task.modality(),
             source: task.source.display().to_string(),
+            metric: metric.to_string(),
             n_items: n,
             accuracy,
+            ci,
             chance,
+            majority,
             stable_score: accuracy - chance,
             acc: per_choice(self.acc_hits),
             acc_norm: per_choice(self.acc_norm_hits),
             yes_no: (self.yes_no_items > 0).then(|| self.yes_no.metrics()),
+            blind,
             items: self.outcomes,
-        }
+            samples,
+        })
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
     }
 }
 
@@ -212,27 +395,84 @@ pub fn evaluate_task(scorer: &mut dyn Scorer, task: &Task, options: &EvalOptions
     score_task(scorer, task, options, &mut || {})
 }
 
+/// The metric a task's accuracy is reported in (see [`TaskResult`]); an empty task says "acc".
+fn task_metric(task: &Task) -> &'static str {
+    match &task.items {
+        TaskItems::Text(items) => items.first().map_or("acc", |i| i.metric.name()),
+        TaskItems::Vision(items) => match items.first().map(|i| &i.kind) {
+            Some(VlQuestion::Open { .. }) => "vqa_accuracy",
+            Some(VlQuestion::YesNo { .. }) => "yes_no_accuracy",
+            _ => ChoiceMetric::Acc.name(),
+        },
+    }
+}
+
+/// Accuracy of always giving the task's most frequent gold answer (ties: the first in sort order),
+/// credited as the task's metric credits it: the score a model reaches with no image and no
+/// understanding, only the answer prior. Text items have per-item answers, so their "class" is the
+/// gold position.
+pub fn majority_baseline(task: &Task, limit: usize) -> f64 {
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let key = |kind: &VlQuestion| match kind {
+        VlQuestion::Open { answers } => normalize_answer(&answers[0]),
+        VlQuestion::YesNo { gold_yes } => (if *gold_yes { "yes" } else { "no" }).to_string(),
+        VlQuestion::Choice { choices, gold } => choices[*gold].clone(),
+    };
+    let n = match &task.items {
+        TaskItems::Vision(items) => {
+            items.iter().take(limit).for_each(|i| *counts.entry(key(&i.kind)).or_default() += 1);
+            items.len().min(limit)
+        }
+        TaskItems::Text(items) => {
+            items.iter().take(limit).for_each(|i| *counts.entry(i.gold.to_string()).or_default() += 1);
+            items.len().min(limit)
+        }
+    };
+    let Some((answer, count)) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) else { return 0.0 };
+    match &task.items {
+        TaskItems::Vision(items) => {
+            let credit = |i: &VlItem| match &i.kind {
+                VlQuestion::Open { answers } => vqa_accuracy(answer, answers),
+                kind => f64::from(u8::from(key(kind) == *answer)),
+            };
+            items.iter().take(limit).map(credit).sum::<f64>() / n as f64
+        }
+        TaskItems::Text(_) => *count as f64 / n as f64,
+    }
+}
+
 fn score_task(scorer: &mut dyn Scorer, task: &Task, options: &EvalOptions, tick: &mut dyn FnMut()) -> Result<TaskResult> {
-    let limit = options.limit.unwrap_or(usize::MAX);
+    let limit = options.limit.of(task.modality());
+    let majority = majority_baseline(task, limit);
     let mut tally = Tally::default();
+    let mut blind = None;
     match &task.items {
         TaskItems::Vision(items) => {
             for item in items.iter().take(limit) {
-                score_vl_item(scorer, item, options, &mut tally).with_context(|| format!("item {:?}", item.id))?;
+                score_vl_item(scorer, &task.name, item, &item.image, options, &mut tally).with_context(|| format!("item {:?}", item.id))?;
                 tick();
+            }
+            if options.blind_control {
+                let mut blind_tally = Tally::default();
+                let blank = ImageRef::blank();
+                for item in items.iter().take(limit) {
+                    score_vl_item(scorer, &task.name, item, &blank, options, &mut blind_tally).with_context(|| format!("item {:?} with the blank image", item.id))?;
+                    tick();
+                }
+                blind = Some(blind_tally);
             }
         }
         TaskItems::Text(items) => {
             for item in items.iter().take(limit) {
-                score_text_item(scorer, item, &mut tally).with_context(|| format!("item {:?}", item.id))?;
+                score_text_item(scorer, &task.name, item, &mut tally).with_context(|| format!("item {:?}", item.id))?;
                 tick();
             }
         }
     }
-    Ok(tally.finish(task))
+    tally.finish(task, task_metric(task), majority, blind)
 }
 
-fn score_text_item(scorer: &mut dyn Scorer, item: &TextChoiceItem, tally: &mut Tally) -> Result<()> {
+fn score_text_item(scorer: &mut dyn Scorer, task: &str, item: &TextChoiceItem, tally: &mut Tally) -> Result<()> {
     let continuations: Vec<String> = item.choices.iter().map(|c| continuation(c)).collect();
     let sums: Vec<f64> = match &item.contexts {
         None => scorer.loglikelihoods(None, &item.context, &continuations)?.iter().map(|l| l.sum_logprob).collect(),
@@ -242,37 +482,69 @@ fn score_text_item(scorer: &mut dyn Scorer, item: &TextChoiceItem, tally: &mut T
             .map(|(context, cont)| scorer.loglikelihood(None, context, cont).map(|l| l.sum_logprob))
             .collect::<Result<_>>()?,
     };
-    tally.add_choice(&item.id, &item.choices, item.gold, &sums, item.chance)
+    let ranked = Ranked {
+        id: &item.id,
+        prompt: &item.context,
+        contexts: item.contexts.as_ref(),
+        choices: &item.choices,
+        gold: item.gold,
+        lls: &sums,
+        metric: item.metric,
+        chance: item.chance,
+    };
+    tally.add_choice(task, false, ranked)
 }
 
-fn score_vl_item(scorer: &mut dyn Scorer, item: &VlItem, options: &EvalOptions, tally: &mut Tally) -> Result<()> {
+/// Scores one item with `image` (the item's own, or the blank one of the blind control). Ranked
+/// answers are asked for in the instruction data's form ([`answer_form`]: " Yes.", " Green.").
+fn score_vl_item(scorer: &mut dyn Scorer, task: &str, item: &VlItem, image: &ImageRef, options: &EvalOptions, tally: &mut Tally) -> Result<()> {
     let prompt = options.vl_template.render(&item.question);
-    let image = Some(&item.image);
+    let blind = image.is_blank();
+    let sample = |gold: String, prediction: String, score: f64, ranked: Option<(Vec<String>, Vec<f64>)>| Sample {
+        task: task.to_string(),
+        id: item.id.clone(),
+        blind,
+        prompt: prompt.clone(),
+        contexts: None,
+        gold,
+        prediction,
+        continuations: ranked.as_ref().map(|r| r.0.clone()),
+        loglikelihoods: ranked.map(|r| r.1),
+        acc: None,
+        acc_norm: None,
+        score,
+    };
+    let image = Some(image);
     match &item.kind {
         VlQuestion::Open { answers } => {
             let generated = scorer.generate(image, &prompt, options.max_new_tokens)?;
             let answer = first_line(&generated);
             let score = vqa_accuracy(&answer, answers);
-            tally.push(&item.id, answer, score, item.chance);
+            tally.push(sample(answers.join(" | "), answer, score, None), item.chance);
         }
         VlQuestion::YesNo { gold_yes } => {
-            let said_yes = match options.yes_no {
+            let (said_yes, ranked) = match options.yes_no {
                 YesNoMode::Rank => {
-                    let lls = scorer.loglikelihoods(image, &prompt, &[continuation("yes"), continuation("no")])?;
-                    lls[0].sum_logprob >= lls[1].sum_logprob
+                    let conts = vec![continuation(&answer_form("yes")), continuation(&answer_form("no"))];
+                    let lls: Vec<f64> = scorer.loglikelihoods(image, &prompt, &conts)?.iter().map(|l| l.sum_logprob).collect();
+                    (lls[0] >= lls[1], Some((conts, lls)))
                 }
-                YesNoMode::Generate => parse_yes_no(&first_line(&scorer.generate(image, &prompt, options.max_new_tokens)?)),
+                YesNoMode::Generate => (parse_yes_no(&first_line(&scorer.generate(image, &prompt, options.max_new_tokens)?)), None),
             };
-            tally.yes_no.add(said_yes, *gold_yes);
-            tally.yes_no_items += 1;
+            if !blind {
+                tally.yes_no.add(said_yes, *gold_yes);
+                tally.yes_no_items += 1;
+            }
             let score = if said_yes == *gold_yes { 1.0 } else { 0.0 };
-            tally.push(&item.id, if said_yes { "yes" } else { "no" }.to_string(), score, item.chance);
+            let word = |yes: bool| (if yes { "yes" } else { "no" }).to_string();
+            tally.push(sample(word(*gold_yes), word(said_yes), score, ranked), item.chance);
         }
         VlQuestion::Choice { choices, gold } => {
-            let continuations: Vec<String> = choices.iter().map(|c| continuation(c)).collect();
-            let lls = scorer.loglikelihoods(image, &prompt, &continuations)?;
-            let sums: Vec<f64> = lls.iter().map(|l| l.sum_logprob).collect();
-            tally.add_choice(&item.id, choices, *gold, &sums, item.chance)?;
+            let forms: Vec<String> = choices.iter().map(|c| answer_form(c)).collect();
+            let continuations: Vec<String> = forms.iter().map(|c| continuation(c)).collect();
+            let sums: Vec<f64> = scorer.loglikelihoods(image, &prompt, &continuations)?.iter().map(|l| l.sum_logprob).collect();
+            let ranked = Ranked { id: &item.id, prompt: &prompt, contexts: None, choices: &forms, gold: *gold, lls: &sums, metric: ChoiceMetric::Acc, chance: item.chance };
+            tally.add_choice(task, blind, ranked)?;
         }
     }
     Ok(())

@@ -9,12 +9,14 @@ pub mod model_scorer;
 pub mod multiple_choice;
 pub mod prompt;
 pub mod scorer;
+pub mod stats;
 pub mod task;
 pub mod vqa_answer;
 pub mod yes_no;
 
 pub use bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
-pub use evaluate::{evaluate, evaluate_files, evaluate_task, evaluate_with_progress, EvalOptions, EvalReport, ItemOutcome, TaskResult, YesNoMode};
+pub use evaluate::{evaluate, evaluate_files, evaluate_task, evaluate_with_progress, majority_baseline, read_samples, BlindControl, EvalOptions, EvalReport, ItemLimit, ItemOutcome, Sample, TaskResult, YesNoMode};
 pub use model_scorer::{Decoding, ImageFeatures, ModelScorer, ScoredModel};
 pub use scorer::{ImageRef, LogLikelihood, Scorer};
+pub use stats::Interval;
 pub use task::{load_task_file, load_tasks, Modality, Task};

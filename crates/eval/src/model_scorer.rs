@@ -61,11 +61,15 @@ impl ImageFeatures {
         self.encoder.as_ref()
     }
 
-    /// `[tokens * width]` features of one image file.
+    /// `[tokens * width]` features of one image file (or of [`ImageRef::blank`]).
     pub fn of(&mut self, image: &ImageRef) -> Result<Vec<f32>> {
         let path = &image.path;
-        let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-        let decoded = vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("decoding image {}", path.display()))?;
+        let decoded = if image.is_blank() {
+            ImageRef::blank_pixels()
+        } else {
+            let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+            vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("decoding image {}", path.display()))?
+        };
         self.cache.features(self.encoder.as_ref(), &[&decoded]).with_context(|| format!("encoding image {}", path.display()))
     }
 }

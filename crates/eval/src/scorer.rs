@@ -17,6 +17,36 @@ pub struct ImageRef {
     pub path: PathBuf,
 }
 
+/// Key of [`ImageRef::blank`].
+pub const BLANK_IMAGE_KEY: &str = "<blank>";
+/// Side (pixels) and grey level of the blank image.
+pub const BLANK_IMAGE_SIDE: u32 = 224;
+pub const BLANK_IMAGE_GREY: u8 = 128;
+
+impl ImageRef {
+    /// The blind control's image: a uniform mid-grey picture, encoded by the same frozen encoder (and
+    /// feature cache) as every eval image, then projected by the model under test.
+    ///
+    /// Mid-grey through the encoder rather than zeros at the projector: it keeps the projector's
+    /// input inside the distribution of real encoder features (the encoder's answer to an image with
+    /// nothing in it), so the blind score measures what the model answers from the question alone.
+    /// Zeros would be an activation pattern training never showed and could lower the blind score
+    /// for reasons other than missing information, inflating the vision gain; another item's image
+    /// would keep content that can correlate with the answer (same class, same colour).
+    pub fn blank() -> Self {
+        Self { key: BLANK_IMAGE_KEY.to_string(), path: PathBuf::new() }
+    }
+
+    pub fn is_blank(&self) -> bool {
+        self.key == BLANK_IMAGE_KEY && self.path.as_os_str().is_empty()
+    }
+
+    /// The blank image's pixels.
+    pub fn blank_pixels() -> image::RgbImage {
+        image::RgbImage::from_pixel(BLANK_IMAGE_SIDE, BLANK_IMAGE_SIDE, image::Rgb([BLANK_IMAGE_GREY; 3]))
+    }
+}
+
 /// Log-probability of a continuation given a context, as lm-eval's `loglikelihood` returns it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogLikelihood {

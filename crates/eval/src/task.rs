@@ -2,9 +2,10 @@
 //!
 //! Vision-language line:
 //! `{"id","task","image","question","answers":[..],"type":"open"|"yes_no"|"choice","choices"?,"chance"?}`
-//! Text multiple-choice line (lm-eval style): `{"id","task","context","choices":[..],"gold":i,"chance"?}`
+//! Text multiple-choice line (lm-eval style): `{"id","task","context","choices":[..],"gold":i,"chance"?,"metric"?}`
 //! `image` is resolved against the file's directory. `chance` defaults to 0 for open questions,
-//! 1/2 for yes/no and 1/#choices for multiple choice. Errors name file, line and field.
+//! 1/2 for yes/no and 1/#choices for multiple choice. `metric` ("acc" or "acc_norm", the source suite's
+//! primary metric) defaults to acc_norm; a task's items must agree on it. Errors name file, line and field.
 
 use crate::scorer::ImageRef;
 use anyhow::{anyhow, bail, Context, Result};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+pub use vlmix_data::text_eval::ChoiceMetric;
 
 /// Which group a task's stable score is averaged into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,6 +54,8 @@ pub struct TextChoiceItem {
     pub choices: Vec<String>,
     pub gold: usize,
     pub chance: f64,
+    /// Which of acc / acc_norm is the task's accuracy (both are recorded).
+    pub metric: ChoiceMetric,
 }
 
 /// A task's items; all of one modality.
@@ -140,6 +144,9 @@ pub fn load_task_file(path: &Path) -> Result<Vec<Task>> {
         };
         match (&mut task.items, item) {
             (TaskItems::Vision(items), Item::Vision(item)) => items.push(item),
+            (TaskItems::Text(items), Item::Text(item)) if items.first().is_some_and(|first| first.metric != item.metric) => {
+                bail!("{}: field `metric`: task {task_name:?} mixes {} and {}", at(), items[0].metric.name(), item.metric.name())
+            }
             (TaskItems::Text(items), Item::Text(item)) => items.push(item),
             _ => bail!("{}: task {task_name:?} mixes vision-language and text items", at()),
         }
@@ -250,7 +257,11 @@ fn parse_text(obj: &Map<String, Value>, id: String) -> Result<TextChoiceItem> {
         }
         Some(other) => bail!("field `contexts`: expected a list of strings, got {other}"),
     };
-    Ok(TextChoiceItem { id, context, contexts, choices, gold, chance })
+    let metric = match obj.get("metric") {
+        None | Some(Value::Null) => ChoiceMetric::AccNorm,
+        Some(value) => serde_json::from_value(value.clone()).map_err(|_| anyhow!("field `metric`: {value} is not \"acc\" or \"acc_norm\""))?,
+    };
+    Ok(TextChoiceItem { id, context, contexts, choices, gold, chance, metric })
 }
 
 fn id_field(obj: &Map<String, Value>) -> Result<String> {

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_eval::{
-    bits_per_byte, evaluate, evaluate_files, evaluate_with_progress, load_task_file, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageRef,
-    LogLikelihood, Modality, Scorer, YesNoMode,
+    bits_per_byte, evaluate, evaluate_files, evaluate_with_progress, load_task_file, load_tasks, load_text_documents, read_samples, EvalOptions, EvalReport,
+    ImageRef, ItemLimit, LogLikelihood, Modality, Scorer, YesNoMode,
 };
 
 /// Log-likelihoods and generations looked up from tables; -10 for anything unlisted.
@@ -92,15 +92,16 @@ fn vision_tasks_score_open_yes_no_and_choice_items() {
     let mut scorer = FakeScorer::default()
         .says("a.png", " 2 \nQuestion: next")
         .says("b.png", "red.")
+        // Answers are ranked in the instruction data's form (" Yes.", " Circle.").
         // c: yes wins (correct); d: yes wins (wrong: gold no).
-        .ll("c.png", " yes", -1.0)
-        .ll("c.png", " no", -2.0)
-        .ll("d.png", " yes", -1.0)
-        .ll("d.png", " no", -1.5)
-        // circle -6/6 = -1.0, hexagon -6.3/7 = -0.9, star -3/4 = -0.75: acc picks star, acc_norm star.
-        .ll("e.png", " circle", -6.0)
-        .ll("e.png", " hexagon", -6.3)
-        .ll("e.png", " star", -3.0);
+        .ll("c.png", " Yes.", -1.0)
+        .ll("c.png", " No.", -2.0)
+        .ll("d.png", " Yes.", -1.0)
+        .ll("d.png", " No.", -1.5)
+        // circle -6/7, hexagon -6.3/8, star -3/5: acc and acc_norm both pick star.
+        .ll("e.png", " Circle.", -6.0)
+        .ll("e.png", " Hexagon.", -6.3)
+        .ll("e.png", " Star.", -3.0);
     let report = evaluate(&mut scorer, &tasks, None, &EvalOptions::default()).unwrap();
 
     let count = &report.tasks[0];
@@ -121,8 +122,19 @@ fn vision_tasks_score_open_yes_no_and_choice_items() {
     assert_eq!((shape.acc, shape.acc_norm), (Some(0.0), Some(0.0)));
     assert!(close(shape.stable_score, -0.25), "chance taken from the file");
 
+    assert_eq!(shape.metric, "acc", "vision choices: raw acc, no length prior");
     assert!(close(report.vision_stable_score.unwrap(), (0.95 + 0.0 - 0.25) / 3.0));
     assert_eq!(report.text_stable_score, None);
+
+    // Blind control: the blank image's key scores -10 everywhere (ties: first choice, and "yes").
+    let blind = |t: &vlmix_eval::TaskResult| t.blind.clone().unwrap();
+    assert!(close(blind(count).accuracy, 0.0) && close(blind(count).vision_gain, 0.95));
+    assert!(close(blind(pope).accuracy, 0.5) && close(blind(pope).vision_gain, 0.0) && !blind(pope).sees);
+    assert!(close(blind(shape).accuracy, 1.0) && close(blind(shape).vision_gain, -1.0));
+    assert_eq!(pope.yes_no.unwrap().yes_ratio, 1.0, "POPE metrics count the real-image pass only");
+    // Majority class: count ties "2" (VQA-normalised "two") and "red" -> "2" (0.9 + 0); pope ties ->
+    // "no"; shape: all "circle".
+    assert_eq!((count.majority, pope.majority, shape.majority), (0.45, 0.5, 1.0));
     assert!(scorer.contexts.contains(&"<image>\nQuestion: Is there a cat?\nAnswer:".to_string()));
 }
 
@@ -166,6 +178,7 @@ fn text_multiple_choice_reports_acc_and_acc_norm_like_lm_eval() {
     let bpb = bits_per_byte(&mut scorer, &docs).unwrap();
     let report = evaluate(&mut scorer, &tasks, Some(bpb), &EvalOptions::default()).unwrap();
     let arc = &report.tasks[0];
+    assert_eq!(arc.metric, "acc_norm", "the default without a source metric");
     assert_eq!(arc.acc, Some(0.5));
     assert_eq!(arc.acc_norm, Some(1.0));
     assert!(close(arc.accuracy, 1.0), "headline is acc_norm");
@@ -180,12 +193,63 @@ fn text_multiple_choice_reports_acc_and_acc_norm_like_lm_eval() {
     assert!(close(v.bits_per_byte, 0.5 / std::f64::consts::LN_2));
 
     let val = write(dir.path(), "val.jsonl", &[serde_json::json!({"text": "abcd"}), serde_json::json!({"text": "hello world!"})]);
-    let from_files = evaluate_files(&mut scorer, &[file], Some(&val), &EvalOptions::default()).unwrap();
+    let from_files = evaluate_files(&mut scorer, &[file.clone()], Some(&val), &EvalOptions::default()).unwrap();
     assert_eq!(from_files, report, "the one-call stage gives the same report");
 
     let out = dir.path().join("eval.json");
     report.write_json(&out).unwrap();
-    assert_eq!(EvalReport::read_json(&out).unwrap(), report);
+    let mut without_samples = report.clone();
+    without_samples.tasks.iter_mut().for_each(|t| t.samples.clear());
+    assert_eq!(EvalReport::read_json(&out).unwrap(), without_samples, "samples live in samples.jsonl only");
+
+    // The source suite's metric (OLMES: acc for arc_easy) makes acc the headline.
+    let raw = std::fs::read_to_string(&file).unwrap().replace("\"gold\":1", "\"gold\":1,\"metric\":\"acc\"");
+    std::fs::write(&file, raw).unwrap();
+    let report = evaluate(&mut scorer, &load_task_file(&file).unwrap(), None, &EvalOptions::default()).unwrap();
+    assert_eq!((report.tasks[0].metric.as_str(), report.tasks[0].accuracy), ("acc", 0.5));
+}
+
+#[test]
+fn samples_jsonl_recomputes_every_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    touch_images(dir.path(), &["c.png", "d.png", "e.png"]);
+    let file = write(
+        dir.path(),
+        "mixed.jsonl",
+        &[
+            serde_json::json!({"id": 1, "task": "pope", "image": "c.png", "question": "Is there a cat?", "answers": ["yes"], "type": "yes_no"}),
+            serde_json::json!({"id": 2, "task": "pope", "image": "d.png", "question": "Is there a dog?", "answers": ["no"], "type": "yes_no"}),
+            serde_json::json!({"id": "s1", "task": "shape", "image": "e.png", "question": "Which shape?", "answers": ["star"],
+                               "type": "choice", "choices": ["circle", "star"]}),
+            serde_json::json!({"id": "t1", "task": "arc_easy", "context": "Q", "choices": ["cat", "elephant"], "gold": 1, "metric": "acc"}),
+            serde_json::json!({"id": "t2", "task": "arc_easy", "context": "Q", "choices": ["a", "b"], "gold": 0, "metric": "acc"}),
+        ],
+    );
+    let tasks = load_task_file(&file).unwrap();
+    let mut scorer = FakeScorer::default().ll("d.png", " No.", -0.5).ll("e.png", " Star.", -1.0).ll("", " elephant", -3.0).ll("", " a", -1.0);
+    let report = evaluate(&mut scorer, &tasks, None, &EvalOptions::default()).unwrap();
+    let path = dir.path().join("samples.jsonl");
+    report.write_samples(&path).unwrap();
+    let samples = read_samples(&path).unwrap();
+    let mean = |task: &str, blind: bool| {
+        let scores: Vec<f64> = samples.iter().filter(|s| s.task == task && s.blind == blind).map(|s| s.score).collect();
+        scores.iter().sum::<f64>() / scores.len() as f64
+    };
+    for t in &report.tasks {
+        assert_eq!(mean(&t.task, false), t.accuracy, "{}", t.task);
+        if let Some(b) = &t.blind {
+            assert_eq!(mean(&t.task, true), b.accuracy, "{} blind", t.task);
+        }
+    }
+    assert_eq!(samples.len(), 2 * 3 + 2, "vision items twice (image, blank), text once");
+    let s1 = samples.iter().find(|s| s.id == "s1" && !s.blind).unwrap();
+    assert_eq!((s1.gold.as_str(), s1.prediction.as_str(), s1.acc), ("Star.", "Star.", Some(true)));
+    assert_eq!(s1.continuations.as_deref(), Some(&[" Circle.".to_string(), " Star.".to_string()][..]));
+    assert_eq!(s1.loglikelihoods.as_deref(), Some(&[-10.0, -1.0][..]));
+    assert_eq!(s1.prompt, "<image>\nQuestion: Which shape?\nAnswer:");
+    // The text items' acc column recomputes the acc headline.
+    let acc: Vec<bool> = samples.iter().filter(|s| s.task == "arc_easy").map(|s| s.acc.unwrap()).collect();
+    assert_eq!(acc, [true, true]);
 }
 
 #[test]
@@ -212,7 +276,7 @@ fn limit_takes_the_first_items_of_each_task() {
     let file = write(dir.path(), "t.jsonl", &[line("1", 0), line("2", 1), line("3", 1)]);
     let tasks = load_task_file(&file).unwrap();
     // Unlisted continuations all score -10: ties pick choice 0.
-    let options = EvalOptions { limit: Some(2), ..EvalOptions::default() };
+    let options = EvalOptions { limit: ItemLimit { vision: Some(1), text: Some(2) }, ..EvalOptions::default() };
     let mut seen = Vec::new();
     let report = evaluate_with_progress(&mut FakeScorer::default(), &tasks, None, &options, &mut |done, total| seen.push((done, total))).unwrap();
     assert_eq!(seen, [(1, 2), (2, 2)]);

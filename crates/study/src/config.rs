@@ -148,6 +148,11 @@ pub struct EvalConfig {
     pub text_tasks: Vec<String>,
     /// At most this many items per task (deterministic subset), to bound eval time.
     pub max_items_per_task: usize,
+    /// Per-modality overrides of `max_items_per_task` (vision-language, text tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vision_items: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_text_items: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -271,6 +276,9 @@ impl StudyConfig {
             bail!("eval.vision_tasks lists a task twice");
         }
         positive("eval.max_items_per_task", self.eval.max_items_per_task as f64)?;
+        for (field, value) in [("eval.max_vision_items", self.eval.max_vision_items), ("eval.max_text_items", self.eval.max_text_items)] {
+            value.map_or(Ok(()), |v| positive(field, v as f64))?;
+        }
         self.data.validate()
     }
 }

@@ -7,13 +7,24 @@ use serde_json::json;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
 use vlmix_eval::task::{load_tasks, Modality};
-use vlmix_eval::{evaluate, EvalOptions, EvalReport};
+use vlmix_eval::{evaluate, EvalOptions, EvalReport, ItemLimit};
 use vlmix_models::vision::encoder::open_encoder;
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
 use crate::config::StudyConfig;
 use crate::executor::StudyDir;
 use crate::runner::{encoder_spec, StudyRunner};
+
+/// Per-item log of an eval node, beside its `eval.json` (see [`vlmix_eval::Sample`]).
+pub const SAMPLES_FILE: &str = "samples.jsonl";
+
+/// Items scored per task: the first N of each file, the same for every model of the study.
+pub fn item_limit(eval: &crate::config::EvalConfig) -> ItemLimit {
+    ItemLimit {
+        vision: Some(eval.max_vision_items.unwrap_or(eval.max_items_per_task)),
+        text: Some(eval.max_text_items.unwrap_or(eval.max_items_per_task)),
+    }
+}
 
 /// File of each configured task (vision ones only with `vision`), in the prepared data; a missing
 /// file is an error naming the field.
@@ -37,7 +48,8 @@ pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision:
 }
 
 /// Scores `checkpoint` on the study's tasks (prepared ones and `[data]` eval sets; the vision ones
-/// too with `vision`) and writes the full report to `dir/eval.json`; returns the report and that
+/// too with `vision`, each also blind) and writes the full report to `dir/eval.json` and every item
+/// to `dir/samples.jsonl`; returns the report and that
 /// file's path relative to the run.
 fn score_checkpoint(runner: &StudyRunner, checkpoint: &Path, vision: bool, dir: &Path, study: &StudyDir) -> Result<(EvalReport, String)> {
     let layout = &runner.layout;
@@ -54,11 +66,12 @@ fn score_checkpoint(runner: &StudyRunner, checkpoint: &Path, vision: bool, dir: 
         false => None,
     };
     let mut scorer = ModelScorer::from_checkpoint(checkpoint, tokenizer, images)?;
-    let options = EvalOptions { limit: Some(runner.config.eval.max_items_per_task), ..EvalOptions::default() };
+    let options = EvalOptions { limit: item_limit(&runner.config.eval), blind_control: vision, ..EvalOptions::default() };
     let mut report = evaluate(&mut scorer, &tasks, None, &options)?;
     report.validation = None;
     let path = dir.join("eval.json");
     report.write_json(&path)?;
+    report.write_samples(&dir.join(SAMPLES_FILE))?;
     Ok((report, path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy().into_owned()))
 }
 

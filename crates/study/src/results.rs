@@ -54,7 +54,7 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
             let run_id = pretrain_run_id(done.outputs["fraction"].as_f64().context("baseline eval output without fraction")?);
             let row = table.rows.iter_mut().find(|r| r.run_id == run_id).with_context(|| format!("the text baseline's pre-training row {run_id} is missing"))?;
             let bits_per_byte = row.bits_per_byte;
-            row.set_scores(&report);
+            row.set_scores(&report)?;
             row.bits_per_byte = bits_per_byte;
             continue;
         }
@@ -77,13 +77,15 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
             tasks: Vec::new(),
             vision_stable_score: None,
             text_stable_score: None,
+            vision_ci: None,
+            text_ci: None,
             bits_per_byte: None,
             wall_time_s: done.wall_s,
             machine: machine.clone(),
             versions: versions.clone(),
             config: serde_json::json!({ "study": config, "point": point, "seed": seed, "epoch": epoch }),
         };
-        row.set_scores(&report);
+        row.set_scores(&report)?;
         row.bits_per_byte = done.outputs["bits_per_byte"].as_f64();
         table.rows.push(row);
     }
@@ -108,6 +110,8 @@ fn pretrain_rows(outputs: &serde_json::Value, machine: &str, versions: &BTreeMap
             tasks: Vec::new(),
             vision_stable_score: None,
             text_stable_score: None,
+            vision_ci: None,
+            text_ci: None,
             bits_per_byte: Some(bpb),
             wall_time_s: 0.0,
             machine: machine.to_string(),

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use vlmix_eval::Modality;
 use vlmix_study::report::{
-    figures::knob_figure, findings::findings, grid::Knob, write_report, MetricPoint, NodeRecord, ReportInput, ResultRow, ResultsTable, TaskScore,
+    figures::knob_figure,
+    findings::{difference, findings, text_holds, Verdict},
+    grid::Knob,
+    write_report, MetricPoint, NodeRecord, ReportInput, ResultRow, ResultsTable, TaskScore,
     TrainingCurve,
 };
 
@@ -41,11 +44,14 @@ fn row(intro: Option<f64>, img: f64, instr: f64, epochs: u32, seed: u64) -> Resu
     };
     let vision = intro.map(|x| vision_score(x, img, instr, epochs, seed));
     let text = 0.2 + 0.01 * epochs as f64 - img * 0.1;
-    let mut tasks = vec![TaskScore { task: "arc_easy".into(), modality: Modality::Text, accuracy: text + 0.25, chance: 0.25, stable_score: text }];
+    let salt = (intro.unwrap_or(2.0) * 10.0 + img * 100.0 + instr * 1000.0 + epochs as f64 * 7.0 + seed as f64 * 3.0) as u64;
+    let mut tasks = vec![task("arc_easy", Modality::Text, text + 0.25, 0.25, 0)];
     if let Some(v) = vision {
-        tasks.insert(0, TaskScore { task: "shapes".into(), modality: Modality::Vision, accuracy: v + 0.2, chance: 0.2, stable_score: v });
+        tasks.insert(0, task("shapes", Modality::Vision, v + 0.2, 0.2, salt));
     }
-    ResultRow {
+    let stable = |m: Modality| tasks.iter().find(|t| t.modality == m).map(|t| t.stable_score);
+    let (vision, text) = (stable(Modality::Vision), stable(Modality::Text));
+    let mut row = ResultRow {
         run_id: id,
         stage: if intro.is_some() { "finetune" } else { "pretrain" }.to_string(),
         introduction: intro,
@@ -56,12 +62,39 @@ fn row(intro: Option<f64>, img: f64, instr: f64, epochs: u32, seed: u64) -> Resu
         seed,
         tasks,
         vision_stable_score: vision,
-        text_stable_score: Some(text),
+        text_stable_score: text,
+        vision_ci: None,
+        text_ci: None,
         bits_per_byte: Some(1.5 - 0.1 * intro.unwrap_or(0.0)),
         wall_time_s: 75.0 + seed as f64,
         machine: "2-core test box".to_string(),
         versions: BTreeMap::from([("vlmix".to_string(), "0.1.0".to_string())]),
         config: serde_json::json!({"seed": seed, "note": "<b>escaped</b>"}),
+    };
+    row.set_intervals().unwrap();
+    row
+}
+
+/// A task of `ITEMS` items whose credit has mean ~`accuracy`; `salt` shifts which items are right, so
+/// rows with different salts disagree item by item as real models do.
+fn task(name: &str, modality: Modality, accuracy: f64, chance: f64, salt: u64) -> TaskScore {
+    const ITEMS: usize = 1000;
+    let item_scores: Vec<f64> = (0..ITEMS).map(|i| f64::from(u8::from((i as f64 * 0.618_033_988_7 + salt as f64 * 0.137) % 1.0 < accuracy))).collect();
+    let accuracy = item_scores.iter().sum::<f64>() / ITEMS as f64;
+    TaskScore {
+        task: name.into(),
+        modality,
+        accuracy,
+        chance,
+        stable_score: accuracy - chance,
+        metric: "acc".into(),
+        ci: None,
+        majority: None,
+        blind_accuracy: None,
+        vision_gain: None,
+        gain_ci: None,
+        item_scores,
+        items_digest: "same items".into(),
     }
 }
 
@@ -139,26 +172,56 @@ fn report_has_every_figure_and_the_input_numbers() {
 }
 
 #[test]
-fn findings_pick_the_known_best_settings() {
+fn findings_give_a_verdict_with_its_interval_for_each_of_the_papers_findings() {
     let table = synthetic_table();
     let f = findings(&table.rows);
-    let answer = |q: &str| f.iter().find(|f| f.question.contains(q)).unwrap().answer.clone();
-    // Intro line (img 20 %, 2 ep): 80 % scores 0.40 (seed 0) and 0.406 (seed 1): mean 0.403.
-    assert!(answer("introduced").starts_with("80 % (vision stable score 0.403)"), "{}", answer("introduced"));
-    assert!(answer("image tokens").starts_with("20 %"), "{}", answer("image tokens"));
-    // 0 % -> 10 % instruction data: 0.403 -> 0.400 - 0.03 = 0.370.
-    assert_eq!(answer("instruction"), "hurts vision: -0.033 going from 0 % to 10 %");
-    // Text rises with epochs in this table, vision peaks at 2.
-    assert_eq!(answer("epochs"), "2 ep (vision stable score 0.403); best for text: 4 ep");
-    assert_eq!(answer("text scores hold"), "i0.8-r0.2-s0-e2-seed1: text 0.200 vs. 0.200 for the text-only model (+0.000)");
-    assert_eq!(answer("seeds"), "at most 0.006 between seeds of one configuration");
-    let intro = f.iter().find(|f| f.question.contains("introduced")).unwrap();
-    assert!(intro.evidence.contains("scratch (0 %): vision 0.050"), "{}", intro.evidence);
+    assert_eq!(f.len(), 6, "PAPER.md findings 1-6");
+    assert_eq!(f, findings(&table.rows), "seeded bootstrap: the same intervals every time");
+    let by = |n: &str| f.iter().find(|f| f.question.starts_with(n)).unwrap().clone();
+    // 1: 80 % (0.40, 0.406) vs. full (0.35): +0.053, far outside 1000 items' noise; text identical.
+    let intro = by("1.");
+    assert!(intro.answer.starts_with("80 % vs. full (100 %): vision +0.05"), "{}", intro.answer);
+    assert!(intro.answer.contains("text by multiple choice"), "the text-only model is above chance: {}", intro.answer);
+    assert_eq!(intro.verdict, Verdict::Agrees, "{}", intro.answer);
+    assert!(intro.evidence.contains("scratch (0 %): vision 0.05"), "{}", intro.evidence);
+    // 3: scratch is far below every other point, but its text equals the text-only model's.
+    let scratch = by("3.");
+    assert_eq!(scratch.verdict, Verdict::Disagrees, "{}", scratch.answer);
+    assert_eq!(scratch.answer.matches(" vs. scratch (0 %): vision +").count(), 5, "{}", scratch.answer);
+    // 4: 0 % -> 10 % instruction data: 0.403 -> 0.370.
+    assert!(by("4.").answer.starts_with("0 % vs. 10 %: vision +0.03"), "{}", by("4.").answer);
+    assert!(by("2.").answer.starts_with("50 % vs. 10 %: vision -0.03"), "{}", by("2.").answer);
+    assert!(by("5.").answer.starts_with("2 ep vs. 1 ep: vision +0.04"), "{}", by("5.").answer);
+    // 6: seeds move the score by 0.006, well inside one run's item noise.
+    assert_eq!(by("6.").verdict, Verdict::Agrees, "{}", by("6.").answer);
+    for finding in &f {
+        assert!(finding.answer.contains('[') || finding.verdict == Verdict::NotTested, "an interval behind every verdict: {finding:?}");
+    }
+
+    // A difference inside the noise is "cannot tell": the same accuracy, other items right.
+    let mut a = table.rows[4].clone();
+    a.tasks[0] = task("shapes", Modality::Vision, 0.6, 0.2, 1);
+    let mut b = a.clone();
+    b.tasks[0] = task("shapes", Modality::Vision, 0.6, 0.2, 2);
+    let d = difference(&[&a], &[&b], Modality::Vision).unwrap();
+    assert!(d.ci.lo < 0.0 && d.ci.hi > 0.0, "{d:?}");
+    b.tasks[0].items_digest = "other items".into();
+    assert_eq!(difference(&[&a], &[&b], Modality::Vision), None, "rows scored on other items are not compared");
+
+    // When the text-only model is at chance on MC, held-out bits-per-byte decides whether text holds.
+    let mut rows = table.rows.clone();
+    let base = rows.iter_mut().find(|r| r.introduction.is_none()).unwrap();
+    base.tasks[0] = task("arc_easy", Modality::Text, 0.25, 0.25, 0);
+    base.set_intervals().unwrap();
+    let model = rows[4].clone();
+    let (verdict, answer) = text_holds(&model, &rows);
+    assert!(answer.starts_with("text by held-out bits-per-byte") && answer.contains("1.420 vs. 1.500"), "{answer}");
+    assert_eq!(verdict, Verdict::Agrees);
 
     // The text panels carry the text-only model's score as their reference line; vision panels none.
     let figure = knob_figure(&table.rows, Knob::Introduction);
     assert_eq!(figure.panels[0].baseline, None);
-    assert_eq!(figure.panels[1].baseline, Some(("text-only model".to_string(), 0.2)));
+    assert!(figure.panels[1].baseline.as_ref().is_some_and(|(name, v)| name == "text-only model" && (v - 0.2).abs() < 0.01));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::checkpoint::resolve_checkpoint;
-use vlmix_eval::{bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures, Modality, ModelScorer, Task, YesNoMode};
+use vlmix_eval::{bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures, ItemLimit, Modality, ModelScorer, Task, YesNoMode};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, EFFICIENTNET_NAME};
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
@@ -94,7 +94,8 @@ pub struct Args {
     /// How yes/no questions are answered: rank (compare " yes" and " no") or generate.
     #[arg(long, default_value = "rank", value_parser = ["rank", "generate"])]
     yes_no: String,
-    /// Write the full report (every item's prediction) as JSON here.
+    /// Write the full report (every item's prediction) as JSON here, and every item's prompt, gold
+    /// answer and log-likelihoods beside it (`<out stem>.samples.jsonl`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print the report as JSON on stdout instead of the table.
@@ -139,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
         tasks.retain(|t| t.modality() == Modality::Text);
     }
     let options = EvalOptions {
-        limit: args.limit,
+        limit: ItemLimit::all(args.limit),
         yes_no: if args.yes_no == "generate" { YesNoMode::Generate } else { YesNoMode::Rank },
         ..EvalOptions::default()
     };
@@ -163,8 +164,7 @@ pub fn run(args: Args) -> Result<()> {
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{spinner} eval [{bar:30}] {pos}/{len} items ({per_sec}, ETA {eta})").expect("static template").progress_chars("=> "),
     );
-    let limit = options.limit.unwrap_or(usize::MAX);
-    let total: usize = tasks.iter().map(|t| t.len().min(limit)).sum();
+    let total: usize = tasks.iter().map(|t| options.work(t)).sum();
     bar.set_length(total as u64);
     let mut results = Vec::with_capacity(tasks.len());
     for task in &tasks {
@@ -185,6 +185,7 @@ pub fn run(args: Args) -> Result<()> {
 
     if let Some(out) = &args.out {
         report.write_json(out)?;
+        report.write_samples(&out.with_extension("samples.jsonl"))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serialising eval report")?);

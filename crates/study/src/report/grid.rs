@@ -124,11 +124,7 @@ pub fn knob_series(rows: &[ResultRow], knob: Knob, score: Score) -> Vec<KnobSeri
     let others: Vec<Knob> = varied_knobs(rows).into_iter().filter(|k| *k != knob).collect();
     let mut groups: Vec<(String, Vec<&ResultRow>)> = Vec::new();
     for row in rows.iter().filter(|r| knob.value(r).is_some()) {
-        let label = others
-            .iter()
-            .map(|k| format!("{} {}", k.short_name(), k.format(k.value(row).expect("image-trained row"))))
-            .collect::<Vec<_>>()
-            .join(" · ");
+        let label = series_label(&others, row);
         match groups.iter_mut().find(|(l, _)| *l == label) {
             Some((_, members)) => members.push(row),
             None => groups.push((label, vec![row])),
@@ -137,11 +133,31 @@ pub fn knob_series(rows: &[ResultRow], knob: Knob, score: Score) -> Vec<KnobSeri
     groups
         .into_iter()
         .map(|(label, members)| KnobSeries {
-            label: if label.is_empty() { "all runs".to_string() } else { label },
+            label,
             points: means_by_value(&members, knob, score),
         })
         .filter(|s| !s.points.is_empty())
         .collect()
+}
+
+/// The label of a row's series: the values of the other varied knobs ("all runs" when none).
+fn series_label(others: &[Knob], row: &ResultRow) -> String {
+    let label = others
+        .iter()
+        .map(|k| format!("{} {}", k.short_name(), k.format(k.value(row).expect("image-trained row"))))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    if label.is_empty() {
+        "all runs".to_string()
+    } else {
+        label
+    }
+}
+
+/// The rows (seeds) behind one point of a series of `knob`'s figure.
+pub fn series_rows<'a>(rows: &'a [ResultRow], knob: Knob, label: &str, x: f64, fresh: bool) -> Vec<&'a ResultRow> {
+    let others: Vec<Knob> = varied_knobs(rows).into_iter().filter(|k| *k != knob).collect();
+    rows.iter().filter(|r| knob.value(r) == Some(x) && r.fresh_schedule == fresh && series_label(&others, r) == label).collect()
 }
 
 /// Mean score per (knob value, schedule), sorted by value; rows lacking the score are skipped.

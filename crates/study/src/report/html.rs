@@ -2,7 +2,8 @@
 
 use super::findings::Finding;
 use super::figures::Figure;
-use super::results_table::{ResultsTable, ResultRow};
+use super::results_table::{ResultRow, ResultsTable, TaskScore};
+use vlmix_eval::Interval;
 use std::fmt::Write;
 
 const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1800px;padding:0 1.5em;color:#222}\
@@ -69,9 +70,11 @@ pub fn render_page(title: &str, table: &ResultsTable, figures: &[(&Figure, &str)
     );
     let _ = writeln!(h, "<p class=\"muted\">{} evaluated models, {} executed nodes.</p>", table.rows.len(), table.nodes.len());
 
-    h.push_str("<h2>What this grid says</h2>\n<table class=\"findings\">\n<tr><th>question</th><th>answer</th><th>evidence (mean stable scores)</th></tr>\n");
+    h.push_str("<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Differences are score(a) - score(b) with a 95 % paired bootstrap interval over items (and seeds); \
+a difference whose interval contains 0 cannot be told apart from noise at this size. Text ability is judged by multiple choice where the text-only model is above chance, \
+else by held-out bits-per-byte (MC at chance cannot move).</p>\n<table class=\"findings\">\n<tr><th>paper's finding</th><th>verdict</th><th>this grid (95 % CI)</th><th>evidence (mean stable scores)</th></tr>\n");
     for f in findings {
-        let _ = writeln!(h, "<tr>{}{}{}</tr>", text(&f.question), text(&f.answer), text(&f.evidence));
+        let _ = writeln!(h, "<tr>{}{}{}{}</tr>", text(&f.question), text(f.verdict.label()), text(&f.answer), text(&f.evidence));
     }
     h.push_str("</table>\n");
 
@@ -102,11 +105,11 @@ pub fn render_page(title: &str, table: &ResultsTable, figures: &[(&Figure, &str)
 }
 
 fn results_table(h: &mut String, rows: &[ResultRow]) {
-    h.push_str("<table class=\"results\">\n<tr><th>run</th><th>stage</th><th>images introduced</th><th>image tokens</th><th>instruction share</th><th>ft epochs</th><th>seed</th><th>vision stable</th><th>text stable</th><th>bits/byte</th><th>wall time</th></tr>\n");
+    h.push_str("<table class=\"results\">\n<tr><th>run</th><th>stage</th><th>images introduced</th><th>image tokens</th><th>instruction share</th><th>ft epochs</th><th>seed</th><th>vision stable</th><th>95 % CI</th><th>text stable</th><th>95 % CI</th><th>bits/byte</th><th>wall time</th></tr>\n");
     for r in rows {
         let _ = writeln!(
             h,
-            "<tr>{}{}{}{}{}{}{}{}{}{}{}</tr>",
+            "<tr>{}{}{}{}{}{}{}{}{}{}{}{}{}</tr>",
             text(&r.run_id),
             text(&r.stage),
             text(&r.introduction_label()),
@@ -115,7 +118,9 @@ fn results_table(h: &mut String, rows: &[ResultRow]) {
             num(r.finetune_epochs.to_string()),
             num(r.seed.to_string()),
             num(score(r.vision_stable_score)),
+            num(interval(r.vision_ci)),
             num(score(r.text_stable_score)),
+            num(interval(r.text_ci)),
             num(score(r.bits_per_byte)),
             num(duration(r.wall_time_s)),
         );
@@ -123,28 +128,46 @@ fn results_table(h: &mut String, rows: &[ResultRow]) {
     h.push_str("</table>\n");
 }
 
-/// Two tables, accuracy and stable score, with a column per task.
+/// A 95 % interval as "[lo, hi]", "—" when absent.
+pub fn interval(ci: Option<Interval>) -> String {
+    ci.map_or_else(|| "—".to_string(), |c| format!("[{:.3}, {:.3}]", c.lo, c.hi))
+}
+
+/// Per-task tables with a column per task: accuracy, its interval, stable score, and the blind
+/// control of the vision-language tasks.
 fn task_tables(h: &mut String, table: &ResultsTable) {
     let tasks = table.task_names();
     if tasks.is_empty() {
         h.push_str("<p class=\"muted\">No task scores yet.</p>\n");
         return;
     }
-    for (caption, pick) in [
-        ("accuracy (chance in the header)", (|s: &super::results_table::TaskScore| s.accuracy) as fn(&_) -> f64),
-        ("stable score = accuracy - chance", |s| s.stable_score),
-    ] {
+    type Cell = fn(&TaskScore) -> Option<String>;
+    let tables: [(&str, Cell); 4] = [
+        ("accuracy (metric, chance and majority-class baseline in the header)", |s| Some(score(Some(s.accuracy)))),
+        ("accuracy: 95 % bootstrap interval over items", |s| Some(interval(s.ci))),
+        ("stable score = accuracy - chance", |s| Some(score(Some(s.stable_score)))),
+        (
+            "blind control: accuracy with a blank (mid-grey) image, vision gain = accuracy - blind accuracy [95 % paired interval]; \"sees\" when the interval lies above 0",
+            |s| {
+                let (blind, gain, ci) = (s.blind_accuracy?, s.vision_gain?, s.gain_ci?);
+                let sees = if ci.lo > 0.0 { " sees" } else { "" };
+                Some(format!("blind {blind:.3}, gain {gain:+.3} [{:+.3}, {:+.3}]{sees}", ci.lo, ci.hi))
+            },
+        ),
+    ];
+    for (caption, cell) in tables {
         let _ = writeln!(h, "<h3>{}</h3>\n<table class=\"tasks\">", escape(caption));
         h.push_str("<tr><th>run</th>");
         for (name, modality) in &tasks {
-            let chance = table.rows.iter().flat_map(|r| &r.tasks).find(|t| t.task == *name).map(|t| t.chance);
-            let _ = write!(h, "<th>{} <span class=\"muted\">({:?}, chance {})</span></th>", escape(name), modality, score(chance));
+            let first = table.rows.iter().flat_map(|r| &r.tasks).find(|t| t.task == *name);
+            let (chance, majority, metric) = (first.map(|t| t.chance), first.and_then(|t| t.majority), first.map_or("", |t| t.metric.as_str()));
+            let _ = write!(h, "<th>{} <span class=\"muted\">({modality:?}, {}, chance {}, majority {})</span></th>", escape(name), escape(metric), score(chance), score(majority));
         }
         h.push_str("</tr>\n");
         for r in &table.rows {
             let _ = write!(h, "<tr>{}", text(&r.run_id));
             for (name, _) in &tasks {
-                h.push_str(&num(score(r.tasks.iter().find(|t| t.task == *name).map(pick))));
+                h.push_str(&num(r.tasks.iter().find(|t| t.task == *name).and_then(cell).unwrap_or_else(|| "—".to_string())));
             }
             h.push_str("</tr>\n");
         }

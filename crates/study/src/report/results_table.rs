@@ -7,9 +7,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use vlmix_eval::{EvalReport, Modality, TaskResult};
+use vlmix_eval::stats::{bootstrap, Arm, RunItems};
+use vlmix_eval::{EvalReport, Interval, Modality, TaskResult};
 
-/// One task's headline numbers for one model.
+/// One task's headline numbers for one model, with what the report's intervals are drawn from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskScore {
     pub task: String,
@@ -17,12 +18,58 @@ pub struct TaskScore {
     pub accuracy: f64,
     pub chance: f64,
     pub stable_score: f64,
+    /// What `accuracy` measures ("acc", "acc_norm", "vqa_accuracy", "yes_no_accuracy").
+    #[serde(default)]
+    pub metric: String,
+    /// 95 % bootstrap interval of `accuracy` over items.
+    #[serde(default)]
+    pub ci: Option<Interval>,
+    /// Accuracy of always giving the most frequent gold answer.
+    #[serde(default)]
+    pub majority: Option<f64>,
+    /// The blind control (vision-language tasks): accuracy with the blank image, and the gain.
+    #[serde(default)]
+    pub blind_accuracy: Option<f64>,
+    #[serde(default)]
+    pub vision_gain: Option<f64>,
+    #[serde(default)]
+    pub gain_ci: Option<Interval>,
+    /// Per-item credit in item order, for comparisons between models paired by item.
+    #[serde(default)]
+    pub item_scores: Vec<f64>,
+    /// FNV-1a digest of the item ids: two rows are compared item by item only when it matches.
+    #[serde(default)]
+    pub items_digest: String,
 }
 
 impl From<&TaskResult> for TaskScore {
     fn from(t: &TaskResult) -> Self {
-        Self { task: t.task.clone(), modality: t.modality, accuracy: t.accuracy, chance: t.chance, stable_score: t.stable_score }
+        Self {
+            task: t.task.clone(),
+            modality: t.modality,
+            accuracy: t.accuracy,
+            chance: t.chance,
+            stable_score: t.stable_score,
+            metric: t.metric.clone(),
+            ci: Some(t.ci),
+            majority: Some(t.majority),
+            blind_accuracy: t.blind.as_ref().map(|b| b.accuracy),
+            vision_gain: t.blind.as_ref().map(|b| b.vision_gain),
+            gain_ci: t.blind.as_ref().map(|b| b.gain_ci),
+            item_scores: t.item_scores(),
+            items_digest: items_digest(t.items.iter().map(|o| o.id.as_str())),
+        }
     }
+}
+
+/// FNV-1a (64-bit) over the ids, newline-separated, as hex.
+pub fn items_digest<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in ids.flat_map(|id| id.bytes().chain(std::iter::once(b'\n'))) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 /// One evaluated model and the knobs that produced it.
@@ -46,6 +93,11 @@ pub struct ResultRow {
     pub tasks: Vec<TaskScore>,
     pub vision_stable_score: Option<f64>,
     pub text_stable_score: Option<f64>,
+    /// 95 % bootstrap intervals of the two stable scores (items resampled within each task).
+    #[serde(default)]
+    pub vision_ci: Option<Interval>,
+    #[serde(default)]
+    pub text_ci: Option<Interval>,
     pub bits_per_byte: Option<f64>,
     /// Wall time of this model's own node (not of its shared ancestors), seconds.
     pub wall_time_s: f64,
@@ -57,11 +109,33 @@ pub struct ResultRow {
 
 impl ResultRow {
     /// Copies a model's evaluation into the row's score fields.
-    pub fn set_scores(&mut self, eval: &EvalReport) {
+    pub fn set_scores(&mut self, eval: &EvalReport) -> Result<()> {
         self.tasks = eval.tasks.iter().map(TaskScore::from).collect();
         self.vision_stable_score = eval.vision_stable_score;
         self.text_stable_score = eval.text_stable_score;
         self.bits_per_byte = eval.validation.map(|v| v.bits_per_byte);
+        self.set_intervals()
+    }
+
+    /// Recomputes the stable scores' intervals from the tasks' item scores.
+    pub fn set_intervals(&mut self) -> Result<()> {
+        self.vision_ci = self.stable_ci(Modality::Vision)?;
+        self.text_ci = self.stable_ci(Modality::Text)?;
+        Ok(())
+    }
+
+    /// Per-item credit of the tasks of `modality` (None when a task lacks item scores).
+    pub fn run_items(&self, modality: Modality) -> Option<RunItems> {
+        let tasks: Vec<&TaskScore> = self.tasks.iter().filter(|t| t.modality == modality).collect();
+        (!tasks.is_empty() && tasks.iter().all(|t| !t.item_scores.is_empty())).then(|| tasks.iter().map(|t| t.item_scores.clone()).collect())
+    }
+
+    /// Interval of a stable score: the accuracy group mean's interval less the mean chance.
+    fn stable_ci(&self, modality: Modality) -> Result<Option<Interval>> {
+        let Some(items) = self.run_items(modality) else { return Ok(None) };
+        let tasks: Vec<&TaskScore> = self.tasks.iter().filter(|t| t.modality == modality).collect();
+        let chance = tasks.iter().map(|t| t.chance).sum::<f64>() / tasks.len() as f64;
+        Ok(Some(bootstrap(&[Arm { runs: &[&items], weight: 1.0 }])?.shifted(-chance)))
     }
 
     /// Rejects values the figures could not place, naming the row and field.
