@@ -120,9 +120,11 @@ pub fn execute_node(node: &Node, study: &StudyDir, runner: &mut dyn NodeRunner) 
     }
     let dir = study.node_dir(&node.id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The ranks of a data-parallel node run it together; rank 0 holds the lock and records it.
+    let world = vlmix_train::distributed::world()?;
     let lock_path = dir.join(".lock");
     let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
+    if world.is_leader() && lock.try_lock().is_err() {
         bail!("node {} is being run by another process (lock {})", node.id, lock_path.display());
     }
     // Checked again under the lock: another job may have finished it meanwhile.
@@ -132,6 +134,9 @@ pub fn execute_node(node: &Node, study: &StudyDir, runner: &mut dyn NodeRunner) 
     let previous = study.previous_wall(&node.id);
     let start = Instant::now();
     let outputs = runner.run(node, &dir, study).with_context(|| format!("study node {}", node.id));
+    if !world.is_leader() {
+        return outputs.map(|_| true);
+    }
     let wall_s = previous + start.elapsed().as_secs_f64();
     study.record_wall(&node.id, wall_s)?;
     let outputs = outputs?;

@@ -1,5 +1,6 @@
 //! Training stages of vlmix: text pre-training, image-text cooldown, instruction fine-tuning.
 pub mod corpus;
+pub mod distributed;
 pub mod metrics;
 pub mod micro_batch;
 pub mod schedule;

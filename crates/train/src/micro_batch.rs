@@ -12,15 +12,18 @@ use vlmix_engine::LossStats;
 
 /// Runs `step(sequences, grad_scale)` over consecutive ranges of at most `micro` of the `batch`
 /// sequences and returns the batch's mean loss. `mask_sum(range)` is the loss-mask sum of those
-/// sequences; ranges without unmasked tokens are skipped (their gradient is zero).
+/// sequences; ranges without unmasked tokens are skipped (their gradient is zero). In a
+/// data-parallel job only this rank's slice of the batch runs, still weighted by the whole batch's
+/// tokens, so gradients and loss are this rank's part of a sum over ranks (`distributed`).
 pub fn accumulate(batch: usize, micro: usize, mask_sum: impl Fn(Range<usize>) -> f64, mut step: impl FnMut(Range<usize>, f32) -> Result<LossStats>) -> Result<f32> {
     let total = mask_sum(0..batch);
     if total <= 0.0 {
         return Ok(0.0);
     }
+    let shard = crate::distributed::world()?.shard(batch);
     let mut loss = 0.0f64;
-    for start in (0..batch).step_by(micro.max(1)) {
-        let range = start..(start + micro.max(1)).min(batch);
+    for start in shard.clone().step_by(micro.max(1)) {
+        let range = start..(start + micro.max(1)).min(shard.end);
         let share = mask_sum(range.clone()) / total;
         if share > 0.0 {
             loss += step(range, share as f32)?.loss as f64 * share;

@@ -17,6 +17,7 @@ use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::nonfinite::ensure_finite;
 use vlmix_engine::params::ParamStore;
 
+use crate::distributed::{self, World};
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::schedule::Schedule;
 
@@ -73,7 +74,23 @@ struct Counters {
 
 /// Trains from the latest checkpoint under `dir/checkpoints` (or from scratch) to the schedule's end
 /// (or `stop_step`).
+/// In a data-parallel job (`distributed`) every rank runs this loop on the same batches, gradients
+/// and loss are summed over ranks before clipping, and rank 0 alone writes metrics and checkpoints;
+/// a rank that fails aborts them all.
 pub fn train<M, S>(model: &mut M, optimizer: &mut AdamW, source: &mut S, config: &LoopConfig, dir: &Path, on_step: &mut OnStep) -> Result<LoopOutcome>
+where
+    M: Trainable,
+    S: BatchSource<Batch = M::Batch>,
+{
+    let world = distributed::world()?;
+    let result = train_ranks(&world, model, optimizer, source, config, dir, on_step);
+    match result {
+        Err(e) if world.size > 1 => distributed::abort(&world, &e),
+        other => other,
+    }
+}
+
+fn train_ranks<M, S>(world: &World, model: &mut M, optimizer: &mut AdamW, source: &mut S, config: &LoopConfig, dir: &Path, on_step: &mut OnStep) -> Result<LoopOutcome>
 where
     M: Trainable,
     S: BatchSource<Batch = M::Batch>,
@@ -90,14 +107,18 @@ where
         tracing::info!(step, checkpoint = %latest.display(), "resuming");
     }
     let total = config.stop_step.map_or(config.schedule.total_steps(), |s| s.min(config.schedule.total_steps()));
-    let mut log = MetricsLog::open(&dir.join("metrics.jsonl"), step)?;
+    let mut log = if world.is_leader() { Some(MetricsLog::open(&dir.join("metrics.jsonl"), step)?) } else { None };
+    let mut scratch = Vec::new();
     let mut last_loss = f64::NAN;
     while step < total {
         let started = Instant::now();
         let batch = source.next_batch()?;
         let (image_tokens, tokens) = source.token_counts(&batch);
         model.params_mut().zero_grad();
-        let loss = model.forward_backward(&batch)?;
+        let mut loss = model.forward_backward(&batch)?;
+        if world.size > 1 {
+            loss = sum_over_ranks(world, model.params_mut(), loss, &mut scratch)?;
+        }
         ensure_finite("loss", loss, step)?;
         let grad_norm = clip_grad_norm(model.params_mut(), config.clip_norm);
         ensure_finite("gradient norm", grad_norm, step)?;
@@ -116,10 +137,12 @@ where
             tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
             grad_norm: grad_norm as f64,
         };
-        log.write(&metrics)?;
+        if let Some(log) = &mut log {
+            log.write(&metrics)?;
+        }
         on_step(step, total, &metrics);
         let keep = config.keep_steps.contains(&step);
-        if keep || step % config.save_every.max(1) == 0 || step == total {
+        if world.is_leader() && (keep || step % config.save_every.max(1) == 0 || step == total) {
             let state = TrainState {
                 step,
                 schedule: serde_json::to_value(&config.schedule)?,
@@ -130,12 +153,34 @@ where
             prune(&ckpt_root, &config.keep_steps)?;
         }
     }
+    if world.size > 1 {
+        // The other ranks read rank 0's checkpoints once this returns.
+        distributed::all_reduce_sum(world, &mut [0.0], &mut scratch)?;
+    }
     let kept = config
         .keep_steps
         .iter()
         .filter_map(|&s| step_dir(&ckpt_root, s).map(|d| (s, d)))
         .collect();
     Ok(LoopOutcome { steps: step, tokens: counters.tokens, image_tokens: counters.image_tokens, final_loss: last_loss, kept })
+}
+
+/// Sums every gradient and the loss over the ranks in one all-reduce; returns the summed loss.
+fn sum_over_ranks(world: &World, params: &mut ParamStore, loss: f32, scratch: &mut Vec<f32>) -> Result<f32> {
+    let ids: Vec<_> = params.ids().collect();
+    let mut flat = Vec::with_capacity(params.numel(false) + 1);
+    for &id in &ids {
+        flat.extend_from_slice(params.grad(id));
+    }
+    flat.push(loss);
+    distributed::all_reduce_sum(world, &mut flat, scratch)?;
+    let mut at = 0;
+    for &id in &ids {
+        let grad = params.grad_mut(id);
+        grad.copy_from_slice(&flat[at..at + grad.len()]);
+        at += grad.len();
+    }
+    Ok(flat[at])
 }
 
 fn step_dir(root: &Path, step: u64) -> Option<PathBuf> {
