@@ -390,7 +390,8 @@ pub struct StatusRow {
 /// The state of every node of a run directory and of its results job.
 pub fn status(plan: &Plan, root: &Path) -> Result<Vec<StatusRow>> {
     let book = JobBook::load(root)?;
-    let queue = queue()?;
+    // A run never submitted to Slurm needs no Slurm to show.
+    let queue = if book.jobs.is_empty() { BTreeMap::new() } else { queue()? };
     let unlisted: Vec<&str> = book.jobs.values().map(|r| r.job_id.as_str()).filter(|id| !queue.contains_key(*id)).collect();
     let finished = accounting(&unlisted);
     let mut rows = Vec::new();
@@ -423,6 +424,9 @@ pub fn status(plan: &Plan, root: &Path) -> Result<Vec<StatusRow>> {
 /// Cancels every queued or running job of the run; returns the jobs cancelled.
 pub fn cancel(root: &Path) -> Result<Vec<String>> {
     let book = JobBook::load(root)?;
+    if book.jobs.is_empty() {
+        return Ok(vec![]);
+    }
     let queue = queue()?;
     let jobs: Vec<String> = book.jobs.values().map(|r| r.job_id.clone()).filter(|j| queue.get(j).is_some_and(JobState::is_active)).collect();
     if !jobs.is_empty() {
