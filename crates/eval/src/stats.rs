@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn seeds_widen_the_interval_and_mismatched_items_are_refused() {
-        let run = |shift: usize| -> RunItems { vec![(0..100).map(|i| if (i + shift) % 2 == 0 { 1.0 } else { 0.0 }).collect()] };
+        let run = |shift: usize| -> RunItems { vec![(0..100).map(|i| if (i + shift).is_multiple_of(2) { 1.0 } else { 0.0 }).collect()] };
         let (r0, r1) = (run(0), vec![vec![1.0; 100]]);
         let one = bootstrap(&[Arm { runs: &[&r0], weight: 1.0 }]).unwrap();
         let two = bootstrap(&[Arm { runs: &[&r0, &r1], weight: 1.0 }]).unwrap();

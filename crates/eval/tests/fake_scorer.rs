@@ -193,7 +193,7 @@ fn text_multiple_choice_reports_acc_and_acc_norm_like_lm_eval() {
     assert!(close(v.bits_per_byte, 0.5 / std::f64::consts::LN_2));
 
     let val = write(dir.path(), "val.jsonl", &[serde_json::json!({"text": "abcd"}), serde_json::json!({"text": "hello world!"})]);
-    let from_files = evaluate_files(&mut scorer, &[file.clone()], Some(&val), &EvalOptions::default()).unwrap();
+    let from_files = evaluate_files(&mut scorer, std::slice::from_ref(&file), Some(&val), &EvalOptions::default()).unwrap();
     assert_eq!(from_files, report, "the one-call stage gives the same report");
 
     let out = dir.path().join("eval.json");

@@ -99,7 +99,7 @@ impl Difference {
 pub fn difference(a: &[&ResultRow], b: &[&ResultRow], modality: Modality) -> Option<Difference> {
     let digests = |r: &ResultRow| r.tasks.iter().filter(|t| t.modality == modality).map(|t| (t.task.clone(), t.items_digest.clone())).collect::<Vec<_>>();
     let reference = digests(*a.first()?);
-    if a.iter().chain(b).any(|r| digests(*r) != reference) {
+    if a.iter().chain(b).any(|r| digests(r) != reference) {
         return None;
     }
     let items = |rows: &[&ResultRow]| rows.iter().map(|r| r.run_items(modality)).collect::<Option<Vec<RunItems>>>();
