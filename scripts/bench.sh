@@ -3,8 +3,9 @@
 # (reference/bench_train.py) on the same reference model, batch and step, in one run.
 # Runs alternate (vlmix, torch, vlmix, torch, ...) so background load hits both alike; the best
 # round of each engine is compared. Needs python3 with torch (only for this comparison).
-# A figure measured under load is not a result: the 1-minute load average is printed before every
-# round and beside the summary, and a warning says so when it is above 0.5 at the start.
+# A figure measured under load is not a result: the 1-minute load average at the start decides (a
+# warning says so when it is above 0.5); the loads printed before later runs include this benchmark's
+# own two busy threads, so they read ~1-2 even on an idle machine.
 #
 # Usage: scripts/bench.sh [rounds (default 2)] [timed steps per round (default 10)]
 set -euo pipefail
@@ -41,8 +42,8 @@ lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 field = lambda k: next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith(k)), "?")
 print(f"machine: {field('Model name')}, {os.cpu_count()} logical CPUs ({field('Core(s) per socket')} cores/socket), "
       f"threads {threads}, OpenBLAS core {v['blas_core']}, torch {t['torch']}")
-print(f"load average: {start_load} at start, {' / '.join(loads)} before each run, {os.getloadavg()[0]:.2f} at the end"
-      + ("  ** NOT QUIET: not a result **" if max(map(float, [start_load] + loads)) > 0.5 else ""))
+print(f"load average: {start_load} at start" + ("  ** NOT QUIET: not a result **" if float(start_load) > 0.5 else " (quiet)")
+      + f"; {' / '.join(loads)} before each run and {os.getloadavg()[0]:.2f} at the end, this benchmark's own load included")
 print(f"model: {v['model']} (batch {v['batch']} x seq {v['seq']}), {v['steps']} timed steps after {v['warmup']} warm-up, best of {len(vr)} rounds")
 print(f"{'':10} {'tokens/s':>10} {'GFLOP/s':>9} {'step ms':>9} {'peak RSS MiB':>13}")
 for name, r in (("vlmix", v), ("pytorch", t)):
