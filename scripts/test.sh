@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The test command of README.md: prerequisites (scripts/prepare.sh), then the whole test suite in
-# release mode (the numerics tests are heavy in debug builds). `--no-fail-fast` runs every test
-# binary even when one fails; cargo still exits non-zero if any test failed. The Slurm and MPI tests
-# start and stop their own daemons and ranks (scripts/slurm-local.sh; setup.sh installs both).
+# The test command of README.md: prerequisites (scripts/prepare.sh), the lints (`cargo fmt --check`
+# against rustfmt.toml, clippy with warnings as errors), then the whole test suite in release mode (the
+# numerics tests are heavy in debug builds). Everything runs even when something fails
+# (`--no-fail-fast` runs every test binary); the script exits non-zero if any lint or test failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/prepare.sh
-cargo test --release --workspace --no-fail-fast "$@"
+status=0
+cargo fmt --all -- --check || { echo "test.sh: formatting differs from rustfmt.toml (run cargo fmt --all)" >&2; status=1; }
+cargo clippy --release --workspace --all-targets -- -D warnings || { echo "test.sh: clippy found warnings" >&2; status=1; }
+cargo test --release --workspace --no-fail-fast "$@" || status=$?
+exit "$status"

@@ -11,7 +11,12 @@ use std::process::Command;
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/study/byod.toml");
 
 fn vlmix(cwd: &Path, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_vlmix")).args(args).current_dir(cwd).env("VLMIX_LOG", "warn").output().expect("vlmix runs");
+    let output = Command::new(env!("CARGO_BIN_EXE_vlmix"))
+        .args(args)
+        .current_dir(cwd)
+        .env("VLMIX_LOG", "warn")
+        .output()
+        .expect("vlmix runs");
     let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "vlmix {args:?} failed:\n{log}");
     log
@@ -27,7 +32,8 @@ fn the_readme_example_trains_and_evaluates_on_user_files_naming_its_bad_records(
     assert!(log.contains("byod-missing-image"), "the conversation without its image is named in the log:\n{log}");
 
     let run = tmp.path().join("run");
-    let done: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("nodes/image-corpus/done.json")).unwrap()).unwrap();
+    let done: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("nodes/image-corpus/done.json")).unwrap()).unwrap();
     let skipped = &done["outputs"]["skipped_records"];
     assert_eq!(skipped["captions"]["count"], 1, "{skipped}");
     assert_eq!(skipped["conversations"]["count"], 1, "{skipped}");
@@ -45,5 +51,12 @@ fn the_readme_example_trains_and_evaluates_on_user_files_naming_its_bad_records(
         assert!(tasks.iter().any(|t| t == task), "{task} scored: {tasks:?}");
     }
     assert!(run.join("report/index.html").is_file());
-    assert!(std::fs::read_dir(run.join("nodes/pretrain")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("events.out.tfevents")), "TensorBoard events beside metrics.jsonl");
+    assert!(
+        std::fs::read_dir(run.join("nodes/pretrain")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("events.out.tfevents")),
+        "TensorBoard events beside metrics.jsonl"
+    );
 }

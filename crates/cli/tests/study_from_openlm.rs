@@ -30,7 +30,9 @@ fn replaced(text: &str, from: &str, to: &str) -> String {
 #[test]
 fn smoke_study_from_an_imported_openlm_checkpoint() {
     let layout = DataLayout::from_env(None).unwrap();
-    let vocab = TextTokenizer::load(&layout.tokenizer_json()).expect("prepared tokenizer (run scripts/prepare.sh)").vocab_size();
+    let vocab = TextTokenizer::load(&layout.tokenizer_json())
+        .expect("prepared tokenizer (run scripts/prepare.sh)")
+        .vocab_size();
     let tmp = tempfile::tempdir().unwrap();
 
     let mut config = LmConfig::preset("tiny").unwrap();
@@ -42,7 +44,11 @@ fn smoke_study_from_an_imported_openlm_checkpoint() {
     let imported = tmp.path().join("imported");
     vlmix(&["import".as_ref(), "openlm".as_ref(), hf.as_os_str(), "--out".as_ref(), imported.as_os_str()]);
 
-    let mut study = replaced(SMOKE, "checkpoint_fractions = [0.5, 1.0]", &format!("checkpoint_fractions = [1.0]\nfrom = {:?}", imported.display().to_string()));
+    let mut study = replaced(
+        SMOKE,
+        "checkpoint_fractions = [0.5, 1.0]",
+        &format!("checkpoint_fractions = [1.0]\nfrom = {:?}", imported.display().to_string()),
+    );
     study = replaced(&study, "base = { fraction = 0.5,", "base = { fraction = 1.0,");
     let config_path = tmp.path().join("smoke_from_openlm.toml");
     std::fs::write(&config_path, study).unwrap();
@@ -53,7 +59,11 @@ fn smoke_study_from_an_imported_openlm_checkpoint() {
     assert!(!nodes.join("pretrain").exists(), "no text pre-training node");
     let cooldown = nodes.join("cooldown-at100-img030-inst000-seed0");
     let model = LmConfig::from_toml_file(&cooldown.join("model.toml")).unwrap();
-    assert_eq!((model.norm, model.post_embed_norm, model.vocab), (NormKind::LayerNorm, true, vocab), "the cooldown trains the imported LM");
+    assert_eq!(
+        (model.norm, model.post_embed_norm, model.vocab),
+        (NormKind::LayerNorm, true, vocab),
+        "the cooldown trains the imported LM"
+    );
     let results: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
     let rows = results["rows"].as_array().unwrap();
     assert!(rows.iter().any(|r| r["stage"] == "finetune"), "fine-tuned models were evaluated: {rows:?}");
@@ -61,6 +71,9 @@ fn smoke_study_from_an_imported_openlm_checkpoint() {
     let done: serde_json::Value = serde_json::from_slice(&std::fs::read(&baseline).unwrap()).unwrap();
     assert_eq!(done["outputs"]["imported"], true, "the text baseline is the imported model: {done}");
     let report = std::fs::read_to_string(run.join("report/index.html")).unwrap();
-    assert!(report.contains("text model imported from") && report.contains("no text pre-training"), "the report says where the text model came from");
+    assert!(
+        report.contains("text model imported from") && report.contains("no text pre-training"),
+        "the report says where the text model came from"
+    );
     assert!(Path::new(&imported).join("import.json").is_file());
 }

@@ -28,12 +28,21 @@ fn run_to_end(out: &Path) {
 
 /// Scores of every row, without timings (which differ between runs by nature).
 fn scores(out: &Path) -> Vec<serde_json::Value> {
-    let table: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).unwrap();
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).unwrap();
     table["rows"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| serde_json::json!([r["run_id"], r["tasks"], r["vision_stable_score"], r["text_stable_score"], r["bits_per_byte"]]))
+        .map(|r| {
+            serde_json::json!([
+                r["run_id"],
+                r["tasks"],
+                r["vision_stable_score"],
+                r["text_stable_score"],
+                r["bits_per_byte"]
+            ])
+        })
         .collect()
 }
 
@@ -55,7 +64,8 @@ const KILL_POINTS: [KillPoint; 4] = [
 
 /// The first unfinished node directory matching `point` that has reached it.
 fn reached(run: &Path, point: &KillPoint) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run.join("nodes")).ok()?.filter_map(|e| Some(e.ok()?.path())).collect();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(run.join("nodes")).ok()?.filter_map(|e| Some(e.ok()?.path())).collect();
     dirs.sort();
     dirs.into_iter().find(|dir| {
         let name = dir.file_name().unwrap().to_string_lossy();
@@ -77,7 +87,10 @@ fn kill_at(run: &Path, point: &KillPoint) -> PathBuf {
             return node;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the study exited ({status}) before reaching a {}* node with {} steps", point.prefix, point.min_steps);
+            panic!(
+                "the study exited ({status}) before reaching a {}* node with {} steps",
+                point.prefix, point.min_steps
+            );
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -86,7 +99,11 @@ fn kill_at(run: &Path, point: &KillPoint) -> PathBuf {
 #[test]
 fn killed_smoke_study_resumes_to_identical_results() {
     let home = vlmix_data::DataLayout::from_env(None).unwrap().home;
-    assert!(home.join("prepared/manifest.json").is_file(), "prepared data missing under {}: run scripts/test.sh (it runs scripts/fetch-data.sh and `vlmix data prepare`)", home.display());
+    assert!(
+        home.join("prepared/manifest.json").is_file(),
+        "prepared data missing under {}: run scripts/test.sh (it runs scripts/fetch-data.sh and `vlmix data prepare`)",
+        home.display()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
     run_to_end(&straight);

@@ -31,7 +31,10 @@ impl Drop for Cluster {
 }
 
 fn cluster() -> Option<Cluster> {
-    let already = Command::new("sinfo").args(["-h", "-o", "%T"]).output().is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"));
+    let already = Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"));
     if already {
         return Some(Cluster { started: false });
     }
@@ -66,7 +69,8 @@ fn status(run: &Path) -> Vec<(String, String, String)> {
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             // A state may be two words ("not submitted").
-            let (state, job) = if f[1] == "not" { ("not submitted".to_string(), f[3]) } else { (f[1].to_string(), f[2]) };
+            let (state, job) =
+                if f[1] == "not" { ("not submitted".to_string(), f[3]) } else { (f[1].to_string(), f[2]) };
             (f[0].to_string(), state, job.to_string())
         })
         .collect()
@@ -93,7 +97,11 @@ fn wait_for_results(run: &Path) {
                 .filter(|r| r.1 == "failed")
                 .map(|r| {
                     let dir = if r.0 == "results" { run.join("slurm") } else { run.join("nodes").join(&r.0) };
-                    format!("--- {}:\n{}\n", r.0, std::fs::read_to_string(dir.join(format!("slurm-{}.log", r.2))).unwrap_or_default())
+                    format!(
+                        "--- {}:\n{}\n",
+                        r.0,
+                        std::fs::read_to_string(dir.join(format!("slurm-{}.log", r.2))).unwrap_or_default()
+                    )
                 })
                 .collect();
             panic!("the run stopped without results: {rows:?}\n{logs}");
@@ -104,12 +112,21 @@ fn wait_for_results(run: &Path) {
 
 /// Scores of every row, without timings.
 fn scores(out: &Path) -> Vec<serde_json::Value> {
-    let table: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).unwrap();
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).unwrap();
     table["rows"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| serde_json::json!([r["run_id"], r["tasks"], r["vision_stable_score"], r["text_stable_score"], r["bits_per_byte"]]))
+        .map(|r| {
+            serde_json::json!([
+                r["run_id"],
+                r["tasks"],
+                r["vision_stable_score"],
+                r["text_stable_score"],
+                r["bits_per_byte"]
+            ])
+        })
         .collect()
 }
 
@@ -125,7 +142,11 @@ fn steps(dir: &Path) -> usize {
 #[test]
 fn smoke_study_on_slurm_equals_local_also_after_scancel() {
     let home = vlmix_data::DataLayout::from_env(None).unwrap().home;
-    assert!(home.join("prepared/manifest.json").is_file(), "prepared data missing under {}: run scripts/test.sh", home.display());
+    assert!(
+        home.join("prepared/manifest.json").is_file(),
+        "prepared data missing under {}: run scripts/test.sh",
+        home.display()
+    );
     let Some(_cluster) = cluster() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (local, straight, killed) = (tmp.path().join("local"), tmp.path().join("slurm"), tmp.path().join("killed"));
@@ -140,7 +161,10 @@ fn smoke_study_on_slurm_equals_local_also_after_scancel() {
     wait_for_results(&straight);
     assert_eq!(scores(&local), scores(&straight), "the Slurm executor must reproduce the local results");
     let pretrain_job = job_of(&straight, "pretrain");
-    assert!(straight.join(format!("nodes/pretrain/slurm-{pretrain_job}.log")).is_file(), "each job logs into its node's directory");
+    assert!(
+        straight.join(format!("nodes/pretrain/slurm-{pretrain_job}.log")).is_file(),
+        "each job logs into its node's directory"
+    );
     assert!(straight.join("report/index.html").is_file());
     let done = submit(&straight);
     assert!(done.contains("every node is finished") && !done.contains("submitted "), "{done}");
@@ -167,6 +191,11 @@ fn smoke_study_on_slurm_equals_local_also_after_scancel() {
     assert_ne!(job_of(&killed, "pretrain"), job);
     wait_for_results(&killed);
     assert_eq!(scores(&local), scores(&killed), "a scancelled and re-submitted study must reproduce the local results");
-    let book: serde_json::Value = serde_json::from_slice(&std::fs::read(killed.join("slurm/jobs.json")).unwrap()).unwrap();
-    assert_eq!(book["jobs"]["pretrain"]["previous"][0].as_str(), Some(job.as_str()), "the run directory keeps the cancelled job's id");
+    let book: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(killed.join("slurm/jobs.json")).unwrap()).unwrap();
+    assert_eq!(
+        book["jobs"]["pretrain"]["previous"][0].as_str(),
+        Some(job.as_str()),
+        "the run directory keeps the cancelled job's id"
+    );
 }

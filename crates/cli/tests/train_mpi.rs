@@ -32,7 +32,12 @@ fn pretrain(ranks: usize, config: &Path, out: &Path) -> Command {
         c.args(["--allow-run-as-root", "--oversubscribe", "-np", &ranks.to_string(), vlmix]);
         c
     };
-    cmd.args(["pretrain", "--quiet", "--config"]).arg(config).arg("--out").arg(out).env("VLMIX_LOG", "info").stdin(Stdio::null());
+    cmd.args(["pretrain", "--quiet", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .env("VLMIX_LOG", "info")
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -54,7 +59,8 @@ fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
         .filter(|(k, _)| *k != "__metadata__")
         .map(|(k, v)| {
             assert_eq!(v["dtype"], "F32", "{k}");
-            let (s, e) = (v["data_offsets"][0].as_u64().unwrap() as usize, v["data_offsets"][1].as_u64().unwrap() as usize);
+            let (s, e) =
+                (v["data_offsets"][0].as_u64().unwrap() as usize, v["data_offsets"][1].as_u64().unwrap() as usize);
             (k.clone(), data[s..e].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
         })
         .collect();
@@ -90,7 +96,9 @@ fn ranks_of(mpirun: u32) -> Vec<(u32, usize)> {
         .filter_map(|p| {
             let pid: u32 = p.parse().ok()?;
             let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let rank = env.split(|&b| b == 0).find_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix("OMPI_COMM_WORLD_RANK=")?.parse().ok())?;
+            let rank = env
+                .split(|&b| b == 0)
+                .find_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix("OMPI_COMM_WORLD_RANK=")?.parse().ok())?;
             Some((pid, rank))
         })
         .collect()
@@ -103,7 +111,11 @@ fn two_ranks_equal_one_process_and_survive_a_killed_rank() {
         return;
     }
     let home = vlmix_data::DataLayout::from_env(None).unwrap().home;
-    assert!(home.join("prepared/manifest.json").is_file(), "prepared data missing under {}: run scripts/test.sh", home.display());
+    assert!(
+        home.join("prepared/manifest.json").is_file(),
+        "prepared data missing under {}: run scripts/test.sh",
+        home.display()
+    );
     let tmp = tempfile::tempdir().unwrap();
 
     // The bar: 20 steps, two ranks against one process with the same global batch.
@@ -127,7 +139,8 @@ fn two_ranks_equal_one_process_and_survive_a_killed_rank() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let ranks = ranks_of(job.id());
-    let (victim, _) = *ranks.iter().find(|(_, rank)| *rank == 1).unwrap_or_else(|| panic!("rank 1 not found among {ranks:?}"));
+    let (victim, _) =
+        *ranks.iter().find(|(_, rank)| *rank == 1).unwrap_or_else(|| panic!("rank 1 not found among {ranks:?}"));
     assert!(Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
     let killed_at = Instant::now();
     let status = loop {

@@ -107,21 +107,9 @@ mod tests {
     #[test]
     fn every_source_and_package_is_in_attribution_md() {
         for entry in LICENCES {
-            assert!(
-                ATTRIBUTION_MD.contains(entry.source),
-                "{} missing from ATTRIBUTION.md",
-                entry.source
-            );
-            let package = entry
-                .package
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .trim_end_matches(',');
-            assert!(
-                ATTRIBUTION_MD.contains(package),
-                "{package} missing from ATTRIBUTION.md"
-            );
+            assert!(ATTRIBUTION_MD.contains(entry.source), "{} missing from ATTRIBUTION.md", entry.source);
+            let package = entry.package.split_whitespace().nth(1).unwrap().trim_end_matches(',');
+            assert!(ATTRIBUTION_MD.contains(package), "{package} missing from ATTRIBUTION.md");
         }
     }
 }

@@ -31,8 +31,8 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat> {
 /// Decodes PNG / JPEG / WebP bytes into RGB, compositing any alpha over white.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     let format = sniff_format(bytes)?;
-    let image = image::load_from_memory_with_format(bytes, format)
-        .with_context(|| format!("corrupt {format:?} image"))?;
+    let image =
+        image::load_from_memory_with_format(bytes, format).with_context(|| format!("corrupt {format:?} image"))?;
     Ok(flatten_on_white(image))
 }
 

@@ -30,27 +30,18 @@ pub fn answer_form(text: &str) -> String {
 
 /// One LLaVA conversation rendered with the template above.
 pub fn conversation_text(record: &LlavaRecord, tokenizer: &TextTokenizer) -> Result<ImageText> {
-    let mut text = ImageText {
-        tokens: Vec::new(),
-        loss: Vec::new(),
-    };
+    let mut text = ImageText { tokens: Vec::new(), loss: Vec::new() };
     for (human, gpt) in record.exchanges() {
         let question = human.replace(IMAGE_PLACEHOLDER, "");
         let prompt = format!("\nQuestion: {}\nAnswer:", question.trim());
         let answer = format!(" {}\n", gpt.trim());
         for (part, trained) in [(prompt, false), (answer, true)] {
-            let ids = tokenizer
-                .encode(&part)
-                .with_context(|| format!("conversation {}", record.id))?;
+            let ids = tokenizer.encode(&part).with_context(|| format!("conversation {}", record.id))?;
             text.loss.extend(std::iter::repeat_n(trained, ids.len()));
             text.tokens.extend(ids);
         }
     }
-    anyhow::ensure!(
-        !text.tokens.is_empty(),
-        "conversation {} has no exchanges",
-        record.id
-    );
+    anyhow::ensure!(!text.tokens.is_empty(), "conversation {} has no exchanges", record.id);
     Ok(text)
 }
 
@@ -69,17 +60,9 @@ mod tests {
 
     #[test]
     fn only_answers_are_trained_and_the_placeholder_is_removed() {
-        let tok = TextTokenizer::train(
-            ["Question: What is it?\nAnswer: A red apple."; 30]
-                .iter()
-                .copied(),
-            300,
-        )
-        .unwrap();
-        let turn = |from: &str, value: &str| Turn {
-            from: from.into(),
-            value: value.into(),
-        };
+        let tok =
+            TextTokenizer::train(["Question: What is it?\nAnswer: A red apple."; 30].iter().copied(), 300).unwrap();
+        let turn = |from: &str, value: &str| Turn { from: from.into(), value: value.into() };
         let record = LlavaRecord {
             id: "r1".into(),
             image: Some("a.png".into()),
@@ -91,13 +74,7 @@ mod tests {
             ],
         };
         let text = conversation_text(&record, &tok).unwrap();
-        let trained: Vec<u32> = text
-            .tokens
-            .iter()
-            .zip(&text.loss)
-            .filter(|(_, &l)| l)
-            .map(|(&t, _)| t)
-            .collect();
+        let trained: Vec<u32> = text.tokens.iter().zip(&text.loss).filter(|(_, &l)| l).map(|(&t, _)| t).collect();
         assert_eq!(tok.decode(&trained).unwrap(), " A red apple.\n Red.\n");
         assert_eq!(
             tok.decode(&text.tokens).unwrap(),

@@ -111,7 +111,9 @@ fn detect(path: &Path) -> Result<Kind> {
         Kind::TextDocuments
     } else {
         let keys: Vec<&String> = obj.keys().collect();
-        Kind::Other(format!("JSON with fields {keys:?} is none of: LLaVA, VL eval, text documents, text multiple choice"))
+        Kind::Other(format!(
+            "JSON with fields {keys:?} is none of: LLaVA, VL eval, text documents, text multiple choice"
+        ))
     })
 }
 
@@ -130,7 +132,11 @@ fn inspect_dir(dir: &Path) -> Result<InspectReport> {
             continue;
         }
         let rel = file.strip_prefix(dir).unwrap_or(&file).display().to_string();
-        report.lines.push(format!("{rel}: {}{}", child.format, child.lines.first().map(|l| format!(" - {l}")).unwrap_or_default()));
+        report.lines.push(format!(
+            "{rel}: {}{}",
+            child.format,
+            child.lines.first().map(|l| format!(" - {l}")).unwrap_or_default()
+        ));
         report.problems.extend(child.problems);
     }
     report.lines.push(format!("{other} other files (images, manifests) not inspected on their own"));
@@ -148,7 +154,8 @@ fn inspect_shard(path: &Path, report: &mut InspectReport) {
             Ok(sample) => {
                 samples += 1;
                 *sizes.entry(sample.image.dimensions()).or_default() += 1;
-                let source = sample.metadata.as_ref().and_then(|m| m.get("source")).and_then(Value::as_str).unwrap_or("(none)");
+                let source =
+                    sample.metadata.as_ref().and_then(|m| m.get("source")).and_then(Value::as_str).unwrap_or("(none)");
                 *sources.entry(source.to_string()).or_default() += 1;
                 let n = sample.caption.chars().count();
                 caption_chars = (caption_chars.0.min(n), caption_chars.1.max(n), caption_chars.2 + n);
@@ -162,10 +169,19 @@ fn inspect_shard(path: &Path, report: &mut InspectReport) {
     }
     report.lines.push(format!("{samples} image-caption samples"));
     if samples > 0 {
-        let (w_min, w_max) = (sizes.keys().map(|s| s.0).min().unwrap_or(0), sizes.keys().map(|s| s.0).max().unwrap_or(0));
-        let (h_min, h_max) = (sizes.keys().map(|s| s.1).min().unwrap_or(0), sizes.keys().map(|s| s.1).max().unwrap_or(0));
-        report.lines.push(format!("image width {w_min}..{w_max}, height {h_min}..{h_max} px ({} distinct sizes)", sizes.len()));
-        report.lines.push(format!("caption length {}..{} chars, mean {:.0}", caption_chars.0, caption_chars.1, caption_chars.2 as f64 / samples as f64));
+        let (w_min, w_max) =
+            (sizes.keys().map(|s| s.0).min().unwrap_or(0), sizes.keys().map(|s| s.0).max().unwrap_or(0));
+        let (h_min, h_max) =
+            (sizes.keys().map(|s| s.1).min().unwrap_or(0), sizes.keys().map(|s| s.1).max().unwrap_or(0));
+        report
+            .lines
+            .push(format!("image width {w_min}..{w_max}, height {h_min}..{h_max} px ({} distinct sizes)", sizes.len()));
+        report.lines.push(format!(
+            "caption length {}..{} chars, mean {:.0}",
+            caption_chars.0,
+            caption_chars.1,
+            caption_chars.2 as f64 / samples as f64
+        ));
         report.lines.push(format!("sources: {}", join_counts(&sources)));
     }
 }
@@ -174,16 +190,23 @@ fn inspect_llava(path: &Path, report: &mut InspectReport) -> Result<()> {
     report.format = "LLaVA conversations".into();
     let set = LlavaSet::read(path, None)?;
     report.problems.extend(set.problems.iter().map(ToString::to_string));
-    let with_image: Vec<&(usize, crate::llava::LlavaRecord)> = set.records.iter().filter(|(_, r)| r.image.is_some()).collect();
+    let with_image: Vec<&(usize, crate::llava::LlavaRecord)> =
+        set.records.iter().filter(|(_, r)| r.image.is_some()).collect();
     let turns: usize = set.records.iter().map(|(_, r)| r.conversations.len()).sum();
     let max_turns = set.records.iter().map(|(_, r)| r.conversations.len()).max().unwrap_or(0);
-    report.lines.push(format!("{} conversations ({} with an image), {turns} turns, at most {max_turns} in one", set.records.len(), with_image.len()));
+    report.lines.push(format!(
+        "{} conversations ({} with an image), {turns} turns, at most {max_turns} in one",
+        set.records.len(),
+        with_image.len()
+    ));
     report.lines.push(format!("images resolved against {}", set.image_root.display()));
     let bad_images: Vec<String> = with_image
         .par_iter()
         .filter_map(|(line, record)| {
             let image = set.image_path(record)?;
-            check_image(&image).err().map(|err| format!("{}:{line} (id {}): image {}: {err:#}", path.display(), record.id, image.display()))
+            check_image(&image)
+                .err()
+                .map(|err| format!("{}:{line} (id {}): image {}: {err:#}", path.display(), record.id, image.display()))
         })
         .collect();
     report.problems.extend(bad_images);
@@ -339,7 +362,11 @@ mod tests {
             r#"{"id":"3","task":"t","image":"x.png","question":"Q?","answers":["no"],"type":"yes_no","chance":0.5"#,
         ];
         std::fs::write(dir.path().join("t.jsonl"), eval.join("\n")).unwrap();
-        std::fs::write(dir.path().join("docs.jsonl"), "{\"id\":\"d\",\"text\":\"hello\"}\n{\"id\":\"e\",\"text\":\"\"}\n").unwrap();
+        std::fs::write(
+            dir.path().join("docs.jsonl"),
+            "{\"id\":\"d\",\"text\":\"hello\"}\n{\"id\":\"e\",\"text\":\"\"}\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("manifest.json"), "{\n \"a\": 1\n}").unwrap();
 
         let report = inspect_path(dir.path()).unwrap();

@@ -24,7 +24,8 @@ pub fn visit_lines<T>(
     mut visit: impl FnMut(std::result::Result<T, LineProblem>) -> Result<()>,
 ) -> Result<()> {
     for (index, line) in open_text(path, what)?.lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: unreadable (truncated, or not UTF-8 text)", path.display(), index + 1))?;
+        let line = line
+            .with_context(|| format!("{}:{}: unreadable (truncated, or not UTF-8 text)", path.display(), index + 1))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -38,7 +39,8 @@ pub fn open_text(path: &Path, what: &str) -> Result<Box<dyn BufRead>> {
     let file = File::open(path).with_context(|| format!("open {what} file {}", path.display()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     Ok(if name.ends_with(".zst") || name.ends_with(".zstd") {
-        let decoder = zstd::stream::read::Decoder::new(file).with_context(|| format!("{}: not a zstd stream", path.display()))?;
+        let decoder =
+            zstd::stream::read::Decoder::new(file).with_context(|| format!("{}: not a zstd stream", path.display()))?;
         Box::new(BufReader::new(decoder))
     } else if name.ends_with(".gz") {
         Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
@@ -48,7 +50,11 @@ pub fn open_text(path: &Path, what: &str) -> Result<Box<dyn BufRead>> {
 }
 
 /// Reads every line of `path`, failing on the first malformed one with file and line number.
-pub fn read_lines<T>(path: &Path, what: &str, parse: impl Fn(&str) -> std::result::Result<T, String>) -> Result<Vec<T>> {
+pub fn read_lines<T>(
+    path: &Path,
+    what: &str,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Vec<T>> {
     let mut values = Vec::new();
     visit_lines(path, what, parse, |item| match item {
         Ok(value) => {

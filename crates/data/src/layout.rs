@@ -34,18 +34,13 @@ impl DataLayout {
     /// The layout named by `VLMIX_HOME` (or `~/.cache/vlmix`), with prepared data at `out` when given.
     pub fn from_env(out: Option<&Path>) -> Result<Self> {
         let home = default_home()?;
-        let prepared = out
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| home.join("prepared"));
+        let prepared = out.map(Path::to_path_buf).unwrap_or_else(|| home.join("prepared"));
         Ok(Self { home, prepared })
     }
 
     /// A layout rooted at explicit directories (tests, tools that bring their own data).
     pub fn new(home: impl Into<PathBuf>, prepared: impl Into<PathBuf>) -> Self {
-        Self {
-            home: home.into(),
-            prepared: prepared.into(),
-        }
+        Self { home: home.into(), prepared: prepared.into() }
     }
 
     /// Verified raw downloads.
@@ -118,9 +113,7 @@ fn default_home() -> Result<PathBuf> {
     if let Some(home) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(home));
     }
-    let user_home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .context("neither VLMIX_HOME nor HOME is set")?;
+    let user_home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context("neither VLMIX_HOME nor HOME is set")?;
     Ok(PathBuf::from(user_home).join(".cache").join("vlmix"))
 }
 
@@ -131,22 +124,10 @@ mod tests {
     #[test]
     fn prepared_paths_follow_the_documented_tree() {
         let layout = DataLayout::new("/h", "/p");
-        assert_eq!(
-            layout.source("dict-gcide"),
-            PathBuf::from("/h/sources/dict-gcide")
-        );
-        assert_eq!(
-            layout.text_tokens("train"),
-            PathBuf::from("/p/text/train.tokens")
-        );
-        assert_eq!(
-            layout.eval_text_task("piqa"),
-            PathBuf::from("/p/eval/text/piqa.jsonl")
-        );
-        assert_eq!(
-            layout.tokenizer_json(),
-            PathBuf::from("/p/tokenizer/tokenizer.json")
-        );
+        assert_eq!(layout.source("dict-gcide"), PathBuf::from("/h/sources/dict-gcide"));
+        assert_eq!(layout.text_tokens("train"), PathBuf::from("/p/text/train.tokens"));
+        assert_eq!(layout.eval_text_task("piqa"), PathBuf::from("/p/eval/text/piqa.jsonl"));
+        assert_eq!(layout.tokenizer_json(), PathBuf::from("/p/tokenizer/tokenizer.json"));
     }
 
     #[test]

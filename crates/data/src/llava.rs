@@ -76,7 +76,12 @@ impl LlavaSet {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
         let mut set = LlavaSet { image_root, ..Default::default() };
-        let problem = |line: usize, id: Option<String>, message: String| LlavaProblem { file: path.to_path_buf(), line, id, message };
+        let problem = |line: usize, id: Option<String>, message: String| LlavaProblem {
+            file: path.to_path_buf(),
+            line,
+            id,
+            message,
+        };
         let text = match std::str::from_utf8(&bytes) {
             Ok(text) => text,
             Err(err) => {
@@ -200,7 +205,9 @@ fn parse_record(json: &str, image_root: &Path) -> Result<LlavaRecord, RecordErro
         };
         let expected = if i % 2 == 0 { "human" } else { "gpt" };
         if from != expected {
-            return Err(fail(format!("conversations[{i}]: `from` is {from:?}, expected {expected:?} (turns alternate human, gpt)")));
+            return Err(fail(format!(
+                "conversations[{i}]: `from` is {from:?}, expected {expected:?} (turns alternate human, gpt)"
+            )));
         }
         if value.trim().is_empty() {
             return Err(fail(format!("conversations[{i}]: empty `value`")));
@@ -225,7 +232,9 @@ fn parse_record(json: &str, image_root: &Path) -> Result<LlavaRecord, RecordErro
                 return Err(fail(format!("field `image`: {} does not exist", path.display())));
             }
         }
-        (Some(_), n) => return Err(fail(format!("has an image but {n} {IMAGE_PLACEHOLDER} placeholders (needs exactly 1)"))),
+        (Some(_), n) => {
+            return Err(fail(format!("has an image but {n} {IMAGE_PLACEHOLDER} placeholders (needs exactly 1)")))
+        }
         (None, 0) => {}
         (None, n) => return Err(fail(format!("has no image but {n} {IMAGE_PLACEHOLDER} placeholder(s)"))),
     }
@@ -263,7 +272,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("images")).unwrap();
         std::fs::write(dir.path().join("images/a.png"), b"x").unwrap();
         let records = vec![
-            record("a", Some("images/a.png"), &[("human", "<image>\nWhat is it?"), ("gpt", "A cat."), ("human", "Colour?"), ("gpt", "Black.")]),
+            record(
+                "a",
+                Some("images/a.png"),
+                &[("human", "<image>\nWhat is it?"), ("gpt", "A cat."), ("human", "Colour?"), ("gpt", "Black.")],
+            ),
             record("t", None, &[("human", "Say hi."), ("gpt", "Hi.")]),
         ];
         let path = dir.path().join("d.json");

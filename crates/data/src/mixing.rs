@@ -15,8 +15,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::packing::{
-    epoch_order, pack_image_sequence, ImageText, Sequence, SequenceKind, TextCursor, TextPacker,
-    TokenDocuments,
+    epoch_order, pack_image_sequence, ImageText, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments,
 };
 use crate::tokenizer::SpecialTokens;
 
@@ -38,9 +37,7 @@ impl ImageTexts for Vec<ImageText> {
         Vec::len(self) as u64
     }
     fn text(&mut self, index: u64) -> Result<ImageText> {
-        self.get(index as usize)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("image example {index} out of range"))
+        self.get(index as usize).cloned().ok_or_else(|| anyhow::anyhow!("image example {index} out of range"))
     }
 }
 
@@ -99,30 +96,18 @@ struct IndexedSet<S> {
 impl<S: ImageTexts> IndexedSet<S> {
     fn index_at(&mut self, cursor: ExampleCursor) -> u64 {
         let n = self.set.len() as usize;
-        if self
-            .order
-            .as_ref()
-            .is_none_or(|(epoch, _)| *epoch != cursor.epoch)
-        {
+        if self.order.as_ref().is_none_or(|(epoch, _)| *epoch != cursor.epoch) {
             self.order = Some((cursor.epoch, epoch_order(n, self.seed, cursor.epoch)));
         }
-        self.order
-            .as_ref()
-            .map_or(0, |(_, o)| o[cursor.position as usize] as u64)
+        self.order.as_ref().map_or(0, |(_, o)| o[cursor.position as usize] as u64)
     }
 }
 
 fn advance(cursor: ExampleCursor, len: u64) -> ExampleCursor {
     if cursor.position + 1 >= len {
-        ExampleCursor {
-            epoch: cursor.epoch + 1,
-            position: 0,
-        }
+        ExampleCursor { epoch: cursor.epoch + 1, position: 0 }
     } else {
-        ExampleCursor {
-            epoch: cursor.epoch,
-            position: cursor.position + 1,
-        }
+        ExampleCursor { epoch: cursor.epoch, position: cursor.position + 1 }
     }
 }
 
@@ -171,10 +156,9 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
                 "an instruction fraction above 0 needs instruction examples; none were given"
             );
         }
-        for (name, at, len) in [
-            ("caption", cursor.captions, captions.len()),
-            ("instruction", cursor.instruct, instruct.len()),
-        ] {
+        for (name, at, len) in
+            [("caption", cursor.captions, captions.len()), ("instruction", cursor.instruct, instruct.len())]
+        {
             anyhow::ensure!(
                 len == 0 || at.position < len,
                 "saved {name} cursor points at example {} of {}: it belongs to other data",
@@ -183,24 +167,9 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
             );
         }
         let text = TextPacker::new(docs, config.seq_len, special.eos, config.seed, cursor.text)?;
-        let captions = IndexedSet {
-            set: captions,
-            seed: config.seed ^ 0xC0FFEE,
-            order: None,
-        };
-        let instruct = IndexedSet {
-            set: instruct,
-            seed: config.seed ^ 0x1D57_C0DE,
-            order: None,
-        };
-        Ok(Self {
-            config,
-            special,
-            text,
-            captions,
-            instruct,
-            cursor,
-        })
+        let captions = IndexedSet { set: captions, seed: config.seed ^ 0xC0FFEE, order: None };
+        let instruct = IndexedSet { set: instruct, seed: config.seed ^ 0x1D57_C0DE, order: None };
+        Ok(Self { config, special, text, captions, instruct, cursor })
     }
 
     /// The state to save with a checkpoint.
@@ -210,10 +179,7 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
 
     pub fn stats(&self) -> MixStats {
         let c = &self.cursor;
-        let (wi, wt) = c
-            .window
-            .iter()
-            .fold((0, 0), |(a, b), &(i, t)| (a + i, b + t));
+        let (wi, wt) = c.window.iter().fold((0, 0), |(a, b), &(i, t)| (a + i, b + t));
         let image_sequences = c.caption_sequences + c.instruct_sequences;
         MixStats {
             steps: c.steps,
@@ -226,13 +192,10 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
     /// One optimizer step's worth of sequences.
     pub fn next_batch(&mut self, batch_size: usize) -> Result<Vec<Sequence>> {
         let (image_before, total_before) = (self.cursor.image_tokens, self.cursor.total_tokens);
-        let batch = (0..batch_size)
-            .map(|_| self.next_sequence())
-            .collect::<Result<Vec<_>>>()?;
+        let batch = (0..batch_size).map(|_| self.next_sequence()).collect::<Result<Vec<_>>>()?;
         let c = &mut self.cursor;
         c.steps += 1;
-        c.window
-            .push_back((c.image_tokens - image_before, c.total_tokens - total_before));
+        c.window.push_back((c.image_tokens - image_before, c.total_tokens - total_before));
         if c.window.len() > WINDOW_STEPS {
             c.window.pop_front();
         }
@@ -264,38 +227,19 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         } else {
             (SequenceKind::Caption, self.cursor.captions)
         };
-        let set_len = if want_instruct {
-            self.instruct.set.len()
-        } else {
-            self.captions.set.len()
-        };
-        let index = if want_instruct {
-            self.instruct.index_at(cursor)
-        } else {
-            self.captions.index_at(cursor)
-        };
-        let text = if want_instruct {
-            self.instruct.set.text(index)?
-        } else {
-            self.captions.set.text(index)?
-        };
+        let set_len = if want_instruct { self.instruct.set.len() } else { self.captions.set.len() };
+        let index = if want_instruct { self.instruct.index_at(cursor) } else { self.captions.index_at(cursor) };
+        let text = if want_instruct { self.instruct.set.text(index)? } else { self.captions.set.text(index)? };
         let n_img = self.config.n_image_tokens as f64;
-        let image_total =
-            n_img + text.packed_text_tokens(self.config.seq_len, self.config.n_image_tokens) as f64;
+        let image_total = n_img + text.packed_text_tokens(self.config.seq_len, self.config.n_image_tokens) as f64;
         let deficit = self.cursor.image_tokens as f64 - f * self.cursor.total_tokens as f64;
         let after_image = deficit + n_img - f * image_total;
         let after_text = deficit - f * self.config.seq_len as f64;
         if after_text.abs() < after_image.abs() {
             return Ok(self.take_text());
         }
-        let sequence = pack_image_sequence(
-            kind,
-            index,
-            &text,
-            self.config.seq_len,
-            self.config.n_image_tokens,
-            self.special,
-        );
+        let sequence =
+            pack_image_sequence(kind, index, &text, self.config.seq_len, self.config.n_image_tokens, self.special);
         let c = &mut self.cursor;
         c.image_tokens += sequence.n_image_tokens as u64;
         c.total_tokens += (sequence.n_image_tokens + sequence.n_text_tokens) as u64;
@@ -331,28 +275,14 @@ fn ratio(a: u64, b: u64) -> f64 {
 mod tests {
     use super::*;
 
-    const SPECIAL: SpecialTokens = SpecialTokens {
-        eos: 0,
-        pad: 1,
-        image: 2,
-    };
+    const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
 
     /// Documents and captions of varied lengths, generated deterministically.
     fn docs() -> Vec<Vec<u32>> {
-        (0..300)
-            .map(|d| {
-                (0..(d * 37 % 900 + 5))
-                    .map(|t| 3 + (t * 7 + d) as u32 % 500)
-                    .collect()
-            })
-            .collect()
+        (0..300).map(|d| (0..(d * 37 % 900 + 5)).map(|t| 3 + (t * 7 + d) as u32 % 500).collect()).collect()
     }
     fn texts(n: usize, min: usize, spread: usize) -> Vec<ImageText> {
-        (0..n)
-            .map(|i| {
-                ImageText::caption((0..(min + i * 13 % spread)).map(|t| 3 + t as u32).collect())
-            })
-            .collect()
+        (0..n).map(|i| ImageText::caption((0..(min + i * 13 % spread)).map(|t| 3 + t as u32).collect())).collect()
     }
     fn config(fraction: f64, instruct: f64) -> MixConfig {
         MixConfig {
@@ -364,19 +294,8 @@ mod tests {
             log_every: 0,
         }
     }
-    fn sampler(
-        cfg: MixConfig,
-        cursor: MixCursor,
-    ) -> MixingSampler<Vec<Vec<u32>>, Vec<ImageText>, Vec<ImageText>> {
-        MixingSampler::new(
-            cfg,
-            SPECIAL,
-            docs(),
-            texts(997, 4, 40),
-            texts(101, 20, 120),
-            cursor,
-        )
-        .unwrap()
+    fn sampler(cfg: MixConfig, cursor: MixCursor) -> MixingSampler<Vec<Vec<u32>>, Vec<ImageText>, Vec<ImageText>> {
+        MixingSampler::new(cfg, SPECIAL, docs(), texts(997, 4, 40), texts(101, 20, 120), cursor).unwrap()
     }
 
     #[test]
@@ -387,16 +306,12 @@ mod tests {
             for _ in 0..600 {
                 let batch = s.next_batch(8).unwrap();
                 let image: usize = batch.iter().map(|q| q.n_image_tokens).sum();
-                let total: usize = batch
-                    .iter()
-                    .map(|q| q.n_image_tokens + q.n_text_tokens)
-                    .sum();
+                let total: usize = batch.iter().map(|q| q.n_image_tokens + q.n_text_tokens).sum();
                 per_step.push((image, total));
             }
             for start in 0..=per_step.len() - WINDOW_STEPS {
-                let (i, t) = per_step[start..start + WINDOW_STEPS]
-                    .iter()
-                    .fold((0, 0), |(a, b), &(i, t)| (a + i, b + t));
+                let (i, t) =
+                    per_step[start..start + WINDOW_STEPS].iter().fold((0, 0), |(a, b), &(i, t)| (a + i, b + t));
                 let achieved = i as f64 / t as f64;
                 assert!(
                     (achieved - fraction).abs() < 0.005,
@@ -410,22 +325,12 @@ mod tests {
     #[test]
     fn pads_are_not_counted_and_text_only_or_image_only_extremes_work() {
         let mut text_only = sampler(config(0.0, 0.0), MixCursor::default());
-        assert!(text_only
-            .next_batch(16)
-            .unwrap()
-            .iter()
-            .all(|q| q.kind == SequenceKind::Text));
+        assert!(text_only.next_batch(16).unwrap().iter().all(|q| q.kind == SequenceKind::Text));
         let mut image_only = sampler(config(1.0, 0.0), MixCursor::default());
         let batch = image_only.next_batch(16).unwrap();
         assert!(batch.iter().all(|q| q.kind == SequenceKind::Caption));
-        let counted: usize = batch
-            .iter()
-            .map(|q| q.n_image_tokens + q.n_text_tokens)
-            .sum();
-        let non_pad: usize = batch
-            .iter()
-            .map(|q| q.inputs.iter().filter(|&&t| t != SPECIAL.pad).count())
-            .sum();
+        let counted: usize = batch.iter().map(|q| q.n_image_tokens + q.n_text_tokens).sum();
+        let non_pad: usize = batch.iter().map(|q| q.inputs.iter().filter(|&&t| t != SPECIAL.pad).count()).sum();
         assert_eq!(counted, non_pad);
         assert_eq!(image_only.cursor().total_tokens as usize, counted);
     }
@@ -437,16 +342,9 @@ mod tests {
         for _ in 0..200 {
             kinds.extend(s.next_batch(8).unwrap().into_iter().map(|q| q.kind));
         }
-        let instruct = kinds
-            .iter()
-            .filter(|&&k| k == SequenceKind::Instruct)
-            .count() as f64;
+        let instruct = kinds.iter().filter(|&&k| k == SequenceKind::Instruct).count() as f64;
         let image = kinds.iter().filter(|&&k| k != SequenceKind::Text).count() as f64;
-        assert!(
-            (instruct / image - 0.25).abs() < 1.0 / image + 1e-9,
-            "{}",
-            instruct / image
-        );
+        assert!((instruct / image - 0.25).abs() < 1.0 / image + 1e-9, "{}", instruct / image);
         assert!((s.stats().cumulative_image_fraction - 0.3).abs() < 0.005);
     }
 
@@ -454,33 +352,21 @@ mod tests {
     fn same_seed_same_batches_and_resume_from_saved_cursor_is_exact() {
         let cfg = config(0.2, 0.1);
         let mut straight = sampler(cfg, MixCursor::default());
-        let mut first: Vec<Vec<Sequence>> =
-            (0..37).map(|_| straight.next_batch(4).unwrap()).collect();
+        let mut first: Vec<Vec<Sequence>> = (0..37).map(|_| straight.next_batch(4).unwrap()).collect();
         let saved = serde_json::to_string(straight.cursor()).unwrap();
         let rest: Vec<Vec<Sequence>> = (0..300).map(|_| straight.next_batch(4).unwrap()).collect();
 
         let mut again = sampler(cfg, MixCursor::default());
-        assert_eq!(
-            (0..37)
-                .map(|_| again.next_batch(4).unwrap())
-                .collect::<Vec<_>>(),
-            first
-        );
+        assert_eq!((0..37).map(|_| again.next_batch(4).unwrap()).collect::<Vec<_>>(), first);
 
         let mut resumed = sampler(cfg, serde_json::from_str(&saved).unwrap());
-        let resumed_rest: Vec<Vec<Sequence>> =
-            (0..300).map(|_| resumed.next_batch(4).unwrap()).collect();
+        let resumed_rest: Vec<Vec<Sequence>> = (0..300).map(|_| resumed.next_batch(4).unwrap()).collect();
         assert_eq!(resumed_rest, rest);
         assert_eq!(resumed.cursor(), straight.cursor());
 
         let mut other_seed = sampler(MixConfig { seed: 7, ..cfg }, MixCursor::default());
         first.truncate(5);
-        assert_ne!(
-            (0..5)
-                .map(|_| other_seed.next_batch(4).unwrap())
-                .collect::<Vec<_>>(),
-            first
-        );
+        assert_ne!((0..5).map(|_| other_seed.next_batch(4).unwrap()).collect::<Vec<_>>(), first);
     }
 
     #[test]
@@ -504,18 +390,7 @@ mod tests {
             MixCursor::default()
         )
         .is_err());
-        let tight = MixConfig {
-            seq_len: 65,
-            ..config(0.2, 0.0)
-        };
-        assert!(MixingSampler::new(
-            tight,
-            SPECIAL,
-            docs(),
-            texts(3, 1, 2),
-            none,
-            MixCursor::default()
-        )
-        .is_err());
+        let tight = MixConfig { seq_len: 65, ..config(0.2, 0.0) };
+        assert!(MixingSampler::new(tight, SPECIAL, docs(), texts(3, 1, 2), none, MixCursor::default()).is_err());
     }
 }

@@ -100,10 +100,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
 impl<D: TokenDocuments> TextPacker<D> {
     pub fn new(docs: D, seq_len: usize, eos: u32, seed: u64, cursor: TextCursor) -> Result<Self> {
         anyhow::ensure!(docs.n_docs() > 0, "the text token shard holds no documents");
-        anyhow::ensure!(
-            docs.n_docs() <= u32::MAX as usize,
-            "more than 2^32 documents in one shard"
-        );
+        anyhow::ensure!(docs.n_docs() <= u32::MAX as usize, "more than 2^32 documents in one shard");
         anyhow::ensure!(seq_len > 0, "sequence length must be positive");
         let order = (cursor.epoch, epoch_order(docs.n_docs(), seed, cursor.epoch));
         anyhow::ensure!(
@@ -114,16 +111,13 @@ impl<D: TokenDocuments> TextPacker<D> {
         );
         let mut doc = Vec::new();
         docs.extend_with_doc(order.1[cursor.position as usize] as usize, &mut doc);
-        anyhow::ensure!(cursor.offset <= doc.len() as u64, "saved text cursor offset {} is past its document ({} tokens): it belongs to other data", cursor.offset, doc.len());
-        Ok(Self {
-            docs,
-            seq_len,
-            eos,
-            seed,
-            cursor,
-            order,
-            doc,
-        })
+        anyhow::ensure!(
+            cursor.offset <= doc.len() as u64,
+            "saved text cursor offset {} is past its document ({} tokens): it belongs to other data",
+            cursor.offset,
+            doc.len()
+        );
+        Ok(Self { docs, seq_len, eos, seed, cursor, order, doc })
     }
 
     /// Reads `n` stream tokens from `cursor` into `out`, returning the cursor after them.
@@ -131,16 +125,10 @@ impl<D: TokenDocuments> TextPacker<D> {
         let mut left = n;
         while left > 0 {
             if self.order.0 != cursor.epoch {
-                self.order = (
-                    cursor.epoch,
-                    epoch_order(self.docs.n_docs(), self.seed, cursor.epoch),
-                );
+                self.order = (cursor.epoch, epoch_order(self.docs.n_docs(), self.seed, cursor.epoch));
             }
             self.doc.clear();
-            self.docs.extend_with_doc(
-                self.order.1[cursor.position as usize] as usize,
-                &mut self.doc,
-            );
+            self.docs.extend_with_doc(self.order.1[cursor.position as usize] as usize, &mut self.doc);
             self.doc.push(self.eos);
             let start = cursor.offset as usize;
             let take = left.min(self.doc.len() - start);
@@ -149,17 +137,9 @@ impl<D: TokenDocuments> TextPacker<D> {
             cursor.offset += take as u64;
             if cursor.offset as usize == self.doc.len() {
                 cursor = if cursor.position as usize + 1 == self.docs.n_docs() {
-                    TextCursor {
-                        epoch: cursor.epoch + 1,
-                        position: 0,
-                        offset: 0,
-                    }
+                    TextCursor { epoch: cursor.epoch + 1, position: 0, offset: 0 }
                 } else {
-                    TextCursor {
-                        epoch: cursor.epoch,
-                        position: cursor.position + 1,
-                        offset: 0,
-                    }
+                    TextCursor { epoch: cursor.epoch, position: cursor.position + 1, offset: 0 }
                 };
             }
         }
@@ -243,11 +223,7 @@ pub fn pack_image_sequence(
 mod tests {
     use super::*;
 
-    const SPECIAL: SpecialTokens = SpecialTokens {
-        eos: 0,
-        pad: 1,
-        image: 2,
-    };
+    const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
 
     #[test]
     fn text_stream_is_every_document_once_per_epoch_with_eos_between() {
@@ -261,19 +237,9 @@ mod tests {
             stream.extend_from_slice(&seq.inputs);
         }
         assert_eq!(stream.len(), stream_len);
-        assert_eq!(
-            packer.cursor,
-            TextCursor {
-                epoch: 1,
-                position: 0,
-                offset: 0
-            }
-        );
+        assert_eq!(packer.cursor, TextCursor { epoch: 1, position: 0, offset: 0 });
         let order = epoch_order(4, 7, 0);
-        let expected: Vec<u32> = order
-            .iter()
-            .flat_map(|&d| docs[d as usize].iter().copied().chain([0]))
-            .collect();
+        let expected: Vec<u32> = order.iter().flat_map(|&d| docs[d as usize].iter().copied().chain([0])).collect();
         assert_eq!(stream, expected);
         let next_epoch = packer.next_sequence();
         assert_ne!(epoch_order(4, 7, 1), order, "epochs are reshuffled");
@@ -282,52 +248,27 @@ mod tests {
 
     #[test]
     fn caption_sequence_layout_masks_image_slots_eos_target_and_pads() {
-        let seq = pack_image_sequence(
-            SequenceKind::Caption,
-            3,
-            &ImageText::caption(vec![50, 51, 52]),
-            10,
-            4,
-            SPECIAL,
-        );
+        let seq = pack_image_sequence(SequenceKind::Caption, 3, &ImageText::caption(vec![50, 51, 52]), 10, 4, SPECIAL);
         assert_eq!(seq.inputs, [2, 2, 2, 2, 50, 51, 52, 0, 1, 1]);
         assert_eq!(seq.targets, [2, 2, 2, 50, 51, 52, 0, 1, 1, 1]);
-        assert_eq!(
-            seq.loss_mask,
-            [false, false, false, true, true, true, true, false, false, false]
-        );
+        assert_eq!(seq.loss_mask, [false, false, false, true, true, true, true, false, false, false]);
         assert_eq!(seq.n_text_tokens, 4);
     }
 
     #[test]
     fn long_text_is_truncated_but_keeps_eos() {
-        let seq = pack_image_sequence(
-            SequenceKind::Caption,
-            0,
-            &ImageText::caption((100..120).collect()),
-            8,
-            3,
-            SPECIAL,
-        );
+        let seq =
+            pack_image_sequence(SequenceKind::Caption, 0, &ImageText::caption((100..120).collect()), 8, 3, SPECIAL);
         assert_eq!(seq.inputs, [2, 2, 2, 100, 101, 102, 103, 0]);
         assert_eq!(seq.n_text_tokens, 5);
-        assert_eq!(
-            seq.loss_mask,
-            [false, false, true, true, true, true, true, false]
-        );
+        assert_eq!(seq.loss_mask, [false, false, true, true, true, true, true, false]);
     }
 
     #[test]
     fn instruction_loss_follows_the_answer_mask() {
-        let text = ImageText {
-            tokens: vec![60, 61, 70, 71],
-            loss: vec![false, false, true, true],
-        };
+        let text = ImageText { tokens: vec![60, 61, 70, 71], loss: vec![false, false, true, true] };
         let seq = pack_image_sequence(SequenceKind::Instruct, 0, &text, 8, 2, SPECIAL);
         assert_eq!(seq.inputs, [2, 2, 60, 61, 70, 71, 0, 1]);
-        assert_eq!(
-            seq.loss_mask,
-            [false, false, false, true, true, true, false, false]
-        );
+        assert_eq!(seq.loss_mask, [false, false, false, true, true, true, false, false]);
     }
 }

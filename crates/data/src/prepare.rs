@@ -85,55 +85,34 @@ pub fn prepare(layout: &DataLayout, options: &PrepareOptions) -> Result<Manifest
     let sources: Vec<_> = if options.text_sources.is_empty() {
         TEXT_SOURCES.iter().collect()
     } else {
-        options
-            .text_sources
-            .iter()
-            .map(|n| text_source(n))
-            .collect::<Result<_>>()?
+        options.text_sources.iter().map(|n| text_source(n)).collect::<Result<_>>()?
     };
     let started = Instant::now();
     let corpus = build_corpus(layout, &sources, options.corpus)?;
     seconds.insert("documents".into(), started.elapsed().as_secs_f64());
-    tracing::info!(
-        train = corpus.train.len(),
-        validation = corpus.validation.len(),
-        "text documents written"
-    );
+    tracing::info!(train = corpus.train.len(), validation = corpus.validation.len(), "text documents written");
 
     let started = Instant::now();
     let (tokenizer, origin) = match &options.tokenizer {
         Some(path) => (TextTokenizer::load(path)?, path.display().to_string()),
         None => (
-            TextTokenizer::train(
-                sample(&corpus.train, options.tokenizer_sample_bytes),
-                options.vocab_size,
-            )?,
+            TextTokenizer::train(sample(&corpus.train, options.tokenizer_sample_bytes), options.vocab_size)?,
             "trained".to_string(),
         ),
     };
     std::fs::create_dir_all(layout.tokenizer_dir())?;
     tokenizer.save(&layout.tokenizer_json())?;
     seconds.insert("tokenizer".into(), started.elapsed().as_secs_f64());
-    tracing::info!(
-        vocab = tokenizer.vocab_size(),
-        seconds = started.elapsed().as_secs_f32(),
-        "tokenizer ready"
-    );
+    tracing::info!(vocab = tokenizer.vocab_size(), seconds = started.elapsed().as_secs_f32(), "tokenizer ready");
 
     let started = Instant::now();
     let mut tokens: BTreeMap<String, TokenCounts> = BTreeMap::new();
     for (split, docs) in [("train", &corpus.train), ("validation", &corpus.validation)] {
         let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
-        let ids = tokenizer
-            .encode_batch(&texts)
-            .with_context(|| format!("tokenizing the {split} split"))?;
+        let ids = tokenizer.encode_batch(&texts).with_context(|| format!("tokenizing the {split} split"))?;
         for (doc, doc_ids) in docs.iter().zip(&ids) {
             let counts = tokens.entry(doc.source.clone()).or_default();
-            *if split == "train" {
-                &mut counts.train
-            } else {
-                &mut counts.validation
-            } += doc_ids.len() as u64;
+            *if split == "train" { &mut counts.train } else { &mut counts.validation } += doc_ids.len() as u64;
         }
         write_token_shard(&layout.text_tokens(split), tokenizer.vocab_size(), &ids)?;
     }
@@ -154,21 +133,14 @@ pub fn prepare(layout: &DataLayout, options: &PrepareOptions) -> Result<Manifest
 
     let manifest = Manifest {
         text: corpus.report,
-        tokenizer: TokenizerSummary {
-            origin,
-            vocab_size: tokenizer.vocab_size(),
-            special: tokenizer.special,
-        },
+        tokenizer: TokenizerSummary { origin, vocab_size: tokenizer.vocab_size(), special: tokenizer.special },
         tokens,
         text_eval,
         text_eval_version: TEXT_EVAL_VERSION,
         images,
         seconds,
     };
-    write_atomic(
-        &layout.manifest(),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
-    )?;
+    write_atomic(&layout.manifest(), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     write_atomic(&layout.attribution(), ATTRIBUTION_MD.as_bytes())?;
     Ok(manifest)
 }
@@ -193,10 +165,9 @@ pub fn refresh(layout: &DataLayout) -> Result<Option<Manifest>> {
 /// Reads `manifest.json` of a prepared folder.
 pub fn read_manifest(layout: &DataLayout) -> Result<Manifest> {
     let path = layout.manifest();
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("read {} (run `vlmix data prepare` first)", path.display()))?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("{}: not a vlmix data manifest", path.display()))
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("read {} (run `vlmix data prepare` first)", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: not a vlmix data manifest", path.display()))
 }
 
 /// An even stride over documents holding about `budget` bytes of text.

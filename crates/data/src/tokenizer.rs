@@ -37,10 +37,7 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Trains a byte-level BPE of `vocab_size` ids (special tokens included) on `texts`.
-    pub fn train<'a>(
-        texts: impl Iterator<Item = &'a str> + Send,
-        vocab_size: usize,
-    ) -> Result<Self> {
+    pub fn train<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
         anyhow::ensure!(
             vocab_size >= 256 + 3,
             "vocabulary size {vocab_size} is below the 256 byte symbols plus 3 special tokens"
@@ -58,25 +55,20 @@ impl TextTokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build()
             .into();
-        inner
-            .train(&mut trainer, texts)
-            .map_err(|e| anyhow::anyhow!("training the BPE tokenizer: {e}"))?;
+        inner.train(&mut trainer, texts).map_err(|e| anyhow::anyhow!("training the BPE tokenizer: {e}"))?;
         inner.add_special_tokens(&specials);
         Self::from_tokenizer(inner, "trained tokenizer")
     }
 
     /// Loads a Hugging Face `tokenizer.json`, adding vlmix's special tokens where missing.
     pub fn load(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| {
-            anyhow::anyhow!("{}: not a loadable tokenizer.json: {e}", path.display())
-        })?;
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{}: not a loadable tokenizer.json: {e}", path.display()))?;
         Self::from_tokenizer(inner, &path.display().to_string())
     }
 
     fn from_tokenizer(mut inner: Tokenizer, what: &str) -> Result<Self> {
-        let eos = inner
-            .token_to_id(EOS_TOKEN)
-            .with_context(|| format!("{what}: has no {EOS_TOKEN} token"))?;
+        let eos = inner.token_to_id(EOS_TOKEN).with_context(|| format!("{what}: has no {EOS_TOKEN} token"))?;
         if inner.token_to_id(PAD_TOKEN).is_none() && inner.token_to_id(NEOX_PAD_TOKEN).is_none() {
             inner.add_special_tokens(&[AddedToken::from(PAD_TOKEN, true)]);
         }
@@ -87,21 +79,13 @@ impl TextTokenizer {
             .token_to_id(PAD_TOKEN)
             .or_else(|| inner.token_to_id(NEOX_PAD_TOKEN))
             .context("pad token was just added")?;
-        let image = inner
-            .token_to_id(IMAGE_TOKEN)
-            .context("image token was just added")?;
-        Ok(Self {
-            inner,
-            special: SpecialTokens { eos, pad, image },
-        })
+        let image = inner.token_to_id(IMAGE_TOKEN).context("image token was just added")?;
+        Ok(Self { inner, special: SpecialTokens { eos, pad, image } })
     }
 
     /// Writes `tokenizer.json` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self
-            .inner
-            .to_string(true)
-            .map_err(|e| anyhow::anyhow!("serialising tokenizer: {e}"))?;
+        let json = self.inner.to_string(true).map_err(|e| anyhow::anyhow!("serialising tokenizer: {e}"))?;
         write_atomic(path, json.as_bytes())
     }
 
@@ -124,16 +108,11 @@ impl TextTokenizer {
             .inner
             .encode_batch_fast(texts.to_vec(), false)
             .map_err(|e| anyhow::anyhow!("tokenizing a batch: {e}"))?;
-        Ok(encodings
-            .into_iter()
-            .map(|e| e.get_ids().to_vec())
-            .collect())
+        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| anyhow::anyhow!("decoding {} ids: {e}", ids.len()))
+        self.inner.decode(ids, false).map_err(|e| anyhow::anyhow!("decoding {} ids: {e}", ids.len()))
     }
 }
 
@@ -151,34 +130,15 @@ mod tests {
     fn trained_tokenizer_round_trips_any_bytes_and_keeps_special_ids() {
         let texts = [TEXT; 50];
         let tok = TextTokenizer::train(texts.iter().copied(), 400).unwrap();
-        assert_eq!(
-            tok.special,
-            SpecialTokens {
-                eos: 0,
-                pad: 1,
-                image: 2
-            }
-        );
-        assert!(
-            tok.vocab_size() <= 400 && tok.vocab_size() > 259,
-            "{}",
-            tok.vocab_size()
-        );
+        assert_eq!(tok.special, SpecialTokens { eos: 0, pad: 1, image: 2 });
+        assert!(tok.vocab_size() <= 400 && tok.vocab_size() > 259, "{}", tok.vocab_size());
         for text in [TEXT, "naïve café — 東京 🐳\n\ttabs", ""] {
             let ids = tok.encode(text).unwrap();
             assert_eq!(tok.decode(&ids).unwrap(), text);
         }
         let ids = tok.encode(TEXT).unwrap();
-        assert!(
-            ids.len() < TEXT.len() / 2,
-            "merges were learned: {} ids for {} bytes",
-            ids.len(),
-            TEXT.len()
-        );
-        assert_eq!(
-            tok.encode("<image>\nWhat is it?<|endoftext|>").unwrap()[0],
-            2
-        );
+        assert!(ids.len() < TEXT.len() / 2, "merges were learned: {} ids for {} bytes", ids.len(), TEXT.len());
+        assert_eq!(tok.encode("<image>\nWhat is it?<|endoftext|>").unwrap()[0], 2);
     }
 
     #[test]

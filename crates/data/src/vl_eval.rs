@@ -196,14 +196,22 @@ mod tests {
             serde_json::to_string(&bad_image).unwrap(),
             serde_json::to_string(&item("7", QuestionType::YesNo, &["maybe"], None)).unwrap(),
             serde_json::to_string(&good[0]).unwrap(),
-            r#"{"id":"8","task":"t","image":"img/a.png","question":"Q","answers":["a"],"type":"essay","chance":0}"#.to_string(),
+            r#"{"id":"8","task":"t","image":"img/a.png","question":"Q","answers":["a"],"type":"essay","chance":0}"#
+                .to_string(),
         ];
         let path = dir.path().join("bad.jsonl");
         std::fs::write(&path, lines.join("\n")).unwrap();
         let set = EvalSet::read(&path).unwrap();
         assert_eq!(set.items.len(), 1);
         let got: Vec<String> = set.problems.iter().map(ToString::to_string).collect();
-        let want = [":2: malformed JSON", ":3: field `answers`", ":4: field `image`", ":5: field `answers`", ":6: id \"1\" repeats", ":7: unknown variant"];
+        let want = [
+            ":2: malformed JSON",
+            ":3: field `answers`",
+            ":4: field `image`",
+            ":5: field `answers`",
+            ":6: id \"1\" repeats",
+            ":7: unknown variant",
+        ];
         assert_eq!(got.len(), want.len(), "{got:#?}");
         for (g, w) in got.iter().zip(want) {
             assert!(g.contains(w) && g.contains("bad.jsonl"), "{g} should contain {w}");

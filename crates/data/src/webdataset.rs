@@ -106,7 +106,11 @@ pub fn read_shard(shard: &Path, visit: impl FnMut(Result<WdsSample, WdsProblem>)
 }
 
 /// [`read_shard`] taking the caption from where `caption` says.
-pub fn read_shard_with(shard: &Path, caption: &CaptionKey, mut visit: impl FnMut(Result<WdsSample, WdsProblem>) -> Result<()>) -> Result<ReadCounts> {
+pub fn read_shard_with(
+    shard: &Path,
+    caption: &CaptionKey,
+    mut visit: impl FnMut(Result<WdsSample, WdsProblem>) -> Result<()>,
+) -> Result<ReadCounts> {
     let mut counts = ReadCounts::default();
     let mut deliver = |item: Result<WdsSample, WdsProblem>, counts: &mut ReadCounts| {
         match &item {
@@ -154,7 +158,10 @@ pub fn read_shard_with(shard: &Path, caption: &CaptionKey, mut visit: impl FnMut
         let name = match entry.path() {
             Ok(path) => path.to_string_lossy().into_owned(),
             Err(err) => {
-                deliver(Err(problem(&last_member, format!("member after this one has an unreadable name: {err}"), false)), &mut counts)?;
+                deliver(
+                    Err(problem(&last_member, format!("member after this one has an unreadable name: {err}"), false)),
+                    &mut counts,
+                )?;
                 continue;
             }
         };
@@ -183,7 +190,11 @@ pub fn read_shard_with(shard: &Path, caption: &CaptionKey, mut visit: impl FnMut
                     deliver(item, &mut counts)?;
                 }
             }
-            let message = format!("truncated: header says {expected} bytes, the shard ends after {}{}", data.len(), pending.lost());
+            let message = format!(
+                "truncated: header says {expected} bytes, the shard ends after {}{}",
+                data.len(),
+                pending.lost()
+            );
             deliver(Err(problem(&name, message, true)), &mut counts)?;
             return Ok(counts);
         }
@@ -192,7 +203,8 @@ pub fn read_shard_with(shard: &Path, caption: &CaptionKey, mut visit: impl FnMut
                 deliver(item, &mut counts)?;
             }
             if !finished_keys.insert(key.to_string()) {
-                let message = format!("key {key} appears again after other samples (a sample's members must be consecutive)");
+                let message =
+                    format!("key {key} appears again after other samples (a sample's members must be consecutive)");
                 deliver(Err(problem(&name, message, false)), &mut counts)?;
                 continue;
             }
@@ -208,7 +220,14 @@ pub fn read_shard_with(shard: &Path, caption: &CaptionKey, mut visit: impl FnMut
         deliver(item, &mut counts)?;
     }
     if let Some(message) = missing_end_blocks(shard) {
-        deliver(Err(problem("-", format!("{message} after member {last_member} (truncated: later samples are lost)"), true)), &mut counts)?;
+        deliver(
+            Err(problem(
+                "-",
+                format!("{message} after member {last_member} (truncated: later samples are lost)"),
+                true,
+            )),
+            &mut counts,
+        )?;
     }
     Ok(counts)
 }
@@ -250,12 +269,19 @@ impl PendingSample {
     }
 }
 
-fn assemble(shard: &Path, key: String, members: Vec<(String, Vec<u8>)>, caption_key: &CaptionKey) -> Result<WdsSample, WdsProblem> {
-    let fail = |member: String, message: String| WdsProblem { shard: shard.to_path_buf(), member, message, fatal: false };
+fn assemble(
+    shard: &Path,
+    key: String,
+    members: Vec<(String, Vec<u8>)>,
+    caption_key: &CaptionKey,
+) -> Result<WdsSample, WdsProblem> {
+    let fail =
+        |member: String, message: String| WdsProblem { shard: shard.to_path_buf(), member, message, fatal: false };
     let find = |ext: &str| members.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)).map(|(e, d)| (e.as_str(), d));
     let Some((image_ext, image_bytes)) = IMAGE_EXTENSIONS.iter().find_map(|ext| find(ext)) else {
         let present: Vec<&str> = members.iter().map(|(e, _)| e.as_str()).collect();
-        if let Some(other) = present.iter().find(|e| OTHER_IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())) {
+        if let Some(other) = present.iter().find(|e| OTHER_IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
             return Err(fail(
                 format!("{key}.{other}"),
                 format!("unknown image format .{other} (supported: {})", IMAGE_EXTENSIONS.join(", ")),
@@ -263,7 +289,8 @@ fn assemble(shard: &Path, key: String, members: Vec<(String, Vec<u8>)>, caption_
         }
         return Err(fail(format!("{key}.*"), format!("sample has no image member (members: {})", present.join(", "))));
     };
-    let image = image_io::decode_rgb(image_bytes).map_err(|err| fail(format!("{key}.{image_ext}"), format!("{err:#}")))?;
+    let image =
+        image_io::decode_rgb(image_bytes).map_err(|err| fail(format!("{key}.{image_ext}"), format!("{err:#}")))?;
     let metadata = match find("json") {
         Some((ext, bytes)) => Some(
             serde_json::from_slice::<Value>(bytes)
@@ -273,7 +300,8 @@ fn assemble(shard: &Path, key: String, members: Vec<(String, Vec<u8>)>, caption_
     };
     let member_caption = |ext: &str| -> Result<Option<String>, WdsProblem> {
         let Some((ext, bytes)) = find(ext) else { return Ok(None) };
-        let text = std::str::from_utf8(bytes).map_err(|err| fail(format!("{key}.{ext}"), format!("caption is not UTF-8: {err}")))?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|err| fail(format!("{key}.{ext}"), format!("caption is not UTF-8: {err}")))?;
         Ok(Some(text.trim().to_string()))
     };
     let json_caption = |field: &str| -> Result<Option<String>, WdsProblem> {
@@ -538,7 +566,10 @@ mod tests {
         assert_eq!(items.len(), 2, "first sample, then the fatal problem");
         let problem = items[1].as_ref().unwrap_err();
         assert!(problem.fatal, "{problem}");
-        assert!(problem.to_string().contains("cut2.tar") && problem.message.contains("after member first.txt"), "{problem}");
+        assert!(
+            problem.to_string().contains("cut2.tar") && problem.message.contains("after member first.txt"),
+            "{problem}"
+        );
         let not_tar = write(dir.path(), "text.tar", &[b'x'; 1500]);
         let items = read_all(&not_tar);
         assert!(items.iter().all(|i| i.is_err()) && !items.is_empty());

@@ -70,7 +70,8 @@ fn real_subset_prepares_disjoint_train_instruct_and_eval_data() {
         assert!(record.conversations[0].value.starts_with("<image>\n"));
     }
 
-    let expected_tasks = ["cifar10_what", "pope_cifar", "emoji_category", "flag_country", "geometric_shapes", "color_swatch"];
+    let expected_tasks =
+        ["cifar10_what", "pope_cifar", "emoji_category", "flag_country", "geometric_shapes", "color_swatch"];
     for task in expected_tasks {
         let path = layout.eval_vl_dir().join(format!("{task}.jsonl"));
         let set = EvalSet::read(&path).unwrap();
@@ -89,7 +90,10 @@ fn real_subset_prepares_disjoint_train_instruct_and_eval_data() {
                 assert!(set.items.iter().all(|(_, i)| i.kind == QuestionType::YesNo && i.chance == 0.5));
             }
             "cifar10_what" => {
-                assert!(set.items.iter().all(|(_, i)| vlmix_data::images::cifar::LABELS.contains(&i.answers[0].as_str())));
+                assert!(set
+                    .items
+                    .iter()
+                    .all(|(_, i)| vlmix_data::images::cifar::LABELS.contains(&i.answers[0].as_str())));
                 assert!(set.items.iter().all(|(_, i)| i.chance == 0.1), "chance is one in ten labels");
             }
             "flag_country" => {

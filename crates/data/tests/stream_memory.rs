@@ -58,13 +58,19 @@ fn peak_rss_kib() -> u64 {
 /// The child's work: stream the first `n` shards of the folder, print samples and peak RSS.
 fn child(dir: &Path, n: usize) {
     let shards: Vec<PathBuf> = (0..n).map(|s| dir.join(format!("{s:05}.tar"))).collect();
-    let config = StreamConfig { seed: Some(3), shuffle_buffer: SHUFFLE_BUFFER, caption: CaptionKey::Member("txt".into()), on_bad_record: OnBadRecord::Fail };
+    let config = StreamConfig {
+        seed: Some(3),
+        shuffle_buffer: SHUFFLE_BUFFER,
+        caption: CaptionKey::Member("txt".into()),
+        on_bad_record: OnBadRecord::Fail,
+    };
     let mut samples = 0usize;
     let mut pixels = 0u64;
     for sample in ShardStream::new(shards, config, StreamCursor::default()).unwrap() {
         // Consume each sample as training does (resize to the encoder's input), which is slower than
         // reading: the read-ahead stays full, so every run peaks at the reader's whole working set.
-        let resized = image::imageops::resize(&sample.unwrap().image, 224, 224, image::imageops::FilterType::CatmullRom);
+        let resized =
+            image::imageops::resize(&sample.unwrap().image, 224, 224, image::imageops::FilterType::CatmullRom);
         pixels += u64::from(resized.width() * resized.height());
         samples += 1;
     }
@@ -80,8 +86,12 @@ fn measure(dir: &Path, n: usize) -> (usize, u64) {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let line = stdout.lines().find_map(|l| l.split_once("STREAM ").map(|(_, report)| report)).unwrap_or_else(|| panic!("no report in {stdout}"));
-    let field = |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name)).unwrap().parse::<u64>().unwrap();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("STREAM ").map(|(_, report)| report))
+        .unwrap_or_else(|| panic!("no report in {stdout}"));
+    let field =
+        |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name)).unwrap().parse::<u64>().unwrap();
     (field("samples=") as usize, field("peak_rss_kib="))
 }
 
@@ -100,5 +110,8 @@ fn peak_memory_of_50_shards_is_within_ten_percent_of_5() {
     assert_eq!((few_samples, many_samples), (5 * PER_SHARD, 50 * PER_SHARD));
     let ratio = many as f64 / few as f64;
     println!("peak RSS: 5 shards {few} KiB, 50 shards {many} KiB (ratio {ratio:.3}; shards of {shard_mb:.1} MB, buffer {SHUFFLE_BUFFER})");
-    assert!(ratio <= 1.10, "reading 50 shards peaked at {many} KiB, 5 shards at {few} KiB: memory grows with the shard count");
+    assert!(
+        ratio <= 1.10,
+        "reading 50 shards peaked at {many} KiB, 5 shards at {few} KiB: memory grows with the shard count"
+    );
 }

@@ -16,7 +16,11 @@ const VOCAB: usize = 8192;
 const LAYERS: usize = 4;
 
 fn filled(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.2).collect()
+    (0..n)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.2
+        })
+        .collect()
 }
 
 /// Best-of-`reps` milliseconds of `f` (after one warm-up call).
@@ -71,13 +75,22 @@ fn main() -> anyhow::Result<()> {
         per_step: 2 * LAYERS + 1,
         fwd: time_ms(reps, || norm.forward(&dev, &p_norm, &x, &mut norm_acts, &mut y)),
         bwd: time_ms(reps, || {
-            norm.backward(&dev, &p_norm, &x, &norm_acts, &dy, &mut dx, &mut NormGrads { weight: &mut g_norm, bias: None })
+            norm.backward(
+                &dev,
+                &p_norm,
+                &x,
+                &norm_acts,
+                &dy,
+                &mut dx,
+                &mut NormGrads { weight: &mut g_norm, bias: None },
+            )
         }),
     });
 
     let attn = Attention::openlm(D, HEADS, NormKind::LayerNorm, 1e-5);
     let (w_in, w_out) = (filled(3 * D * D, 4), filled(D * D, 5));
-    let (mut g_in, mut g_out, mut g_qn, mut g_kn) = (vec![0.0; 3 * D * D], vec![0.0; D * D], vec![0.0; D], vec![0.0; D]);
+    let (mut g_in, mut g_out, mut g_qn, mut g_kn) =
+        (vec![0.0; 3 * D * D], vec![0.0; D * D], vec![0.0; D], vec![0.0; D]);
     let p_attn = AttentionParams::<Cpu> {
         in_proj: LinearParams { weight: &w_in, bias: None },
         q_norm: Some(NormParams { weight: &w_norm, bias: None }),
@@ -138,7 +151,14 @@ fn main() -> anyhow::Result<()> {
         per_step: 1,
         fwd: time_ms(reps, || head.forward(&dev, &p_head, &x, &mut logits)),
         bwd: time_ms(reps, || {
-            head.backward(&dev, &p_head, &x, &dlogits, Some(&mut dx), &mut LinearGrads { weight: &mut g_head, bias: None })
+            head.backward(
+                &dev,
+                &p_head,
+                &x,
+                &dlogits,
+                Some(&mut dx),
+                &mut LinearGrads { weight: &mut g_head, bias: None },
+            )
         }),
     });
 
@@ -154,7 +174,10 @@ fn main() -> anyhow::Result<()> {
     });
     table.push(Row { name: "cross-entropy (+ dlogits)", per_step: 1, fwd: (t_ce - t_copy).max(0.0), bwd: 0.0 });
 
-    println!("{:<36} {:>9} {:>9} {:>6} {:>10}", "layer (ms, best of reps)", "forward", "backward", "x/step", "step share");
+    println!(
+        "{:<36} {:>9} {:>9} {:>6} {:>10}",
+        "layer (ms, best of reps)", "forward", "backward", "x/step", "step share"
+    );
     let step: f64 = table.iter().map(|r| (r.fwd + r.bwd) * r.per_step as f64).sum();
     for r in &table {
         let share = (r.fwd + r.bwd) * r.per_step as f64;
@@ -162,7 +185,11 @@ fn main() -> anyhow::Result<()> {
     }
     println!("estimated step (layers only, no optimizer): {step:.1} ms = {:.0} tokens/s", rows as f64 / step * 1e3);
 
-    let unfused_head: f64 = table.iter().filter(|r| r.name.starts_with("output") || r.name.starts_with("cross")).map(|r| r.fwd + r.bwd).sum();
+    let unfused_head: f64 = table
+        .iter()
+        .filter(|r| r.name.starts_with("output") || r.name.starts_with("cross"))
+        .map(|r| r.fwd + r.bwd)
+        .sum();
     let mut best_fused = f64::INFINITY;
     for chunk_rows in [64, 128, 256, 512, 1024] {
         let fused = LmHead { width: D, vocab: VOCAB, z_loss: 1e-4, chunk_rows };

@@ -72,7 +72,8 @@ impl AdamW {
         let bias_correction2 = 1.0 - c.beta2.powi(self.steps as i32);
         let neg_step_size = (-lr / bias_correction1) as f32;
         let bc2_sqrt = bias_correction2.sqrt() as f32;
-        let (one_minus_beta1, beta2, one_minus_beta2) = ((1.0 - c.beta1) as f32, c.beta2 as f32, (1.0 - c.beta2) as f32);
+        let (one_minus_beta1, beta2, one_minus_beta2) =
+            ((1.0 - c.beta1) as f32, c.beta2 as f32, (1.0 - c.beta2) as f32);
         let eps = c.eps as f32;
         let flags: Vec<_> = params.ids().map(|id| params.info(id).flags).collect();
         let (values, grads) = params.values_mut_and_grads();
@@ -109,8 +110,14 @@ impl AdamW {
         let mut views = Vec::with_capacity(2 * params.len());
         for id in params.ids() {
             let info = params.info(id);
-            views.push((format!("{EXP_AVG}{}", info.name), F32View { shape: info.shape.clone(), data: &self.exp_avg[id.0] }));
-            views.push((format!("{EXP_AVG_SQ}{}", info.name), F32View { shape: info.shape.clone(), data: &self.exp_avg_sq[id.0] }));
+            views.push((
+                format!("{EXP_AVG}{}", info.name),
+                F32View { shape: info.shape.clone(), data: &self.exp_avg[id.0] },
+            ));
+            views.push((
+                format!("{EXP_AVG_SQ}{}", info.name),
+                F32View { shape: info.shape.clone(), data: &self.exp_avg_sq[id.0] },
+            ));
         }
         let meta = HashMap::from([(STEP_KEY.to_string(), self.steps.to_string())]);
         write_f32_tensors(path, views, Some(meta))
@@ -172,7 +179,16 @@ mod tests {
 
     /// Literal transcription of the torch.optim.AdamW update in f64.
     #[allow(clippy::too_many_arguments)] // mirrors torch's functional signature
-    fn reference(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], step: i32, lr: f64, c: AdamWConfig, decay: bool) {
+    fn reference(
+        p: &mut [f64],
+        g: &[f64],
+        m: &mut [f64],
+        v: &mut [f64],
+        step: i32,
+        lr: f64,
+        c: AdamWConfig,
+        decay: bool,
+    ) {
         let (b1, b2) = (c.beta1, c.beta2);
         for j in 0..p.len() {
             if decay {

@@ -37,9 +37,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 
 /// Flushes a directory's entries (renames, creations) to disk.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync directory {}", dir.display()))
 }
 
 /// Atomically replaces `path` with whatever `write` puts at the temporary path it is given.
@@ -49,11 +47,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let temp = temp_path_beside(path)?;
     let result = write(&temp).and_then(|()| {
-        File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("fsync {}", temp.display()))?;
-        std::fs::rename(&temp, path)
-            .with_context(|| format!("rename {} -> {}", temp.display(), path.display()))?;
+        File::open(&temp).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", temp.display()))?;
+        std::fs::rename(&temp, path).with_context(|| format!("rename {} -> {}", temp.display(), path.display()))?;
         sync_dir(&parent_dir(path))
     });
     if result.is_err() {
@@ -73,7 +68,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// A fresh empty directory under the system temp dir, for tests.
 #[cfg(test)]
 pub(crate) fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vlmix-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let dir = std::env::temp_dir().join(format!(
+        "vlmix-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

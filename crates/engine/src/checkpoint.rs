@@ -114,7 +114,8 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     }
     for root in [path.to_path_buf(), path.join("checkpoints")] {
         if root.join(LATEST_FILE).is_file() {
-            return latest_checkpoint(&root)?.with_context(|| format!("{}: no completed checkpoint yet", root.display()));
+            return latest_checkpoint(&root)?
+                .with_context(|| format!("{}: no completed checkpoint yet", root.display()));
         }
     }
     if path.join("checkpoints").is_dir() {
@@ -123,7 +124,10 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         bail!("{}: no such checkpoint, stage directory or `latest` file", path.display());
     }
-    bail!("{}: not a checkpoint (no {MODEL_FILE}), a `latest` pointer, nor a stage directory (no checkpoints/)", path.display())
+    bail!(
+        "{}: not a checkpoint (no {MODEL_FILE}), a `latest` pointer, nor a stage directory (no checkpoints/)",
+        path.display()
+    )
 }
 
 /// Restores parameters and optimizer from a checkpoint directory and returns its `TrainState`.
@@ -162,7 +166,12 @@ mod tests {
     }
 
     fn state(step: u64) -> TrainState {
-        TrainState { step, schedule: json!({"lr": 1e-3}), counters: json!({"tokens": step * 64}), data_cursor: json!(step * 8) }
+        TrainState {
+            step,
+            schedule: json!({"lr": 1e-3}),
+            counters: json!({"tokens": step * 64}),
+            data_cursor: json!(step * 8),
+        }
     }
 
     #[test]

@@ -54,15 +54,13 @@ impl SafetensorsFile {
 
     /// The string metadata of the header (`__metadata__`), empty when absent.
     pub fn metadata(&self) -> Result<HashMap<String, String>> {
-        let (_, meta) = SafeTensors::read_metadata(&self.bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
+        let (_, meta) =
+            SafeTensors::read_metadata(&self.bytes).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
         Ok(meta.metadata().clone().unwrap_or_default())
     }
 
     fn view(&self, name: &str) -> Result<TensorView<'_>> {
-        self.parsed()
-            .tensor(name)
-            .map_err(|_| anyhow::anyhow!("{}: no tensor named {name:?}", self.path.display()))
+        self.parsed().tensor(name).map_err(|_| anyhow::anyhow!("{}: no tensor named {name:?}", self.path.display()))
     }
 
     /// Dtype and shape of a tensor, without reading its data.
@@ -74,7 +72,8 @@ impl SafetensorsFile {
     /// A floating-point tensor as f32.
     pub fn f32(&self, name: &str) -> Result<Tensor<f32>> {
         let view = self.view(name)?;
-        let data = float_bytes_to_f32(view.dtype(), view.data()).with_context(|| format!("{}: tensor {name:?}", self.path.display()))?;
+        let data = float_bytes_to_f32(view.dtype(), view.data())
+            .with_context(|| format!("{}: tensor {name:?}", self.path.display()))?;
         Ok(Tensor { shape: view.shape().to_vec(), data })
     }
 
@@ -98,7 +97,9 @@ pub fn float_bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
         Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+        Dtype::BF16 => {
+            bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
+        }
         other => bail!("dtype {other:?} is not a float type"),
     })
 }
@@ -136,7 +137,9 @@ impl View for F32View<'_> {
     fn data(&self) -> Cow<'_, [u8]> {
         // SAFETY: f32 has no padding and any byte pattern is a valid u8; little-endian is enforced
         // at compile time above, matching the file format.
-        Cow::Borrowed(unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), std::mem::size_of_val(self.data)) })
+        Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), std::mem::size_of_val(self.data))
+        })
     }
     fn data_len(&self) -> usize {
         std::mem::size_of_val(self.data)
@@ -197,9 +200,13 @@ mod tests {
     #[test]
     fn shape_data_mismatch_is_an_error() {
         let dir = scratch_dir("st-bad");
-        let err = write_f32_tensors(&dir.join("x.safetensors"), [("w".to_string(), F32View { shape: vec![2, 2], data: &[1.0; 3] })], None)
-            .unwrap_err()
-            .to_string();
+        let err = write_f32_tensors(
+            &dir.join("x.safetensors"),
+            [("w".to_string(), F32View { shape: vec![2, 2], data: &[1.0; 3] })],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("\"w\"") && err.contains("[2, 2]"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -39,13 +39,26 @@ fn layernorm_ref(x: &[f64], w: &[f32], width: usize, eps: f64) -> Vec<f64> {
 /// OpenLM CustomAttn, literally: in_proj, chunk, q/k norm, view heads, rotary (rotate_half with
 /// cos/sin of cat(freqs, freqs)), softmax(q k^T / sqrt(hd)) with optional causal mask, out_proj.
 #[allow(clippy::too_many_arguments)]
-fn attention_ref(layer: &Attention, x: &[f32], batch: usize, seq: usize, in_w: &[f32], in_b: Option<&[f32]>, qn: Option<&[f32]>, kn: Option<&[f32]>, out_w: &[f32], out_b: Option<&[f32]>) -> Vec<f64> {
+fn attention_ref(
+    layer: &Attention,
+    x: &[f32],
+    batch: usize,
+    seq: usize,
+    in_w: &[f32],
+    in_b: Option<&[f32]>,
+    qn: Option<&[f32]>,
+    kn: Option<&[f32]>,
+    out_w: &[f32],
+    out_b: Option<&[f32]>,
+) -> Vec<f64> {
     let (d, h, hd) = (layer.width, layer.heads, layer.head_dim);
     let inner = h * hd;
     let rows = batch * seq;
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let qkv = linear_ref(&x64, in_w, in_b, rows, d, 3 * inner);
-    let part = |j: usize| -> Vec<f64> { (0..rows).flat_map(|r| qkv[r * 3 * inner + j * inner..r * 3 * inner + (j + 1) * inner].to_vec()).collect() };
+    let part = |j: usize| -> Vec<f64> {
+        (0..rows).flat_map(|r| qkv[r * 3 * inner + j * inner..r * 3 * inner + (j + 1) * inner].to_vec()).collect()
+    };
     let (mut q, mut k, v) = (part(0), part(1), part(2));
     if let (Some(qn), Some(kn)) = (qn, kn) {
         q = layernorm_ref(&q, qn, inner, layer.norm_eps as f64);
@@ -75,7 +88,10 @@ fn attention_ref(layer: &Attention, x: &[f32], batch: usize, seq: usize, in_w: &
                 let qi = &q[(b * seq + i) * inner + head * hd..][..hd];
                 let keys = if layer.causal { i + 1 } else { seq };
                 let scores: Vec<f64> = (0..keys)
-                    .map(|j| qi.iter().zip(&k[(b * seq + j) * inner + head * hd..][..hd]).map(|(a, c)| a * c).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|j| {
+                        qi.iter().zip(&k[(b * seq + j) * inner + head * hd..][..hd]).map(|(a, c)| a * c).sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
@@ -94,10 +110,9 @@ fn attention_ref(layer: &Attention, x: &[f32], batch: usize, seq: usize, in_w: &
 #[test]
 fn attention_matches_openlm_definition() {
     let dev = cpu();
-    for (layer, batch, seq) in [
-        (Attention::openlm(16, 2, NormKind::LayerNorm, 1e-5), 2, 70),
-        (Attention::vit(12, 3), 2, 9),
-    ] {
+    for (layer, batch, seq) in
+        [(Attention::openlm(16, 2, NormKind::LayerNorm, 1e-5), 2, 70), (Attention::vit(12, 3), 2, 9)]
+    {
         let (d, inner) = (layer.width, layer.inner());
         let x = rand_vec(batch * seq * d, 1, 1.0);
         let in_w = rand_vec(3 * inner * d, 2, 0.5);
@@ -115,7 +130,18 @@ fn attention_matches_openlm_definition() {
         let mut acts = layer.acts(&dev, batch, seq);
         let mut y = vec![0.0; batch * seq * d];
         layer.forward(&dev, &p, &x, batch, seq, &mut acts, &mut y);
-        let want = attention_ref(&layer, &x, batch, seq, &in_w, in_b.as_deref(), qn.as_deref(), kn.as_deref(), &out_w, out_b.as_deref());
+        let want = attention_ref(
+            &layer,
+            &x,
+            batch,
+            seq,
+            &in_w,
+            in_b.as_deref(),
+            qn.as_deref(),
+            kn.as_deref(),
+            &out_w,
+            out_b.as_deref(),
+        );
         assert_close(&format!("{layer:?}"), &y, &want, 2e-5);
     }
 }
@@ -174,7 +200,8 @@ fn rmsnorm_and_layernorm_bias_match_definition() {
     let ln = Norm { kind: NormKind::LayerNormBias, width, eps: 1e-5 };
     ln.forward(&dev, &NormParams::<Cpu> { weight: &w, bias: Some(&b) }, &x, &mut ln.acts(&dev, rows), &mut y);
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    let want: Vec<f64> = layernorm_ref(&x64, &w, width, 1e-5).iter().enumerate().map(|(i, v)| v + b[i % width] as f64).collect();
+    let want: Vec<f64> =
+        layernorm_ref(&x64, &w, width, 1e-5).iter().enumerate().map(|(i, v)| v + b[i % width] as f64).collect();
     assert_close("layernorm bias", &y, &want, 1e-5);
 }
 
@@ -186,7 +213,9 @@ fn cross_entropy_matches_definition() {
     let targets = [3u32, 10, 0, 3];
     let mask = [1.0f32, 0.25, 0.0, 1.0];
     let mut nll = vec![0.0; rows];
-    let stats = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }.forward(&dev, &mut logits.clone(), &targets, &mask, &mut nll).unwrap();
+    let stats = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }
+        .forward(&dev, &mut logits.clone(), &targets, &mask, &mut nll)
+        .unwrap();
     let (mut num, mut den, mut nll_sum) = (0.0f64, 0.0f64, 0.0f64);
     for r in 0..rows {
         let row: Vec<f64> = logits[r * vocab..(r + 1) * vocab].iter().map(|&v| v as f64).collect();
@@ -199,9 +228,17 @@ fn cross_entropy_matches_definition() {
     }
     assert!((stats.loss as f64 - num / den).abs() < 1e-5, "loss {} vs {}", stats.loss, num / den);
     assert!((stats.nll_sum - nll_sum).abs() < 1e-5 && stats.mask_sum == den);
-    let zero = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }.forward(&dev, &mut logits.clone(), &targets, &[0.0; 4], &mut nll).unwrap();
+    let zero = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }
+        .forward(&dev, &mut logits.clone(), &targets, &[0.0; 4], &mut nll)
+        .unwrap();
     assert_eq!(zero.loss, 0.0, "an all-zero mask gives loss 0, not NaN");
-    let bad = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }.forward(&dev, &mut logits.clone(), &[3, 11, 0, 3], &mask, &mut nll);
+    let bad = CrossEntropy { vocab, z_loss: z, z_rule: ZLossRule::Masked }.forward(
+        &dev,
+        &mut logits.clone(),
+        &[3, 11, 0, 3],
+        &mask,
+        &mut nll,
+    );
     assert!(bad.unwrap_err().to_string().contains("target token 11 at position 1"));
 }
 

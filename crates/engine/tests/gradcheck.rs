@@ -20,7 +20,11 @@ fn zeros_like(t: &Tensors) -> Vec<Vec<f32>> {
 }
 
 /// Mutable references to the gradients of `names` (in that order; absent names give `None`).
-fn grads_mut<'a, const N: usize>(t: &Tensors, grads: &'a mut [Vec<f32>], names: [&str; N]) -> [Option<&'a mut [f32]>; N] {
+fn grads_mut<'a, const N: usize>(
+    t: &Tensors,
+    grads: &'a mut [Vec<f32>],
+    names: [&str; N],
+) -> [Option<&'a mut [f32]>; N] {
     let mut slots: Vec<Option<&'a mut [f32]>> = grads.iter_mut().map(|g| Some(g.as_mut_slice())).collect();
     names.map(|n| t.iter().position(|(name, _)| *name == n).and_then(|i| slots[i].take()))
 }
@@ -65,14 +69,28 @@ fn norms_all_kinds() {
         let run = |t: &Tensors| {
             let mut acts = layer.acts(&dev, rows);
             let mut y = vec![0.0; rows * width];
-            layer.forward(&dev, &NormParams::<Cpu> { weight: get(t, "w"), bias: opt(t, "b") }, get(t, "x"), &mut acts, &mut y);
+            layer.forward(
+                &dev,
+                &NormParams::<Cpu> { weight: get(t, "w"), bias: opt(t, "b") },
+                get(t, "x"),
+                &mut acts,
+                &mut y,
+            );
             (y, acts)
         };
         let (_, acts) = run(&t);
         let mut g = zeros_like(&t);
         let [dx, dw, db] = grads_mut(&t, &mut g, ["x", "w", "b"]);
         let p = NormParams::<Cpu> { weight: get(&t, "w"), bias: opt(&t, "b") };
-        layer.backward(&dev, &p, get(&t, "x"), &acts, &r, dx.unwrap(), &mut NormGrads { weight: dw.unwrap(), bias: db });
+        layer.backward(
+            &dev,
+            &p,
+            get(&t, "x"),
+            &acts,
+            &r,
+            dx.unwrap(),
+            &mut NormGrads { weight: dw.unwrap(), bias: db },
+        );
         check_grads(&format!("{kind:?}"), &mut t, &g, 64, &|t| project(&run(t).0, &r));
     }
 }
@@ -144,7 +162,18 @@ fn attention_case(layer: Attention, batch: usize, seq: usize, max_coords: usize)
         out_proj: LinearGrads { weight: out_w.unwrap(), bias: out_b },
     };
     let mut scratch = layer.scratch(&dev, rows);
-    layer.backward(&dev, &params(&t, &layer), get(&t, "x"), batch, seq, &acts, &r, dx.unwrap(), &mut grads, &mut scratch);
+    layer.backward(
+        &dev,
+        &params(&t, &layer),
+        get(&t, "x"),
+        batch,
+        seq,
+        &acts,
+        &r,
+        dx.unwrap(),
+        &mut grads,
+        &mut scratch,
+    );
     check_grads(&format!("{layer:?}"), &mut t, &g, max_coords, &|t| project(&run(t).0, &r));
 }
 
@@ -180,7 +209,13 @@ fn swiglu_mlp() {
     let run = |t: &Tensors| {
         let mut acts = layer.acts(&dev, rows);
         let mut y = vec![0.0; rows * 6];
-        layer.forward(&dev, &SwiGluParams::<Cpu> { w12: get(t, "w12"), w3: get(t, "w3") }, get(t, "x"), &mut acts, &mut y);
+        layer.forward(
+            &dev,
+            &SwiGluParams::<Cpu> { w12: get(t, "w12"), w3: get(t, "w3") },
+            get(t, "x"),
+            &mut acts,
+            &mut y,
+        );
         (y, acts)
     };
     let (_, acts) = run(&t);
@@ -255,12 +290,21 @@ fn cross_entropy_masked_with_z_loss() {
         let mask_sum: f64 = mask.iter().map(|&m| m as f64).sum();
         let z = z_loss as f64;
         let want = match z_rule {
-            ZLossRule::Masked => (0..rows).map(|r| mask[r] as f64 * (ce[r] + z * lse[r] * lse[r])).sum::<f64>() / mask_sum,
-            ZLossRule::OpenLm => (0..rows).map(|r| mask[r] as f64 * ce[r]).sum::<f64>() / mask_sum + z * (lse.iter().sum::<f64>() / rows as f64).powi(2),
+            ZLossRule::Masked => {
+                (0..rows).map(|r| mask[r] as f64 * (ce[r] + z * lse[r] * lse[r])).sum::<f64>() / mask_sum
+            }
+            ZLossRule::OpenLm => {
+                (0..rows).map(|r| mask[r] as f64 * ce[r]).sum::<f64>() / mask_sum
+                    + z * (lse.iter().sum::<f64>() / rows as f64).powi(2)
+            }
         };
         assert!((stats.loss as f64 - want).abs() < 1e-5, "{z_rule:?}: loss {} vs {want}", stats.loss);
         let masked_row_grad = g[0][9..18].iter().any(|&v| v != 0.0);
-        assert_eq!(masked_row_grad, z_rule == ZLossRule::OpenLm && z_loss > 0.0, "a masked row gets a gradient only from open_lm's z-term");
+        assert_eq!(
+            masked_row_grad,
+            z_rule == ZLossRule::OpenLm && z_loss > 0.0,
+            "a masked row gets a gradient only from open_lm's z-term"
+        );
         check_grads(&format!("cross entropy z={z_loss} {z_rule:?}"), &mut t, &g, 64, &loss);
     }
 }
@@ -299,13 +343,31 @@ fn lm_head_fused_chunks_match_linear_plus_cross_entropy() {
     let mut g = zeros_like(&t);
     let [dx, dw] = grads_mut(&t, &mut g, ["x", "w"]);
     let stats = head
-        .forward_backward(&dev, get(&t, "w"), get(&t, "x"), &targets, &mask, 1.0, dx.unwrap(), dw.unwrap(), &mut scratch)
+        .forward_backward(
+            &dev,
+            get(&t, "w"),
+            get(&t, "x"),
+            &targets,
+            &mask,
+            1.0,
+            dx.unwrap(),
+            dw.unwrap(),
+            &mut scratch,
+        )
         .unwrap();
     let unfused = |t: &Tensors| {
         let mut logits = vec![0.0; rows * vocab];
-        Linear { in_dim: width, out_dim: vocab, bias: false }.forward(&dev, &LinearParams::<Cpu> { weight: get(t, "w"), bias: None }, get(t, "x"), &mut logits);
+        Linear { in_dim: width, out_dim: vocab, bias: false }.forward(
+            &dev,
+            &LinearParams::<Cpu> { weight: get(t, "w"), bias: None },
+            get(t, "x"),
+            &mut logits,
+        );
         let mut nll = vec![0.0; rows];
-        CrossEntropy { vocab, z_loss: 0.01, z_rule: ZLossRule::Masked }.forward(&dev, &mut logits, &targets, &mask, &mut nll).unwrap().loss as f64
+        CrossEntropy { vocab, z_loss: 0.01, z_rule: ZLossRule::Masked }
+            .forward(&dev, &mut logits, &targets, &mask, &mut nll)
+            .unwrap()
+            .loss as f64
     };
     assert!((stats.loss as f64 - unfused(&t)).abs() < 1e-5, "fused loss {} vs unfused {}", stats.loss, unfused(&t));
     check_grads("lm head", &mut t, &g, 64, &unfused);

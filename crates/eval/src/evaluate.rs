@@ -7,11 +7,11 @@ use crate::scorer::{ImageRef, Scorer};
 use crate::stats::{mean_ci, paired_diff_ci, Interval};
 use crate::task::{load_tasks, ChoiceMetric, Modality, Task, TaskItems, TextChoiceItem, VlItem, VlQuestion};
 use crate::vqa_answer::{normalize_answer, vqa_accuracy};
-use vlmix_data::image_texts::answer_form;
 use crate::yes_no::{parse_yes_no, YesNoCounts, YesNoMetrics};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use vlmix_data::image_texts::answer_form;
 
 /// How yes/no questions get their answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +62,13 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { vl_template: VlTemplate::default(), max_new_tokens: 16, yes_no: YesNoMode::Rank, limit: ItemLimit::default(), blind_control: true }
+        Self {
+            vl_template: VlTemplate::default(),
+            max_new_tokens: 16,
+            yes_no: YesNoMode::Rank,
+            limit: ItemLimit::default(),
+            blind_control: true,
+        }
     }
 }
 
@@ -234,7 +240,12 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
 }
 
 /// Evaluates every task, then groups them (and the optional validation loss) into a report.
-pub fn evaluate(scorer: &mut dyn Scorer, tasks: &[Task], validation: Option<BitsPerByte>, options: &EvalOptions) -> Result<EvalReport> {
+pub fn evaluate(
+    scorer: &mut dyn Scorer,
+    tasks: &[Task],
+    validation: Option<BitsPerByte>,
+    options: &EvalOptions,
+) -> Result<EvalReport> {
     evaluate_with_progress(scorer, tasks, validation, options, &mut |_, _| {})
 }
 
@@ -254,7 +265,8 @@ pub fn evaluate_with_progress(
             done += 1;
             on_item(done, total);
         };
-        let result = score_task(scorer, task, options, &mut tick).with_context(|| format!("evaluating task {:?}", task.name))?;
+        let result =
+            score_task(scorer, task, options, &mut tick).with_context(|| format!("evaluating task {:?}", task.name))?;
         results.push(result);
     }
     Ok(EvalReport::new(results, validation))
@@ -316,26 +328,33 @@ impl Tally {
             ChoiceMetric::AccNorm => p.length_normalized,
         };
         let score = if picked == item.gold { 1.0 } else { 0.0 };
-        self.push(Sample {
-            task: task.to_string(),
-            id: item.id.to_string(),
-            blind,
-            prompt: item.prompt.to_string(),
-            contexts: item.contexts.cloned(),
-            gold: item.choices[item.gold].clone(),
-            prediction: item.choices[picked].clone(),
-            continuations: Some(item.choices.iter().map(|c| continuation(c)).collect()),
-            loglikelihoods: Some(item.lls.to_vec()),
-            acc: Some(p.raw == item.gold),
-            acc_norm: Some(p.length_normalized == item.gold),
-            score,
-        }, item.chance);
+        self.push(
+            Sample {
+                task: task.to_string(),
+                id: item.id.to_string(),
+                blind,
+                prompt: item.prompt.to_string(),
+                contexts: item.contexts.cloned(),
+                gold: item.choices[item.gold].clone(),
+                prediction: item.choices[picked].clone(),
+                continuations: Some(item.choices.iter().map(|c| continuation(c)).collect()),
+                loglikelihoods: Some(item.lls.to_vec()),
+                acc: Some(p.raw == item.gold),
+                acc_norm: Some(p.length_normalized == item.gold),
+                score,
+            },
+            item.chance,
+        );
         Ok(())
     }
 
     fn push(&mut self, sample: Sample, chance: f64) {
         self.chance_sum += chance;
-        self.outcomes.push(ItemOutcome { id: sample.id.clone(), prediction: sample.prediction.clone(), score: sample.score });
+        self.outcomes.push(ItemOutcome {
+            id: sample.id.clone(),
+            prediction: sample.prediction.clone(),
+            score: sample.score,
+        });
         self.samples.push(sample);
     }
 
@@ -358,7 +377,13 @@ impl Tally {
                 let gain_ci = paired_diff_ci(&scores, &blind_scores)?;
                 let blind_accuracy = blind.accuracy();
                 samples.extend(blind.samples);
-                Some(BlindControl { accuracy: blind_accuracy, vision_gain: accuracy - blind_accuracy, sees: gain_ci.lo > 0.0, gain_ci, items: blind.outcomes })
+                Some(BlindControl {
+                    accuracy: blind_accuracy,
+                    vision_gain: accuracy - blind_accuracy,
+                    sees: gain_ci.lo > 0.0,
+                    gain_ci,
+                    items: blind.outcomes,
+                })
             }
         };
         Ok(TaskResult {
@@ -441,7 +466,12 @@ pub fn majority_baseline(task: &Task, limit: usize) -> f64 {
     }
 }
 
-fn score_task(scorer: &mut dyn Scorer, task: &Task, options: &EvalOptions, tick: &mut dyn FnMut()) -> Result<TaskResult> {
+fn score_task(
+    scorer: &mut dyn Scorer,
+    task: &Task,
+    options: &EvalOptions,
+    tick: &mut dyn FnMut(),
+) -> Result<TaskResult> {
     let limit = options.limit.of(task.modality());
     let majority = majority_baseline(task, limit);
     let mut tally = Tally::default();
@@ -449,14 +479,16 @@ fn score_task(scorer: &mut dyn Scorer, task: &Task, options: &EvalOptions, tick:
     match &task.items {
         TaskItems::Vision(items) => {
             for item in items.iter().take(limit) {
-                score_vl_item(scorer, &task.name, item, &item.image, options, &mut tally).with_context(|| format!("item {:?}", item.id))?;
+                score_vl_item(scorer, &task.name, item, &item.image, options, &mut tally)
+                    .with_context(|| format!("item {:?}", item.id))?;
                 tick();
             }
             if options.blind_control {
                 let mut blind_tally = Tally::default();
                 let blank = ImageRef::blank();
                 for item in items.iter().take(limit) {
-                    score_vl_item(scorer, &task.name, item, &blank, options, &mut blind_tally).with_context(|| format!("item {:?} with the blank image", item.id))?;
+                    score_vl_item(scorer, &task.name, item, &blank, options, &mut blind_tally)
+                        .with_context(|| format!("item {:?} with the blank image", item.id))?;
                     tick();
                 }
                 blind = Some(blind_tally);
@@ -497,7 +529,14 @@ fn score_text_item(scorer: &mut dyn Scorer, task: &str, item: &TextChoiceItem, t
 
 /// Scores one item with `image` (the item's own, or the blank one of the blind control). Ranked
 /// answers are asked for in the instruction data's form ([`answer_form`]: " Yes.", " Green.").
-fn score_vl_item(scorer: &mut dyn Scorer, task: &str, item: &VlItem, image: &ImageRef, options: &EvalOptions, tally: &mut Tally) -> Result<()> {
+fn score_vl_item(
+    scorer: &mut dyn Scorer,
+    task: &str,
+    item: &VlItem,
+    image: &ImageRef,
+    options: &EvalOptions,
+    tally: &mut Tally,
+) -> Result<()> {
     let prompt = options.vl_template.render(&item.question);
     let blind = image.is_blank();
     let sample = |gold: String, prediction: String, score: f64, ranked: Option<(Vec<String>, Vec<f64>)>| Sample {
@@ -526,10 +565,13 @@ fn score_vl_item(scorer: &mut dyn Scorer, task: &str, item: &VlItem, image: &Ima
             let (said_yes, ranked) = match options.yes_no {
                 YesNoMode::Rank => {
                     let conts = vec![continuation(&answer_form("yes")), continuation(&answer_form("no"))];
-                    let lls: Vec<f64> = scorer.loglikelihoods(image, &prompt, &conts)?.iter().map(|l| l.sum_logprob).collect();
+                    let lls: Vec<f64> =
+                        scorer.loglikelihoods(image, &prompt, &conts)?.iter().map(|l| l.sum_logprob).collect();
                     (lls[0] >= lls[1], Some((conts, lls)))
                 }
-                YesNoMode::Generate => (parse_yes_no(&first_line(&scorer.generate(image, &prompt, options.max_new_tokens)?)), None),
+                YesNoMode::Generate => {
+                    (parse_yes_no(&first_line(&scorer.generate(image, &prompt, options.max_new_tokens)?)), None)
+                }
             };
             if !blind {
                 tally.yes_no.add(said_yes, *gold_yes);
@@ -542,8 +584,18 @@ fn score_vl_item(scorer: &mut dyn Scorer, task: &str, item: &VlItem, image: &Ima
         VlQuestion::Choice { choices, gold } => {
             let forms: Vec<String> = choices.iter().map(|c| answer_form(c)).collect();
             let continuations: Vec<String> = forms.iter().map(|c| continuation(c)).collect();
-            let sums: Vec<f64> = scorer.loglikelihoods(image, &prompt, &continuations)?.iter().map(|l| l.sum_logprob).collect();
-            let ranked = Ranked { id: &item.id, prompt: &prompt, contexts: None, choices: &forms, gold: *gold, lls: &sums, metric: ChoiceMetric::Acc, chance: item.chance };
+            let sums: Vec<f64> =
+                scorer.loglikelihoods(image, &prompt, &continuations)?.iter().map(|l| l.sum_logprob).collect();
+            let ranked = Ranked {
+                id: &item.id,
+                prompt: &prompt,
+                contexts: None,
+                choices: &forms,
+                gold: *gold,
+                lls: &sums,
+                metric: ChoiceMetric::Acc,
+                chance: item.chance,
+            };
             tally.add_choice(task, blind, ranked)?;
         }
     }

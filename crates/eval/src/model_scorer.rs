@@ -70,7 +70,9 @@ impl ImageFeatures {
             let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
             vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("decoding image {}", path.display()))?
         };
-        self.cache.features(self.encoder.as_ref(), &[&decoded]).with_context(|| format!("encoding image {}", path.display()))
+        self.cache
+            .features(self.encoder.as_ref(), &[&decoded])
+            .with_context(|| format!("encoding image {}", path.display()))
     }
 }
 
@@ -161,7 +163,12 @@ fn split_trailing_space<'a>(context: &'a str, continuations: &[String]) -> (&'a 
 
 impl ModelScorer {
     /// A scorer over a model whose parameters are in `params`; `images` is required for image items.
-    pub fn new(mut model: ScoredModel, params: ParamStore, tokenizer: TextTokenizer, images: Option<ImageFeatures>) -> Result<Self> {
+    pub fn new(
+        mut model: ScoredModel,
+        params: ParamStore,
+        tokenizer: TextTokenizer,
+        images: Option<ImageFeatures>,
+    ) -> Result<Self> {
         let config = model.lm().config().clone();
         ensure!(
             tokenizer.vocab_size() <= config.vocab,
@@ -198,7 +205,12 @@ impl ModelScorer {
                 vlm.encoder_width(),
                 encoder.width()
             );
-            ensure!(encoder.tokens() < self.seq_len, "{} image tokens leave no room for text in a window of {}", encoder.tokens(), self.seq_len);
+            ensure!(
+                encoder.tokens() < self.seq_len,
+                "{} image tokens leave no room for text in a window of {}",
+                encoder.tokens(),
+                self.seq_len
+            );
         }
         self.images = Some(images);
         self.projected = None;
@@ -211,7 +223,8 @@ impl ModelScorer {
         let checkpoint = resolve_checkpoint(checkpoint)?;
         let config = vlmix_train::stages::model_config_of(&checkpoint)?;
         let weights = vlmix_train::stages::weights_of(&checkpoint);
-        let file = SafetensorsFile::open(&weights).with_context(|| format!("opening checkpoint weights {}", weights.display()))?;
+        let file = SafetensorsFile::open(&weights)
+            .with_context(|| format!("opening checkpoint weights {}", weights.display()))?;
         let model = if file.names().iter().any(|n| n == FC1_WEIGHT) {
             let (vlm, params) = vlmix_train::stages::load_vlm(&config, &checkpoint)?;
             (ScoredModel::Vision(vlm), params)
@@ -243,7 +256,10 @@ impl ModelScorer {
             return Ok(());
         }
         let ScoredModel::Vision(vlm) = &mut self.model else {
-            bail!("the model is text-only (its checkpoint has no projector), so it cannot answer about image {}", image.key);
+            bail!(
+                "the model is text-only (its checkpoint has no projector), so it cannot answer about image {}",
+                image.key
+            );
         };
         let images = self.images.as_mut().context("the model needs image features but no image encoder was given")?;
         let features = images.of(image)?;
@@ -286,7 +302,11 @@ impl ModelScorer {
         let room = (self.seq_len + 1).saturating_sub(n_image + continuation.len());
         let keep = context.len().min(room);
         if n_image + keep == 0 || n_image + keep + continuation.len() - 1 > self.seq_len {
-            bail!("a continuation of {} tokens does not fit the model's window of {} tokens", continuation.len(), self.seq_len);
+            bail!(
+                "a continuation of {} tokens does not fit the model's window of {} tokens",
+                continuation.len(),
+                self.seq_len
+            );
         }
         let mut inputs = vec![self.tokenizer.special.image; n_image];
         inputs.extend_from_slice(&context[context.len() - keep..]);
@@ -314,7 +334,8 @@ impl ModelScorer {
                 self.injected_values.extend_from_slice(projected);
             }
         }
-        let injected = (n_image > 0).then_some(InjectedEmbeddings { rows: &self.injected_rows, values: &self.injected_values });
+        let injected =
+            (n_image > 0).then_some(InjectedEmbeddings { rows: &self.injected_rows, values: &self.injected_values });
         let input = LmInput { batch, seq, tokens: &self.tokens, injected };
         let lm = self.model.lm();
         let vocab = lm.config().vocab;
@@ -353,8 +374,18 @@ impl ModelScorer {
     /// Decodes after `prompt` (and the image), calling `on_text` with each new piece of text as it
     /// is produced. Stops at EOS, at a newline (the end of an answer in training data) or after
     /// `max_tokens`; returns the text before the stop.
-    pub fn generate_with(&mut self, image: Option<&ImageRef>, prompt: &str, decoding: &Decoding, on_text: &mut dyn FnMut(&str)) -> Result<String> {
-        ensure!(decoding.temperature >= 0.0 && decoding.temperature.is_finite(), "temperature must be a finite number >= 0, got {}", decoding.temperature);
+    pub fn generate_with(
+        &mut self,
+        image: Option<&ImageRef>,
+        prompt: &str,
+        decoding: &Decoding,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<String> {
+        ensure!(
+            decoding.temperature >= 0.0 && decoding.temperature.is_finite(),
+            "temperature must be a finite number >= 0, got {}",
+            decoding.temperature
+        );
         ensure!(decoding.top_k != Some(0), "top-k must be at least 1");
         let (n_image, mut context) = self.prompt_ids(image, prompt)?;
         ensure!(n_image + context.len() > 0, "nothing to condition on: give an image or a prompt");
@@ -430,7 +461,8 @@ fn pick_token(logits: &[f32], decoding: &Decoding, rng: &mut ChaCha8Rng) -> u32 
         order.truncate(k);
     }
     let max = order.iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = order.iter().map(|&i| (((logits[i as usize] - max) / decoding.temperature) as f64).exp()).collect();
+    let weights: Vec<f64> =
+        order.iter().map(|&i| (((logits[i as usize] - max) / decoding.temperature) as f64).exp()).collect();
     let mut draw = rng.gen::<f64>() * weights.iter().sum::<f64>();
     for (&id, &w) in order.iter().zip(&weights) {
         if draw < w {
@@ -448,7 +480,12 @@ impl Scorer for ModelScorer {
     }
 
     /// All choices in one batched forward, one row each.
-    fn loglikelihoods(&mut self, image: Option<&ImageRef>, context: &str, continuations: &[String]) -> Result<Vec<LogLikelihood>> {
+    fn loglikelihoods(
+        &mut self,
+        image: Option<&ImageRef>,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<Vec<LogLikelihood>> {
         let (context, continuations) = split_trailing_space(context, continuations);
         let (n_image, context_ids) = self.prompt_ids(image, context)?;
         let mut rows = Vec::with_capacity(continuations.len());
@@ -463,7 +500,10 @@ impl Scorer for ModelScorer {
             rows.push(self.scoring_row(n_image, &context_ids, ids)?);
         }
         let scored = if rows.is_empty() { Vec::new() } else { self.score_rows(n_image, &rows)? };
-        Ok(row_of.into_iter().map(|r| r.map_or(LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true }, |i| scored[i])).collect())
+        Ok(row_of
+            .into_iter()
+            .map(|r| r.map_or(LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true }, |i| scored[i]))
+            .collect())
     }
 
     fn generate(&mut self, image: Option<&ImageRef>, prompt: &str, max_tokens: usize) -> Result<String> {
@@ -476,7 +516,11 @@ impl Scorer for ModelScorer {
         let n = all.len() - 1;
         let rows: Vec<Row> = rolling_windows(n, self.seq_len)
             .into_iter()
-            .map(|w| Row { inputs: all[w.start..w.end].to_vec(), first_scored: w.end - w.start - w.scored, targets: all[w.end - w.scored + 1..=w.end].to_vec() })
+            .map(|w| Row {
+                inputs: all[w.start..w.end].to_vec(),
+                first_scored: w.end - w.start - w.scored,
+                targets: all[w.end - w.scored + 1..=w.end].to_vec(),
+            })
             .collect();
         let mut total = LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true };
         for ll in self.score_rows(0, &rows)? {

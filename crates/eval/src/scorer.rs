@@ -66,7 +66,12 @@ pub trait Scorer {
 
     /// Scores several continuations of one context; models override this to share the context's
     /// forward pass across the choices of a multiple-choice item.
-    fn loglikelihoods(&mut self, image: Option<&ImageRef>, context: &str, continuations: &[String]) -> Result<Vec<LogLikelihood>> {
+    fn loglikelihoods(
+        &mut self,
+        image: Option<&ImageRef>,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<Vec<LogLikelihood>> {
         continuations.iter().map(|c| self.loglikelihood(image, context, c)).collect()
     }
 

@@ -94,7 +94,11 @@ pub fn bootstrap(arms: &[Arm]) -> Result<Interval> {
             let mut total = 0.0;
             for &r in &runs_drawn {
                 let run = arm.runs[r];
-                let tasks: f64 = run.iter().zip(&draws).map(|(items, draw)| draw.iter().map(|&i| items[i]).sum::<f64>() / draw.len() as f64).sum();
+                let tasks: f64 = run
+                    .iter()
+                    .zip(&draws)
+                    .map(|(items, draw)| draw.iter().map(|&i| items[i]).sum::<f64>() / draw.len() as f64)
+                    .sum();
                 total += tasks / run.len() as f64;
             }
             stat += arm.weight * total / runs_drawn.len() as f64;
@@ -150,7 +154,9 @@ mod tests {
 
     #[test]
     fn seeds_widen_the_interval_and_mismatched_items_are_refused() {
-        let run = |shift: usize| -> RunItems { vec![(0..100).map(|i| if (i + shift).is_multiple_of(2) { 1.0 } else { 0.0 }).collect()] };
+        let run = |shift: usize| -> RunItems {
+            vec![(0..100).map(|i| if (i + shift).is_multiple_of(2) { 1.0 } else { 0.0 }).collect()]
+        };
         let (r0, r1) = (run(0), vec![vec![1.0; 100]]);
         let one = bootstrap(&[Arm { runs: &[&r0], weight: 1.0 }]).unwrap();
         let two = bootstrap(&[Arm { runs: &[&r0, &r1], weight: 1.0 }]).unwrap();

@@ -144,8 +144,15 @@ pub fn load_task_file(path: &Path) -> Result<Vec<Task>> {
         };
         match (&mut task.items, item) {
             (TaskItems::Vision(items), Item::Vision(item)) => items.push(item),
-            (TaskItems::Text(items), Item::Text(item)) if items.first().is_some_and(|first| first.metric != item.metric) => {
-                bail!("{}: field `metric`: task {task_name:?} mixes {} and {}", at(), items[0].metric.name(), item.metric.name())
+            (TaskItems::Text(items), Item::Text(item))
+                if items.first().is_some_and(|first| first.metric != item.metric) =>
+            {
+                bail!(
+                    "{}: field `metric`: task {task_name:?} mixes {} and {}",
+                    at(),
+                    items[0].metric.name(),
+                    item.metric.name()
+                )
             }
             (TaskItems::Text(items), Item::Text(item)) => items.push(item),
             _ => bail!("{}: task {task_name:?} mixes vision-language and text items", at()),
@@ -235,7 +242,9 @@ fn parse_text(obj: &Map<String, Value>, id: String) -> Result<TextChoiceItem> {
     let context = string_field(obj, "context")?;
     let choices = choices_field(obj)?;
     let gold = match obj.get("gold") {
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| anyhow!("field `gold`: {n} is not a non-negative integer"))?,
+        Some(Value::Number(n)) => {
+            n.as_u64().ok_or_else(|| anyhow!("field `gold`: {n} is not a non-negative integer"))?
+        }
         Some(other) => bail!("field `gold`: expected an integer index, got {other}"),
         None => bail!("missing field `gold`"),
     } as usize;
@@ -259,7 +268,8 @@ fn parse_text(obj: &Map<String, Value>, id: String) -> Result<TextChoiceItem> {
     };
     let metric = match obj.get("metric") {
         None | Some(Value::Null) => ChoiceMetric::AccNorm,
-        Some(value) => serde_json::from_value(value.clone()).map_err(|_| anyhow!("field `metric`: {value} is not \"acc\" or \"acc_norm\""))?,
+        Some(value) => serde_json::from_value(value.clone())
+            .map_err(|_| anyhow!("field `metric`: {value} is not \"acc\" or \"acc_norm\""))?,
     };
     Ok(TextChoiceItem { id, context, contexts, choices, gold, chance, metric })
 }

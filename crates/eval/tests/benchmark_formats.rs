@@ -17,7 +17,12 @@ fn name(image: Option<&ImageRef>) -> &str {
 }
 
 impl Scorer for ByImage {
-    fn loglikelihood(&mut self, image: Option<&ImageRef>, _context: &str, continuation: &str) -> anyhow::Result<LogLikelihood> {
+    fn loglikelihood(
+        &mut self,
+        image: Option<&ImageRef>,
+        _context: &str,
+        continuation: &str,
+    ) -> anyhow::Result<LogLikelihood> {
         let says = self.0.get(name(image)).copied().unwrap_or_default();
         let sum_logprob = if continuation.trim() == says { -1.0 } else { -5.0 };
         Ok(LogLikelihood { sum_logprob, n_tokens: 1, is_greedy: false })
@@ -42,24 +47,47 @@ fn real_benchmark_layouts_are_scored_by_the_existing_scorers() {
     let root = dir.path();
     let images = root.join("images");
     std::fs::create_dir(&images).unwrap();
-    for file in ["COCO_val2014_000000000042.jpg", "COCO_val2014_000000000043.jpg", "n161313.jpg", "003a8ae2ef43b901.jpg"] {
+    for file in
+        ["COCO_val2014_000000000042.jpg", "COCO_val2014_000000000043.jpg", "n161313.jpg", "003a8ae2ef43b901.jpg"]
+    {
         std::fs::write(images.join(file), b"jpeg bytes").unwrap();
     }
     // VQAv2: ten annotators; "black" given by 3 of them scores 0.9, "white" by none scores 0.
     let annotators = |answers: &[(&str, usize)]| -> Vec<serde_json::Value> {
-        answers.iter().flat_map(|(a, n)| std::iter::repeat_n(*a, *n)).enumerate().map(|(i, a)| json!({"answer": a, "answer_confidence": "yes", "answer_id": i + 1})).collect()
+        answers
+            .iter()
+            .flat_map(|(a, n)| std::iter::repeat_n(*a, *n))
+            .enumerate()
+            .map(|(i, a)| json!({"answer": a, "answer_confidence": "yes", "answer_id": i + 1}))
+            .collect()
     };
-    write(root, "v2_OpenEnded_mscoco_val2014_questions.json", &json!({"data_subtype": "val2014", "task_type": "Open-Ended", "questions": [
-        {"image_id": 42, "question": "What color is the cat?", "question_id": 420},
-        {"image_id": 43, "question": "What color is the dog?", "question_id": 430}
-    ]}));
-    write(root, "v2_mscoco_val2014_annotations.json", &json!({"annotations": [
-        {"question_id": 420, "image_id": 42, "answers": annotators(&[("black", 3), ("dark", 7)]), "multiple_choice_answer": "dark"},
-        {"question_id": 430, "image_id": 43, "answers": annotators(&[("brown", 10)]), "multiple_choice_answer": "brown"}
-    ]}));
-    write(root, "testdev_balanced_questions.json", &json!({"1": {"imageId": "n161313", "question": "Is it overcast?", "answer": "no"}}));
+    write(
+        root,
+        "v2_OpenEnded_mscoco_val2014_questions.json",
+        &json!({"data_subtype": "val2014", "task_type": "Open-Ended", "questions": [
+            {"image_id": 42, "question": "What color is the cat?", "question_id": 420},
+            {"image_id": 43, "question": "What color is the dog?", "question_id": 430}
+        ]}),
+    );
+    write(
+        root,
+        "v2_mscoco_val2014_annotations.json",
+        &json!({"annotations": [
+            {"question_id": 420, "image_id": 42, "answers": annotators(&[("black", 3), ("dark", 7)]), "multiple_choice_answer": "dark"},
+            {"question_id": 430, "image_id": 43, "answers": annotators(&[("brown", 10)]), "multiple_choice_answer": "brown"}
+        ]}),
+    );
+    write(
+        root,
+        "testdev_balanced_questions.json",
+        &json!({"1": {"imageId": "n161313", "question": "Is it overcast?", "answer": "no"}}),
+    );
     let ten = ["dakota", "dakota", "dakota", "dakota digital", "nous", "dakota", "clos", "dakota", "dakota", "dakota"];
-    write(root, "TextVQA_0.5.1_val.json", &json!({"data": [{"question_id": 34602, "image_id": "003a8ae2ef43b901", "question": "what is the brand?", "answers": ten}]}));
+    write(
+        root,
+        "TextVQA_0.5.1_val.json",
+        &json!({"data": [{"question_id": 34602, "image_id": "003a8ae2ef43b901", "question": "what is the brand?", "answers": ten}]}),
+    );
     std::fs::write(
         root.join("coco_pope_random.json"),
         [
@@ -79,7 +107,11 @@ fn real_benchmark_layouts_are_scored_by_the_existing_scorers() {
         images: images.clone(),
     };
     let sources = [
-        source(EvalFormat::Vqav2, "v2_OpenEnded_mscoco_val2014_questions.json", Some("v2_mscoco_val2014_annotations.json")),
+        source(
+            EvalFormat::Vqav2,
+            "v2_OpenEnded_mscoco_val2014_questions.json",
+            Some("v2_mscoco_val2014_annotations.json"),
+        ),
         source(EvalFormat::Gqa, "testdev_balanced_questions.json", None),
         source(EvalFormat::Textvqa, "TextVQA_0.5.1_val.json", None),
         source(EvalFormat::Pope, "coco_pope_random.json", None),
@@ -105,7 +137,10 @@ fn real_benchmark_layouts_are_scored_by_the_existing_scorers() {
     assert_eq!(accuracy["textvqa"], 1.0, "7 of 10 annotators said dakota");
     assert_eq!(accuracy["pope"], 0.5, "yes on both: one right");
     assert_eq!(accuracy["vqav2"], 0.0, "the scorer said yes to open questions");
-    let mut colours = ByImage(HashMap::from([("COCO_val2014_000000000042.jpg", "black"), ("COCO_val2014_000000000043.jpg", "white")]));
+    let mut colours = ByImage(HashMap::from([
+        ("COCO_val2014_000000000042.jpg", "black"),
+        ("COCO_val2014_000000000043.jpg", "white"),
+    ]));
     let vqa = evaluate(&mut colours, &tasks[..1], None, &EvalOptions::default()).unwrap();
     assert!((vqa.tasks[0].accuracy - 0.45).abs() < 1e-9, "(0.9 + 0) / 2, got {}", vqa.tasks[0].accuracy);
 }

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_eval::{
-    bits_per_byte, evaluate, evaluate_files, evaluate_with_progress, load_task_file, load_tasks, load_text_documents, read_samples, EvalOptions, EvalReport,
-    ImageRef, ItemLimit, LogLikelihood, Modality, Scorer, YesNoMode,
+    bits_per_byte, evaluate, evaluate_files, evaluate_with_progress, load_task_file, load_tasks, load_text_documents,
+    read_samples, EvalOptions, EvalReport, ImageRef, ItemLimit, LogLikelihood, Modality, Scorer, YesNoMode,
 };
 
 /// Log-likelihoods and generations looked up from tables; -10 for anything unlisted.
@@ -35,7 +35,12 @@ fn key(image: Option<&ImageRef>) -> String {
 }
 
 impl Scorer for FakeScorer {
-    fn loglikelihood(&mut self, image: Option<&ImageRef>, context: &str, continuation: &str) -> anyhow::Result<LogLikelihood> {
+    fn loglikelihood(
+        &mut self,
+        image: Option<&ImageRef>,
+        context: &str,
+        continuation: &str,
+    ) -> anyhow::Result<LogLikelihood> {
         self.contexts.push(context.to_string());
         let sum_logprob = *self.lls.get(&(key(image), continuation.to_string())).unwrap_or(&-10.0);
         Ok(LogLikelihood { sum_logprob, n_tokens: continuation.split_whitespace().count(), is_greedy: false })
@@ -73,7 +78,9 @@ fn close(a: f64, b: f64) -> bool {
 fn vision_tasks_score_open_yes_no_and_choice_items() {
     let dir = tempfile::tempdir().unwrap();
     touch_images(dir.path(), &["a.png", "b.png", "c.png", "d.png", "e.png"]);
-    let ten = |hits: usize| -> Vec<String> { (0..10).map(|i| if i < hits { "two".into() } else { format!("x{i}") }).collect() };
+    let ten = |hits: usize| -> Vec<String> {
+        (0..10).map(|i| if i < hits { "two".into() } else { format!("x{i}") }).collect()
+    };
     let file = write(
         dir.path(),
         "vl.jsonl",
@@ -192,8 +199,13 @@ fn text_multiple_choice_reports_acc_and_acc_norm_like_lm_eval() {
     assert_eq!((v.bytes, v.documents, v.tokens), (16, 2, 1 + 3));
     assert!(close(v.bits_per_byte, 0.5 / std::f64::consts::LN_2));
 
-    let val = write(dir.path(), "val.jsonl", &[serde_json::json!({"text": "abcd"}), serde_json::json!({"text": "hello world!"})]);
-    let from_files = evaluate_files(&mut scorer, std::slice::from_ref(&file), Some(&val), &EvalOptions::default()).unwrap();
+    let val = write(
+        dir.path(),
+        "val.jsonl",
+        &[serde_json::json!({"text": "abcd"}), serde_json::json!({"text": "hello world!"})],
+    );
+    let from_files =
+        evaluate_files(&mut scorer, std::slice::from_ref(&file), Some(&val), &EvalOptions::default()).unwrap();
     assert_eq!(from_files, report, "the one-call stage gives the same report");
 
     let out = dir.path().join("eval.json");
@@ -226,7 +238,11 @@ fn samples_jsonl_recomputes_every_accuracy() {
         ],
     );
     let tasks = load_task_file(&file).unwrap();
-    let mut scorer = FakeScorer::default().ll("d.png", " No.", -0.5).ll("e.png", " Star.", -1.0).ll("", " elephant", -3.0).ll("", " a", -1.0);
+    let mut scorer = FakeScorer::default()
+        .ll("d.png", " No.", -0.5)
+        .ll("e.png", " Star.", -1.0)
+        .ll("", " elephant", -3.0)
+        .ll("", " a", -1.0);
     let report = evaluate(&mut scorer, &tasks, None, &EvalOptions::default()).unwrap();
     let path = dir.path().join("samples.jsonl");
     report.write_samples(&path).unwrap();
@@ -255,10 +271,12 @@ fn samples_jsonl_recomputes_every_accuracy() {
 #[test]
 fn per_choice_contexts_score_each_choice_after_its_own_context() {
     let dir = tempfile::tempdir().unwrap();
-    let item = |contexts: serde_json::Value| {
-        serde_json::json!({"id": "w", "task": "winogrande", "context": "", "contexts": contexts, "choices": ["got the cases.", "got the cases."], "gold": 1})
-    };
-    let file = write(dir.path(), "wino.jsonl", &[item(serde_json::json!(["Sarah was better so Sarah", "Sarah was better so Maria"]))]);
+    let item = |contexts: serde_json::Value| serde_json::json!({"id": "w", "task": "winogrande", "context": "", "contexts": contexts, "choices": ["got the cases.", "got the cases."], "gold": 1});
+    let file = write(
+        dir.path(),
+        "wino.jsonl",
+        &[item(serde_json::json!(["Sarah was better so Sarah", "Sarah was better so Maria"]))],
+    );
     let tasks = load_task_file(&file).unwrap();
     let mut scorer = FakeScorer::default();
     evaluate(&mut scorer, &tasks, None, &EvalOptions::default()).unwrap();
@@ -278,7 +296,10 @@ fn limit_takes_the_first_items_of_each_task() {
     // Unlisted continuations all score -10: ties pick choice 0.
     let options = EvalOptions { limit: ItemLimit { vision: Some(1), text: Some(2) }, ..EvalOptions::default() };
     let mut seen = Vec::new();
-    let report = evaluate_with_progress(&mut FakeScorer::default(), &tasks, None, &options, &mut |done, total| seen.push((done, total))).unwrap();
+    let report = evaluate_with_progress(&mut FakeScorer::default(), &tasks, None, &options, &mut |done, total| {
+        seen.push((done, total))
+    })
+    .unwrap();
     assert_eq!(seen, [(1, 2), (2, 2)]);
     assert_eq!(report.tasks[0].n_items, 2);
     assert!(close(report.tasks[0].accuracy, 0.5));
@@ -299,15 +320,37 @@ fn bad_task_files_name_file_line_and_field() {
         (vec![ok, r#"{"id":"2","task":"t","context":"c","choices":["x","y"],"gold":2}"#], "bad.jsonl:2", "`gold`"),
         (vec![ok, "{not json"], "bad.jsonl:2", "malformed JSON"),
         (vec![r#"{"id":"1","task":"t","context":"c","choices":["x"],"gold":0}"#], "bad.jsonl:1", "`choices`"),
-        (vec![r#"{"id":"1","task":"t","image":"zz.png","question":"q","answers":["a"],"type":"open"}"#], ":1", "`image`"),
-        (vec![r#"{"id":"1","task":"t","image":"a.png","question":"q","answers":["a"],"type":"essay"}"#], ":1", "`type`"),
-        (vec![r#"{"id":"1","task":"t","image":"a.png","question":"q","answers":["maybe"],"type":"yes_no"}"#], ":1", "`answers`"),
-        (vec![r#"{"id":"1","task":"t","image":"a.png","question":"q","answers":["z"],"type":"choice","choices":["x","y"]}"#], ":1", "`answers`"),
+        (
+            vec![r#"{"id":"1","task":"t","image":"zz.png","question":"q","answers":["a"],"type":"open"}"#],
+            ":1",
+            "`image`",
+        ),
+        (
+            vec![r#"{"id":"1","task":"t","image":"a.png","question":"q","answers":["a"],"type":"essay"}"#],
+            ":1",
+            "`type`",
+        ),
+        (
+            vec![r#"{"id":"1","task":"t","image":"a.png","question":"q","answers":["maybe"],"type":"yes_no"}"#],
+            ":1",
+            "`answers`",
+        ),
+        (
+            vec![
+                r#"{"id":"1","task":"t","image":"a.png","question":"q","answers":["z"],"type":"choice","choices":["x","y"]}"#,
+            ],
+            ":1",
+            "`answers`",
+        ),
         (vec![r#"{"id":"1","task":"t","image":"a.png","question":"q","answers":[],"type":"open"}"#], ":1", "`answers`"),
         (vec![r#"{"id":"1","task":"t","context":"c","choices":["x","y"],"gold":0,"chance":1.5}"#], ":1", "`chance`"),
         (vec![ok, ok], "bad.jsonl:2", "`id`"),
         (vec![r#"{"id":"1","context":"c","choices":["x","y"],"gold":0}"#], ":1", "`task`"),
-        (vec![ok, r#"{"id":"2","task":"t","image":"a.png","question":"q","answers":["a"],"type":"open"}"#], ":2", "mixes"),
+        (
+            vec![ok, r#"{"id":"2","task":"t","image":"a.png","question":"q","answers":["a"],"type":"open"}"#],
+            ":2",
+            "mixes",
+        ),
         (vec![""], "bad.jsonl", "no items"),
     ];
     for (lines, place, field) in cases {

@@ -101,7 +101,9 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         for (name, colour) in [("red.png", [200, 30, 30]), ("blue.png", [20, 40, 220])] {
-            let img = image::RgbImage::from_fn(9, 7, |x, y| image::Rgb([colour[0], colour[1].wrapping_add((x * 9) as u8), colour[2].wrapping_sub((y * 5) as u8)]));
+            let img = image::RgbImage::from_fn(9, 7, |x, y| {
+                image::Rgb([colour[0], colour[1].wrapping_add((x * 9) as u8), colour[2].wrapping_sub((y * 5) as u8)])
+            });
             img.save(dir.path().join(name)).unwrap();
         }
         Self { dir }
@@ -152,7 +154,8 @@ fn reference_vlm_path(ids: &[u32], n_image: usize, features: &[f32]) -> (Vec<f32
     let nll = vlm.token_nll(&params, &batch).unwrap().to_vec();
     let vocab = config().vocab;
     let logits = vlm.logits(&params, &batch).unwrap();
-    let argmax = logits.chunks(vocab).map(|row| (0..vocab).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as u32).collect();
+    let argmax =
+        logits.chunks(vocab).map(|row| (0..vocab).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as u32).collect();
     (nll, argmax)
 }
 
@@ -210,14 +213,21 @@ fn image_loglikelihood_puts_the_image_first_and_matches_the_unbatched_vlm() {
 #[test]
 fn batched_choices_equal_one_at_a_time() {
     let fx = Fixture::new();
-    let choices: Vec<String> = [" red", " a blue frisbee in the park", " no", ""].iter().map(|s| s.to_string()).collect();
+    let choices: Vec<String> =
+        [" red", " a blue frisbee in the park", " no", ""].iter().map(|s| s.to_string()).collect();
     let mut scorer = fx.vision_scorer();
     for image in [None, Some(fx.image("blue.png"))] {
-        let context = if image.is_some() { "<image>\nQuestion: What is it?\nAnswer:" } else { "Question: What is it?\nAnswer:" };
+        let context =
+            if image.is_some() { "<image>\nQuestion: What is it?\nAnswer:" } else { "Question: What is it?\nAnswer:" };
         let batched = scorer.loglikelihoods(image.as_ref(), context, &choices).unwrap();
         for (choice, b) in choices.iter().zip(&batched) {
             let single = scorer.loglikelihood(image.as_ref(), context, choice).unwrap();
-            assert!(close(single.sum_logprob, b.sum_logprob), "{choice:?}: {} vs {}", single.sum_logprob, b.sum_logprob);
+            assert!(
+                close(single.sum_logprob, b.sum_logprob),
+                "{choice:?}: {} vs {}",
+                single.sum_logprob,
+                b.sum_logprob
+            );
             assert_eq!(single.n_tokens, b.n_tokens);
             assert_eq!(single.is_greedy, b.is_greedy);
         }
@@ -284,7 +294,9 @@ fn greedy_generation_follows_the_argmax_path_and_streams_it() {
     let mut scorer = fx.vision_scorer();
     let prompt = "<image>\nQuestion: What colour is the ball?\nAnswer:";
     let mut streamed = String::new();
-    let text = scorer.generate_with(Some(&fx.image("red.png")), prompt, &Decoding::greedy(12), &mut |piece| streamed.push_str(piece)).unwrap();
+    let text = scorer
+        .generate_with(Some(&fx.image("red.png")), prompt, &Decoding::greedy(12), &mut |piece| streamed.push_str(piece))
+        .unwrap();
     assert_eq!(streamed, text);
     assert!(!text.is_empty() && !text.contains('\n'), "{text:?}");
 
@@ -306,7 +318,15 @@ fn caption_generation_starts_right_after_the_image() {
     let mut scorer = fx.vision_scorer();
     let caption = scorer.generate(Some(&fx.image("blue.png")), "", 6).unwrap();
     assert!(!caption.is_empty(), "the seeded random model produces some text");
-    assert_eq!(caption, reference_greedy(vec![tokenizer().special.image; IMAGE_TOKENS], IMAGE_TOKENS, &fx.reference_features("blue.png"), 6));
+    assert_eq!(
+        caption,
+        reference_greedy(
+            vec![tokenizer().special.image; IMAGE_TOKENS],
+            IMAGE_TOKENS,
+            &fx.reference_features("blue.png"),
+            6
+        )
+    );
 }
 
 #[test]
@@ -324,7 +344,10 @@ fn sampling_is_seeded_and_top_k_one_is_greedy() {
     assert!(outputs.len() > 1, "different seeds should give different samples from a random model");
 
     let top1 = Decoding { max_tokens: 10, temperature: 0.7, top_k: Some(1), seed: 3 };
-    assert_eq!(scorer.generate_with(Some(&image), "<image>", &top1, &mut |_| {}).unwrap(), scorer.generate(Some(&image), "<image>", 10).unwrap());
+    assert_eq!(
+        scorer.generate_with(Some(&image), "<image>", &top1, &mut |_| {}).unwrap(),
+        scorer.generate(Some(&image), "<image>", 10).unwrap()
+    );
     let bad = Decoding { max_tokens: 3, temperature: -1.0, top_k: None, seed: 0 };
     assert!(scorer.generate_with(Some(&image), "", &bad, &mut |_| {}).unwrap_err().to_string().contains("temperature"));
 }
@@ -441,7 +464,10 @@ fn checkpoints_load_as_vlm_or_text_lm_by_their_tensors() {
 
     let mut text = ModelScorer::from_checkpoint(&text_stage, tokenizer(), Some(fx.features())).unwrap();
     assert!(!text.is_vision());
-    assert_eq!(text.rolling_loglikelihood(SENTENCES[1]).unwrap(), text_scorer().rolling_loglikelihood(SENTENCES[1]).unwrap());
+    assert_eq!(
+        text.rolling_loglikelihood(SENTENCES[1]).unwrap(),
+        text_scorer().rolling_loglikelihood(SENTENCES[1]).unwrap()
+    );
 
     let err = ModelScorer::from_checkpoint(fx.dir.path(), tokenizer(), None).err().unwrap();
     assert!(err.to_string().contains("not a checkpoint"), "{err}");

@@ -62,7 +62,12 @@ impl TailShape {
             return Ok(None);
         }
         let config = SiglipConfig::from_file(&Path::new(&spec.source).join("config.json"))?;
-        Ok(Some(TailShape::Vit { blocks: spec.trainable_blocks, width: config.hidden_size, hidden: config.intermediate_size, heads: config.num_attention_heads }))
+        Ok(Some(TailShape::Vit {
+            blocks: spec.trainable_blocks,
+            width: config.hidden_size,
+            hidden: config.intermediate_size,
+            heads: config.num_attention_heads,
+        }))
     }
 
     fn out_width(self) -> usize {
@@ -76,7 +81,8 @@ impl TailShape {
             TailShape::Linear { in_dim, width } => prod(&[in_dim, width]) + width as u64,
             // Per block: in_proj + out_proj with biases, fc1 + fc2 with biases, two LayerNorms; then post_layernorm.
             TailShape::Vit { blocks, width: w, hidden, .. } => {
-                let block = prod(&[4, w, w]) + 4 * w as u64 + prod(&[2, w, hidden]) + (hidden + w) as u64 + 4 * w as u64;
+                let block =
+                    prod(&[4, w, w]) + 4 * w as u64 + prod(&[2, w, hidden]) + (hidden + w) as u64 + 4 * w as u64;
                 prod(&[blocks]) * block + 2 * w as u64
             }
         }
@@ -194,7 +200,10 @@ impl TrainShape {
         let qk = if c.qk_norm { 2 * rd + 4 * rows as u64 } else { 0 };
         // Per block: h, norm outputs x2, q, k, v, att; two norms' mean/rstd; SwiGLU gate_up + hidden; rope table.
         let block = 7 * rd + qk + 4 * rows as u64 + prod(&[rows, 3 * h]) + prod(&[seq, c.head_dim()]);
-        let saved = prod(&[layers]).saturating_mul(block).saturating_add(prod(&[layers + 2, rows, d])).saturating_add(3 * rows as u64);
+        let saved = prod(&[layers])
+            .saturating_mul(block)
+            .saturating_add(prod(&[layers + 2, rows, d]))
+            .saturating_add(3 * rows as u64);
         let probs = prod(&[layers, batch, c.n_heads, seq, seq]);
         // d_residual, d_branch, d_norm; attention dq/dk/dv/datt; SwiGLU dhidden + dgate_up.
         let scratch = 7 * rd + prod(&[rows, 3 * h]);
@@ -228,10 +237,17 @@ impl TrainShape {
             let image_values = prod(&[v.image_tokens, v.feature_width]);
             // The source reads the global batch's cached features (f32) and each micro-batch copies its share.
             let copies = if micro_batch < global_batch { global_batch + micro_batch } else { global_batch };
-            parts.push(Part { name: "image features read from the feature cache", bytes: prod(&[copies, 4]).saturating_mul(image_values) });
+            parts.push(Part {
+                name: "image features read from the feature cache",
+                bytes: prod(&[copies, 4]).saturating_mul(image_values),
+            });
             // Projected rows and their gradient, projector GELU acts and scratch (hidden = d), the tail.
-            let per_image = prod(&[6, v.image_tokens, d]).saturating_add(v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens)));
-            parts.push(Part { name: "projector and encoder-tail activations", bytes: per_image.saturating_mul(micro_batch as u64).saturating_mul(b) });
+            let per_image = prod(&[6, v.image_tokens, d])
+                .saturating_add(v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens)));
+            parts.push(Part {
+                name: "projector and encoder-tail activations",
+                bytes: per_image.saturating_mul(micro_batch as u64).saturating_mul(b),
+            });
         }
         Breakdown { micro_batch, parts }
     }
@@ -260,7 +276,11 @@ impl TrainShape {
             Some(m) => {
                 let m = m.min(global_batch);
                 if !fits(m) {
-                    let hint = if fits(1) { "Lower micro_batch_size, or leave it out to have it chosen." } else { "Even micro-batch 1 does not fit: use a smaller model or seq_len, or a machine with more memory." };
+                    let hint = if fits(1) {
+                        "Lower micro_batch_size, or leave it out to have it chosen."
+                    } else {
+                        "Even micro-batch 1 does not fit: use a smaller model or seq_len, or a machine with more memory."
+                    };
                     return Err(refuse(m, hint));
                 }
                 m
@@ -282,16 +302,25 @@ impl TrainShape {
                 global_batch.div_ceil(global_batch.div_ceil(lo))
             }
         };
-        Ok(MemoryPlan { global_batch, micro_batch: micro, micro_batches: global_batch.div_ceil(micro), breakdown: self.breakdown(global_batch, micro), available })
+        Ok(MemoryPlan {
+            global_batch,
+            micro_batch: micro,
+            micro_batches: global_batch.div_ceil(micro),
+            breakdown: self.breakdown(global_batch, micro),
+            available,
+        })
     }
 }
 
 /// Bytes this process may still allocate: `MemAvailable` from /proc/meminfo, or the cgroup's
 /// remaining limit when that is lower (containers often see the host's MemAvailable).
 pub fn available_memory() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo for MemAvailable (memory planning needs Linux)")?;
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .context("reading /proc/meminfo for MemAvailable (memory planning needs Linux)")?;
     let mut available = meminfo_available(&text).context("/proc/meminfo has no MemAvailable line")?;
-    let cgroup = |name: &str| std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(name)).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let cgroup = |name: &str| {
+        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(name)).ok().and_then(|t| t.trim().parse::<u64>().ok())
+    };
     if let (Some(max), Some(current)) = (cgroup("memory.max"), cgroup("memory.current")) {
         available = available.min(max.saturating_sub(current));
     }
@@ -375,11 +404,24 @@ mod tests {
     fn an_absurd_model_is_refused_naming_its_largest_consumers() {
         let mut lm = LmConfig::preset("openlm-1b").unwrap();
         (lm.d_model, lm.n_layers, lm.n_heads) = (65536, 200, 512);
-        let err = format!("{:#}", TrainShape { threads: 2, ..TrainShape::text(lm) }.plan(256, None, 23 * GIB_BYTES).unwrap_err());
-        assert!(err.contains("at micro-batch 1") && err.contains("optimizer state") && err.contains("this machine has 23.00 GiB available"), "{err}");
+        let err = format!(
+            "{:#}",
+            TrainShape { threads: 2, ..TrainShape::text(lm) }.plan(256, None, 23 * GIB_BYTES).unwrap_err()
+        );
+        assert!(
+            err.contains("at micro-batch 1")
+                && err.contains("optimizer state")
+                && err.contains("this machine has 23.00 GiB available"),
+            "{err}"
+        );
         // The 1.4B model's weights, gradients and moments alone exceed 23 GiB.
         let err = format!("{:#}", shape("openlm-1b").plan(256, None, 23 * GIB_BYTES).unwrap_err());
-        assert!(err.contains("needs 35.") && err.contains("optimizer state (AdamW moments) 10.7") && err.contains("parameters 5.3"), "{err}");
+        assert!(
+            err.contains("needs 35.")
+                && err.contains("optimizer state (AdamW moments) 10.7")
+                && err.contains("parameters 5.3"),
+            "{err}"
+        );
         // A requested micro-batch that is too large names the knob.
         let err = format!("{:#}", shape("openlm-79m").plan(512, Some(512), 23 * GIB_BYTES).unwrap_err());
         assert!(err.contains("at micro-batch 512") && err.contains("Lower micro_batch_size"), "{err}");
@@ -393,7 +435,10 @@ mod tests {
         let vlm = TrainShape::vlm(lm.clone(), vision);
         let d = lm.d_model as u64;
         assert_eq!(vlm.param_count() - text.param_count(), d * 320 + d * d + 2 * d);
-        let with_tail = TrainShape::vlm(lm, VisionShape { tail: Some(TailShape::Vit { blocks: 2, width: 320, hidden: 1024, heads: 4 }), ..vision });
+        let with_tail = TrainShape::vlm(
+            lm,
+            VisionShape { tail: Some(TailShape::Vit { blocks: 2, width: 320, hidden: 1024, heads: 4 }), ..vision },
+        );
         assert!(with_tail.breakdown(8, 2).total() > vlm.breakdown(8, 2).total() + 2 * 49 * 49 * 4 * 2 * 4);
         let features = vlm.breakdown(8, 2).parts.iter().find(|p| p.name.starts_with("image features")).unwrap().bytes;
         assert_eq!(features, (8 + 2) * 49 * 320 * 4);

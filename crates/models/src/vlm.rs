@@ -11,8 +11,8 @@
 use std::ops::Range;
 
 use anyhow::{bail, Result};
-use vlmix_engine::LossStats;
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::LossStats;
 
 use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput};
 use crate::vision::projector::Projector;
@@ -129,7 +129,11 @@ impl Vlm {
     /// Puts a trainable encoder tail (its parameters already in the store) before the projector.
     pub fn set_tail(&mut self, tail: EncoderTail) -> Result<()> {
         if tail.output_width() != self.projector.encoder_width() {
-            bail!("encoder tail outputs width {} but the projector takes {}", tail.output_width(), self.projector.encoder_width());
+            bail!(
+                "encoder tail outputs width {} but the projector takes {}",
+                tail.output_width(),
+                self.projector.encoder_width()
+            );
         }
         self.tail = Some(tail);
         Ok(())
@@ -142,7 +146,14 @@ impl Vlm {
 
     /// Image features (`[images, tokens, encoder_width]`) through the tail, if any, and the projector
     /// into `out` (`[images * tokens, d_model]`); with `train`, keeps what backward needs.
-    pub fn project_features(&mut self, params: &ParamStore, features: &[f32], images: usize, train: bool, out: &mut [f32]) -> Result<()> {
+    pub fn project_features(
+        &mut self,
+        params: &ParamStore,
+        features: &[f32],
+        images: usize,
+        train: bool,
+        out: &mut [f32],
+    ) -> Result<()> {
         match &mut self.tail {
             Some(tail) => {
                 self.tail_out = tail.forward(params, features, images, train)?;
@@ -172,12 +183,18 @@ impl Vlm {
 
     /// As [`forward_backward`](Self::forward_backward), adding `grad_scale * dloss/dp` (one
     /// micro-batch's share of a larger batch).
-    pub fn forward_backward_scaled(&mut self, params: &mut ParamStore, batch: &VlmBatch, grad_scale: f32) -> Result<LossStats> {
+    pub fn forward_backward_scaled(
+        &mut self,
+        params: &mut ParamStore,
+        batch: &VlmBatch,
+        grad_scale: f32,
+    ) -> Result<LossStats> {
         let positions = self.project(params, batch, true)?;
         let input = lm_input(batch, &positions, &self.projected);
         self.d_projected.resize(self.projected.len(), 0.0);
         let d_injected = input.injected.is_some().then_some(&mut self.d_projected[..]);
-        let stats = self.lm.forward_backward(params, &input, &batch.targets, &batch.loss_mask, grad_scale, d_injected)?;
+        let stats =
+            self.lm.forward_backward(params, &input, &batch.targets, &batch.loss_mask, grad_scale, d_injected)?;
         if positions.is_empty() {
             return Ok(stats);
         }

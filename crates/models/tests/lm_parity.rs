@@ -125,9 +125,14 @@ fn check_case(case: &str) -> Result<()> {
     assert_params_match(&params, &f.dir.join("grads.safetensors"), true)?;
 
     // Weight decay applies to exactly the parameters PyTorch's optimizer decays.
-    let decayed: BTreeSet<String> = params.ids().filter(|&id| params.info(id).flags.weight_decay).map(|id| params.info(id).name.clone()).collect();
-    let want_decayed: BTreeSet<String> =
-        f.json["decayed_params"].as_array().context("decayed_params")?.iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let decayed: BTreeSet<String> =
+        params.ids().filter(|&id| params.info(id).flags.weight_decay).map(|id| params.info(id).name.clone()).collect();
+    let want_decayed: BTreeSet<String> = f.json["decayed_params"]
+        .as_array()
+        .context("decayed_params")?
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(decayed, want_decayed, "{case}: weight-decay set");
 
     // Three steps of zero_grad, forward/backward, clip, AdamW.
@@ -149,8 +154,17 @@ fn check_case(case: &str) -> Result<()> {
         params.zero_grad();
         let stats = lm.forward_backward(&mut params, &input, &f.targets, &f.mask, 1.0, None)?;
         let norm = clip_grad_norm(&mut params, clip);
-        assert!(rel_dev(&[stats.loss], &[want_losses[step]]) < TOLERANCE, "{case} step {step}: loss {} vs {}", stats.loss, want_losses[step]);
-        assert!(rel_dev(&[norm], &[want_norms[step]]) < TOLERANCE, "{case} step {step}: grad norm {norm} vs {}", want_norms[step]);
+        assert!(
+            rel_dev(&[stats.loss], &[want_losses[step]]) < TOLERANCE,
+            "{case} step {step}: loss {} vs {}",
+            stats.loss,
+            want_losses[step]
+        );
+        assert!(
+            rel_dev(&[norm], &[want_norms[step]]) < TOLERANCE,
+            "{case} step {step}: grad norm {norm} vs {}",
+            want_norms[step]
+        );
         opt.step(&mut params, lr);
     }
     assert_params_match(&params, &f.dir.join("after_3_steps.safetensors"), false)

@@ -51,7 +51,14 @@ fn train(run: &mut Run, steps: std::ops::Range<u64>) {
         run.params.zero_grad();
         let stats = run
             .lm
-            .forward_backward(&mut run.params, &LmInput::tokens(BATCH, SEQ, &inputs), &targets, &[1.0; BATCH * SEQ], 1.0, None)
+            .forward_backward(
+                &mut run.params,
+                &LmInput::tokens(BATCH, SEQ, &inputs),
+                &targets,
+                &[1.0; BATCH * SEQ],
+                1.0,
+                None,
+            )
             .unwrap();
         ensure_finite("loss", stats.loss, step).unwrap();
         clip_grad_norm(&mut run.params, 1.0);
@@ -60,7 +67,12 @@ fn train(run: &mut Run, steps: std::ops::Range<u64>) {
 }
 
 fn state(step: u64) -> TrainState {
-    TrainState { step, schedule: json!({"kind": "warmup_exp_decay", "lr": lr_at(step)}), counters: json!({"tokens": step * (BATCH * SEQ) as u64}), data_cursor: json!(step) }
+    TrainState {
+        step,
+        schedule: json!({"kind": "warmup_exp_decay", "lr": lr_at(step)}),
+        counters: json!({"tokens": step * (BATCH * SEQ) as u64}),
+        data_cursor: json!(step),
+    }
 }
 
 /// Child process: a model with different initial weights, restored from the checkpoint.

@@ -32,7 +32,16 @@ fn every_trainable_parameter_receives_a_nonzero_gradient() {
         let vocab = lm.config().vocab;
         let input = tokens(1, BATCH * SEQ, vocab);
         let targets = tokens(2, BATCH * SEQ, vocab);
-        let stats = lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &[1.0; BATCH * SEQ], 1.0, None).unwrap();
+        let stats = lm
+            .forward_backward(
+                &mut params,
+                &LmInput::tokens(BATCH, SEQ, &input),
+                &targets,
+                &[1.0; BATCH * SEQ],
+                1.0,
+                None,
+            )
+            .unwrap();
         assert!(stats.loss.is_finite() && (stats.loss - (vocab as f32).ln()).abs() < 1.0, "loss {}", stats.loss);
         assert_eq!(params.numel(true), lm.config().param_count().total);
         let mut all = lm.param_ids().all();
@@ -57,17 +66,24 @@ fn injected_embeddings_equal_token_embeddings_and_get_their_gradient() {
     let mask: Vec<f32> = (0..BATCH * SEQ).map(|r| if r % SEQ < 4 { 0.0 } else { 1.0 }).collect();
     let table_id = lm.param_ids().tok_embeddings;
 
-    let plain = lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &mask, 1.0, None).unwrap();
+    let plain =
+        lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &mask, 1.0, None).unwrap();
     let table_grad_plain = params.grad(table_id).to_vec();
 
     // The first 4 positions of each sequence (an "image prefix") come in as vectors equal to the
     // embeddings of their tokens; the token ids there are replaced by 0 and must not matter.
     let rows: Vec<usize> = (0..BATCH).flat_map(|b| (0..4).map(move |t| b * SEQ + t)).collect();
     let table = params.value(table_id);
-    let values: Vec<f32> = rows.iter().flat_map(|&r| table[input[r] as usize * d..(input[r] as usize + 1) * d].to_vec()).collect();
+    let values: Vec<f32> =
+        rows.iter().flat_map(|&r| table[input[r] as usize * d..(input[r] as usize + 1) * d].to_vec()).collect();
     let mut masked_ids = input.clone();
     rows.iter().for_each(|&r| masked_ids[r] = 0);
-    let injected = LmInput { batch: BATCH, seq: SEQ, tokens: &masked_ids, injected: Some(InjectedEmbeddings { rows: &rows, values: &values }) };
+    let injected = LmInput {
+        batch: BATCH,
+        seq: SEQ,
+        tokens: &masked_ids,
+        injected: Some(InjectedEmbeddings { rows: &rows, values: &values }),
+    };
     params.zero_grad();
     let mut d_injected = vec![0.0f32; rows.len() * d];
     let with = lm.forward_backward(&mut params, &injected, &targets, &mask, 1.0, Some(&mut d_injected)).unwrap();
@@ -97,7 +113,10 @@ fn injected_embeddings_equal_token_embeddings_and_get_their_gradient() {
         };
         let numeric = (loss_at(eps, &mut lm) - loss_at(-eps, &mut lm)) / (2.0 * eps as f64);
         let analytic = d_injected[i * d + j] as f64;
-        assert!((numeric - analytic).abs() < 2e-3 * analytic.abs().max(1e-2), "row {i} col {j}: {numeric} vs {analytic}");
+        assert!(
+            (numeric - analytic).abs() < 2e-3 * analytic.abs().max(1e-2),
+            "row {i} col {j}: {numeric} vs {analytic}"
+        );
     }
 }
 
@@ -113,7 +132,15 @@ fn gradient_accumulation_matches_the_full_batch() {
     params.zero_grad();
     for half in 0..2 {
         let r = half * SEQ..(half + 1) * SEQ;
-        lm.forward_backward(&mut params, &LmInput::tokens(1, SEQ, &input[r.clone()]), &targets[r], &ones[..SEQ], 0.5, None).unwrap();
+        lm.forward_backward(
+            &mut params,
+            &LmInput::tokens(1, SEQ, &input[r.clone()]),
+            &targets[r],
+            &ones[..SEQ],
+            0.5,
+            None,
+        )
+        .unwrap();
     }
     for (id, want) in params.ids().zip(&full) {
         let got = params.grad(id);
@@ -130,7 +157,10 @@ fn bad_inputs_are_clear_errors() {
     let mut ids = vec![1u32; BATCH * SEQ];
     let ones = vec![1.0f32; BATCH * SEQ];
     ids[5] = vocab;
-    let err = lm.forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &ids), &ids, &ones, 1.0, None).unwrap_err().to_string();
+    let err = lm
+        .forward_backward(&mut params, &LmInput::tokens(BATCH, SEQ, &ids), &ids, &ones, 1.0, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&format!("token id {vocab} at position 5")), "{err}");
     let long = vec![1u32; 65];
     let err = lm.logits(&params, &LmInput::tokens(1, 65, &long)).unwrap_err().to_string();
@@ -139,7 +169,12 @@ fn bad_inputs_are_clear_errors() {
     assert!(err.contains("16 token ids for batch 2 x seq 16"), "{err}");
     let rows = [3usize, 3];
     let values = vec![0.0f32; 2 * 64];
-    let input = LmInput { batch: 1, seq: SEQ, tokens: &long[..SEQ], injected: Some(InjectedEmbeddings { rows: &rows, values: &values }) };
+    let input = LmInput {
+        batch: 1,
+        seq: SEQ,
+        tokens: &long[..SEQ],
+        injected: Some(InjectedEmbeddings { rows: &rows, values: &values }),
+    };
     let err = lm.logits(&params, &input).unwrap_err().to_string();
     assert!(err.contains("strictly increasing"), "{err}");
 }
@@ -161,7 +196,8 @@ fn token_nll_scores_match_the_loss() {
     let vocab = lm.config().vocab;
     let input = tokens(7, BATCH * SEQ, vocab);
     let targets = tokens(8, BATCH * SEQ, vocab);
-    let nll: f64 = lm.token_nll(&params, &LmInput::tokens(BATCH, SEQ, &input), &targets).unwrap().iter().map(|&x| x as f64).sum();
+    let nll: f64 =
+        lm.token_nll(&params, &LmInput::tokens(BATCH, SEQ, &input), &targets).unwrap().iter().map(|&x| x as f64).sum();
     let stats = lm.loss(&params, &LmInput::tokens(BATCH, SEQ, &input), &targets, &[1.0; BATCH * SEQ]).unwrap();
     assert!((stats.nll_sum - nll).abs() < 1e-3, "{} vs {nll}", stats.nll_sum);
     // Logits of a shorter batch are a prefix-consistent causal computation.
@@ -175,7 +211,11 @@ fn token_nll_scores_match_the_loss() {
     let next = lm.next_token_logits(&params, &both).unwrap().to_vec();
     for b in 0..BATCH {
         let last = (b + 1) * SEQ - 1;
-        let worst = next[b * vocab..(b + 1) * vocab].iter().zip(&all[last * vocab..(last + 1) * vocab]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = next[b * vocab..(b + 1) * vocab]
+            .iter()
+            .zip(&all[last * vocab..(last + 1) * vocab])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst < 1e-5, "sequence {b}: next-token logits differ by {worst}");
     }
 }
@@ -184,12 +224,25 @@ fn token_nll_scores_match_the_loss() {
 fn bench_reports_consistent_numbers() {
     use vlmix_models::lm::bench::{bench_train, BenchOptions};
     let model = LmConfig::preset("tiny").unwrap();
-    let r = bench_train(&BenchOptions { model: model.clone(), model_name: "tiny".into(), batch: 2, steps: 2, warmup: 1 }).unwrap();
+    let r =
+        bench_train(&BenchOptions { model: model.clone(), model_name: "tiny".into(), batch: 2, steps: 2, warmup: 1 })
+            .unwrap();
     assert!(r.tokens_per_s > 0.0 && r.final_loss.is_finite() && r.peak_rss_mb > 1.0, "{r:?}");
     assert!((r.gflops - r.tokens_per_s * model.train_flops_per_token(64) / 1e9).abs() < 1e-9 * r.gflops.max(1.0));
     assert!((r.step_ms * r.tokens_per_s / 1000.0 - 128.0).abs() < 1e-6, "step time and throughput disagree");
     let json: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
-    for key in ["engine", "tokens_per_s", "gflops", "peak_rss_mb", "step_ms", "steps", "warmup", "final_loss", "threads", "cpu"] {
+    for key in [
+        "engine",
+        "tokens_per_s",
+        "gflops",
+        "peak_rss_mb",
+        "step_ms",
+        "steps",
+        "warmup",
+        "final_loss",
+        "threads",
+        "cpu",
+    ] {
         assert!(json.get(key).is_some(), "JSON lacks {key}, a field shared with reference/bench_train.py");
     }
 }
@@ -218,7 +271,16 @@ fn open_lm_variants_match_finite_differences() {
     let ids = LmInput::tokens(batch, seq, &input);
     params.zero_grad();
     lm.forward_backward(&mut params, &ids, &targets, &mask, 1.0, None).unwrap();
-    let names = ["post_embed_norm.weight", "post_embed_norm.bias", "layers.0.attention_norm.bias", "layers.0.attention.q_norm.bias", "layers.1.attention.k_norm.bias", "layers.1.ffn_norm.bias", "norm.bias", "tok_embeddings.weight"];
+    let names = [
+        "post_embed_norm.weight",
+        "post_embed_norm.bias",
+        "layers.0.attention_norm.bias",
+        "layers.0.attention.q_norm.bias",
+        "layers.1.attention.k_norm.bias",
+        "layers.1.ffn_norm.bias",
+        "norm.bias",
+        "tok_embeddings.weight",
+    ];
     for name in names {
         let id = params.id(name).unwrap_or_else(|| panic!("{name} is registered"));
         let analytic = params.grad(id).to_vec();
@@ -232,7 +294,10 @@ fn open_lm_variants_match_finite_differences() {
             let numeric = (loss_at(original + h) - loss_at(original - h)) / (2.0 * h as f64);
             params.value_mut(id)[i] = original;
             let a = analytic[i] as f64;
-            assert!((a - numeric).abs() <= 2e-3 + 5e-2 * numeric.abs(), "{name}[{i}]: analytic {a} vs numeric {numeric}");
+            assert!(
+                (a - numeric).abs() <= 2e-3 + 5e-2 * numeric.abs(),
+                "{name}[{i}]: analytic {a} vs numeric {numeric}"
+            );
         }
     }
 }
@@ -251,5 +316,9 @@ fn weight_decay_rule_picks_the_decayed_parameters() {
             assert_eq!(info.flags.weight_decay, all || matrix, "{rule:?}: {}", info.name);
         }
     }
-    assert_eq!(LmConfig::preset("openlm-79m").unwrap().weight_decay_rule, WeightDecayRule::OpenLm, "open_lm's rule for the open_lm presets");
+    assert_eq!(
+        LmConfig::preset("openlm-79m").unwrap().weight_decay_rule,
+        WeightDecayRule::OpenLm,
+        "open_lm's rule for the open_lm presets"
+    );
 }

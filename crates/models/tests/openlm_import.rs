@@ -24,7 +24,8 @@ fn import_case(case: &str, inv_freq: InvFreqPolicy) -> Imported {
     let dir = case_dir(case);
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let config = spec["config"].as_str().map(|c| dir.join(c));
-    import_openlm(&dir.join(spec["source"].as_str().unwrap()), &ImportOptions { config, inv_freq }).unwrap_or_else(|e| panic!("{case}: {e:#}"))
+    import_openlm(&dir.join(spec["source"].as_str().unwrap()), &ImportOptions { config, inv_freq })
+        .unwrap_or_else(|e| panic!("{case}: {e:#}"))
 }
 
 /// max |logits - fixture| / max |fixture| of the imported model on the fixture's inputs.
@@ -55,8 +56,16 @@ fn every_fixture_imports_with_the_fixtures_logits() {
     for (case, norm, tied, post) in cases {
         let imported = import_case(case, InvFreqPolicy::Check);
         let c = &imported.config;
-        assert_eq!((c.norm, c.tied_embeddings, c.post_embed_norm, c.rope_inv_freq.is_none()), (norm, tied, post, true), "{case}: {c:?}");
-        assert!(imported.notes.iter().all(|n| !n.starts_with("warning")), "{case}: exact inv_freq needs no warning: {:?}", imported.notes);
+        assert_eq!(
+            (c.norm, c.tied_embeddings, c.post_embed_norm, c.rope_inv_freq.is_none()),
+            (norm, tied, post, true),
+            "{case}: {c:?}"
+        );
+        assert!(
+            imported.notes.iter().all(|n| !n.starts_with("warning")),
+            "{case}: exact inv_freq needs no warning: {:?}",
+            imported.notes
+        );
         let dev = logits_deviation(case, &imported);
         eprintln!("{case} ({}): logits deviate {dev:.2e}", imported.layout);
         assert!(dev < TOLERANCE, "{case}: logits deviate {dev:.2e}");
@@ -75,7 +84,8 @@ fn bf16_inv_freq_warns_and_can_be_kept() {
     let freqs = kept.config.rope_inv_freq.clone().expect("kept");
     assert_eq!(freqs[0], 1.0);
     assert_eq!(freqs[1], f32::from_bits(0x3dcd_0000), "0.1 rounded to bf16 (0.10009765625)");
-    let (dev_exact, dev_kept) = (logits_deviation("pt_bf16_inv_freq", &checked), logits_deviation("pt_bf16_inv_freq", &kept));
+    let (dev_exact, dev_kept) =
+        (logits_deviation("pt_bf16_inv_freq", &checked), logits_deviation("pt_bf16_inv_freq", &kept));
     eprintln!("pt_bf16_inv_freq: logits deviate {dev_kept:.2e} keeping the stored frequencies, {dev_exact:.2e} with the exact ones");
     assert!(dev_kept < TOLERANCE, "kept: {dev_kept:.2e}");
     // The kept frequencies survive model.toml.
@@ -92,13 +102,19 @@ fn export_then_import_is_bit_identical() {
         export_openlm(&first.config, &first.params, out).unwrap();
         let file = SafetensorsFile::open(&out.join("model.safetensors")).unwrap();
         assert!(file.names().iter().all(|n| n.starts_with("model.")), "{case}: HF keys");
-        assert!(file.names().contains(&"model.output.weight".to_string()), "{case}: open_lm's state dict always names output.weight");
+        assert!(
+            file.names().contains(&"model.output.weight".to_string()),
+            "{case}: open_lm's state dict always names output.weight"
+        );
         let again = import_openlm(out, &ImportOptions::default()).unwrap();
         assert_eq!(again.config, first.config, "{case}: config round trip");
         for id in first.params.ids() {
             let name = &first.params.info(id).name;
             let back = again.params.value(again.params.id(name).unwrap());
-            assert!(first.params.value(id).iter().zip(back).all(|(a, b)| a.to_bits() == b.to_bits()), "{case}: {name} changed");
+            assert!(
+                first.params.value(id).iter().zip(back).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{case}: {name} changed"
+            );
         }
         let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["model_type"], "openlm");
@@ -113,10 +129,14 @@ fn edited_export(tag: &str, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize
     let out = dir.path();
     export_openlm(&first.config, &first.params, out).unwrap();
     let file = SafetensorsFile::open(&out.join("model.safetensors")).unwrap();
-    let mut tensors: Vec<_> = file.names().into_iter().map(|n| {
-        let t = file.f32(&n).unwrap();
-        (n, Dtype::F32, t.shape, t.data)
-    }).collect();
+    let mut tensors: Vec<_> = file
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = file.f32(&n).unwrap();
+            (n, Dtype::F32, t.shape, t.data)
+        })
+        .collect();
     drop(file);
     edit(&mut tensors);
     let bytes: Vec<Vec<u8>> = tensors
@@ -126,9 +146,16 @@ fn edited_export(tag: &str, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize
             _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         })
         .collect();
-    let views: Vec<(String, TensorView)> =
-        tensors.iter().zip(&bytes).map(|((n, dtype, shape, _), b)| (n.clone(), TensorView::new(*dtype, shape.clone(), b).unwrap())).collect();
-    std::fs::write(out.join("model.safetensors"), safetensors::serialize(views, None::<HashMap<String, String>>).unwrap()).unwrap();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, dtype, shape, _), b)| (n.clone(), TensorView::new(*dtype, shape.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(
+        out.join("model.safetensors"),
+        safetensors::serialize(views, None::<HashMap<String, String>>).unwrap(),
+    )
+    .unwrap();
     dir
 }
 
@@ -141,7 +168,9 @@ fn import_error(dir: &Path, inv_freq: InvFreqPolicy) -> String {
 
 #[test]
 fn unexpected_keys_wrong_shapes_and_off_inv_freq_are_refused_by_name() {
-    let extra = edited_export("extra", |t| t.push(("model.layers.0.attention.rel_bias".into(), Dtype::F32, vec![4], vec![0.0; 4])));
+    let extra = edited_export("extra", |t| {
+        t.push(("model.layers.0.attention.rel_bias".into(), Dtype::F32, vec![4], vec![0.0; 4]))
+    });
     let err = import_error(extra.path(), InvFreqPolicy::Check);
     assert!(err.contains("unexpected tensors") && err.contains("layers.0.attention.rel_bias"), "{err}");
 
@@ -150,7 +179,10 @@ fn unexpected_keys_wrong_shapes_and_off_inv_freq_are_refused_by_name() {
         w3.2 = vec![w3.2[1], w3.2[0]];
     });
     let err = import_error(shape.path(), InvFreqPolicy::Check);
-    assert!(err.contains("layers.1.feed_forward.w3.weight") && err.contains("[256, 32]") && err.contains("[32, 256]"), "{err}");
+    assert!(
+        err.contains("layers.1.feed_forward.w3.weight") && err.contains("[256, 32]") && err.contains("[32, 256]"),
+        "{err}"
+    );
 
     // A bf16 buffer 2e-3 off (as bf16 rounds a large model's frequencies near 1) needs a decision.
     let off = edited_export("inv-freq", |t| {
@@ -161,7 +193,10 @@ fn unexpected_keys_wrong_shapes_and_off_inv_freq_are_refused_by_name() {
     let err = import_error(off.path(), InvFreqPolicy::Check);
     assert!(err.contains("layers.1.attention.pos_embed.inv_freq (BF16)") && err.contains("--inv-freq keep"), "{err}");
     let err = import_error(off.path(), InvFreqPolicy::Keep);
-    assert!(err.contains("layers.1.attention.pos_embed.inv_freq differs from layers.0"), "layers disagree, so there is no one set to keep: {err}");
+    assert!(
+        err.contains("layers.1.attention.pos_embed.inv_freq differs from layers.0"),
+        "layers disagree, so there is no one set to keep: {err}"
+    );
     let exact = import_openlm(off.path(), &ImportOptions { config: None, inv_freq: InvFreqPolicy::Exact }).unwrap();
     assert!(exact.config.rope_inv_freq.is_none() && exact.notes.iter().any(|n| n.contains("warning")));
 

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_engine::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
+use vlmix_engine::torch_file;
 use vlmix_models::vision::efficientnet::{EfficientNetLayer, EfficientNetLite0};
 use vlmix_models::vision::encoder::efficientnet_preprocess;
-use vlmix_engine::torch_file;
 use vlmix_models::vision::preprocess;
 
 fn home() -> PathBuf {
@@ -100,7 +100,8 @@ fn imagenet_head_classifies_real_photos_as_pytorch_does() {
         let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        let accepted: Vec<usize> = photo["accepted_top1"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let accepted: Vec<usize> =
+            photo["accepted_top1"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         assert!(accepted.contains(&order[0]), "{member}: top-1 class {} is not one of {accepted:?}", order[0]);
         for (rank, want) in photo["top5"].as_array().unwrap().iter().enumerate() {
             let index = want["index"].as_u64().unwrap() as usize;
@@ -137,7 +138,12 @@ fn wrong_or_missing_tensors_are_named_with_both_shapes() {
     let path = dir.path().join("wrong.safetensors");
     write(&wrong, &path);
     let err = format!("{:#}", EfficientNetLite0::load(&path).err().unwrap());
-    assert!(err.contains("_blocks.3._depthwise_conv.weight") && err.contains("[144, 1, 25, 1]") && err.contains("[144, 1, 5, 5]"), "{err}");
+    assert!(
+        err.contains("_blocks.3._depthwise_conv.weight")
+            && err.contains("[144, 1, 25, 1]")
+            && err.contains("[144, 1, 5, 5]"),
+        "{err}"
+    );
 
     let mut missing = tensors;
     missing.remove("_bn1.running_var");

@@ -57,7 +57,9 @@ impl ImageEncoder for QuadrantMeans {
 }
 
 fn image(seed: u8) -> RgbImage {
-    RgbImage::from_fn(16, 12, |x, y| Rgb([seed.wrapping_mul(31).wrapping_add(x as u8 * 9), (y as u8) * 17, seed ^ (x * y) as u8]))
+    RgbImage::from_fn(16, 12, |x, y| {
+        Rgb([seed.wrapping_mul(31).wrapping_add(x as u8 * 9), (y as u8) * 17, seed ^ (x * y) as u8])
+    })
 }
 
 #[test]
@@ -115,7 +117,8 @@ fn interrupted_writes_are_ignored_and_corrupt_shards_are_named() {
         cache.dir().to_path_buf()
     };
     // What a writer killed before its rename leaves behind: a temp file with a partial shard.
-    std::fs::write(dir.join(".tmp-shard-1-2-3.safetensors-99-0"), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"keys\":").unwrap();
+    std::fs::write(dir.join(".tmp-shard-1-2-3.safetensors-99-0"), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"keys\":")
+        .unwrap();
     let cache = FeatureCache::open(root.path(), &encoder).unwrap();
     assert_eq!(cache.len(), 1);
     drop(cache);

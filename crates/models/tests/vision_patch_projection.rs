@@ -51,7 +51,10 @@ fn gradients_match_finite_differences() {
             };
             let numeric = (loss(orig + 1e-2, &mut params) - loss(orig - 1e-2, &mut params)) / 2e-2;
             params.value_mut(id)[i] = orig;
-            assert!((analytic as f64 - numeric).abs() < 1e-3 * (1.0 + numeric.abs()), "{name}[{i}]: {analytic} vs {numeric}");
+            assert!(
+                (analytic as f64 - numeric).abs() < 1e-3 * (1.0 + numeric.abs()),
+                "{name}[{i}]: {analytic} vs {numeric}"
+            );
         }
     }
 }

@@ -43,7 +43,8 @@ fn penultimate_and_last_layers_match_transformers() {
     assert_eq!((config.tokens(), config.hidden_size), (16, 32));
     for (layer, want) in [(FeatureLayer::Penultimate, "penultimate"), (FeatureLayer::Last, "last_hidden_state")] {
         let mut params = ParamStore::new();
-        let model = SiglipVision::register(&config, &fixture().join("model.safetensors"), layer, 0, &mut params).unwrap();
+        let model =
+            SiglipVision::register(&config, &fixture().join("model.safetensors"), layer, 0, &mut params).unwrap();
         let got = model.forward(&params, &pixels, 2, None).unwrap();
         assert_close(want, &got, &outputs.f32(want).unwrap().data, 1e-4);
     }
@@ -56,7 +57,11 @@ fn every_checkpoint_layout_of_an_odd_shaped_tower_matches_transformers() {
         let outputs = SafetensorsFile::open(&dir.join("outputs.safetensors")).unwrap();
         let pixels = outputs.f32("pixel_values").unwrap().data;
         let config = SiglipConfig::from_file(&dir.join("config.json")).unwrap();
-        assert_eq!((config.grid(), config.patch_size, config.hidden_size, config.num_attention_heads), (5, 7, 42, 6), "{name}");
+        assert_eq!(
+            (config.grid(), config.patch_size, config.hidden_size, config.num_attention_heads),
+            (5, 7, 42, 6),
+            "{name}"
+        );
         for (layer, want) in [(FeatureLayer::Penultimate, "penultimate"), (FeatureLayer::Last, "last_hidden_state")] {
             let mut params = ParamStore::new();
             let model = SiglipVision::register(&config, &dir.join("model.safetensors"), layer, 0, &mut params).unwrap();
@@ -77,10 +82,17 @@ fn every_layout_registers_the_same_vision_model_parameters() {
         let config = SiglipConfig::from_file(&dir.join("config.json")).unwrap();
         let mut params = ParamStore::new();
         SiglipVision::register(&config, &dir.join("model.safetensors"), FeatureLayer::Last, 1, &mut params).unwrap();
-        params.ids().map(|id| (params.info(id).name.clone(), params.info(id).shape.clone(), params.value(id).to_vec())).collect()
+        params
+            .ids()
+            .map(|id| (params.info(id).name.clone(), params.info(id).shape.clone(), params.value(id).to_vec()))
+            .collect()
     };
     let want = registered("siglip_layout_prefixed");
-    assert!(want.iter().all(|(name, _, _)| name.starts_with("vision_model.") && !name.contains("head.")), "{:?}", want.iter().map(|p| &p.0).collect::<Vec<_>>());
+    assert!(
+        want.iter().all(|(name, _, _)| name.starts_with("vision_model.") && !name.contains("head.")),
+        "{:?}",
+        want.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
     assert!(want.iter().any(|(name, _, _)| name == "vision_model.encoder.layers.2.self_attn.in_proj.weight"));
     for name in ["siglip_layout_unprefixed", "siglip_layout_full"] {
         assert!(registered(name) == want, "{name}: parameters differ from the prefixed layout's");
@@ -92,7 +104,12 @@ fn encoder_and_tail_open_an_unprefixed_directory() {
     let dir = layout_fixture("siglip_layout_unprefixed");
     let outputs = SafetensorsFile::open(&dir.join("outputs.safetensors")).unwrap();
     let pixels = outputs.f32("pixel_values").unwrap().data;
-    let spec = EncoderSpec { source: dir.display().to_string(), layer: FeatureLayer::Last, resolution: None, trainable_blocks: 1 };
+    let spec = EncoderSpec {
+        source: dir.display().to_string(),
+        layer: FeatureLayer::Last,
+        resolution: None,
+        trainable_blocks: 1,
+    };
     let trunk = open_encoder(&spec, Path::new("/nonexistent")).unwrap();
     assert_eq!((trunk.tokens(), trunk.width()), (25, 42));
     let hidden = trunk.encode(&pixels, 2).unwrap();
@@ -108,9 +125,13 @@ fn a_file_in_neither_layout_is_refused_naming_it_and_its_tensors() {
     let path = dir.path().join("model.safetensors");
     let data = vec![0.0f32; 4];
     let names = ["vision_tower.vision_model.embeddings.patch_embedding.bias", "multi_modal_projector.linear_1.bias"];
-    write_f32_tensors(&path, names.iter().map(|n| (n.to_string(), F32View { shape: vec![4], data: &data })), None).unwrap();
+    write_f32_tensors(&path, names.iter().map(|n| (n.to_string(), F32View { shape: vec![4], data: &data })), None)
+        .unwrap();
     let config = SiglipConfig::from_file(&layout_fixture("siglip_layout_unprefixed").join("config.json")).unwrap();
-    let err = format!("{:#}", SiglipVision::register(&config, &path, FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap());
+    let err = format!(
+        "{:#}",
+        SiglipVision::register(&config, &path, FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap()
+    );
     assert!(err.contains(&path.display().to_string()) && err.contains("not a SigLIP vision checkpoint"), "{err}");
     assert!(names.iter().all(|n| err.contains(n)) && err.contains("found 2 tensors"), "{err}");
 
@@ -125,15 +146,24 @@ fn a_file_in_neither_layout_is_refused_naming_it_and_its_tensors() {
             (n, t.shape, t.data)
         })
         .collect();
-    write_f32_tensors(&path, kept.iter().map(|(n, s, d)| (n.clone(), F32View { shape: s.clone(), data: d })), None).unwrap();
-    let err = format!("{:#}", SiglipVision::register(&config, &path, FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap());
+    write_f32_tensors(&path, kept.iter().map(|(n, s, d)| (n.clone(), F32View { shape: s.clone(), data: d })), None)
+        .unwrap();
+    let err = format!(
+        "{:#}",
+        SiglipVision::register(&config, &path, FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap()
+    );
     assert!(err.contains("missing tensor encoder.layers.1.mlp.fc2.bias (expected shape [42])"), "{err}");
 }
 
 #[test]
 fn encoder_from_directory_preprocesses_pngs_like_the_hf_processor() {
     let outputs = SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap();
-    let spec = EncoderSpec { source: fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None, trainable_blocks: 0 };
+    let spec = EncoderSpec {
+        source: fixture().display().to_string(),
+        layer: FeatureLayer::Penultimate,
+        resolution: None,
+        trainable_blocks: 0,
+    };
     let encoder = open_encoder(&spec, Path::new("/nonexistent")).unwrap();
     assert_eq!((encoder.tokens(), encoder.width()), (16, 32));
     let pixels: Vec<f32> = ["image_a.png", "image_b.png"]
@@ -147,11 +177,15 @@ fn encoder_from_directory_preprocesses_pngs_like_the_hf_processor() {
 /// Cutting the tower into a frozen trunk (cached) and a trainable tail changes nothing in the forward.
 #[test]
 fn trunk_then_tail_equals_the_whole_tower() {
-    let pixels = SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap().f32("pixel_values").unwrap().data;
+    let pixels =
+        SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap().f32("pixel_values").unwrap().data;
     let (config, weights) = (config(), fixture().join("model.safetensors"));
     for layer in [FeatureLayer::Penultimate, FeatureLayer::Last] {
         let mut whole_params = ParamStore::new();
-        let whole = SiglipVision::register(&config, &weights, layer, 0, &mut whole_params).unwrap().forward(&whole_params, &pixels, 2, None).unwrap();
+        let whole = SiglipVision::register(&config, &weights, layer, 0, &mut whole_params)
+            .unwrap()
+            .forward(&whole_params, &pixels, 2, None)
+            .unwrap();
         for tail_blocks in 1..=config.used_blocks(layer) {
             let (mut trunk_params, mut tail_params) = (ParamStore::new(), ParamStore::new());
             let trunk = SiglipVision::register_trunk(&config, &weights, layer, tail_blocks, &mut trunk_params).unwrap();
@@ -164,7 +198,11 @@ fn trunk_then_tail_equals_the_whole_tower() {
         }
     }
     let too_many = config.used_blocks(FeatureLayer::Penultimate) + 1;
-    let err = SiglipVision::register_tail(&config, &weights, FeatureLayer::Penultimate, too_many, &mut ParamStore::new()).err().unwrap().to_string();
+    let err =
+        SiglipVision::register_tail(&config, &weights, FeatureLayer::Penultimate, too_many, &mut ParamStore::new())
+            .err()
+            .unwrap()
+            .to_string();
     assert!(err.contains("cannot unfreeze"), "{err}");
 }
 
@@ -176,7 +214,9 @@ fn unfrozen_last_block_gradients_match_finite_differences() {
     let pixels = outputs.f32("pixel_values").unwrap().data;
     let config = config();
     let mut params = ParamStore::new();
-    let model = SiglipVision::register(&config, &fixture().join("model.safetensors"), FeatureLayer::Last, 1, &mut params).unwrap();
+    let model =
+        SiglipVision::register(&config, &fixture().join("model.safetensors"), FeatureLayer::Last, 1, &mut params)
+            .unwrap();
     let n = 2 * config.tokens() * config.hidden_size;
     let r: Vec<f32> = (0..n).map(|i| ((i * 37 % 29) as f32 - 14.0) / 15.0).collect();
     let loss = |params: &ParamStore| -> f64 {
@@ -208,7 +248,11 @@ fn unfrozen_last_block_gradients_match_finite_differences() {
             let minus = loss(&params);
             params.value_mut(id)[i] = orig;
             let numeric = (plus - minus) / (2.0 * eps as f64);
-            assert!((grad[i] as f64 - numeric).abs() <= 1e-2 * (1.0 + numeric.abs()), "{name}[{i}]: analytic {} vs numeric {numeric}", grad[i]);
+            assert!(
+                (grad[i] as f64 - numeric).abs() <= 1e-2 * (1.0 + numeric.abs()),
+                "{name}[{i}]: analytic {} vs numeric {numeric}",
+                grad[i]
+            );
             checked += 1;
         }
     }
@@ -226,19 +270,35 @@ fn wrong_or_missing_weights_name_the_tensor_and_both_shapes() {
     }
     let write = |tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>| {
         let path = dir.path().join("model.safetensors");
-        write_f32_tensors(&path, tensors.iter().map(|(n, (s, d))| (n.clone(), F32View { shape: s.clone(), data: d })), None).unwrap();
+        write_f32_tensors(
+            &path,
+            tensors.iter().map(|(n, (s, d))| (n.clone(), F32View { shape: s.clone(), data: d })),
+            None,
+        )
+        .unwrap();
         path
     };
     let mut wrong = tensors.clone();
     let name = "vision_model.encoder.layers.1.mlp.fc1.weight";
     wrong.get_mut(name).unwrap().0 = vec![32, 64];
-    let err = format!("{:#}", SiglipVision::register(&config(), &write(&wrong), FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap());
+    let err = format!(
+        "{:#}",
+        SiglipVision::register(&config(), &write(&wrong), FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap()
+    );
     assert!(err.contains(name) && err.contains("[32, 64]") && err.contains("[64, 32]"), "{err}");
 
     let mut missing = tensors;
     missing.remove("vision_model.encoder.layers.0.self_attn.k_proj.bias");
-    let err = format!("{:#}", SiglipVision::register(&config(), &write(&missing), FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap());
-    assert!(err.contains("missing tensor vision_model.encoder.layers.0.self_attn.k_proj.bias") && err.contains("[32]"), "{err}");
+    let err = format!(
+        "{:#}",
+        SiglipVision::register(&config(), &write(&missing), FeatureLayer::Last, 0, &mut ParamStore::new())
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("missing tensor vision_model.encoder.layers.0.self_attn.k_proj.bias") && err.contains("[32]"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -27,7 +27,12 @@ fn every_trainable_parameter_gets_a_gradient() {
 #[test]
 fn projector_gradient_matches_finite_differences() {
     let (mut vlm, mut params, batch) = setup();
-    assert_gradients_match_finite_differences(&mut vlm, &mut params, &batch, &["projector.fc1.weight", "projector.fc2.bias"]);
+    assert_gradients_match_finite_differences(
+        &mut vlm,
+        &mut params,
+        &batch,
+        &["projector.fc1.weight", "projector.fc2.bias"],
+    );
 }
 
 #[test]

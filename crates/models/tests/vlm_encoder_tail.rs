@@ -82,4 +82,3 @@ fn a_tail_that_does_not_fit_the_projector_is_refused() {
     let frozen = EncoderSpec::frozen("efficientnet-lite0");
     assert!(EncoderTail::open(&frozen, &mut params, 0).unwrap().is_none(), "a frozen encoder has no tail");
 }
-

@@ -167,7 +167,8 @@ impl StudyConfig {
     /// Reads and validates a study TOML; every error names the file and the offending field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading study config {}", path.display()))?;
-        let config: StudyConfig = toml::from_str(&text).with_context(|| format!("parsing study config {}", path.display()))?;
+        let config: StudyConfig =
+            toml::from_str(&text).with_context(|| format!("parsing study config {}", path.display()))?;
         config.validate().with_context(|| format!("invalid study config {}", path.display()))?;
         Ok(config)
     }
@@ -234,7 +235,9 @@ impl StudyConfig {
         positive("finetune.batch_size", f.batch_size as f64)?;
         positive("finetune.peak_lr", f.peak_lr)?;
 
-        for (field, micro) in [("pretrain", p.micro_batch_size), ("cooldown", c.micro_batch_size), ("finetune", f.micro_batch_size)] {
+        for (field, micro) in
+            [("pretrain", p.micro_batch_size), ("cooldown", c.micro_batch_size), ("finetune", f.micro_batch_size)]
+        {
             if micro == Some(0) {
                 bail!("{field}.micro_batch_size must be positive (or absent, to fit it to this machine's memory)");
             }
@@ -276,7 +279,9 @@ impl StudyConfig {
             bail!("eval.vision_tasks lists a task twice");
         }
         positive("eval.max_items_per_task", self.eval.max_items_per_task as f64)?;
-        for (field, value) in [("eval.max_vision_items", self.eval.max_vision_items), ("eval.max_text_items", self.eval.max_text_items)] {
+        for (field, value) in
+            [("eval.max_vision_items", self.eval.max_vision_items), ("eval.max_text_items", self.eval.max_text_items)]
+        {
             value.map_or(Ok(()), |v| positive(field, v as f64))?;
         }
         self.data.validate()

@@ -182,8 +182,18 @@ impl DataConfig {
             },
             None => {
                 let dir = layout.images_dir().join("train");
-                let shards = list_shards(&dir).with_context(|| format!("no prepared image-caption shards in {}; run `vlmix data prepare`", dir.display()))?;
-                CaptionSource { shards, stream: StreamConfig { seed: None, shuffle_buffer: 1, caption: CaptionKey::Auto, on_bad_record: self.on_bad_record } }
+                let shards = list_shards(&dir).with_context(|| {
+                    format!("no prepared image-caption shards in {}; run `vlmix data prepare`", dir.display())
+                })?;
+                CaptionSource {
+                    shards,
+                    stream: StreamConfig {
+                        seed: None,
+                        shuffle_buffer: 1,
+                        caption: CaptionKey::Auto,
+                        on_bad_record: self.on_bad_record,
+                    },
+                }
             }
         })
     }
@@ -191,8 +201,16 @@ impl DataConfig {
     /// The instruction data: the user's LLaVA file or the prepared one.
     pub fn instruct_source(&self, layout: &DataLayout) -> InstructSource {
         match &self.instruct {
-            Some(instruct) => InstructSource { file: PathBuf::from(&instruct.file), image_root: instruct.image_root.as_ref().map(PathBuf::from), on_bad_record: self.on_bad_record },
-            None => InstructSource { file: layout.instruct_dir().join("llava_instruct.json"), image_root: None, on_bad_record: self.on_bad_record },
+            Some(instruct) => InstructSource {
+                file: PathBuf::from(&instruct.file),
+                image_root: instruct.image_root.as_ref().map(PathBuf::from),
+                on_bad_record: self.on_bad_record,
+            },
+            None => InstructSource {
+                file: layout.instruct_dir().join("llava_instruct.json"),
+                image_root: None,
+                on_bad_record: self.on_bad_record,
+            },
         }
     }
 
@@ -206,7 +224,10 @@ impl DataConfig {
                 tasks.extend(load_task_file(Path::new(&set.questions)).with_context(at)?);
                 continue;
             };
-            let images = set.images.as_ref().with_context(|| format!("{}: needs `images`, the folder of the set's images", at()))?;
+            let images = set
+                .images
+                .as_ref()
+                .with_context(|| format!("{}: needs `images`, the folder of the set's images", at()))?;
             let source = EvalSource {
                 name: set.name.clone(),
                 format,
@@ -255,14 +276,24 @@ mod tests {
         assert_eq!(data.eval.iter().map(|e| e.format.as_str()).collect::<Vec<_>>(), ["vqav2", "pope"]);
         let smoke: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
         assert!(smoke.data.is_empty());
-        assert!(!serde_json::to_string(&smoke).unwrap().contains("\"data\""), "run directories pinned before [data] still match");
+        assert!(
+            !serde_json::to_string(&smoke).unwrap().contains("\"data\""),
+            "run directories pinned before [data] still match"
+        );
     }
 
     #[test]
     fn missing_files_and_bad_values_are_refused_naming_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().display();
-        let mut data = DataConfig { images: Some(ImagesConfig { shards: vec![format!("{root}/{{00000..00001}}.tar")], caption: "txt".into(), shuffle_buffer: 10 }), ..Default::default() };
+        let mut data = DataConfig {
+            images: Some(ImagesConfig {
+                shards: vec![format!("{root}/{{00000..00001}}.tar")],
+                caption: "txt".into(),
+                shuffle_buffer: 10,
+            }),
+            ..Default::default()
+        };
         let err = format!("{:#}", data.validate().unwrap_err());
         assert!(err.contains("data.images.shards") && err.contains("00000.tar does not exist"), "{err}");
         for name in ["00000.tar", "00001.tar"] {
@@ -271,7 +302,16 @@ mod tests {
         data.validate().unwrap();
         data.images.as_mut().unwrap().caption = "json:".into();
         assert!(format!("{:#}", data.validate().unwrap_err()).contains("data.images.caption"));
-        let data = DataConfig { eval: vec![EvalSetConfig { name: "v".into(), format: "vqa".into(), questions: "q.json".into(), annotations: None, images: None }], ..Default::default() };
+        let data = DataConfig {
+            eval: vec![EvalSetConfig {
+                name: "v".into(),
+                format: "vqa".into(),
+                questions: "q.json".into(),
+                annotations: None,
+                images: None,
+            }],
+            ..Default::default()
+        };
         let err = format!("{:#}", data.validate().unwrap_err());
         assert!(err.contains("data.eval[0] (v)") && err.contains("expected vqav2"), "{err}");
     }

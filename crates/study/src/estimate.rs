@@ -50,7 +50,9 @@ pub fn probe(model: &LmConfig, micro: usize) -> Result<Probe> {
         (LmConfig { n_layers: 1, seq_len: model.seq_len.min(REDUCED_PROBE_SEQ), ..model.clone() }, 1)
     };
     // The probe allocates like a run does, so it is planned like one.
-    TrainShape::text(probed.clone()).plan(batch, Some(batch), available_memory()?).context("the throughput probe does not fit in memory")?;
+    TrainShape::text(probed.clone())
+        .plan(batch, Some(batch), available_memory()?)
+        .context("the throughput probe does not fit in memory")?;
     let mut params = ParamStore::new();
     let mut lm = Lm::new(probed.clone(), &mut params, 0)?;
     let mut optimizer = AdamW::new(AdamWConfig::default(), &params);
@@ -70,7 +72,11 @@ pub fn probe(model: &LmConfig, micro: usize) -> Result<Probe> {
     let opt = start.elapsed().as_secs_f64();
     let param_scale = model.param_count().total as f64 / probed.param_count().total as f64;
     Ok(if full {
-        Probe { forward_backward_secs: fb, optimizer_secs: opt, how: format!("measured on one micro-batch of {micro} sequences of the full model") }
+        Probe {
+            forward_backward_secs: fb,
+            optimizer_secs: opt,
+            how: format!("measured on one micro-batch of {micro} sequences of the full model"),
+        }
     } else {
         Probe {
             forward_backward_secs: fb * step_flops(model, micro) / step_flops(&probed, 1),
@@ -101,20 +107,46 @@ fn print_breakdown(b: &Breakdown) {
 }
 
 pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) -> Result<()> {
-    let vocab = TextTokenizer::load(&layout.tokenizer_json()).map(|t| t.vocab_size()).unwrap_or(LmConfig::preset(&config.model.preset)?.vocab);
+    let vocab = TextTokenizer::load(&layout.tokenizer_json())
+        .map(|t| t.vocab_size())
+        .unwrap_or(LmConfig::preset(&config.model.preset)?.vocab);
     let model = model_config(config, vocab)?;
     let seq = model.seq_len;
-    println!("model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters), f32", model.d_model, model.n_layers, model.n_heads, seq, model.vocab, model.param_count().total as f64 / 1e6);
+    println!(
+        "model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters), f32",
+        model.d_model,
+        model.n_layers,
+        model.n_heads,
+        seq,
+        model.vocab,
+        model.param_count().total as f64 / 1e6
+    );
 
     let available = available_memory()?;
-    println!("\nmemory: this machine has {} available (MemAvailable); a plan may use {:.0}% of it", gib(available), USABLE_FRACTION * 100.0);
+    println!(
+        "\nmemory: this machine has {} available (MemAvailable); a plan may use {:.0}% of it",
+        gib(available),
+        USABLE_FRACTION * 100.0
+    );
     let text = TrainShape::text(model.clone());
     let spec = encoder_spec(config);
-    let vision = open_encoder(&spec, &layout.home).and_then(|e| Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? }));
+    let vision = open_encoder(&spec, &layout.home).and_then(|e| {
+        Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? })
+    });
     let stages = [
         ("pretrain", Ok(text.clone()), config.pretrain.batch_size, config.pretrain.micro_batch_size),
-        ("cooldown", vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)), config.cooldown.batch_size, config.cooldown.micro_batch_size),
-        ("finetune", vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)), config.finetune.batch_size, config.finetune.micro_batch_size),
+        (
+            "cooldown",
+            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)),
+            config.cooldown.batch_size,
+            config.cooldown.micro_batch_size,
+        ),
+        (
+            "finetune",
+            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)),
+            config.finetune.batch_size,
+            config.finetune.micro_batch_size,
+        ),
     ];
     let mut micro = [1usize; 3];
     let mut all_fit = true;
@@ -130,7 +162,12 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
             Ok(p) => {
                 micro[i] = p.micro_batch;
                 let how = if requested.is_some() { "as configured" } else { "the largest that fits" };
-                println!("  {stage}: batch {batch} = {} passes of micro-batch {} ({how}), needs {}", p.micro_batches, p.micro_batch, gib(p.breakdown.total()));
+                println!(
+                    "  {stage}: batch {batch} = {} passes of micro-batch {} ({how}), needs {}",
+                    p.micro_batches,
+                    p.micro_batch,
+                    gib(p.breakdown.total())
+                );
                 print_breakdown(&p.breakdown);
             }
             Err(e) => {
@@ -151,8 +188,12 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
     println!();
     // Fine-tuning and evaluation sizes depend on the data; these are upper-bound style guesses.
     let finetune_positions_per_epoch = config.finetune.max_examples.unwrap_or(20_000) as u64 * seq as u64;
-    let eval_positions = 3 * (config.eval.vision_tasks.len() + 4 * config.eval.text_tasks.len()) as u64 * config.eval.max_items_per_task as u64 * seq as u64;
-    let text_eval_positions = 3 * (4 * config.eval.text_tasks.len()) as u64 * config.eval.max_items_per_task as u64 * seq as u64;
+    let eval_positions = 3
+        * (config.eval.vision_tasks.len() + 4 * config.eval.text_tasks.len()) as u64
+        * config.eval.max_items_per_task as u64
+        * seq as u64;
+    let text_eval_positions =
+        3 * (4 * config.eval.text_tasks.len()) as u64 * config.eval.max_items_per_task as u64 * seq as u64;
     let positions_per_step = |batch: usize| (batch * seq) as u64;
     println!("{:<48} {:>14} {:>12}", "node", "positions", "est. time");
     let mut total = 0.0;
@@ -179,6 +220,10 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
         total += secs;
         println!("{:<48} {:>14} {:>12}", node.id, positions, duration(secs));
     }
-    println!("\n{} nodes, estimated {} on this machine (plus one-time image feature caching)", plan.nodes.len(), duration(total));
+    println!(
+        "\n{} nodes, estimated {} on this machine (plus one-time image feature caching)",
+        plan.nodes.len(),
+        duration(total)
+    );
     Ok(())
 }

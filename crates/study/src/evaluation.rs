@@ -32,14 +32,24 @@ pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision:
     let mut files = Vec::new();
     let no_tasks = Vec::new();
     let vision_tasks = if vision { &config.eval.vision_tasks } else { &no_tasks };
-    for (field, tasks, dir) in [("eval.vision_tasks", vision_tasks, layout.eval_vl_dir()), ("eval.text_tasks", &config.eval.text_tasks, layout.eval_text_dir())] {
+    for (field, tasks, dir) in [
+        ("eval.vision_tasks", vision_tasks, layout.eval_vl_dir()),
+        ("eval.text_tasks", &config.eval.text_tasks, layout.eval_text_dir()),
+    ] {
         for (i, task) in tasks.iter().enumerate() {
             let file = dir.join(format!("{task}.jsonl"));
             if !file.is_file() {
                 let known: Vec<String> = std::fs::read_dir(&dir)
-                    .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(str::to_owned)).collect())
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                anyhow::bail!("{field}[{i}] = {task:?} is not a prepared task (no {}); known: {}", file.display(), known.join(", "));
+                anyhow::bail!(
+                    "{field}[{i}] = {task:?} is not a prepared task (no {}); known: {}",
+                    file.display(),
+                    known.join(", ")
+                );
             }
             files.push(file);
         }
@@ -51,22 +61,37 @@ pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision:
 /// too with `vision`, each also blind) and writes the full report to `dir/eval.json` and every item
 /// to `dir/samples.jsonl`; returns the report and that
 /// file's path relative to the run.
-fn score_checkpoint(runner: &StudyRunner, checkpoint: &Path, vision: bool, dir: &Path, study: &StudyDir) -> Result<(EvalReport, String)> {
+fn score_checkpoint(
+    runner: &StudyRunner,
+    checkpoint: &Path,
+    vision: bool,
+    dir: &Path,
+    study: &StudyDir,
+) -> Result<(EvalReport, String)> {
     let layout = &runner.layout;
     let mut tasks = load_tasks(&task_files(runner.config, layout, vision)?)?;
     for task in runner.extra_tasks.iter().filter(|t| vision || t.modality() == Modality::Text) {
         if let Some(other) = tasks.iter().find(|t| t.name == task.name) {
-            anyhow::bail!("eval task {:?} comes from both {} and {}; rename the data.eval set", task.name, other.source.display(), task.source.display());
+            anyhow::bail!(
+                "eval task {:?} comes from both {} and {}; rename the data.eval set",
+                task.name,
+                other.source.display(),
+                task.source.display()
+            );
         }
         tasks.push(task.clone());
     }
     let tokenizer = TextTokenizer::load(&runner.tokenizer_path)?;
     let images = match vision {
-        true => Some(ImageFeatures::open(open_encoder(&encoder_spec(runner.config), &layout.home)?, &layout.home.join(CACHE_SUBDIR))?),
+        true => Some(ImageFeatures::open(
+            open_encoder(&encoder_spec(runner.config), &layout.home)?,
+            &layout.home.join(CACHE_SUBDIR),
+        )?),
         false => None,
     };
     let mut scorer = ModelScorer::from_checkpoint(checkpoint, tokenizer, images)?;
-    let options = EvalOptions { limit: item_limit(&runner.config.eval), blind_control: vision, ..EvalOptions::default() };
+    let options =
+        EvalOptions { limit: item_limit(&runner.config.eval), blind_control: vision, ..EvalOptions::default() };
     let mut report = evaluate(&mut scorer, &tasks, None, &options)?;
     report.validation = None;
     let path = dir.join("eval.json");
@@ -75,9 +100,19 @@ fn score_checkpoint(runner: &StudyRunner, checkpoint: &Path, vision: bool, dir: 
     Ok((report, path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy().into_owned()))
 }
 
-pub fn evaluate_node(runner: &mut StudyRunner, finetune: &str, epoch: u32, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+pub fn evaluate_node(
+    runner: &mut StudyRunner,
+    finetune: &str,
+    epoch: u32,
+    dir: &Path,
+    study: &StudyDir,
+) -> Result<serde_json::Value> {
     let done = study.done(finetune)?.with_context(|| format!("{finetune} is not finished"))?;
-    let rel = done.outputs.pointer(&format!("/epochs/{epoch}")).and_then(|v| v.as_str()).with_context(|| format!("{finetune} kept no epoch {epoch}"))?;
+    let rel = done
+        .outputs
+        .pointer(&format!("/epochs/{epoch}"))
+        .and_then(|v| v.as_str())
+        .with_context(|| format!("{finetune} kept no epoch {epoch}"))?;
     let checkpoint = study.root.join(rel);
     let (report, report_path) = score_checkpoint(runner, &checkpoint, true, dir, study)?;
     Ok(json!({

@@ -44,9 +44,15 @@ pub struct StudyDir {
 impl StudyDir {
     /// Opens (creating) `root` and takes its lock; fails if another study holds it.
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root.join("nodes")).with_context(|| format!("creating run directory {}", root.display()))?;
+        std::fs::create_dir_all(root.join("nodes"))
+            .with_context(|| format!("creating run directory {}", root.display()))?;
         let lock_path = root.join(".lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
         if lock.try_lock().is_err() {
             bail!("{} is in use by another vlmix study (lock {})", root.display(), lock_path.display());
         }
@@ -57,7 +63,12 @@ impl StudyDir {
     /// local study holds it.
     pub fn open_shared(root: &Path) -> Result<Self> {
         let lock_path = root.join(".lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
         if lock.try_lock_shared().is_err() {
             bail!("{} is in use by a local vlmix study (lock {})", root.display(), lock_path.display());
         }
@@ -84,7 +95,10 @@ impl StudyDir {
 
     /// Wall time spent on a node by earlier, interrupted attempts.
     fn previous_wall(&self, id: &str) -> f64 {
-        std::fs::read_to_string(self.node_dir(id).join("wall_s")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0.0)
+        std::fs::read_to_string(self.node_dir(id).join("wall_s"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     fn record_wall(&self, id: &str, wall_s: f64) -> Result<()> {
@@ -123,7 +137,12 @@ pub fn execute_node(node: &Node, study: &StudyDir, runner: &mut dyn NodeRunner) 
     // The ranks of a data-parallel node run it together; rank 0 holds the lock and records it.
     let world = vlmix_train::distributed::world()?;
     let lock_path = dir.join(".lock");
-    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
     if world.is_leader() && lock.try_lock().is_err() {
         bail!("node {} is being run by another process (lock {})", node.id, lock_path.display());
     }
@@ -171,7 +190,11 @@ mod tests {
     }
 
     fn plan() -> Plan {
-        let node = |id: &str, after: &[&str]| Node { id: id.into(), kind: NodeKind::Pretrain, after: after.iter().map(|s| s.to_string()).collect() };
+        let node = |id: &str, after: &[&str]| Node {
+            id: id.into(),
+            kind: NodeKind::Pretrain,
+            after: after.iter().map(|s| s.to_string()).collect(),
+        };
         Plan { nodes: vec![node("a", &[]), node("b", &["a"]), node("c", &["b"])] }
     }
 

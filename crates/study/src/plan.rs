@@ -17,11 +17,21 @@ pub enum NodeKind {
     /// Every training image encoded once into the feature cache, texts tokenized.
     ImageCorpus,
     Pretrain,
-    Cooldown { point: GridPoint, seed: u64 },
+    Cooldown {
+        point: GridPoint,
+        seed: u64,
+    },
     /// `epochs` is how many of the configured epochs to train: all of them at the base point, only up
     /// to the comparison epoch elsewhere (the LR schedule always spans the configured count).
-    Finetune { cooldown: String, seed: u64, epochs: u32 },
-    Eval { finetune: String, epoch: u32 },
+    Finetune {
+        cooldown: String,
+        seed: u64,
+        epochs: u32,
+    },
+    Eval {
+        finetune: String,
+        epoch: u32,
+    },
     /// The text tasks on the last pre-training checkpoint: the text-only model that image-trained
     /// models' text scores are held against (the paper: text performance holds).
     EvalTextBaseline,
@@ -47,7 +57,12 @@ pub const IMAGE_CORPUS: &str = "image-corpus";
 pub const EVAL_TEXT_BASELINE: &str = "eval-text-baseline";
 
 pub fn cooldown_id(point: &GridPoint, seed: u64) -> String {
-    format!("cooldown-at{}-img{}-inst{}-seed{seed}", percent_label(point.fraction), percent_label(point.image_fraction), percent_label(point.instruction_share))
+    format!(
+        "cooldown-at{}-img{}-inst{}-seed{seed}",
+        percent_label(point.fraction),
+        percent_label(point.image_fraction),
+        percent_label(point.instruction_share)
+    )
 }
 
 /// A fraction as the percent label of node and run ids: three integer digits, plus decimals only when
@@ -78,7 +93,11 @@ impl Plan {
             for point in config.points() {
                 let cooldown = cooldown_id(&point, seed);
                 let finetune = format!("finetune-{}", cooldown.trim_start_matches("cooldown-"));
-                nodes.push(Node { id: cooldown.clone(), kind: NodeKind::Cooldown { point, seed }, after: [vec![IMAGE_CORPUS.into()], text.clone()].concat() });
+                nodes.push(Node {
+                    id: cooldown.clone(),
+                    kind: NodeKind::Cooldown { point, seed },
+                    after: [vec![IMAGE_CORPUS.into()], text.clone()].concat(),
+                });
                 let epochs: Vec<u32> = if point == config.grid.base {
                     (1..=config.finetune.epochs).collect()
                 } else {
@@ -126,12 +145,24 @@ mod tests {
         let points = config.points().len();
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 1);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::ImageCorpus)), 1);
-        assert_eq!(plan.count(|k| matches!(k, NodeKind::EvalTextBaseline)), 1, "one text-only baseline, shared by every seed");
+        assert_eq!(
+            plan.count(|k| matches!(k, NodeKind::EvalTextBaseline)),
+            1,
+            "one text-only baseline, shared by every seed"
+        );
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Cooldown { .. })), points * 2);
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Finetune { .. })), points * 2);
         let evals_per_seed = config.finetune.epochs as usize + (points - 1);
-        let trained: Vec<u32> = plan.nodes.iter().filter_map(|n| if let NodeKind::Finetune { epochs, .. } = n.kind { Some(epochs) } else { None }).collect();
-        assert_eq!(trained.iter().filter(|&&e| e == config.finetune.epochs).count(), 2, "only the base point trains every epoch");
+        let trained: Vec<u32> = plan
+            .nodes
+            .iter()
+            .filter_map(|n| if let NodeKind::Finetune { epochs, .. } = n.kind { Some(epochs) } else { None })
+            .collect();
+        assert_eq!(
+            trained.iter().filter(|&&e| e == config.finetune.epochs).count(),
+            2,
+            "only the base point trains every epoch"
+        );
         assert!(trained.iter().all(|&e| e == config.finetune.epochs || e == config.finetune.compare_epoch));
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Eval { .. })), 2 * evals_per_seed);
         // Every dependency appears before the node that needs it.
@@ -155,8 +186,13 @@ mod tests {
         let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
         config.grid.image_fractions = vec![0.301, 0.304];
         let plan = Plan::build(&config).unwrap();
-        let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).filter(|id| id.starts_with("cooldown-")).collect();
-        assert!(ids.contains(&"cooldown-at050-img030.1-inst000-seed0") && ids.contains(&"cooldown-at050-img030.4-inst000-seed0"), "{ids:?}");
+        let ids: Vec<&str> =
+            plan.nodes.iter().map(|n| n.id.as_str()).filter(|id| id.starts_with("cooldown-")).collect();
+        assert!(
+            ids.contains(&"cooldown-at050-img030.1-inst000-seed0")
+                && ids.contains(&"cooldown-at050-img030.4-inst000-seed0"),
+            "{ids:?}"
+        );
     }
 
     #[test]
@@ -164,7 +200,12 @@ mod tests {
         let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
         config.grid.image_fractions = vec![0.3, 0.3 + 1e-12];
         let err = Plan::build(&config).unwrap_err().to_string();
-        assert!(err.contains("img030") && err.contains("image_fraction: 0.3,") && err.contains("image_fraction: 0.3000000000009"), "{err}");
+        assert!(
+            err.contains("img030")
+                && err.contains("image_fraction: 0.3,")
+                && err.contains("image_fraction: 0.3000000000009"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -177,7 +218,14 @@ mod tests {
         config.validate().unwrap();
         let plan = Plan::build(&config).unwrap();
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 0);
-        assert!(plan.nodes.iter().all(|n| !n.after.contains(&"pretrain".to_string())), "nothing waits for a pre-training node");
-        assert_eq!(plan.count(|k| matches!(k, NodeKind::Cooldown { .. })), 2, "100 % (the imported model) and 0 % (scratch)");
+        assert!(
+            plan.nodes.iter().all(|n| !n.after.contains(&"pretrain".to_string())),
+            "nothing waits for a pre-training node"
+        );
+        assert_eq!(
+            plan.count(|k| matches!(k, NodeKind::Cooldown { .. })),
+            2,
+            "100 % (the imported model) and 0 % (scratch)"
+        );
     }
 }

@@ -15,9 +15,15 @@ pub struct StudyProgress {
 
 impl StudyProgress {
     pub fn new(quiet: bool) -> Self {
-        let multi = if quiet { MultiProgress::with_draw_target(ProgressDrawTarget::hidden()) } else { MultiProgress::new() };
+        let multi =
+            if quiet { MultiProgress::with_draw_target(ProgressDrawTarget::hidden()) } else { MultiProgress::new() };
         let study = multi.add(ProgressBar::new(0));
-        study.set_style(ProgressStyle::with_template("study {bar:30.cyan/blue} {pos}/{len} nodes  elapsed {elapsed_precise}  eta {eta}  {msg}").expect("valid template"));
+        study.set_style(
+            ProgressStyle::with_template(
+                "study {bar:30.cyan/blue} {pos}/{len} nodes  elapsed {elapsed_precise}  eta {eta}  {msg}",
+            )
+            .expect("valid template"),
+        );
         study.enable_steady_tick(Duration::from_millis(500));
         Self { multi, study, node: None }
     }
@@ -37,7 +43,10 @@ impl StudyProgress {
             old.finish_and_clear();
         }
         let bar = self.multi.add(ProgressBar::new(total));
-        bar.set_style(ProgressStyle::with_template("  {prefix:<34} {bar:24} {pos}/{len} eta {eta} {msg}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("  {prefix:<34} {bar:24} {pos}/{len} eta {eta} {msg}")
+                .expect("valid template"),
+        );
         bar.set_prefix(label.to_string());
         self.node = Some(bar);
     }
@@ -46,7 +55,12 @@ impl StudyProgress {
         if let Some(bar) = &self.node {
             bar.set_length(total);
             bar.set_position(step);
-            bar.set_message(format!("loss {:.3}  {:.0} tok/s  img {:.1}%", m.loss, m.tokens_per_s, 100.0 * m.image_fraction));
+            bar.set_message(format!(
+                "loss {:.3}  {:.0} tok/s  img {:.1}%",
+                m.loss,
+                m.tokens_per_s,
+                100.0 * m.image_fraction
+            ));
         }
     }
 

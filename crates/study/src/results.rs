@@ -15,7 +15,12 @@ use crate::report::{write_report, NodeRecord, ReportInput, ResultRow, ResultsTab
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     format!("{cpu}, {cores} cores")
@@ -44,15 +49,28 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
     let mut table = ResultsTable { rows: Vec::new(), nodes: Vec::new() };
     for node in &plan.nodes {
         let Some(done) = study.done(&node.id)? else { continue };
-        table.nodes.push(NodeRecord { node_id: node.id.clone(), stage: stage_of(&node.kind).into(), wall_time_s: done.wall_s, machine: machine.clone(), versions: versions.clone() });
+        table.nodes.push(NodeRecord {
+            node_id: node.id.clone(),
+            stage: stage_of(&node.kind).into(),
+            wall_time_s: done.wall_s,
+            machine: machine.clone(),
+            versions: versions.clone(),
+        });
         // The text model's row: from pre-training, or from the baseline of an imported model.
         if matches!(node.kind, NodeKind::Pretrain) || done.outputs["imported"] == true {
             table.rows.extend(pretrain_rows(&done.outputs, &machine, &versions));
         }
         if matches!(node.kind, NodeKind::EvalTextBaseline) {
-            let report = EvalReport::read_json(&study.root.join(done.outputs["report"].as_str().context("eval output without report")?))?;
-            let run_id = pretrain_run_id(done.outputs["fraction"].as_f64().context("baseline eval output without fraction")?);
-            let row = table.rows.iter_mut().find(|r| r.run_id == run_id).with_context(|| format!("the text baseline's pre-training row {run_id} is missing"))?;
+            let report = EvalReport::read_json(
+                &study.root.join(done.outputs["report"].as_str().context("eval output without report")?),
+            )?;
+            let run_id =
+                pretrain_run_id(done.outputs["fraction"].as_f64().context("baseline eval output without fraction")?);
+            let row = table
+                .rows
+                .iter_mut()
+                .find(|r| r.run_id == run_id)
+                .with_context(|| format!("the text baseline's pre-training row {run_id} is missing"))?;
             let bits_per_byte = row.bits_per_byte;
             row.set_scores(&report)?;
             row.bits_per_byte = bits_per_byte;
@@ -60,11 +78,17 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
         }
         let NodeKind::Eval { finetune, epoch } = &node.kind else { continue };
         let finetune_node = plan.nodes.iter().find(|n| &n.id == finetune).context("eval node without its fine-tune")?;
-        let NodeKind::Finetune { cooldown, seed, .. } = &finetune_node.kind else { unreachable!("eval follows a fine-tune") };
+        let NodeKind::Finetune { cooldown, seed, .. } = &finetune_node.kind else {
+            unreachable!("eval follows a fine-tune")
+        };
         let cooldown_node = plan.nodes.iter().find(|n| &n.id == cooldown).context("fine-tune without its cooldown")?;
-        let NodeKind::Cooldown { point, .. } = &cooldown_node.kind else { unreachable!("fine-tune follows a cooldown") };
+        let NodeKind::Cooldown { point, .. } = &cooldown_node.kind else {
+            unreachable!("fine-tune follows a cooldown")
+        };
         let cooldown_done = study.done(cooldown)?.context("evaluated model's cooldown is not finished")?;
-        let report = EvalReport::read_json(&study.root.join(done.outputs["report"].as_str().context("eval output without report")?))?;
+        let report = EvalReport::read_json(
+            &study.root.join(done.outputs["report"].as_str().context("eval output without report")?),
+        )?;
         let mut row = ResultRow {
             run_id: node.id.trim_start_matches("eval-").to_string(),
             stage: "finetune".into(),
@@ -145,7 +169,9 @@ pub fn write_all(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<
     table.write_csv(&study.root.join("results.csv"))?;
     let curves = curves(plan, study)?;
     let title = match &config.pretrain.from {
-        Some(from) => format!("vlmix study: {} (text model imported from {}, no text pre-training)", config.name, from.display()),
+        Some(from) => {
+            format!("vlmix study: {} (text model imported from {}, no text pre-training)", config.name, from.display())
+        }
         None => format!("vlmix study: {}", config.name),
     };
     let files = write_report(&report_dir(&study.root), &ReportInput { title: &title, table: &table, curves: &curves })?;

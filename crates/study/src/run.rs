@@ -48,10 +48,12 @@ pub fn submit(config_path: &Path, options: &RunOptions, executor: &ExecutorConfi
     let layout = DataLayout::from_env(options.data.as_deref())?;
     task_files(&config, &layout, true).with_context(|| format!("invalid study config {}", config_path.display()))?;
     let plan = Plan::build(&config).with_context(|| format!("invalid study config {}", config_path.display()))?;
-    std::fs::create_dir_all(&options.out).with_context(|| format!("creating run directory {}", options.out.display()))?;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating run directory {}", options.out.display()))?;
     let root = std::fs::canonicalize(&options.out).with_context(|| format!("resolving {}", options.out.display()))?;
     let study = StudyDir::open_shared(&root)?;
-    std::fs::create_dir_all(root.join("nodes")).with_context(|| format!("creating {}", root.join("nodes").display()))?;
+    std::fs::create_dir_all(root.join("nodes"))
+        .with_context(|| format!("creating {}", root.join("nodes").display()))?;
     pin_config(&study, &config)?;
     let absolute = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()));
     let launch = Launch {
@@ -66,7 +68,8 @@ pub fn submit(config_path: &Path, options: &RunOptions, executor: &ExecutorConfi
 /// The config and plan pinned in a run directory.
 fn pinned(run_dir: &Path) -> Result<(StudyConfig, Plan)> {
     let path = run_dir.join("study.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a study run directory (no study.json)", run_dir.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} is not a study run directory (no study.json)", run_dir.display()))?;
     let config: StudyConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let plan = Plan::build(&config)?;
     Ok((config, plan))
@@ -85,7 +88,11 @@ pub fn run_node(run_dir: &Path, node_id: &str, data: Option<&Path>) -> Result<()
         let done = serde_json::json!({ "wall_s": start.elapsed().as_secs_f64() });
         return write_atomic(&slurm::results_done_path(run_dir), done.to_string().as_bytes());
     }
-    let node = plan.nodes.iter().find(|n| n.id == node_id).with_context(|| format!("{} has no node {node_id}", run_dir.display()))?;
+    let node = plan
+        .nodes
+        .iter()
+        .find(|n| n.id == node_id)
+        .with_context(|| format!("{} has no node {node_id}", run_dir.display()))?;
     let layout = DataLayout::from_env(data)?;
     let mut runner = StudyRunner::new(&config, layout, true)?;
     execute_node(node, &study, &mut runner)?;
@@ -104,7 +111,10 @@ fn pin_config(study: &StudyDir, config: &StudyConfig) -> Result<()> {
     let path = study.root.join("study.json");
     let text = serde_json::to_string_pretty(config)?;
     // Compared as configs, not as text, so fields added to the format later (with defaults) still match.
-    let same = |old: &str| serde_json::from_str::<StudyConfig>(old).is_ok_and(|old| serde_json::to_string_pretty(&old).is_ok_and(|t| t == text));
+    let same = |old: &str| {
+        serde_json::from_str::<StudyConfig>(old)
+            .is_ok_and(|old| serde_json::to_string_pretty(&old).is_ok_and(|t| t == text))
+    };
     match std::fs::read_to_string(&path) {
         Ok(old) if same(&old) => Ok(()),
         Ok(_) => bail!(

@@ -10,12 +10,12 @@ use vlmix_data::byod::Skipped;
 use vlmix_data::text::shard::TokenShards;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
-use vlmix_models::lm::{Lm, LmConfig};
-use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
-use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_eval::task::Task;
+use vlmix_models::lm::{Lm, LmConfig};
+use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
+use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use vlmix_train::corpus::ImageCorpus;
 use vlmix_train::schedule::{cooldown_schedule, WarmupCosine};
 use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start};
@@ -32,7 +32,8 @@ const VALIDATION_SEQUENCES: usize = 32;
 /// Resolves the study's model: preset, overrides, and the tokenizer's vocabulary.
 pub fn model_config(config: &StudyConfig, vocab: usize) -> Result<LmConfig> {
     if let Some(from) = imported_checkpoint(config)? {
-        let mut lm = stages::model_config_of(&from).with_context(|| format!("study field `pretrain.from` ({})", from.display()))?;
+        let mut lm = stages::model_config_of(&from)
+            .with_context(|| format!("study field `pretrain.from` ({})", from.display()))?;
         if lm.vocab != vocab {
             bail!("pretrain.from = {}: the model's vocabulary has {} tokens but the tokenizer has {vocab}; start from a model of this tokenizer", from.display(), lm.vocab);
         }
@@ -60,8 +61,14 @@ pub fn imported_checkpoint(config: &StudyConfig) -> Result<Option<PathBuf>> {
 
 /// The study's encoder, with a SigLIP directory made absolute so stage records stay valid anywhere.
 pub fn encoder_spec(config: &StudyConfig) -> EncoderSpec {
-    let source = std::fs::canonicalize(&config.encoder).map_or_else(|_| config.encoder.clone(), |p| p.display().to_string());
-    EncoderSpec { source, layer: FeatureLayer::default(), resolution: None, trainable_blocks: config.encoder_trainable_blocks }
+    let source =
+        std::fs::canonicalize(&config.encoder).map_or_else(|_| config.encoder.clone(), |p| p.display().to_string());
+    EncoderSpec {
+        source,
+        layer: FeatureLayer::default(),
+        resolution: None,
+        trainable_blocks: config.encoder_trainable_blocks,
+    }
 }
 
 /// Steps of a stage that consumes `tokens` in batches of `batch` sequences of `seq` positions.
@@ -71,7 +78,12 @@ pub fn steps_for(tokens: u64, batch: usize, seq: usize) -> u64 {
 
 pub fn text_schedule(config: &StudyConfig, seq: usize) -> WarmupCosine {
     let p = &config.pretrain;
-    WarmupCosine { peak: p.peak_lr, floor: p.min_lr, warmup_steps: p.warmup_steps, total_steps: steps_for(p.tokens, p.batch_size, seq) }
+    WarmupCosine {
+        peak: p.peak_lr,
+        floor: p.min_lr,
+        warmup_steps: p.warmup_steps,
+        total_steps: steps_for(p.tokens, p.batch_size, seq),
+    }
 }
 
 /// Everything the nodes of one study share, loaded once.
@@ -100,7 +112,10 @@ fn rel(root: &Path, path: &Path) -> String {
 }
 
 fn output_path(study: &StudyDir, outputs: &serde_json::Value, pointer: &str) -> Result<PathBuf> {
-    let text = outputs.pointer(pointer).and_then(|v| v.as_str()).with_context(|| format!("node output {pointer} is missing"))?;
+    let text = outputs
+        .pointer(pointer)
+        .and_then(|v| v.as_str())
+        .with_context(|| format!("node output {pointer} is missing"))?;
     Ok(study.root.join(text))
 }
 
@@ -108,7 +123,8 @@ impl<'a> StudyRunner<'a> {
     pub fn new(config: &'a StudyConfig, layout: DataLayout, quiet: bool) -> Result<Self> {
         let data = &config.data;
         let tokenizer_path = data.tokenizer_path(&layout);
-        let tokenizer = TextTokenizer::load(&tokenizer_path).context("loading the tokenizer (data.tokenizer, or the prepared one: run `vlmix data prepare`)")?;
+        let tokenizer = TextTokenizer::load(&tokenizer_path)
+            .context("loading the tokenizer (data.tokenizer, or the prepared one: run `vlmix data prepare`)")?;
         let model = model_config(config, tokenizer.vocab_size())?;
         let (train_docs, validation_docs, text_skipped) = match data.text_spec()? {
             Some(spec) => {
@@ -116,16 +132,23 @@ impl<'a> StudyRunner<'a> {
                 (text.train, text.validation, text.skipped)
             }
             None => {
-                let open = |split: &str| TokenShards::open(&[layout.text_tokens(split)], tokenizer.vocab_size()).map(DocSplit::all);
+                let open = |split: &str| {
+                    TokenShards::open(&[layout.text_tokens(split)], tokenizer.vocab_size()).map(DocSplit::all)
+                };
                 (open("train")?, open("validation")?, Skipped::default())
             }
         };
         let validation = ValidationSet::new(validation_docs, model.seq_len, VALIDATION_SEQUENCES, &tokenizer)?;
         let (extra_tasks, eval_skipped) = data.eval_tasks()?;
-        let encoder = open_encoder(&encoder_spec(config), &layout.home).context("study fields `encoder`, `encoder_trainable_blocks`")?;
+        let encoder = open_encoder(&encoder_spec(config), &layout.home)
+            .context("study fields `encoder`, `encoder_trainable_blocks`")?;
         let cache = FeatureCache::open(&layout.home.join(CACHE_SUBDIR), encoder.as_ref())?;
         if model.seq_len <= encoder.tokens() + 1 {
-            bail!("model seq_len {} leaves no room for text after the encoder's {} image tokens", model.seq_len, encoder.tokens());
+            bail!(
+                "model seq_len {} leaves no room for text after the encoder's {} image tokens",
+                model.seq_len,
+                encoder.tokens()
+            );
         }
         Ok(Self {
             config,
@@ -156,10 +179,18 @@ impl<'a> StudyRunner<'a> {
         let instruct = self.config.data.instruct_source(&self.layout);
         let mut seen = 0u64;
         let progress = &self.progress;
-        let built = ImageCorpus::build(&captions, Some(&instruct), self.config.max_images, &self.tokenizer, self.encoder.as_ref(), &mut self.cache, &mut |n| {
-            seen += n as u64;
-            progress.advance(seen, seen);
-        })?;
+        let built = ImageCorpus::build(
+            &captions,
+            Some(&instruct),
+            self.config.max_images,
+            &self.tokenizer,
+            self.encoder.as_ref(),
+            &mut self.cache,
+            &mut |n| {
+                seen += n as u64;
+                progress.advance(seen, seen);
+            },
+        )?;
         let path = Self::corpus_path(root);
         built.corpus.save(&path)?;
         let corpus = &built.corpus;
@@ -205,7 +236,9 @@ impl<'a> StudyRunner<'a> {
             seed: self.config.grid.seeds[0],
         };
         let progress = &self.progress;
-        let outcome = stages::pretrain(&spec, self.train_docs.clone(), self.tokenizer.special, dir, &mut |s, t, m| progress.step(s, t, m))?;
+        let outcome = stages::pretrain(&spec, self.train_docs.clone(), self.tokenizer.special, dir, &mut |s, t, m| {
+            progress.step(s, t, m)
+        })?;
         // Validation bits-per-byte at init and at every kept fraction: the text-learning curve.
         let mut curve = Vec::new();
         let mut params = ParamStore::new();
@@ -214,13 +247,22 @@ impl<'a> StudyRunner<'a> {
         let mut checkpoints = serde_json::Map::new();
         for (fraction, ckpt) in &outcome.checkpoints {
             params.load_safetensors(&stages::weights_of(ckpt))?;
-            curve.push(json!({"fraction": fraction, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
+            curve
+                .push(json!({"fraction": fraction, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
             checkpoints.insert(format!("{fraction}"), json!(rel(root, ckpt)));
         }
-        Ok(json!({ "checkpoints": checkpoints, "validation_bpb": curve, "tokens": outcome.run.tokens, "steps": outcome.run.steps, "skipped_records": { "text": self.text_skipped } }))
+        Ok(
+            json!({ "checkpoints": checkpoints, "validation_bpb": curve, "tokens": outcome.run.tokens, "steps": outcome.run.steps, "skipped_records": { "text": self.text_skipped } }),
+        )
     }
 
-    fn cooldown_node(&mut self, point: &GridPoint, seed: u64, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    fn cooldown_node(
+        &mut self,
+        point: &GridPoint,
+        seed: u64,
+        dir: &Path,
+        study: &StudyDir,
+    ) -> Result<serde_json::Value> {
         let start = if point.fraction <= 0.0 {
             Start::Scratch
         } else if let Some(from) = imported_checkpoint(self.config)? {
@@ -229,7 +271,9 @@ impl<'a> StudyRunner<'a> {
             let pretrain = study.done("pretrain")?.context("pretrain is not finished")?;
             let key = pretrain.outputs["checkpoints"]
                 .as_object()
-                .and_then(|m| m.keys().find(|k| k.parse::<f64>().is_ok_and(|f| (f - point.fraction).abs() < 1e-9)).cloned())
+                .and_then(|m| {
+                    m.keys().find(|k| k.parse::<f64>().is_ok_and(|f| (f - point.fraction).abs() < 1e-9)).cloned()
+                })
                 .with_context(|| format!("no pre-training checkpoint at fraction {}", point.fraction))?;
             Start::TextCheckpoint(output_path(study, &pretrain.outputs, &format!("/checkpoints/{key}"))?)
         };
@@ -237,10 +281,22 @@ impl<'a> StudyRunner<'a> {
     }
 
     /// Image-text cooldown at `point` from `start`, in `dir`.
-    pub fn cooldown(&mut self, point: &GridPoint, start: Start, seed: u64, dir: &Path, root: &Path) -> Result<serde_json::Value> {
+    pub fn cooldown(
+        &mut self,
+        point: &GridPoint,
+        start: Start,
+        seed: u64,
+        dir: &Path,
+        root: &Path,
+    ) -> Result<serde_json::Value> {
         let c = &self.config.cooldown;
         let steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
-        let fresh = WarmupCosine { peak: c.fresh_peak_lr, floor: self.config.pretrain.min_lr, warmup_steps: c.fresh_warmup_steps, total_steps: steps };
+        let fresh = WarmupCosine {
+            peak: c.fresh_peak_lr,
+            floor: self.config.pretrain.min_lr,
+            warmup_steps: c.fresh_warmup_steps,
+            total_steps: steps,
+        };
         let spec = CooldownSpec {
             model: self.model.clone(),
             start,
@@ -258,7 +314,8 @@ impl<'a> StudyRunner<'a> {
         let special = self.tokenizer.special;
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
-        let outcome = stages::cooldown(&spec, docs, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
+        let outcome =
+            stages::cooldown(&spec, docs, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
         let final_ckpt = outcome.kept.last().map(|k| k.1.clone()).context("cooldown kept no checkpoint")?;
         Ok(json!({
             "checkpoint": rel(root, &final_ckpt),
@@ -269,14 +326,28 @@ impl<'a> StudyRunner<'a> {
         }))
     }
 
-    fn finetune_node(&mut self, cooldown: &str, seed: u64, epochs: u32, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    fn finetune_node(
+        &mut self,
+        cooldown: &str,
+        seed: u64,
+        epochs: u32,
+        dir: &Path,
+        study: &StudyDir,
+    ) -> Result<serde_json::Value> {
         let done = study.done(cooldown)?.with_context(|| format!("{cooldown} is not finished"))?;
         self.finetune(output_path(study, &done.outputs, "/checkpoint")?, seed, epochs, dir, &study.root)
     }
 
     /// Instruction fine-tuning of the VLM checkpoint `start`, in `dir`, for the first `epochs` of the
     /// configured schedule.
-    pub fn finetune(&mut self, start: PathBuf, seed: u64, epochs: u32, dir: &Path, root: &Path) -> Result<serde_json::Value> {
+    pub fn finetune(
+        &mut self,
+        start: PathBuf,
+        seed: u64,
+        epochs: u32,
+        dir: &Path,
+        root: &Path,
+    ) -> Result<serde_json::Value> {
         let f = &self.config.finetune;
         let spec = FinetuneSpec {
             model: self.model.clone(),
@@ -295,7 +366,8 @@ impl<'a> StudyRunner<'a> {
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
         let outcome = stages::finetune(&spec, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
-        let epochs: serde_json::Map<String, serde_json::Value> = outcome.epochs.iter().map(|(e, d)| (e.to_string(), json!(rel(root, d)))).collect();
+        let epochs: serde_json::Map<String, serde_json::Value> =
+            outcome.epochs.iter().map(|(e, d)| (e.to_string(), json!(rel(root, d)))).collect();
         Ok(json!({ "epochs": epochs, "tokens": outcome.run.tokens }))
     }
 }

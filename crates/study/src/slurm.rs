@@ -151,8 +151,20 @@ impl JobBook {
 }
 
 /// Slurm job states in which a job still holds or will take resources.
-const ACTIVE: [&str; 12] =
-    ["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"];
+const ACTIVE: [&str; 12] = [
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+];
 
 /// What Slurm knows of a job.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,7 +233,14 @@ pub struct Launch {
 
 /// The batch script of one job: resources from `[executor]`, its log in `log_dir`, then the command.
 /// `ranks` is the data-parallel shape (machines, tasks per machine, GPUs per machine) of training nodes.
-pub fn job_script(exec: &ExecutorConfig, launch: &Launch, study_name: &str, id: &str, log_dir: &Path, training: bool) -> String {
+pub fn job_script(
+    exec: &ExecutorConfig,
+    launch: &Launch,
+    study_name: &str,
+    id: &str,
+    log_dir: &Path,
+    training: bool,
+) -> String {
     let mut s = String::from("#!/bin/bash\n");
     let mut line = |l: String| {
         let _ = writeln!(s, "#SBATCH {l}");
@@ -255,7 +274,12 @@ pub fn job_script(exec: &ExecutorConfig, launch: &Launch, study_name: &str, id: 
     for extra in &exec.sbatch_lines {
         line(extra.trim().to_string());
     }
-    let mut cmd = format!("{} study run-node {} {}", quote(&launch.exe.display().to_string()), quote(&launch.root.display().to_string()), quote(id));
+    let mut cmd = format!(
+        "{} study run-node {} {}",
+        quote(&launch.exe.display().to_string()),
+        quote(&launch.root.display().to_string()),
+        quote(id)
+    );
     if let Some(data) = &launch.data {
         let _ = write!(cmd, " --data {}", quote(&data.display().to_string()));
     }
@@ -292,19 +316,32 @@ pub struct Submission {
 }
 
 /// Submits every node of `plan` that is neither finished nor queued/running, then the results job.
-pub fn submit(plan: &Plan, study: &StudyDir, exec: &ExecutorConfig, launch: &Launch, study_name: &str) -> Result<Submission> {
+pub fn submit(
+    plan: &Plan,
+    study: &StudyDir,
+    exec: &ExecutorConfig,
+    launch: &Launch,
+    study_name: &str,
+) -> Result<Submission> {
     exec.validate()?;
     let dir = slurm_dir(&study.root);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Two submitters at once would submit the same nodes twice.
     let lock_path = dir.join(".submit.lock");
-    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
         bail!("another `vlmix study --executor slurm` is submitting {} right now", study.root.display());
     }
     let mut book = JobBook::load(&study.root)?;
     let queue = queue()?;
-    let active = |book: &JobBook, id: &str| book.jobs.get(id).filter(|r| queue.get(&r.job_id).is_some_and(JobState::is_active)).map(|r| r.job_id.clone());
+    let active = |book: &JobBook, id: &str| {
+        book.jobs.get(id).filter(|r| queue.get(&r.job_id).is_some_and(JobState::is_active)).map(|r| r.job_id.clone())
+    };
     let mut out = Submission::default();
     // The job each unfinished node waits on: an active one, or the one submitted now.
     let mut pending: BTreeMap<String, String> = BTreeMap::new();
@@ -323,7 +360,8 @@ pub fn submit(plan: &Plan, study: &StudyDir, exec: &ExecutorConfig, launch: &Lau
                 pending.insert(node.id.clone(), job);
                 continue;
             }
-            run_tool(Command::new("scancel").arg(&job)).with_context(|| format!("cancelling job {job} of {}, which waits on a failed job", node.id))?;
+            run_tool(Command::new("scancel").arg(&job))
+                .with_context(|| format!("cancelling job {job} of {}, which waits on a failed job", node.id))?;
         }
         let deps: Vec<String> = node.after.iter().filter_map(|p| pending.get(p).cloned()).collect();
         let node_dir = study.node_dir(&node.id);
@@ -392,7 +430,8 @@ pub fn status(plan: &Plan, root: &Path) -> Result<Vec<StatusRow>> {
     let book = JobBook::load(root)?;
     // A run never submitted to Slurm needs no Slurm to show.
     let queue = if book.jobs.is_empty() { BTreeMap::new() } else { queue()? };
-    let unlisted: Vec<&str> = book.jobs.values().map(|r| r.job_id.as_str()).filter(|id| !queue.contains_key(*id)).collect();
+    let unlisted: Vec<&str> =
+        book.jobs.values().map(|r| r.job_id.as_str()).filter(|id| !queue.contains_key(*id)).collect();
     let finished = accounting(&unlisted);
     let mut rows = Vec::new();
     let ids = plan.nodes.iter().map(|n| n.id.as_str()).chain([RESULTS]);
@@ -402,7 +441,10 @@ pub fn status(plan: &Plan, root: &Path) -> Result<Vec<StatusRow>> {
         let job = book.jobs.get(id).map(|r| r.job_id.clone());
         let known = job.as_ref().and_then(|j| queue.get(j).or_else(|| finished.get(j)));
         let done_wall = std::fs::read_to_string(&done_path).ok().map(|t| {
-            serde_json::from_str::<serde_json::Value>(&t).ok().and_then(|v| v["wall_s"].as_f64()).map_or_else(String::new, |s| format!("{s:.0} s"))
+            serde_json::from_str::<serde_json::Value>(&t)
+                .ok()
+                .and_then(|v| v["wall_s"].as_f64())
+                .map_or_else(String::new, |s| format!("{s:.0} s"))
         });
         // Results written by an earlier job are not those of a results job still queued.
         let done_wall = done_wall.filter(|_| id != RESULTS || !known.is_some_and(JobState::is_active));
@@ -428,7 +470,12 @@ pub fn cancel(root: &Path) -> Result<Vec<String>> {
         return Ok(vec![]);
     }
     let queue = queue()?;
-    let jobs: Vec<String> = book.jobs.values().map(|r| r.job_id.clone()).filter(|j| queue.get(j).is_some_and(JobState::is_active)).collect();
+    let jobs: Vec<String> = book
+        .jobs
+        .values()
+        .map(|r| r.job_id.clone())
+        .filter(|j| queue.get(j).is_some_and(JobState::is_active))
+        .collect();
     if !jobs.is_empty() {
         run_tool(Command::new("scancel").args(&jobs))?;
     }
@@ -440,7 +487,12 @@ mod tests {
     use super::*;
 
     fn launch() -> Launch {
-        Launch { exe: "/opt/vlmix".into(), root: "/runs/it's".into(), data: Some("/data".into()), workdir: "/home".into() }
+        Launch {
+            exe: "/opt/vlmix".into(),
+            root: "/runs/it's".into(),
+            data: Some("/data".into()),
+            workdir: "/home".into(),
+        }
     }
 
     #[test]
@@ -451,10 +503,22 @@ mod tests {
         .unwrap();
         assert_eq!(exec.kind, ExecutorKind::Slurm);
         let train = job_script(&exec, &launch(), "mini", "pretrain", Path::new("/runs/x/nodes/pretrain"), true);
-        for want in ["#SBATCH --partition='gpu'", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --qos=high", "--output='/runs/x/nodes/pretrain/slurm-%j.log'"] {
+        for want in [
+            "#SBATCH --partition='gpu'",
+            "#SBATCH --nodes=2",
+            "#SBATCH --ntasks-per-node=4",
+            "#SBATCH --gpus-per-node=4",
+            "#SBATCH --qos=high",
+            "--output='/runs/x/nodes/pretrain/slurm-%j.log'",
+        ] {
             assert!(train.contains(want), "{want} missing from\n{train}");
         }
-        assert!(train.contains("srun --kill-on-bad-exit=1 '/opt/vlmix' study run-node '/runs/it'\\''s' 'pretrain' --data '/data'"), "{train}");
+        assert!(
+            train.contains(
+                "srun --kill-on-bad-exit=1 '/opt/vlmix' study run-node '/runs/it'\\''s' 'pretrain' --data '/data'"
+            ),
+            "{train}"
+        );
         let eval = job_script(&exec, &launch(), "mini", "eval-x", Path::new("/l"), false);
         assert!(eval.contains("exec '/opt/vlmix'") && !eval.contains("--nodes") && !eval.contains("srun"), "{eval}");
     }

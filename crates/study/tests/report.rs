@@ -8,8 +8,7 @@ use vlmix_study::report::{
     figures::knob_figure,
     findings::{difference, findings, text_holds, Verdict},
     grid::Knob,
-    write_report, MetricPoint, NodeRecord, ReportInput, ResultRow, ResultsTable, TaskScore,
-    TrainingCurve,
+    write_report, MetricPoint, NodeRecord, ReportInput, ResultRow, ResultsTable, TaskScore, TrainingCurve,
 };
 
 /// Vision score built from per-knob effects so the best settings are known: introduction 80 %,
@@ -44,7 +43,8 @@ fn row(intro: Option<f64>, img: f64, instr: f64, epochs: u32, seed: u64) -> Resu
     };
     let vision = intro.map(|x| vision_score(x, img, instr, epochs, seed));
     let text = 0.2 + 0.01 * epochs as f64 - img * 0.1;
-    let salt = (intro.unwrap_or(2.0) * 10.0 + img * 100.0 + instr * 1000.0 + epochs as f64 * 7.0 + seed as f64 * 3.0) as u64;
+    let salt =
+        (intro.unwrap_or(2.0) * 10.0 + img * 100.0 + instr * 1000.0 + epochs as f64 * 7.0 + seed as f64 * 3.0) as u64;
     let mut tasks = vec![task("arc_easy", Modality::Text, text + 0.25, 0.25, 0)];
     if let Some(v) = vision {
         tasks.insert(0, task("shapes", Modality::Vision, v + 0.2, 0.2, salt));
@@ -79,7 +79,9 @@ fn row(intro: Option<f64>, img: f64, instr: f64, epochs: u32, seed: u64) -> Resu
 /// rows with different salts disagree item by item as real models do.
 fn task(name: &str, modality: Modality, accuracy: f64, chance: f64, salt: u64) -> TaskScore {
     const ITEMS: usize = 1000;
-    let item_scores: Vec<f64> = (0..ITEMS).map(|i| f64::from(u8::from((i as f64 * 0.618_033_988_7 + salt as f64 * 0.137) % 1.0 < accuracy))).collect();
+    let item_scores: Vec<f64> = (0..ITEMS)
+        .map(|i| f64::from(u8::from((i as f64 * 0.618_033_988_7 + salt as f64 * 0.137) % 1.0 < accuracy)))
+        .collect();
     let accuracy = item_scores.iter().sum::<f64>() / ITEMS as f64;
     TaskScore {
         task: name.into(),
@@ -99,7 +101,8 @@ fn task(name: &str, modality: Modality, accuracy: f64, chance: f64, salt: u64) -
 }
 
 fn synthetic_table() -> ResultsTable {
-    let mut rows: Vec<ResultRow> = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0].iter().map(|&x| row(Some(x), 0.2, 0.0, 2, 0)).collect();
+    let mut rows: Vec<ResultRow> =
+        [0.0, 0.2, 0.4, 0.6, 0.8, 1.0].iter().map(|&x| row(Some(x), 0.2, 0.0, 2, 0)).collect();
     rows.push(row(Some(0.8), 0.1, 0.0, 2, 0));
     rows.push(row(Some(0.8), 0.5, 0.0, 2, 0));
     rows.push(row(Some(0.8), 0.2, 0.1, 2, 0));
@@ -108,8 +111,20 @@ fn synthetic_table() -> ResultsTable {
     rows.push(row(Some(0.8), 0.2, 0.0, 2, 1));
     rows.push(row(None, 0.0, 0.0, 0, 0));
     let nodes = vec![
-        NodeRecord { node_id: "pretrain".into(), stage: "pretrain".into(), wall_time_s: 3725.0, machine: "2-core test box".into(), versions: BTreeMap::new() },
-        NodeRecord { node_id: "cooldown-i0.8".into(), stage: "cooldown".into(), wall_time_s: 125.0, machine: "gpu box".into(), versions: BTreeMap::from([("rustc".into(), "1.85".into())]) },
+        NodeRecord {
+            node_id: "pretrain".into(),
+            stage: "pretrain".into(),
+            wall_time_s: 3725.0,
+            machine: "2-core test box".into(),
+            versions: BTreeMap::new(),
+        },
+        NodeRecord {
+            node_id: "cooldown-i0.8".into(),
+            stage: "cooldown".into(),
+            wall_time_s: 125.0,
+            machine: "gpu box".into(),
+            versions: BTreeMap::from([("rustc".into(), "1.85".into())]),
+        },
     ];
     ResultsTable { rows, nodes }
 }
@@ -133,7 +148,8 @@ fn report_has_every_figure_and_the_input_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let table = synthetic_table();
     let curves = vec![curve("pretrain", 1000, 0.0), curve("cooldown-i0.8", 300, 0.2)];
-    let files = write_report(dir.path(), &ReportInput { title: "Synthetic <study>", table: &table, curves: &curves }).unwrap();
+    let files =
+        write_report(dir.path(), &ReportInput { title: "Synthetic <study>", table: &table, curves: &curves }).unwrap();
 
     assert_eq!(files.index, dir.path().join("index.html"));
     assert_eq!(files.figures.len(), 10, "four knob figures and the curves, PNG + SVG each");
@@ -161,7 +177,12 @@ fn report_has_every_figure_and_the_input_numbers() {
             assert!(html.contains(&format!("<td class=\"num\">{v:.3}</td>")), "{} value {v:.3}", r.run_id);
         }
         for t in &r.tasks {
-            assert!(html.contains(&format!("<td class=\"num\">{:.3}</td>", t.accuracy)), "{} {} accuracy", r.run_id, t.task);
+            assert!(
+                html.contains(&format!("<td class=\"num\">{:.3}</td>", t.accuracy)),
+                "{} {} accuracy",
+                r.run_id,
+                t.task
+            );
         }
     }
     assert!(html.contains("scratch (0 %)") && html.contains("full (100 %)"));
@@ -195,7 +216,10 @@ fn findings_give_a_verdict_with_its_interval_for_each_of_the_papers_findings() {
     // 6: seeds move the score by 0.006, well inside one run's item noise.
     assert_eq!(by("6.").verdict, Verdict::Agrees, "{}", by("6.").answer);
     for finding in &f {
-        assert!(finding.answer.contains('[') || finding.verdict == Verdict::NotTested, "an interval behind every verdict: {finding:?}");
+        assert!(
+            finding.answer.contains('[') || finding.verdict == Verdict::NotTested,
+            "an interval behind every verdict: {finding:?}"
+        );
     }
 
     // A difference inside the noise is "cannot tell": the same accuracy, other items right.
@@ -221,7 +245,10 @@ fn findings_give_a_verdict_with_its_interval_for_each_of_the_papers_findings() {
     // The text panels carry the text-only model's score as their reference line; vision panels none.
     let figure = knob_figure(&table.rows, Knob::Introduction);
     assert_eq!(figure.panels[0].baseline, None);
-    assert!(figure.panels[1].baseline.as_ref().is_some_and(|(name, v)| name == "text-only model" && (v - 0.2).abs() < 0.01));
+    assert!(figure.panels[1]
+        .baseline
+        .as_ref()
+        .is_some_and(|(name, v)| name == "text-only model" && (v - 0.2).abs() < 0.01));
 }
 
 #[test]
@@ -272,7 +299,11 @@ fn metrics_jsonl_loads_and_bad_lines_name_the_place() {
     .unwrap();
     let err = format!("{:#}", TrainingCurve::load_jsonl("r", &path).unwrap_err());
     assert!(err.contains("metrics.jsonl:3") && err.contains("loss"), "{err}");
-    std::fs::write(&path, "{\"step\":1,\"tokens\":4096,\"loss\":7.5,\"lr\":0.001,\"image_fraction\":0.2,\"tokens_per_s\":900.0}\n").unwrap();
+    std::fs::write(
+        &path,
+        "{\"step\":1,\"tokens\":4096,\"loss\":7.5,\"lr\":0.001,\"image_fraction\":0.2,\"tokens_per_s\":900.0}\n",
+    )
+    .unwrap();
     let c = TrainingCurve::load_jsonl("r", &path).unwrap();
     assert_eq!(c.points[0].tokens, 4096);
     assert_eq!(c.points[0].loss, 7.5);

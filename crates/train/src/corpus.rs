@@ -102,18 +102,20 @@ impl ImageCorpus {
     ) -> Result<CorpusBuild> {
         let mut captions = Vec::new();
         let (mut images, mut texts) = (Vec::new(), Vec::new());
-        let mut flush = |images: &mut Vec<RgbImage>, texts: &mut Vec<String>, captions: &mut Vec<ImageExample>| -> Result<()> {
-            let keys = cache_features(cache, encoder, images)?;
-            for (key, text) in keys.into_iter().zip(texts.iter()) {
-                captions.push(caption_example(key, text, tokenizer)?);
-            }
-            on_progress(images.len());
-            images.clear();
-            texts.clear();
-            Ok(())
-        };
+        let mut flush =
+            |images: &mut Vec<RgbImage>, texts: &mut Vec<String>, captions: &mut Vec<ImageExample>| -> Result<()> {
+                let keys = cache_features(cache, encoder, images)?;
+                for (key, text) in keys.into_iter().zip(texts.iter()) {
+                    captions.push(caption_example(key, text, tokenizer)?);
+                }
+                on_progress(images.len());
+                images.clear();
+                texts.clear();
+                Ok(())
+            };
         let limit = max_images.unwrap_or(usize::MAX);
-        let mut stream = ShardStream::new(captions_from.shards.clone(), captions_from.stream.clone(), StreamCursor::default())?;
+        let mut stream =
+            ShardStream::new(captions_from.shards.clone(), captions_from.stream.clone(), StreamCursor::default())?;
         for sample in stream.by_ref().take(limit) {
             let sample = sample?;
             images.push(sample.image);
@@ -145,27 +147,40 @@ impl ImageCorpus {
                         .image_path(record)
                         .with_context(|| format!("record {} has no image", record.id))
                         .and_then(|path| {
-                            let bytes = std::fs::read(&path).with_context(|| format!("reading image {}", path.display()))?;
-                            vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("decoding {}", path.display()))
+                            let bytes =
+                                std::fs::read(&path).with_context(|| format!("reading image {}", path.display()))?;
+                            vlmix_data::image_io::decode_rgb(&bytes)
+                                .with_context(|| format!("decoding {}", path.display()))
                         });
                     match image {
                         Ok(image) => {
                             images.push(image);
                             kept.push((line, record));
                         }
-                        Err(err) => skipped_conversations.record(policy, "instruction data", &format!("{}:{line} (id {}): {err:#}", file.display(), record.id))?,
+                        Err(err) => skipped_conversations.record(
+                            policy,
+                            "instruction data",
+                            &format!("{}:{line} (id {}): {err:#}", file.display(), record.id),
+                        )?,
                     }
                 }
                 let keys = cache_features(cache, encoder, &images)?;
                 for (key, (line, record)) in keys.into_iter().zip(kept) {
-                    let text = conversation_text(record, tokenizer).with_context(|| format!("{}:{line}", file.display()))?;
+                    let text =
+                        conversation_text(record, tokenizer).with_context(|| format!("{}:{line}", file.display()))?;
                     instruct.push(ImageExample { key: hex::encode(key), tokens: text.tokens, loss: text.loss });
                 }
                 on_progress(chunk.len());
             }
         }
         cache.flush()?;
-        let corpus = Self { encoder_id: encoder.id().to_string(), n_image_tokens: encoder.tokens(), feature_width: encoder.width(), captions, instruct };
+        let corpus = Self {
+            encoder_id: encoder.id().to_string(),
+            n_image_tokens: encoder.tokens(),
+            feature_width: encoder.width(),
+            captions,
+            instruct,
+        };
         Ok(CorpusBuild { corpus, skipped_captions, skipped_conversations })
     }
 

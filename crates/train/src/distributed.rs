@@ -44,8 +44,14 @@ impl World {
         ];
         for (launcher, [rank, size, local]) in launchers {
             let (Some(r), Some(s)) = (env(rank), env(size)) else { continue };
-            let parse = |name: &str, v: &str| v.trim().parse::<usize>().with_context(|| format!("{launcher} variable {name}={v:?} is not a number"));
-            let world = World { rank: parse(rank, &r)?, size: parse(size, &s)?, local_rank: env(local).map(|v| parse(local, &v)).transpose()?.unwrap_or(0) };
+            let parse = |name: &str, v: &str| {
+                v.trim().parse::<usize>().with_context(|| format!("{launcher} variable {name}={v:?} is not a number"))
+            };
+            let world = World {
+                rank: parse(rank, &r)?,
+                size: parse(size, &s)?,
+                local_rank: env(local).map(|v| parse(local, &v)).transpose()?.unwrap_or(0),
+            };
             if world.size == 0 || world.rank >= world.size {
                 bail!("{launcher} variables say rank {} of {} ranks", world.rank, world.size);
             }
@@ -71,7 +77,10 @@ static WORLD: OnceLock<std::result::Result<World, String>> = OnceLock::new();
 
 /// The process's world, read from the environment once; with more than one rank MPI is started here.
 pub fn world() -> Result<World> {
-    WORLD.get_or_init(|| init().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow::anyhow!("data-parallel setup: {e}"))
+    WORLD
+        .get_or_init(|| init().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!("data-parallel setup: {e}"))
 }
 
 fn init() -> Result<World> {
@@ -118,7 +127,15 @@ fn mpi_init() -> Result<(usize, usize)> {
     // finalised at process exit so `mpirun` sees every rank finish cleanly.
     unsafe {
         let mut provided = 0;
-        check(mpi::ffi::MPI_Init_thread(std::ptr::null_mut(), std::ptr::null_mut(), mpi::ffi::MPI_THREAD_FUNNELED as c_int, &mut provided), "MPI_Init_thread")?;
+        check(
+            mpi::ffi::MPI_Init_thread(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                mpi::ffi::MPI_THREAD_FUNNELED as c_int,
+                &mut provided,
+            ),
+            "MPI_Init_thread",
+        )?;
         atexit(finalize);
         let (mut rank, mut size) = (0, 0);
         check(mpi::ffi::MPI_Comm_rank(mpi::ffi::RSMPI_COMM_WORLD, &mut rank), "MPI_Comm_rank")?;
@@ -173,12 +190,26 @@ mod tests {
     #[test]
     fn every_launcher_style_is_read_and_open_mpi_wins() {
         assert_eq!(World::from_vars(vars(&[])).unwrap(), World::SINGLE);
-        assert_eq!(World::from_vars(vars(&[("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1")])).unwrap(), World { rank: 3, size: 4, local_rank: 1 });
-        assert_eq!(World::from_vars(vars(&[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2"), ("SLURM_LOCALID", "1")])).unwrap(), World { rank: 1, size: 2, local_rank: 1 });
-        let both = [("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1"), ("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2")];
+        assert_eq!(
+            World::from_vars(vars(&[("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1")])).unwrap(),
+            World { rank: 3, size: 4, local_rank: 1 }
+        );
+        assert_eq!(
+            World::from_vars(vars(&[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2"), ("SLURM_LOCALID", "1")])).unwrap(),
+            World { rank: 1, size: 2, local_rank: 1 }
+        );
+        let both = [
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "1"),
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+        ];
         assert_eq!(World::from_vars(vars(&both)).unwrap(), World { rank: 1, size: 2, local_rank: 0 });
         assert!(World::from_vars(vars(&[("RANK", "2"), ("WORLD_SIZE", "2")])).is_err());
-        assert!(World::from_vars(vars(&[("RANK", "x"), ("WORLD_SIZE", "2")])).unwrap_err().to_string().contains("RANK"));
+        assert!(World::from_vars(vars(&[("RANK", "x"), ("WORLD_SIZE", "2")]))
+            .unwrap_err()
+            .to_string()
+            .contains("RANK"));
     }
 
     #[test]

@@ -45,7 +45,11 @@ impl MetricsLog {
             }
             std::fs::write(path, text).with_context(|| format!("rewriting {}", path.display()))?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
         let events = EventWriter::open(path.parent().unwrap_or(Path::new(".")), resume_step)?;
         Ok(Self { path: path.to_owned(), file, events })
     }
@@ -87,7 +91,15 @@ mod tests {
     use super::*;
 
     fn m(step: u64) -> StepMetrics {
-        StepMetrics { step, tokens: step * 10, loss: 1.0 / (step + 1) as f64, lr: 1e-3, image_fraction: 0.0, tokens_per_s: 5.0, grad_norm: 1.0 }
+        StepMetrics {
+            step,
+            tokens: step * 10,
+            loss: 1.0 / (step + 1) as f64,
+            lr: 1e-3,
+            image_fraction: 0.0,
+            tokens_per_s: 5.0,
+            grad_norm: 1.0,
+        }
     }
 
     #[test]
@@ -108,14 +120,22 @@ mod tests {
         assert_eq!(steps, vec![0, 1, 2, 3, 4]);
         let events = crate::tensorboard::read_events(&dir.path().join(crate::tensorboard::EVENTS_FILE)).unwrap();
         let logged: Vec<(i64, f32)> = events.iter().skip(1).map(|e| (e.step, e.scalars[0].1)).collect();
-        assert_eq!(logged, steps.iter().map(|&s| (s as i64, 1.0 / (s + 1) as f32)).collect::<Vec<_>>(), "TensorBoard events mirror the JSONL");
+        assert_eq!(
+            logged,
+            steps.iter().map(|&s| (s as i64, 1.0 / (s + 1) as f32)).collect::<Vec<_>>(),
+            "TensorBoard events mirror the JSONL"
+        );
     }
 
     #[test]
     fn a_bad_line_in_the_middle_is_an_error_naming_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
-        std::fs::write(&path, format!("{}\nnot json\n{}\n", serde_json::to_string(&m(0)).unwrap(), serde_json::to_string(&m(1)).unwrap())).unwrap();
+        std::fs::write(
+            &path,
+            format!("{}\nnot json\n{}\n", serde_json::to_string(&m(0)).unwrap(), serde_json::to_string(&m(1)).unwrap()),
+        )
+        .unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("metrics.jsonl:2"), "{err}");
     }

@@ -15,7 +15,12 @@ use vlmix_engine::LossStats;
 /// sequences; ranges without unmasked tokens are skipped (their gradient is zero). In a
 /// data-parallel job only this rank's slice of the batch runs, still weighted by the whole batch's
 /// tokens, so gradients and loss are this rank's part of a sum over ranks (`distributed`).
-pub fn accumulate(batch: usize, micro: usize, mask_sum: impl Fn(Range<usize>) -> f64, mut step: impl FnMut(Range<usize>, f32) -> Result<LossStats>) -> Result<f32> {
+pub fn accumulate(
+    batch: usize,
+    micro: usize,
+    mask_sum: impl Fn(Range<usize>) -> f64,
+    mut step: impl FnMut(Range<usize>, f32) -> Result<LossStats>,
+) -> Result<f32> {
     let total = mask_sum(0..batch);
     if total <= 0.0 {
         return Ok(0.0);
@@ -46,18 +51,28 @@ mod tests {
         // Four sequences of two positions; the third has no unmasked token.
         let mask = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0];
         let mut calls = Vec::new();
-        let loss = accumulate(4, 1, |r| mask_sum(&mask, 2, r), |r, scale| {
-            calls.push((r.start, scale));
-            Ok(LossStats { loss: r.start as f32, nll_sum: 0.0, mask_sum: 0.0 })
-        })
+        let loss = accumulate(
+            4,
+            1,
+            |r| mask_sum(&mask, 2, r),
+            |r, scale| {
+                calls.push((r.start, scale));
+                Ok(LossStats { loss: r.start as f32, nll_sum: 0.0, mask_sum: 0.0 })
+            },
+        )
         .unwrap();
         assert_eq!(calls, vec![(0, 0.4), (1, 0.2), (3, 0.4)]);
         // Mean of per-sequence means weighted by tokens: (0*2 + 1*1 + 3*2) / 5.
         assert!((loss - 7.0 / 5.0).abs() < 1e-6, "{loss}");
-        let whole = accumulate(4, 8, |r| mask_sum(&mask, 2, r), |r, scale| {
-            assert_eq!((r, scale), (0..4, 1.0));
-            Ok(LossStats { loss: 2.5, nll_sum: 0.0, mask_sum: 0.0 })
-        });
+        let whole = accumulate(
+            4,
+            8,
+            |r| mask_sum(&mask, 2, r),
+            |r, scale| {
+                assert_eq!((r, scale), (0..4, 1.0));
+                Ok(LossStats { loss: 2.5, nll_sum: 0.0, mask_sum: 0.0 })
+            },
+        );
         assert_eq!(whole.unwrap(), 2.5);
         assert_eq!(accumulate(4, 2, |_| 0.0, |_, _| unreachable!("nothing to learn from")).unwrap(), 0.0);
     }

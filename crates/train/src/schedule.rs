@@ -112,7 +112,8 @@ mod tests {
     #[test]
     fn interior_branch_continues_from_the_text_lr() {
         let s = text();
-        let cd = cooldown_schedule(&s, 0.8, 50, &WarmupCosine { peak: 3e-3, floor: 0.0, warmup_steps: 5, total_steps: 0 });
+        let cd =
+            cooldown_schedule(&s, 0.8, 50, &WarmupCosine { peak: 3e-3, floor: 0.0, warmup_steps: 5, total_steps: 0 });
         let branch_lr = s.lr(88);
         assert!(!cd.is_fresh());
         assert!((cd.lr(0) - branch_lr).abs() < 1e-15);

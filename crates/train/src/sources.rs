@@ -7,7 +7,9 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
-use vlmix_data::packing::{epoch_order, pack_image_sequence, ImageText, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
+use vlmix_data::packing::{
+    epoch_order, pack_image_sequence, ImageText, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments,
+};
 use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vlm::VlmBatch;
@@ -80,7 +82,11 @@ fn vlm_batch(seqs: &[Sequence], corpus: &ImageCorpus, cache: &FeatureCache) -> R
         let start = batch.features.len();
         batch.features.resize(start + row, 0.0);
         if !cache.get(&example.cache_key()?, &mut batch.features[start..]) {
-            bail!("image {} is missing from the feature cache {}; rebuild the study's image corpus", example.key, cache.dir().display());
+            bail!(
+                "image {} is missing from the feature cache {}; rebuild the study's image corpus",
+                example.key,
+                cache.dir().display()
+            );
         }
     }
     Ok(batch)
@@ -124,8 +130,17 @@ pub struct MixedSource<'a, D> {
 }
 
 impl<'a, D: TokenDocuments + Clone + 'a> MixedSource<'a, D> {
-    pub fn new(docs: D, corpus: &'a ImageCorpus, cache: &'a FeatureCache, config: MixConfig, special: SpecialTokens, batch_size: usize) -> Result<Self> {
-        let rebuild = move |cursor: MixCursor| MixingSampler::new(config, special, docs.clone(), Texts(&corpus.captions), Texts(&corpus.instruct), cursor);
+    pub fn new(
+        docs: D,
+        corpus: &'a ImageCorpus,
+        cache: &'a FeatureCache,
+        config: MixConfig,
+        special: SpecialTokens,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let rebuild = move |cursor: MixCursor| {
+            MixingSampler::new(config, special, docs.clone(), Texts(&corpus.captions), Texts(&corpus.instruct), cursor)
+        };
         Ok(Self { sampler: rebuild(MixCursor::default())?, corpus, cache, batch_size, rebuild: Box::new(rebuild) })
     }
 
@@ -179,7 +194,15 @@ pub struct InstructSource<'a> {
 }
 
 impl<'a> InstructSource<'a> {
-    pub fn new(corpus: &'a ImageCorpus, cache: &'a FeatureCache, special: SpecialTokens, seq_len: usize, batch_size: usize, limit: Option<usize>, seed: u64) -> Result<Self> {
+    pub fn new(
+        corpus: &'a ImageCorpus,
+        cache: &'a FeatureCache,
+        special: SpecialTokens,
+        seq_len: usize,
+        batch_size: usize,
+        limit: Option<usize>,
+        seed: u64,
+    ) -> Result<Self> {
         if corpus.instruct.is_empty() {
             bail!("no instruction conversations to fine-tune on");
         }
@@ -204,9 +227,22 @@ impl BatchSource for InstructSource<'_> {
         let seqs: Vec<Sequence> = order[start..end]
             .iter()
             .map(|&j| self.subset[j as usize])
-            .map(|i| pack_image_sequence(SequenceKind::Instruct, i as u64, &self.corpus.instruct[i as usize].text(), self.seq_len, self.corpus.n_image_tokens, self.special))
+            .map(|i| {
+                pack_image_sequence(
+                    SequenceKind::Instruct,
+                    i as u64,
+                    &self.corpus.instruct[i as usize].text(),
+                    self.seq_len,
+                    self.corpus.n_image_tokens,
+                    self.special,
+                )
+            })
             .collect();
-        self.cursor = if end == n { EpochCursor { epoch: self.cursor.epoch + 1, position: 0 } } else { EpochCursor { epoch: self.cursor.epoch, position: end as u64 } };
+        self.cursor = if end == n {
+            EpochCursor { epoch: self.cursor.epoch + 1, position: 0 }
+        } else {
+            EpochCursor { epoch: self.cursor.epoch, position: end as u64 }
+        };
         vlm_batch(&seqs, self.corpus, self.cache)
     }
 

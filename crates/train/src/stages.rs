@@ -52,7 +52,10 @@ fn write_encoder_spec(dir: &Path, encoder: &EncoderSpec) -> Result<()> {
 }
 
 fn stage_dir_of(checkpoint: &Path) -> Result<&Path> {
-    checkpoint.parent().and_then(Path::parent).with_context(|| format!("{} is not inside a stage directory", checkpoint.display()))
+    checkpoint
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("{} is not inside a stage directory", checkpoint.display()))
 }
 
 /// The LM config of a checkpoint directory (`<stage dir>/checkpoints/step-N`), read from its stage.
@@ -73,7 +76,8 @@ pub fn encoder_spec_of(checkpoint: &Path) -> Result<Option<EncoderSpec>> {
 /// Plans a stage's memory before anything is allocated: the micro-batch (`requested`, or the
 /// largest that fits), or an error naming the largest consumers and the machine's memory.
 pub fn plan_memory(stage: &str, shape: &TrainShape, batch: usize, requested: Option<usize>) -> Result<MemoryPlan> {
-    let plan = shape.plan(batch, requested, available_memory()?).with_context(|| format!("{stage} does not fit in memory"))?;
+    let plan =
+        shape.plan(batch, requested, available_memory()?).with_context(|| format!("{stage} does not fit in memory"))?;
     tracing::info!(stage, batch, micro_batch = plan.micro_batch, passes = plan.micro_batches, needs = %gib(plan.breakdown.total()), available = %gib(plan.available), "memory plan");
     Ok(plan)
 }
@@ -108,16 +112,30 @@ pub struct PretrainOutcome {
 }
 
 /// Text-only pre-training with warmup + cosine over the planned run, keeping fraction checkpoints.
-pub fn pretrain<D: TokenDocuments>(spec: &PretrainSpec, docs: D, special: SpecialTokens, dir: &Path, on_step: &mut OnStep) -> Result<PretrainOutcome> {
-    let plan = plan_memory("pre-training", &TrainShape::text(spec.model.clone()), spec.batch_size, spec.micro_batch_size)?;
+pub fn pretrain<D: TokenDocuments>(
+    spec: &PretrainSpec,
+    docs: D,
+    special: SpecialTokens,
+    dir: &Path,
+    on_step: &mut OnStep,
+) -> Result<PretrainOutcome> {
+    let plan =
+        plan_memory("pre-training", &TrainShape::text(spec.model.clone()), spec.batch_size, spec.micro_batch_size)?;
     write_model_config(dir, &spec.model)?;
     let mut params = ParamStore::new();
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     let mut model = TextModel { lm, params, micro_batch: plan.micro_batch };
-    let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
+    let mut optimizer =
+        AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
     let mut source = TextSource::new(docs, spec.model.seq_len, spec.batch_size, special.eos, spec.seed)?;
     let keep_steps: Vec<u64> = spec.keep_fractions.iter().map(|&f| spec.step_at(f)).filter(|&s| s > 0).collect();
-    let config = LoopConfig { schedule: Schedule::WarmupCosine(spec.schedule.clone()), clip_norm: CLIP_NORM, keep_steps, save_every: SAVE_EVERY, stop_step: None };
+    let config = LoopConfig {
+        schedule: Schedule::WarmupCosine(spec.schedule.clone()),
+        clip_norm: CLIP_NORM,
+        keep_steps,
+        save_every: SAVE_EVERY,
+        stop_step: None,
+    };
     let run = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
     let checkpoints = spec
         .keep_fractions
@@ -164,14 +182,21 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     dir: &Path,
     on_step: &mut OnStep,
 ) -> Result<LoopOutcome> {
-    let vision = VisionShape { image_tokens: corpus.n_image_tokens, feature_width: corpus.feature_width, tail: TailShape::of(&spec.encoder, corpus.feature_width)? };
-    let plan = plan_memory("cooldown", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
+    let vision = VisionShape {
+        image_tokens: corpus.n_image_tokens,
+        feature_width: corpus.feature_width,
+        tail: TailShape::of(&spec.encoder, corpus.feature_width)?,
+    };
+    let plan =
+        plan_memory("cooldown", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
     write_model_config(dir, &spec.model)?;
     write_encoder_spec(dir, &spec.encoder)?;
     let mut params = ParamStore::new();
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     if let Start::TextCheckpoint(checkpoint) = &spec.start {
-        params.load_safetensors(&weights_of(checkpoint)).with_context(|| format!("branching from {}", checkpoint.display()))?;
+        params
+            .load_safetensors(&weights_of(checkpoint))
+            .with_context(|| format!("branching from {}", checkpoint.display()))?;
     }
     if !spec.train_lm {
         let lm_ids: Vec<_> = params.ids().collect();
@@ -181,7 +206,12 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     }
     let tail = EncoderTail::open(&spec.encoder, &mut params, spec.seed ^ 0x7a11)?;
     if let Some(tail) = &tail {
-        anyhow::ensure!(tail.input_width() == corpus.feature_width, "the encoder tail takes width {} but the image corpus holds width {}", tail.input_width(), corpus.feature_width);
+        anyhow::ensure!(
+            tail.input_width() == corpus.feature_width,
+            "the encoder tail takes width {} but the image corpus holds width {}",
+            tail.input_width(),
+            corpus.feature_width
+        );
     }
     let projector_width = tail.as_ref().map_or(corpus.feature_width, EncoderTail::output_width);
     let mut vlm = Vlm::with_new_projector(lm, projector_width, &mut params, spec.seed ^ 0x9e37_79b9)?;
@@ -189,7 +219,8 @@ pub fn cooldown<D: TokenDocuments + Clone>(
         vlm.set_tail(tail)?;
     }
     let mut model = VisionModel { vlm, params, micro_batch: plan.micro_batch };
-    let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
+    let mut optimizer =
+        AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
     let mix = MixConfig {
         seq_len: spec.model.seq_len,
         n_image_tokens: corpus.n_image_tokens,
@@ -200,9 +231,19 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     };
     let mut source = MixedSource::new(docs, corpus, cache, mix, special, spec.batch_size)?;
     let total = spec.schedule.total_steps();
-    let config = LoopConfig { schedule: spec.schedule.clone(), clip_norm: CLIP_NORM, keep_steps: vec![total], save_every: SAVE_EVERY, stop_step: None };
+    let config = LoopConfig {
+        schedule: spec.schedule.clone(),
+        clip_norm: CLIP_NORM,
+        keep_steps: vec![total],
+        save_every: SAVE_EVERY,
+        stop_step: None,
+    };
     let outcome = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
-    tracing::info!(achieved = source.achieved_image_fraction(), requested = spec.image_token_fraction, "cooldown image-token fraction");
+    tracing::info!(
+        achieved = source.achieved_image_fraction(),
+        requested = spec.image_token_fraction,
+        "cooldown image-token fraction"
+    );
     Ok(outcome)
 }
 
@@ -211,8 +252,13 @@ pub fn cooldown<D: TokenDocuments + Clone>(
 pub fn load_vlm(model: &LmConfig, checkpoint: &Path) -> Result<(Vlm, ParamStore)> {
     let weights = weights_of(checkpoint);
     let file = SafetensorsFile::open(&weights).with_context(|| format!("opening VLM weights {}", weights.display()))?;
-    let (_, shape) = file.dtype_and_shape(FC1_WEIGHT).with_context(|| format!("{}: not a VLM checkpoint", weights.display()))?;
-    anyhow::ensure!(shape.len() == 2, "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]", weights.display());
+    let (_, shape) =
+        file.dtype_and_shape(FC1_WEIGHT).with_context(|| format!("{}: not a VLM checkpoint", weights.display()))?;
+    anyhow::ensure!(
+        shape.len() == 2,
+        "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]",
+        weights.display()
+    );
     let mut params = ParamStore::new();
     let lm = Lm::new(model.clone(), &mut params, 0)?;
     let tail = match encoder_spec_of(checkpoint)? {
@@ -258,14 +304,26 @@ pub struct FinetuneOutcome {
 
 /// Instruction fine-tuning: fresh warmup + cosine over all epochs, loss on answers only, keeping
 /// every epoch-end model.
-pub fn finetune(spec: &FinetuneSpec, corpus: &ImageCorpus, cache: &FeatureCache, special: SpecialTokens, dir: &Path, on_step: &mut OnStep) -> Result<FinetuneOutcome> {
+pub fn finetune(
+    spec: &FinetuneSpec,
+    corpus: &ImageCorpus,
+    cache: &FeatureCache,
+    special: SpecialTokens,
+    dir: &Path,
+    on_step: &mut OnStep,
+) -> Result<FinetuneOutcome> {
     let encoder = encoder_spec_of(&spec.start)?;
     let tail = match &encoder {
         Some(encoder) => TailShape::of(encoder, corpus.feature_width)?,
         None => None,
     };
     let vision = VisionShape { image_tokens: corpus.n_image_tokens, feature_width: corpus.feature_width, tail };
-    let plan = plan_memory("fine-tuning", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
+    let plan = plan_memory(
+        "fine-tuning",
+        &TrainShape::vlm(spec.model.clone(), vision),
+        spec.batch_size,
+        spec.micro_batch_size,
+    )?;
     write_model_config(dir, &spec.model)?;
     if let Some(encoder) = &encoder {
         write_encoder_spec(dir, encoder)?;
@@ -279,11 +337,18 @@ pub fn finetune(spec: &FinetuneSpec, corpus: &ImageCorpus, cache: &FeatureCache,
         corpus.feature_width
     );
     let mut model = VisionModel { vlm, params, micro_batch: plan.micro_batch };
-    let mut optimizer = AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
-    let mut source = InstructSource::new(corpus, cache, special, spec.model.seq_len, spec.batch_size, spec.max_examples, spec.seed)?;
+    let mut optimizer =
+        AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
+    let mut source =
+        InstructSource::new(corpus, cache, special, spec.model.seq_len, spec.batch_size, spec.max_examples, spec.seed)?;
     let per_epoch = source.steps_per_epoch();
     let total = per_epoch * spec.epochs as u64;
-    let schedule = Schedule::WarmupCosine(WarmupCosine { peak: spec.peak_lr, floor: 0.0, warmup_steps: spec.warmup_steps.min(total / 2), total_steps: total });
+    let schedule = Schedule::WarmupCosine(WarmupCosine {
+        peak: spec.peak_lr,
+        floor: 0.0,
+        warmup_steps: spec.warmup_steps.min(total / 2),
+        total_steps: total,
+    });
     let last_epoch = spec.stop_after_epoch.unwrap_or(spec.epochs).clamp(1, spec.epochs.max(1));
     let keep_steps: Vec<u64> = (1..=last_epoch as u64).map(|e| e * per_epoch).collect();
     let stop_step = Some(last_epoch as u64 * per_epoch);

@@ -37,7 +37,10 @@ impl EventWriter {
     pub fn open(dir: &Path, resume_step: u64) -> Result<Self> {
         let path = dir.join(EVENTS_FILE);
         let kept: Vec<Event> = match path.exists() {
-            true => read_events(&path)?.into_iter().filter(|e| e.file_version.is_none() && (e.step as u64) < resume_step).collect(),
+            true => read_events(&path)?
+                .into_iter()
+                .filter(|e| e.file_version.is_none() && (e.step as u64) < resume_step)
+                .collect(),
             false => Vec::new(),
         };
         let mut bytes = Vec::new();
@@ -46,13 +49,19 @@ impl EventWriter {
             frame(&encode_event(event), &mut bytes);
         }
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        let file = OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
         Ok(Self { path, file })
     }
 
     /// Appends one step's scalars as one record in a single write.
     pub fn scalars(&mut self, step: u64, scalars: &[(&str, f64)]) -> Result<()> {
-        let event = Event { wall_time: now(), step: step as i64, file_version: None, scalars: scalars.iter().map(|(t, v)| (t.to_string(), *v as f32)).collect() };
+        let event = Event {
+            wall_time: now(),
+            step: step as i64,
+            file_version: None,
+            scalars: scalars.iter().map(|(t, v)| (t.to_string(), *v as f32)).collect(),
+        };
         let mut bytes = Vec::new();
         frame(&encode_event(&event), &mut bytes);
         self.file.write_all(&bytes).with_context(|| format!("writing {}", self.path.display()))
@@ -248,7 +257,15 @@ mod tests {
 
         let mut torn = std::fs::read(&path).unwrap();
         let mut record = Vec::new();
-        frame(&encode_event(&Event { wall_time: 1.0, step: 5, file_version: None, scalars: vec![("train/loss".into(), 0.1)] }), &mut record);
+        frame(
+            &encode_event(&Event {
+                wall_time: 1.0,
+                step: 5,
+                file_version: None,
+                scalars: vec![("train/loss".into(), 0.1)],
+            }),
+            &mut record,
+        );
         torn.extend_from_slice(&record[..20]);
         std::fs::write(&path, &torn).unwrap();
         assert_eq!(read_events(&path).unwrap().len(), 6, "a torn last record is ignored");

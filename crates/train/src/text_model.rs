@@ -37,10 +37,15 @@ impl Trainable for TextModel {
 
     fn forward_backward(&mut self, b: &TokenBatch) -> Result<f32> {
         let (lm, params, seq) = (&mut self.lm, &mut self.params, b.seq);
-        accumulate(b.batch, self.micro_batch, |r| mask_sum(&b.loss_mask, seq, r), |r, scale| {
-            let rows = r.start * seq..r.end * seq;
-            let input = LmInput::tokens(r.len(), seq, &b.inputs[rows.clone()]);
-            lm.forward_backward(params, &input, &b.targets[rows.clone()], &b.loss_mask[rows], scale, None)
-        })
+        accumulate(
+            b.batch,
+            self.micro_batch,
+            |r| mask_sum(&b.loss_mask, seq, r),
+            |r, scale| {
+                let rows = r.start * seq..r.end * seq;
+                let input = LmInput::tokens(r.len(), seq, &b.inputs[rows.clone()]);
+                lm.forward_backward(params, &input, &b.targets[rows.clone()], &b.loss_mask[rows], scale, None)
+            },
+        )
     }
 }

@@ -12,7 +12,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_engine::adamw::AdamW;
-use vlmix_engine::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, LATEST_FILE, STATE_FILE};
+use vlmix_engine::checkpoint::{
+    latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, LATEST_FILE, STATE_FILE,
+};
 use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::nonfinite::ensure_finite;
 use vlmix_engine::params::ParamStore;
@@ -77,7 +79,14 @@ struct Counters {
 /// In a data-parallel job (`distributed`) every rank runs this loop on the same batches, gradients
 /// and loss are summed over ranks before clipping, and rank 0 alone writes metrics and checkpoints;
 /// a rank that fails aborts them all.
-pub fn train<M, S>(model: &mut M, optimizer: &mut AdamW, source: &mut S, config: &LoopConfig, dir: &Path, on_step: &mut OnStep) -> Result<LoopOutcome>
+pub fn train<M, S>(
+    model: &mut M,
+    optimizer: &mut AdamW,
+    source: &mut S,
+    config: &LoopConfig,
+    dir: &Path,
+    on_step: &mut OnStep,
+) -> Result<LoopOutcome>
 where
     M: Trainable,
     S: BatchSource<Batch = M::Batch>,
@@ -90,7 +99,15 @@ where
     }
 }
 
-fn train_ranks<M, S>(world: &World, model: &mut M, optimizer: &mut AdamW, source: &mut S, config: &LoopConfig, dir: &Path, on_step: &mut OnStep) -> Result<LoopOutcome>
+fn train_ranks<M, S>(
+    world: &World,
+    model: &mut M,
+    optimizer: &mut AdamW,
+    source: &mut S,
+    config: &LoopConfig,
+    dir: &Path,
+    on_step: &mut OnStep,
+) -> Result<LoopOutcome>
 where
     M: Trainable,
     S: BatchSource<Batch = M::Batch>,
@@ -100,9 +117,15 @@ where
     let mut step = 0;
     if let Some(latest) = latest_checkpoint(&ckpt_root)? {
         let state = load_checkpoint(&latest, model.params_mut(), optimizer)?;
-        source.restore(&state.data_cursor).with_context(|| format!("restoring data cursor from {}", latest.display()))?;
-        counters = serde_json::from_value(state.counters.clone())
-            .with_context(|| format!("{}: field `counters` is not this trainer's token counters; refusing to resume with wrong totals", latest.join(STATE_FILE).display()))?;
+        source
+            .restore(&state.data_cursor)
+            .with_context(|| format!("restoring data cursor from {}", latest.display()))?;
+        counters = serde_json::from_value(state.counters.clone()).with_context(|| {
+            format!(
+                "{}: field `counters` is not this trainer's token counters; refusing to resume with wrong totals",
+                latest.join(STATE_FILE).display()
+            )
+        })?;
         step = state.step;
         tracing::info!(step, checkpoint = %latest.display(), "resuming");
     }
@@ -157,12 +180,14 @@ where
         // The other ranks read rank 0's checkpoints once this returns.
         distributed::all_reduce_sum(world, &mut [0.0], &mut scratch)?;
     }
-    let kept = config
-        .keep_steps
-        .iter()
-        .filter_map(|&s| step_dir(&ckpt_root, s).map(|d| (s, d)))
-        .collect();
-    Ok(LoopOutcome { steps: step, tokens: counters.tokens, image_tokens: counters.image_tokens, final_loss: last_loss, kept })
+    let kept = config.keep_steps.iter().filter_map(|&s| step_dir(&ckpt_root, s).map(|d| (s, d))).collect();
+    Ok(LoopOutcome {
+        steps: step,
+        tokens: counters.tokens,
+        image_tokens: counters.image_tokens,
+        final_loss: last_loss,
+        kept,
+    })
 }
 
 /// Sums every gradient and the loss over the ranks in one all-reduce; returns the summed loss.
@@ -197,7 +222,8 @@ fn prune(root: &Path, keep_steps: &[u64]) -> Result<()> {
             continue;
         };
         if name != latest.trim() && !keep_steps.contains(&step) {
-            std::fs::remove_dir_all(root.join(&name)).with_context(|| format!("pruning {}", root.join(&name).display()))?;
+            std::fs::remove_dir_all(root.join(&name))
+                .with_context(|| format!("pruning {}", root.join(&name).display()))?;
         }
     }
     Ok(())

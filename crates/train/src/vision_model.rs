@@ -27,11 +27,16 @@ impl Trainable for VisionModel {
 
     fn forward_backward(&mut self, batch: &VlmBatch) -> Result<f32> {
         let (vlm, params) = (&mut self.vlm, &mut self.params);
-        accumulate(batch.batch, self.micro_batch, |r| mask_sum(&batch.loss_mask, batch.seq, r), |r, scale| {
-            if r.len() == batch.batch {
-                return vlm.forward_backward_scaled(params, batch, scale);
-            }
-            vlm.forward_backward_scaled(params, &batch.sequences(r)?, scale)
-        })
+        accumulate(
+            batch.batch,
+            self.micro_batch,
+            |r| mask_sum(&batch.loss_mask, batch.seq, r),
+            |r, scale| {
+                if r.len() == batch.batch {
+                    return vlm.forward_backward_scaled(params, batch, scale);
+                }
+                vlm.forward_backward_scaled(params, &batch.sequences(r)?, scale)
+            },
+        )
     }
 }

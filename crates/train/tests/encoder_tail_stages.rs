@@ -29,7 +29,9 @@ fn model() -> LmConfig {
 /// Eight coloured images, their frozen-part features cached, each with a caption and a conversation.
 fn corpus(spec: &EncoderSpec, cache_dir: &Path) -> (ImageCorpus, FeatureCache) {
     let encoder = open_encoder(spec, Path::new("/nonexistent")).unwrap();
-    let images: Vec<RgbImage> = (0..8u8).map(|i| RgbImage::from_fn(20, 20, move |x, y| Rgb([i * 30, (x * 12) as u8, (y * 12) as u8]))).collect();
+    let images: Vec<RgbImage> = (0..8u8)
+        .map(|i| RgbImage::from_fn(20, 20, move |x, y| Rgb([i * 30, (x * 12) as u8, (y * 12) as u8])))
+        .collect();
     let mut cache = FeatureCache::open(cache_dir, encoder.as_ref()).unwrap();
     cache.features(encoder.as_ref(), &images.iter().collect::<Vec<_>>()).unwrap();
     cache.flush().unwrap();
@@ -49,7 +51,11 @@ fn corpus(spec: &EncoderSpec, cache_dir: &Path) -> (ImageCorpus, FeatureCache) {
 }
 
 fn tensor(checkpoint: &Path, name: &str) -> Vec<f32> {
-    SafetensorsFile::open(&checkpoint.join("model.safetensors")).unwrap().f32(name).unwrap_or_else(|e| panic!("{name}: {e:#}")).data
+    SafetensorsFile::open(&checkpoint.join("model.safetensors"))
+        .unwrap()
+        .f32(name)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+        .data
 }
 
 /// Cooldown then one fine-tuning epoch; returns (cooldown checkpoint, fine-tuned checkpoint).
@@ -70,7 +76,8 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         train_lm: true,
         seed: 1,
     };
-    let outcome = cooldown(&cooldown_spec, docs, &corpus, &cache, SPECIAL, &root.join("cooldown"), &mut |_, _, _| {}).unwrap();
+    let outcome =
+        cooldown(&cooldown_spec, docs, &corpus, &cache, SPECIAL, &root.join("cooldown"), &mut |_, _, _| {}).unwrap();
     assert!(outcome.image_tokens > 0, "the cooldown saw images");
     let cooled = outcome.kept.last().unwrap().1.clone();
     let finetune_spec = FinetuneSpec {
@@ -93,18 +100,33 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
 #[test]
 fn an_unfrozen_siglip_block_trains_in_cooldown_and_fine_tuning() {
     let root = tempfile::tempdir().unwrap();
-    let spec = EncoderSpec { source: siglip_fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None, trainable_blocks: 1 };
+    let spec = EncoderSpec {
+        source: siglip_fixture().display().to_string(),
+        layer: FeatureLayer::Penultimate,
+        resolution: None,
+        trainable_blocks: 1,
+    };
     let (cooled, tuned) = cooldown_then_finetune(&spec, root.path());
     // The penultimate layer uses blocks 0 and 1 of 3: block 1 is the tail, block 0 stays in the trunk.
     let name = "vision_model.encoder.layers.1.mlp.fc1.weight";
-    let pretrained = SafetensorsFile::open(&siglip_fixture().join("model.safetensors")).unwrap().f32(name).unwrap().data;
+    let pretrained =
+        SafetensorsFile::open(&siglip_fixture().join("model.safetensors")).unwrap().f32(name).unwrap().data;
     let (after_cooldown, after_finetune) = (tensor(&cooled, name), tensor(&tuned, name));
     assert_ne!(after_cooldown, pretrained, "the tail block trained during the cooldown");
     assert_ne!(after_finetune, after_cooldown, "and again during fine-tuning");
     let names = SafetensorsFile::open(&tuned.join("model.safetensors")).unwrap().names();
-    assert!(!names.iter().any(|n| n.starts_with("vision_model.encoder.layers.0.") || n.starts_with("vision_model.embeddings")), "the frozen trunk is not in checkpoints");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("vision_model.encoder.layers.0.") || n.starts_with("vision_model.embeddings")),
+        "the frozen trunk is not in checkpoints"
+    );
 
-    assert_eq!(encoder_spec_of(&tuned).unwrap().as_ref(), Some(&spec), "the fine-tune records the encoder it inherited");
+    assert_eq!(
+        encoder_spec_of(&tuned).unwrap().as_ref(),
+        Some(&spec),
+        "the fine-tune records the encoder it inherited"
+    );
     let (vlm, params) = load_vlm(&model(), &tuned).unwrap();
     assert_eq!(vlm.encoder_width(), 32, "the loaded VLM takes the trunk's hidden states");
     assert_eq!(params.value(params.id(name).unwrap()), &after_finetune[..]);
@@ -113,7 +135,12 @@ fn an_unfrozen_siglip_block_trains_in_cooldown_and_fine_tuning() {
 #[test]
 fn the_patch_projection_trains_with_the_vlm() {
     let root = tempfile::tempdir().unwrap();
-    let spec = EncoderSpec { source: PATCH_NAME.into(), layer: FeatureLayer::default(), resolution: Some(16), trainable_blocks: 0 };
+    let spec = EncoderSpec {
+        source: PATCH_NAME.into(),
+        layer: FeatureLayer::default(),
+        resolution: Some(16),
+        trainable_blocks: 0,
+    };
     let (cooled, tuned) = cooldown_then_finetune(&spec, root.path());
     let name = "patch_projection.weight";
     assert_ne!(tensor(&cooled, name), tensor(&tuned, name), "the projection trains during fine-tuning");

@@ -5,11 +5,11 @@
 //! fit fails before training, with the numbers.
 
 use anyhow::Result;
+use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::vlm::{Vlm, VlmBatch};
-use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_train::schedule::{Schedule, WarmupCosine};
 use vlmix_train::stages::{pretrain, PretrainSpec};
 use vlmix_train::text_model::{TextModel, TokenBatch};
@@ -32,7 +32,8 @@ struct Masked {
 impl Masked {
     fn tokens(&mut self) -> TokenBatch {
         let n = BATCH * SEQ;
-        let stream: Vec<u32> = (0..=n).map(|i| ((self.next as usize * 131 + i * 17 + i * i / 3) % self.vocab) as u32).collect();
+        let stream: Vec<u32> =
+            (0..=n).map(|i| ((self.next as usize * 131 + i * 17 + i * i / 3) % self.vocab) as u32).collect();
         let mut loss_mask = vec![0.0; n];
         for b in 0..BATCH {
             // Sequence 5 trains on nothing; the others on spans of 1..=20 positions.
@@ -70,11 +71,21 @@ impl BatchSource for WithImages {
     fn next_batch(&mut self) -> Result<VlmBatch> {
         let step = self.0.next as usize;
         let t = self.0.tokens();
-        let mut batch = VlmBatch { batch: t.batch, seq: t.seq, inputs: t.inputs, targets: t.targets, loss_mask: t.loss_mask, n_image_tokens: IMAGE_TOKENS, ..Default::default() };
+        let mut batch = VlmBatch {
+            batch: t.batch,
+            seq: t.seq,
+            inputs: t.inputs,
+            targets: t.targets,
+            loss_mask: t.loss_mask,
+            n_image_tokens: IMAGE_TOKENS,
+            ..Default::default()
+        };
         for b in (0..BATCH).filter(|b| b % 3 == 1) {
             batch.image_sequences.push(b);
             batch.loss_mask[b * SEQ..b * SEQ + IMAGE_TOKENS].fill(0.0);
-            batch.features.extend((0..IMAGE_TOKENS * FEATURE_WIDTH).map(|i| (((b + step) * 37 + i * 11) % 23) as f32 / 23.0 - 0.5));
+            batch.features.extend(
+                (0..IMAGE_TOKENS * FEATURE_WIDTH).map(|i| (((b + step) * 37 + i * 11) % 23) as f32 / 23.0 - 0.5),
+            );
         }
         Ok(batch)
     }
@@ -99,11 +110,15 @@ fn loop_config() -> LoopConfig {
 }
 
 /// Trains 5 steps and returns (parameters by name, loss of each step).
-fn run<M: Trainable, S: BatchSource<Batch = M::Batch>>(mut model: M, mut source: S) -> (Vec<(String, Vec<f32>)>, Vec<f64>) {
+fn run<M: Trainable, S: BatchSource<Batch = M::Batch>>(
+    mut model: M,
+    mut source: S,
+) -> (Vec<(String, Vec<f32>)>, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let mut optimizer = AdamW::new(AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() }, model.params());
     let mut losses = Vec::new();
-    train(&mut model, &mut optimizer, &mut source, &loop_config(), dir.path(), &mut |_, _, m| losses.push(m.loss)).unwrap();
+    train(&mut model, &mut optimizer, &mut source, &loop_config(), dir.path(), &mut |_, _, m| losses.push(m.loss))
+        .unwrap();
     let params = model.params();
     (params.ids().map(|id| (params.info(id).name.clone(), params.value(id).to_vec())).collect(), losses)
 }
@@ -165,7 +180,6 @@ fn vlm_steps_do_not_depend_on_the_micro_batch() {
     }
 }
 
-
 #[test]
 fn a_model_that_cannot_fit_fails_before_training_with_the_numbers() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,8 +196,15 @@ fn a_model_that_cannot_fit_fails_before_training_with_the_numbers() {
     };
     let docs: Vec<Vec<u32>> = vec![(3..100).collect()];
     let special = SpecialTokens { eos: 0, pad: 1, image: 2 };
-    let err = format!("{:#}", pretrain(&spec, docs, special, dir.path(), &mut |_, _, _| panic!("no step may run")).expect_err("refused"));
-    assert!(err.contains("pre-training does not fit in memory: needs") && err.contains("at micro-batch 1 for optimizer state"), "{err}");
+    let err = format!(
+        "{:#}",
+        pretrain(&spec, docs, special, dir.path(), &mut |_, _, _| panic!("no step may run")).expect_err("refused")
+    );
+    assert!(
+        err.contains("pre-training does not fit in memory: needs")
+            && err.contains("at micro-batch 1 for optimizer state"),
+        "{err}"
+    );
     assert!(err.contains("GiB available (MemAvailable"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written before the refusal");
 }

@@ -24,7 +24,9 @@ impl BatchSource for Counting {
             bail!("simulated kill at batch {}", self.next);
         }
         let (batch, seq) = (2, 16);
-        let stream: Vec<u32> = (0..batch * seq + 1).map(|i| ((self.next as usize * 31 + i * 7 + i * i) % self.vocab as usize) as u32).collect();
+        let stream: Vec<u32> = (0..batch * seq + 1)
+            .map(|i| ((self.next as usize * 31 + i * 7 + i * i) % self.vocab as usize) as u32)
+            .collect();
         self.next += 1;
         Ok(TokenBatch {
             batch,
@@ -96,7 +98,10 @@ fn killed_and_resumed_equals_uninterrupted() {
     assert_eq!(losses(&a), losses(&b), "the metrics log reads as one uninterrupted run");
     let kept: Vec<u64> = outcome.kept.iter().map(|k| k.0).collect();
     assert_eq!(kept, vec![6, 12], "kept checkpoints survive pruning");
-    let dirs = std::fs::read_dir(resumed.path().join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+    let dirs = std::fs::read_dir(resumed.path().join("checkpoints"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
     assert_eq!(dirs, 2, "rolling checkpoints are pruned");
 }
 
@@ -118,7 +123,10 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     std::fs::create_dir_all(fresh.path().join("checkpoints")).unwrap();
     let err = train(&mut m, &mut opt, &mut source, &config, fresh.path(), &mut |_, _, _| {}).unwrap_err();
     assert!(format!("{err:#}").to_lowercase().contains("loss"), "{err:#}");
-    assert!(std::fs::read_dir(fresh.path().join("checkpoints")).unwrap().next().is_none(), "no checkpoint written after NaN");
+    assert!(
+        std::fs::read_dir(fresh.path().join("checkpoints")).unwrap().next().is_none(),
+        "no checkpoint written after NaN"
+    );
     assert_eq!(std::fs::read(dir.path().join("checkpoints/step-00000004/model.safetensors")).unwrap(), saved);
 }
 
@@ -131,11 +139,17 @@ fn stopping_early_keeps_the_full_runs_models() {
     let (mut m, mut opt) = model();
     let mut source = Counting { next: 0, crash_at: None, vocab: m.lm.config().vocab as u32 };
     let config = LoopConfig { stop_step: Some(6), ..loop_config() };
-    let outcome = train(&mut m, &mut opt, &mut source, &config, stopped.path(), &mut |_, total, _| assert_eq!(total, 6)).unwrap();
+    let outcome =
+        train(&mut m, &mut opt, &mut source, &config, stopped.path(), &mut |_, total, _| assert_eq!(total, 6)).unwrap();
     assert_eq!(outcome.steps, 6);
     assert_eq!(outcome.kept.iter().map(|k| k.0).collect::<Vec<_>>(), vec![6]);
-    let weights = |dir: &std::path::Path| std::fs::read(dir.join("checkpoints/step-00000006/model.safetensors")).unwrap();
-    assert_eq!(weights(full.path()), weights(stopped.path()), "the LR follows the whole schedule, so step 6 is the same model");
+    let weights =
+        |dir: &std::path::Path| std::fs::read(dir.join("checkpoints/step-00000006/model.safetensors")).unwrap();
+    assert_eq!(
+        weights(full.path()),
+        weights(stopped.path()),
+        "the LR follows the whole schedule, so step 6 is the same model"
+    );
 }
 
 #[test]

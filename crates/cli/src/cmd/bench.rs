@@ -44,15 +44,32 @@ fn train(args: TrainArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
     let model = LmConfig::load(&args.model)?;
-    let report = bench_train(&BenchOptions { model, model_name: args.model, batch: args.batch, steps: args.steps, warmup: args.warmup })?;
+    let report = bench_train(&BenchOptions {
+        model,
+        model_name: args.model,
+        batch: args.batch,
+        steps: args.steps,
+        warmup: args.warmup,
+    })?;
     if args.json {
         println!("{}", serde_json_line(&report)?);
         return Ok(());
     }
-    println!("model {} (batch {} x seq {}), {} threads, BLAS core {}, CPU {}", report.model, report.batch, report.seq, report.threads, report.blas_core, report.cpu);
+    println!(
+        "model {} (batch {} x seq {}), {} threads, BLAS core {}, CPU {}",
+        report.model, report.batch, report.seq, report.threads, report.blas_core, report.cpu
+    );
     println!("tokens/s      {:10.1}", report.tokens_per_s);
-    println!("GFLOP/s       {:10.1}   ({}; {:.3} GFLOP/token)", report.gflops, report.flops_formula, report.flops_per_token / 1e9);
-    println!("step          {:10.1} ms  (forward+backward {:.1}, clip {:.1}, AdamW {:.1})", report.step_ms, report.forward_backward_ms, report.clip_ms, report.optimizer_ms);
+    println!(
+        "GFLOP/s       {:10.1}   ({}; {:.3} GFLOP/token)",
+        report.gflops,
+        report.flops_formula,
+        report.flops_per_token / 1e9
+    );
+    println!(
+        "step          {:10.1} ms  (forward+backward {:.1}, clip {:.1}, AdamW {:.1})",
+        report.step_ms, report.forward_backward_ms, report.clip_ms, report.optimizer_ms
+    );
     println!("peak RSS      {:10.1} MiB", report.peak_rss_mb);
     println!("final loss    {:10.4}", report.final_loss);
     Ok(())

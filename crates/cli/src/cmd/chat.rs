@@ -98,7 +98,11 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let image = args.image.as_deref().map(image_ref).transpose()?;
     let mut scorer = args.model_args.open_scorer(&args.model)?;
     if let (Some(image), false) = (&image, scorer.is_vision()) {
-        bail!("{} is a text-only checkpoint (no projector): it cannot look at {}", args.model.display(), image.path.display());
+        bail!(
+            "{} is a text-only checkpoint (no projector): it cannot look at {}",
+            args.model.display(),
+            image.path.display()
+        );
     }
     let prompt = VlTemplate::default().render(args.question.trim());
     stream(&mut scorer, image.as_ref(), &prompt, &args.decoding.decoding())

@@ -99,7 +99,8 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         }
         DataCommand::Inspect(args) => run_inspect(&args.paths),
         DataCommand::MakeExample(args) => {
-            let counts = vlmix_data::byod::example::make_example(&DataLayout::from_env(args.data.as_deref())?, &args.out)?;
+            let counts =
+                vlmix_data::byod::example::make_example(&DataLayout::from_env(args.data.as_deref())?, &args.out)?;
             println!(
                 "wrote {}: {} image-caption samples in 5 shards (the last truncated), {} conversations (one with a missing image), {} text documents, {} eval questions",
                 args.out.display(),
@@ -122,39 +123,28 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
     let layout = DataLayout::from_env(args.out.as_deref())?;
     if args.if_outdated && layout.manifest().is_file() {
         match refresh(&layout)? {
-            Some(manifest) => println!("refreshed the text benchmarks in {} ({} items)", layout.prepared.display(), manifest.text_eval.values().sum::<usize>()),
+            Some(manifest) => println!(
+                "refreshed the text benchmarks in {} ({} items)",
+                layout.prepared.display(),
+                manifest.text_eval.values().sum::<usize>()
+            ),
             None => println!("{} is up to date", layout.prepared.display()),
         }
         return Ok(());
     }
     let options = PrepareOptions {
-        corpus: CorpusOptions {
-            validation_fraction: args.validation_fraction,
-            ..CorpusOptions::default()
-        },
+        corpus: CorpusOptions { validation_fraction: args.validation_fraction, ..CorpusOptions::default() },
         vocab_size: args.vocab_size,
         tokenizer: args.tokenizer,
         tokenizer_sample_bytes: args.tokenizer_sample_mb << 20,
         text_sources: args.text_sources,
         images: !args.no_images,
-        image_config: ImageConfig {
-            max_side: args.image_max_side,
-            ..ImageConfig::default()
-        },
+        image_config: ImageConfig { max_side: args.image_max_side, ..ImageConfig::default() },
     };
     let started = std::time::Instant::now();
     let manifest = prepare(&layout, &options)?;
-    let docs: usize = manifest
-        .text
-        .sources
-        .values()
-        .map(|s| s.train.documents + s.validation.documents)
-        .sum();
-    let tokens: u64 = manifest
-        .tokens
-        .values()
-        .map(|t| t.train + t.validation)
-        .sum();
+    let docs: usize = manifest.text.sources.values().map(|s| s.train.documents + s.validation.documents).sum();
+    let tokens: u64 = manifest.tokens.values().map(|t| t.train + t.validation).sum();
     let eval: usize = manifest.text_eval.values().sum();
     println!(
         "prepared {} in {:.0}s: {docs} text documents, {tokens} tokens (vocabulary {}), {eval} text eval items{}",
@@ -180,10 +170,7 @@ fn run_inspect(paths: &[PathBuf]) -> Result<()> {
 }
 
 fn inspect_one(path: &Path) -> Result<(String, usize)> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     if name.ends_with(".tokens") {
         return Ok(match TokenShard::open(path) {
             Ok(shard) => {
@@ -200,10 +187,7 @@ fn inspect_one(path: &Path) -> Result<(String, usize)> {
                 }
                 (text, problems.len())
             }
-            Err(e) => (
-                format!("{}: token shard\n  problem: {e:#}", path.display()),
-                1,
-            ),
+            Err(e) => (format!("{}: token shard\n  problem: {e:#}", path.display()), 1),
         });
     }
     if name == "tokenizer.json" {
@@ -217,10 +201,7 @@ fn inspect_one(path: &Path) -> Result<(String, usize)> {
                 ),
                 0,
             ),
-            Err(e) => (
-                format!("{}: tokenizer\n  problem: {e:#}", path.display()),
-                1,
-            ),
+            Err(e) => (format!("{}: tokenizer\n  problem: {e:#}", path.display()), 1),
         });
     }
     let report = vlmix_data::inspect::inspect_path(path)?;

@@ -43,7 +43,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let layout = DataLayout::from_env(None)?;
-    let spec = EncoderSpec { source: args.encoder.clone(), layer: FeatureLayer::parse(&args.layer)?, resolution: args.resolution, trainable_blocks: 0 };
+    let spec = EncoderSpec {
+        source: args.encoder.clone(),
+        layer: FeatureLayer::parse(&args.layer)?,
+        resolution: args.resolution,
+        trainable_blocks: 0,
+    };
     match (args.images.is_empty(), args.shards.is_empty()) {
         (false, false) => bail!("give either IMAGE... with --out, or --shards, not both"),
         (true, true) => bail!("nothing to encode: give IMAGE... with --out, or --shards"),
@@ -75,18 +80,29 @@ fn encode_files(encoder: &dyn ImageEncoder, paths: &[PathBuf], out: &Path) -> Re
     let mut features = Vec::with_capacity(images.len() * encoder.tokens() * encoder.width());
     for (chunk, names) in images.chunks(16).zip(paths.chunks(16)) {
         let mut pixels = vec![0.0f32; chunk.len() * per_image];
-        pixels.par_chunks_mut(per_image).zip(chunk.par_iter().zip(names)).try_for_each(|(dst, (im, name))| -> Result<()> {
-            dst.copy_from_slice(&encoder.preprocess().pixels(im).with_context(|| format!("preprocessing {}", name.display()))?);
-            Ok(())
-        })?;
+        pixels.par_chunks_mut(per_image).zip(chunk.par_iter().zip(names)).try_for_each(
+            |(dst, (im, name))| -> Result<()> {
+                dst.copy_from_slice(
+                    &encoder.preprocess().pixels(im).with_context(|| format!("preprocessing {}", name.display()))?,
+                );
+                Ok(())
+            },
+        )?;
         features.extend(encoder.encode(&pixels, chunk.len())?);
     }
     let metadata = HashMap::from([
         ("encoder".to_string(), encoder.id().to_string()),
-        ("images".to_string(), serde_json::to_string(&paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())?),
+        (
+            "images".to_string(),
+            serde_json::to_string(&paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())?,
+        ),
     ]);
     let shape = vec![images.len(), encoder.tokens(), encoder.width()];
-    write_f32_tensors(out, [("features".to_string(), F32View { shape: shape.clone(), data: &features })], Some(metadata))?;
+    write_f32_tensors(
+        out,
+        [("features".to_string(), F32View { shape: shape.clone(), data: &features })],
+        Some(metadata),
+    )?;
     println!("encode: wrote features {shape:?} to {}", out.display());
     Ok(())
 }
@@ -114,7 +130,11 @@ fn shard_images(shard: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut slot: HashMap<String, usize> = HashMap::new();
     for entry in archive.entries().with_context(|| format!("reading {}", shard.display()))? {
         let mut entry = entry.with_context(|| format!("reading {}", shard.display()))?;
-        let name = entry.path().with_context(|| format!("{}: bad member name", shard.display()))?.to_string_lossy().into_owned();
+        let name = entry
+            .path()
+            .with_context(|| format!("{}: bad member name", shard.display()))?
+            .to_string_lossy()
+            .into_owned();
         let Some((key, ext)) = split_member_name(&name) else { continue };
         let Some(rank) = IMAGE_EXTENSIONS.iter().position(|e| e.eq_ignore_ascii_case(ext)) else { continue };
         let mut bytes = Vec::new();
@@ -141,7 +161,9 @@ fn fill_cache(encoder: &dyn ImageEncoder, inputs: &[PathBuf], root: &Path) -> Re
         for batch in members.chunks(CACHE_BATCH) {
             let decoded: Vec<RgbImage> = batch
                 .par_iter()
-                .map(|(name, bytes)| image_io::decode_rgb(bytes).with_context(|| format!("{}: member {name}", shard.display())))
+                .map(|(name, bytes)| {
+                    image_io::decode_rgb(bytes).with_context(|| format!("{}: member {name}", shard.display()))
+                })
                 .collect::<Result<_>>()?;
             let refs: Vec<&RgbImage> = decoded.iter().collect();
             cache.features(encoder, &refs)?;
@@ -178,7 +200,12 @@ mod tests {
     }
 
     fn encoder() -> Box<dyn ImageEncoder> {
-        let spec = EncoderSpec { source: siglip_fixture().display().to_string(), layer: FeatureLayer::Penultimate, resolution: None, trainable_blocks: 0 };
+        let spec = EncoderSpec {
+            source: siglip_fixture().display().to_string(),
+            layer: FeatureLayer::Penultimate,
+            resolution: None,
+            trainable_blocks: 0,
+        };
         open_encoder(&spec, Path::new("/nonexistent")).unwrap()
     }
 
@@ -190,7 +217,8 @@ mod tests {
         encode_files(encoder().as_ref(), &images, &out).unwrap();
         let got = SafetensorsFile::open(&out).unwrap().f32("features").unwrap();
         assert_eq!(got.shape, vec![2, 16, 32]);
-        let want = SafetensorsFile::open(&siglip_fixture().join("outputs.safetensors")).unwrap().f32("penultimate").unwrap();
+        let want =
+            SafetensorsFile::open(&siglip_fixture().join("outputs.safetensors")).unwrap().f32("penultimate").unwrap();
         let worst = got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-4, "max error {worst}");
     }

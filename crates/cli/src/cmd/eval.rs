@@ -7,7 +7,10 @@ use std::time::Instant;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::checkpoint::resolve_checkpoint;
-use vlmix_eval::{bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures, ItemLimit, Modality, ModelScorer, Task, YesNoMode};
+use vlmix_eval::{
+    bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures,
+    ItemLimit, Modality, ModelScorer, Task, YesNoMode,
+};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, EFFICIENTNET_NAME};
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
@@ -40,7 +43,11 @@ impl ModelArgs {
         let recorded = vlmix_train::stages::encoder_spec_of(&resolve_checkpoint(checkpoint)?)?;
         match (recorded, &self.encoder) {
             (Some(recorded), Some(given)) if Path::new(given) != Path::new(&recorded.source) => {
-                bail!("{} was trained with encoder {:?}, not --encoder {given:?}", checkpoint.display(), recorded.source)
+                bail!(
+                    "{} was trained with encoder {:?}, not --encoder {given:?}",
+                    checkpoint.display(),
+                    recorded.source
+                )
             }
             (Some(recorded), _) => Ok(recorded),
             (None, given) => Ok(EncoderSpec {
@@ -108,7 +115,9 @@ pub struct Args {
 /// Every `.jsonl` file directly in `dir`, sorted.
 fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing eval tasks in {}: run `vlmix data prepare` (or pass --tasks)", dir.display()))? {
+    for entry in std::fs::read_dir(dir).with_context(|| {
+        format!("listing eval tasks in {}: run `vlmix data prepare` (or pass --tasks)", dir.display())
+    })? {
         let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
         if path.is_file() && path.extension().is_some_and(|e| e == "jsonl") {
             files.push(path);
@@ -133,9 +142,14 @@ pub fn run(args: Args) -> Result<()> {
     let mut tasks = load_tasks(&task_files)?;
     let mut scorer = args.model.open_scorer(&args.checkpoint)?;
     if !scorer.is_vision() {
-        let skipped: Vec<String> = tasks.iter().filter(|t| t.modality() == Modality::Vision).map(|t| t.name.clone()).collect();
+        let skipped: Vec<String> =
+            tasks.iter().filter(|t| t.modality() == Modality::Vision).map(|t| t.name.clone()).collect();
         if !skipped.is_empty() {
-            eprintln!("eval: {} is a text-only checkpoint (no projector): skipping vision tasks {}", args.checkpoint.display(), skipped.join(", "));
+            eprintln!(
+                "eval: {} is a text-only checkpoint (no projector): skipping vision tasks {}",
+                args.checkpoint.display(),
+                skipped.join(", ")
+            );
         }
         tasks.retain(|t| t.modality() == Modality::Text);
     }
@@ -150,9 +164,11 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => {
             let mut docs = load_text_documents(&path)?;
             docs.truncate(args.validation_docs.unwrap_or(usize::MAX));
-            let spinner = ProgressBar::new_spinner().with_message(format!("validation bits-per-byte over {} documents", docs.len()));
+            let spinner = ProgressBar::new_spinner()
+                .with_message(format!("validation bits-per-byte over {} documents", docs.len()));
             spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-            let result = bits_per_byte(&mut scorer, &docs).with_context(|| format!("bits-per-byte on {}", path.display()));
+            let result =
+                bits_per_byte(&mut scorer, &docs).with_context(|| format!("bits-per-byte on {}", path.display()));
             spinner.finish_and_clear();
             Some(result?)
         }
@@ -162,14 +178,18 @@ pub fn run(args: Args) -> Result<()> {
 
     let items_start = Instant::now();
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} eval [{bar:30}] {pos}/{len} items ({per_sec}, ETA {eta})").expect("static template").progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} eval [{bar:30}] {pos}/{len} items ({per_sec}, ETA {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
     );
     let total: usize = tasks.iter().map(|t| options.work(t)).sum();
     bar.set_length(total as u64);
     let mut results = Vec::with_capacity(tasks.len());
     for task in &tasks {
         let done_before = bar.position();
-        let one = evaluate_with_progress(&mut scorer, std::slice::from_ref(task), None, &options, &mut |done, _| bar.set_position(done_before + done as u64));
+        let one = evaluate_with_progress(&mut scorer, std::slice::from_ref(task), None, &options, &mut |done, _| {
+            bar.set_position(done_before + done as u64)
+        });
         match one {
             Ok(report) => results.extend(report.tasks),
             Err(err) => {
@@ -228,12 +248,18 @@ fn print_table(report: &EvalReport, tasks: &[Task]) {
             Modality::Vision => "vision",
             Modality::Text => "text",
         };
-        println!("{:<width$}  {kind:<6}  {:>5}  {:>8.4}  {:>6.3}  {:>+7.4}", t.task, t.n_items, t.accuracy, t.chance, t.stable_score);
+        println!(
+            "{:<width$}  {kind:<6}  {:>5}  {:>8.4}  {:>6.3}  {:>+7.4}",
+            t.task, t.n_items, t.accuracy, t.chance, t.stable_score
+        );
     }
     let show = |score: Option<f64>| score.map_or("-".to_string(), |s| format!("{s:+.4}"));
     println!("vision stable score: {}", show(report.vision_stable_score));
     println!("text stable score:   {}", show(report.text_stable_score));
     if let Some(v) = &report.validation {
-        println!("validation bits-per-byte: {:.4} ({} documents, {} tokens, {} bytes)", v.bits_per_byte, v.documents, v.tokens, v.bytes);
+        println!(
+            "validation bits-per-byte: {:.4} ({} documents, {} tokens, {} bytes)",
+            v.bits_per_byte, v.documents, v.tokens, v.bytes
+        );
     }
 }

@@ -32,7 +32,8 @@ pub fn run(command: ExportCommand) -> Result<()> {
     let weights = weights_of(&checkpoint);
     let file = SafetensorsFile::open(&weights)?;
     let in_file = file.names();
-    let missing: Vec<String> = params.ids().map(|id| params.info(id).name.clone()).filter(|n| !in_file.contains(n)).collect();
+    let missing: Vec<String> =
+        params.ids().map(|id| params.info(id).name.clone()).filter(|n| !in_file.contains(n)).collect();
     anyhow::ensure!(missing.is_empty(), "{}: missing LM tensors {missing:?}", weights.display());
     params.load_from(&file, false).with_context(|| format!("loading the LM from {}", weights.display()))?;
     export_openlm(&config, &params, &args.out)?;

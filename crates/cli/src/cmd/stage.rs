@@ -75,12 +75,20 @@ impl DataFlags {
             data.tokenizer = Some(tokenizer.clone());
         }
         if !self.text.is_empty() {
-            data.text = Some(TextConfig { files: self.text.clone(), validation_files: self.validation_text.clone(), text_field: self.text_field.clone() });
+            data.text = Some(TextConfig {
+                files: self.text.clone(),
+                validation_files: self.validation_text.clone(),
+                text_field: self.text_field.clone(),
+            });
         } else if !self.validation_text.is_empty() {
             bail!("--validation-text goes with --text");
         }
         if !self.images.is_empty() {
-            data.images = Some(ImagesConfig { shards: self.images.clone(), caption: self.caption.clone(), shuffle_buffer: self.shuffle_buffer });
+            data.images = Some(ImagesConfig {
+                shards: self.images.clone(),
+                caption: self.caption.clone(),
+                shuffle_buffer: self.shuffle_buffer,
+            });
         }
         if let Some(file) = &self.instruct {
             data.instruct = Some(InstructConfig { file: file.clone(), image_root: self.image_root.clone() });
@@ -137,7 +145,11 @@ pub struct FinetuneArgs {
     pub seed: u64,
 }
 
-fn with_runner(common: &Common, config: &StudyConfig, run: impl FnOnce(&mut StudyRunner) -> Result<serde_json::Value>) -> Result<()> {
+fn with_runner(
+    common: &Common,
+    config: &StudyConfig,
+    run: impl FnOnce(&mut StudyRunner) -> Result<serde_json::Value>,
+) -> Result<()> {
     let layout = DataLayout::from_env(common.data.as_deref())?;
     let mut config = config.clone();
     common.data_flags.apply(&mut config)?;
@@ -158,16 +170,28 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
 pub fn cooldown(args: CooldownArgs) -> Result<()> {
     let mut config = StudyConfig::load(&args.common.config)?;
     config.cooldown.micro_batch_size = args.common.micro_batch_size.or(config.cooldown.micro_batch_size);
-    for (field, v) in [("--fraction", args.fraction), ("--image-fraction", args.image_fraction), ("--instruction-share", args.instruction_share)] {
+    for (field, v) in [
+        ("--fraction", args.fraction),
+        ("--image-fraction", args.image_fraction),
+        ("--instruction-share", args.instruction_share),
+    ] {
         if !(0.0..=1.0).contains(&v) {
             bail!("{field} {v} is outside [0, 1]");
         }
     }
-    let start = if args.from == "scratch" { Start::Scratch } else { Start::TextCheckpoint(resolve_checkpoint(Path::new(&args.from))?) };
+    let start = if args.from == "scratch" {
+        Start::Scratch
+    } else {
+        Start::TextCheckpoint(resolve_checkpoint(Path::new(&args.from))?)
+    };
     if matches!(start, Start::Scratch) != (args.fraction == 0.0) {
         bail!("--from scratch goes with --fraction 0 (and a checkpoint with a fraction above 0)");
     }
-    let point = GridPoint { fraction: args.fraction, image_fraction: args.image_fraction, instruction_share: args.instruction_share };
+    let point = GridPoint {
+        fraction: args.fraction,
+        image_fraction: args.image_fraction,
+        instruction_share: args.instruction_share,
+    };
     let out = args.common.out.clone();
     with_runner(&args.common, &config, |r| r.cooldown(&point, start, args.seed, &out, &out))
 }

@@ -49,7 +49,9 @@ pub enum StudyCommand {
 
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        Some(StudyCommand::RunNode { run_dir, node, data }) => return vlmix_study::run::run_node(&run_dir, &node, data.as_deref()),
+        Some(StudyCommand::RunNode { run_dir, node, data }) => {
+            return vlmix_study::run::run_node(&run_dir, &node, data.as_deref())
+        }
         Some(StudyCommand::Status { run_dir }) => return status(&run_dir),
         Some(StudyCommand::Cancel { run_dir }) => {
             let jobs = vlmix_study::slurm::cancel(&run_dir)?;
@@ -95,7 +97,8 @@ fn status(run_dir: &std::path::Path) -> Result<()> {
 
 /// `runs/<name>`, with characters that do not belong in a folder name replaced by `-`.
 fn default_run_dir(name: &str) -> PathBuf {
-    let safe: String = name.trim().chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
+    let safe: String =
+        name.trim().chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
     PathBuf::from("runs").join(safe.trim_start_matches('.'))
 }
 

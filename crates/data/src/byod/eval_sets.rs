@@ -76,10 +76,25 @@ impl EvalSource {
 
     fn item(&self, q: Question) -> Result<EvalItem, String> {
         if !self.images.join(&q.image).is_file() {
-            return Err(format!("{}: question {}: image {} does not exist", self.questions.display(), q.id, self.images.join(&q.image).display()));
+            return Err(format!(
+                "{}: question {}: image {} does not exist",
+                self.questions.display(),
+                q.id,
+                self.images.join(&q.image).display()
+            ));
         }
-        let (kind, chance) = if self.format == EvalFormat::Pope { (QuestionType::YesNo, 0.5) } else { (QuestionType::Open, 0.0) };
-        Ok(EvalItem { id: q.id, task: self.name.clone(), image: q.image, question: q.question, answers: q.answers, kind, choices: None, chance })
+        let (kind, chance) =
+            if self.format == EvalFormat::Pope { (QuestionType::YesNo, 0.5) } else { (QuestionType::Open, 0.0) };
+        Ok(EvalItem {
+            id: q.id,
+            task: self.name.clone(),
+            image: q.image,
+            question: q.question,
+            answers: q.answers,
+            kind,
+            choices: None,
+            chance,
+        })
     }
 
     fn problem(&self, id: &str, message: &str) -> String {
@@ -88,23 +103,42 @@ impl EvalSource {
 
     fn vqav2(&self) -> Result<Vec<Result<Question, String>>> {
         let questions = read_json(&self.questions)?;
-        let annotations_path = self.annotations.as_ref().with_context(|| format!("eval set {:?}: format vqav2 needs `annotations` (the v2_mscoco_*_annotations.json file)", self.name))?;
+        let annotations_path = self.annotations.as_ref().with_context(|| {
+            format!(
+                "eval set {:?}: format vqav2 needs `annotations` (the v2_mscoco_*_annotations.json file)",
+                self.name
+            )
+        })?;
         let annotations = read_json(annotations_path)?;
-        let subtype = questions.get("data_subtype").and_then(Value::as_str).with_context(|| format!("{}: no \"data_subtype\" (e.g. val2014), which names the COCO images", self.questions.display()))?;
+        let subtype = questions.get("data_subtype").and_then(Value::as_str).with_context(|| {
+            format!("{}: no \"data_subtype\" (e.g. val2014), which names the COCO images", self.questions.display())
+        })?;
         let list = array_field(&questions, "questions", &self.questions)?;
         let mut answers: HashMap<String, Vec<String>> = HashMap::new();
         for annotation in array_field(&annotations, "annotations", annotations_path)? {
             let Some(id) = annotation.get("question_id").map(id_text) else { continue };
-            let given: Vec<String> = annotation.get("answers").and_then(Value::as_array).into_iter().flatten().filter_map(|a| a.get("answer")?.as_str().map(str::to_string)).collect();
+            let given: Vec<String> = annotation
+                .get("answers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.get("answer")?.as_str().map(str::to_string))
+                .collect();
             answers.insert(id, given);
         }
         Ok(list
             .iter()
             .map(|q| {
                 let id = q.get("question_id").map(id_text).ok_or_else(|| self.problem("?", "no question_id"))?;
-                let image_id = q.get("image_id").and_then(Value::as_u64).ok_or_else(|| self.problem(&id, "no numeric image_id"))?;
+                let image_id = q
+                    .get("image_id")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| self.problem(&id, "no numeric image_id"))?;
                 let question = str_field(q, "question").ok_or_else(|| self.problem(&id, "no question"))?;
-                let given = answers.remove(&id).filter(|a| !a.is_empty()).ok_or_else(|| self.problem(&id, &format!("no answers in {}", annotations_path.display())))?;
+                let given = answers
+                    .remove(&id)
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| self.problem(&id, &format!("no answers in {}", annotations_path.display())))?;
                 Ok(Question { image: format!("COCO_{subtype}_{image_id:012}.jpg"), id, question, answers: given })
             })
             .collect())
@@ -112,15 +146,23 @@ impl EvalSource {
 
     fn gqa(&self) -> Result<Vec<Result<Question, String>>> {
         let questions = read_json(&self.questions)?;
-        let Value::Object(map) = questions else { bail!("{}: expected an object of question id -> question (GQA's layout)", self.questions.display()) };
+        let Value::Object(map) = questions else {
+            bail!("{}: expected an object of question id -> question (GQA's layout)", self.questions.display())
+        };
         let mut out: Vec<(String, Result<Question, String>)> = map
             .into_iter()
             .map(|(id, q)| {
                 let question = (|| {
                     let image = str_field(&q, "imageId").ok_or_else(|| self.problem(&id, "no imageId"))?;
                     let text = str_field(&q, "question").ok_or_else(|| self.problem(&id, "no question"))?;
-                    let answer = str_field(&q, "answer").ok_or_else(|| self.problem(&id, "no answer (test-dev without answers cannot be scored)"))?;
-                    Ok(Question { image: format!("{image}.jpg"), id: id.clone(), question: text, answers: vec![answer] })
+                    let answer = str_field(&q, "answer")
+                        .ok_or_else(|| self.problem(&id, "no answer (test-dev without answers cannot be scored)"))?;
+                    Ok(Question {
+                        image: format!("{image}.jpg"),
+                        id: id.clone(),
+                        question: text,
+                        answers: vec![answer],
+                    })
                 })();
                 (id, question)
             })
@@ -137,7 +179,13 @@ impl EvalSource {
                 let id = q.get("question_id").map(id_text).ok_or_else(|| self.problem("?", "no question_id"))?;
                 let image = str_field(q, "image_id").ok_or_else(|| self.problem(&id, "no image_id"))?;
                 let question = str_field(q, "question").ok_or_else(|| self.problem(&id, "no question"))?;
-                let answers: Vec<String> = q.get("answers").and_then(Value::as_array).into_iter().flatten().filter_map(|a| a.as_str().map(str::to_string)).collect();
+                let answers: Vec<String> = q
+                    .get("answers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect();
                 if answers.is_empty() {
                     return Err(self.problem(&id, "no answers (the test split has none)"));
                 }
@@ -148,23 +196,32 @@ impl EvalSource {
 
     fn pope(&self) -> Result<Vec<Result<Question, String>>> {
         let mut out = Vec::new();
-        visit_lines(&self.questions, "POPE", |line| serde_json::from_str::<Value>(line).map_err(|e| format!("malformed JSON: {e}")), |item| {
-            out.push(match item {
-                Err(problem) => Err(format!("{}:{}: {}", self.questions.display(), problem.line, problem.message)),
-                Ok(q) => (|| {
-                    let id = q.get("question_id").map(id_text).ok_or_else(|| self.problem("?", "no question_id"))?;
-                    let image = str_field(&q, "image").ok_or_else(|| self.problem(&id, "no image"))?;
-                    let question = str_field(&q, "text").ok_or_else(|| self.problem(&id, "no text (the question)"))?;
-                    let label = str_field(&q, "label").or_else(|| str_field(&q, "answer")).ok_or_else(|| self.problem(&id, "no label"))?;
-                    let label = label.trim().to_ascii_lowercase();
-                    if label != "yes" && label != "no" {
-                        return Err(self.problem(&id, &format!("label {label:?} is not yes or no")));
-                    }
-                    Ok(Question { image, id, question, answers: vec![label] })
-                })(),
-            });
-            Ok(())
-        })?;
+        visit_lines(
+            &self.questions,
+            "POPE",
+            |line| serde_json::from_str::<Value>(line).map_err(|e| format!("malformed JSON: {e}")),
+            |item| {
+                out.push(match item {
+                    Err(problem) => Err(format!("{}:{}: {}", self.questions.display(), problem.line, problem.message)),
+                    Ok(q) => (|| {
+                        let id =
+                            q.get("question_id").map(id_text).ok_or_else(|| self.problem("?", "no question_id"))?;
+                        let image = str_field(&q, "image").ok_or_else(|| self.problem(&id, "no image"))?;
+                        let question =
+                            str_field(&q, "text").ok_or_else(|| self.problem(&id, "no text (the question)"))?;
+                        let label = str_field(&q, "label")
+                            .or_else(|| str_field(&q, "answer"))
+                            .ok_or_else(|| self.problem(&id, "no label"))?;
+                        let label = label.trim().to_ascii_lowercase();
+                        if label != "yes" && label != "no" {
+                            return Err(self.problem(&id, &format!("label {label:?} is not yes or no")));
+                        }
+                        Ok(Question { image, id, question, answers: vec![label] })
+                    })(),
+                });
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 }
@@ -230,11 +287,12 @@ mod tests {
                 {"image_id": 7, "question": "Is it raining?", "question_id": 7001}
             ]
         });
-        let answers: Vec<Value> = ["black", "black", "black", "dark", "black", "grey", "black", "black", "black", "black"]
-            .iter()
-            .enumerate()
-            .map(|(i, a)| json!({"answer": a, "answer_confidence": "yes", "answer_id": i + 1}))
-            .collect();
+        let answers: Vec<Value> =
+            ["black", "black", "black", "dark", "black", "grey", "black", "black", "black", "black"]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| json!({"answer": a, "answer_confidence": "yes", "answer_id": i + 1}))
+                .collect();
         let annotations = json!({
             "info": {}, "license": {}, "data_subtype": "val2014", "annotation_type": "mscoco", "data_type": "mscoco",
             "annotations": [
@@ -247,10 +305,18 @@ mod tests {
         let read = source(dir.path(), EvalFormat::Vqav2, "q.json", Some("a.json")).read().unwrap();
         assert_eq!(read.items.len(), 1);
         let item = &read.items[0];
-        assert_eq!((item.id.as_str(), item.image.as_str(), item.kind), ("42000", "COCO_val2014_000000000042.jpg", QuestionType::Open));
+        assert_eq!(
+            (item.id.as_str(), item.image.as_str(), item.kind),
+            ("42000", "COCO_val2014_000000000042.jpg", QuestionType::Open)
+        );
         assert_eq!(item.answers.len(), 10);
         assert_eq!(read.problems.len(), 1);
-        assert!(read.problems[0].contains("q.json: question 7001: image") && read.problems[0].contains("COCO_val2014_000000000007.jpg does not exist"), "{:?}", read.problems);
+        assert!(
+            read.problems[0].contains("q.json: question 7001: image")
+                && read.problems[0].contains("COCO_val2014_000000000007.jpg does not exist"),
+            "{:?}",
+            read.problems
+        );
         let err = format!("{:#}", source(dir.path(), EvalFormat::Vqav2, "q.json", None).read().unwrap_err());
         assert!(err.contains("needs `annotations`"), "{err}");
     }
@@ -266,7 +332,8 @@ mod tests {
         });
         std::fs::write(dir.path().join("testdev_balanced_questions.json"), questions.to_string()).unwrap();
         let read = source(dir.path(), EvalFormat::Gqa, "testdev_balanced_questions.json", None).read().unwrap();
-        let got: Vec<(&str, &str, &str)> = read.items.iter().map(|i| (i.id.as_str(), i.image.as_str(), i.answers[0].as_str())).collect();
+        let got: Vec<(&str, &str, &str)> =
+            read.items.iter().map(|i| (i.id.as_str(), i.image.as_str(), i.answers[0].as_str())).collect();
         assert_eq!(got, [("201307251", "n161313.jpg", "no"), ("201640614", "n2.jpg", "woman")]);
         assert!(read.problems[0].contains("question 999: no answer"), "{:?}", read.problems);
     }
@@ -300,7 +367,10 @@ mod tests {
         std::fs::write(dir.path().join("coco_pope_random.json"), lines.join("\n")).unwrap();
         let read = source(dir.path(), EvalFormat::Pope, "coco_pope_random.json", None).read().unwrap();
         assert_eq!(read.items.len(), 2);
-        assert_eq!((read.items[1].kind, read.items[1].answers[0].as_str(), read.items[1].chance), (QuestionType::YesNo, "no", 0.5));
+        assert_eq!(
+            (read.items[1].kind, read.items[1].answers[0].as_str(), read.items[1].chance),
+            (QuestionType::YesNo, "no", 0.5)
+        );
         assert!(read.problems[0].contains("question 3: label \"maybe\""), "{:?}", read.problems);
         assert!(read.problems[1].contains("coco_pope_random.json:4: malformed JSON"), "{:?}", read.problems);
     }

@@ -45,7 +45,8 @@ pub struct ExampleCounts {
 pub fn make_example(layout: &DataLayout, out: &Path) -> Result<ExampleCounts> {
     let mut counts = ExampleCounts::default();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::copy(layout.tokenizer_json(), out.join("tokenizer.json")).with_context(|| format!("copying {}; run `vlmix data prepare`", layout.tokenizer_json().display()))?;
+    std::fs::copy(layout.tokenizer_json(), out.join("tokenizer.json"))
+        .with_context(|| format!("copying {}; run `vlmix data prepare`", layout.tokenizer_json().display()))?;
     counts.samples = write_shards(layout, &out.join("shards"))?;
     counts.conversations = write_llava_set(layout, &out.join("llava"))?;
     counts.documents = write_text(layout, &out.join("text"))?;
@@ -85,13 +86,19 @@ fn write_shards(layout: &DataLayout, dir: &Path) -> Result<usize> {
         for (i, (image, caption)) in chunk.iter().enumerate() {
             let key = format!("{:09}", s * 10_000 + i);
             let meta = json!({"uid": format!("{:032x}", s * 10_000 + i), "key": key, "caption": caption, "url": format!("https://example.org/{key}.jpg"), "status": "success", "width": image.width(), "height": image.height()});
-            shard.add(&key, &[("jpg", &jpeg(image)?), ("txt", caption.as_bytes()), ("json", meta.to_string().as_bytes())])?;
+            shard.add(
+                &key,
+                &[("jpg", &jpeg(image)?), ("txt", caption.as_bytes()), ("json", meta.to_string().as_bytes())],
+            )?;
         }
         let mut bytes = shard.finish()?;
         if s == SHARDS - 1 {
             // A download cut off halfway through the shard: the sample being written is lost.
             let middle = format!("{:09}.jpg", s * 10_000 + PER_SHARD / 2);
-            let header = bytes.windows(middle.len()).position(|w| w == middle.as_bytes()).context("member header in the shard")?;
+            let header = bytes
+                .windows(middle.len())
+                .position(|w| w == middle.as_bytes())
+                .context("member header in the shard")?;
             bytes.truncate(header + 512 + 100);
         }
         let path = dir.join(format!("{s:05}.tar"));
@@ -118,7 +125,10 @@ fn write_llava_set(layout: &DataLayout, dir: &Path) -> Result<usize> {
         crate::llava::LlavaRecord {
             id: "byod-missing-image".into(),
             image: Some("000000999999.jpg".into()),
-            conversations: vec![Turn { from: "human".into(), value: "<image>\nWhat is shown here?".into() }, Turn { from: "gpt".into(), value: "A picture that was never downloaded.".into() }],
+            conversations: vec![
+                Turn { from: "human".into(), value: "<image>\nWhat is shown here?".into() },
+                Turn { from: "gpt".into(), value: "A picture that was never downloaded.".into() },
+            ],
         },
     );
     write_llava(&dir.join("llava_instruct.json"), &records)?;
@@ -177,7 +187,8 @@ fn write_eval(layout: &DataLayout, dir: &Path) -> Result<usize> {
         let image_id: u64 = name[13..25].parse()?;
         let question_id = image_id * 1000 + i as u64;
         questions.push(json!({"image_id": image_id, "question": item.question, "question_id": question_id}));
-        let answers: Vec<Value> = (1..=10).map(|a| json!({"answer": item.answers[0], "answer_confidence": "yes", "answer_id": a})).collect();
+        let answers: Vec<Value> =
+            (1..=10).map(|a| json!({"answer": item.answers[0], "answer_confidence": "yes", "answer_id": a})).collect();
         annotations.push(json!({"question_type": "what", "multiple_choice_answer": item.answers[0], "answers": answers, "image_id": image_id, "answer_type": "other", "question_id": question_id}));
     }
     let vqa = dir.join("vqav2");

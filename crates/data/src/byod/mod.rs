@@ -56,7 +56,9 @@ impl Skipped {
     /// `Fail`, a warning and a count under `Skip`.
     pub fn record(&mut self, policy: OnBadRecord, source: &str, problem: &dyn fmt::Display) -> Result<()> {
         match policy {
-            OnBadRecord::Fail => bail!("{source}: {problem} (on_bad_record = \"fail\"; \"skip\" leaves such records out and counts them)"),
+            OnBadRecord::Fail => bail!(
+                "{source}: {problem} (on_bad_record = \"fail\"; \"skip\" leaves such records out and counts them)"
+            ),
             OnBadRecord::Skip => {
                 tracing::warn!(source, %problem, "skipped a bad record");
                 self.count += 1;

@@ -71,14 +71,21 @@ impl ShardStream {
             bail!("shuffle_buffer must be at least 1");
         }
         let order: Vec<PathBuf> = match config.seed {
-            Some(seed) => epoch_order(shards.len(), seed, cursor.epoch).into_iter().map(|i| shards[i as usize].clone()).collect(),
+            Some(seed) => {
+                epoch_order(shards.len(), seed, cursor.epoch).into_iter().map(|i| shards[i as usize].clone()).collect()
+            }
             None => shards,
         };
         if cursor.shards_done > order.len() || cursor.buffer.iter().any(|&(pos, _)| pos >= order.len()) {
             bail!("stream cursor names shard {} of {}: it belongs to other data", cursor.shards_done, order.len());
         }
         let buffer = refill_buffer(&order, &config.caption, &cursor.buffer)?;
-        let reader = spawn_reader(order[cursor.shards_done.min(order.len())..].to_vec(), cursor.shards_done, cursor.items_read, config.caption.clone());
+        let reader = spawn_reader(
+            order[cursor.shards_done.min(order.len())..].to_vec(),
+            cursor.shards_done,
+            cursor.items_read,
+            config.caption.clone(),
+        );
         Ok(Self { order_len: order.len(), config, cursor, buffer, reader: Some(reader) })
     }
 
@@ -106,7 +113,9 @@ impl ShardStream {
             self.cursor.items_read = index + 1;
             match item {
                 Ok(sample) => self.buffer.push(((pos, index), sample)),
-                Err(problem) => self.cursor.skipped.record(self.config.on_bad_record, "image-caption shards", &problem)?,
+                Err(problem) => {
+                    self.cursor.skipped.record(self.config.on_bad_record, "image-caption shards", &problem)?
+                }
             }
         }
         Ok(())
@@ -126,7 +135,10 @@ impl Iterator for ShardStream {
             return None;
         }
         let pick = match self.config.seed {
-            Some(seed) => mix(seed ^ mix(self.cursor.epoch) ^ mix(self.cursor.emitted.wrapping_add(0x5EED))) % self.buffer.len() as u64,
+            Some(seed) => {
+                mix(seed ^ mix(self.cursor.epoch) ^ mix(self.cursor.emitted.wrapping_add(0x5EED)))
+                    % self.buffer.len() as u64
+            }
             None => 0,
         };
         self.cursor.emitted += 1;
@@ -189,7 +201,11 @@ fn refill_buffer(order: &[PathBuf], caption: &CaptionKey, wanted: &[(usize, u64)
         .iter()
         .map(|at| match found.remove(at) {
             Some(sample) => Ok((*at, sample)),
-            None => bail!("{}: item {} named by the stream cursor is gone: the shard changed since the cursor was saved", order[at.0].display(), at.1),
+            None => bail!(
+                "{}: item {} named by the stream cursor is gone: the shard changed since the cursor was saved",
+                order[at.0].display(),
+                at.1
+            ),
         })
         .collect()
 }
@@ -207,7 +223,9 @@ mod tests {
             .map(|s| {
                 let mut shard = ShardBuilder::new();
                 for k in 0..per {
-                    shard.add(&format!("s{s}k{k}"), &[("png", &png), ("txt", format!("caption {s} {k}").as_bytes())]).unwrap();
+                    shard
+                        .add(&format!("s{s}k{k}"), &[("png", &png), ("txt", format!("caption {s} {k}").as_bytes())])
+                        .unwrap();
                 }
                 let path = dir.join(format!("{s:05}.tar"));
                 std::fs::write(&path, shard.finish().unwrap()).unwrap();
@@ -217,7 +235,12 @@ mod tests {
     }
 
     fn config(buffer: usize) -> StreamConfig {
-        StreamConfig { seed: Some(7), shuffle_buffer: buffer, caption: CaptionKey::Auto, on_bad_record: OnBadRecord::Skip }
+        StreamConfig {
+            seed: Some(7),
+            shuffle_buffer: buffer,
+            caption: CaptionKey::Auto,
+            on_bad_record: OnBadRecord::Skip,
+        }
     }
 
     fn keys(stream: impl Iterator<Item = Result<WdsSample>>) -> Vec<String> {
@@ -230,7 +253,8 @@ mod tests {
         let paths = shards(dir.path(), 5, 4);
         let a = keys(ShardStream::new(paths.clone(), config(6), StreamCursor::default()).unwrap());
         let b = keys(ShardStream::new(paths.clone(), config(6), StreamCursor::default()).unwrap());
-        let next = keys(ShardStream::new(paths.clone(), config(6), StreamCursor { epoch: 1, ..Default::default() }).unwrap());
+        let next =
+            keys(ShardStream::new(paths.clone(), config(6), StreamCursor { epoch: 1, ..Default::default() }).unwrap());
         assert_eq!(a, b, "same seed, same order");
         assert_ne!(a, next, "another epoch, another order");
         let mut sorted = a.clone();
@@ -240,7 +264,11 @@ mod tests {
         let in_shard_order: Vec<String> = (0..5).flat_map(|s| (0..4).map(move |k| format!("s{s}k{k}"))).collect();
         assert_ne!(a, in_shard_order, "shuffled");
         let sequential = StreamConfig { seed: None, ..config(6) };
-        assert_eq!(keys(ShardStream::new(paths, sequential, StreamCursor::default()).unwrap()), in_shard_order, "no seed: file order");
+        assert_eq!(
+            keys(ShardStream::new(paths, sequential, StreamCursor::default()).unwrap()),
+            in_shard_order,
+            "no seed: file order"
+        );
     }
 
     #[test]
@@ -270,7 +298,11 @@ mod tests {
         assert_eq!(stream.skipped().count, 1);
         assert!(stream.skipped().first[0].contains("00001.tar"), "{:?}", stream.skipped());
         let strict = StreamConfig { on_bad_record: OnBadRecord::Fail, ..config(3) };
-        let err = ShardStream::new(paths, strict, StreamCursor::default()).unwrap().find_map(Result::err).unwrap().to_string();
+        let err = ShardStream::new(paths, strict, StreamCursor::default())
+            .unwrap()
+            .find_map(Result::err)
+            .unwrap()
+            .to_string();
         assert!(err.contains("00001.tar"), "{err}");
     }
 }

@@ -49,9 +49,15 @@ pub struct TextData {
 enum Part {
     All,
     /// All but one document in each block of `stride`.
-    Train { stride: usize, held: usize },
+    Train {
+        stride: usize,
+        held: usize,
+    },
     /// The last document of each of the first `held` blocks of `stride`.
-    Validation { stride: usize, held: usize },
+    Validation {
+        stride: usize,
+        held: usize,
+    },
 }
 
 /// A shared view of token documents: all of them, or the training or validation side of a hold-out.
@@ -75,7 +81,10 @@ impl DocSplit {
         let held = (n / every.max(2)).max(1);
         let stride = n / held;
         let docs = Arc::new(docs);
-        Ok((Self { docs: docs.clone(), part: Part::Train { stride, held } }, Self { docs, part: Part::Validation { stride, held } }))
+        Ok((
+            Self { docs: docs.clone(), part: Part::Train { stride, held } },
+            Self { docs, part: Part::Validation { stride, held } },
+        ))
     }
 
     fn doc_index(&self, d: usize) -> usize {
@@ -113,7 +122,12 @@ fn is_token_shard(path: &Path) -> bool {
 }
 
 /// Opens (tokenizing on first use) the training and validation text of `spec`.
-pub fn open_text(spec: &TextSpec, tokenizer: &TextTokenizer, tokenizer_json: &Path, cache_root: &Path) -> Result<TextData> {
+pub fn open_text(
+    spec: &TextSpec,
+    tokenizer: &TextTokenizer,
+    tokenizer_json: &Path,
+    cache_root: &Path,
+) -> Result<TextData> {
     let mut skipped = Skipped::default();
     let mut open = |files: &[PathBuf], what: &str| -> Result<TokenShards> {
         let shards = files.iter().filter(|f| is_token_shard(f)).count();
@@ -123,8 +137,9 @@ pub fn open_text(spec: &TextSpec, tokenizer: &TextTokenizer, tokenizer_json: &Pa
         if shards > 0 {
             bail!("data.text.{what}: mixes .tokens shards and document files; name one kind");
         }
-        let (path, left_out) = tokenized(files, &spec.text_field, spec.on_bad_record, tokenizer, tokenizer_json, cache_root)
-            .with_context(|| format!("data.text.{what}"))?;
+        let (path, left_out) =
+            tokenized(files, &spec.text_field, spec.on_bad_record, tokenizer, tokenizer_json, cache_root)
+                .with_context(|| format!("data.text.{what}"))?;
         skipped.count += left_out.count;
         skipped.first.extend(left_out.first);
         TokenShards::open(&[path], tokenizer.vocab_size())
@@ -149,21 +164,30 @@ struct CacheRecord {
 }
 
 /// The cached token shard of `files` (tokenized now if absent) and the records left out making it.
-fn tokenized(files: &[PathBuf], text_field: &str, policy: OnBadRecord, tokenizer: &TextTokenizer, tokenizer_json: &Path, cache_root: &Path) -> Result<(PathBuf, Skipped)> {
+fn tokenized(
+    files: &[PathBuf],
+    text_field: &str,
+    policy: OnBadRecord,
+    tokenizer: &TextTokenizer,
+    tokenizer_json: &Path,
+    cache_root: &Path,
+) -> Result<(PathBuf, Skipped)> {
     let mut hash = Sha256::new();
     hash.update(std::fs::read(tokenizer_json).with_context(|| format!("reading {}", tokenizer_json.display()))?);
     hash.update(text_field.as_bytes());
     hash.update([u8::from(policy == OnBadRecord::Skip)]);
     for file in files {
         let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
-        let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        let modified =
+            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         let absolute = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
         hash.update(format!("{}\0{}\0{modified}\0", absolute.display(), meta.len()).as_bytes());
     }
     let dir = cache_root.join(&hex::encode(hash.finalize())[..16]);
     let (shard, record_path) = (dir.join("documents.tokens"), dir.join("sources.json"));
     if let Ok(bytes) = std::fs::read(&record_path) {
-        let record: CacheRecord = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", record_path.display()))?;
+        let record: CacheRecord =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", record_path.display()))?;
         if shard.is_file() {
             tracing::info!(shard = %shard.display(), documents = record.documents, "tokenized text cache hit");
             return Ok((shard, record.skipped));
@@ -186,21 +210,32 @@ fn tokenized(files: &[PathBuf], text_field: &str, policy: OnBadRecord, tokenizer
     };
     for file in files {
         let mut visit_error = None;
-        let read = visit_lines(file, "text", |line| document_text(line, text_field), |item| {
-            let handled = match item {
-                Ok(text) => {
-                    batch.push(text);
-                    if batch.len() == BATCH { flush(&mut batch, &mut writer) } else { Ok(()) }
-                }
-                Err(problem) => {
-                    skipped.record(policy, "text", &format!("{}:{}: {}", file.display(), problem.line, problem.message))
-                }
-            };
-            handled.map_err(|err| {
-                visit_error = Some(err);
-                anyhow::anyhow!("stopped")
-            })
-        });
+        let read = visit_lines(
+            file,
+            "text",
+            |line| document_text(line, text_field),
+            |item| {
+                let handled = match item {
+                    Ok(text) => {
+                        batch.push(text);
+                        if batch.len() == BATCH {
+                            flush(&mut batch, &mut writer)
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Err(problem) => skipped.record(
+                        policy,
+                        "text",
+                        &format!("{}:{}: {}", file.display(), problem.line, problem.message),
+                    ),
+                };
+                handled.map_err(|err| {
+                    visit_error = Some(err);
+                    anyhow::anyhow!("stopped")
+                })
+            },
+        );
         if let Some(err) = visit_error {
             return Err(err);
         }
@@ -216,7 +251,13 @@ fn tokenized(files: &[PathBuf], text_field: &str, policy: OnBadRecord, tokenizer
         bail!("no usable documents in {} file(s) (field {text_field:?})", files.len());
     }
     writer.finish()?;
-    let record = CacheRecord { files: files.iter().map(|f| f.display().to_string()).collect(), text_field: text_field.to_string(), documents, tokens, skipped: skipped.clone() };
+    let record = CacheRecord {
+        files: files.iter().map(|f| f.display().to_string()).collect(),
+        text_field: text_field.to_string(),
+        documents,
+        tokens,
+        skipped: skipped.clone(),
+    };
     vlmix_engine::atomic_file::write_atomic(&record_path, &serde_json::to_vec_pretty(&record)?)?;
     tracing::info!(documents, tokens, skipped = skipped.count, shard = %shard.display(), "tokenized text");
     Ok((shard, skipped))
@@ -272,7 +313,12 @@ mod tests {
         lines[7] = serde_json::json!({"url": "no text"}).to_string();
         let file = dir.path().join("shard_00000.jsonl.zst");
         zst(&file, &lines);
-        let spec = TextSpec { files: vec![file.clone()], validation_files: vec![], text_field: "text".into(), on_bad_record: OnBadRecord::Skip };
+        let spec = TextSpec {
+            files: vec![file.clone()],
+            validation_files: vec![],
+            text_field: "text".into(),
+            on_bad_record: OnBadRecord::Skip,
+        };
         let cache = dir.path().join("cache");
         let data = open_text(&spec, &tok, &tok_path, &cache).unwrap();
         assert_eq!(data.skipped.count, 2);
@@ -295,17 +341,28 @@ mod tests {
     fn a_truncated_zst_file_is_counted_under_skip() {
         let dir = tempfile::tempdir().unwrap();
         let (tok, tok_path) = tokenizer(dir.path());
-        let lines: Vec<String> = (0..2000).map(|i| serde_json::json!({"content": {"body": format!("dog {i} jumps over the lazy fox")}}).to_string()).collect();
+        let lines: Vec<String> = (0..2000)
+            .map(|i| serde_json::json!({"content": {"body": format!("dog {i} jumps over the lazy fox")}}).to_string())
+            .collect();
         let file = dir.path().join("cut.jsonl.zst");
         zst(&file, &lines[..1000]);
         let first_frame = std::fs::read(&file).unwrap();
         zst(&file, &lines[1000..]);
         let second_frame = std::fs::read(&file).unwrap();
         std::fs::write(&file, [&first_frame[..], &second_frame[..second_frame.len() / 2]].concat()).unwrap();
-        let spec = TextSpec { files: vec![file], validation_files: vec![], text_field: "content.body".into(), on_bad_record: OnBadRecord::Skip };
+        let spec = TextSpec {
+            files: vec![file],
+            validation_files: vec![],
+            text_field: "content.body".into(),
+            on_bad_record: OnBadRecord::Skip,
+        };
         let data = open_text(&spec, &tok, &tok_path, &dir.path().join("cache")).unwrap();
         assert_eq!(data.skipped.count, 1);
-        assert!(data.skipped.first[0].contains("cut.jsonl.zst:") && data.skipped.first[0].contains("rest of the file"), "{:?}", data.skipped);
+        assert!(
+            data.skipped.first[0].contains("cut.jsonl.zst:") && data.skipped.first[0].contains("rest of the file"),
+            "{:?}",
+            data.skipped
+        );
         assert!(data.train.n_docs() + data.validation.n_docs() >= 1000 && data.train.n_docs() < 2000);
     }
 

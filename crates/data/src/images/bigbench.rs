@@ -22,7 +22,8 @@ pub struct Example {
 impl Example {
     /// The choices scored 1 (correct), the declared `target` first.
     pub fn correct(&self) -> Vec<String> {
-        let mut correct: Vec<String> = self.target_scores.iter().filter(|(_, s)| **s > 0.0).map(|(k, _)| k.clone()).collect();
+        let mut correct: Vec<String> =
+            self.target_scores.iter().filter(|(_, s)| **s > 0.0).map(|(k, _)| k.clone()).collect();
         if let Some(target) = &self.target {
             if let Some(i) = correct.iter().position(|c| c == target) {
                 correct.swap(0, i);
@@ -82,7 +83,8 @@ mod tests {
         assert_eq!(rgb_triple("rgb(1, 2)"), None);
         let example = Example {
             input: String::new(),
-            target_scores: [("circle".to_string(), 1.0), ("ellipse".to_string(), 1.0), ("line".to_string(), 0.0)].into(),
+            target_scores: [("circle".to_string(), 1.0), ("ellipse".to_string(), 1.0), ("line".to_string(), 0.0)]
+                .into(),
             target: Some("ellipse".into()),
         };
         assert_eq!(example.correct(), ["ellipse", "circle"]);

@@ -9,10 +9,12 @@ use super::record::{bucket, pick, ImageRecord, Source, Split, Subject};
 use super::{ImageConfig, SourceOutput};
 use crate::{image_io, DataLayout};
 
-pub const LABELS: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const LABELS: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 pub const VEHICLES: [&str; 4] = ["airplane", "automobile", "ship", "truck"];
 
-const CAPTIONS: [&str; 4] = ["A photo of {}.", "A small, low-resolution photo of {}.", "A picture showing {}.", "{} in a tiny photograph."];
+const CAPTIONS: [&str; 4] =
+    ["A photo of {}.", "A small, low-resolution photo of {}.", "A picture showing {}.", "{} in a tiny photograph."];
 
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let path = task_path(layout, "cifar10_classification/base64")?;
@@ -21,7 +23,9 @@ pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let results: Vec<Result<ImageRecord, String>> = config
         .subset(&indexed)
         .par_iter()
-        .map(|&&(index, example)| one(index, example, config).map_err(|err| format!("{} example {index}: {err:#}", path.display())))
+        .map(|&&(index, example)| {
+            one(index, example, config).map_err(|err| format!("{} example {index}: {err:#}", path.display()))
+        })
         .collect();
     Ok(SourceOutput::from_results(results))
 }
@@ -34,7 +38,8 @@ fn one(index: usize, example: &Example, config: &ImageConfig) -> Result<ImageRec
     let bytes = base64::engine::general_purpose::STANDARD.decode(example.input.trim()).context("bad base64")?;
     let image = image_io::fit_within(image_io::decode_rgb(&bytes)?, config.max_side);
     let origin = format!("{index:05}");
-    let split = if bucket(&format!("cifar10:{origin}")) < config.cifar_heldout_percent { Split::Heldout } else { Split::Train };
+    let split =
+        if bucket(&format!("cifar10:{origin}")) < config.cifar_heldout_percent { Split::Heldout } else { Split::Train };
     let template = CAPTIONS[pick(&format!("cifar10-caption:{origin}"), CAPTIONS.len())];
     let caption = capitalise(&template.replace("{}", &with_article(&label)));
     ImageRecord::new(Source::Cifar10, origin, split, &image, caption, Subject::Cifar { label, index })

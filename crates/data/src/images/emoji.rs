@@ -63,14 +63,20 @@ struct Job<'a> {
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let root = require_dir(&layout.require_source("emoji-datasource-google")?.join(PACKAGE_DIR))?;
     let index = root.join("emoji.json");
-    let entries: Vec<Entry> = serde_json::from_slice(&std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?)
-        .with_context(|| format!("parsing {}", index.display()))?;
+    let entries: Vec<Entry> =
+        serde_json::from_slice(&std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?)
+            .with_context(|| format!("parsing {}", index.display()))?;
     let images = require_dir(&root.join("img/google/64"))?;
     let mut jobs = Vec::new();
     for entry in entries.iter().filter(|e| e.has_img_google) {
         jobs.push(Job { entry, unified: &entry.unified, image: &entry.image, skin_tone: None });
         for (tones, variation) in entry.skin_variations.iter().filter(|(_, v)| v.has_img_google) {
-            jobs.push(Job { entry, unified: &variation.unified, image: &variation.image, skin_tone: tone_names(tones) });
+            jobs.push(Job {
+                entry,
+                unified: &variation.unified,
+                image: &variation.image,
+                skin_tone: tone_names(tones),
+            });
         }
     }
     let results: Vec<Result<ImageRecord, String>> = config

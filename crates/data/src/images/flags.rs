@@ -29,8 +29,9 @@ struct Country {
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let root = require_dir(&layout.require_source("flag-icons")?.join(PACKAGE_DIR))?;
     let index = root.join("country.json");
-    let countries: Vec<Country> = serde_json::from_slice(&std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?)
-        .with_context(|| format!("parsing {}", index.display()))?;
+    let countries: Vec<Country> =
+        serde_json::from_slice(&std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?)
+            .with_context(|| format!("parsing {}", index.display()))?;
     let jobs: Vec<(&Country, &str, Split)> =
         countries.iter().flat_map(|c| [(c, "4x3", Split::Train), (c, "1x1", Split::Heldout)]).collect();
     let results: Vec<Result<ImageRecord, String>> = config

@@ -6,7 +6,8 @@ use super::record::{pick, ImageRecord, Split, Subject};
 use crate::llava::{LlavaRecord, Turn, IMAGE_PLACEHOLDER};
 
 /// Basic colour terms answered when a name or keywords contain exactly one of them.
-pub const COLOUR_WORDS: &[&str] = &["black", "white", "red", "green", "blue", "yellow", "orange", "purple", "brown", "gray", "grey", "pink"];
+pub const COLOUR_WORDS: &[&str] =
+    &["black", "white", "red", "green", "blue", "yellow", "orange", "purple", "brown", "gray", "grey", "pink"];
 
 /// The conversation for a training image (held-out images get none).
 pub fn conversation(record: &ImageRecord, image_path: &str) -> Option<LlavaRecord> {
@@ -18,48 +19,96 @@ pub fn conversation(record: &ImageRecord, image_path: &str) -> Option<LlavaRecor
     let mut qa: Vec<(String, String)> = Vec::new();
     match &record.subject {
         Subject::Clipart { title, keywords, category, .. } => {
-            qa.push((vary("what", &["What does this clip art show?", "What is this drawing of?", "Describe this picture briefly."]), sentence(title)));
+            qa.push((
+                vary(
+                    "what",
+                    &["What does this clip art show?", "What is this drawing of?", "Describe this picture briefly."],
+                ),
+                sentence(title),
+            ));
             if !category.is_empty() {
-                qa.push((vary("cat", &["Which section of the clip-art collection is it filed under?", "What category is this clip art in?"]), sentence(&category.join(" / "))));
+                qa.push((
+                    vary(
+                        "cat",
+                        &[
+                            "Which section of the clip-art collection is it filed under?",
+                            "What category is this clip art in?",
+                        ],
+                    ),
+                    sentence(&category.join(" / ")),
+                ));
             }
             if !keywords.is_empty() {
-                qa.push((vary("kw", &["Give a few keywords for it.", "Which tags describe it?"]), keywords.iter().take(6).cloned().collect::<Vec<_>>().join(", ")));
+                qa.push((
+                    vary("kw", &["Give a few keywords for it.", "Which tags describe it?"]),
+                    keywords.iter().take(6).cloned().collect::<Vec<_>>().join(", "),
+                ));
             }
             push_colour(&mut qa, &vary("colour", COLOUR_QUESTIONS), &[title.as_str()], keywords);
         }
         Subject::Stamp { description, category } => {
-            qa.push((vary("what", &["What is in this picture?", "Describe this image.", "What does this stamp show?"]), description.clone()));
+            qa.push((
+                vary("what", &["What is in this picture?", "Describe this image.", "What does this stamp show?"]),
+                description.clone(),
+            ));
             if !category.is_empty() {
-                qa.push((vary("cat", &["What kind of thing is it?", "Which group of stamps does it belong to?"]), sentence(&category.join(", "))));
+                qa.push((
+                    vary("cat", &["What kind of thing is it?", "Which group of stamps does it belong to?"]),
+                    sentence(&category.join(", ")),
+                ));
             }
             push_colour(&mut qa, &vary("colour", COLOUR_QUESTIONS), &[description.as_str()], &[]);
         }
         Subject::Emoji { name, category, subcategory, keywords, skin_tone, .. } => {
-            qa.push((vary("what", &["What does this emoji show?", "Which emoji is this?", "Name this emoji."]), sentence(name)));
-            qa.push((vary("cat", &["Which emoji category does it belong to?", "What is its emoji category?"]), sentence(category)));
-            qa.push((vary("sub", &["And its subgroup?", "Which subgroup within that category?"]), sentence(&subcategory.replace('-', " "))));
+            qa.push((
+                vary("what", &["What does this emoji show?", "Which emoji is this?", "Name this emoji."]),
+                sentence(name),
+            ));
+            qa.push((
+                vary("cat", &["Which emoji category does it belong to?", "What is its emoji category?"]),
+                sentence(category),
+            ));
+            qa.push((
+                vary("sub", &["And its subgroup?", "Which subgroup within that category?"]),
+                sentence(&subcategory.replace('-', " ")),
+            ));
             if let Some(tone) = skin_tone {
                 qa.push((vary("tone", &["What skin tone does it have?", "Which skin tone is shown?"]), sentence(tone)));
             }
             if !keywords.is_empty() {
-                qa.push((vary("kw", &["Give some keywords for it.", "Which words describe it?"]), keywords.iter().take(6).cloned().collect::<Vec<_>>().join(", ")));
+                qa.push((
+                    vary("kw", &["Give some keywords for it.", "Which words describe it?"]),
+                    keywords.iter().take(6).cloned().collect::<Vec<_>>().join(", "),
+                ));
             }
             push_colour(&mut qa, &vary("colour", COLOUR_QUESTIONS), &[name.as_str()], &[]);
         }
         Subject::Flag { country, capital, continent, .. } => {
             qa.push((vary("kind", &["What kind of picture is this?", "What is shown here?"]), "A flag.".to_string()));
-            qa.push((vary("what", &["Which country or region does it belong to?", "Whose flag is it?", "Which flag is it?"]), sentence(country)));
+            qa.push((
+                vary("what", &["Which country or region does it belong to?", "Whose flag is it?", "Which flag is it?"]),
+                sentence(country),
+            ));
             if let Some(capital) = capital {
                 qa.push((vary("capital", &["What is its capital?", "Which city is its capital?"]), sentence(capital)));
             }
             if let Some(continent) = continent {
-                qa.push((vary("continent", &["On which continent is it?", "Which continent is that in?"]), sentence(continent)));
+                qa.push((
+                    vary("continent", &["On which continent is it?", "Which continent is that in?"]),
+                    sentence(continent),
+                ));
             }
         }
         Subject::Cifar { label, .. } => {
-            qa.push((vary("what", &["What is shown in this image?", "What is this?", "What object is in the photo?"]), sentence(&with_article(label))));
+            qa.push((
+                vary("what", &["What is shown in this image?", "What is this?", "What object is in the photo?"]),
+                sentence(&with_article(label)),
+            ));
             let vehicle = VEHICLES.contains(&label.as_str());
-            qa.push((vary("kind", &["Is it an animal or a vehicle?", "Is that a vehicle or an animal?"]), sentence(if vehicle { "a vehicle" } else { "an animal" })));
+            qa.push((
+                vary("kind", &["Is it an animal or a vehicle?", "Is that a vehicle or an animal?"]),
+                sentence(if vehicle { "a vehicle" } else { "an animal" }),
+            ));
             let asked = if pick(&format!("{key}:pope"), 2) == 0 {
                 label.clone()
             } else {
@@ -83,7 +132,8 @@ const COLOUR_QUESTIONS: &[&str] = &["What colour is it?", "Which colour does it 
 
 fn push_colour(qa: &mut Vec<(String, String)>, question: &str, texts: &[&str], keywords: &[String]) {
     let mut found: Vec<&str> = Vec::new();
-    let words = texts.iter().flat_map(|t| t.split(|c: char| !c.is_alphanumeric())).chain(keywords.iter().map(String::as_str));
+    let words =
+        texts.iter().flat_map(|t| t.split(|c: char| !c.is_alphanumeric())).chain(keywords.iter().map(String::as_str));
     for word in words {
         let word = word.to_lowercase();
         if let Some(colour) = COLOUR_WORDS.iter().find(|c| **c == word) {

@@ -67,7 +67,13 @@ impl ImageConfig {
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        Self { max_side: 224, samples_per_shard: 1000, heldout_percent: 10, cifar_heldout_percent: 10, max_per_source: None }
+        Self {
+            max_side: 224,
+            samples_per_shard: 1000,
+            heldout_percent: 10,
+            cifar_heldout_percent: 10,
+            max_per_source: None,
+        }
     }
 }
 
@@ -141,12 +147,34 @@ impl fmt::Display for ImagePrepareSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "image-caption pairs (max side {} px):", self.config.max_side)?;
         for s in &self.sources {
-            writeln!(f, "  {:<12} train {:>6}  heldout {:>5}  skipped {:>3}  {:>6.1}s  {}", s.source, s.train, s.heldout, s.skipped.len(), s.seconds, s.licence)?;
+            writeln!(
+                f,
+                "  {:<12} train {:>6}  heldout {:>5}  skipped {:>3}  {:>6.1}s  {}",
+                s.source,
+                s.train,
+                s.heldout,
+                s.skipped.len(),
+                s.seconds,
+                s.licence
+            )?;
         }
         let count = |shards: &[ShardSummary]| shards.iter().map(|s| s.samples).sum::<usize>();
-        writeln!(f, "  shards: {} train ({} samples), {} heldout ({} samples); {} duplicate training images removed",
-            self.train_shards.len(), count(&self.train_shards), self.heldout_shards.len(), count(&self.heldout_shards), self.duplicates_removed.len())?;
-        writeln!(f, "instruction conversations: {} ({} turns) in {}", self.instruct_conversations, self.instruct_turns, self.instruct_file.display())?;
+        writeln!(
+            f,
+            "  shards: {} train ({} samples), {} heldout ({} samples); {} duplicate training images removed",
+            self.train_shards.len(),
+            count(&self.train_shards),
+            self.heldout_shards.len(),
+            count(&self.heldout_shards),
+            self.duplicates_removed.len()
+        )?;
+        writeln!(
+            f,
+            "instruction conversations: {} ({} turns) in {}",
+            self.instruct_conversations,
+            self.instruct_turns,
+            self.instruct_file.display()
+        )?;
         writeln!(f, "vision-language eval (held-out images only):")?;
         for t in &self.eval_tasks {
             writeln!(f, "  {:<17} {:>5} items  {:<7} chance {:.4}", t.task, t.items, t.kind, t.chance)?;
@@ -159,7 +187,11 @@ type Loader = fn(&DataLayout, &ImageConfig) -> Result<SourceOutput>;
 
 /// Reads every image source of `layout` and writes shards, instruction data and eval sets.
 pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepareSummary> {
-    if config.max_side < 8 || config.samples_per_shard == 0 || config.heldout_percent >= 100 || config.cifar_heldout_percent >= 100 {
+    if config.max_side < 8
+        || config.samples_per_shard == 0
+        || config.heldout_percent >= 100
+        || config.cifar_heldout_percent >= 100
+    {
         bail!("invalid image settings {config:?}");
     }
     let started = Instant::now();
@@ -188,19 +220,26 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
             skipped: output.skipped,
             seconds: begun.elapsed().as_secs_f64(),
         });
-        tracing::info!(source = source.name(), images = output.records.len(), seconds = begun.elapsed().as_secs_f64(), "read image source");
+        tracing::info!(
+            source = source.name(),
+            images = output.records.len(),
+            seconds = begun.elapsed().as_secs_f64(),
+            "read image source"
+        );
         records.extend(output.records);
     }
     disambiguate_keys(&mut records)?;
     let duplicates_removed = remove_duplicates(&mut records);
     for summary in &mut sources {
-        let of_source = |split| records.iter().filter(|r| r.source.name() == summary.source && r.split == split).count();
+        let of_source =
+            |split| records.iter().filter(|r| r.source.name() == summary.source && r.split == split).count();
         summary.train = of_source(Split::Train);
         summary.heldout = of_source(Split::Heldout);
     }
     // Shard order is a hash of the key: sources interleave and the order never depends on threads.
     records.sort_by_cached_key(|r| (record::hex_prefix(r.key.as_bytes(), 16), r.key.clone()));
-    let (train, heldout): (Vec<&ImageRecord>, Vec<&ImageRecord>) = records.iter().partition(|r| r.split == Split::Train);
+    let (train, heldout): (Vec<&ImageRecord>, Vec<&ImageRecord>) =
+        records.iter().partition(|r| r.split == Split::Train);
 
     let mut train_shards = Vec::new();
     let mut heldout_shards = Vec::new();
@@ -218,7 +257,8 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
     relocate(&mut heldout_shards, "heldout");
 
     let instruct_file = layout.instruct_dir().join("llava_instruct.json");
-    let conversations: Vec<_> = train.iter().filter_map(|r| instruct::conversation(r, &format!("images/{}.png", r.key))).collect();
+    let conversations: Vec<_> =
+        train.iter().filter_map(|r| instruct::conversation(r, &format!("images/{}.png", r.key))).collect();
     replace_dir(&layout.instruct_dir(), |staging| {
         write_files(&staging.join("images"), train.iter().map(|r| (format!("{}.png", r.key), r.png.as_slice())))?;
         write_llava(&staging.join("llava_instruct.json"), &conversations)
@@ -230,7 +270,11 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
         write_files(&staging.join("images"), eval.images.iter().map(|(name, png)| (name.clone(), png.as_slice())))?;
         for (task, items) in &eval.tasks {
             write_eval_set(&staging.join(format!("{task}.jsonl")), items)?;
-            let kind = items.first().map(|i| serde_json::to_value(i.kind).map(|v| v.as_str().unwrap_or_default().to_string())).transpose()?.unwrap_or_default();
+            let kind = items
+                .first()
+                .map(|i| serde_json::to_value(i.kind).map(|v| v.as_str().unwrap_or_default().to_string()))
+                .transpose()?
+                .unwrap_or_default();
             let chance = items.iter().map(|i| i.chance).sum::<f64>() / items.len().max(1) as f64;
             let path = layout.eval_vl_dir().join(format!("{task}.jsonl"));
             eval_tasks.push(EvalTaskSummary { task: task.clone(), path, items: items.len(), kind, chance });
@@ -280,7 +324,8 @@ fn disambiguate_keys(records: &mut [ImageRecord]) -> Result<()> {
 /// earlier training image (by key order); returns the dropped keys.
 fn remove_duplicates(records: &mut Vec<ImageRecord>) -> Vec<String> {
     records.sort_by(|a, b| a.key.cmp(&b.key));
-    let heldout: HashSet<[u8; 32]> = records.iter().filter(|r| r.split == Split::Heldout).map(|r| r.pixel_hash).collect();
+    let heldout: HashSet<[u8; 32]> =
+        records.iter().filter(|r| r.split == Split::Heldout).map(|r| r.pixel_hash).collect();
     let mut seen_train: HashSet<[u8; 32]> = HashSet::new();
     let mut removed = Vec::new();
     records.retain(|r| {
@@ -339,7 +384,8 @@ fn sync_filesystem(dir: &Path) -> Result<()> {
 /// the previous complete folder or the new complete one.
 fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = target.parent().with_context(|| format!("{} has no parent folder", target.display()))?;
-    let name = target.file_name().with_context(|| format!("{} has no name", target.display()))?.to_string_lossy().into_owned();
+    let name =
+        target.file_name().with_context(|| format!("{} has no name", target.display()))?.to_string_lossy().into_owned();
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = parent.join(format!(".tmp-{name}-{}", std::process::id()));
     let old = parent.join(format!(".old-{name}-{}", std::process::id()));
@@ -404,7 +450,11 @@ mod tests {
 
     #[test]
     fn colliding_slugs_get_distinct_valid_keys() {
-        let mut records = vec![record("icons/viewmag+", Split::Train, 1), record("icons/viewmag-", Split::Train, 2), record("icons/other", Split::Train, 3)];
+        let mut records = vec![
+            record("icons/viewmag+", Split::Train, 1),
+            record("icons/viewmag-", Split::Train, 2),
+            record("icons/other", Split::Train, 3),
+        ];
         assert_eq!(records[0].key, records[1].key);
         disambiguate_keys(&mut records).unwrap();
         assert_ne!(records[0].key, records[1].key);
@@ -416,7 +466,12 @@ mod tests {
 
     #[test]
     fn training_copies_of_heldout_pixels_are_removed() {
-        let mut records = vec![record("a", Split::Train, 7), record("b", Split::Heldout, 7), record("c", Split::Train, 8), record("d", Split::Train, 8)];
+        let mut records = vec![
+            record("a", Split::Train, 7),
+            record("b", Split::Heldout, 7),
+            record("c", Split::Train, 8),
+            record("d", Split::Train, 8),
+        ];
         let removed = remove_duplicates(&mut records);
         assert_eq!(removed, ["openclipart_a", "openclipart_d"]);
         let kept: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();

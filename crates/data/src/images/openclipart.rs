@@ -14,7 +14,8 @@ const PNG_DIR: &str = "usr/share/openclipart/png";
 const SVG_DIR: &str = "usr/share/openclipart/svg";
 
 /// Keywords that say nothing about the picture (collection bookkeeping, tool names).
-const EMPTY_KEYWORDS: &[&str] = &["", "hash", "unsorted", "clip art", "clipart", "image", "media", "png", "svg", "public domain", "externalsource"];
+const EMPTY_KEYWORDS: &[&str] =
+    &["", "hash", "unsorted", "clip art", "clipart", "image", "media", "png", "svg", "public domain", "externalsource"];
 
 /// A title shared by more than this many drawings names a collection ("Part of the Flat Icon
 /// Collection (date)", "Lemon SVG theme"), not the picture: the file name is used instead.
@@ -23,17 +24,29 @@ const GENERIC_TITLE_USES: usize = 3;
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let png_root = require_dir(&layout.require_source("openclipart-png")?.join(PNG_DIR))?;
     let svg_root = require_dir(&layout.require_source("openclipart-svg")?.join(SVG_DIR))?;
-    let files: Vec<_> = regular_files(&png_root)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
-    let origins: Vec<String> =
-        files.iter().map(|png| png.strip_prefix(&png_root).expect("walked under root").with_extension("").to_string_lossy().replace('\\', "/")).collect();
+    let files: Vec<_> =
+        regular_files(&png_root)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    let origins: Vec<String> = files
+        .iter()
+        .map(|png| {
+            png.strip_prefix(&png_root)
+                .expect("walked under root")
+                .with_extension("")
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect();
     // Titles are counted over the whole collection so that a subset captions like the full run.
-    let metadata: Vec<Option<RdfMetadata>> =
-        origins.par_iter().map(|origin| std::fs::read(svg_root.join(format!("{origin}.svg"))).ok().and_then(|svg| rdf_metadata(&svg))).collect();
+    let metadata: Vec<Option<RdfMetadata>> = origins
+        .par_iter()
+        .map(|origin| std::fs::read(svg_root.join(format!("{origin}.svg"))).ok().and_then(|svg| rdf_metadata(&svg)))
+        .collect();
     let mut title_uses: HashMap<String, usize> = HashMap::new();
     for title in metadata.iter().flatten().filter_map(|m| m.title.as_deref()) {
         *title_uses.entry(title_family(title)).or_default() += 1;
     }
-    let jobs: Vec<(&PathBuf, &String, &Option<RdfMetadata>)> = files.iter().zip(&origins).zip(&metadata).map(|((f, o), m)| (f, o, m)).collect();
+    let jobs: Vec<(&PathBuf, &String, &Option<RdfMetadata>)> =
+        files.iter().zip(&origins).zip(&metadata).map(|((f, o), m)| (f, o, m)).collect();
     let results: Vec<Result<ImageRecord, String>> = config
         .subset(&jobs)
         .par_iter()
@@ -51,7 +64,14 @@ fn title_family(title: &str) -> String {
     title.split('(').next().unwrap_or(title).trim().to_lowercase()
 }
 
-fn one(png: &Path, svg: &Path, origin: String, meta: Option<&RdfMetadata>, generic: impl Fn(&str) -> bool, config: &ImageConfig) -> Result<ImageRecord> {
+fn one(
+    png: &Path,
+    svg: &Path,
+    origin: String,
+    meta: Option<&RdfMetadata>,
+    generic: impl Fn(&str) -> bool,
+    config: &ImageConfig,
+) -> Result<ImageRecord> {
     let bytes = std::fs::read(png).context("reading PNG")?;
     let image = match image_io::decode_rgb(&bytes) {
         Ok(image) => image_io::fit_within(image, config.max_side),
@@ -79,7 +99,8 @@ fn one(png: &Path, svg: &Path, origin: String, meta: Option<&RdfMetadata>, gener
     if !keywords.is_empty() {
         caption.push_str(&format!(" Keywords: {}.", keywords.join(", ")));
     }
-    let split = if bucket(&format!("openclipart:{origin}")) < config.heldout_percent { Split::Heldout } else { Split::Train };
+    let split =
+        if bucket(&format!("openclipart:{origin}")) < config.heldout_percent { Split::Heldout } else { Split::Train };
     let subject = Subject::Clipart { title, description, keywords, category };
     ImageRecord::new(Source::Openclipart, origin, split, &image, caption, subject)
 }
@@ -163,6 +184,9 @@ mod tests {
         assert_eq!(humanise("dog_03_drawn_with_strai_01"), "dog 03 drawn with strai");
         assert_eq!(humanise("malawi"), "malawi");
         assert_eq!(shorten("one two three", 9), "one two");
-        assert_eq!(title_family("Part of the Flat Icon Collection (Wed Aug 25 2004)"), "part of the flat icon collection");
+        assert_eq!(
+            title_family("Part of the Flat Icon Collection (Wed Aug 25 2004)"),
+            "part of the flat icon collection"
+        );
     }
 }

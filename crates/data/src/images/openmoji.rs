@@ -31,8 +31,9 @@ struct Entry {
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let root = require_dir(&layout.require_source("openmoji")?.join(PACKAGE_DIR))?;
     let index = root.join("data/openmoji.json");
-    let entries: Vec<Entry> = serde_json::from_slice(&std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?)
-        .with_context(|| format!("parsing {}", index.display()))?;
+    let entries: Vec<Entry> =
+        serde_json::from_slice(&std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?)
+            .with_context(|| format!("parsing {}", index.display()))?;
     let svgs = require_dir(&root.join("color/svg"))?;
     let results: Vec<Result<ImageRecord, String>> = config
         .subset(&entries)
@@ -55,7 +56,8 @@ fn one(path: &Path, entry: &Entry, config: &ImageConfig) -> Result<ImageRecord> 
             keywords.push(tag);
         }
     }
-    let toned = !matches!(&entry.skintone, serde_json::Value::Null | serde_json::Value::String(_)) || entry.skintone.as_str().is_some_and(|s| !s.is_empty());
+    let toned = !matches!(&entry.skintone, serde_json::Value::Null | serde_json::Value::String(_))
+        || entry.skintone.as_str().is_some_and(|s| !s.is_empty());
     let skin_tone = if toned { tone_names(&entry.hexcode) } else { None };
     let caption = emoji_caption(&entry.annotation, &category, &entry.subgroups, &keywords);
     let subject = Subject::Emoji {
@@ -66,7 +68,14 @@ fn one(path: &Path, entry: &Entry, config: &ImageConfig) -> Result<ImageRecord> 
         skin_tone,
         codepoints: entry.hexcode.clone(),
     };
-    ImageRecord::new(Source::Openmoji, entry.hexcode.to_lowercase(), split_for(&entry.hexcode, config), &image, caption, subject)
+    ImageRecord::new(
+        Source::Openmoji,
+        entry.hexcode.to_lowercase(),
+        split_for(&entry.hexcode, config),
+        &image,
+        caption,
+        subject,
+    )
 }
 
 /// OpenMoji's group slugs as the Unicode category names the Noto set uses ("food-drink" ->
@@ -94,7 +103,17 @@ mod tests {
 
     #[test]
     fn groups_map_onto_the_unicode_categories() {
-        for group in ["smileys-emotion", "people-body", "animals-nature", "food-drink", "travel-places", "activities", "objects", "symbols", "flags"] {
+        for group in [
+            "smileys-emotion",
+            "people-body",
+            "animals-nature",
+            "food-drink",
+            "travel-places",
+            "activities",
+            "objects",
+            "symbols",
+            "flags",
+        ] {
             assert!(super::super::emoji::CATEGORIES.contains(&category_name(group).as_str()), "{group}");
         }
         assert_eq!(category_name("extras-openmoji"), "extras-openmoji");

@@ -19,8 +19,14 @@ pub enum Source {
 }
 
 impl Source {
-    pub const ALL: [Source; 6] =
-        [Source::Openclipart, Source::Tuxpaint, Source::NotoEmoji, Source::Openmoji, Source::FlagIcons, Source::Cifar10];
+    pub const ALL: [Source; 6] = [
+        Source::Openclipart,
+        Source::Tuxpaint,
+        Source::NotoEmoji,
+        Source::Openmoji,
+        Source::FlagIcons,
+        Source::Cifar10,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -69,8 +75,16 @@ pub enum Split {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Subject {
-    Clipart { title: String, description: Option<String>, keywords: Vec<String>, category: Vec<String> },
-    Stamp { description: String, category: Vec<String> },
+    Clipart {
+        title: String,
+        description: Option<String>,
+        keywords: Vec<String>,
+        category: Vec<String>,
+    },
+    Stamp {
+        description: String,
+        category: Vec<String>,
+    },
     Emoji {
         name: String,
         category: String,
@@ -79,8 +93,18 @@ pub enum Subject {
         skin_tone: Option<String>,
         codepoints: String,
     },
-    Flag { country: String, code: String, capital: Option<String>, continent: Option<String>, iso: bool, aspect: String },
-    Cifar { label: String, index: usize },
+    Flag {
+        country: String,
+        code: String,
+        capital: Option<String>,
+        continent: Option<String>,
+        iso: bool,
+        aspect: String,
+    },
+    Cifar {
+        label: String,
+        index: usize,
+    },
 }
 
 /// A normalised, encoded image with its caption.
@@ -102,7 +126,14 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
-    pub fn new(source: Source, origin: String, split: Split, image: &RgbImage, caption: String, subject: Subject) -> Result<Self> {
+    pub fn new(
+        source: Source,
+        origin: String,
+        split: Split,
+        image: &RgbImage,
+        caption: String,
+        subject: Subject,
+    ) -> Result<Self> {
         let mut hasher = Sha256::new();
         hasher.update(image.width().to_le_bytes());
         hasher.update(image.height().to_le_bytes());

@@ -14,7 +14,8 @@ const STAMPS_DIR: &str = "usr/share/tuxpaint/stamps";
 
 pub fn load(layout: &DataLayout, config: &ImageConfig) -> Result<SourceOutput> {
     let root = require_dir(&layout.require_source("tuxpaint-stamps-default")?.join(STAMPS_DIR))?;
-    let texts: Vec<PathBuf> = regular_files(&root)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).collect();
+    let texts: Vec<PathBuf> =
+        regular_files(&root)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).collect();
     let results: Vec<Result<ImageRecord, String>> = config
         .subset(&texts)
         .par_iter()
@@ -31,22 +32,26 @@ fn one(root: &Path, txt: &Path, config: &ImageConfig) -> Result<ImageRecord> {
     let image = if png.is_file() {
         image_io::decode_rgb(&std::fs::read(&png).context("reading PNG")?).context("decoding PNG")?
     } else if svg.is_file() {
-        image_io::rasterize_svg(&std::fs::read(&svg).context("reading SVG")?, config.max_side).context("rasterising SVG")?
+        image_io::rasterize_svg(&std::fs::read(&svg).context("reading SVG")?, config.max_side)
+            .context("rasterising SVG")?
     } else {
         bail!("description without a .png or .svg image");
     };
     let image = image_io::fit_within(image, config.max_side);
     let rel = txt.strip_prefix(root).expect("walked under root").with_extension("");
     let origin = rel.to_string_lossy().replace('\\', "/");
-    let category: Vec<String> = rel.parent().map(|p| p.iter().map(|c| c.to_string_lossy().replace('_', " ")).collect()).unwrap_or_default();
-    let split = if bucket(&format!("tuxpaint:{origin}")) < config.heldout_percent { Split::Heldout } else { Split::Train };
+    let category: Vec<String> =
+        rel.parent().map(|p| p.iter().map(|c| c.to_string_lossy().replace('_', " ")).collect()).unwrap_or_default();
+    let split =
+        if bucket(&format!("tuxpaint:{origin}")) < config.heldout_percent { Split::Heldout } else { Split::Train };
     let caption = description.clone();
     ImageRecord::new(Source::Tuxpaint, origin, split, &image, caption, Subject::Stamp { description, category })
 }
 
 /// The first line that is not a `lang.utf8=` translation.
 fn english_description(text: &str) -> Result<String> {
-    let is_translation = |line: &str| line.split_once('=').is_some_and(|(lang, _)| lang.ends_with(".utf8") && !lang.contains(' '));
+    let is_translation =
+        |line: &str| line.split_once('=').is_some_and(|(lang, _)| lang.ends_with(".utf8") && !lang.contains(' '));
     match text.lines().map(str::trim).find(|line| !line.is_empty() && !is_translation(line)) {
         Some(line) => Ok(line.to_string()),
         None => bail!("no English description line"),

@@ -44,7 +44,15 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
         .iter()
         .map(|(r, label)| {
             used_records.insert(&r.key);
-            item("cifar10_what", &r.key, &r.key, "What object is shown in this image? Answer with one word.", label, QuestionType::Open, None)
+            item(
+                "cifar10_what",
+                &r.key,
+                &r.key,
+                "What object is shown in this image? Answer with one word.",
+                label,
+                QuestionType::Open,
+                None,
+            )
         })
         .collect();
     let mut pope = Vec::with_capacity(cifar.len() * 2);
@@ -53,7 +61,15 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
         let absent = absent[pick(&format!("{}:pope-absent", r.key), absent.len())];
         for (object, answer) in [(*label, "yes"), (absent, "no")] {
             let question = format!("Is there {} in the image?", with_article(object));
-            pope.push(item("pope_cifar", &format!("{}-{answer}", r.key), &r.key, &question, answer, QuestionType::YesNo, None));
+            pope.push(item(
+                "pope_cifar",
+                &format!("{}-{answer}", r.key),
+                &r.key,
+                &question,
+                answer,
+                QuestionType::YesNo,
+                None,
+            ));
         }
     }
     sets.push("cifar10_what", what, 1.0 / LABELS.len() as f64);
@@ -66,7 +82,15 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
             if categories.contains(category) {
                 used_records.insert(&r.key);
                 let question = "Which emoji category does this emoji belong to?";
-                emoji.push(item("emoji_category", &r.key, &r.key, question, category, QuestionType::Choice, Some(categories.clone())));
+                emoji.push(item(
+                    "emoji_category",
+                    &r.key,
+                    &r.key,
+                    question,
+                    category,
+                    QuestionType::Choice,
+                    Some(categories.clone()),
+                ));
             }
         }
     }
@@ -91,7 +115,15 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
             continue;
         }
         used_records.insert(&r.key);
-        flag_items.push(item("flag_country", &r.key, &r.key, "Which country does this flag belong to?", country, QuestionType::Open, None));
+        flag_items.push(item(
+            "flag_country",
+            &r.key,
+            &r.key,
+            "Which country does this flag belong to?",
+            country,
+            QuestionType::Open,
+            None,
+        ));
     }
     sets.push_open("flag_country", flag_items);
 
@@ -122,7 +154,15 @@ impl EvalSets {
     }
 }
 
-fn item(task: &str, id: &str, image_key: &str, question: &str, answer: &str, kind: QuestionType, choices: Option<Vec<String>>) -> EvalItem {
+fn item(
+    task: &str,
+    id: &str,
+    image_key: &str,
+    question: &str,
+    answer: &str,
+    kind: QuestionType,
+    choices: Option<Vec<String>>,
+) -> EvalItem {
     EvalItem {
         id: id.to_string(),
         task: task.to_string(),
@@ -147,11 +187,20 @@ fn shapes(layout: &DataLayout, config: &ImageConfig, sets: &mut EvalSets) -> Res
         let Some(d) = svg_path_data(&example.input) else { bail!("{}: no <path d=...> in the input", at()) };
         let correct = example.correct();
         let Some(gold) = correct.first() else { bail!("{}: no correct shape", at()) };
-        let choices: Vec<String> = example.target_scores.keys().filter(|k| *k == gold || !correct.contains(k)).cloned().collect();
+        let choices: Vec<String> =
+            example.target_scores.keys().filter(|k| *k == gold || !correct.contains(k)).cloned().collect();
         let image = image_io::rasterize_path(d, config.max_side).map_err(|err| anyhow::anyhow!("{}: {err:#}", at()))?;
         let key = format!("bigbench_shape_{index:03}");
         sets.images.push((format!("{key}.png"), image_io::encode_png(&image)?));
-        let mut it = item("geometric_shapes", &key, &key, "Which shape is drawn in this image?", gold, QuestionType::Choice, Some(choices));
+        let mut it = item(
+            "geometric_shapes",
+            &key,
+            &key,
+            "Which shape is drawn in this image?",
+            gold,
+            QuestionType::Choice,
+            Some(choices),
+        );
         it.chance = 1.0 / it.choices.as_ref().map_or(1, Vec::len) as f64;
         items.push(it);
     }
@@ -171,8 +220,12 @@ fn colours(layout: &DataLayout, config: &ImageConfig, sets: &mut EvalSets) -> Re
         let Some(gold) = correct.first() else { bail!("{}: no correct colour", at()) };
         let choices: Vec<String> = example.target_scores.keys().cloned().collect();
         let key = format!("bigbench_color_{index:04}");
-        sets.images.push((format!("{key}.png"), image_io::encode_png(&RgbImage::from_pixel(SWATCH_SIDE, SWATCH_SIDE, Rgb(rgb)))?));
-        let mut it = item("color_swatch", &key, &key, "What colour is this?", gold, QuestionType::Choice, Some(choices));
+        sets.images.push((
+            format!("{key}.png"),
+            image_io::encode_png(&RgbImage::from_pixel(SWATCH_SIDE, SWATCH_SIDE, Rgb(rgb)))?,
+        ));
+        let mut it =
+            item("color_swatch", &key, &key, "What colour is this?", gold, QuestionType::Choice, Some(choices));
         it.chance = 1.0 / it.choices.as_ref().map_or(1, Vec::len) as f64;
         items.push(it);
     }

@@ -10,11 +10,7 @@ pub fn normalize_whitespace(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut blank_run = 0usize;
     for raw in text.lines() {
-        let line: String = raw
-            .chars()
-            .map(|c| if c == '\t' { ' ' } else { c })
-            .filter(|c| !c.is_control())
-            .collect();
+        let line: String = raw.chars().map(|c| if c == '\t' { ' ' } else { c }).filter(|c| !c.is_control()).collect();
         let line = line.trim_end();
         if line.trim().is_empty() {
             blank_run += 1;
@@ -160,28 +156,19 @@ fn is_option_line(body: &str) -> bool {
     let Some(inner) = body.strip_prefix(':') else {
         return false;
     };
-    inner.find(':').is_some_and(|end| {
-        end > 0
-            && inner[..end]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    })
+    inner
+        .find(':')
+        .is_some_and(|end| end > 0 && inner[..end].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
 }
 
 /// A heading's over/underline or a table border: one punctuation character repeated, possibly in
 /// columns separated by blanks or `+` (simple and grid tables).
 fn is_section_rule(body: &str) -> bool {
     let first = body.chars().next().unwrap_or(' ');
-    let first = if first == '+' {
-        body.chars().find(|&c| c != '+').unwrap_or('+')
-    } else {
-        first
-    };
+    let first = if first == '+' { body.chars().find(|&c| c != '+').unwrap_or('+') } else { first };
     "=-~^*#\"'`.:_<>".contains(first)
         && body.chars().filter(|&c| c == first).count() >= 3
-        && body
-            .chars()
-            .all(|c| c == first || c == ' ' || c == '\t' || c == '+')
+        && body.chars().all(|c| c == first || c == ' ' || c == '\t' || c == '+')
 }
 
 /// Reduces inline markup: ``code`` -> code, :role:`text <target>` -> text, `text <url>`_ -> text,
@@ -279,9 +266,7 @@ pub fn clean_gcide_entry(entry: &str) -> String {
         }
     }
     let out = drop_parenthesised_pronunciation(&out);
-    normalize_whitespace(&expand_letter_entities(&out).replace(" ,", ","))
-        .trim()
-        .to_string()
+    normalize_whitespace(&expand_letter_entities(&out).replace(" ,", ",")).trim().to_string()
 }
 
 /// Removes GCIDE's bracketed source tags (`[1913 Webster]`, `[Webster 1913 Suppl.]`, `[WordNet 1.5]`,
@@ -293,10 +278,7 @@ fn strip_source_tags(body: &str) -> String {
         let tag_end = rest[open..].find(']').map(|e| open + e + 1);
         let is_source = tag_end.is_some_and(|end| {
             let tag = &rest[open..end];
-            tag.len() < 40
-                && ["Webster", "WordNet", "PJC", "Century Dict"]
-                    .iter()
-                    .any(|m| tag.contains(m))
+            tag.len() < 40 && ["Webster", "WordNet", "PJC", "Century Dict"].iter().any(|m| tag.contains(m))
         });
         match tag_end {
             Some(end) if is_source => {
@@ -360,17 +342,13 @@ fn letter_entity(entity: &str) -> Option<String> {
     let marks = entity.chars().filter(|c| !c.is_ascii_alphabetic()).count();
     (letters.chars().count() == 1
         && marks >= 1
-        && entity
-            .chars()
-            .all(|c| c.is_ascii_alphabetic() || "^=*.`'~\"_:,".contains(c)))
+        && entity.chars().all(|c| c.is_ascii_alphabetic() || "^=*.`'~\"_:,".contains(c)))
     .then_some(letters)
 }
 
 /// Drops the pronunciation in parentheses right after the headword (`Apple ([a^]p"p'l), n.`).
 fn drop_parenthesised_pronunciation(entry: &str) -> String {
-    let (first_line, rest) = entry
-        .split_once('\n')
-        .map_or((entry, None), |(a, b)| (a, Some(b)));
+    let (first_line, rest) = entry.split_once('\n').map_or((entry, None), |(a, b)| (a, Some(b)));
     let first_line = drop_pronunciation_in_line(first_line);
     match rest {
         Some(rest) => format!("{first_line}\n{rest}"),
@@ -382,10 +360,8 @@ fn drop_pronunciation_in_line(first_line: &str) -> String {
     if let Some(open) = first_line.find(" (") {
         if let Some(close) = first_line[open..].find(')').map(|c| open + c) {
             let inside = &first_line[open + 2..close];
-            let looks_phonetic = inside.contains('"')
-                || inside.contains('[')
-                || inside.contains('*')
-                || inside.contains('`');
+            let looks_phonetic =
+                inside.contains('"') || inside.contains('[') || inside.contains('*') || inside.contains('`');
             let headword = first_line[..open].trim_end();
             if looks_phonetic && !headword.contains(' ') {
                 return format!("{headword}{}", &first_line[close + 1..]);
@@ -424,9 +400,8 @@ pub fn decode_utf8_or_cp1252(bytes: &[u8]) -> (String, bool) {
 
 fn cp1252(byte: u8) -> char {
     const HIGH: [char; 32] = [
-        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
-        '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}',
-        'ž', 'Ÿ',
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž', '\u{8f}', '\u{90}', '‘',
+        '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}', 'ž', 'Ÿ',
     ];
     match byte {
         0x80..=0x9f => HIGH[(byte - 0x80) as usize],
@@ -443,38 +418,20 @@ mod tests {
         let rst = ".. SPDX-License-Identifier: GPL-2.0\n\n.. _readme:\n\nLinux kernel release 6.x <http://kernel.org/>\n=============================================\n\n=====   =====\nfield   value\n=====\t=====\n+---+---+\n\nPlease read the\n:ref:`Documentation/process/changes.rst <changes>` file and ``make menuconfig``.\n\n.. toctree::\n   :maxdepth: 2\n\n   intro\n   setup\n\n.. note:: Keep **this** text.\n\n.. versionadded:: 3.2\n\nExample::\n\n    $ make\n";
         let text = strip_rst(rst);
         assert!(
-            !text.contains("SPDX")
-                && !text.contains("_readme")
-                && !text.contains("===")
-                && !text.contains("+---"),
+            !text.contains("SPDX") && !text.contains("_readme") && !text.contains("===") && !text.contains("+---"),
             "{text}"
         );
         assert!(text.contains("field value"), "{text}");
-        assert!(
-            !text.contains("toctree") && !text.contains("maxdepth") && !text.contains("intro"),
-            "{text}"
-        );
-        assert!(
-            text.contains("Documentation/process/changes.rst file and make menuconfig."),
-            "{text}"
-        );
-        assert!(
-            text.contains("Keep this text.") && text.contains("New in version 3.2."),
-            "{text}"
-        );
+        assert!(!text.contains("toctree") && !text.contains("maxdepth") && !text.contains("intro"), "{text}");
+        assert!(text.contains("Documentation/process/changes.rst file and make menuconfig."), "{text}");
+        assert!(text.contains("Keep this text.") && text.contains("New in version 3.2."), "{text}");
         assert!(text.contains("Example:\n\n    $ make"), "{text}");
     }
 
     #[test]
     fn python_roles_keep_their_visible_text() {
-        assert_eq!(
-            strip_inline(":func:`~os.path.join` and :class:`list`"),
-            "os.path.join and list"
-        );
-        assert_eq!(
-            strip_inline("see `the tutorial <https://x>`_."),
-            "see the tutorial."
-        );
+        assert_eq!(strip_inline(":func:`~os.path.join` and :class:`list`"), "os.path.join and list");
+        assert_eq!(strip_inline("see `the tutorial <https://x>`_."), "see the tutorial.");
     }
 
     #[test]
@@ -504,9 +461,6 @@ mod tests {
 
     #[test]
     fn whitespace_is_collapsed_but_paragraphs_and_indent_stay() {
-        assert_eq!(
-            normalize_whitespace("a  b\t c\n\n\n\n  d\u{7}  e  \n"),
-            "a b c\n\n  d e"
-        );
+        assert_eq!(normalize_whitespace("a  b\t c\n\n\n\n  d\u{7}  e  \n"), "a b c\n\n  d e");
     }
 }

@@ -38,32 +38,15 @@ mod tests {
     use super::*;
 
     fn doc(id: &str, text: &str) -> Document {
-        Document {
-            id: id.into(),
-            source: "s".into(),
-            text: text.into(),
-        }
+        Document { id: id.into(), source: "s".into(), text: text.into() }
     }
 
     #[test]
     fn keeps_first_of_whitespace_equal_texts_and_drops_short_ones() {
-        let mut docs = vec![
-            doc("a", "the same  text"),
-            doc("b", "tiny"),
-            doc("c", "the same\ntext"),
-            doc("d", "other text here"),
-        ];
+        let mut docs =
+            vec![doc("a", "the same  text"), doc("b", "tiny"), doc("c", "the same\ntext"), doc("d", "other text here")];
         let counts = dedup_exact(&mut docs, 8);
-        assert_eq!(
-            docs.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
-            ["a", "d"]
-        );
-        assert_eq!(
-            counts,
-            DedupCounts {
-                duplicates: 1,
-                too_short: 1
-            }
-        );
+        assert_eq!(docs.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a", "d"]);
+        assert_eq!(counts, DedupCounts { duplicates: 1, too_short: 1 });
     }
 }

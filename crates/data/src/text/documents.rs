@@ -29,8 +29,7 @@ pub fn write_documents(path: &Path, documents: &[Document]) -> Result<()> {
             serde_json::to_writer(&mut out, doc)?;
             out.write_all(b"\n")?;
         }
-        out.flush()
-            .with_context(|| format!("write {}", temp.display()))
+        out.flush().with_context(|| format!("write {}", temp.display()))
     })
 }
 
@@ -47,7 +46,10 @@ pub fn parse_document_line(line: &str) -> std::result::Result<Document, String> 
 }
 
 /// Visits every line of a documents file: a good document or the problem with that line.
-pub fn visit_documents(path: &Path, visit: impl FnMut(std::result::Result<Document, LineProblem>) -> Result<()>) -> Result<()> {
+pub fn visit_documents(
+    path: &Path,
+    visit: impl FnMut(std::result::Result<Document, LineProblem>) -> Result<()>,
+) -> Result<()> {
     visit_lines(path, "documents", parse_document_line, visit)
 }
 
@@ -61,11 +63,7 @@ mod tests {
     use super::*;
 
     fn doc(id: &str, text: &str) -> Document {
-        Document {
-            id: id.into(),
-            source: "test".into(),
-            text: text.into(),
-        }
+        Document { id: id.into(), source: "test".into(), text: text.into() }
     }
 
     #[test]
@@ -81,7 +79,11 @@ mod tests {
     fn bad_json_line_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.jsonl");
-        std::fs::write(&path, "{\"id\":\"a\",\"source\":\"s\",\"text\":\"ok\"}\n{\"id\":\"b\",\"source\":\"s\",\"text\":\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"id\":\"a\",\"source\":\"s\",\"text\":\"ok\"}\n{\"id\":\"b\",\"source\":\"s\",\"text\":\n",
+        )
+        .unwrap();
         let err = read_documents(&path).unwrap_err().to_string();
         assert!(err.contains("bad.jsonl:2:"), "{err}");
     }
@@ -92,17 +94,12 @@ mod tests {
         let path = dir.path().join("missing.jsonl");
         std::fs::write(&path, "\n{\"id\":\"a\",\"source\":\"s\"}\n").unwrap();
         let err = read_documents(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("missing.jsonl:2:") && err.contains("missing field `text`"),
-            "{err}"
-        );
+        assert!(err.contains("missing.jsonl:2:") && err.contains("missing field `text`"), "{err}");
     }
 
     #[test]
     fn extra_fields_from_other_tools_are_accepted() {
-        let doc =
-            parse_document_line(r#"{"id":"x","source":"dclm","text":"t","url":"u","score":0.9}"#)
-                .unwrap();
+        let doc = parse_document_line(r#"{"id":"x","source":"dclm","text":"t","url":"u","score":0.9}"#).unwrap();
         assert_eq!(doc.text, "t");
     }
 }

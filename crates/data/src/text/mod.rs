@@ -27,10 +27,7 @@ pub struct CorpusOptions {
 
 impl Default for CorpusOptions {
     fn default() -> Self {
-        Self {
-            validation_fraction: 0.02,
-            min_chars: 24,
-        }
+        Self { validation_fraction: 0.02, min_chars: 24 }
     }
 }
 
@@ -61,11 +58,7 @@ pub struct Corpus {
 }
 
 /// Reads, cleans, deduplicates and splits the given sources and writes both splits' JSONL files.
-pub fn build_corpus(
-    layout: &DataLayout,
-    sources: &[&TextSource],
-    options: CorpusOptions,
-) -> Result<Corpus> {
+pub fn build_corpus(layout: &DataLayout, sources: &[&TextSource], options: CorpusOptions) -> Result<Corpus> {
     let mut all = Vec::new();
     for source in sources {
         let started = std::time::Instant::now();
@@ -79,21 +72,13 @@ pub fn build_corpus(
         all.extend(docs);
     }
     let removed = dedup_exact(&mut all, options.min_chars);
-    let mut report = CorpusReport {
-        removed,
-        ..Default::default()
-    };
-    let (validation, train): (Vec<Document>, Vec<Document>) = all
-        .into_iter()
-        .partition(|d| split::is_validation(&d.id, options.validation_fraction));
+    let mut report = CorpusReport { removed, ..Default::default() };
+    let (validation, train): (Vec<Document>, Vec<Document>) =
+        all.into_iter().partition(|d| split::is_validation(&d.id, options.validation_fraction));
     for (docs, is_val) in [(&train, false), (&validation, true)] {
         for doc in docs.iter() {
             let counts = report.sources.entry(doc.source.clone()).or_default();
-            let split = if is_val {
-                &mut counts.validation
-            } else {
-                &mut counts.train
-            };
+            let split = if is_val { &mut counts.validation } else { &mut counts.train };
             split.documents += 1;
             split.bytes += doc.text.len();
         }
@@ -101,9 +86,5 @@ pub fn build_corpus(
     std::fs::create_dir_all(layout.text_dir())?;
     write_documents(&layout.text_documents("train"), &train)?;
     write_documents(&layout.text_documents("validation"), &validation)?;
-    Ok(Corpus {
-        train,
-        validation,
-        report,
-    })
+    Ok(Corpus { train, validation, report })
 }

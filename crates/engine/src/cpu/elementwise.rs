@@ -48,7 +48,11 @@ pub fn add_bias(y: &mut [f32], bias: &[f32]) {
 
 pub fn bias_backward(dy: &[f32], dbias: &mut [f32]) {
     let width = dbias.len();
-    assert!(width > 0 && dy.len().is_multiple_of(width), "bias_backward: {} elements are not rows of {width}", dy.len());
+    assert!(
+        width > 0 && dy.len().is_multiple_of(width),
+        "bias_backward: {} elements are not rows of {width}",
+        dy.len()
+    );
     let partials: Vec<Vec<f32>> = row_blocks(dy.len() / width, width)
         .into_par_iter()
         .map(|rows| {

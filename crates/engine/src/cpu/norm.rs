@@ -78,7 +78,16 @@ pub fn layernorm_backward(
             let mut dw = vec![0.0f32; width];
             let mut db = vec![0.0f32; width];
             let rows = range.start * width..range.end * width;
-            layernorm_backward_rows(&dout[rows.clone()], &x[rows], weight, &mean[range.clone()], &rstd[range], dx, &mut dw, &mut db);
+            layernorm_backward_rows(
+                &dout[rows.clone()],
+                &x[rows],
+                weight,
+                &mean[range.clone()],
+                &rstd[range],
+                dx,
+                &mut dw,
+                &mut db,
+            );
             (dw, db)
         })
         .collect();
@@ -123,10 +132,8 @@ pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], rst
     let rows = rows_of(x, width, "rmsnorm");
     assert!(out.len() == x.len() && rstd.len() >= rows, "rmsnorm: buffer sizes");
     let per = rows_per_task(rows, width);
-    out.par_chunks_mut(per * width)
-        .zip(x.par_chunks(per * width))
-        .zip(rstd[..rows].par_chunks_mut(per))
-        .for_each(|((out, x), rstd)| {
+    out.par_chunks_mut(per * width).zip(x.par_chunks(per * width)).zip(rstd[..rows].par_chunks_mut(per)).for_each(
+        |((out, x), rstd)| {
             for ((o, x), r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(rstd) {
                 let ms = dot(x, x) / width as f32;
                 let rs = 1.0 / (ms + eps).sqrt();
@@ -135,7 +142,8 @@ pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], rst
                 }
                 *r = rs;
             }
-        });
+        },
+    );
 }
 
 pub fn rmsnorm_backward(dout: &[f32], x: &[f32], weight: &[f32], rstd: &[f32], dx: &mut [f32], dweight: &mut [f32]) {

@@ -81,13 +81,31 @@ impl Attention {
     /// OpenLM's attention: causal, rotary, QK-norm of the model's norm kind, no biases.
     pub fn openlm(width: usize, heads: usize, norm: NormKind, norm_eps: f32) -> Self {
         assert!(heads > 0 && width.is_multiple_of(heads), "attention: width {width} is not divisible by {heads} heads");
-        Attention { width, heads, head_dim: width / heads, causal: true, rotary: true, qk_norm: Some(norm), norm_eps, bias: false }
+        Attention {
+            width,
+            heads,
+            head_dim: width / heads,
+            causal: true,
+            rotary: true,
+            qk_norm: Some(norm),
+            norm_eps,
+            bias: false,
+        }
     }
 
     /// A ViT encoder's attention: non-causal, biases, no rotary, no QK-norm.
     pub fn vit(width: usize, heads: usize) -> Self {
         assert!(heads > 0 && width.is_multiple_of(heads), "attention: width {width} is not divisible by {heads} heads");
-        Attention { width, heads, head_dim: width / heads, causal: false, rotary: false, qk_norm: None, norm_eps: 0.0, bias: true }
+        Attention {
+            width,
+            heads,
+            head_dim: width / heads,
+            causal: false,
+            rotary: false,
+            qk_norm: None,
+            norm_eps: 0.0,
+            bias: true,
+        }
     }
 
     /// `heads * head_dim`.
@@ -169,7 +187,10 @@ impl Attention {
         let k = dev.slice_mut(&mut acts.k, 0..n);
         match self.qk_norm() {
             Some(norm) => {
-                let (qn, kn) = (p.q_norm.as_ref().expect("attention: q_norm params"), p.k_norm.as_ref().expect("attention: k_norm params"));
+                let (qn, kn) = (
+                    p.q_norm.as_ref().expect("attention: q_norm params"),
+                    p.k_norm.as_ref().expect("attention: k_norm params"),
+                );
                 let q_raw = dev.slice_mut(&mut acts.q_raw, 0..n);
                 project(0, q_raw);
                 norm.forward(dev, qn, q_raw, &mut acts.q_norm, q);
@@ -242,12 +263,31 @@ impl Attention {
         };
         match self.qk_norm() {
             Some(norm) => {
-                let (qn, kn) = (p.q_norm.as_ref().expect("attention: q_norm params"), p.k_norm.as_ref().expect("attention: k_norm params"));
+                let (qn, kn) = (
+                    p.q_norm.as_ref().expect("attention: q_norm params"),
+                    p.k_norm.as_ref().expect("attention: k_norm params"),
+                );
                 let q_raw = dev.slice(&acts.q_raw, 0..n);
-                norm.backward(dev, qn, q_raw, &acts.q_norm, dq, datt, g.q_norm.as_mut().expect("attention: q_norm grads"));
+                norm.backward(
+                    dev,
+                    qn,
+                    q_raw,
+                    &acts.q_norm,
+                    dq,
+                    datt,
+                    g.q_norm.as_mut().expect("attention: q_norm grads"),
+                );
                 project_back(0, datt, &mut g.in_proj, dx);
                 let k_raw = dev.slice(&acts.k_raw, 0..n);
-                norm.backward(dev, kn, k_raw, &acts.k_norm, dk, datt, g.k_norm.as_mut().expect("attention: k_norm grads"));
+                norm.backward(
+                    dev,
+                    kn,
+                    k_raw,
+                    &acts.k_norm,
+                    dk,
+                    datt,
+                    g.k_norm.as_mut().expect("attention: k_norm grads"),
+                );
                 project_back(1, datt, &mut g.in_proj, dx);
             }
             None => {
@@ -285,7 +325,10 @@ impl<D: Device> AttentionActs<D> {
     pub fn set_rope_inv_freq(&mut self, dev: &D, inv_freq: &[f32]) {
         let head_dim = 2 * inv_freq.len();
         let len = dev.len(&self.rope);
-        assert!(head_dim > 0 && len.is_multiple_of(head_dim), "attention: rotary table of {len} values is not rows of head_dim {head_dim}");
+        assert!(
+            head_dim > 0 && len.is_multiple_of(head_dim),
+            "attention: rotary table of {len} values is not rows of head_dim {head_dim}"
+        );
         self.rope = dev.upload(&rope_table(len / head_dim, inv_freq));
     }
 }

@@ -55,7 +55,14 @@ impl GeluMlp {
     }
 
     /// `x`: `[rows, in_dim]`, `y`: `[rows, out_dim]`.
-    pub fn forward<D: Device>(&self, dev: &D, p: &GeluMlpParams<D>, x: &D::Buf, acts: &mut GeluMlpActs<D>, y: &mut D::Buf) {
+    pub fn forward<D: Device>(
+        &self,
+        dev: &D,
+        p: &GeluMlpParams<D>,
+        x: &D::Buf,
+        acts: &mut GeluMlpActs<D>,
+        y: &mut D::Buf,
+    ) {
         let rows = rows_of(dev, x, self.in_dim, "gelu mlp");
         let pre = dev.slice_mut(&mut acts.pre, 0..rows * self.hidden);
         let act = dev.slice_mut(&mut acts.act, 0..rows * self.hidden);

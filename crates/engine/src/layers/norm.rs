@@ -62,8 +62,12 @@ impl Norm {
         assert!(dev.len(&acts.rstd) >= rows, "norm: acts sized for {} rows, got {rows}", dev.len(&acts.rstd));
         let mean = dev.slice_mut(&mut acts.mean, 0..rows);
         match self.kind {
-            NormKind::RmsNorm => dev.rmsnorm_forward(x, p.weight, self.eps, out, dev.slice_mut(&mut acts.rstd, 0..rows)),
-            _ => dev.layernorm_forward(x, p.weight, p.bias, self.eps, out, mean, dev.slice_mut(&mut acts.rstd, 0..rows)),
+            NormKind::RmsNorm => {
+                dev.rmsnorm_forward(x, p.weight, self.eps, out, dev.slice_mut(&mut acts.rstd, 0..rows))
+            }
+            _ => {
+                dev.layernorm_forward(x, p.weight, p.bias, self.eps, out, mean, dev.slice_mut(&mut acts.rstd, 0..rows))
+            }
         }
     }
 

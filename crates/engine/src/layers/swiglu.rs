@@ -53,7 +53,14 @@ impl SwiGlu {
     }
 
     /// `x`, `y`: `[rows, width]`.
-    pub fn forward<D: Device>(&self, dev: &D, p: &SwiGluParams<D>, x: &D::Buf, acts: &mut SwiGluActs<D>, y: &mut D::Buf) {
+    pub fn forward<D: Device>(
+        &self,
+        dev: &D,
+        p: &SwiGluParams<D>,
+        x: &D::Buf,
+        acts: &mut SwiGluActs<D>,
+        y: &mut D::Buf,
+    ) {
         let rows = rows_of(dev, x, self.width, "swiglu");
         let gate_up = dev.slice_mut(&mut acts.gate_up, 0..rows * 2 * self.hidden);
         let hidden = dev.slice_mut(&mut acts.hidden, 0..rows * self.hidden);

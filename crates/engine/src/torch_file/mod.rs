@@ -69,7 +69,8 @@ pub fn convert_to_safetensors(checkpoint: &Path, out: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let mut metadata = HashMap::new();
     metadata.insert("converted_from".to_string(), checkpoint.display().to_string());
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| anyhow::anyhow!("serialising {}: {e}", out.display()))?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| anyhow::anyhow!("serialising {}: {e}", out.display()))?;
     crate::atomic_file::write_atomic(out, &bytes)
 }
 
@@ -93,12 +94,21 @@ fn tensor_refs(object: Value) -> Result<Vec<(String, TensorRef)>> {
 }
 
 /// Gathers every tensor from its storage's bytes (`storage(key)`).
-fn gather_all<'a>(refs: Vec<(String, TensorRef)>, storage: impl Fn(&str) -> Option<&'a [u8]>) -> Result<Vec<(String, RawTensor)>> {
+fn gather_all<'a>(
+    refs: Vec<(String, TensorRef)>,
+    storage: impl Fn(&str) -> Option<&'a [u8]>,
+) -> Result<Vec<(String, RawTensor)>> {
     refs.into_iter()
         .map(|(name, t)| {
-            let data = storage(&t.storage.key).with_context(|| format!("tensor {name}: storage {} is missing", t.storage.key))?;
+            let data = storage(&t.storage.key)
+                .with_context(|| format!("tensor {name}: storage {} is missing", t.storage.key))?;
             let bytes = t.storage.numel * t.storage.dtype.bitsize() / 8;
-            ensure!(data.len() >= bytes, "tensor {name}: storage {} holds {} bytes, the pickle says {bytes}", t.storage.key, data.len());
+            ensure!(
+                data.len() >= bytes,
+                "tensor {name}: storage {} holds {} bytes, the pickle says {bytes}",
+                t.storage.key,
+                data.len()
+            );
             let raw = gather(&t, data).with_context(|| format!("tensor {name}"))?;
             Ok((name, raw))
         })
@@ -127,7 +137,11 @@ fn usize_of(v: &Value, what: &str) -> Result<usize> {
 }
 
 fn usize_seq(v: &Value, what: &str) -> Result<Vec<usize>> {
-    v.as_seq().with_context(|| format!("{what} is {}, not a tuple", kind(v)))?.iter().map(|x| usize_of(x, what)).collect()
+    v.as_seq()
+        .with_context(|| format!("{what} is {}, not a tuple", kind(v)))?
+        .iter()
+        .map(|x| usize_of(x, what))
+        .collect()
 }
 
 /// Interprets `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks[, metadata])`.
@@ -150,7 +164,10 @@ fn tensor_ref(value: &Value) -> Result<TensorRef> {
 fn storage_ref(value: &Value) -> Result<StorageRef> {
     let Value::Persistent(id) = value else { bail!("storage is {}, not a persistent id", kind(value)) };
     let fields = id.as_seq().context("persistent id is not a tuple")?;
-    ensure!((5..=6).contains(&fields.len()) && fields[0].as_str() == Some("storage"), "persistent id {id:?} is not a storage");
+    ensure!(
+        (5..=6).contains(&fields.len()) && fields[0].as_str() == Some("storage"),
+        "persistent id {id:?} is not a storage"
+    );
     if fields.get(5).is_some_and(|view| !matches!(view, Value::None)) {
         bail!("storage views (view_metadata {:?}) are not supported", fields[5]);
     }

@@ -24,9 +24,15 @@ pub enum Value {
     /// Dict entries in insertion order (OrderedDict semantics, which is what state dicts use).
     Dict(Vec<(Value, Value)>),
     /// `module.name`, referenced but not resolved.
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     /// `callable(*args)`, recorded rather than performed.
-    Call { callable: Box<Value>, args: Box<Value> },
+    Call {
+        callable: Box<Value>,
+        args: Box<Value>,
+    },
     /// The argument of a persistent id (`BINPERSID`); PyTorch uses it for storages.
     Persistent(Box<Value>),
 }
@@ -102,8 +108,10 @@ impl Machine<'_, '_> {
     fn line(&mut self) -> Result<String> {
         let start = *self.pos;
         let rest = &self.bytes[start..];
-        let len = rest.iter().position(|&b| b == b'\n').with_context(|| format!("unterminated line at byte {start}"))?;
-        let text = String::from_utf8(rest[..len].to_vec()).with_context(|| format!("non-UTF-8 line at byte {start}"))?;
+        let len =
+            rest.iter().position(|&b| b == b'\n').with_context(|| format!("unterminated line at byte {start}"))?;
+        let text =
+            String::from_utf8(rest[..len].to_vec()).with_context(|| format!("non-UTF-8 line at byte {start}"))?;
         *self.pos = start + len + 1;
         Ok(text)
     }
@@ -175,7 +183,9 @@ impl Machine<'_, '_> {
                 0x80 => {
                     let protocol = self.u8()?;
                     if protocol > 2 {
-                        bail!("pickle protocol {protocol} is not supported (only 0-2, as PyTorch's legacy format uses)");
+                        bail!(
+                            "pickle protocol {protocol} is not supported (only 0-2, as PyTorch's legacy format uses)"
+                        );
                     }
                 }
                 b'.' => return self.pop(),

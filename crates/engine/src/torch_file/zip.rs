@@ -57,7 +57,8 @@ fn entries(b: &[u8]) -> Result<HashMap<String, &[u8]>> {
         ensure!(u32_at(b, at)? == CENTRAL_HEADER, "central directory entry at {at} has a bad signature");
         let method = u16_at(b, at + 10)?;
         let mut size = u32_at(b, at + 20)? as u64;
-        let (name_len, extra_len, comment_len) = (u16_at(b, at + 28)? as usize, u16_at(b, at + 30)? as usize, u16_at(b, at + 32)? as usize);
+        let (name_len, extra_len, comment_len) =
+            (u16_at(b, at + 28)? as usize, u16_at(b, at + 30)? as usize, u16_at(b, at + 32)? as usize);
         let mut local = u32_at(b, at + 42)? as u64;
         let name_bytes = b.get(at + 46..at + 46 + name_len).context("truncated central directory")?;
         let name = String::from_utf8_lossy(name_bytes).into_owned();
@@ -96,7 +97,11 @@ fn entries(b: &[u8]) -> Result<HashMap<String, &[u8]>> {
 pub(super) fn parse(b: &[u8]) -> Result<Vec<(String, RawTensor)>> {
     let entries = entries(b)?;
     // The archive's folder is named after the file it was first saved as: find it by its pickle.
-    let pkl = entries.keys().find(|n| n.ends_with("/data.pkl") || *n == "data.pkl").context("no data.pkl in the archive")?.clone();
+    let pkl = entries
+        .keys()
+        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+        .context("no data.pkl in the archive")?
+        .clone();
     let prefix = &pkl[..pkl.len() - "data.pkl".len()];
     if let Some(order) = entries.get(&format!("{prefix}byteorder")) {
         if *order != b"little" {

@@ -102,7 +102,10 @@ impl LmConfig {
 
     /// The paper's OpenLM shapes, trained by open_lm's rules (decay every parameter).
     fn openlm_paper(d_model: usize, n_layers: usize, n_heads: usize) -> Self {
-        Self { weight_decay_rule: WeightDecayRule::OpenLm, ..Self::openlm(NEOX_VOCAB, d_model, n_layers, n_heads, 2048) }
+        Self {
+            weight_decay_rule: WeightDecayRule::OpenLm,
+            ..Self::openlm(NEOX_VOCAB, d_model, n_layers, n_heads, 2048)
+        }
     }
 
     /// A built-in preset by name (see `PRESETS`).

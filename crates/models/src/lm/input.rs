@@ -48,7 +48,11 @@ impl<'a> LmInput<'a> {
         }
         if let Some(inj) = &self.injected {
             if inj.values.len() != inj.rows.len() * d_model {
-                bail!("{} injected embedding values for {} positions of width {d_model}", inj.values.len(), inj.rows.len());
+                bail!(
+                    "{} injected embedding values for {} positions of width {d_model}",
+                    inj.values.len(),
+                    inj.rows.len()
+                );
             }
             if let Some(w) = inj.rows.windows(2).find(|w| w[0] >= w[1]) {
                 bail!("injected positions must be strictly increasing, found {} then {}", w[0], w[1]);

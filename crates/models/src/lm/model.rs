@@ -13,7 +13,9 @@ use super::weights::{register, BlockIds, LmParamIds, NormIds};
 use super::workspace::Workspace;
 use crate::memory::{ensure_available, TrainShape};
 use anyhow::{bail, Context, Result};
-use vlmix_engine::layers::{AttentionGrads, AttentionParams, LinearGrads, LinearParams, NormGrads, NormParams, SwiGluGrads, SwiGluParams};
+use vlmix_engine::layers::{
+    AttentionGrads, AttentionParams, LinearGrads, LinearParams, NormGrads, NormParams, SwiGluGrads, SwiGluParams,
+};
 use vlmix_engine::params::{Grads, ParamStore, Values};
 use vlmix_engine::{Cpu, Device, LossStats};
 
@@ -54,12 +56,22 @@ fn attention_grads<'a>(g: &'a mut Grads<'_>, b: &BlockIds) -> AttentionGrads<'a,
         (Some(NormIds { weight: qw, bias: Some(qb) }), Some(NormIds { weight: kw, bias: Some(kb) })) => {
             let [in_proj, qw, qb, kw, kb, out_proj] = g.get_many_mut([b.in_proj, qw, qb, kw, kb, b.out_proj]);
             let (q_norm, k_norm) = (NormGrads { weight: qw, bias: Some(qb) }, NormGrads { weight: kw, bias: Some(kb) });
-            AttentionGrads { in_proj: linear(in_proj), q_norm: Some(q_norm), k_norm: Some(k_norm), out_proj: linear(out_proj) }
+            AttentionGrads {
+                in_proj: linear(in_proj),
+                q_norm: Some(q_norm),
+                k_norm: Some(k_norm),
+                out_proj: linear(out_proj),
+            }
         }
         (Some(q), Some(k)) => {
             let [in_proj, q_norm, k_norm, out_proj] = g.get_many_mut([b.in_proj, q.weight, k.weight, b.out_proj]);
             let norm = |weight| NormGrads { weight, bias: None };
-            AttentionGrads { in_proj: linear(in_proj), q_norm: Some(norm(q_norm)), k_norm: Some(norm(k_norm)), out_proj: linear(out_proj) }
+            AttentionGrads {
+                in_proj: linear(in_proj),
+                q_norm: Some(norm(q_norm)),
+                k_norm: Some(norm(k_norm)),
+                out_proj: linear(out_proj),
+            }
         }
         _ => {
             let [in_proj, out_proj] = g.get_many_mut([b.in_proj, b.out_proj]);
@@ -130,7 +142,13 @@ impl Lm {
             }
         }
         if let Some(post) = ids.post_embed_norm {
-            layers.norm.forward(dev, &norm_params(v, post), &ws.embedded[..n], &mut ws.post_embed_norm, &mut ws.residual[0][..n]);
+            layers.norm.forward(
+                dev,
+                &norm_params(v, post),
+                &ws.embedded[..n],
+                &mut ws.post_embed_norm,
+                &mut ws.residual[0][..n],
+            );
         }
         for (l, b) in ids.blocks.iter().enumerate() {
             let (before, after) = ws.residual.split_at_mut(l + 1);
@@ -138,8 +156,22 @@ impl Lm {
             let acts = &mut ws.blocks[l];
             let branch = &mut ws.d_branch[..n];
             let h = &mut acts.h[..n];
-            layers.norm.forward(dev, &norm_params(v, b.attention_norm), x, &mut acts.attention_norm, &mut acts.attention_norm_out[..n]);
-            layers.attention.forward(dev, &attention_params(v, b), &acts.attention_norm_out[..n], input.batch, input.seq, &mut acts.attention, branch);
+            layers.norm.forward(
+                dev,
+                &norm_params(v, b.attention_norm),
+                x,
+                &mut acts.attention_norm,
+                &mut acts.attention_norm_out[..n],
+            );
+            layers.attention.forward(
+                dev,
+                &attention_params(v, b),
+                &acts.attention_norm_out[..n],
+                input.batch,
+                input.seq,
+                &mut acts.attention,
+                branch,
+            );
             dev.add(x, branch, h);
             layers.norm.forward(dev, &norm_params(v, b.ffn_norm), h, &mut acts.ffn_norm, &mut acts.ffn_norm_out[..n]);
             let ffn = SwiGluParams { w12: v.get(b.w12), w3: v.get(b.w3) };
@@ -156,7 +188,12 @@ impl Lm {
                 ws.final_norm_out.copy_within(last_row * d..(last_row + 1) * d, b * d);
             }
             let nd = input.batch * d;
-            layers.output.forward(dev, &output, &ws.final_norm_out[..nd], &mut ws.logits[..input.batch * self.config.vocab]);
+            layers.output.forward(
+                dev,
+                &output,
+                &ws.final_norm_out[..nd],
+                &mut ws.logits[..input.batch * self.config.vocab],
+            );
         } else {
             layers.output.forward(dev, &output, &ws.final_norm_out[..n], &mut ws.logits[..rows * self.config.vocab]);
         }
@@ -199,17 +236,49 @@ impl Lm {
         let d_branch = &mut ws.d_branch[..n];
         let output = LinearParams { weight: v.get(ids.output_weight()), bias: None };
         let mut output_grad = LinearGrads { weight: g.get_mut(ids.output_weight()), bias: None };
-        layers.output.backward(dev, &output, &ws.final_norm_out[..n], &ws.logits[..rows * vocab], Some(&mut *d_norm), &mut output_grad);
+        layers.output.backward(
+            dev,
+            &output,
+            &ws.final_norm_out[..n],
+            &ws.logits[..rows * vocab],
+            Some(&mut *d_norm),
+            &mut output_grad,
+        );
         let last = &ws.residual[ids.blocks.len()][..n];
-        layers.norm.backward(dev, &norm_params(v, ids.norm), last, &ws.final_norm, d_norm, d_residual, &mut norm_grads(&mut g, ids.norm));
+        layers.norm.backward(
+            dev,
+            &norm_params(v, ids.norm),
+            last,
+            &ws.final_norm,
+            d_norm,
+            d_residual,
+            &mut norm_grads(&mut g, ids.norm),
+        );
 
         for (l, b) in ids.blocks.iter().enumerate().rev() {
             let acts = &ws.blocks[l];
             let ffn = SwiGluParams { w12: v.get(b.w12), w3: v.get(b.w3) };
             let [w12, w3] = g.get_many_mut([b.w12, b.w3]);
             let mut ffn_grad = SwiGluGrads { w12, w3 };
-            layers.feed_forward.backward(dev, &ffn, &acts.ffn_norm_out[..n], &acts.feed_forward, d_residual, d_norm, &mut ffn_grad, &mut ws.ffn_scratch);
-            layers.norm.backward(dev, &norm_params(v, b.ffn_norm), &acts.h[..n], &acts.ffn_norm, d_norm, d_branch, &mut norm_grads(&mut g, b.ffn_norm));
+            layers.feed_forward.backward(
+                dev,
+                &ffn,
+                &acts.ffn_norm_out[..n],
+                &acts.feed_forward,
+                d_residual,
+                d_norm,
+                &mut ffn_grad,
+                &mut ws.ffn_scratch,
+            );
+            layers.norm.backward(
+                dev,
+                &norm_params(v, b.ffn_norm),
+                &acts.h[..n],
+                &acts.ffn_norm,
+                d_norm,
+                d_branch,
+                &mut norm_grads(&mut g, b.ffn_norm),
+            );
             dev.add_assign(d_residual, d_branch);
 
             let mut attn_grad = attention_grads(&mut g, b);
@@ -225,14 +294,30 @@ impl Lm {
                 &mut attn_grad,
                 &mut ws.attention_scratch,
             );
-            layers.norm.backward(dev, &norm_params(v, b.attention_norm), &ws.residual[l][..n], &acts.attention_norm, d_norm, d_branch, &mut norm_grads(&mut g, b.attention_norm));
+            layers.norm.backward(
+                dev,
+                &norm_params(v, b.attention_norm),
+                &ws.residual[l][..n],
+                &acts.attention_norm,
+                d_norm,
+                d_branch,
+                &mut norm_grads(&mut g, b.attention_norm),
+            );
             dev.add_assign(d_residual, d_branch);
         }
 
         // Back through the post-embedding norm: the embeddings' gradient lands in d_branch.
         let d_embedded = match ids.post_embed_norm {
             Some(post) => {
-                layers.norm.backward(dev, &norm_params(v, post), &ws.embedded[..n], &ws.post_embed_norm, d_residual, d_branch, &mut norm_grads(&mut g, post));
+                layers.norm.backward(
+                    dev,
+                    &norm_params(v, post),
+                    &ws.embedded[..n],
+                    &ws.post_embed_norm,
+                    d_residual,
+                    d_branch,
+                    &mut norm_grads(&mut g, post),
+                );
                 d_branch
             }
             None => d_residual,
@@ -250,11 +335,23 @@ impl Lm {
     }
 
     /// The masked loss without gradients (validation).
-    pub fn loss(&mut self, params: &ParamStore, input: &LmInput, targets: &[u32], loss_mask: &[f32]) -> Result<LossStats> {
+    pub fn loss(
+        &mut self,
+        params: &ParamStore,
+        input: &LmInput,
+        targets: &[u32],
+        loss_mask: &[f32],
+    ) -> Result<LossStats> {
         self.forward(params, input, false)?;
         let ws = self.work.as_mut().expect("forward reserved it");
         let rows = input.rows();
-        self.layers.loss.forward(&self.dev, &mut ws.logits[..rows * self.config.vocab], targets, loss_mask, &mut ws.nll[..rows])
+        self.layers.loss.forward(
+            &self.dev,
+            &mut ws.logits[..rows * self.config.vocab],
+            targets,
+            loss_mask,
+            &mut ws.nll[..rows],
+        )
     }
 
     /// `-log p(targets[r] | prefix)` at every position `r` (`[batch * seq]`): what evaluation

@@ -82,10 +82,16 @@ impl Source {
 
 /// Strips a prefix every name carries (`module.` from DDP, `model.` from HF, `_orig_mod.` from
 /// torch.compile), repeatedly.
-fn strip_prefixes(stored: Vec<(Option<usize>, String)>, origin: &Path) -> Result<BTreeMap<String, (Option<usize>, String)>> {
-    let mut names: Vec<(String, (Option<usize>, String))> = stored.into_iter().map(|(f, s)| (s.clone(), (f, s))).collect();
+fn strip_prefixes(
+    stored: Vec<(Option<usize>, String)>,
+    origin: &Path,
+) -> Result<BTreeMap<String, (Option<usize>, String)>> {
+    let mut names: Vec<(String, (Option<usize>, String))> =
+        stored.into_iter().map(|(f, s)| (s.clone(), (f, s))).collect();
     ensure!(!names.is_empty(), "{}: holds no tensors", origin.display());
-    while let Some(prefix) = ["module.", "model.", "_orig_mod."].into_iter().find(|p| names.iter().all(|(n, _)| n.starts_with(p))) {
+    while let Some(prefix) =
+        ["module.", "model.", "_orig_mod."].into_iter().find(|p| names.iter().all(|(n, _)| n.starts_with(p)))
+    {
         names.iter_mut().for_each(|(n, _)| *n = n[prefix.len()..].to_string());
     }
     let mut out = BTreeMap::new();
@@ -110,16 +116,23 @@ fn open_source(src: &Path) -> Result<(Source, &'static str, Option<PathBuf>)> {
         } else if src.join("model.safetensors").is_file() {
             vec![src.join("model.safetensors")]
         } else {
-            bail!("{}: no model.safetensors or model.safetensors.index.json (expected an open_lm Hugging Face directory)", src.display());
+            bail!(
+                "{}: no model.safetensors or model.safetensors.index.json (expected an open_lm Hugging Face directory)",
+                src.display()
+            );
         };
         let files = files.iter().map(|f| SafetensorsFile::open(f)).collect::<Result<Vec<_>>>()?;
-        let stored = files.iter().enumerate().flat_map(|(i, f)| f.names().into_iter().map(move |n| (Some(i), n))).collect();
+        let stored =
+            files.iter().enumerate().flat_map(|(i, f)| f.names().into_iter().map(move |n| (Some(i), n))).collect();
         let names = strip_prefixes(stored, src)?;
         let config = Some(src.join("config.json")).filter(|c| c.is_file());
         return Ok((Source { files, raw: HashMap::new(), names, origin: src.to_path_buf() }, hf, config));
     }
     if !src.is_file() {
-        bail!("{}: no such open_lm checkpoint (a torch .pt file, a .safetensors file or a Hugging Face directory)", src.display());
+        bail!(
+            "{}: no such open_lm checkpoint (a torch .pt file, a .safetensors file or a Hugging Face directory)",
+            src.display()
+        );
     }
     let sibling = src.parent().map(|p| p.join("config.json")).filter(|c| c.is_file());
     if src.extension().is_some_and(|e| e == "safetensors") {
@@ -143,8 +156,10 @@ struct OpenLmConfig {
 
 impl OpenLmConfig {
     fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading open_lm config {}", path.display()))?;
-        let json: Value = serde_json::from_str(&text).with_context(|| format!("parsing open_lm config {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading open_lm config {}", path.display()))?;
+        let json: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing open_lm config {}", path.display()))?;
         let Value::Object(mut fields) = json else { bail!("{}: not a JSON object", path.display()) };
         if let Some(Value::Object(nested)) = fields.get("params_args_dict").cloned() {
             for (k, v) in nested {
@@ -160,31 +175,56 @@ impl OpenLmConfig {
     }
 
     fn usize(&self, keys: &[&str]) -> Result<Option<usize>> {
-        self.get(keys).map(|(k, v)| v.as_u64().map(|n| n as usize).with_context(|| format!("{}: {k} = {v} is not a count", self.origin))).transpose()
+        self.get(keys)
+            .map(|(k, v)| {
+                v.as_u64().map(|n| n as usize).with_context(|| format!("{}: {k} = {v} is not a count", self.origin))
+            })
+            .transpose()
     }
 
     fn bool(&self, keys: &[&str]) -> Result<Option<bool>> {
-        self.get(keys).map(|(k, v)| v.as_bool().with_context(|| format!("{}: {k} = {v} is not true/false", self.origin))).transpose()
+        self.get(keys)
+            .map(|(k, v)| v.as_bool().with_context(|| format!("{}: {k} = {v} is not true/false", self.origin)))
+            .transpose()
     }
 
     fn str(&self, keys: &[&str]) -> Result<Option<String>> {
-        self.get(keys).map(|(k, v)| v.as_str().map(str::to_owned).with_context(|| format!("{}: {k} = {v} is not a string", self.origin))).transpose()
+        self.get(keys)
+            .map(|(k, v)| {
+                v.as_str().map(str::to_owned).with_context(|| format!("{}: {k} = {v} is not a string", self.origin))
+            })
+            .transpose()
     }
 
     /// Refuses open_lm options vlmix's LM does not implement, naming them.
     fn check_supported(&self) -> Result<()> {
         if let Some(eps) = self.get(&["norm_eps"]).and_then(|(_, v)| v.as_f64()) {
-            ensure!((eps - NORM_EPS as f64).abs() < 1e-12, "{}: norm_eps = {eps}, vlmix's norms use {NORM_EPS}", self.origin);
+            ensure!(
+                (eps - NORM_EPS as f64).abs() < 1e-12,
+                "{}: norm_eps = {eps}, vlmix's norms use {NORM_EPS}",
+                self.origin
+            );
         }
-        let allowed: [(&str, &[&str]); 3] =
-            [("positional_embedding_type", &["rotary"]), ("ffn_type", &["swiglu", "swiglu_torch"]), ("attn_name", &["torch_attn", "xformers_attn", "auto"])];
+        let allowed: [(&str, &[&str]); 3] = [
+            ("positional_embedding_type", &["rotary"]),
+            ("ffn_type", &["swiglu", "swiglu_torch"]),
+            ("attn_name", &["torch_attn", "xformers_attn", "auto"]),
+        ];
         for (key, ok) in allowed {
             if let Some(v) = self.str(&[key])? {
-                ensure!(ok.contains(&v.as_str()), "{}: {key} = {v:?} is not supported (vlmix implements {ok:?})", self.origin);
+                ensure!(
+                    ok.contains(&v.as_str()),
+                    "{}: {key} = {v:?} is not supported (vlmix implements {ok:?})",
+                    self.origin
+                );
             }
         }
         for key in ["attn_activation", "attn_seq_scalar", "attn_seq_scalar_alpha"] {
-            ensure!(self.get(&[key]).is_none(), "{}: {key} is set; vlmix implements plain softmax attention only", self.origin);
+            ensure!(
+                self.get(&[key]).is_none(),
+                "{}: {key} is set; vlmix implements plain softmax attention only",
+                self.origin
+            );
         }
         if let Some(moe) = self.usize(&["moe_freq"])? {
             ensure!(moe == 0, "{}: moe_freq = {moe}: mixture-of-experts layers are not supported", self.origin);
@@ -229,10 +269,20 @@ pub fn import_openlm(src: &Path, options: &ImportOptions) -> Result<Imported> {
     let has = |name: &str| source.names.contains_key(name);
 
     // Shapes from the tensors; the config, when given, must agree (checked by the shapes below).
-    let (emb_dtype, emb) = source.dtype_and_shape("tok_embeddings.weight").with_context(|| format!("{origin}: no tok_embeddings.weight"))?;
+    let (emb_dtype, emb) = source
+        .dtype_and_shape("tok_embeddings.weight")
+        .with_context(|| format!("{origin}: no tok_embeddings.weight"))?;
     ensure!(emb.len() == 2, "{origin}: tok_embeddings.weight has shape {emb:?}, expected [vocab, d_model]");
-    ensure!(matches!(emb_dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16), "{origin}: tok_embeddings.weight has dtype {emb_dtype:?}");
-    let layers_in_file = source.names.keys().filter_map(|n| n.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |l| l + 1);
+    ensure!(
+        matches!(emb_dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16),
+        "{origin}: tok_embeddings.weight has dtype {emb_dtype:?}"
+    );
+    let layers_in_file = source
+        .names
+        .keys()
+        .filter_map(|n| n.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |l| l + 1);
     let c = |keys: &[&str]| -> Result<Option<usize>> { cfg.as_ref().map_or(Ok(None), |c| c.usize(keys)) };
     let cb = |keys: &[&str]| -> Result<Option<bool>> { cfg.as_ref().map_or(Ok(None), |c| c.bool(keys)) };
     let d_model = c(&["dim", "hidden_dim"])?.unwrap_or(emb[1]);
@@ -241,10 +291,20 @@ pub fn import_openlm(src: &Path, options: &ImportOptions) -> Result<Imported> {
     let n_heads = match c(&["n_heads"])? {
         Some(h) => h,
         None => {
-            let (_, shape) = source.dtype_and_shape(&inv_freq_name(0)).with_context(|| format!("{origin}: no config gives n_heads and there is no inv_freq buffer to infer it from; pass --config"))?;
+            let (_, shape) = source.dtype_and_shape(&inv_freq_name(0)).with_context(|| {
+                format!(
+                    "{origin}: no config gives n_heads and there is no inv_freq buffer to infer it from; pass --config"
+                )
+            })?;
             let head_dim = 2 * shape.first().copied().unwrap_or(0);
-            ensure!(head_dim > 0 && d_model.is_multiple_of(head_dim), "{origin}: inv_freq of shape {shape:?} does not divide d_model {d_model}");
-            notes.push(format!("n_heads = {} inferred from the inv_freq buffers (head_dim {head_dim})", d_model / head_dim));
+            ensure!(
+                head_dim > 0 && d_model.is_multiple_of(head_dim),
+                "{origin}: inv_freq of shape {shape:?} does not divide d_model {d_model}"
+            );
+            notes.push(format!(
+                "n_heads = {} inferred from the inv_freq buffers (head_dim {head_dim})",
+                d_model / head_dim
+            ));
             d_model / head_dim
         }
     };
@@ -300,20 +360,30 @@ pub fn import_openlm(src: &Path, options: &ImportOptions) -> Result<Imported> {
     let present: BTreeSet<String> = source.names.keys().cloned().collect();
     let unknown: Vec<&String> = present.difference(&expected).collect();
     ensure!(unknown.is_empty(), "{origin}: unexpected tensors for a {n_layers}-layer {norm:?} LM (qk_norm {qk_norm}, post_embed_norm {post_embed_norm}, tied {tied}): {}", list(&unknown));
-    let missing: Vec<&String> = expected.iter().filter(|n| !(present.contains(*n) || buffers.contains(n) || tied && *n == "output.weight")).collect();
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|n| !(present.contains(*n) || buffers.contains(n) || tied && *n == "output.weight"))
+        .collect();
     ensure!(missing.is_empty(), "{origin}: missing tensors: {}", list(&missing));
 
     for id in params.ids().collect::<Vec<_>>() {
         let name = params.info(id).name.clone();
         let (dtype, shape) = source.dtype_and_shape(&name)?;
-        ensure!(shape == params.info(id).shape, "{origin}: tensor {name} has shape {shape:?}, the model needs {:?}", params.info(id).shape);
+        ensure!(
+            shape == params.info(id).shape,
+            "{origin}: tensor {name} has shape {shape:?}, the model needs {:?}",
+            params.info(id).shape
+        );
         let values = source.f32(&name).with_context(|| format!("{origin}: tensor {name} ({dtype:?})"))?;
         params.value_mut(id).copy_from_slice(&values);
     }
     if tied && has("output.weight") {
         let (_, shape) = source.dtype_and_shape("output.weight")?;
         let emb = params.value(params.id("tok_embeddings.weight").expect("registered"));
-        ensure!(shape == [vocab, d_model] && source.f32("output.weight")? == emb, "{origin}: weight_tying is set but output.weight differs from tok_embeddings.weight");
+        ensure!(
+            shape == [vocab, d_model] && source.f32("output.weight")? == emb,
+            "{origin}: weight_tying is set but output.weight differs from tok_embeddings.weight"
+        );
     }
     config.rope_inv_freq = check_inv_freq(&source, &config, &buffers, options.inv_freq, &mut notes)?;
     Ok(Imported { config, params, layout, notes })
@@ -321,11 +391,21 @@ pub fn import_openlm(src: &Path, options: &ImportOptions) -> Result<Imported> {
 
 fn list(names: &[&String]) -> String {
     let shown: Vec<&str> = names.iter().take(8).map(|s| s.as_str()).collect();
-    if names.len() > shown.len() { format!("{} (and {} more)", shown.join(", "), names.len() - shown.len()) } else { shown.join(", ") }
+    if names.len() > shown.len() {
+        format!("{} (and {} more)", shown.join(", "), names.len() - shown.len())
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// Compares every stored `inv_freq` with the exact frequencies; returns the frequencies to keep.
-fn check_inv_freq(source: &Source, config: &LmConfig, buffers: &[String], policy: InvFreqPolicy, notes: &mut Vec<String>) -> Result<Option<Vec<f32>>> {
+fn check_inv_freq(
+    source: &Source,
+    config: &LmConfig,
+    buffers: &[String],
+    policy: InvFreqPolicy,
+    notes: &mut Vec<String>,
+) -> Result<Option<Vec<f32>>> {
     let origin = source.origin.display();
     let exact = rope_inv_freq(config.head_dim());
     let stored: Vec<&String> = buffers.iter().filter(|b| source.names.contains_key(*b)).collect();
@@ -337,7 +417,11 @@ fn check_inv_freq(source: &Source, config: &LmConfig, buffers: &[String], policy
     let mut first: Option<Vec<f32>> = None;
     for name in &stored {
         let (dtype, shape) = source.dtype_and_shape(name)?;
-        ensure!(shape == [exact.len()], "{origin}: {name} has shape {shape:?}, expected [{}] (head_dim / 2)", exact.len());
+        ensure!(
+            shape == [exact.len()],
+            "{origin}: {name} has shape {shape:?}, expected [{}] (head_dim / 2)",
+            exact.len()
+        );
         let values = source.f32(name)?;
         let diff = values.iter().zip(&exact).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max);
         if diff > worst.0 {
@@ -345,7 +429,9 @@ fn check_inv_freq(source: &Source, config: &LmConfig, buffers: &[String], policy
         }
         match &first {
             None => first = Some(values),
-            Some(f) if policy == InvFreqPolicy::Keep && *f != values => bail!("{origin}: {name} differs from {}; vlmix keeps one set of rotary frequencies", stored[0]),
+            Some(f) if policy == InvFreqPolicy::Keep && *f != values => {
+                bail!("{origin}: {name} differs from {}; vlmix keeps one set of rotary frequencies", stored[0])
+            }
             _ => {}
         }
     }
@@ -356,7 +442,9 @@ fn check_inv_freq(source: &Source, config: &LmConfig, buffers: &[String], policy
     let what = format!("{name} ({dtype:?}) differs from the exact rotary frequencies by up to {diff:.3e}");
     match policy {
         InvFreqPolicy::Keep => {
-            notes.push(format!("warning: {what}; keeping the stored frequencies (model.toml rope_inv_freq), as open_lm uses them"));
+            notes.push(format!(
+                "warning: {what}; keeping the stored frequencies (model.toml rope_inv_freq), as open_lm uses them"
+            ));
             Ok(first)
         }
         InvFreqPolicy::Exact => {
@@ -411,14 +499,24 @@ pub fn export_openlm(config: &LmConfig, params: &ParamStore, out: &Path) -> Resu
     for id in lm.ids() {
         let info = lm.info(id);
         let ours = params.id(&info.name).with_context(|| format!("the checkpoint has no {}", info.name))?;
-        ensure!(params.info(ours).shape == info.shape, "{}: shape {:?}, the config needs {:?}", info.name, params.info(ours).shape, info.shape);
+        ensure!(
+            params.info(ours).shape == info.shape,
+            "{}: shape {:?}, the config needs {:?}",
+            info.name,
+            params.info(ours).shape,
+            info.shape
+        );
         tensors.push((format!("model.{}", info.name), F32View { shape: info.shape.clone(), data: params.value(ours) }));
         if config.tied_embeddings && info.name == "tok_embeddings.weight" {
-            tensors.push(("model.output.weight".into(), F32View { shape: info.shape.clone(), data: params.value(ours) }));
+            tensors
+                .push(("model.output.weight".into(), F32View { shape: info.shape.clone(), data: params.value(ours) }));
         }
     }
     for layer in 0..config.n_layers {
-        tensors.push((format!("model.{}", inv_freq_name(layer)), F32View { shape: vec![inv_freq.len()], data: &inv_freq }));
+        tensors.push((
+            format!("model.{}", inv_freq_name(layer)),
+            F32View { shape: vec![inv_freq.len()], data: &inv_freq },
+        ));
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_f32_tensors(&out.join("model.safetensors"), tensors, Some(metadata))?;

@@ -93,16 +93,36 @@ pub fn register(config: &LmConfig, store: &mut ParamStore, init: &mut Initialize
     for i in 0..config.n_layers {
         let p = |s: &str| format!("layers.{i}.{s}");
         let attention_norm = norm(store, &p("attention_norm"))?;
-        let in_proj = store.add(&p("attention.in_proj.weight"), &[3 * d, d], init.trunc_normal(3 * d * d, fan_in_std(d)), matrix)?;
+        let in_proj = store.add(
+            &p("attention.in_proj.weight"),
+            &[3 * d, d],
+            init.trunc_normal(3 * d * d, fan_in_std(d)),
+            matrix,
+        )?;
         let (q_norm, k_norm) = if config.qk_norm {
             (Some(norm(store, &p("attention.q_norm"))?), Some(norm(store, &p("attention.k_norm"))?))
         } else {
             (None, None)
         };
-        let out_proj = store.add(&p("attention.out_proj.weight"), &[d, d], init.trunc_normal(d * d, depth_scaled_std(d, i)), matrix)?;
+        let out_proj = store.add(
+            &p("attention.out_proj.weight"),
+            &[d, d],
+            init.trunc_normal(d * d, depth_scaled_std(d, i)),
+            matrix,
+        )?;
         let ffn_norm = norm(store, &p("ffn_norm"))?;
-        let w12 = store.add(&p("feed_forward.w12.weight"), &[2 * h, d], init.trunc_normal(2 * h * d, fan_in_std(d)), matrix)?;
-        let w3 = store.add(&p("feed_forward.w3.weight"), &[d, h], init.trunc_normal(d * h, depth_scaled_std(h, i)), matrix)?;
+        let w12 = store.add(
+            &p("feed_forward.w12.weight"),
+            &[2 * h, d],
+            init.trunc_normal(2 * h * d, fan_in_std(d)),
+            matrix,
+        )?;
+        let w3 = store.add(
+            &p("feed_forward.w3.weight"),
+            &[d, h],
+            init.trunc_normal(d * h, depth_scaled_std(h, i)),
+            matrix,
+        )?;
         blocks.push(BlockIds { attention_norm, in_proj, q_norm, k_norm, out_proj, ffn_norm, w12, w3 });
     }
     let norm = norm(store, "norm")?;

@@ -256,7 +256,16 @@ mod tests {
                 }
             }
             let bias = vec![0.0; c];
-            let (got, shape) = depthwise(&nchw_to_nhwc(&x, c, h, w), Spatial { batch: 1, height: h, width: w }, c, k, stride, &w_kkc, &bias, Activation::None);
+            let (got, shape) = depthwise(
+                &nchw_to_nhwc(&x, c, h, w),
+                Spatial { batch: 1, height: h, width: w },
+                c,
+                k,
+                stride,
+                &w_kkc,
+                &bias,
+                Activation::None,
+            );
             assert_eq!((shape.height, shape.width), (oh, ow));
             let want = nchw_to_nhwc(&want, c, oh, ow);
             for (g, r) in got.iter().zip(&want) {
@@ -281,7 +290,17 @@ mod tests {
         }
         let bias = vec![0.5, -0.5, 3.0, 0.0];
         let dev = Cpu::new().unwrap();
-        let (got, shape) = dense_nchw(&dev, &x, Spatial { batch: 1, height: h, width: w }, cin, k, stride, &w_okki, &bias, Activation::Relu6);
+        let (got, shape) = dense_nchw(
+            &dev,
+            &x,
+            Spatial { batch: 1, height: h, width: w },
+            cin,
+            k,
+            stride,
+            &w_okki,
+            &bias,
+            Activation::Relu6,
+        );
         assert_eq!((shape.height, shape.width), (oh, ow));
         let want = nchw_to_nhwc(&want, cout, oh, ow);
         for (i, (g, r)) in got.iter().zip(&want).enumerate() {

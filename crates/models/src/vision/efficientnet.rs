@@ -151,12 +151,27 @@ impl EfficientNetLite0 {
                 let channels = inp * expand_ratio;
                 let prefix = format!("_blocks.{i}");
                 let expand = if expand_ratio != 1 {
-                    Some(fold(&weights, &format!("{prefix}._expand_conv"), &format!("{prefix}._bn0"), channels, inp, 1)?)
+                    Some(fold(
+                        &weights,
+                        &format!("{prefix}._expand_conv"),
+                        &format!("{prefix}._bn0"),
+                        channels,
+                        inp,
+                        1,
+                    )?)
                 } else {
                     None
                 };
-                let depthwise = fold(&weights, &format!("{prefix}._depthwise_conv"), &format!("{prefix}._bn1"), channels, 1, kernel)?;
-                let project = fold(&weights, &format!("{prefix}._project_conv"), &format!("{prefix}._bn2"), output, channels, 1)?;
+                let depthwise = fold(
+                    &weights,
+                    &format!("{prefix}._depthwise_conv"),
+                    &format!("{prefix}._bn1"),
+                    channels,
+                    1,
+                    kernel,
+                )?;
+                let project =
+                    fold(&weights, &format!("{prefix}._project_conv"), &format!("{prefix}._bn2"), output, channels, 1)?;
                 let stride = if r == 0 { stride } else { 1 };
                 blocks.push(Block {
                     expand,
@@ -178,7 +193,14 @@ impl EfficientNetLite0 {
     }
 
     /// Runs the network on `pixels` (`[batch, 3, height, width]`, normalised) up to `layer`.
-    pub fn features(&self, pixels: &[f32], batch: usize, height: usize, width: usize, layer: EfficientNetLayer) -> Result<FeatureMap> {
+    pub fn features(
+        &self,
+        pixels: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+        layer: EfficientNetLayer,
+    ) -> Result<FeatureMap> {
         layer.validate()?;
         if pixels.len() != batch * 3 * height * width {
             bail!("EfficientNet input has {} values, expected [{batch}, 3, {height}, {width}]", pixels.len());
@@ -187,7 +209,8 @@ impl EfficientNetLite0 {
             bail!("EfficientNet-Lite0 needs images of at least 32x32 pixels, got {height}x{width}");
         }
         let input = Spatial { batch, height, width };
-        let (mut x, mut shape) = conv::dense_nchw(&self.dev, pixels, input, 3, 3, 2, &self.stem.weight, &self.stem.bias, Activation::Relu6);
+        let (mut x, mut shape) =
+            conv::dense_nchw(&self.dev, pixels, input, 3, 3, 2, &self.stem.weight, &self.stem.bias, Activation::Relu6);
         let mut channels = STEM_CHANNELS;
         let end = match layer {
             EfficientNetLayer::Stage(s) => self.stage_ends[s - 1],
@@ -225,7 +248,14 @@ impl EfficientNetLite0 {
             &block.depthwise.bias,
             Activation::Relu6,
         );
-        let mut out = conv::pointwise(&self.dev, &y, out_shape.pixels(), &block.project.weight, &block.project.bias, Activation::None);
+        let mut out = conv::pointwise(
+            &self.dev,
+            &y,
+            out_shape.pixels(),
+            &block.project.weight,
+            &block.project.bias,
+            Activation::None,
+        );
         if block.residual {
             for (o, i) in out.iter_mut().zip(x) {
                 *o += i;

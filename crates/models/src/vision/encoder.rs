@@ -15,12 +15,12 @@ use super::patches::patchify;
 use super::preprocess::{Preprocess, ResizeMode};
 use super::resample::Resample;
 use super::siglip::{SiglipConfig, SiglipVision};
-use vlmix_engine::torch_file;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use vlmix_engine::params::ParamStore;
 use std::path::{Path, PathBuf};
+use vlmix_engine::params::ParamStore;
+use vlmix_engine::torch_file;
 
 /// Which layer's output becomes the image tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -81,7 +81,12 @@ pub struct EncoderSpec {
 impl EncoderSpec {
     /// A frozen encoder at its default layer and resolution.
     pub fn frozen(source: &str) -> Self {
-        EncoderSpec { source: source.to_string(), layer: FeatureLayer::default(), resolution: None, trainable_blocks: 0 }
+        EncoderSpec {
+            source: source.to_string(),
+            layer: FeatureLayer::default(),
+            resolution: None,
+            trainable_blocks: 0,
+        }
     }
 
     /// Whether part of the encoder trains with the VLM (and so lives in its checkpoints).
@@ -111,9 +116,14 @@ pub fn efficientnet_weights(home: &Path) -> Result<PathBuf> {
     }
     let pth = home.join(EFFICIENTNET_PTH);
     if !pth.is_file() {
-        bail!("EfficientNet-Lite0 weights are missing at {}: run scripts/fetch-weights.sh (with VLMIX_HOME={})", pth.display(), home.display());
+        bail!(
+            "EfficientNet-Lite0 weights are missing at {}: run scripts/fetch-weights.sh (with VLMIX_HOME={})",
+            pth.display(),
+            home.display()
+        );
     }
-    std::fs::create_dir_all(converted.parent().unwrap()).with_context(|| format!("creating {}", converted.display()))?;
+    std::fs::create_dir_all(converted.parent().unwrap())
+        .with_context(|| format!("creating {}", converted.display()))?;
     torch_file::convert_to_safetensors(&pth, &converted)?;
     Ok(converted)
 }
@@ -154,7 +164,10 @@ pub fn open_encoder(spec: &EncoderSpec, home: &Path) -> Result<Box<dyn ImageEnco
             }
             Ok(Box::new(EfficientNetEncoder::load(&converted, spec)?))
         }
-        _ if !source.exists() => bail!("encoder {:?} is neither {EFFICIENTNET_NAME}, {PATCH_NAME}, nor an existing file or directory", spec.source),
+        _ if !source.exists() => bail!(
+            "encoder {:?} is neither {EFFICIENTNET_NAME}, {PATCH_NAME}, nor an existing file or directory",
+            spec.source
+        ),
         _ => bail!("{}: expected a SigLIP directory, or an EfficientNet .pth or .safetensors file", source.display()),
     }
 }
@@ -251,7 +264,11 @@ impl SiglipEncoder {
         let preprocess = Preprocess::from_hf_config(&dir.join("preprocessor_config.json"))?;
         let (h, w) = preprocess.output_size();
         if (h as usize, w as usize) != (config.image_size, config.image_size) {
-            bail!("{}: preprocessing gives {h}x{w} images but config.json has image_size {}", dir.display(), config.image_size);
+            bail!(
+                "{}: preprocessing gives {h}x{w} images but config.json has image_size {}",
+                dir.display(),
+                config.image_size
+            );
         }
         let output = match tail_blocks {
             0 => format!("layer={}", layer.name()),

@@ -110,7 +110,11 @@ impl FeatureCache {
             .map(|e| e.map(|e| e.path()))
             .collect::<std::io::Result<_>>()
             .with_context(|| format!("listing {}", cache.dir.display()))?;
-        paths.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("shard-") && n.ends_with(".safetensors")));
+        paths.retain(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("shard-") && n.ends_with(".safetensors"))
+        });
         paths.sort();
         for path in paths {
             cache.add_shard(path)?;
@@ -155,9 +159,16 @@ impl FeatureCache {
         let parsed = SafeTensors::deserialize(&map)
             .map_err(|e| anyhow::anyhow!("{}: corrupt feature shard ({e}); delete it to recompute", path.display()))?;
         let keys = parsed.tensor(KEYS).map_err(|_| anyhow::anyhow!("{}: no tensor {KEYS}", path.display()))?;
-        let features = parsed.tensor(FEATURES).map_err(|_| anyhow::anyhow!("{}: no tensor {FEATURES}", path.display()))?;
+        let features =
+            parsed.tensor(FEATURES).map_err(|_| anyhow::anyhow!("{}: no tensor {FEATURES}", path.display()))?;
         let rows = keys.shape().first().copied().unwrap_or(0);
-        ensure!(keys.dtype() == Dtype::U8 && keys.shape() == [rows, 32], "{}: {KEYS} is {:?} {:?}, expected U8 [rows, 32]", path.display(), keys.dtype(), keys.shape());
+        ensure!(
+            keys.dtype() == Dtype::U8 && keys.shape() == [rows, 32],
+            "{}: {KEYS} is {:?} {:?}, expected U8 [rows, 32]",
+            path.display(),
+            keys.dtype(),
+            keys.shape()
+        );
         ensure!(
             features.dtype() == Dtype::F16 && features.shape() == [rows, self.tokens, self.width],
             "{}: {FEATURES} is {:?} {:?}, expected F16 {:?}",
@@ -197,7 +208,13 @@ impl FeatureCache {
     /// Adds the features of one image (`[tokens * width]` f32); a no-op when already cached.
     pub fn insert(&mut self, key: ImageKey, features: &[f32]) -> Result<()> {
         let n = self.row_len();
-        ensure!(features.len() == n, "feature cache: got {} values, expected {} tokens x {} width", features.len(), self.tokens, self.width);
+        ensure!(
+            features.len() == n,
+            "feature cache: got {} values, expected {} tokens x {} width",
+            features.len(),
+            self.tokens,
+            self.width
+        );
         if self.index.contains_key(&key) || self.pending_index.contains_key(&key) {
             return Ok(());
         }
@@ -229,7 +246,11 @@ impl FeatureCache {
         let features: Vec<u8> = self.pending.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
         let views = [
             (KEYS, TensorView::new(Dtype::U8, vec![rows, 32], &keys).map_err(|e| anyhow::anyhow!("{e}"))?),
-            (FEATURES, TensorView::new(Dtype::F16, vec![rows, self.tokens, self.width], &features).map_err(|e| anyhow::anyhow!("{e}"))?),
+            (
+                FEATURES,
+                TensorView::new(Dtype::F16, vec![rows, self.tokens, self.width], &features)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
         ];
         write_atomic_with(&path, |temp| {
             safetensors::serialize_to_file(views, None, temp).map_err(|e| anyhow::anyhow!("serialising features: {e}"))
@@ -272,7 +293,12 @@ impl FeatureCache {
                 Ok(())
             })?;
             let features = encoder.encode(&pixels, chunk.len())?;
-            ensure!(features.len() == chunk.len() * n, "encoder returned {} values for {} images", features.len(), chunk.len());
+            ensure!(
+                features.len() == chunk.len() * n,
+                "encoder returned {} values for {} images",
+                features.len(),
+                chunk.len()
+            );
             for (row, &i) in chunk.iter().enumerate() {
                 self.insert(keys[i], &features[row * n..(row + 1) * n])?;
                 // Read back the stored (f16-rounded) row, so a miss and a later hit give the same values.

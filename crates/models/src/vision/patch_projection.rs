@@ -49,8 +49,15 @@ impl PatchProjection {
         let shape = params.info(weight).shape.clone();
         let inp = 3 * patch_size * patch_size;
         let [width, stored_inp] = shape[..] else { bail!("{WEIGHT} has shape {shape:?}, expected [width, {inp}]") };
-        ensure!(stored_inp == inp, "{WEIGHT} has shape {shape:?}, expected [{width}, {inp}] for {patch_size}px patches");
-        ensure!(params.info(bias).shape == [width], "{BIAS} has shape {:?}, expected [{width}]", params.info(bias).shape);
+        ensure!(
+            stored_inp == inp,
+            "{WEIGHT} has shape {shape:?}, expected [{width}, {inp}] for {patch_size}px patches"
+        );
+        ensure!(
+            params.info(bias).shape == [width],
+            "{BIAS} has shape {:?}, expected [{width}]",
+            params.info(bias).shape
+        );
         Self::with_ids(image_size, patch_size, width, weight, bias)
     }
 
@@ -74,7 +81,13 @@ impl PatchProjection {
 
     fn check_patches(&self, patches: &[f32], batch: usize) -> Result<()> {
         let want = batch * self.tokens() * self.patch_dim();
-        ensure!(patches.len() == want, "patch projection input has {} values, expected [{batch}, {}, {}]", patches.len(), self.tokens(), self.patch_dim());
+        ensure!(
+            patches.len() == want,
+            "patch projection input has {} values, expected [{batch}, {}, {}]",
+            patches.len(),
+            self.tokens(),
+            self.patch_dim()
+        );
         Ok(())
     }
 

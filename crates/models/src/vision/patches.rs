@@ -30,7 +30,8 @@ mod tests {
     #[test]
     fn patches_follow_conv_weight_order() {
         // One 2-channel 4x4 image, value = channel * 100 + row * 10 + column.
-        let pixels: Vec<f32> = (0..2).flat_map(|c| (0..4).flat_map(move |y| (0..4).map(move |x| (c * 100 + y * 10 + x) as f32))).collect();
+        let pixels: Vec<f32> =
+            (0..2).flat_map(|c| (0..4).flat_map(move |y| (0..4).map(move |x| (c * 100 + y * 10 + x) as f32))).collect();
         let rows = patchify(&pixels, 1, 2, 4, 2);
         assert_eq!(rows.len(), 4 * 8);
         // Patch 1 is the top-right one: rows 0-1, columns 2-3.

@@ -68,17 +68,13 @@ impl Preprocess {
     pub fn descriptor(&self) -> String {
         let resize = match &self.resize {
             ResizeMode::Exact { height, width } => format!("exact{height}x{width}"),
-            ResizeMode::ShortestEdgeCrop { shortest_edge, height, width } => format!("short{shortest_edge}-crop{height}x{width}"),
+            ResizeMode::ShortestEdgeCrop { shortest_edge, height, width } => {
+                format!("short{shortest_edge}-crop{height}x{width}")
+            }
             ResizeMode::Letterbox { size } => format!("letterbox{size}"),
             ResizeMode::CenterCropResize { size, crop_padding } => format!("centercrop{size}+{crop_padding}"),
         };
-        format!(
-            "{resize};{};rescale{:e};mean{:?};std{:?}",
-            self.resample.name(),
-            self.rescale,
-            self.mean,
-            self.std
-        )
+        format!("{resize};{};rescale{:e};mean{:?};std{:?}", self.resample.name(), self.rescale, self.mean, self.std)
     }
 
     /// Reads a Hugging Face `preprocessor_config.json` (CLIP/SigLIP image processors).
@@ -119,7 +115,10 @@ impl Preprocess {
         let size = obj.get("size").context("missing field size")?;
         let dim = |v: &Value, key: &str| -> Result<u32> {
             let n = v.get(key).with_context(|| format!("field size: missing {key}"))?;
-            n.as_u64().filter(|&n| n > 0 && n <= 8192).map(|n| n as u32).with_context(|| format!("field size.{key}: expected a positive integer, got {n}"))
+            n.as_u64()
+                .filter(|&n| n > 0 && n <= 8192)
+                .map(|n| n as u32)
+                .with_context(|| format!("field size.{key}: expected a positive integer, got {n}"))
         };
         let crop = if flag("do_center_crop", false)? {
             let c = obj.get("crop_size").context("do_center_crop is true but crop_size is missing")?;
@@ -129,7 +128,8 @@ impl Preprocess {
         };
         let resize = if size.get("shortest_edge").is_some() {
             let edge = dim(size, "shortest_edge")?;
-            let (height, width) = crop.context("size.shortest_edge without do_center_crop is not supported (variable input size)")?;
+            let (height, width) =
+                crop.context("size.shortest_edge without do_center_crop is not supported (variable input size)")?;
             ResizeMode::ShortestEdgeCrop { shortest_edge: edge, height, width }
         } else {
             let (height, width) = (dim(size, "height")?, dim(size, "width")?);
@@ -142,13 +142,17 @@ impl Preprocess {
         };
         let resample = match obj.get("resample") {
             None => Resample::Bicubic,
-            Some(v) => Resample::from_pil_code(v.as_i64().with_context(|| format!("field resample: expected an integer, got {v}"))?)
-                .context("field resample")?,
+            Some(v) => Resample::from_pil_code(
+                v.as_i64().with_context(|| format!("field resample: expected an integer, got {v}"))?,
+            )
+            .context("field resample")?,
         };
         let rescale = if flag("do_rescale", true)? {
             match obj.get("rescale_factor") {
                 None => 1.0 / 255.0,
-                Some(v) => v.as_f64().with_context(|| format!("field rescale_factor: expected a number, got {v}"))? as f32,
+                Some(v) => {
+                    v.as_f64().with_context(|| format!("field rescale_factor: expected a number, got {v}"))? as f32
+                }
             }
         } else {
             1.0
@@ -256,7 +260,8 @@ mod tests {
     fn bad_configs_name_the_field() {
         let err = Preprocess::from_hf_json(&json!({"size": {"height": 8, "width": 8}, "pad_size": 3})).unwrap_err();
         assert!(err.to_string().contains("pad_size"), "{err}");
-        let err = Preprocess::from_hf_json(&json!({"size": {"height": 8, "width": 8}, "image_mean": [0.5, 0.5]})).unwrap_err();
+        let err = Preprocess::from_hf_json(&json!({"size": {"height": 8, "width": 8}, "image_mean": [0.5, 0.5]}))
+            .unwrap_err();
         assert!(err.to_string().contains("image_mean"), "{err}");
         let err = Preprocess::from_hf_json(&json!({"size": {"height": -1, "width": 8}})).unwrap_err();
         assert!(err.to_string().contains("size.height"), "{err}");

@@ -8,7 +8,9 @@
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vlmix_engine::layers::{GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch, LinearGrads, LinearParams};
+use vlmix_engine::layers::{
+    GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch, LinearGrads, LinearParams,
+};
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore, Values};
 use vlmix_engine::{Cpu, GeluKind};
 
@@ -76,7 +78,12 @@ impl Projector {
     /// widths read from the stored shapes.
     pub fn from_store(params: &ParamStore) -> Result<Self> {
         let id = |name: &str| params.id(name).with_context(|| format!("parameter {name} is not in the store"));
-        let ids = ProjectorIds { fc1_weight: id(FC1_WEIGHT)?, fc1_bias: id(FC1_BIAS)?, fc2_weight: id(FC2_WEIGHT)?, fc2_bias: id(FC2_BIAS)? };
+        let ids = ProjectorIds {
+            fc1_weight: id(FC1_WEIGHT)?,
+            fc1_bias: id(FC1_BIAS)?,
+            fc2_weight: id(FC2_WEIGHT)?,
+            fc2_bias: id(FC2_BIAS)?,
+        };
         let shape = |id: ParamId| params.info(id).shape.clone();
         let [d_model, encoder_width] = shape(ids.fc1_weight)[..] else {
             bail!("{FC1_WEIGHT} has shape {:?}, expected [d_model, encoder_width]", shape(ids.fc1_weight));
@@ -108,7 +115,11 @@ impl Projector {
 
     fn rows(&self, features: &[f32]) -> Result<usize> {
         if !features.len().is_multiple_of(self.mlp.in_dim) {
-            bail!("projector input has {} values, not a multiple of the encoder width {}", features.len(), self.mlp.in_dim);
+            bail!(
+                "projector input has {} values, not a multiple of the encoder width {}",
+                features.len(),
+                self.mlp.in_dim
+            );
         }
         Ok(features.len() / self.mlp.in_dim)
     }
@@ -120,7 +131,11 @@ impl Projector {
             bail!("projector output has {} values, expected {rows} x {}", out.len(), self.mlp.out_dim);
         }
         if self.work.as_ref().is_none_or(|w| w.rows < rows) {
-            self.work = Some(Workspace { rows, acts: self.mlp.acts(&self.dev, rows), scratch: self.mlp.scratch(&self.dev, rows) });
+            self.work = Some(Workspace {
+                rows,
+                acts: self.mlp.acts(&self.dev, rows),
+                scratch: self.mlp.scratch(&self.dev, rows),
+            });
         }
         let work = self.work.as_mut().expect("allocated above");
         let p = mlp_params(self.ids, params.values());
@@ -130,7 +145,13 @@ impl Projector {
 
     /// Backward of the last [`forward`](Self::forward) (same `features`): accumulates the projector's
     /// gradients in `params` and writes `dfeatures` when given (only an unfrozen encoder needs it).
-    pub fn backward(&mut self, params: &mut ParamStore, features: &[f32], dout: &[f32], dfeatures: Option<&mut [f32]>) -> Result<()> {
+    pub fn backward(
+        &mut self,
+        params: &mut ParamStore,
+        features: &[f32],
+        dout: &[f32],
+        dfeatures: Option<&mut [f32]>,
+    ) -> Result<()> {
         let rows = self.rows(features)?;
         if dout.len() != rows * self.mlp.out_dim {
             bail!("projector output gradient has {} values, expected {rows} x {}", dout.len(), self.mlp.out_dim);
@@ -145,7 +166,10 @@ impl Projector {
         let (values, mut grads) = params.split();
         let p = mlp_params(ids, values);
         let [w1, b1, w2, b2] = grads.get_many_mut([ids.fc1_weight, ids.fc1_bias, ids.fc2_weight, ids.fc2_bias]);
-        let mut g = GeluMlpGrads { fc1: LinearGrads { weight: w1, bias: Some(b1) }, fc2: LinearGrads { weight: w2, bias: Some(b2) } };
+        let mut g = GeluMlpGrads {
+            fc1: LinearGrads { weight: w1, bias: Some(b1) },
+            fc2: LinearGrads { weight: w2, bias: Some(b2) },
+        };
         self.mlp.backward(&self.dev, &p, features, &work.acts, dout, dfeatures, &mut g, &mut work.scratch);
         Ok(())
     }

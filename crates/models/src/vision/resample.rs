@@ -111,8 +111,7 @@ fn coefficients(in_size: usize, out_size: usize, filter: Resample) -> Coefficien
         // C's `(int)` truncates toward zero; the clamp to 0 makes that equal to the floor here.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let raw: Vec<f64> =
-            (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale)).collect();
+        let raw: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale)).collect();
         let total: f64 = raw.iter().sum();
         let fixed = raw
             .iter()
@@ -193,8 +192,16 @@ pub fn resize(src: &RgbImage, width: u32, height: u32, filter: Resample) -> Resu
     if filter == Resample::Nearest {
         return Ok(nearest(src, width, height));
     }
-    let horizontal_pass = if w != width { horizontal(src, width, &coefficients(w as usize, width as usize, filter)) } else { src.clone() };
-    Ok(if h != height { vertical(&horizontal_pass, height, &coefficients(h as usize, height as usize, filter)) } else { horizontal_pass })
+    let horizontal_pass = if w != width {
+        horizontal(src, width, &coefficients(w as usize, width as usize, filter))
+    } else {
+        src.clone()
+    };
+    Ok(if h != height {
+        vertical(&horizontal_pass, height, &coefficients(h as usize, height as usize, filter))
+    } else {
+        horizontal_pass
+    })
 }
 
 #[cfg(test)]

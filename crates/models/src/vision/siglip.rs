@@ -27,8 +27,8 @@ use serde_json::Value;
 use std::ops::Range;
 use std::path::Path;
 use vlmix_engine::layers::{
-    Attention, AttentionActs, AttentionGrads, AttentionParams, GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, LinearGrads,
-    LinearParams, Norm, NormActs, NormGrads, NormKind, NormParams,
+    Attention, AttentionActs, AttentionGrads, AttentionParams, GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams,
+    LinearGrads, LinearParams, Norm, NormActs, NormGrads, NormKind, NormParams,
 };
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore, Values};
 use vlmix_engine::{Cpu, Device, GeluKind, Gemm};
@@ -71,7 +71,11 @@ impl SiglipConfig {
         let int = |key: &str, default: Option<usize>| -> Result<usize> {
             match vision.get(key) {
                 None => default.with_context(|| format!("missing field {key}")),
-                Some(v) => v.as_u64().filter(|&n| n > 0).map(|n| n as usize).with_context(|| format!("field {key}: expected a positive integer, got {v}")),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| n as usize)
+                    .with_context(|| format!("field {key}: expected a positive integer, got {v}")),
             }
         };
         let gelu = match vision.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh") {
@@ -95,7 +99,11 @@ impl SiglipConfig {
             gelu,
         };
         if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
-            bail!("hidden_size {} is not divisible by num_attention_heads {}", config.hidden_size, config.num_attention_heads);
+            bail!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                config.hidden_size,
+                config.num_attention_heads
+            );
         }
         if config.patch_size > config.image_size {
             bail!("patch_size {} is larger than image_size {}", config.patch_size, config.image_size);
@@ -212,7 +220,10 @@ impl TowerWeights {
         let weights = Weights::open(path)?;
         let prefix = if weights.names().any(|n| n.starts_with("vision_model.")) {
             "vision_model."
-        } else if weights.names().any(|n| ["embeddings.", "encoder.layers.", "post_layernorm."].iter().any(|p| n.starts_with(p))) {
+        } else if weights
+            .names()
+            .any(|n| ["embeddings.", "encoder.layers.", "post_layernorm."].iter().any(|p| n.starts_with(p)))
+        {
             ""
         } else {
             let mut found: Vec<&str> = weights.names().collect();
@@ -236,7 +247,13 @@ impl TowerWeights {
 }
 
 /// Registers `vision_model.{name}` from the weights file, checking its shape.
-fn load(params: &mut ParamStore, weights: &TowerWeights, name: &str, shape: &[usize], flags: ParamFlags) -> Result<ParamId> {
+fn load(
+    params: &mut ParamStore,
+    weights: &TowerWeights,
+    name: &str,
+    shape: &[usize],
+    flags: ParamFlags,
+) -> Result<ParamId> {
     params.add(&format!("{PREFIX}.{name}"), shape, weights.get(name, shape)?, flags)
 }
 
@@ -264,25 +281,52 @@ impl SiglipVision {
         params: &mut ParamStore,
     ) -> Result<Self> {
         let used = Self::check_split(config, layer, trainable_blocks)?;
-        let part = Part { embed: true, blocks: 0..used, post: layer == FeatureLayer::Last, first_trainable: used - trainable_blocks };
+        let part = Part {
+            embed: true,
+            blocks: 0..used,
+            post: layer == FeatureLayer::Last,
+            first_trainable: used - trainable_blocks,
+        };
         Self::register_part(config, weights_path, part, params)
     }
 
     /// The frozen trunk before the last `tail_blocks` used blocks: its output is the hidden state the
     /// tail ([`register_tail`](Self::register_tail)) takes.
-    pub fn register_trunk(config: &SiglipConfig, weights_path: &Path, layer: FeatureLayer, tail_blocks: usize, params: &mut ParamStore) -> Result<Self> {
+    pub fn register_trunk(
+        config: &SiglipConfig,
+        weights_path: &Path,
+        layer: FeatureLayer,
+        tail_blocks: usize,
+        params: &mut ParamStore,
+    ) -> Result<Self> {
         let cut = Self::check_split(config, layer, tail_blocks)? - tail_blocks;
-        Self::register_part(config, weights_path, Part { embed: true, blocks: 0..cut, post: false, first_trainable: cut }, params)
+        Self::register_part(
+            config,
+            weights_path,
+            Part { embed: true, blocks: 0..cut, post: false, first_trainable: cut },
+            params,
+        )
     }
 
     /// The last `tail_blocks` used blocks (and `post_layernorm` with the last layer), all trainable,
     /// initialised from the pretrained weights.
-    pub fn register_tail(config: &SiglipConfig, weights_path: &Path, layer: FeatureLayer, tail_blocks: usize, params: &mut ParamStore) -> Result<Self> {
+    pub fn register_tail(
+        config: &SiglipConfig,
+        weights_path: &Path,
+        layer: FeatureLayer,
+        tail_blocks: usize,
+        params: &mut ParamStore,
+    ) -> Result<Self> {
         let used = Self::check_split(config, layer, tail_blocks)?;
         if tail_blocks == 0 {
             bail!("a SigLIP tail needs at least one block");
         }
-        let part = Part { embed: false, blocks: used - tail_blocks..used, post: layer == FeatureLayer::Last, first_trainable: used - tail_blocks };
+        let part = Part {
+            embed: false,
+            blocks: used - tail_blocks..used,
+            post: layer == FeatureLayer::Last,
+            first_trainable: used - tail_blocks,
+        };
         Self::register_part(config, weights_path, part, params)
     }
 
@@ -303,10 +347,22 @@ impl SiglipVision {
             let p = config.patch_size;
             Some(Embedding {
                 patch: (
-                    load(params, &weights, "embeddings.patch_embedding.weight", &[d, config.num_channels, p, p], frozen)?,
+                    load(
+                        params,
+                        &weights,
+                        "embeddings.patch_embedding.weight",
+                        &[d, config.num_channels, p, p],
+                        frozen,
+                    )?,
                     load(params, &weights, "embeddings.patch_embedding.bias", &[d], frozen)?,
                 ),
-                position: load(params, &weights, "embeddings.position_embedding.weight", &[config.tokens(), d], frozen)?,
+                position: load(
+                    params,
+                    &weights,
+                    "embeddings.position_embedding.weight",
+                    &[config.tokens(), d],
+                    frozen,
+                )?,
             })
         } else {
             None
@@ -314,7 +370,8 @@ impl SiglipVision {
         let mut blocks = Vec::with_capacity(part.blocks.len());
         for i in part.blocks.clone() {
             let trainable = i >= part.first_trainable;
-            let (matrix, vector) = if trainable { (ParamFlags::MATRIX, ParamFlags::NO_DECAY) } else { (frozen, frozen) };
+            let (matrix, vector) =
+                if trainable { (ParamFlags::MATRIX, ParamFlags::NO_DECAY) } else { (frozen, frozen) };
             let b = format!("encoder.layers.{i}");
             let pair = |name: &str, shape: &[usize], params: &mut ParamStore| -> Result<(ParamId, ParamId)> {
                 let flags = if shape.len() == 2 { matrix } else { vector };
@@ -343,7 +400,10 @@ impl SiglipVision {
         let any_trainable = part.first_trainable < part.blocks.end;
         let post = if part.post {
             let flags = if any_trainable { ParamFlags::NO_DECAY } else { frozen };
-            Some((load(params, &weights, "post_layernorm.weight", &[d], flags)?, load(params, &weights, "post_layernorm.bias", &[d], flags)?))
+            Some((
+                load(params, &weights, "post_layernorm.weight", &[d], flags)?,
+                load(params, &weights, "post_layernorm.bias", &[d], flags)?,
+            ))
         } else {
             None
         };
@@ -366,7 +426,8 @@ impl SiglipVision {
 
     /// Patch embedding plus positions: `[batch * tokens, d]`.
     fn embed(&self, v: Values<'_>, embedding: Embedding, pixels: &[f32], batch: usize) -> Vec<f32> {
-        let (c, s, p, d) = (self.config.num_channels, self.config.image_size, self.config.patch_size, self.config.hidden_size);
+        let (c, s, p, d) =
+            (self.config.num_channels, self.config.image_size, self.config.patch_size, self.config.hidden_size);
         let (tokens, dim) = (self.config.tokens(), self.config.patch_dim());
         let patches = patchify(pixels, batch, c, s, p);
         let mut x = vec![0.0f32; batch * tokens * d];
@@ -382,7 +443,13 @@ impl SiglipVision {
     /// Features `[batch, tokens, d]` at this part's output. The input is `[batch, 3, image_size,
     /// image_size]` pixels, or for a tail the trunk's hidden states `[batch, tokens, d]`. With
     /// `tape`, saves what [`backward`](Self::backward) needs.
-    pub fn forward(&self, params: &ParamStore, input: &[f32], batch: usize, mut tape: Option<&mut SiglipTape>) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        params: &ParamStore,
+        input: &[f32],
+        batch: usize,
+        mut tape: Option<&mut SiglipTape>,
+    ) -> Result<Vec<f32>> {
         let v = params.values();
         let dev = &self.dev;
         let seq = self.config.tokens();
@@ -392,11 +459,20 @@ impl SiglipVision {
             Some(embedding) => {
                 let s = self.config.image_size;
                 let c = self.config.num_channels;
-                ensure!(input.len() == batch * c * s * s, "SigLIP input has {} values, expected [{batch}, {c}, {s}, {s}]", input.len());
+                ensure!(
+                    input.len() == batch * c * s * s,
+                    "SigLIP input has {} values, expected [{batch}, {c}, {s}, {s}]",
+                    input.len()
+                );
                 self.embed(v, embedding, input, batch)
             }
             None => {
-                ensure!(input.len() == n, "SigLIP tail input has {} values, expected [{batch}, {seq}, {}]", input.len(), self.config.hidden_size);
+                ensure!(
+                    input.len() == n,
+                    "SigLIP tail input has {} values, expected [{batch}, {seq}, {}]",
+                    input.len(),
+                    self.config.hidden_size
+                );
                 input.to_vec()
             }
         };
@@ -418,7 +494,12 @@ impl SiglipVision {
                 mlp = self.mlp.acts(dev, rows);
             }
             self.norm.forward(dev, &norm_params(v, b.ln1), &x, &mut ln1, &mut ln_out);
-            let attn = AttentionParams { in_proj: linear_params(v, b.in_proj), q_norm: None, k_norm: None, out_proj: linear_params(v, b.out_proj) };
+            let attn = AttentionParams {
+                in_proj: linear_params(v, b.in_proj),
+                q_norm: None,
+                k_norm: None,
+                out_proj: linear_params(v, b.out_proj),
+            };
             self.attention.forward(dev, &attn, &ln_out, batch, seq, &mut attention, &mut branch);
             dev.add(&x, &branch, &mut h);
             self.norm.forward(dev, &norm_params(v, b.ln2), &h, &mut ln2, &mut ln2_out);
@@ -463,7 +544,10 @@ impl SiglipVision {
         if self.first_trainable == self.blocks.len() {
             bail!("SigLIP backward called on a frozen tower (0 trainable blocks)");
         }
-        ensure!(tape.blocks.len() == self.blocks.len() - self.first_trainable, "tape does not come from a forward with a tape");
+        ensure!(
+            tape.blocks.len() == self.blocks.len() - self.first_trainable,
+            "tape does not come from a forward with a tape"
+        );
         let dev = &self.dev;
         let (values, mut grads) = params.split();
         let mut dx = vec![0.0; n];
@@ -480,7 +564,20 @@ impl SiglipVision {
         let mut mlp_scratch = self.mlp.scratch(dev, rows);
         let (mut dbranch, mut dh, mut dln) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         for (b, t) in self.blocks[self.first_trainable..].iter().zip(&tape.blocks).rev() {
-            let ids = [b.ln1.0, b.ln1.1, b.in_proj.0, b.in_proj.1, b.out_proj.0, b.out_proj.1, b.ln2.0, b.ln2.1, b.fc1.0, b.fc1.1, b.fc2.0, b.fc2.1];
+            let ids = [
+                b.ln1.0,
+                b.ln1.1,
+                b.in_proj.0,
+                b.in_proj.1,
+                b.out_proj.0,
+                b.out_proj.1,
+                b.ln2.0,
+                b.ln2.1,
+                b.fc1.0,
+                b.fc1.1,
+                b.fc2.0,
+                b.fc2.1,
+            ];
             let [ln1w, ln1b, inw, inb, outw, outb, ln2w, ln2b, fc1w, fc1b, fc2w, fc2b] = grads.get_many_mut(ids);
             // x' = h + mlp(ln2(h))
             let mlp_params = GeluMlpParams { fc1: linear_params(values, b.fc1), fc2: linear_params(values, b.fc2) };
@@ -488,19 +585,60 @@ impl SiglipVision {
                 fc1: LinearGrads { weight: fc1w, bias: Some(fc1b) },
                 fc2: LinearGrads { weight: fc2w, bias: Some(fc2b) },
             };
-            self.mlp.backward(dev, &mlp_params, &t.ln2_out, &t.mlp, &dx, Some(&mut dln), &mut mlp_grads, &mut mlp_scratch);
-            self.norm.backward(dev, &norm_params(values, b.ln2), &t.h, &t.ln2, &dln, &mut dbranch, &mut NormGrads { weight: ln2w, bias: Some(ln2b) });
+            self.mlp.backward(
+                dev,
+                &mlp_params,
+                &t.ln2_out,
+                &t.mlp,
+                &dx,
+                Some(&mut dln),
+                &mut mlp_grads,
+                &mut mlp_scratch,
+            );
+            self.norm.backward(
+                dev,
+                &norm_params(values, b.ln2),
+                &t.h,
+                &t.ln2,
+                &dln,
+                &mut dbranch,
+                &mut NormGrads { weight: ln2w, bias: Some(ln2b) },
+            );
             dev.add(&dx, &dbranch, &mut dh);
             // h = x + attn(ln1(x))
-            let attn = AttentionParams { in_proj: linear_params(values, b.in_proj), q_norm: None, k_norm: None, out_proj: linear_params(values, b.out_proj) };
+            let attn = AttentionParams {
+                in_proj: linear_params(values, b.in_proj),
+                q_norm: None,
+                k_norm: None,
+                out_proj: linear_params(values, b.out_proj),
+            };
             let mut attn_grads = AttentionGrads {
                 in_proj: LinearGrads { weight: inw, bias: Some(inb) },
                 q_norm: None,
                 k_norm: None,
                 out_proj: LinearGrads { weight: outw, bias: Some(outb) },
             };
-            self.attention.backward(dev, &attn, &t.ln1_out, tape.batch, seq, &t.attention, &dh, &mut dln, &mut attn_grads, &mut attn_scratch);
-            self.norm.backward(dev, &norm_params(values, b.ln1), &t.x, &t.ln1, &dln, &mut dbranch, &mut NormGrads { weight: ln1w, bias: Some(ln1b) });
+            self.attention.backward(
+                dev,
+                &attn,
+                &t.ln1_out,
+                tape.batch,
+                seq,
+                &t.attention,
+                &dh,
+                &mut dln,
+                &mut attn_grads,
+                &mut attn_scratch,
+            );
+            self.norm.backward(
+                dev,
+                &norm_params(values, b.ln1),
+                &t.x,
+                &t.ln1,
+                &dln,
+                &mut dbranch,
+                &mut NormGrads { weight: ln1w, bias: Some(ln1b) },
+            );
             dev.add(&dh, &dbranch, &mut dx);
         }
         Ok(())

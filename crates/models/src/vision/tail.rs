@@ -29,7 +29,13 @@ impl EncoderTail {
     pub fn open(spec: &EncoderSpec, params: &mut ParamStore, seed: u64) -> Result<Option<Self>> {
         if spec.source == PATCH_NAME {
             let size = spec.resolution.unwrap_or(PATCH_RESOLUTION) as usize;
-            return Ok(Some(EncoderTail::Patch(PatchProjection::new(size, PATCH_SIZE as usize, PATCH_WIDTH, params, seed)?)));
+            return Ok(Some(EncoderTail::Patch(PatchProjection::new(
+                size,
+                PATCH_SIZE as usize,
+                PATCH_WIDTH,
+                params,
+                seed,
+            )?)));
         }
         if spec.trainable_blocks == 0 {
             return Ok(None);
@@ -39,7 +45,13 @@ impl EncoderTail {
             bail!("unfreezing encoder blocks needs a SigLIP directory; {} has no config.json", dir.display());
         }
         let config = SiglipConfig::from_file(&dir.join("config.json"))?;
-        let tower = SiglipVision::register_tail(&config, &dir.join("model.safetensors"), spec.layer, spec.trainable_blocks, params)?;
+        let tower = SiglipVision::register_tail(
+            &config,
+            &dir.join("model.safetensors"),
+            spec.layer,
+            spec.trainable_blocks,
+            params,
+        )?;
         Ok(Some(EncoderTail::Siglip { tower, tape: SiglipTape::new() }))
     }
 
@@ -69,7 +81,13 @@ impl EncoderTail {
     /// `[images, tokens, output_width]` from `input` (`[images, tokens, input_width]`); with
     /// `train`, keeps what [`backward`](Self::backward) needs.
     pub fn forward(&mut self, params: &ParamStore, input: &[f32], images: usize, train: bool) -> Result<Vec<f32>> {
-        ensure!(input.len() == images * self.tokens() * self.input_width(), "encoder tail input has {} values, expected [{images}, {}, {}]", input.len(), self.tokens(), self.input_width());
+        ensure!(
+            input.len() == images * self.tokens() * self.input_width(),
+            "encoder tail input has {} values, expected [{images}, {}, {}]",
+            input.len(),
+            self.tokens(),
+            self.input_width()
+        );
         match self {
             EncoderTail::Siglip { tower, tape } => tower.forward(params, input, images, train.then_some(tape)),
             EncoderTail::Patch(projection) => projection.forward(params, input, images),

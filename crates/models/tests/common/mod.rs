@@ -13,14 +13,20 @@ pub fn image_batch(n_img: usize, width: usize, seq: usize) -> VlmBatch {
     let batch = 2;
     let inputs: Vec<u32> = (0..batch * seq).map(|i| (i * 7 % VOCAB) as u32).collect();
     let targets: Vec<u32> = (0..batch * seq).map(|i| ((i * 11 + 3) % VOCAB) as u32).collect();
-    let loss_mask: Vec<f32> = (0..batch * seq).map(|r| if r >= seq && r < seq + n_img - 1 { 0.0 } else { 1.0 }).collect();
+    let loss_mask: Vec<f32> =
+        (0..batch * seq).map(|r| if r >= seq && r < seq + n_img - 1 { 0.0 } else { 1.0 }).collect();
     let features: Vec<f32> = (0..n_img * width).map(|i| ((i * 37 % 23) as f32 - 11.0) / 9.0).collect();
     VlmBatch { batch, seq, inputs, targets, loss_mask, image_sequences: vec![1], n_image_tokens: n_img, features }
 }
 
 /// One forward + backward gives every parameter a non-zero gradient; returns how many parameters
 /// have names starting with `prefix`.
-pub fn assert_every_parameter_gets_a_gradient(vlm: &mut Vlm, params: &mut ParamStore, batch: &VlmBatch, prefix: &str) -> usize {
+pub fn assert_every_parameter_gets_a_gradient(
+    vlm: &mut Vlm,
+    params: &mut ParamStore,
+    batch: &VlmBatch,
+    prefix: &str,
+) -> usize {
     params.zero_grad();
     vlm.forward_backward(params, batch).unwrap();
     let mut matching = 0;
@@ -35,10 +41,16 @@ pub fn assert_every_parameter_gets_a_gradient(vlm: &mut Vlm, params: &mut ParamS
 
 /// Central differences of the VLM loss against the analytic gradient, at six entries spread over
 /// each named parameter.
-pub fn assert_gradients_match_finite_differences(vlm: &mut Vlm, params: &mut ParamStore, batch: &VlmBatch, names: &[&str]) {
+pub fn assert_gradients_match_finite_differences(
+    vlm: &mut Vlm,
+    params: &mut ParamStore,
+    batch: &VlmBatch,
+    names: &[&str],
+) {
     params.zero_grad();
     vlm.forward_backward(params, batch).unwrap();
-    let ids: Vec<_> = names.iter().map(|name| params.id(name).unwrap_or_else(|| panic!("{name} is registered"))).collect();
+    let ids: Vec<_> =
+        names.iter().map(|name| params.id(name).unwrap_or_else(|| panic!("{name} is registered"))).collect();
     let analytics: Vec<Vec<f32>> = ids.iter().map(|&id| params.grad(id).to_vec()).collect();
     for ((&name, id), analytic) in names.iter().zip(ids).zip(analytics) {
         for i in (0..analytic.len()).step_by(analytic.len().div_ceil(6)) {
@@ -53,7 +65,10 @@ pub fn assert_gradients_match_finite_differences(vlm: &mut Vlm, params: &mut Par
             params.value_mut(id)[i] = original;
             let numeric = (plus - minus) / (2.0 * h as f64);
             let a = analytic[i] as f64;
-            assert!((a - numeric).abs() <= 2e-3 + 5e-2 * numeric.abs(), "{name}[{i}]: analytic {a} vs numeric {numeric}");
+            assert!(
+                (a - numeric).abs() <= 2e-3 + 5e-2 * numeric.abs(),
+                "{name}[{i}]: analytic {a} vs numeric {numeric}"
+            );
         }
     }
 }

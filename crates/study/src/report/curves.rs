@@ -34,7 +34,9 @@ impl TrainingCurve {
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: bad metrics line", path.display(), i + 1)))
+            .map(|(i, l)| {
+                serde_json::from_str(l).with_context(|| format!("{}:{}: bad metrics line", path.display(), i + 1))
+            })
             .collect::<Result<Vec<MetricPoint>>>()?;
         Ok(Self { run_id: run_id.to_string(), points })
     }

@@ -135,7 +135,8 @@ pub fn curves_figure(curves: &[TrainingCurve]) -> Figure {
     Figure {
         slug: "training_curves".to_string(),
         title: "Training curves".to_string(),
-        caption: "Every training node: loss, learning rate and the achieved share of image tokens per logged step.".to_string(),
+        caption: "Every training node: loss, learning rate and the achieved share of image tokens per logged step."
+            .to_string(),
         panels: vec![
             panel("training loss", "loss (nats/token)", |p| p.loss),
             panel("learning rate", "learning rate", |p| p.lr),
@@ -183,7 +184,8 @@ fn size(figure: &Figure) -> (u32, u32) {
 
 /// Data range with a margin; degenerate ranges are widened so a single point still shows.
 fn padded_range(values: impl Iterator<Item = f64>, include_zero: bool) -> (f64, f64) {
-    let (mut lo, mut hi) = values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (mut lo, mut hi) =
+        values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return (0.0, 1.0);
     }
@@ -199,7 +201,10 @@ fn padded_range(values: impl Iterator<Item = f64>, include_zero: bool) -> (f64, 
     (lo - 0.06 * span, hi + 0.06 * span)
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    figure: &Figure,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
     let labels = legend_labels(figure);
     let (width, _) = root.dim_in_pixel();
@@ -217,7 +222,11 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> R
     root.present()
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, labels: &[String]) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    labels: &[String],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let all_points = || panel.series.iter().flat_map(|s| s.line.iter().chain(&s.hollow));
     let (x0, x1) = padded_range(all_points().map(|p| p.0), false);
     let (y0, y1) = padded_range(all_points().map(|p| p.1).chain(panel.baseline.as_ref().map(|b| b.1)), panel.zero_line);
@@ -244,7 +253,8 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
     if let Some((label, y)) = &panel.baseline {
         let grey = RGBColor(90, 90, 90);
         chart.draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 8, 5, grey.stroke_width(2)))?;
-        let above = EmptyElement::at((x0, *y)) + Text::new(label.clone(), (6, -17), (FONT, 13).into_font().color(&grey));
+        let above =
+            EmptyElement::at((x0, *y)) + Text::new(label.clone(), (6, -17), (FONT, 13).into_font().color(&grey));
         chart.draw_series(std::iter::once(above))?;
     }
     if all_points().next().is_none() {
@@ -292,7 +302,9 @@ pub fn render(figure: &Figure) -> Result<RenderedFigure> {
     }
     let image = image::RgbImage::from_raw(w, h, pixels).context("pixel buffer size")?;
     let mut png = Vec::new();
-    image.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).with_context(|| format!("encoding {}.png", figure.slug))?;
+    image
+        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .with_context(|| format!("encoding {}.png", figure.slug))?;
     Ok(RenderedFigure { svg, png })
 }
 

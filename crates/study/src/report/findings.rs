@@ -8,7 +8,7 @@
 //! bootstraps over items (and seeds where there are several; [`vlmix_eval::stats`]); a difference
 //! whose interval contains 0 is "cannot tell", whatever its sign.
 
-use super::grid::{knob_series, series_rows, seed_spread, Knob, KnobSeries, MeanPoint, Score};
+use super::grid::{knob_series, seed_spread, series_rows, Knob, KnobSeries, MeanPoint, Score};
 use super::results_table::ResultRow;
 use vlmix_eval::stats::{bootstrap, group_mean, Arm, RunItems};
 use vlmix_eval::{Interval, Modality};
@@ -97,7 +97,13 @@ impl Difference {
 /// score(a) - score(b), bootstrapped over items (paired) and over each side's runs; None when a
 /// row lacks item scores or the two sides were not scored on the same items.
 pub fn difference(a: &[&ResultRow], b: &[&ResultRow], modality: Modality) -> Option<Difference> {
-    let digests = |r: &ResultRow| r.tasks.iter().filter(|t| t.modality == modality).map(|t| (t.task.clone(), t.items_digest.clone())).collect::<Vec<_>>();
+    let digests = |r: &ResultRow| {
+        r.tasks
+            .iter()
+            .filter(|t| t.modality == modality)
+            .map(|t| (t.task.clone(), t.items_digest.clone()))
+            .collect::<Vec<_>>()
+    };
     let reference = digests(*a.first()?);
     if a.iter().chain(b).any(|r| digests(r) != reference) {
         return None;
@@ -127,7 +133,9 @@ fn distinct_values(series: &KnobSeries) -> usize {
 /// The vision line that varies `knob` most (ties: the most runs), with its text twin.
 fn judged_line(rows: &[ResultRow], knob: Knob) -> Option<(KnobSeries, Option<KnobSeries>)> {
     let runs = |s: &KnobSeries| s.points.iter().map(|p| p.runs).sum::<usize>();
-    let vision = knob_series(rows, knob, Score::Vision).into_iter().max_by(|a, b| distinct_values(a).cmp(&distinct_values(b)).then(runs(a).cmp(&runs(b))))?;
+    let vision = knob_series(rows, knob, Score::Vision)
+        .into_iter()
+        .max_by(|a, b| distinct_values(a).cmp(&distinct_values(b)).then(runs(a).cmp(&runs(b))))?;
     let text = knob_series(rows, knob, Score::Text).into_iter().find(|t| t.label == vision.label);
     Some((vision, text))
 }
@@ -194,7 +202,9 @@ fn text_only(rows: &[ResultRow]) -> Option<&ResultRow> {
 /// 0); otherwise MC cannot move at this size, and held-out bits-per-byte decides (within
 /// [`BPB_TOLERANCE`]). The answer names the measure and shows the MC numbers either way.
 pub fn text_holds(model: &ResultRow, rows: &[ResultRow]) -> (Verdict, String) {
-    let Some(base) = text_only(rows) else { return (Verdict::CannotTell, "no text-only model to compare with".to_string()) };
+    let Some(base) = text_only(rows) else {
+        return (Verdict::CannotTell, "no text-only model to compare with".to_string());
+    };
     let mc = difference(&[model], &[base], Modality::Text);
     let mc_text = mc.map(|d| format!("text MC {}", d.text())).unwrap_or_else(|| "text MC not comparable".to_string());
     let mc_above_chance = base.text_ci.is_some_and(|ci| ci.lo > 0.0);
@@ -221,24 +231,41 @@ pub fn text_holds(model: &ResultRow, rows: &[ResultRow]) -> (Verdict, String) {
 /// Finding 1: images ~80 % of the way in beat adding them to the fully trained model, text holding.
 fn introduction(rows: &[ResultRow]) -> Finding {
     let q = "1. Introducing images ~80 % of the way through text pre-training beats adding them to the fully trained model, while text scores hold.";
-    let Some(line) = Line::new(rows, Knob::Introduction) else { return not_tested(q, "no image-trained models with scores yet".to_string()) };
+    let Some(line) = Line::new(rows, Knob::Introduction) else {
+        return not_tested(q, "no image-trained models with scores yet".to_string());
+    };
     let full = line.series.points.iter().find(|p| p.x == 100.0);
-    let interior = line.series.points.iter().filter(|p| p.x > 0.0 && p.x < 100.0).min_by(|a, b| (a.x - 80.0).abs().total_cmp(&(b.x - 80.0).abs()));
+    let interior = line
+        .series
+        .points
+        .iter()
+        .filter(|p| p.x > 0.0 && p.x < 100.0)
+        .min_by(|a, b| (a.x - 80.0).abs().total_cmp(&(b.x - 80.0).abs()));
     let (Some(full), Some(interior)) = (full, interior) else {
         return not_tested(q, "needs an interior introduction point and the 100 % point on one line".to_string());
     };
     let (vision, vision_text) = line.compare(interior, full);
     let model = line.rows_at(interior);
     let (text, text_text) = text_holds(model[0], rows);
-    Finding { question: q.to_string(), verdict: vision.and(text), answer: format!("{vision_text}; {text_text}"), evidence: line.evidence() }
+    Finding {
+        question: q.to_string(),
+        verdict: vision.and(text),
+        answer: format!("{vision_text}; {text_text}"),
+        evidence: line.evidence(),
+    }
 }
 
 /// Finding 2: the image-token share matters; small models prefer more.
 fn image_fraction(rows: &[ResultRow]) -> Finding {
     let q = "2. The visual-token fraction matters: 10-20 % is best at 1B, smaller models prefer more (checked: the largest share beats the smallest).";
-    let Some(line) = Line::new(rows, Knob::ImageTokenFraction) else { return not_tested(q, "no image-trained models with scores yet".to_string()) };
+    let Some(line) = Line::new(rows, Knob::ImageTokenFraction) else {
+        return not_tested(q, "no image-trained models with scores yet".to_string());
+    };
     if distinct_values(&line.series) < 2 {
-        return not_tested(q, format!("image-token share not varied (all at {})", line.knob.format(line.series.points[0].x)));
+        return not_tested(
+            q,
+            format!("image-token share not varied (all at {})", line.knob.format(line.series.points[0].x)),
+        );
     }
     let (lo, hi) = (&line.series.points[0], line.series.points.last().expect("two points"));
     let (verdict, answer) = line.compare(hi, lo);
@@ -248,8 +275,12 @@ fn image_fraction(rows: &[ResultRow]) -> Finding {
 /// Finding 3: images from scratch hurt vision and text.
 fn scratch(rows: &[ResultRow]) -> Finding {
     let q = "3. Images from scratch (0 %) hurt both vision and text.";
-    let Some(line) = Line::new(rows, Knob::Introduction) else { return not_tested(q, "no image-trained models with scores yet".to_string()) };
-    let Some(zero) = line.series.points.iter().find(|p| p.x == 0.0) else { return not_tested(q, "no scratch (0 %) point".to_string()) };
+    let Some(line) = Line::new(rows, Knob::Introduction) else {
+        return not_tested(q, "no image-trained models with scores yet".to_string());
+    };
+    let Some(zero) = line.series.points.iter().find(|p| p.x == 0.0) else {
+        return not_tested(q, "no scratch (0 %) point".to_string());
+    };
     // Against every other introduction point; the verdict rests on the least favourable comparison.
     let others: Vec<&MeanPoint> = line.series.points.iter().filter(|p| p.x > 0.0).collect();
     let compared: Vec<(Verdict, String)> = others.iter().map(|p| line.compare(p, zero)).collect();
@@ -271,15 +302,25 @@ fn scratch(rows: &[ResultRow]) -> Finding {
         other => other,
     };
     let vision_text = compared.iter().map(|c| c.1.clone()).collect::<Vec<_>>().join(" · ");
-    Finding { question: q.to_string(), verdict: vision.and(text), answer: format!("{vision_text}; scratch {text_text}"), evidence: line.evidence() }
+    Finding {
+        question: q.to_string(),
+        verdict: vision.and(text),
+        answer: format!("{vision_text}; scratch {text_text}"),
+        evidence: line.evidence(),
+    }
 }
 
 /// Finding 4: instruction data in the cooldown mix hurts vision.
 fn instruction(rows: &[ResultRow]) -> Finding {
     let q = "4. Instruction data mixed into pre-training hurts vision-language results.";
-    let Some(line) = Line::new(rows, Knob::InstructionShare) else { return not_tested(q, "no image-trained models with scores yet".to_string()) };
+    let Some(line) = Line::new(rows, Knob::InstructionShare) else {
+        return not_tested(q, "no image-trained models with scores yet".to_string());
+    };
     if distinct_values(&line.series) < 2 {
-        return not_tested(q, format!("instruction share not varied (all at {})", line.knob.format(line.series.points[0].x)));
+        return not_tested(
+            q,
+            format!("instruction share not varied (all at {})", line.knob.format(line.series.points[0].x)),
+        );
     }
     let (lo, hi) = (&line.series.points[0], line.series.points.last().expect("two points"));
     let (verdict, answer) = line.compare(lo, hi);
@@ -289,9 +330,13 @@ fn instruction(rows: &[ResultRow]) -> Finding {
 /// Finding 5: 2-4 fine-tuning epochs are best for vision (checked: 2 beats 1).
 fn epochs(rows: &[ResultRow]) -> Finding {
     let q = "5. 2-4 fine-tuning epochs are best for vision; 2 is the sweet spot for text (checked: 2 epochs beat 1 on vision).";
-    let Some(line) = Line::new(rows, Knob::FinetuneEpochs) else { return not_tested(q, "no image-trained models with scores yet".to_string()) };
+    let Some(line) = Line::new(rows, Knob::FinetuneEpochs) else {
+        return not_tested(q, "no image-trained models with scores yet".to_string());
+    };
     let at = |e: f64| line.series.points.iter().find(|p| p.x == e);
-    let (Some(one), Some(two)) = (at(1.0), at(2.0)) else { return not_tested(q, "needs 1 and 2 epochs on one line".to_string()) };
+    let (Some(one), Some(two)) = (at(1.0), at(2.0)) else {
+        return not_tested(q, "needs 1 and 2 epochs on one line".to_string());
+    };
     let (verdict, mut answer) = line.compare(two, one);
     for later in line.series.points.iter().filter(|p| p.x > 2.0) {
         answer.push_str(&format!(" · {}", line.compare(later, two).1));
@@ -311,13 +356,20 @@ fn seeds(rows: &[ResultRow]) -> Finding {
         },
         Some(spread) => {
             // The narrowest vision interval of one run: the eval noise a seed spread is compared with.
-            let narrowest = rows.iter().filter_map(|r| r.vision_ci).min_by(|a, b| (a.hi - a.lo).total_cmp(&(b.hi - b.lo)));
+            let narrowest =
+                rows.iter().filter_map(|r| r.vision_ci).min_by(|a, b| (a.hi - a.lo).total_cmp(&(b.hi - b.lo)));
             let (verdict, noise) = match narrowest {
                 None => (Verdict::CannotTell, "no item intervals".to_string()),
                 Some(ci) => {
                     let half = (ci.hi - ci.lo) / 2.0;
                     let verdict = if spread <= half { Verdict::Agrees } else { Verdict::Disagrees };
-                    (verdict, format!("one run's item noise: 95 % interval [{:.3}, {:.3}], half-width {half:.3}", ci.lo, ci.hi))
+                    (
+                        verdict,
+                        format!(
+                            "one run's item noise: 95 % interval [{:.3}, {:.3}], half-width {half:.3}",
+                            ci.lo, ci.hi
+                        ),
+                    )
                 }
             };
             Finding {

@@ -13,7 +13,8 @@ pub enum Knob {
 }
 
 impl Knob {
-    pub const ALL: [Knob; 4] = [Knob::Introduction, Knob::ImageTokenFraction, Knob::InstructionShare, Knob::FinetuneEpochs];
+    pub const ALL: [Knob; 4] =
+        [Knob::Introduction, Knob::ImageTokenFraction, Knob::InstructionShare, Knob::FinetuneEpochs];
 
     /// The row's x value in display units (percent for shares, count for epochs); None for a
     /// text-only model, which has no image knobs.
@@ -132,10 +133,7 @@ pub fn knob_series(rows: &[ResultRow], knob: Knob, score: Score) -> Vec<KnobSeri
     }
     groups
         .into_iter()
-        .map(|(label, members)| KnobSeries {
-            label,
-            points: means_by_value(&members, knob, score),
-        })
+        .map(|(label, members)| KnobSeries { label, points: means_by_value(&members, knob, score) })
         .filter(|s| !s.points.is_empty())
         .collect()
 }
@@ -157,7 +155,9 @@ fn series_label(others: &[Knob], row: &ResultRow) -> String {
 /// The rows (seeds) behind one point of a series of `knob`'s figure.
 pub fn series_rows<'a>(rows: &'a [ResultRow], knob: Knob, label: &str, x: f64, fresh: bool) -> Vec<&'a ResultRow> {
     let others: Vec<Knob> = varied_knobs(rows).into_iter().filter(|k| *k != knob).collect();
-    rows.iter().filter(|r| knob.value(r) == Some(x) && r.fresh_schedule == fresh && series_label(&others, r) == label).collect()
+    rows.iter()
+        .filter(|r| knob.value(r) == Some(x) && r.fresh_schedule == fresh && series_label(&others, r) == label)
+        .collect()
 }
 
 /// Mean score per (knob value, schedule), sorted by value; rows lacking the score are skipped.

@@ -1,10 +1,10 @@
 //! The report page: one self-contained HTML file (inline CSS) that shows the figures beside it.
 
-use super::findings::Finding;
 use super::figures::Figure;
+use super::findings::Finding;
 use super::results_table::{ResultRow, ResultsTable, TaskScore};
-use vlmix_eval::Interval;
 use std::fmt::Write;
+use vlmix_eval::Interval;
 
 const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1800px;padding:0 1.5em;color:#222}\
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.2em}\
@@ -68,13 +68,25 @@ pub fn render_page(title: &str, table: &ResultsTable, figures: &[(&Figure, &str)
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{t}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{t}</h1>\n",
         t = escape(title)
     );
-    let _ = writeln!(h, "<p class=\"muted\">{} evaluated models, {} executed nodes.</p>", table.rows.len(), table.nodes.len());
+    let _ = writeln!(
+        h,
+        "<p class=\"muted\">{} evaluated models, {} executed nodes.</p>",
+        table.rows.len(),
+        table.nodes.len()
+    );
 
     h.push_str("<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Differences are score(a) - score(b) with a 95 % paired bootstrap interval over items (and seeds); \
 a difference whose interval contains 0 cannot be told apart from noise at this size. Text ability is judged by multiple choice where the text-only model is above chance, \
 else by held-out bits-per-byte (MC at chance cannot move).</p>\n<table class=\"findings\">\n<tr><th>paper's finding</th><th>verdict</th><th>this grid (95 % CI)</th><th>evidence (mean stable scores)</th></tr>\n");
     for f in findings {
-        let _ = writeln!(h, "<tr>{}{}{}{}</tr>", text(&f.question), text(f.verdict.label()), text(&f.answer), text(&f.evidence));
+        let _ = writeln!(
+            h,
+            "<tr>{}{}{}{}</tr>",
+            text(&f.question),
+            text(f.verdict.label()),
+            text(&f.answer),
+            text(&f.evidence)
+        );
     }
     h.push_str("</table>\n");
 
@@ -98,7 +110,8 @@ else by held-out bits-per-byte (MC at chance cannot move).</p>\n<table class=\"f
     h.push_str("<h2>Run configs</h2>\n");
     for r in &table.rows {
         let config = serde_json::to_string_pretty(&r.config).unwrap_or_else(|e| format!("unprintable config: {e}"));
-        let _ = writeln!(h, "<details><summary>{}</summary><pre>{}</pre></details>", escape(&r.run_id), escape(&config));
+        let _ =
+            writeln!(h, "<details><summary>{}</summary><pre>{}</pre></details>", escape(&r.run_id), escape(&config));
     }
     h.push_str("</body>\n</html>\n");
     h
@@ -160,14 +173,27 @@ fn task_tables(h: &mut String, table: &ResultsTable) {
         h.push_str("<tr><th>run</th>");
         for (name, modality) in &tasks {
             let first = table.rows.iter().flat_map(|r| &r.tasks).find(|t| t.task == *name);
-            let (chance, majority, metric) = (first.map(|t| t.chance), first.and_then(|t| t.majority), first.map_or("", |t| t.metric.as_str()));
-            let _ = write!(h, "<th>{} <span class=\"muted\">({modality:?}, {}, chance {}, majority {})</span></th>", escape(name), escape(metric), score(chance), score(majority));
+            let (chance, majority, metric) =
+                (first.map(|t| t.chance), first.and_then(|t| t.majority), first.map_or("", |t| t.metric.as_str()));
+            let _ = write!(
+                h,
+                "<th>{} <span class=\"muted\">({modality:?}, {}, chance {}, majority {})</span></th>",
+                escape(name),
+                escape(metric),
+                score(chance),
+                score(majority)
+            );
         }
         h.push_str("</tr>\n");
         for r in &table.rows {
             let _ = write!(h, "<tr>{}", text(&r.run_id));
             for (name, _) in &tasks {
-                h.push_str(&num(r.tasks.iter().find(|t| t.task == *name).and_then(cell).unwrap_or_else(|| "—".to_string())));
+                h.push_str(&num(r
+                    .tasks
+                    .iter()
+                    .find(|t| t.task == *name)
+                    .and_then(cell)
+                    .unwrap_or_else(|| "—".to_string())));
             }
             h.push_str("</tr>\n");
         }

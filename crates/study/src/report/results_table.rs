@@ -127,7 +127,8 @@ impl ResultRow {
     /// Per-item credit of the tasks of `modality` (None when a task lacks item scores).
     pub fn run_items(&self, modality: Modality) -> Option<RunItems> {
         let tasks: Vec<&TaskScore> = self.tasks.iter().filter(|t| t.modality == modality).collect();
-        (!tasks.is_empty() && tasks.iter().all(|t| !t.item_scores.is_empty())).then(|| tasks.iter().map(|t| t.item_scores.clone()).collect())
+        (!tasks.is_empty() && tasks.iter().all(|t| !t.item_scores.is_empty()))
+            .then(|| tasks.iter().map(|t| t.item_scores.clone()).collect())
     }
 
     /// Interval of a stable score: the accuracy group mean's interval less the mean chance.
@@ -200,7 +201,8 @@ impl ResultsTable {
 
     pub fn read_json(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading results table {}", path.display()))?;
-        let table: Self = serde_json::from_slice(&bytes).with_context(|| format!("parsing results table {}", path.display()))?;
+        let table: Self =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing results table {}", path.display()))?;
         table.validate().with_context(|| format!("results table {}", path.display()))?;
         Ok(table)
     }
@@ -227,8 +229,19 @@ impl ResultsTable {
     pub fn write_csv(&self, path: &Path) -> Result<()> {
         let tasks = self.task_names();
         let mut header: Vec<String> = [
-            "run_id", "stage", "introduction", "fresh_schedule", "image_token_fraction", "instruction_share",
-            "finetune_epochs", "seed", "vision_stable_score", "text_stable_score", "bits_per_byte", "wall_time_s", "machine",
+            "run_id",
+            "stage",
+            "introduction",
+            "fresh_schedule",
+            "image_token_fraction",
+            "instruction_share",
+            "finetune_epochs",
+            "seed",
+            "vision_stable_score",
+            "text_stable_score",
+            "bits_per_byte",
+            "wall_time_s",
+            "machine",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -262,13 +275,7 @@ impl ResultsTable {
 fn csv_line(cells: &[String]) -> String {
     let quoted: Vec<String> = cells
         .iter()
-        .map(|c| {
-            if c.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", c.replace('"', "\"\""))
-            } else {
-                c.clone()
-            }
-        })
+        .map(|c| if c.contains([',', '"', '\n', '\r']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c.clone() })
         .collect();
     format!("{}\n", quoted.join(","))
 }
