@@ -25,9 +25,9 @@ if [ -n "${VLMIX_FRESH_PACKAGES:-}" ]; then
     echo "fresh-check: reusing $(ls "$VLMIX_HOME/packages" | wc -l) downloaded package file(s) from $VLMIX_FRESH_PACKAGES"
 fi
 
-# README.md's test command: the indented line after "Run the tests:".
-test_command="$(awk '/^Run the tests:/ {found=1; next} found && /^    [^ ]/ {sub(/^    /, ""); print; exit}' "$work/vlmix/README.md")"
-[ -n "$test_command" ] || { echo "fresh-check: README.md has no test command after 'Run the tests:'" >&2; exit 1; }
+# README.md's test command: the first indented line after "Run the tests".
+test_command="$(awk '/^Run the tests/ {found=1; next} found && /^    [^ ]/ {sub(/^    /, ""); print; exit}' "$work/vlmix/README.md")"
+[ -n "$test_command" ] || { echo "fresh-check: README.md has no test command after 'Run the tests'" >&2; exit 1; }
 echo "fresh-check: running '$test_command'"
 start=$(date +%s)
 status=0
