@@ -9,6 +9,8 @@
 //!
 //! Needs the prepared data (`scripts/test.sh` fetches and prepares it before `cargo test`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -24,26 +26,6 @@ fn study(out: &Path) -> Command {
 fn run_to_end(out: &Path) {
     let output = study(out).stderr(Stdio::piped()).output().expect("vlmix runs");
     assert!(output.status.success(), "study failed: {}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// Scores of every row, without timings (which differ between runs by nature).
-fn scores(out: &Path) -> Vec<serde_json::Value> {
-    let table: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).unwrap();
-    table["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            serde_json::json!([
-                r["run_id"],
-                r["tasks"],
-                r["vision_stable_score"],
-                r["text_stable_score"],
-                r["bits_per_byte"]
-            ])
-        })
-        .collect()
 }
 
 /// Where a kill lands: the first node whose id starts with `prefix`, once it has logged `min_steps`
@@ -115,7 +97,7 @@ fn killed_smoke_study_resumes_to_identical_results() {
     assert!(!killed.join("results.json").exists(), "four kills left work to resume");
     run_to_end(&killed);
 
-    let (a, b) = (scores(&straight), scores(&killed));
+    let (a, b) = (common::scores(&straight), common::scores(&killed));
     assert!(!a.is_empty(), "the study produced result rows");
     assert_eq!(a, b, "a killed and resumed study must reproduce the uninterrupted results");
     assert!(killed.join("report/index.html").is_file());

@@ -10,6 +10,8 @@
 //! Needs the prepared data (`scripts/test.sh` prepares it) and root or sudo to install and start
 //! Slurm; without Slurm the test says so loudly and skips.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -110,26 +112,6 @@ fn wait_for_results(run: &Path) {
     }
 }
 
-/// Scores of every row, without timings.
-fn scores(out: &Path) -> Vec<serde_json::Value> {
-    let table: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).unwrap();
-    table["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            serde_json::json!([
-                r["run_id"],
-                r["tasks"],
-                r["vision_stable_score"],
-                r["text_stable_score"],
-                r["bits_per_byte"]
-            ])
-        })
-        .collect()
-}
-
 fn job_of(run: &Path, node: &str) -> String {
     let book: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("slurm/jobs.json")).unwrap()).unwrap();
     book["jobs"][node]["job_id"].as_str().unwrap().to_string()
@@ -159,7 +141,11 @@ fn smoke_study_on_slurm_equals_local_also_after_scancel() {
     let again = submit(&straight);
     assert!(!again.contains("submitted "), "a re-submission must leave queued and running jobs alone:\n{again}");
     wait_for_results(&straight);
-    assert_eq!(scores(&local), scores(&straight), "the Slurm executor must reproduce the local results");
+    assert_eq!(
+        common::scores(&local),
+        common::scores(&straight),
+        "the Slurm executor must reproduce the local results"
+    );
     let pretrain_job = job_of(&straight, "pretrain");
     assert!(
         straight.join(format!("nodes/pretrain/slurm-{pretrain_job}.log")).is_file(),
@@ -190,7 +176,11 @@ fn smoke_study_on_slurm_equals_local_also_after_scancel() {
     assert!(retried.contains("submitted pretrain: job"), "the cancelled node is retried:\n{retried}");
     assert_ne!(job_of(&killed, "pretrain"), job);
     wait_for_results(&killed);
-    assert_eq!(scores(&local), scores(&killed), "a scancelled and re-submitted study must reproduce the local results");
+    assert_eq!(
+        common::scores(&local),
+        common::scores(&killed),
+        "a scancelled and re-submitted study must reproduce the local results"
+    );
     let book: serde_json::Value =
         serde_json::from_slice(&std::fs::read(killed.join("slurm/jobs.json")).unwrap()).unwrap();
     assert_eq!(

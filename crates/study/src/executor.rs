@@ -41,18 +41,23 @@ pub struct StudyDir {
     _lock: File,
 }
 
+/// Opens (creating) a lock file without taking the lock: callers choose exclusive or shared.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 impl StudyDir {
     /// Opens (creating) `root` and takes its lock; fails if another study holds it.
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root.join("nodes"))
             .with_context(|| format!("creating run directory {}", root.display()))?;
         let lock_path = root.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = open_lock_file(&lock_path)?;
         if lock.try_lock().is_err() {
             bail!("{} is in use by another vlmix study (lock {})", root.display(), lock_path.display());
         }
@@ -63,12 +68,7 @@ impl StudyDir {
     /// local study holds it.
     pub fn open_shared(root: &Path) -> Result<Self> {
         let lock_path = root.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = open_lock_file(&lock_path)?;
         if lock.try_lock_shared().is_err() {
             bail!("{} is in use by a local vlmix study (lock {})", root.display(), lock_path.display());
         }
@@ -137,12 +137,7 @@ pub fn execute_node(node: &Node, study: &StudyDir, runner: &mut dyn NodeRunner) 
     // The ranks of a data-parallel node run it together; rank 0 holds the lock and records it.
     let world = vlmix_train::distributed::world()?;
     let lock_path = dir.join(".lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let lock = open_lock_file(&lock_path)?;
     if world.is_leader() && lock.try_lock().is_err() {
         bail!("node {} is being run by another process (lock {})", node.id, lock_path.display());
     }

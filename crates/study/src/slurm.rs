@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -328,12 +327,7 @@ pub fn submit(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Two submitters at once would submit the same nodes twice.
     let lock_path = dir.join(".submit.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let lock = crate::executor::open_lock_file(&lock_path)?;
     if lock.try_lock().is_err() {
         bail!("another `vlmix study --executor slurm` is submitting {} right now", study.root.display());
     }
