@@ -15,7 +15,6 @@ pub mod tokenizer;
 
 pub use layout::DataLayout;
 
-// image side (H3b)
 pub mod image_io;
 pub mod images;
 pub mod inspect;

@@ -13,6 +13,7 @@ pub mod adamw;
 pub mod atomic_file;
 pub mod checkpoint;
 pub mod grad_clip;
+pub mod machine;
 pub mod nonfinite;
 pub mod params;
 pub mod safetensors_io;

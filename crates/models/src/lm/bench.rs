@@ -69,16 +69,6 @@ pub fn peak_rss_mb() -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
-
 pub fn bench_train(opts: &BenchOptions) -> Result<BenchReport> {
     let config = &opts.model;
     let seq = config.seq_len;
@@ -135,7 +125,7 @@ pub fn bench_train(opts: &BenchOptions) -> Result<BenchReport> {
         warmup: opts.warmup,
         final_loss: loss as f64,
         threads: rayon::current_num_threads(),
-        cpu: cpu_model(),
+        cpu: vlmix_engine::machine::cpu_model(),
         blas_core: vlmix_engine::blas::corename(),
     })
 }
