@@ -17,6 +17,7 @@ use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_models::lm::{InjectedEmbeddings, Lm, LmInput};
+use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::projector::FC1_WEIGHT;
@@ -221,12 +222,12 @@ impl ModelScorer {
     /// latest checkpoint): a VLM when the weights hold a projector, a text-only LM otherwise.
     pub fn from_checkpoint(checkpoint: &Path, tokenizer: TextTokenizer, images: Option<ImageFeatures>) -> Result<Self> {
         let checkpoint = resolve_checkpoint(checkpoint)?;
-        let config = vlmix_train::stages::model_config_of(&checkpoint)?;
-        let weights = vlmix_train::stages::weights_of(&checkpoint);
+        let config = StageRecord::of_checkpoint(&checkpoint)?.model;
+        let weights = weights_of(&checkpoint);
         let file = SafetensorsFile::open(&weights)
             .with_context(|| format!("opening checkpoint weights {}", weights.display()))?;
         let model = if file.names().iter().any(|n| n == FC1_WEIGHT) {
-            let (vlm, params) = vlmix_train::stages::load_vlm(&config, &checkpoint)?;
+            let (vlm, params) = load_vlm(&config, &checkpoint)?;
             (ScoredModel::Vision(vlm), params)
         } else {
             let mut params = ParamStore::new();

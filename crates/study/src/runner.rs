@@ -14,6 +14,7 @@ use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_eval::task::Task;
 use vlmix_models::lm::{Lm, LmConfig};
+use vlmix_models::stage_record::{weights_of, StageRecord};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use vlmix_train::corpus::ImageCorpus;
@@ -32,7 +33,8 @@ const VALIDATION_SEQUENCES: usize = 32;
 /// Resolves the study's model: preset, overrides, and the tokenizer's vocabulary.
 pub fn model_config(config: &StudyConfig, vocab: usize) -> Result<LmConfig> {
     if let Some(from) = imported_checkpoint(config)? {
-        let mut lm = stages::model_config_of(&from)
+        let mut lm = StageRecord::of_checkpoint(&from)
+            .map(|r| r.model)
             .with_context(|| format!("study field `pretrain.from` ({})", from.display()))?;
         if lm.vocab != vocab {
             bail!("pretrain.from = {}: the model's vocabulary has {} tokens but the tokenizer has {vocab}; start from a model of this tokenizer", from.display(), lm.vocab);
@@ -219,7 +221,7 @@ impl<'a> StudyRunner<'a> {
     pub fn validation_bits_per_byte(&self, checkpoint: &Path) -> Result<f64> {
         let mut params = ParamStore::new();
         let mut lm = Lm::new(self.model.clone(), &mut params, 0)?;
-        params.load_partial_safetensors(&stages::weights_of(checkpoint))?;
+        params.load_partial_safetensors(&weights_of(checkpoint))?;
         self.validation.bits_per_byte(&mut lm, &params)
     }
 
@@ -246,7 +248,7 @@ impl<'a> StudyRunner<'a> {
         curve.push(json!({"fraction": 0.0, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
         let mut checkpoints = serde_json::Map::new();
         for (fraction, ckpt) in &outcome.checkpoints {
-            params.load_safetensors(&stages::weights_of(ckpt))?;
+            params.load_safetensors(&weights_of(ckpt))?;
             curve
                 .push(json!({"fraction": fraction, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
             checkpoints.insert(format!("{fraction}"), json!(rel(root, ckpt)));

@@ -10,12 +10,11 @@ use vlmix_data::packing::TokenDocuments;
 use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
-use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::memory::{available_memory, gib, MemoryPlan, TailShape, TrainShape, VisionShape};
+use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::EncoderSpec;
 use vlmix_models::vision::feature_cache::FeatureCache;
-use vlmix_models::vision::projector::FC1_WEIGHT;
 use vlmix_models::vision::tail::EncoderTail;
 use vlmix_models::vlm::Vlm;
 
@@ -30,48 +29,6 @@ use crate::vision_model::VisionModel;
 pub const CLIP_NORM: f32 = 1.0;
 /// Rolling checkpoints for resumption are written this often (steps).
 pub const SAVE_EVERY: u64 = 50;
-
-/// The weights file of a checkpoint directory.
-pub fn weights_of(checkpoint: &Path) -> PathBuf {
-    checkpoint.join(vlmix_engine::checkpoint::MODEL_FILE)
-}
-
-/// Every stage directory holds the LM config its checkpoints were trained with.
-pub const MODEL_CONFIG_FILE: &str = "model.toml";
-
-fn write_model_config(dir: &Path, model: &LmConfig) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    vlmix_engine::atomic_file::write_atomic(&dir.join(MODEL_CONFIG_FILE), model.to_toml().as_bytes())
-}
-
-/// Every image stage directory also records the encoder its features come from.
-pub const ENCODER_SPEC_FILE: &str = "encoder.json";
-
-fn write_encoder_spec(dir: &Path, encoder: &EncoderSpec) -> Result<()> {
-    vlmix_engine::atomic_file::write_atomic(&dir.join(ENCODER_SPEC_FILE), &serde_json::to_vec_pretty(encoder)?)
-}
-
-fn stage_dir_of(checkpoint: &Path) -> Result<&Path> {
-    checkpoint
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} is not inside a stage directory", checkpoint.display()))
-}
-
-/// The LM config of a checkpoint directory (`<stage dir>/checkpoints/step-N`), read from its stage.
-pub fn model_config_of(checkpoint: &Path) -> Result<LmConfig> {
-    LmConfig::from_toml_file(&stage_dir_of(checkpoint)?.join(MODEL_CONFIG_FILE))
-}
-
-/// The encoder a VLM checkpoint was trained with, when its stage recorded one.
-pub fn encoder_spec_of(checkpoint: &Path) -> Result<Option<EncoderSpec>> {
-    let path = stage_dir_of(checkpoint)?.join(ENCODER_SPEC_FILE);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())).map(Some)
-}
 
 /// Plans a stage's memory before anything is allocated: the micro-batch (`requested`, or the
 /// largest that fits), or an error naming the largest consumers and the machine's memory.
@@ -121,7 +78,7 @@ pub fn pretrain<D: TokenDocuments>(
 ) -> Result<PretrainOutcome> {
     let plan =
         plan_memory("pre-training", &TrainShape::text(spec.model.clone()), spec.batch_size, spec.micro_batch_size)?;
-    write_model_config(dir, &spec.model)?;
+    StageRecord { model: spec.model.clone(), encoder: None }.write(dir)?;
     let mut params = ParamStore::new();
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     let mut model = TextModel { lm, params, micro_batch: plan.micro_batch };
@@ -189,8 +146,7 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     };
     let plan =
         plan_memory("cooldown", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
-    write_model_config(dir, &spec.model)?;
-    write_encoder_spec(dir, &spec.encoder)?;
+    StageRecord { model: spec.model.clone(), encoder: Some(spec.encoder.clone()) }.write(dir)?;
     let mut params = ParamStore::new();
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     if let Start::TextCheckpoint(checkpoint) = &spec.start {
@@ -247,32 +203,6 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     Ok(outcome)
 }
 
-/// Loads a VLM (LM, projector and any trainable encoder tail its stage recorded) from a checkpoint
-/// directory; the projector's input width is read from the weights.
-pub fn load_vlm(model: &LmConfig, checkpoint: &Path) -> Result<(Vlm, ParamStore)> {
-    let weights = weights_of(checkpoint);
-    let file = SafetensorsFile::open(&weights).with_context(|| format!("opening VLM weights {}", weights.display()))?;
-    let (_, shape) =
-        file.dtype_and_shape(FC1_WEIGHT).with_context(|| format!("{}: not a VLM checkpoint", weights.display()))?;
-    anyhow::ensure!(
-        shape.len() == 2,
-        "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]",
-        weights.display()
-    );
-    let mut params = ParamStore::new();
-    let lm = Lm::new(model.clone(), &mut params, 0)?;
-    let tail = match encoder_spec_of(checkpoint)? {
-        Some(encoder) => EncoderTail::open(&encoder, &mut params, 0)?,
-        None => None,
-    };
-    let mut vlm = Vlm::with_new_projector(lm, shape[1], &mut params, 0)?;
-    if let Some(tail) = tail {
-        vlm.set_tail(tail)?;
-    }
-    params.load_from(&file, true).with_context(|| format!("loading VLM from {}", checkpoint.display()))?;
-    Ok((vlm, params))
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FinetuneSpec {
     pub model: LmConfig,
@@ -312,7 +242,7 @@ pub fn finetune(
     dir: &Path,
     on_step: &mut OnStep,
 ) -> Result<FinetuneOutcome> {
-    let encoder = encoder_spec_of(&spec.start)?;
+    let encoder = StageRecord::of_checkpoint(&spec.start)?.encoder;
     let tail = match &encoder {
         Some(encoder) => TailShape::of(encoder, corpus.feature_width)?,
         None => None,
@@ -324,10 +254,7 @@ pub fn finetune(
         spec.batch_size,
         spec.micro_batch_size,
     )?;
-    write_model_config(dir, &spec.model)?;
-    if let Some(encoder) = &encoder {
-        write_encoder_spec(dir, encoder)?;
-    }
+    StageRecord { model: spec.model.clone(), encoder: encoder.clone() }.write(dir)?;
     let (vlm, params) = load_vlm(&spec.model, &spec.start)?;
     anyhow::ensure!(
         vlm.encoder_width() == corpus.feature_width,

@@ -8,11 +8,12 @@ use image::{Rgb, RgbImage};
 use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_models::lm::LmConfig;
+use vlmix_models::stage_record::{load_vlm, StageRecord};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, PATCH_NAME};
 use vlmix_models::vision::feature_cache::{image_key, FeatureCache};
 use vlmix_train::corpus::{ImageCorpus, ImageExample};
 use vlmix_train::schedule::{Schedule, WarmupCosine};
-use vlmix_train::stages::{cooldown, encoder_spec_of, finetune, load_vlm, CooldownSpec, FinetuneSpec, Start};
+use vlmix_train::stages::{cooldown, finetune, CooldownSpec, FinetuneSpec, Start};
 
 const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
 
@@ -123,7 +124,7 @@ fn an_unfrozen_siglip_block_trains_in_cooldown_and_fine_tuning() {
     );
 
     assert_eq!(
-        encoder_spec_of(&tuned).unwrap().as_ref(),
+        StageRecord::of_checkpoint(&tuned).unwrap().encoder.as_ref(),
         Some(&spec),
         "the fine-tune records the encoder it inherited"
     );

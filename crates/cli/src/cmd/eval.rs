@@ -40,7 +40,8 @@ impl ModelArgs {
 
     /// The checkpoint's recorded encoder, else the one the flags describe.
     fn encoder_spec(&self, checkpoint: &Path) -> Result<EncoderSpec> {
-        let recorded = vlmix_train::stages::encoder_spec_of(&resolve_checkpoint(checkpoint)?)?;
+        let recorded =
+            vlmix_models::stage_record::StageRecord::of_checkpoint(&resolve_checkpoint(checkpoint)?)?.encoder;
         match (recorded, &self.encoder) {
             (Some(recorded), Some(given)) if Path::new(given) != Path::new(&recorded.source) => {
                 bail!(

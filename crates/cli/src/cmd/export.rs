@@ -6,7 +6,7 @@ use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_models::lm::openlm_io::export_openlm;
 use vlmix_models::lm::Lm;
-use vlmix_train::stages::{model_config_of, weights_of};
+use vlmix_models::stage_record::{weights_of, StageRecord};
 
 #[derive(clap::Subcommand)]
 pub enum ExportCommand {
@@ -26,7 +26,7 @@ pub struct Args {
 pub fn run(command: ExportCommand) -> Result<()> {
     let ExportCommand::Openlm(args) = command;
     let checkpoint = resolve_checkpoint(&args.checkpoint)?;
-    let config = model_config_of(&checkpoint)?;
+    let config = StageRecord::of_checkpoint(&checkpoint)?.model;
     let mut params = ParamStore::new();
     Lm::new(config.clone(), &mut params, 0)?;
     let weights = weights_of(&checkpoint);

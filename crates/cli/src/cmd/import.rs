@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use vlmix_engine::atomic_file::write_atomic;
 use vlmix_engine::checkpoint::{LATEST_FILE, MODEL_FILE};
 use vlmix_models::lm::openlm_io::{import_openlm, ImportOptions, InvFreqPolicy};
-use vlmix_train::stages::MODEL_CONFIG_FILE;
+use vlmix_models::stage_record::StageRecord;
 
 #[derive(clap::Subcommand)]
 pub enum ImportCommand {
@@ -61,7 +61,7 @@ pub fn run(command: ImportCommand) -> Result<()> {
     std::fs::create_dir_all(&step).with_context(|| format!("creating {}", step.display()))?;
     imported.params.save_safetensors(&step.join(MODEL_FILE))?;
     write_atomic(&checkpoints.join(LATEST_FILE), b"step-00000000")?;
-    write_atomic(&args.out.join(MODEL_CONFIG_FILE), imported.config.to_toml().as_bytes())?;
+    StageRecord { model: imported.config.clone(), encoder: None }.write(&args.out)?;
     let record = serde_json::json!({
         "source": std::fs::canonicalize(&args.src).unwrap_or(args.src.clone()),
         "layout": imported.layout,
