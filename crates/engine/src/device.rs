@@ -8,8 +8,13 @@
 //! - f32, row-major; activations are `[rows, width]` with `rows = batch * seq`.
 //! - Kernels that produce parameter gradients *accumulate* into them (gradient accumulation);
 //!   kernels that produce input gradients *overwrite* them, unless the name says `accumulate`.
-//! - Token ids, targets and loss masks are host slices: they are small and come from the data loader.
+//! - Token ids, targets, loss masks and row indices are host slices: they are small and come from
+//!   the data loader.
+//! - Parameters, gradients and optimizer state are device buffers too ([`crate::params::ParamStore`],
+//!   [`crate::adamw::AdamW`]); the host sees them only at checkpoint save/load, through
+//!   [`Device::to_host`] / [`Device::upload_vec`].
 
+use std::borrow::Cow;
 use std::ops::{Deref, DerefMut, Range};
 
 /// Shape and scaling of one matrix product `C = alpha * op(A) op(B) + beta * C`.
@@ -111,8 +116,27 @@ pub struct LossStats {
     pub mask_sum: f64,
 }
 
+/// The per-step scalars of one AdamW update, computed on the host in PyTorch's float order
+/// (f64 Python floats, used as f32) so every device applies the same numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// `-lr / (1 - beta1^t)`.
+    pub neg_step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    pub bias_correction2_sqrt: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub eps: f32,
+    /// `1 - lr * weight_decay` for parameters that decay, `None` for the others.
+    pub decay: Option<f32>,
+}
+
 /// Memory and kernels of one compute device. See the module docs for conventions.
-pub trait Device: Send + Sync {
+///
+/// `Clone` hands a model, its parameter store and its optimizer the same device (on the CPU a
+/// zero-sized value; a GPU backend would share a handle to its context and stream).
+pub trait Device: Clone + Send + Sync {
     /// Borrowed device memory (`[f32]` on the CPU).
     type Buf: ?Sized + Send + Sync;
     /// Owned device memory (`Vec<f32>` on the CPU).
@@ -128,6 +152,27 @@ pub trait Device: Send + Sync {
     fn split_at_mut<'a>(&self, buf: &'a mut Self::Buf, mid: usize) -> (&'a mut Self::Buf, &'a mut Self::Buf);
     fn fill(&self, buf: &mut Self::Buf, value: f32);
     fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf);
+    /// Device memory holding `host`, which is consumed (the CPU keeps the vector: no copy).
+    fn upload_vec(&self, host: Vec<f32>) -> Self::Owned {
+        self.upload(&host)
+    }
+    /// The contents of `buf` on the host: borrowed where device memory is host memory (CPU),
+    /// downloaded otherwise. For checkpoints and other reads outside the hot path.
+    fn to_host<'a>(&self, buf: &'a Self::Buf) -> Cow<'a, [f32]> {
+        let mut host = vec![0.0; self.len(buf)];
+        self.download(buf, &mut host);
+        Cow::Owned(host)
+    }
+
+    // ---- rows (width = len(dst) / rows.len() resp. len(src) / rows.len()) ----
+    /// `dst[i, :] = src[rows[i], :]`; `dst` is `[rows.len(), width]`, `src` any number of rows of
+    /// `width`. Overwrites `dst`.
+    fn gather_rows(&self, src: &Self::Buf, rows: &[usize], dst: &mut Self::Buf);
+    /// `dst[rows[i], :] = src[i, :]`; `src` is `[rows.len(), width]`. Other rows of `dst` keep
+    /// their values.
+    fn scatter_rows(&self, src: &Self::Buf, rows: &[usize], dst: &mut Self::Buf);
+    /// `buf[rows[i], :] = 0` for rows of `width`.
+    fn zero_rows(&self, buf: &mut Self::Buf, rows: &[usize], width: usize);
 
     // ---- matrix products ----
     fn gemm(&self, g: Gemm, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf);
@@ -141,6 +186,26 @@ pub trait Device: Send + Sync {
     fn add_bias(&self, y: &mut Self::Buf, bias: &Self::Buf);
     /// `dbias += sum_r dy[r, :]`.
     fn bias_backward(&self, dy: &Self::Buf, dbias: &mut Self::Buf);
+    /// `x *= s` (gradient clipping).
+    fn scale(&self, x: &mut Self::Buf, s: f32);
+    /// `sum_i x_i^2` over all elements of all `bufs`, accumulated in f64 and returned to the host
+    /// (the global gradient norm; one call so a GPU synchronises once). CPU order: each buffer's
+    /// sum, then the buffers' sums in order.
+    fn sum_squares(&self, bufs: &[&Self::Buf]) -> f64;
+
+    // ---- optimizer ----
+    /// One AdamW update of one parameter tensor, as `torch.optim.AdamW` (single-tensor path):
+    /// `p *= decay` (when set); `m += (1 - beta1) * (g - m)`; `v = beta2 * v + (1 - beta2) * g^2`;
+    /// `p += neg_step_size * m / (sqrt(v) / bias_correction2_sqrt + eps)`. Updates `param`,
+    /// `exp_avg` (`m`) and `exp_avg_sq` (`v`) in place; all four buffers have the same length.
+    fn adamw_step(
+        &self,
+        step: &AdamWStep,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        exp_avg: &mut Self::Buf,
+        exp_avg_sq: &mut Self::Buf,
+    );
 
     // ---- embedding ----
     /// `out[r, :] = table[ids[r], :]`. Ids must be `< vocab` (layers check this on the host).

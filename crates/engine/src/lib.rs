@@ -8,7 +8,7 @@ pub mod device;
 pub mod layers;
 
 pub use cpu::Cpu;
-pub use device::{AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
+pub use device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
 pub mod adamw;
 pub mod atomic_file;
 pub mod checkpoint;

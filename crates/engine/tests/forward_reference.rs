@@ -293,3 +293,21 @@ fn non_finite_logits_give_a_non_finite_loss() {
         assert!(!stats.loss.is_finite(), "loss {} from a {bad} logit", stats.loss);
     }
 }
+
+#[test]
+fn row_moves_and_reductions_match_definition() {
+    let dev = cpu();
+    let (width, src) = (3, (0..12).map(|v| v as f32).collect::<Vec<_>>());
+    let mut gathered = vec![0.0; 2 * width];
+    dev.gather_rows(&src, &[3, 1], &mut gathered);
+    assert_eq!(gathered, [9.0, 10.0, 11.0, 3.0, 4.0, 5.0]);
+    let mut dst = vec![-1.0; 12];
+    dev.scatter_rows(&gathered, &[0, 2], &mut dst);
+    assert_eq!(dst, [9.0, 10.0, 11.0, -1.0, -1.0, -1.0, 3.0, 4.0, 5.0, -1.0, -1.0, -1.0]);
+    dev.zero_rows(&mut dst, &[2], width);
+    assert_eq!(&dst[6..9], &[0.0; 3]);
+    assert_eq!(dev.sum_squares(&[&[3.0, 4.0], &[12.0]]), 169.0);
+    let mut x = vec![1.0, -2.0];
+    dev.scale(&mut x, 0.5);
+    assert_eq!(x, [0.5, -1.0]);
+}

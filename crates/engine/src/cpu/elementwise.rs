@@ -71,3 +71,38 @@ pub fn bias_backward(dy: &[f32], dbias: &mut [f32]) {
         }
     }
 }
+
+pub fn scale(x: &mut [f32], s: f32) {
+    x.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+}
+
+/// Elements per partial sum of `sum_squares`; part of the result's rounding, so fixed.
+const SUM_CHUNK: usize = 1 << 15;
+
+pub fn sum_squares(bufs: &[&[f32]]) -> f64 {
+    bufs.iter()
+        .map(|x| x.par_chunks(SUM_CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).sum::<f64>())
+        .sum()
+}
+
+pub fn gather_rows(src: &[f32], rows: &[usize], dst: &mut [f32]) {
+    let width = dst.len() / rows.len().max(1);
+    assert_eq!(dst.len(), rows.len() * width, "gather_rows: dst is not [rows, width]");
+    for (d, &r) in dst.chunks_exact_mut(width).zip(rows) {
+        d.copy_from_slice(&src[r * width..(r + 1) * width]);
+    }
+}
+
+pub fn scatter_rows(src: &[f32], rows: &[usize], dst: &mut [f32]) {
+    let width = src.len() / rows.len().max(1);
+    assert_eq!(src.len(), rows.len() * width, "scatter_rows: src is not [rows, width]");
+    for (s, &r) in src.chunks_exact(width).zip(rows) {
+        dst[r * width..(r + 1) * width].copy_from_slice(s);
+    }
+}
+
+pub fn zero_rows(buf: &mut [f32], rows: &[usize], width: usize) {
+    for &r in rows {
+        buf[r * width..(r + 1) * width].fill(0.0);
+    }
+}

@@ -6,6 +6,7 @@
 //! small per-head attention products run best as independent single-threaded calls.
 
 mod activation;
+mod adamw;
 mod attention;
 mod cross_entropy;
 mod elementwise;
@@ -17,10 +18,11 @@ mod par;
 mod rope;
 pub(crate) mod simd;
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::blas;
-use crate::device::{AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
+use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
 
 /// The CPU device. Cheap to construct; all state is global (OpenBLAS and the rayon pool).
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +79,26 @@ impl Device for Cpu {
         elementwise::copy(src, dst);
     }
 
+    fn upload_vec(&self, host: Vec<f32>) -> Vec<f32> {
+        host
+    }
+
+    fn to_host<'a>(&self, buf: &'a [f32]) -> Cow<'a, [f32]> {
+        Cow::Borrowed(buf)
+    }
+
+    fn gather_rows(&self, src: &[f32], rows: &[usize], dst: &mut [f32]) {
+        elementwise::gather_rows(src, rows, dst);
+    }
+
+    fn scatter_rows(&self, src: &[f32], rows: &[usize], dst: &mut [f32]) {
+        elementwise::scatter_rows(src, rows, dst);
+    }
+
+    fn zero_rows(&self, buf: &mut [f32], rows: &[usize], width: usize) {
+        elementwise::zero_rows(buf, rows, width);
+    }
+
     fn gemm(&self, g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
         gemm::gemm(g, a, b, c);
     }
@@ -95,6 +117,25 @@ impl Device for Cpu {
 
     fn bias_backward(&self, dy: &[f32], dbias: &mut [f32]) {
         elementwise::bias_backward(dy, dbias);
+    }
+
+    fn scale(&self, x: &mut [f32], s: f32) {
+        elementwise::scale(x, s);
+    }
+
+    fn sum_squares(&self, bufs: &[&[f32]]) -> f64 {
+        elementwise::sum_squares(bufs)
+    }
+
+    fn adamw_step(
+        &self,
+        step: &AdamWStep,
+        param: &mut [f32],
+        grad: &[f32],
+        exp_avg: &mut [f32],
+        exp_avg_sq: &mut [f32],
+    ) {
+        adamw::step(step, param, grad, exp_avg, exp_avg_sq);
     }
 
     fn embedding_forward(&self, ids: &[u32], table: &[f32], out: &mut [f32]) {
