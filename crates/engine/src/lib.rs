@@ -4,10 +4,12 @@
 //! rayon. [`layers`] hold each layer's forward and backward, written against `Device` only.
 pub mod blas;
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod layers;
 
 pub use cpu::Cpu;
+pub use cuda::Cuda;
 pub use device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
 pub mod adamw;
 pub mod atomic_file;
