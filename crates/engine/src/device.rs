@@ -152,6 +152,10 @@ pub trait Device: Clone + Send + Sync {
     fn split_at_mut<'a>(&self, buf: &'a mut Self::Buf, mid: usize) -> (&'a mut Self::Buf, &'a mut Self::Buf);
     fn fill(&self, buf: &mut Self::Buf, value: f32);
     fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf);
+    /// Overwrites `buf` with `host` (same length).
+    fn upload_into(&self, host: &[f32], buf: &mut Self::Buf) {
+        self.copy(&self.upload(host), buf);
+    }
     /// Device memory holding `host`, which is consumed (the CPU keeps the vector: no copy).
     fn upload_vec(&self, host: Vec<f32>) -> Self::Owned {
         self.upload(&host)

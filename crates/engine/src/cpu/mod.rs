@@ -79,6 +79,10 @@ impl Device for Cpu {
         elementwise::copy(src, dst);
     }
 
+    fn upload_into(&self, host: &[f32], buf: &mut [f32]) {
+        buf.copy_from_slice(host);
+    }
+
     fn upload_vec(&self, host: Vec<f32>) -> Vec<f32> {
         host
     }
