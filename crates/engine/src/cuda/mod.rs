@@ -27,6 +27,7 @@ mod embedding;
 pub mod gemm;
 mod launch;
 mod norm;
+pub mod parity;
 pub mod probe;
 mod rope;
 

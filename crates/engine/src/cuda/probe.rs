@@ -14,7 +14,7 @@ struct Lib {
 const LIBS: [Lib; 4] = [
     Lib {
         file: "libcuda.so.1",
-        from: "the NVIDIA driver (no driver: this machine has no usable GPU)",
+        from: "the NVIDIA driver; without it this machine has no usable GPU",
         present: cudarc::driver::sys::is_culib_present,
     },
     Lib { file: "libnvrtc.so.13", from: "the nvidia-cuda-nvrtc wheel", present: cudarc::nvrtc::sys::is_culib_present },

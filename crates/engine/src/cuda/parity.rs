@@ -1,0 +1,358 @@
+//! Kernel parity: every [`Device`] method on the same seeded random inputs on two devices (the
+//! CPU engine as reference, the CUDA device as candidate), compared output by output.
+//!
+//! The error of one output is normwise, `max_i |got_i - want_i| / max_i |want_i|`, so values near
+//! zero do not inflate it. [`outputs`] is generic over the device, so the harness itself is tested
+//! here as CPU against CPU; `scripts/gpu-check.sh` runs it against a GPU (`vlmix-cuda-check`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, ZLossTerm};
+use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
+
+/// One compared output.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outcome {
+    pub output: String,
+    pub len: usize,
+    pub error: f64,
+    pub tolerance: f64,
+    pub ok: bool,
+}
+
+/// Normwise relative error of `got` against `want` (0 for two empty or all-zero outputs, infinite
+/// for a length mismatch or a non-finite value).
+pub fn normwise_error(want: &[f32], got: &[f32]) -> f64 {
+    if want.len() != got.len() {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut scale) = (0.0f64, 0.0f64);
+    for (&w, &g) in want.iter().zip(got) {
+        if !g.is_finite() || !w.is_finite() {
+            return f64::INFINITY;
+        }
+        diff = diff.max((w as f64 - g as f64).abs());
+        scale = scale.max((w as f64).abs());
+    }
+    if diff == 0.0 {
+        0.0
+    } else {
+        diff / scale.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Seeded uniform values in `[-scale, scale]` (splitmix64), the same on every machine.
+pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Shapes of one parity run: several blocks per kernel, a head_dim that is not a power of two's
+/// multiple of the block, causal and full attention.
+const BATCH: usize = 3;
+const SEQ: usize = 40;
+const HEADS: usize = 4;
+const HEAD_DIM: usize = 24;
+const WIDTH: usize = HEADS * HEAD_DIM;
+const ROWS: usize = BATCH * SEQ;
+const HIDDEN: usize = 80;
+const VOCAB: usize = 1000;
+
+/// Collects named outputs of one device.
+struct Out<'a, D: Device> {
+    dev: &'a D,
+    outputs: Vec<(String, Vec<f32>)>,
+}
+
+impl<D: Device> Out<'_, D> {
+    fn up(&self, host: &[f32]) -> D::Owned {
+        self.dev.upload(host)
+    }
+
+    fn save(&mut self, name: &str, buf: &D::Buf) {
+        let host = self.dev.to_host(buf).into_owned();
+        self.outputs.push((name.to_string(), host));
+    }
+
+    fn value(&mut self, name: &str, v: f64) {
+        self.outputs.push((name.to_string(), vec![v as f32]));
+    }
+}
+
+fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    random(n, seed, 1.0).iter().map(|&x| ((x + 1.0) * 0.5 * vocab as f32) as u32 % vocab as u32).collect()
+}
+
+/// Every kernel's outputs on `dev`, on inputs that depend only on the seeds below.
+pub fn outputs<D: Device>(dev: &D) -> Vec<(String, Vec<f32>)> {
+    let mut o = Out { dev, outputs: Vec::new() };
+    memory_and_elementwise(&mut o);
+    products(&mut o);
+    embedding_and_norms(&mut o);
+    attention(&mut o);
+    activations_loss_optimizer(&mut o);
+    o.outputs
+}
+
+fn memory_and_elementwise<D: Device>(o: &mut Out<D>) {
+    let d = o.dev;
+    let n = ROWS * WIDTH;
+    let (a, b) = (o.up(&random(n, 1, 1.0)), o.up(&random(n, 2, 1.0)));
+    let mut x = d.zeros(n);
+    d.fill(d.slice_mut(&mut x, 10..n - 3), 0.25);
+    o.save("fill", &x);
+    d.copy(d.slice(&a, 0..n / 2), d.slice_mut(&mut x, n / 2..n));
+    o.save("copy", &x);
+    let mut out = d.zeros(n);
+    d.add(&a, &b, &mut out);
+    o.save("add", &out);
+    d.add_assign(&mut out, &a);
+    o.save("add_assign", &out);
+    d.scale(&mut out, -0.75);
+    o.save("scale", &out);
+    let bias = o.up(&random(WIDTH, 3, 1.0));
+    d.add_bias(&mut out, &bias);
+    o.save("add_bias", &out);
+    let mut dbias = o.up(&random(WIDTH, 4, 1.0));
+    d.bias_backward(&a, &mut dbias);
+    o.save("bias_backward", &dbias);
+    let sum = d.sum_squares(&[&a, d.slice(&b, 5..n)]);
+    o.value("sum_squares", sum);
+    let rows = [7, 0, 119, 7, 33];
+    let mut gathered = d.zeros(rows.len() * WIDTH);
+    d.gather_rows(&a, &rows, &mut gathered);
+    o.save("gather_rows", &gathered);
+    let mut target = o.up(&random(n, 5, 1.0));
+    d.scatter_rows(&gathered, &[3, 1, 100, 50, 2], &mut target);
+    o.save("scatter_rows", &target);
+    d.zero_rows(&mut target, &rows, WIDTH);
+    o.save("zero_rows", &target);
+}
+
+fn products<D: Device>(o: &mut Out<D>) {
+    let d = o.dev;
+    let (m, n, k) = (37, 53, 70);
+    let a = o.up(&random(m * k + 200, 10, 1.0));
+    let b = o.up(&random(k * n + 200, 11, 1.0));
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let mut c = o.up(&random(m * n, 12, 1.0));
+        d.gemm(Gemm::new(ta, tb, m, n, k), &a, &b, &mut c);
+        o.save(&format!("gemm {}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" }), &c);
+    }
+    // Column blocks of wider matrices, alpha and accumulation.
+    let g = Gemm::new(false, true, 20, 30, 16).strides(64, 48, 40).alpha(0.5).accumulate();
+    let (a, b) = (o.up(&random(20 * 64, 13, 1.0)), o.up(&random(30 * 48, 14, 1.0)));
+    let mut c = o.up(&random(20 * 40, 15, 1.0));
+    d.gemm(g, d.slice(&a, 3..20 * 64), d.slice(&b, 5..30 * 48), &mut c);
+    o.save("gemm strided alpha beta", &c);
+}
+
+fn embedding_and_norms<D: Device>(o: &mut Out<D>) {
+    let d = o.dev;
+    let tokens = ids(ROWS, VOCAB, 20);
+    let table = o.up(&random(VOCAB * WIDTH, 21, 1.0));
+    let mut x = d.zeros(ROWS * WIDTH);
+    d.embedding_forward(&tokens, &table, &mut x);
+    o.save("embedding_forward", &x);
+    let dout = o.up(&random(ROWS * WIDTH, 22, 1.0));
+    let mut dtable = o.up(&random(VOCAB * WIDTH, 23, 0.1));
+    let repeated: Vec<u32> = tokens.iter().map(|t| t % 17).collect();
+    d.embedding_backward(&repeated, &dout, &mut dtable);
+    o.save("embedding_backward (repeated ids)", &dtable);
+
+    let x = o.up(&random(ROWS * WIDTH, 24, 2.0).iter().map(|v| v + 0.5).collect::<Vec<_>>());
+    let (w, bias) = (o.up(&random(WIDTH, 25, 1.0)), o.up(&random(WIDTH, 26, 1.0)));
+    for with_bias in [true, false] {
+        let tag = if with_bias { "layernorm" } else { "layernorm (no bias)" };
+        let (mut out, mut mean, mut rstd) = (d.zeros(ROWS * WIDTH), d.zeros(ROWS), d.zeros(ROWS));
+        d.layernorm_forward(&x, &w, with_bias.then_some(&*bias), 1e-5, &mut out, &mut mean, &mut rstd);
+        o.save(&format!("{tag} forward"), &out);
+        o.save(&format!("{tag} mean"), &mean);
+        o.save(&format!("{tag} rstd"), &rstd);
+        let mut dx = d.zeros(ROWS * WIDTH);
+        let (mut dw, mut db) = (o.up(&random(WIDTH, 27, 1.0)), o.up(&random(WIDTH, 28, 1.0)));
+        let dbias = if with_bias { Some(&mut *db) } else { None };
+        d.layernorm_backward(&dout, &x, &w, &mean, &rstd, &mut dx, &mut dw, dbias);
+        o.save(&format!("{tag} backward dx"), &dx);
+        o.save(&format!("{tag} backward dweight"), &dw);
+        if with_bias {
+            o.save(&format!("{tag} backward dbias"), &db);
+        }
+    }
+    let (mut out, mut rstd) = (d.zeros(ROWS * WIDTH), d.zeros(ROWS));
+    d.rmsnorm_forward(&x, &w, 1e-6, &mut out, &mut rstd);
+    o.save("rmsnorm forward", &out);
+    o.save("rmsnorm rstd", &rstd);
+    let (mut dx, mut dw) = (d.zeros(ROWS * WIDTH), o.up(&random(WIDTH, 29, 1.0)));
+    d.rmsnorm_backward(&dout, &x, &w, &rstd, &mut dx, &mut dw);
+    o.save("rmsnorm backward dx", &dx);
+    o.save("rmsnorm backward dweight", &dw);
+}
+
+fn attention<D: Device>(o: &mut Out<D>) {
+    let d = o.dev;
+    let n = ROWS * WIDTH;
+    let half = HEAD_DIM / 2;
+    let mut table = vec![0.0f32; SEQ * HEAD_DIM];
+    for pos in 0..SEQ {
+        for j in 0..half {
+            let angle = pos as f32 * 10_000f32.powf(-2.0 * j as f32 / HEAD_DIM as f32);
+            table[pos * HEAD_DIM + j] = angle.cos();
+            table[pos * HEAD_DIM + half + j] = angle.sin();
+        }
+    }
+    let table = o.up(&table);
+    let (q, k, v, dout) =
+        (o.up(&random(n, 30, 1.0)), o.up(&random(n, 31, 1.0)), o.up(&random(n, 32, 1.0)), o.up(&random(n, 33, 1.0)));
+    for causal in [true, false] {
+        let shape = AttnShape { batch: BATCH, seq: SEQ, heads: HEADS, head_dim: HEAD_DIM, causal };
+        let tag = if causal { "causal" } else { "full" };
+        let mut x = d.zeros(n);
+        d.copy(&q, &mut x);
+        d.rope(&mut x, &table, shape, false);
+        o.save(&format!("rope ({tag} pass)"), &x);
+        d.rope(&mut x, &table, shape, true);
+        o.save(&format!("rope inverse ({tag} pass)"), &x);
+        let (mut probs, mut out) = (d.zeros(shape.probs_len()), d.zeros(n));
+        d.attention_forward(shape, &q, &k, &v, &mut probs, &mut out);
+        o.save(&format!("attention {tag} forward"), &out);
+        o.save(&format!("attention {tag} probs"), &probs);
+        let (mut dq, mut dk, mut dv) =
+            (o.up(&random(n, 34, 1.0)), o.up(&random(n, 35, 1.0)), o.up(&random(n, 36, 1.0)));
+        d.attention_backward(shape, &q, &k, &v, &probs, &dout, &mut dq, &mut dk, &mut dv);
+        o.save(&format!("attention {tag} backward dq"), &dq);
+        o.save(&format!("attention {tag} backward dk"), &dk);
+        o.save(&format!("attention {tag} backward dv"), &dv);
+    }
+}
+
+fn activations_loss_optimizer<D: Device>(o: &mut Out<D>) {
+    let d = o.dev;
+    let gate_up = o.up(&random(ROWS * 2 * HIDDEN, 40, 3.0));
+    let dout = o.up(&random(ROWS * HIDDEN, 41, 1.0));
+    let mut out = d.zeros(ROWS * HIDDEN);
+    d.swiglu_forward(HIDDEN, &gate_up, &mut out);
+    o.save("swiglu forward", &out);
+    let mut dgu = d.zeros(ROWS * 2 * HIDDEN);
+    d.swiglu_backward(HIDDEN, &gate_up, &dout, &mut dgu);
+    o.save("swiglu backward", &dgu);
+    let x = o.up(&random(ROWS * HIDDEN, 42, 4.0));
+    for kind in [GeluKind::Erf, GeluKind::Tanh] {
+        d.gelu_forward(kind, &x, &mut out);
+        o.save(&format!("gelu {kind:?} forward"), &out);
+        d.gelu_backward(kind, &x, &dout, &mut out);
+        o.save(&format!("gelu {kind:?} backward"), &out);
+    }
+
+    let targets = ids(ROWS, VOCAB, 43);
+    let mask: Vec<f32> = (0..ROWS).map(|r| if r % 5 == 3 { 0.0 } else { 1.0 }).collect();
+    let logits = random(ROWS * VOCAB, 44, 8.0);
+    let terms = [
+        ("masked z-loss", ZLossTerm::Masked(1e-4), Some(0.5)),
+        ("open_lm z-loss", ZLossTerm::SquaredMean { z: 1e-4, mean_lse: 7.5 }, Some(1.0)),
+        ("no gradient", ZLossTerm::Masked(0.0), None),
+    ];
+    for (tag, z, grad) in terms {
+        let (mut l, mut nll) = (o.up(&logits), d.zeros(ROWS));
+        let stats = d.cross_entropy(&mut l, VOCAB, &targets, &mask, z, grad, &mut nll);
+        o.save(&format!("cross_entropy {tag} logits/dlogits"), &l);
+        o.save(&format!("cross_entropy {tag} nll"), &nll);
+        o.value(&format!("cross_entropy {tag} loss"), stats.loss as f64);
+        o.value(&format!("cross_entropy {tag} nll_sum"), stats.nll_sum);
+    }
+
+    let n = 5000;
+    for decay in [Some(0.999), None] {
+        let step = AdamWStep {
+            neg_step_size: -1e-3 / (1.0 - 0.9f32.powi(3)),
+            bias_correction2_sqrt: (1.0 - 0.95f32.powi(3)).sqrt(),
+            one_minus_beta1: 0.1,
+            beta2: 0.95,
+            one_minus_beta2: 0.05,
+            eps: 1e-8,
+            decay,
+        };
+        let (mut p, g) = (o.up(&random(n, 50, 1.0)), o.up(&random(n, 51, 1.0)));
+        let (mut m, mut v) =
+            (o.up(&random(n, 52, 0.1)), o.up(&random(n, 53, 0.1).iter().map(|x| x.abs()).collect::<Vec<_>>()));
+        d.adamw_step(&step, &mut p, &g, &mut m, &mut v);
+        let tag = if decay.is_some() { "adamw (decay)" } else { "adamw" };
+        o.save(&format!("{tag} param"), &p);
+        o.save(&format!("{tag} exp_avg"), &m);
+        o.save(&format!("{tag} exp_avg_sq"), &v);
+    }
+}
+
+/// Compares `got` output by output against `reference` (by name); `tolerance(name)` gives each
+/// bound. An output the reference lacks fails with an infinite error.
+pub fn compare(
+    reference: &HashMap<String, Vec<f32>>,
+    got: Vec<(String, Vec<f32>)>,
+    tolerance: impl Fn(&str) -> f64,
+) -> Vec<Outcome> {
+    got.into_iter()
+        .map(|(name, g)| {
+            let error = reference.get(&name).map_or(f64::INFINITY, |w| normwise_error(w, &g));
+            let tolerance = tolerance(&name);
+            Outcome { ok: error <= tolerance, output: name, len: g.len(), error, tolerance }
+        })
+        .collect()
+}
+
+/// Runs every kernel on both devices and compares each output.
+pub fn run<R: Device, C: Device>(reference: &R, candidate: &C, tolerance: impl Fn(&str) -> f64) -> Vec<Outcome> {
+    let want: HashMap<String, Vec<f32>> = outputs(reference).into_iter().collect();
+    compare(&want, outputs(candidate), tolerance)
+}
+
+/// Writes a device's outputs (the CPU engine's, on a machine with OpenBLAS) for a GPU machine
+/// that has none.
+pub fn write_reference(path: &Path, outputs: &[(String, Vec<f32>)]) -> anyhow::Result<()> {
+    let views = outputs.iter().map(|(name, v)| (name.clone(), F32View { shape: vec![v.len()], data: v }));
+    let meta = HashMap::from([("what".to_string(), "vlmix CUDA kernel parity reference (CPU engine)".to_string())]);
+    write_f32_tensors(path, views, Some(meta))
+}
+
+pub fn read_reference(path: &Path) -> anyhow::Result<HashMap<String, Vec<f32>>> {
+    let file = SafetensorsFile::open(path)?;
+    file.names().into_iter().map(|name| Ok((name.clone(), file.f32(&name)?.data))).collect()
+}
+
+/// Outputs that pass through a matrix product (rounded to bf16 under bf16 precision).
+pub fn uses_products(output: &str) -> bool {
+    output.starts_with("gemm") || output.starts_with("attention")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normwise_error_scales_by_the_largest_reference_value() {
+        assert_eq!(normwise_error(&[1.0, -4.0], &[1.0, -4.0]), 0.0);
+        assert!((normwise_error(&[1.0, -4.0], &[1.2, -4.0]) - 0.05).abs() < 1e-6);
+        assert_eq!(normwise_error(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+        assert_eq!(normwise_error(&[1.0], &[f32::NAN]), f64::INFINITY);
+        assert_eq!(normwise_error(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn random_is_seeded_and_bounded() {
+        let a = random(1000, 7, 2.0);
+        assert_eq!(a, random(1000, 7, 2.0));
+        assert_ne!(a, random(1000, 8, 2.0));
+        assert!(a.iter().all(|x| x.abs() <= 2.0));
+        let mean = a.iter().sum::<f32>() / 1000.0;
+        assert!(mean.abs() < 0.2, "mean {mean}");
+    }
+}
