@@ -8,9 +8,10 @@ use vlmix_engine::cuda::parity;
 use vlmix_engine::Cpu;
 
 /// Every Device method the harness must exercise, as output-name prefixes.
-const KERNELS: [&str; 29] = [
+const KERNELS: [&str; 30] = [
     "fill",
     "copy",
+    "upload_into",
     "add",
     "add_assign",
     "scale",

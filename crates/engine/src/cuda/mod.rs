@@ -226,6 +226,11 @@ impl Device for Cuda {
         v
     }
 
+    fn upload_into(&self, host: &[f32], buf: &mut CudaBuf) {
+        assert_eq!(buf.len(), host.len(), "upload_into: length mismatch");
+        self.inner.upload_raw(buf.addr(), host);
+    }
+
     fn download(&self, buf: &CudaBuf, host: &mut [f32]) {
         assert_eq!(buf.len(), host.len(), "download: length mismatch");
         self.inner.download_raw(buf.addr(), host);

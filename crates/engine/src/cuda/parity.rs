@@ -113,6 +113,8 @@ fn memory_and_elementwise<D: Device>(o: &mut Out<D>) {
     o.save("fill", &x);
     d.copy(d.slice(&a, 0..n / 2), d.slice_mut(&mut x, n / 2..n));
     o.save("copy", &x);
+    d.upload_into(&random(100, 6, 1.0), d.slice_mut(&mut x, 7..107));
+    o.save("upload_into", &x);
     let mut out = d.zeros(n);
     d.add(&a, &b, &mut out);
     o.save("add", &out);
