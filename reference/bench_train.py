@@ -80,6 +80,8 @@ def main():
     args = ap.parse_args()
     if args.precision == "bf16" and args.device != "cuda":
         ap.error("--precision bf16 needs --device cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device cuda: PyTorch {torch.__version__} sees no CUDA GPU")
 
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
