@@ -53,6 +53,18 @@ pub struct MixConfig {
     pub seed: u64,
     /// Log the achieved fraction every this many steps (0: never).
     pub log_every: u64,
+    /// Where the text stream starts (None: the corpus's start in the order of `seed`).
+    #[serde(default)]
+    pub text_start: Option<TextStart>,
+}
+
+/// A text stream position and the seed of its document order. A cooldown branched from a
+/// pre-training checkpoint continues pre-training's own stream there, so it reads text the model
+/// has not seen yet, as the paper's cooldowns (which replace the rest of the text run) do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextStart {
+    pub seed: u64,
+    pub cursor: TextCursor,
 }
 
 /// Position in an indexed example set: seeded order per epoch.
@@ -76,6 +88,13 @@ pub struct MixCursor {
     pub steps: u64,
     /// (image tokens, total tokens) of the last [`WINDOW_STEPS`] steps.
     pub window: VecDeque<(u64, u64)>,
+}
+
+impl MixCursor {
+    /// The cursor a run of `config` starts from.
+    pub fn start(config: &MixConfig) -> Self {
+        Self { text: config.text_start.map(|s| s.cursor).unwrap_or_default(), ..Self::default() }
+    }
 }
 
 /// Achieved mix, for logs and metrics.
@@ -166,7 +185,8 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
                 len
             );
         }
-        let text = TextPacker::new(docs, config.seq_len, special.eos, config.seed, cursor.text)?;
+        let text_seed = config.text_start.map_or(config.seed, |s| s.seed);
+        let text = TextPacker::new(docs, config.seq_len, special.eos, text_seed, cursor.text)?;
         let captions = IndexedSet { set: captions, seed: config.seed ^ 0xC0FFEE, order: None };
         let instruct = IndexedSet { set: instruct, seed: config.seed ^ 0x1D57_C0DE, order: None };
         Ok(Self { config, special, text, captions, instruct, cursor })
@@ -292,6 +312,7 @@ mod tests {
             instruct_fraction: instruct,
             seed: 42,
             log_every: 0,
+            text_start: None,
         }
     }
     fn sampler(cfg: MixConfig, cursor: MixCursor) -> MixingSampler<Vec<Vec<u32>>, Vec<ImageText>, Vec<ImageText>> {
@@ -392,5 +413,19 @@ mod tests {
         .is_err());
         let tight = MixConfig { seq_len: 65, ..config(0.2, 0.0) };
         assert!(MixingSampler::new(tight, SPECIAL, docs(), texts(3, 1, 2), none, MixCursor::default()).is_err());
+    }
+
+    #[test]
+    fn text_start_continues_another_streams_order_and_position() {
+        let mut pretrain = TextPacker::new(docs(), 256, SPECIAL.eos, 5, TextCursor::default()).unwrap();
+        for _ in 0..10 {
+            pretrain.next_sequence();
+        }
+        let text_start = Some(TextStart { seed: 5, cursor: pretrain.cursor });
+        let cfg = MixConfig { text_start, ..config(0.0, 0.0) };
+        let mut cooldown = sampler(cfg, MixCursor::start(&cfg));
+        for _ in 0..3 {
+            assert_eq!(cooldown.next_sequence().unwrap().inputs, pretrain.next_sequence().inputs);
+        }
     }
 }

@@ -165,6 +165,7 @@ fn prepare_small_real_subset_end_to_end_and_mix_it() {
         instruct_fraction: 0.0,
         seed: 1,
         log_every: 10,
+        text_start: None,
     };
     let mut sampler =
         MixingSampler::new(config, tokenizer.special, shard, captions, Vec::<ImageText>::new(), MixCursor::default())

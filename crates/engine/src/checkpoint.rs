@@ -130,13 +130,18 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     )
 }
 
+/// The `TrainState` of a checkpoint directory.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))
+}
+
 /// Restores parameters and optimizer from a checkpoint directory and returns its `TrainState`.
 ///
 /// Shapes and names are checked against the live model first; nothing is half-loaded on error.
 pub fn load_checkpoint(dir: &Path, params: &mut ParamStore, optimizer: &mut AdamW) -> Result<TrainState> {
-    let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
-    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
+    let state = read_state(dir)?;
     let model = SafetensorsFile::open(&dir.join(MODEL_FILE))?;
     params.check_file(&model, true)?;
     let optimizer_path = dir.join(OPTIMIZER_FILE);

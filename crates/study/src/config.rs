@@ -92,6 +92,23 @@ pub struct CooldownConfig {
     /// Train the LM during cooldown (the projector always trains).
     #[serde(default = "yes")]
     pub train_lm: bool,
+    /// Text a branched cooldown reads: pre-training's stream from where the branch checkpoint
+    /// stopped ("continue"), or the corpus again from its start ("fresh").
+    #[serde(default)]
+    pub text_stream: Carry,
+    /// Count pad positions in `tokens` (the old rule, under which a higher image fraction, whose
+    /// rows are more padded, saw fewer real tokens); by default only real tokens count.
+    #[serde(default)]
+    pub count_padding: bool,
+}
+
+/// Whether a branch carries on with what its checkpoint saved or starts anew.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Carry {
+    #[default]
+    Continue,
+    Fresh,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

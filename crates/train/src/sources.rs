@@ -141,7 +141,31 @@ impl<'a, D: TokenDocuments + Clone + 'a> MixedSource<'a, D> {
         let rebuild = move |cursor: MixCursor| {
             MixingSampler::new(config, special, docs.clone(), Texts(&corpus.captions), Texts(&corpus.instruct), cursor)
         };
-        Ok(Self { sampler: rebuild(MixCursor::default())?, corpus, cache, batch_size, rebuild: Box::new(rebuild) })
+        let sampler = rebuild(MixCursor::start(&config))?;
+        Ok(Self { sampler, corpus, cache, batch_size, rebuild: Box::new(rebuild) })
+    }
+
+    /// Steps of `batch_size` sequences until the mix of `config` has given `tokens` non-pad tokens
+    /// (image and text): a dry run of the sampler's decisions, which need no image features. Budgets
+    /// counted this way give every image-token fraction the same real data, whatever its padding.
+    pub fn steps_for_tokens(
+        docs: D,
+        corpus: &ImageCorpus,
+        config: MixConfig,
+        special: SpecialTokens,
+        batch_size: usize,
+        tokens: u64,
+    ) -> Result<u64> {
+        let config = MixConfig { log_every: 0, ..config };
+        let start = MixCursor::start(&config);
+        let mut sampler =
+            MixingSampler::new(config, special, docs, Texts(&corpus.captions), Texts(&corpus.instruct), start)?;
+        let mut steps = 0;
+        while sampler.cursor().total_tokens < tokens {
+            sampler.next_batch(batch_size)?;
+            steps += 1;
+        }
+        Ok(steps.max(1))
     }
 
     pub fn achieved_image_fraction(&self) -> f64 {
@@ -257,5 +281,61 @@ impl BatchSource for InstructSource<'_> {
     fn restore(&mut self, cursor: &serde_json::Value) -> Result<()> {
         self.cursor = serde_json::from_value(cursor.clone()).context("instruction cursor")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
+
+    fn corpus() -> ImageCorpus {
+        let captions = (0..50)
+            .map(|i| ImageExample { key: format!("{i:064x}"), tokens: vec![3; 4 + i % 9], loss: vec![true; 4 + i % 9] })
+            .collect();
+        ImageCorpus { encoder_id: "test".into(), n_image_tokens: 16, feature_width: 4, captions, instruct: vec![] }
+    }
+
+    fn mix(image_token_fraction: f64) -> MixConfig {
+        MixConfig {
+            seq_len: 64,
+            n_image_tokens: 16,
+            image_token_fraction,
+            instruct_fraction: 0.0,
+            seed: 3,
+            log_every: 0,
+            text_start: None,
+        }
+    }
+
+    /// Image rows are short and padded, so a budget of real tokens takes more steps at a higher image
+    /// fraction, and every fraction reads the budget to within one batch.
+    #[test]
+    fn token_budgets_count_real_tokens_not_padding() {
+        let docs: Vec<Vec<u32>> = (0..40).map(|d| vec![5 + d as u32; 200]).collect();
+        let (batch, budget) = (4, 20_000);
+        let (corpus, mut steps) = (corpus(), Vec::new());
+        for fraction in [0.0, 0.3, 0.6] {
+            let n =
+                MixedSource::steps_for_tokens(docs.clone(), &corpus, mix(fraction), SPECIAL, batch, budget).unwrap();
+            let mut sampler = MixingSampler::new(
+                mix(fraction),
+                SPECIAL,
+                docs.clone(),
+                Texts(&corpus.captions),
+                Texts(&[]),
+                MixCursor::default(),
+            )
+            .unwrap();
+            for _ in 0..n {
+                sampler.next_batch(batch).unwrap();
+            }
+            let real = sampler.cursor().total_tokens;
+            assert!(real >= budget && real < budget + (batch * 64) as u64, "fraction {fraction}: {real} real tokens");
+            steps.push(n);
+        }
+        assert_eq!(steps[0], budget / (batch * 64) as u64 + 1, "text rows have no padding");
+        assert!(steps[0] < steps[1] && steps[1] < steps[2], "padded image rows need more steps: {steps:?}");
     }
 }

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use vlmix_data::mixing::MixConfig;
+use vlmix_data::mixing::{MixConfig, TextStart};
 use vlmix_data::packing::TokenDocuments;
 use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
+use vlmix_engine::checkpoint::{read_state, STATE_FILE};
 use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::memory::{available_memory, gib, MemoryPlan, TailShape, TrainShape, VisionShape};
@@ -127,6 +128,60 @@ pub struct CooldownSpec {
     /// When false only the projector (and encoder tail) trains: the LM is frozen.
     pub train_lm: bool,
     pub seed: u64,
+    /// Which text the cooldown reads.
+    #[serde(default)]
+    pub text_stream: TextStream,
+}
+
+/// The text stream of a cooldown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextStream {
+    /// The text corpus from its start, in the cooldown seed's order (a replay of what pre-training
+    /// read first).
+    #[default]
+    Restart,
+    /// Pre-training's own stream (the document order of `pretrain_seed`) from the data cursor of the
+    /// branch checkpoint: text the model has not seen, as in the paper, where the cooldown replaces
+    /// the rest of the text run.
+    Continue { pretrain_seed: u64 },
+}
+
+/// The text/image mix of a cooldown over `corpus`.
+fn mix_config(spec: &CooldownSpec, corpus: &ImageCorpus) -> Result<MixConfig> {
+    let text_start = match (&spec.start, spec.text_stream) {
+        (Start::TextCheckpoint(checkpoint), TextStream::Continue { pretrain_seed }) => {
+            let state = read_state(checkpoint)?;
+            let cursor = serde_json::from_value(state.data_cursor).with_context(|| {
+                format!(
+                    "{}: field `data_cursor` is not a text stream position; branch with a restarted text stream",
+                    checkpoint.join(STATE_FILE).display()
+                )
+            })?;
+            Some(TextStart { seed: pretrain_seed, cursor })
+        }
+        _ => None,
+    };
+    Ok(MixConfig {
+        seq_len: spec.model.seq_len,
+        n_image_tokens: corpus.n_image_tokens,
+        image_token_fraction: spec.image_token_fraction,
+        instruct_fraction: spec.instruct_fraction,
+        seed: spec.seed,
+        log_every: 100,
+        text_start,
+    })
+}
+
+/// Steps the cooldown of `spec` needs to read `tokens` non-pad tokens (image and text).
+pub fn cooldown_steps<D: TokenDocuments + Clone>(
+    spec: &CooldownSpec,
+    docs: D,
+    corpus: &ImageCorpus,
+    special: SpecialTokens,
+    tokens: u64,
+) -> Result<u64> {
+    MixedSource::steps_for_tokens(docs, corpus, mix_config(spec, corpus)?, special, spec.batch_size, tokens)
 }
 
 /// Image-text continued pre-training branched from `spec.start`, at the requested image-token fraction.
@@ -177,15 +232,7 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     let mut model = VisionModel { vlm, params, micro_batch: plan.micro_batch };
     let mut optimizer =
         AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
-    let mix = MixConfig {
-        seq_len: spec.model.seq_len,
-        n_image_tokens: corpus.n_image_tokens,
-        image_token_fraction: spec.image_token_fraction,
-        instruct_fraction: spec.instruct_fraction,
-        seed: spec.seed,
-        log_every: 100,
-    };
-    let mut source = MixedSource::new(docs, corpus, cache, mix, special, spec.batch_size)?;
+    let mut source = MixedSource::new(docs, corpus, cache, mix_config(spec, corpus)?, special, spec.batch_size)?;
     let total = spec.schedule.total_steps();
     let config = LoopConfig {
         schedule: spec.schedule.clone(),

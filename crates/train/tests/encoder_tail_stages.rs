@@ -13,7 +13,7 @@ use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, PAT
 use vlmix_models::vision::feature_cache::{image_key, FeatureCache};
 use vlmix_train::corpus::{ImageCorpus, ImageExample};
 use vlmix_train::schedule::{Schedule, WarmupCosine};
-use vlmix_train::stages::{cooldown, finetune, CooldownSpec, FinetuneSpec, Start};
+use vlmix_train::stages::{cooldown, finetune, CooldownSpec, FinetuneSpec, Start, TextStream};
 
 const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
 
@@ -76,6 +76,7 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         encoder: spec.clone(),
         train_lm: true,
         seed: 1,
+        text_stream: TextStream::Restart,
     };
     let outcome =
         cooldown(&cooldown_spec, docs, &corpus, &cache, SPECIAL, &root.join("cooldown"), &mut |_, _, _| {}).unwrap();
