@@ -2,8 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use serde_json::json;
+use anyhow::Result;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
 use vlmix_eval::task::{load_tasks, Modality};
@@ -13,6 +12,8 @@ use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
 use crate::config::StudyConfig;
 use crate::executor::StudyDir;
+use crate::outputs::{BpbPoint, EvalOutputs, EvalSkipped, TextBaselineOutputs};
+use crate::plan::PRETRAIN;
 use crate::runner::{encoder_spec, StudyRunner};
 
 /// Per-item log of an eval node, beside its `eval.json` (see [`vlmix_eval::Sample`]).
@@ -106,54 +107,46 @@ pub fn evaluate_node(
     epoch: u32,
     dir: &Path,
     study: &StudyDir,
-) -> Result<serde_json::Value> {
-    let done = study.done(finetune)?.with_context(|| format!("{finetune} is not finished"))?;
-    let rel = done
-        .outputs
-        .pointer(&format!("/epochs/{epoch}"))
-        .and_then(|v| v.as_str())
-        .with_context(|| format!("{finetune} kept no epoch {epoch}"))?;
+) -> Result<EvalOutputs> {
+    let done = study.finished(finetune)?;
+    let rel = done.outputs.finetune(finetune)?.epoch(finetune, epoch)?;
     let checkpoint = study.root.join(rel);
     let (report, report_path) = score_checkpoint(runner, &checkpoint, true, dir, study)?;
-    Ok(json!({
-        "report": report_path,
-        "checkpoint": rel,
-        "bits_per_byte": runner.validation_bits_per_byte(&checkpoint)?,
-        "vision_stable_score": report.vision_stable_score,
-        "text_stable_score": report.text_stable_score,
-        "skipped_records": { "eval": runner.eval_skipped },
-    }))
+    Ok(EvalOutputs {
+        report: report_path,
+        checkpoint: rel.to_string(),
+        bits_per_byte: runner.validation_bits_per_byte(&checkpoint)?,
+        vision_stable_score: report.vision_stable_score,
+        text_stable_score: report.text_stable_score,
+        skipped_records: EvalSkipped { eval: runner.eval_skipped.clone() },
+    })
 }
 
 /// The text-only baseline: the study's text tasks on the last kept pre-training checkpoint.
-pub fn evaluate_text_baseline(runner: &mut StudyRunner, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+pub fn evaluate_text_baseline(runner: &mut StudyRunner, dir: &Path, study: &StudyDir) -> Result<TextBaselineOutputs> {
     if let Some(from) = crate::runner::imported_checkpoint(runner.config)? {
         let (report, report_path) = score_checkpoint(runner, &from, false, dir, study)?;
         let bits_per_byte = runner.validation_bits_per_byte(&from)?;
-        return Ok(json!({
-            "report": report_path,
-            "checkpoint": from,
-            "fraction": 1.0,
-            "imported": true,
-            "validation_bpb": [{ "fraction": 1.0, "bits_per_byte": bits_per_byte }],
-            "text_stable_score": report.text_stable_score,
-        }));
+        return Ok(TextBaselineOutputs {
+            report: report_path,
+            checkpoint: from.display().to_string(),
+            fraction: 1.0,
+            imported: true,
+            validation_bpb: vec![BpbPoint { fraction: 1.0, bits_per_byte }],
+            text_stable_score: report.text_stable_score,
+        });
     }
-    let done = study.done("pretrain")?.context("pretrain is not finished")?;
-    let (fraction, rel) = done
-        .outputs
-        .get("checkpoints")
-        .and_then(|c| c.as_object())
-        .into_iter()
-        .flatten()
-        .filter_map(|(fraction, path)| Some((fraction.parse::<f64>().ok()?, path.as_str()?)))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .context("pretrain kept no checkpoint")?;
+    let done = study.finished(PRETRAIN)?;
+    let Some((fraction, rel)) = done.outputs.pretrain(PRETRAIN)?.checkpoints.last() else {
+        anyhow::bail!("pretrain kept no checkpoint")
+    };
     let (report, report_path) = score_checkpoint(runner, &study.root.join(rel), false, dir, study)?;
-    Ok(json!({
-        "report": report_path,
-        "checkpoint": rel,
-        "fraction": fraction,
-        "text_stable_score": report.text_stable_score,
-    }))
+    Ok(TextBaselineOutputs {
+        report: report_path,
+        checkpoint: rel.to_string(),
+        fraction,
+        imported: false,
+        validation_bpb: Vec::new(),
+        text_stable_score: report.text_stable_score,
+    })
 }

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_engine::atomic_file::write_atomic;
 
+use crate::outputs::NodeOutputs;
 use crate::plan::{Node, Plan};
 
 /// What a finished node leaves behind, beside its own files.
@@ -24,13 +25,13 @@ pub struct NodeDone {
     pub wall_s: f64,
     pub finished_at: String,
     /// Stage-specific outputs (checkpoint paths, scores, token counts).
-    pub outputs: serde_json::Value,
+    pub outputs: NodeOutputs,
 }
 
 /// Executes one node; called only when its dependencies are done.
 pub trait NodeRunner {
     /// `dir` is the node's own directory (created); `previous_wall_s` is time spent by killed attempts.
-    fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<serde_json::Value>;
+    fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<NodeOutputs>;
     /// Called before and after each node, for progress display.
     fn on_progress(&mut self, _finished: usize, _total: usize, _current: Option<&Node>) {}
 }
@@ -86,6 +87,11 @@ impl StudyDir {
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?))
+    }
+
+    /// The record of `id`, which must be finished (a dependency of the node asking).
+    pub fn finished(&self, id: &str) -> Result<NodeDone> {
+        self.done(id)?.with_context(|| format!("{id} is not finished"))
     }
 
     fn mark_done(&self, done: &NodeDone) -> Result<()> {
@@ -166,6 +172,7 @@ pub(crate) fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outputs::FinetuneOutputs;
     use crate::plan::NodeKind;
 
     struct Counting {
@@ -174,13 +181,13 @@ mod tests {
     }
 
     impl NodeRunner for Counting {
-        fn run(&mut self, node: &Node, dir: &Path, _study: &StudyDir) -> Result<serde_json::Value> {
+        fn run(&mut self, node: &Node, dir: &Path, _study: &StudyDir) -> Result<NodeOutputs> {
             if self.fail_on.as_deref() == Some(&node.id) {
                 bail!("simulated crash");
             }
             std::fs::write(dir.join("out.txt"), &node.id)?;
             self.runs.push(node.id.clone());
-            Ok(serde_json::json!({ "id": node.id }))
+            Ok(NodeOutputs::Finetune(FinetuneOutputs { epochs: [(1, node.id.clone())].into(), tokens: 1 }))
         }
     }
 
@@ -205,7 +212,7 @@ mod tests {
         let mut runner = Counting { runs: vec![], fail_on: None };
         assert_eq!(execute(&plan(), &study, &mut runner).unwrap(), 2);
         assert_eq!(runner.runs, vec!["b", "c"]);
-        assert_eq!(study.done("c").unwrap().unwrap().outputs["id"], "c");
+        assert_eq!(study.finished("c").unwrap().outputs.finetune("c").unwrap().epoch("c", 1).unwrap(), "c");
         let mut runner = Counting { runs: vec![], fail_on: None };
         assert_eq!(execute(&plan(), &study, &mut runner).unwrap(), 0);
     }

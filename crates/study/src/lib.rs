@@ -4,6 +4,7 @@ pub mod data_config;
 pub mod estimate;
 pub mod evaluation;
 pub mod executor;
+pub mod outputs;
 pub mod plan;
 pub mod progress;
 pub mod report;

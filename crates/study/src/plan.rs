@@ -21,15 +21,18 @@ pub enum NodeKind {
         point: GridPoint,
         seed: u64,
     },
-    /// `epochs` is how many of the configured epochs to train: all of them at the base point, only up
-    /// to the comparison epoch elsewhere (the LR schedule always spans the configured count).
+    /// Fine-tunes the cooldown of the same point and seed. `epochs` is how many of the configured
+    /// epochs to train: all of them at the base point, only up to the comparison epoch elsewhere (the
+    /// LR schedule always spans the configured count).
     Finetune {
-        cooldown: String,
+        point: GridPoint,
         seed: u64,
         epochs: u32,
     },
+    /// Scores the fine-tune of the same point and seed at the end of `epoch`.
     Eval {
-        finetune: String,
+        point: GridPoint,
+        seed: u64,
         epoch: u32,
     },
     /// The text tasks on the last pre-training checkpoint: the text-only model that image-trained
@@ -51,18 +54,45 @@ pub struct Plan {
     pub nodes: Vec<Node>,
 }
 
+// Node ids and result-row ids: made here only.
+
 /// Id of the node that encodes the training images and tokenizes their texts.
 pub const IMAGE_CORPUS: &str = "image-corpus";
+/// Id of the text pre-training node.
+pub const PRETRAIN: &str = "pretrain";
 /// Id of the text-only baseline's evaluation.
 pub const EVAL_TEXT_BASELINE: &str = "eval-text-baseline";
 
-pub fn cooldown_id(point: &GridPoint, seed: u64) -> String {
+/// The branch of one grid point and seed, shared by its cooldown, fine-tune and eval ids.
+fn branch_label(point: &GridPoint, seed: u64) -> String {
     format!(
-        "cooldown-at{}-img{}-inst{}-seed{seed}",
+        "at{}-img{}-inst{}-seed{seed}",
         percent_label(point.fraction),
         percent_label(point.image_fraction),
         percent_label(point.instruction_share)
     )
+}
+
+pub fn cooldown_id(point: &GridPoint, seed: u64) -> String {
+    format!("cooldown-{}", branch_label(point, seed))
+}
+
+pub fn finetune_id(point: &GridPoint, seed: u64) -> String {
+    format!("finetune-{}", branch_label(point, seed))
+}
+
+pub fn eval_id(point: &GridPoint, seed: u64, epoch: u32) -> String {
+    format!("eval-{}", finetuned_run_id(point, seed, epoch))
+}
+
+/// The results row of the model fine-tuned for `epoch` epochs at `point` and `seed`.
+pub fn finetuned_run_id(point: &GridPoint, seed: u64, epoch: u32) -> String {
+    format!("{}-ep{epoch}", branch_label(point, seed))
+}
+
+/// The results row of the text model at `fraction` of pre-training.
+pub fn pretrain_run_id(fraction: f64) -> String {
+    format!("pretrain-at{}", percent_label(fraction))
 }
 
 /// A fraction as the percent label of node and run ids: three integer digits, plus decimals only when
@@ -81,18 +111,17 @@ impl Plan {
         // A study starting from an existing text model (`pretrain.from`) has no pre-training node.
         let text: Vec<String> = match config.pretrain.from {
             Some(_) => vec![],
-            None => vec!["pretrain".into()],
+            None => vec![PRETRAIN.into()],
         };
         if text.len() == 1 {
-            nodes.push(Node { id: "pretrain".into(), kind: NodeKind::Pretrain, after: vec![] });
+            nodes.push(Node { id: PRETRAIN.into(), kind: NodeKind::Pretrain, after: vec![] });
         }
         if !config.eval.text_tasks.is_empty() {
             nodes.push(Node { id: EVAL_TEXT_BASELINE.into(), kind: NodeKind::EvalTextBaseline, after: text.clone() });
         }
         for &seed in &config.grid.seeds {
             for point in config.points() {
-                let cooldown = cooldown_id(&point, seed);
-                let finetune = format!("finetune-{}", cooldown.trim_start_matches("cooldown-"));
+                let (cooldown, finetune) = (cooldown_id(&point, seed), finetune_id(&point, seed));
                 nodes.push(Node {
                     id: cooldown.clone(),
                     kind: NodeKind::Cooldown { point, seed },
@@ -106,13 +135,13 @@ impl Plan {
                 let trained_epochs = *epochs.last().expect("at least one epoch");
                 nodes.push(Node {
                     id: finetune.clone(),
-                    kind: NodeKind::Finetune { cooldown: cooldown.clone(), seed, epochs: trained_epochs },
+                    kind: NodeKind::Finetune { point, seed, epochs: trained_epochs },
                     after: vec![cooldown],
                 });
                 for epoch in epochs {
                     nodes.push(Node {
-                        id: format!("eval-{}-ep{epoch}", finetune.trim_start_matches("finetune-")),
-                        kind: NodeKind::Eval { finetune: finetune.clone(), epoch },
+                        id: eval_id(&point, seed, epoch),
+                        kind: NodeKind::Eval { point, seed, epoch },
                         after: vec![finetune.clone()],
                     });
                 }
@@ -219,7 +248,7 @@ mod tests {
         let plan = Plan::build(&config).unwrap();
         assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 0);
         assert!(
-            plan.nodes.iter().all(|n| !n.after.contains(&"pretrain".to_string())),
+            plan.nodes.iter().all(|n| !n.after.contains(&PRETRAIN.to_string())),
             "nothing waits for a pre-training node"
         );
         assert_eq!(

@@ -8,7 +8,8 @@ use vlmix_eval::EvalReport;
 
 use crate::config::StudyConfig;
 use crate::executor::StudyDir;
-use crate::plan::{NodeKind, Plan};
+use crate::outputs::{BpbPoint, NodeOutputs};
+use crate::plan::{cooldown_id, finetuned_run_id, pretrain_run_id, NodeKind, Plan};
 use crate::report::{write_report, NodeRecord, ReportInput, ResultRow, ResultsTable, TrainingCurve};
 
 /// The machine in words, for the report: CPU model and core count.
@@ -48,16 +49,18 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
             machine: machine.clone(),
             versions: versions.clone(),
         });
-        // The text model's row: from pre-training, or from the baseline of an imported model.
-        if matches!(node.kind, NodeKind::Pretrain) || done.outputs["imported"] == true {
-            table.rows.extend(pretrain_rows(&done.outputs, &machine, &versions));
+        // The text model's rows: from pre-training, or from the baseline of an imported model.
+        match &done.outputs {
+            NodeOutputs::Pretrain(p) => table.rows.extend(pretrain_rows(&p.validation_bpb, &machine, &versions)),
+            NodeOutputs::TextBaseline(b) if b.imported => {
+                table.rows.extend(pretrain_rows(&b.validation_bpb, &machine, &versions))
+            }
+            _ => {}
         }
         if matches!(node.kind, NodeKind::EvalTextBaseline) {
-            let report = EvalReport::read_json(
-                &study.root.join(done.outputs["report"].as_str().context("eval output without report")?),
-            )?;
-            let run_id =
-                pretrain_run_id(done.outputs["fraction"].as_f64().context("baseline eval output without fraction")?);
+            let baseline = done.outputs.text_baseline(&node.id)?;
+            let report = EvalReport::read_json(&study.root.join(&baseline.report))?;
+            let run_id = pretrain_run_id(baseline.fraction);
             let row = table
                 .rows
                 .iter_mut()
@@ -68,24 +71,16 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
             row.bits_per_byte = bits_per_byte;
             continue;
         }
-        let NodeKind::Eval { finetune, epoch } = &node.kind else { continue };
-        let finetune_node = plan.nodes.iter().find(|n| &n.id == finetune).context("eval node without its fine-tune")?;
-        let NodeKind::Finetune { cooldown, seed, .. } = &finetune_node.kind else {
-            unreachable!("eval follows a fine-tune")
-        };
-        let cooldown_node = plan.nodes.iter().find(|n| &n.id == cooldown).context("fine-tune without its cooldown")?;
-        let NodeKind::Cooldown { point, .. } = &cooldown_node.kind else {
-            unreachable!("fine-tune follows a cooldown")
-        };
-        let cooldown_done = study.done(cooldown)?.context("evaluated model's cooldown is not finished")?;
-        let report = EvalReport::read_json(
-            &study.root.join(done.outputs["report"].as_str().context("eval output without report")?),
-        )?;
+        let NodeKind::Eval { point, seed, epoch } = &node.kind else { continue };
+        let eval = done.outputs.eval(&node.id)?;
+        let cooldown = cooldown_id(point, *seed);
+        let cooldown_done = study.finished(&cooldown).context("the evaluated model's cooldown")?;
+        let report = EvalReport::read_json(&study.root.join(&eval.report))?;
         let mut row = ResultRow {
-            run_id: node.id.trim_start_matches("eval-").to_string(),
+            run_id: finetuned_run_id(point, *seed, *epoch),
             stage: "finetune".into(),
             introduction: Some(point.fraction),
-            fresh_schedule: cooldown_done.outputs["fresh_schedule"].as_bool().unwrap_or(false),
+            fresh_schedule: cooldown_done.outputs.cooldown(&cooldown)?.fresh_schedule,
             image_token_fraction: point.image_fraction,
             instruction_share: point.instruction_share,
             finetune_epochs: *epoch,
@@ -102,19 +97,17 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
             config: serde_json::json!({ "study": config, "point": point, "seed": seed, "epoch": epoch }),
         };
         row.set_scores(&report)?;
-        row.bits_per_byte = done.outputs["bits_per_byte"].as_f64();
+        row.bits_per_byte = Some(eval.bits_per_byte);
         table.rows.push(row);
     }
     Ok(table)
 }
 
 /// The text-only model's held-out bits-per-byte at init and at each kept fraction of pre-training.
-fn pretrain_rows(outputs: &serde_json::Value, machine: &str, versions: &BTreeMap<String, String>) -> Vec<ResultRow> {
-    let points = outputs["validation_bpb"].as_array().cloned().unwrap_or_default();
-    points
+fn pretrain_rows(curve: &[BpbPoint], machine: &str, versions: &BTreeMap<String, String>) -> Vec<ResultRow> {
+    curve
         .iter()
-        .filter_map(|p| Some((p["fraction"].as_f64()?, p["bits_per_byte"].as_f64()?)))
-        .map(|(fraction, bpb)| ResultRow {
+        .map(|&BpbPoint { fraction, bits_per_byte: bpb }| ResultRow {
             run_id: pretrain_run_id(fraction),
             stage: "pretrain".into(),
             introduction: None,
@@ -135,10 +128,6 @@ fn pretrain_rows(outputs: &serde_json::Value, machine: &str, versions: &BTreeMap
             config: serde_json::json!({ "pretrain_fraction": fraction }),
         })
         .collect()
-}
-
-fn pretrain_run_id(fraction: f64) -> String {
-    format!("pretrain-at{}", crate::plan::percent_label(fraction))
 }
 
 /// Training curves of every finished training node.

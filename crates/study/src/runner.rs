@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 use vlmix_data::byod::text::{open_text, DocSplit};
 use vlmix_data::byod::Skipped;
 use vlmix_data::text::shard::TokenShards;
@@ -19,12 +18,16 @@ use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, Ima
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use vlmix_train::corpus::ImageCorpus;
 use vlmix_train::schedule::{cooldown_schedule, WarmupCosine};
-use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start, TextStream};
+use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start};
 use vlmix_train::validation::ValidationSet;
 
-use crate::config::{Carry, GridPoint, StudyConfig};
+use crate::config::{GridPoint, StudyConfig};
 use crate::executor::{NodeRunner, StudyDir};
-use crate::plan::{Node, NodeKind};
+use crate::outputs::{
+    BpbPoint, CooldownOutputs, CorpusOutputs, CorpusSkipped, FinetuneOutputs, FractionCheckpoints, NodeOutputs,
+    PretrainOutputs, TextSkipped,
+};
+use crate::plan::{cooldown_id, finetune_id, Node, NodeKind, PRETRAIN};
 use crate::progress::StudyProgress;
 
 /// Validation sequences scored at every kept pre-training checkpoint.
@@ -113,14 +116,6 @@ fn rel(root: &Path, path: &Path) -> String {
     path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned()
 }
 
-fn output_path(study: &StudyDir, outputs: &serde_json::Value, pointer: &str) -> Result<PathBuf> {
-    let text = outputs
-        .pointer(pointer)
-        .and_then(|v| v.as_str())
-        .with_context(|| format!("node output {pointer} is missing"))?;
-    Ok(study.root.join(text))
-}
-
 impl<'a> StudyRunner<'a> {
     pub fn new(config: &'a StudyConfig, layout: DataLayout, quiet: bool) -> Result<Self> {
         let data = &config.data;
@@ -175,7 +170,7 @@ impl<'a> StudyRunner<'a> {
     }
 
     /// Encodes every training image into the feature cache and tokenizes captions and conversations.
-    pub fn build_corpus(&mut self, root: &Path) -> Result<serde_json::Value> {
+    pub fn build_corpus(&mut self, root: &Path) -> Result<CorpusOutputs> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let captions = self.config.data.caption_source(&self.layout, self.config.grid.seeds[0])?;
         let instruct = self.config.data.instruct_source(&self.layout);
@@ -196,14 +191,17 @@ impl<'a> StudyRunner<'a> {
         let path = Self::corpus_path(root);
         built.corpus.save(&path)?;
         let corpus = &built.corpus;
-        Ok(json!({
-            "corpus": rel(root, &path),
-            "captions": corpus.captions.len(),
-            "conversations": corpus.instruct.len(),
-            "cache_hits": self.cache.stats().hits,
-            "cache_misses": self.cache.stats().misses,
-            "skipped_records": { "captions": built.skipped_captions, "conversations": built.skipped_conversations },
-        }))
+        Ok(CorpusOutputs {
+            corpus: rel(root, &path),
+            captions: corpus.captions.len(),
+            conversations: corpus.instruct.len(),
+            cache_hits: self.cache.stats().hits,
+            cache_misses: self.cache.stats().misses,
+            skipped_records: CorpusSkipped {
+                captions: built.skipped_captions,
+                conversations: built.skipped_conversations,
+            },
+        })
     }
 
     /// The image corpus under `root` (written by the `image-corpus` node, or built now), loaded once.
@@ -226,7 +224,7 @@ impl<'a> StudyRunner<'a> {
     }
 
     /// Text pre-training in `dir`, with validation bits-per-byte at init and every kept fraction.
-    pub fn pretrain(&mut self, dir: &Path, root: &Path) -> Result<serde_json::Value> {
+    pub fn pretrain(&mut self, dir: &Path, root: &Path) -> Result<PretrainOutputs> {
         let p = &self.config.pretrain;
         let spec = PretrainSpec {
             model: self.model.clone(),
@@ -245,39 +243,33 @@ impl<'a> StudyRunner<'a> {
         let mut curve = Vec::new();
         let mut params = ParamStore::new();
         let mut lm = Lm::new(self.model.clone(), &mut params, spec.seed)?;
-        curve.push(json!({"fraction": 0.0, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
-        let mut checkpoints = serde_json::Map::new();
-        for (fraction, ckpt) in &outcome.checkpoints {
+        curve.push(BpbPoint { fraction: 0.0, bits_per_byte: self.validation.bits_per_byte(&mut lm, &params)? });
+        let mut checkpoints = FractionCheckpoints::default();
+        for &(fraction, ref ckpt) in &outcome.checkpoints {
             params.load_safetensors(&weights_of(ckpt))?;
-            curve
-                .push(json!({"fraction": fraction, "bits_per_byte": self.validation.bits_per_byte(&mut lm, &params)?}));
-            checkpoints.insert(format!("{fraction}"), json!(rel(root, ckpt)));
+            curve.push(BpbPoint { fraction, bits_per_byte: self.validation.bits_per_byte(&mut lm, &params)? });
+            checkpoints.0.push((fraction, rel(root, ckpt)));
         }
-        Ok(
-            json!({ "checkpoints": checkpoints, "validation_bpb": curve, "tokens": outcome.run.tokens, "steps": outcome.run.steps, "skipped_records": { "text": self.text_skipped } }),
-        )
+        Ok(PretrainOutputs {
+            checkpoints,
+            validation_bpb: curve,
+            tokens: outcome.run.tokens,
+            steps: outcome.run.steps,
+            skipped_records: TextSkipped { text: self.text_skipped.clone() },
+        })
     }
 
-    fn cooldown_node(
-        &mut self,
-        point: &GridPoint,
-        seed: u64,
-        dir: &Path,
-        study: &StudyDir,
-    ) -> Result<serde_json::Value> {
+    fn cooldown_node(&mut self, point: &GridPoint, seed: u64, dir: &Path, study: &StudyDir) -> Result<CooldownOutputs> {
         let start = if point.fraction <= 0.0 {
             Start::Scratch
         } else if let Some(from) = imported_checkpoint(self.config)? {
             Start::TextCheckpoint(from)
         } else {
-            let pretrain = study.done("pretrain")?.context("pretrain is not finished")?;
-            let key = pretrain.outputs["checkpoints"]
-                .as_object()
-                .and_then(|m| {
-                    m.keys().find(|k| k.parse::<f64>().is_ok_and(|f| (f - point.fraction).abs() < 1e-9)).cloned()
-                })
-                .with_context(|| format!("no pre-training checkpoint at fraction {}", point.fraction))?;
-            Start::TextCheckpoint(output_path(study, &pretrain.outputs, &format!("/checkpoints/{key}"))?)
+            let pretrain = study.finished(PRETRAIN)?;
+            let checkpoint = pretrain.outputs.pretrain(PRETRAIN)?.checkpoints.at(point.fraction);
+            let checkpoint =
+                checkpoint.with_context(|| format!("no pre-training checkpoint at fraction {}", point.fraction))?;
+            Start::TextCheckpoint(study.root.join(checkpoint))
         };
         self.cooldown(point, start, seed, dir, &study.root)
     }
@@ -290,70 +282,55 @@ impl<'a> StudyRunner<'a> {
         seed: u64,
         dir: &Path,
         root: &Path,
-    ) -> Result<serde_json::Value> {
-        let config = self.config;
-        let c = &config.cooldown;
-        // An imported text model carries no stream position of this corpus.
-        let text_stream = match (&start, c.text_stream, &config.pretrain.from) {
-            (Start::TextCheckpoint(_), Carry::Continue, None) => {
-                TextStream::Continue { pretrain_seed: config.grid.seeds[0] }
-            }
-            _ => TextStream::Restart,
+    ) -> Result<CooldownOutputs> {
+        let c = &self.config.cooldown;
+        let steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
+        let fresh = WarmupCosine {
+            peak: c.fresh_peak_lr,
+            floor: self.config.pretrain.min_lr,
+            warmup_steps: c.fresh_warmup_steps,
+            total_steps: steps,
         };
-        let positions_steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
-        let text = text_schedule(config, self.model.seq_len);
-        let schedule = |steps: u64| {
-            let fresh = WarmupCosine {
-                peak: c.fresh_peak_lr,
-                floor: config.pretrain.min_lr,
-                warmup_steps: c.fresh_warmup_steps,
-                total_steps: steps,
-            };
-            cooldown_schedule(&text, point.fraction, steps, &fresh)
-        };
-        let mut spec = CooldownSpec {
+        let spec = CooldownSpec {
             model: self.model.clone(),
             start,
-            schedule: schedule(positions_steps),
+            schedule: cooldown_schedule(&text_schedule(self.config, self.model.seq_len), point.fraction, steps, &fresh),
             batch_size: c.batch_size,
             micro_batch_size: c.micro_batch_size,
             weight_decay: c.weight_decay,
             image_token_fraction: point.image_fraction,
             instruct_fraction: point.instruction_share,
-            encoder: encoder_spec(config),
+            encoder: encoder_spec(self.config),
             train_lm: c.train_lm,
             seed,
-            text_stream,
         };
         let docs = self.train_docs.clone();
         let special = self.tokenizer.special;
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
-        if !c.count_padding {
-            spec.schedule = schedule(stages::cooldown_steps(&spec, docs.clone(), corpus, special, c.tokens)?);
-        }
         let outcome =
             stages::cooldown(&spec, docs, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
         let final_ckpt = outcome.kept.last().map(|k| k.1.clone()).context("cooldown kept no checkpoint")?;
-        Ok(json!({
-            "checkpoint": rel(root, &final_ckpt),
-            "fresh_schedule": spec.schedule.is_fresh(),
-            "tokens": outcome.tokens,
-            "image_tokens": outcome.image_tokens,
-            "achieved_image_fraction": outcome.image_tokens as f64 / outcome.tokens.max(1) as f64,
-        }))
+        Ok(CooldownOutputs {
+            checkpoint: rel(root, &final_ckpt),
+            fresh_schedule: spec.schedule.is_fresh(),
+            tokens: outcome.tokens,
+            image_tokens: outcome.image_tokens,
+            achieved_image_fraction: outcome.image_tokens as f64 / outcome.tokens.max(1) as f64,
+        })
     }
 
     fn finetune_node(
         &mut self,
-        cooldown: &str,
+        point: &GridPoint,
         seed: u64,
         epochs: u32,
         dir: &Path,
         study: &StudyDir,
-    ) -> Result<serde_json::Value> {
-        let done = study.done(cooldown)?.with_context(|| format!("{cooldown} is not finished"))?;
-        self.finetune(output_path(study, &done.outputs, "/checkpoint")?, seed, epochs, dir, &study.root)
+    ) -> Result<FinetuneOutputs> {
+        let cooldown = cooldown_id(point, seed);
+        let start = study.root.join(&study.finished(&cooldown)?.outputs.cooldown(&cooldown)?.checkpoint);
+        self.finetune(start, seed, epochs, dir, &study.root)
     }
 
     /// Instruction fine-tuning of the VLM checkpoint `start`, in `dir`, for the first `epochs` of the
@@ -365,7 +342,7 @@ impl<'a> StudyRunner<'a> {
         epochs: u32,
         dir: &Path,
         root: &Path,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<FinetuneOutputs> {
         let f = &self.config.finetune;
         let spec = FinetuneSpec {
             model: self.model.clone(),
@@ -384,23 +361,32 @@ impl<'a> StudyRunner<'a> {
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
         let outcome = stages::finetune(&spec, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
-        let epochs: serde_json::Map<String, serde_json::Value> =
-            outcome.epochs.iter().map(|(e, d)| (e.to_string(), json!(rel(root, d)))).collect();
-        Ok(json!({ "epochs": epochs, "tokens": outcome.run.tokens }))
+        let epochs = outcome.epochs.iter().map(|(e, d)| (*e, rel(root, d))).collect();
+        Ok(FinetuneOutputs { epochs, tokens: outcome.run.tokens })
     }
 }
 
 impl NodeRunner for StudyRunner<'_> {
-    fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<serde_json::Value> {
+    fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<NodeOutputs> {
         self.progress.start_node(&node.id, 0);
-        match &node.kind {
-            NodeKind::ImageCorpus => self.build_corpus(&study.root),
-            NodeKind::Pretrain => self.pretrain(dir, &study.root),
-            NodeKind::Cooldown { point, seed } => self.cooldown_node(point, *seed, dir, study),
-            NodeKind::Finetune { cooldown, seed, epochs } => self.finetune_node(cooldown, *seed, *epochs, dir, study),
-            NodeKind::Eval { finetune, epoch } => crate::evaluation::evaluate_node(self, finetune, *epoch, dir, study),
-            NodeKind::EvalTextBaseline => crate::evaluation::evaluate_text_baseline(self, dir, study),
-        }
+        Ok(match &node.kind {
+            NodeKind::ImageCorpus => NodeOutputs::ImageCorpus(self.build_corpus(&study.root)?),
+            NodeKind::Pretrain => NodeOutputs::Pretrain(self.pretrain(dir, &study.root)?),
+            NodeKind::Cooldown { point, seed } => NodeOutputs::Cooldown(self.cooldown_node(point, *seed, dir, study)?),
+            NodeKind::Finetune { point, seed, epochs } => {
+                NodeOutputs::Finetune(self.finetune_node(point, *seed, *epochs, dir, study)?)
+            }
+            NodeKind::Eval { point, seed, epoch } => NodeOutputs::Eval(crate::evaluation::evaluate_node(
+                self,
+                &finetune_id(point, *seed),
+                *epoch,
+                dir,
+                study,
+            )?),
+            NodeKind::EvalTextBaseline => {
+                NodeOutputs::TextBaseline(crate::evaluation::evaluate_text_baseline(self, dir, study)?)
+            }
+        })
     }
 
     fn on_progress(&mut self, finished: usize, total: usize, current: Option<&Node>) {

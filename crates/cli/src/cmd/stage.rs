@@ -8,6 +8,7 @@ use vlmix_data::DataLayout;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_study::config::{GridPoint, StudyConfig};
 use vlmix_study::data_config::{ImagesConfig, InstructConfig, TextConfig};
+use vlmix_study::outputs::NodeOutputs;
 use vlmix_study::runner::StudyRunner;
 use vlmix_train::stages::Start;
 
@@ -148,7 +149,7 @@ pub struct FinetuneArgs {
 fn with_runner(
     common: &Common,
     config: &StudyConfig,
-    run: impl FnOnce(&mut StudyRunner) -> Result<serde_json::Value>,
+    run: impl FnOnce(&mut StudyRunner) -> Result<NodeOutputs>,
 ) -> Result<()> {
     let layout = DataLayout::from_env(common.data.as_deref())?;
     let mut config = config.clone();
@@ -164,7 +165,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let mut config = StudyConfig::load(&args.common.config)?;
     config.pretrain.micro_batch_size = args.common.micro_batch_size.or(config.pretrain.micro_batch_size);
     let out = args.common.out.clone();
-    with_runner(&args.common, &config, |r| r.pretrain(&out, &out))
+    with_runner(&args.common, &config, |r| r.pretrain(&out, &out).map(NodeOutputs::Pretrain))
 }
 
 pub fn cooldown(args: CooldownArgs) -> Result<()> {
@@ -193,7 +194,7 @@ pub fn cooldown(args: CooldownArgs) -> Result<()> {
         instruction_share: args.instruction_share,
     };
     let out = args.common.out.clone();
-    with_runner(&args.common, &config, |r| r.cooldown(&point, start, args.seed, &out, &out))
+    with_runner(&args.common, &config, |r| r.cooldown(&point, start, args.seed, &out, &out).map(NodeOutputs::Cooldown))
 }
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
@@ -206,5 +207,5 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let out = args.common.out.clone();
     let from = resolve_checkpoint(&args.from)?;
     let epochs = config.finetune.epochs;
-    with_runner(&args.common, &config, |r| r.finetune(from, args.seed, epochs, &out, &out))
+    with_runner(&args.common, &config, |r| r.finetune(from, args.seed, epochs, &out, &out).map(NodeOutputs::Finetune))
 }
