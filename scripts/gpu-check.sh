@@ -10,7 +10,8 @@
 #
 # Checks: the CUDA libraries load; every Device kernel on CUDA against the CPU engine's outputs on random
 # data (f32: normwise 1e-4; bf16: 3e-2 for outputs through a matrix product, 1e-4 for the rest); cuBLASLt
-# GEMM TFLOP/s (the measured MFU denominator); PyTorch's training step for openlm-79m (eager bf16
+# GEMM TFLOP/s (the measured MFU denominator); the flash-style attention kernels against the plain path
+# (1e-4, with times and saved-buffer sizes); PyTorch's training step for openlm-79m (eager bf16
 # autocast and torch.compile) and openlm-1b (eager bf16) at seq 2048 with tokens/s, MFU and peak memory.
 # vlmix's own training steps on CUDA (50 steps against the CPU loss curve, the VLM cooldown step, the
 # throughput side by side) run once the carried `vlmix` has `--device`; until then they are reported as
@@ -83,6 +84,7 @@ check "kernel parity f32" 120 "$out/parity-f32.json" \
 check "kernel parity bf16" 120 "$out/parity-bf16.json" \
     "$bin" parity --precision bf16 --reference "$kit/cpu-reference.safetensors" --json "$out/parity-bf16.json"
 check "gemm rate" 120 "$out/gemm.json" "$bin" gemm --json "$out/gemm.json"
+check "flash attention vs plain" 120 "$out/attention.json" "$bin" attention --json "$out/attention.json"
 
 peak=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rates"]["Bf16 8192^3 TFLOP/s"])' "$out/gemm.json" 2>/dev/null || echo $DATASHEET_BF16_TFLOPS)
 torch_bench() { # name model batch extra...

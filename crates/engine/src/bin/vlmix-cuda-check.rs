@@ -6,6 +6,7 @@
 //! vlmix-cuda-check parity [--precision f32|bf16] [--reference PATH] [--json PATH]
 //!                                              every Device kernel on CUDA against the CPU engine
 //! vlmix-cuda-check gemm [--json PATH]          cuBLASLt GEMM TFLOP/s (f32 and bf16 inputs), the MFU denominator
+//! vlmix-cuda-check attention [--json PATH]     flash-style attention (log-sum-exp saved) against the plain path
 //! ```
 //!
 //! Tolerances (normwise relative error): 1e-4 for every output in f32; under bf16, outputs that pass
@@ -17,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use vlmix_engine::cuda::{parity, probe, Precision};
-use vlmix_engine::{Cpu, Cuda, Device, Gemm};
+use vlmix_engine::{AttnShape, Cpu, Cuda, Device, Gemm};
 
 const F32_TOLERANCE: f64 = 1e-4;
 const BF16_PRODUCT_TOLERANCE: f64 = 3e-2;
@@ -141,10 +142,84 @@ fn gemm_cmd(mut args: Args) -> Result<bool> {
     Ok(true)
 }
 
+/// Seconds of `f`, synchronised on both ends.
+fn timed(cuda: &Cuda, f: impl FnOnce()) -> f64 {
+    cuda.synchronize();
+    let start = Instant::now();
+    f();
+    cuda.synchronize();
+    start.elapsed().as_secs_f64()
+}
+
+/// Flash-style attention against the trait's plain path (both on the GPU, f32): outputs, input
+/// gradients, time (second call, after compilation and plans) and the saved buffer's size.
+fn attention_cmd(mut args: Args) -> Result<bool> {
+    let json = args.take("--json")?.map(PathBuf::from);
+    args.done()?;
+    let cuda = Cuda::new()?;
+    let shapes = [
+        AttnShape { batch: 2, seq: 100, heads: 3, head_dim: 20, causal: true },
+        AttnShape { batch: 2, seq: 256, heads: 4, head_dim: 64, causal: false },
+        AttnShape { batch: 1, seq: 2048, heads: 4, head_dim: 128, causal: true },
+    ];
+    let mut results = Vec::new();
+    let mut ok = true;
+    for shape in shapes {
+        let n = shape.rows() * shape.width();
+        let up = |seed| cuda.upload(&parity::random(n, seed, 1.0));
+        let (q, k, v, dout) = (up(1), up(2), up(3), up(4));
+        let grads = || (cuda.zeros(n), cuda.zeros(n), cuda.zeros(n));
+        let (mut out_p, mut probs) = (cuda.zeros(n), cuda.zeros(shape.probs_len()));
+        let (mut dq_p, mut dk_p, mut dv_p) = grads();
+        let (mut out_f, mut lse) = (cuda.zeros(n), cuda.zeros(cuda.flash_saved_len(shape)));
+        let (mut dq_f, mut dk_f, mut dv_f) = grads();
+        let mut times = [0.0; 4];
+        for _ in 0..2 {
+            times[0] = timed(&cuda, || cuda.attention_forward(shape, &q, &k, &v, &mut probs, &mut out_p));
+            times[1] = timed(&cuda, || {
+                cuda.attention_backward(shape, &q, &k, &v, &probs, &dout, &mut dq_p, &mut dk_p, &mut dv_p)
+            });
+            times[2] = timed(&cuda, || cuda.flash_attention_forward(shape, &q, &k, &v, &mut lse, &mut out_f));
+            times[3] = timed(&cuda, || {
+                cuda.flash_attention_backward(shape, &q, &k, &v, &out_f, &lse, &dout, &mut dq_f, &mut dk_f, &mut dv_f)
+            });
+        }
+        let mut errors = serde_json::Map::new();
+        for (name, plain, flash) in
+            [("out", &out_p, &out_f), ("dq", &dq_p, &dq_f), ("dk", &dk_p, &dk_f), ("dv", &dv_p, &dv_f)]
+        {
+            let error = parity::normwise_error(&cuda.to_host(plain), &cuda.to_host(flash));
+            ok &= error <= F32_TOLERANCE;
+            eprintln!("{shape:?} {name}: error {error:.2e}");
+            errors.insert(name.into(), error.into());
+        }
+        eprintln!(
+            "  plain fwd {:.2} ms bwd {:.2} ms; flash fwd {:.2} ms bwd {:.2} ms",
+            1e3 * times[0],
+            1e3 * times[1],
+            1e3 * times[2],
+            1e3 * times[3]
+        );
+        results.push(serde_json::json!({
+            "shape": format!("{shape:?}"),
+            "errors": errors,
+            "tolerance": F32_TOLERANCE,
+            "plain_ms": [1e3 * times[0], 1e3 * times[1]],
+            "flash_ms": [1e3 * times[2], 1e3 * times[3]],
+            "saved_mib": { "plain": 4.0 * shape.probs_len() as f64 / (1 << 20) as f64, "flash": 4.0 * cuda.flash_saved_len(shape) as f64 / (1 << 20) as f64 },
+        }));
+    }
+    write_json(
+        json.as_deref(),
+        &serde_json::json!({ "check": "flash attention", "device": cuda.describe(), "ok": ok, "shapes": results }),
+    )?;
+    Ok(ok)
+}
+
 fn main() -> Result<()> {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() {
-        bail!("usage: vlmix-cuda-check probe | reference PATH | parity [--precision f32|bf16] [--reference PATH] [--json PATH] | gemm [--json PATH]");
+        bail!("usage: vlmix-cuda-check probe | reference PATH | parity [--precision f32|bf16] [--reference PATH] [--json PATH] | gemm [--json PATH] | attention [--json PATH]");
     }
     let cmd = argv.remove(0);
     let args = Args { rest: argv };
@@ -169,7 +244,8 @@ fn main() -> Result<()> {
         }
         "parity" => parity_cmd(args)?,
         "gemm" => gemm_cmd(args)?,
-        other => bail!("unknown command {other:?} (probe, reference, parity, gemm)"),
+        "attention" => attention_cmd(args)?,
+        other => bail!("unknown command {other:?} (probe, reference, parity, gemm, attention)"),
     };
     if !ok {
         std::process::exit(1);

@@ -19,7 +19,7 @@ pub struct Family {
 }
 
 /// Every family the CUDA device launches (the NVRTC test compiles each).
-pub const FAMILIES: [&Family; 8] = [
+pub const FAMILIES: [&Family; 9] = [
     &super::elementwise::FAMILY,
     &super::embedding::FAMILY,
     &super::norm::FAMILY,
@@ -28,6 +28,7 @@ pub const FAMILIES: [&Family; 8] = [
     &super::activation::FAMILY,
     &super::cross_entropy::FAMILY,
     &super::adamw::FAMILY,
+    &super::flash::FAMILY,
 ];
 
 /// Shared by every family: integer types, a grid-stride loop, warp/block reductions (blocks are

@@ -24,6 +24,7 @@ pub mod compile;
 mod cross_entropy;
 mod elementwise;
 mod embedding;
+mod flash;
 pub mod gemm;
 mod launch;
 mod norm;
@@ -200,6 +201,43 @@ impl Cuda {
     /// GEMM plans cached so far.
     pub fn cached_gemm_plans(&self) -> usize {
         self.inner.gemms.cached_plans()
+    }
+
+    /// Length of the log-sum-exp buffer [`Cuda::flash_attention_forward`] saves: `[batch, heads, seq]`.
+    pub fn flash_saved_len(&self, shape: AttnShape) -> usize {
+        flash::lse_len(shape)
+    }
+
+    /// Attention like [`Device::attention_forward`], saving the per-row log-sum-exp instead of the
+    /// probabilities (`flash.rs`; not yet behind the trait).
+    pub fn flash_attention_forward(
+        &self,
+        shape: AttnShape,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        lse: &mut CudaBuf,
+        out: &mut CudaBuf,
+    ) {
+        flash::forward(&self.inner, shape, q, k, v, lse, out);
+    }
+
+    /// The backward of [`Cuda::flash_attention_forward`], from its output `out` and `lse`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_backward(
+        &self,
+        shape: AttnShape,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        dout: &CudaBuf,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+    ) {
+        flash::backward(&self.inner, shape, q, k, v, out, lse, dout, dq, dk, dv);
     }
 
     /// Bytes of device memory in use and in total, as the driver reports them.
