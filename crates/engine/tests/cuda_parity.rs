@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use vlmix_engine::cuda::parity;
 use vlmix_engine::Cpu;
 
-/// Every Device method the harness must exercise, as output-name prefixes.
-const KERNELS: [&str; 30] = [
+/// Every Device method and the layers the harness must exercise, as output-name prefixes.
+const KERNELS: [&str; 33] = [
     "fill",
     "copy",
     "upload_into",
@@ -39,6 +39,9 @@ const KERNELS: [&str; 30] = [
     "gelu Tanh backward",
     "cross_entropy open_lm z-loss logits/dlogits",
     "adamw (decay) param",
+    "layer attention backward q_norm",
+    "layer swiglu backward w12",
+    "layer lm head dweight",
 ];
 
 fn cpu() -> Cpu {

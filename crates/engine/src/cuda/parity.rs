@@ -1,6 +1,8 @@
 //! Kernel parity: every [`Device`] method on the same seeded random inputs on two devices (the
 //! CPU engine as reference, the CUDA device as candidate), compared output by output.
 //!
+//! Kernels one by one, then whole layers composing them as the models do.
+//!
 //! The error of one output is normwise, `max_i |got_i - want_i| / max_i |want_i|`, so values near
 //! zero do not inflate it. [`outputs`] is generic over the device, so the harness itself is tested
 //! here as CPU against CPU; `scripts/gpu-check.sh` runs it against a GPU (`vlmix-cuda-check`).
@@ -9,6 +11,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, ZLossTerm};
+use crate::layers::{
+    Attention, AttentionGrads, AttentionParams, LinearGrads, LinearParams, LmHead, NormGrads, NormKind, NormParams,
+    SwiGlu, SwiGluGrads, SwiGluParams,
+};
 use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
 
 /// One compared output.
@@ -101,6 +107,7 @@ pub fn outputs<D: Device>(dev: &D) -> Vec<(String, Vec<f32>)> {
     embedding_and_norms(&mut o);
     attention(&mut o);
     activations_loss_optimizer(&mut o);
+    layers(&mut o);
     o.outputs
 }
 
@@ -295,6 +302,71 @@ fn activations_loss_optimizer<D: Device>(o: &mut Out<D>) {
     }
 }
 
+/// Whole layers, composing the kernels as the models do: OpenLM attention (QK-norm, rotary,
+/// causal) and the SwiGLU MLP forward and backward with every gradient, and the chunked LM head
+/// with its loss.
+fn layers<D: Device>(o: &mut Out<D>) {
+    let d = o.dev;
+    let n = ROWS * WIDTH;
+    let (x, dy) = (o.up(&random(n, 60, 1.0)), o.up(&random(n, 61, 1.0)));
+
+    let att = Attention::openlm(WIDTH, HEADS, NormKind::LayerNorm, 1e-5);
+    let (in_proj, out_proj) = (o.up(&random(3 * WIDTH * WIDTH, 62, 0.2)), o.up(&random(WIDTH * WIDTH, 63, 0.2)));
+    let (qn, kn) = (o.up(&random(WIDTH, 64, 1.0)), o.up(&random(WIDTH, 65, 1.0)));
+    let p = AttentionParams {
+        in_proj: LinearParams { weight: &*in_proj, bias: None },
+        q_norm: Some(NormParams { weight: &*qn, bias: None }),
+        k_norm: Some(NormParams { weight: &*kn, bias: None }),
+        out_proj: LinearParams { weight: &*out_proj, bias: None },
+    };
+    let (mut acts, mut scratch) = (att.acts(d, BATCH, SEQ), att.scratch(d, ROWS));
+    let mut y = d.zeros(n);
+    att.forward(d, &p, &x, BATCH, SEQ, &mut acts, &mut y);
+    o.save("layer attention forward", &y);
+    let mut dx = d.zeros(n);
+    let (mut g_in, mut g_out) = (d.zeros(3 * WIDTH * WIDTH), d.zeros(WIDTH * WIDTH));
+    let (mut g_qn, mut g_kn) = (d.zeros(WIDTH), d.zeros(WIDTH));
+    let mut g = AttentionGrads {
+        in_proj: LinearGrads { weight: &mut *g_in, bias: None },
+        q_norm: Some(NormGrads { weight: &mut *g_qn, bias: None }),
+        k_norm: Some(NormGrads { weight: &mut *g_kn, bias: None }),
+        out_proj: LinearGrads { weight: &mut *g_out, bias: None },
+    };
+    att.backward(d, &p, &x, BATCH, SEQ, &acts, &dy, &mut dx, &mut g, &mut scratch);
+    o.save("layer attention backward dx", &dx);
+    o.save("layer attention backward in_proj", &g_in);
+    o.save("layer attention backward q_norm", &g_qn);
+    o.save("layer attention backward k_norm", &g_kn);
+    o.save("layer attention backward out_proj", &g_out);
+
+    let mlp = SwiGlu { width: WIDTH, hidden: HIDDEN };
+    let (w12, w3) = (o.up(&random(2 * HIDDEN * WIDTH, 66, 0.2)), o.up(&random(WIDTH * HIDDEN, 67, 0.2)));
+    let p = SwiGluParams { w12: &*w12, w3: &*w3 };
+    let (mut acts, mut scratch) = (mlp.acts(d, ROWS), mlp.scratch(d, ROWS));
+    mlp.forward(d, &p, &x, &mut acts, &mut y);
+    o.save("layer swiglu forward", &y);
+    let (mut g12, mut g3) = (d.zeros(2 * HIDDEN * WIDTH), d.zeros(WIDTH * HIDDEN));
+    let mut g = SwiGluGrads { w12: &mut *g12, w3: &mut *g3 };
+    mlp.backward(d, &p, &x, &acts, &dy, &mut dx, &mut g, &mut scratch);
+    o.save("layer swiglu backward dx", &dx);
+    o.save("layer swiglu backward w12", &g12);
+    o.save("layer swiglu backward w3", &g3);
+
+    // Chunks smaller than the rows, so several chunks accumulate the weight gradient.
+    let head = LmHead { chunk_rows: 48, ..LmHead::new(WIDTH, VOCAB, 1e-4) };
+    let weight = o.up(&random(VOCAB * WIDTH, 68, 0.2));
+    let targets = ids(ROWS, VOCAB, 69);
+    let mask: Vec<f32> = (0..ROWS).map(|r| if r % 7 == 2 { 0.0 } else { 1.0 }).collect();
+    let mut scratch = head.scratch(d, ROWS);
+    let mut dweight = d.zeros(VOCAB * WIDTH);
+    let stats = head
+        .forward_backward(d, &weight, &x, &targets, &mask, 0.5, &mut dx, &mut dweight, &mut scratch)
+        .expect("lm head: valid targets");
+    o.value("layer lm head loss", stats.loss as f64);
+    o.save("layer lm head dx", &dx);
+    o.save("layer lm head dweight", &dweight);
+}
+
 /// Compares `got` output by output against `reference` (by name); `tolerance(name)` gives each
 /// bound. An output the reference lacks fails with an infinite error.
 pub fn compare(
@@ -332,7 +404,7 @@ pub fn read_reference(path: &Path) -> anyhow::Result<HashMap<String, Vec<f32>>> 
 
 /// Outputs that pass through a matrix product (rounded to bf16 under bf16 precision).
 pub fn uses_products(output: &str) -> bool {
-    output.starts_with("gemm") || output.starts_with("attention")
+    ["gemm", "attention", "layer"].iter().any(|p| output.starts_with(p))
 }
 
 #[cfg(test)]
