@@ -18,10 +18,10 @@ use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, Ima
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use vlmix_train::corpus::ImageCorpus;
 use vlmix_train::schedule::{cooldown_schedule, WarmupCosine};
-use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start};
+use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start, TextStream};
 use vlmix_train::validation::ValidationSet;
 
-use crate::config::{GridPoint, StudyConfig};
+use crate::config::{Carry, GridPoint, StudyConfig};
 use crate::executor::{NodeRunner, StudyDir};
 use crate::outputs::{
     BpbPoint, CooldownOutputs, CorpusOutputs, CorpusSkipped, FinetuneOutputs, FractionCheckpoints, NodeOutputs,
@@ -283,31 +283,47 @@ impl<'a> StudyRunner<'a> {
         dir: &Path,
         root: &Path,
     ) -> Result<CooldownOutputs> {
-        let c = &self.config.cooldown;
-        let steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
-        let fresh = WarmupCosine {
-            peak: c.fresh_peak_lr,
-            floor: self.config.pretrain.min_lr,
-            warmup_steps: c.fresh_warmup_steps,
-            total_steps: steps,
+        let config = self.config;
+        let c = &config.cooldown;
+        // An imported text model carries no stream position of this corpus.
+        let text_stream = match (&start, c.text_stream, &config.pretrain.from) {
+            (Start::TextCheckpoint(_), Carry::Continue, None) => {
+                TextStream::Continue { pretrain_seed: config.grid.seeds[0] }
+            }
+            _ => TextStream::Restart,
         };
-        let spec = CooldownSpec {
+        let positions_steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
+        let text = text_schedule(config, self.model.seq_len);
+        let schedule = |steps: u64| {
+            let fresh = WarmupCosine {
+                peak: c.fresh_peak_lr,
+                floor: config.pretrain.min_lr,
+                warmup_steps: c.fresh_warmup_steps,
+                total_steps: steps,
+            };
+            cooldown_schedule(&text, point.fraction, steps, &fresh)
+        };
+        let mut spec = CooldownSpec {
             model: self.model.clone(),
             start,
-            schedule: cooldown_schedule(&text_schedule(self.config, self.model.seq_len), point.fraction, steps, &fresh),
+            schedule: schedule(positions_steps),
             batch_size: c.batch_size,
             micro_batch_size: c.micro_batch_size,
             weight_decay: c.weight_decay,
             image_token_fraction: point.image_fraction,
             instruct_fraction: point.instruction_share,
-            encoder: encoder_spec(self.config),
+            encoder: encoder_spec(config),
             train_lm: c.train_lm,
             seed,
+            text_stream,
         };
         let docs = self.train_docs.clone();
         let special = self.tokenizer.special;
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
+        if !c.count_padding {
+            spec.schedule = schedule(stages::cooldown_steps(&spec, docs.clone(), corpus, special, c.tokens)?);
+        }
         let outcome =
             stages::cooldown(&spec, docs, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
         let final_ckpt = outcome.kept.last().map(|k| k.1.clone()).context("cooldown kept no checkpoint")?;
