@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/fetch-data.sh
+scripts/fetch-data.sh # also the nvidia-cuda-nvrtc wheel, whose libnvrtc the CUDA kernel test compiles with
 scripts/fetch-weights.sh
 cargo build --release --bin vlmix
 target/release/vlmix data prepare --if-outdated
