@@ -4,8 +4,8 @@
 //!
 //! - Memory: [`CudaBuf`] / [`CudaVec`] (see `buf.rs` for why a zero-sized-element slice is a
 //!   sound `&Device::Buf` for device memory). Allocations are stream-ordered (`cuMemAllocAsync`
-//!   from the device's pool), so the scratch a kernel call needs (uploaded ids, bf16 copies, the
-//!   attention `dS`) is allocated and freed around it at pool cost.
+//!   from the device's pool, which keeps freed memory), so the scratch a kernel call needs (uploaded
+//!   ids, bf16 copies, the attention `dS`) is allocated and freed around it at pool cost.
 //! - Kernels: CUDA C per family (`<family>.rs`, mirroring `cpu/<kernel>.rs`), compiled by NVRTC
 //!   at first use for the device's `sm_XY` and cached by source hash (`compile.rs`).
 //! - Products: cuBLASLt, fp32 compute, plans cached per shape (`gemm.rs`); [`Precision::Bf16`]
@@ -152,6 +152,22 @@ impl Drop for Inner {
     }
 }
 
+/// Makes the device's default pool (which `cuMemAllocAsync` draws from) keep freed memory instead of
+/// returning it at every synchronisation, so per-call scratch costs a pool lookup, not a driver
+/// allocation (the caching allocator PyTorch and llm.c rely on).
+fn keep_freed_memory(ctx: &CudaContext) -> Result<(), cu::DriverError> {
+    let mut threshold = u64::MAX;
+    // SAFETY: the device comes from a live context; the attribute takes a u64.
+    unsafe {
+        let pool = cu::device::get_default_mem_pool(ctx.cu_device())?;
+        cu::mem_pool::set_attribute(
+            pool,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+    }
+}
+
 impl Cuda {
     /// GPU 0 with f32 products (exact parity with the CPU engine).
     pub fn new() -> anyhow::Result<Cuda> {
@@ -165,6 +181,7 @@ impl Cuda {
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow::anyhow!("CUDA device {ordinal}: {e:?}"))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow::anyhow!("CUDA device {ordinal}: {e:?}"))?;
         let stream = ctx.new_stream().map_err(|e| anyhow::anyhow!("CUDA stream: {e:?}"))?;
+        keep_freed_memory(&ctx).map_err(|e| anyhow::anyhow!("CUDA memory pool: {e:?}"))?;
         // SAFETY: a plain allocation, freed in `Inner::drop`.
         let workspace = unsafe { cu::malloc_sync(gemm::WORKSPACE_BYTES) }
             .map_err(|e| anyhow::anyhow!("cuBLASLt workspace: {e:?}"))?;
