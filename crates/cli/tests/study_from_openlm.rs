@@ -37,7 +37,7 @@ fn smoke_study_from_an_imported_openlm_checkpoint() {
 
     let mut config = LmConfig::preset("tiny").unwrap();
     (config.vocab, config.seq_len, config.norm, config.post_embed_norm) = (vocab, 96, NormKind::LayerNorm, true);
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     Lm::new(config.clone(), &mut params, 7).unwrap();
     let hf = tmp.path().join("open_lm");
     export_openlm(&config, &params, &hf).unwrap();

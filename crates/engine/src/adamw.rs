@@ -5,8 +5,8 @@
 
 use crate::params::{ParamId, ParamStore};
 use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
+use crate::{AdamWStep, Cpu, Device};
 use anyhow::{bail, Context, Result};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,24 +29,23 @@ impl Default for AdamWConfig {
     }
 }
 
-pub struct AdamW {
+/// The optimizer state: both moments of every parameter, on the parameters' device.
+pub struct AdamW<D: Device = Cpu> {
     pub config: AdamWConfig,
     steps: u64,
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
+    exp_avg: Vec<D::Owned>,
+    exp_avg_sq: Vec<D::Owned>,
 }
-
-/// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
-const CHUNK: usize = 1 << 15;
 
 const STEP_KEY: &str = "step";
 const EXP_AVG: &str = "exp_avg.";
 const EXP_AVG_SQ: &str = "exp_avg_sq.";
 
-impl AdamW {
+impl<D: Device> AdamW<D> {
     /// Zeroed moments for every parameter of `params`.
-    pub fn new(config: AdamWConfig, params: &ParamStore) -> Self {
-        let zeros = || params.ids().map(|id| vec![0.0f32; params.info(id).numel()]).collect::<Vec<_>>();
+    pub fn new(config: AdamWConfig, params: &ParamStore<D>) -> Self {
+        let dev = params.device();
+        let zeros = || params.ids().map(|id| dev.zeros(params.info(id).numel())).collect::<Vec<_>>();
         Self { config, steps: 0, exp_avg: zeros(), exp_avg_sq: zeros() }
     }
 
@@ -55,93 +54,62 @@ impl AdamW {
         self.steps
     }
 
-    pub fn exp_avg(&self, id: ParamId) -> &[f32] {
+    pub fn exp_avg(&self, id: ParamId) -> &D::Buf {
         &self.exp_avg[id.0]
     }
 
-    pub fn exp_avg_sq(&self, id: ParamId) -> &[f32] {
+    pub fn exp_avg_sq(&self, id: ParamId) -> &D::Buf {
         &self.exp_avg_sq[id.0]
     }
 
     /// One update of every trainable parameter from its current gradient.
-    pub fn step(&mut self, params: &mut ParamStore, lr: f64) {
+    pub fn step(&mut self, params: &mut ParamStore<D>, lr: f64) {
         self.steps += 1;
         let c = self.config;
         // Same float order as PyTorch: scalars computed in f64 (Python floats), used as f32.
         let bias_correction1 = 1.0 - c.beta1.powi(self.steps as i32);
         let bias_correction2 = 1.0 - c.beta2.powi(self.steps as i32);
-        let neg_step_size = (-lr / bias_correction1) as f32;
-        let bc2_sqrt = bias_correction2.sqrt() as f32;
-        let (one_minus_beta1, beta2, one_minus_beta2) =
-            ((1.0 - c.beta1) as f32, c.beta2 as f32, (1.0 - c.beta2) as f32);
-        let eps = c.eps as f32;
+        let scalars = AdamWStep {
+            neg_step_size: (-lr / bias_correction1) as f32,
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            eps: c.eps as f32,
+            decay: None,
+        };
+        let decay = (1.0 - lr * c.weight_decay) as f32;
         let flags: Vec<_> = params.ids().map(|id| params.info(id).flags).collect();
-        let (values, grads) = params.values_mut_and_grads();
+        let (dev, values, grads) = params.values_mut_and_grads();
         for (i, flag) in flags.iter().enumerate() {
             if !flag.trainable {
                 continue;
             }
-            let decay = (1.0 - lr * c.weight_decay) as f32;
-            values[i]
-                .par_chunks_mut(CHUNK)
-                .zip(grads[i].par_chunks(CHUNK))
-                .zip(self.exp_avg[i].par_chunks_mut(CHUNK))
-                .zip(self.exp_avg_sq[i].par_chunks_mut(CHUNK))
-                .for_each(|(((p, g), m), v)| {
-                    for j in 0..p.len() {
-                        let grad = g[j];
-                        let mut param = p[j];
-                        if flag.weight_decay {
-                            param *= decay;
-                        }
-                        let exp_avg = m[j] + one_minus_beta1 * (grad - m[j]);
-                        let exp_avg_sq = v[j] * beta2 + one_minus_beta2 * grad * grad;
-                        let denom = exp_avg_sq.sqrt() / bc2_sqrt + eps;
-                        p[j] = param + neg_step_size * exp_avg / denom;
-                        m[j] = exp_avg;
-                        v[j] = exp_avg_sq;
-                    }
-                });
+            let step = AdamWStep { decay: flag.weight_decay.then_some(decay), ..scalars };
+            dev.adamw_step(&step, &mut values[i], &grads[i], &mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
         }
     }
 
     /// Writes both moments (named `exp_avg.<param>` / `exp_avg_sq.<param>`) and the step count.
-    pub fn save(&self, path: &Path, params: &ParamStore) -> Result<()> {
+    pub fn save(&self, path: &Path, params: &ParamStore<D>) -> Result<()> {
+        let dev = params.device();
+        let host: Vec<_> =
+            params.ids().map(|id| (dev.to_host(&self.exp_avg[id.0]), dev.to_host(&self.exp_avg_sq[id.0]))).collect();
         let mut views = Vec::with_capacity(2 * params.len());
-        for id in params.ids() {
+        for (id, (exp_avg, exp_avg_sq)) in params.ids().zip(&host) {
             let info = params.info(id);
-            views.push((
-                format!("{EXP_AVG}{}", info.name),
-                F32View { shape: info.shape.clone(), data: &self.exp_avg[id.0] },
-            ));
-            views.push((
-                format!("{EXP_AVG_SQ}{}", info.name),
-                F32View { shape: info.shape.clone(), data: &self.exp_avg_sq[id.0] },
-            ));
+            views.push((format!("{EXP_AVG}{}", info.name), F32View { shape: info.shape.clone(), data: exp_avg }));
+            views.push((format!("{EXP_AVG_SQ}{}", info.name), F32View { shape: info.shape.clone(), data: exp_avg_sq }));
         }
         let meta = HashMap::from([(STEP_KEY.to_string(), self.steps.to_string())]);
         write_f32_tensors(path, views, Some(meta))
     }
 
-    fn steps_in(file: &SafetensorsFile) -> Result<u64> {
-        let path = file.path().display();
-        file.metadata()?
-            .get(STEP_KEY)
-            .with_context(|| format!("{path}: optimizer file has no {STEP_KEY:?} metadata"))?
-            .parse()
-            .with_context(|| format!("{path}: optimizer step is not an integer"))
-    }
-
-    /// The step count stored in an optimizer file (without loading the moments).
-    pub fn saved_steps(path: &Path) -> Result<u64> {
-        Self::steps_in(&SafetensorsFile::open(path)?)
-    }
-
     /// Restores moments and step count saved by `save` for the same parameters; on error
     /// nothing changes.
-    pub fn load(&mut self, path: &Path, params: &ParamStore) -> Result<()> {
+    pub fn load(&mut self, path: &Path, params: &ParamStore<D>) -> Result<()> {
         let file = SafetensorsFile::open(path)?;
-        let steps = Self::steps_in(&file)?;
+        let steps = steps_in(&file)?;
         let expected = 2 * params.len();
         if file.names().len() != expected {
             bail!("{}: optimizer state has {} tensors, the model needs {expected}", path.display(), file.names().len());
@@ -161,7 +129,7 @@ impl AdamW {
                         info.shape
                     );
                 }
-                out.push(t.data);
+                out.push(params.device().upload_vec(t.data));
             }
         }
         self.steps = steps;
@@ -169,6 +137,20 @@ impl AdamW {
         self.exp_avg_sq = exp_avg_sq;
         Ok(())
     }
+}
+
+fn steps_in(file: &SafetensorsFile) -> Result<u64> {
+    let path = file.path().display();
+    file.metadata()?
+        .get(STEP_KEY)
+        .with_context(|| format!("{path}: optimizer file has no {STEP_KEY:?} metadata"))?
+        .parse()
+        .with_context(|| format!("{path}: optimizer step is not an integer"))
+}
+
+/// The step count stored in an optimizer file (without loading the moments).
+pub fn saved_steps(path: &Path) -> Result<u64> {
+    steps_in(&SafetensorsFile::open(path)?)
 }
 
 #[cfg(test)]
@@ -205,7 +187,7 @@ mod tests {
     #[test]
     fn matches_reference_formula_and_respects_flags() {
         let c = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
-        let mut s = ParamStore::new();
+        let mut s = ParamStore::new(Cpu::new().unwrap());
         let w0: Vec<f32> = (0..6).map(|i| 0.3 * i as f32 - 0.7).collect();
         let w = s.add("w", &[2, 3], w0.clone(), ParamFlags::MATRIX).unwrap();
         let n = s.add("n", &[6], w0.clone(), ParamFlags::NO_DECAY).unwrap();
@@ -237,7 +219,7 @@ mod tests {
     #[test]
     fn save_load_round_trip() {
         let dir = scratch_dir("adamw");
-        let mut s = ParamStore::new();
+        let mut s = ParamStore::new(Cpu::new().unwrap());
         let w = s.add("w", &[4], vec![1.0, 2.0, 3.0, 4.0], ParamFlags::MATRIX).unwrap();
         let mut opt = AdamW::new(AdamWConfig::default(), &s);
         s.grad_mut(w).copy_from_slice(&[0.5, -0.5, 0.25, 1.0]);
@@ -250,7 +232,7 @@ mod tests {
         assert_eq!(back.exp_avg(w), opt.exp_avg(w));
         assert_eq!(back.exp_avg_sq(w), opt.exp_avg_sq(w));
 
-        let mut other = ParamStore::new();
+        let mut other = ParamStore::new(Cpu::new().unwrap());
         other.add("w", &[2, 2], vec![0.0; 4], ParamFlags::MATRIX).unwrap();
         let err = AdamW::new(AdamWConfig::default(), &other).load(&path, &other).unwrap_err().to_string();
         assert!(err.contains("exp_avg.w") && err.contains("[4]") && err.contains("[2, 2]"), "{err}");

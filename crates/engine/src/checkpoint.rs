@@ -12,10 +12,11 @@
 //! does `latest` (replaced atomically) point at it, so a kill at any moment leaves `latest` naming
 //! a complete checkpoint.
 
-use crate::adamw::AdamW;
+use crate::adamw::{self, AdamW};
 use crate::atomic_file::{sync_dir, write_atomic, TEMP_PREFIX};
 use crate::params::ParamStore;
 use crate::safetensors_io::SafetensorsFile;
+use crate::Device;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -48,7 +49,12 @@ fn step_dir_name(step: u64) -> String {
 }
 
 /// Writes a complete checkpoint for `state.step` under `root` and makes it the latest.
-pub fn save_checkpoint(root: &Path, state: &TrainState, params: &ParamStore, optimizer: &AdamW) -> Result<PathBuf> {
+pub fn save_checkpoint<D: Device>(
+    root: &Path,
+    state: &TrainState,
+    params: &ParamStore<D>,
+    optimizer: &AdamW<D>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating checkpoint root {}", root.display()))?;
     // A step saved again (e.g. after a resume) gets a fresh directory: the one `latest` names is
     // never moved or modified, so there is no moment at which `latest` dangles.
@@ -140,12 +146,16 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 /// Restores parameters and optimizer from a checkpoint directory and returns its `TrainState`.
 ///
 /// Shapes and names are checked against the live model first; nothing is half-loaded on error.
-pub fn load_checkpoint(dir: &Path, params: &mut ParamStore, optimizer: &mut AdamW) -> Result<TrainState> {
+pub fn load_checkpoint<D: Device>(
+    dir: &Path,
+    params: &mut ParamStore<D>,
+    optimizer: &mut AdamW<D>,
+) -> Result<TrainState> {
     let state = read_state(dir)?;
     let model = SafetensorsFile::open(&dir.join(MODEL_FILE))?;
     params.check_file(&model, true)?;
     let optimizer_path = dir.join(OPTIMIZER_FILE);
-    let optimizer_steps = AdamW::saved_steps(&optimizer_path)?;
+    let optimizer_steps = adamw::saved_steps(&optimizer_path)?;
     if optimizer_steps != state.step {
         bail!("{}: optimizer has taken {optimizer_steps} steps but state.json says step {}", dir.display(), state.step);
     }
@@ -164,7 +174,7 @@ mod tests {
     use serde_json::json;
 
     fn model(fill: f32) -> ParamStore {
-        let mut s = ParamStore::new();
+        let mut s = ParamStore::new(crate::Cpu::new().unwrap());
         s.add("w", &[512, 512], vec![fill; 512 * 512], ParamFlags::MATRIX).unwrap();
         s.add("n", &[512], vec![fill; 512], ParamFlags::NO_DECAY).unwrap();
         s
@@ -234,7 +244,7 @@ mod tests {
         let params = model(1.0);
         let opt = AdamW::new(AdamWConfig::default(), &params);
         let dir = save_checkpoint(&root, &state(0), &params, &opt).unwrap();
-        let mut other = ParamStore::new();
+        let mut other = ParamStore::new(crate::Cpu::new().unwrap());
         other.add("w", &[512, 256], vec![3.0; 512 * 256], ParamFlags::MATRIX).unwrap();
         other.add("n", &[512], vec![3.0; 512], ParamFlags::NO_DECAY).unwrap();
         let mut other_opt = AdamW::new(AdamWConfig::default(), &other);

@@ -2,35 +2,25 @@
 //! parameters): scale every gradient by `min(1, max_norm / (total_norm + 1e-6))`.
 
 use crate::params::ParamStore;
-use rayon::prelude::*;
-
-const CHUNK: usize = 1 << 15;
+use crate::Device;
 
 /// L2 norm of all trainable gradients together (accumulated in f64).
-pub fn grad_norm(params: &ParamStore) -> f32 {
-    let sum_sq: f64 = params
-        .ids()
-        .filter(|&id| params.info(id).flags.trainable)
-        .map(|id| {
-            params
-                .grad(id)
-                .par_chunks(CHUNK)
-                .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
-                .sum::<f64>()
-        })
-        .sum();
-    sum_sq.sqrt() as f32
+pub fn grad_norm<D: Device>(params: &ParamStore<D>) -> f32 {
+    let grads: Vec<&D::Buf> =
+        params.ids().filter(|&id| params.info(id).flags.trainable).map(|id| params.grad(id)).collect();
+    params.device().sum_squares(&grads).sqrt() as f32
 }
 
 /// Clips in place and returns the norm before clipping (NaN/inf when a gradient is non-finite,
 /// so the caller can stop the run; see `nonfinite`).
-pub fn clip_grad_norm(params: &mut ParamStore, max_norm: f32) -> f32 {
+pub fn clip_grad_norm<D: Device>(params: &mut ParamStore<D>, max_norm: f32) -> f32 {
     let total = grad_norm(params);
     let coef = (max_norm / (total + 1e-6)).min(1.0);
     if coef < 1.0 {
         let ids: Vec<_> = params.ids().filter(|&id| params.info(id).flags.trainable).collect();
+        let dev = params.device().clone();
         for id in ids {
-            params.grad_mut(id).par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
+            dev.scale(params.grad_mut(id), coef);
         }
     }
     total
@@ -40,10 +30,11 @@ pub fn clip_grad_norm(params: &mut ParamStore, max_norm: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::params::ParamFlags;
+    use crate::Cpu;
 
     #[test]
     fn clips_to_max_norm_and_ignores_frozen() {
-        let mut s = ParamStore::new();
+        let mut s = ParamStore::new(Cpu::new().unwrap());
         let a = s.add("a", &[2], vec![0.0; 2], ParamFlags::MATRIX).unwrap();
         let b = s.add("b", &[1], vec![0.0], ParamFlags::NO_DECAY).unwrap();
         let f = s.add("f", &[1], vec![0.0], ParamFlags::FROZEN).unwrap();
@@ -60,7 +51,7 @@ mod tests {
 
     #[test]
     fn small_gradients_are_untouched() {
-        let mut s = ParamStore::new();
+        let mut s = ParamStore::new(Cpu::new().unwrap());
         let a = s.add("a", &[2], vec![0.0; 2], ParamFlags::MATRIX).unwrap();
         s.grad_mut(a).copy_from_slice(&[0.3, 0.4]);
         assert!((clip_grad_norm(&mut s, 1.0) - 0.5).abs() < 1e-6);
@@ -69,7 +60,7 @@ mod tests {
 
     #[test]
     fn non_finite_gradient_gives_non_finite_norm() {
-        let mut s = ParamStore::new();
+        let mut s = ParamStore::new(Cpu::new().unwrap());
         let a = s.add("a", &[2], vec![0.0; 2], ParamFlags::MATRIX).unwrap();
         s.grad_mut(a).copy_from_slice(&[f32::NAN, 1.0]);
         assert!(!clip_grad_norm(&mut s, 1.0).is_finite());

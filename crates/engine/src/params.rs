@@ -3,9 +3,11 @@
 //! Layers address parameters by `ParamId`; values and gradients live in separate vectors so a
 //! backward pass can read weights while writing (several) gradients at once. Names follow
 //! ARCHITECTURE.md, which makes the store 1:1 with safetensors checkpoints and PyTorch's
-//! `state_dict`.
+//! `state_dict`. Values and gradients are device buffers; the host sees them only when a
+//! checkpoint is saved or loaded.
 
 use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
+use crate::{Cpu, Device};
 use anyhow::{bail, Context, Result};
 use safetensors::Dtype;
 use std::collections::{BTreeSet, HashMap};
@@ -46,53 +48,66 @@ impl ParamInfo {
     }
 }
 
-#[derive(Debug, Default, Clone)]
-pub struct ParamStore {
+/// Every parameter of a model on device `D`: values, gradients, names, shapes and flags.
+pub struct ParamStore<D: Device = Cpu> {
+    dev: D,
     infos: Vec<ParamInfo>,
-    values: Vec<Vec<f32>>,
-    grads: Vec<Vec<f32>>,
+    values: Vec<D::Owned>,
+    grads: Vec<D::Owned>,
     by_name: HashMap<String, ParamId>,
 }
 
 /// Read access to all parameter values, borrowed alongside `Grads`.
-#[derive(Clone, Copy)]
-pub struct Values<'a>(&'a [Vec<f32>]);
+pub struct Values<'a, D: Device = Cpu>(&'a [D::Owned]);
 
-impl<'a> Values<'a> {
-    pub fn get(&self, id: ParamId) -> &'a [f32] {
+impl<D: Device> Clone for Values<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D: Device> Copy for Values<'_, D> {}
+
+impl<'a, D: Device> Values<'a, D> {
+    pub fn get(&self, id: ParamId) -> &'a D::Buf {
         &self.0[id.0]
     }
 }
 
 /// Write access to all gradients, borrowed alongside `Values`.
-pub struct Grads<'a>(&'a mut [Vec<f32>]);
+pub struct Grads<'a, D: Device = Cpu>(&'a mut [D::Owned]);
 
-impl Grads<'_> {
-    pub fn get_mut(&mut self, id: ParamId) -> &mut [f32] {
+impl<D: Device> Grads<'_, D> {
+    pub fn get_mut(&mut self, id: ParamId) -> &mut D::Buf {
         &mut self.0[id.0]
     }
 
     /// Several distinct gradients at once (e.g. a norm gain and a projection in one backward).
     ///
     /// Panics if an id repeats: that is a bug in the caller's layer wiring, not bad input.
-    pub fn get_many_mut<const N: usize>(&mut self, ids: [ParamId; N]) -> [&mut [f32]; N] {
-        let mut slots: Vec<Option<&mut Vec<f32>>> = self.0.iter_mut().map(Some).collect();
+    pub fn get_many_mut<const N: usize>(&mut self, ids: [ParamId; N]) -> [&mut D::Buf; N] {
+        let mut slots: Vec<Option<&mut D::Owned>> = self.0.iter_mut().map(Some).collect();
         ids.map(|id| {
-            slots
+            &mut **slots
                 .get_mut(id.0)
                 .and_then(Option::take)
                 .unwrap_or_else(|| panic!("gradient ids {ids:?} overlap or are out of range"))
-                .as_mut_slice()
         })
     }
 }
 
-impl ParamStore {
-    pub fn new() -> Self {
-        Self::default()
+impl<D: Device> ParamStore<D> {
+    /// An empty store whose tensors will live on `dev`.
+    pub fn new(dev: D) -> Self {
+        Self { dev, infos: Vec::new(), values: Vec::new(), grads: Vec::new(), by_name: HashMap::new() }
     }
 
-    /// Registers a parameter with its initial value. Names must be unique.
+    /// The device holding the tensors (models built on this store compute there).
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    /// Registers a parameter with its initial value (moved to the device). Names must be unique.
     pub fn add(&mut self, name: &str, shape: &[usize], value: Vec<f32>, flags: ParamFlags) -> Result<ParamId> {
         let numel: usize = shape.iter().product();
         if value.len() != numel {
@@ -103,8 +118,8 @@ impl ParamStore {
         }
         let id = ParamId(self.infos.len());
         self.infos.push(ParamInfo { name: name.to_owned(), shape: shape.to_vec(), flags });
-        self.values.push(value);
-        self.grads.push(vec![0.0; numel]);
+        self.values.push(self.dev.upload_vec(value));
+        self.grads.push(self.dev.zeros(numel));
         self.by_name.insert(name.to_owned(), id);
         Ok(id)
     }
@@ -129,35 +144,35 @@ impl ParamStore {
         &self.infos[id.0]
     }
 
-    pub fn value(&self, id: ParamId) -> &[f32] {
+    pub fn value(&self, id: ParamId) -> &D::Buf {
         &self.values[id.0]
     }
 
-    pub fn value_mut(&mut self, id: ParamId) -> &mut [f32] {
+    pub fn value_mut(&mut self, id: ParamId) -> &mut D::Buf {
         &mut self.values[id.0]
     }
 
-    pub fn grad(&self, id: ParamId) -> &[f32] {
+    pub fn grad(&self, id: ParamId) -> &D::Buf {
         &self.grads[id.0]
     }
 
-    pub fn grad_mut(&mut self, id: ParamId) -> &mut [f32] {
+    pub fn grad_mut(&mut self, id: ParamId) -> &mut D::Buf {
         &mut self.grads[id.0]
     }
 
     /// Read access to every value (what a forward pass needs).
-    pub fn values(&self) -> Values<'_> {
+    pub fn values(&self) -> Values<'_, D> {
         Values(&self.values)
     }
 
     /// Values (read) and gradients (write) at the same time, for backward passes.
-    pub fn split(&mut self) -> (Values<'_>, Grads<'_>) {
+    pub fn split(&mut self) -> (Values<'_, D>, Grads<'_, D>) {
         (Values(&self.values), Grads(&mut self.grads))
     }
 
-    /// Values (write) and gradients (read) at the same time, for optimizers.
-    pub fn values_mut_and_grads(&mut self) -> (&mut [Vec<f32>], &[Vec<f32>]) {
-        (&mut self.values, &self.grads)
+    /// The device, values (write) and gradients (read) at the same time, for optimizers.
+    pub fn values_mut_and_grads(&mut self) -> (&D, &mut [D::Owned], &[D::Owned]) {
+        (&self.dev, &mut self.values, &self.grads)
     }
 
     pub fn set_trainable(&mut self, id: ParamId, trainable: bool) {
@@ -166,7 +181,7 @@ impl ParamStore {
 
     pub fn zero_grad(&mut self) {
         for g in &mut self.grads {
-            g.fill(0.0);
+            self.dev.fill(g, 0.0);
         }
     }
 
@@ -177,10 +192,11 @@ impl ParamStore {
 
     /// Writes every parameter value, by name, atomically.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let host: Vec<_> = self.values.iter().map(|v| self.dev.to_host(v)).collect();
         let views = self
             .infos
             .iter()
-            .zip(&self.values)
+            .zip(&host)
             .map(|(info, v)| (info.name.clone(), F32View { shape: info.shape.clone(), data: v }));
         write_f32_tensors(path, views, None)
     }
@@ -232,7 +248,7 @@ impl ParamStore {
         let in_file: BTreeSet<String> = file.names().into_iter().collect();
         for (info, value) in self.infos.iter().zip(&mut self.values) {
             if in_file.contains(&info.name) {
-                *value = file.f32(&info.name)?.data;
+                *value = self.dev.upload_vec(file.f32(&info.name)?.data);
             }
         }
         Ok(())
@@ -251,7 +267,7 @@ mod tests {
     use crate::atomic_file::scratch_dir;
 
     fn store() -> ParamStore {
-        let mut s = ParamStore::new();
+        let mut s = ParamStore::new(Cpu::new().unwrap());
         s.add("w", &[2, 3], (0..6).map(|i| i as f32).collect(), ParamFlags::MATRIX).unwrap();
         s.add("g", &[3], vec![1.0; 3], ParamFlags::NO_DECAY).unwrap();
         s
@@ -299,7 +315,7 @@ mod tests {
     fn shape_mismatch_names_tensor_and_both_shapes() {
         let dir = scratch_dir("params-shape");
         let path = dir.join("p.safetensors");
-        let mut other = ParamStore::new();
+        let mut other = ParamStore::new(Cpu::new().unwrap());
         other.add("w", &[3, 2], vec![0.0; 6], ParamFlags::MATRIX).unwrap();
         other.add("g", &[3], vec![0.0; 3], ParamFlags::NO_DECAY).unwrap();
         other.save_safetensors(&path).unwrap();
@@ -315,7 +331,7 @@ mod tests {
     fn missing_and_unexpected_are_named() {
         let dir = scratch_dir("params-names");
         let path = dir.join("p.safetensors");
-        let mut other = ParamStore::new();
+        let mut other = ParamStore::new(Cpu::new().unwrap());
         other.add("w", &[2, 3], vec![0.0; 6], ParamFlags::MATRIX).unwrap();
         other.add("extra", &[1], vec![0.0], ParamFlags::MATRIX).unwrap();
         other.save_safetensors(&path).unwrap();

@@ -230,7 +230,7 @@ impl ModelScorer {
             let (vlm, params) = load_vlm(&config, &checkpoint)?;
             (ScoredModel::Vision(vlm), params)
         } else {
-            let mut params = ParamStore::new();
+            let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
             let lm = Lm::new(config, &mut params, 0)?;
             params.load_from(&file, true).with_context(|| format!("loading LM from {}", checkpoint.display()))?;
             (ScoredModel::Text(lm), params)
@@ -336,7 +336,7 @@ impl ModelScorer {
             }
         }
         let injected =
-            (n_image > 0).then_some(InjectedEmbeddings { rows: &self.injected_rows, values: &self.injected_values });
+            (n_image > 0).then_some(InjectedEmbeddings { rows: &self.injected_rows, values: &self.injected_values[..] });
         let input = LmInput { batch, seq, tokens: &self.tokens, injected };
         let lm = self.model.lm();
         let vocab = lm.config().vocab;

@@ -82,13 +82,13 @@ fn config() -> LmConfig {
 }
 
 fn new_vlm() -> (Vlm, ParamStore) {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let vlm = Vlm::new(config(), FEATURE_WIDTH, &mut params, SEED).unwrap();
     (vlm, params)
 }
 
 fn new_lm() -> (Lm, ParamStore) {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let lm = Lm::new(config(), &mut params, SEED).unwrap();
     (lm, params)
 }
@@ -476,7 +476,7 @@ fn checkpoints_load_as_vlm_or_text_lm_by_their_tensors() {
 #[test]
 fn encoder_width_must_match_the_projector() {
     let fx = Fixture::new();
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let vlm = Vlm::new(config(), FEATURE_WIDTH + 1, &mut params, SEED).unwrap();
     let err = ModelScorer::new(ScoredModel::Vision(vlm), params, tokenizer(), Some(fx.features())).err().unwrap();
     assert!(err.to_string().contains("width"), "{err}");

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
+use vlmix_engine::Cpu;
 
 use crate::lm::{Lm, LmConfig};
 use crate::vision::encoder::EncoderSpec;
@@ -85,7 +86,7 @@ pub fn load_vlm(model: &LmConfig, checkpoint: &Path) -> Result<(Vlm, ParamStore)
         "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]",
         weights.display()
     );
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(Cpu::new()?);
     let lm = Lm::new(model.clone(), &mut params, 0)?;
     let tail = match StageRecord::of_checkpoint(checkpoint)?.encoder {
         Some(encoder) => EncoderTail::open(&encoder, &mut params, 0)?,

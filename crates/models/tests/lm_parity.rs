@@ -71,7 +71,7 @@ fn load(case: &str) -> Result<Fixture> {
 }
 
 fn model(f: &Fixture) -> Result<(Lm, ParamStore)> {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let lm = Lm::new(f.config.clone(), &mut params, 0)?;
     params.load_safetensors(&f.dir.join("init.safetensors"))?;
     Ok((lm, params))

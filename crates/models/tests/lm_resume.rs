@@ -23,7 +23,7 @@ struct Run {
 }
 
 fn new_run(seed: u64) -> Run {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let lm = Lm::new(LmConfig::preset("tiny").unwrap(), &mut params, seed).unwrap();
     let opt = AdamW::new(AdamWConfig::default(), &params);
     Run { lm, params, opt }

@@ -20,7 +20,7 @@ fn tiny(tied: bool, norm: NormKind) -> (Lm, ParamStore) {
     let mut config = LmConfig::preset("tiny").unwrap();
     config.tied_embeddings = tied;
     config.norm = norm;
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let lm = Lm::new(config, &mut params, 42).unwrap();
     (lm, params)
 }
@@ -82,7 +82,7 @@ fn injected_embeddings_equal_token_embeddings_and_get_their_gradient() {
         batch: BATCH,
         seq: SEQ,
         tokens: &masked_ids,
-        injected: Some(InjectedEmbeddings { rows: &rows, values: &values }),
+        injected: Some(InjectedEmbeddings { rows: &rows, values: &values[..] }),
     };
     params.zero_grad();
     let mut d_injected = vec![0.0f32; rows.len() * d];
@@ -108,7 +108,7 @@ fn injected_embeddings_equal_token_embeddings_and_get_their_gradient() {
         let loss_at = |delta: f32, lm: &mut Lm| {
             let mut v = values.clone();
             v[i * d + j] += delta;
-            let input = LmInput { injected: Some(InjectedEmbeddings { rows: &rows, values: &v }), ..injected };
+            let input = LmInput { injected: Some(InjectedEmbeddings { rows: &rows, values: &v[..] }), ..injected };
             lm.loss(&params, &input, &targets, &mask).unwrap().loss as f64
         };
         let numeric = (loss_at(eps, &mut lm) - loss_at(-eps, &mut lm)) / (2.0 * eps as f64);
@@ -173,7 +173,7 @@ fn bad_inputs_are_clear_errors() {
         batch: 1,
         seq: SEQ,
         tokens: &long[..SEQ],
-        injected: Some(InjectedEmbeddings { rows: &rows, values: &values }),
+        injected: Some(InjectedEmbeddings { rows: &rows, values: &values[..] }),
     };
     let err = lm.logits(&params, &input).unwrap_err().to_string();
     assert!(err.contains("strictly increasing"), "{err}");
@@ -224,9 +224,11 @@ fn token_nll_scores_match_the_loss() {
 fn bench_reports_consistent_numbers() {
     use vlmix_models::lm::bench::{bench_train, BenchOptions};
     let model = LmConfig::preset("tiny").unwrap();
-    let r =
-        bench_train(&BenchOptions { model: model.clone(), model_name: "tiny".into(), batch: 2, steps: 2, warmup: 1 })
-            .unwrap();
+    let r = bench_train(
+        vlmix_engine::Cpu::new().unwrap(),
+        &BenchOptions { model: model.clone(), model_name: "tiny".into(), batch: 2, steps: 2, warmup: 1 },
+    )
+    .unwrap();
     assert!(r.tokens_per_s > 0.0 && r.final_loss.is_finite() && r.peak_rss_mb > 1.0, "{r:?}");
     assert!((r.gflops - r.tokens_per_s * model.train_flops_per_token(64) / 1e9).abs() < 1e-9 * r.gflops.max(1.0));
     assert!((r.step_ms * r.tokens_per_s / 1000.0 - 128.0).abs() < 1e-6, "step time and throughput disagree");
@@ -254,7 +256,7 @@ fn open_lm_variants_match_finite_differences() {
     let mut config = LmConfig::preset("tiny").unwrap();
     (config.vocab, config.seq_len, config.norm, config.post_embed_norm) = (50, 8, NormKind::LayerNorm, true);
     (config.z_loss, config.z_loss_rule) = (0.05, ZLossRule::OpenLm);
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let mut lm = Lm::new(config, &mut params, 5).unwrap();
     // Gains and biases away from 1 and 0, so every path through them matters.
     let mut rng = ChaCha8Rng::seed_from_u64(6);
@@ -308,7 +310,7 @@ fn weight_decay_rule_picks_the_decayed_parameters() {
     config.norm = NormKind::LayerNorm;
     for (rule, all) in [(WeightDecayRule::OpenLm, true), (WeightDecayRule::Matrices, false)] {
         config.weight_decay_rule = rule;
-        let mut params = ParamStore::new();
+        let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
         Lm::new(config.clone(), &mut params, 1).unwrap();
         for id in params.ids() {
             let info = params.info(id);

@@ -33,7 +33,7 @@ fn logits_deviation(case: &str, imported: &Imported) -> f64 {
     let expected = SafetensorsFile::open(&case_dir(case).join("expected.safetensors")).unwrap();
     let inputs: Vec<u32> = expected.i64("inputs").unwrap().data.iter().map(|&t| t as u32).collect();
     let want = expected.f32("logits").unwrap();
-    let mut params = vlmix_engine::params::ParamStore::new();
+    let mut params = vlmix_engine::params::ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let mut lm = Lm::new(imported.config.clone(), &mut params, 0).unwrap();
     for id in params.ids().collect::<Vec<_>>() {
         let name = params.info(id).name.clone();

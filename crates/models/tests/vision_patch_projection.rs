@@ -9,7 +9,7 @@ fn pixels(batch: usize, size: usize) -> Vec<f32> {
 
 #[test]
 fn tokens_are_linear_maps_of_patches() {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let proj = PatchProjection::new(8, 4, 5, &mut params, 3).unwrap();
     assert_eq!((proj.tokens(), proj.width()), (4, 5));
     let x = pixels(2, 8);
@@ -35,7 +35,7 @@ fn tokens_are_linear_maps_of_patches() {
 
 #[test]
 fn gradients_match_finite_differences() {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let proj = PatchProjection::new(6, 3, 4, &mut params, 9).unwrap();
     let x = patchify(&pixels(2, 6), 2, 3, 6, 3);
     let r: Vec<f32> = (0..2 * 4 * 4).map(|i| ((i * 7 % 11) as f32 - 5.0) / 6.0).collect();

@@ -12,7 +12,7 @@ fn loss(projector: &mut Projector, params: &ParamStore, features: &[f32], r: &[f
 #[test]
 fn gradients_match_finite_differences() {
     let (enc, d, rows) = (6, 5, 4);
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let mut projector = Projector::new(enc, d, &mut params, 7).unwrap();
     let features: Vec<f32> = (0..rows * enc).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
     let r: Vec<f32> = (0..rows * d).map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0).collect();
@@ -52,7 +52,7 @@ fn gradients_match_finite_differences() {
 
 #[test]
 fn backward_accumulates_and_store_round_trips() {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let mut projector = Projector::new(3, 2, &mut params, 1).unwrap();
     let features = [0.5f32, -1.0, 2.0, 1.5, 0.0, -0.5];
     let dout = [1.0f32, -2.0, 0.5, 0.25];

@@ -42,7 +42,7 @@ fn penultimate_and_last_layers_match_transformers() {
     let config = config();
     assert_eq!((config.tokens(), config.hidden_size), (16, 32));
     for (layer, want) in [(FeatureLayer::Penultimate, "penultimate"), (FeatureLayer::Last, "last_hidden_state")] {
-        let mut params = ParamStore::new();
+        let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
         let model =
             SiglipVision::register(&config, &fixture().join("model.safetensors"), layer, 0, &mut params).unwrap();
         let got = model.forward(&params, &pixels, 2, None).unwrap();
@@ -63,7 +63,7 @@ fn every_checkpoint_layout_of_an_odd_shaped_tower_matches_transformers() {
             "{name}"
         );
         for (layer, want) in [(FeatureLayer::Penultimate, "penultimate"), (FeatureLayer::Last, "last_hidden_state")] {
-            let mut params = ParamStore::new();
+            let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
             let model = SiglipVision::register(&config, &dir.join("model.safetensors"), layer, 0, &mut params).unwrap();
             let got = model.forward(&params, &pixels, 2, None).unwrap();
             let worst = assert_close(&format!("{name} {want}"), &got, &outputs.f32(want).unwrap().data, 1e-4);
@@ -80,7 +80,7 @@ fn every_layout_registers_the_same_vision_model_parameters() {
     let registered = |name: &str| -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let dir = layout_fixture(name);
         let config = SiglipConfig::from_file(&dir.join("config.json")).unwrap();
-        let mut params = ParamStore::new();
+        let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
         SiglipVision::register(&config, &dir.join("model.safetensors"), FeatureLayer::Last, 1, &mut params).unwrap();
         params
             .ids()
@@ -113,7 +113,7 @@ fn encoder_and_tail_open_an_unprefixed_directory() {
     let trunk = open_encoder(&spec, Path::new("/nonexistent")).unwrap();
     assert_eq!((trunk.tokens(), trunk.width()), (25, 42));
     let hidden = trunk.encode(&pixels, 2).unwrap();
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let mut tail = EncoderTail::open(&spec, &mut params, 0).unwrap().expect("one trainable block gives a tail");
     let got = tail.forward(&params, &hidden, 2, false).unwrap();
     assert_close("unprefixed trunk + tail", &got, &outputs.f32("last_hidden_state").unwrap().data, 1e-4);
@@ -130,7 +130,15 @@ fn a_file_in_neither_layout_is_refused_naming_it_and_its_tensors() {
     let config = SiglipConfig::from_file(&layout_fixture("siglip_layout_unprefixed").join("config.json")).unwrap();
     let err = format!(
         "{:#}",
-        SiglipVision::register(&config, &path, FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap()
+        SiglipVision::register(
+            &config,
+            &path,
+            FeatureLayer::Last,
+            0,
+            &mut ParamStore::new(vlmix_engine::Cpu::new().unwrap())
+        )
+        .err()
+        .unwrap()
     );
     assert!(err.contains(&path.display().to_string()) && err.contains("not a SigLIP vision checkpoint"), "{err}");
     assert!(names.iter().all(|n| err.contains(n)) && err.contains("found 2 tensors"), "{err}");
@@ -150,7 +158,15 @@ fn a_file_in_neither_layout_is_refused_naming_it_and_its_tensors() {
         .unwrap();
     let err = format!(
         "{:#}",
-        SiglipVision::register(&config, &path, FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap()
+        SiglipVision::register(
+            &config,
+            &path,
+            FeatureLayer::Last,
+            0,
+            &mut ParamStore::new(vlmix_engine::Cpu::new().unwrap())
+        )
+        .err()
+        .unwrap()
     );
     assert!(err.contains("missing tensor encoder.layers.1.mlp.fc2.bias (expected shape [42])"), "{err}");
 }
@@ -181,13 +197,16 @@ fn trunk_then_tail_equals_the_whole_tower() {
         SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap().f32("pixel_values").unwrap().data;
     let (config, weights) = (config(), fixture().join("model.safetensors"));
     for layer in [FeatureLayer::Penultimate, FeatureLayer::Last] {
-        let mut whole_params = ParamStore::new();
+        let mut whole_params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
         let whole = SiglipVision::register(&config, &weights, layer, 0, &mut whole_params)
             .unwrap()
             .forward(&whole_params, &pixels, 2, None)
             .unwrap();
         for tail_blocks in 1..=config.used_blocks(layer) {
-            let (mut trunk_params, mut tail_params) = (ParamStore::new(), ParamStore::new());
+            let (mut trunk_params, mut tail_params) = (
+                ParamStore::new(vlmix_engine::Cpu::new().unwrap()),
+                ParamStore::new(vlmix_engine::Cpu::new().unwrap()),
+            );
             let trunk = SiglipVision::register_trunk(&config, &weights, layer, tail_blocks, &mut trunk_params).unwrap();
             let tail = SiglipVision::register_tail(&config, &weights, layer, tail_blocks, &mut tail_params).unwrap();
             assert!(trunk_params.ids().all(|id| !trunk_params.info(id).flags.trainable), "the trunk is frozen");
@@ -198,11 +217,16 @@ fn trunk_then_tail_equals_the_whole_tower() {
         }
     }
     let too_many = config.used_blocks(FeatureLayer::Penultimate) + 1;
-    let err =
-        SiglipVision::register_tail(&config, &weights, FeatureLayer::Penultimate, too_many, &mut ParamStore::new())
-            .err()
-            .unwrap()
-            .to_string();
+    let err = SiglipVision::register_tail(
+        &config,
+        &weights,
+        FeatureLayer::Penultimate,
+        too_many,
+        &mut ParamStore::new(vlmix_engine::Cpu::new().unwrap()),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("cannot unfreeze"), "{err}");
 }
 
@@ -213,7 +237,7 @@ fn unfrozen_last_block_gradients_match_finite_differences() {
     let outputs = SafetensorsFile::open(&fixture().join("outputs.safetensors")).unwrap();
     let pixels = outputs.f32("pixel_values").unwrap().data;
     let config = config();
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let model =
         SiglipVision::register(&config, &fixture().join("model.safetensors"), FeatureLayer::Last, 1, &mut params)
             .unwrap();
@@ -283,7 +307,15 @@ fn wrong_or_missing_weights_name_the_tensor_and_both_shapes() {
     wrong.get_mut(name).unwrap().0 = vec![32, 64];
     let err = format!(
         "{:#}",
-        SiglipVision::register(&config(), &write(&wrong), FeatureLayer::Last, 0, &mut ParamStore::new()).err().unwrap()
+        SiglipVision::register(
+            &config(),
+            &write(&wrong),
+            FeatureLayer::Last,
+            0,
+            &mut ParamStore::new(vlmix_engine::Cpu::new().unwrap())
+        )
+        .err()
+        .unwrap()
     );
     assert!(err.contains(name) && err.contains("[32, 64]") && err.contains("[64, 32]"), "{err}");
 
@@ -291,9 +323,15 @@ fn wrong_or_missing_weights_name_the_tensor_and_both_shapes() {
     missing.remove("vision_model.encoder.layers.0.self_attn.k_proj.bias");
     let err = format!(
         "{:#}",
-        SiglipVision::register(&config(), &write(&missing), FeatureLayer::Last, 0, &mut ParamStore::new())
-            .err()
-            .unwrap()
+        SiglipVision::register(
+            &config(),
+            &write(&missing),
+            FeatureLayer::Last,
+            0,
+            &mut ParamStore::new(vlmix_engine::Cpu::new().unwrap())
+        )
+        .err()
+        .unwrap()
     );
     assert!(
         err.contains("missing tensor vision_model.encoder.layers.0.self_attn.k_proj.bias") && err.contains("[32]"),

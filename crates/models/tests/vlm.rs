@@ -13,7 +13,7 @@ const ENC: usize = 12;
 fn setup() -> (Vlm, ParamStore, VlmBatch) {
     let mut config = LmConfig::preset("tiny").unwrap();
     config.vocab = VOCAB;
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let vlm = Vlm::new(config, ENC, &mut params, 3).unwrap();
     (vlm, params, image_batch(4, ENC, 10))
 }

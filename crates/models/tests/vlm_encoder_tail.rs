@@ -21,7 +21,7 @@ fn siglip_fixture() -> PathBuf {
 fn setup(spec: &EncoderSpec) -> (Vlm, ParamStore, VlmBatch) {
     let mut config = LmConfig::preset("tiny").unwrap();
     config.vocab = VOCAB;
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let lm = Lm::new(config, &mut params, 3).unwrap();
     let tail = EncoderTail::open(spec, &mut params, 5).unwrap().expect("the spec has a tail");
     let (width, n_img) = (tail.input_width(), tail.tokens());
@@ -71,7 +71,7 @@ fn patch_projection_trains_through_the_projector() {
 
 #[test]
 fn a_tail_that_does_not_fit_the_projector_is_refused() {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let mut config = LmConfig::preset("tiny").unwrap();
     config.vocab = VOCAB;
     let lm = Lm::new(config, &mut params, 3).unwrap();

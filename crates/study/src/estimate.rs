@@ -53,7 +53,7 @@ pub fn probe(model: &LmConfig, micro: usize) -> Result<Probe> {
     TrainShape::text(probed.clone())
         .plan(batch, Some(batch), available_memory()?)
         .context("the throughput probe does not fit in memory")?;
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
     let mut lm = Lm::new(probed.clone(), &mut params, 0)?;
     let mut optimizer = AdamW::new(AdamWConfig::default(), &params);
     let n = batch * probed.seq_len;

@@ -217,7 +217,7 @@ impl<'a> StudyRunner<'a> {
 
     /// Held-out text bits-per-byte of any checkpoint's LM (projector weights, if any, are ignored).
     pub fn validation_bits_per_byte(&self, checkpoint: &Path) -> Result<f64> {
-        let mut params = ParamStore::new();
+        let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
         let mut lm = Lm::new(self.model.clone(), &mut params, 0)?;
         params.load_partial_safetensors(&weights_of(checkpoint))?;
         self.validation.bits_per_byte(&mut lm, &params)
@@ -241,7 +241,7 @@ impl<'a> StudyRunner<'a> {
         })?;
         // Validation bits-per-byte at init and at every kept fraction: the text-learning curve.
         let mut curve = Vec::new();
-        let mut params = ParamStore::new();
+        let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
         let mut lm = Lm::new(self.model.clone(), &mut params, spec.seed)?;
         curve.push(BpbPoint { fraction: 0.0, bits_per_byte: self.validation.bits_per_byte(&mut lm, &params)? });
         let mut checkpoints = FractionCheckpoints::default();

@@ -11,6 +11,7 @@ use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::checkpoint::{read_state, STATE_FILE};
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::Cpu;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::memory::{available_memory, gib, MemoryPlan, TailShape, TrainShape, VisionShape};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
@@ -80,7 +81,7 @@ pub fn pretrain<D: TokenDocuments>(
     let plan =
         plan_memory("pre-training", &TrainShape::text(spec.model.clone()), spec.batch_size, spec.micro_batch_size)?;
     StageRecord { model: spec.model.clone(), encoder: None }.write(dir)?;
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(Cpu::new()?);
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     let mut model = TextModel { lm, params, micro_batch: plan.micro_batch };
     let mut optimizer =
@@ -202,7 +203,7 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     let plan =
         plan_memory("cooldown", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
     StageRecord { model: spec.model.clone(), encoder: Some(spec.encoder.clone()) }.write(dir)?;
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(Cpu::new()?);
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     if let Start::TextCheckpoint(checkpoint) = &spec.start {
         params

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::{Cpu, Device};
 use vlmix_models::lm::{Lm, LmInput};
 
 use crate::micro_batch::{accumulate, mask_sum};
@@ -17,21 +18,22 @@ pub struct TokenBatch {
     pub loss_mask: Vec<f32>,
 }
 
-pub struct TextModel {
-    pub lm: Lm,
-    pub params: ParamStore,
+pub struct TextModel<D: Device = Cpu> {
+    pub lm: Lm<D>,
+    pub params: ParamStore<D>,
     /// Sequences per forward/backward pass; a batch is accumulated over passes of this size.
     pub micro_batch: usize,
 }
 
-impl Trainable for TextModel {
+impl<D: Device> Trainable for TextModel<D> {
     type Batch = TokenBatch;
+    type Dev = D;
 
-    fn params(&self) -> &ParamStore {
+    fn params(&self) -> &ParamStore<D> {
         &self.params
     }
 
-    fn params_mut(&mut self) -> &mut ParamStore {
+    fn params_mut(&mut self) -> &mut ParamStore<D> {
         &mut self.params
     }
 

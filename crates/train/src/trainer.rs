@@ -18,6 +18,7 @@ use vlmix_engine::checkpoint::{
 use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::nonfinite::ensure_finite;
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::Device;
 
 use crate::distributed::{self, World};
 use crate::metrics::{MetricsLog, StepMetrics};
@@ -26,8 +27,10 @@ use crate::schedule::Schedule;
 /// One optimizer step's worth of data, as the model consumes it.
 pub trait Trainable {
     type Batch;
-    fn params(&self) -> &ParamStore;
-    fn params_mut(&mut self) -> &mut ParamStore;
+    /// Where parameters, gradients and the optimizer state live.
+    type Dev: Device;
+    fn params(&self) -> &ParamStore<Self::Dev>;
+    fn params_mut(&mut self) -> &mut ParamStore<Self::Dev>;
     /// Forward and backward over the batch, accumulating gradients; returns the mean loss.
     fn forward_backward(&mut self, batch: &Self::Batch) -> Result<f32>;
 }
@@ -81,7 +84,7 @@ struct Counters {
 /// a rank that fails aborts them all.
 pub fn train<M, S>(
     model: &mut M,
-    optimizer: &mut AdamW,
+    optimizer: &mut AdamW<M::Dev>,
     source: &mut S,
     config: &LoopConfig,
     dir: &Path,
@@ -102,7 +105,7 @@ where
 fn train_ranks<M, S>(
     world: &World,
     model: &mut M,
-    optimizer: &mut AdamW,
+    optimizer: &mut AdamW<M::Dev>,
     source: &mut S,
     config: &LoopConfig,
     dir: &Path,
@@ -190,20 +193,27 @@ where
     })
 }
 
-/// Sums every gradient and the loss over the ranks in one all-reduce; returns the summed loss.
-fn sum_over_ranks(world: &World, params: &mut ParamStore, loss: f32, scratch: &mut Vec<f32>) -> Result<f32> {
+/// Sums every gradient and the loss over the ranks in one all-reduce (through host memory, as
+/// MPI on the CPU needs); returns the summed loss.
+fn sum_over_ranks<D: Device>(
+    world: &World,
+    params: &mut ParamStore<D>,
+    loss: f32,
+    scratch: &mut Vec<f32>,
+) -> Result<f32> {
     let ids: Vec<_> = params.ids().collect();
     let mut flat = Vec::with_capacity(params.numel(false) + 1);
     for &id in &ids {
-        flat.extend_from_slice(params.grad(id));
+        flat.extend_from_slice(&params.device().to_host(params.grad(id)));
     }
     flat.push(loss);
     distributed::all_reduce_sum(world, &mut flat, scratch)?;
     let mut at = 0;
     for &id in &ids {
-        let grad = params.grad_mut(id);
-        grad.copy_from_slice(&flat[at..at + grad.len()]);
-        at += grad.len();
+        let n = params.info(id).numel();
+        let dev = params.device().clone();
+        dev.upload_into(&flat[at..at + n], params.grad_mut(id));
+        at += n;
     }
     Ok(flat[at])
 }

@@ -6,6 +6,7 @@ use anyhow::{ensure, Result};
 use vlmix_data::packing::{TextCursor, TextPacker, TokenDocuments};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmInput};
 
 pub struct ValidationSet {
@@ -33,14 +34,15 @@ impl ValidationSet {
     }
 
     /// Bits per byte of the LM on the set (nats summed over tokens / ln 2 / bytes).
-    pub fn bits_per_byte(&self, lm: &mut Lm, params: &ParamStore) -> Result<f64> {
+    pub fn bits_per_byte<D: Device>(&self, lm: &mut Lm<D>, params: &ParamStore<D>) -> Result<f64> {
         let batch = 8.min(self.sequences);
         let mut nats = 0.0f64;
         for start in (0..self.sequences).step_by(batch) {
             let n = batch.min(self.sequences - start);
             let range = start * self.seq..(start + n) * self.seq;
             let input = LmInput::tokens(n, self.seq, &self.inputs[range.clone()]);
-            nats += lm.token_nll(params, &input, &self.targets[range])?.iter().map(|&x| x as f64).sum::<f64>();
+            let nll = lm.token_nll(params, &input, &self.targets[range])?;
+            nats += params.device().to_host(nll).iter().map(|&x| x as f64).sum::<f64>();
         }
         Ok(nats / std::f64::consts::LN_2 / self.bytes.max(1) as f64)
     }

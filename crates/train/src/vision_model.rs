@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::Cpu;
 use vlmix_models::vlm::{Vlm, VlmBatch};
 
 use crate::micro_batch::{accumulate, mask_sum};
@@ -16,6 +17,7 @@ pub struct VisionModel {
 
 impl Trainable for VisionModel {
     type Batch = VlmBatch;
+    type Dev = Cpu;
 
     fn params(&self) -> &ParamStore {
         &self.params

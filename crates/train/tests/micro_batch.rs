@@ -110,7 +110,7 @@ fn loop_config() -> LoopConfig {
 }
 
 /// Trains 5 steps and returns (parameters by name, loss of each step).
-fn run<M: Trainable, S: BatchSource<Batch = M::Batch>>(
+fn run<M: Trainable<Dev = vlmix_engine::Cpu>, S: BatchSource<Batch = M::Batch>>(
     mut model: M,
     mut source: S,
 ) -> (Vec<(String, Vec<f32>)>, Vec<f64>) {
@@ -146,14 +146,14 @@ fn worst_relative(a: &(Vec<(String, Vec<f32>)>, Vec<f64>), b: &(Vec<(String, Vec
 }
 
 fn text_run(micro_batch: usize) -> (Vec<(String, Vec<f32>)>, Vec<f64>) {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let lm = Lm::new(config(), &mut params, 11).unwrap();
     let vocab = config().vocab;
     run(TextModel { lm, params, micro_batch }, Masked { next: 0, vocab })
 }
 
 fn vlm_run(micro_batch: usize) -> (Vec<(String, Vec<f32>)>, Vec<f64>) {
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let vlm = Vlm::new(config(), FEATURE_WIDTH, &mut params, 11).unwrap();
     let vocab = config().vocab;
     run(VisionModel { vlm, params, micro_batch }, WithImages(Masked { next: 0, vocab }))

@@ -53,7 +53,7 @@ impl BatchSource for Counting {
 
 fn model() -> (TextModel, AdamW) {
     let config = LmConfig::preset("tiny").unwrap();
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let lm = Lm::new(config, &mut params, 7).unwrap();
     let opt = AdamW::new(AdamWConfig::default(), &params);
     (TextModel { lm, params, micro_batch: 2 }, opt)

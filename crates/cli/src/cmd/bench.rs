@@ -44,7 +44,7 @@ fn train(args: TrainArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
     let model = LmConfig::load(&args.model)?;
-    let report = bench_train(&BenchOptions {
+    let report = bench_train(vlmix_engine::Cpu::new()?, &BenchOptions {
         model,
         model_name: args.model,
         batch: args.batch,

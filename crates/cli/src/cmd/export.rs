@@ -27,7 +27,7 @@ pub fn run(command: ExportCommand) -> Result<()> {
     let ExportCommand::Openlm(args) = command;
     let checkpoint = resolve_checkpoint(&args.checkpoint)?;
     let config = StageRecord::of_checkpoint(&checkpoint)?.model;
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
     Lm::new(config.clone(), &mut params, 0)?;
     let weights = weights_of(&checkpoint);
     let file = SafetensorsFile::open(&weights)?;

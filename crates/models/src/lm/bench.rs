@@ -12,6 +12,7 @@ use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::nonfinite::ensure_finite;
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::Device;
 
 pub struct BenchOptions {
     pub model: LmConfig,
@@ -69,10 +70,11 @@ pub fn peak_rss_mb() -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-pub fn bench_train(opts: &BenchOptions) -> Result<BenchReport> {
+/// Runs the benchmark on `dev` (the report's thread, CPU and BLAS fields describe the host).
+pub fn bench_train<D: Device>(dev: D, opts: &BenchOptions) -> Result<BenchReport> {
     let config = &opts.model;
     let seq = config.seq_len;
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(dev);
     let mut lm = Lm::new(config.clone(), &mut params, 0)?;
     let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, &params);
     let mut rng = ChaCha8Rng::seed_from_u64(0);

@@ -1,31 +1,46 @@
 //! What the LM reads: token ids, optionally with some positions given as embedding vectors.
 
 use anyhow::{bail, Result};
+use vlmix_engine::{Cpu, Device};
 
 /// Embedding vectors that replace the token embedding at chosen positions.
 ///
 /// This is how the VLM feeds projected image features: the image's rows come before the caption's
 /// tokens in each sequence, and the gradient with respect to these vectors flows back to the
 /// projector.
-#[derive(Debug, Clone, Copy)]
-pub struct InjectedEmbeddings<'a> {
+pub struct InjectedEmbeddings<'a, D: Device = Cpu> {
     /// Flat positions `b * seq + t`, strictly increasing.
     pub rows: &'a [usize],
-    /// `[rows.len(), d_model]`, row-major.
-    pub values: &'a [f32],
+    /// `[rows.len(), d_model]`, row-major, on the model's device.
+    pub values: &'a D::Buf,
 }
 
+impl<D: Device> Clone for InjectedEmbeddings<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D: Device> Copy for InjectedEmbeddings<'_, D> {}
+
 /// One batch of sequences of equal length.
-#[derive(Debug, Clone, Copy)]
-pub struct LmInput<'a> {
+pub struct LmInput<'a, D: Device = Cpu> {
     pub batch: usize,
     pub seq: usize,
     /// `[batch * seq]` token ids; at injected positions the id is ignored (use any valid id, e.g. 0).
     pub tokens: &'a [u32],
-    pub injected: Option<InjectedEmbeddings<'a>>,
+    pub injected: Option<InjectedEmbeddings<'a, D>>,
 }
 
-impl<'a> LmInput<'a> {
+impl<D: Device> Clone for LmInput<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D: Device> Copy for LmInput<'_, D> {}
+
+impl<'a, D: Device> LmInput<'a, D> {
     /// Token ids only.
     pub fn tokens(batch: usize, seq: usize, tokens: &'a [u32]) -> Self {
         Self { batch, seq, tokens, injected: None }
@@ -36,7 +51,7 @@ impl<'a> LmInput<'a> {
     }
 
     /// Checks the sizes against the model; ids are checked by the embedding layer.
-    pub(crate) fn validate(&self, d_model: usize, max_seq: usize) -> Result<()> {
+    pub(crate) fn validate(&self, dev: &D, d_model: usize, max_seq: usize) -> Result<()> {
         if self.batch == 0 || self.seq == 0 {
             bail!("empty batch: batch {} x seq {}", self.batch, self.seq);
         }
@@ -47,10 +62,10 @@ impl<'a> LmInput<'a> {
             bail!("{} token ids for batch {} x seq {}", self.tokens.len(), self.batch, self.seq);
         }
         if let Some(inj) = &self.injected {
-            if inj.values.len() != inj.rows.len() * d_model {
+            if dev.len(inj.values) != inj.rows.len() * d_model {
                 bail!(
                     "{} injected embedding values for {} positions of width {d_model}",
-                    inj.values.len(),
+                    dev.len(inj.values),
                     inj.rows.len()
                 );
             }

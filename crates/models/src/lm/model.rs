@@ -19,19 +19,19 @@ use vlmix_engine::layers::{
 use vlmix_engine::params::{Grads, ParamStore, Values};
 use vlmix_engine::{Cpu, Device, LossStats};
 
-pub struct Lm {
+pub struct Lm<D: Device = Cpu> {
     config: LmConfig,
-    dev: Cpu,
+    dev: D,
     layers: LmLayers,
     ids: LmParamIds,
-    work: Option<Workspace>,
+    work: Option<Workspace<D>>,
 }
 
-fn norm_params(v: Values<'_>, n: NormIds) -> NormParams<'_, Cpu> {
+fn norm_params<D: Device>(v: Values<'_, D>, n: NormIds) -> NormParams<'_, D> {
     NormParams { weight: v.get(n.weight), bias: n.bias.map(|b| v.get(b)) }
 }
 
-fn norm_grads<'a>(g: &'a mut Grads<'_>, n: NormIds) -> NormGrads<'a, Cpu> {
+fn norm_grads<'a, D: Device>(g: &'a mut Grads<'_, D>, n: NormIds) -> NormGrads<'a, D> {
     match n.bias {
         Some(bias) => {
             let [weight, bias] = g.get_many_mut([n.weight, bias]);
@@ -41,7 +41,7 @@ fn norm_grads<'a>(g: &'a mut Grads<'_>, n: NormIds) -> NormGrads<'a, Cpu> {
     }
 }
 
-fn attention_params<'a>(v: Values<'a>, b: &BlockIds) -> AttentionParams<'a, Cpu> {
+fn attention_params<'a, D: Device>(v: Values<'a, D>, b: &BlockIds) -> AttentionParams<'a, D> {
     AttentionParams {
         in_proj: LinearParams { weight: v.get(b.in_proj), bias: None },
         q_norm: b.q_norm.map(|n| norm_params(v, n)),
@@ -50,7 +50,7 @@ fn attention_params<'a>(v: Values<'a>, b: &BlockIds) -> AttentionParams<'a, Cpu>
     }
 }
 
-fn attention_grads<'a>(g: &'a mut Grads<'_>, b: &BlockIds) -> AttentionGrads<'a, Cpu> {
+fn attention_grads<'a, D: Device>(g: &'a mut Grads<'_, D>, b: &BlockIds) -> AttentionGrads<'a, D> {
     let linear = |weight| LinearGrads { weight, bias: None };
     match (b.q_norm, b.k_norm) {
         (Some(NormIds { weight: qw, bias: Some(qb) }), Some(NormIds { weight: kw, bias: Some(kb) })) => {
@@ -80,11 +80,12 @@ fn attention_grads<'a>(g: &'a mut Grads<'_>, b: &BlockIds) -> AttentionGrads<'a,
     }
 }
 
-impl Lm {
-    /// Registers a freshly initialised LM (OpenLM init, seeded) in `params`.
-    pub fn new(config: LmConfig, params: &mut ParamStore, seed: u64) -> Result<Self> {
+impl<D: Device> Lm<D> {
+    /// Registers a freshly initialised LM (OpenLM init, seeded) in `params`; it computes on the
+    /// store's device.
+    pub fn new(config: LmConfig, params: &mut ParamStore<D>, seed: u64) -> Result<Self> {
         config.validate()?;
-        let dev = Cpu::new()?;
+        let dev = params.device().clone();
         let ids = register(&config, params, &mut Initializer::new(seed))?;
         Ok(Self { layers: LmLayers::new(&config), config, dev, ids, work: None })
     }
@@ -121,8 +122,8 @@ impl Lm {
 
     /// Forward pass up to the logits (left in the workspace): of every position, or with
     /// `last_only` of each sequence's last position (`[batch, vocab]`, for generation).
-    fn forward(&mut self, params: &ParamStore, input: &LmInput, last_only: bool) -> Result<()> {
-        input.validate(self.config.d_model, self.config.seq_len)?;
+    fn forward(&mut self, params: &ParamStore<D>, input: &LmInput<D>, last_only: bool) -> Result<()> {
+        input.validate(&self.dev, self.config.d_model, self.config.seq_len)?;
         self.reserve(input.batch, input.seq)?;
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
         let ws = self.work.as_mut().expect("reserved above");
@@ -132,70 +133,75 @@ impl Lm {
 
         // Token embeddings (image rows injected), through the post-embedding norm when there is one.
         let embedded = match ids.post_embed_norm {
-            Some(_) => &mut ws.embedded[..n],
-            None => &mut ws.residual[0][..n],
+            Some(_) => dev.slice_mut(&mut ws.embedded, 0..n),
+            None => dev.slice_mut(&mut ws.residual[0], 0..n),
         };
-        layers.embedding.forward(dev, v.get(ids.tok_embeddings), input.tokens, embedded)?;
+        layers.embedding.forward(dev, v.get(ids.tok_embeddings), input.tokens, &mut *embedded)?;
         if let Some(inj) = &input.injected {
-            for (i, &row) in inj.rows.iter().enumerate() {
-                embedded[row * d..(row + 1) * d].copy_from_slice(&inj.values[i * d..(i + 1) * d]);
-            }
+            dev.scatter_rows(inj.values, inj.rows, embedded);
         }
         if let Some(post) = ids.post_embed_norm {
             layers.norm.forward(
                 dev,
                 &norm_params(v, post),
-                &ws.embedded[..n],
+                dev.slice(&ws.embedded, 0..n),
                 &mut ws.post_embed_norm,
-                &mut ws.residual[0][..n],
+                dev.slice_mut(&mut ws.residual[0], 0..n),
             );
         }
         for (l, b) in ids.blocks.iter().enumerate() {
             let (before, after) = ws.residual.split_at_mut(l + 1);
-            let (x, x_next) = (&before[l][..n], &mut after[0][..n]);
+            let (x, x_next) = (dev.slice(&before[l], 0..n), dev.slice_mut(&mut after[0], 0..n));
             let acts = &mut ws.blocks[l];
-            let branch = &mut ws.d_branch[..n];
-            let h = &mut acts.h[..n];
+            let branch = dev.slice_mut(&mut ws.d_branch, 0..n);
+            let h = dev.slice_mut(&mut acts.h, 0..n);
             layers.norm.forward(
                 dev,
                 &norm_params(v, b.attention_norm),
                 x,
                 &mut acts.attention_norm,
-                &mut acts.attention_norm_out[..n],
+                dev.slice_mut(&mut acts.attention_norm_out, 0..n),
             );
             layers.attention.forward(
                 dev,
                 &attention_params(v, b),
-                &acts.attention_norm_out[..n],
+                dev.slice(&acts.attention_norm_out, 0..n),
                 input.batch,
                 input.seq,
                 &mut acts.attention,
-                branch,
+                &mut *branch,
             );
-            dev.add(x, branch, h);
-            layers.norm.forward(dev, &norm_params(v, b.ffn_norm), h, &mut acts.ffn_norm, &mut acts.ffn_norm_out[..n]);
+            dev.add(x, branch, &mut *h);
+            let ffn_norm_out = dev.slice_mut(&mut acts.ffn_norm_out, 0..n);
+            layers.norm.forward(dev, &norm_params(v, b.ffn_norm), h, &mut acts.ffn_norm, &mut *ffn_norm_out);
             let ffn = SwiGluParams { w12: v.get(b.w12), w3: v.get(b.w3) };
-            layers.feed_forward.forward(dev, &ffn, &acts.ffn_norm_out[..n], &mut acts.feed_forward, branch);
+            layers.feed_forward.forward(dev, &ffn, ffn_norm_out, &mut acts.feed_forward, &mut *branch);
             dev.add(h, branch, x_next);
         }
-        let last = &ws.residual[ids.blocks.len()][..n];
-        layers.norm.forward(dev, &norm_params(v, ids.norm), last, &mut ws.final_norm, &mut ws.final_norm_out[..n]);
+        let last = dev.slice(&ws.residual[ids.blocks.len()], 0..n);
+        let final_norm_out = dev.slice_mut(&mut ws.final_norm_out, 0..n);
+        layers.norm.forward(dev, &norm_params(v, ids.norm), last, &mut ws.final_norm, &mut *final_norm_out);
         let output = LinearParams { weight: v.get(ids.output_weight()), bias: None };
         if last_only {
-            // The rows before each sequence's last are not needed: compact the last rows first.
-            for b in 0..input.batch {
-                let last_row = (b + 1) * input.seq - 1;
-                ws.final_norm_out.copy_within(last_row * d..(last_row + 1) * d, b * d);
-            }
+            // Only each sequence's last row is projected; they are gathered into `d_norm`, which is
+            // free outside the backward.
+            let last_rows: Vec<usize> = (1..=input.batch).map(|b| b * input.seq - 1).collect();
             let nd = input.batch * d;
+            let gathered = dev.slice_mut(&mut ws.d_norm, 0..nd);
+            dev.gather_rows(final_norm_out, &last_rows, &mut *gathered);
             layers.output.forward(
                 dev,
                 &output,
-                &ws.final_norm_out[..nd],
-                &mut ws.logits[..input.batch * self.config.vocab],
+                gathered,
+                dev.slice_mut(&mut ws.logits, 0..input.batch * self.config.vocab),
             );
         } else {
-            layers.output.forward(dev, &output, &ws.final_norm_out[..n], &mut ws.logits[..rows * self.config.vocab]);
+            layers.output.forward(
+                dev,
+                &output,
+                final_norm_out,
+                dev.slice_mut(&mut ws.logits, 0..rows * self.config.vocab),
+            );
         }
         Ok(())
     }
@@ -207,17 +213,21 @@ impl Lm {
     /// `grad_scale * dloss/d(embedding)` (overwritten, not accumulated).
     pub fn forward_backward(
         &mut self,
-        params: &mut ParamStore,
-        input: &LmInput,
+        params: &mut ParamStore<D>,
+        input: &LmInput<D>,
         targets: &[u32],
         loss_mask: &[f32],
         grad_scale: f32,
-        injected_grad: Option<&mut [f32]>,
+        injected_grad: Option<&mut D::Buf>,
     ) -> Result<LossStats> {
         let injected_rows = input.injected.map_or(0, |i| i.rows.len());
         match &injected_grad {
-            Some(g) if g.len() != injected_rows * self.config.d_model => {
-                bail!("injected_grad has {} values, expected {injected_rows} rows x {}", g.len(), self.config.d_model)
+            Some(g) if self.dev.len(g) != injected_rows * self.config.d_model => {
+                bail!(
+                    "injected_grad has {} values, expected {injected_rows} rows x {}",
+                    self.dev.len(g),
+                    self.config.d_model
+                )
             }
             None if injected_rows > 0 => bail!("injected embeddings need an injected_grad buffer for their gradient"),
             _ => {}
@@ -227,24 +237,25 @@ impl Lm {
         let ws = self.work.as_mut().expect("forward reserved it");
         let (rows, d, vocab) = (input.rows(), self.config.d_model, self.config.vocab);
         let n = rows * d;
-        let logits = &mut ws.logits[..rows * vocab];
-        let stats = layers.loss.forward_backward(dev, logits, targets, loss_mask, grad_scale, &mut ws.nll[..rows])?;
+        let logits = dev.slice_mut(&mut ws.logits, 0..rows * vocab);
+        let nll = dev.slice_mut(&mut ws.nll, 0..rows);
+        let stats = layers.loss.forward_backward(dev, &mut *logits, targets, loss_mask, grad_scale, nll)?;
 
         let (v, mut g) = params.split();
-        let d_residual = &mut ws.d_residual[..n];
-        let d_norm = &mut ws.d_norm[..n];
-        let d_branch = &mut ws.d_branch[..n];
+        let d_residual = dev.slice_mut(&mut ws.d_residual, 0..n);
+        let d_norm = dev.slice_mut(&mut ws.d_norm, 0..n);
+        let d_branch = dev.slice_mut(&mut ws.d_branch, 0..n);
         let output = LinearParams { weight: v.get(ids.output_weight()), bias: None };
         let mut output_grad = LinearGrads { weight: g.get_mut(ids.output_weight()), bias: None };
         layers.output.backward(
             dev,
             &output,
-            &ws.final_norm_out[..n],
-            &ws.logits[..rows * vocab],
+            dev.slice(&ws.final_norm_out, 0..n),
+            logits,
             Some(&mut *d_norm),
             &mut output_grad,
         );
-        let last = &ws.residual[ids.blocks.len()][..n];
+        let last = dev.slice(&ws.residual[ids.blocks.len()], 0..n);
         layers.norm.backward(
             dev,
             &norm_params(v, ids.norm),
@@ -263,7 +274,7 @@ impl Lm {
             layers.feed_forward.backward(
                 dev,
                 &ffn,
-                &acts.ffn_norm_out[..n],
+                dev.slice(&acts.ffn_norm_out, 0..n),
                 &acts.feed_forward,
                 d_residual,
                 d_norm,
@@ -273,7 +284,7 @@ impl Lm {
             layers.norm.backward(
                 dev,
                 &norm_params(v, b.ffn_norm),
-                &acts.h[..n],
+                dev.slice(&acts.h, 0..n),
                 &acts.ffn_norm,
                 d_norm,
                 d_branch,
@@ -285,7 +296,7 @@ impl Lm {
             layers.attention.backward(
                 dev,
                 &attention_params(v, b),
-                &acts.attention_norm_out[..n],
+                dev.slice(&acts.attention_norm_out, 0..n),
                 input.batch,
                 input.seq,
                 &acts.attention,
@@ -297,7 +308,7 @@ impl Lm {
             layers.norm.backward(
                 dev,
                 &norm_params(v, b.attention_norm),
-                &ws.residual[l][..n],
+                dev.slice(&ws.residual[l], 0..n),
                 &acts.attention_norm,
                 d_norm,
                 d_branch,
@@ -312,7 +323,7 @@ impl Lm {
                 layers.norm.backward(
                     dev,
                     &norm_params(v, post),
-                    &ws.embedded[..n],
+                    dev.slice(&ws.embedded, 0..n),
                     &ws.post_embed_norm,
                     d_residual,
                     d_branch,
@@ -323,12 +334,9 @@ impl Lm {
             None => d_residual,
         };
         if let (Some(inj), Some(out)) = (&input.injected, injected_grad) {
-            for (i, &row) in inj.rows.iter().enumerate() {
-                let src = &mut d_embedded[row * d..(row + 1) * d];
-                out[i * d..(i + 1) * d].copy_from_slice(src);
-                // Injected positions have no token: nothing may flow into the embedding table.
-                src.fill(0.0);
-            }
+            dev.gather_rows(d_embedded, inj.rows, out);
+            // Injected positions have no token: nothing may flow into the embedding table.
+            dev.zero_rows(d_embedded, inj.rows, d);
         }
         layers.embedding.backward(dev, input.tokens, d_embedded, g.get_mut(ids.tok_embeddings));
         Ok(stats)
@@ -337,41 +345,43 @@ impl Lm {
     /// The masked loss without gradients (validation).
     pub fn loss(
         &mut self,
-        params: &ParamStore,
-        input: &LmInput,
+        params: &ParamStore<D>,
+        input: &LmInput<D>,
         targets: &[u32],
         loss_mask: &[f32],
     ) -> Result<LossStats> {
         self.forward(params, input, false)?;
-        let ws = self.work.as_mut().expect("forward reserved it");
+        let (dev, ws) = (&self.dev, self.work.as_mut().expect("forward reserved it"));
         let rows = input.rows();
-        self.layers.loss.forward(
-            &self.dev,
-            &mut ws.logits[..rows * self.config.vocab],
-            targets,
-            loss_mask,
-            &mut ws.nll[..rows],
-        )
+        let logits = dev.slice_mut(&mut ws.logits, 0..rows * self.config.vocab);
+        self.layers.loss.forward(dev, logits, targets, loss_mask, dev.slice_mut(&mut ws.nll, 0..rows))
     }
 
     /// `-log p(targets[r] | prefix)` at every position `r` (`[batch * seq]`): what evaluation
     /// sums over continuation tokens to score choices.
-    pub fn token_nll(&mut self, params: &ParamStore, input: &LmInput, targets: &[u32]) -> Result<&[f32]> {
+    pub fn token_nll(&mut self, params: &ParamStore<D>, input: &LmInput<D>, targets: &[u32]) -> Result<&D::Buf> {
         let mask = vec![1.0f32; input.rows()];
         self.loss(params, input, targets, &mask).context("scoring tokens")?;
-        Ok(&self.work.as_ref().expect("forward reserved it").nll[..input.rows()])
+        Ok(self.dev.slice(&self.work.as_ref().expect("forward reserved it").nll, 0..input.rows()))
     }
 
     /// Logits `[batch * seq, vocab]` of every position.
-    pub fn logits(&mut self, params: &ParamStore, input: &LmInput) -> Result<&[f32]> {
+    pub fn logits(&mut self, params: &ParamStore<D>, input: &LmInput<D>) -> Result<&D::Buf> {
         self.forward(params, input, false)?;
-        Ok(&self.work.as_ref().expect("forward reserved it").logits[..input.rows() * self.config.vocab])
+        Ok(self
+            .dev
+            .slice(&self.work.as_ref().expect("forward reserved it").logits, 0..input.rows() * self.config.vocab))
     }
 
     /// Logits `[batch, vocab]` of each sequence's last position only: what greedy or sampled
     /// generation needs, without the output projection of every other position.
-    pub fn next_token_logits(&mut self, params: &ParamStore, input: &LmInput) -> Result<&[f32]> {
+    pub fn next_token_logits(&mut self, params: &ParamStore<D>, input: &LmInput<D>) -> Result<&D::Buf> {
         self.forward(params, input, true)?;
-        Ok(&self.work.as_ref().expect("forward reserved it").logits[..input.batch * self.config.vocab])
+        Ok(self.dev.slice(&self.work.as_ref().expect("forward reserved it").logits, 0..input.batch * self.config.vocab))
+    }
+
+    /// The device this LM computes on.
+    pub fn device(&self) -> &D {
+        &self.dev
     }
 }

@@ -20,6 +20,7 @@ use vlmix_engine::layers::rope_inv_freq;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::{float_bytes_to_f32, write_f32_tensors, F32View, SafetensorsFile};
 use vlmix_engine::torch_file::{self, RawTensor};
+use vlmix_engine::Cpu;
 
 /// Largest difference from the exact rotary frequencies imported silently (bf16 rounds
 /// frequencies near 1 by up to 2e-3, so a large model's bf16 buffers exceed it).
@@ -349,7 +350,7 @@ pub fn import_openlm(src: &Path, options: &ImportOptions) -> Result<Imported> {
     notes.push("training rules set to open_lm's: z_loss 1e-4 over all positions (z_loss_rule = \"openlm\"), weight decay on every parameter (weight_decay_rule = \"openlm\"); edit model.toml to change them".into());
 
     // Names: the LM's parameters, open_lm's rotary buffers, and a tied model's second name.
-    let mut params = ParamStore::new();
+    let mut params = ParamStore::new(Cpu::new()?);
     register(&config, &mut params, &mut Initializer::new(0))?;
     let mut expected: BTreeSet<String> = params.ids().map(|id| params.info(id).name.clone()).collect();
     let buffers: Vec<String> = (0..n_layers).map(inv_freq_name).collect();
@@ -492,7 +493,7 @@ pub fn openlm_hf_config(config: &LmConfig) -> Value {
 /// names, and each layer's `inv_freq` buffer, as open_lm's state dict has them) and `config.json`.
 pub fn export_openlm(config: &LmConfig, params: &ParamStore, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut lm = ParamStore::new();
+    let mut lm = ParamStore::new(Cpu::new()?);
     register(config, &mut lm, &mut Initializer::new(0))?;
     let inv_freq = config.rope_inv_freq.clone().unwrap_or_else(|| rope_inv_freq(config.head_dim()));
     let mut tensors: Vec<(String, F32View<'_>)> = Vec::new();

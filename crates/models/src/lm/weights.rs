@@ -5,6 +5,7 @@ use super::config::{LmConfig, NormKind, WeightDecayRule};
 use super::init::{depth_scaled_std, fan_in_std, Initializer};
 use anyhow::Result;
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore};
+use vlmix_engine::Device;
 
 /// Ids of one norm's gain and, for `layer_norm`, its bias.
 #[derive(Debug, Clone, Copy)]
@@ -73,13 +74,13 @@ impl LmParamIds {
 /// Weight decay follows `config.weight_decay_rule`: open_lm's decays everything; `matrices` decays
 /// the weight matrices except the token embedding (when tied, the shared matrix is the embedding
 /// and is not decayed).
-pub fn register(config: &LmConfig, store: &mut ParamStore, init: &mut Initializer) -> Result<LmParamIds> {
+pub fn register<D: Device>(config: &LmConfig, store: &mut ParamStore<D>, init: &mut Initializer) -> Result<LmParamIds> {
     let (d, h, v) = (config.d_model, config.ffn_hidden(), config.vocab);
     let (matrix, other) = match config.weight_decay_rule {
         WeightDecayRule::OpenLm => (ParamFlags::MATRIX, ParamFlags::MATRIX),
         WeightDecayRule::Matrices => (ParamFlags::MATRIX, ParamFlags::NO_DECAY),
     };
-    let norm = |store: &mut ParamStore, name: &str| -> Result<NormIds> {
+    let norm = |store: &mut ParamStore<D>, name: &str| -> Result<NormIds> {
         let weight = store.add(&format!("{name}.weight"), &[d], vec![1.0; d], other)?;
         let bias = match config.norm {
             NormKind::LayerNorm => Some(store.add(&format!("{name}.bias"), &[d], vec![0.0; d], other)?),

@@ -3,54 +3,54 @@
 use super::config::LmConfig;
 use super::layers::LmLayers;
 use vlmix_engine::layers::{AttentionActs, AttentionScratch, NormActs, SwiGluActs, SwiGluScratch};
-use vlmix_engine::Cpu;
+use vlmix_engine::Device;
 
 /// Per block: what the forward saves for the backward.
-pub struct BlockActs {
+pub struct BlockActs<D: Device> {
     /// Residual stream after attention (`x + attn(norm(x))`), input of `ffn_norm`.
-    pub h: Vec<f32>,
-    pub attention_norm_out: Vec<f32>,
-    pub attention_norm: NormActs<Cpu>,
-    pub attention: AttentionActs<Cpu>,
-    pub ffn_norm_out: Vec<f32>,
-    pub ffn_norm: NormActs<Cpu>,
-    pub feed_forward: SwiGluActs<Cpu>,
+    pub h: D::Owned,
+    pub attention_norm_out: D::Owned,
+    pub attention_norm: NormActs<D>,
+    pub attention: AttentionActs<D>,
+    pub ffn_norm_out: D::Owned,
+    pub ffn_norm: NormActs<D>,
+    pub feed_forward: SwiGluActs<D>,
 }
 
-pub struct Workspace {
+pub struct Workspace<D: Device> {
     pub max_batch: usize,
     pub max_seq: usize,
     /// Token embeddings before the post-embedding norm (empty without one).
-    pub embedded: Vec<f32>,
-    pub post_embed_norm: NormActs<Cpu>,
+    pub embedded: D::Owned,
+    pub post_embed_norm: NormActs<D>,
     /// Residual stream entering block `i` (`n_layers + 1` of them; the last feeds the final norm).
-    pub residual: Vec<Vec<f32>>,
-    pub blocks: Vec<BlockActs>,
-    pub final_norm_out: Vec<f32>,
-    pub final_norm: NormActs<Cpu>,
+    pub residual: Vec<D::Owned>,
+    pub blocks: Vec<BlockActs<D>>,
+    pub final_norm_out: D::Owned,
+    pub final_norm: NormActs<D>,
     /// `[rows, vocab]`; overwritten by the loss gradient in a training step.
-    pub logits: Vec<f32>,
+    pub logits: D::Owned,
     /// Per-position NLL from the loss.
-    pub nll: Vec<f32>,
+    pub nll: D::Owned,
     /// Backward: gradient flowing along the residual stream, and two temporaries.
-    pub d_residual: Vec<f32>,
-    pub d_branch: Vec<f32>,
-    pub d_norm: Vec<f32>,
-    pub attention_scratch: AttentionScratch<Cpu>,
-    pub ffn_scratch: SwiGluScratch<Cpu>,
+    pub d_residual: D::Owned,
+    pub d_branch: D::Owned,
+    pub d_norm: D::Owned,
+    pub attention_scratch: AttentionScratch<D>,
+    pub ffn_scratch: SwiGluScratch<D>,
 }
 
-impl Workspace {
-    pub fn new(dev: &Cpu, config: &LmConfig, layers: &LmLayers, max_batch: usize, max_seq: usize) -> Self {
+impl<D: Device> Workspace<D> {
+    pub fn new(dev: &D, config: &LmConfig, layers: &LmLayers, max_batch: usize, max_seq: usize) -> Self {
         let rows = max_batch * max_seq;
         let d = config.d_model;
-        let mut blocks: Vec<BlockActs> = (0..config.n_layers)
+        let mut blocks: Vec<BlockActs<D>> = (0..config.n_layers)
             .map(|_| BlockActs {
-                h: vec![0.0; rows * d],
-                attention_norm_out: vec![0.0; rows * d],
+                h: dev.zeros(rows * d),
+                attention_norm_out: dev.zeros(rows * d),
                 attention_norm: layers.norm.acts(dev, rows),
                 attention: layers.attention.acts(dev, max_batch, max_seq),
-                ffn_norm_out: vec![0.0; rows * d],
+                ffn_norm_out: dev.zeros(rows * d),
                 ffn_norm: layers.norm.acts(dev, rows),
                 feed_forward: layers.feed_forward.acts(dev, rows),
             })
@@ -62,17 +62,17 @@ impl Workspace {
         Self {
             max_batch,
             max_seq,
-            embedded: vec![0.0; post_rows * d],
+            embedded: dev.zeros(post_rows * d),
             post_embed_norm: layers.norm.acts(dev, post_rows),
-            residual: (0..=config.n_layers).map(|_| vec![0.0; rows * d]).collect(),
+            residual: (0..=config.n_layers).map(|_| dev.zeros(rows * d)).collect(),
             blocks,
-            final_norm_out: vec![0.0; rows * d],
+            final_norm_out: dev.zeros(rows * d),
             final_norm: layers.norm.acts(dev, rows),
-            logits: vec![0.0; rows * config.vocab],
-            nll: vec![0.0; rows],
-            d_residual: vec![0.0; rows * d],
-            d_branch: vec![0.0; rows * d],
-            d_norm: vec![0.0; rows * d],
+            logits: dev.zeros(rows * config.vocab),
+            nll: dev.zeros(rows),
+            d_residual: dev.zeros(rows * d),
+            d_branch: dev.zeros(rows * d),
+            d_norm: dev.zeros(rows * d),
             attention_scratch: layers.attention.scratch(dev, rows),
             ffn_scratch: layers.feed_forward.scratch(dev, rows),
         }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::torch_file;
+use vlmix_engine::Cpu;
 
 /// Which layer's output becomes the image tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -255,7 +256,7 @@ impl SiglipEncoder {
     pub fn load(dir: &Path, layer: FeatureLayer, tail_blocks: usize) -> Result<Self> {
         let config = SiglipConfig::from_file(&dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
-        let mut params = ParamStore::new();
+        let mut params = ParamStore::new(Cpu::new()?);
         let model = if tail_blocks == 0 {
             SiglipVision::register(&config, &weights, layer, 0, &mut params)?
         } else {

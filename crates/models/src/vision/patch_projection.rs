@@ -11,24 +11,30 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vlmix_engine::layers::{Linear, LinearGrads, LinearParams};
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore};
-use vlmix_engine::Cpu;
+use vlmix_engine::{Cpu, Device};
 
 pub const WEIGHT: &str = "patch_projection.weight";
 pub const BIAS: &str = "patch_projection.bias";
 
-pub struct PatchProjection {
+pub struct PatchProjection<D: Device = Cpu> {
     image_size: usize,
     patch_size: usize,
     linear: Linear,
     weight: ParamId,
     bias: ParamId,
-    dev: Cpu,
+    dev: D,
 }
 
-impl PatchProjection {
+impl<D: Device> PatchProjection<D> {
     /// Registers a freshly initialised projection (PyTorch `nn.Linear` init) of `patch_size` patches
     /// of `image_size` images to `width` channels.
-    pub fn new(image_size: usize, patch_size: usize, width: usize, params: &mut ParamStore, seed: u64) -> Result<Self> {
+    pub fn new(
+        image_size: usize,
+        patch_size: usize,
+        width: usize,
+        params: &mut ParamStore<D>,
+        seed: u64,
+    ) -> Result<Self> {
         if patch_size == 0 || patch_size > image_size || width == 0 {
             bail!("patch projection needs 0 < patch_size {patch_size} <= image_size {image_size} and width > 0");
         }
@@ -39,11 +45,11 @@ impl PatchProjection {
         let bias = (0..width).map(|_| rng.gen_range(-bound..bound)).collect();
         let weight = params.add(WEIGHT, &[width, inp], weight, ParamFlags::MATRIX)?;
         let bias = params.add(BIAS, &[width], bias, ParamFlags::NO_DECAY)?;
-        Self::with_ids(image_size, patch_size, width, weight, bias)
+        Ok(Self::with_ids(params.device(), image_size, patch_size, width, weight, bias))
     }
 
     /// The projection already in `params` (after loading a checkpoint).
-    pub fn from_store(image_size: usize, patch_size: usize, params: &ParamStore) -> Result<Self> {
+    pub fn from_store(image_size: usize, patch_size: usize, params: &ParamStore<D>) -> Result<Self> {
         let weight = params.id(WEIGHT).with_context(|| format!("parameter {WEIGHT} is not in the store"))?;
         let bias = params.id(BIAS).with_context(|| format!("parameter {BIAS} is not in the store"))?;
         let shape = params.info(weight).shape.clone();
@@ -58,12 +64,12 @@ impl PatchProjection {
             "{BIAS} has shape {:?}, expected [{width}]",
             params.info(bias).shape
         );
-        Self::with_ids(image_size, patch_size, width, weight, bias)
+        Ok(Self::with_ids(params.device(), image_size, patch_size, width, weight, bias))
     }
 
-    fn with_ids(image_size: usize, patch_size: usize, width: usize, weight: ParamId, bias: ParamId) -> Result<Self> {
+    fn with_ids(dev: &D, image_size: usize, patch_size: usize, width: usize, weight: ParamId, bias: ParamId) -> Self {
         let linear = Linear { in_dim: 3 * patch_size * patch_size, out_dim: width, bias: true };
-        Ok(Self { image_size, patch_size, linear, weight, bias, dev: Cpu::new()? })
+        Self { image_size, patch_size, linear, weight, bias, dev: dev.clone() }
     }
 
     pub fn tokens(&self) -> usize {
@@ -79,12 +85,12 @@ impl PatchProjection {
         self.linear.in_dim
     }
 
-    fn check_patches(&self, patches: &[f32], batch: usize) -> Result<()> {
+    fn check_patches(&self, patches: &D::Buf, batch: usize) -> Result<()> {
         let want = batch * self.tokens() * self.patch_dim();
         ensure!(
-            patches.len() == want,
+            self.dev.len(patches) == want,
             "patch projection input has {} values, expected [{batch}, {}, {}]",
-            patches.len(),
+            self.dev.len(patches),
             self.tokens(),
             self.patch_dim()
         );
@@ -93,19 +99,25 @@ impl PatchProjection {
 
     /// `[batch, tokens, width]` features of `patches` (`[batch, tokens, 3 * patch^2]`, from
     /// [`patchify`](super::patches::patchify)).
-    pub fn forward(&self, params: &ParamStore, patches: &[f32], batch: usize) -> Result<Vec<f32>> {
+    pub fn forward(&self, params: &ParamStore<D>, patches: &D::Buf, batch: usize) -> Result<D::Owned> {
         self.check_patches(patches, batch)?;
-        let mut out = vec![0.0; batch * self.tokens() * self.width()];
+        let mut out = self.dev.zeros(batch * self.tokens() * self.width());
         let p = LinearParams { weight: params.value(self.weight), bias: Some(params.value(self.bias)) };
         self.linear.forward(&self.dev, &p, patches, &mut out);
         Ok(out)
     }
 
     /// Accumulates the gradients of the projection from `dfeatures` (`[batch, tokens, width]`).
-    pub fn backward(&self, params: &mut ParamStore, patches: &[f32], batch: usize, dfeatures: &[f32]) -> Result<()> {
+    pub fn backward(
+        &self,
+        params: &mut ParamStore<D>,
+        patches: &D::Buf,
+        batch: usize,
+        dfeatures: &D::Buf,
+    ) -> Result<()> {
         self.check_patches(patches, batch)?;
-        let n = batch * self.tokens() * self.width();
-        ensure!(dfeatures.len() == n, "patch projection feature gradient has {} values, expected {n}", dfeatures.len());
+        let (n, got) = (batch * self.tokens() * self.width(), self.dev.len(dfeatures));
+        ensure!(got == n, "patch projection feature gradient has {got} values, expected {n}");
         let (values, mut grads) = params.split();
         let p = LinearParams { weight: values.get(self.weight), bias: Some(values.get(self.bias)) };
         let [weight, bias] = grads.get_many_mut([self.weight, self.bias]);

@@ -12,7 +12,7 @@ use vlmix_engine::layers::{
     GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch, LinearGrads, LinearParams,
 };
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore, Values};
-use vlmix_engine::{Cpu, GeluKind};
+use vlmix_engine::{Cpu, Device, GeluKind};
 
 pub const FC1_WEIGHT: &str = "projector.fc1.weight";
 pub const FC1_BIAS: &str = "projector.fc1.bias";
@@ -28,17 +28,17 @@ struct ProjectorIds {
 }
 
 /// Saved activations of the last forward, sized for `rows` feature rows.
-struct Workspace {
+struct Workspace<D: Device> {
     rows: usize,
-    acts: GeluMlpActs<Cpu>,
-    scratch: GeluMlpScratch<Cpu>,
+    acts: GeluMlpActs<D>,
+    scratch: GeluMlpScratch<D>,
 }
 
-pub struct Projector {
+pub struct Projector<D: Device = Cpu> {
     mlp: GeluMlp,
     ids: ProjectorIds,
-    dev: Cpu,
-    work: Option<Workspace>,
+    dev: D,
+    work: Option<Workspace<D>>,
 }
 
 /// PyTorch's `nn.Linear` default initialisation: weight and bias uniform in `±1/sqrt(fan_in)`.
@@ -49,16 +49,16 @@ fn linear_init(rng: &mut ChaCha8Rng, out: usize, inp: usize) -> (Vec<f32>, Vec<f
     (weight, bias)
 }
 
-fn mlp_params(ids: ProjectorIds, v: Values<'_>) -> GeluMlpParams<'_, Cpu> {
+fn mlp_params<D: Device>(ids: ProjectorIds, v: Values<'_, D>) -> GeluMlpParams<'_, D> {
     GeluMlpParams {
         fc1: LinearParams { weight: v.get(ids.fc1_weight), bias: Some(v.get(ids.fc1_bias)) },
         fc2: LinearParams { weight: v.get(ids.fc2_weight), bias: Some(v.get(ids.fc2_bias)) },
     }
 }
 
-impl Projector {
+impl<D: Device> Projector<D> {
     /// Registers a freshly initialised projector from `encoder_width` to `d_model` in `params`.
-    pub fn new(encoder_width: usize, d_model: usize, params: &mut ParamStore, seed: u64) -> Result<Self> {
+    pub fn new(encoder_width: usize, d_model: usize, params: &mut ParamStore<D>, seed: u64) -> Result<Self> {
         if encoder_width == 0 || d_model == 0 {
             bail!("projector needs positive widths, got encoder {encoder_width} -> model {d_model}");
         }
@@ -71,12 +71,12 @@ impl Projector {
             fc2_weight: params.add(FC2_WEIGHT, &[d_model, d_model], w2, ParamFlags::MATRIX)?,
             fc2_bias: params.add(FC2_BIAS, &[d_model], b2, ParamFlags::NO_DECAY)?,
         };
-        Self::with_ids(encoder_width, d_model, ids)
+        Ok(Self::with_ids(params.device(), encoder_width, d_model, ids))
     }
 
     /// The projector already registered in `params` (e.g. after loading a checkpoint), with its
     /// widths read from the stored shapes.
-    pub fn from_store(params: &ParamStore) -> Result<Self> {
+    pub fn from_store(params: &ParamStore<D>) -> Result<Self> {
         let id = |name: &str| params.id(name).with_context(|| format!("parameter {name} is not in the store"));
         let ids = ProjectorIds {
             fc1_weight: id(FC1_WEIGHT)?,
@@ -97,12 +97,12 @@ impl Projector {
                 bail!("{name} has shape {:?}, expected {want:?}", shape(id));
             }
         }
-        Self::with_ids(encoder_width, d_model, ids)
+        Ok(Self::with_ids(params.device(), encoder_width, d_model, ids))
     }
 
-    fn with_ids(encoder_width: usize, d_model: usize, ids: ProjectorIds) -> Result<Self> {
+    fn with_ids(dev: &D, encoder_width: usize, d_model: usize, ids: ProjectorIds) -> Self {
         let mlp = GeluMlp { in_dim: encoder_width, hidden: d_model, out_dim: d_model, gelu: GeluKind::Erf };
-        Ok(Self { mlp, ids, dev: Cpu::new()?, work: None })
+        Self { mlp, ids, dev: dev.clone(), work: None }
     }
 
     pub fn encoder_width(&self) -> usize {
@@ -113,22 +113,20 @@ impl Projector {
         self.mlp.out_dim
     }
 
-    fn rows(&self, features: &[f32]) -> Result<usize> {
-        if !features.len().is_multiple_of(self.mlp.in_dim) {
-            bail!(
-                "projector input has {} values, not a multiple of the encoder width {}",
-                features.len(),
-                self.mlp.in_dim
-            );
+    fn rows(&self, features: &D::Buf) -> Result<usize> {
+        let len = self.dev.len(features);
+        if !len.is_multiple_of(self.mlp.in_dim) {
+            bail!("projector input has {len} values, not a multiple of the encoder width {}", self.mlp.in_dim);
         }
-        Ok(features.len() / self.mlp.in_dim)
+        Ok(len / self.mlp.in_dim)
     }
 
     /// `features` `[rows, encoder_width]` -> `out` `[rows, d_model]`; keeps what backward needs.
-    pub fn forward(&mut self, params: &ParamStore, features: &[f32], out: &mut [f32]) -> Result<()> {
+    pub fn forward(&mut self, params: &ParamStore<D>, features: &D::Buf, out: &mut D::Buf) -> Result<()> {
         let rows = self.rows(features)?;
-        if out.len() != rows * self.mlp.out_dim {
-            bail!("projector output has {} values, expected {rows} x {}", out.len(), self.mlp.out_dim);
+        let out_len = self.dev.len(out);
+        if out_len != rows * self.mlp.out_dim {
+            bail!("projector output has {out_len} values, expected {rows} x {}", self.mlp.out_dim);
         }
         if self.work.as_ref().is_none_or(|w| w.rows < rows) {
             self.work = Some(Workspace {
@@ -147,18 +145,19 @@ impl Projector {
     /// gradients in `params` and writes `dfeatures` when given (only an unfrozen encoder needs it).
     pub fn backward(
         &mut self,
-        params: &mut ParamStore,
-        features: &[f32],
-        dout: &[f32],
-        dfeatures: Option<&mut [f32]>,
+        params: &mut ParamStore<D>,
+        features: &D::Buf,
+        dout: &D::Buf,
+        dfeatures: Option<&mut D::Buf>,
     ) -> Result<()> {
         let rows = self.rows(features)?;
-        if dout.len() != rows * self.mlp.out_dim {
-            bail!("projector output gradient has {} values, expected {rows} x {}", dout.len(), self.mlp.out_dim);
+        let dev = &self.dev;
+        if dev.len(dout) != rows * self.mlp.out_dim {
+            bail!("projector output gradient has {} values, expected {rows} x {}", dev.len(dout), self.mlp.out_dim);
         }
         if let Some(dx) = &dfeatures {
-            if dx.len() != features.len() {
-                bail!("projector input gradient has {} values, expected {}", dx.len(), features.len());
+            if dev.len(dx) != dev.len(features) {
+                bail!("projector input gradient has {} values, expected {}", dev.len(dx), dev.len(features));
             }
         }
         let Some(work) = self.work.as_mut() else { bail!("projector backward called before forward") };

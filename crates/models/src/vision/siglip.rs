@@ -147,29 +147,29 @@ struct BlockIds {
 }
 
 /// Activations one trainable block saves for its backward.
-struct BlockTape {
-    x: Vec<f32>,
-    ln1: NormActs<Cpu>,
-    ln1_out: Vec<f32>,
-    attention: AttentionActs<Cpu>,
-    h: Vec<f32>,
-    ln2: NormActs<Cpu>,
-    ln2_out: Vec<f32>,
-    mlp: GeluMlpActs<Cpu>,
+struct BlockTape<D: Device> {
+    x: D::Owned,
+    ln1: NormActs<D>,
+    ln1_out: D::Owned,
+    attention: AttentionActs<D>,
+    h: D::Owned,
+    ln2: NormActs<D>,
+    ln2_out: D::Owned,
+    mlp: GeluMlpActs<D>,
 }
 
 /// What [`SiglipVision::forward`] keeps for [`SiglipVision::backward`].
-pub struct SiglipTape {
+pub struct SiglipTape<D: Device = Cpu> {
     batch: usize,
     /// Tapes of the trainable blocks, in forward order.
-    blocks: Vec<BlockTape>,
+    blocks: Vec<BlockTape<D>>,
     /// Input and statistics of `post_layernorm` (last-layer features only).
-    post: Option<(Vec<f32>, NormActs<Cpu>)>,
+    post: Option<(D::Owned, NormActs<D>)>,
 }
 
-pub struct SiglipVision {
+pub struct SiglipVision<D: Device = Cpu> {
     config: SiglipConfig,
-    dev: Cpu,
+    dev: D,
     norm: Norm,
     attention: Attention,
     mlp: GeluMlp,
@@ -196,11 +196,11 @@ struct Part {
     first_trainable: usize,
 }
 
-fn norm_params(v: Values<'_>, ids: (ParamId, ParamId)) -> NormParams<'_, Cpu> {
+fn norm_params<D: Device>(v: Values<'_, D>, ids: (ParamId, ParamId)) -> NormParams<'_, D> {
     NormParams { weight: v.get(ids.0), bias: Some(v.get(ids.1)) }
 }
 
-fn linear_params(v: Values<'_>, ids: (ParamId, ParamId)) -> LinearParams<'_, Cpu> {
+fn linear_params<D: Device>(v: Values<'_, D>, ids: (ParamId, ParamId)) -> LinearParams<'_, D> {
     LinearParams { weight: v.get(ids.0), bias: Some(v.get(ids.1)) }
 }
 
@@ -247,8 +247,8 @@ impl TowerWeights {
 }
 
 /// Registers `vision_model.{name}` from the weights file, checking its shape.
-fn load(
-    params: &mut ParamStore,
+fn load<D: Device>(
+    params: &mut ParamStore<D>,
     weights: &TowerWeights,
     name: &str,
     shape: &[usize],
@@ -257,20 +257,20 @@ fn load(
     params.add(&format!("{PREFIX}.{name}"), shape, weights.get(name, shape)?, flags)
 }
 
-impl SiglipTape {
+impl<D: Device> SiglipTape<D> {
     /// An empty tape for [`SiglipVision::forward`] to fill.
     pub fn new() -> Self {
         SiglipTape { batch: 0, blocks: Vec::new(), post: None }
     }
 }
 
-impl Default for SiglipTape {
+impl<D: Device> Default for SiglipTape<D> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl SiglipVision {
+impl<D: Device> SiglipVision<D> {
     /// Loads the weights of the blocks `layer` needs from a safetensors file into `params`;
     /// the last `trainable_blocks` of them are registered as trainable, the rest frozen.
     pub fn register(
@@ -278,7 +278,7 @@ impl SiglipVision {
         weights_path: &Path,
         layer: FeatureLayer,
         trainable_blocks: usize,
-        params: &mut ParamStore,
+        params: &mut ParamStore<D>,
     ) -> Result<Self> {
         let used = Self::check_split(config, layer, trainable_blocks)?;
         let part = Part {
@@ -297,7 +297,7 @@ impl SiglipVision {
         weights_path: &Path,
         layer: FeatureLayer,
         tail_blocks: usize,
-        params: &mut ParamStore,
+        params: &mut ParamStore<D>,
     ) -> Result<Self> {
         let cut = Self::check_split(config, layer, tail_blocks)? - tail_blocks;
         Self::register_part(
@@ -315,7 +315,7 @@ impl SiglipVision {
         weights_path: &Path,
         layer: FeatureLayer,
         tail_blocks: usize,
-        params: &mut ParamStore,
+        params: &mut ParamStore<D>,
     ) -> Result<Self> {
         let used = Self::check_split(config, layer, tail_blocks)?;
         if tail_blocks == 0 {
@@ -339,7 +339,12 @@ impl SiglipVision {
         Ok(used)
     }
 
-    fn register_part(config: &SiglipConfig, weights_path: &Path, part: Part, params: &mut ParamStore) -> Result<Self> {
+    fn register_part(
+        config: &SiglipConfig,
+        weights_path: &Path,
+        part: Part,
+        params: &mut ParamStore<D>,
+    ) -> Result<Self> {
         let weights = TowerWeights::open(weights_path)?;
         let (d, hidden) = (config.hidden_size, config.intermediate_size);
         let frozen = ParamFlags::FROZEN;
@@ -373,7 +378,7 @@ impl SiglipVision {
             let (matrix, vector) =
                 if trainable { (ParamFlags::MATRIX, ParamFlags::NO_DECAY) } else { (frozen, frozen) };
             let b = format!("encoder.layers.{i}");
-            let pair = |name: &str, shape: &[usize], params: &mut ParamStore| -> Result<(ParamId, ParamId)> {
+            let pair = |name: &str, shape: &[usize], params: &mut ParamStore<D>| -> Result<(ParamId, ParamId)> {
                 let flags = if shape.len() == 2 { matrix } else { vector };
                 Ok((
                     load(params, &weights, &format!("{b}.{name}.weight"), shape, flags)?,
@@ -409,7 +414,7 @@ impl SiglipVision {
         };
         Ok(Self {
             config: config.clone(),
-            dev: Cpu::new()?,
+            dev: params.device().clone(),
             norm: Norm { kind: NormKind::LayerNormBias, width: d, eps: config.layer_norm_eps },
             attention: Attention::vit(d, config.num_attention_heads),
             mlp: GeluMlp { in_dim: d, hidden, out_dim: d, gelu: config.gelu },
@@ -425,19 +430,28 @@ impl SiglipVision {
     }
 
     /// Patch embedding plus positions: `[batch * tokens, d]`.
-    fn embed(&self, v: Values<'_>, embedding: Embedding, pixels: &[f32], batch: usize) -> Vec<f32> {
+    fn embed(&self, v: Values<'_, D>, embedding: Embedding, pixels: &D::Buf, batch: usize) -> D::Owned {
         let (c, s, p, d) =
             (self.config.num_channels, self.config.image_size, self.config.patch_size, self.config.hidden_size);
         let (tokens, dim) = (self.config.tokens(), self.config.patch_dim());
-        let patches = patchify(pixels, batch, c, s, p);
-        let mut x = vec![0.0f32; batch * tokens * d];
-        self.dev.gemm(Gemm::new(false, true, batch * tokens, d, dim), &patches, v.get(embedding.patch.0), &mut x);
-        self.dev.add_bias(&mut x, v.get(embedding.patch.1));
+        let dev = &self.dev;
+        // Patch extraction is a host-side reshuffle of the pixels (done once per image, frozen).
+        let patches = dev.upload_vec(patchify(&dev.to_host(pixels), batch, c, s, p));
+        let mut x = dev.zeros(batch * tokens * d);
+        dev.gemm(Gemm::new(false, true, batch * tokens, d, dim), &patches, v.get(embedding.patch.0), &mut x);
+        dev.add_bias(&mut x, v.get(embedding.patch.1));
         let position = v.get(embedding.position);
-        for image in x.chunks_exact_mut(tokens * d) {
-            self.dev.add_assign(image, position);
+        for i in 0..batch {
+            dev.add_assign(dev.slice_mut(&mut x, i * tokens * d..(i + 1) * tokens * d), position);
         }
         x
+    }
+
+    /// A device copy of `x`.
+    fn duplicate(&self, x: &D::Buf) -> D::Owned {
+        let mut copy = self.dev.zeros(self.dev.len(x));
+        self.dev.copy(x, &mut copy);
+        copy
     }
 
     /// Features `[batch, tokens, d]` at this part's output. The input is `[batch, 3, image_size,
@@ -445,11 +459,11 @@ impl SiglipVision {
     /// `tape`, saves what [`backward`](Self::backward) needs.
     pub fn forward(
         &self,
-        params: &ParamStore,
-        input: &[f32],
+        params: &ParamStore<D>,
+        input: &D::Buf,
         batch: usize,
-        mut tape: Option<&mut SiglipTape>,
-    ) -> Result<Vec<f32>> {
+        mut tape: Option<&mut SiglipTape<D>>,
+    ) -> Result<D::Owned> {
         let v = params.values();
         let dev = &self.dev;
         let seq = self.config.tokens();
@@ -460,20 +474,20 @@ impl SiglipVision {
                 let s = self.config.image_size;
                 let c = self.config.num_channels;
                 ensure!(
-                    input.len() == batch * c * s * s,
+                    dev.len(input) == batch * c * s * s,
                     "SigLIP input has {} values, expected [{batch}, {c}, {s}, {s}]",
-                    input.len()
+                    dev.len(input)
                 );
                 self.embed(v, embedding, input, batch)
             }
             None => {
                 ensure!(
-                    input.len() == n,
+                    dev.len(input) == n,
                     "SigLIP tail input has {} values, expected [{batch}, {seq}, {}]",
-                    input.len(),
+                    dev.len(input),
                     self.config.hidden_size
                 );
-                input.to_vec()
+                self.duplicate(input)
             }
         };
         if let Some(t) = tape.as_deref_mut() {
@@ -483,8 +497,8 @@ impl SiglipVision {
         let mut ln2 = self.norm.acts(dev, rows);
         let mut attention = self.attention.acts(dev, batch, seq);
         let mut mlp = self.mlp.acts(dev, rows);
-        let (mut ln_out, mut h, mut branch) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        let mut ln2_out = vec![0.0; n];
+        let (mut ln_out, mut h, mut branch) = (dev.zeros(n), dev.zeros(n), dev.zeros(n));
+        let mut ln2_out = dev.zeros(n);
         for (i, b) in self.blocks.iter().enumerate() {
             let keep = tape.is_some() && i >= self.first_trainable;
             if keep {
@@ -505,7 +519,7 @@ impl SiglipVision {
             self.norm.forward(dev, &norm_params(v, b.ln2), &h, &mut ln2, &mut ln2_out);
             let mlp_params = GeluMlpParams { fc1: linear_params(v, b.fc1), fc2: linear_params(v, b.fc2) };
             self.mlp.forward(dev, &mlp_params, &ln2_out, &mut mlp, &mut branch);
-            let mut next = vec![0.0; n];
+            let mut next = dev.zeros(n);
             dev.add(&h, &branch, &mut next);
             let input = std::mem::replace(&mut x, next);
             if keep {
@@ -513,18 +527,18 @@ impl SiglipVision {
                 tape.blocks.push(BlockTape {
                     x: input,
                     ln1: std::mem::replace(&mut ln1, self.norm.acts(dev, 0)),
-                    ln1_out: ln_out.clone(),
+                    ln1_out: self.duplicate(&ln_out),
                     attention: std::mem::replace(&mut attention, self.attention.acts(dev, 0, 0)),
-                    h: h.clone(),
+                    h: self.duplicate(&h),
                     ln2: std::mem::replace(&mut ln2, self.norm.acts(dev, 0)),
-                    ln2_out: ln2_out.clone(),
+                    ln2_out: self.duplicate(&ln2_out),
                     mlp: std::mem::replace(&mut mlp, self.mlp.acts(dev, 0)),
                 });
             }
         }
         if let Some(post) = self.post {
             let mut acts = self.norm.acts(dev, rows);
-            let mut out = vec![0.0; n];
+            let mut out = dev.zeros(n);
             self.norm.forward(dev, &norm_params(v, post), &x, &mut acts, &mut out);
             if let Some(t) = tape {
                 t.post = Some((x, acts));
@@ -536,11 +550,13 @@ impl SiglipVision {
 
     /// Backward of a [`forward`](Self::forward) that filled `tape`: accumulates the gradients of the
     /// trainable blocks (and `post_layernorm` when trainable) from `dfeatures` (`[batch, tokens, d]`).
-    pub fn backward(&self, params: &mut ParamStore, tape: &SiglipTape, dfeatures: &[f32]) -> Result<()> {
+    pub fn backward(&self, params: &mut ParamStore<D>, tape: &SiglipTape<D>, dfeatures: &D::Buf) -> Result<()> {
+        let dev = &self.dev;
         let seq = self.config.tokens();
         let rows = tape.batch * seq;
         let n = rows * self.config.hidden_size;
-        ensure!(dfeatures.len() == n, "SigLIP feature gradient has {} values, expected {n}", dfeatures.len());
+        let got = dev.len(dfeatures);
+        ensure!(got == n, "SigLIP feature gradient has {got} values, expected {n}");
         if self.first_trainable == self.blocks.len() {
             bail!("SigLIP backward called on a frozen tower (0 trainable blocks)");
         }
@@ -548,21 +564,20 @@ impl SiglipVision {
             tape.blocks.len() == self.blocks.len() - self.first_trainable,
             "tape does not come from a forward with a tape"
         );
-        let dev = &self.dev;
         let (values, mut grads) = params.split();
-        let mut dx = vec![0.0; n];
+        let mut dx = dev.zeros(n);
         match (self.post, &tape.post) {
             (Some(post), Some((input, acts))) => {
                 let [w, b] = grads.get_many_mut([post.0, post.1]);
                 let mut g = NormGrads { weight: w, bias: Some(b) };
                 self.norm.backward(dev, &norm_params(values, post), input, acts, dfeatures, &mut dx, &mut g);
             }
-            (None, None) => dx.copy_from_slice(dfeatures),
+            (None, None) => dev.copy(dfeatures, &mut dx),
             _ => bail!("tape does not match the feature layer"),
         }
         let mut attn_scratch = self.attention.scratch(dev, rows);
         let mut mlp_scratch = self.mlp.scratch(dev, rows);
-        let (mut dbranch, mut dh, mut dln) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let (mut dbranch, mut dh, mut dln) = (dev.zeros(n), dev.zeros(n), dev.zeros(n));
         for (b, t) in self.blocks[self.first_trainable..].iter().zip(&tape.blocks).rev() {
             let ids = [
                 b.ln1.0,

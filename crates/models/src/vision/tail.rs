@@ -9,6 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Result};
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::{Cpu, Device};
 
 use super::encoder::{is_siglip_dir, EncoderSpec, PATCH_NAME, PATCH_RESOLUTION, PATCH_SIZE};
 use super::patch_projection::PatchProjection;
@@ -18,15 +19,15 @@ use super::siglip::{SiglipConfig, SiglipTape, SiglipVision};
 pub const PATCH_WIDTH: usize = 256;
 
 #[allow(clippy::large_enum_variant)] // one per model, never moved in a loop: boxing would buy nothing
-pub enum EncoderTail {
-    Siglip { tower: SiglipVision, tape: SiglipTape },
-    Patch(PatchProjection),
+pub enum EncoderTail<D: Device = Cpu> {
+    Siglip { tower: SiglipVision<D>, tape: SiglipTape<D> },
+    Patch(PatchProjection<D>),
 }
 
-impl EncoderTail {
+impl<D: Device> EncoderTail<D> {
     /// The tail `spec` asks for, registered in `params` (pretrained SigLIP blocks, or a fresh patch
     /// projection seeded by `seed`); `None` for a frozen encoder.
-    pub fn open(spec: &EncoderSpec, params: &mut ParamStore, seed: u64) -> Result<Option<Self>> {
+    pub fn open(spec: &EncoderSpec, params: &mut ParamStore<D>, seed: u64) -> Result<Option<Self>> {
         if spec.source == PATCH_NAME {
             let size = spec.resolution.unwrap_or(PATCH_RESOLUTION) as usize;
             return Ok(Some(EncoderTail::Patch(PatchProjection::new(
@@ -80,11 +81,11 @@ impl EncoderTail {
 
     /// `[images, tokens, output_width]` from `input` (`[images, tokens, input_width]`); with
     /// `train`, keeps what [`backward`](Self::backward) needs.
-    pub fn forward(&mut self, params: &ParamStore, input: &[f32], images: usize, train: bool) -> Result<Vec<f32>> {
+    pub fn forward(&mut self, params: &ParamStore<D>, input: &D::Buf, images: usize, train: bool) -> Result<D::Owned> {
+        let len = params.device().len(input);
         ensure!(
-            input.len() == images * self.tokens() * self.input_width(),
-            "encoder tail input has {} values, expected [{images}, {}, {}]",
-            input.len(),
+            len == images * self.tokens() * self.input_width(),
+            "encoder tail input has {len} values, expected [{images}, {}, {}]",
             self.tokens(),
             self.input_width()
         );
@@ -96,7 +97,13 @@ impl EncoderTail {
 
     /// Backward of the last training [`forward`](Self::forward) (same `input`): accumulates the
     /// tail's gradients from `doutput`. The frozen part before it needs no gradient.
-    pub fn backward(&mut self, params: &mut ParamStore, input: &[f32], images: usize, doutput: &[f32]) -> Result<()> {
+    pub fn backward(
+        &mut self,
+        params: &mut ParamStore<D>,
+        input: &D::Buf,
+        images: usize,
+        doutput: &D::Buf,
+    ) -> Result<()> {
         match self {
             EncoderTail::Siglip { tower, tape } => tower.backward(params, tape, doutput),
             EncoderTail::Patch(projection) => projection.backward(params, input, images, doutput),
