@@ -152,8 +152,13 @@ pub struct GridConfig {
     pub image_fractions: Vec<f64>,
     #[serde(default)]
     pub instruction_shares: Vec<f64>,
+    /// Seeds of every grid point (seed changes the branch's initialisation and data order).
     #[serde(default = "one_seed")]
     pub seeds: Vec<u64>,
+    /// More seeds for the base point only, fine-tuned to the comparison epoch: the seed spread where
+    /// every comparison meets, without multiplying the whole grid.
+    #[serde(default)]
+    pub extra_base_seeds: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -274,6 +279,10 @@ impl StudyConfig {
         }
         if g.seeds.is_empty() {
             bail!("grid.seeds must list at least one seed");
+        }
+        let all_seeds = [&g.seeds[..], &g.extra_base_seeds[..]].concat();
+        if let Some(i) = (1..all_seeds.len()).find(|&i| all_seeds[..i].contains(&all_seeds[i])) {
+            bail!("seed {} is listed twice in grid.seeds and grid.extra_base_seeds", all_seeds[i]);
         }
         let kept: Vec<f64> = p.checkpoint_fractions.clone();
         if let Some(from) = &p.from {

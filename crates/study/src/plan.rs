@@ -1,10 +1,10 @@
 //! The study grid as a DAG of runs that share prefixes.
 //!
-//! One text pre-training run serves every branch; each grid point x seed is one cooldown; each
-//! cooldown gets one fine-tuning run of the largest epoch count whose epoch-end checkpoints give the
-//! 1..=N-epoch models; each of those is evaluated. Only the base point sweeps epochs, so the other
-//! fine-tunes stop at the comparison epoch. Node ids are stable strings, so a rerun finds the
-//! nodes it already finished.
+//! One text pre-training run serves every branch; each grid point x seed (plus the base point x each
+//! extra base seed) is one cooldown; each cooldown gets one fine-tuning run of the largest epoch count
+//! whose epoch-end checkpoints give the 1..=N-epoch models; each of those is evaluated. Only the base
+//! point of `grid.seeds` sweeps epochs, so the other fine-tunes stop at the comparison epoch. Node ids
+//! are stable strings, so a rerun finds the nodes it already finished.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -119,32 +119,33 @@ impl Plan {
         if !config.eval.text_tasks.is_empty() {
             nodes.push(Node { id: EVAL_TEXT_BASELINE.into(), kind: NodeKind::EvalTextBaseline, after: text.clone() });
         }
-        for &seed in &config.grid.seeds {
-            for point in config.points() {
-                let (cooldown, finetune) = (cooldown_id(&point, seed), finetune_id(&point, seed));
+        let grid = &config.grid;
+        let branches = grid.seeds.iter().flat_map(|&seed| config.points().into_iter().map(move |point| (point, seed)));
+        let extra = grid.extra_base_seeds.iter().map(|&seed| (grid.base, seed));
+        for (point, seed) in branches.chain(extra) {
+            let (cooldown, finetune) = (cooldown_id(&point, seed), finetune_id(&point, seed));
+            nodes.push(Node {
+                id: cooldown.clone(),
+                kind: NodeKind::Cooldown { point, seed },
+                after: [vec![IMAGE_CORPUS.into()], text.clone()].concat(),
+            });
+            let epochs: Vec<u32> = if point == grid.base && grid.seeds.contains(&seed) {
+                (1..=config.finetune.epochs).collect()
+            } else {
+                vec![config.finetune.compare_epoch]
+            };
+            let trained_epochs = *epochs.last().expect("at least one epoch");
+            nodes.push(Node {
+                id: finetune.clone(),
+                kind: NodeKind::Finetune { point, seed, epochs: trained_epochs },
+                after: vec![cooldown],
+            });
+            for epoch in epochs {
                 nodes.push(Node {
-                    id: cooldown.clone(),
-                    kind: NodeKind::Cooldown { point, seed },
-                    after: [vec![IMAGE_CORPUS.into()], text.clone()].concat(),
+                    id: eval_id(&point, seed, epoch),
+                    kind: NodeKind::Eval { point, seed, epoch },
+                    after: vec![finetune.clone()],
                 });
-                let epochs: Vec<u32> = if point == config.grid.base {
-                    (1..=config.finetune.epochs).collect()
-                } else {
-                    vec![config.finetune.compare_epoch]
-                };
-                let trained_epochs = *epochs.last().expect("at least one epoch");
-                nodes.push(Node {
-                    id: finetune.clone(),
-                    kind: NodeKind::Finetune { point, seed, epochs: trained_epochs },
-                    after: vec![cooldown],
-                });
-                for epoch in epochs {
-                    nodes.push(Node {
-                        id: eval_id(&point, seed, epoch),
-                        kind: NodeKind::Eval { point, seed, epoch },
-                        after: vec![finetune.clone()],
-                    });
-                }
             }
         }
         let mut seen = std::collections::BTreeMap::new();
@@ -164,6 +165,25 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_base_seeds_add_one_branch_each_to_the_comparison_epoch() {
+        let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
+        (config.finetune.epochs, config.finetune.compare_epoch) = (3, 2);
+        let before = Plan::build(&config).unwrap();
+        config.grid.extra_base_seeds = vec![1, 2];
+        let plan = Plan::build(&config).unwrap();
+        assert_eq!(plan.nodes.len(), before.nodes.len() + 2 * 3, "a cooldown, a fine-tune and one eval per seed");
+        for seed in [1, 2] {
+            let base = config.grid.base;
+            let finetune = plan.nodes.iter().find(|n| n.id == finetune_id(&base, seed)).expect("fine-tune");
+            assert_eq!(finetune.kind, NodeKind::Finetune { point: base, seed, epochs: 2 });
+            assert!(plan.nodes.iter().any(|n| n.id == eval_id(&base, seed, 2)));
+            assert!(!plan.nodes.iter().any(|n| n.id == eval_id(&base, seed, 3)));
+        }
+        config.grid.extra_base_seeds = vec![0];
+        assert!(format!("{:#}", config.validate().unwrap_err()).contains("seed 0 is listed twice"));
+    }
 
     #[test]
     fn one_text_run_one_cooldown_per_point_and_seed_one_eval_per_epoch() {
