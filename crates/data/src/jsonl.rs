@@ -34,6 +34,29 @@ pub fn visit_lines<T>(
     Ok(())
 }
 
+/// What is wrong with a line serde_json could not read into a format's type: malformed JSON, or the
+/// field it names.
+pub fn line_error(err: &serde_json::Error) -> String {
+    match err.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => format!("malformed JSON: {err}"),
+        _ => err.to_string(),
+    }
+}
+
+/// An id field that may be a JSON string or number (read as its decimal text).
+pub fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    Ok(match <Id as serde::Deserialize>::deserialize(d)? {
+        Id::Text(text) => text,
+        Id::Number(number) => number.to_string(),
+    })
+}
+
 /// A buffered reader of `path`'s text, decompressing `.zst`/`.zstd` and `.gz` files on the fly.
 pub fn open_text(path: &Path, what: &str) -> Result<Box<dyn BufRead>> {
     let file = File::open(path).with_context(|| format!("open {what} file {}", path.display()))?;

