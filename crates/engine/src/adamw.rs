@@ -33,11 +33,16 @@ impl Default for AdamWConfig {
 pub struct AdamW<D: Device = Cpu> {
     pub config: AdamWConfig,
     steps: u64,
+    /// Per parameter, updates it had before this run (moments continued from a branch checkpoint,
+    /// [`AdamW::continue_from`]): its bias correction counts them, as torch's per-parameter `step`.
+    prior_steps: Vec<u64>,
     exp_avg: Vec<D::Owned>,
     exp_avg_sq: Vec<D::Owned>,
 }
 
 const STEP_KEY: &str = "step";
+/// Metadata key of the non-zero prior steps, a JSON object from parameter name to count.
+const PRIOR_STEPS_KEY: &str = "prior_steps";
 const EXP_AVG: &str = "exp_avg.";
 const EXP_AVG_SQ: &str = "exp_avg_sq.";
 
@@ -46,7 +51,45 @@ impl<D: Device> AdamW<D> {
     pub fn new(config: AdamWConfig, params: &ParamStore<D>) -> Self {
         let dev = params.device();
         let zeros = || params.ids().map(|id| dev.zeros(params.info(id).numel())).collect::<Vec<_>>();
-        Self { config, steps: 0, exp_avg: zeros(), exp_avg_sq: zeros() }
+        Self { config, steps: 0, prior_steps: vec![0; params.len()], exp_avg: zeros(), exp_avg_sq: zeros() }
+    }
+
+    /// Starts from the moments of every parameter `path` (an optimizer file of another run, e.g. the
+    /// text checkpoint a cooldown branches from) holds under the same name and shape; the others
+    /// (a new projector) keep zeroed moments. Returns how many parameters continue. Only before the
+    /// first step; on error nothing changes.
+    pub fn continue_from(&mut self, path: &Path, params: &ParamStore<D>) -> Result<usize> {
+        anyhow::ensure!(self.steps == 0, "moments can only be continued before the first step");
+        let file = SafetensorsFile::open(path)?;
+        let (steps, prior) = (steps_in(&file)?, prior_steps_in(&file)?);
+        let names = file.names();
+        let mut continued = Vec::new();
+        for id in params.ids() {
+            let info = params.info(id);
+            let [avg, avg_sq] = [EXP_AVG, EXP_AVG_SQ].map(|prefix| format!("{prefix}{}", info.name));
+            if names.binary_search(&avg).is_err() {
+                continue;
+            }
+            let (m, v) = (file.f32(&avg)?, file.f32(&avg_sq)?);
+            for (name, shape) in [(&avg, &m.shape), (&avg_sq, &v.shape)] {
+                if *shape != info.shape {
+                    bail!(
+                        "{}: tensor {name} has shape {shape:?} in the file but the model expects {:?}",
+                        path.display(),
+                        info.shape
+                    );
+                }
+            }
+            continued.push((id, steps + prior.get(&info.name).copied().unwrap_or(0), m.data, v.data));
+        }
+        let dev = params.device();
+        let count = continued.len();
+        for (id, before, m, v) in continued {
+            self.prior_steps[id.0] = before;
+            self.exp_avg[id.0] = dev.upload_vec(m);
+            self.exp_avg_sq[id.0] = dev.upload_vec(v);
+        }
+        Ok(count)
     }
 
     /// Number of updates applied so far (drives bias correction).
@@ -66,18 +109,6 @@ impl<D: Device> AdamW<D> {
     pub fn step(&mut self, params: &mut ParamStore<D>, lr: f64) {
         self.steps += 1;
         let c = self.config;
-        // Same float order as PyTorch: scalars computed in f64 (Python floats), used as f32.
-        let bias_correction1 = 1.0 - c.beta1.powi(self.steps as i32);
-        let bias_correction2 = 1.0 - c.beta2.powi(self.steps as i32);
-        let scalars = AdamWStep {
-            neg_step_size: (-lr / bias_correction1) as f32,
-            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
-            one_minus_beta1: (1.0 - c.beta1) as f32,
-            beta2: c.beta2 as f32,
-            one_minus_beta2: (1.0 - c.beta2) as f32,
-            eps: c.eps as f32,
-            decay: None,
-        };
         let decay = (1.0 - lr * c.weight_decay) as f32;
         let flags: Vec<_> = params.ids().map(|id| params.info(id).flags).collect();
         let (dev, values, grads) = params.values_mut_and_grads();
@@ -85,7 +116,19 @@ impl<D: Device> AdamW<D> {
             if !flag.trainable {
                 continue;
             }
-            let step = AdamWStep { decay: flag.weight_decay.then_some(decay), ..scalars };
+            // Same float order as PyTorch: scalars computed in f64 (Python floats), used as f32.
+            let t = (self.prior_steps[i] + self.steps) as i32;
+            let bias_correction1 = 1.0 - c.beta1.powi(t);
+            let bias_correction2 = 1.0 - c.beta2.powi(t);
+            let step = AdamWStep {
+                neg_step_size: (-lr / bias_correction1) as f32,
+                bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                beta2: c.beta2 as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                eps: c.eps as f32,
+                decay: flag.weight_decay.then_some(decay),
+            };
             dev.adamw_step(&step, &mut values[i], &grads[i], &mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
         }
     }
@@ -101,7 +144,15 @@ impl<D: Device> AdamW<D> {
             views.push((format!("{EXP_AVG}{}", info.name), F32View { shape: info.shape.clone(), data: exp_avg }));
             views.push((format!("{EXP_AVG_SQ}{}", info.name), F32View { shape: info.shape.clone(), data: exp_avg_sq }));
         }
-        let meta = HashMap::from([(STEP_KEY.to_string(), self.steps.to_string())]);
+        let prior: HashMap<&str, u64> = params
+            .ids()
+            .filter(|id| self.prior_steps[id.0] > 0)
+            .map(|id| (params.info(id).name.as_str(), self.prior_steps[id.0]))
+            .collect();
+        let mut meta = HashMap::from([(STEP_KEY.to_string(), self.steps.to_string())]);
+        if !prior.is_empty() {
+            meta.insert(PRIOR_STEPS_KEY.to_string(), serde_json::to_string(&prior)?);
+        }
         write_f32_tensors(path, views, Some(meta))
     }
 
@@ -109,7 +160,7 @@ impl<D: Device> AdamW<D> {
     /// nothing changes.
     pub fn load(&mut self, path: &Path, params: &ParamStore<D>) -> Result<()> {
         let file = SafetensorsFile::open(path)?;
-        let steps = steps_in(&file)?;
+        let (steps, prior) = (steps_in(&file)?, prior_steps_in(&file)?);
         let expected = 2 * params.len();
         if file.names().len() != expected {
             bail!("{}: optimizer state has {} tensors, the model needs {expected}", path.display(), file.names().len());
@@ -133,9 +184,20 @@ impl<D: Device> AdamW<D> {
             }
         }
         self.steps = steps;
+        self.prior_steps = params.ids().map(|id| prior.get(&params.info(id).name).copied().unwrap_or(0)).collect();
         self.exp_avg = exp_avg;
         self.exp_avg_sq = exp_avg_sq;
         Ok(())
+    }
+}
+
+/// The prior steps an optimizer file records (none in files of runs that started fresh).
+fn prior_steps_in(file: &SafetensorsFile) -> Result<HashMap<String, u64>> {
+    match file.metadata()?.get(PRIOR_STEPS_KEY) {
+        Some(json) => serde_json::from_str(json).with_context(|| {
+            format!("{}: metadata {PRIOR_STEPS_KEY:?} is not a map of step counts", file.path().display())
+        }),
+        None => Ok(HashMap::new()),
     }
 }
 
@@ -236,6 +298,51 @@ mod tests {
         other.add("w", &[2, 2], vec![0.0; 4], ParamFlags::MATRIX).unwrap();
         let err = AdamW::new(AdamWConfig::default(), &other).load(&path, &other).unwrap_err().to_string();
         assert!(err.contains("exp_avg.w") && err.contains("[4]") && err.contains("[2, 2]"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A branch that continues a run's moments takes the same steps the run itself would have, on
+    /// every parameter the run had; a new parameter starts fresh; a resumed branch keeps counting.
+    #[test]
+    fn continued_moments_step_like_the_run_they_continue() {
+        let dir = scratch_dir("adamw-continue");
+        let grad = |step: usize| -> Vec<f32> { (0..4).map(|i| ((i * 5 + step * 3) % 7) as f32 - 3.0).collect() };
+        let mut text = ParamStore::new(Cpu::new().unwrap());
+        let w = text.add("w", &[4], vec![0.5, -1.0, 2.0, 0.1], ParamFlags::MATRIX).unwrap();
+        let mut run = AdamW::new(AdamWConfig::default(), &text);
+        for step in 0..3 {
+            text.grad_mut(w).copy_from_slice(&grad(step));
+            run.step(&mut text, 1e-2);
+        }
+        let saved = dir.join("text.safetensors");
+        run.save(&saved, &text).unwrap();
+
+        let mut branch = ParamStore::new(Cpu::new().unwrap());
+        let bw = branch.add("w", &[4], text.value(w).to_vec(), ParamFlags::MATRIX).unwrap();
+        let proj = branch.add("proj", &[4], vec![0.0; 4], ParamFlags::MATRIX).unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default(), &branch);
+        assert_eq!(opt.continue_from(&saved, &branch).unwrap(), 1, "only `w` is in the text run");
+        let mut fresh_store = ParamStore::new(Cpu::new().unwrap());
+        let fp = fresh_store.add("proj", &[4], vec![0.0; 4], ParamFlags::MATRIX).unwrap();
+        let mut fresh = AdamW::new(AdamWConfig::default(), &fresh_store);
+        for step in 3..5 {
+            text.grad_mut(w).copy_from_slice(&grad(step));
+            branch.grad_mut(bw).copy_from_slice(&grad(step));
+            branch.grad_mut(proj).copy_from_slice(&grad(step));
+            fresh_store.grad_mut(fp).copy_from_slice(&grad(step));
+            run.step(&mut text, 1e-2);
+            opt.step(&mut branch, 1e-2);
+            fresh.step(&mut fresh_store, 1e-2);
+        }
+        assert_eq!(branch.value(bw), text.value(w), "continued moments and bias correction");
+        assert_eq!(branch.value(proj), fresh_store.value(fp), "a new parameter starts at step 1");
+
+        let saved_branch = dir.join("branch.safetensors");
+        opt.save(&saved_branch, &branch).unwrap();
+        let mut resumed = AdamW::new(AdamWConfig::default(), &branch);
+        resumed.load(&saved_branch, &branch).unwrap();
+        assert_eq!(resumed.prior_steps, opt.prior_steps);
+        assert_eq!(opt.prior_steps, vec![3, 0]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

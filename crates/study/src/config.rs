@@ -96,6 +96,10 @@ pub struct CooldownConfig {
     /// stopped ("continue"), or the corpus again from its start ("fresh").
     #[serde(default)]
     pub text_stream: Carry,
+    /// AdamW moments of a branch whose LR schedule continues the text run's (an interior branch):
+    /// the text checkpoint's ("continue"), or zeros ("fresh", the old behaviour).
+    #[serde(default)]
+    pub optimizer: Carry,
     /// Count pad positions in `tokens` (the old rule, under which a higher image fraction, whose
     /// rows are more padded, saw fewer real tokens); by default only real tokens count.
     #[serde(default)]

@@ -285,11 +285,11 @@ impl<'a> StudyRunner<'a> {
     ) -> Result<CooldownOutputs> {
         let config = self.config;
         let c = &config.cooldown;
-        // An imported text model carries no stream position of this corpus.
-        let text_stream = match (&start, c.text_stream, &config.pretrain.from) {
-            (Start::TextCheckpoint(_), Carry::Continue, None) => {
-                TextStream::Continue { pretrain_seed: config.grid.seeds[0] }
-            }
+        // Branched from this study's own text run: an imported text model carries no stream
+        // position of this corpus and no vlmix optimizer state.
+        let branched = matches!(start, Start::TextCheckpoint(_)) && config.pretrain.from.is_none();
+        let text_stream = match c.text_stream {
+            Carry::Continue if branched => TextStream::Continue { pretrain_seed: config.grid.seeds[0] },
             _ => TextStream::Restart,
         };
         let positions_steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
@@ -316,6 +316,7 @@ impl<'a> StudyRunner<'a> {
             train_lm: c.train_lm,
             seed,
             text_stream,
+            continue_optimizer: false,
         };
         let docs = self.train_docs.clone();
         let special = self.tokenizer.special;
@@ -324,6 +325,8 @@ impl<'a> StudyRunner<'a> {
         if !c.count_padding {
             spec.schedule = schedule(stages::cooldown_steps(&spec, docs.clone(), corpus, special, c.tokens)?);
         }
+        // Endpoints restart the schedule (a fresh warmup), so they restart the moments too.
+        spec.continue_optimizer = branched && c.optimizer == Carry::Continue && !spec.schedule.is_fresh();
         let outcome =
             stages::cooldown(&spec, docs, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
         let final_ckpt = outcome.kept.last().map(|k| k.1.clone()).context("cooldown kept no checkpoint")?;

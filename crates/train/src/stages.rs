@@ -9,7 +9,7 @@ use vlmix_data::mixing::{MixConfig, TextStart};
 use vlmix_data::packing::TokenDocuments;
 use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
-use vlmix_engine::checkpoint::{read_state, STATE_FILE};
+use vlmix_engine::checkpoint::{read_state, OPTIMIZER_FILE, STATE_FILE};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::Cpu;
 use vlmix_models::lm::{Lm, LmConfig};
@@ -132,6 +132,10 @@ pub struct CooldownSpec {
     /// Which text the cooldown reads.
     #[serde(default)]
     pub text_stream: TextStream,
+    /// Start the LM's AdamW moments (and their bias-correction counts) from the branch checkpoint's
+    /// optimizer state instead of zeros; new parameters (projector, encoder tail) start fresh.
+    #[serde(default)]
+    pub continue_optimizer: bool,
 }
 
 /// The text stream of a cooldown.
@@ -233,6 +237,12 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     let mut model = VisionModel { vlm, params, micro_batch: plan.micro_batch };
     let mut optimizer =
         AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
+    if let (Start::TextCheckpoint(checkpoint), true) = (&spec.start, spec.continue_optimizer) {
+        let continued = optimizer
+            .continue_from(&checkpoint.join(OPTIMIZER_FILE), &model.params)
+            .with_context(|| format!("continuing the optimizer state of {}", checkpoint.display()))?;
+        tracing::info!(continued, checkpoint = %checkpoint.display(), "AdamW moments continued");
+    }
     let mut source = MixedSource::new(docs, corpus, cache, mix_config(spec, corpus)?, special, spec.batch_size)?;
     let total = spec.schedule.total_steps();
     let config = LoopConfig {

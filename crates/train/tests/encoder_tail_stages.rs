@@ -77,6 +77,7 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         train_lm: true,
         seed: 1,
         text_stream: TextStream::Restart,
+        continue_optimizer: false,
     };
     let outcome =
         cooldown(&cooldown_spec, docs, &corpus, &cache, SPECIAL, &root.join("cooldown"), &mut |_, _, _| {}).unwrap();
