@@ -218,6 +218,18 @@ fn token_nll_scores_match_the_loss() {
             .fold(0.0f32, f32::max);
         assert!(worst < 1e-5, "sequence {b}: next-token logits differ by {worst}");
     }
+    // Logits at picked positions (any order, repeats allowed) are those rows of the full logits.
+    let picked = [SEQ + 2, 0, BATCH * SEQ - 1, 0];
+    let at = lm.logits_at(&params, &both, &picked).unwrap().to_vec();
+    for (i, &row) in picked.iter().enumerate() {
+        let worst = at[i * vocab..(i + 1) * vocab]
+            .iter()
+            .zip(&all[row * vocab..(row + 1) * vocab])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "position {row}: picked logits differ by {worst}");
+    }
+    assert!(lm.logits_at(&params, &both, &[BATCH * SEQ]).is_err(), "a row past the batch is refused");
 }
 
 #[test]

@@ -121,8 +121,9 @@ impl<D: Device> Lm<D> {
     }
 
     /// Forward pass up to the logits (left in the workspace): of every position, or with
-    /// `last_only` of each sequence's last position (`[batch, vocab]`, for generation).
-    fn forward(&mut self, params: &ParamStore<D>, input: &LmInput<D>, last_only: bool) -> Result<()> {
+    /// `output_rows` of those rows only (`[output_rows.len(), vocab]`): a sequence's last for
+    /// generation, the scored continuation positions for ranking.
+    fn forward(&mut self, params: &ParamStore<D>, input: &LmInput<D>, output_rows: Option<&[usize]>) -> Result<()> {
         input.validate(&self.dev, self.config.d_model, self.config.seq_len)?;
         self.reserve(input.batch, input.seq)?;
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
@@ -182,18 +183,17 @@ impl<D: Device> Lm<D> {
         let final_norm_out = dev.slice_mut(&mut ws.final_norm_out, 0..n);
         layers.norm.forward(dev, &norm_params(v, ids.norm), last, &mut ws.final_norm, &mut *final_norm_out);
         let output = LinearParams { weight: v.get(ids.output_weight()), bias: None };
-        if last_only {
-            // Only each sequence's last row is projected; they are gathered into `d_norm`, which is
-            // free outside the backward.
-            let last_rows: Vec<usize> = (1..=input.batch).map(|b| b * input.seq - 1).collect();
-            let nd = input.batch * d;
-            let gathered = dev.slice_mut(&mut ws.d_norm, 0..nd);
-            dev.gather_rows(final_norm_out, &last_rows, &mut *gathered);
+        if let Some(picked) = output_rows {
+            // Only the picked rows are projected; they are gathered into `d_norm`, which is free
+            // outside the backward.
+            anyhow::ensure!(picked.iter().all(|&r| r < rows), "an output row lies outside the {rows} positions");
+            let gathered = dev.slice_mut(&mut ws.d_norm, 0..picked.len() * d);
+            dev.gather_rows(final_norm_out, picked, &mut *gathered);
             layers.output.forward(
                 dev,
                 &output,
                 gathered,
-                dev.slice_mut(&mut ws.logits, 0..input.batch * self.config.vocab),
+                dev.slice_mut(&mut ws.logits, 0..picked.len() * self.config.vocab),
             );
         } else {
             layers.output.forward(
@@ -232,7 +232,7 @@ impl<D: Device> Lm<D> {
             None if injected_rows > 0 => bail!("injected embeddings need an injected_grad buffer for their gradient"),
             _ => {}
         }
-        self.forward(params, input, false)?;
+        self.forward(params, input, None)?;
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
         let ws = self.work.as_mut().expect("forward reserved it");
         let (rows, d, vocab) = (input.rows(), self.config.d_model, self.config.vocab);
@@ -350,7 +350,7 @@ impl<D: Device> Lm<D> {
         targets: &[u32],
         loss_mask: &[f32],
     ) -> Result<LossStats> {
-        self.forward(params, input, false)?;
+        self.forward(params, input, None)?;
         let (dev, ws) = (&self.dev, self.work.as_mut().expect("forward reserved it"));
         let rows = input.rows();
         let logits = dev.slice_mut(&mut ws.logits, 0..rows * self.config.vocab);
@@ -367,7 +367,7 @@ impl<D: Device> Lm<D> {
 
     /// Logits `[batch * seq, vocab]` of every position.
     pub fn logits(&mut self, params: &ParamStore<D>, input: &LmInput<D>) -> Result<&D::Buf> {
-        self.forward(params, input, false)?;
+        self.forward(params, input, None)?;
         Ok(self
             .dev
             .slice(&self.work.as_ref().expect("forward reserved it").logits, 0..input.rows() * self.config.vocab))
@@ -376,8 +376,15 @@ impl<D: Device> Lm<D> {
     /// Logits `[batch, vocab]` of each sequence's last position only: what greedy or sampled
     /// generation needs, without the output projection of every other position.
     pub fn next_token_logits(&mut self, params: &ParamStore<D>, input: &LmInput<D>) -> Result<&D::Buf> {
-        self.forward(params, input, true)?;
-        Ok(self.dev.slice(&self.work.as_ref().expect("forward reserved it").logits, 0..input.batch * self.config.vocab))
+        let last_rows: Vec<usize> = (1..=input.batch).map(|b| b * input.seq - 1).collect();
+        self.logits_at(params, input, &last_rows)
+    }
+
+    /// Logits `[rows.len(), vocab]` of the positions `rows` (indices into `batch * seq`) only: what
+    /// ranking continuations needs, at a fraction of the output projection's cost.
+    pub fn logits_at(&mut self, params: &ParamStore<D>, input: &LmInput<D>, rows: &[usize]) -> Result<&D::Buf> {
+        self.forward(params, input, Some(rows))?;
+        Ok(self.dev.slice(&self.work.as_ref().expect("forward reserved it").logits, 0..rows.len() * self.config.vocab))
     }
 
     /// The device this LM computes on.
