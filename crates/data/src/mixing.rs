@@ -6,7 +6,7 @@
 //! `|D|` smaller. `|D|` therefore stays below one sequence's worth of tokens, so the fraction over any
 //! window of steps is off by at most about `2 * seq_len / tokens in the window` (e.g. under 0.5 points
 //! over 100 steps of 8 sequences), and the whole run is a pure function of the seed and data. The same
-//! rule splits image sequences between captions and instruction conversations (the paper's
+//! rule splits image examples between captions and instruction conversations (the paper's
 //! instruction-share ablation). The cursor (counters, stream positions, recent window) is serialisable;
 //! a sampler rebuilt from it continues exactly where the saved one stopped.
 use std::collections::VecDeque;
@@ -14,10 +14,9 @@ use std::collections::VecDeque;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::packing::{
-    epoch_order, pack_image_sequence, ImageText, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments,
-};
-use crate::tokenizer::SpecialTokens;
+use vlmix_models::sequence::{ImageText, SpecialTokens, VlmSequence};
+
+use crate::packing::{epoch_order, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
 
 /// Steps in the window the achieved fraction is reported over.
 pub const WINDOW_STEPS: usize = 100;
@@ -48,7 +47,7 @@ pub struct MixConfig {
     pub n_image_tokens: usize,
     /// Requested fraction of image tokens among all non-pad tokens, in [0, 1].
     pub image_token_fraction: f64,
-    /// Fraction of image sequences drawn from instruction conversations instead of captions.
+    /// Fraction of image examples drawn from instruction conversations instead of captions.
     pub instruct_fraction: f64,
     pub seed: u64,
     /// Log the achieved fraction every this many steps (0: never).
@@ -83,8 +82,10 @@ pub struct MixCursor {
     pub image_tokens: u64,
     pub total_tokens: u64,
     pub text_sequences: u64,
-    pub caption_sequences: u64,
-    pub instruct_sequences: u64,
+    #[serde(alias = "caption_sequences")]
+    pub caption_examples: u64,
+    #[serde(alias = "instruct_sequences")]
+    pub instruct_examples: u64,
     pub steps: u64,
     /// (image tokens, total tokens) of the last [`WINDOW_STEPS`] steps.
     pub window: VecDeque<(u64, u64)>,
@@ -132,7 +133,7 @@ fn advance(cursor: ExampleCursor, len: u64) -> ExampleCursor {
 
 pub struct MixingSampler<D, C, I> {
     config: MixConfig,
-    special: SpecialTokens,
+    layout: VlmSequence,
     text: TextPacker<D>,
     captions: IndexedSet<C>,
     instruct: IndexedSet<I>,
@@ -159,12 +160,7 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
             "instruction fraction {} is not in [0, 1]",
             config.instruct_fraction
         );
-        anyhow::ensure!(
-            config.seq_len > config.n_image_tokens + 1,
-            "sequence length {} leaves no room for text after {} image tokens",
-            config.seq_len,
-            config.n_image_tokens
-        );
+        let layout = VlmSequence::new(config.seq_len, config.n_image_tokens, special)?;
         if config.image_token_fraction > 0.0 {
             anyhow::ensure!(
                 config.instruct_fraction == 1.0 || !captions.is_empty(),
@@ -189,7 +185,7 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         let text = TextPacker::new(docs, config.seq_len, special.eos, text_seed, cursor.text)?;
         let captions = IndexedSet { set: captions, seed: config.seed ^ 0xC0FFEE, order: None };
         let instruct = IndexedSet { set: instruct, seed: config.seed ^ 0x1D57_C0DE, order: None };
-        Ok(Self { config, special, text, captions, instruct, cursor })
+        Ok(Self { config, layout, text, captions, instruct, cursor })
     }
 
     /// The state to save with a checkpoint.
@@ -200,12 +196,12 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
     pub fn stats(&self) -> MixStats {
         let c = &self.cursor;
         let (wi, wt) = c.window.iter().fold((0, 0), |(a, b), &(i, t)| (a + i, b + t));
-        let image_sequences = c.caption_sequences + c.instruct_sequences;
+        let image_examples = c.caption_examples + c.instruct_examples;
         MixStats {
             steps: c.steps,
             cumulative_image_fraction: ratio(c.image_tokens, c.total_tokens),
             window_image_fraction: ratio(wi, wt),
-            instruct_share: ratio(c.instruct_sequences, image_sequences),
+            instruct_share: ratio(c.instruct_examples, image_examples),
         }
     }
 
@@ -239,38 +235,48 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         if f == 0.0 {
             return Ok(self.take_text());
         }
-        let image_sequences = self.cursor.caption_sequences + self.cursor.instruct_sequences;
-        let want_instruct = (self.cursor.instruct_sequences as f64 + 0.5)
-            < self.config.instruct_fraction * (image_sequences + 1) as f64;
-        let (kind, cursor) = if want_instruct {
-            (SequenceKind::Instruct, self.cursor.instruct)
-        } else {
-            (SequenceKind::Caption, self.cursor.captions)
-        };
-        let set_len = if want_instruct { self.instruct.set.len() } else { self.captions.set.len() };
-        let index = if want_instruct { self.instruct.index_at(cursor) } else { self.captions.index_at(cursor) };
-        let text = if want_instruct { self.instruct.set.text(index)? } else { self.captions.set.text(index)? };
-        let n_img = self.config.n_image_tokens as f64;
-        let image_total = n_img + text.packed_text_tokens(self.config.seq_len, self.config.n_image_tokens) as f64;
+        let (sequence, after) = self.image_row()?;
+        let n_img = sequence.n_image_tokens as f64;
+        let image_total = (sequence.n_image_tokens + sequence.n_text_tokens) as f64;
         let deficit = self.cursor.image_tokens as f64 - f * self.cursor.total_tokens as f64;
         let after_image = deficit + n_img - f * image_total;
         let after_text = deficit - f * self.config.seq_len as f64;
         if after_text.abs() < after_image.abs() {
             return Ok(self.take_text());
         }
-        let sequence =
-            pack_image_sequence(kind, index, &text, self.config.seq_len, self.config.n_image_tokens, self.special);
         let c = &mut self.cursor;
         c.image_tokens += sequence.n_image_tokens as u64;
         c.total_tokens += (sequence.n_image_tokens + sequence.n_text_tokens) as u64;
-        if want_instruct {
-            c.instruct_sequences += 1;
-            c.instruct = advance(cursor, set_len);
+        let examples = sequence.examples.len() as u64;
+        if sequence.kind == SequenceKind::Instruct {
+            c.instruct_examples += examples;
+            c.instruct = after;
         } else {
-            c.caption_sequences += 1;
-            c.captions = advance(cursor, set_len);
+            c.caption_examples += examples;
+            c.captions = after;
         }
         Ok(sequence)
+    }
+
+    /// The image row the sampler would take next and where its set's cursor would then stand: its
+    /// kind by the instruction-share rule.
+    fn image_row(&mut self) -> Result<(Sequence, ExampleCursor)> {
+        let image_examples = self.cursor.caption_examples + self.cursor.instruct_examples;
+        let want_instruct =
+            (self.cursor.instruct_examples as f64 + 0.5) < self.config.instruct_fraction * (image_examples + 1) as f64;
+        let (kind, cursor) = if want_instruct {
+            (SequenceKind::Instruct, self.cursor.instruct)
+        } else {
+            (SequenceKind::Caption, self.cursor.captions)
+        };
+        let (index, text, len) = if want_instruct {
+            let index = self.instruct.index_at(cursor);
+            (index, self.instruct.set.text(index)?, self.instruct.set.len())
+        } else {
+            let index = self.captions.index_at(cursor);
+            (index, self.captions.set.text(index)?, self.captions.set.len())
+        };
+        Ok((Sequence::image(kind, index, &text, &self.layout), advance(cursor, len)))
     }
 
     fn take_text(&mut self) -> Sequence {
@@ -351,7 +357,7 @@ mod tests {
         let batch = image_only.next_batch(16).unwrap();
         assert!(batch.iter().all(|q| q.kind == SequenceKind::Caption));
         let counted: usize = batch.iter().map(|q| q.n_image_tokens + q.n_text_tokens).sum();
-        let non_pad: usize = batch.iter().map(|q| q.inputs.iter().filter(|&&t| t != SPECIAL.pad).count()).sum();
+        let non_pad: usize = batch.iter().map(|q| q.row.inputs.iter().filter(|&&t| t != SPECIAL.pad).count()).sum();
         assert_eq!(counted, non_pad);
         assert_eq!(image_only.cursor().total_tokens as usize, counted);
     }
@@ -425,7 +431,7 @@ mod tests {
         let cfg = MixConfig { text_start, ..config(0.0, 0.0) };
         let mut cooldown = sampler(cfg, MixCursor::start(&cfg));
         for _ in 0..3 {
-            assert_eq!(cooldown.next_sequence().unwrap().inputs, pretrain.next_sequence().inputs);
+            assert_eq!(cooldown.next_sequence().unwrap().row.inputs, pretrain.next_sequence().row.inputs);
         }
     }
 }

@@ -1,15 +1,16 @@
 //! Fixed-length training sequences. Text documents are packed back to back with an end-of-text token
-//! between them (no padding, no token wasted); an image example becomes one sequence of
-//! `[image slots][text tokens][EOS][pad ...]`, the layout the paper uses (single image per sequence,
-//! image tokens placed before the caption).
+//! between them (no padding, no token wasted); image examples become rows laid out by
+//! [`VlmSequence`]: `[image slots][text tokens][EOS]`, one per row as in the paper or several back to
+//! back, then pads.
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use vlmix_models::sequence::{ImageText, VlmRow, VlmSequence};
+
 use crate::text::shard::TokenShard;
-use crate::tokenizer::SpecialTokens;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,20 +20,28 @@ pub enum SequenceKind {
     Instruct,
 }
 
-/// One training sequence of `seq_len` positions; position `i` reads `inputs[i]` and is trained to predict
-/// `targets[i]` where `loss_mask[i]`.
+/// One training sequence of `seq_len` positions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sequence {
     pub kind: SequenceKind,
-    /// Index of the image example in its source (caption or instruction set); `None` for text.
-    pub example: Option<u64>,
-    /// Leading positions that the VLM fills with projected image embeddings (inputs hold `<image>`).
+    /// Indices of the row's image examples in their source (caption or instruction set), one per
+    /// image of `row` in order; empty for text.
+    pub examples: Vec<u64>,
+    pub row: VlmRow,
+    /// Positions the VLM fills with projected image embeddings (inputs hold `<image>`).
     pub n_image_tokens: usize,
-    pub inputs: Vec<u32>,
-    pub targets: Vec<u32>,
-    pub loss_mask: Vec<bool>,
-    /// Text tokens in `inputs` (pads excluded): with `n_image_tokens`, what the mixing ratio counts.
+    /// Text tokens in the row (pads excluded): with `n_image_tokens`, what the mixing ratio counts.
     pub n_text_tokens: usize,
+}
+
+impl Sequence {
+    /// A row holding the image example `example` of `kind` alone (its text cut to fit).
+    pub fn image(kind: SequenceKind, example: u64, text: &ImageText, layout: &VlmSequence) -> Self {
+        let mut row = layout.row();
+        row.push(text);
+        let (n_image_tokens, n_text_tokens) = (row.image_tokens(), row.text_tokens());
+        Self { kind, examples: vec![example], row: row.finish(), n_image_tokens, n_text_tokens }
+    }
 }
 
 /// Random access to tokenized documents (a [`TokenShard`], or anything in memory for tests).
@@ -154,76 +163,17 @@ impl<D: TokenDocuments> TextPacker<D> {
         self.cursor = after_inputs;
         Sequence {
             kind: SequenceKind::Text,
-            example: None,
+            examples: Vec::new(),
+            row: VlmRow::text(&window),
             n_image_tokens: 0,
-            inputs: window[..self.seq_len].to_vec(),
-            targets: window[1..].to_vec(),
-            loss_mask: vec![true; self.seq_len],
             n_text_tokens: self.seq_len,
         }
-    }
-}
-
-/// The text that follows an image: token ids with, per token, whether the model is trained to produce it
-/// (all caption tokens; only the assistant's answers in instruction conversations).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageText {
-    pub tokens: Vec<u32>,
-    pub loss: Vec<bool>,
-}
-
-impl ImageText {
-    pub fn caption(tokens: Vec<u32>) -> Self {
-        let loss = vec![true; tokens.len()];
-        Self { tokens, loss }
-    }
-
-    /// Text tokens the sequence will hold (truncated to fit, plus EOS).
-    pub fn packed_text_tokens(&self, seq_len: usize, n_image_tokens: usize) -> usize {
-        self.tokens.len().min(seq_len - n_image_tokens - 1) + 1
-    }
-}
-
-/// `[image slots][text][EOS][pad ...]`: the last image slot predicts the first text token; EOS is
-/// predicted (the model learns to stop); nothing is predicted from EOS or pads.
-pub fn pack_image_sequence(
-    kind: SequenceKind,
-    example: u64,
-    text: &ImageText,
-    seq_len: usize,
-    n_image_tokens: usize,
-    special: SpecialTokens,
-) -> Sequence {
-    let n_text = text.packed_text_tokens(seq_len, n_image_tokens) - 1;
-    let mut inputs = vec![special.image; n_image_tokens];
-    let mut trained = vec![false; n_image_tokens];
-    inputs.extend_from_slice(&text.tokens[..n_text]);
-    trained.extend_from_slice(&text.loss[..n_text]);
-    inputs.push(special.eos);
-    trained.push(true);
-    let real = inputs.len();
-    inputs.resize(seq_len, special.pad);
-    trained.resize(seq_len, false);
-    let mut targets: Vec<u32> = inputs[1..].to_vec();
-    targets.push(special.pad);
-    let mut loss_mask: Vec<bool> = trained[1..].to_vec();
-    loss_mask.push(false);
-    Sequence {
-        kind,
-        example: Some(example),
-        n_image_tokens,
-        inputs,
-        targets,
-        loss_mask,
-        n_text_tokens: real - n_image_tokens,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
 
     #[test]
     fn text_stream_is_every_document_once_per_epoch_with_eos_between() {
@@ -233,8 +183,8 @@ mod tests {
         let mut stream = Vec::new();
         for _ in 0..2 {
             let seq = packer.next_sequence();
-            assert_eq!(seq.inputs[1..], seq.targets[..4]);
-            stream.extend_from_slice(&seq.inputs);
+            assert_eq!(seq.row.inputs[1..], seq.row.targets[..4]);
+            stream.extend_from_slice(&seq.row.inputs);
         }
         assert_eq!(stream.len(), stream_len);
         assert_eq!(packer.cursor, TextCursor { epoch: 1, position: 0, offset: 0 });
@@ -243,32 +193,6 @@ mod tests {
         assert_eq!(stream, expected);
         let next_epoch = packer.next_sequence();
         assert_ne!(epoch_order(4, 7, 1), order, "epochs are reshuffled");
-        assert_eq!(next_epoch.inputs.len(), 5);
-    }
-
-    #[test]
-    fn caption_sequence_layout_masks_image_slots_eos_target_and_pads() {
-        let seq = pack_image_sequence(SequenceKind::Caption, 3, &ImageText::caption(vec![50, 51, 52]), 10, 4, SPECIAL);
-        assert_eq!(seq.inputs, [2, 2, 2, 2, 50, 51, 52, 0, 1, 1]);
-        assert_eq!(seq.targets, [2, 2, 2, 50, 51, 52, 0, 1, 1, 1]);
-        assert_eq!(seq.loss_mask, [false, false, false, true, true, true, true, false, false, false]);
-        assert_eq!(seq.n_text_tokens, 4);
-    }
-
-    #[test]
-    fn long_text_is_truncated_but_keeps_eos() {
-        let seq =
-            pack_image_sequence(SequenceKind::Caption, 0, &ImageText::caption((100..120).collect()), 8, 3, SPECIAL);
-        assert_eq!(seq.inputs, [2, 2, 2, 100, 101, 102, 103, 0]);
-        assert_eq!(seq.n_text_tokens, 5);
-        assert_eq!(seq.loss_mask, [false, false, true, true, true, true, true, false]);
-    }
-
-    #[test]
-    fn instruction_loss_follows_the_answer_mask() {
-        let text = ImageText { tokens: vec![60, 61, 70, 71], loss: vec![false, false, true, true] };
-        let seq = pack_image_sequence(SequenceKind::Instruct, 0, &text, 8, 2, SPECIAL);
-        assert_eq!(seq.inputs, [2, 2, 60, 61, 70, 71, 0, 1]);
-        assert_eq!(seq.loss_mask, [false, false, false, true, true, true, false, false]);
+        assert_eq!(next_epoch.row.inputs.len(), 5);
     }
 }

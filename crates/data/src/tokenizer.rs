@@ -22,13 +22,8 @@ pub const PAD_TOKEN: &str = "<pad>";
 pub const NEOX_PAD_TOKEN: &str = "<|padding|>";
 pub const IMAGE_TOKEN: &str = "<image>";
 
-/// Ids of the special tokens in one tokenizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SpecialTokens {
-    pub eos: u32,
-    pub pad: u32,
-    pub image: u32,
-}
+/// Defined with the sequence layout that writes them.
+pub use vlmix_models::sequence::SpecialTokens;
 
 pub struct TextTokenizer {
     inner: Tokenizer,

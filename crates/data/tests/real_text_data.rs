@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
-use vlmix_data::packing::{ImageText, SequenceKind};
+use vlmix_data::packing::SequenceKind;
 use vlmix_data::prepare::{prepare, read_manifest, refresh, PrepareOptions};
 use vlmix_data::stats::DataStats;
 use vlmix_data::text::documents::read_documents;
@@ -13,6 +13,7 @@ use vlmix_data::text::CorpusOptions;
 use vlmix_data::text_eval::{read_choice_items, read_oe_eval_requests};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
+use vlmix_models::sequence::ImageText;
 
 /// The fetched cache with prepared output going to `out`; panics naming the fetch script when absent.
 fn fetched(out: &Path) -> DataLayout {
@@ -172,7 +173,7 @@ fn prepare_small_real_subset_end_to_end_and_mix_it() {
             .unwrap();
     for _ in 0..100 {
         let batch = sampler.next_batch(8).unwrap();
-        assert!(batch.iter().all(|s| s.inputs.len() == 128 && s.targets.len() == 128));
+        assert!(batch.iter().all(|s| s.row.inputs.len() == 128 && s.row.targets.len() == 128));
         assert!(batch.iter().any(|s| s.kind == SequenceKind::Text));
     }
     assert!((sampler.stats().window_image_fraction - 0.1).abs() < 0.005, "{:?}", sampler.stats());

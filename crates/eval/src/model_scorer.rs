@@ -1,10 +1,11 @@
 //! The [`Scorer`] over a real model: a trained VLM, or a text-only LM (a pre-training checkpoint).
 //!
-//! Sequences are laid out the way training lays them out, so the model is asked in its own format:
-//! an image item is `[image tokens][prompt text without the <image> marker][continuation]` (the
+//! Rows come from the layout training uses ([`VlmSequence`]), so the model is asked in its own format:
+//! an image item is `[image slots][prompt text without the <image> marker][continuation]` (the
 //! image always comes first, wherever the template puts the marker), and a text item is
 //! `[EOS][context][continuation]`, because in the packed text stream every document follows an EOS.
-//! Contexts longer than the model's window are cut from the left; image tokens are always kept.
+//! Contexts longer than the model's window are cut from the left; image slots are always kept. The
+//! VLM runs the rows (each image projected once per item, however many rows ask about it).
 
 use crate::prompt::IMAGE_MARKER;
 use crate::scorer::{ImageRef, LogLikelihood, Scorer};
@@ -16,12 +17,13 @@ use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
-use vlmix_models::lm::{InjectedEmbeddings, Lm, LmInput};
+use vlmix_models::lm::{Lm, LmInput};
+use vlmix_models::sequence::{VlmRow, VlmSequence};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::projector::FC1_WEIGHT;
-use vlmix_models::vlm::Vlm;
+use vlmix_models::vlm::{Vlm, VlmBatch};
 
 /// Rows (choices or rolling windows) run in one forward pass, at most.
 const MAX_ROWS: usize = 16;
@@ -37,10 +39,24 @@ pub enum ScoredModel {
 }
 
 impl ScoredModel {
-    fn lm(&mut self) -> &mut Lm {
+    fn lm(&self) -> &Lm {
         match self {
             ScoredModel::Text(lm) => lm,
-            ScoredModel::Vision(vlm) => &mut vlm.lm,
+            ScoredModel::Vision(vlm) => &vlm.lm,
+        }
+    }
+
+    /// Logits of `batch`, its image slots showing the `projected` images.
+    fn logits(&mut self, params: &ParamStore, batch: &VlmBatch, projected: &[f32]) -> Result<&[f32]> {
+        match self {
+            ScoredModel::Vision(vlm) => vlm.logits_of_projected(params, batch, projected),
+            ScoredModel::Text(lm) => {
+                ensure!(batch.slots.is_empty(), "a text-only model cannot read image slots");
+                lm.logits(
+                    params,
+                    &LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected: None },
+                )
+            }
         }
     }
 }
@@ -117,28 +133,17 @@ pub fn rolling_windows(n_tokens: usize, seq_len: usize) -> Vec<RollingWindow> {
     windows
 }
 
-/// One row of a batched forward: its input ids and the positions scored against which targets.
-struct Row {
-    /// Image slots first (ids ignored), then text ids.
-    inputs: Vec<u32>,
-    /// Index in `inputs` of the position predicting `targets[0]`.
-    first_scored: usize,
-    targets: Vec<u32>,
-}
-
 pub struct ModelScorer {
     model: ScoredModel,
     params: ParamStore,
     tokenizer: TextTokenizer,
     images: Option<ImageFeatures>,
-    seq_len: usize,
+    /// Rows of this model: image slots of the attached encoder (none without one).
+    layout: VlmSequence,
     d_model: usize,
     /// The last image's projected tokens `[n_image_tokens, d_model]`: consecutive items often ask
     /// about the same image, and generation re-runs the prompt once per token.
     projected: Option<(PathBuf, Vec<f32>)>,
-    tokens: Vec<u32>,
-    injected_rows: Vec<usize>,
-    injected_values: Vec<f32>,
 }
 
 /// Log-probability of `target` and whether it is the argmax (first maximum, as torch.argmax).
@@ -165,7 +170,7 @@ fn split_trailing_space<'a>(context: &'a str, continuations: &[String]) -> (&'a 
 impl ModelScorer {
     /// A scorer over a model whose parameters are in `params`; `images` is required for image items.
     pub fn new(
-        mut model: ScoredModel,
+        model: ScoredModel,
         params: ParamStore,
         tokenizer: TextTokenizer,
         images: Option<ImageFeatures>,
@@ -177,18 +182,9 @@ impl ModelScorer {
             tokenizer.vocab_size(),
             config.vocab
         );
-        let mut scorer = Self {
-            model,
-            params,
-            tokenizer,
-            images: None,
-            seq_len: config.seq_len,
-            d_model: config.d_model,
-            projected: None,
-            tokens: Vec::new(),
-            injected_rows: Vec::new(),
-            injected_values: Vec::new(),
-        };
+        let layout = VlmSequence::new(config.seq_len, 0, tokenizer.special)?;
+        let mut scorer =
+            Self { model, params, tokenizer, images: None, layout, d_model: config.d_model, projected: None };
         if let Some(images) = images {
             scorer.attach_images(images)?;
         }
@@ -206,12 +202,8 @@ impl ModelScorer {
                 vlm.encoder_width(),
                 encoder.width()
             );
-            ensure!(
-                encoder.tokens() < self.seq_len,
-                "{} image tokens leave no room for text in a window of {}",
-                encoder.tokens(),
-                self.seq_len
-            );
+            self.layout = VlmSequence::new(self.layout.seq_len(), encoder.tokens(), self.tokenizer.special)
+                .context("the encoder's image tokens do not fit the model's window")?;
         }
         self.images = Some(images);
         self.projected = None;
@@ -243,14 +235,6 @@ impl ModelScorer {
         matches!(self.model, ScoredModel::Vision(_))
     }
 
-    /// Number of image tokens each image takes (0 for a text-only model or without an encoder).
-    fn n_image_tokens(&self) -> usize {
-        match (&self.model, &self.images) {
-            (ScoredModel::Vision(_), Some(images)) => images.encoder().tokens(),
-            _ => 0,
-        }
-    }
-
     /// Projects `image` (reusing the last one when it is the same file).
     fn project(&mut self, image: &ImageRef) -> Result<()> {
         if self.projected.as_ref().is_some_and(|(path, _)| *path == image.path) {
@@ -271,13 +255,14 @@ impl ModelScorer {
         Ok(())
     }
 
-    /// Prompt ids: the text with the image marker removed, behind an EOS when there is no image.
+    /// Prompt ids: the text with the image marker removed, behind an EOS when there is no image;
+    /// and the image slots the row starts with.
     fn prompt_ids(&mut self, image: Option<&ImageRef>, text: &str) -> Result<(usize, Vec<u32>)> {
         let text = text.replacen(IMAGE_MARKER, "", 1);
         match image {
             Some(image) => {
                 self.project(image)?;
-                Ok((self.n_image_tokens(), self.tokenizer.encode(&text)?))
+                Ok((self.layout.n_image_tokens(), self.tokenizer.encode(&text)?))
             }
             None => {
                 let mut ids = vec![self.tokenizer.special.eos];
@@ -290,78 +275,80 @@ impl ModelScorer {
     /// A scoring row for `continuation` after the image slots and `context`, keeping the newest
     /// context that fits the window. A continuation longer than the window itself is scored on its
     /// tail only: its head joins the context, as a rolling window would see it.
-    fn scoring_row(&self, n_image: usize, context: &[u32], continuation: Vec<u32>) -> Result<Row> {
+    fn scoring_row(&self, n_image: usize, context: &[u32], continuation: Vec<u32>) -> Result<VlmRow> {
+        let seq_len = self.layout.seq_len();
         // Inputs hold everything but the last continuation token; at least one position must precede
         // the first continuation token (an image slot or a context token).
-        let max_scored = if n_image > 0 { (self.seq_len + 1).saturating_sub(n_image) } else { self.seq_len };
+        let max_scored = if n_image > 0 { (seq_len + 1).saturating_sub(n_image) } else { seq_len };
         if continuation.len() > max_scored && max_scored > 0 {
             let split = continuation.len() - max_scored;
             let mut longer_context = context.to_vec();
             longer_context.extend_from_slice(&continuation[..split]);
             return self.scoring_row(n_image, &longer_context, continuation[split..].to_vec());
         }
-        let room = (self.seq_len + 1).saturating_sub(n_image + continuation.len());
+        let room = (seq_len + 1).saturating_sub(n_image + continuation.len());
         let keep = context.len().min(room);
-        if n_image + keep == 0 || n_image + keep + continuation.len() - 1 > self.seq_len {
+        if n_image + keep == 0 || n_image + keep + continuation.len() - 1 > seq_len {
             bail!(
-                "a continuation of {} tokens does not fit the model's window of {} tokens",
-                continuation.len(),
-                self.seq_len
+                "a continuation of {} tokens does not fit the model's window of {seq_len} tokens",
+                continuation.len()
             );
         }
-        let mut inputs = vec![self.tokenizer.special.image; n_image];
-        inputs.extend_from_slice(&context[context.len() - keep..]);
-        let first_scored = inputs.len() - 1;
-        inputs.extend_from_slice(&continuation[..continuation.len() - 1]);
-        Ok(Row { inputs, first_scored, targets: continuation })
+        Ok(self.layout.scoring_row(n_image > 0, &context[context.len() - keep..], &continuation))
     }
 
-    /// One forward over `rows` (padded to the longest); returns the log-probability of every row's
-    /// targets (rows concatenated) and whether each was the argmax.
-    fn forward_rows(&mut self, n_image: usize, rows: &[Row]) -> Result<Vec<(f64, bool)>> {
-        let batch = rows.len();
+    /// The row that scores each of `continuations` after `image` and `context` (None for an empty
+    /// continuation): what [`Scorer::loglikelihoods`] runs.
+    pub fn choice_rows(
+        &mut self,
+        image: Option<&ImageRef>,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<Vec<Option<VlmRow>>> {
+        let (context, continuations) = split_trailing_space(context, continuations);
+        let (n_image, context_ids) = self.prompt_ids(image, context)?;
+        let mut rows = Vec::with_capacity(continuations.len());
+        for cont in &continuations {
+            let ids = self.tokenizer.encode(cont)?;
+            rows.push(if ids.is_empty() { None } else { Some(self.scoring_row(n_image, &context_ids, ids)?) });
+        }
+        Ok(rows)
+    }
+
+    /// The batch the VLM runs for `rows` (padded to the longest), every image slot showing the
+    /// item's image.
+    fn batch(&self, rows: &[VlmRow]) -> Result<VlmBatch> {
         let seq = rows.iter().map(|r| r.inputs.len()).max().context("no rows to score")?;
-        self.tokens.clear();
+        let mut batch = VlmBatch::new(seq, self.layout.n_image_tokens());
         for row in rows {
-            self.tokens.extend_from_slice(&row.inputs);
-            self.tokens.extend(std::iter::repeat_n(self.tokenizer.special.pad, seq - row.inputs.len()));
+            batch.push_row(row, &vec![0; row.images.len()], self.tokenizer.special.pad)?;
         }
-        self.injected_rows.clear();
-        self.injected_values.clear();
-        if n_image > 0 {
-            let (_, projected) = self.projected.as_ref().context("image rows without a projected image")?;
-            for b in 0..batch {
-                self.injected_rows.extend((0..n_image).map(|t| b * seq + t));
-                self.injected_values.extend_from_slice(projected);
-            }
-        }
-        let injected =
-            (n_image > 0).then_some(InjectedEmbeddings { rows: &self.injected_rows, values: &self.injected_values[..] });
-        let input = LmInput { batch, seq, tokens: &self.tokens, injected };
-        let lm = self.model.lm();
-        let vocab = lm.config().vocab;
-        let logits = lm.logits(&self.params, &input)?;
-        let mut out = Vec::with_capacity(rows.iter().map(|r| r.targets.len()).sum());
-        for (b, row) in rows.iter().enumerate() {
-            for (j, &target) in row.targets.iter().enumerate() {
-                let at = b * seq + row.first_scored + j;
-                out.push(score_row(&logits[at * vocab..(at + 1) * vocab], target));
-            }
-        }
-        Ok(out)
+        Ok(batch)
+    }
+
+    /// One forward over `rows`; returns the log-probability of every row's trained targets (rows
+    /// concatenated) and whether each was the argmax.
+    fn forward_rows(&mut self, rows: &[VlmRow]) -> Result<Vec<(f64, bool)>> {
+        let batch = self.batch(rows)?;
+        let projected = projected_for(&self.projected, &batch)?;
+        let vocab = self.model.lm().config().vocab;
+        let logits = self.model.logits(&self.params, &batch, projected)?;
+        let scored = batch.loss_mask.iter().enumerate().filter(|(_, &m)| m > 0.0);
+        Ok(scored.map(|(at, _)| score_row(&logits[at * vocab..(at + 1) * vocab], batch.targets[at])).collect())
     }
 
     /// Log-likelihoods of rows, scored a few at a time (see [`MAX_ROWS`], [`LOGITS_BUDGET`]).
-    fn score_rows(&mut self, n_image: usize, rows: &[Row]) -> Result<Vec<LogLikelihood>> {
+    fn score_rows(&mut self, rows: &[VlmRow]) -> Result<Vec<LogLikelihood>> {
         let longest = rows.iter().map(|r| r.inputs.len()).max().unwrap_or(1);
         let per_forward = (LOGITS_BUDGET / (longest * self.model.lm().config().vocab)).clamp(1, MAX_ROWS);
         let mut results = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(per_forward) {
-            let scores = self.forward_rows(n_image, chunk)?;
+            let scores = self.forward_rows(chunk)?;
             let mut at = 0;
             for row in chunk {
-                let mine = &scores[at..at + row.targets.len()];
-                at += row.targets.len();
+                let n = row.loss_mask.iter().filter(|&&m| m).count();
+                let mine = &scores[at..at + n];
+                at += n;
                 results.push(LogLikelihood {
                     sum_logprob: mine.iter().map(|s| s.0).sum(),
                     n_tokens: mine.len(),
@@ -395,11 +382,9 @@ impl ModelScorer {
         let mut emitted = 0;
         let mut text = String::new();
         for _ in 0..decoding.max_tokens {
-            let keep = context.len().min(self.seq_len - n_image);
-            let mut inputs = vec![self.tokenizer.special.image; n_image];
-            inputs.extend_from_slice(&context[context.len() - keep..]);
-            let row = Row { first_scored: inputs.len() - 1, inputs, targets: Vec::new() };
-            let next = self.next_token(n_image, row, decoding, &mut rng)?;
+            let keep = context.len().min(self.layout.seq_len() - n_image);
+            let row = self.layout.prompt_row(n_image > 0, &context[context.len() - keep..]);
+            let next = self.next_token(&row, decoding, &mut rng)?;
             if next == self.tokenizer.special.eos {
                 break;
             }
@@ -424,24 +409,22 @@ impl ModelScorer {
     }
 
     /// The token after `row`'s last input.
-    fn next_token(&mut self, n_image: usize, row: Row, decoding: &Decoding, rng: &mut ChaCha8Rng) -> Result<u32> {
-        let seq = row.inputs.len();
-        let at = row.first_scored;
-        self.tokens.clear();
-        self.tokens.extend_from_slice(&row.inputs);
-        self.injected_rows.clear();
-        self.injected_rows.extend(0..n_image);
-        let projected: &[f32] = match (&self.projected, n_image) {
-            (_, 0) => &[],
-            (Some((_, p)), _) => p,
-            (None, _) => bail!("image rows without a projected image"),
-        };
-        let injected = (n_image > 0).then_some(InjectedEmbeddings { rows: &self.injected_rows, values: projected });
-        let input = LmInput { batch: 1, seq, tokens: &self.tokens, injected };
-        let lm = self.model.lm();
-        let vocab = lm.config().vocab;
-        let logits = &lm.logits(&self.params, &input)?[at * vocab..(at + 1) * vocab];
+    fn next_token(&mut self, row: &VlmRow, decoding: &Decoding, rng: &mut ChaCha8Rng) -> Result<u32> {
+        let batch = self.batch(std::slice::from_ref(row))?;
+        let projected = projected_for(&self.projected, &batch)?;
+        let at = row.inputs.len() - 1;
+        let vocab = self.model.lm().config().vocab;
+        let logits = &self.model.logits(&self.params, &batch, projected)?[at * vocab..(at + 1) * vocab];
         Ok(pick_token(logits, decoding, rng))
+    }
+}
+
+/// The projected image `batch`'s slots show (empty when it has none).
+fn projected_for<'a>(projected: &'a Option<(PathBuf, Vec<f32>)>, batch: &VlmBatch) -> Result<&'a [f32]> {
+    match (projected, batch.slots.is_empty()) {
+        (_, true) => Ok(&[]),
+        (Some((_, p)), false) => Ok(p),
+        (None, false) => bail!("image rows without a projected image"),
     }
 }
 
@@ -487,23 +470,15 @@ impl Scorer for ModelScorer {
         context: &str,
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
-        let (context, continuations) = split_trailing_space(context, continuations);
-        let (n_image, context_ids) = self.prompt_ids(image, context)?;
-        let mut rows = Vec::with_capacity(continuations.len());
-        let mut row_of = Vec::with_capacity(continuations.len());
-        for cont in &continuations {
-            let ids = self.tokenizer.encode(cont)?;
-            if ids.is_empty() {
-                row_of.push(None);
-                continue;
-            }
-            row_of.push(Some(rows.len()));
-            rows.push(self.scoring_row(n_image, &context_ids, ids)?);
-        }
-        let scored = if rows.is_empty() { Vec::new() } else { self.score_rows(n_image, &rows)? };
+        let row_of = self.choice_rows(image, context, continuations)?;
+        let rows: Vec<VlmRow> = row_of.iter().flatten().cloned().collect();
+        let mut scored = if rows.is_empty() { Vec::new() } else { self.score_rows(&rows)? }.into_iter();
         Ok(row_of
-            .into_iter()
-            .map(|r| r.map_or(LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true }, |i| scored[i]))
+            .iter()
+            .map(|r| match r {
+                Some(_) => scored.next().expect("one score per row"),
+                None => LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true },
+            })
             .collect())
     }
 
@@ -515,16 +490,15 @@ impl Scorer for ModelScorer {
         let mut all = vec![self.tokenizer.special.eos];
         all.extend(self.tokenizer.encode(text)?);
         let n = all.len() - 1;
-        let rows: Vec<Row> = rolling_windows(n, self.seq_len)
+        let rows: Vec<VlmRow> = rolling_windows(n, self.layout.seq_len())
             .into_iter()
-            .map(|w| Row {
-                inputs: all[w.start..w.end].to_vec(),
-                first_scored: w.end - w.start - w.scored,
-                targets: all[w.end - w.scored + 1..=w.end].to_vec(),
+            .map(|w| {
+                let first_target = w.end - w.scored + 1;
+                self.layout.scoring_row(false, &all[w.start..first_target], &all[first_target..=w.end])
             })
             .collect();
         let mut total = LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true };
-        for ll in self.score_rows(0, &rows)? {
+        for ll in self.score_rows(&rows)? {
             total.sum_logprob += ll.sum_logprob;
             total.n_tokens += ll.n_tokens;
             total.is_greedy &= ll.is_greedy;

@@ -2,16 +2,18 @@
 
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
+use vlmix_data::packing::{Sequence, SequenceKind};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_engine::params::ParamStore;
 use vlmix_eval::model_scorer::{rolling_windows, ImageFeatures, ModelScorer, ScoredModel};
 use vlmix_eval::{evaluate_files, Decoding, EvalOptions, ImageRef, Scorer};
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
+use vlmix_models::sequence::{ImageText, VlmSequence};
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::preprocess::{Preprocess, ResizeMode};
 use vlmix_models::vision::resample::Resample;
-use vlmix_models::vlm::{Vlm, VlmBatch};
+use vlmix_models::vlm::{ImageSlot, Vlm, VlmBatch};
 
 const SEED: u64 = 7;
 const IMAGE_TOKENS: usize = 3;
@@ -147,7 +149,7 @@ fn reference_vlm_path(ids: &[u32], n_image: usize, features: &[f32]) -> (Vec<f32
         inputs: ids[..seq].to_vec(),
         targets: ids[1..].to_vec(),
         loss_mask: vec![1.0; seq],
-        image_sequences: if n_image > 0 { vec![0] } else { vec![] },
+        slots: if n_image > 0 { vec![ImageSlot { at: 0, image: 0 }] } else { vec![] },
         n_image_tokens: n_image,
         features: features.to_vec(),
     };
@@ -494,4 +496,46 @@ fn lm_input_reference_agrees_with_text_model_token_nll() {
     let seq = ids.len() - 1;
     let direct = lm.token_nll(&params, &LmInput::tokens(1, seq, &ids[..seq]), &ids[1..]).unwrap();
     assert_eq!(nll, direct);
+}
+
+#[test]
+fn one_example_is_the_same_row_in_packing_the_vlm_forward_and_the_scorer() {
+    let fixture = Fixture::new();
+    let tok = tokenizer();
+    let (context, answer) = ("Question: What colour is the ball?\nAnswer:", " red");
+    let image = fixture.image("red.png");
+    let mut scorer = fixture.vision_scorer();
+    let scored = scorer.choice_rows(Some(&image), context, &[answer.to_string()]).unwrap().remove(0).unwrap();
+
+    // Packing: the same example as instruction data, trained on the answer only.
+    let (ctx, ans) = (tok.encode(context).unwrap(), tok.encode(answer).unwrap());
+    let loss = [vec![false; ctx.len()], vec![true; ans.len()]].concat();
+    let text = ImageText { tokens: [ctx, ans.clone()].concat(), loss };
+    let seq_len = config().seq_len;
+    let layout = VlmSequence::new(seq_len, IMAGE_TOKENS, tok.special).unwrap();
+    let packed = Sequence::image(SequenceKind::Instruct, 0, &text, &layout).row;
+
+    // The scorer's row is the training row up to its last answer token; training goes on to EOS, then pads.
+    let n = scored.inputs.len();
+    assert_eq!(scored.images, [0]);
+    assert_eq!(packed.images, scored.images);
+    assert_eq!(scored.inputs, packed.inputs[..n]);
+    assert_eq!(scored.targets, packed.targets[..n]);
+    assert_eq!(scored.loss_mask, packed.loss_mask[..n]);
+    assert_eq!(scored.loss_mask.iter().filter(|&&m| m).count(), ans.len());
+    assert_eq!((packed.targets[n], packed.loss_mask[n]), (tok.special.eos, true));
+    assert!(packed.loss_mask[n + 1..].iter().all(|&m| !m));
+    assert_eq!(packed.inputs[n..n + 2], [*ans.last().unwrap(), tok.special.eos]);
+    assert!(packed.inputs[n + 2..].iter().all(|&t| t == tok.special.pad));
+
+    // The VLM forward over the training batch of that row gives the scorer's log-likelihood.
+    let mut batch = VlmBatch::new(seq_len, IMAGE_TOKENS);
+    let slot_image = batch.push_image(&fixture.reference_features("red.png"));
+    batch.push_row(&packed, &[slot_image], tok.special.pad).unwrap();
+    assert_eq!(batch.slots, [ImageSlot { at: 0, image: 0 }]);
+    let (mut vlm, params) = new_vlm();
+    let nll = vlm.token_nll(&params, &batch).unwrap();
+    let trained: f64 = (0..n).filter(|&p| packed.loss_mask[p]).map(|p| -nll[p] as f64).sum();
+    let ll = scorer.loglikelihood(Some(&image), context, answer).unwrap();
+    assert!(close(trained, ll.sum_logprob), "training row {trained} vs scorer {}", ll.sum_logprob);
 }

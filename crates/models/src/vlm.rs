@@ -1,24 +1,33 @@
-//! The vision-language model: projected image features placed before the text, one causal LM.
+//! The vision-language model: projected image features in place of the image slots, one causal LM.
 //!
-//! Each image sequence starts with `n_image_tokens` positions whose inputs are the projector's
-//! outputs instead of token embeddings (the paper: image tokens before the caption, plain causal
-//! attention, loss on text only — the caller's loss mask is zero on image positions). The LM hands
-//! back the gradient at those positions and the projector turns it into its own weight gradients,
-//! so one backward trains both. Features come precomputed (feature cache) from the frozen encoder;
-//! when the encoder's end trains too (an [`EncoderTail`]), the features pass through it first and
-//! the projector's input gradient flows on into it.
+//! Rows come laid out by [`VlmSequence`](crate::sequence::VlmSequence) (the paper: image tokens before
+//! the caption, plain causal attention, loss on text only); each image slot's positions take the
+//! projector's outputs instead of token embeddings. The LM hands back the gradient at those positions
+//! and the projector turns it into its own weight gradients, so one backward trains both. Features
+//! come precomputed (feature cache) from the frozen encoder; when the encoder's end trains too (an
+//! [`EncoderTail`]), the features pass through it first and the projector's input gradient flows on
+//! into it.
 
 use std::ops::Range;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::LossStats;
 
 use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput};
+use crate::sequence::VlmRow;
 use crate::vision::projector::Projector;
 use crate::vision::tail::EncoderTail;
 
-/// A batch of sequences, some of which start with an image.
+/// Where one image goes in a batch: `n_image_tokens` positions from flat position `at` (`b * seq + t`),
+/// filled with the features of image `image`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageSlot {
+    pub at: usize,
+    pub image: usize,
+}
+
+/// A batch of rows (laid out by [`VlmSequence`](crate::sequence::VlmSequence)) with their images.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct VlmBatch {
     pub batch: usize,
@@ -27,64 +36,110 @@ pub struct VlmBatch {
     pub inputs: Vec<u32>,
     pub targets: Vec<u32>,
     pub loss_mask: Vec<f32>,
-    /// Sequences (in increasing order) whose first `n_image_tokens` positions are image tokens.
-    pub image_sequences: Vec<usize>,
     pub n_image_tokens: usize,
-    /// `[image_sequences.len() * n_image_tokens, feature width]` cached encoder features.
+    /// Increasing `at`; several slots may show the same image (a scorer's choices).
+    pub slots: Vec<ImageSlot>,
+    /// `[images, n_image_tokens, feature width]` cached encoder features.
     pub features: Vec<f32>,
 }
 
 impl VlmBatch {
-    /// Flat positions (`b * seq + t`) that take projected features.
-    fn image_positions(&self) -> Vec<usize> {
-        self.image_sequences.iter().flat_map(|&b| (0..self.n_image_tokens).map(move |t| b * self.seq + t)).collect()
+    /// An empty batch of rows of `seq` positions.
+    pub fn new(seq: usize, n_image_tokens: usize) -> Self {
+        Self { seq, n_image_tokens, ..Default::default() }
     }
 
-    fn validate(&self, encoder_width: usize) -> Result<()> {
-        let want = self.image_sequences.len() * self.n_image_tokens * encoder_width;
-        if self.features.len() != want {
+    /// Adds the features of one image (`[n_image_tokens, width]`, as every image of the batch); returns
+    /// its index for [`push_row`](Self::push_row).
+    pub fn push_image(&mut self, features: &[f32]) -> usize {
+        let index = self.features.len().checked_div(features.len()).unwrap_or(0);
+        self.features.extend_from_slice(features);
+        index
+    }
+
+    /// Appends `row`, padded to `seq` with `pad`; its `k`-th image shows image `images[k]`.
+    pub fn push_row(&mut self, row: &VlmRow, images: &[usize], pad: u32) -> Result<()> {
+        let n = row.inputs.len();
+        if n > self.seq || row.images.len() != images.len() {
             bail!(
-                "batch has {} feature values for {} images of {} tokens x width {encoder_width} (expected {want})",
-                self.features.len(),
-                self.image_sequences.len(),
-                self.n_image_tokens
+                "a row of {n} positions and {} images does not fit a batch of {} positions with {} images given",
+                row.images.len(),
+                self.seq,
+                images.len()
             );
         }
-        if self.n_image_tokens > self.seq {
-            bail!("{} image tokens do not fit a sequence of {}", self.n_image_tokens, self.seq);
-        }
-        if let Some(&b) = self.image_sequences.iter().find(|&&b| b >= self.batch) {
-            bail!("image sequence {b} is outside the batch of {}", self.batch);
-        }
+        let base = self.batch * self.seq;
+        self.slots.extend(row.images.iter().zip(images).map(|(&t, &image)| ImageSlot { at: base + t, image }));
+        self.inputs.extend_from_slice(&row.inputs);
+        self.inputs.resize(base + self.seq, pad);
+        self.targets.extend_from_slice(&row.targets);
+        self.targets.resize(base + self.seq, pad);
+        self.loss_mask.extend(row.loss_mask.iter().map(|&m| if m { 1.0 } else { 0.0 }));
+        self.loss_mask.resize(base + self.seq, 0.0);
+        self.batch += 1;
         Ok(())
     }
+}
+impl VlmBatch {
+    /// Images the slots show (every image is shown at least once), checking that each slot lies
+    /// inside its row and after the previous one.
+    fn images(&self) -> Result<usize> {
+        let mut free = 0;
+        for slot in &self.slots {
+            let (row, t) = (slot.at.checked_div(self.seq).unwrap_or(usize::MAX), slot.at % self.seq.max(1));
+            if slot.at < free || row >= self.batch || t + self.n_image_tokens > self.seq {
+                bail!(
+                    "image slot at position {t} of row {row} overlaps the previous image or leaves the batch of {} rows of {} positions",
+                    self.batch,
+                    self.seq
+                );
+            }
+            free = slot.at + self.n_image_tokens;
+        }
+        Ok(self.slots.iter().map(|s| s.image + 1).max().unwrap_or(0))
+    }
 
-    /// Sequences `range` as a batch of their own (a micro-batch), with their images' features.
+    /// Flat positions that take projected features, slot after slot.
+    fn image_positions(&self) -> Vec<usize> {
+        self.slots.iter().flat_map(|s| s.at..s.at + self.n_image_tokens).collect()
+    }
+
+    /// Rows `range` as a batch of their own (a micro-batch), with the images they show.
     pub fn sequences(&self, range: Range<usize>) -> Result<VlmBatch> {
         if range.start >= range.end || range.end > self.batch {
             bail!("sequences {range:?} are not a non-empty part of a batch of {}", self.batch);
         }
         let rows = range.start * self.seq..range.end * self.seq;
-        // Image sequences are increasing and their features stored in that order: one block.
-        let first = self.image_sequences.partition_point(|&b| b < range.start);
-        let end = self.image_sequences.partition_point(|&b| b < range.end);
-        let per_image = self.features.len().checked_div(self.image_sequences.len()).unwrap_or(0);
-        Ok(VlmBatch {
+        let per_image = self.features.len().checked_div(self.images()?).unwrap_or(0);
+        let mut part = VlmBatch {
             batch: range.len(),
             seq: self.seq,
             inputs: self.inputs[rows.clone()].to_vec(),
             targets: self.targets[rows.clone()].to_vec(),
-            loss_mask: self.loss_mask[rows].to_vec(),
-            image_sequences: self.image_sequences[first..end].iter().map(|&b| b - range.start).collect(),
+            loss_mask: self.loss_mask[rows.clone()].to_vec(),
             n_image_tokens: self.n_image_tokens,
-            features: self.features[first * per_image..end * per_image].to_vec(),
-        })
+            ..Default::default()
+        };
+        let mut renamed: Vec<(usize, usize)> = Vec::new();
+        for slot in self.slots.iter().filter(|s| rows.contains(&s.at)) {
+            let image = match renamed.iter().find(|(old, _)| *old == slot.image) {
+                Some(&(_, new)) => new,
+                None => {
+                    let block = &self.features[slot.image * per_image..(slot.image + 1) * per_image];
+                    let new = part.push_image(block);
+                    renamed.push((slot.image, new));
+                    new
+                }
+            };
+            part.slots.push(ImageSlot { at: slot.at - rows.start, image });
+        }
+        Ok(part)
     }
 }
 
 /// The LM's view of a batch: token ids plus projected features at the image positions.
-fn lm_input<'a>(batch: &'a VlmBatch, positions: &'a [usize], projected: &'a [f32]) -> LmInput<'a> {
-    let injected = (!positions.is_empty()).then_some(InjectedEmbeddings { rows: positions, values: projected });
+fn lm_input<'a>(batch: &'a VlmBatch, positions: &'a [usize], values: &'a [f32]) -> LmInput<'a> {
+    let injected = (!positions.is_empty()).then_some(InjectedEmbeddings { rows: positions, values });
     LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected }
 }
 
@@ -94,9 +149,12 @@ pub struct Vlm {
     tail: Option<EncoderTail>,
     /// The tail's output of the last forward (the projector's input), when there is a tail.
     tail_out: Vec<f32>,
-    /// Projected features of the last forward, `[image positions, d_model]`.
+    /// Projected images of the last forward, `[images * n_image_tokens, d_model]`.
     projected: Vec<f32>,
     d_projected: Vec<f32>,
+    /// The projected images laid over the slots, `[slots * n_image_tokens, d_model]`, and their gradient.
+    injected: Vec<f32>,
+    d_injected: Vec<f32>,
 }
 
 impl Vlm {
@@ -123,7 +181,16 @@ impl Vlm {
     }
 
     fn assemble(lm: Lm, projector: Projector) -> Self {
-        Self { lm, projector, tail: None, tail_out: Vec::new(), projected: Vec::new(), d_projected: Vec::new() }
+        Self {
+            lm,
+            projector,
+            tail: None,
+            tail_out: Vec::new(),
+            projected: Vec::new(),
+            d_projected: Vec::new(),
+            injected: Vec::new(),
+            d_injected: Vec::new(),
+        }
     }
 
     /// Puts a trainable encoder tail (its parameters already in the store) before the projector.
@@ -163,16 +230,60 @@ impl Vlm {
         }
     }
 
+    /// Projects the batch's images (`self.projected`) and lays them over their slots (`self.injected`);
+    /// returns the image positions.
     fn project(&mut self, params: &ParamStore, batch: &VlmBatch, train: bool) -> Result<Vec<usize>> {
-        batch.validate(self.encoder_width())?;
-        let positions = batch.image_positions();
+        let images = batch.images()?;
+        let want = images * batch.n_image_tokens * self.encoder_width();
+        ensure!(
+            batch.features.len() == want,
+            "batch has {} feature values for {images} images of {} tokens x width {} (expected {want})",
+            batch.features.len(),
+            batch.n_image_tokens,
+            self.encoder_width()
+        );
         let mut projected = std::mem::take(&mut self.projected);
-        projected.resize(positions.len() * self.lm.config().d_model, 0.0);
-        if !positions.is_empty() {
-            self.project_features(params, &batch.features, batch.image_sequences.len(), train, &mut projected)?;
+        projected.resize(images * batch.n_image_tokens * self.lm.config().d_model, 0.0);
+        if images > 0 {
+            self.project_features(params, &batch.features, images, train, &mut projected)?;
         }
+        let positions = self.inject(batch, &projected)?;
         self.projected = projected;
         Ok(positions)
+    }
+
+    /// Lays `projected` images (`[images * n_image_tokens, d_model]`) over the batch's slots.
+    fn inject(&mut self, batch: &VlmBatch, projected: &[f32]) -> Result<Vec<usize>> {
+        let block = batch.n_image_tokens * self.lm.config().d_model;
+        let images = batch.images()?;
+        ensure!(
+            projected.len() == images * block,
+            "{} projected values for {images} images of {} tokens x width {}",
+            projected.len(),
+            batch.n_image_tokens,
+            self.lm.config().d_model
+        );
+        self.injected.clear();
+        for slot in &batch.slots {
+            self.injected.extend_from_slice(&projected[slot.image * block..(slot.image + 1) * block]);
+        }
+        Ok(batch.image_positions())
+    }
+
+    /// Sums the gradient at every slot into its image's (`d_projected`, `[images * n_image_tokens, d_model]`).
+    fn gather_slot_gradients(&mut self, batch: &VlmBatch) {
+        let block = batch.n_image_tokens * self.lm.config().d_model;
+        self.d_projected.resize(self.projected.len(), 0.0);
+        let mut seen = vec![false; self.projected.len().checked_div(block).unwrap_or(0)];
+        for (k, slot) in batch.slots.iter().enumerate() {
+            let (to, from) = (slot.image * block, &self.d_injected[k * block..(k + 1) * block]);
+            let to = &mut self.d_projected[to..to + block];
+            if std::mem::replace(&mut seen[slot.image], true) {
+                to.iter_mut().zip(from).for_each(|(t, f)| *t += f);
+            } else {
+                to.copy_from_slice(from);
+            }
+        }
     }
 
     /// Forward + backward; accumulates gradients of the LM, the projector and the encoder tail.
@@ -190,19 +301,21 @@ impl Vlm {
         grad_scale: f32,
     ) -> Result<LossStats> {
         let positions = self.project(params, batch, true)?;
-        let input = lm_input(batch, &positions, &self.projected);
-        self.d_projected.resize(self.projected.len(), 0.0);
-        let d_injected = input.injected.is_some().then_some(&mut self.d_projected[..]);
+        let input = lm_input(batch, &positions, &self.injected);
+        self.d_injected.resize(self.injected.len(), 0.0);
+        let d_injected = input.injected.is_some().then_some(&mut self.d_injected[..]);
         let stats =
             self.lm.forward_backward(params, &input, &batch.targets, &batch.loss_mask, grad_scale, d_injected)?;
         if positions.is_empty() {
             return Ok(stats);
         }
+        self.gather_slot_gradients(batch);
+        let images = batch.images()?;
         match &mut self.tail {
             Some(tail) => {
                 let mut d_tail_out = vec![0.0; self.tail_out.len()];
                 self.projector.backward(params, &self.tail_out, &self.d_projected, Some(&mut d_tail_out))?;
-                tail.backward(params, &batch.features, batch.image_sequences.len(), &d_tail_out)?;
+                tail.backward(params, &batch.features, images, &d_tail_out)?;
             }
             None => self.projector.backward(params, &batch.features, &self.d_projected, None)?,
         }
@@ -212,14 +325,23 @@ impl Vlm {
     /// `-log p(target)` at every position (forward only), for evaluation.
     pub fn token_nll(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<&[f32]> {
         let positions = self.project(params, batch, false)?;
-        let input = lm_input(batch, &positions, &self.projected);
+        let input = lm_input(batch, &positions, &self.injected);
         self.lm.token_nll(params, &input, &batch.targets)
     }
 
     /// Logits `[batch * seq, vocab]` (forward only), for generation.
     pub fn logits(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<&[f32]> {
         let positions = self.project(params, batch, false)?;
-        let input = lm_input(batch, &positions, &self.projected);
+        let input = lm_input(batch, &positions, &self.injected);
+        self.lm.logits(params, &input)
+    }
+
+    /// As [`logits`](Self::logits) with the images already through [`project_features`](Self::project_features)
+    /// (`[images * n_image_tokens, d_model]`; the batch's `features` are not read): a scorer asking many
+    /// rows about one image projects it once.
+    pub fn logits_of_projected(&mut self, params: &ParamStore, batch: &VlmBatch, projected: &[f32]) -> Result<&[f32]> {
+        let positions = self.inject(batch, projected)?;
+        let input = lm_input(batch, &positions, &self.injected);
         self.lm.logits(params, &input)
     }
 }

@@ -39,7 +39,7 @@ fn projector_gradient_matches_finite_differences() {
 fn text_only_batches_need_no_features_and_bad_feature_sizes_are_errors() {
     let (mut vlm, mut params, mut batch) = setup();
     let mut text = batch.clone();
-    text.image_sequences.clear();
+    text.slots.clear();
     text.features.clear();
     vlm.forward_backward(&mut params, &text).unwrap();
     batch.features.pop();

@@ -7,10 +7,9 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
-use vlmix_data::packing::{
-    epoch_order, pack_image_sequence, ImageText, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments,
-};
+use vlmix_data::packing::{epoch_order, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
 use vlmix_data::tokenizer::SpecialTokens;
+use vlmix_models::sequence::{ImageText, VlmSequence};
 use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vlm::VlmBatch;
 
@@ -38,14 +37,13 @@ impl<D: TokenDocuments> BatchSource for TextSource<D> {
     type Batch = TokenBatch;
 
     fn next_batch(&mut self) -> Result<TokenBatch> {
-        let seqs: Vec<Sequence> = (0..self.batch_size).map(|_| self.packer.next_sequence()).collect();
-        let seq = seqs[0].inputs.len();
+        let rows: Vec<_> = (0..self.batch_size).map(|_| self.packer.next_sequence().row).collect();
         Ok(TokenBatch {
-            batch: seqs.len(),
-            seq,
-            inputs: seqs.iter().flat_map(|s| s.inputs.iter().copied()).collect(),
-            targets: seqs.iter().flat_map(|s| s.targets.iter().copied()).collect(),
-            loss_mask: seqs.iter().flat_map(|s| mask(&s.loss_mask)).collect(),
+            batch: rows.len(),
+            seq: rows[0].inputs.len(),
+            inputs: rows.iter().flat_map(|r| r.inputs.iter().copied()).collect(),
+            targets: rows.iter().flat_map(|r| r.targets.iter().copied()).collect(),
+            loss_mask: rows.iter().flat_map(|r| mask(&r.loss_mask)).collect(),
         })
     }
 
@@ -63,43 +61,42 @@ impl<D: TokenDocuments> BatchSource for TextSource<D> {
     }
 }
 
-/// Builds the VLM batch of `seqs`, reading each image sequence's features from the cache.
-fn vlm_batch(seqs: &[Sequence], corpus: &ImageCorpus, cache: &FeatureCache) -> Result<VlmBatch> {
-    let seq = seqs[0].inputs.len();
-    let row = corpus.n_image_tokens * corpus.feature_width;
-    let mut batch = VlmBatch { batch: seqs.len(), seq, n_image_tokens: corpus.n_image_tokens, ..Default::default() };
-    for (b, s) in seqs.iter().enumerate() {
-        batch.inputs.extend_from_slice(&s.inputs);
-        batch.targets.extend_from_slice(&s.targets);
-        batch.loss_mask.extend(mask(&s.loss_mask));
-        let example = match (s.kind, s.example) {
-            (SequenceKind::Text, _) => continue,
-            (SequenceKind::Caption, Some(i)) => &corpus.captions[i as usize],
-            (SequenceKind::Instruct, Some(i)) => &corpus.instruct[i as usize],
-            (kind, None) => bail!("{kind:?} sequence without an example index"),
+/// Builds the VLM batch of `seqs`, reading each image's features from the cache.
+fn vlm_batch(seqs: &[Sequence], corpus: &ImageCorpus, cache: &FeatureCache, pad: u32) -> Result<VlmBatch> {
+    let mut batch = VlmBatch::new(seqs[0].row.inputs.len(), corpus.n_image_tokens);
+    let mut features = vec![0.0; corpus.n_image_tokens * corpus.feature_width];
+    for s in seqs {
+        let set = match s.kind {
+            SequenceKind::Text => &[][..],
+            SequenceKind::Caption => &corpus.captions[..],
+            SequenceKind::Instruct => &corpus.instruct[..],
         };
-        batch.image_sequences.push(b);
-        let start = batch.features.len();
-        batch.features.resize(start + row, 0.0);
-        if !cache.get(&example.cache_key()?, &mut batch.features[start..]) {
-            bail!(
-                "image {} is missing from the feature cache {}; rebuild the study's image corpus",
-                example.key,
-                cache.dir().display()
-            );
+        let mut images = Vec::with_capacity(s.examples.len());
+        for &i in &s.examples {
+            let example = &set[i as usize];
+            if !cache.get(&example.cache_key()?, &mut features) {
+                bail!(
+                    "image {} is missing from the feature cache {}; rebuild the study's image corpus",
+                    example.key,
+                    cache.dir().display()
+                );
+            }
+            images.push(batch.push_image(&features));
         }
+        batch.push_row(&s.row, &images, pad)?;
     }
     Ok(batch)
 }
 
 fn vlm_token_counts(b: &VlmBatch) -> (u64, u64) {
-    let image = (b.image_sequences.len() * b.n_image_tokens) as u64;
+    let image = (b.slots.len() * b.n_image_tokens) as u64;
     // Non-pad tokens: everything the sequence holds up to its last trained target (pads carry no loss).
     let mut text = 0u64;
     for s in 0..b.batch {
         let mask = &b.loss_mask[s * b.seq..(s + 1) * b.seq];
         let used = mask.iter().rposition(|&m| m > 0.0).map_or(0, |p| p + 2).min(b.seq);
-        let image_here = if b.image_sequences.contains(&s) { b.n_image_tokens } else { 0 };
+        let rows = s * b.seq..(s + 1) * b.seq;
+        let image_here = b.slots.iter().filter(|slot| rows.contains(&slot.at)).count() * b.n_image_tokens;
         text += used.saturating_sub(image_here) as u64;
     }
     (image, image + text)
@@ -125,6 +122,7 @@ pub struct MixedSource<'a, D> {
     sampler: CorpusSampler<'a, D>,
     corpus: &'a ImageCorpus,
     cache: &'a FeatureCache,
+    pad: u32,
     batch_size: usize,
     rebuild: Box<dyn Fn(MixCursor) -> Result<CorpusSampler<'a, D>> + 'a>,
 }
@@ -142,7 +140,7 @@ impl<'a, D: TokenDocuments + Clone + 'a> MixedSource<'a, D> {
             MixingSampler::new(config, special, docs.clone(), Texts(&corpus.captions), Texts(&corpus.instruct), cursor)
         };
         let sampler = rebuild(MixCursor::start(&config))?;
-        Ok(Self { sampler, corpus, cache, batch_size, rebuild: Box::new(rebuild) })
+        Ok(Self { sampler, corpus, cache, pad: special.pad, batch_size, rebuild: Box::new(rebuild) })
     }
 
     /// Steps of `batch_size` sequences until the mix of `config` has given `tokens` non-pad tokens
@@ -178,7 +176,7 @@ impl<'a, D: TokenDocuments + Clone + 'a> BatchSource for MixedSource<'a, D> {
 
     fn next_batch(&mut self) -> Result<VlmBatch> {
         let seqs = self.sampler.next_batch(self.batch_size)?;
-        vlm_batch(&seqs, self.corpus, self.cache)
+        vlm_batch(&seqs, self.corpus, self.cache, self.pad)
     }
 
     fn token_counts(&self, b: &VlmBatch) -> (u64, u64) {
@@ -210,8 +208,7 @@ pub struct InstructSource<'a> {
     corpus: &'a ImageCorpus,
     subset: Vec<u32>,
     cache: &'a FeatureCache,
-    special: SpecialTokens,
-    seq_len: usize,
+    layout: VlmSequence,
     batch_size: usize,
     seed: u64,
     cursor: EpochCursor,
@@ -232,7 +229,8 @@ impl<'a> InstructSource<'a> {
         }
         let mut subset = epoch_order(corpus.instruct.len(), seed ^ 0x5B5E7, 0);
         subset.truncate(limit.unwrap_or(usize::MAX).max(1));
-        Ok(Self { corpus, subset, cache, special, seq_len, batch_size, seed, cursor: EpochCursor::default() })
+        let layout = VlmSequence::new(seq_len, corpus.n_image_tokens, special)?;
+        Ok(Self { corpus, subset, cache, layout, batch_size, seed, cursor: EpochCursor::default() })
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
@@ -252,13 +250,11 @@ impl BatchSource for InstructSource<'_> {
             .iter()
             .map(|&j| self.subset[j as usize])
             .map(|i| {
-                pack_image_sequence(
+                Sequence::image(
                     SequenceKind::Instruct,
                     i as u64,
                     &self.corpus.instruct[i as usize].text(),
-                    self.seq_len,
-                    self.corpus.n_image_tokens,
-                    self.special,
+                    &self.layout,
                 )
             })
             .collect();
@@ -267,7 +263,7 @@ impl BatchSource for InstructSource<'_> {
         } else {
             EpochCursor { epoch: self.cursor.epoch, position: end as u64 }
         };
-        vlm_batch(&seqs, self.corpus, self.cache)
+        vlm_batch(&seqs, self.corpus, self.cache, self.layout.special().pad)
     }
 
     fn token_counts(&self, b: &VlmBatch) -> (u64, u64) {

@@ -26,8 +26,8 @@ impl ValidationSet {
         let (mut inputs, mut targets) = (Vec::new(), Vec::new());
         for _ in 0..sequences {
             let s = packer.next_sequence();
-            inputs.extend(s.inputs);
-            targets.extend(s.targets);
+            inputs.extend(s.row.inputs);
+            targets.extend(s.row.targets);
         }
         let bytes = tokenizer.decode(&targets)?.len();
         Ok(Self { seq, sequences, inputs, targets, bytes })

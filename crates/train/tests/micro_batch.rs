@@ -9,7 +9,7 @@ use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::{Lm, LmConfig};
-use vlmix_models::vlm::{Vlm, VlmBatch};
+use vlmix_models::vlm::{ImageSlot, Vlm, VlmBatch};
 use vlmix_train::schedule::{Schedule, WarmupCosine};
 use vlmix_train::stages::{pretrain, PretrainSpec};
 use vlmix_train::text_model::{TextModel, TokenBatch};
@@ -81,7 +81,7 @@ impl BatchSource for WithImages {
             ..Default::default()
         };
         for b in (0..BATCH).filter(|b| b % 3 == 1) {
-            batch.image_sequences.push(b);
+            batch.slots.push(ImageSlot { at: b * SEQ, image: batch.slots.len() });
             batch.loss_mask[b * SEQ..b * SEQ + IMAGE_TOKENS].fill(0.0);
             batch.features.extend(
                 (0..IMAGE_TOKENS * FEATURE_WIDTH).map(|i| (((b + step) * 37 + i * 11) % 23) as f32 / 23.0 - 0.5),
@@ -90,7 +90,7 @@ impl BatchSource for WithImages {
         Ok(batch)
     }
     fn token_counts(&self, b: &VlmBatch) -> (u64, u64) {
-        ((b.image_sequences.len() * IMAGE_TOKENS) as u64, (b.batch * b.seq) as u64)
+        ((b.slots.len() * IMAGE_TOKENS) as u64, (b.batch * b.seq) as u64)
     }
     fn cursor(&self) -> serde_json::Value {
         self.0.cursor()
