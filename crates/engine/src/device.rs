@@ -116,6 +116,23 @@ pub struct LossStats {
     pub mask_sum: f64,
 }
 
+/// Host data seen as a device buffer ([`Device::from_host`]).
+pub enum OnDevice<'a, D: Device + ?Sized> {
+    Borrowed(&'a D::Buf),
+    Owned(D::Owned),
+}
+
+impl<D: Device + ?Sized> Deref for OnDevice<'_, D> {
+    type Target = D::Buf;
+
+    fn deref(&self) -> &D::Buf {
+        match self {
+            OnDevice::Borrowed(buf) => buf,
+            OnDevice::Owned(owned) => owned,
+        }
+    }
+}
+
 /// The per-step scalars of one AdamW update, computed on the host in PyTorch's float order
 /// (f64 Python floats, used as f32) so every device applies the same numbers.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,6 +169,9 @@ pub trait Device: Clone + Send + Sync {
     fn split_at_mut<'a>(&self, buf: &'a mut Self::Buf, mid: usize) -> (&'a mut Self::Buf, &'a mut Self::Buf);
     fn fill(&self, buf: &mut Self::Buf, value: f32);
     fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf);
+    /// Waits until every queued kernel has finished (a no-op where kernels run synchronously, as on
+    /// the CPU); for timing.
+    fn synchronize(&self) {}
     /// Overwrites `buf` with `host` (same length).
     fn upload_into(&self, host: &[f32], buf: &mut Self::Buf) {
         self.copy(&self.upload(host), buf);
@@ -166,6 +186,11 @@ pub trait Device: Clone + Send + Sync {
         let mut host = vec![0.0; self.len(buf)];
         self.download(buf, &mut host);
         Cow::Owned(host)
+    }
+    /// `host` as a device buffer: borrowed where device memory is host memory (CPU: no copy),
+    /// uploaded otherwise. For inputs that arrive on the host each step (a VLM's cached features).
+    fn from_host<'a>(&self, host: &'a [f32]) -> OnDevice<'a, Self> {
+        OnDevice::Owned(self.upload(host))
     }
 
     // ---- rows (width = len(dst) / rows.len() resp. len(src) / rows.len()) ----

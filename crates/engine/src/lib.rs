@@ -10,7 +10,7 @@ pub mod layers;
 
 pub use cpu::Cpu;
 pub use cuda::Cuda;
-pub use device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
+pub use device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, OnDevice, ZLossTerm};
 pub mod adamw;
 pub mod atomic_file;
 pub mod checkpoint;

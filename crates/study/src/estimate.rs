@@ -18,6 +18,7 @@ use vlmix_models::memory::{available_memory, gib, Breakdown, TailShape, TrainSha
 use vlmix_models::vision::encoder::open_encoder;
 
 use crate::config::StudyConfig;
+use crate::evaluation::item_limit;
 use crate::plan::{NodeKind, Plan};
 use crate::runner::{encoder_spec, model_config, steps_for};
 
@@ -188,17 +189,17 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
     println!();
     // Fine-tuning and evaluation sizes depend on the data; these are upper-bound style guesses.
     let finetune_positions_per_epoch = config.finetune.max_examples.unwrap_or(20_000) as u64 * seq as u64;
-    let eval_positions = 3
-        * (config.eval.vision_tasks.len() + 4 * config.eval.text_tasks.len()) as u64
-        * config.eval.max_items_per_task as u64
-        * seq as u64;
-    let text_eval_positions =
-        3 * (4 * config.eval.text_tasks.len()) as u64 * config.eval.max_items_per_task as u64 * seq as u64;
+    // A vision item is scored twice (with its image and blind); a text item ranks ~4 choices.
+    let items = item_limit(&config.eval);
+    let (vision_items, text_items) = (items.vision.unwrap_or(0) as u64, items.text.unwrap_or(0) as u64);
+    let text_eval_positions = 4 * config.eval.text_tasks.len() as u64 * text_items * seq as u64;
+    let eval_positions = 2 * config.eval.vision_tasks.len() as u64 * vision_items * seq as u64 + text_eval_positions;
     let positions_per_step = |batch: usize| (batch * seq) as u64;
     println!("{:<48} {:>14} {:>12}", "node", "positions", "est. time");
     let mut total = 0.0;
     for node in &plan.nodes {
-        // (positions trained, optimizer steps), or positions scored forward only (a third of the work).
+        // (positions trained, optimizer steps), or positions scored forward only (a third of the
+        // work, but in small batches: counted whole).
         let (positions, steps) = match &node.kind {
             NodeKind::ImageCorpus => (0, 0),
             NodeKind::Pretrain => {
@@ -213,8 +214,8 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
                 let positions = *epochs as u64 * finetune_positions_per_epoch;
                 (positions, positions.div_ceil(positions_per_step(config.finetune.batch_size)))
             }
-            NodeKind::Eval { .. } => (eval_positions / 3, 0),
-            NodeKind::EvalTextBaseline => (text_eval_positions / 3, 0),
+            NodeKind::Eval { .. } => (eval_positions, 0),
+            NodeKind::EvalTextBaseline => (text_eval_positions, 0),
         };
         let secs = positions as f64 / rate + steps as f64 * probe.optimizer_secs;
         total += secs;

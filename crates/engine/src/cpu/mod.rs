@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::blas;
-use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
+use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, OnDevice, ZLossTerm};
 
 /// The CPU device. Cheap to construct; all state is global (OpenBLAS and the rayon pool).
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +89,10 @@ impl Device for Cpu {
 
     fn to_host<'a>(&self, buf: &'a [f32]) -> Cow<'a, [f32]> {
         Cow::Borrowed(buf)
+    }
+
+    fn from_host<'a>(&self, host: &'a [f32]) -> OnDevice<'a, Self> {
+        OnDevice::Borrowed(host)
     }
 
     fn gather_rows(&self, src: &[f32], rows: &[usize], dst: &mut [f32]) {
