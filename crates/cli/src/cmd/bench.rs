@@ -1,8 +1,11 @@
 //! `vlmix bench train`: training-step throughput of the engine on an LM preset.
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use vlmix_engine::Device;
 use vlmix_models::lm::bench::{bench_train, BenchOptions};
 use vlmix_models::lm::LmConfig;
+
+use super::device::{DeviceArgs, Opened};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -30,6 +33,8 @@ pub struct TrainArgs {
     /// Print one JSON line instead of text (same fields as reference/bench_train.py).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -44,21 +49,38 @@ fn train(args: TrainArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
     let model = LmConfig::load(&args.model)?;
-    let report = bench_train(vlmix_engine::Cpu::new()?, &BenchOptions {
-        model,
-        model_name: args.model,
-        batch: args.batch,
-        steps: args.steps,
-        warmup: args.warmup,
-    })?;
+    let opts =
+        BenchOptions { model, model_name: args.model, batch: args.batch, steps: args.steps, warmup: args.warmup };
+    let (report, gpu) = match args.device.open()? {
+        Opened::Cpu(cpu) => (bench_train(cpu, &opts)?, None),
+        Opened::Cuda(cuda) => {
+            let report = bench_train(cuda.clone(), &opts)?;
+            cuda.synchronize();
+            // The pool keeps freed memory, so what the driver reports in use is the run's peak
+            // (plus the context's own few hundred MiB).
+            let peak_mb = cuda.memory_used().0 as f64 / (1u64 << 20) as f64;
+            (report, Some((cuda.describe(), peak_mb)))
+        }
+    };
     if args.json {
-        println!("{}", serde_json_line(&report)?);
+        let mut line = serde_json::to_value(&report).context("serialising the benchmark report")?;
+        line["device"] = gpu.as_ref().map_or("cpu".into(), |(name, _)| name.clone()).into();
+        if let Some((_, peak_mb)) = gpu {
+            line["peak_gpu_mb"] = peak_mb.into();
+        }
+        println!("{line}");
         return Ok(());
     }
-    println!(
-        "model {} (batch {} x seq {}), {} threads, BLAS core {}, CPU {}",
-        report.model, report.batch, report.seq, report.threads, report.blas_core, report.cpu
-    );
+    match &gpu {
+        Some((name, peak_mb)) => println!(
+            "model {} (batch {} x seq {}) on {name}, {peak_mb:.0} MiB of GPU memory in use",
+            report.model, report.batch, report.seq
+        ),
+        None => println!(
+            "model {} (batch {} x seq {}), {} threads, BLAS core {}, CPU {}",
+            report.model, report.batch, report.seq, report.threads, report.blas_core, report.cpu
+        ),
+    }
     println!("tokens/s      {:10.1}", report.tokens_per_s);
     println!(
         "GFLOP/s       {:10.1}   ({}; {:.3} GFLOP/token)",
@@ -73,8 +95,4 @@ fn train(args: TrainArgs) -> Result<()> {
     println!("peak RSS      {:10.1} MiB", report.peak_rss_mb);
     println!("final loss    {:10.4}", report.final_loss);
     Ok(())
-}
-
-fn serde_json_line(report: &vlmix_models::lm::bench::BenchReport) -> Result<String> {
-    report.to_json().context("serialising the benchmark report")
 }

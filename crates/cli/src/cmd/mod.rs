@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod chat;
 pub mod data;
+pub mod device;
 pub mod encode;
 pub mod eval;
 pub mod export;

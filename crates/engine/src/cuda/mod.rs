@@ -209,12 +209,6 @@ impl Cuda {
         self.inner.precision
     }
 
-    /// Waits until every queued kernel has finished (for timing).
-    pub fn synchronize(&self) {
-        self.inner.bind();
-        driver(self.inner.stream.synchronize(), "waiting for the device");
-    }
-
     /// GEMM plans cached so far.
     pub fn cached_gemm_plans(&self) -> usize {
         self.inner.gemms.cached_plans()
@@ -284,6 +278,11 @@ impl Device for Cuda {
     fn upload_into(&self, host: &[f32], buf: &mut CudaBuf) {
         assert_eq!(buf.len(), host.len(), "upload_into: length mismatch");
         self.inner.upload_raw(buf.addr(), host);
+    }
+
+    fn synchronize(&self) {
+        self.inner.bind();
+        driver(self.inner.stream.synchronize(), "waiting for the device");
     }
 
     fn download(&self, buf: &CudaBuf, host: &mut [f32]) {

@@ -70,7 +70,8 @@ pub fn peak_rss_mb() -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-/// Runs the benchmark on `dev` (the report's thread, CPU and BLAS fields describe the host).
+/// Runs the benchmark on `dev` (the report's thread, CPU and BLAS fields describe the host; each
+/// step ends by waiting for the device, so asynchronous devices are timed to completion).
 pub fn bench_train<D: Device>(dev: D, opts: &BenchOptions) -> Result<BenchReport> {
     let config = &opts.model;
     let seq = config.seq_len;
@@ -100,6 +101,7 @@ pub fn bench_train<D: Device>(dev: D, opts: &BenchOptions) -> Result<BenchReport
         clip_grad_norm(&mut params, 1.0);
         let t2 = Instant::now();
         opt.step(&mut params, 1e-3);
+        params.device().synchronize();
         let t3 = Instant::now();
         fb += (t1 - t0).as_secs_f64();
         clip += (t2 - t1).as_secs_f64();
@@ -128,6 +130,7 @@ pub fn bench_train<D: Device>(dev: D, opts: &BenchOptions) -> Result<BenchReport
         final_loss: loss as f64,
         threads: rayon::current_num_threads(),
         cpu: vlmix_engine::machine::cpu_model(),
-        blas_core: vlmix_engine::blas::corename(),
+        // A GPU machine may have no OpenBLAS; the benchmark of a GPU does not need it.
+        blas_core: vlmix_engine::blas::init().map_or_else(|_| "not loaded".into(), |()| vlmix_engine::blas::corename()),
     })
 }
