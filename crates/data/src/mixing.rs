@@ -150,16 +150,8 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         instruct: I,
         cursor: MixCursor,
     ) -> Result<Self> {
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&config.image_token_fraction),
-            "image token fraction {} is not in [0, 1]",
-            config.image_token_fraction
-        );
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&config.instruct_fraction),
-            "instruction fraction {} is not in [0, 1]",
-            config.instruct_fraction
-        );
+        check_fraction("image token fraction", config.image_token_fraction)?;
+        check_fraction("instruction fraction", config.instruct_fraction)?;
         let layout = VlmSequence::new(config.seq_len, config.n_image_tokens, special)?;
         if config.image_token_fraction > 0.0 {
             anyhow::ensure!(
@@ -199,8 +191,8 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         let image_examples = c.caption_examples + c.instruct_examples;
         MixStats {
             steps: c.steps,
-            cumulative_image_fraction: ratio(c.image_tokens, c.total_tokens),
-            window_image_fraction: ratio(wi, wt),
+            cumulative_image_fraction: achieved_image_fraction(c.image_tokens, c.total_tokens),
+            window_image_fraction: achieved_image_fraction(wi, wt),
             instruct_share: ratio(c.instruct_examples, image_examples),
         }
     }
@@ -287,6 +279,18 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         c.total_tokens += sequence.n_text_tokens as u64;
         sequence
     }
+}
+
+/// Checks a requested fraction of the mix (image tokens, instruction share, where images come in):
+/// the one [0, 1] rule of configs, flags and results.
+pub fn check_fraction(name: &str, value: f64) -> Result<()> {
+    anyhow::ensure!((0.0..=1.0).contains(&value), "{name} = {value} is outside [0, 1]");
+    Ok(())
+}
+
+/// Image tokens among all tokens: the achieved image-token fraction of a step, a window or a run.
+pub fn achieved_image_fraction(image_tokens: u64, tokens: u64) -> f64 {
+    ratio(image_tokens, tokens)
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

@@ -139,8 +139,9 @@ pub struct FinetuneConfig {
 pub struct GridPoint {
     /// Fraction of the text run at which the cooldown branches (0 = scratch, 1 = fully trained).
     pub fraction: f64,
-    /// Fraction of image tokens among all cooldown tokens.
-    pub image_fraction: f64,
+    /// Requested fraction of image tokens among all cooldown tokens (`image_fraction` before).
+    #[serde(alias = "image_fraction")]
+    pub image_token_fraction: f64,
     /// Share of instruction data within the image part of the cooldown mix.
     pub instruction_share: f64,
 }
@@ -152,8 +153,8 @@ pub struct GridConfig {
     /// Each list varies one knob with the others held at `base`.
     #[serde(default)]
     pub fractions: Vec<f64>,
-    #[serde(default)]
-    pub image_fractions: Vec<f64>,
+    #[serde(default, alias = "image_fractions")]
+    pub image_token_fractions: Vec<f64>,
     #[serde(default)]
     pub instruction_shares: Vec<f64>,
     /// Seeds of every grid point (seed changes the branch's initialisation and data order).
@@ -204,7 +205,9 @@ impl StudyConfig {
         let g = &self.grid;
         let mut points = vec![g.base];
         points.extend(g.fractions.iter().map(|&fraction| GridPoint { fraction, ..g.base }));
-        points.extend(g.image_fractions.iter().map(|&image_fraction| GridPoint { image_fraction, ..g.base }));
+        points.extend(
+            g.image_token_fractions.iter().map(|&image_token_fraction| GridPoint { image_token_fraction, ..g.base }),
+        );
         points.extend(g.instruction_shares.iter().map(|&instruction_share| GridPoint { instruction_share, ..g.base }));
         let mut seen = Vec::<GridPoint>::new();
         for p in points {
@@ -217,12 +220,7 @@ impl StudyConfig {
 
     /// Refuses impossible values before any training starts, naming the field.
     pub fn validate(&self) -> Result<()> {
-        let unit = |field: &str, v: f64| -> Result<()> {
-            if !(0.0..=1.0).contains(&v) || v.is_nan() {
-                bail!("{field} = {v} is outside [0, 1]");
-            }
-            Ok(())
-        };
+        let unit = vlmix_data::mixing::check_fraction;
         let positive = |field: &str, v: f64| -> Result<()> {
             if v <= 0.0 || !v.is_finite() {
                 bail!("{field} = {v} must be a positive number");
@@ -271,9 +269,9 @@ impl StudyConfig {
 
         let g = &self.grid;
         let checks: [(&str, Vec<f64>); 4] = [
-            ("grid.base", vec![g.base.fraction, g.base.image_fraction, g.base.instruction_share]),
+            ("grid.base", vec![g.base.fraction, g.base.image_token_fraction, g.base.instruction_share]),
             ("grid.fractions", g.fractions.clone()),
-            ("grid.image_fractions", g.image_fractions.clone()),
+            ("grid.image_token_fractions", g.image_token_fractions.clone()),
             ("grid.instruction_shares", g.instruction_shares.clone()),
         ];
         for (field, values) in &checks {
@@ -344,12 +342,12 @@ mod tests {
     fn points_are_sweeps_around_the_base_without_duplicates() {
         let mut c = smoke();
         c.grid.fractions = vec![0.0, 0.5, 1.0];
-        c.grid.image_fractions = vec![0.3, 0.6];
+        c.grid.image_token_fractions = vec![0.3, 0.6];
         let points = c.points();
         assert_eq!(points.len(), 4, "{points:?}");
         assert_eq!(points[0], c.grid.base);
-        assert!(points.iter().any(|p| p.fraction == 0.0 && p.image_fraction == 0.3));
-        assert!(points.iter().any(|p| p.fraction == 0.5 && p.image_fraction == 0.6));
+        assert!(points.iter().any(|p| p.fraction == 0.0 && p.image_token_fraction == 0.3));
+        assert!(points.iter().any(|p| p.fraction == 0.5 && p.image_token_fraction == 0.6));
     }
 
     fn error_of(c: &StudyConfig) -> String {
@@ -359,8 +357,8 @@ mod tests {
     #[test]
     fn impossible_values_are_refused_naming_the_field() {
         let mut c = smoke();
-        c.grid.image_fractions = vec![0.2, 1.5];
-        assert!(error_of(&c).contains("grid.image_fractions[1] = 1.5"), "{}", error_of(&c));
+        c.grid.image_token_fractions = vec![0.2, 1.5];
+        assert!(error_of(&c).contains("grid.image_token_fractions[1] = 1.5"), "{}", error_of(&c));
 
         let mut c = smoke();
         c.grid.fractions = vec![0.3];
@@ -379,6 +377,18 @@ mod tests {
         let mut c = smoke();
         c.finetune.micro_batch_size = Some(0);
         assert!(error_of(&c).contains("finetune.micro_batch_size must be positive"), "{}", error_of(&c));
+    }
+
+    #[test]
+    fn configs_with_the_old_image_fraction_names_read_the_same() {
+        let text = include_str!("../../../configs/study/smoke.toml");
+        let old = text
+            .replace("image_token_fraction = ", "image_fraction = ")
+            .replace("image_token_fractions = []", "image_fractions = [0.6]");
+        assert_ne!(old, text);
+        let (old, mut new) = (toml::from_str::<StudyConfig>(&old).unwrap(), smoke());
+        new.grid.image_token_fractions = vec![0.6];
+        assert_eq!(serde_json::to_string(&old).unwrap(), serde_json::to_string(&new).unwrap());
     }
 
     #[test]

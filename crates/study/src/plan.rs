@@ -68,7 +68,7 @@ fn branch_label(point: &GridPoint, seed: u64) -> String {
     format!(
         "at{}-img{}-inst{}-seed{seed}",
         percent_label(point.fraction),
-        percent_label(point.image_fraction),
+        percent_label(point.image_token_fraction),
         percent_label(point.instruction_share)
     )
 }
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(percent_label(0.301), "030.1");
         assert_eq!(percent_label(0.304), "030.4");
         let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
-        config.grid.image_fractions = vec![0.301, 0.304];
+        config.grid.image_token_fractions = vec![0.301, 0.304];
         let plan = Plan::build(&config).unwrap();
         let ids: Vec<&str> =
             plan.nodes.iter().map(|n| n.id.as_str()).filter(|id| id.starts_with("cooldown-")).collect();
@@ -247,12 +247,12 @@ mod tests {
     #[test]
     fn values_too_close_for_distinct_ids_are_refused_naming_both() {
         let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
-        config.grid.image_fractions = vec![0.3, 0.3 + 1e-12];
+        config.grid.image_token_fractions = vec![0.3, 0.3 + 1e-12];
         let err = Plan::build(&config).unwrap_err().to_string();
         assert!(
             err.contains("img030")
-                && err.contains("image_fraction: 0.3,")
-                && err.contains("image_fraction: 0.3000000000009"),
+                && err.contains("image_token_fraction: 0.3,")
+                && err.contains("image_token_fraction: 0.3000000000009"),
             "{err}"
         );
     }

@@ -59,7 +59,7 @@ impl StudyProgress {
                 "loss {:.3}  {:.0} tok/s  img {:.1}%",
                 m.loss,
                 m.tokens_per_s,
-                100.0 * m.image_fraction
+                100.0 * m.achieved_image_fraction
             ));
         }
     }

@@ -81,7 +81,7 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
             stage: "finetune".into(),
             introduction: Some(point.fraction),
             fresh_schedule: cooldown_done.outputs.cooldown(&cooldown)?.fresh_schedule,
-            image_token_fraction: point.image_fraction,
+            image_token_fraction: point.image_token_fraction,
             instruction_share: point.instruction_share,
             finetune_epochs: *epoch,
             seed: *seed,

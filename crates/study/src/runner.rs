@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use vlmix_data::byod::text::{open_text, DocSplit};
 use vlmix_data::byod::Skipped;
+use vlmix_data::mixing::achieved_image_fraction;
 use vlmix_data::text::shard::TokenShards;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
@@ -310,7 +311,7 @@ impl<'a> StudyRunner<'a> {
             batch_size: c.batch_size,
             micro_batch_size: c.micro_batch_size,
             weight_decay: c.weight_decay,
-            image_token_fraction: point.image_fraction,
+            image_token_fraction: point.image_token_fraction,
             instruct_fraction: point.instruction_share,
             encoder: encoder_spec(config),
             train_lm: c.train_lm,
@@ -335,7 +336,7 @@ impl<'a> StudyRunner<'a> {
             fresh_schedule: spec.schedule.is_fresh(),
             tokens: outcome.tokens,
             image_tokens: outcome.image_tokens,
-            achieved_image_fraction: outcome.image_tokens as f64 / outcome.tokens.max(1) as f64,
+            achieved_image_fraction: achieved_image_fraction(outcome.image_tokens, outcome.tokens),
         })
     }
 

@@ -129,14 +129,14 @@ fn synthetic_table() -> ResultsTable {
     ResultsTable { rows, nodes }
 }
 
-fn curve(run_id: &str, steps: u64, image_fraction: f64) -> TrainingCurve {
+fn curve(run_id: &str, steps: u64, achieved_image_fraction: f64) -> TrainingCurve {
     let points = (0..steps)
         .map(|s| MetricPoint {
             step: s,
             tokens: s * 4096,
             loss: 9.0 * (-(s as f64) / 300.0).exp() + 3.0,
             lr: 3e-3 * (1.0 - s as f64 / steps as f64),
-            image_fraction,
+            achieved_image_fraction,
             tokens_per_s: 5000.0,
         })
         .collect();

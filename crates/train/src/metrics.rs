@@ -21,8 +21,10 @@ pub struct StepMetrics {
     pub tokens: u64,
     pub loss: f64,
     pub lr: f64,
-    /// Fraction of image tokens among this step's tokens (0 in text-only stages).
-    pub image_fraction: f64,
+    /// Fraction of image tokens among this step's tokens (0 in text-only stages); older runs'
+    /// metrics name it `image_fraction`.
+    #[serde(alias = "image_fraction")]
+    pub achieved_image_fraction: f64,
     pub tokens_per_s: f64,
     pub grad_norm: f64,
 }
@@ -63,7 +65,7 @@ impl MetricsLog {
             ("train/loss", m.loss),
             ("train/lr", m.lr),
             ("train/grad_norm", m.grad_norm),
-            ("train/image_fraction", m.image_fraction),
+            ("train/achieved_image_fraction", m.achieved_image_fraction),
             ("train/tokens", m.tokens as f64),
             ("train/tokens_per_s", m.tokens_per_s),
         ];
@@ -96,7 +98,7 @@ mod tests {
             tokens: step * 10,
             loss: 1.0 / (step + 1) as f64,
             lr: 1e-3,
-            image_fraction: 0.0,
+            achieved_image_fraction: 0.0,
             tokens_per_s: 5.0,
             grad_norm: 1.0,
         }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use vlmix_data::mixing::achieved_image_fraction;
 use vlmix_engine::adamw::AdamW;
 use vlmix_engine::checkpoint::{
     latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, LATEST_FILE, STATE_FILE,
@@ -159,7 +160,7 @@ where
             tokens: counters.tokens,
             loss: last_loss,
             lr,
-            image_fraction: if tokens > 0 { image_tokens as f64 / tokens as f64 } else { 0.0 },
+            achieved_image_fraction: achieved_image_fraction(image_tokens, tokens),
             tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
             grad_norm: grad_norm as f64,
         };

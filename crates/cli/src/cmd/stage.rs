@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use vlmix_data::mixing::check_fraction;
 use vlmix_data::DataLayout;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_study::config::{GridPoint, StudyConfig};
@@ -121,9 +122,9 @@ pub struct CooldownArgs {
     /// continued schedule (interior) or a fresh warmup (0 or 1).
     #[arg(long)]
     pub fraction: f64,
-    /// Fraction of image tokens among all cooldown tokens.
-    #[arg(long)]
-    pub image_fraction: f64,
+    /// Requested fraction of image tokens among all cooldown tokens.
+    #[arg(long, alias = "image-fraction")]
+    pub image_token_fraction: f64,
     /// Share of instruction data inside the image part.
     #[arg(long, default_value_t = 0.0)]
     pub instruction_share: f64,
@@ -173,12 +174,10 @@ pub fn cooldown(args: CooldownArgs) -> Result<()> {
     config.cooldown.micro_batch_size = args.common.micro_batch_size.or(config.cooldown.micro_batch_size);
     for (field, v) in [
         ("--fraction", args.fraction),
-        ("--image-fraction", args.image_fraction),
+        ("--image-token-fraction", args.image_token_fraction),
         ("--instruction-share", args.instruction_share),
     ] {
-        if !(0.0..=1.0).contains(&v) {
-            bail!("{field} {v} is outside [0, 1]");
-        }
+        check_fraction(field, v)?;
     }
     let start = if args.from == "scratch" {
         Start::Scratch
@@ -190,7 +189,7 @@ pub fn cooldown(args: CooldownArgs) -> Result<()> {
     }
     let point = GridPoint {
         fraction: args.fraction,
-        image_fraction: args.image_fraction,
+        image_token_fraction: args.image_token_fraction,
         instruction_share: args.instruction_share,
     };
     let out = args.common.out.clone();

@@ -140,7 +140,7 @@ pub fn curves_figure(curves: &[TrainingCurve]) -> Figure {
         panels: vec![
             panel("training loss", "loss (nats/token)", |p| p.loss),
             panel("learning rate", "learning rate", |p| p.lr),
-            panel("image-token share", "image tokens / tokens", |p| p.image_fraction),
+            panel("image-token share", "image tokens / tokens", |p| p.achieved_image_fraction),
         ],
     }
 }

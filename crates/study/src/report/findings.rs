@@ -78,7 +78,7 @@ pub const TEXT_MARGIN: f64 = 0.02;
 
 /// Checks each of the paper's findings 1-6 against the grid.
 pub fn findings(rows: &[ResultRow]) -> Vec<Finding> {
-    vec![introduction(rows), image_fraction(rows), scratch(rows), instruction(rows), epochs(rows), seeds(rows)]
+    vec![introduction(rows), image_token_fraction(rows), scratch(rows), instruction(rows), epochs(rows), seeds(rows)]
 }
 
 /// A difference between two sets of runs (seeds) of one score, paired by item.
@@ -256,7 +256,7 @@ fn introduction(rows: &[ResultRow]) -> Finding {
 }
 
 /// Finding 2: the image-token share matters; small models prefer more.
-fn image_fraction(rows: &[ResultRow]) -> Finding {
+fn image_token_fraction(rows: &[ResultRow]) -> Finding {
     let q = "2. The visual-token fraction matters: 10-20 % is best at 1B, smaller models prefer more (checked: the largest share beats the smallest).";
     let Some(line) = Line::new(rows, Knob::ImageTokenFraction) else {
         return not_tested(q, "no image-trained models with scores yet".to_string());

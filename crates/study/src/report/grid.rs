@@ -32,7 +32,7 @@ impl Knob {
     pub fn slug(self) -> &'static str {
         match self {
             Knob::Introduction => "stable_vs_introduction",
-            Knob::ImageTokenFraction => "stable_vs_image_fraction",
+            Knob::ImageTokenFraction => "stable_vs_image_token_fraction",
             Knob::InstructionShare => "stable_vs_instruction_share",
             Knob::FinetuneEpochs => "stable_vs_finetune_epochs",
         }

@@ -3,7 +3,7 @@
 //! JSON (`results.json`) is the source of truth; CSV (`results.csv`) flattens it for spreadsheets,
 //! one column per task's stable score.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -141,11 +141,9 @@ impl ResultRow {
 
     /// Rejects values the figures could not place, naming the row and field.
     pub fn validate(&self) -> Result<()> {
-        let in_unit = |name: &str, v: f64| -> Result<()> {
-            if !(0.0..=1.0).contains(&v) {
-                bail!("row {:?}: field `{name}` = {v} is outside [0, 1]", self.run_id);
-            }
-            Ok(())
+        let in_unit = |name: &str, v: f64| {
+            vlmix_data::mixing::check_fraction(&format!("field `{name}`"), v)
+                .with_context(|| format!("row {:?}", self.run_id))
         };
         if let Some(x) = self.introduction {
             in_unit("introduction", x)?;
