@@ -120,7 +120,7 @@ fn detect(path: &Path) -> Result<Kind> {
 fn inspect_dir(dir: &Path) -> Result<InspectReport> {
     let mut report = InspectReport { path: dir.to_path_buf(), format: "folder".into(), ..Default::default() };
     let mut other = 0usize;
-    for file in crate::images::regular_files(dir)? {
+    for file in crate::layout::regular_files(dir)? {
         let ext = file.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
         if !matches!(ext.as_str(), "tar" | "json" | "jsonl") {
             other += 1;

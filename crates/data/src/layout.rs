@@ -117,6 +117,26 @@ fn default_home() -> Result<PathBuf> {
     Ok(PathBuf::from(user_home).join(".cache").join("vlmix"))
 }
 
+/// Regular files under `dir`, recursively, sorted; symbolic links are skipped because the
+/// packages use them for duplicate names of the same file.
+pub fn regular_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).with_context(|| format!("listing {}", current.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", current.display()))?;
+            let kind = entry.file_type().with_context(|| format!("inspecting {}", entry.path().display()))?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,13 +3,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use vlmix_data::images::ImageConfig;
-use vlmix_data::prepare::{prepare, refresh, PrepareOptions};
-use vlmix_data::stats::DataStats;
 use vlmix_data::text::shard::TokenShard;
-use vlmix_data::text::CorpusOptions;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
+use vlmix_ingest::images::ImageConfig;
+use vlmix_ingest::prepare::{prepare, refresh, PrepareOptions};
+use vlmix_ingest::stats::DataStats;
+use vlmix_ingest::text::CorpusOptions;
 
 #[derive(Subcommand)]
 pub enum DataCommand {

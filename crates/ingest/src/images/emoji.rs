@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::record::{bucket, ImageRecord, Source, Split, Subject};
 use super::{require_dir, ImageConfig, SourceOutput};
-use crate::{image_io, DataLayout};
+use vlmix_data::{image_io, DataLayout};
 
 const PACKAGE_DIR: &str = "package";
 

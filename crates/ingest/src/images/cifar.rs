@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::bigbench::{read_examples, task_path, Example};
 use super::record::{bucket, pick, ImageRecord, Source, Split, Subject};
 use super::{ImageConfig, SourceOutput};
-use crate::{image_io, DataLayout};
+use vlmix_data::{image_io, DataLayout};
 
 pub const LABELS: [&str; 10] =
     ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];

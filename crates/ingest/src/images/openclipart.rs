@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::record::{bucket, ImageRecord, Source, Split, Subject};
 use super::{regular_files, require_dir, ImageConfig, SourceOutput};
-use crate::{image_io, DataLayout};
+use vlmix_data::{image_io, DataLayout};
 
 const PNG_DIR: &str = "usr/share/openclipart/png";
 const SVG_DIR: &str = "usr/share/openclipart/svg";

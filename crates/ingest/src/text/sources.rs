@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::clean::{clean_gcide_entry, decode_utf8_or_cp1252, normalize_whitespace, strip_rst};
 use super::documents::Document;
-use crate::layout::DataLayout;
+use vlmix_data::layout::DataLayout;
 
 /// One text source: its name in documents and stats, the registry package it comes from, its reader.
 pub struct TextSource {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::DataLayout;
+use vlmix_data::DataLayout;
 
 const TASKS_DIR: &str = "bigbench-1.0.0/bigbench/benchmark_tasks";
 

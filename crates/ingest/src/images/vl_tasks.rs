@@ -11,9 +11,9 @@ use super::cifar::{with_article, LABELS};
 use super::emoji::CATEGORIES;
 use super::record::{pick, ImageRecord, Split, Subject};
 use super::ImageConfig;
-use crate::image_io;
-use crate::vl_eval::{EvalItem, QuestionType};
-use crate::DataLayout;
+use vlmix_data::image_io;
+use vlmix_data::vl_eval::{EvalItem, QuestionType};
+use vlmix_data::DataLayout;
 
 /// Side of the colour swatches: a flat colour needs no resolution.
 const SWATCH_SIDE: u32 = 32;

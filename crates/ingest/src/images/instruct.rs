@@ -3,7 +3,7 @@
 //! stable hash of the key so the model cannot learn one template.
 use super::cifar::{with_article, LABELS, VEHICLES};
 use super::record::{pick, ImageRecord, Split, Subject};
-use crate::llava::{LlavaRecord, Turn, IMAGE_PLACEHOLDER};
+use vlmix_data::llava::{LlavaRecord, Turn, IMAGE_PLACEHOLDER};
 
 /// Basic colour terms answered when a name or keywords contain exactly one of them.
 pub const COLOUR_WORDS: &[&str] =
@@ -150,7 +150,7 @@ fn push_colour(qa: &mut Vec<(String, String)>, question: &str, texts: &[&str], k
 
 /// "red heart" -> "Red heart.": the answer form the scorers ask for too.
 fn sentence(text: &str) -> String {
-    crate::image_texts::answer_form(text)
+    vlmix_data::image_texts::answer_form(text)
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_engine::atomic_file::write_atomic_with;
 
-pub use crate::jsonl::LineProblem;
-use crate::jsonl::{read_lines, visit_lines};
+pub use vlmix_data::jsonl::LineProblem;
+use vlmix_data::jsonl::{read_lines, visit_lines};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Document {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::emoji::{emoji_caption, split_for, tone_names};
 use super::record::{ImageRecord, Source, Subject};
 use super::{require_dir, ImageConfig, SourceOutput};
-use crate::{image_io, DataLayout};
+use vlmix_data::{image_io, DataLayout};
 
 const PACKAGE_DIR: &str = "package";
 

@@ -4,7 +4,7 @@ use image::RgbImage;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::image_io;
+use vlmix_data::image_io;
 
 /// Where an image comes from: the registry package and its licence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -217,7 +217,7 @@ mod tests {
         let long_b = format!("{}b", "x".repeat(100));
         let (a, b) = (make_key("p", &long_a), make_key("p", &long_b));
         assert!(a.len() <= 80 && a != b);
-        crate::webdataset::validate_key(&a).unwrap();
+        vlmix_data::webdataset::validate_key(&a).unwrap();
     }
 
     #[test]

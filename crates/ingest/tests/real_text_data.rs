@@ -4,15 +4,16 @@ use std::path::Path;
 
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
 use vlmix_data::packing::SequenceKind;
-use vlmix_data::prepare::{prepare, read_manifest, refresh, PrepareOptions};
-use vlmix_data::stats::DataStats;
-use vlmix_data::text::documents::read_documents;
 use vlmix_data::text::shard::TokenShard;
-use vlmix_data::text::sources::text_source;
-use vlmix_data::text::CorpusOptions;
-use vlmix_data::text_eval::{read_choice_items, read_oe_eval_requests};
+use vlmix_data::text_eval::read_choice_items;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
+use vlmix_ingest::prepare::{prepare, read_manifest, refresh, PrepareOptions};
+use vlmix_ingest::stats::DataStats;
+use vlmix_ingest::text::documents::read_documents;
+use vlmix_ingest::text::sources::text_source;
+use vlmix_ingest::text::CorpusOptions;
+use vlmix_ingest::text_eval::read_oe_eval_requests;
 use vlmix_models::sequence::ImageText;
 
 /// The fetched cache with prepared output going to `out`; panics naming the fetch script when absent.
@@ -83,7 +84,7 @@ fn real_benchmarks_convert_to_multiple_choice_items() {
     let arc = read_oe_eval_requests(&tasks.join("arc_easy/rc_0shot/requests.jsonl.gz"), "arc_easy").unwrap();
     assert_eq!(arc.len(), 570);
     assert!(arc.iter().all(|i| i.gold < i.choices.len() && (3..=5).contains(&i.choices.len())));
-    for (task, folder) in vlmix_data::text_eval::TEXT_TASKS {
+    for (task, folder) in vlmix_ingest::text_eval::TEXT_TASKS {
         let items = read_oe_eval_requests(&tasks.join(folder).join("rc_0shot/requests.jsonl.gz"), task).unwrap();
         let ids: std::collections::HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids.len(), items.len(), "{task}: item ids are unique (HellaSwag's native ids repeat)");

@@ -10,7 +10,7 @@
 //! eval/vl/images/KEY.png
 //! ```
 //! Images are RGB with alpha composited over white, shrunk (never enlarged) to `max_side`
-//! and letterboxed to the encoder's square input at load time ([`crate::image_io::letterbox`]).
+//! and letterboxed to the encoder's square input at load time ([`vlmix_data::image_io::letterbox`]).
 //! Each output folder is built beside the old one and swapped in whole.
 pub mod bigbench;
 pub mod cifar;
@@ -34,10 +34,11 @@ use serde::Serialize;
 
 pub use record::{ImageRecord, Source, Split, Subject};
 
-use crate::llava::write_llava;
-use crate::vl_eval::write_eval_set;
-use crate::webdataset::ShardBuilder;
-use crate::DataLayout;
+pub(crate) use vlmix_data::layout::regular_files;
+use vlmix_data::llava::write_llava;
+use vlmix_data::vl_eval::write_eval_set;
+use vlmix_data::webdataset::ShardBuilder;
+use vlmix_data::DataLayout;
 
 /// Settings of the image preparation.
 #[derive(Debug, Clone, Serialize)]
@@ -410,26 +411,6 @@ fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<
     vlmix_engine::atomic_file::sync_dir(parent)
 }
 
-/// Regular files under `dir`, recursively, sorted; symbolic links are skipped because the
-/// packages use them for duplicate names of the same file.
-pub(crate) fn regular_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        for entry in std::fs::read_dir(&current).with_context(|| format!("listing {}", current.display()))? {
-            let entry = entry.with_context(|| format!("listing {}", current.display()))?;
-            let kind = entry.file_type().with_context(|| format!("inspecting {}", entry.path().display()))?;
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                files.push(entry.path());
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 pub(crate) fn require_dir(dir: &Path) -> Result<PathBuf> {
     if !dir.is_dir() {
         bail!("{} is missing: run scripts/fetch-data.sh to fetch and extract the image packages", dir.display());
@@ -460,7 +441,7 @@ mod tests {
         assert_ne!(records[0].key, records[1].key);
         assert_eq!(records[2].key, "openclipart_icons-other");
         for r in &records {
-            crate::webdataset::validate_key(&r.key).unwrap();
+            vlmix_data::webdataset::validate_key(&r.key).unwrap();
         }
     }
 

@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 use vlmix_engine::atomic_file::write_atomic;
 
 use crate::attribution::ATTRIBUTION_MD;
-use crate::layout::DataLayout;
 use crate::text::documents::Document;
-use crate::text::shard::write_token_shard;
 use crate::text::sources::{text_source, TEXT_SOURCES};
 use crate::text::{build_corpus, CorpusOptions, CorpusReport};
 use crate::text_eval::{prepare_text_eval, TEXT_EVAL_VERSION};
-use crate::tokenizer::{SpecialTokens, TextTokenizer};
+use vlmix_data::layout::DataLayout;
+use vlmix_data::text::shard::write_token_shard;
+use vlmix_data::tokenizer::{SpecialTokens, TextTokenizer};
 
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {

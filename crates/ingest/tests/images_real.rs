@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use vlmix_data::images::{prepare, ImageConfig};
 use vlmix_data::inspect::inspect_path;
 use vlmix_data::llava::LlavaSet;
 use vlmix_data::vl_eval::{EvalSet, QuestionType};
 use vlmix_data::webdataset::{list_shards, stream};
 use vlmix_data::{image_io, DataLayout};
+use vlmix_ingest::images::{prepare, ImageConfig};
 
 fn pixels_hash(image: &image::RgbImage) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -93,7 +93,7 @@ fn real_subset_prepares_disjoint_train_instruct_and_eval_data() {
                 assert!(set
                     .items
                     .iter()
-                    .all(|(_, i)| vlmix_data::images::cifar::LABELS.contains(&i.answers[0].as_str())));
+                    .all(|(_, i)| vlmix_ingest::images::cifar::LABELS.contains(&i.answers[0].as_str())));
                 assert!(set.items.iter().all(|(_, i)| i.chance == 0.1), "chance is one in ten labels");
             }
             "flag_country" => {

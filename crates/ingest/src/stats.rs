@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::attribution::{SourceLicence, LICENCES};
-use crate::layout::DataLayout;
 use crate::prepare::{read_manifest, Manifest};
-use crate::webdataset::{list_shards, read_shard};
+use vlmix_data::layout::DataLayout;
+use vlmix_data::webdataset::{list_shards, read_shard};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TextSourceStats {
