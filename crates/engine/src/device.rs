@@ -116,13 +116,13 @@ pub struct LossStats {
     pub mask_sum: f64,
 }
 
-/// Host data seen as a device buffer ([`Device::from_host`]).
-pub enum OnDevice<'a, D: Device + ?Sized> {
+/// Host data seen as a device buffer ([`Device::on_device`]).
+pub enum OnDevice<'a, D: Device> {
     Borrowed(&'a D::Buf),
     Owned(D::Owned),
 }
 
-impl<D: Device + ?Sized> Deref for OnDevice<'_, D> {
+impl<D: Device> Deref for OnDevice<'_, D> {
     type Target = D::Buf;
 
     fn deref(&self) -> &D::Buf {
@@ -189,11 +189,11 @@ pub trait Device: Clone + Send + Sync {
     }
     /// `host` as a device buffer: borrowed where device memory is host memory (CPU: no copy),
     /// uploaded otherwise. For inputs that arrive on the host each step (a VLM's cached features).
-    fn from_host<'a>(&self, host: &'a [f32]) -> OnDevice<'a, Self> {
+    fn on_device<'a>(&self, host: &'a [f32]) -> OnDevice<'a, Self> {
         OnDevice::Owned(self.upload(host))
     }
 
-    // ---- rows (width = len(dst) / rows.len() resp. len(src) / rows.len()) ----
+    // ---- rows (width = len(dst) / rows.len() resp. len(src) / rows.len(); no `rows`: no-op) ----
     /// `dst[i, :] = src[rows[i], :]`; `dst` is `[rows.len(), width]`, `src` any number of rows of
     /// `width`. Overwrites `dst`.
     fn gather_rows(&self, src: &Self::Buf, rows: &[usize], dst: &mut Self::Buf);

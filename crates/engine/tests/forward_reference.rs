@@ -305,6 +305,8 @@ fn row_moves_and_reductions_match_definition() {
     dev.scatter_rows(&gathered, &[0, 2], &mut dst);
     assert_eq!(dst, [9.0, 10.0, 11.0, -1.0, -1.0, -1.0, 3.0, 4.0, 5.0, -1.0, -1.0, -1.0]);
     dev.zero_rows(&mut dst, &[2], width);
+    dev.gather_rows(&src, &[], &mut []);
+    dev.scatter_rows(&[], &[], &mut dst);
     assert_eq!(&dst[6..9], &[0.0; 3]);
     assert_eq!(dev.sum_squares(&[&[3.0, 4.0], &[12.0]]), 169.0);
     let mut x = vec![1.0, -2.0];

@@ -17,6 +17,7 @@ use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
+use vlmix_engine::{Cpu, Device};
 use vlmix_models::lm::{Lm, LmInput};
 use vlmix_models::sequence::{VlmRow, VlmSequence};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
@@ -32,14 +33,14 @@ const LOGITS_BUDGET: usize = 64 << 20;
 
 /// The network being scored.
 #[allow(clippy::large_enum_variant)] // one per scorer, never moved in a loop: boxing would buy nothing
-pub enum ScoredModel {
+pub enum ScoredModel<D: Device = Cpu> {
     /// No projector: text items only.
-    Text(Lm),
-    Vision(Vlm),
+    Text(Lm<D>),
+    Vision(Vlm<D>),
 }
 
-impl ScoredModel {
-    fn lm(&self) -> &Lm {
+impl<D: Device> ScoredModel<D> {
+    fn lm(&self) -> &Lm<D> {
         match self {
             ScoredModel::Text(lm) => lm,
             ScoredModel::Vision(vlm) => &vlm.lm,
@@ -47,7 +48,7 @@ impl ScoredModel {
     }
 
     /// Logits of `batch`, its image slots showing the `projected` images.
-    fn logits(&mut self, params: &ParamStore, batch: &VlmBatch, projected: &[f32]) -> Result<&[f32]> {
+    fn logits(&mut self, params: &ParamStore<D>, batch: &VlmBatch, projected: &D::Buf) -> Result<&D::Buf> {
         match self {
             ScoredModel::Vision(vlm) => vlm.logits_of_projected(params, batch, projected),
             ScoredModel::Text(lm) => {
@@ -133,9 +134,9 @@ pub fn rolling_windows(n_tokens: usize, seq_len: usize) -> Vec<RollingWindow> {
     windows
 }
 
-pub struct ModelScorer {
-    model: ScoredModel,
-    params: ParamStore,
+pub struct ModelScorer<D: Device = Cpu> {
+    model: ScoredModel<D>,
+    params: ParamStore<D>,
     tokenizer: TextTokenizer,
     images: Option<ImageFeatures>,
     /// Rows of this model: image slots of the attached encoder (none without one).
@@ -143,7 +144,9 @@ pub struct ModelScorer {
     d_model: usize,
     /// The last image's projected tokens `[n_image_tokens, d_model]`: consecutive items often ask
     /// about the same image, and generation re-runs the prompt once per token.
-    projected: Option<(PathBuf, Vec<f32>)>,
+    projected: Option<(PathBuf, D::Owned)>,
+    /// What [`projected_for`] hands a batch without image slots.
+    no_image: D::Owned,
 }
 
 /// Log-probability of `target` and whether it is the argmax (first maximum, as torch.argmax).
@@ -167,11 +170,12 @@ fn split_trailing_space<'a>(context: &'a str, continuations: &[String]) -> (&'a 
     (trimmed, continuations.iter().map(|c| format!("{moved}{c}")).collect())
 }
 
-impl ModelScorer {
-    /// A scorer over a model whose parameters are in `params`; `images` is required for image items.
+impl<D: Device> ModelScorer<D> {
+    /// A scorer over a model whose parameters are in `params` (and which computes on their device);
+    /// `images` is required for image items.
     pub fn new(
-        model: ScoredModel,
-        params: ParamStore,
+        model: ScoredModel<D>,
+        params: ParamStore<D>,
         tokenizer: TextTokenizer,
         images: Option<ImageFeatures>,
     ) -> Result<Self> {
@@ -183,8 +187,9 @@ impl ModelScorer {
             config.vocab
         );
         let layout = VlmSequence::new(config.seq_len, 0, tokenizer.special)?;
+        let no_image = params.device().zeros(0);
         let mut scorer =
-            Self { model, params, tokenizer, images: None, layout, d_model: config.d_model, projected: None };
+            Self { model, params, tokenizer, images: None, layout, d_model: config.d_model, projected: None, no_image };
         if let Some(images) = images {
             scorer.attach_images(images)?;
         }
@@ -211,18 +216,23 @@ impl ModelScorer {
     }
 
     /// Loads a checkpoint directory (`<stage>/checkpoints/step-N`, or a stage directory, meaning its
-    /// latest checkpoint): a VLM when the weights hold a projector, a text-only LM otherwise.
-    pub fn from_checkpoint(checkpoint: &Path, tokenizer: TextTokenizer, images: Option<ImageFeatures>) -> Result<Self> {
+    /// latest checkpoint) onto `dev`: a VLM when the weights hold a projector, a text-only LM otherwise.
+    pub fn from_checkpoint(
+        dev: D,
+        checkpoint: &Path,
+        tokenizer: TextTokenizer,
+        images: Option<ImageFeatures>,
+    ) -> Result<Self> {
         let checkpoint = resolve_checkpoint(checkpoint)?;
         let config = StageRecord::of_checkpoint(&checkpoint)?.model;
         let weights = weights_of(&checkpoint);
         let file = SafetensorsFile::open(&weights)
             .with_context(|| format!("opening checkpoint weights {}", weights.display()))?;
         let model = if file.names().iter().any(|n| n == FC1_WEIGHT) {
-            let (vlm, params) = load_vlm(&config, &checkpoint)?;
+            let (vlm, params) = load_vlm(dev, &config, &checkpoint)?;
             (ScoredModel::Vision(vlm), params)
         } else {
-            let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
+            let mut params = ParamStore::new(dev);
             let lm = Lm::new(config, &mut params, 0)?;
             params.load_from(&file, true).with_context(|| format!("loading LM from {}", checkpoint.display()))?;
             (ScoredModel::Text(lm), params)
@@ -248,9 +258,13 @@ impl ModelScorer {
         };
         let images = self.images.as_mut().context("the model needs image features but no image encoder was given")?;
         let features = images.of(image)?;
-        let mut projected = self.projected.take().map(|(_, v)| v).unwrap_or_default();
-        projected.resize(features.len() / vlm.encoder_width() * self.d_model, 0.0);
-        vlm.project_features(&self.params, &features, 1, false, &mut projected)?;
+        let dev = self.params.device();
+        let len = features.len() / vlm.encoder_width() * self.d_model;
+        let mut projected = match self.projected.take() {
+            Some((_, buf)) if dev.len(&buf) == len => buf,
+            _ => dev.zeros(len),
+        };
+        vlm.project_features(&self.params, &dev.on_device(&features), 1, false, &mut projected)?;
         self.projected = Some((image.path.clone(), projected));
         Ok(())
     }
@@ -330,9 +344,10 @@ impl ModelScorer {
     /// concatenated) and whether each was the argmax.
     fn forward_rows(&mut self, rows: &[VlmRow]) -> Result<Vec<(f64, bool)>> {
         let batch = self.batch(rows)?;
-        let projected = projected_for(&self.projected, &batch)?;
+        let projected = projected_for::<D>(&self.projected, &self.no_image, &batch)?;
         let vocab = self.model.lm().config().vocab;
         let logits = self.model.logits(&self.params, &batch, projected)?;
+        let logits = self.params.device().to_host(logits);
         let scored = batch.loss_mask.iter().enumerate().filter(|(_, &m)| m > 0.0);
         Ok(scored.map(|(at, _)| score_row(&logits[at * vocab..(at + 1) * vocab], batch.targets[at])).collect())
     }
@@ -411,18 +426,23 @@ impl ModelScorer {
     /// The token after `row`'s last input.
     fn next_token(&mut self, row: &VlmRow, decoding: &Decoding, rng: &mut ChaCha8Rng) -> Result<u32> {
         let batch = self.batch(std::slice::from_ref(row))?;
-        let projected = projected_for(&self.projected, &batch)?;
+        let projected = projected_for::<D>(&self.projected, &self.no_image, &batch)?;
         let at = row.inputs.len() - 1;
         let vocab = self.model.lm().config().vocab;
-        let logits = &self.model.logits(&self.params, &batch, projected)?[at * vocab..(at + 1) * vocab];
-        Ok(pick_token(logits, decoding, rng))
+        let dev = self.params.device();
+        let logits = self.model.logits(&self.params, &batch, projected)?;
+        Ok(pick_token(&dev.to_host(dev.slice(logits, at * vocab..(at + 1) * vocab)), decoding, rng))
     }
 }
 
-/// The projected image `batch`'s slots show (empty when it has none).
-fn projected_for<'a>(projected: &'a Option<(PathBuf, Vec<f32>)>, batch: &VlmBatch) -> Result<&'a [f32]> {
+/// The projected image `batch`'s slots show (`empty` when it has none).
+fn projected_for<'a, D: Device>(
+    projected: &'a Option<(PathBuf, D::Owned)>,
+    empty: &'a D::Owned,
+    batch: &VlmBatch,
+) -> Result<&'a D::Buf> {
     match (projected, batch.slots.is_empty()) {
-        (_, true) => Ok(&[]),
+        (_, true) => Ok(empty),
         (Some((_, p)), false) => Ok(p),
         (None, false) => bail!("image rows without a projected image"),
     }
@@ -457,7 +477,7 @@ fn pick_token(logits: &[f32], decoding: &Decoding, rng: &mut ChaCha8Rng) -> u32 
     *order.last().expect("vocabulary is not empty")
 }
 
-impl Scorer for ModelScorer {
+impl<D: Device> Scorer for ModelScorer<D> {
     fn loglikelihood(&mut self, image: Option<&ImageRef>, context: &str, continuation: &str) -> Result<LogLikelihood> {
         let mut lls = self.loglikelihoods(image, context, &[continuation.to_string()])?;
         Ok(lls.remove(0))

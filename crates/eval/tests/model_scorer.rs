@@ -456,22 +456,34 @@ fn checkpoints_load_as_vlm_or_text_lm_by_their_tensors() {
     let text_stage = fx.dir.path().join("pretrain");
     save_stage(&text_stage, &lm_params);
 
-    let mut from_step = ModelScorer::from_checkpoint(&step, tokenizer(), Some(fx.features())).unwrap();
-    let mut from_stage = ModelScorer::from_checkpoint(&vision_stage, tokenizer(), Some(fx.features())).unwrap();
+    let mut from_step =
+        ModelScorer::from_checkpoint(vlmix_engine::Cpu::new().unwrap(), &step, tokenizer(), Some(fx.features()))
+            .unwrap();
+    let mut from_stage = ModelScorer::from_checkpoint(
+        vlmix_engine::Cpu::new().unwrap(),
+        &vision_stage,
+        tokenizer(),
+        Some(fx.features()),
+    )
+    .unwrap();
     assert!(from_step.is_vision());
     let image = fx.image("red.png");
     let want = fx.vision_scorer().loglikelihood(Some(&image), "<image>", " red").unwrap();
     assert_eq!(from_step.loglikelihood(Some(&image), "<image>", " red").unwrap(), want);
     assert_eq!(from_stage.loglikelihood(Some(&image), "<image>", " red").unwrap(), want);
 
-    let mut text = ModelScorer::from_checkpoint(&text_stage, tokenizer(), Some(fx.features())).unwrap();
+    let mut text =
+        ModelScorer::from_checkpoint(vlmix_engine::Cpu::new().unwrap(), &text_stage, tokenizer(), Some(fx.features()))
+            .unwrap();
     assert!(!text.is_vision());
     assert_eq!(
         text.rolling_loglikelihood(SENTENCES[1]).unwrap(),
         text_scorer().rolling_loglikelihood(SENTENCES[1]).unwrap()
     );
 
-    let err = ModelScorer::from_checkpoint(fx.dir.path(), tokenizer(), None).err().unwrap();
+    let err = ModelScorer::from_checkpoint(vlmix_engine::Cpu::new().unwrap(), fx.dir.path(), tokenizer(), None)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("not a checkpoint"), "{err}");
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
-use vlmix_engine::Cpu;
+use vlmix_engine::Device;
 
 use crate::lm::{Lm, LmConfig};
 use crate::vision::encoder::EncoderSpec;
@@ -75,8 +75,8 @@ pub fn weights_of(checkpoint: &Path) -> PathBuf {
 }
 
 /// Loads a VLM (LM of config `model`, projector, and any trainable encoder tail its stage recorded)
-/// from a checkpoint directory; the projector's input width is read from the weights.
-pub fn load_vlm(model: &LmConfig, checkpoint: &Path) -> Result<(Vlm, ParamStore)> {
+/// from a checkpoint directory onto `dev`; the projector's input width is read from the weights.
+pub fn load_vlm<D: Device>(dev: D, model: &LmConfig, checkpoint: &Path) -> Result<(Vlm<D>, ParamStore<D>)> {
     let weights = weights_of(checkpoint);
     let file = SafetensorsFile::open(&weights).with_context(|| format!("opening VLM weights {}", weights.display()))?;
     let (_, shape) =
@@ -86,7 +86,7 @@ pub fn load_vlm(model: &LmConfig, checkpoint: &Path) -> Result<(Vlm, ParamStore)
         "{}: tensor {FC1_WEIGHT} has shape {shape:?}, expected [d_model, encoder width]",
         weights.display()
     );
-    let mut params = ParamStore::new(Cpu::new()?);
+    let mut params = ParamStore::new(dev);
     let lm = Lm::new(model.clone(), &mut params, 0)?;
     let tail = match StageRecord::of_checkpoint(checkpoint)?.encoder {
         Some(encoder) => EncoderTail::open(&encoder, &mut params, 0)?,

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use anyhow::{bail, ensure, Result};
 use vlmix_engine::params::ParamStore;
-use vlmix_engine::LossStats;
+use vlmix_engine::{Cpu, Device, LossStats};
 
 use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput};
 use crate::sequence::VlmRow;
@@ -138,41 +138,53 @@ impl VlmBatch {
 }
 
 /// The LM's view of a batch: token ids plus projected features at the image positions.
-fn lm_input<'a>(batch: &'a VlmBatch, positions: &'a [usize], values: &'a [f32]) -> LmInput<'a> {
+fn lm_input<'a, D: Device>(batch: &'a VlmBatch, positions: &'a [usize], values: &'a D::Buf) -> LmInput<'a, D> {
     let injected = (!positions.is_empty()).then_some(InjectedEmbeddings { rows: positions, values });
     LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected }
 }
 
-pub struct Vlm {
-    pub lm: Lm,
-    pub projector: Projector,
-    tail: Option<EncoderTail>,
-    /// The tail's output of the last forward (the projector's input), when there is a tail.
-    tail_out: Vec<f32>,
-    /// Projected images of the last forward, `[images * n_image_tokens, d_model]`.
-    projected: Vec<f32>,
-    d_projected: Vec<f32>,
-    /// The projected images laid over the slots, `[slots * n_image_tokens, d_model]`, and their gradient.
-    injected: Vec<f32>,
-    d_injected: Vec<f32>,
+/// `buf[..len]`, growing `buf` first when it is shorter (buffers keep their largest size, so batches
+/// of varying image counts do not reallocate every step).
+fn prefix<'a, D: Device>(dev: &D, buf: &'a mut D::Owned, len: usize) -> &'a mut D::Buf {
+    if dev.len(buf) < len {
+        *buf = dev.zeros(len);
+    }
+    dev.slice_mut(buf, 0..len)
 }
 
-impl Vlm {
-    /// A new VLM whose LM and projector parameters are registered in `params`.
-    pub fn new(config: LmConfig, encoder_width: usize, params: &mut ParamStore, seed: u64) -> Result<Self> {
+pub struct Vlm<D: Device = Cpu> {
+    pub lm: Lm<D>,
+    pub projector: Projector<D>,
+    tail: Option<EncoderTail<D>>,
+    /// The tail's output of the last forward (the projector's input), when there is a tail.
+    tail_out: D::Owned,
+    /// Projected images of the last forward, `[images * n_image_tokens, d_model]` (a prefix).
+    projected: D::Owned,
+    projected_len: usize,
+    d_projected: D::Owned,
+    /// The projected images laid over the slots, `[slots * n_image_tokens, d_model]` (a prefix), and
+    /// their gradient.
+    injected: D::Owned,
+    injected_len: usize,
+    d_injected: D::Owned,
+}
+
+impl<D: Device> Vlm<D> {
+    /// A new VLM whose LM and projector parameters are registered in `params` (computing on its device).
+    pub fn new(config: LmConfig, encoder_width: usize, params: &mut ParamStore<D>, seed: u64) -> Result<Self> {
         let lm = Lm::new(config.clone(), params, seed)?;
         let projector = Projector::new(encoder_width, config.d_model, params, seed.wrapping_add(1))?;
         Ok(Self::assemble(lm, projector))
     }
 
     /// Adds a fresh projector to an LM whose parameters are already in `params` (a text checkpoint).
-    pub fn with_new_projector(lm: Lm, encoder_width: usize, params: &mut ParamStore, seed: u64) -> Result<Self> {
+    pub fn with_new_projector(lm: Lm<D>, encoder_width: usize, params: &mut ParamStore<D>, seed: u64) -> Result<Self> {
         let projector = Projector::new(encoder_width, lm.config().d_model, params, seed)?;
         Ok(Self::assemble(lm, projector))
     }
 
     /// Both parts already registered in `params` (a VLM checkpoint loaded into the store).
-    pub fn from_parts(lm: Lm, params: &ParamStore) -> Result<Self> {
+    pub fn from_parts(lm: Lm<D>, params: &ParamStore<D>) -> Result<Self> {
         let projector = Projector::from_store(params)?;
         if projector.d_model() != lm.config().d_model {
             bail!("projector outputs width {} but the LM's d_model is {}", projector.d_model(), lm.config().d_model);
@@ -180,21 +192,24 @@ impl Vlm {
         Ok(Self::assemble(lm, projector))
     }
 
-    fn assemble(lm: Lm, projector: Projector) -> Self {
+    fn assemble(lm: Lm<D>, projector: Projector<D>) -> Self {
+        let dev = lm.device().clone();
         Self {
             lm,
             projector,
             tail: None,
-            tail_out: Vec::new(),
-            projected: Vec::new(),
-            d_projected: Vec::new(),
-            injected: Vec::new(),
-            d_injected: Vec::new(),
+            tail_out: dev.zeros(0),
+            projected: dev.zeros(0),
+            projected_len: 0,
+            d_projected: dev.zeros(0),
+            injected: dev.zeros(0),
+            injected_len: 0,
+            d_injected: dev.zeros(0),
         }
     }
 
     /// Puts a trainable encoder tail (its parameters already in the store) before the projector.
-    pub fn set_tail(&mut self, tail: EncoderTail) -> Result<()> {
+    pub fn set_tail(&mut self, tail: EncoderTail<D>) -> Result<()> {
         if tail.output_width() != self.projector.encoder_width() {
             bail!(
                 "encoder tail outputs width {} but the projector takes {}",
@@ -215,11 +230,11 @@ impl Vlm {
     /// into `out` (`[images * tokens, d_model]`); with `train`, keeps what backward needs.
     pub fn project_features(
         &mut self,
-        params: &ParamStore,
-        features: &[f32],
+        params: &ParamStore<D>,
+        features: &D::Buf,
         images: usize,
         train: bool,
-        out: &mut [f32],
+        out: &mut D::Buf,
     ) -> Result<()> {
         match &mut self.tail {
             Some(tail) => {
@@ -232,7 +247,7 @@ impl Vlm {
 
     /// Projects the batch's images (`self.projected`) and lays them over their slots (`self.injected`);
     /// returns the image positions.
-    fn project(&mut self, params: &ParamStore, batch: &VlmBatch, train: bool) -> Result<Vec<usize>> {
+    fn project(&mut self, params: &ParamStore<D>, batch: &VlmBatch, train: bool) -> Result<Vec<usize>> {
         let images = batch.images()?;
         let want = images * batch.n_image_tokens * self.encoder_width();
         ensure!(
@@ -242,53 +257,58 @@ impl Vlm {
             batch.n_image_tokens,
             self.encoder_width()
         );
-        let mut projected = std::mem::take(&mut self.projected);
-        projected.resize(images * batch.n_image_tokens * self.lm.config().d_model, 0.0);
+        let dev = self.lm.device().clone();
+        let mut projected = std::mem::replace(&mut self.projected, dev.zeros(0));
+        self.projected_len = images * batch.n_image_tokens * self.lm.config().d_model;
+        let out = prefix(&dev, &mut projected, self.projected_len);
         if images > 0 {
-            self.project_features(params, &batch.features, images, train, &mut projected)?;
+            self.project_features(params, &dev.on_device(&batch.features), images, train, &mut *out)?;
         }
-        let positions = self.inject(batch, &projected)?;
+        let positions = self.inject(batch, out)?;
         self.projected = projected;
         Ok(positions)
     }
 
     /// Lays `projected` images (`[images * n_image_tokens, d_model]`) over the batch's slots.
-    fn inject(&mut self, batch: &VlmBatch, projected: &[f32]) -> Result<Vec<usize>> {
-        let block = batch.n_image_tokens * self.lm.config().d_model;
+    fn inject(&mut self, batch: &VlmBatch, projected: &D::Buf) -> Result<Vec<usize>> {
+        let (dev, d) = (self.lm.device(), self.lm.config().d_model);
         let images = batch.images()?;
+        let got = dev.len(projected);
         ensure!(
-            projected.len() == images * block,
-            "{} projected values for {images} images of {} tokens x width {}",
-            projected.len(),
-            batch.n_image_tokens,
-            self.lm.config().d_model
+            got == images * batch.n_image_tokens * d,
+            "{got} projected values for {images} images of {} tokens x width {d}",
+            batch.n_image_tokens
         );
-        self.injected.clear();
-        for slot in &batch.slots {
-            self.injected.extend_from_slice(&projected[slot.image * block..(slot.image + 1) * block]);
-        }
+        let rows: Vec<usize> = batch
+            .slots
+            .iter()
+            .flat_map(|slot| slot.image * batch.n_image_tokens..(slot.image + 1) * batch.n_image_tokens)
+            .collect();
+        self.injected_len = rows.len() * d;
+        dev.gather_rows(projected, &rows, prefix(dev, &mut self.injected, self.injected_len));
         Ok(batch.image_positions())
     }
 
     /// Sums the gradient at every slot into its image's (`d_projected`, `[images * n_image_tokens, d_model]`).
     fn gather_slot_gradients(&mut self, batch: &VlmBatch) {
+        let dev = self.lm.device();
         let block = batch.n_image_tokens * self.lm.config().d_model;
-        self.d_projected.resize(self.projected.len(), 0.0);
-        let mut seen = vec![false; self.projected.len().checked_div(block).unwrap_or(0)];
+        let d_projected = prefix(dev, &mut self.d_projected, self.projected_len);
+        let mut seen = vec![false; self.projected_len.checked_div(block).unwrap_or(0)];
         for (k, slot) in batch.slots.iter().enumerate() {
-            let (to, from) = (slot.image * block, &self.d_injected[k * block..(k + 1) * block]);
-            let to = &mut self.d_projected[to..to + block];
+            let from = dev.slice(&self.d_injected, k * block..(k + 1) * block);
+            let to = dev.slice_mut(&mut *d_projected, slot.image * block..(slot.image + 1) * block);
             if std::mem::replace(&mut seen[slot.image], true) {
-                to.iter_mut().zip(from).for_each(|(t, f)| *t += f);
+                dev.add_assign(to, from);
             } else {
-                to.copy_from_slice(from);
+                dev.copy(from, to);
             }
         }
     }
 
     /// Forward + backward; accumulates gradients of the LM, the projector and the encoder tail.
     /// Returns the loss.
-    pub fn forward_backward(&mut self, params: &mut ParamStore, batch: &VlmBatch) -> Result<LossStats> {
+    pub fn forward_backward(&mut self, params: &mut ParamStore<D>, batch: &VlmBatch) -> Result<LossStats> {
         self.forward_backward_scaled(params, batch, 1.0)
     }
 
@@ -296,14 +316,15 @@ impl Vlm {
     /// micro-batch's share of a larger batch).
     pub fn forward_backward_scaled(
         &mut self,
-        params: &mut ParamStore,
+        params: &mut ParamStore<D>,
         batch: &VlmBatch,
         grad_scale: f32,
     ) -> Result<LossStats> {
         let positions = self.project(params, batch, true)?;
-        let input = lm_input(batch, &positions, &self.injected);
-        self.d_injected.resize(self.injected.len(), 0.0);
-        let d_injected = input.injected.is_some().then_some(&mut self.d_injected[..]);
+        let dev = self.lm.device().clone();
+        let input = lm_input(batch, &positions, dev.slice(&self.injected, 0..self.injected_len));
+        let d_injected = prefix(&dev, &mut self.d_injected, self.injected_len);
+        let d_injected = input.injected.is_some().then_some(d_injected);
         let stats =
             self.lm.forward_backward(params, &input, &batch.targets, &batch.loss_mask, grad_scale, d_injected)?;
         if positions.is_empty() {
@@ -311,37 +332,44 @@ impl Vlm {
         }
         self.gather_slot_gradients(batch);
         let images = batch.images()?;
+        let features = dev.on_device(&batch.features);
+        let d_projected = dev.slice(&self.d_projected, 0..self.projected_len);
         match &mut self.tail {
             Some(tail) => {
-                let mut d_tail_out = vec![0.0; self.tail_out.len()];
-                self.projector.backward(params, &self.tail_out, &self.d_projected, Some(&mut d_tail_out))?;
-                tail.backward(params, &batch.features, images, &d_tail_out)?;
+                let mut d_tail_out = dev.zeros(dev.len(&self.tail_out));
+                self.projector.backward(params, &self.tail_out, d_projected, Some(&mut d_tail_out))?;
+                tail.backward(params, &features, images, &d_tail_out)?;
             }
-            None => self.projector.backward(params, &batch.features, &self.d_projected, None)?,
+            None => self.projector.backward(params, &features, d_projected, None)?,
         }
         Ok(stats)
     }
 
     /// `-log p(target)` at every position (forward only), for evaluation.
-    pub fn token_nll(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<&[f32]> {
+    pub fn token_nll(&mut self, params: &ParamStore<D>, batch: &VlmBatch) -> Result<&D::Buf> {
         let positions = self.project(params, batch, false)?;
-        let input = lm_input(batch, &positions, &self.injected);
-        self.lm.token_nll(params, &input, &batch.targets)
+        let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
+        self.lm.token_nll(params, &lm_input(batch, &positions, injected), &batch.targets)
     }
 
     /// Logits `[batch * seq, vocab]` (forward only), for generation.
-    pub fn logits(&mut self, params: &ParamStore, batch: &VlmBatch) -> Result<&[f32]> {
+    pub fn logits(&mut self, params: &ParamStore<D>, batch: &VlmBatch) -> Result<&D::Buf> {
         let positions = self.project(params, batch, false)?;
-        let input = lm_input(batch, &positions, &self.injected);
-        self.lm.logits(params, &input)
+        let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
+        self.lm.logits(params, &lm_input(batch, &positions, injected))
     }
 
     /// As [`logits`](Self::logits) with the images already through [`project_features`](Self::project_features)
     /// (`[images * n_image_tokens, d_model]`; the batch's `features` are not read): a scorer asking many
     /// rows about one image projects it once.
-    pub fn logits_of_projected(&mut self, params: &ParamStore, batch: &VlmBatch, projected: &[f32]) -> Result<&[f32]> {
+    pub fn logits_of_projected(
+        &mut self,
+        params: &ParamStore<D>,
+        batch: &VlmBatch,
+        projected: &D::Buf,
+    ) -> Result<&D::Buf> {
         let positions = self.inject(batch, projected)?;
-        let input = lm_input(batch, &positions, &self.injected);
-        self.lm.logits(params, &input)
+        let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
+        self.lm.logits(params, &lm_input(batch, &positions, injected))
     }
 }

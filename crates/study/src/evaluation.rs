@@ -90,7 +90,7 @@ fn score_checkpoint(
         )?),
         false => None,
     };
-    let mut scorer = ModelScorer::from_checkpoint(checkpoint, tokenizer, images)?;
+    let mut scorer = ModelScorer::from_checkpoint(vlmix_engine::Cpu::new()?, checkpoint, tokenizer, images)?;
     let options =
         EvalOptions { limit: item_limit(&runner.config.eval), blind_control: vision, ..EvalOptions::default() };
     let mut report = evaluate(&mut scorer, &tasks, None, &options)?;

@@ -237,9 +237,14 @@ impl<'a> StudyRunner<'a> {
             seed: self.config.grid.seeds[0],
         };
         let progress = &self.progress;
-        let outcome = stages::pretrain(&spec, self.train_docs.clone(), self.tokenizer.special, dir, &mut |s, t, m| {
-            progress.step(s, t, m)
-        })?;
+        let outcome = stages::pretrain(
+            vlmix_engine::Cpu::new()?,
+            &spec,
+            self.train_docs.clone(),
+            self.tokenizer.special,
+            dir,
+            &mut |s, t, m| progress.step(s, t, m),
+        )?;
         // Validation bits-per-byte at init and at every kept fraction: the text-learning curve.
         let mut curve = Vec::new();
         let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
@@ -329,7 +334,9 @@ impl<'a> StudyRunner<'a> {
         // Endpoints restart the schedule (a fresh warmup), so they restart the moments too.
         spec.continue_optimizer = branched && c.optimizer == Carry::Continue && !spec.schedule.is_fresh();
         let outcome =
-            stages::cooldown(&spec, docs, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
+            stages::cooldown(vlmix_engine::Cpu::new()?, &spec, docs, corpus, cache, special, dir, &mut |s, t, m| {
+                progress.step(s, t, m)
+            })?;
         let final_ckpt = outcome.kept.last().map(|k| k.1.clone()).context("cooldown kept no checkpoint")?;
         Ok(CooldownOutputs {
             checkpoint: rel(root, &final_ckpt),
@@ -380,7 +387,10 @@ impl<'a> StudyRunner<'a> {
         let special = self.tokenizer.special;
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
-        let outcome = stages::finetune(&spec, corpus, cache, special, dir, &mut |s, t, m| progress.step(s, t, m))?;
+        let outcome =
+            stages::finetune(vlmix_engine::Cpu::new()?, &spec, corpus, cache, special, dir, &mut |s, t, m| {
+                progress.step(s, t, m)
+            })?;
         let epochs = outcome.epochs.iter().map(|(e, d)| (*e, rel(root, d))).collect();
         Ok(FinetuneOutputs { epochs, tokens: outcome.run.tokens })
     }

@@ -11,7 +11,7 @@ use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::checkpoint::{read_state, OPTIMIZER_FILE, STATE_FILE};
 use vlmix_engine::params::ParamStore;
-use vlmix_engine::Cpu;
+use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::memory::{available_memory, gib, MemoryPlan, TailShape, TrainShape, VisionShape};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
@@ -70,8 +70,10 @@ pub struct PretrainOutcome {
     pub checkpoints: Vec<(f64, PathBuf)>,
 }
 
-/// Text-only pre-training with warmup + cosine over the planned run, keeping fraction checkpoints.
-pub fn pretrain<D: TokenDocuments>(
+/// Text-only pre-training on `dev` with warmup + cosine over the planned run, keeping fraction
+/// checkpoints.
+pub fn pretrain<D: TokenDocuments, Dev: Device>(
+    dev: Dev,
     spec: &PretrainSpec,
     docs: D,
     special: SpecialTokens,
@@ -81,7 +83,7 @@ pub fn pretrain<D: TokenDocuments>(
     let plan =
         plan_memory("pre-training", &TrainShape::text(spec.model.clone()), spec.batch_size, spec.micro_batch_size)?;
     StageRecord { model: spec.model.clone(), encoder: None }.write(dir)?;
-    let mut params = ParamStore::new(Cpu::new()?);
+    let mut params = ParamStore::new(dev);
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     let mut model = TextModel { lm, params, micro_batch: plan.micro_batch };
     let mut optimizer =
@@ -189,8 +191,11 @@ pub fn cooldown_steps<D: TokenDocuments + Clone>(
     MixedSource::steps_for_tokens(docs, corpus, mix_config(spec, corpus)?, special, spec.batch_size, tokens)
 }
 
-/// Image-text continued pre-training branched from `spec.start`, at the requested image-token fraction.
-pub fn cooldown<D: TokenDocuments + Clone>(
+/// Image-text continued pre-training on `dev` branched from `spec.start`, at the requested
+/// image-token fraction.
+#[allow(clippy::too_many_arguments)] // the stage's inputs, each distinct; a struct would only rename them
+pub fn cooldown<D: TokenDocuments + Clone, Dev: Device>(
+    dev: Dev,
     spec: &CooldownSpec,
     docs: D,
     corpus: &ImageCorpus,
@@ -207,7 +212,7 @@ pub fn cooldown<D: TokenDocuments + Clone>(
     let plan =
         plan_memory("cooldown", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
     StageRecord { model: spec.model.clone(), encoder: Some(spec.encoder.clone()) }.write(dir)?;
-    let mut params = ParamStore::new(Cpu::new()?);
+    let mut params = ParamStore::new(dev);
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     if let Start::TextCheckpoint(checkpoint) = &spec.start {
         params
@@ -291,8 +296,9 @@ pub struct FinetuneOutcome {
 }
 
 /// Instruction fine-tuning: fresh warmup + cosine over all epochs, loss on answers only, keeping
-/// every epoch-end model.
-pub fn finetune(
+/// every epoch-end model; on `dev`.
+pub fn finetune<Dev: Device>(
+    dev: Dev,
     spec: &FinetuneSpec,
     corpus: &ImageCorpus,
     cache: &FeatureCache,
@@ -313,7 +319,7 @@ pub fn finetune(
         spec.micro_batch_size,
     )?;
     StageRecord { model: spec.model.clone(), encoder: encoder.clone() }.write(dir)?;
-    let (vlm, params) = load_vlm(&spec.model, &spec.start)?;
+    let (vlm, params) = load_vlm(dev, &spec.model, &spec.start)?;
     anyhow::ensure!(
         vlm.encoder_width() == corpus.feature_width,
         "{} takes image features of width {} but the image corpus holds width {}: fine-tune with the encoder the cooldown used",

@@ -2,28 +2,28 @@
 
 use anyhow::Result;
 use vlmix_engine::params::ParamStore;
-use vlmix_engine::Cpu;
+use vlmix_engine::{Cpu, Device};
 use vlmix_models::vlm::{Vlm, VlmBatch};
 
 use crate::micro_batch::{accumulate, mask_sum};
 use crate::trainer::Trainable;
 
-pub struct VisionModel {
-    pub vlm: Vlm,
-    pub params: ParamStore,
+pub struct VisionModel<D: Device = Cpu> {
+    pub vlm: Vlm<D>,
+    pub params: ParamStore<D>,
     /// Sequences per forward/backward pass; a batch is accumulated over passes of this size.
     pub micro_batch: usize,
 }
 
-impl Trainable for VisionModel {
+impl<D: Device> Trainable for VisionModel<D> {
     type Batch = VlmBatch;
-    type Dev = Cpu;
+    type Dev = D;
 
-    fn params(&self) -> &ParamStore {
+    fn params(&self) -> &ParamStore<D> {
         &self.params
     }
 
-    fn params_mut(&mut self) -> &mut ParamStore {
+    fn params_mut(&mut self) -> &mut ParamStore<D> {
         &mut self.params
     }
 

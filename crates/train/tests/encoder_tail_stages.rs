@@ -21,6 +21,10 @@ fn siglip_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/siglip_tiny")
 }
 
+fn cpu() -> vlmix_engine::Cpu {
+    vlmix_engine::Cpu::new().unwrap()
+}
+
 fn model() -> LmConfig {
     let mut config = LmConfig::preset("tiny").unwrap();
     (config.vocab, config.seq_len) = (64, 32);
@@ -80,7 +84,8 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         continue_optimizer: false,
     };
     let outcome =
-        cooldown(&cooldown_spec, docs, &corpus, &cache, SPECIAL, &root.join("cooldown"), &mut |_, _, _| {}).unwrap();
+        cooldown(cpu(), &cooldown_spec, docs, &corpus, &cache, SPECIAL, &root.join("cooldown"), &mut |_, _, _| {})
+            .unwrap();
     assert!(outcome.image_tokens > 0, "the cooldown saw images");
     let cooled = outcome.kept.last().unwrap().1.clone();
     let finetune_spec = FinetuneSpec {
@@ -96,7 +101,8 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         weight_decay: 0.0,
         seed: 2,
     };
-    let tuned = finetune(&finetune_spec, &corpus, &cache, SPECIAL, &root.join("finetune"), &mut |_, _, _| {}).unwrap();
+    let tuned =
+        finetune(cpu(), &finetune_spec, &corpus, &cache, SPECIAL, &root.join("finetune"), &mut |_, _, _| {}).unwrap();
     (cooled, tuned.epochs[0].1.clone())
 }
 
@@ -130,7 +136,7 @@ fn an_unfrozen_siglip_block_trains_in_cooldown_and_fine_tuning() {
         Some(&spec),
         "the fine-tune records the encoder it inherited"
     );
-    let (vlm, params) = load_vlm(&model(), &tuned).unwrap();
+    let (vlm, params) = load_vlm(cpu(), &model(), &tuned).unwrap();
     assert_eq!(vlm.encoder_width(), 32, "the loaded VLM takes the trunk's hidden states");
     assert_eq!(params.value(params.id(name).unwrap()), &after_finetune[..]);
 }
@@ -147,6 +153,6 @@ fn the_patch_projection_trains_with_the_vlm() {
     let (cooled, tuned) = cooldown_then_finetune(&spec, root.path());
     let name = "patch_projection.weight";
     assert_ne!(tensor(&cooled, name), tensor(&tuned, name), "the projection trains during fine-tuning");
-    let (vlm, _) = load_vlm(&model(), &tuned).unwrap();
+    let (vlm, _) = load_vlm(cpu(), &model(), &tuned).unwrap();
     assert_eq!(vlm.encoder_width(), 192, "the loaded VLM takes raw 8x8 RGB patches");
 }

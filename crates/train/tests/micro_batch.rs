@@ -198,7 +198,10 @@ fn a_model_that_cannot_fit_fails_before_training_with_the_numbers() {
     let special = SpecialTokens { eos: 0, pad: 1, image: 2 };
     let err = format!(
         "{:#}",
-        pretrain(&spec, docs, special, dir.path(), &mut |_, _, _| panic!("no step may run")).expect_err("refused")
+        pretrain(vlmix_engine::Cpu::new().unwrap(), &spec, docs, special, dir.path(), &mut |_, _, _| panic!(
+            "no step may run"
+        ))
+        .expect_err("refused")
     );
     assert!(
         err.contains("pre-training does not fit in memory: needs")

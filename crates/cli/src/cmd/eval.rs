@@ -68,7 +68,7 @@ impl ModelArgs {
             bail!("no tokenizer at {}: run `vlmix data prepare` (or pass --data DIR)", tokenizer_path.display());
         }
         let tokenizer = TextTokenizer::load(&tokenizer_path)?;
-        let mut scorer = ModelScorer::from_checkpoint(checkpoint, tokenizer, None)?;
+        let mut scorer = ModelScorer::from_checkpoint(vlmix_engine::Cpu::new()?, checkpoint, tokenizer, None)?;
         if scorer.is_vision() {
             let spec = self.encoder_spec(checkpoint)?;
             let encoder = open_encoder(&spec, &layout.home)?;

@@ -86,7 +86,10 @@ pub fn sum_squares(bufs: &[&[f32]]) -> f64 {
 }
 
 pub fn gather_rows(src: &[f32], rows: &[usize], dst: &mut [f32]) {
-    let width = dst.len() / rows.len().max(1);
+    if rows.is_empty() {
+        return;
+    }
+    let width = dst.len() / rows.len();
     assert_eq!(dst.len(), rows.len() * width, "gather_rows: dst is not [rows, width]");
     for (d, &r) in dst.chunks_exact_mut(width).zip(rows) {
         d.copy_from_slice(&src[r * width..(r + 1) * width]);
@@ -94,7 +97,10 @@ pub fn gather_rows(src: &[f32], rows: &[usize], dst: &mut [f32]) {
 }
 
 pub fn scatter_rows(src: &[f32], rows: &[usize], dst: &mut [f32]) {
-    let width = src.len() / rows.len().max(1);
+    if rows.is_empty() {
+        return;
+    }
+    let width = src.len() / rows.len();
     assert_eq!(src.len(), rows.len() * width, "scatter_rows: src is not [rows, width]");
     for (s, &r) in src.chunks_exact(width).zip(rows) {
         dst[r * width..(r + 1) * width].copy_from_slice(s);

@@ -91,7 +91,7 @@ impl Device for Cpu {
         Cow::Borrowed(buf)
     }
 
-    fn from_host<'a>(&self, host: &'a [f32]) -> OnDevice<'a, Self> {
+    fn on_device<'a>(&self, host: &'a [f32]) -> OnDevice<'a, Self> {
         OnDevice::Borrowed(host)
     }
 
