@@ -7,8 +7,11 @@
 //! window of steps is off by at most about `2 * seq_len / tokens in the window` (e.g. under 0.5 points
 //! over 100 steps of 8 sequences), and the whole run is a pure function of the seed and data. The same
 //! rule splits image examples between captions and instruction conversations (the paper's
-//! instruction-share ablation). The cursor (counters, stream positions, recent window) is serialisable;
-//! a sampler rebuilt from it continues exactly where the saved one stopped.
+//! instruction-share ablation). An image row holds one example, the paper's layout, or with
+//! `images_per_row > 1` up to that many examples of one kind back to back (less padding: see
+//! [`ImageRow`](vlmix_models::sequence::ImageRow)); the decision then weighs the whole row. The
+//! cursor (counters, stream positions, recent window) is serialisable; a sampler rebuilt from it
+//! continues exactly where the saved one stopped.
 use std::collections::VecDeque;
 
 use anyhow::Result;
@@ -49,6 +52,8 @@ pub struct MixConfig {
     pub image_token_fraction: f64,
     /// Fraction of image examples drawn from instruction conversations instead of captions.
     pub instruct_fraction: f64,
+    /// At most this many image examples per row (1: the paper's single image per sequence).
+    pub images_per_row: usize,
     pub seed: u64,
     /// Log the achieved fraction every this many steps (0: never).
     pub log_every: u64,
@@ -153,6 +158,7 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         check_fraction("image token fraction", config.image_token_fraction)?;
         check_fraction("instruction fraction", config.instruct_fraction)?;
         let layout = VlmSequence::new(config.seq_len, config.n_image_tokens, special)?;
+        anyhow::ensure!(config.images_per_row >= 1, "images per row must be at least 1");
         if config.image_token_fraction > 0.0 {
             anyhow::ensure!(
                 config.instruct_fraction == 1.0 || !captions.is_empty(),
@@ -251,24 +257,34 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
     }
 
     /// The image row the sampler would take next and where its set's cursor would then stand: its
-    /// kind by the instruction-share rule.
+    /// kind by the instruction-share rule, then examples of that kind while they fit.
     fn image_row(&mut self) -> Result<(Sequence, ExampleCursor)> {
         let image_examples = self.cursor.caption_examples + self.cursor.instruct_examples;
         let want_instruct =
             (self.cursor.instruct_examples as f64 + 0.5) < self.config.instruct_fraction * (image_examples + 1) as f64;
-        let (kind, cursor) = if want_instruct {
+        let (kind, mut cursor) = if want_instruct {
             (SequenceKind::Instruct, self.cursor.instruct)
         } else {
             (SequenceKind::Caption, self.cursor.captions)
         };
-        let (index, text, len) = if want_instruct {
-            let index = self.instruct.index_at(cursor);
-            (index, self.instruct.set.text(index)?, self.instruct.set.len())
-        } else {
-            let index = self.captions.index_at(cursor);
-            (index, self.captions.set.text(index)?, self.captions.set.len())
-        };
-        Ok((Sequence::image(kind, index, &text, &self.layout), advance(cursor, len)))
+        let mut row = self.layout.row();
+        let mut examples = Vec::new();
+        while examples.len() < self.config.images_per_row {
+            let (index, text, len) = if want_instruct {
+                let index = self.instruct.index_at(cursor);
+                (index, self.instruct.set.text(index)?, self.instruct.set.len())
+            } else {
+                let index = self.captions.index_at(cursor);
+                (index, self.captions.set.text(index)?, self.captions.set.len())
+            };
+            if !row.push(&text) {
+                break;
+            }
+            examples.push(index);
+            cursor = advance(cursor, len);
+        }
+        let (n_image_tokens, n_text_tokens) = (row.image_tokens(), row.text_tokens());
+        Ok((Sequence { kind, examples, row: row.finish(), n_image_tokens, n_text_tokens }, cursor))
     }
 
     fn take_text(&mut self) -> Sequence {
@@ -322,6 +338,7 @@ mod tests {
             instruct_fraction: instruct,
             seed: 42,
             log_every: 0,
+            images_per_row: 1,
             text_start: None,
         }
     }
@@ -377,6 +394,36 @@ mod tests {
         let image = kinds.iter().filter(|&&k| k != SequenceKind::Text).count() as f64;
         assert!((instruct / image - 0.25).abs() < 1.0 / image + 1e-9, "{}", instruct / image);
         assert!((s.stats().cumulative_image_fraction - 0.3).abs() < 0.005);
+    }
+
+    #[test]
+    fn packed_rows_hold_several_examples_hold_the_mix_and_pad_less() {
+        let run = |per_row: usize| {
+            let mut s = sampler(MixConfig { images_per_row: per_row, ..config(0.4, 0.25) }, MixCursor::default());
+            let (mut pads, mut examples, mut image_rows) = (0, 0, 0);
+            for _ in 0..300 {
+                for q in s.next_batch(8).unwrap().into_iter().filter(|q| q.kind != SequenceKind::Text) {
+                    assert_eq!(q.examples.len(), q.row.images.len());
+                    assert_eq!(
+                        q.n_image_tokens + q.n_text_tokens + q.row.inputs.iter().filter(|&&t| t == 1).count(),
+                        256
+                    );
+                    assert!(q.row.targets.iter().zip(&q.row.loss_mask).all(|(&t, &m)| !m || t != SPECIAL.image));
+                    pads += 256 - q.n_image_tokens - q.n_text_tokens;
+                    examples += q.examples.len();
+                    image_rows += 1;
+                }
+            }
+            let stats = s.stats();
+            assert!((stats.window_image_fraction - 0.4).abs() < 0.005, "{per_row}: {stats:?}");
+            assert!((stats.instruct_share - 0.25).abs() < 0.02, "{per_row}: {stats:?}");
+            (pads as f64 / image_rows as f64, examples as f64 / image_rows as f64)
+        };
+        let (one_pads, one_examples) = run(1);
+        let (packed_pads, packed_examples) = run(4);
+        assert_eq!(one_examples, 1.0);
+        assert!(packed_examples > 1.5, "{packed_examples} examples per packed row");
+        assert!(packed_pads < one_pads / 2.0, "pads per image row: {packed_pads} packed vs {one_pads} one");
     }
 
     #[test]

@@ -168,6 +168,7 @@ fn prepare_small_real_subset_end_to_end_and_mix_it() {
         seed: 1,
         log_every: 10,
         text_start: None,
+        images_per_row: 1,
     };
     let mut sampler =
         MixingSampler::new(config, tokenizer.special, shard, captions, Vec::<ImageText>::new(), MixCursor::default())

@@ -104,6 +104,10 @@ pub struct CooldownConfig {
     /// rows are more padded, saw fewer real tokens); by default only real tokens count.
     #[serde(default)]
     pub count_padding: bool,
+    /// Image examples per image row, at most: 1 is the paper's single image per sequence (rows
+    /// padded to `seq_len`); more packs [image, caption] examples back to back, as text is packed.
+    #[serde(default = "one_image")]
+    pub images_per_row: usize,
 }
 
 /// Whether a branch carries on with what its checkpoint saved or starts anew.
@@ -186,6 +190,10 @@ fn yes() -> bool {
     true
 }
 
+fn one_image() -> usize {
+    1
+}
+
 fn one_seed() -> Vec<u64> {
     vec![0]
 }
@@ -258,6 +266,7 @@ impl StudyConfig {
         }
         positive("finetune.batch_size", f.batch_size as f64)?;
         positive("finetune.peak_lr", f.peak_lr)?;
+        positive("cooldown.images_per_row", c.images_per_row as f64)?;
 
         for (field, micro) in
             [("pretrain", p.micro_batch_size), ("cooldown", c.micro_batch_size), ("finetune", f.micro_batch_size)]

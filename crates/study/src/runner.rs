@@ -318,6 +318,7 @@ impl<'a> StudyRunner<'a> {
             weight_decay: c.weight_decay,
             image_token_fraction: point.image_token_fraction,
             instruct_fraction: point.instruction_share,
+            images_per_row: c.images_per_row,
             encoder: encoder_spec(config),
             train_lm: c.train_lm,
             seed,

@@ -302,6 +302,7 @@ mod tests {
             seed: 3,
             log_every: 0,
             text_start: None,
+            images_per_row: 1,
         }
     }
 

@@ -106,6 +106,10 @@ pub fn pretrain<D: TokenDocuments, Dev: Device>(
     Ok(PretrainOutcome { run, checkpoints })
 }
 
+fn one() -> usize {
+    1
+}
+
 /// Where a cooldown starts: random init (the paper's 0 %) or a text checkpoint's weights.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Start {
@@ -125,6 +129,9 @@ pub struct CooldownSpec {
     pub weight_decay: f64,
     pub image_token_fraction: f64,
     pub instruct_fraction: f64,
+    /// Image examples per row, at most (1: the paper's one image per sequence).
+    #[serde(default = "one")]
+    pub images_per_row: usize,
     /// The encoder whose cached features the corpus holds; a trainable tail of it (SigLIP's last
     /// blocks, the patch projection) is created here and trained with the VLM.
     pub encoder: EncoderSpec,
@@ -177,6 +184,7 @@ fn mix_config(spec: &CooldownSpec, corpus: &ImageCorpus) -> Result<MixConfig> {
         seed: spec.seed,
         log_every: 100,
         text_start,
+        images_per_row: spec.images_per_row,
     })
 }
 

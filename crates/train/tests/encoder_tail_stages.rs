@@ -77,6 +77,7 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         weight_decay: 0.1,
         image_token_fraction: 0.5,
         instruct_fraction: 0.0,
+        images_per_row: 1,
         encoder: spec.clone(),
         train_lm: true,
         seed: 1,
