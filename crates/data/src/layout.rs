@@ -43,18 +43,10 @@ impl DataLayout {
         Self { home: home.into(), prepared: prepared.into() }
     }
 
-    /// Verified raw downloads.
-    pub fn packages_dir(&self) -> PathBuf {
-        self.home.join("packages")
-    }
     /// Extracted members of one registry package, e.g. `sources("dict-gcide")`.
     pub fn source(&self, package: &str) -> PathBuf {
         self.home.join("sources").join(package)
     }
-    pub fn sources_dir(&self) -> PathBuf {
-        self.home.join("sources")
-    }
-
     pub fn text_dir(&self) -> PathBuf {
         self.prepared.join("text")
     }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_engine::atomic_file::write_atomic_with;
 
-use crate::jsonl::{read_lines, visit_lines, LineProblem};
+use crate::jsonl::read_lines;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "ChoiceLine")]
@@ -157,14 +157,6 @@ pub fn write_choice_items(path: &Path, items: &[ChoiceItem]) -> Result<()> {
 fn parse_choice_line(line: &str) -> std::result::Result<ChoiceItem, String> {
     let item = serde_json::from_str::<ChoiceItem>(line).map_err(|e| crate::jsonl::line_error(&e))?;
     item.validate().map(|()| item)
-}
-
-/// Visits every line of a multiple-choice JSONL file: an item or what is wrong with that line.
-pub fn visit_choice_items(
-    path: &Path,
-    visit: impl FnMut(std::result::Result<ChoiceItem, LineProblem>) -> Result<()>,
-) -> Result<()> {
-    visit_lines(path, "eval", parse_choice_line, visit)
 }
 
 /// Reads a multiple-choice JSONL file, failing on the first bad line with file and line number.

@@ -216,10 +216,6 @@ impl TokenShard {
         u64::from_le_bytes(self.map[at..at + 8].try_into().expect("8 bytes")) as usize
     }
 
-    pub fn doc_len(&self, d: usize) -> usize {
-        self.offset(d + 1) - self.offset(d)
-    }
-
     /// Appends document `d`'s token ids to `out`.
     pub fn extend_with_doc(&self, d: usize, out: &mut Vec<u32>) {
         let base = HEADER_BYTES + (self.n_docs + 1) * 8;

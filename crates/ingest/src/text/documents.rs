@@ -8,8 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_engine::atomic_file::write_atomic_with;
 
-pub use vlmix_data::jsonl::LineProblem;
-use vlmix_data::jsonl::{read_lines, visit_lines};
+use vlmix_data::jsonl::read_lines;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Document {
@@ -43,14 +42,6 @@ pub fn parse_document_line(line: &str) -> std::result::Result<Document, String> 
         return Err("field \"text\" is empty".into());
     }
     Ok(doc)
-}
-
-/// Visits every line of a documents file: a good document or the problem with that line.
-pub fn visit_documents(
-    path: &Path,
-    visit: impl FnMut(std::result::Result<Document, LineProblem>) -> Result<()>,
-) -> Result<()> {
-    visit_lines(path, "documents", parse_document_line, visit)
 }
 
 /// Reads a documents file, failing on the first malformed line with file and line number.

@@ -227,13 +227,6 @@ pub struct ParamCount {
     pub total: usize,
 }
 
-impl ParamCount {
-    /// Everything except the input embedding, as scaling-law papers count model size.
-    pub fn non_embedding(&self) -> usize {
-        self.blocks + self.output
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

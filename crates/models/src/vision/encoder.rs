@@ -89,11 +89,6 @@ impl EncoderSpec {
             trainable_blocks: 0,
         }
     }
-
-    /// Whether part of the encoder trains with the VLM (and so lives in its checkpoints).
-    pub fn has_tail(&self) -> bool {
-        self.source == PATCH_NAME || self.trainable_blocks > 0
-    }
 }
 
 pub const EFFICIENTNET_NAME: &str = "efficientnet-lite0";
