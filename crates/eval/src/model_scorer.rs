@@ -47,16 +47,21 @@ impl<D: Device> ScoredModel<D> {
         }
     }
 
-    /// Logits of `batch`, its image slots showing the `projected` images.
-    fn logits(&mut self, params: &ParamStore<D>, batch: &VlmBatch, projected: &D::Buf) -> Result<&D::Buf> {
+    /// Logits `[rows.len(), vocab]` of the positions `rows` of `batch`, its image slots showing the
+    /// `projected` images.
+    fn logits(
+        &mut self,
+        params: &ParamStore<D>,
+        batch: &VlmBatch,
+        projected: &D::Buf,
+        rows: &[usize],
+    ) -> Result<&D::Buf> {
         match self {
-            ScoredModel::Vision(vlm) => vlm.logits_of_projected(params, batch, projected),
+            ScoredModel::Vision(vlm) => vlm.logits_of_projected(params, batch, projected, rows),
             ScoredModel::Text(lm) => {
                 ensure!(batch.slots.is_empty(), "a text-only model cannot read image slots");
-                lm.logits(
-                    params,
-                    &LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected: None },
-                )
+                let input = LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected: None };
+                lm.logits_at(params, &input, rows)
             }
         }
     }
@@ -346,10 +351,15 @@ impl<D: Device> ModelScorer<D> {
         let batch = self.batch(rows)?;
         let projected = projected_for::<D>(&self.projected, &self.no_image, &batch)?;
         let vocab = self.model.lm().config().vocab;
-        let logits = self.model.logits(&self.params, &batch, projected)?;
+        let scored: Vec<usize> =
+            batch.loss_mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(at, _)| at).collect();
+        let logits = self.model.logits(&self.params, &batch, projected, &scored)?;
         let logits = self.params.device().to_host(logits);
-        let scored = batch.loss_mask.iter().enumerate().filter(|(_, &m)| m > 0.0);
-        Ok(scored.map(|(at, _)| score_row(&logits[at * vocab..(at + 1) * vocab], batch.targets[at])).collect())
+        Ok(scored
+            .iter()
+            .enumerate()
+            .map(|(i, &at)| score_row(&logits[i * vocab..(i + 1) * vocab], batch.targets[at]))
+            .collect())
     }
 
     /// Log-likelihoods of rows, scored a few at a time (see [`MAX_ROWS`], [`LOGITS_BUDGET`]).
@@ -428,10 +438,8 @@ impl<D: Device> ModelScorer<D> {
         let batch = self.batch(std::slice::from_ref(row))?;
         let projected = projected_for::<D>(&self.projected, &self.no_image, &batch)?;
         let at = row.inputs.len() - 1;
-        let vocab = self.model.lm().config().vocab;
-        let dev = self.params.device();
-        let logits = self.model.logits(&self.params, &batch, projected)?;
-        Ok(pick_token(&dev.to_host(dev.slice(logits, at * vocab..(at + 1) * vocab)), decoding, rng))
+        let logits = self.model.logits(&self.params, &batch, projected, &[at])?;
+        Ok(pick_token(&self.params.device().to_host(logits), decoding, rng))
     }
 }
 

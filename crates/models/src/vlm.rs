@@ -359,17 +359,19 @@ impl<D: Device> Vlm<D> {
         self.lm.logits(params, &lm_input(batch, &positions, injected))
     }
 
-    /// As [`logits`](Self::logits) with the images already through [`project_features`](Self::project_features)
-    /// (`[images * n_image_tokens, d_model]`; the batch's `features` are not read): a scorer asking many
-    /// rows about one image projects it once.
+    /// Logits `[rows.len(), vocab]` of the positions `rows` (indices into `batch * seq`), with the
+    /// images already through [`project_features`](Self::project_features) (`[images * n_image_tokens,
+    /// d_model]`; the batch's `features` are not read): a scorer asking many rows about one image
+    /// projects it once, and projects to the vocabulary only the positions it scores.
     pub fn logits_of_projected(
         &mut self,
         params: &ParamStore<D>,
         batch: &VlmBatch,
         projected: &D::Buf,
+        rows: &[usize],
     ) -> Result<&D::Buf> {
         let positions = self.inject(batch, projected)?;
         let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
-        self.lm.logits(params, &lm_input(batch, &positions, injected))
+        self.lm.logits_at(params, &lm_input(batch, &positions, injected), rows)
     }
 }
