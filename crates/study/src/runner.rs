@@ -14,6 +14,7 @@ use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_eval::task::Task;
 use vlmix_models::lm::{Lm, LmConfig};
+use vlmix_models::sequence::VlmSequence;
 use vlmix_models::stage_record::{weights_of, StageRecord};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
@@ -141,13 +142,8 @@ impl<'a> StudyRunner<'a> {
         let encoder = open_encoder(&encoder_spec(config), &layout.home)
             .context("study fields `encoder`, `encoder_trainable_blocks`")?;
         let cache = FeatureCache::open(&layout.home.join(CACHE_SUBDIR), encoder.as_ref())?;
-        if model.seq_len <= encoder.tokens() + 1 {
-            bail!(
-                "model seq_len {} leaves no room for text after the encoder's {} image tokens",
-                model.seq_len,
-                encoder.tokens()
-            );
-        }
+        VlmSequence::new(model.seq_len, encoder.tokens(), tokenizer.special)
+            .context("study fields `model.seq_len` and `encoder`")?;
         Ok(Self {
             config,
             layout,
