@@ -183,15 +183,6 @@ impl<D: Device> Vlm<D> {
         Ok(Self::assemble(lm, projector))
     }
 
-    /// Both parts already registered in `params` (a VLM checkpoint loaded into the store).
-    pub fn from_parts(lm: Lm<D>, params: &ParamStore<D>) -> Result<Self> {
-        let projector = Projector::from_store(params)?;
-        if projector.d_model() != lm.config().d_model {
-            bail!("projector outputs width {} but the LM's d_model is {}", projector.d_model(), lm.config().d_model);
-        }
-        Ok(Self::assemble(lm, projector))
-    }
-
     fn assemble(lm: Lm<D>, projector: Projector<D>) -> Self {
         let dev = lm.device().clone();
         Self {

@@ -115,11 +115,6 @@ impl<D: Device> Lm<D> {
         Ok(())
     }
 
-    /// Frees the activation buffers (they are re-allocated by the next call).
-    pub fn release_workspace(&mut self) {
-        self.work = None;
-    }
-
     /// Forward pass up to the logits (left in the workspace): of every position, or with
     /// `output_rows` of those rows only (`[output_rows.len(), vocab]`): a sequence's last for
     /// generation, the scored continuation positions for ranking.
