@@ -117,6 +117,17 @@ impl vlmix_data::mixing::ImageTexts for Texts<'_> {
 /// The mixing sampler over a text stream and the corpus's captions and conversations.
 type CorpusSampler<'a, D> = MixingSampler<D, Texts<'a>, Texts<'a>>;
 
+/// The mixing sampler of `config` over `docs` and `corpus`, at `cursor`.
+fn corpus_sampler<D: TokenDocuments>(
+    config: MixConfig,
+    special: SpecialTokens,
+    docs: D,
+    corpus: &ImageCorpus,
+    cursor: MixCursor,
+) -> Result<CorpusSampler<'_, D>> {
+    MixingSampler::new(config, special, docs, Texts(&corpus.captions), Texts(&corpus.instruct), cursor)
+}
+
 /// The cooldown mix: text sequences and image sequences at the requested image-token fraction.
 pub struct MixedSource<'a, D> {
     sampler: CorpusSampler<'a, D>,
@@ -136,9 +147,7 @@ impl<'a, D: TokenDocuments + Clone + 'a> MixedSource<'a, D> {
         special: SpecialTokens,
         batch_size: usize,
     ) -> Result<Self> {
-        let rebuild = move |cursor: MixCursor| {
-            MixingSampler::new(config, special, docs.clone(), Texts(&corpus.captions), Texts(&corpus.instruct), cursor)
-        };
+        let rebuild = move |cursor: MixCursor| corpus_sampler(config, special, docs.clone(), corpus, cursor);
         let sampler = rebuild(MixCursor::start(&config))?;
         Ok(Self { sampler, corpus, cache, pad: special.pad, batch_size, rebuild: Box::new(rebuild) })
     }
@@ -155,9 +164,7 @@ impl<'a, D: TokenDocuments + Clone + 'a> MixedSource<'a, D> {
         tokens: u64,
     ) -> Result<u64> {
         let config = MixConfig { log_every: 0, ..config };
-        let start = MixCursor::start(&config);
-        let mut sampler =
-            MixingSampler::new(config, special, docs, Texts(&corpus.captions), Texts(&corpus.instruct), start)?;
+        let mut sampler = corpus_sampler(config, special, docs, corpus, MixCursor::start(&config))?;
         let mut steps = 0;
         while sampler.cursor().total_tokens < tokens {
             sampler.next_batch(batch_size)?;
