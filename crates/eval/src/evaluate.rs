@@ -3,12 +3,12 @@
 use crate::bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
 use crate::multiple_choice::predict_choice;
 use crate::prompt::{continuation, VlTemplate};
-use crate::scorer::{ImageRef, Scorer};
+use crate::scorer::{Answer, ImageRef, LogLikelihood, Request, Scorer};
 use crate::stats::{mean_ci, paired_diff_ci, Interval};
 use crate::task::{load_tasks, ChoiceMetric, Modality, Task, TaskItems, TextChoiceItem, VlItem, VlQuestion};
 use crate::vqa_answer::{normalize_answer, vqa_accuracy};
 use crate::yes_no::{parse_yes_no, YesNoCounts, YesNoMetrics};
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use vlmix_data::image_texts::answer_form;
@@ -466,6 +466,10 @@ pub fn majority_baseline(task: &Task, limit: usize) -> f64 {
     }
 }
 
+/// Items whose requests go to the scorer in one [`Scorer::answer_all`] call (models batch their
+/// rows across items; progress advances a chunk at a time).
+const ITEMS_PER_CALL: usize = 64;
+
 fn score_task(
     scorer: &mut dyn Scorer,
     task: &Task,
@@ -478,72 +482,143 @@ fn score_task(
     let mut blind = None;
     match &task.items {
         TaskItems::Vision(items) => {
-            for item in items.iter().take(limit) {
-                score_vl_item(scorer, &task.name, item, &item.image, options, &mut tally)
-                    .with_context(|| format!("item {:?}", item.id))?;
-                tick();
-            }
+            let items = &items[..items.len().min(limit)];
+            score_vl_items(scorer, &task.name, items, None, options, &mut tally, tick)?;
             if options.blind_control {
                 let mut blind_tally = Tally::default();
                 let blank = ImageRef::blank();
-                for item in items.iter().take(limit) {
-                    score_vl_item(scorer, &task.name, item, &blank, options, &mut blind_tally)
-                        .with_context(|| format!("item {:?} with the blank image", item.id))?;
-                    tick();
-                }
+                score_vl_items(scorer, &task.name, items, Some(&blank), options, &mut blind_tally, tick)
+                    .context("with the blank image")?;
                 blind = Some(blind_tally);
             }
         }
         TaskItems::Text(items) => {
-            for item in items.iter().take(limit) {
-                score_text_item(scorer, &task.name, item, &mut tally).with_context(|| format!("item {:?}", item.id))?;
-                tick();
+            for chunk in items[..items.len().min(limit)].chunks(ITEMS_PER_CALL) {
+                score_text_items(scorer, &task.name, chunk, &mut tally)?;
+                chunk.iter().for_each(|_| tick());
             }
         }
     }
     tally.finish(task, task_metric(task), majority, blind)
 }
 
-fn score_text_item(scorer: &mut dyn Scorer, task: &str, item: &TextChoiceItem, tally: &mut Tally) -> Result<()> {
-    let continuations: Vec<String> = item.choices.iter().map(|c| continuation(c)).collect();
-    let sums: Vec<f64> = match &item.contexts {
-        None => scorer.loglikelihoods(None, &item.context, &continuations)?.iter().map(|l| l.sum_logprob).collect(),
-        Some(contexts) => contexts
-            .iter()
-            .zip(&continuations)
-            .map(|(context, cont)| scorer.loglikelihood(None, context, cont).map(|l| l.sum_logprob))
-            .collect::<Result<_>>()?,
-    };
-    let ranked = Ranked {
-        id: &item.id,
-        prompt: &item.context,
-        contexts: item.contexts.as_ref(),
-        choices: &item.choices,
-        gold: item.gold,
-        lls: &sums,
-        metric: item.metric,
-        chance: item.chance,
-    };
-    tally.add_choice(task, false, ranked)
+/// Scores text items, all their requests in one call: one per item, or one per choice where the
+/// choices have their own contexts (Winogrande).
+fn score_text_items(scorer: &mut dyn Scorer, task: &str, items: &[TextChoiceItem], tally: &mut Tally) -> Result<()> {
+    let continuations: Vec<Vec<String>> =
+        items.iter().map(|item| item.choices.iter().map(|c| continuation(c)).collect()).collect();
+    let mut requests = Vec::new();
+    for (item, conts) in items.iter().zip(&continuations) {
+        match &item.contexts {
+            None => requests.push(Request::Rank { image: None, context: &item.context, continuations: conts }),
+            Some(contexts) => requests.extend(contexts.iter().zip(conts).map(|(context, cont)| Request::Rank {
+                image: None,
+                context,
+                continuations: std::slice::from_ref(cont),
+            })),
+        }
+    }
+    let mut answers = scorer.answer_all(&requests)?.into_iter();
+    for item in items {
+        let n_requests = item.contexts.as_ref().map_or(1, |_| item.choices.len());
+        let mut sums = Vec::with_capacity(item.choices.len());
+        for answer in answers.by_ref().take(n_requests) {
+            match answer {
+                Answer::Ranked(lls) => sums.extend(lls.iter().map(|l| l.sum_logprob)),
+                Answer::Generated(_) => bail!("item {:?}: the scorer generated text for a ranking request", item.id),
+            }
+        }
+        ensure!(
+            sums.len() == item.choices.len(),
+            "item {:?}: the scorer answered {} of {} choices",
+            item.id,
+            sums.len(),
+            item.choices.len()
+        );
+        let ranked = Ranked {
+            id: &item.id,
+            prompt: &item.context,
+            contexts: item.contexts.as_ref(),
+            choices: &item.choices,
+            gold: item.gold,
+            lls: &sums,
+            metric: item.metric,
+            chance: item.chance,
+        };
+        tally.add_choice(task, false, ranked)?;
+    }
+    Ok(())
 }
 
-/// Scores one item with `image` (the item's own, or the blank one of the blind control). Ranked
-/// answers are asked for in the instruction data's form ([`answer_form`]: " Yes.", " Green.").
-fn score_vl_item(
+/// What a vision-language item asks the model: ranked answers in the instruction data's form
+/// ([`answer_form`]: " Yes.", " Green."), or None where the answer is generated.
+fn ranked_forms(item: &VlItem, options: &EvalOptions) -> Option<Vec<String>> {
+    match &item.kind {
+        VlQuestion::Open { .. } => None,
+        VlQuestion::YesNo { .. } => {
+            (options.yes_no == YesNoMode::Rank).then(|| vec![answer_form("yes"), answer_form("no")])
+        }
+        VlQuestion::Choice { choices, .. } => Some(choices.iter().map(|c| answer_form(c)).collect()),
+    }
+}
+
+/// Scores vision-language items with their own images, or all with `image_override` (the blank
+/// image of the blind control), [`ITEMS_PER_CALL`] at a time.
+fn score_vl_items(
     scorer: &mut dyn Scorer,
     task: &str,
-    item: &VlItem,
-    image: &ImageRef,
+    items: &[VlItem],
+    image_override: Option<&ImageRef>,
     options: &EvalOptions,
     tally: &mut Tally,
+    tick: &mut dyn FnMut(),
 ) -> Result<()> {
-    let prompt = options.vl_template.render(&item.question);
-    let blind = image.is_blank();
+    for chunk in items.chunks(ITEMS_PER_CALL) {
+        let prompts: Vec<String> = chunk.iter().map(|item| options.vl_template.render(&item.question)).collect();
+        let forms: Vec<Option<Vec<String>>> = chunk.iter().map(|item| ranked_forms(item, options)).collect();
+        let continuations: Vec<Option<Vec<String>>> =
+            forms.iter().map(|f| f.as_ref().map(|f| f.iter().map(|c| continuation(c)).collect())).collect();
+        let requests: Vec<Request> = chunk
+            .iter()
+            .zip(&prompts)
+            .zip(&continuations)
+            .map(|((item, prompt), conts)| {
+                let image = Some(image_override.unwrap_or(&item.image));
+                match conts {
+                    Some(continuations) => Request::Rank { image, context: prompt, continuations },
+                    None => Request::Generate { image, prompt, max_tokens: options.max_new_tokens },
+                }
+            })
+            .collect();
+        let answers = scorer.answer_all(&requests).with_context(|| {
+            format!("items {:?} to {:?}", chunk[0].id, chunk.last().expect("chunks are not empty").id)
+        })?;
+        ensure!(answers.len() == chunk.len(), "the scorer answered {} of {} items", answers.len(), chunk.len());
+        for (((item, prompt), forms), answer) in chunk.iter().zip(&prompts).zip(&forms).zip(answers) {
+            let blind = image_override.is_some_and(|i| i.is_blank());
+            record_vl_item(task, item, blind, prompt, forms.as_deref(), answer, tally)
+                .with_context(|| format!("item {:?}", item.id))?;
+            tick();
+        }
+    }
+    Ok(())
+}
+
+/// Credits one vision-language item's answer (`forms`: the ranked answers, when it was ranked).
+fn record_vl_item(
+    task: &str,
+    item: &VlItem,
+    blind: bool,
+    prompt: &str,
+    forms: Option<&[String]>,
+    answer: Answer,
+    tally: &mut Tally,
+) -> Result<()> {
     let sample = |gold: String, prediction: String, score: f64, ranked: Option<(Vec<String>, Vec<f64>)>| Sample {
         task: task.to_string(),
         id: item.id.clone(),
         blind,
-        prompt: prompt.clone(),
+        prompt: prompt.to_string(),
         contexts: None,
         gold,
         prediction,
@@ -553,25 +628,21 @@ fn score_vl_item(
         acc_norm: None,
         score,
     };
-    let image = Some(image);
-    match &item.kind {
-        VlQuestion::Open { answers } => {
-            let generated = scorer.generate(image, &prompt, options.max_new_tokens)?;
+    let sums = |lls: &[LogLikelihood]| lls.iter().map(|l| l.sum_logprob).collect::<Vec<f64>>();
+    match (&item.kind, answer, forms) {
+        (VlQuestion::Open { answers }, Answer::Generated(generated), None) => {
             let answer = first_line(&generated);
             let score = vqa_accuracy(&answer, answers);
             tally.push(sample(answers.join(" | "), answer, score, None), item.chance);
         }
-        VlQuestion::YesNo { gold_yes } => {
-            let (said_yes, ranked) = match options.yes_no {
-                YesNoMode::Rank => {
-                    let conts = vec![continuation(&answer_form("yes")), continuation(&answer_form("no"))];
-                    let lls: Vec<f64> =
-                        scorer.loglikelihoods(image, &prompt, &conts)?.iter().map(|l| l.sum_logprob).collect();
-                    (lls[0] >= lls[1], Some((conts, lls)))
+        (VlQuestion::YesNo { gold_yes }, answer, forms) => {
+            let (said_yes, ranked) = match (answer, forms) {
+                (Answer::Ranked(lls), Some(forms)) if lls.len() == 2 => {
+                    let lls = sums(&lls);
+                    (lls[0] >= lls[1], Some((forms.iter().map(|f| continuation(f)).collect(), lls)))
                 }
-                YesNoMode::Generate => {
-                    (parse_yes_no(&first_line(&scorer.generate(image, &prompt, options.max_new_tokens)?)), None)
-                }
+                (Answer::Generated(text), None) => (parse_yes_no(&first_line(&text)), None),
+                _ => bail!("the scorer's answer does not match the yes/no question"),
             };
             if !blind {
                 tally.yes_no.add(said_yes, *gold_yes);
@@ -581,23 +652,21 @@ fn score_vl_item(
             let word = |yes: bool| (if yes { "yes" } else { "no" }).to_string();
             tally.push(sample(word(*gold_yes), word(said_yes), score, ranked), item.chance);
         }
-        VlQuestion::Choice { choices, gold } => {
-            let forms: Vec<String> = choices.iter().map(|c| answer_form(c)).collect();
-            let continuations: Vec<String> = forms.iter().map(|c| continuation(c)).collect();
-            let sums: Vec<f64> =
-                scorer.loglikelihoods(image, &prompt, &continuations)?.iter().map(|l| l.sum_logprob).collect();
+        (VlQuestion::Choice { gold, .. }, Answer::Ranked(lls), Some(forms)) => {
+            let lls = sums(&lls);
             let ranked = Ranked {
                 id: &item.id,
-                prompt: &prompt,
+                prompt,
                 contexts: None,
-                choices: &forms,
+                choices: forms,
                 gold: *gold,
-                lls: &sums,
+                lls: &lls,
                 metric: ChoiceMetric::Acc,
                 chance: item.chance,
             };
             tally.add_choice(task, blind, ranked)?;
         }
+        _ => bail!("the scorer's answer is not of the kind the question asks for"),
     }
     Ok(())
 }

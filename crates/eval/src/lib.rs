@@ -20,6 +20,6 @@ pub use evaluate::{
     EvalOptions, EvalReport, ItemLimit, ItemOutcome, Sample, TaskResult, YesNoMode,
 };
 pub use model_scorer::{Decoding, ImageFeatures, ModelScorer, ScoredModel};
-pub use scorer::{ImageRef, LogLikelihood, Scorer};
+pub use scorer::{Answer, ImageRef, LogLikelihood, Request, Scorer};
 pub use stats::Interval;
 pub use task::{load_task_file, load_tasks, Modality, Task};

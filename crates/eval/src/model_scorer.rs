@@ -8,7 +8,7 @@
 //! VLM runs the rows (each image projected once per item, however many rows ask about it).
 
 use crate::prompt::IMAGE_MARKER;
-use crate::scorer::{ImageRef, LogLikelihood, Scorer};
+use crate::scorer::{Answer, ImageRef, LogLikelihood, Request, Scorer};
 use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -26,9 +26,11 @@ use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::projector::FC1_WEIGHT;
 use vlmix_models::vlm::{Vlm, VlmBatch};
 
-/// Rows (choices or rolling windows) run in one forward pass, at most.
-const MAX_ROWS: usize = 16;
-/// Logit values one forward may produce (256 MB): big-vocabulary, long-window models get fewer rows.
+/// Rows (choices, prompts or rolling windows, of any items) run in one forward pass, at most.
+const MAX_ROWS: usize = 64;
+/// Padded positions (rows x longest row) of one forward pass, at most: long windows get fewer rows.
+const MAX_POSITIONS: usize = 8192;
+/// Logit values one forward may produce (256 MB): big-vocabulary models score fewer rows at once.
 const LOGITS_BUDGET: usize = 64 << 20;
 
 /// The network being scored.
@@ -147,9 +149,10 @@ pub struct ModelScorer<D: Device = Cpu> {
     /// Rows of this model: image slots of the attached encoder (none without one).
     layout: VlmSequence,
     d_model: usize,
-    /// The last image's projected tokens `[n_image_tokens, d_model]`: consecutive items often ask
-    /// about the same image, and generation re-runs the prompt once per token.
-    projected: Option<(PathBuf, D::Owned)>,
+    /// The last call's images and their projected tokens `[images * n_image_tokens, d_model]`: the
+    /// blind control asks every item about the same image, and generation re-runs the prompt once
+    /// per token.
+    projected: Option<(Vec<PathBuf>, D::Owned)>,
     /// What [`projected_for`] hands a batch without image slots.
     no_image: D::Owned,
 }
@@ -250,45 +253,62 @@ impl<D: Device> ModelScorer<D> {
         matches!(self.model, ScoredModel::Vision(_))
     }
 
-    /// Projects `image` (reusing the last one when it is the same file).
-    fn project(&mut self, image: &ImageRef) -> Result<()> {
-        if self.projected.as_ref().is_some_and(|(path, _)| *path == image.path) {
+    /// Projects `images` into one buffer (reusing the last one when they are the same files);
+    /// image `k` of a row's slots is `images[k]`'s projection.
+    fn project(&mut self, images: &[&ImageRef]) -> Result<()> {
+        let same = |held: &[PathBuf]| held.len() == images.len() && held.iter().zip(images).all(|(p, i)| *p == i.path);
+        if images.is_empty() || self.projected.as_ref().is_some_and(|(held, _)| same(held)) {
             return Ok(());
         }
         let ScoredModel::Vision(vlm) = &mut self.model else {
             bail!(
                 "the model is text-only (its checkpoint has no projector), so it cannot answer about image {}",
-                image.key
+                images[0].key
             );
         };
-        let images = self.images.as_mut().context("the model needs image features but no image encoder was given")?;
-        let features = images.of(image)?;
+        let encoded = self.images.as_mut().context("the model needs image features but no image encoder was given")?;
+        let mut features = Vec::new();
+        for image in images {
+            features.extend(encoded.of(image)?);
+        }
         let dev = self.params.device();
         let len = features.len() / vlm.encoder_width() * self.d_model;
         let mut projected = match self.projected.take() {
             Some((_, buf)) if dev.len(&buf) == len => buf,
             _ => dev.zeros(len),
         };
-        vlm.project_features(&self.params, &dev.on_device(&features), 1, false, &mut projected)?;
-        self.projected = Some((image.path.clone(), projected));
+        vlm.project_features(&self.params, &dev.on_device(&features), images.len(), false, &mut projected)?;
+        self.projected = Some((images.iter().map(|i| i.path.clone()).collect(), projected));
         Ok(())
+    }
+
+    /// Projects the distinct images of `requests`; returns each request's index into them.
+    fn project_requests(&mut self, images: &[Option<&ImageRef>]) -> Result<Vec<usize>> {
+        let mut distinct: Vec<&ImageRef> = Vec::new();
+        let index = images
+            .iter()
+            .map(|image| match image {
+                None => 0,
+                Some(image) => distinct.iter().position(|d| d.path == image.path).unwrap_or_else(|| {
+                    distinct.push(image);
+                    distinct.len() - 1
+                }),
+            })
+            .collect();
+        self.project(&distinct)?;
+        Ok(index)
     }
 
     /// Prompt ids: the text with the image marker removed, behind an EOS when there is no image;
     /// and the image slots the row starts with.
-    fn prompt_ids(&mut self, image: Option<&ImageRef>, text: &str) -> Result<(usize, Vec<u32>)> {
+    fn prompt_ids(&self, image: bool, text: &str) -> Result<(usize, Vec<u32>)> {
         let text = text.replacen(IMAGE_MARKER, "", 1);
-        match image {
-            Some(image) => {
-                self.project(image)?;
-                Ok((self.layout.n_image_tokens(), self.tokenizer.encode(&text)?))
-            }
-            None => {
-                let mut ids = vec![self.tokenizer.special.eos];
-                ids.extend(self.tokenizer.encode(&text)?);
-                Ok((0, ids))
-            }
+        if image {
+            return Ok((self.layout.n_image_tokens(), self.tokenizer.encode(&text)?));
         }
+        let mut ids = vec![self.tokenizer.special.eos];
+        ids.extend(self.tokenizer.encode(&text)?);
+        Ok((0, ids))
     }
 
     /// A scoring row for `continuation` after the image slots and `context`, keeping the newest
@@ -316,14 +336,9 @@ impl<D: Device> ModelScorer<D> {
         Ok(self.layout.scoring_row(n_image > 0, &context[context.len() - keep..], &continuation))
     }
 
-    /// The row that scores each of `continuations` after `image` and `context` (None for an empty
-    /// continuation): what [`Scorer::loglikelihoods`] runs.
-    pub fn choice_rows(
-        &mut self,
-        image: Option<&ImageRef>,
-        context: &str,
-        continuations: &[String],
-    ) -> Result<Vec<Option<VlmRow>>> {
+    /// The row that scores each of `continuations` after `context` (and an image, when `image`;
+    /// None for an empty continuation): what [`Scorer::loglikelihoods`] runs.
+    pub fn choice_rows(&self, image: bool, context: &str, continuations: &[String]) -> Result<Vec<Option<VlmRow>>> {
         let (context, continuations) = split_trailing_space(context, continuations);
         let (n_image, context_ids) = self.prompt_ids(image, context)?;
         let mut rows = Vec::with_capacity(continuations.len());
@@ -334,54 +349,128 @@ impl<D: Device> ModelScorer<D> {
         Ok(rows)
     }
 
-    /// The batch the VLM runs for `rows` (padded to the longest), every image slot showing the
-    /// item's image.
-    fn batch(&self, rows: &[VlmRow]) -> Result<VlmBatch> {
-        let seq = rows.iter().map(|r| r.inputs.len()).max().context("no rows to score")?;
+    /// The batch the VLM runs for `rows` (padded to the longest); the image slots of a row show the
+    /// projected image of its index.
+    fn batch(&self, rows: &[(&VlmRow, usize)]) -> Result<VlmBatch> {
+        let seq = rows.iter().map(|(r, _)| r.inputs.len()).max().context("no rows to score")?;
         let mut batch = VlmBatch::new(seq, self.layout.n_image_tokens());
-        for row in rows {
-            batch.push_row(row, &vec![0; row.images.len()], self.tokenizer.special.pad)?;
+        for (row, image) in rows {
+            batch.push_row(row, &vec![*image; row.images.len()], self.tokenizer.special.pad)?;
         }
         Ok(batch)
     }
 
-    /// One forward over `rows`; returns the log-probability of every row's trained targets (rows
-    /// concatenated) and whether each was the argmax.
-    fn forward_rows(&mut self, rows: &[VlmRow]) -> Result<Vec<(f64, bool)>> {
+    /// Host logits `[positions.len(), vocab]` of one forward over `rows` at `positions` (indices
+    /// into the padded batch, from `at(batch)`).
+    fn logits_of(
+        &mut self,
+        rows: &[(&VlmRow, usize)],
+        at: impl Fn(&VlmBatch) -> Vec<usize>,
+    ) -> Result<(VlmBatch, Vec<usize>, Vec<f32>)> {
         let batch = self.batch(rows)?;
-        let projected = projected_for::<D>(&self.projected, &self.no_image, &batch)?;
-        let vocab = self.model.lm().config().vocab;
-        let scored: Vec<usize> =
-            batch.loss_mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(at, _)| at).collect();
-        let logits = self.model.logits(&self.params, &batch, projected, &scored)?;
-        let logits = self.params.device().to_host(logits);
-        Ok(scored
-            .iter()
-            .enumerate()
-            .map(|(i, &at)| score_row(&logits[i * vocab..(i + 1) * vocab], batch.targets[at]))
-            .collect())
+        let positions = at(&batch);
+        let projected = match (&self.projected, batch.slots.iter().map(|s| s.image + 1).max()) {
+            (_, None) => &*self.no_image,
+            (Some((_, p)), Some(shown)) => {
+                let block = self.layout.n_image_tokens() * self.d_model;
+                self.params.device().slice(p, 0..shown * block)
+            }
+            (None, Some(_)) => bail!("image rows without a projected image"),
+        };
+        let logits = self.model.logits(&self.params, &batch, projected, &positions)?;
+        let logits = self.params.device().to_host(logits).into_owned();
+        Ok((batch, positions, logits))
     }
 
-    /// Log-likelihoods of rows, scored a few at a time (see [`MAX_ROWS`], [`LOGITS_BUDGET`]).
-    fn score_rows(&mut self, rows: &[VlmRow]) -> Result<Vec<LogLikelihood>> {
-        let longest = rows.iter().map(|r| r.inputs.len()).max().unwrap_or(1);
-        let per_forward = (LOGITS_BUDGET / (longest * self.model.lm().config().vocab)).clamp(1, MAX_ROWS);
-        let mut results = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(per_forward) {
-            let scores = self.forward_rows(chunk)?;
-            let mut at = 0;
-            for row in chunk {
-                let n = row.loss_mask.iter().filter(|&&m| m).count();
-                let mine = &scores[at..at + n];
-                at += n;
-                results.push(LogLikelihood {
-                    sum_logprob: mine.iter().map(|s| s.0).sum(),
-                    n_tokens: mine.len(),
-                    is_greedy: mine.iter().all(|s| s.1),
-                });
+    /// Forward groups over `rows` (indices into `lens`, the rows' lengths) in order of length, so
+    /// each pass pads little: at most [`MAX_ROWS`] rows and [`MAX_POSITIONS`] padded positions, and
+    /// at most [`LOGITS_BUDGET`] logit values for the `scored` positions of a group.
+    fn groups(&self, lens: &[usize], scored: &[usize]) -> Vec<Vec<usize>> {
+        let vocab = self.model.lm().config().vocab;
+        let mut order: Vec<usize> = (0..lens.len()).collect();
+        order.sort_by_key(|&i| lens[i]);
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let (mut longest, mut n_scored) = (0, 0);
+        for i in order {
+            let full = groups.last().is_none_or(|g| {
+                let rows = g.len() + 1;
+                rows > MAX_ROWS
+                    || rows * longest.max(lens[i]) > MAX_POSITIONS
+                    || (n_scored + scored[i]) * vocab > LOGITS_BUDGET
+            });
+            if full {
+                groups.push(Vec::new());
+                (longest, n_scored) = (0, 0);
+            }
+            longest = longest.max(lens[i]);
+            n_scored += scored[i];
+            groups.last_mut().expect("pushed above").push(i);
+        }
+        groups
+    }
+
+    /// Log-likelihoods of rows (each with its image index), batched across rows.
+    fn score_rows(&mut self, rows: &[(VlmRow, usize)]) -> Result<Vec<LogLikelihood>> {
+        let lens: Vec<usize> = rows.iter().map(|(r, _)| r.inputs.len()).collect();
+        let scored: Vec<usize> = rows.iter().map(|(r, _)| r.loss_mask.iter().filter(|&&m| m).count()).collect();
+        let vocab = self.model.lm().config().vocab;
+        let mut results = vec![LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true }; rows.len()];
+        for group in self.groups(&lens, &scored) {
+            let members: Vec<(&VlmRow, usize)> = group.iter().map(|&i| (&rows[i].0, rows[i].1)).collect();
+            let (batch, positions, logits) = self.logits_of(&members, |batch| {
+                batch.loss_mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(at, _)| at).collect()
+            })?;
+            for (k, &at) in positions.iter().enumerate() {
+                let (logprob, greedy) = score_row(&logits[k * vocab..(k + 1) * vocab], batch.targets[at]);
+                let result = &mut results[group[at / batch.seq]];
+                result.sum_logprob += logprob;
+                result.n_tokens += 1;
+                result.is_greedy &= greedy;
             }
         }
         Ok(results)
+    }
+
+    /// Greedy decoding of every prompt in lockstep, one forward over all unfinished ones per token.
+    fn generate_greedy_all(&mut self, prompts: &[(bool, usize, &str, usize)]) -> Result<Vec<String>> {
+        let mut contexts = Vec::with_capacity(prompts.len());
+        for &(image, _, prompt, _) in prompts {
+            let (n_image, ids) = self.prompt_ids(image, prompt)?;
+            ensure!(n_image + ids.len() > 0, "nothing to condition on: give an image or a prompt");
+            contexts.push(ids);
+        }
+        let mut decodes: Vec<Decode> = prompts.iter().map(|p| Decode::new(p.3)).collect();
+        let vocab = self.model.lm().config().vocab;
+        loop {
+            let active: Vec<usize> = (0..prompts.len()).filter(|&i| !decodes[i].done).collect();
+            if active.is_empty() {
+                break;
+            }
+            let rows: Vec<VlmRow> = active.iter().map(|&i| self.generation_row(prompts[i].0, &contexts[i])).collect();
+            let lens: Vec<usize> = rows.iter().map(|r| r.inputs.len()).collect();
+            for group in self.groups(&lens, &vec![1; rows.len()]) {
+                let members: Vec<(&VlmRow, usize)> = group.iter().map(|&k| (&rows[k], prompts[active[k]].1)).collect();
+                let (_, _, logits) = self.logits_of(&members, |batch| {
+                    members.iter().enumerate().map(|(r, (row, _))| r * batch.seq + row.inputs.len() - 1).collect()
+                })?;
+                for (k, &member) in group.iter().enumerate() {
+                    let i = active[member];
+                    let next = pick_token(&logits[k * vocab..(k + 1) * vocab], &Decoding::greedy(0), &mut no_rng());
+                    if decodes[i].push(next, &self.tokenizer)?.is_some() {
+                        contexts[i].push(next);
+                    }
+                }
+            }
+        }
+        Ok(decodes.into_iter().map(|d| d.text).collect())
+    }
+
+    /// The row whose last position predicts the next token after `context` (its newest part that
+    /// fits the window behind the image slots).
+    fn generation_row(&self, image: bool, context: &[u32]) -> VlmRow {
+        let n_image = if image { self.layout.n_image_tokens() } else { 0 };
+        let keep = context.len().min(self.layout.seq_len() - n_image);
+        self.layout.prompt_row(image, &context[context.len() - keep..])
     }
 
     /// Decodes after `prompt` (and the image), calling `on_text` with each new piece of text as it
@@ -400,60 +489,66 @@ impl<D: Device> ModelScorer<D> {
             decoding.temperature
         );
         ensure!(decoding.top_k != Some(0), "top-k must be at least 1");
-        let (n_image, mut context) = self.prompt_ids(image, prompt)?;
+        self.project(image.as_slice())?;
+        let (n_image, mut context) = self.prompt_ids(image.is_some(), prompt)?;
         ensure!(n_image + context.len() > 0, "nothing to condition on: give an image or a prompt");
         let mut rng = ChaCha8Rng::seed_from_u64(decoding.seed);
-        let mut generated: Vec<u32> = Vec::new();
+        let mut decode = Decode::new(decoding.max_tokens);
         let mut emitted = 0;
-        let mut text = String::new();
-        for _ in 0..decoding.max_tokens {
-            let keep = context.len().min(self.layout.seq_len() - n_image);
-            let row = self.layout.prompt_row(n_image > 0, &context[context.len() - keep..]);
-            let next = self.next_token(&row, decoding, &mut rng)?;
-            if next == self.tokenizer.special.eos {
-                break;
-            }
-            generated.push(next);
-            context.push(next);
-            text = self.tokenizer.decode(&generated)?;
-            if let Some(newline) = text.find('\n') {
-                text.truncate(newline);
-                on_text(text.get(emitted..).unwrap_or_default());
-                return Ok(text);
+        let vocab = self.model.lm().config().vocab;
+        while !decode.done {
+            let row = self.generation_row(image.is_some(), &context);
+            let (_, _, logits) = self.logits_of(&[(&row, 0)], |_| vec![row.inputs.len() - 1])?;
+            let next = pick_token(&logits[..vocab], decoding, &mut rng);
+            if decode.push(next, &self.tokenizer)?.is_some() {
+                context.push(next);
             }
             // Hold back a partial UTF-8 character until its last byte arrives.
-            if !text.ends_with(char::REPLACEMENT_CHARACTER) {
-                on_text(text.get(emitted..).unwrap_or_default());
-                emitted = text.len();
+            if decode.done || !decode.text.ends_with(char::REPLACEMENT_CHARACTER) {
+                on_text(decode.text.get(emitted..).unwrap_or_default());
+                emitted = decode.text.len();
             }
         }
-        if emitted < text.len() {
-            on_text(text.get(emitted..).unwrap_or_default());
-        }
-        Ok(text)
-    }
-
-    /// The token after `row`'s last input.
-    fn next_token(&mut self, row: &VlmRow, decoding: &Decoding, rng: &mut ChaCha8Rng) -> Result<u32> {
-        let batch = self.batch(std::slice::from_ref(row))?;
-        let projected = projected_for::<D>(&self.projected, &self.no_image, &batch)?;
-        let at = row.inputs.len() - 1;
-        let logits = self.model.logits(&self.params, &batch, projected, &[at])?;
-        Ok(pick_token(&self.params.device().to_host(logits), decoding, rng))
+        Ok(decode.text)
     }
 }
 
-/// The projected image `batch`'s slots show (`empty` when it has none).
-fn projected_for<'a, D: Device>(
-    projected: &'a Option<(PathBuf, D::Owned)>,
-    empty: &'a D::Owned,
-    batch: &VlmBatch,
-) -> Result<&'a D::Buf> {
-    match (projected, batch.slots.is_empty()) {
-        (_, true) => Ok(empty),
-        (Some((_, p)), false) => Ok(p),
-        (None, false) => bail!("image rows without a projected image"),
+/// One decoding's state: the tokens so far and the text they decode to, until it stops.
+struct Decode {
+    generated: Vec<u32>,
+    text: String,
+    budget: usize,
+    done: bool,
+}
+
+impl Decode {
+    fn new(max_tokens: usize) -> Self {
+        Self { generated: Vec::new(), text: String::new(), budget: max_tokens, done: max_tokens == 0 }
     }
+
+    /// Takes the next token: Some(token) when it joins the answer, None when it ended it (EOS). Stops
+    /// at EOS, at a newline (the end of an answer in training data; the text keeps what precedes it)
+    /// and after the budget.
+    fn push(&mut self, next: u32, tokenizer: &TextTokenizer) -> Result<Option<u32>> {
+        self.budget = self.budget.saturating_sub(1);
+        self.done = self.budget == 0;
+        if next == tokenizer.special.eos {
+            self.done = true;
+            return Ok(None);
+        }
+        self.generated.push(next);
+        self.text = tokenizer.decode(&self.generated)?;
+        if let Some(newline) = self.text.find('\n') {
+            self.text.truncate(newline);
+            self.done = true;
+        }
+        Ok(Some(next))
+    }
+}
+
+/// Greedy picking draws nothing; [`pick_token`] still takes a generator.
+fn no_rng() -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(0)
 }
 
 /// Argmax when greedy, else a sample from the tempered softmax over the top-k logits.
@@ -491,38 +586,80 @@ impl<D: Device> Scorer for ModelScorer<D> {
         Ok(lls.remove(0))
     }
 
-    /// All choices in one batched forward, one row each.
     fn loglikelihoods(
         &mut self,
         image: Option<&ImageRef>,
         context: &str,
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
-        let row_of = self.choice_rows(image, context, continuations)?;
-        let rows: Vec<VlmRow> = row_of.iter().flatten().cloned().collect();
-        let mut scored = if rows.is_empty() { Vec::new() } else { self.score_rows(&rows)? }.into_iter();
-        Ok(row_of
-            .iter()
-            .map(|r| match r {
-                Some(_) => scored.next().expect("one score per row"),
-                None => LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true },
-            })
-            .collect())
+        let request = Request::Rank { image, context, continuations };
+        match self.answer_all(&[request])?.pop() {
+            Some(Answer::Ranked(lls)) => Ok(lls),
+            _ => unreachable!("answer_all answers a ranking request with a ranking"),
+        }
     }
 
     fn generate(&mut self, image: Option<&ImageRef>, prompt: &str, max_tokens: usize) -> Result<String> {
         self.generate_with(image, prompt, &Decoding::greedy(max_tokens), &mut |_| {})
     }
 
+    /// Every request's rows in shared forward passes: all ranked rows grouped by length, and every
+    /// generation decoded in lockstep. The images are projected once per call.
+    fn answer_all(&mut self, requests: &[Request]) -> Result<Vec<Answer>> {
+        let images: Vec<Option<&ImageRef>> = requests
+            .iter()
+            .map(|r| match *r {
+                Request::Rank { image, .. } | Request::Generate { image, .. } => image,
+            })
+            .collect();
+        let index = self.project_requests(&images)?;
+        let mut rows: Vec<(VlmRow, usize)> = Vec::new();
+        let mut row_of: Vec<Vec<Option<usize>>> = Vec::with_capacity(requests.len());
+        let mut prompts = Vec::new();
+        for (r, request) in requests.iter().enumerate() {
+            match *request {
+                Request::Rank { image, context, continuations } => {
+                    let choices = self.choice_rows(image.is_some(), context, continuations)?;
+                    row_of.push(
+                        choices
+                            .into_iter()
+                            .map(|row| {
+                                row.map(|row| {
+                                    rows.push((row, index[r]));
+                                    rows.len() - 1
+                                })
+                            })
+                            .collect(),
+                    );
+                }
+                Request::Generate { image, prompt, max_tokens } => {
+                    row_of.push(Vec::new());
+                    prompts.push((image.is_some(), index[r], prompt, max_tokens));
+                }
+            }
+        }
+        let scores = if rows.is_empty() { Vec::new() } else { self.score_rows(&rows)? };
+        let mut generated = self.generate_greedy_all(&prompts)?.into_iter();
+        let empty = LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true };
+        Ok(requests
+            .iter()
+            .zip(row_of)
+            .map(|(request, rows)| match request {
+                Request::Rank { .. } => Answer::Ranked(rows.iter().map(|r| r.map_or(empty, |r| scores[r])).collect()),
+                Request::Generate { .. } => Answer::Generated(generated.next().expect("one text per generation")),
+            })
+            .collect())
+    }
+
     fn rolling_loglikelihood(&mut self, text: &str) -> Result<LogLikelihood> {
         let mut all = vec![self.tokenizer.special.eos];
         all.extend(self.tokenizer.encode(text)?);
         let n = all.len() - 1;
-        let rows: Vec<VlmRow> = rolling_windows(n, self.layout.seq_len())
+        let rows: Vec<(VlmRow, usize)> = rolling_windows(n, self.layout.seq_len())
             .into_iter()
             .map(|w| {
                 let first_target = w.end - w.scored + 1;
-                self.layout.scoring_row(false, &all[w.start..first_target], &all[first_target..=w.end])
+                (self.layout.scoring_row(false, &all[w.start..first_target], &all[first_target..=w.end]), 0)
             })
             .collect();
         let mut total = LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true };

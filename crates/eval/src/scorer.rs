@@ -58,6 +58,22 @@ pub struct LogLikelihood {
     pub is_greedy: bool,
 }
 
+/// One question of a batch ([`Scorer::answer_all`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    /// [`Scorer::loglikelihoods`] of `continuations` after `context`.
+    Rank { image: Option<&'a ImageRef>, context: &'a str, continuations: &'a [String] },
+    /// [`Scorer::generate`] after `prompt`.
+    Generate { image: Option<&'a ImageRef>, prompt: &'a str, max_tokens: usize },
+}
+
+/// The answer to a [`Request`], of the same kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Ranked(Vec<LogLikelihood>),
+    Generated(String),
+}
+
 /// A model as evaluation sees it.
 pub trait Scorer {
     /// Scores `continuation` after `context` (and the image, placed where the prompt's
@@ -77,6 +93,22 @@ pub trait Scorer {
 
     /// Greedy decoding of at most `max_tokens` tokens after `prompt`; returns only the new text.
     fn generate(&mut self, image: Option<&ImageRef>, prompt: &str, max_tokens: usize) -> Result<String>;
+
+    /// Answers many requests (one answer each, in order). Models override this to run the rows of
+    /// many items in each forward pass; answers must equal the one-at-a-time methods'.
+    fn answer_all(&mut self, requests: &[Request]) -> Result<Vec<Answer>> {
+        requests
+            .iter()
+            .map(|r| match *r {
+                Request::Rank { image, context, continuations } => {
+                    self.loglikelihoods(image, context, continuations).map(Answer::Ranked)
+                }
+                Request::Generate { image, prompt, max_tokens } => {
+                    self.generate(image, prompt, max_tokens).map(Answer::Generated)
+                }
+            })
+            .collect()
+    }
 
     /// Log-likelihood of a whole document from its first token, in windows of the model's context
     /// length (lm-eval's `loglikelihood_rolling`); `n_tokens` counts every scored token.

@@ -6,7 +6,7 @@ use vlmix_data::packing::{Sequence, SequenceKind};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_engine::params::ParamStore;
 use vlmix_eval::model_scorer::{rolling_windows, ImageFeatures, ModelScorer, ScoredModel};
-use vlmix_eval::{evaluate_files, Decoding, EvalOptions, ImageRef, Scorer};
+use vlmix_eval::{evaluate_files, Answer, Decoding, EvalOptions, ImageRef, Request, Scorer};
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
 use vlmix_models::sequence::{ImageText, VlmSequence};
 use vlmix_models::vision::encoder::ImageEncoder;
@@ -235,6 +235,58 @@ fn batched_choices_equal_one_at_a_time() {
         }
         assert_eq!(batched[3].n_tokens, 0, "an empty continuation scores nothing");
     }
+}
+
+#[test]
+fn answers_to_many_items_at_once_equal_one_at_a_time() {
+    // Rows of different items, images and lengths share forward passes and generations run in
+    // lockstep; every answer must be the one the item gets alone.
+    let fx = Fixture::new();
+    let (red, blue) = (fx.image("red.png"), fx.image("blue.png"));
+    let colours: Vec<String> = [" red", " blue", " a green frisbee"].iter().map(|s| s.to_string()).collect();
+    let yes_no: Vec<String> = [" Yes.", " No."].iter().map(|s| s.to_string()).collect();
+    let question = "<image>\nQuestion: What colour is the ball?\nAnswer:";
+    let requests = [
+        Request::Rank { image: Some(&red), context: question, continuations: &colours },
+        Request::Generate { image: Some(&blue), prompt: question, max_tokens: 7 },
+        Request::Rank { image: None, context: "The cat sat on the", continuations: &colours },
+        Request::Rank { image: Some(&blue), context: "<image>\nIs there a ball?\nAnswer:", continuations: &yes_no },
+        Request::Generate { image: Some(&red), prompt: "", max_tokens: 5 },
+        Request::Generate { image: None, prompt: "The cat sat", max_tokens: 9 },
+        Request::Rank { image: Some(&red), context: "<image>\nIs there a ball?\nAnswer:", continuations: &yes_no },
+    ];
+    let mut scorer = fx.vision_scorer();
+    let together = scorer.answer_all(&requests).unwrap();
+    assert_eq!(together.len(), requests.len());
+    let mut alone = fx.vision_scorer();
+    for (request, answer) in requests.iter().zip(&together) {
+        match (*request, answer) {
+            (Request::Rank { image, context, continuations }, Answer::Ranked(lls)) => {
+                let want = alone.loglikelihoods(image, context, continuations).unwrap();
+                for (w, got) in want.iter().zip(lls) {
+                    assert!(
+                        close(w.sum_logprob, got.sum_logprob),
+                        "{context:?}: {} vs {}",
+                        w.sum_logprob,
+                        got.sum_logprob
+                    );
+                    assert_eq!((w.n_tokens, w.is_greedy), (got.n_tokens, got.is_greedy));
+                }
+            }
+            (Request::Generate { image, prompt, max_tokens }, Answer::Generated(text)) => {
+                assert_eq!(*text, alone.generate(image, prompt, max_tokens).unwrap(), "{prompt:?}");
+            }
+            other => panic!("answer of the wrong kind: {other:?}"),
+        }
+    }
+    let Answer::Generated(caption) = &together[4] else { unreachable!() };
+    let want = reference_greedy(
+        vec![tokenizer().special.image; IMAGE_TOKENS],
+        IMAGE_TOKENS,
+        &fx.reference_features("red.png"),
+        5,
+    );
+    assert_eq!(*caption, want, "lockstep generation follows the unbatched argmax path");
 }
 
 #[test]
@@ -517,7 +569,7 @@ fn one_example_is_the_same_row_in_packing_the_vlm_forward_and_the_scorer() {
     let (context, answer) = ("Question: What colour is the ball?\nAnswer:", " red");
     let image = fixture.image("red.png");
     let mut scorer = fixture.vision_scorer();
-    let scored = scorer.choice_rows(Some(&image), context, &[answer.to_string()]).unwrap().remove(0).unwrap();
+    let scored = scorer.choice_rows(true, context, &[answer.to_string()]).unwrap().remove(0).unwrap();
 
     // Packing: the same example as instruction data, trained on the answer only.
     let (ctx, ans) = (tok.encode(context).unwrap(), tok.encode(answer).unwrap());
