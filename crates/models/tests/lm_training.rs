@@ -336,3 +336,48 @@ fn weight_decay_rule_picks_the_decayed_parameters() {
         "open_lm's rule for the open_lm presets"
     );
 }
+
+#[test]
+fn continuing_cached_prefixes_gives_the_whole_sequences_logits() {
+    // Two sequences with prefixes of different lengths (one padded), continued by 3 tokens each:
+    // the continuation's logits must be those of one forward over each whole sequence.
+    for (tied, norm) in [(false, NormKind::GainOnlyLayerNorm), (true, NormKind::RmsNorm)] {
+        let (mut lm, params) = tiny(tied, norm);
+        let vocab = lm.config().vocab;
+        let (lens, cont) = ([9usize, 5], 3);
+        let whole: Vec<Vec<u32>> =
+            lens.iter().enumerate().map(|(r, &len)| tokens(20 + r as u64, len + cont, vocab)).collect();
+        let longest = lens[0];
+        let mut padded = Vec::new();
+        for (seq, &len) in whole.iter().zip(&lens) {
+            padded.extend_from_slice(&seq[..len]);
+            padded.resize(padded.len() + longest - len, 0);
+        }
+        let last_of_prefix = [lens[0] - 1, longest + lens[1] - 1];
+        let (caches, prefix_logits) =
+            lm.prefix_caches(&params, &LmInput::tokens(2, longest, &padded), &lens, &last_of_prefix).unwrap();
+        let prefix_logits = prefix_logits.to_vec();
+        assert_eq!(caches.iter().map(|c| c.len()).collect::<Vec<_>>(), lens);
+        let continuations: Vec<u32> = whole.iter().zip(&lens).flat_map(|(seq, &len)| seq[len..].to_vec()).collect();
+        let rows: Vec<usize> = (0..2 * cont).collect();
+        let refs: Vec<_> = caches.iter().collect();
+        let continued =
+            lm.logits_continuing(&params, &LmInput::tokens(2, cont, &continuations), &refs, &rows).unwrap().to_vec();
+        for (r, seq) in whole.iter().enumerate() {
+            let full = lm.logits(&params, &LmInput::tokens(1, seq.len(), seq)).unwrap().to_vec();
+            let row_of = |at: usize| &full[at * vocab..(at + 1) * vocab];
+            let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let at_prefix = worst(&prefix_logits[r * vocab..(r + 1) * vocab], row_of(lens[r] - 1));
+            assert!(at_prefix < 1e-4, "sequence {r}: the prefix's last logits differ by {at_prefix}");
+            for j in 0..cont {
+                let k = r * cont + j;
+                let diff = worst(&continued[k * vocab..(k + 1) * vocab], row_of(lens[r] + j));
+                assert!(diff < 1e-4, "sequence {r}, continuation position {j}: logits differ by {diff}");
+            }
+        }
+        let window = lm.config().seq_len;
+        let too_long = vec![0; 2 * window];
+        let input = LmInput::tokens(2, window, &too_long);
+        assert!(lm.logits_continuing(&params, &input, &refs, &[0]).is_err(), "past the window is refused");
+    }
+}

@@ -69,6 +69,15 @@ pub struct AttentionActs<D: Device> {
     max_seq: usize,
 }
 
+/// Keys and values (after QK-norm and rotary, `[len, inner]`) of a sequence's first `len`
+/// positions, kept so rows continuing it skip recomputing them (a prefix cache for scoring many
+/// answers to one prompt, and for decoding).
+pub struct CachedKv<D: Device> {
+    pub k: D::Owned,
+    pub v: D::Owned,
+    pub len: usize,
+}
+
 /// Backward temporaries; one can serve every attention layer of the same shape.
 pub struct AttentionScratch<D: Device> {
     datt: D::Owned,
@@ -214,6 +223,97 @@ impl Attention {
         let att = dev.slice_mut(&mut acts.att, 0..n);
         dev.attention_forward(shape, q, k, v, probs, att);
         self.out_proj().forward(dev, &p.out_proj, att, y);
+    }
+
+    /// Keys and values of `row`'s first `len` positions, as the last [`forward`](Self::forward) over
+    /// `seq`-position rows left them (after QK-norm and rotary): what continuations of that row
+    /// attend to ([`forward_continuing`](Self::forward_continuing)).
+    pub fn cached_kv<D: Device>(
+        &self,
+        dev: &D,
+        acts: &AttentionActs<D>,
+        seq: usize,
+        row: usize,
+        len: usize,
+    ) -> CachedKv<D> {
+        assert!(len <= seq, "attention: a cached prefix of {len} positions is longer than its rows of {seq}");
+        let rows: Vec<usize> = (row * seq..row * seq + len).collect();
+        let take = |from: &D::Owned| {
+            let mut kept = dev.zeros(len * self.inner());
+            dev.gather_rows(from, &rows, &mut kept);
+            kept
+        };
+        CachedKv { k: take(&acts.k), v: take(&acts.v), len }
+    }
+
+    /// Forward only, for rows that continue cached prefixes: row `r` of `x` (`[rows * cont,
+    /// width]`) holds positions `prefixes[r].len ..` of a sequence whose earlier keys and values are
+    /// `prefixes[r]`. Only the continuation positions are projected; the attention itself runs
+    /// over whole rows (prefix keys copied in), so a continuation sees exactly what a forward over
+    /// the whole sequence shows it. `acts` must fit `rows x (longest prefix + cont)`; nothing is
+    /// saved for a backward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_continuing<D: Device>(
+        &self,
+        dev: &D,
+        p: &AttentionParams<D>,
+        x: &D::Buf,
+        prefixes: &[&CachedKv<D>],
+        cont: usize,
+        acts: &mut AttentionActs<D>,
+        y: &mut D::Buf,
+    ) {
+        assert!(self.causal, "attention: only causal rows continue a prefix");
+        let (inner, width) = (self.inner(), self.width);
+        let n_rows = prefixes.len();
+        assert_eq!(rows_of(dev, x, width, "attention"), n_rows * cont, "attention: x is not rows x cont");
+        let seq = prefixes.iter().map(|c| c.len).max().unwrap_or(0) + cont;
+        let shape = self.shape(n_rows, seq);
+        assert!(seq <= acts.max_seq && shape.rows() * inner <= dev.len(&acts.q), "attention: acts too small");
+        // Continuation positions, each at its prefix's length onwards; the rest of a row is padding
+        // after every query of interest, which the causal mask hides.
+        let at: Vec<usize> =
+            prefixes.iter().enumerate().flat_map(|(r, c)| (0..cont).map(move |j| r * seq + c.len + j)).collect();
+        let project = |j: usize| {
+            let w = dev.slice(p.in_proj.weight, j * inner * width..(j + 1) * inner * width);
+            let mut out = dev.zeros(at.len() * inner);
+            dev.gemm(Gemm::new(false, true, at.len(), inner, width), x, w, &mut out);
+            if let Some(b) = p.in_proj.bias {
+                dev.add_bias(&mut out, dev.slice(b, j * inner..(j + 1) * inner));
+            }
+            out
+        };
+        let n = shape.rows() * inner;
+        let (q, k, v) =
+            (dev.slice_mut(&mut acts.q, 0..n), dev.slice_mut(&mut acts.k, 0..n), dev.slice_mut(&mut acts.v, 0..n));
+        for (j, full, norm) in [(0, &mut *q, p.q_norm.as_ref()), (1, &mut *k, p.k_norm.as_ref())] {
+            let mut projected = project(j);
+            if let (Some(layer), Some(params)) = (self.qk_norm(), norm) {
+                let mut normed = dev.zeros(at.len() * inner);
+                let mut stats = layer.acts(dev, at.len());
+                layer.forward(dev, params, &projected, &mut stats, &mut normed);
+                projected = normed;
+            }
+            dev.fill(&mut *full, 0.0);
+            dev.scatter_rows(&projected, &at, &mut *full);
+        }
+        if self.rotary {
+            dev.rope(q, &acts.rope, shape, false);
+            dev.rope(k, &acts.rope, shape, false);
+        }
+        dev.fill(&mut *v, 0.0);
+        dev.scatter_rows(&project(2), &at, &mut *v);
+        for (r, cached) in prefixes.iter().enumerate() {
+            let rows: Vec<usize> = (r * seq..r * seq + cached.len).collect();
+            dev.scatter_rows(&cached.k, &rows, &mut *k);
+            dev.scatter_rows(&cached.v, &rows, &mut *v);
+        }
+        let probs = dev.slice_mut(&mut acts.probs, 0..shape.probs_len());
+        let att = dev.slice_mut(&mut acts.att, 0..n);
+        dev.attention_forward(shape, q, k, v, probs, att);
+        let mut continued = dev.zeros(at.len() * inner);
+        dev.gather_rows(att, &at, &mut continued);
+        self.out_proj().forward(dev, &p.out_proj, &continued, y);
     }
 
     /// Writes `dx`; accumulates every parameter gradient in `g`.

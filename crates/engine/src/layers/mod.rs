@@ -20,7 +20,9 @@ pub mod lm_head;
 pub mod norm;
 pub mod swiglu;
 
-pub use attention::{rope_inv_freq, Attention, AttentionActs, AttentionGrads, AttentionParams, AttentionScratch};
+pub use attention::{
+    rope_inv_freq, Attention, AttentionActs, AttentionGrads, AttentionParams, AttentionScratch, CachedKv,
+};
 pub use cross_entropy::{CrossEntropy, ZLossRule};
 pub use embedding::Embedding;
 pub use gelu_mlp::{GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch};

@@ -14,10 +14,28 @@ use super::workspace::Workspace;
 use crate::memory::{ensure_available, TrainShape};
 use anyhow::{bail, Context, Result};
 use vlmix_engine::layers::{
-    AttentionGrads, AttentionParams, LinearGrads, LinearParams, NormGrads, NormParams, SwiGluGrads, SwiGluParams,
+    AttentionGrads, AttentionParams, CachedKv, LinearGrads, LinearParams, NormGrads, NormParams, SwiGluGrads,
+    SwiGluParams,
 };
 use vlmix_engine::params::{Grads, ParamStore, Values};
 use vlmix_engine::{Cpu, Device, LossStats};
+
+/// Per layer, the keys and values of one sequence's first `len` positions ([`Lm::prefix_caches`]).
+pub struct PrefixCache<D: Device = Cpu> {
+    layers: Vec<CachedKv<D>>,
+    len: usize,
+}
+
+impl<D: Device> PrefixCache<D> {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 
 pub struct Lm<D: Device = Cpu> {
     config: LmConfig,
@@ -118,9 +136,37 @@ impl<D: Device> Lm<D> {
     /// Forward pass up to the logits (left in the workspace): of every position, or with
     /// `output_rows` of those rows only (`[output_rows.len(), vocab]`): a sequence's last for
     /// generation, the scored continuation positions for ranking.
-    fn forward(&mut self, params: &ParamStore<D>, input: &LmInput<D>, output_rows: Option<&[usize]>) -> Result<()> {
+    ///
+    /// With `continuing`, row `r` of `input` continues the sequence cached in `continuing[r]`: only
+    /// its own positions run, their attention reading the cached keys and values.
+    fn forward(
+        &mut self,
+        params: &ParamStore<D>,
+        input: &LmInput<D>,
+        continuing: Option<&[&PrefixCache<D>]>,
+        output_rows: Option<&[usize]>,
+    ) -> Result<()> {
         input.validate(&self.dev, self.config.d_model, self.config.seq_len)?;
-        self.reserve(input.batch, input.seq)?;
+        let attended = match continuing {
+            None => input.seq,
+            Some(prefixes) => {
+                let longest = prefixes.iter().map(|c| c.len).max().unwrap_or(0);
+                anyhow::ensure!(
+                    prefixes.len() == input.batch && input.injected.is_none(),
+                    "{} cached prefixes for {} continuation rows (continuations carry no injected rows)",
+                    prefixes.len(),
+                    input.batch
+                );
+                anyhow::ensure!(
+                    longest + input.seq <= self.config.seq_len,
+                    "a prefix of {longest} positions continued by {} does not fit the window of {}",
+                    input.seq,
+                    self.config.seq_len
+                );
+                longest + input.seq
+            }
+        };
+        self.reserve(input.batch, attended)?;
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
         let ws = self.work.as_mut().expect("reserved above");
         let (rows, d) = (input.rows(), self.config.d_model);
@@ -158,15 +204,31 @@ impl<D: Device> Lm<D> {
                 &mut acts.attention_norm,
                 dev.slice_mut(&mut acts.attention_norm_out, 0..n),
             );
-            layers.attention.forward(
-                dev,
-                &attention_params(v, b),
-                dev.slice(&acts.attention_norm_out, 0..n),
-                input.batch,
-                input.seq,
-                &mut acts.attention,
-                &mut *branch,
-            );
+            let normed = dev.slice(&acts.attention_norm_out, 0..n);
+            match continuing {
+                None => layers.attention.forward(
+                    dev,
+                    &attention_params(v, b),
+                    normed,
+                    input.batch,
+                    input.seq,
+                    &mut acts.attention,
+                    &mut *branch,
+                ),
+                Some(prefixes) => {
+                    let cached: Vec<&CachedKv<D>> = prefixes.iter().map(|c| &c.layers[l]).collect();
+                    let p = attention_params(v, b);
+                    layers.attention.forward_continuing(
+                        dev,
+                        &p,
+                        normed,
+                        &cached,
+                        input.seq,
+                        &mut acts.attention,
+                        branch,
+                    );
+                }
+            }
             dev.add(x, branch, &mut *h);
             let ffn_norm_out = dev.slice_mut(&mut acts.ffn_norm_out, 0..n);
             layers.norm.forward(dev, &norm_params(v, b.ffn_norm), h, &mut acts.ffn_norm, &mut *ffn_norm_out);
@@ -227,7 +289,7 @@ impl<D: Device> Lm<D> {
             None if injected_rows > 0 => bail!("injected embeddings need an injected_grad buffer for their gradient"),
             _ => {}
         }
-        self.forward(params, input, None)?;
+        self.forward(params, input, None, None)?;
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
         let ws = self.work.as_mut().expect("forward reserved it");
         let (rows, d, vocab) = (input.rows(), self.config.d_model, self.config.vocab);
@@ -345,7 +407,7 @@ impl<D: Device> Lm<D> {
         targets: &[u32],
         loss_mask: &[f32],
     ) -> Result<LossStats> {
-        self.forward(params, input, None)?;
+        self.forward(params, input, None, None)?;
         let (dev, ws) = (&self.dev, self.work.as_mut().expect("forward reserved it"));
         let rows = input.rows();
         let logits = dev.slice_mut(&mut ws.logits, 0..rows * self.config.vocab);
@@ -362,7 +424,7 @@ impl<D: Device> Lm<D> {
 
     /// Logits `[batch * seq, vocab]` of every position.
     pub fn logits(&mut self, params: &ParamStore<D>, input: &LmInput<D>) -> Result<&D::Buf> {
-        self.forward(params, input, None)?;
+        self.forward(params, input, None, None)?;
         Ok(self
             .dev
             .slice(&self.work.as_ref().expect("forward reserved it").logits, 0..input.rows() * self.config.vocab))
@@ -378,7 +440,55 @@ impl<D: Device> Lm<D> {
     /// Logits `[rows.len(), vocab]` of the positions `rows` (indices into `batch * seq`) only: what
     /// ranking continuations needs, at a fraction of the output projection's cost.
     pub fn logits_at(&mut self, params: &ParamStore<D>, input: &LmInput<D>, rows: &[usize]) -> Result<&D::Buf> {
-        self.forward(params, input, Some(rows))?;
+        self.forward(params, input, None, Some(rows))?;
+        Ok(self.dev.slice(&self.work.as_ref().expect("forward reserved it").logits, 0..rows.len() * self.config.vocab))
+    }
+
+    /// Runs `input` (each row a sequence's first `lens[r]` positions, padded to `input.seq`) and
+    /// keeps every row's keys and values for [`logits_continuing`](Self::logits_continuing); the
+    /// logits `[rows.len(), vocab]` at positions `rows` are returned beside them.
+    pub fn prefix_caches(
+        &mut self,
+        params: &ParamStore<D>,
+        input: &LmInput<D>,
+        lens: &[usize],
+        rows: &[usize],
+    ) -> Result<(Vec<PrefixCache<D>>, &D::Buf)> {
+        anyhow::ensure!(
+            lens.len() == input.batch && lens.iter().all(|&len| len <= input.seq),
+            "prefix lengths {lens:?} do not fit {} rows of {}",
+            input.batch,
+            input.seq
+        );
+        self.forward(params, input, None, Some(rows))?;
+        let ws = self.work.as_ref().expect("forward reserved it");
+        let caches = lens
+            .iter()
+            .enumerate()
+            .map(|(row, &len)| PrefixCache {
+                layers: ws
+                    .blocks
+                    .iter()
+                    .map(|b| self.layers.attention.cached_kv(&self.dev, &b.attention, input.seq, row, len))
+                    .collect(),
+                len,
+            })
+            .collect();
+        Ok((caches, self.dev.slice(&ws.logits, 0..rows.len() * self.config.vocab)))
+    }
+
+    /// Logits `[rows.len(), vocab]` at positions `rows` (indices into `batch * seq`) of rows that
+    /// continue cached sequences: row `r` of `input` holds the `input.seq` tokens after
+    /// `prefixes[r]`. The same logits a forward over each whole sequence gives, without
+    /// recomputing the prefix (scoring many answers to one prompt, decoding token by token).
+    pub fn logits_continuing(
+        &mut self,
+        params: &ParamStore<D>,
+        input: &LmInput<D>,
+        prefixes: &[&PrefixCache<D>],
+        rows: &[usize],
+    ) -> Result<&D::Buf> {
+        self.forward(params, input, Some(prefixes), Some(rows))?;
         Ok(self.dev.slice(&self.work.as_ref().expect("forward reserved it").logits, 0..rows.len() * self.config.vocab))
     }
 
