@@ -12,13 +12,14 @@ use crate::scorer::{Answer, ImageRef, LogLikelihood, Request, Scorer};
 use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_engine::{Cpu, Device};
-use vlmix_models::lm::{Lm, LmInput};
+use vlmix_models::lm::{Lm, LmInput, PrefixCache};
 use vlmix_models::sequence::{VlmRow, VlmSequence};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::ImageEncoder;
@@ -46,6 +47,33 @@ impl<D: Device> ScoredModel<D> {
         match self {
             ScoredModel::Text(lm) => lm,
             ScoredModel::Vision(vlm) => &vlm.lm,
+        }
+    }
+
+    fn lm_mut(&mut self) -> &mut Lm<D> {
+        match self {
+            ScoredModel::Text(lm) => lm,
+            ScoredModel::Vision(vlm) => &mut vlm.lm,
+        }
+    }
+
+    /// Prefix caches of `batch`'s rows (row `r`: its first `lens[r]` positions) and the logits at
+    /// `rows`, the image slots showing the `projected` images.
+    fn prefix_caches(
+        &mut self,
+        params: &ParamStore<D>,
+        batch: &VlmBatch,
+        projected: &D::Buf,
+        lens: &[usize],
+        rows: &[usize],
+    ) -> Result<(Vec<PrefixCache<D>>, &D::Buf)> {
+        match self {
+            ScoredModel::Vision(vlm) => vlm.prefix_caches_of_projected(params, batch, projected, lens, rows),
+            ScoredModel::Text(lm) => {
+                ensure!(batch.slots.is_empty(), "a text-only model cannot read image slots");
+                let input = LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected: None };
+                lm.prefix_caches(params, &input, lens, rows)
+            }
         }
     }
 
@@ -166,7 +194,8 @@ fn score_row(logits: &[f32], target: u32) -> (f64, bool) {
             best_at = i;
         }
     }
-    let sum: f64 = logits.iter().map(|&x| ((x - best) as f64).exp()).sum();
+    // f32 exponentials (each in (0, 1]) summed in f64: the f64 exponential cost a tenth of an eval.
+    let sum: f64 = logits.iter().map(|&x| f64::from((x - best).exp())).sum();
     let lse = best as f64 + sum.ln();
     (logits[target as usize] as f64 - lse, best_at == target as usize)
 }
@@ -360,8 +389,8 @@ impl<D: Device> ModelScorer<D> {
         Ok(batch)
     }
 
-    /// Host logits `[positions.len(), vocab]` of one forward over `rows` at `positions` (indices
-    /// into the padded batch, from `at(batch)`).
+    /// Host logits `[positions.len(), vocab]` of one forward over whole `rows` at `positions`
+    /// (indices into the padded batch, from `at(batch)`).
     fn logits_of(
         &mut self,
         rows: &[(&VlmRow, usize)],
@@ -369,17 +398,37 @@ impl<D: Device> ModelScorer<D> {
     ) -> Result<(VlmBatch, Vec<usize>, Vec<f32>)> {
         let batch = self.batch(rows)?;
         let positions = at(&batch);
-        let projected = match (&self.projected, batch.slots.iter().map(|s| s.image + 1).max()) {
-            (_, None) => &*self.no_image,
-            (Some((_, p)), Some(shown)) => {
-                let block = self.layout.n_image_tokens() * self.d_model;
-                self.params.device().slice(p, 0..shown * block)
-            }
-            (None, Some(_)) => bail!("image rows without a projected image"),
-        };
+        let block = self.layout.n_image_tokens() * self.d_model;
+        let projected = shown_images(self.params.device(), &self.projected, &self.no_image, &batch, block)?;
         let logits = self.model.logits(&self.params, &batch, projected, &positions)?;
         let logits = self.params.device().to_host(logits).into_owned();
         Ok((batch, positions, logits))
+    }
+
+    /// Runs `rows` (whole prefixes, each with its image index) into prefix caches; returns them
+    /// with the host logits of each row's last position.
+    fn prefix_caches(&mut self, rows: &[(&VlmRow, usize)]) -> Result<(Vec<PrefixCache<D>>, Vec<f32>)> {
+        let batch = self.batch(rows)?;
+        let lens: Vec<usize> = rows.iter().map(|(r, _)| r.inputs.len()).collect();
+        let last: Vec<usize> = lens.iter().enumerate().map(|(r, &len)| r * batch.seq + len - 1).collect();
+        let block = self.layout.n_image_tokens() * self.d_model;
+        let projected = shown_images(self.params.device(), &self.projected, &self.no_image, &batch, block)?;
+        let (caches, logits) = self.model.prefix_caches(&self.params, &batch, projected, &lens, &last)?;
+        Ok((caches, self.params.device().to_host(logits).into_owned()))
+    }
+
+    /// Host logits `[positions.len(), vocab]` of `tokens` (`[prefixes.len(), width]`, row `r`
+    /// continuing `prefixes[r]`) at `positions` (indices into `tokens`).
+    fn continuation_logits(
+        &mut self,
+        prefixes: &[&PrefixCache<D>],
+        tokens: &[u32],
+        width: usize,
+        positions: &[usize],
+    ) -> Result<Vec<f32>> {
+        let input = LmInput::tokens(prefixes.len(), width, tokens);
+        let logits = self.model.lm_mut().logits_continuing(&self.params, &input, prefixes, positions)?;
+        Ok(self.params.device().to_host(logits).into_owned())
     }
 
     /// Forward groups over `rows` (indices into `lens`, the rows' lengths) in order of length, so
@@ -409,73 +458,159 @@ impl<D: Device> ModelScorer<D> {
         groups
     }
 
-    /// Log-likelihoods of rows (each with its image index), batched across rows.
+    /// Log-likelihoods of whole rows (each with its image index), batched across rows: rolling
+    /// windows, which share no prefix.
     fn score_rows(&mut self, rows: &[(VlmRow, usize)]) -> Result<Vec<LogLikelihood>> {
         let lens: Vec<usize> = rows.iter().map(|(r, _)| r.inputs.len()).collect();
         let scored: Vec<usize> = rows.iter().map(|(r, _)| r.loss_mask.iter().filter(|&&m| m).count()).collect();
         let vocab = self.model.lm().config().vocab;
-        let mut results = vec![LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true }; rows.len()];
+        let mut results = vec![NOTHING_SCORED; rows.len()];
         for group in self.groups(&lens, &scored) {
             let members: Vec<(&VlmRow, usize)> = group.iter().map(|&i| (&rows[i].0, rows[i].1)).collect();
             let (batch, positions, logits) = self.logits_of(&members, |batch| {
                 batch.loss_mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(at, _)| at).collect()
             })?;
             for (k, &at) in positions.iter().enumerate() {
-                let (logprob, greedy) = score_row(&logits[k * vocab..(k + 1) * vocab], batch.targets[at]);
-                let result = &mut results[group[at / batch.seq]];
-                result.sum_logprob += logprob;
-                result.n_tokens += 1;
-                result.is_greedy &= greedy;
+                add_score(&mut results[group[at / batch.seq]], &logits[k * vocab..(k + 1) * vocab], batch.targets[at]);
             }
         }
         Ok(results)
     }
 
-    /// Greedy decoding of every prompt in lockstep, one forward over all unfinished ones per token.
-    fn generate_greedy_all(&mut self, prompts: &[(bool, usize, &str, usize)]) -> Result<Vec<String>> {
-        let mut contexts = Vec::with_capacity(prompts.len());
-        for &(image, _, prompt, _) in prompts {
-            let (n_image, ids) = self.prompt_ids(image, prompt)?;
-            ensure!(n_image + ids.len() > 0, "nothing to condition on: give an image or a prompt");
-            contexts.push(ids);
+    /// Log-likelihoods of scoring rows (continuations after a context, each row with its image
+    /// index). Rows that share everything before their first scored token (the choices of one
+    /// item) share one prefix: it runs once into a prefix cache, whose last logits score every
+    /// row's first token, and only the rest of each continuation runs after it.
+    fn score_continuations(&mut self, rows: &[(VlmRow, usize)]) -> Result<Vec<LogLikelihood>> {
+        let mut prefix_of: HashMap<(Option<usize>, &[u32]), usize> = HashMap::new();
+        let mut prefixes: Vec<(VlmRow, usize)> = Vec::new();
+        let mut users: Vec<Vec<usize>> = Vec::new();
+        for (i, (row, image)) in rows.iter().enumerate() {
+            let first = row.loss_mask.iter().position(|&m| m).context("a scoring row scores nothing")?;
+            ensure!(row.loss_mask[first..].iter().all(|&m| m), "a scoring row's scored positions are not its tail");
+            let key = ((!row.images.is_empty()).then_some(*image), &row.inputs[..=first]);
+            let id = *prefix_of.entry(key).or_insert_with(|| {
+                let prefix = VlmRow {
+                    inputs: row.inputs[..=first].to_vec(),
+                    targets: row.targets[..=first].to_vec(),
+                    loss_mask: row.loss_mask[..=first].to_vec(),
+                    images: row.images.clone(),
+                };
+                prefixes.push((prefix, *image));
+                users.push(Vec::new());
+                prefixes.len() - 1
+            });
+            users[id].push(i);
         }
-        let mut decodes: Vec<Decode> = prompts.iter().map(|p| Decode::new(p.3)).collect();
         let vocab = self.model.lm().config().vocab;
-        loop {
-            let active: Vec<usize> = (0..prompts.len()).filter(|&i| !decodes[i].done).collect();
-            if active.is_empty() {
-                break;
-            }
-            let rows: Vec<VlmRow> = active.iter().map(|&i| self.generation_row(prompts[i].0, &contexts[i])).collect();
-            let lens: Vec<usize> = rows.iter().map(|r| r.inputs.len()).collect();
-            for group in self.groups(&lens, &vec![1; rows.len()]) {
-                let members: Vec<(&VlmRow, usize)> = group.iter().map(|&k| (&rows[k], prompts[active[k]].1)).collect();
-                let (_, _, logits) = self.logits_of(&members, |batch| {
-                    members.iter().enumerate().map(|(r, (row, _))| r * batch.seq + row.inputs.len() - 1).collect()
-                })?;
-                for (k, &member) in group.iter().enumerate() {
-                    let i = active[member];
-                    let next = pick_token(&logits[k * vocab..(k + 1) * vocab], &Decoding::greedy(0), &mut no_rng());
-                    if decodes[i].push(next, &self.tokenizer)?.is_some() {
-                        contexts[i].push(next);
+        let pad = self.tokenizer.special.pad;
+        let mut results = vec![NOTHING_SCORED; rows.len()];
+        let lens: Vec<usize> = prefixes.iter().map(|(r, _)| r.inputs.len()).collect();
+        for group in self.groups(&lens, &vec![1; lens.len()]) {
+            let members: Vec<(&VlmRow, usize)> = group.iter().map(|&p| (&prefixes[p].0, prefixes[p].1)).collect();
+            let (caches, last_logits) = self.prefix_caches(&members)?;
+            // (row, its prefix's place in the group) of rows with tokens after their prefix.
+            let mut continuing = Vec::new();
+            for (k, &p) in group.iter().enumerate() {
+                for &i in &users[p] {
+                    add_score(
+                        &mut results[i],
+                        &last_logits[k * vocab..(k + 1) * vocab],
+                        rows[i].0.targets[lens[p] - 1],
+                    );
+                    if rows[i].0.inputs.len() > lens[p] {
+                        continuing.push((i, k));
                     }
                 }
+            }
+            let spans: Vec<usize> = continuing.iter().map(|&(i, _)| rows[i].0.inputs.len()).collect();
+            let tails: Vec<usize> = continuing.iter().map(|&(i, k)| rows[i].0.inputs.len() - lens[group[k]]).collect();
+            for part in self.groups(&spans, &tails) {
+                let width = part.iter().map(|&c| tails[c]).max().expect("groups are not empty");
+                let mut tokens = Vec::with_capacity(part.len() * width);
+                let mut positions = Vec::new();
+                for (r, &c) in part.iter().enumerate() {
+                    let (i, k) = continuing[c];
+                    tokens.extend_from_slice(&rows[i].0.inputs[lens[group[k]]..]);
+                    tokens.resize((r + 1) * width, pad);
+                    positions.extend((0..tails[c]).map(|j| r * width + j));
+                }
+                let refs: Vec<&PrefixCache<D>> = part.iter().map(|&c| &caches[continuing[c].1]).collect();
+                let logits = self.continuation_logits(&refs, &tokens, width, &positions)?;
+                for (n, &at) in positions.iter().enumerate() {
+                    let (i, k) = continuing[part[at / width]];
+                    let target = rows[i].0.targets[lens[group[k]] + at % width];
+                    add_score(&mut results[i], &logits[n * vocab..(n + 1) * vocab], target);
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Decodes every prompt (its image an index into the projected images). A prompt runs once
+    /// into a prefix cache; each new token then runs as a row continuing it, the prompts of a
+    /// group in lockstep. `on_text(i, piece)` receives prompt `i`'s text as it grows.
+    fn decode_all(&mut self, prompts: &[Prompt], on_text: &mut dyn FnMut(usize, &str)) -> Result<Vec<String>> {
+        let mut rows = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let decoding = &prompt.decoding;
+            ensure!(
+                decoding.temperature >= 0.0 && decoding.temperature.is_finite(),
+                "temperature must be a finite number >= 0, got {}",
+                decoding.temperature
+            );
+            ensure!(decoding.top_k != Some(0), "top-k must be at least 1");
+            let (n_image, ids) = self.prompt_ids(prompt.image.is_some(), prompt.text)?;
+            ensure!(n_image + ids.len() > 0, "nothing to condition on: give an image or a prompt");
+            // The prompt's newest tokens that leave the window room for every new token but the last.
+            let room = (self.layout.seq_len() + 1).saturating_sub(n_image + decoding.max_tokens.max(1));
+            let keep = ids.len().min(room);
+            ensure!(
+                n_image + keep > 0,
+                "{} new tokens leave no room for the prompt in the model's window of {}",
+                decoding.max_tokens,
+                self.layout.seq_len()
+            );
+            rows.push((self.layout.prompt_row(n_image > 0, &ids[ids.len() - keep..]), prompt.image.unwrap_or(0)));
+        }
+        let mut decodes: Vec<Decode> = prompts.iter().map(|p| Decode::new(p.decoding.max_tokens)).collect();
+        let mut rngs: Vec<ChaCha8Rng> = prompts.iter().map(|p| ChaCha8Rng::seed_from_u64(p.decoding.seed)).collect();
+        let vocab = self.model.lm().config().vocab;
+        let spans: Vec<usize> =
+            rows.iter().zip(prompts).map(|((r, _), p)| r.inputs.len() + p.decoding.max_tokens).collect();
+        for group in self.groups(&spans, &vec![1; rows.len()]) {
+            let active: Vec<usize> = group.iter().copied().filter(|&i| !decodes[i].done).collect();
+            if active.is_empty() {
+                continue;
+            }
+            let members: Vec<(&VlmRow, usize)> = active.iter().map(|&i| (&rows[i].0, rows[i].1)).collect();
+            let (caches, mut logits) = self.prefix_caches(&members)?;
+            let mut live: Vec<usize> = (0..active.len()).collect();
+            loop {
+                for (n, &k) in live.iter().enumerate() {
+                    let i = active[k];
+                    let next = pick_token(&logits[n * vocab..(n + 1) * vocab], &prompts[i].decoding, &mut rngs[i]);
+                    decodes[i].push(next, &self.tokenizer)?;
+                    if let Some(piece) = decodes[i].new_text() {
+                        on_text(i, piece);
+                    }
+                }
+                live.retain(|&k| !decodes[active[k]].done);
+                let Some(&first) = live.first() else { break };
+                let width = decodes[active[first]].generated.len();
+                let tokens: Vec<u32> = live.iter().flat_map(|&k| decodes[active[k]].generated.clone()).collect();
+                let positions: Vec<usize> = (1..=live.len()).map(|r| r * width - 1).collect();
+                let refs: Vec<&PrefixCache<D>> = live.iter().map(|&k| &caches[k]).collect();
+                logits = self.continuation_logits(&refs, &tokens, width, &positions)?;
             }
         }
         Ok(decodes.into_iter().map(|d| d.text).collect())
     }
 
-    /// The row whose last position predicts the next token after `context` (its newest part that
-    /// fits the window behind the image slots).
-    fn generation_row(&self, image: bool, context: &[u32]) -> VlmRow {
-        let n_image = if image { self.layout.n_image_tokens() } else { 0 };
-        let keep = context.len().min(self.layout.seq_len() - n_image);
-        self.layout.prompt_row(image, &context[context.len() - keep..])
-    }
-
     /// Decodes after `prompt` (and the image), calling `on_text` with each new piece of text as it
     /// is produced. Stops at EOS, at a newline (the end of an answer in training data) or after
-    /// `max_tokens`; returns the text before the stop.
+    /// `max_tokens`; returns the text before the stop. A prompt too long for the window loses its
+    /// oldest tokens first, leaving room for the new ones.
     pub fn generate_with(
         &mut self,
         image: Option<&ImageRef>,
@@ -483,58 +618,71 @@ impl<D: Device> ModelScorer<D> {
         decoding: &Decoding,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<String> {
-        ensure!(
-            decoding.temperature >= 0.0 && decoding.temperature.is_finite(),
-            "temperature must be a finite number >= 0, got {}",
-            decoding.temperature
-        );
-        ensure!(decoding.top_k != Some(0), "top-k must be at least 1");
         self.project(image.as_slice())?;
-        let (n_image, mut context) = self.prompt_ids(image.is_some(), prompt)?;
-        ensure!(n_image + context.len() > 0, "nothing to condition on: give an image or a prompt");
-        let mut rng = ChaCha8Rng::seed_from_u64(decoding.seed);
-        let mut decode = Decode::new(decoding.max_tokens);
-        let mut emitted = 0;
-        let vocab = self.model.lm().config().vocab;
-        while !decode.done {
-            let row = self.generation_row(image.is_some(), &context);
-            let (_, _, logits) = self.logits_of(&[(&row, 0)], |_| vec![row.inputs.len() - 1])?;
-            let next = pick_token(&logits[..vocab], decoding, &mut rng);
-            if decode.push(next, &self.tokenizer)?.is_some() {
-                context.push(next);
-            }
-            // Hold back a partial UTF-8 character until its last byte arrives.
-            if decode.done || !decode.text.ends_with(char::REPLACEMENT_CHARACTER) {
-                on_text(decode.text.get(emitted..).unwrap_or_default());
-                emitted = decode.text.len();
-            }
-        }
-        Ok(decode.text)
+        let prompt = Prompt { image: image.map(|_| 0), text: prompt, decoding: *decoding };
+        let mut texts = self.decode_all(&[prompt], &mut |_, piece| on_text(piece))?;
+        Ok(texts.pop().expect("one text per prompt"))
     }
+}
+
+/// The projected images `batch`'s slots show: the first images of `projected` (image indices
+/// count from its start), or `no_image` when the batch has no slots.
+fn shown_images<'a, D: Device>(
+    dev: &D,
+    projected: &'a Option<(Vec<PathBuf>, D::Owned)>,
+    no_image: &'a D::Owned,
+    batch: &VlmBatch,
+    block: usize,
+) -> Result<&'a D::Buf> {
+    match (projected, batch.slots.iter().map(|s| s.image + 1).max()) {
+        (_, None) => Ok(no_image),
+        (Some((_, p)), Some(shown)) => Ok(dev.slice(p, 0..shown * block)),
+        (None, Some(_)) => bail!("image rows without a projected image"),
+    }
+}
+
+/// What a row scores before any token is added.
+const NOTHING_SCORED: LogLikelihood = LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true };
+
+/// Adds one scored token (`target` under `logits`) to `ll`.
+fn add_score(ll: &mut LogLikelihood, logits: &[f32], target: u32) {
+    let (logprob, greedy) = score_row(logits, target);
+    ll.sum_logprob += logprob;
+    ll.n_tokens += 1;
+    ll.is_greedy &= greedy;
+}
+
+/// One prompt of [`ModelScorer::decode_all`].
+struct Prompt<'a> {
+    /// Index into the projected images (None: text only).
+    image: Option<usize>,
+    text: &'a str,
+    decoding: Decoding,
 }
 
 /// One decoding's state: the tokens so far and the text they decode to, until it stops.
 struct Decode {
     generated: Vec<u32>,
     text: String,
+    /// Bytes of `text` already handed out by [`Decode::new_text`].
+    emitted: usize,
     budget: usize,
     done: bool,
 }
 
 impl Decode {
     fn new(max_tokens: usize) -> Self {
-        Self { generated: Vec::new(), text: String::new(), budget: max_tokens, done: max_tokens == 0 }
+        Self { generated: Vec::new(), text: String::new(), emitted: 0, budget: max_tokens, done: max_tokens == 0 }
     }
 
-    /// Takes the next token: Some(token) when it joins the answer, None when it ended it (EOS). Stops
-    /// at EOS, at a newline (the end of an answer in training data; the text keeps what precedes it)
-    /// and after the budget.
-    fn push(&mut self, next: u32, tokenizer: &TextTokenizer) -> Result<Option<u32>> {
+    /// Takes the next token. Stops at EOS, at a newline (the end of an answer in training data;
+    /// the text keeps what precedes it) and when the budget is spent.
+    fn push(&mut self, next: u32, tokenizer: &TextTokenizer) -> Result<()> {
         self.budget = self.budget.saturating_sub(1);
         self.done = self.budget == 0;
         if next == tokenizer.special.eos {
             self.done = true;
-            return Ok(None);
+            return Ok(());
         }
         self.generated.push(next);
         self.text = tokenizer.decode(&self.generated)?;
@@ -542,13 +690,19 @@ impl Decode {
             self.text.truncate(newline);
             self.done = true;
         }
-        Ok(Some(next))
+        Ok(())
     }
-}
 
-/// Greedy picking draws nothing; [`pick_token`] still takes a generator.
-fn no_rng() -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(0)
+    /// The text added since the last call, holding back a partial UTF-8 character until its last
+    /// byte arrives (or decoding stops).
+    fn new_text(&mut self) -> Option<&str> {
+        if !self.done && self.text.ends_with(char::REPLACEMENT_CHARACTER) {
+            return None;
+        }
+        let from = self.emitted;
+        self.emitted = self.text.len();
+        Some(self.text.get(from..).unwrap_or_default())
+    }
 }
 
 /// Argmax when greedy, else a sample from the tempered softmax over the top-k logits.
@@ -634,18 +788,23 @@ impl<D: Device> Scorer for ModelScorer<D> {
                 }
                 Request::Generate { image, prompt, max_tokens } => {
                     row_of.push(Vec::new());
-                    prompts.push((image.is_some(), index[r], prompt, max_tokens));
+                    prompts.push(Prompt {
+                        image: image.map(|_| index[r]),
+                        text: prompt,
+                        decoding: Decoding::greedy(max_tokens),
+                    });
                 }
             }
         }
-        let scores = if rows.is_empty() { Vec::new() } else { self.score_rows(&rows)? };
-        let mut generated = self.generate_greedy_all(&prompts)?.into_iter();
-        let empty = LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true };
+        let scores = self.score_continuations(&rows)?;
+        let mut generated = self.decode_all(&prompts, &mut |_, _| {})?.into_iter();
         Ok(requests
             .iter()
             .zip(row_of)
             .map(|(request, rows)| match request {
-                Request::Rank { .. } => Answer::Ranked(rows.iter().map(|r| r.map_or(empty, |r| scores[r])).collect()),
+                Request::Rank { .. } => {
+                    Answer::Ranked(rows.iter().map(|r| r.map_or(NOTHING_SCORED, |r| scores[r])).collect())
+                }
                 Request::Generate { .. } => Answer::Generated(generated.next().expect("one text per generation")),
             })
             .collect())
@@ -662,7 +821,7 @@ impl<D: Device> Scorer for ModelScorer<D> {
                 (self.layout.scoring_row(false, &all[w.start..first_target], &all[first_target..=w.end]), 0)
             })
             .collect();
-        let mut total = LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true };
+        let mut total = NOTHING_SCORED;
         for ll in self.score_rows(&rows)? {
             total.sum_logprob += ll.sum_logprob;
             total.n_tokens += ll.n_tokens;

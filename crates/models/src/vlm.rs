@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Result};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::{Cpu, Device, LossStats};
 
-use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput};
+use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput, PrefixCache};
 use crate::sequence::VlmRow;
 use crate::vision::projector::Projector;
 use crate::vision::tail::EncoderTail;
@@ -364,5 +364,21 @@ impl<D: Device> Vlm<D> {
         let positions = self.inject(batch, projected)?;
         let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
         self.lm.logits_at(params, &lm_input(batch, &positions, injected), rows)
+    }
+
+    /// [`Lm::prefix_caches`] over `batch` (each row a sequence's first `lens[r]` positions), its
+    /// image slots showing the `projected` images as in
+    /// [`logits_of_projected`](Self::logits_of_projected).
+    pub fn prefix_caches_of_projected(
+        &mut self,
+        params: &ParamStore<D>,
+        batch: &VlmBatch,
+        projected: &D::Buf,
+        lens: &[usize],
+        rows: &[usize],
+    ) -> Result<(Vec<PrefixCache<D>>, &D::Buf)> {
+        let positions = self.inject(batch, projected)?;
+        let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
+        self.lm.prefix_caches(params, &lm_input(batch, &positions, injected), lens, rows)
     }
 }

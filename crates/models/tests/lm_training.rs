@@ -378,6 +378,7 @@ fn continuing_cached_prefixes_gives_the_whole_sequences_logits() {
         let window = lm.config().seq_len;
         let too_long = vec![0; 2 * window];
         let input = LmInput::tokens(2, window, &too_long);
-        assert!(lm.logits_continuing(&params, &input, &refs, &[0]).is_err(), "past the window is refused");
+        assert!(lm.logits_continuing(&params, &input, &refs, &[window - 1]).is_err(), "past the window is refused");
+        assert!(lm.logits_continuing(&params, &input, &refs, &[2 * window]).is_err(), "past the rows is refused");
     }
 }

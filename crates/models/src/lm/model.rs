@@ -157,12 +157,15 @@ impl<D: Device> Lm<D> {
                     prefixes.len(),
                     input.batch
                 );
-                anyhow::ensure!(
-                    longest + input.seq <= self.config.seq_len,
-                    "a prefix of {longest} positions continued by {} does not fit the window of {}",
-                    input.seq,
-                    self.config.seq_len
-                );
+                // Rows are padded to the widest continuation; only the positions read out must lie
+                // inside the window (padding past it is computed and dropped).
+                let outside = output_rows.unwrap_or_default().iter().find(|&&at| {
+                    at / input.seq.max(1) >= prefixes.len()
+                        || prefixes[at / input.seq].len + at % input.seq >= self.config.seq_len
+                });
+                if let Some(at) = outside {
+                    bail!("continuation position {at} lies past its row or past the window of {}", self.config.seq_len);
+                }
                 longest + input.seq
             }
         };
