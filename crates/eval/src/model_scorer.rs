@@ -767,45 +767,50 @@ impl<D: Device> Scorer for ModelScorer<D> {
             })
             .collect();
         let index = self.project_requests(&images)?;
+        // Identical rows and prompts (the blind control asks every item's question about the same
+        // blank image) are scored and decoded once.
+        type RowKey = (Option<usize>, usize, Vec<u32>, Vec<u32>);
+        let mut unique_rows: HashMap<RowKey, usize> = HashMap::new();
+        let mut unique_prompts: HashMap<(Option<usize>, &str, usize), usize> = HashMap::new();
         let mut rows: Vec<(VlmRow, usize)> = Vec::new();
-        let mut row_of: Vec<Vec<Option<usize>>> = Vec::with_capacity(requests.len());
         let mut prompts = Vec::new();
+        let mut answer_of: Vec<Vec<Option<usize>>> = Vec::with_capacity(requests.len());
         for (r, request) in requests.iter().enumerate() {
             match *request {
                 Request::Rank { image, context, continuations } => {
-                    let choices = self.choice_rows(image.is_some(), context, continuations)?;
-                    row_of.push(
-                        choices
-                            .into_iter()
-                            .map(|row| {
-                                row.map(|row| {
-                                    rows.push((row, index[r]));
-                                    rows.len() - 1
-                                })
+                    let mut slots = Vec::with_capacity(continuations.len());
+                    for row in self.choice_rows(image.is_some(), context, continuations)? {
+                        slots.push(row.map(|row| {
+                            let first = row.loss_mask.iter().position(|&m| m).unwrap_or(row.inputs.len());
+                            let key = (image.map(|_| index[r]), first, row.inputs.clone(), row.targets.clone());
+                            *unique_rows.entry(key).or_insert_with(|| {
+                                rows.push((row, index[r]));
+                                rows.len() - 1
                             })
-                            .collect(),
-                    );
+                        }));
+                    }
+                    answer_of.push(slots);
                 }
                 Request::Generate { image, prompt, max_tokens } => {
-                    row_of.push(Vec::new());
-                    prompts.push(Prompt {
-                        image: image.map(|_| index[r]),
-                        text: prompt,
-                        decoding: Decoding::greedy(max_tokens),
+                    let image = image.map(|_| index[r]);
+                    let slot = *unique_prompts.entry((image, prompt, max_tokens)).or_insert_with(|| {
+                        prompts.push(Prompt { image, text: prompt, decoding: Decoding::greedy(max_tokens) });
+                        prompts.len() - 1
                     });
+                    answer_of.push(vec![Some(slot)]);
                 }
             }
         }
         let scores = self.score_continuations(&rows)?;
-        let mut generated = self.decode_all(&prompts, &mut |_, _| {})?.into_iter();
+        let texts = self.decode_all(&prompts, &mut |_, _| {})?;
         Ok(requests
             .iter()
-            .zip(row_of)
-            .map(|(request, rows)| match request {
+            .zip(answer_of)
+            .map(|(request, slots)| match request {
                 Request::Rank { .. } => {
-                    Answer::Ranked(rows.iter().map(|r| r.map_or(NOTHING_SCORED, |r| scores[r])).collect())
+                    Answer::Ranked(slots.iter().map(|r| r.map_or(NOTHING_SCORED, |r| scores[r])).collect())
                 }
-                Request::Generate { .. } => Answer::Generated(generated.next().expect("one text per generation")),
+                Request::Generate { .. } => Answer::Generated(texts[slots[0].expect("a prompt's slot")].clone()),
             })
             .collect())
     }
