@@ -189,17 +189,21 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
     println!();
     // Fine-tuning and evaluation sizes depend on the data; these are upper-bound style guesses.
     let finetune_positions_per_epoch = config.finetune.max_examples.unwrap_or(20_000) as u64 * seq as u64;
-    // A vision item is scored twice (with its image and blind); a text item ranks ~4 choices.
+    // Scoring runs an item's prompt (image included; ~half a window) once into a prefix cache, then
+    // ~16 continuation tokens (its choices, or a short answer); the blind pass repeats the prompt
+    // only where it differs between items (~a quarter). Forward-only positions in large batches cost
+    // about half a training position (a third for the products, plus the vocabulary softmax).
     let items = item_limit(&config.eval);
     let (vision_items, text_items) = (items.vision.unwrap_or(0) as u64, items.text.unwrap_or(0) as u64);
-    let text_eval_positions = 4 * config.eval.text_tasks.len() as u64 * text_items * seq as u64;
-    let eval_positions = 2 * config.eval.vision_tasks.len() as u64 * vision_items * seq as u64 + text_eval_positions;
+    let item_positions = seq as u64 / 2 + 16;
+    let text_eval_positions = config.eval.text_tasks.len() as u64 * text_items * item_positions / 2;
+    let eval_positions =
+        config.eval.vision_tasks.len() as u64 * vision_items * item_positions * 5 / 8 + text_eval_positions;
     let positions_per_step = |batch: usize| (batch * seq) as u64;
     println!("{:<48} {:>14} {:>12}", "node", "positions", "est. time");
     let mut total = 0.0;
     for node in &plan.nodes {
-        // (positions trained, optimizer steps), or positions scored forward only (a third of the
-        // work, but in small batches: counted whole).
+        // (positions trained, optimizer steps), or the training-equivalent positions of an eval.
         let (positions, steps) = match &node.kind {
             NodeKind::ImageCorpus => (0, 0),
             NodeKind::Pretrain => {
