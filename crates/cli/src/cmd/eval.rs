@@ -241,17 +241,37 @@ fn validation_file(args: &Args, layout: &DataLayout) -> Option<PathBuf> {
     }
 }
 
+/// One line per task: the accuracy with its 95 % interval over items, chance and the majority-class
+/// baseline, and for vision tasks the blind control (same items, blank image) with the vision gain's
+/// paired interval: a model "sees" on a task only when that interval excludes 0.
 fn print_table(report: &EvalReport, tasks: &[Task]) {
     let width = tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    println!("{:<width$}  {:<6}  {:>5}  {:>8}  {:>6}  {:>7}", "task", "kind", "n", "accuracy", "chance", "stable");
+    println!(
+        "{:<width$}  {:<6}  {:>5}  {:>22}  {:>6}  {:>8}  {:>7}  {:>6}  {:>24}",
+        "task", "kind", "n", "accuracy [95% CI]", "chance", "majority", "stable", "blind", "vision gain [95% CI]"
+    );
     for t in &report.tasks {
         let kind = match t.modality {
             Modality::Vision => "vision",
             Modality::Text => "text",
         };
+        let accuracy = format!("{:.3} [{:.3}, {:.3}]", t.accuracy, t.ci.lo, t.ci.hi);
+        let (blind, gain) = match &t.blind {
+            Some(b) => (
+                format!("{:.3}", b.accuracy),
+                format!(
+                    "{:+.3} [{:+.3}, {:+.3}]{}",
+                    b.vision_gain,
+                    b.gain_ci.lo,
+                    b.gain_ci.hi,
+                    if b.sees { " sees" } else { "" }
+                ),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
         println!(
-            "{:<width$}  {kind:<6}  {:>5}  {:>8.4}  {:>6.3}  {:>+7.4}",
-            t.task, t.n_items, t.accuracy, t.chance, t.stable_score
+            "{:<width$}  {kind:<6}  {:>5}  {accuracy:>22}  {:>6.3}  {:>8.3}  {:>+7.3}  {blind:>6}  {gain:>24}",
+            t.task, t.n_items, t.chance, t.majority, t.stable_score
         );
     }
     let show = |score: Option<f64>| score.map_or("-".to_string(), |s| format!("{s:+.4}"));
