@@ -112,10 +112,12 @@ pub fn evaluate_node(
     let rel = done.outputs.finetune(finetune)?.epoch(finetune, epoch)?;
     let checkpoint = study.root.join(rel);
     let (report, report_path) = score_checkpoint(runner, &checkpoint, true, dir, study)?;
+    let held_out = runner.validation_text(&checkpoint)?;
     Ok(EvalOutputs {
         report: report_path,
         checkpoint: rel.to_string(),
-        bits_per_byte: runner.validation_bits_per_byte(&checkpoint)?,
+        bits_per_byte: held_out.bits_per_byte,
+        validation_nats: held_out.sequence_nats,
         vision_stable_score: report.vision_stable_score,
         text_stable_score: report.text_stable_score,
         skipped_records: EvalSkipped { eval: runner.eval_skipped.clone() },
@@ -126,13 +128,14 @@ pub fn evaluate_node(
 pub fn evaluate_text_baseline(runner: &mut StudyRunner, dir: &Path, study: &StudyDir) -> Result<TextBaselineOutputs> {
     if let Some(from) = crate::runner::imported_checkpoint(runner.config)? {
         let (report, report_path) = score_checkpoint(runner, &from, false, dir, study)?;
-        let bits_per_byte = runner.validation_bits_per_byte(&from)?;
+        let held_out = runner.validation_text(&from)?;
         return Ok(TextBaselineOutputs {
             report: report_path,
             checkpoint: from.display().to_string(),
             fraction: 1.0,
             imported: true,
-            validation_bpb: vec![BpbPoint { fraction: 1.0, bits_per_byte }],
+            validation_bpb: vec![BpbPoint { fraction: 1.0, bits_per_byte: held_out.bits_per_byte }],
+            validation_nats: held_out.sequence_nats,
             text_stable_score: report.text_stable_score,
         });
     }
@@ -147,6 +150,7 @@ pub fn evaluate_text_baseline(runner: &mut StudyRunner, dir: &Path, study: &Stud
         fraction,
         imported: false,
         validation_bpb: Vec::new(),
+        validation_nats: runner.validation_text(&study.root.join(rel))?.sequence_nats,
         text_stable_score: report.text_stable_score,
     })
 }

@@ -69,6 +69,7 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
             let bits_per_byte = row.bits_per_byte;
             row.set_scores(&report)?;
             row.bits_per_byte = bits_per_byte;
+            row.validation_nats = baseline.validation_nats.clone();
             continue;
         }
         let NodeKind::Eval { point, seed, epoch } = &node.kind else { continue };
@@ -91,6 +92,7 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
             vision_ci: None,
             text_ci: None,
             bits_per_byte: None,
+            validation_nats: Vec::new(),
             wall_time_s: done.wall_s,
             machine: machine.clone(),
             versions: versions.clone(),
@@ -98,6 +100,7 @@ pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<Re
         };
         row.set_scores(&report)?;
         row.bits_per_byte = Some(eval.bits_per_byte);
+        row.validation_nats = eval.validation_nats.clone();
         table.rows.push(row);
     }
     Ok(table)
@@ -122,6 +125,7 @@ fn pretrain_rows(curve: &[BpbPoint], machine: &str, versions: &BTreeMap<String, 
             vision_ci: None,
             text_ci: None,
             bits_per_byte: Some(bpb),
+            validation_nats: Vec::new(),
             wall_time_s: 0.0,
             machine: machine.to_string(),
             versions: versions.clone(),

@@ -26,8 +26,8 @@ use vlmix_train::validation::ValidationSet;
 use crate::config::{Carry, GridPoint, StudyConfig};
 use crate::executor::{NodeRunner, StudyDir};
 use crate::outputs::{
-    BpbPoint, CooldownOutputs, CorpusOutputs, CorpusSkipped, FinetuneOutputs, FractionCheckpoints, NodeOutputs,
-    PretrainOutputs, TextSkipped,
+    BpbPoint, CooldownOutputs, CorpusOutputs, CorpusSkipped, FinetuneOutputs, FractionCheckpoints, HeldOutText,
+    NodeOutputs, PretrainOutputs, TextSkipped,
 };
 use crate::plan::{cooldown_id, finetune_id, Node, NodeKind, PRETRAIN};
 use crate::progress::StudyProgress;
@@ -212,12 +212,14 @@ impl<'a> StudyRunner<'a> {
         Ok(self.corpus.as_ref().expect("set above"))
     }
 
-    /// Held-out text bits-per-byte of any checkpoint's LM (projector weights, if any, are ignored).
-    pub fn validation_bits_per_byte(&self, checkpoint: &Path) -> Result<f64> {
+    /// Held-out text of any checkpoint's LM (projector weights, if any, are ignored): bits per byte
+    /// and each validation sequence's loss.
+    pub fn validation_text(&self, checkpoint: &Path) -> Result<HeldOutText> {
         let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
         let mut lm = Lm::new(self.model.clone(), &mut params, 0)?;
         params.load_partial_safetensors(&weights_of(checkpoint))?;
-        self.validation.bits_per_byte(&mut lm, &params)
+        let sequence_nats = self.validation.nats_per_sequence(&mut lm, &params)?;
+        Ok(HeldOutText { bits_per_byte: self.validation.bits_per_byte_of(&sequence_nats), sequence_nats })
     }
 
     /// Text pre-training in `dir`, with validation bits-per-byte at init and every kept fraction.

@@ -66,6 +66,7 @@ fn row(intro: Option<f64>, img: f64, instr: f64, epochs: u32, seed: u64) -> Resu
         vision_ci: None,
         text_ci: None,
         bits_per_byte: Some(1.5 - 0.1 * intro.unwrap_or(0.0)),
+        validation_nats: Vec::new(),
         wall_time_s: 75.0 + seed as f64,
         machine: "2-core test box".to_string(),
         versions: BTreeMap::from([("vlmix".to_string(), "0.1.0".to_string())]),
@@ -240,7 +241,25 @@ fn findings_give_a_verdict_with_its_interval_for_each_of_the_papers_findings() {
     let model = rows[4].clone();
     let (verdict, answer) = text_holds(&model, &rows);
     assert!(answer.starts_with("text by held-out bits-per-byte") && answer.contains("1.420 vs. 1.500"), "{answer}");
+    assert!(answer.contains("no interval"), "{answer}");
     assert_eq!(verdict, Verdict::Agrees);
+
+    // With per-sequence losses, a paired interval of the rise decides: inside the tolerance holds,
+    // above it fails, straddling it cannot tell.
+    let base_nats: Vec<f64> = (0..80).map(|i| 200.0 + (i * 53 % 90) as f64).collect();
+    let base_at = rows.iter().position(|r| r.introduction.is_none()).unwrap();
+    rows[base_at].validation_nats = base_nats.clone();
+    let mut model = rows[4].clone();
+    let cases = [(1.0, Verdict::Agrees), (1.06, Verdict::Disagrees)];
+    for (factor, expected) in cases {
+        model.validation_nats = base_nats.iter().map(|x| x * factor).collect();
+        let (verdict, answer) = text_holds(&model, &rows);
+        assert_eq!(verdict, expected, "{answer}");
+        assert!(answer.contains("95 % CI"), "{answer}");
+    }
+    model.validation_nats =
+        base_nats.iter().enumerate().map(|(i, x)| x * if i % 2 == 0 { 1.12 } else { 0.94 }).collect();
+    assert_eq!(text_holds(&model, &rows).0, Verdict::CannotTell);
 
     // The text panels carry the text-only model's score as their reference line; vision panels none.
     let figure = knob_figure(&table.rows, Knob::Introduction);

@@ -35,15 +35,27 @@ impl ValidationSet {
 
     /// Bits per byte of the LM on the set (nats summed over tokens / ln 2 / bytes).
     pub fn bits_per_byte<D: Device>(&self, lm: &mut Lm<D>, params: &ParamStore<D>) -> Result<f64> {
+        Ok(self.bits_per_byte_of(&self.nats_per_sequence(lm, params)?))
+    }
+
+    /// The set's bits per byte from [`nats_per_sequence`](Self::nats_per_sequence).
+    pub fn bits_per_byte_of(&self, nats: &[f64]) -> f64 {
+        nats.iter().sum::<f64>() / std::f64::consts::LN_2 / self.bytes.max(1) as f64
+    }
+
+    /// Summed negative log-likelihood (nats) of each validation sequence: what a paired interval of
+    /// two models' bits-per-byte resamples (the same sequences, the same bytes).
+    pub fn nats_per_sequence<D: Device>(&self, lm: &mut Lm<D>, params: &ParamStore<D>) -> Result<Vec<f64>> {
         let batch = 8.min(self.sequences);
-        let mut nats = 0.0f64;
+        let mut nats = Vec::with_capacity(self.sequences);
         for start in (0..self.sequences).step_by(batch) {
             let n = batch.min(self.sequences - start);
             let range = start * self.seq..(start + n) * self.seq;
             let input = LmInput::tokens(n, self.seq, &self.inputs[range.clone()]);
             let nll = lm.token_nll(params, &input, &self.targets[range])?;
-            nats += params.device().to_host(nll).iter().map(|&x| x as f64).sum::<f64>();
+            let nll = params.device().to_host(nll);
+            nats.extend(nll.chunks(self.seq).map(|row| row.iter().map(|&x| x as f64).sum::<f64>()));
         }
-        Ok(nats / std::f64::consts::LN_2 / self.bytes.max(1) as f64)
+        Ok(nats)
     }
 }

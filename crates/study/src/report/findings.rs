@@ -10,7 +10,7 @@
 
 use super::grid::{knob_series, seed_spread, series_rows, Knob, KnobSeries, MeanPoint, Score};
 use super::results_table::ResultRow;
-use vlmix_eval::stats::{bootstrap, group_mean, Arm, RunItems};
+use vlmix_eval::stats::{bootstrap, group_mean, paired_ratio_ci, Arm, RunItems};
 use vlmix_eval::{Interval, Modality};
 
 /// A paper's claim as this grid answers it.
@@ -199,8 +199,10 @@ fn text_only(rows: &[ResultRow]) -> Option<&ResultRow> {
 /// Whether `model`'s text ability holds against the text-only model, and how that was measured.
 ///
 /// Multiple choice decides when the text-only model scores above chance (its text interval lies above
-/// 0); otherwise MC cannot move at this size, and held-out bits-per-byte decides (within
-/// [`BPB_TOLERANCE`]). The answer names the measure and shows the MC numbers either way.
+/// 0); otherwise MC cannot move at this size, and held-out bits-per-byte decides: text holds when the
+/// paired 95 % interval of the relative rise (over the same validation sequences) stays within
+/// [`BPB_TOLERANCE`], fails when it lies above it, and cannot tell otherwise. The answer names the
+/// measure and shows the MC numbers either way.
 pub fn text_holds(model: &ResultRow, rows: &[ResultRow]) -> (Verdict, String) {
     let Some(base) = text_only(rows) else {
         return (Verdict::CannotTell, "no text-only model to compare with".to_string());
@@ -218,13 +220,36 @@ pub fn text_holds(model: &ResultRow, rows: &[ResultRow]) -> (Verdict, String) {
         };
         return (verdict, format!("text by multiple choice (the text-only model is above chance): {mc_text}"));
     }
-    match (model.bits_per_byte, base.bits_per_byte) {
-        (Some(m), Some(b)) => {
-            let verdict = if m <= b * (1.0 + BPB_TOLERANCE) { Verdict::Agrees } else { Verdict::Disagrees };
-            let rise = 100.0 * (m / b - 1.0);
-            (verdict, format!("text by held-out bits-per-byte, since MC is at chance for the text-only model: {m:.3} vs. {b:.3} ({rise:+.1} %, tolerance {:.0} %); {mc_text}", 100.0 * BPB_TOLERANCE))
+    let (Some(m), Some(b)) = (model.bits_per_byte, base.bits_per_byte) else {
+        return (Verdict::CannotTell, format!("MC is at chance and no bits-per-byte was measured; {mc_text}"));
+    };
+    let rise = 100.0 * (m / b - 1.0);
+    let tolerance = 100.0 * BPB_TOLERANCE;
+    let measure = format!("text by held-out bits-per-byte, since MC is at chance for the text-only model: {m:.3} vs. {b:.3} ({rise:+.1} %");
+    let paired = model.validation_nats.len() == base.validation_nats.len() && !model.validation_nats.is_empty();
+    match paired.then(|| paired_ratio_ci(&model.validation_nats, &base.validation_nats)) {
+        // The same validation sequences for both models: a paired interval of the relative rise.
+        Some(Ok(ci)) => {
+            let verdict = if ci.hi <= BPB_TOLERANCE {
+                Verdict::Agrees
+            } else if ci.lo > BPB_TOLERANCE {
+                Verdict::Disagrees
+            } else {
+                Verdict::CannotTell
+            };
+            let interval = format!("[{:+.1}, {:+.1}] %", 100.0 * ci.lo, 100.0 * ci.hi);
+            (verdict, format!("{measure}, 95 % CI {interval} over the validation sequences, tolerance {tolerance:.0} %); {mc_text}"))
         }
-        _ => (Verdict::CannotTell, format!("MC is at chance and no bits-per-byte was measured; {mc_text}")),
+        // Runs written before per-sequence losses were kept: the point estimate against the tolerance.
+        _ => {
+            let verdict = if m <= b * (1.0 + BPB_TOLERANCE) { Verdict::Agrees } else { Verdict::Disagrees };
+            (
+                verdict,
+                format!(
+                    "{measure}, no interval: per-sequence losses not recorded, tolerance {tolerance:.0} %); {mc_text}"
+                ),
+            )
+        }
     }
 }
 

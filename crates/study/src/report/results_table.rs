@@ -99,6 +99,10 @@ pub struct ResultRow {
     #[serde(default)]
     pub text_ci: Option<Interval>,
     pub bits_per_byte: Option<f64>,
+    /// Summed loss (nats) of each held-out validation sequence: pairs two models' bits-per-byte
+    /// over the same sequences for an interval (empty where not measured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_nats: Vec<f64>,
     /// Wall time of this model's own node (not of its shared ancestors), seconds.
     pub wall_time_s: f64,
     pub machine: String,
