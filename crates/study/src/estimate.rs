@@ -13,6 +13,7 @@ use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
 use vlmix_models::memory::{available_memory, gib, Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
 use vlmix_models::vision::encoder::open_encoder;
@@ -42,8 +43,8 @@ fn step_flops(model: &LmConfig, sequences: usize) -> f64 {
 }
 
 /// Times one forward + backward of `micro` sequences of `model` (or of the reduced copy, scaled)
-/// and one AdamW step, after one untimed warm-up step.
-pub fn probe(model: &LmConfig, micro: usize) -> Result<Probe> {
+/// and one AdamW step on `dev`, after one untimed warm-up step.
+pub fn probe<D: Device>(dev: &D, model: &LmConfig, micro: usize) -> Result<Probe> {
     let full = step_flops(model, micro) <= FULL_PROBE_FLOPS;
     let (probed, batch) = if full {
         (model.clone(), micro)
@@ -54,22 +55,24 @@ pub fn probe(model: &LmConfig, micro: usize) -> Result<Probe> {
     TrainShape::text(probed.clone())
         .plan(batch, Some(batch), available_memory()?)
         .context("the throughput probe does not fit in memory")?;
-    let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
+    let mut params = ParamStore::new(dev.clone());
     let mut lm = Lm::new(probed.clone(), &mut params, 0)?;
     let mut optimizer = AdamW::new(AdamWConfig::default(), &params);
     let n = batch * probed.seq_len;
     let tokens: Vec<u32> = (0..n).map(|i| (i * 7919 % probed.vocab) as u32).collect();
     let mask = vec![1.0; n];
-    let mut forward_backward = |params: &mut ParamStore| -> Result<f64> {
+    let mut forward_backward = |params: &mut ParamStore<D>| -> Result<f64> {
         let start = Instant::now();
         params.zero_grad();
         lm.forward_backward(params, &LmInput::tokens(batch, probed.seq_len, &tokens), &tokens, &mask, 1.0, None)?;
+        dev.synchronize();
         Ok(start.elapsed().as_secs_f64())
     };
     forward_backward(&mut params)?;
     let fb = forward_backward(&mut params)?;
     let start = Instant::now();
     optimizer.step(&mut params, 1e-4);
+    dev.synchronize();
     let opt = start.elapsed().as_secs_f64();
     let param_scale = model.param_count().total as f64 / probed.param_count().total as f64;
     Ok(if full {
@@ -107,7 +110,8 @@ fn print_breakdown(b: &Breakdown) {
     println!("    {:<46} {:>11}", "total", gib(b.total()));
 }
 
-pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) -> Result<()> {
+/// Prints the plan, each stage's memory plan and the estimated node times, probed on `dev`.
+pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, layout: &DataLayout) -> Result<()> {
     let vocab = TextTokenizer::load(&layout.tokenizer_json())
         .map(|t| t.vocab_size())
         .unwrap_or(LmConfig::preset(&config.model.preset)?.vocab);
@@ -179,7 +183,7 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
         }
     }
 
-    let probe = probe(&model, micro[0])?;
+    let probe = probe(dev, &model, micro[0])?;
     let rate = (micro[0] * seq) as f64 / probe.forward_backward_secs;
     println!("\ntime: {}", probe.how);
     println!("  forward + backward {rate:.0} positions/s, AdamW step {:.2} s", probe.optimizer_secs);

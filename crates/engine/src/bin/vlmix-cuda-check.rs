@@ -59,7 +59,7 @@ fn write_json(path: Option<&Path>, value: &serde_json::Value) -> Result<()> {
 }
 
 fn parity_cmd(mut args: Args) -> Result<bool> {
-    let precision = Precision::parse(&args.take("--precision")?.unwrap_or_else(|| "f32".into()))?;
+    let precision: Precision = args.take("--precision")?.as_deref().unwrap_or("f32").parse()?;
     let reference = args.take("--reference")?.map(PathBuf::from);
     let json = args.take("--json")?.map(PathBuf::from);
     args.done()?;
