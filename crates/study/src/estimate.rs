@@ -1,4 +1,4 @@
-//! `--dry-run`: the plan with each stage's memory plan (micro-batch, breakdown, this machine's
+//! `--dry-run`: the plan with each stage's memory plan (micro-batch, breakdown, the device's
 //! available memory) and an estimated time per node from a probe run here and now.
 //!
 //! The probe never runs the global batch: it times one micro-batch of the full model when that step
@@ -15,7 +15,7 @@ use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
-use vlmix_models::memory::{available_memory, gib, Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
+use vlmix_models::memory::{gib, Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
 use vlmix_models::vision::encoder::open_encoder;
 
 use crate::config::StudyConfig;
@@ -52,8 +52,8 @@ pub fn probe<D: Device>(dev: &D, model: &LmConfig, micro: usize) -> Result<Probe
         (LmConfig { n_layers: 1, seq_len: model.seq_len.min(REDUCED_PROBE_SEQ), ..model.clone() }, 1)
     };
     // The probe allocates like a run does, so it is planned like one.
-    TrainShape::text(probed.clone())
-        .plan(batch, Some(batch), available_memory()?)
+    TrainShape::text(probed.clone(), dev.memory())
+        .plan(batch, Some(batch), dev.available_memory()?)
         .context("the throughput probe does not fit in memory")?;
     let mut params = ParamStore::new(dev.clone());
     let mut lm = Lm::new(probed.clone(), &mut params, 0)?;
@@ -118,22 +118,26 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     let model = model_config(config, vocab)?;
     let seq = model.seq_len;
     println!(
-        "model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters), f32",
+        "model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters), f32 weights; device {}, {} products",
         model.d_model,
         model.n_layers,
         model.n_heads,
         seq,
         model.vocab,
-        model.param_count().total as f64 / 1e6
+        model.param_count().total as f64 / 1e6,
+        config.device,
+        config.precision
     );
 
-    let available = available_memory()?;
+    let available = dev.available_memory()?;
+    let device = dev.memory();
     println!(
-        "\nmemory: this machine has {} available (MemAvailable); a plan may use {:.0}% of it",
+        "\nmemory: {} available ({}); a plan may use {:.0}% of it",
         gib(available),
+        device.available_from,
         USABLE_FRACTION * 100.0
     );
-    let text = TrainShape::text(model.clone());
+    let text = TrainShape::text(model.clone(), device);
     let spec = encoder_spec(config);
     let vision = open_encoder(&spec, &layout.home).and_then(|e| {
         Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? })
@@ -142,13 +146,13 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
         ("pretrain", Ok(text.clone()), config.pretrain.batch_size, config.pretrain.micro_batch_size),
         (
             "cooldown",
-            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)),
+            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)),
             config.cooldown.batch_size,
             config.cooldown.micro_batch_size,
         ),
         (
             "finetune",
-            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)),
+            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)),
             config.finetune.batch_size,
             config.finetune.micro_batch_size,
         ),
@@ -230,7 +234,7 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
         println!("{:<48} {:>14} {:>12}", node.id, positions, duration(secs));
     }
     println!(
-        "\n{} nodes, estimated {} on this machine (plus one-time image feature caching)",
+        "\n{} nodes, estimated {} on this device (plus one-time image feature caching)",
         plan.nodes.len(),
         duration(total)
     );
