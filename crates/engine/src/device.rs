@@ -124,7 +124,7 @@ pub struct DeviceMemory {
     /// Workers whose attention backward each keeps its own `[seq, seq]` f32 buffer (the CPU's
     /// threads; 0 on a GPU, whose scratch is per call and freed stream-ordered).
     pub attention_workers: usize,
-    /// What [`Device::available_memory`] measures, for messages ("this machine's MemAvailable").
+    /// What [`Device::available_memory`] measures, for messages ("MemAvailable").
     pub available_from: &'static str,
 }
 

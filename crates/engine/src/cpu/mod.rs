@@ -50,7 +50,7 @@ impl Device for Cpu {
         DeviceMemory {
             saved_attention: SavedAttention::Probabilities,
             attention_workers: rayon::current_num_threads(),
-            available_from: "this machine's MemAvailable",
+            available_from: "MemAvailable",
         }
     }
 

@@ -262,11 +262,7 @@ impl Device for Cuda {
     type Owned = CudaVec;
 
     fn memory(&self) -> DeviceMemory {
-        DeviceMemory {
-            saved_attention: SavedAttention::Flash,
-            attention_workers: 0,
-            available_from: "the GPU's free memory",
-        }
+        DeviceMemory { saved_attention: SavedAttention::Flash, attention_workers: 0, available_from: "free GPU memory" }
     }
 
     fn available_memory(&self) -> anyhow::Result<u64> {
