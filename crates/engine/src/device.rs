@@ -82,10 +82,50 @@ impl AttnShape {
         self.batch * self.seq
     }
 
-    /// Length of the saved attention-probability buffer `[batch, heads, seq, seq]`.
+    /// Length of the attention-probability buffer `[batch, heads, seq, seq]`.
     pub fn probs_len(&self) -> usize {
         self.batch * self.heads * self.seq * self.seq
     }
+}
+
+/// What a device's attention forward saves for its backward ([`DeviceMemory::saved_attention`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SavedAttention {
+    /// The softmax probabilities, `[batch, heads, seq, seq]` (the CPU).
+    Probabilities,
+    /// FlashAttention-2: only the per-row log-sum-exp, `[batch, heads, seq]`, for the head
+    /// dimensions its kernels take ([`crate::cuda::flash_supports`]); probabilities for the others.
+    Flash,
+}
+
+impl SavedAttention {
+    /// Whether attention at `shape` runs the flash kernels.
+    pub fn is_flash(self, shape: AttnShape) -> bool {
+        self == SavedAttention::Flash && crate::cuda::flash_supports(shape)
+    }
+
+    /// Length of the `saved` buffer of attention at `shape`.
+    pub fn len(self, shape: AttnShape) -> usize {
+        if self.is_flash(shape) {
+            shape.batch * shape.heads * shape.seq
+        } else {
+            shape.probs_len()
+        }
+    }
+}
+
+/// What memory planning (`vlmix_models::memory`) needs to know of a device beyond its free
+/// memory. Plain data rather than device calls, so plans can be made, and tested, without the
+/// device (a GPU plan on a machine without one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// What attention saves between forward and backward.
+    pub saved_attention: SavedAttention,
+    /// Workers whose attention backward each keeps its own `[seq, seq]` f32 buffer (the CPU's
+    /// threads; 0 on a GPU, whose scratch is per call and freed stream-ordered).
+    pub attention_workers: usize,
+    /// What [`Device::available_memory`] measures, for messages ("MemAvailable").
+    pub available_from: &'static str,
 }
 
 /// Which GELU: exact (`erf`) or PyTorch's `approximate="tanh"` (SigLIP's `gelu_pytorch_tanh`).
@@ -160,6 +200,12 @@ pub trait Device: Clone + Send + Sync {
     type Owned: Deref<Target = Self::Buf> + DerefMut + Send + Sync;
 
     // ---- memory ----
+    /// What memory plans count for this device.
+    fn memory(&self) -> DeviceMemory;
+    /// Bytes this process may still allocate where the buffers live: the machine's MemAvailable
+    /// (or a lower cgroup limit) on the CPU, the driver's free memory on a GPU. What memory plans
+    /// are made against.
+    fn available_memory(&self) -> anyhow::Result<u64>;
     fn zeros(&self, len: usize) -> Self::Owned;
     fn upload(&self, host: &[f32]) -> Self::Owned;
     fn download(&self, buf: &Self::Buf, host: &mut [f32]);
@@ -285,18 +331,26 @@ pub trait Device: Clone + Send + Sync {
     /// `cos_sin` is the table `[seq, head_dim]`: cos of the `head_dim/2` frequencies, then their sin.
     /// `inverse` rotates by the negative angle, which is exactly the backward of the forward rotation.
     fn rope(&self, x: &mut Self::Buf, cos_sin: &Self::Buf, shape: AttnShape, inverse: bool);
-    /// Scaled dot-product attention (scale `1/sqrt(head_dim)`), saving softmax probabilities
-    /// (`[batch, heads, seq, seq]`) for the backward.
+    /// Length of the `saved` buffer attention at `shape` needs: `[batch, heads, seq, seq]`
+    /// probabilities on the CPU, `[batch, heads, seq]` log-sum-exps where flash attention runs.
+    /// What a layer allocates and a memory plan counts ([`DeviceMemory::saved_attention`]).
+    fn attention_saved_len(&self, shape: AttnShape) -> usize {
+        self.memory().saved_attention.len(shape)
+    }
+    /// Scaled dot-product attention (scale `1/sqrt(head_dim)`), writing `out` and keeping in
+    /// `saved` (at least [`Device::attention_saved_len`] long) what the backward needs.
     fn attention_forward(
         &self,
         shape: AttnShape,
         q: &Self::Buf,
         k: &Self::Buf,
         v: &Self::Buf,
-        probs: &mut Self::Buf,
+        saved: &mut Self::Buf,
         out: &mut Self::Buf,
     );
-    /// Writes `dq`, `dk`, `dv`.
+    /// Writes `dq`, `dk`, `dv` from the forward's inputs, its `saved` buffer and its output `out`
+    /// (flash attention recomputes the probabilities from the log-sum-exp and needs `out` for the
+    /// softmax gradient's row sums; the CPU's saved probabilities make it unused there).
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -304,7 +358,8 @@ pub trait Device: Clone + Send + Sync {
         q: &Self::Buf,
         k: &Self::Buf,
         v: &Self::Buf,
-        probs: &Self::Buf,
+        out: &Self::Buf,
+        saved: &Self::Buf,
         dout: &Self::Buf,
         dq: &mut Self::Buf,
         dk: &mut Self::Buf,

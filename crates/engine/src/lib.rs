@@ -6,11 +6,15 @@ pub mod blas;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod device_choice;
 pub mod layers;
 
 pub use cpu::Cpu;
 pub use cuda::Cuda;
-pub use device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, OnDevice, ZLossTerm};
+pub use device::{
+    AdamWStep, AttnShape, Device, DeviceMemory, GeluKind, Gemm, LossStats, OnDevice, SavedAttention, ZLossTerm,
+};
+pub use device_choice::{DeviceChoice, DeviceKind};
 pub mod adamw;
 pub mod atomic_file;
 pub mod checkpoint;

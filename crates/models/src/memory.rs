@@ -3,13 +3,17 @@
 //! The counts follow the buffers the code allocates (`lm/workspace.rs`, the engine layers' acts and
 //! scratch, the VLM's projector and encoder tail, the batch the sources build), so a stage can plan
 //! *before* it allocates anything and refuse a config that cannot fit with the numbers, instead of
-//! dying in an allocation abort. Attention keeps its full softmax probabilities
-//! (`[micro-batch, heads, seq, seq]` per layer) for the backward; the plan counts them, which is what
-//! bounds the micro-batch at long sequences.
+//! dying in an allocation abort. Plans are made for a device, described by plain data
+//! ([`DeviceMemory`], so a GPU plan can be made and tested anywhere) against its available memory
+//! ([`Device::available_memory`]: MemAvailable on the CPU, free memory on a GPU). On the CPU,
+//! attention keeps its full softmax probabilities (`[micro-batch, heads, seq, seq]` per layer) for the
+//! backward, which is what bounds the micro-batch at long sequences; under flash attention (CUDA) it
+//! keeps `[micro-batch, heads, seq]` log-sum-exps and the logits dominate instead.
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use vlmix_engine::{AttnShape, Device, DeviceMemory};
 
 use crate::lm::LmConfig;
 use crate::vision::encoder::{is_siglip_dir, EncoderSpec, PATCH_NAME};
@@ -89,13 +93,14 @@ impl TailShape {
     }
 
     /// Values the tail's forward keeps and its backward uses, per image of `tokens` tokens.
-    fn activations_per_image(self, tokens: usize) -> u64 {
+    fn activations_per_image(self, tokens: usize, device: &DeviceMemory) -> u64 {
         match self {
             TailShape::Linear { width, .. } => prod(&[2, tokens, width]),
             // Per block (SiglipTape): x, ln1_out, h, ln2_out, q, k, v, att [T, W]; GELU pre/act [T, I];
-            // probabilities [heads, T, T]; plus shared backward scratch and the output and its gradient.
+            // attention's saved buffer; plus shared backward scratch and the output and its gradient.
             TailShape::Vit { blocks, width: w, hidden, heads } => {
-                let block = prod(&[tokens, 8 * w + 2 * hidden + 4]) + prod(&[heads, tokens, tokens]);
+                let attn = AttnShape { batch: 1, seq: tokens, heads, head_dim: w / heads, causal: false };
+                let block = prod(&[tokens, 8 * w + 2 * hidden + 4]) + device.saved_attention.len(attn) as u64;
                 prod(&[blocks]) * block + prod(&[tokens, 4 * w + 2 * hidden]) + prod(&[2, tokens, w])
             }
         }
@@ -110,14 +115,15 @@ pub struct VisionShape {
     pub tail: Option<TailShape>,
 }
 
-/// What a training step is made of: the LM, the images (VLM stages) and the activation precision.
+/// What a training step is made of: the LM, the images (VLM stages), the activation precision and
+/// the device it runs on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainShape {
     pub lm: LmConfig,
     pub vision: Option<VisionShape>,
     pub precision: Precision,
-    /// Worker threads, each with its own attention-backward buffer of `[seq, seq]`.
-    pub threads: usize,
+    /// What attention saves there, and its per-worker backward buffers ([`Device::memory`]).
+    pub device: DeviceMemory,
 }
 
 /// One consumer of memory.
@@ -155,7 +161,7 @@ pub struct MemoryPlan {
     /// Forward/backward passes per optimizer step.
     pub micro_batches: usize,
     pub breakdown: Breakdown,
-    /// Bytes available when planned (MemAvailable, or a cgroup limit when lower).
+    /// Bytes available when planned ([`Device::available_memory`]).
     pub available: u64,
 }
 
@@ -165,14 +171,14 @@ fn prod(xs: &[usize]) -> u64 {
 }
 
 impl TrainShape {
-    /// A text-only step of `lm` at f32 on this machine's thread pool.
-    pub fn text(lm: LmConfig) -> Self {
-        Self { lm, vision: None, precision: Precision::F32, threads: rayon::current_num_threads() }
+    /// A text-only step of `lm` at f32 on `device` ([`Device::memory`]).
+    pub fn text(lm: LmConfig, device: DeviceMemory) -> Self {
+        Self { lm, vision: None, precision: Precision::F32, device }
     }
 
-    /// A VLM step (projector always, tail if any) at f32 on this machine's thread pool.
-    pub fn vlm(lm: LmConfig, vision: VisionShape) -> Self {
-        Self { vision: Some(vision), ..Self::text(lm) }
+    /// A VLM step (projector always, tail if any) at f32 on `device`.
+    pub fn vlm(lm: LmConfig, vision: VisionShape, device: DeviceMemory) -> Self {
+        Self { vision: Some(vision), ..Self::text(lm, device) }
     }
 
     /// Parameters of everything that lives in the step's `ParamStore`.
@@ -189,8 +195,9 @@ impl TrainShape {
     }
 
     /// Bytes of the LM's activation workspace for `batch` sequences of `seq` (exactly what
-    /// `lm/workspace.rs` allocates), split into attention probabilities, logits, other saved
-    /// activations and backward scratch.
+    /// `lm/workspace.rs` allocates on the device), split into attention's saved buffers
+    /// (probabilities, or log-sum-exps under flash attention), logits, other saved activations and
+    /// backward scratch.
     pub fn lm_activation_parts(&self, batch: usize, seq: usize) -> [Part; 4] {
         let c = &self.lm;
         let b = self.precision.bytes();
@@ -204,13 +211,18 @@ impl TrainShape {
             .saturating_mul(block)
             .saturating_add(prod(&[layers + 2, rows, d]))
             .saturating_add(3 * rows as u64);
-        let probs = prod(&[layers, batch, c.n_heads, seq, seq]);
+        let attn = AttnShape { batch, seq, heads: c.n_heads, head_dim: c.head_dim(), causal: true };
+        let saved_attention = prod(&[layers, self.device.saved_attention.len(attn)]);
+        let saved_name = match self.device.saved_attention.is_flash(attn) {
+            true => "attention log-sum-exps (saved for backward)",
+            false => "attention probabilities (saved for backward)",
+        };
         // d_residual, d_branch, d_norm; attention dq/dk/dv/datt; SwiGLU dhidden + dgate_up.
         let scratch = 7 * rd + prod(&[rows, 3 * h]);
         // The CPU attention backward keeps one [seq, seq] buffer per worker thread (always f32).
-        let per_thread = prod(&[self.threads.max(1), seq, seq, 4]);
+        let per_thread = prod(&[self.device.attention_workers, seq, seq, 4]);
         [
-            Part { name: "attention probabilities (saved for backward)", bytes: probs.saturating_mul(b) },
+            Part { name: saved_name, bytes: saved_attention.saturating_mul(b) },
             Part { name: "logits", bytes: prod(&[rows, c.vocab]).saturating_mul(b) },
             Part { name: "other saved activations", bytes: saved.saturating_mul(b) },
             Part { name: "backward scratch", bytes: scratch.saturating_mul(b).saturating_add(per_thread) },
@@ -243,7 +255,7 @@ impl TrainShape {
             });
             // Projected rows and their gradient, projector GELU acts and scratch (hidden = d), the tail.
             let per_image = prod(&[6, v.image_tokens, d])
-                .saturating_add(v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens)));
+                .saturating_add(v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens, &self.device)));
             parts.push(Part {
                 name: "projector and encoder-tail activations",
                 bytes: per_image.saturating_mul(micro_batch as u64).saturating_mul(b),
@@ -264,10 +276,11 @@ impl TrainShape {
         let refuse = |m: usize, hint: &str| -> anyhow::Error {
             let b = self.breakdown(global_batch, m);
             anyhow::anyhow!(
-                "needs {} at micro-batch {m} for {}; this machine has {} available (MemAvailable; plans use {:.0}% of it). {hint}",
+                "needs {} at micro-batch {m} for {}; {} available ({}; plans use {:.0}% of it). {hint}",
                 gib(b.total()),
                 b.largest(4),
                 gib(available),
+                self.device.available_from,
                 USABLE_FRACTION * 100.0
             )
         };
@@ -312,33 +325,12 @@ impl TrainShape {
     }
 }
 
-/// Bytes this process may still allocate: `MemAvailable` from /proc/meminfo, or the cgroup's
-/// remaining limit when that is lower (containers often see the host's MemAvailable).
-pub fn available_memory() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo")
-        .context("reading /proc/meminfo for MemAvailable (memory planning needs Linux)")?;
-    let mut available = meminfo_available(&text).context("/proc/meminfo has no MemAvailable line")?;
-    let cgroup = |name: &str| {
-        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(name)).ok().and_then(|t| t.trim().parse::<u64>().ok())
-    };
-    if let (Some(max), Some(current)) = (cgroup("memory.max"), cgroup("memory.current")) {
-        available = available.min(max.saturating_sub(current));
-    }
-    Ok(available)
-}
-
-fn meminfo_available(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Refuses to allocate `bytes` for `what` when the machine does not have them: an error with the
-/// numbers instead of an allocation abort.
-pub fn ensure_available(what: &str, bytes: u64) -> Result<()> {
-    let available = available_memory()?;
+/// Refuses to allocate `bytes` on `dev` for `what` when the device does not have them: an error
+/// with the numbers instead of an allocation abort.
+pub fn ensure_available<D: Device>(dev: &D, what: &str, bytes: u64) -> Result<()> {
+    let available = dev.available_memory()?;
     if bytes > available {
-        bail!("{what} needs {}, this machine has {} available (MemAvailable)", gib(bytes), gib(available));
+        bail!("{what} needs {}, {} available ({})", gib(bytes), gib(available), dev.memory().available_from);
     }
     Ok(())
 }
@@ -346,11 +338,24 @@ pub fn ensure_available(what: &str, bytes: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vlmix_engine::SavedAttention;
 
     const GIB_BYTES: u64 = 1 << 30;
+    /// A two-thread CPU, as `Cpu::memory` describes one.
+    const CPU: DeviceMemory = DeviceMemory {
+        saved_attention: SavedAttention::Probabilities,
+        attention_workers: 2,
+        available_from: "MemAvailable",
+    };
+    /// A GPU with flash attention, as `Cuda::memory` describes one (no GPU needed to plan for it).
+    const GPU: DeviceMemory = DeviceMemory {
+        saved_attention: SavedAttention::Flash,
+        attention_workers: 0,
+        available_from: "free GPU memory",
+    };
 
     fn shape(preset: &str) -> TrainShape {
-        TrainShape { threads: 2, ..TrainShape::text(LmConfig::preset(preset).unwrap()) }
+        TrainShape::text(LmConfig::preset(preset).unwrap(), CPU)
     }
 
     #[test]
@@ -404,14 +409,11 @@ mod tests {
     fn an_absurd_model_is_refused_naming_its_largest_consumers() {
         let mut lm = LmConfig::preset("openlm-1b").unwrap();
         (lm.d_model, lm.n_layers, lm.n_heads) = (65536, 200, 512);
-        let err = format!(
-            "{:#}",
-            TrainShape { threads: 2, ..TrainShape::text(lm) }.plan(256, None, 23 * GIB_BYTES).unwrap_err()
-        );
+        let err = format!("{:#}", TrainShape::text(lm, CPU).plan(256, None, 23 * GIB_BYTES).unwrap_err());
         assert!(
             err.contains("at micro-batch 1")
                 && err.contains("optimizer state")
-                && err.contains("this machine has 23.00 GiB available"),
+                && err.contains("23.00 GiB available (MemAvailable"),
             "{err}"
         );
         // The 1.4B model's weights, gradients and moments alone exceed 23 GiB.
@@ -431,13 +433,14 @@ mod tests {
     fn images_add_features_projector_and_tail() {
         let lm = LmConfig::preset("tiny").unwrap();
         let vision = VisionShape { image_tokens: 49, feature_width: 320, tail: None };
-        let text = TrainShape::text(lm.clone());
-        let vlm = TrainShape::vlm(lm.clone(), vision);
+        let text = TrainShape::text(lm.clone(), CPU);
+        let vlm = TrainShape::vlm(lm.clone(), vision, CPU);
         let d = lm.d_model as u64;
         assert_eq!(vlm.param_count() - text.param_count(), d * 320 + d * d + 2 * d);
         let with_tail = TrainShape::vlm(
             lm,
             VisionShape { tail: Some(TailShape::Vit { blocks: 2, width: 320, hidden: 1024, heads: 4 }), ..vision },
+            CPU,
         );
         assert!(with_tail.breakdown(8, 2).total() > vlm.breakdown(8, 2).total() + 2 * 49 * 49 * 4 * 2 * 4);
         let features = vlm.breakdown(8, 2).parts.iter().find(|p| p.name.starts_with("image features")).unwrap().bytes;
@@ -445,10 +448,47 @@ mod tests {
     }
 
     #[test]
-    fn mem_available_is_read_in_bytes() {
-        let text = "MemTotal:       24000000 kB\nMemFree:         1000 kB\nMemAvailable:   23537392 kB\n";
-        assert_eq!(meminfo_available(text), Some(23537392 * 1024));
-        assert_eq!(meminfo_available("MemTotal: 1 kB\n"), None);
-        assert!(available_memory().unwrap() > 0);
+    fn flash_attention_plans_log_sum_exps_instead_of_probabilities() {
+        let lm = LmConfig::preset("openlm-79m").unwrap();
+        let (cpu, gpu) = (TrainShape::text(lm.clone(), CPU), TrainShape::text(lm.clone(), GPU));
+        let [saved, ..] = gpu.lm_activation_parts(2, 2048);
+        // 8 layers x 2 sequences x 4 heads x 2048 rows x 4 bytes, what Cuda::attention_saved_len sizes.
+        assert_eq!(saved.bytes, 8 * 2 * 4 * 2048 * 4);
+        assert!(saved.name.contains("log-sum-exps"), "{}", saved.name);
+        let [probs, logits, other, cpu_scratch] = cpu.lm_activation_parts(2, 2048);
+        assert!(probs.name.contains("probabilities") && probs.bytes == 2048 * saved.bytes);
+        // The rest is the same but the CPU's per-thread [seq, seq] backward buffers.
+        let [_, gpu_logits, gpu_other, gpu_scratch] = gpu.lm_activation_parts(2, 2048);
+        assert_eq!((logits, other), (gpu_logits, gpu_other));
+        assert_eq!(cpu_scratch.bytes - gpu_scratch.bytes, 2 * 2048 * 2048 * 4);
+        // A head dimension the flash kernels do not take saves probabilities on the GPU too.
+        let odd = LmConfig { d_model: 8 * 7, n_heads: 8, ..lm };
+        let [saved, ..] = TrainShape::text(odd, GPU).lm_activation_parts(1, 256);
+        assert_eq!(saved.bytes, 8 * 8 * 256 * 256 * 4);
+    }
+
+    #[test]
+    fn a_gpu_plan_uses_its_free_memory_and_fits_a_larger_micro_batch() {
+        // The paper's 1.4B model at seq 2048 on an H200's ~139 GiB free, no GPU needed: micro-batch
+        // 13 (119 GiB) with log-sum-exps, 7 if attention saved probabilities.
+        let lm = LmConfig::preset("openlm-1b").unwrap();
+        let h200 = 139 * GIB_BYTES;
+        let gpu = TrainShape::text(lm.clone(), GPU).plan(256, None, h200).unwrap();
+        let with_probs = TrainShape::text(lm.clone(), CPU).plan(256, None, h200).unwrap();
+        assert_eq!((gpu.micro_batch, with_probs.micro_batch), (13, 7));
+        assert!(gpu.breakdown.total() as f64 <= h200 as f64 * USABLE_FRACTION);
+        assert_eq!(gpu.available, h200);
+        // Too little free memory names the GPU's, not the machine's.
+        let err = format!("{:#}", TrainShape::text(lm, GPU).plan(256, None, 20 * GIB_BYTES).unwrap_err());
+        assert!(err.contains("20.00 GiB available (free GPU memory"), "{err}");
+    }
+
+    #[test]
+    fn the_cpu_plans_against_mem_available() {
+        let cpu = vlmix_engine::Cpu::new().unwrap();
+        assert_eq!(cpu.memory().saved_attention, SavedAttention::Probabilities);
+        assert!(cpu.available_memory().unwrap() > 0);
+        let err = ensure_available(&cpu, "a test buffer", u64::MAX).unwrap_err().to_string();
+        assert!(err.contains("a test buffer needs") && err.contains("MemAvailable"), "{err}");
     }
 }

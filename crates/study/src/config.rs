@@ -8,6 +8,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use vlmix_engine::cuda::Precision;
+use vlmix_engine::{DeviceChoice, DeviceKind};
 use vlmix_models::vision::encoder::is_siglip_dir;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,6 +29,14 @@ pub struct StudyConfig {
     /// Use only the first N training images (and N instruction conversations): quick studies.
     #[serde(default)]
     pub max_images: Option<usize>,
+    /// Where every node trains and evaluates: "cpu" or "cuda" (GPU 0). Pinned with the run
+    /// directory (results differ in the last bits between devices); left out of `study.json` when
+    /// "cpu", so run directories from before the key resume.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub device: DeviceKind,
+    /// Inputs of the matrix products: "f32", or "bf16" (with `device = "cuda"` only).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
     pub pretrain: PretrainConfig,
     pub cooldown: CooldownConfig,
     pub finetune: FinetuneConfig,
@@ -190,6 +200,10 @@ fn yes() -> bool {
     true
 }
 
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 fn one_image() -> usize {
     1
 }
@@ -206,6 +220,11 @@ impl StudyConfig {
             toml::from_str(&text).with_context(|| format!("parsing study config {}", path.display()))?;
         config.validate().with_context(|| format!("invalid study config {}", path.display()))?;
         Ok(config)
+    }
+
+    /// The `device` and `precision` keys.
+    pub fn device_choice(&self) -> DeviceChoice {
+        DeviceChoice { device: self.device, precision: self.precision }
     }
 
     /// All grid points, deduplicated, in a stable order: base first, then each sweep.
@@ -238,6 +257,7 @@ impl StudyConfig {
         if self.name.trim().is_empty() {
             bail!("name must not be empty");
         }
+        self.device_choice().check().context("study fields `device`, `precision`")?;
         if self.encoder_trainable_blocks > 0 && !is_siglip_dir(Path::new(&self.encoder)) {
             bail!(
                 "encoder_trainable_blocks = {} needs a SigLIP directory as `encoder` (blocks of {:?} cannot be unfrozen)",
@@ -398,6 +418,35 @@ mod tests {
         let (old, mut new) = (toml::from_str::<StudyConfig>(&old).unwrap(), smoke());
         new.grid.image_token_fractions = vec![0.6];
         assert_eq!(serde_json::to_string(&old).unwrap(), serde_json::to_string(&new).unwrap());
+    }
+
+    #[test]
+    fn device_and_precision_parse_and_bad_values_name_the_field() {
+        let text = include_str!("../../../configs/study/smoke.toml");
+        let with = |keys: &str| format!("{keys}\n{text}");
+        let c: StudyConfig = toml::from_str(&with("device = \"cuda\"\nprecision = \"bf16\"")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.device_choice(), DeviceChoice { device: DeviceKind::Cuda, precision: Precision::Bf16 });
+        assert_eq!(smoke().device_choice(), DeviceChoice::default(), "absent keys mean cpu, f32");
+
+        for (keys, field, value) in
+            [("device = \"tpu\"", "device", "tpu"), ("precision = \"fp16\"", "precision", "fp16")]
+        {
+            let err = toml::from_str::<StudyConfig>(&with(keys)).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(value), "{err}");
+        }
+        let c: StudyConfig = toml::from_str(&with("precision = \"bf16\"")).unwrap();
+        let e = error_of(&c);
+        assert!(e.contains("`precision`") && e.contains("precision bf16 needs device cuda"), "{e}");
+    }
+
+    #[test]
+    fn default_device_keys_leave_the_pinned_config_as_before() {
+        let json = serde_json::to_string(&smoke()).unwrap();
+        assert!(!json.contains("device") && !json.contains("precision"), "{json}");
+        let mut c = smoke();
+        c.device = DeviceKind::Cuda;
+        assert!(serde_json::to_string(&c).unwrap().contains("\"device\":\"cuda\""));
     }
 
     #[test]

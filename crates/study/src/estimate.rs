@@ -1,4 +1,4 @@
-//! `--dry-run`: the plan with each stage's memory plan (micro-batch, breakdown, this machine's
+//! `--dry-run`: the plan with each stage's memory plan (micro-batch, breakdown, the device's
 //! available memory) and an estimated time per node from a probe run here and now.
 //!
 //! The probe never runs the global batch: it times one micro-batch of the full model when that step
@@ -13,8 +13,9 @@ use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
-use vlmix_models::memory::{available_memory, gib, Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
+use vlmix_models::memory::{gib, Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
 use vlmix_models::vision::encoder::open_encoder;
 
 use crate::config::StudyConfig;
@@ -42,8 +43,8 @@ fn step_flops(model: &LmConfig, sequences: usize) -> f64 {
 }
 
 /// Times one forward + backward of `micro` sequences of `model` (or of the reduced copy, scaled)
-/// and one AdamW step, after one untimed warm-up step.
-pub fn probe(model: &LmConfig, micro: usize) -> Result<Probe> {
+/// and one AdamW step on `dev`, after one untimed warm-up step.
+pub fn probe<D: Device>(dev: &D, model: &LmConfig, micro: usize) -> Result<Probe> {
     let full = step_flops(model, micro) <= FULL_PROBE_FLOPS;
     let (probed, batch) = if full {
         (model.clone(), micro)
@@ -51,25 +52,27 @@ pub fn probe(model: &LmConfig, micro: usize) -> Result<Probe> {
         (LmConfig { n_layers: 1, seq_len: model.seq_len.min(REDUCED_PROBE_SEQ), ..model.clone() }, 1)
     };
     // The probe allocates like a run does, so it is planned like one.
-    TrainShape::text(probed.clone())
-        .plan(batch, Some(batch), available_memory()?)
+    TrainShape::text(probed.clone(), dev.memory())
+        .plan(batch, Some(batch), dev.available_memory()?)
         .context("the throughput probe does not fit in memory")?;
-    let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
+    let mut params = ParamStore::new(dev.clone());
     let mut lm = Lm::new(probed.clone(), &mut params, 0)?;
     let mut optimizer = AdamW::new(AdamWConfig::default(), &params);
     let n = batch * probed.seq_len;
     let tokens: Vec<u32> = (0..n).map(|i| (i * 7919 % probed.vocab) as u32).collect();
     let mask = vec![1.0; n];
-    let mut forward_backward = |params: &mut ParamStore| -> Result<f64> {
+    let mut forward_backward = |params: &mut ParamStore<D>| -> Result<f64> {
         let start = Instant::now();
         params.zero_grad();
         lm.forward_backward(params, &LmInput::tokens(batch, probed.seq_len, &tokens), &tokens, &mask, 1.0, None)?;
+        dev.synchronize();
         Ok(start.elapsed().as_secs_f64())
     };
     forward_backward(&mut params)?;
     let fb = forward_backward(&mut params)?;
     let start = Instant::now();
     optimizer.step(&mut params, 1e-4);
+    dev.synchronize();
     let opt = start.elapsed().as_secs_f64();
     let param_scale = model.param_count().total as f64 / probed.param_count().total as f64;
     Ok(if full {
@@ -107,29 +110,34 @@ fn print_breakdown(b: &Breakdown) {
     println!("    {:<46} {:>11}", "total", gib(b.total()));
 }
 
-pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) -> Result<()> {
+/// Prints the plan, each stage's memory plan and the estimated node times, probed on `dev`.
+pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, layout: &DataLayout) -> Result<()> {
     let vocab = TextTokenizer::load(&layout.tokenizer_json())
         .map(|t| t.vocab_size())
         .unwrap_or(LmConfig::preset(&config.model.preset)?.vocab);
     let model = model_config(config, vocab)?;
     let seq = model.seq_len;
     println!(
-        "model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters), f32",
+        "model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters), f32 weights; device {}, {} products",
         model.d_model,
         model.n_layers,
         model.n_heads,
         seq,
         model.vocab,
-        model.param_count().total as f64 / 1e6
+        model.param_count().total as f64 / 1e6,
+        config.device,
+        config.precision
     );
 
-    let available = available_memory()?;
+    let available = dev.available_memory()?;
+    let device = dev.memory();
     println!(
-        "\nmemory: this machine has {} available (MemAvailable); a plan may use {:.0}% of it",
+        "\nmemory: {} available ({}); a plan may use {:.0}% of it",
         gib(available),
+        device.available_from,
         USABLE_FRACTION * 100.0
     );
-    let text = TrainShape::text(model.clone());
+    let text = TrainShape::text(model.clone(), device);
     let spec = encoder_spec(config);
     let vision = open_encoder(&spec, &layout.home).and_then(|e| {
         Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? })
@@ -138,13 +146,13 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
         ("pretrain", Ok(text.clone()), config.pretrain.batch_size, config.pretrain.micro_batch_size),
         (
             "cooldown",
-            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)),
+            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)),
             config.cooldown.batch_size,
             config.cooldown.micro_batch_size,
         ),
         (
             "finetune",
-            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v)),
+            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)),
             config.finetune.batch_size,
             config.finetune.micro_batch_size,
         ),
@@ -179,7 +187,7 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
         }
     }
 
-    let probe = probe(&model, micro[0])?;
+    let probe = probe(dev, &model, micro[0])?;
     let rate = (micro[0] * seq) as f64 / probe.forward_backward_secs;
     println!("\ntime: {}", probe.how);
     println!("  forward + backward {rate:.0} positions/s, AdamW step {:.2} s", probe.optimizer_secs);
@@ -226,7 +234,7 @@ pub fn print_estimate(config: &StudyConfig, plan: &Plan, layout: &DataLayout) ->
         println!("{:<48} {:>14} {:>12}", node.id, positions, duration(secs));
     }
     println!(
-        "\n{} nodes, estimated {} on this machine (plus one-time image feature caching)",
+        "\n{} nodes, estimated {} on this device (plus one-time image feature caching)",
         plan.nodes.len(),
         duration(total)
     );

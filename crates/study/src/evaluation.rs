@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use vlmix_data::tokenizer::TextTokenizer;
+use vlmix_engine::Device;
 use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
 use vlmix_eval::task::{load_tasks, Modality};
 use vlmix_eval::{evaluate, EvalOptions, EvalReport, ItemLimit};
@@ -62,8 +63,8 @@ pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision:
 /// too with `vision`, each also blind) and writes the full report to `dir/eval.json` and every item
 /// to `dir/samples.jsonl`; returns the report and that
 /// file's path relative to the run.
-fn score_checkpoint(
-    runner: &StudyRunner,
+fn score_checkpoint<D: Device>(
+    runner: &StudyRunner<D>,
     checkpoint: &Path,
     vision: bool,
     dir: &Path,
@@ -90,7 +91,7 @@ fn score_checkpoint(
         )?),
         false => None,
     };
-    let mut scorer = ModelScorer::from_checkpoint(vlmix_engine::Cpu::new()?, checkpoint, tokenizer, images)?;
+    let mut scorer = ModelScorer::from_checkpoint(runner.dev.clone(), checkpoint, tokenizer, images)?;
     let options =
         EvalOptions { limit: item_limit(&runner.config.eval), blind_control: vision, ..EvalOptions::default() };
     let mut report = evaluate(&mut scorer, &tasks, None, &options)?;
@@ -101,8 +102,8 @@ fn score_checkpoint(
     Ok((report, path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy().into_owned()))
 }
 
-pub fn evaluate_node(
-    runner: &mut StudyRunner,
+pub fn evaluate_node<D: Device>(
+    runner: &mut StudyRunner<D>,
     finetune: &str,
     epoch: u32,
     dir: &Path,
@@ -125,7 +126,11 @@ pub fn evaluate_node(
 }
 
 /// The text-only baseline: the study's text tasks on the last kept pre-training checkpoint.
-pub fn evaluate_text_baseline(runner: &mut StudyRunner, dir: &Path, study: &StudyDir) -> Result<TextBaselineOutputs> {
+pub fn evaluate_text_baseline<D: Device>(
+    runner: &mut StudyRunner<D>,
+    dir: &Path,
+    study: &StudyDir,
+) -> Result<TextBaselineOutputs> {
     if let Some(from) = crate::runner::imported_checkpoint(runner.config)? {
         let (report, report_path) = score_checkpoint(runner, &from, false, dir, study)?;
         let held_out = runner.validation_text(&from)?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use vlmix_data::DataLayout;
 use vlmix_engine::atomic_file::write_atomic;
+use vlmix_engine::{on_device, Device};
 
 use crate::config::StudyConfig;
 use crate::estimate::print_estimate;
@@ -27,18 +28,39 @@ pub struct RunOptions {
 /// Runs (or resumes) a study and returns the report's path; `None` for a dry run.
 pub fn run(config_path: &Path, options: &RunOptions) -> Result<Option<PathBuf>> {
     let config = StudyConfig::load(config_path)?;
+    // Opened first (the dry run plans and probes on it too), so a missing GPU or CUDA library
+    // stops the study before anything else is read or run.
+    let opened = open_device(&config, config_path)?;
     let layout = DataLayout::from_env(options.data.as_deref())?;
     task_files(&config, &layout, true).with_context(|| format!("invalid study config {}", config_path.display()))?;
     let plan = Plan::build(&config).with_context(|| format!("invalid study config {}", config_path.display()))?;
+    on_device!(opened, dev => run_on(dev, &config, &plan, layout, options))
+}
+
+/// The config's device, opened; an error names the config and its `device` key.
+fn open_device(config: &StudyConfig, config_path: &Path) -> Result<vlmix_engine::device_choice::Opened> {
+    config
+        .device_choice()
+        .open()
+        .with_context(|| format!("study config {}: device = \"{}\"", config_path.display(), config.device))
+}
+
+fn run_on<D: Device>(
+    dev: D,
+    config: &StudyConfig,
+    plan: &Plan,
+    layout: DataLayout,
+    options: &RunOptions,
+) -> Result<Option<PathBuf>> {
     if options.dry_run {
-        print_estimate(&config, &plan, &layout)?;
+        print_estimate(&dev, config, plan, &layout)?;
         return Ok(None);
     }
     let study = StudyDir::open(&options.out)?;
-    pin_config(&study, &config)?;
-    let mut runner = StudyRunner::new(&config, layout, options.quiet)?;
-    execute(&plan, &study, &mut runner)?;
-    write_all(&config, &plan, &study).map(Some)
+    pin_config(&study, config)?;
+    let mut runner = StudyRunner::new(config, layout, options.quiet, dev)?;
+    execute(plan, &study, &mut runner)?;
+    write_all(config, plan, &study).map(Some)
 }
 
 /// Submits a study to Slurm (or re-submits what is neither finished nor queued) with `executor`'s
@@ -94,8 +116,8 @@ pub fn run_node(run_dir: &Path, node_id: &str, data: Option<&Path>) -> Result<()
         .find(|n| n.id == node_id)
         .with_context(|| format!("{} has no node {node_id}", run_dir.display()))?;
     let layout = DataLayout::from_env(data)?;
-    let mut runner = StudyRunner::new(&config, layout, true)?;
-    execute_node(node, &study, &mut runner)?;
+    let opened = open_device(&config, &run_dir.join("study.json"))?;
+    on_device!(opened, dev => execute_node(node, &study, &mut StudyRunner::new(&config, layout, true, dev)?))?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
+use vlmix_engine::{Cpu, Device};
 use vlmix_eval::task::Task;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::sequence::VlmSequence;
@@ -93,9 +94,10 @@ pub fn text_schedule(config: &StudyConfig, seq: usize) -> WarmupCosine {
     }
 }
 
-/// Everything the nodes of one study share, loaded once.
-pub struct StudyRunner<'a> {
+/// Everything the nodes of one study share, loaded once, and the device every node computes on.
+pub struct StudyRunner<'a, D: Device = Cpu> {
     pub config: &'a StudyConfig,
+    pub dev: D,
     pub layout: DataLayout,
     pub tokenizer: TextTokenizer,
     /// The `tokenizer.json` the study uses (`data.tokenizer` or the prepared one).
@@ -118,8 +120,9 @@ fn rel(root: &Path, path: &Path) -> String {
     path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned()
 }
 
-impl<'a> StudyRunner<'a> {
-    pub fn new(config: &'a StudyConfig, layout: DataLayout, quiet: bool) -> Result<Self> {
+impl<'a, D: Device> StudyRunner<'a, D> {
+    /// Loads what the nodes share; `dev` is the config's device, opened (`DeviceChoice::open`).
+    pub fn new(config: &'a StudyConfig, layout: DataLayout, quiet: bool, dev: D) -> Result<Self> {
         let data = &config.data;
         let tokenizer_path = data.tokenizer_path(&layout);
         let tokenizer = TextTokenizer::load(&tokenizer_path)
@@ -146,6 +149,7 @@ impl<'a> StudyRunner<'a> {
             .context("study fields `model.seq_len` and `encoder`")?;
         Ok(Self {
             config,
+            dev,
             layout,
             tokenizer,
             tokenizer_path,
@@ -215,7 +219,7 @@ impl<'a> StudyRunner<'a> {
     /// Held-out text of any checkpoint's LM (projector weights, if any, are ignored): bits per byte
     /// and each validation sequence's loss.
     pub fn validation_text(&self, checkpoint: &Path) -> Result<HeldOutText> {
-        let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
+        let mut params = ParamStore::new(self.dev.clone());
         let mut lm = Lm::new(self.model.clone(), &mut params, 0)?;
         params.load_partial_safetensors(&weights_of(checkpoint))?;
         let sequence_nats = self.validation.nats_per_sequence(&mut lm, &params)?;
@@ -236,7 +240,7 @@ impl<'a> StudyRunner<'a> {
         };
         let progress = &self.progress;
         let outcome = stages::pretrain(
-            vlmix_engine::Cpu::new()?,
+            self.dev.clone(),
             &spec,
             self.train_docs.clone(),
             self.tokenizer.special,
@@ -245,7 +249,7 @@ impl<'a> StudyRunner<'a> {
         )?;
         // Validation bits-per-byte at init and at every kept fraction: the text-learning curve.
         let mut curve = Vec::new();
-        let mut params = ParamStore::new(vlmix_engine::Cpu::new()?);
+        let mut params = ParamStore::new(self.dev.clone());
         let mut lm = Lm::new(self.model.clone(), &mut params, spec.seed)?;
         curve.push(BpbPoint { fraction: 0.0, bits_per_byte: self.validation.bits_per_byte(&mut lm, &params)? });
         let mut checkpoints = FractionCheckpoints::default();
@@ -332,10 +336,9 @@ impl<'a> StudyRunner<'a> {
         }
         // Endpoints restart the schedule (a fresh warmup), so they restart the moments too.
         spec.continue_optimizer = branched && c.optimizer == Carry::Continue && !spec.schedule.is_fresh();
-        let outcome =
-            stages::cooldown(vlmix_engine::Cpu::new()?, &spec, docs, corpus, cache, special, dir, &mut |s, t, m| {
-                progress.step(s, t, m)
-            })?;
+        let outcome = stages::cooldown(self.dev.clone(), &spec, docs, corpus, cache, special, dir, &mut |s, t, m| {
+            progress.step(s, t, m)
+        })?;
         let final_ckpt = outcome.kept.last().map(|k| k.1.clone()).context("cooldown kept no checkpoint")?;
         Ok(CooldownOutputs {
             checkpoint: rel(root, &final_ckpt),
@@ -386,16 +389,15 @@ impl<'a> StudyRunner<'a> {
         let special = self.tokenizer.special;
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
-        let outcome =
-            stages::finetune(vlmix_engine::Cpu::new()?, &spec, corpus, cache, special, dir, &mut |s, t, m| {
-                progress.step(s, t, m)
-            })?;
+        let outcome = stages::finetune(self.dev.clone(), &spec, corpus, cache, special, dir, &mut |s, t, m| {
+            progress.step(s, t, m)
+        })?;
         let epochs = outcome.epochs.iter().map(|(e, d)| (*e, rel(root, d))).collect();
         Ok(FinetuneOutputs { epochs, tokens: outcome.run.tokens })
     }
 }
 
-impl NodeRunner for StudyRunner<'_> {
+impl<D: Device> NodeRunner for StudyRunner<'_, D> {
     fn run(&mut self, node: &Node, dir: &Path, study: &StudyDir) -> Result<NodeOutputs> {
         self.progress.start_node(&node.id, 0);
         Ok(match &node.kind {

@@ -13,7 +13,7 @@ use vlmix_engine::checkpoint::{read_state, OPTIMIZER_FILE, STATE_FILE};
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig};
-use vlmix_models::memory::{available_memory, gib, MemoryPlan, TailShape, TrainShape, VisionShape};
+use vlmix_models::memory::{gib, MemoryPlan, TailShape, TrainShape, VisionShape};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::EncoderSpec;
 use vlmix_models::vision::feature_cache::FeatureCache;
@@ -32,11 +32,19 @@ pub const CLIP_NORM: f32 = 1.0;
 /// Rolling checkpoints for resumption are written this often (steps).
 pub const SAVE_EVERY: u64 = 50;
 
-/// Plans a stage's memory before anything is allocated: the micro-batch (`requested`, or the
-/// largest that fits), or an error naming the largest consumers and the machine's memory.
-pub fn plan_memory(stage: &str, shape: &TrainShape, batch: usize, requested: Option<usize>) -> Result<MemoryPlan> {
-    let plan =
-        shape.plan(batch, requested, available_memory()?).with_context(|| format!("{stage} does not fit in memory"))?;
+/// Plans a stage's memory on `dev` before anything is allocated: the micro-batch (`requested`, or
+/// the largest that fits in the device's available memory), or an error naming the largest
+/// consumers and that memory.
+pub fn plan_memory<Dev: Device>(
+    stage: &str,
+    dev: &Dev,
+    shape: &TrainShape,
+    batch: usize,
+    requested: Option<usize>,
+) -> Result<MemoryPlan> {
+    let plan = shape
+        .plan(batch, requested, dev.available_memory()?)
+        .with_context(|| format!("{stage} does not fit in memory"))?;
     tracing::info!(stage, batch, micro_batch = plan.micro_batch, passes = plan.micro_batches, needs = %gib(plan.breakdown.total()), available = %gib(plan.available), "memory plan");
     Ok(plan)
 }
@@ -80,8 +88,8 @@ pub fn pretrain<D: TokenDocuments, Dev: Device>(
     dir: &Path,
     on_step: &mut OnStep,
 ) -> Result<PretrainOutcome> {
-    let plan =
-        plan_memory("pre-training", &TrainShape::text(spec.model.clone()), spec.batch_size, spec.micro_batch_size)?;
+    let shape = TrainShape::text(spec.model.clone(), dev.memory());
+    let plan = plan_memory("pre-training", &dev, &shape, spec.batch_size, spec.micro_batch_size)?;
     StageRecord { model: spec.model.clone(), encoder: None }.write(dir)?;
     let mut params = ParamStore::new(dev);
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
@@ -217,8 +225,8 @@ pub fn cooldown<D: TokenDocuments + Clone, Dev: Device>(
         feature_width: corpus.feature_width,
         tail: TailShape::of(&spec.encoder, corpus.feature_width)?,
     };
-    let plan =
-        plan_memory("cooldown", &TrainShape::vlm(spec.model.clone(), vision), spec.batch_size, spec.micro_batch_size)?;
+    let shape = TrainShape::vlm(spec.model.clone(), vision, dev.memory());
+    let plan = plan_memory("cooldown", &dev, &shape, spec.batch_size, spec.micro_batch_size)?;
     StageRecord { model: spec.model.clone(), encoder: Some(spec.encoder.clone()) }.write(dir)?;
     let mut params = ParamStore::new(dev);
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
@@ -320,12 +328,8 @@ pub fn finetune<Dev: Device>(
         None => None,
     };
     let vision = VisionShape { image_tokens: corpus.n_image_tokens, feature_width: corpus.feature_width, tail };
-    let plan = plan_memory(
-        "fine-tuning",
-        &TrainShape::vlm(spec.model.clone(), vision),
-        spec.batch_size,
-        spec.micro_batch_size,
-    )?;
+    let shape = TrainShape::vlm(spec.model.clone(), vision, dev.memory());
+    let plan = plan_memory("fine-tuning", &dev, &shape, spec.batch_size, spec.micro_batch_size)?;
     StageRecord { model: spec.model.clone(), encoder: encoder.clone() }.write(dir)?;
     let (vlm, params) = load_vlm(dev, &spec.model, &spec.start)?;
     anyhow::ensure!(

@@ -1,11 +1,12 @@
 //! `vlmix bench train`: training-step throughput of the engine on an LM preset.
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use vlmix_engine::device_choice::Opened;
 use vlmix_engine::Device;
 use vlmix_models::lm::bench::{bench_train, BenchOptions};
 use vlmix_models::lm::LmConfig;
 
-use super::device::{DeviceArgs, Opened};
+use super::device::DeviceArgs;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -51,7 +52,7 @@ fn train(args: TrainArgs) -> Result<()> {
     let model = LmConfig::load(&args.model)?;
     let opts =
         BenchOptions { model, model_name: args.model, batch: args.batch, steps: args.steps, warmup: args.warmup };
-    let (report, gpu) = match args.device.open()? {
+    let (report, gpu) = match args.device.choice().open()? {
         Opened::Cpu(cpu) => (bench_train(cpu, &opts)?, None),
         Opened::Cuda(cuda) => {
             let report = bench_train(cuda.clone(), &opts)?;

@@ -6,6 +6,7 @@ use crate::cmd::eval::ModelArgs;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use vlmix_engine::{on_device, Device};
 use vlmix_eval::prompt::VlTemplate;
 use vlmix_eval::{Decoding, ImageRef, ModelScorer};
 
@@ -71,7 +72,12 @@ fn image_ref(path: &Path) -> Result<ImageRef> {
 }
 
 /// Generates and prints each piece of text as soon as it exists.
-fn stream(scorer: &mut ModelScorer, image: Option<&ImageRef>, prompt: &str, decoding: &Decoding) -> Result<()> {
+fn stream<D: Device>(
+    scorer: &mut ModelScorer<D>,
+    image: Option<&ImageRef>,
+    prompt: &str,
+    decoding: &Decoding,
+) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
     scorer.generate_with(image, prompt, decoding, &mut |piece| {
@@ -87,17 +93,25 @@ fn stream(scorer: &mut ModelScorer, image: Option<&ImageRef>, prompt: &str, deco
 
 pub fn describe(args: DescribeArgs) -> Result<()> {
     let image = image_ref(&args.image)?;
-    let mut scorer = args.model_args.open_scorer(&args.model)?;
+    on_device!(args.model_args.open_device()?, dev => describe_on(dev, &args, &image))
+}
+
+fn describe_on<D: Device>(dev: D, args: &DescribeArgs, image: &ImageRef) -> Result<()> {
+    let mut scorer = args.model_args.open_scorer(dev, &args.model)?;
     if !scorer.is_vision() {
         bail!("{} is a text-only checkpoint (no projector): it cannot describe images", args.model.display());
     }
-    stream(&mut scorer, Some(&image), "", &args.decoding.decoding())
+    stream(&mut scorer, Some(image), "", &args.decoding.decoding())
 }
 
 pub fn chat(args: ChatArgs) -> Result<()> {
     let image = args.image.as_deref().map(image_ref).transpose()?;
-    let mut scorer = args.model_args.open_scorer(&args.model)?;
-    if let (Some(image), false) = (&image, scorer.is_vision()) {
+    on_device!(args.model_args.open_device()?, dev => chat_on(dev, &args, image.as_ref()))
+}
+
+fn chat_on<D: Device>(dev: D, args: &ChatArgs, image: Option<&ImageRef>) -> Result<()> {
+    let mut scorer = args.model_args.open_scorer(dev, &args.model)?;
+    if let (Some(image), false) = (image, scorer.is_vision()) {
         bail!(
             "{} is a text-only checkpoint (no projector): it cannot look at {}",
             args.model.display(),
@@ -105,5 +119,5 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         );
     }
     let prompt = VlTemplate::default().render(args.question.trim());
-    stream(&mut scorer, image.as_ref(), &prompt, &args.decoding.decoding())
+    stream(&mut scorer, image, &prompt, &args.decoding.decoding())
 }

@@ -1,57 +1,35 @@
-//! `--device cpu|cuda` and `--precision f32|bf16`: which engine device a command computes on.
+//! `--device cpu|cuda` and `--precision f32|bf16`: which engine device a command computes on. The
+//! values and their opening live in `vlmix_engine::device_choice`, shared with study configs.
 
-use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use vlmix_engine::cuda::Precision;
-use vlmix_engine::{Cpu, Cuda};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceKind {
-    /// OpenBLAS and rayon on this machine's cores.
-    Cpu,
-    /// NVIDIA GPU 0 (driver, NVRTC, cuBLAS and cuBLASLt are loaded at run time).
-    Cuda,
-}
-
-/// Inputs of the matrix products on CUDA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PrecisionArg {
-    /// As the CPU: exact parity.
-    F32,
-    /// bf16 inputs, fp32 accumulation; weights, optimizer state and loss stay f32.
-    Bf16,
-}
+use vlmix_engine::{DeviceChoice, DeviceKind};
 
 #[derive(Args, Clone, Copy, Debug)]
 pub struct DeviceArgs {
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceKind,
-    /// Inputs of the matrix products (CUDA only).
-    #[arg(long, value_enum, default_value = "f32")]
-    pub precision: PrecisionArg,
-}
-
-/// The device a command runs on, opened.
-pub enum Opened {
-    Cpu(Cpu),
-    Cuda(Cuda),
+    /// Where to compute: cpu (OpenBLAS and rayon on this machine's cores) or cuda (NVIDIA GPU 0; the
+    /// driver, NVRTC, cuBLAS and cuBLASLt are loaded at run time). Default: cpu, or the study
+    /// config's `device` for the stage commands.
+    #[arg(long, value_name = "cpu|cuda")]
+    pub device: Option<DeviceKind>,
+    /// Inputs of the matrix products: f32 (exact parity with the CPU) or bf16 (CUDA only: bf16
+    /// inputs, fp32 accumulation; weights, optimizer state and loss stay f32). Default: f32, or the
+    /// study config's `precision` for the stage commands.
+    #[arg(long, value_name = "f32|bf16")]
+    pub precision: Option<Precision>,
 }
 
 impl DeviceArgs {
-    /// Opens the device; on a machine without a GPU or without the CUDA libraries, `--device cuda`
-    /// fails here naming what is missing and the fix.
-    pub fn open(&self) -> Result<Opened> {
-        let precision = match self.precision {
-            PrecisionArg::F32 => Precision::F32,
-            PrecisionArg::Bf16 => Precision::Bf16,
-        };
-        Ok(match self.device {
-            DeviceKind::Cpu if precision != Precision::F32 => {
-                anyhow::bail!("--precision bf16 needs --device cuda (the CPU computes in f32)")
-            }
-            DeviceKind::Cpu => Opened::Cpu(Cpu::new()?),
-            DeviceKind::Cuda => Opened::Cuda(Cuda::with(0, precision)?),
-        })
+    /// The flags over `default` (a study config's choice, or CPU f32).
+    pub fn choice_over(&self, default: DeviceChoice) -> DeviceChoice {
+        DeviceChoice {
+            device: self.device.unwrap_or(default.device),
+            precision: self.precision.unwrap_or(default.precision),
+        }
+    }
+
+    /// The flags over CPU f32.
+    pub fn choice(&self) -> DeviceChoice {
+        self.choice_over(DeviceChoice::default())
     }
 }

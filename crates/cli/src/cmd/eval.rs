@@ -7,12 +7,16 @@ use std::time::Instant;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::checkpoint::resolve_checkpoint;
+use vlmix_engine::device_choice::Opened;
+use vlmix_engine::Device;
 use vlmix_eval::{
     bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures,
     ItemLimit, Modality, ModelScorer, Task, YesNoMode,
 };
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, EFFICIENTNET_NAME};
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
+
+use super::device::DeviceArgs;
 
 /// Which checkpoint to load and how its images are encoded (shared with `describe` and `chat`).
 #[derive(clap::Args)]
@@ -31,6 +35,8 @@ pub struct ModelArgs {
     /// Encoder input size in pixels (EfficientNet default 224, patch default 64).
     #[arg(long)]
     pub resolution: Option<u32>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl ModelArgs {
@@ -60,15 +66,22 @@ impl ModelArgs {
         }
     }
 
-    /// Loads the checkpoint with the prepared tokenizer; a VLM also gets its encoder and feature cache.
-    pub fn open_scorer(&self, checkpoint: &Path) -> Result<ModelScorer> {
+    /// The `--device` / `--precision` choice, opened (before the checkpoint is read, so a missing
+    /// GPU fails at once).
+    pub fn open_device(&self) -> Result<Opened> {
+        self.device.choice().open()
+    }
+
+    /// Loads the checkpoint onto `dev` with the prepared tokenizer; a VLM also gets its encoder and
+    /// feature cache.
+    pub fn open_scorer<D: Device>(&self, dev: D, checkpoint: &Path) -> Result<ModelScorer<D>> {
         let layout = self.layout()?;
         let tokenizer_path = layout.tokenizer_json();
         if !tokenizer_path.is_file() {
             bail!("no tokenizer at {}: run `vlmix data prepare` (or pass --data DIR)", tokenizer_path.display());
         }
         let tokenizer = TextTokenizer::load(&tokenizer_path)?;
-        let mut scorer = ModelScorer::from_checkpoint(vlmix_engine::Cpu::new()?, checkpoint, tokenizer, None)?;
+        let mut scorer = ModelScorer::from_checkpoint(dev, checkpoint, tokenizer, None)?;
         if scorer.is_vision() {
             let spec = self.encoder_spec(checkpoint)?;
             let encoder = open_encoder(&spec, &layout.home)?;
@@ -129,6 +142,10 @@ fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    vlmix_engine::on_device!(args.model.open_device()?, dev => run_on(dev, &args))
+}
+
+fn run_on<D: Device>(dev: D, args: &Args) -> Result<()> {
     let layout = args.model.layout()?;
     let task_files = if args.tasks.is_empty() {
         let mut files = jsonl_files(&layout.eval_vl_dir())?;
@@ -141,7 +158,7 @@ pub fn run(args: Args) -> Result<()> {
         args.tasks.clone()
     };
     let mut tasks = load_tasks(&task_files)?;
-    let mut scorer = args.model.open_scorer(&args.checkpoint)?;
+    let mut scorer = args.model.open_scorer(dev, &args.checkpoint)?;
     if !scorer.is_vision() {
         let skipped: Vec<String> =
             tasks.iter().filter(|t| t.modality() == Modality::Vision).map(|t| t.name.clone()).collect();
@@ -161,7 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let start = Instant::now();
-    let validation = match validation_file(&args, &layout) {
+    let validation = match validation_file(args, &layout) {
         Some(path) => {
             let mut docs = load_text_documents(&path)?;
             docs.truncate(args.validation_docs.unwrap_or(usize::MAX));

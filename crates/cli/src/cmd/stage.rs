@@ -7,11 +7,14 @@ use anyhow::{bail, Result};
 use vlmix_data::mixing::check_fraction;
 use vlmix_data::DataLayout;
 use vlmix_engine::checkpoint::resolve_checkpoint;
+use vlmix_engine::{on_device, Device};
 use vlmix_study::config::{GridPoint, StudyConfig};
 use vlmix_study::data_config::{ImagesConfig, InstructConfig, TextConfig};
 use vlmix_study::outputs::NodeOutputs;
 use vlmix_study::runner::StudyRunner;
 use vlmix_train::stages::Start;
+
+use super::device::DeviceArgs;
 
 #[derive(clap::Args)]
 pub struct Common {
@@ -32,6 +35,9 @@ pub struct Common {
     pub quiet: bool,
     #[command(flatten)]
     pub data_flags: DataFlags,
+    /// Overrides the config's `device` / `precision`.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// The study config's `[data]` entries as flags; each given flag replaces its entry.
@@ -147,26 +153,47 @@ pub struct FinetuneArgs {
     pub seed: u64,
 }
 
-fn with_runner(
-    common: &Common,
-    config: &StudyConfig,
-    run: impl FnOnce(&mut StudyRunner) -> Result<NodeOutputs>,
-) -> Result<()> {
+/// The stage a command runs, with what its flags resolved.
+enum Stage {
+    Pretrain,
+    Cooldown { point: GridPoint, start: Start, seed: u64 },
+    Finetune { from: PathBuf, seed: u64, epochs: u32 },
+}
+
+/// Runs `stage` in `--out` on the device the flags (or else the config) choose, opened before any
+/// data is read, and prints the stage's outputs.
+fn run_stage(common: &Common, config: &StudyConfig, stage: Stage) -> Result<()> {
     let layout = DataLayout::from_env(common.data.as_deref())?;
     let mut config = config.clone();
     common.data_flags.apply(&mut config)?;
-    let mut runner = StudyRunner::new(&config, layout, common.quiet)?;
-    runner.progress.start_node("stage", 0);
-    let outputs = run(&mut runner)?;
+    let choice = common.device.choice_over(config.device_choice());
+    (config.device, config.precision) = (choice.device, choice.precision);
+    let outputs = on_device!(choice.open()?, dev => run_on(dev, common, &config, layout, stage))?;
     println!("{}", serde_json::to_string_pretty(&outputs)?);
     Ok(())
+}
+
+fn run_on<D: Device>(
+    dev: D,
+    common: &Common,
+    config: &StudyConfig,
+    layout: DataLayout,
+    stage: Stage,
+) -> Result<NodeOutputs> {
+    let mut r = StudyRunner::new(config, layout, common.quiet, dev)?;
+    r.progress.start_node("stage", 0);
+    let out = &common.out;
+    Ok(match stage {
+        Stage::Pretrain => NodeOutputs::Pretrain(r.pretrain(out, out)?),
+        Stage::Cooldown { point, start, seed } => NodeOutputs::Cooldown(r.cooldown(&point, start, seed, out, out)?),
+        Stage::Finetune { from, seed, epochs } => NodeOutputs::Finetune(r.finetune(from, seed, epochs, out, out)?),
+    })
 }
 
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let mut config = StudyConfig::load(&args.common.config)?;
     config.pretrain.micro_batch_size = args.common.micro_batch_size.or(config.pretrain.micro_batch_size);
-    let out = args.common.out.clone();
-    with_runner(&args.common, &config, |r| r.pretrain(&out, &out).map(NodeOutputs::Pretrain))
+    run_stage(&args.common, &config, Stage::Pretrain)
 }
 
 pub fn cooldown(args: CooldownArgs) -> Result<()> {
@@ -192,8 +219,7 @@ pub fn cooldown(args: CooldownArgs) -> Result<()> {
         image_token_fraction: args.image_token_fraction,
         instruction_share: args.instruction_share,
     };
-    let out = args.common.out.clone();
-    with_runner(&args.common, &config, |r| r.cooldown(&point, start, args.seed, &out, &out).map(NodeOutputs::Cooldown))
+    run_stage(&args.common, &config, Stage::Cooldown { point, start, seed: args.seed })
 }
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
@@ -203,8 +229,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         config.finetune.epochs = epochs;
         config.finetune.compare_epoch = config.finetune.compare_epoch.min(epochs);
     }
-    let out = args.common.out.clone();
     let from = resolve_checkpoint(&args.from)?;
     let epochs = config.finetune.epochs;
-    with_runner(&args.common, &config, |r| r.finetune(from, args.seed, epochs, &out, &out).map(NodeOutputs::Finetune))
+    run_stage(&args.common, &config, Stage::Finetune { from, seed: args.seed, epochs })
 }

@@ -59,7 +59,7 @@ fn write_json(path: Option<&Path>, value: &serde_json::Value) -> Result<()> {
 }
 
 fn parity_cmd(mut args: Args) -> Result<bool> {
-    let precision = Precision::parse(&args.take("--precision")?.unwrap_or_else(|| "f32".into()))?;
+    let precision: Precision = args.take("--precision")?.as_deref().unwrap_or("f32").parse()?;
     let reference = args.take("--reference")?.map(PathBuf::from);
     let json = args.take("--json")?.map(PathBuf::from);
     args.done()?;
@@ -151,8 +151,9 @@ fn timed(cuda: &Cuda, f: impl FnOnce()) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// Flash-style attention against the trait's plain path (both on the GPU, f32): outputs, input
-/// gradients, time (second call, after compilation and plans) and the saved buffer's size.
+/// The trait's attention (flash attention for these shapes) against the plain path (both on the
+/// GPU, f32): outputs, input gradients, time (second call, after compilation and plans) and the
+/// saved buffer's size.
 fn attention_cmd(mut args: Args) -> Result<bool> {
     let json = args.take("--json")?.map(PathBuf::from);
     args.done()?;
@@ -165,23 +166,28 @@ fn attention_cmd(mut args: Args) -> Result<bool> {
     let mut results = Vec::new();
     let mut ok = true;
     for shape in shapes {
+        let flash = cuda.memory().saved_attention.is_flash(shape);
+        ok &= flash;
+        if !flash {
+            eprintln!("{shape:?}: the trait's attention does not run flash attention");
+        }
         let n = shape.rows() * shape.width();
         let up = |seed| cuda.upload(&parity::random(n, seed, 1.0));
         let (q, k, v, dout) = (up(1), up(2), up(3), up(4));
         let grads = || (cuda.zeros(n), cuda.zeros(n), cuda.zeros(n));
         let (mut out_p, mut probs) = (cuda.zeros(n), cuda.zeros(shape.probs_len()));
         let (mut dq_p, mut dk_p, mut dv_p) = grads();
-        let (mut out_f, mut lse) = (cuda.zeros(n), cuda.zeros(cuda.flash_saved_len(shape)));
+        let (mut out_f, mut saved) = (cuda.zeros(n), cuda.zeros(cuda.attention_saved_len(shape)));
         let (mut dq_f, mut dk_f, mut dv_f) = grads();
         let mut times = [0.0; 4];
         for _ in 0..2 {
-            times[0] = timed(&cuda, || cuda.attention_forward(shape, &q, &k, &v, &mut probs, &mut out_p));
+            times[0] = timed(&cuda, || cuda.plain_attention_forward(shape, &q, &k, &v, &mut probs, &mut out_p));
             times[1] = timed(&cuda, || {
-                cuda.attention_backward(shape, &q, &k, &v, &probs, &dout, &mut dq_p, &mut dk_p, &mut dv_p)
+                cuda.plain_attention_backward(shape, &q, &k, &v, &probs, &dout, &mut dq_p, &mut dk_p, &mut dv_p)
             });
-            times[2] = timed(&cuda, || cuda.flash_attention_forward(shape, &q, &k, &v, &mut lse, &mut out_f));
+            times[2] = timed(&cuda, || cuda.attention_forward(shape, &q, &k, &v, &mut saved, &mut out_f));
             times[3] = timed(&cuda, || {
-                cuda.flash_attention_backward(shape, &q, &k, &v, &out_f, &lse, &dout, &mut dq_f, &mut dk_f, &mut dv_f)
+                cuda.attention_backward(shape, &q, &k, &v, &out_f, &saved, &dout, &mut dq_f, &mut dk_f, &mut dv_f)
             });
         }
         let mut errors = serde_json::Map::new();
@@ -206,7 +212,7 @@ fn attention_cmd(mut args: Args) -> Result<bool> {
             "tolerance": F32_TOLERANCE,
             "plain_ms": [1e3 * times[0], 1e3 * times[1]],
             "flash_ms": [1e3 * times[2], 1e3 * times[3]],
-            "saved_mib": { "plain": 4.0 * shape.probs_len() as f64 / (1 << 20) as f64, "flash": 4.0 * cuda.flash_saved_len(shape) as f64 / (1 << 20) as f64 },
+            "saved_mib": { "plain": 4.0 * shape.probs_len() as f64 / (1 << 20) as f64, "flash": 4.0 * cuda.attention_saved_len(shape) as f64 / (1 << 20) as f64 },
         }));
     }
     write_json(

@@ -22,7 +22,9 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::blas;
-use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, OnDevice, ZLossTerm};
+use crate::device::{
+    AdamWStep, AttnShape, Device, DeviceMemory, GeluKind, Gemm, LossStats, OnDevice, SavedAttention, ZLossTerm,
+};
 
 /// The CPU device. Cheap to construct; all state is global (OpenBLAS and the rayon pool).
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +44,19 @@ impl Cpu {
 impl Device for Cpu {
     type Buf = [f32];
     type Owned = Vec<f32>;
+
+    fn memory(&self) -> DeviceMemory {
+        // The attention backward keeps one [seq, seq] buffer per rayon thread (`attention.rs`).
+        DeviceMemory {
+            saved_attention: SavedAttention::Probabilities,
+            attention_workers: rayon::current_num_threads(),
+            available_from: "MemAvailable",
+        }
+    }
+
+    fn available_memory(&self) -> anyhow::Result<u64> {
+        crate::machine::available_memory()
+    }
 
     fn zeros(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
@@ -202,8 +217,8 @@ impl Device for Cpu {
         rope::rope(x, cos_sin, shape, inverse);
     }
 
-    fn attention_forward(&self, shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f32], out: &mut [f32]) {
-        attention::forward(shape, q, k, v, probs, out);
+    fn attention_forward(&self, shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], saved: &mut [f32], out: &mut [f32]) {
+        attention::forward(shape, q, k, v, saved, out);
     }
 
     fn attention_backward(
@@ -212,13 +227,14 @@ impl Device for Cpu {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        probs: &[f32],
+        _out: &[f32],
+        saved: &[f32],
         dout: &[f32],
         dq: &mut [f32],
         dk: &mut [f32],
         dv: &mut [f32],
     ) {
-        attention::backward(shape, q, k, v, probs, dout, dq, dk, dv);
+        attention::backward(shape, q, k, v, saved, dout, dq, dk, dv);
     }
 
     fn swiglu_forward(&self, hidden: usize, gate_up: &[f32], out: &mut [f32]) {

@@ -1,13 +1,12 @@
-//! Scaled dot-product attention on the trait's saved-probabilities contract: per batch row, one
-//! strided-batched cuBLASLt product over all heads for the scores, a softmax kernel over
-//! `[heads, seq, seq]`, one product for the output; the backward mirrors it with a per-batch
-//! `[heads, seq, seq]` scratch for `dP`/`dS`.
+//! Scaled dot-product attention saving probabilities: per batch row, one strided-batched cuBLASLt
+//! product over all heads for the scores, a softmax kernel over `[heads, seq, seq]`, one product
+//! for the output; the backward mirrors it with a per-batch `[heads, seq, seq]` scratch for
+//! `dP`/`dS`.
 //!
-//! The probabilities buffer the trait asks for is `[batch, heads, seq, seq]`: 2 GiB per layer for
-//! the 1.4B model at seq 2048 and batch 8. A flash-style kernel would keep only the per-row
-//! log-sum-exp (`[batch, heads, seq]`); the trait change that allows it is to let the device size
-//! the saved buffer (`fn attention_saved_len(&self, shape) -> usize`, the CPU keeping
-//! `probs_len`) and to call it "saved" rather than "probs" (see ARCHITECTURE.md, CUDA backend).
+//! The saved probabilities are `[batch, heads, seq, seq]`: 2 GiB per layer for the 1.4B model at
+//! seq 2048 and batch 8. So `Cuda`'s trait attention runs flash attention (`flash.rs`, saving
+//! `[batch, heads, seq]` log-sum-exps) wherever its kernels take the head dimension, and this path
+//! only for the others (and as the reference `vlmix-cuda-check attention` compares flash against).
 
 use super::buf::CudaBuf;
 use super::compile::Family;

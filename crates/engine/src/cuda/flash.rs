@@ -2,10 +2,11 @@
 //! the per-row log-sum-exp (`[batch, heads, seq]`) instead of `[batch, heads, seq, seq]`
 //! probabilities, and the backward recomputes them tile by tile.
 //!
-//! Not yet behind the `Device` trait, whose attention saves probabilities (ARCHITECTURE.md, "CUDA
-//! backend", says how the trait should change); `vlmix-cuda-check attention` checks it against the
-//! plain path on a GPU. Tiles: 32 query rows x 32 keys; four threads share one row (or key), each
-//! owning a quarter of the head dimension, so `head_dim` must be a multiple of 4 and at most 128.
+//! `Cuda`'s trait attention for every shape these kernels take ([`supports`]; `SavedAttention::Flash`
+//! sizes the saved buffer), the plain path (`attention.rs`) for the others; `vlmix-cuda-check
+//! attention` checks one against the other on a GPU. Tiles: 32 query rows x 32 keys; four threads
+//! share one row (or key), each owning a quarter of the head dimension, so `head_dim` must be a
+//! multiple of 4 and at most 128.
 
 use super::buf::CudaBuf;
 use super::compile::Family;
@@ -214,11 +215,17 @@ pub fn lse_len(shape: AttnShape) -> usize {
     shape.batch * shape.heads * shape.seq
 }
 
+/// Whether the kernels take `shape`: `head_dim` a multiple of [`THREADS_PER_ROW`], at most
+/// [`MAX_HEAD_DIM`].
+pub fn supports(shape: AttnShape) -> bool {
+    shape.head_dim.is_multiple_of(THREADS_PER_ROW) && shape.head_dim <= MAX_HEAD_DIM
+}
+
 /// Checks the shapes the kernels support and the buffers' lengths.
 pub fn check(shape: AttnShape, bufs: &[(&str, &CudaBuf)], lse: &CudaBuf) {
     let hd = shape.head_dim;
     assert!(
-        hd.is_multiple_of(THREADS_PER_ROW) && hd <= MAX_HEAD_DIM,
+        supports(shape),
         "flash attention: head_dim {hd} must be a multiple of {THREADS_PER_ROW} and at most {MAX_HEAD_DIM}"
     );
     let len = shape.rows() * shape.width();
@@ -301,6 +308,19 @@ mod tests {
         assert_eq!(t.block_dim.0, 128);
         assert_eq!(tiles(AttnShape { seq: 33, ..shape }).grid_dim.0, 2);
         assert_eq!(lse_len(shape), 2 * 16 * 2048);
+    }
+
+    #[test]
+    fn head_dims_the_tiles_cannot_split_take_the_plain_path() {
+        let shape = AttnShape { batch: 2, seq: 64, heads: 6, head_dim: 64, causal: true };
+        assert!(supports(shape) && supports(AttnShape { head_dim: 128, ..shape }));
+        for head_dim in [7, 130, 256] {
+            let odd = AttnShape { head_dim, ..shape };
+            assert!(!supports(odd));
+            assert_eq!(crate::SavedAttention::Flash.len(odd), odd.probs_len());
+        }
+        assert_eq!(crate::SavedAttention::Flash.len(shape), lse_len(shape));
+        assert_eq!(crate::SavedAttention::Probabilities.len(shape), shape.probs_len());
     }
 
     #[test]

@@ -20,23 +20,37 @@ use super::Inner;
 use crate::device::Gemm;
 
 /// What the GEMM inputs are rounded to. f32 is exact (parity with the CPU engine); bf16 is the
-/// mixed-precision training path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// mixed-precision training path. Spelled `f32` / `bf16` in flags and study configs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F32,
     Bf16,
 }
 
-impl Precision {
-    pub fn parse(s: &str) -> anyhow::Result<Precision> {
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Precision> {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             other => anyhow::bail!("precision '{other}': expected \"f32\" or \"bf16\""),
         }
     }
+}
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
     fn input_type(self) -> sys::cudaDataType {
         match self {
             Precision::F32 => sys::cudaDataType::CUDA_R_32F,
@@ -392,8 +406,11 @@ mod tests {
 
     #[test]
     fn precision_parses_the_config_names() {
-        assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);
-        assert_eq!(Precision::parse("f32").unwrap(), Precision::F32);
-        assert!(Precision::parse("fp16").unwrap_err().to_string().contains("\"bf16\""));
+        assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+        assert!("fp16".parse::<Precision>().unwrap_err().to_string().contains("\"bf16\""));
+        for p in [Precision::F32, Precision::Bf16] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+        }
     }
 }

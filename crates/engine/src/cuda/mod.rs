@@ -8,6 +8,8 @@
 //!   ids, bf16 copies, the attention `dS`) is allocated and freed around it at pool cost.
 //! - Kernels: CUDA C per family (`<family>.rs`, mirroring `cpu/<kernel>.rs`), compiled by NVRTC
 //!   at first use for the device's `sm_XY` and cached by source hash (`compile.rs`).
+//! - Attention: FlashAttention-2 (`flash.rs`, saving per-row log-sum-exps) where its kernels take
+//!   the head dimension, the plain path (`attention.rs`, saving probabilities) elsewhere.
 //! - Products: cuBLASLt, fp32 compute, plans cached per shape (`gemm.rs`); [`Precision::Bf16`]
 //!   rounds the inputs of every product to bf16 (fp32 accumulation, f32 everywhere else).
 //! - Synchronisation: kernels queue on the stream; the host waits only where the trait hands
@@ -38,9 +40,10 @@ use std::sync::Arc;
 use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaStream, DeviceRepr};
 
 pub use buf::{CudaBuf, CudaVec, DevF32};
+pub use flash::supports as flash_supports;
 pub use gemm::Precision;
 
-use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, LossStats, ZLossTerm};
+use crate::device::{AdamWStep, AttnShape, Device, DeviceMemory, GeluKind, Gemm, LossStats, SavedAttention, ZLossTerm};
 use compile::{Family, KernelCache};
 use gemm::{Batch, Gemms};
 
@@ -214,41 +217,36 @@ impl Cuda {
         self.inner.gemms.cached_plans()
     }
 
-    /// Length of the log-sum-exp buffer [`Cuda::flash_attention_forward`] saves: `[batch, heads, seq]`.
-    pub fn flash_saved_len(&self, shape: AttnShape) -> usize {
-        flash::lse_len(shape)
-    }
-
-    /// Attention like [`Device::attention_forward`], saving the per-row log-sum-exp instead of the
-    /// probabilities (`flash.rs`; not yet behind the trait).
-    pub fn flash_attention_forward(
+    /// Attention through the plain path whatever the shape: strided-batched products and a softmax
+    /// kernel, saving `[batch, heads, seq, seq]` probabilities in `probs`. The trait's attention
+    /// runs flash attention where it can; `vlmix-cuda-check attention` compares the two.
+    pub fn plain_attention_forward(
         &self,
         shape: AttnShape,
         q: &CudaBuf,
         k: &CudaBuf,
         v: &CudaBuf,
-        lse: &mut CudaBuf,
+        probs: &mut CudaBuf,
         out: &mut CudaBuf,
     ) {
-        flash::forward(&self.inner, shape, q, k, v, lse, out);
+        attention::forward(&self.inner, shape, q, k, v, probs, out);
     }
 
-    /// The backward of [`Cuda::flash_attention_forward`], from its output `out` and `lse`.
+    /// The backward of [`Cuda::plain_attention_forward`].
     #[allow(clippy::too_many_arguments)]
-    pub fn flash_attention_backward(
+    pub fn plain_attention_backward(
         &self,
         shape: AttnShape,
         q: &CudaBuf,
         k: &CudaBuf,
         v: &CudaBuf,
-        out: &CudaBuf,
-        lse: &CudaBuf,
+        probs: &CudaBuf,
         dout: &CudaBuf,
         dq: &mut CudaBuf,
         dk: &mut CudaBuf,
         dv: &mut CudaBuf,
     ) {
-        flash::backward(&self.inner, shape, q, k, v, out, lse, dout, dq, dk, dv);
+        attention::backward(&self.inner, shape, q, k, v, probs, dout, dq, dk, dv);
     }
 
     /// Bytes of device memory in use and in total, as the driver reports them.
@@ -262,6 +260,16 @@ impl Cuda {
 impl Device for Cuda {
     type Buf = CudaBuf;
     type Owned = CudaVec;
+
+    fn memory(&self) -> DeviceMemory {
+        DeviceMemory { saved_attention: SavedAttention::Flash, attention_workers: 0, available_from: "free GPU memory" }
+    }
+
+    fn available_memory(&self) -> anyhow::Result<u64> {
+        self.inner.bind();
+        let (free, _) = self.inner.ctx.mem_get_info().map_err(|e| anyhow::anyhow!("CUDA free memory: {e:?}"))?;
+        Ok(free as u64)
+    }
 
     fn zeros(&self, len: usize) -> CudaVec {
         let v = CudaVec::alloc(&self.inner, len);
@@ -433,10 +441,14 @@ impl Device for Cuda {
         q: &CudaBuf,
         k: &CudaBuf,
         v: &CudaBuf,
-        probs: &mut CudaBuf,
+        saved: &mut CudaBuf,
         out: &mut CudaBuf,
     ) {
-        attention::forward(&self.inner, shape, q, k, v, probs, out);
+        if self.memory().saved_attention.is_flash(shape) {
+            flash::forward(&self.inner, shape, q, k, v, saved, out);
+        } else {
+            attention::forward(&self.inner, shape, q, k, v, saved, out);
+        }
     }
 
     fn attention_backward(
@@ -445,13 +457,18 @@ impl Device for Cuda {
         q: &CudaBuf,
         k: &CudaBuf,
         v: &CudaBuf,
-        probs: &CudaBuf,
+        out: &CudaBuf,
+        saved: &CudaBuf,
         dout: &CudaBuf,
         dq: &mut CudaBuf,
         dk: &mut CudaBuf,
         dv: &mut CudaBuf,
     ) {
-        attention::backward(&self.inner, shape, q, k, v, probs, dout, dq, dk, dv);
+        if self.memory().saved_attention.is_flash(shape) {
+            flash::backward(&self.inner, shape, q, k, v, out, saved, dout, dq, dk, dv);
+        } else {
+            attention::backward(&self.inner, shape, q, k, v, saved, dout, dq, dk, dv);
+        }
     }
 
     fn swiglu_forward(&self, hidden: usize, gate_up: &CudaBuf, out: &mut CudaBuf) {

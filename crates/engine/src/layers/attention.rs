@@ -60,9 +60,10 @@ pub struct AttentionActs<D: Device> {
     v: D::Owned,
     q_norm: NormActs<D>,
     k_norm: NormActs<D>,
-    /// Softmax probabilities `[batch, heads, seq, seq]`.
-    probs: D::Owned,
-    /// Attention output before `out_proj`, `[rows, inner]`.
+    /// What the device's attention keeps for the backward ([`Device::attention_saved_len`]:
+    /// probabilities on the CPU, log-sum-exps under flash attention).
+    saved: D::Owned,
+    /// Attention output before `out_proj`, `[rows, inner]` (also the flash backward's `out`).
     att: D::Owned,
     /// Rotary table `[max_seq, head_dim]`: cos of the `head_dim/2` frequencies, then their sin.
     rope: D::Owned,
@@ -153,7 +154,7 @@ impl Attention {
             v: dev.zeros(n),
             q_norm: norm.acts(dev, norm_rows),
             k_norm: norm.acts(dev, norm_rows),
-            probs: dev.zeros(self.shape(max_batch, max_seq).probs_len()),
+            saved: dev.zeros(dev.attention_saved_len(self.shape(max_batch, max_seq))),
             att: dev.zeros(n),
             rope: dev.upload(&rope_table(max_seq, &rope_inv_freq(self.head_dim))),
             max_seq,
@@ -219,9 +220,9 @@ impl Attention {
             dev.rope(q, &acts.rope, shape, false);
             dev.rope(k, &acts.rope, shape, false);
         }
-        let probs = dev.slice_mut(&mut acts.probs, 0..shape.probs_len());
+        let saved = dev.slice_mut(&mut acts.saved, 0..dev.attention_saved_len(shape));
         let att = dev.slice_mut(&mut acts.att, 0..n);
-        dev.attention_forward(shape, q, k, v, probs, att);
+        dev.attention_forward(shape, q, k, v, saved, att);
         self.out_proj().forward(dev, &p.out_proj, att, y);
     }
 
@@ -308,9 +309,9 @@ impl Attention {
             dev.scatter_rows(&cached.k, &rows, &mut *k);
             dev.scatter_rows(&cached.v, &rows, &mut *v);
         }
-        let probs = dev.slice_mut(&mut acts.probs, 0..shape.probs_len());
+        let saved = dev.slice_mut(&mut acts.saved, 0..dev.attention_saved_len(shape));
         let att = dev.slice_mut(&mut acts.att, 0..n);
-        dev.attention_forward(shape, q, k, v, probs, att);
+        dev.attention_forward(shape, q, k, v, saved, att);
         let mut continued = dev.zeros(at.len() * inner);
         dev.gather_rows(att, &at, &mut continued);
         self.out_proj().forward(dev, &p.out_proj, &continued, y);
@@ -344,7 +345,8 @@ impl Attention {
         let dq = dev.slice_mut(&mut scratch.dq, 0..n);
         let dk = dev.slice_mut(&mut scratch.dk, 0..n);
         let dv = dev.slice_mut(&mut scratch.dv, 0..n);
-        dev.attention_backward(shape, q, k, v, dev.slice(&acts.probs, 0..shape.probs_len()), datt, dq, dk, dv);
+        let saved = dev.slice(&acts.saved, 0..dev.attention_saved_len(shape));
+        dev.attention_backward(shape, q, k, v, att, saved, datt, dq, dk, dv);
         if self.rotary {
             dev.rope(dq, &acts.rope, shape, true);
             dev.rope(dk, &acts.rope, shape, true);

@@ -125,9 +125,9 @@ impl<D: Device> Lm<D> {
                 None => (batch, seq),
             };
             self.work = None;
-            let parts = TrainShape::text(self.config.clone()).lm_activation_parts(b, s);
+            let parts = TrainShape::text(self.config.clone(), self.dev.memory()).lm_activation_parts(b, s);
             let bytes = parts.iter().fold(0u64, |a, p| a.saturating_add(p.bytes));
-            ensure_available(&format!("the LM's activations for batch {b} x seq {s}"), bytes)?;
+            ensure_available(&self.dev, &format!("the LM's activations for batch {b} x seq {s}"), bytes)?;
             self.work = Some(Workspace::new(&self.dev, &self.config, &self.layers, b, s));
         }
         Ok(())
