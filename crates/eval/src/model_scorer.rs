@@ -76,25 +76,6 @@ impl<D: Device> ScoredModel<D> {
             }
         }
     }
-
-    /// Logits `[rows.len(), vocab]` of the positions `rows` of `batch`, its image slots showing the
-    /// `projected` images.
-    fn logits(
-        &mut self,
-        params: &ParamStore<D>,
-        batch: &VlmBatch,
-        projected: &D::Buf,
-        rows: &[usize],
-    ) -> Result<&D::Buf> {
-        match self {
-            ScoredModel::Vision(vlm) => vlm.logits_of_projected(params, batch, projected, rows),
-            ScoredModel::Text(lm) => {
-                ensure!(batch.slots.is_empty(), "a text-only model cannot read image slots");
-                let input = LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected: None };
-                lm.logits_at(params, &input, rows)
-            }
-        }
-    }
 }
 
 /// Frozen-encoder features of image files, through the shared on-disk cache.
@@ -389,22 +370,6 @@ impl<D: Device> ModelScorer<D> {
         Ok(batch)
     }
 
-    /// Host logits `[positions.len(), vocab]` of one forward over whole `rows` at `positions`
-    /// (indices into the padded batch, from `at(batch)`).
-    fn logits_of(
-        &mut self,
-        rows: &[(&VlmRow, usize)],
-        at: impl Fn(&VlmBatch) -> Vec<usize>,
-    ) -> Result<(VlmBatch, Vec<usize>, Vec<f32>)> {
-        let batch = self.batch(rows)?;
-        let positions = at(&batch);
-        let block = self.layout.n_image_tokens() * self.d_model;
-        let projected = shown_images(self.params.device(), &self.projected, &self.no_image, &batch, block)?;
-        let logits = self.model.logits(&self.params, &batch, projected, &positions)?;
-        let logits = self.params.device().to_host(logits).into_owned();
-        Ok((batch, positions, logits))
-    }
-
     /// Runs `rows` (whole prefixes, each with its image index) into prefix caches; returns them
     /// with the host logits of each row's last position.
     fn prefix_caches(&mut self, rows: &[(&VlmRow, usize)]) -> Result<(Vec<PrefixCache<D>>, Vec<f32>)> {
@@ -458,28 +423,9 @@ impl<D: Device> ModelScorer<D> {
         groups
     }
 
-    /// Log-likelihoods of whole rows (each with its image index), batched across rows: rolling
-    /// windows, which share no prefix.
-    fn score_rows(&mut self, rows: &[(VlmRow, usize)]) -> Result<Vec<LogLikelihood>> {
-        let lens: Vec<usize> = rows.iter().map(|(r, _)| r.inputs.len()).collect();
-        let scored: Vec<usize> = rows.iter().map(|(r, _)| r.loss_mask.iter().filter(|&&m| m).count()).collect();
-        let vocab = self.model.lm().config().vocab;
-        let mut results = vec![NOTHING_SCORED; rows.len()];
-        for group in self.groups(&lens, &scored) {
-            let members: Vec<(&VlmRow, usize)> = group.iter().map(|&i| (&rows[i].0, rows[i].1)).collect();
-            let (batch, positions, logits) = self.logits_of(&members, |batch| {
-                batch.loss_mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(at, _)| at).collect()
-            })?;
-            for (k, &at) in positions.iter().enumerate() {
-                add_score(&mut results[group[at / batch.seq]], &logits[k * vocab..(k + 1) * vocab], batch.targets[at]);
-            }
-        }
-        Ok(results)
-    }
-
-    /// Log-likelihoods of scoring rows (continuations after a context, each row with its image
-    /// index). Rows that share everything before their first scored token (the choices of one
-    /// item) share one prefix: it runs once into a prefix cache, whose last logits score every
+    /// Log-likelihoods of scoring rows (continuations after a context, or rolling windows; each row
+    /// with its image index). Rows that share everything before their first scored token (the
+    /// choices of one item) share one prefix: it runs once into a prefix cache, whose last logits score every
     /// row's first token, and only the rest of each continuation runs after it.
     fn score_continuations(&mut self, rows: &[(VlmRow, usize)]) -> Result<Vec<LogLikelihood>> {
         let mut prefix_of: HashMap<(Option<usize>, &[u32]), usize> = HashMap::new();
@@ -827,7 +773,7 @@ impl<D: Device> Scorer for ModelScorer<D> {
             })
             .collect();
         let mut total = NOTHING_SCORED;
-        for ll in self.score_rows(&rows)? {
+        for ll in self.score_continuations(&rows)? {
             total.sum_logprob += ll.sum_logprob;
             total.n_tokens += ll.n_tokens;
             total.is_greedy &= ll.is_greedy;

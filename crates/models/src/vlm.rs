@@ -350,25 +350,10 @@ impl<D: Device> Vlm<D> {
         self.lm.logits(params, &lm_input(batch, &positions, injected))
     }
 
-    /// Logits `[rows.len(), vocab]` of the positions `rows` (indices into `batch * seq`), with the
-    /// images already through [`project_features`](Self::project_features) (`[images * n_image_tokens,
-    /// d_model]`; the batch's `features` are not read): a scorer asking many rows about one image
-    /// projects it once, and projects to the vocabulary only the positions it scores.
-    pub fn logits_of_projected(
-        &mut self,
-        params: &ParamStore<D>,
-        batch: &VlmBatch,
-        projected: &D::Buf,
-        rows: &[usize],
-    ) -> Result<&D::Buf> {
-        let positions = self.inject(batch, projected)?;
-        let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
-        self.lm.logits_at(params, &lm_input(batch, &positions, injected), rows)
-    }
-
-    /// [`Lm::prefix_caches`] over `batch` (each row a sequence's first `lens[r]` positions), its
-    /// image slots showing the `projected` images as in
-    /// [`logits_of_projected`](Self::logits_of_projected).
+    /// [`Lm::prefix_caches`] over `batch` (each row a sequence's first `lens[r]` positions, logits
+    /// at `rows`), with the images already through [`project_features`](Self::project_features)
+    /// (`[images * n_image_tokens, d_model]`; the batch's `features` are not read): a scorer asking
+    /// many rows about one image projects it once.
     pub fn prefix_caches_of_projected(
         &mut self,
         params: &ParamStore<D>,
