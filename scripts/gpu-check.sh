@@ -31,20 +31,22 @@ BATCH_1B=4
 
 if [ "${1:-}" = "--prepare" ]; then
     set -e
+    # Where cargo puts the binaries (CARGO_TARGET_DIR when set).
+    built="${CARGO_TARGET_DIR:-target}/release"
     cargo build --release -p vlmix-engine --bin vlmix-cuda-check
     cargo build --release --bin vlmix
     rm -rf "$kit"
     mkdir -p "$kit"
-    strip -o "$kit/vlmix-cuda-check" target/release/vlmix-cuda-check
+    strip -o "$kit/vlmix-cuda-check" "$built"/vlmix-cuda-check
     "$kit/vlmix-cuda-check" reference "$kit/cpu-reference.safetensors"
-    if target/release/vlmix bench train --help | grep -q -- '--device'; then
-        strip -o "$kit/vlmix" target/release/vlmix
+    if "$built"/vlmix bench train --help | grep -q -- '--device'; then
+        strip -o "$kit/vlmix" "$built"/vlmix
         # Its shared libraries beyond glibc (Open MPI, fontconfig, ...), which the GPU machine may lack.
         mkdir -p "$kit/lib"
-        ldd target/release/vlmix | awk '/=> \//{print $3}' |
+        ldd "$built"/vlmix | awk '/=> \//{print $3}' |
             grep -Ev '/(libc|libm|libgcc_s|libpthread|libdl|librt|libstdc\+\+)\.so' | xargs -r cp -L -t "$kit/lib"
         echo "gpu-check: the CPU's loss after 50 steps of the reference model"
-        target/release/vlmix bench train --device cpu "${STEPS_ARGS[@]}" >"$kit/cpu-50-steps.json"
+        "$built"/vlmix bench train --device cpu "${STEPS_ARGS[@]}" >"$kit/cpu-50-steps.json"
     else
         echo "gpu-check: vlmix has no --device yet; only the kernel checks travel"
     fi
