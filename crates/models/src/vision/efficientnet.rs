@@ -60,6 +60,35 @@ impl EfficientNetLayer {
         STAGES[..stages].iter().fold(size.div_ceil(2), |side, stage| side.div_ceil(stage.2))
     }
 
+    /// Forward FLOPs per `size x size` image up to this layer, 2 per multiply-add of every
+    /// convolution (biases, activations and residual sums left out, as conventional counts do):
+    /// what the encoder benchmark divides by to report GFLOP/s.
+    pub fn flops(self, size: usize) -> f64 {
+        let stages = match self {
+            EfficientNetLayer::Stage(s) => s,
+            EfficientNetLayer::Head => STAGES.len(),
+        };
+        let mut side = size.div_ceil(2);
+        let mut macs = side * side * STEM_CHANNELS * 3 * 3 * 3;
+        for &(repeats, kernel, stride, expand, input, output) in &STAGES[..stages] {
+            for r in 0..repeats {
+                let channels = if r == 0 { input } else { output };
+                let hidden = channels * expand;
+                if expand != 1 {
+                    macs += side * side * channels * hidden;
+                }
+                if r == 0 {
+                    side = side.div_ceil(stride);
+                }
+                macs += side * side * (hidden * kernel * kernel + hidden * output);
+            }
+        }
+        if self == EfficientNetLayer::Head {
+            macs += side * side * STAGES[STAGES.len() - 1].5 * HEAD_CHANNELS;
+        }
+        2.0 * macs as f64
+    }
+
     fn validate(self) -> Result<()> {
         if let EfficientNetLayer::Stage(s) = self {
             if !(1..=STAGES.len()).contains(&s) {
@@ -279,5 +308,20 @@ impl EfficientNetLite0 {
             }
         }
         Ok(conv::pointwise(&self.dev, &pooled, batch, &self.classifier_weight, &self.classifier_bias, Activation::None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_count_matches_the_pytorch_twins_count() {
+        // reference/bench_encode.py sums 2 x outputs x weights-per-output over the convolutions it
+        // runs; these are its numbers at 224 px (stage 7: 364M multiply-adds).
+        assert_eq!(EfficientNetLayer::Stage(7).flops(224), 727_674_304.0);
+        let head = 7 * 7 * 320 * HEAD_CHANNELS;
+        assert_eq!(EfficientNetLayer::Head.flops(224), 727_674_304.0 + 2.0 * head as f64);
+        assert!(EfficientNetLayer::Stage(1).flops(224) < EfficientNetLayer::Stage(2).flops(224));
     }
 }

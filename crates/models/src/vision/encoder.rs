@@ -216,6 +216,11 @@ impl EfficientNetEncoder {
         );
         Ok(Self { model, layer, preprocess, tokens: side * side, id })
     }
+
+    /// Forward FLOPs of one image ([`EfficientNetLayer::flops`] at this encoder's layer and size).
+    pub fn flops_per_image(&self) -> f64 {
+        self.layer.flops(self.preprocess.output_size().0 as usize)
+    }
 }
 
 impl ImageEncoder for EfficientNetEncoder {
