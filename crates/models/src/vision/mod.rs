@@ -1,5 +1,6 @@
 //! Vision encoders (EfficientNet-Lite0, SigLIP, patch projection), image preprocessing, the on-disk
 //! feature cache for frozen encoders, the trainable encoder tail, and the projector into the LM's width.
+pub mod bench;
 pub mod conv;
 pub mod efficientnet;
 pub mod encoder;
