@@ -199,14 +199,15 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     let finetune_positions_per_epoch = config.finetune.max_examples.unwrap_or(20_000) as u64 * seq as u64;
     // Scoring runs an item's prompt (image included; ~half a window) once into a prefix cache, then
     // ~16 continuation tokens (its choices, or a short answer); the blind pass repeats the prompt
-    // only where it differs between items (~a quarter). Forward-only positions in large batches cost
-    // about half a training position (a third for the products, plus the vocabulary softmax).
+    // only where it differs between items (~a quarter). A forward-only position costs about a
+    // training position here: the continuation rows are a few tokens wide and attend over whole rows,
+    // plus the vocabulary softmax of every scored token (mini: 27 s estimated, 23-26 s measured).
     let items = item_limit(&config.eval);
     let (vision_items, text_items) = (items.vision.unwrap_or(0) as u64, items.text.unwrap_or(0) as u64);
     let item_positions = seq as u64 / 2 + 16;
-    let text_eval_positions = config.eval.text_tasks.len() as u64 * text_items * item_positions / 2;
+    let text_eval_positions = config.eval.text_tasks.len() as u64 * text_items * item_positions;
     let eval_positions =
-        config.eval.vision_tasks.len() as u64 * vision_items * item_positions * 5 / 8 + text_eval_positions;
+        config.eval.vision_tasks.len() as u64 * vision_items * item_positions * 5 / 4 + text_eval_positions;
     let positions_per_step = |batch: usize| (batch * seq) as u64;
     println!("{:<48} {:>14} {:>12}", "node", "positions", "est. time");
     let mut total = 0.0;
