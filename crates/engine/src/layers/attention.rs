@@ -181,18 +181,10 @@ impl Attention {
         let rows = rows_of(dev, x, self.width, "attention");
         assert_eq!(rows, batch * seq, "attention: {rows} rows are not batch {batch} x seq {seq}");
         assert!(seq <= acts.max_seq && rows * self.inner() <= dev.len(&acts.q), "attention: acts too small");
-        let (inner, width) = (self.inner(), self.width);
+        let inner = self.inner();
         let n = rows * inner;
         let shape = self.shape(batch, seq);
-        assert_eq!(p.in_proj.bias.is_some(), self.bias, "attention: in_proj bias given iff the layer has biases");
-        assert_eq!(dev.len(p.in_proj.weight), 3 * inner * width, "attention: in_proj weight is not [3*inner, width]");
-        let project = |j: usize, out: &mut D::Buf| {
-            let w = dev.slice(p.in_proj.weight, j * inner * width..(j + 1) * inner * width);
-            dev.gemm(Gemm::new(false, true, rows, inner, width), x, w, out);
-            if let Some(b) = p.in_proj.bias {
-                dev.add_bias(out, dev.slice(b, j * inner..(j + 1) * inner));
-            }
-        };
+        let project = |j: usize, out: &mut D::Buf| self.project(dev, p, x, rows, j, out);
         let q = dev.slice_mut(&mut acts.q, 0..n);
         let k = dev.slice_mut(&mut acts.k, 0..n);
         match self.qk_norm() {
@@ -224,6 +216,19 @@ impl Attention {
         let att = dev.slice_mut(&mut acts.att, 0..n);
         dev.attention_forward(shape, q, k, v, saved, att);
         self.out_proj().forward(dev, &p.out_proj, att, y);
+    }
+
+    /// `out = x in_proj[j]^T (+ bias[j])` for `rows` rows: part `j` of the input projection (0 q,
+    /// 1 k, 2 v), each into its own contiguous buffer.
+    fn project<D: Device>(&self, dev: &D, p: &AttentionParams<D>, x: &D::Buf, rows: usize, j: usize, out: &mut D::Buf) {
+        let (inner, width) = (self.inner(), self.width);
+        assert_eq!(p.in_proj.bias.is_some(), self.bias, "attention: in_proj bias given iff the layer has biases");
+        assert_eq!(dev.len(p.in_proj.weight), 3 * inner * width, "attention: in_proj weight is not [3*inner, width]");
+        let w = dev.slice(p.in_proj.weight, j * inner * width..(j + 1) * inner * width);
+        dev.gemm(Gemm::new(false, true, rows, inner, width), x, w, out);
+        if let Some(b) = p.in_proj.bias {
+            dev.add_bias(out, dev.slice(b, j * inner..(j + 1) * inner));
+        }
     }
 
     /// Keys and values of `row`'s first `len` positions, as the last [`forward`](Self::forward) over
@@ -276,12 +281,8 @@ impl Attention {
         let at: Vec<usize> =
             prefixes.iter().enumerate().flat_map(|(r, c)| (0..cont).map(move |j| r * seq + c.len + j)).collect();
         let project = |j: usize| {
-            let w = dev.slice(p.in_proj.weight, j * inner * width..(j + 1) * inner * width);
             let mut out = dev.zeros(at.len() * inner);
-            dev.gemm(Gemm::new(false, true, at.len(), inner, width), x, w, &mut out);
-            if let Some(b) = p.in_proj.bias {
-                dev.add_bias(&mut out, dev.slice(b, j * inner..(j + 1) * inner));
-            }
+            self.project(dev, p, x, at.len(), j, &mut out);
             out
         };
         let n = shape.rows() * inner;
