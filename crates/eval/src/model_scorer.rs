@@ -19,7 +19,7 @@ use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_engine::{Cpu, Device};
-use vlmix_models::lm::{Lm, LmInput, PrefixCache};
+use vlmix_models::lm::{target_log_prob, Lm, LmInput, PrefixCache};
 use vlmix_models::sequence::{VlmRow, VlmSequence};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::ImageEncoder;
@@ -162,23 +162,8 @@ pub struct ModelScorer<D: Device = Cpu> {
     /// blind control asks every item about the same image, and generation re-runs the prompt once
     /// per token.
     projected: Option<(Vec<PathBuf>, D::Owned)>,
-    /// What [`projected_for`] hands a batch without image slots.
+    /// What [`shown_images`] hands a batch without image slots.
     no_image: D::Owned,
-}
-
-/// Log-probability of `target` and whether it is the argmax (first maximum, as torch.argmax).
-fn score_row(logits: &[f32], target: u32) -> (f64, bool) {
-    let (mut best, mut best_at) = (f32::NEG_INFINITY, 0);
-    for (i, &x) in logits.iter().enumerate() {
-        if x > best {
-            best = x;
-            best_at = i;
-        }
-    }
-    // f32 exponentials (each in (0, 1]) summed in f64: the f64 exponential cost a tenth of an eval.
-    let sum: f64 = logits.iter().map(|&x| f64::from((x - best).exp())).sum();
-    let lse = best as f64 + sum.ln();
-    (logits[target as usize] as f64 - lse, best_at == target as usize)
 }
 
 /// lm-eval's `_encode_pair` rule: trailing spaces of the context belong to the continuations.
@@ -592,7 +577,7 @@ const NOTHING_SCORED: LogLikelihood = LogLikelihood { sum_logprob: 0.0, n_tokens
 
 /// Adds one scored token (`target` under `logits`) to `ll`.
 fn add_score(ll: &mut LogLikelihood, logits: &[f32], target: u32) {
-    let (logprob, greedy) = score_row(logits, target);
+    let (logprob, greedy) = target_log_prob(logits, target);
     ll.sum_logprob += logprob;
     ll.n_tokens += 1;
     ll.is_greedy &= greedy;

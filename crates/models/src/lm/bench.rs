@@ -3,7 +3,7 @@
 //! `reference/bench_train.py` and `reference/bench_score.py` are the PyTorch twins; each pair prints
 //! the same JSON fields so `scripts/bench.sh` can compare them.
 
-use super::{Lm, LmConfig, LmInput, PrefixCache};
+use super::{target_log_prob, Lm, LmConfig, LmInput, PrefixCache};
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -215,13 +215,6 @@ impl Items<'_> {
     }
 }
 
-/// `log p(target)` under one row of logits.
-fn log_prob(logits: &[f32], target: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&x| f64::from((x - max).exp())).sum();
-    f64::from(logits[target as usize] - max) - sum.ln()
-}
-
 /// Forward FLOPs of positions `from..to` of one sequence (0-based, each attending to itself and
 /// every earlier position) and of `scored` output rows: PaLM's forward count, `2 N` per position
 /// (N = the blocks' parameters) plus `4 L d` per key attended, and `2 V d` per scored position
@@ -265,7 +258,7 @@ fn score_full<D: Device>(
         for (r, &(i, k)) in pass.iter().enumerate() {
             let answer = data.answer(i, k);
             let at = |j: usize| &logits[(r * o.choice_len + j) * vocab..][..vocab];
-            scores.push((0..o.choice_len).map(|j| log_prob(at(j), answer[j])).sum());
+            scores.push((0..o.choice_len).map(|j| target_log_prob(at(j), answer[j]).0).sum());
         }
         work.positions += pass.len() * seq;
         work.passes += 1;
@@ -296,7 +289,7 @@ fn score_cached<D: Device>(
         let first = scores.len();
         for (r, &i) in group.iter().enumerate() {
             let at = &logits[r * vocab..][..vocab];
-            scores.extend((0..o.choices).map(|k| log_prob(at, data.answer(i, k)[0])));
+            scores.extend((0..o.choices).map(|k| target_log_prob(at, data.answer(i, k)[0]).0));
         }
         work.positions += group.len() * o.prefix;
         work.passes += 1;
@@ -315,7 +308,8 @@ fn score_cached<D: Device>(
             for (n, &(r, k)) in pass.iter().enumerate() {
                 let answer = data.answer(group[r], k);
                 let at = |j: usize| &logits[(n * width + j) * vocab..][..vocab];
-                scores[first + r * o.choices + k] += (0..width).map(|j| log_prob(at(j), answer[j + 1])).sum::<f64>();
+                scores[first + r * o.choices + k] +=
+                    (0..width).map(|j| target_log_prob(at(j), answer[j + 1]).0).sum::<f64>();
             }
             work.positions += pass.len() * width;
             work.passes += 1;
