@@ -71,8 +71,7 @@ impl<D: Device> ScoredModel<D> {
             ScoredModel::Vision(vlm) => vlm.prefix_caches_of_projected(params, batch, projected, lens, rows),
             ScoredModel::Text(lm) => {
                 ensure!(batch.slots.is_empty(), "a text-only model cannot read image slots");
-                let input = LmInput { batch: batch.batch, seq: batch.seq, tokens: &batch.inputs, injected: None };
-                lm.prefix_caches(params, &input, lens, rows)
+                lm.prefix_caches(params, &LmInput::tokens(batch.batch, batch.seq, &batch.inputs), lens, rows)
             }
         }
     }
@@ -410,8 +409,8 @@ impl<D: Device> ModelScorer<D> {
 
     /// Log-likelihoods of scoring rows (continuations after a context, or rolling windows; each row
     /// with its image index). Rows that share everything before their first scored token (the
-    /// choices of one item) share one prefix: it runs once into a prefix cache, whose last logits score every
-    /// row's first token, and only the rest of each continuation runs after it.
+    /// choices of one item) share one prefix: it runs once into a prefix cache, whose last logits
+    /// score every row's first token, and only the rest of each continuation runs after it.
     fn score_continuations(&mut self, rows: &[(VlmRow, usize)]) -> Result<Vec<LogLikelihood>> {
         let mut prefix_of: HashMap<(Option<usize>, &[u32]), usize> = HashMap::new();
         let mut prefixes: Vec<(VlmRow, usize)> = Vec::new();
@@ -529,7 +528,8 @@ impl<D: Device> ModelScorer<D> {
                 live.retain(|&k| !decodes[active[k]].done);
                 let Some(&first) = live.first() else { break };
                 let width = decodes[active[first]].generated.len();
-                let tokens: Vec<u32> = live.iter().flat_map(|&k| decodes[active[k]].generated.clone()).collect();
+                let tokens: Vec<u32> =
+                    live.iter().flat_map(|&k| decodes[active[k]].generated.iter().copied()).collect();
                 let positions: Vec<usize> = (1..=live.len()).map(|r| r * width - 1).collect();
                 let refs: Vec<&PrefixCache<D>> = live.iter().map(|&k| &caches[k]).collect();
                 logits = self.continuation_logits(&refs, &tokens, width, &positions)?;
