@@ -26,6 +26,18 @@ pub enum BenchCommand {
     Encode(EncodeArgs),
 }
 
+/// What every benchmark takes: its thread count and its output form.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON line instead of text (the fields of the benchmark's PyTorch twin under
+    /// reference/: bench_train.py, bench_score.py, bench_encode.py).
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Args)]
 pub struct TrainArgs {
     /// Model preset name or TOML file.
@@ -40,12 +52,8 @@ pub struct TrainArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print one JSON line instead of text (same fields as reference/bench_train.py).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: RunArgs,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -73,12 +81,8 @@ pub struct ScoreArgs {
     /// Tokens per answer.
     #[arg(long, default_value_t = 3)]
     choice_len: usize,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print one JSON line instead of text (same fields as reference/bench_score.py).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: RunArgs,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -98,12 +102,8 @@ pub struct EncodeArgs {
     /// Untimed batches first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print one JSON line instead of text (same fields as reference/bench_encode.py).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: RunArgs,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -123,7 +123,7 @@ fn set_threads(threads: Option<usize>) {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    set_threads(args.threads);
+    set_threads(args.output.threads);
     let model = LmConfig::load(&args.model)?;
     let opts =
         BenchOptions { model, model_name: args.model, batch: args.batch, steps: args.steps, warmup: args.warmup };
@@ -138,7 +138,7 @@ fn train(args: TrainArgs) -> Result<()> {
             (report, Some((cuda.describe(), peak_mb)))
         }
     };
-    if args.json {
+    if args.output.json {
         let mut line = serde_json::to_value(&report).context("serialising the benchmark report")?;
         line["device"] = gpu.as_ref().map_or("cpu".into(), |(name, _)| name.clone()).into();
         if let Some((_, peak_mb)) = gpu {
@@ -174,7 +174,7 @@ fn train(args: TrainArgs) -> Result<()> {
 }
 
 fn score(args: ScoreArgs) -> Result<()> {
-    set_threads(args.threads);
+    set_threads(args.output.threads);
     let mut model = LmConfig::load(&args.model)?;
     model.n_heads = args.n_heads;
     model.seq_len = args.seq_len;
@@ -191,7 +191,7 @@ fn score(args: ScoreArgs) -> Result<()> {
         Opened::Cpu(cpu) => (bench_score(cpu, &opts)?, "cpu".to_string()),
         Opened::Cuda(cuda) => (bench_score(cuda.clone(), &opts)?, cuda.describe()),
     };
-    if args.json {
+    if args.output.json {
         let mut line = serde_json::to_value(&report).context("serialising the benchmark report")?;
         line["device"] = device.into();
         println!("{line}");
@@ -220,14 +220,14 @@ fn print_score(r: &ScoreReport, device: &str) {
 }
 
 fn encode(args: EncodeArgs) -> Result<()> {
-    set_threads(args.threads);
+    set_threads(args.output.threads);
     let weights = match args.weights {
         Some(path) => path,
         None => efficientnet_weights(&DataLayout::from_env(None)?.home)?,
     };
     let report =
         bench_encode(&weights, &EncodeOptions { batch: args.batch, images: args.images, warmup: args.warmup })?;
-    if args.json {
+    if args.output.json {
         println!("{}", serde_json::to_string(&report).context("serialising the benchmark report")?);
         return Ok(());
     }
