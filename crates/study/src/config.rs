@@ -194,6 +194,19 @@ pub struct EvalConfig {
     pub max_vision_items: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_text_items: Option<usize>,
+    /// Tasks the config named that this machine's prepared data lacks (their source package could
+    /// not be had), dropped by `vlmix study --without-missing-tasks`; the report names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOutTask>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeftOutTask {
+    pub task: String,
+    /// The scripts/data-sources.tsv source it comes from.
+    pub package: String,
+    pub reason: String,
 }
 
 fn yes() -> bool {

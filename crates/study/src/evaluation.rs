@@ -11,11 +11,12 @@ use vlmix_eval::{evaluate, EvalOptions, EvalReport, ItemLimit};
 use vlmix_models::vision::encoder::open_encoder;
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
-use crate::config::StudyConfig;
+use crate::config::{LeftOutTask, StudyConfig};
 use crate::executor::StudyDir;
 use crate::outputs::{BpbPoint, EvalOutputs, EvalSkipped, TextBaselineOutputs};
 use crate::plan::PRETRAIN;
 use crate::runner::{encoder_spec, StudyRunner};
+use vlmix_data::provenance::DataProvenance;
 
 /// Per-item log of an eval node, beside its `eval.json` (see [`vlmix_eval::Sample`]).
 pub const SAMPLES_FILE: &str = "samples.jsonl";
@@ -29,7 +30,8 @@ pub fn item_limit(eval: &crate::config::EvalConfig) -> ItemLimit {
 }
 
 /// File of each configured task (vision ones only with `vision`), in the prepared data; a missing
-/// file is an error naming the field.
+/// file is an error naming the field, and the source package and what to do when the prepared
+/// data lacks it because that package could not be had.
 pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision: bool) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let no_tasks = Vec::new();
@@ -41,6 +43,18 @@ pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision:
         for (i, task) in tasks.iter().enumerate() {
             let file = dir.join(format!("{task}.jsonl"));
             if !file.is_file() {
+                if let Some(lost) = DataProvenance::read(layout).ok().as_ref().and_then(|p| p.lost_task(task)) {
+                    anyhow::bail!(
+                        "{field}[{i}] = {task:?} cannot be scored on this machine: it is built from source package \
+                         {} ({}), which could not be had: {}. Fetch it (scripts/fetch-data.sh {}, then \
+                         `vlmix data prepare --if-outdated`), or remove the task from {field}, or run with \
+                         `vlmix study --without-missing-tasks` to leave out every such task (the report says so)",
+                        lost.package,
+                        lost.corpus_parts.join(", "),
+                        lost.reason,
+                        lost.package
+                    );
+                }
                 let known: Vec<String> = std::fs::read_dir(&dir)
                     .map(|rd| {
                         rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(str::to_owned))
@@ -57,6 +71,38 @@ pub fn task_files(config: &StudyConfig, layout: &vlmix_data::DataLayout, vision:
         }
     }
     Ok(files)
+}
+
+/// Drops from the config every task the prepared data lacks because its source package could not be
+/// had, recording each in `eval.left_out` (what `--without-missing-tasks` does before planning).
+pub fn leave_out_missing_tasks(config: &mut StudyConfig, layout: &vlmix_data::DataLayout) -> Result<()> {
+    let provenance = DataProvenance::read(layout)?;
+    let eval = &mut config.eval;
+    let mut left_out = Vec::new();
+    for (tasks, dir) in [(&mut eval.vision_tasks, layout.eval_vl_dir()), (&mut eval.text_tasks, layout.eval_text_dir())]
+    {
+        tasks.retain(|task| {
+            let lost = provenance.lost_task(task).filter(|_| !dir.join(format!("{task}.jsonl")).is_file());
+            if let Some(lost) = lost {
+                left_out.push(LeftOutTask {
+                    task: task.clone(),
+                    package: lost.package.clone(),
+                    reason: lost.reason.clone(),
+                });
+            }
+            lost.is_none()
+        });
+    }
+    for task in &left_out {
+        tracing::warn!(
+            "leaving out eval task {}: source package {} is missing ({})",
+            task.task,
+            task.package,
+            task.reason
+        );
+    }
+    eval.left_out.extend(left_out);
+    Ok(())
 }
 
 /// Scores `checkpoint` on the study's tasks (prepared ones and `[data]` eval sets; the vision ones

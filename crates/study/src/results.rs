@@ -10,7 +10,7 @@ use crate::config::StudyConfig;
 use crate::executor::StudyDir;
 use crate::outputs::{BpbPoint, NodeOutputs};
 use crate::plan::{cooldown_id, finetuned_run_id, pretrain_run_id, NodeKind, Plan};
-use crate::report::{write_report, NodeRecord, ReportInput, ResultRow, ResultsTable, TrainingCurve};
+use crate::report::{write_report, DataRecord, NodeRecord, ReportInput, ResultRow, ResultsTable, TrainingCurve};
 
 /// The machine in words, for the report: CPU model and core count.
 pub fn machine() -> String {
@@ -39,7 +39,15 @@ fn stage_of(kind: &NodeKind) -> &'static str {
 /// The table of every finished eval node (unfinished ones are left out, so a partial study reports too).
 pub fn collect(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<ResultsTable> {
     let (machine, versions) = (machine(), versions());
-    let mut table = ResultsTable { rows: Vec::new(), nodes: Vec::new() };
+    let provenance_file = study.root.join(crate::run::PROVENANCE_FILE);
+    let provenance = match std::fs::read(&provenance_file) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", provenance_file.display()))?
+        }
+        Err(_) => Default::default(),
+    };
+    let data = DataRecord { provenance, left_out: config.eval.left_out.clone() };
+    let mut table = ResultsTable { rows: Vec::new(), nodes: Vec::new(), data };
     for node in &plan.nodes {
         let Some(done) = study.done(&node.id)? else { continue };
         table.nodes.push(NodeRecord {

@@ -9,12 +9,13 @@ use vlmix_engine::{on_device, Device};
 
 use crate::config::StudyConfig;
 use crate::estimate::print_estimate;
-use crate::evaluation::task_files;
+use crate::evaluation::{leave_out_missing_tasks, task_files};
 use crate::executor::{execute, execute_node, StudyDir};
 use crate::plan::Plan;
 use crate::results::write_all;
 use crate::runner::StudyRunner;
 use crate::slurm::{self, ExecutorConfig, Launch, StatusRow, Submission, RESULTS};
+use vlmix_data::provenance::DataProvenance;
 
 pub struct RunOptions {
     /// Run directory (created; an existing one resumes).
@@ -23,17 +24,31 @@ pub struct RunOptions {
     pub data: Option<PathBuf>,
     pub dry_run: bool,
     pub quiet: bool,
+    /// Leave out config tasks whose source package this machine could not get (named in the
+    /// report) instead of stopping before training.
+    pub without_missing_tasks: bool,
+}
+
+/// The config, with the tasks this machine lacks left out when asked, checked against the prepared
+/// data and planned: everything that can fail before a node runs.
+fn load_checked(config_path: &Path, options: &RunOptions, layout: &DataLayout) -> Result<(StudyConfig, Plan)> {
+    let invalid = || format!("invalid study config {}", config_path.display());
+    let mut config = StudyConfig::load(config_path)?;
+    if options.without_missing_tasks {
+        leave_out_missing_tasks(&mut config, layout).with_context(invalid)?;
+    }
+    task_files(&config, layout, true).with_context(invalid)?;
+    let plan = Plan::build(&config).with_context(invalid)?;
+    Ok((config, plan))
 }
 
 /// Runs (or resumes) a study and returns the report's path; `None` for a dry run.
 pub fn run(config_path: &Path, options: &RunOptions) -> Result<Option<PathBuf>> {
-    let config = StudyConfig::load(config_path)?;
-    // Opened first (the dry run plans and probes on it too), so a missing GPU or CUDA library
-    // stops the study before anything else is read or run.
-    let opened = open_device(&config, config_path)?;
+    // The device is opened first (the dry run plans and probes on it too), so a missing GPU or CUDA
+    // library stops the study before anything else is read or run.
+    let opened = open_device(&StudyConfig::load(config_path)?, config_path)?;
     let layout = DataLayout::from_env(options.data.as_deref())?;
-    task_files(&config, &layout, true).with_context(|| format!("invalid study config {}", config_path.display()))?;
-    let plan = Plan::build(&config).with_context(|| format!("invalid study config {}", config_path.display()))?;
+    let (config, plan) = load_checked(config_path, options, &layout)?;
     on_device!(opened, dev => run_on(dev, &config, &plan, layout, options))
 }
 
@@ -58,6 +73,7 @@ fn run_on<D: Device>(
     }
     let study = StudyDir::open(&options.out)?;
     pin_config(&study, config)?;
+    pin_provenance(&study, &layout)?;
     let mut runner = StudyRunner::new(config, layout, options.quiet, dev)?;
     execute(plan, &study, &mut runner)?;
     write_all(config, plan, &study).map(Some)
@@ -66,10 +82,8 @@ fn run_on<D: Device>(
 /// Submits a study to Slurm (or re-submits what is neither finished nor queued) with `executor`'s
 /// resources; `vlmix study status` follows it.
 pub fn submit(config_path: &Path, options: &RunOptions, executor: &ExecutorConfig) -> Result<Submission> {
-    let config = StudyConfig::load(config_path)?;
     let layout = DataLayout::from_env(options.data.as_deref())?;
-    task_files(&config, &layout, true).with_context(|| format!("invalid study config {}", config_path.display()))?;
-    let plan = Plan::build(&config).with_context(|| format!("invalid study config {}", config_path.display()))?;
+    let (config, plan) = load_checked(config_path, options, &layout)?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating run directory {}", options.out.display()))?;
     let root = std::fs::canonicalize(&options.out).with_context(|| format!("resolving {}", options.out.display()))?;
@@ -77,6 +91,7 @@ pub fn submit(config_path: &Path, options: &RunOptions, executor: &ExecutorConfi
     std::fs::create_dir_all(root.join("nodes"))
         .with_context(|| format!("creating {}", root.join("nodes").display()))?;
     pin_config(&study, &config)?;
+    pin_provenance(&study, &layout)?;
     let absolute = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()));
     let launch = Launch {
         exe: std::env::current_exe().context("locating the vlmix binary for the job scripts")?,
@@ -126,6 +141,20 @@ pub fn status(run_dir: &Path) -> Result<Vec<StatusRow>> {
     let (_, plan) = pinned(run_dir)?;
     slurm::status(&plan, run_dir)
 }
+
+/// Records the prepared data's provenance (which package versions, what is missing) in the run
+/// directory when the study starts; the report shows it. A resumed run keeps the first record.
+fn pin_provenance(study: &StudyDir, layout: &DataLayout) -> Result<()> {
+    let path = study.root.join(PROVENANCE_FILE);
+    if path.is_file() {
+        return Ok(());
+    }
+    let provenance = DataProvenance::read(layout).unwrap_or_default();
+    write_atomic(&path, serde_json::to_string_pretty(&provenance)?.as_bytes())
+}
+
+/// The run directory's record of the data it was trained and evaluated on.
+pub const PROVENANCE_FILE: &str = "data-provenance.json";
 
 /// Records the config in the run directory; resuming with a different config is refused, since the
 /// finished nodes would silently belong to another study.

@@ -127,7 +127,7 @@ fn synthetic_table() -> ResultsTable {
             versions: BTreeMap::from([("rustc".into(), "1.85".into())]),
         },
     ];
-    ResultsTable { rows, nodes }
+    ResultsTable { rows, nodes, data: Default::default() }
 }
 
 fn curve(run_id: &str, steps: u64, achieved_image_fraction: f64) -> TrainingCurve {

@@ -123,12 +123,19 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
     let layout = DataLayout::from_env(args.out.as_deref())?;
     if args.if_outdated && layout.manifest().is_file() {
         match refresh(&layout)? {
-            Some(manifest) => println!(
-                "refreshed the text benchmarks in {} ({} items)",
-                layout.prepared.display(),
-                manifest.text_eval.values().sum::<usize>()
-            ),
-            None => println!("{} is up to date", layout.prepared.display()),
+            Some(manifest) => {
+                println!(
+                    "refreshed {}: {} text eval items{}",
+                    layout.prepared.display(),
+                    manifest.text_eval.values().sum::<usize>(),
+                    if manifest.images.is_some() { ", image side current" } else { "" }
+                );
+                print_missing(&manifest.provenance);
+            }
+            None => {
+                println!("{} is up to date", layout.prepared.display());
+                print_missing(&vlmix_data::provenance::DataProvenance::read(&layout)?);
+            }
         }
         return Ok(());
     }
@@ -153,8 +160,17 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
         manifest.tokenizer.vocab_size,
         if manifest.images.is_some() { ", image side done" } else { "" }
     );
+    print_missing(&manifest.provenance);
     println!("run `vlmix data stats` for the full table");
     Ok(())
+}
+
+/// One line per source this machine lacks, naming what the prepared data is without.
+fn print_missing(provenance: &vlmix_data::provenance::DataProvenance) {
+    for m in &provenance.missing {
+        let lost = [&m.corpus_parts[..], &m.tasks[..]].concat().join(", ");
+        println!("MISSING {}: {} -> prepared without: {lost}", m.package, m.reason);
+    }
 }
 
 /// Token shards and tokenizer files are checked here; every other format by the image side's inspector.

@@ -24,6 +24,10 @@ pub struct Args {
     /// No progress bars (batch use).
     #[arg(long)]
     pub quiet: bool,
+    /// Leave out the config's eval tasks whose source package could not be had on this machine
+    /// (`vlmix data stats` lists them) instead of stopping; the report names each one and why.
+    #[arg(long)]
+    pub without_missing_tasks: bool,
     /// `local` runs every node in this process; `slurm` submits one sbatch job per node and returns
     /// (rerun to retry failed nodes). Default: the config's `[executor] type`, else local.
     #[arg(long)]
@@ -63,7 +67,13 @@ pub fn run(args: Args) -> Result<()> {
     let config_path = args.config.context("a study config is required")?;
     let config = vlmix_study::config::StudyConfig::load(&config_path)?;
     let out = args.out.unwrap_or_else(|| default_run_dir(&config.name));
-    let options = vlmix_study::run::RunOptions { out, data: args.data, dry_run: args.dry_run, quiet: args.quiet };
+    let options = vlmix_study::run::RunOptions {
+        out,
+        data: args.data,
+        dry_run: args.dry_run,
+        quiet: args.quiet,
+        without_missing_tasks: args.without_missing_tasks,
+    };
     if args.executor.unwrap_or(config.executor.kind) == ExecutorKind::Slurm && !args.dry_run {
         let s = vlmix_study::run::submit(&config_path, &options, &config.executor)?;
         for (node, job) in &s.submitted {

@@ -22,6 +22,7 @@ use crate::image_io::decode_rgb;
 use crate::jsonl::open_text;
 use crate::layout::DataLayout;
 use crate::llava::{write_llava, LlavaSet, Turn};
+use crate::vl_eval::prepared::{FASHION_WHAT, POPE_FASHION};
 use crate::vl_eval::{EvalSet, QuestionType};
 use crate::webdataset::{list_shards, read_shard, ShardBuilder};
 
@@ -180,7 +181,7 @@ fn write_eval(layout: &DataLayout, dir: &Path) -> Result<usize> {
         coco_names.push((image.to_string(), name.clone()));
         Ok(name)
     };
-    let open = EvalSet::read(&layout.eval_vl_dir().join("cifar10_what.jsonl"))?;
+    let open = EvalSet::read(&layout.eval_vl_dir().join(format!("{FASHION_WHAT}.jsonl")))?;
     let (mut questions, mut annotations) = (Vec::new(), Vec::new());
     for (i, (_, item)) in open.items.iter().filter(|(_, i)| i.kind == QuestionType::Open).take(EVAL_ITEMS).enumerate() {
         let name = coco_name(&item.image)?;
@@ -203,7 +204,7 @@ fn write_eval(layout: &DataLayout, dir: &Path) -> Result<usize> {
     std::fs::write(vqa.join("v2_OpenEnded_mscoco_val2014_questions.json"), q.to_string())?;
     std::fs::write(vqa.join("v2_mscoco_val2014_annotations.json"), a.to_string())?;
 
-    let yes_no = EvalSet::read(&layout.eval_vl_dir().join("pope_cifar.jsonl"))?;
+    let yes_no = EvalSet::read(&layout.eval_vl_dir().join(format!("{POPE_FASHION}.jsonl")))?;
     let pope = dir.join("pope");
     std::fs::create_dir_all(&pope)?;
     let mut lines = String::new();

@@ -1,7 +1,7 @@
 //! Multi-turn LLaVA conversations about training images, built only from their metadata (name,
-//! category, keywords, colour word, country facts, CIFAR label). Question wording varies by a
+//! category, keywords, colour word, country facts, Fashion-MNIST label). Question wording varies by a
 //! stable hash of the key so the model cannot learn one template.
-use super::cifar::{with_article, LABELS, VEHICLES};
+use super::fashion::{kind_of, with_article, LABELS};
 use super::record::{pick, ImageRecord, Split, Subject};
 use vlmix_data::llava::{LlavaRecord, Turn, IMAGE_PLACEHOLDER};
 
@@ -99,15 +99,14 @@ pub fn conversation(record: &ImageRecord, image_path: &str) -> Option<LlavaRecor
                 ));
             }
         }
-        Subject::Cifar { label, .. } => {
+        Subject::Fashion { label, .. } => {
             qa.push((
                 vary("what", &["What is shown in this image?", "What is this?", "What object is in the photo?"]),
                 sentence(&with_article(label)),
             ));
-            let vehicle = VEHICLES.contains(&label.as_str());
             qa.push((
-                vary("kind", &["Is it an animal or a vehicle?", "Is that a vehicle or an animal?"]),
-                sentence(if vehicle { "a vehicle" } else { "an animal" }),
+                vary("kind", &["Is it clothing, footwear or a bag?", "Is that footwear, clothing or a bag?"]),
+                sentence(kind_of(label)),
             ));
             let asked = if pick(&format!("{key}:pope"), 2) == 0 {
                 label.clone()
@@ -183,14 +182,14 @@ mod tests {
     }
 
     #[test]
-    fn heldout_images_get_no_conversation_and_cifar_asks_yes_no() {
-        let subject = Subject::Cifar { label: "cat".into(), index: 3 };
+    fn heldout_images_get_no_conversation_and_fashion_asks_yes_no() {
+        let subject = Subject::Fashion { label: "coat".into(), index: 3 };
         assert!(conversation(&record(subject.clone(), Split::Heldout), "i.png").is_none());
         let conv = conversation(&record(subject, Split::Train), "i.png").unwrap();
         let last = conv.conversations.len() - 1;
         assert!(conv.conversations[last - 1].value.starts_with("Is there "));
-        let yes = conv.conversations[last - 1].value.contains(" a cat ");
+        let yes = conv.conversations[last - 1].value.contains(" a coat ");
         assert_eq!(conv.conversations[last].value, if yes { "Yes." } else { "No." });
-        assert_eq!(conv.conversations[3].value, "An animal.");
+        assert_eq!(conv.conversations[3].value, "Clothing.");
     }
 }

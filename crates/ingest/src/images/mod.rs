@@ -12,9 +12,8 @@
 //! Images are RGB with alpha composited over white, shrunk (never enlarged) to `max_side`
 //! and letterboxed to the encoder's square input at load time ([`vlmix_data::image_io::letterbox`]).
 //! Each output folder is built beside the old one and swapped in whole.
-pub mod bigbench;
-pub mod cifar;
 pub mod emoji;
+pub mod fashion;
 pub mod flags;
 pub mod instruct;
 pub mod openclipart;
@@ -35,22 +34,26 @@ use serde::Serialize;
 pub use record::{ImageRecord, Source, Split, Subject};
 
 pub(crate) use vlmix_data::layout::regular_files;
+use vlmix_data::layout::SourceMissing;
 use vlmix_data::llava::write_llava;
+use vlmix_data::provenance::MissingSource;
 use vlmix_data::vl_eval::write_eval_set;
 use vlmix_data::webdataset::ShardBuilder;
 use vlmix_data::DataLayout;
 
-/// Settings of the image preparation.
-#[derive(Debug, Clone, Serialize)]
+/// Settings of the image preparation (kept in the image manifest, so a refresh redoes it alike).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ImageConfig {
     /// Longer side of stored images. 224 is EfficientNet-Lite0's input: larger stores pixels the
-    /// encoder throws away; smaller sources (32 px CIFAR, 64 px emoji) are kept as they are.
+    /// encoder throws away; smaller sources (28 px Fashion-MNIST, 64 px emoji) are kept as they are.
     pub max_side: u32,
     pub samples_per_shard: usize,
     /// Percent of clip art, stamps and emoji concepts held out.
     pub heldout_percent: u32,
-    /// Percent of CIFAR-10 images held out (each gives one open and two yes/no eval items).
-    pub cifar_heldout_percent: u32,
+    /// Percent of Fashion-MNIST photos held out (each gives one open and two yes/no eval items).
+    #[serde(alias = "cifar_heldout_percent")]
+    pub photo_heldout_percent: u32,
     /// Reads only the first N items of each source (tests and quick looks); None reads all.
     pub max_per_source: Option<usize>,
 }
@@ -72,7 +75,7 @@ impl Default for ImageConfig {
             max_side: 224,
             samples_per_shard: 1000,
             heldout_percent: 10,
-            cifar_heldout_percent: 10,
+            photo_heldout_percent: 10,
             max_per_source: None,
         }
     }
@@ -112,17 +115,21 @@ pub struct ImagePrepareSummary {
     pub instruct_turns: usize,
     pub eval_tasks: Vec<EvalTaskSummary>,
     pub eval_left_out: Vec<String>,
+    /// Image sources whose packages this machine lacks, with the corpus parts and tasks lost.
+    pub missing: Vec<MissingSource>,
     pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceSummary {
     pub source: &'static str,
-    pub packages: &'static str,
+    pub packages: &'static [&'static str],
     pub licence: &'static str,
     pub train: usize,
     pub heldout: usize,
     pub skipped: Vec<String>,
+    /// Elements the SVG renderer could not draw as written (logged at debug; see render_warnings).
+    pub renderer_warnings: usize,
     pub seconds: f64,
 }
 
@@ -176,6 +183,15 @@ impl fmt::Display for ImagePrepareSummary {
             self.instruct_turns,
             self.instruct_file.display()
         )?;
+        for m in &self.missing {
+            writeln!(
+                f,
+                "  MISSING {:<12} ({}): no {}",
+                m.package,
+                m.reason,
+                [&m.corpus_parts[..], &m.tasks[..]].concat().join(", ")
+            )?;
+        }
         writeln!(f, "vision-language eval (held-out images only):")?;
         for t in &self.eval_tasks {
             writeln!(f, "  {:<17} {:>5} items  {:<7} chance {:.4}", t.task, t.items, t.kind, t.chance)?;
@@ -191,7 +207,7 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
     if config.max_side < 8
         || config.samples_per_shard == 0
         || config.heldout_percent >= 100
-        || config.cifar_heldout_percent >= 100
+        || config.photo_heldout_percent >= 100
     {
         bail!("invalid image settings {config:?}");
     }
@@ -202,15 +218,42 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
         (Source::NotoEmoji, emoji::load),
         (Source::Openmoji, openmoji::load),
         (Source::FlagIcons, flags::load),
-        (Source::Cifar10, cifar::load),
+        (Source::FashionMnist, fashion::load),
     ];
     let mut records = Vec::new();
     let mut sources = Vec::new();
+    let mut missing = Vec::new();
+    let mut missing_sources = Vec::new();
     for (source, load) in loaders {
         let begun = Instant::now();
-        let output = load(layout, config).with_context(|| format!("reading image source {}", source.name()))?;
+        let output = match load(layout, config) {
+            Ok(output) => output,
+            Err(err) => {
+                let Some(gone) = SourceMissing::of(&err) else {
+                    return Err(err.context(format!("reading image source {}", source.name())));
+                };
+                let lost = MissingSource {
+                    package: gone.package.clone(),
+                    reason: gone.reason.clone(),
+                    corpus_parts: vec![format!("image corpus: {}", source.name())],
+                    tasks: vl_tasks::tasks_of(source).iter().map(|t| t.to_string()).collect(),
+                };
+                tracing::warn!("image source {} left out: {gone}", source.name());
+                missing.push(lost);
+                missing_sources.push(source);
+                continue;
+            }
+        };
         for skip in &output.skipped {
             tracing::warn!(source = source.name(), "skipped: {skip}");
+        }
+        let (renderer_warnings, first) = crate::render_warnings::take();
+        if let Some(first) = first {
+            tracing::warn!(
+                "{}: the SVG renderer could not draw {renderer_warnings} element(s) as written, e.g. {first} \
+                 (VLMIX_LOG=debug lists each)",
+                source.name()
+            );
         }
         sources.push(SourceSummary {
             source: source.name(),
@@ -219,6 +262,7 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
             train: 0,
             heldout: 0,
             skipped: output.skipped,
+            renderer_warnings,
             seconds: begun.elapsed().as_secs_f64(),
         });
         tracing::info!(
@@ -265,7 +309,7 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
         write_llava(&staging.join("llava_instruct.json"), &conversations)
     })?;
 
-    let eval = vl_tasks::build(layout, &heldout, config)?;
+    let eval = vl_tasks::build(&heldout, config, &missing_sources)?;
     let mut eval_tasks = Vec::new();
     replace_dir(&layout.eval_vl_dir(), |staging| {
         write_files(&staging.join("images"), eval.images.iter().map(|(name, png)| (name.clone(), png.as_slice())))?;
@@ -294,6 +338,7 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
         instruct_turns: conversations.iter().map(|c| c.conversations.len()).sum(),
         eval_tasks,
         eval_left_out: eval.left_out,
+        missing,
         seconds: started.elapsed().as_secs_f64(),
     };
     let manifest = serde_json::to_vec_pretty(&summary).context("serialising the image manifest")?;
@@ -425,7 +470,7 @@ mod tests {
 
     fn record(origin: &str, split: Split, shade: u8) -> ImageRecord {
         let image = RgbImage::from_pixel(2, 2, image::Rgb([shade; 3]));
-        let subject = Subject::Cifar { label: "cat".into(), index: 0 };
+        let subject = Subject::Fashion { label: "coat".into(), index: 0 };
         ImageRecord::new(Source::Openclipart, origin.into(), split, &image, "c".into(), subject).unwrap()
     }
 

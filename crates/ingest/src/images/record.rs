@@ -15,7 +15,7 @@ pub enum Source {
     NotoEmoji,
     Openmoji,
     FlagIcons,
-    Cifar10,
+    FashionMnist,
 }
 
 impl Source {
@@ -25,7 +25,7 @@ impl Source {
         Source::NotoEmoji,
         Source::Openmoji,
         Source::FlagIcons,
-        Source::Cifar10,
+        Source::FashionMnist,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,19 +35,20 @@ impl Source {
             Source::NotoEmoji => "noto_emoji",
             Source::Openmoji => "openmoji",
             Source::FlagIcons => "flag_icons",
-            Source::Cifar10 => "cifar10",
+            Source::FashionMnist => "fashion_mnist",
         }
     }
 
-    /// Registry packages the source is read from (scripts/data-sources.tsv names).
-    pub fn packages(self) -> &'static str {
+    /// Fetched sources it is read from (scripts/data-sources.tsv names): without any of them the
+    /// source is left out of the corpus.
+    pub fn packages(self) -> &'static [&'static str] {
         match self {
-            Source::Openclipart => "openclipart-png, openclipart-svg (Debian)",
-            Source::Tuxpaint => "tuxpaint-stamps-default (Debian)",
-            Source::NotoEmoji => "emoji-datasource-google (npm)",
-            Source::Openmoji => "openmoji (npm)",
-            Source::FlagIcons => "flag-icons (npm)",
-            Source::Cifar10 => "bigbench (PyPI), cifar10_classification task",
+            Source::Openclipart => &["openclipart-png", "openclipart-svg"],
+            Source::Tuxpaint => &["tuxpaint-stamps-default"],
+            Source::NotoEmoji => &["emoji-datasource-google"],
+            Source::Openmoji => &["openmoji"],
+            Source::FlagIcons => &["flag-icons"],
+            Source::FashionMnist => &["fashion-mnist"],
         }
     }
 
@@ -58,7 +59,7 @@ impl Source {
             Source::NotoEmoji => "Apache-2.0 (Noto Emoji images); MIT (emoji-datasource metadata)",
             Source::Openmoji => "CC-BY-SA-4.0",
             Source::FlagIcons => "MIT",
-            Source::Cifar10 => "CIFAR-10 test set (Krizhevsky 2009) as shipped in BIG-bench (Apache-2.0)",
+            Source::FashionMnist => "MIT (Fashion-MNIST, Zalando SE)",
         }
     }
 }
@@ -101,7 +102,7 @@ pub enum Subject {
         iso: bool,
         aspect: String,
     },
-    Cifar {
+    Fashion {
         label: String,
         index: usize,
     },
@@ -222,7 +223,7 @@ mod tests {
 
     #[test]
     fn buckets_are_stable_and_spread() {
-        assert_eq!(bucket("cifar10:42"), bucket("cifar10:42"));
+        assert_eq!(bucket("fashion:42"), bucket("fashion:42"));
         let held = (0..10_000).filter(|i| bucket(&format!("x:{i}")) < 10).count();
         assert!((800..1200).contains(&held), "{held}");
     }

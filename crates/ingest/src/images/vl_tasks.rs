@@ -1,22 +1,34 @@
 //! Vision-language eval sets, all on images no training shard or instruction contains:
-//! held-out CIFAR-10 photos, held-out emoji concepts, the 1:1 flag drawings, and pictures rendered
-//! from BIG-bench's geometric_shapes and color tasks (which have no training counterpart at all).
+//! held-out Fashion-MNIST photos, held-out emoji concepts, the 1:1 flag drawings, and two tasks
+//! generated from a documented rule (polygons, colour swatches) with no training counterpart.
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{bail, Result};
 use image::{Rgb, RgbImage};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
-use super::bigbench::{read_examples, rgb_triple, svg_path_data, task_path, Example};
-use super::cifar::{with_article, LABELS};
 use super::emoji::CATEGORIES;
-use super::record::{pick, ImageRecord, Split, Subject};
+use super::fashion::{with_article, LABELS};
+use super::record::{pick, ImageRecord, Source, Split, Subject};
 use super::ImageConfig;
 use vlmix_data::image_io;
+use vlmix_data::vl_eval::prepared::{COLOR_NAME, EMOJI_CATEGORY, FASHION_WHAT, FLAG_COUNTRY, POPE_FASHION, SHAPE_NAME};
 use vlmix_data::vl_eval::{EvalItem, QuestionType};
-use vlmix_data::DataLayout;
 
 /// Side of the colour swatches: a flat colour needs no resolution.
 const SWATCH_SIDE: u32 = 32;
+
+/// The eval tasks built from each image source's held-out images: without the source, they are lost.
+pub fn tasks_of(source: Source) -> &'static [&'static str] {
+    match source {
+        Source::FashionMnist => &[FASHION_WHAT, POPE_FASHION],
+        Source::NotoEmoji => &[EMOJI_CATEGORY],
+        Source::FlagIcons => &[FLAG_COUNTRY],
+        Source::Openclipart | Source::Tuxpaint | Source::Openmoji => &[],
+    }
+}
 
 /// The tasks' items and the images they reference (file name under `images/`, PNG bytes).
 pub struct EvalSets {
@@ -26,26 +38,27 @@ pub struct EvalSets {
     pub left_out: Vec<String>,
 }
 
-pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig) -> Result<EvalSets> {
+/// Builds every task whose images are here; `missing` sources' tasks are left out (the caller names them).
+pub fn build(heldout: &[&ImageRecord], config: &ImageConfig, missing: &[Source]) -> Result<EvalSets> {
     if let Some(record) = heldout.iter().find(|r| r.split != Split::Heldout) {
         bail!("eval sets may only use held-out images, got {}", record.key);
     }
     let mut sets = EvalSets { tasks: Vec::new(), images: Vec::new(), left_out: Vec::new() };
     let mut used_records: BTreeSet<&str> = BTreeSet::new();
 
-    let cifar: Vec<(&ImageRecord, &str)> = heldout
+    let fashion: Vec<(&ImageRecord, &str)> = heldout
         .iter()
         .filter_map(|r| match &r.subject {
-            Subject::Cifar { label, .. } => Some((*r, label.as_str())),
+            Subject::Fashion { label, .. } => Some((*r, label.as_str())),
             _ => None,
         })
         .collect();
-    let what: Vec<EvalItem> = cifar
+    let what: Vec<EvalItem> = fashion
         .iter()
         .map(|(r, label)| {
             used_records.insert(&r.key);
             item(
-                "cifar10_what",
+                FASHION_WHAT,
                 &r.key,
                 &r.key,
                 "What object is shown in this image? Answer with one word.",
@@ -55,14 +68,14 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
             )
         })
         .collect();
-    let mut pope = Vec::with_capacity(cifar.len() * 2);
-    for (r, label) in &cifar {
+    let mut pope = Vec::with_capacity(fashion.len() * 2);
+    for (r, label) in &fashion {
         let absent: Vec<&str> = LABELS.iter().copied().filter(|l| l != label).collect();
         let absent = absent[pick(&format!("{}:pope-absent", r.key), absent.len())];
         for (object, answer) in [(*label, "yes"), (absent, "no")] {
             let question = format!("Is there {} in the image?", with_article(object));
             pope.push(item(
-                "pope_cifar",
+                POPE_FASHION,
                 &format!("{}-{answer}", r.key),
                 &r.key,
                 &question,
@@ -72,8 +85,10 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
             ));
         }
     }
-    sets.push("cifar10_what", what, 1.0 / LABELS.len() as f64);
-    sets.push("pope_cifar", pope, 0.5);
+    if !missing.contains(&Source::FashionMnist) {
+        sets.push(FASHION_WHAT, what, 1.0 / LABELS.len() as f64);
+        sets.push(POPE_FASHION, pope, 0.5);
+    }
 
     let categories: Vec<String> = CATEGORIES.iter().map(|c| c.to_string()).collect();
     let mut emoji = Vec::new();
@@ -83,7 +98,7 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
                 used_records.insert(&r.key);
                 let question = "Which emoji category does this emoji belong to?";
                 emoji.push(item(
-                    "emoji_category",
+                    EMOJI_CATEGORY,
                     &r.key,
                     &r.key,
                     question,
@@ -94,7 +109,9 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
             }
         }
     }
-    sets.push("emoji_category", emoji, 1.0 / categories.len() as f64);
+    if !missing.contains(&Source::NotoEmoji) {
+        sets.push(EMOJI_CATEGORY, emoji, 1.0 / categories.len() as f64);
+    }
 
     let flags: Vec<(&ImageRecord, &str)> = heldout
         .iter()
@@ -111,12 +128,12 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
     for (r, country) in &flags {
         let sharing = &countries_per_picture[&r.pixel_hash];
         if sharing.len() > 1 {
-            sets.left_out.push(format!("flag_country {}: the same picture is the flag of {sharing:?}", r.key));
+            sets.left_out.push(format!("{FLAG_COUNTRY} {}: the same picture is the flag of {sharing:?}", r.key));
             continue;
         }
         used_records.insert(&r.key);
         flag_items.push(item(
-            "flag_country",
+            FLAG_COUNTRY,
             &r.key,
             &r.key,
             "Which country does this flag belong to?",
@@ -125,14 +142,16 @@ pub fn build(layout: &DataLayout, heldout: &[&ImageRecord], config: &ImageConfig
             None,
         ));
     }
-    sets.push_open("flag_country", flag_items);
+    if !missing.contains(&Source::FlagIcons) {
+        sets.push_open(FLAG_COUNTRY, flag_items);
+    }
 
     for r in heldout.iter().filter(|r| used_records.contains(r.key.as_str())) {
         sets.images.push((format!("{}.png", r.key), r.png.clone()));
     }
 
-    shapes(layout, config, &mut sets)?;
-    colours(layout, config, &mut sets)?;
+    shapes(config, &mut sets)?;
+    colours(config, &mut sets)?;
     Ok(sets)
 }
 
@@ -145,8 +164,8 @@ impl EvalSets {
     }
 
     /// Open answers: chance is one over the number of distinct answers, the accuracy of a model
-    /// that knows the answer set but not the image and guesses uniformly (CIFAR-10 uses its ten
-    /// labels, which a subset may not all reach).
+    /// that knows the answer set but not the image and guesses uniformly (Fashion-MNIST uses its
+    /// ten labels, which a subset may not all reach).
     fn push_open(&mut self, task: &str, items: Vec<EvalItem>) {
         let distinct: BTreeSet<&str> = items.iter().map(|i| i.answers[0].as_str()).collect();
         let chance = if distinct.is_empty() { 0.0 } else { 1.0 / distinct.len() as f64 };
@@ -175,60 +194,141 @@ fn item(
     }
 }
 
-/// geometric_shapes: the path drawn as a black stroke. Where BIG-bench scores two names correct
-/// (circle/ellipse, rectangle/trapezoid) the alternative is removed from the choices, leaving
-/// one gold answer, since vlmix-eval scores only `answers[0]`.
-fn shapes(layout: &DataLayout, config: &ImageConfig, sets: &mut EvalSets) -> Result<()> {
-    let path = task_path(layout, "geometric_shapes")?;
-    let examples: Vec<(usize, Example)> = read_examples(&path)?.into_iter().enumerate().collect();
-    let mut items = Vec::new();
-    for (index, example) in config.subset(&examples) {
-        let at = || format!("{} example {index}", path.display());
-        let Some(d) = svg_path_data(&example.input) else { bail!("{}: no <path d=...> in the input", at()) };
-        let correct = example.correct();
-        let Some(gold) = correct.first() else { bail!("{}: no correct shape", at()) };
-        let choices: Vec<String> =
-            example.target_scores.keys().filter(|k| *k == gold || !correct.contains(k)).cloned().collect();
-        let image = image_io::rasterize_path(d, config.max_side).map_err(|err| anyhow::anyhow!("{}: {err:#}", at()))?;
-        let key = format!("bigbench_shape_{index:03}");
-        sets.images.push((format!("{key}.png"), image_io::encode_png(&image)?));
-        let mut it = item(
-            "geometric_shapes",
-            &key,
-            &key,
-            "Which shape is drawn in this image?",
-            gold,
-            QuestionType::Choice,
-            Some(choices),
-        );
-        it.chance = 1.0 / it.choices.as_ref().map_or(1, Vec::len) as f64;
-        items.push(it);
+/// Items per class of the generated tasks. Items are shuffled with a fixed seed after generation,
+/// so the first N of a file (what a study scores) stay near balanced.
+const PER_CLASS: usize = 60;
+
+/// The shapes of [`SHAPE_NAME`]: regular polygons by their number of sides, and a circle.
+pub const SHAPES: [(&str, usize); 7] =
+    [("triangle", 3), ("square", 4), ("pentagon", 5), ("hexagon", 6), ("heptagon", 7), ("octagon", 8), ("circle", 0)];
+
+/// shape_name, by rule: a regular polygon with n sides (or a circle), at a random rotation, drawn
+/// as a black outline on white; seven choices, chance 1/7.
+fn shapes(config: &ImageConfig, sets: &mut EvalSets) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5a4e);
+    let mut drawn = Vec::new();
+    for (name, sides) in SHAPES {
+        for _ in 0..PER_CLASS {
+            let turn = rng.gen_range(0.0..std::f64::consts::TAU);
+            drawn.push((name, shape_path(sides, turn)));
+        }
     }
-    sets.tasks.push(("geometric_shapes".into(), items));
+    drawn.shuffle(&mut rng);
+    let choices: Vec<String> = SHAPES.iter().map(|(name, _)| name.to_string()).collect();
+    let mut items = Vec::new();
+    let indexed: Vec<(usize, &(&str, String))> = drawn.iter().enumerate().collect();
+    for (index, (name, d)) in config.subset(&indexed) {
+        let image = image_io::rasterize_path(d, config.max_side)?;
+        let key = format!("shape_{index:03}");
+        sets.images.push((format!("{key}.png"), image_io::encode_png(&image)?));
+        let question = "Which shape is drawn in this image?";
+        items.push(item(SHAPE_NAME, &key, &key, question, name, QuestionType::Choice, Some(choices.clone())));
+    }
+    sets.push(SHAPE_NAME, items, 1.0 / choices.len() as f64);
     Ok(())
 }
 
-/// color/rgb: a flat swatch of the rgb triple; choices are BIG-bench's ten colour names.
-fn colours(layout: &DataLayout, config: &ImageConfig, sets: &mut EvalSets) -> Result<()> {
-    let path = task_path(layout, "color/rgb")?;
-    let examples: Vec<(usize, Example)> = read_examples(&path)?.into_iter().enumerate().collect();
-    let mut items = Vec::new();
-    for (index, example) in config.subset(&examples) {
-        let at = || format!("{} example {index}", path.display());
-        let Some(rgb) = rgb_triple(&example.input) else { bail!("{}: no rgb(r, g, b) in the input", at()) };
-        let correct = example.correct();
-        let Some(gold) = correct.first() else { bail!("{}: no correct colour", at()) };
-        let choices: Vec<String> = example.target_scores.keys().cloned().collect();
-        let key = format!("bigbench_color_{index:04}");
-        sets.images.push((
-            format!("{key}.png"),
-            image_io::encode_png(&RgbImage::from_pixel(SWATCH_SIDE, SWATCH_SIDE, Rgb(rgb)))?,
-        ));
-        let mut it =
-            item("color_swatch", &key, &key, "What colour is this?", gold, QuestionType::Choice, Some(choices));
-        it.chance = 1.0 / it.choices.as_ref().map_or(1, Vec::len) as f64;
-        items.push(it);
+/// SVG path data of a regular polygon with `sides` corners on a circle of radius 40 around (50, 50),
+/// turned by `turn` radians; `sides == 0` is the circle itself (two arcs).
+fn shape_path(sides: usize, turn: f64) -> String {
+    if sides == 0 {
+        return "M 90,50 A 40,40 0 1,0 10,50 A 40,40 0 1,0 90,50 Z".to_string();
     }
-    sets.tasks.push(("color_swatch".into(), items));
+    let corners: Vec<String> = (0..sides)
+        .map(|k| {
+            let angle = turn + std::f64::consts::TAU * k as f64 / sides as f64;
+            format!("{:.2},{:.2}", 50.0 + 40.0 * angle.cos(), 50.0 + 40.0 * angle.sin())
+        })
+        .collect();
+    format!("M {} Z", corners.join(" L "))
+}
+
+/// The colours of [`COLOR_NAME`] with their prototype sRGB values. No grey: the blind control
+/// shows a blank image, which must not be an answer.
+pub const COLOURS: [(&str, [u8; 3]); 10] = [
+    ("red", [215, 35, 35]),
+    ("orange", [240, 140, 25]),
+    ("yellow", [240, 220, 40]),
+    ("green", [40, 160, 60]),
+    ("blue", [35, 75, 200]),
+    ("purple", [130, 55, 170]),
+    ("pink", [245, 135, 185]),
+    ("brown", [125, 80, 40]),
+    ("black", [20, 20, 20]),
+    ("white", [240, 240, 240]),
+];
+
+/// The colour named by the rule: the prototype nearest in RGB.
+pub fn nearest_colour(rgb: [u8; 3]) -> &'static str {
+    let distance = |p: &[u8; 3]| (0..3).map(|c| (rgb[c] as i32 - p[c] as i32).pow(2)).sum::<i32>();
+    COLOURS.iter().min_by_key(|(_, p)| distance(p)).expect("colours").0
+}
+
+/// color_name, by rule: a flat swatch of a prototype colour moved by up to 30 per channel, kept
+/// only while that prototype is still the nearest (so every answer follows from the pixels);
+/// ten choices, chance 1/10.
+fn colours(config: &ImageConfig, sets: &mut EvalSets) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0xc0102);
+    let mut swatches = Vec::new();
+    for (name, prototype) in COLOURS {
+        while swatches.iter().filter(|(n, _)| *n == name).count() < PER_CLASS {
+            let rgb = prototype.map(|v| (v as i32 + rng.gen_range(-30..=30)).clamp(0, 255) as u8);
+            if nearest_colour(rgb) == name {
+                swatches.push((name, rgb));
+            }
+        }
+    }
+    swatches.shuffle(&mut rng);
+    let choices: Vec<String> = COLOURS.iter().map(|(name, _)| name.to_string()).collect();
+    let mut items = Vec::new();
+    let indexed: Vec<(usize, &(&str, [u8; 3]))> = swatches.iter().enumerate().collect();
+    for (index, (name, rgb)) in config.subset(&indexed) {
+        let key = format!("color_{index:03}");
+        let swatch = RgbImage::from_pixel(SWATCH_SIDE, SWATCH_SIDE, Rgb(*rgb));
+        sets.images.push((format!("{key}.png"), image_io::encode_png(&swatch)?));
+        items.push(item(
+            COLOR_NAME,
+            &key,
+            &key,
+            "What colour is this?",
+            name,
+            QuestionType::Choice,
+            Some(choices.clone()),
+        ));
+    }
+    sets.push(COLOR_NAME, items, 1.0 / choices.len() as f64);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_swatch_prototype_is_its_own_nearest_and_grey_is_no_answer() {
+        for (name, prototype) in COLOURS {
+            assert_eq!(nearest_colour(prototype), name);
+        }
+        assert!(COLOURS.iter().all(|(name, _)| !["gray", "grey"].contains(name)));
+    }
+
+    #[test]
+    fn generated_tasks_are_balanced_shuffled_and_reproducible() {
+        let config = ImageConfig { max_side: 32, ..ImageConfig::default() };
+        let build = || {
+            let mut sets = EvalSets { tasks: Vec::new(), images: Vec::new(), left_out: Vec::new() };
+            shapes(&config, &mut sets).unwrap();
+            colours(&config, &mut sets).unwrap();
+            sets
+        };
+        let (a, b) = (build(), build());
+        assert_eq!(a.images, b.images);
+        for (task, items) in &a.tasks {
+            let classes = if task == SHAPE_NAME { SHAPES.len() } else { COLOURS.len() };
+            assert_eq!(items.len(), classes * PER_CLASS);
+            let first: BTreeSet<&str> = items[..3 * classes].iter().map(|i| i.answers[0].as_str()).collect();
+            assert!(first.len() > classes / 2, "{task}: the first items are not shuffled: {first:?}");
+            assert!((items[0].chance - 1.0 / classes as f64).abs() < 1e-12);
+        }
+    }
 }

@@ -2,12 +2,12 @@
 
 use super::figures::Figure;
 use super::findings::Finding;
-use super::results_table::{ResultRow, ResultsTable, TaskScore};
+use super::results_table::{DataRecord, ResultRow, ResultsTable, TaskScore};
 use std::fmt::Write;
 use vlmix_eval::Interval;
 
 const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1800px;padding:0 1.5em;color:#222}\
-h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.2em}\
+h1{font-size:1.6em}.missing{border:2px solid #c0392b;background:#fdf2f0;padding:.3em 1em;margin:1em 0}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.2em}\
 table{border-collapse:collapse;margin:.8em 0;font-size:.88em}th,td{border:1px solid #d0d0d0;padding:.25em .6em;text-align:left;vertical-align:top}\
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even) td{background:#fafafa}\
 figure{margin:1.2em 0}figure svg{max-width:100%;height:auto;border:1px solid #e0e0e0}figcaption{color:#555;font-size:.9em}\
@@ -74,6 +74,7 @@ pub fn render_page(title: &str, table: &ResultsTable, figures: &[(&Figure, &str)
         table.rows.len(),
         table.nodes.len()
     );
+    missing_banner(&mut h, &table.data);
 
     h.push_str("<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Differences are score(a) - score(b) with a 95 % paired bootstrap interval over items (and seeds); \
 a difference whose interval contains 0 cannot be told apart from noise at this size. Text ability is judged by multiple choice where the text-only model is above chance, \
@@ -107,6 +108,8 @@ else by held-out bits-per-byte (MC at chance cannot move).</p>\n<table class=\"f
     task_tables(&mut h, table);
     h.push_str("<h2>Nodes: machine, versions, wall time</h2>\n");
     nodes_table(&mut h, table);
+    h.push_str("<h2>Data provenance</h2>\n");
+    provenance_table(&mut h, &table.data);
     h.push_str("<h2>Run configs</h2>\n");
     for r in &table.rows {
         let config = serde_json::to_string_pretty(&r.config).unwrap_or_else(|e| format!("unprintable config: {e}"));
@@ -115,6 +118,56 @@ else by held-out bits-per-byte (MC at chance cannot move).</p>\n<table class=\"f
     }
     h.push_str("</body>\n</html>\n");
     h
+}
+
+/// At the top of the page: every task the config named that this run left out, and every source
+/// the machine lacked, with why. Nothing missing, nothing said.
+fn missing_banner(h: &mut String, data: &DataRecord) {
+    if data.left_out.is_empty() && data.provenance.missing.is_empty() {
+        return;
+    }
+    h.push_str("<div class=\"missing\"><p><strong>Missing from this run.</strong> These could not be had on the machine that prepared its data; no result below includes them.</p>\n<ul>\n");
+    for t in &data.left_out {
+        let _ = writeln!(
+            h,
+            "<li>eval task <code>{}</code> left out: source package <code>{}</code> could not be had ({})</li>",
+            escape(&t.task),
+            escape(&t.package),
+            escape(&t.reason)
+        );
+    }
+    for m in &data.provenance.missing {
+        let lost = [&m.corpus_parts[..], &m.tasks[..]].concat().join(", ");
+        let _ = writeln!(
+            h,
+            "<li>source <code>{}</code> missing: prepared without {} ({})</li>",
+            escape(&m.package),
+            escape(&lost),
+            escape(&m.reason)
+        );
+    }
+    h.push_str("</ul></div>\n");
+}
+
+/// Which registry candidate each data source came from (package, version, sha256 of the file).
+fn provenance_table(h: &mut String, data: &DataRecord) {
+    if data.provenance.sources.is_empty() {
+        h.push_str("<p class=\"muted\">Not recorded: the data was prepared before vlmix kept provenance.</p>\n");
+        return;
+    }
+    h.push_str("<table>\n<tr><th>source</th><th>registry</th><th>package and version</th><th>sha256 of the downloaded file</th><th>licence</th></tr>\n");
+    for s in &data.provenance.sources {
+        let _ = writeln!(
+            h,
+            "<tr>{}{}{}<td><code>{}</code></td>{}</tr>",
+            text(&s.name),
+            text(&s.registry),
+            text(&s.package),
+            escape(if s.sha256.is_empty() { "unknown" } else { &s.sha256 }),
+            text(&s.licence)
+        );
+    }
+    h.push_str("</table>\n");
 }
 
 fn results_table(h: &mut String, rows: &[ResultRow]) {

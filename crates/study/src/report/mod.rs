@@ -11,7 +11,7 @@ pub mod results_table;
 
 pub use curves::{MetricPoint, TrainingCurve};
 pub use findings::Finding;
-pub use results_table::{NodeRecord, ResultRow, ResultsTable, TaskScore};
+pub use results_table::{DataRecord, NodeRecord, ResultRow, ResultsTable, TaskScore};
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};

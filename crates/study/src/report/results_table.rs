@@ -194,6 +194,17 @@ pub struct NodeRecord {
 pub struct ResultsTable {
     pub rows: Vec<ResultRow>,
     pub nodes: Vec<NodeRecord>,
+    /// The data the study ran on: package versions, and what this machine lacked.
+    #[serde(default)]
+    pub data: DataRecord,
+}
+
+/// Data provenance of a run, and the config's tasks it left out (see `--without-missing-tasks`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub provenance: vlmix_data::provenance::DataProvenance,
+    #[serde(default)]
+    pub left_out: Vec<crate::config::LeftOutTask>,
 }
 
 impl ResultsTable {
