@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use vlmix_engine::cuda::compile::{self, FAMILIES};
+use vlmix_engine::cuda::compile::{self, Output, FAMILIES};
 
 /// The wheel's lib folder under `$VLMIX_HOME` (default `~/.cache/vlmix`).
 fn nvrtc_lib_dir() -> PathBuf {
@@ -33,11 +33,15 @@ fn load_wheel_nvrtc() {
 fn every_kernel_family_compiles_for_sm_90() {
     load_wheel_nvrtc();
     for family in FAMILIES {
-        let ptx = compile::compile(family, "sm_90").unwrap_or_else(|e| panic!("{e}"));
-        let ptx = ptx.to_src();
+        let ptx = compile::compile(family, "sm_90", Output::Ptx).unwrap_or_else(|e| panic!("{e}"));
+        let ptx = String::from_utf8_lossy(&ptx);
         assert!(ptx.contains(".target sm_90"), "{}: PTX is not for sm_90", family.name);
         for kernel in family.kernels {
             assert!(ptx.contains(&format!(".entry {kernel}(")), "{}: no entry {kernel} in the PTX", family.name);
         }
+        // What the device loads: machine code, which a driver older than NVRTC still runs.
+        let cubin = compile::compile(family, "sm_90", Output::Cubin).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cubin.starts_with(b"\x7fELF"), "{}: the CUBIN is not an ELF image", family.name);
     }
+    assert!(compile::versions().starts_with("NVRTC 13."), "{}", compile::versions());
 }

@@ -130,12 +130,13 @@ fn train(args: TrainArgs) -> Result<()> {
     let (report, gpu) = match args.device.choice().open()? {
         Opened::Cpu(cpu) => (bench_train(cpu, &opts)?, None),
         Opened::Cuda(cuda) => {
+            cuda.reset_peak_memory();
             let report = bench_train(cuda.clone(), &opts)?;
             cuda.synchronize();
-            // The pool keeps freed memory, so what the driver reports in use is the run's peak
-            // (plus the context's own few hundred MiB).
-            let peak_mb = cuda.memory_used().0 as f64 / (1u64 << 20) as f64;
-            (report, Some((cuda.describe(), peak_mb)))
+            // The pool's high-water mark, as PyTorch's max_memory_allocated; without a pool, what
+            // the driver reports in use (the context's few hundred MiB more).
+            let peak = cuda.peak_memory().unwrap_or_else(|| cuda.memory_used().0 as u64);
+            (report, Some((cuda.describe(), peak as f64 / (1u64 << 20) as f64)))
         }
     };
     if args.output.json {

@@ -1,15 +1,17 @@
 //! NVRTC: every kernel family is CUDA C source in its own file (`cuda/<family>.rs`, mirroring
-//! `cpu/<kernel>.rs`), compiled to PTX at first use for the device's architecture and cached by a
-//! hash of the source, so a changed kernel is never served stale. The sources include no CUDA
+//! `cpu/<kernel>.rs`), compiled to CUBIN (machine code) at first use for the device's architecture
+//! and cached by a hash of the source, so a changed kernel is never served stale. CUBIN rather than
+//! PTX: a driver older than NVRTC cannot load its PTX, but runs its CUBIN. The sources include no CUDA
 //! headers (the runtime wheel's headers want CCCL): [`PRELUDE`] carries the few helpers they share.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 
 /// One kernel family: a CUDA C translation unit (after [`PRELUDE`]) and the kernels it defines.
 pub struct Family {
@@ -111,26 +113,82 @@ pub fn source_hash(src: &str) -> u64 {
 }
 
 /// NVRTC options for `arch` (`sm_90`): precise division and square root, so kernels agree with the
-/// CPU engine to ~1e-6.
-pub fn options(arch: &str) -> CompileOptions {
-    CompileOptions {
-        prec_div: Some(true),
-        prec_sqrt: Some(true),
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        ..Default::default()
-    }
+/// CPU engine to ~1e-6. A real architecture (`sm_`), so NVRTC can emit CUBIN.
+pub fn options(arch: &str) -> Vec<String> {
+    [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "--prec-div=true".into(), "--prec-sqrt=true".into()]
+        .into()
 }
 
-/// Compiles one family to PTX for `arch`. Needs only libnvrtc (no GPU).
-pub fn compile(family: &Family, arch: &str) -> Result<Ptx, String> {
-    let mut opts = options(arch);
-    opts.name = Some(format!("{}.cu", family.name));
-    cudarc::nvrtc::compile_ptx_with_opts(source(family), opts).map_err(|e| match e {
-        CompileError::CompileError { log, .. } => {
-            format!("NVRTC could not compile kernel family '{}' for {arch}:\n{}", family.name, log.to_string_lossy())
+/// What [`compile`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// PTX text (NUL-terminated), for reading.
+    Ptx,
+    /// The ELF image the driver loads as is.
+    Cubin,
+}
+
+/// Compiles one family for `arch`. Needs only libnvrtc (no GPU).
+pub fn compile(family: &Family, arch: &str, output: Output) -> Result<Vec<u8>, String> {
+    let fail =
+        |what: &str, e: nvrtc::NvrtcError| format!("NVRTC {what} kernel family '{}' for {arch}: {e:?}", family.name);
+    let src = CString::new(source(family)).expect("kernel sources hold no NUL");
+    let name = CString::new(format!("{}.cu", family.name)).expect("family names hold no NUL");
+    let prog = nvrtc::create_program(&src, Some(&name)).map_err(|e| fail("could not create", e))?;
+    // SAFETY: `prog` is live until the destroy below; every size comes from NVRTC itself.
+    let result = unsafe {
+        match nvrtc::compile_program(prog, &options(arch)) {
+            Err(e) => {
+                let log =
+                    nvrtc::get_program_log(prog).map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned());
+                Err(format!("{}:\n{}", fail("could not compile", e), log.unwrap_or_default()))
+            }
+            Ok(()) => match output {
+                Output::Ptx => nvrtc::get_ptx(prog).map(|p| p.into_iter().map(|c| c as u8).collect()),
+                Output::Cubin => cubin(prog),
+            }
+            .map_err(|e| fail("could not read the output of", e)),
         }
-        other => format!("NVRTC failed on kernel family '{}' for {arch}: {other}", family.name),
-    })
+    };
+    // SAFETY: created above, destroyed once.
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    result
+}
+
+/// # Safety
+/// `prog` is a live, compiled program.
+unsafe fn cubin(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, nvrtc::NvrtcError> {
+    let mut size = 0usize;
+    nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result()?;
+    let mut image = vec![0u8; size];
+    nvrtc_sys::nvrtcGetCUBIN(prog, image.as_mut_ptr() as *mut c_char).result()?;
+    Ok(image)
+}
+
+/// NVRTC's and the driver's CUDA versions (`13.0`), for the logs: each as far as it loads.
+pub fn versions() -> String {
+    let mut nvrtc = (0 as c_int, 0 as c_int);
+    // SAFETY: plain queries writing integers; the probes keep a missing library from panicking.
+    let nvrtc = if unsafe { nvrtc_sys::is_culib_present() } {
+        match unsafe { nvrtc_sys::nvrtcVersion(&mut nvrtc.0, &mut nvrtc.1) }.result() {
+            Ok(()) => format!("{}.{}", nvrtc.0, nvrtc.1),
+            Err(e) => format!("{e:?}"),
+        }
+    } else {
+        "not loaded".into()
+    };
+    let mut driver: c_int = 0;
+    let sys = cudarc::driver::sys::cuDriverGetVersion;
+    // SAFETY: as above.
+    let driver = if unsafe { cudarc::driver::sys::is_culib_present() } {
+        match unsafe { sys(&mut driver) }.result() {
+            Ok(()) => format!("{}.{}", driver / 1000, driver % 1000 / 10),
+            Err(e) => format!("{e:?}"),
+        }
+    } else {
+        "not loaded".into()
+    };
+    format!("NVRTC {nvrtc}, driver supports CUDA {driver}")
 }
 
 /// Compiled modules of one context, by source hash, and their functions by name.
@@ -140,25 +198,31 @@ pub struct KernelCache {
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
 
+/// A cache map, even after a panic while it was held (entries are inserted whole), so one failed
+/// kernel does not fail every later launch.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl KernelCache {
     /// `name` from `family`, compiling and loading the family on first use. Panics with NVRTC's
     /// log when a kernel does not compile (a bug in this crate, caught by the NVRTC test).
     pub fn function(&self, ctx: &Arc<CudaContext>, arch: &str, family: &Family, name: &'static str) -> CudaFunction {
         let key = (family.name, name);
-        if let Some(f) = self.functions.lock().unwrap().get(&key) {
+        if let Some(f) = locked(&self.functions).get(&key) {
             return f.clone();
         }
         assert!(family.kernels.contains(&name), "cuda: kernel {name} is not listed in family {}", family.name);
         let hash = source_hash(&source(family));
         let module = {
-            let mut modules = self.modules.lock().unwrap();
+            let mut modules = locked(&self.modules);
             match modules.get(&hash) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = compile(family, arch).unwrap_or_else(|e| panic!("cuda: {e}"));
-                    let m = ctx
-                        .load_module(ptx)
-                        .unwrap_or_else(|e| panic!("cuda: loading the PTX of family {}: {e:?}", family.name));
+                    let cubin = compile(family, arch, Output::Cubin).unwrap_or_else(|e| panic!("cuda: {e}"));
+                    let m = ctx.load_module(Ptx::from_binary(cubin)).unwrap_or_else(|e| {
+                        panic!("cuda: loading the CUBIN of family {} ({}): {e:?}", family.name, versions())
+                    });
                     modules.insert(hash, m.clone());
                     m
                 }
@@ -167,7 +231,7 @@ impl KernelCache {
         let f = module
             .load_function(name)
             .unwrap_or_else(|e| panic!("cuda: kernel {name} of family {}: {e:?}", family.name));
-        self.functions.lock().unwrap().insert(key, f.clone());
+        locked(&self.functions).insert(key, f.clone());
         f
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
@@ -185,7 +185,13 @@ impl Gemms {
 
     /// Plans made so far (the cache's size).
     pub fn cached_plans(&self) -> usize {
-        self.plans.lock().unwrap().len()
+        self.plans().len()
+    }
+
+    /// The plan cache, even after a panic while it was held (a finished plan is never half
+    /// inserted), so one failed product does not fail every later one.
+    fn plans(&self) -> MutexGuard<'_, HashMap<PlanKey, Plan>> {
+        self.plans.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn plan(&self, key: PlanKey) -> Plan {
@@ -299,8 +305,19 @@ impl Gemms {
         };
         let a = a_tmp.as_ref().map_or(a, |t| t.addr);
         let b = b_tmp.as_ref().map_or(b, |t| t.addr);
-        let key = PlanKey { layout: col_major(g), batch, precision, align: [alignment(b), alignment(a), alignment(c)] };
-        let mut plans = self.plans.lock().unwrap();
+        self.product(dev, g, batch, a, b, c);
+    }
+
+    /// [`Gemms::run`] on operands already in the device's input precision (bf16 copies under
+    /// [`Precision::Bf16`]), for timing the products alone.
+    pub fn product(&self, dev: &Inner, g: &Gemm, batch: Batch, a: u64, b: u64, c: u64) {
+        let key = PlanKey {
+            layout: col_major(g),
+            batch,
+            precision: dev.precision,
+            align: [alignment(b), alignment(a), alignment(c)],
+        };
+        let mut plans = self.plans();
         let plan = plans.entry(key).or_insert_with(|| self.plan(key));
         let (alpha, beta) = (g.alpha, g.beta);
         // SAFETY: the plan matches these operands (its key holds their shapes and alignment);
@@ -328,13 +345,14 @@ impl Gemms {
                 "matmul",
             );
         }
+        dev.after_launch("cuBLASLt matmul");
     }
 
     /// Frees the plans and the handle (the workspace belongs to the device).
     pub fn destroy(&mut self) {
         // SAFETY: nothing uses the plans or the handle after this (the device is being dropped).
         unsafe {
-            for (_, p) in self.plans.lock().unwrap().drain() {
+            for (_, p) in self.plans().drain() {
                 let _ = lt::destroy_matrix_layout(p.first);
                 let _ = lt::destroy_matrix_layout(p.second);
                 let _ = lt::destroy_matrix_layout(p.c);

@@ -43,6 +43,7 @@ macro_rules! launch {
         // SAFETY: the arguments match the kernel's C signature (one call site per kernel), and
         // every pointer comes from a buffer whose length the caller checked against the shape.
         unsafe { b.launch($cfg) }.unwrap_or_else(|e| panic!("cuda: launching {}: {e:?}", $name));
+        $dev.after_launch($name);
     }};
 }
 pub(crate) use launch;

@@ -5,7 +5,8 @@
 //! - Memory: [`CudaBuf`] / [`CudaVec`] (see `buf.rs` for why a zero-sized-element slice is a
 //!   sound `&Device::Buf` for device memory). Allocations are stream-ordered (`cuMemAllocAsync`
 //!   from the device's pool, which keeps freed memory), so the scratch a kernel call needs (uploaded
-//!   ids, bf16 copies, the attention `dS`) is allocated and freed around it at pool cost.
+//!   ids, bf16 copies, the attention `dS`) is allocated and freed around it at pool cost. Where the
+//!   pool is refused (sandboxed drivers such as gVisor's), plain `cuMemAlloc` / `cuMemFree`.
 //! - Kernels: CUDA C per family (`<family>.rs`, mirroring `cpu/<kernel>.rs`), compiled by NVRTC
 //!   at first use for the device's `sm_XY` and cached by source hash (`compile.rs`).
 //! - Attention: FlashAttention-2 (`flash.rs`, saving per-row log-sum-exps) where its kernels take
@@ -13,7 +14,8 @@
 //! - Products: cuBLASLt, fp32 compute, plans cached per shape (`gemm.rs`); [`Precision::Bf16`]
 //!   rounds the inputs of every product to bf16 (fp32 accumulation, f32 everywhere else).
 //! - Synchronisation: kernels queue on the stream; the host waits only where the trait hands
-//!   a value back (`download`, `sum_squares`, `cross_entropy`).
+//!   a value back (`download`, `sum_squares`, `cross_entropy`); `VLMIX_CUDA_SYNC=1` waits after
+//!   every launch, so an asynchronous fault names its kernel.
 //! - Errors: [`Cuda::new`] probes the libraries and returns an error naming what is missing and
 //!   the fix; later CUDA failures are bugs or lost devices and panic with the call named, as the
 //!   CPU engine's shape checks do.
@@ -36,6 +38,7 @@ mod rope;
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaStream, DeviceRepr};
 
@@ -62,6 +65,10 @@ pub struct Inner {
     kernels: KernelCache,
     gemms: Gemms,
     precision: Precision,
+    /// Why the stream-ordered pool is not used (then allocations are plain `cuMemAlloc`).
+    no_pool: Option<String>,
+    /// `VLMIX_CUDA_SYNC=1`: wait after every launch and product.
+    sync_launches: bool,
 }
 
 fn driver<T>(r: Result<T, cu::DriverError>, what: &str) -> T {
@@ -91,15 +98,39 @@ impl Inner {
 
     fn alloc_bytes(&self, bytes: usize) -> u64 {
         self.bind();
-        // SAFETY: a fresh allocation on this device's stream.
-        driver(unsafe { cu::malloc_async(self.stream.cu_stream(), bytes.max(1)) }, "allocating device memory")
+        let bytes = bytes.max(1);
+        // SAFETY: a fresh allocation (on this device's stream when pooled).
+        let r = unsafe {
+            if self.no_pool.is_none() {
+                cu::malloc_async(self.stream.cu_stream(), bytes)
+            } else {
+                cu::malloc_sync(bytes)
+            }
+        };
+        driver(r, "allocating device memory")
     }
 
     fn free_bytes(&self, addr: u64) {
         // Called from Drop: a failure here (a lost device) must not turn into a double panic.
         if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: `addr` came from `alloc_bytes` and is freed once, after queued work.
-            let _ = unsafe { cu::free_async(addr, self.stream.cu_stream()) };
+            // SAFETY: `addr` came from `alloc_bytes` and is freed once, after queued work (a plain
+            // free is not stream-ordered, hence the wait).
+            let _ = unsafe {
+                if self.no_pool.is_none() {
+                    cu::free_async(addr, self.stream.cu_stream())
+                } else {
+                    self.stream.synchronize().and_then(|()| cu::free_sync(addr))
+                }
+            };
+        }
+    }
+
+    /// Under `VLMIX_CUDA_SYNC=1`, waits for the stream and panics naming `what` if it failed.
+    fn after_launch(&self, what: &str) {
+        if self.sync_launches {
+            if let Err(e) = self.stream.synchronize() {
+                panic!("cuda: {what} failed on the device: {e:?}");
+            }
         }
     }
 
@@ -159,16 +190,36 @@ impl Drop for Inner {
 /// returning it at every synchronisation, so per-call scratch costs a pool lookup, not a driver
 /// allocation (the caching allocator PyTorch and llm.c rely on).
 fn keep_freed_memory(ctx: &CudaContext) -> Result<(), cu::DriverError> {
-    let mut threshold = u64::MAX;
-    // SAFETY: the device comes from a live context; the attribute takes a u64.
+    pool_attribute(ctx, PoolAttr::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, Some(u64::MAX)).map(drop)
+}
+
+use cudarc::driver::sys::CUmemPool_attribute as PoolAttr;
+
+/// Sets (`Some`) or reads a u64 attribute of the device's default pool; returns its value.
+fn pool_attribute(ctx: &CudaContext, attr: PoolAttr, set: Option<u64>) -> Result<u64, cu::DriverError> {
+    let mut value = set.unwrap_or(0);
+    let ptr = &mut value as *mut u64 as *mut std::ffi::c_void;
+    // SAFETY: the device comes from a live context; these attributes take a u64.
     unsafe {
         let pool = cu::device::get_default_mem_pool(ctx.cu_device())?;
-        cu::mem_pool::set_attribute(
-            pool,
-            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut threshold as *mut u64 as *mut std::ffi::c_void,
-        )
+        match set {
+            Some(_) => cu::mem_pool::set_attribute(pool, attr, ptr)?,
+            None => cu::mem_pool::get_attribute(pool, attr, ptr)?,
+        }
     }
+    Ok(value)
+}
+
+/// Whether stream-ordered allocation works here: `Err` with the reason when the pool or a first
+/// allocation is refused.
+fn try_pool(ctx: &CudaContext, stream: &CudaStream) -> Result<(), String> {
+    keep_freed_memory(ctx).map_err(|e| format!("memory pool: {e:?}"))?;
+    // SAFETY: one byte, freed on the same stream, waited for.
+    unsafe {
+        let addr = cu::malloc_async(stream.cu_stream(), 1).map_err(|e| format!("cuMemAllocAsync: {e:?}"))?;
+        cu::free_async(addr, stream.cu_stream()).map_err(|e| format!("cuMemFreeAsync: {e:?}"))?;
+    }
+    stream.synchronize().map_err(|e| format!("after cuMemAllocAsync: {e:?}"))
 }
 
 impl Cuda {
@@ -184,7 +235,7 @@ impl Cuda {
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow::anyhow!("CUDA device {ordinal}: {e:?}"))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow::anyhow!("CUDA device {ordinal}: {e:?}"))?;
         let stream = ctx.new_stream().map_err(|e| anyhow::anyhow!("CUDA stream: {e:?}"))?;
-        keep_freed_memory(&ctx).map_err(|e| anyhow::anyhow!("CUDA memory pool: {e:?}"))?;
+        let no_pool = try_pool(&ctx, &stream).err();
         // SAFETY: a plain allocation, freed in `Inner::drop`.
         let workspace = unsafe { cu::malloc_sync(gemm::WORKSPACE_BYTES) }
             .map_err(|e| anyhow::anyhow!("cuBLASLt workspace: {e:?}"))?;
@@ -196,6 +247,8 @@ impl Cuda {
             kernels: KernelCache::default(),
             gemms,
             precision,
+            no_pool,
+            sync_launches: std::env::var_os("VLMIX_CUDA_SYNC").is_some_and(|v| v == "1"),
         };
         Ok(Cuda { inner: Arc::new(inner) })
     }
@@ -205,7 +258,16 @@ impl Cuda {
         let ctx = &self.inner.ctx;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let mem = ctx.total_mem().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(0.0);
-        format!("{name} ({}, {mem:.0} GiB), {:?} products", self.inner.arch, self.inner.precision)
+        let alloc = match &self.inner.no_pool {
+            None => "pooled allocation".to_string(),
+            Some(why) => format!("plain allocation ({why})"),
+        };
+        format!(
+            "{name} ({}, {mem:.0} GiB), {:?} products, {alloc}, {}",
+            self.inner.arch,
+            self.inner.precision,
+            compile::versions()
+        )
     }
 
     pub fn precision(&self) -> Precision {
@@ -247,6 +309,52 @@ impl Cuda {
         dv: &mut CudaBuf,
     ) {
         attention::backward(&self.inner, shape, q, k, v, probs, dout, dq, dk, dv);
+    }
+
+    /// The most bytes this process held at once since the last [`Cuda::reset_peak_memory`] (the
+    /// pool's high-water mark, what PyTorch's `max_memory_allocated` measures), plus the cuBLASLt
+    /// workspace. `None` under plain allocation (no pool to ask).
+    pub fn peak_memory(&self) -> Option<u64> {
+        self.inner.no_pool.is_none().then_some(())?;
+        let high = pool_attribute(&self.inner.ctx, PoolAttr::CU_MEMPOOL_ATTR_USED_MEM_HIGH, None).ok()?;
+        Some(high + gemm::WORKSPACE_BYTES as u64)
+    }
+
+    pub fn reset_peak_memory(&self) {
+        if self.inner.no_pool.is_none() {
+            // Only zero is accepted: it resets the mark to the current use.
+            let _ = pool_attribute(&self.inner.ctx, PoolAttr::CU_MEMPOOL_ATTR_USED_MEM_HIGH, Some(0));
+        }
+    }
+
+    /// TFLOP/s of `n x n x n` products on operands already in the product precision (bf16 copies
+    /// made once, untimed: the ceiling the models' products approach), after one untimed call.
+    pub fn gemm_rate(&self, n: usize, reps: usize) -> f64 {
+        let dev = &*self.inner;
+        let (a, b, c) = (
+            self.upload(&parity::random(n * n, 1, 1.0)),
+            self.upload(&parity::random(n * n, 2, 1.0)),
+            self.zeros(n * n),
+        );
+        let operand = |x: &CudaVec| match dev.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => {
+                let t = dev.temp_bytes(2 * n * n);
+                elementwise::cast_bf16(dev, x.addr(), t.addr, n * n);
+                Some(t)
+            }
+        };
+        let (ta, tb) = (operand(&a), operand(&b));
+        let (pa, pb) = (ta.as_ref().map_or(a.addr(), |t| t.addr), tb.as_ref().map_or(b.addr(), |t| t.addr));
+        let g = Gemm::new(false, false, n, n, n);
+        dev.gemms.product(dev, &g, Batch::ONE, pa, pb, c.addr());
+        self.synchronize();
+        let start = Instant::now();
+        for _ in 0..reps {
+            dev.gemms.product(dev, &g, Batch::ONE, pa, pb, c.addr());
+        }
+        self.synchronize();
+        2.0 * (n as f64).powi(3) * reps as f64 / start.elapsed().as_secs_f64() / 1e12
     }
 
     /// Bytes of device memory in use and in total, as the driver reports them.
@@ -512,6 +620,6 @@ mod tests {
         }
         let err = Cuda::new().err().expect("no driver, yet Cuda::new succeeded").to_string();
         assert!(err.contains("libcuda.so.1 (the NVIDIA driver"), "{err}");
-        assert!(err.contains("LD_LIBRARY_PATH") && err.contains("nvidia.__file__"), "{err}");
+        assert!(err.contains("LD_LIBRARY_PATH") && err.contains("nvidia.__path__"), "{err}");
     }
 }

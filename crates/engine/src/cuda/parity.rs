@@ -1,13 +1,17 @@
 //! Kernel parity: every [`Device`] method on the same seeded random inputs on two devices (the
 //! CPU engine as reference, the CUDA device as candidate), compared output by output.
 //!
-//! Kernels one by one, then whole layers composing them as the models do.
+//! Kernels one by one, then whole layers composing them as the models do. Outputs go to a sink as
+//! they are computed and each section runs under `catch_unwind`, so a GPU run that faults or is
+//! killed still reports every comparison made before.
 //!
 //! The error of one output is normwise, `max_i |got_i - want_i| / max_i |want_i|`, so values near
 //! zero do not inflate it. [`outputs`] is generic over the device, so the harness itself is tested
 //! here as CPU against CPU; `scripts/gpu-check.sh` runs it against a GPU (`vlmix-cuda-check`).
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, ZLossTerm};
@@ -16,6 +20,7 @@ use crate::layers::{
     SwiGlu, SwiGluGrads, SwiGluParams,
 };
 use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
+use crate::Cuda;
 
 /// One compared output.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -74,10 +79,10 @@ const ROWS: usize = BATCH * SEQ;
 const HIDDEN: usize = 80;
 const VOCAB: usize = 1000;
 
-/// Collects named outputs of one device.
+/// Hands named outputs of one device to a sink.
 struct Out<'a, D: Device> {
     dev: &'a D,
-    outputs: Vec<(String, Vec<f32>)>,
+    sink: &'a mut dyn FnMut(String, Vec<f32>),
 }
 
 impl<D: Device> Out<'_, D> {
@@ -87,11 +92,11 @@ impl<D: Device> Out<'_, D> {
 
     fn save(&mut self, name: &str, buf: &D::Buf) {
         let host = self.dev.to_host(buf).into_owned();
-        self.outputs.push((name.to_string(), host));
+        (self.sink)(name.to_string(), host);
     }
 
     fn value(&mut self, name: &str, v: f64) {
-        self.outputs.push((name.to_string(), vec![v as f32]));
+        (self.sink)(name.to_string(), vec![v as f32]);
     }
 }
 
@@ -99,16 +104,73 @@ fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     random(n, seed, 1.0).iter().map(|&x| ((x + 1.0) * 0.5 * vocab as f32) as u32 % vocab as u32).collect()
 }
 
-/// Every kernel's outputs on `dev`, on inputs that depend only on the seeds below.
+/// Every kernel's outputs on `dev`, on inputs that depend only on the seeds below. Panics if a
+/// section does (the reference device's outputs must be complete).
 pub fn outputs<D: Device>(dev: &D) -> Vec<(String, Vec<f32>)> {
-    let mut o = Out { dev, outputs: Vec::new() };
-    memory_and_elementwise(&mut o);
-    products(&mut o);
-    embedding_and_norms(&mut o);
-    attention(&mut o);
-    activations_loss_optimizer(&mut o);
-    layers(&mut o);
-    o.outputs
+    let mut all = Vec::new();
+    let panics = each_output(dev, &mut |name, v| all.push((name, v)));
+    assert!(panics.is_empty(), "parity sections panicked: {}", panics.join("; "));
+    all
+}
+
+/// Every kernel's outputs on `dev`, handed to `sink` as computed; returns the sections that
+/// panicked, as `section: message` (their earlier outputs were handed over).
+pub fn each_output<D: Device>(dev: &D, sink: &mut dyn FnMut(String, Vec<f32>)) -> Vec<String> {
+    type Section<D> = fn(&mut Out<D>);
+    let sections: [(&str, Section<D>); 8] = [
+        ("memory and elementwise", memory_and_elementwise),
+        ("products", products),
+        ("embedding and norms", embedding_and_norms),
+        ("wide norms", wide_norms),
+        ("attention", attention),
+        ("activations, loss, optimizer", activations_loss_optimizer),
+        ("wide cross-entropy", wide_cross_entropy),
+        ("layers", layers),
+    ];
+    let mut panics = Vec::new();
+    for (name, section) in sections {
+        guarded(name, &mut panics, || section(&mut Out { dev, sink: &mut *sink }));
+    }
+    panics
+}
+
+/// Runs `f`, recording a panic as `name: message`.
+fn guarded(name: &str, panics: &mut Vec<String>, f: impl FnOnce()) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(f)) {
+        panics.push(format!("{name}: {}", panic_message(&*p)));
+    }
+}
+
+pub fn panic_message(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+/// Prefix of the CUDA plain attention's outputs, compared with the reference's outputs of the same
+/// name without it (the CPU's attention is the plain algorithm).
+pub const PLAIN: &str = "plain ";
+
+/// The CUDA plain attention path (which flash attention hands unsupported head dimensions to) on
+/// the `attention` section's inputs, against the CPU, not only against flash.
+pub fn plain_attention_outputs(cuda: &Cuda, sink: &mut dyn FnMut(String, Vec<f32>)) -> Vec<String> {
+    let mut panics = Vec::new();
+    guarded("plain attention", &mut panics, || {
+        let mut o = Out { dev: cuda, sink };
+        let n = ROWS * WIDTH;
+        let (q, k, v, dout) = attention_inputs(&o);
+        for causal in [true, false] {
+            let shape = AttnShape { batch: BATCH, seq: SEQ, heads: HEADS, head_dim: HEAD_DIM, causal };
+            let tag = if causal { "causal" } else { "full" };
+            let (mut probs, mut out) = (cuda.zeros(shape.probs_len()), cuda.zeros(n));
+            cuda.plain_attention_forward(shape, &q, &k, &v, &mut probs, &mut out);
+            o.save(&format!("{PLAIN}attention {tag} forward"), &out);
+            let (mut dq, mut dk, mut dv) = attention_grads(&o);
+            cuda.plain_attention_backward(shape, &q, &k, &v, &probs, &dout, &mut dq, &mut dk, &mut dv);
+            o.save(&format!("{PLAIN}attention {tag} backward dq"), &dq);
+            o.save(&format!("{PLAIN}attention {tag} backward dk"), &dk);
+            o.save(&format!("{PLAIN}attention {tag} backward dv"), &dv);
+        }
+    });
+    panics
 }
 
 fn memory_and_elementwise<D: Device>(o: &mut Out<D>) {
@@ -179,33 +241,49 @@ fn embedding_and_norms<D: Device>(o: &mut Out<D>) {
     d.embedding_backward(&repeated, &dout, &mut dtable);
     o.save("embedding_backward (repeated ids)", &dtable);
 
-    let x = o.up(&random(ROWS * WIDTH, 24, 2.0).iter().map(|v| v + 0.5).collect::<Vec<_>>());
-    let (w, bias) = (o.up(&random(WIDTH, 25, 1.0)), o.up(&random(WIDTH, 26, 1.0)));
+    norms(o, ROWS, WIDTH, "");
+}
+
+/// Widths whose rows take several warps (256 threads at 1024) and the 1024-thread blocks (beyond
+/// 2048), as the models' widths do; the base section's width fits one warp.
+fn wide_norms<D: Device>(o: &mut Out<D>) {
+    for width in [1024, 3000] {
+        norms(o, 6, width, &format!(" width {width}"));
+    }
+}
+
+/// LayerNorm (with and without bias) and RMSNorm on `[rows, width]`, forward and backward; output
+/// names end in `suffix`.
+fn norms<D: Device>(o: &mut Out<D>, rows: usize, width: usize, suffix: &str) {
+    let d = o.dev;
+    let dout = o.up(&random(rows * width, 22, 1.0));
+    let x = o.up(&random(rows * width, 24, 2.0).iter().map(|v| v + 0.5).collect::<Vec<_>>());
+    let (w, bias) = (o.up(&random(width, 25, 1.0)), o.up(&random(width, 26, 1.0)));
     for with_bias in [true, false] {
         let tag = if with_bias { "layernorm" } else { "layernorm (no bias)" };
-        let (mut out, mut mean, mut rstd) = (d.zeros(ROWS * WIDTH), d.zeros(ROWS), d.zeros(ROWS));
+        let (mut out, mut mean, mut rstd) = (d.zeros(rows * width), d.zeros(rows), d.zeros(rows));
         d.layernorm_forward(&x, &w, with_bias.then_some(&*bias), 1e-5, &mut out, &mut mean, &mut rstd);
-        o.save(&format!("{tag} forward"), &out);
-        o.save(&format!("{tag} mean"), &mean);
-        o.save(&format!("{tag} rstd"), &rstd);
-        let mut dx = d.zeros(ROWS * WIDTH);
-        let (mut dw, mut db) = (o.up(&random(WIDTH, 27, 1.0)), o.up(&random(WIDTH, 28, 1.0)));
+        o.save(&format!("{tag} forward{suffix}"), &out);
+        o.save(&format!("{tag} mean{suffix}"), &mean);
+        o.save(&format!("{tag} rstd{suffix}"), &rstd);
+        let mut dx = d.zeros(rows * width);
+        let (mut dw, mut db) = (o.up(&random(width, 27, 1.0)), o.up(&random(width, 28, 1.0)));
         let dbias = if with_bias { Some(&mut *db) } else { None };
         d.layernorm_backward(&dout, &x, &w, &mean, &rstd, &mut dx, &mut dw, dbias);
-        o.save(&format!("{tag} backward dx"), &dx);
-        o.save(&format!("{tag} backward dweight"), &dw);
+        o.save(&format!("{tag} backward dx{suffix}"), &dx);
+        o.save(&format!("{tag} backward dweight{suffix}"), &dw);
         if with_bias {
-            o.save(&format!("{tag} backward dbias"), &db);
+            o.save(&format!("{tag} backward dbias{suffix}"), &db);
         }
     }
-    let (mut out, mut rstd) = (d.zeros(ROWS * WIDTH), d.zeros(ROWS));
+    let (mut out, mut rstd) = (d.zeros(rows * width), d.zeros(rows));
     d.rmsnorm_forward(&x, &w, 1e-6, &mut out, &mut rstd);
-    o.save("rmsnorm forward", &out);
-    o.save("rmsnorm rstd", &rstd);
-    let (mut dx, mut dw) = (d.zeros(ROWS * WIDTH), o.up(&random(WIDTH, 29, 1.0)));
+    o.save(&format!("rmsnorm forward{suffix}"), &out);
+    o.save(&format!("rmsnorm rstd{suffix}"), &rstd);
+    let (mut dx, mut dw) = (d.zeros(rows * width), o.up(&random(width, 29, 1.0)));
     d.rmsnorm_backward(&dout, &x, &w, &rstd, &mut dx, &mut dw);
-    o.save("rmsnorm backward dx", &dx);
-    o.save("rmsnorm backward dweight", &dw);
+    o.save(&format!("rmsnorm backward dx{suffix}"), &dx);
+    o.save(&format!("rmsnorm backward dweight{suffix}"), &dw);
 }
 
 fn attention<D: Device>(o: &mut Out<D>) {
@@ -221,8 +299,7 @@ fn attention<D: Device>(o: &mut Out<D>) {
         }
     }
     let table = o.up(&table);
-    let (q, k, v, dout) =
-        (o.up(&random(n, 30, 1.0)), o.up(&random(n, 31, 1.0)), o.up(&random(n, 32, 1.0)), o.up(&random(n, 33, 1.0)));
+    let (q, k, v, dout) = attention_inputs(o);
     for causal in [true, false] {
         let shape = AttnShape { batch: BATCH, seq: SEQ, heads: HEADS, head_dim: HEAD_DIM, causal };
         let tag = if causal { "causal" } else { "full" };
@@ -237,13 +314,37 @@ fn attention<D: Device>(o: &mut Out<D>) {
         let (mut saved, mut out) = (d.zeros(d.attention_saved_len(shape)), d.zeros(n));
         d.attention_forward(shape, &q, &k, &v, &mut saved, &mut out);
         o.save(&format!("attention {tag} forward"), &out);
-        let (mut dq, mut dk, mut dv) =
-            (o.up(&random(n, 34, 1.0)), o.up(&random(n, 35, 1.0)), o.up(&random(n, 36, 1.0)));
+        let (mut dq, mut dk, mut dv) = attention_grads(o);
         d.attention_backward(shape, &q, &k, &v, &out, &saved, &dout, &mut dq, &mut dk, &mut dv);
         o.save(&format!("attention {tag} backward dq"), &dq);
         o.save(&format!("attention {tag} backward dk"), &dk);
         o.save(&format!("attention {tag} backward dv"), &dv);
     }
+}
+
+/// `q`, `k`, `v`, `dout` of the attention sections.
+fn attention_inputs<D: Device>(o: &Out<D>) -> (D::Owned, D::Owned, D::Owned, D::Owned) {
+    let n = ROWS * WIDTH;
+    (o.up(&random(n, 30, 1.0)), o.up(&random(n, 31, 1.0)), o.up(&random(n, 32, 1.0)), o.up(&random(n, 33, 1.0)))
+}
+
+/// The gradients' initial contents (overwritten: a kernel that accumulates instead shows).
+fn attention_grads<D: Device>(o: &Out<D>) -> (D::Owned, D::Owned, D::Owned) {
+    let n = ROWS * WIDTH;
+    (o.up(&random(n, 34, 1.0)), o.up(&random(n, 35, 1.0)), o.up(&random(n, 36, 1.0)))
+}
+
+/// The loss over the reference model's vocabulary: 1024-thread blocks, as every model's loss runs
+/// (the base section's vocabulary takes 256).
+fn wide_cross_entropy<D: Device>(o: &mut Out<D>) {
+    let (rows, vocab) = (12, 8192);
+    let targets = ids(rows, vocab, 45);
+    let mask: Vec<f32> = (0..rows).map(|r| if r == 5 { 0.0 } else { 1.0 }).collect();
+    let (mut l, mut nll) = (o.up(&random(rows * vocab, 46, 8.0)), o.dev.zeros(rows));
+    let stats = o.dev.cross_entropy(&mut l, vocab, &targets, &mask, ZLossTerm::Masked(1e-4), Some(1.0), &mut nll);
+    o.save("cross_entropy vocab 8192 logits/dlogits", &l);
+    o.save("cross_entropy vocab 8192 nll", &nll);
+    o.value("cross_entropy vocab 8192 loss", stats.loss as f64);
 }
 
 fn activations_loss_optimizer<D: Device>(o: &mut Out<D>) {
@@ -375,13 +476,20 @@ pub fn compare(
     got: Vec<(String, Vec<f32>)>,
     tolerance: impl Fn(&str) -> f64,
 ) -> Vec<Outcome> {
-    got.into_iter()
-        .map(|(name, g)| {
-            let error = reference.get(&name).map_or(f64::INFINITY, |w| normwise_error(w, &g));
-            let tolerance = tolerance(&name);
-            Outcome { ok: error <= tolerance, output: name, len: g.len(), error, tolerance }
-        })
-        .collect()
+    got.into_iter().map(|(name, g)| compare_one(reference, name, &g, &tolerance)).collect()
+}
+
+/// One output against the reference's of the same name (less [`PLAIN`]).
+pub fn compare_one(
+    reference: &HashMap<String, Vec<f32>>,
+    name: String,
+    got: &[f32],
+    tolerance: impl Fn(&str) -> f64,
+) -> Outcome {
+    let key = name.strip_prefix(PLAIN).unwrap_or(&name);
+    let error = reference.get(key).map_or(f64::INFINITY, |w| normwise_error(w, got));
+    let tolerance = tolerance(key);
+    Outcome { ok: error <= tolerance, output: name, len: got.len(), error, tolerance }
 }
 
 /// Runs every kernel on both devices and compares each output.

@@ -26,10 +26,11 @@ const LIBS: [Lib; 4] = [
     },
 ];
 
-/// How to put pip's CUDA 13 wheels on the loader path (they share `nvidia/cu13/lib`).
-pub const LIBRARY_PATH_HINT: &str = "export LD_LIBRARY_PATH=\"$(python3 -c 'import nvidia, os; \
-     print(os.path.dirname(nvidia.__file__))')/cu13/lib:$LD_LIBRARY_PATH\" (pip's nvidia-* wheels, as PyTorch \
-     installs them), or the CUDA toolkit's lib64";
+/// How to put pip's CUDA 13 wheels on the loader path (they share `nvidia/cu13/lib`). `nvidia` is a
+/// namespace package in CUDA 13's wheels (no `__init__.py`): its `__file__` is None, `__path__` holds.
+pub const LIBRARY_PATH_HINT: &str = "export LD_LIBRARY_PATH=\"$(python3 -c 'import nvidia; \
+     print(list(nvidia.__path__)[0])')/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}\" (pip's nvidia-* wheels, as \
+     PyTorch installs them), or /usr/local/cuda/lib64 (the CUDA toolkit)";
 
 /// The libraries that cannot be loaded, as `file (from)`.
 pub fn missing() -> Vec<String> {

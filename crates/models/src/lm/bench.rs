@@ -43,6 +43,8 @@ pub struct BenchReport {
     pub optimizer_ms: f64,
     pub steps: usize,
     pub warmup: usize,
+    /// The first step's loss (before any update: devices agree to ~1e-6 when their kernels do).
+    pub first_loss: f64,
     pub final_loss: f64,
     pub threads: usize,
     pub cpu: String,
@@ -87,7 +89,7 @@ pub fn bench_train<D: Device>(dev: D, opts: &BenchOptions) -> Result<BenchReport
     let input = LmInput::tokens(opts.batch, seq, &inputs);
 
     let (mut fb, mut clip, mut optim) = (0.0f64, 0.0f64, 0.0f64);
-    let mut loss = 0.0f32;
+    let (mut loss, mut first_loss) = (0.0f32, None);
     let mut start = Instant::now();
     for step in 0..opts.warmup + opts.steps {
         if step == opts.warmup {
@@ -98,6 +100,7 @@ pub fn bench_train<D: Device>(dev: D, opts: &BenchOptions) -> Result<BenchReport
         params.zero_grad();
         loss = lm.forward_backward(&mut params, &input, &targets, &mask, 1.0, None)?.loss;
         ensure_finite("loss", loss, step as u64)?;
+        first_loss.get_or_insert(loss);
         let t1 = Instant::now();
         clip_grad_norm(&mut params, 1.0);
         let t2 = Instant::now();
@@ -128,6 +131,7 @@ pub fn bench_train<D: Device>(dev: D, opts: &BenchOptions) -> Result<BenchReport
         optimizer_ms: 1000.0 * optim / steps,
         steps: opts.steps,
         warmup: opts.warmup,
+        first_loss: first_loss.unwrap_or(loss) as f64,
         final_loss: loss as f64,
         threads: rayon::current_num_threads(),
         cpu: vlmix_engine::machine::cpu_model(),
