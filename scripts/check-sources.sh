@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Asks each registry, without downloading anything, whether each candidate of each data source in
-# scripts/data-sources.tsv is still offered (`apt-cache show PKG=VER` after one `apt-get update`,
+# scripts/data-sources.tsv is still offered (`apt-cache madison PKG` after one `apt-get update`,
 # `pip index versions PKG`, `npm view PKG@VER version`), and prints one row per source: the pinned
 # (first) candidate, the candidates offered today, and the one fetch-data.sh would use. Exits 1 only
 # when a source has no candidate left, naming it: then a new machine prepares without it (see

@@ -40,8 +40,11 @@ offered() { # registry spec
     local registry=$1 spec=$2 out
     case "$registry" in
     apt)
-        out=$("${apt_cache_cmd[@]}" show "$spec" 2>&1 >/dev/null) && return 0
-        echo "${out:-apt-cache does not show $spec}" | tail -n 1
+        # `apt-cache show PKG=VER` exits 0 for a version it does not know; madison lists what is offered.
+        local package=${spec%%=*} version=${spec#*=} versions
+        versions=$("${apt_cache_cmd[@]}" madison "$package" 2>/dev/null | awk -F'|' '{ gsub(/ /, "", $2); print $2 }')
+        if grep -qxF "$version" <<<"$versions"; then return 0; fi
+        echo "apt offers $(paste -sd, <<<"$versions" | sed 's/,/, /g; s/^$/nothing/') for $package, not $version"
         return 1 ;;
     pypi)
         local package=${spec%%==*} version=${spec##*==}

@@ -12,7 +12,9 @@ set -euo pipefail
 reg=$STANDIN_REGISTRY; client=$1; shift
 last="${*: -1}"
 case "$client" in
-apt-cache) [ -d "$reg/$last" ] && exit 0; echo "E: Version '${last#*=}' for '${last%%=*}' was not found" >&2; exit 100 ;;
+apt-cache) # madison PKG: one line per offered version
+    for offered in "$reg/$last"=*; do [ -d "$offered" ] && echo "$last | ${offered##*=} | http://stand.in bookworm/main all Packages"; done
+    exit 0 ;;
 apt-get)
     [ "$1" = update ] && exit 0
     [ -d "$reg/$last" ] || { echo "E: Version '${last#*=}' for '${last%%=*}' was not found" >&2; exit 100; }
@@ -54,7 +56,7 @@ struct Registry {
 }
 
 impl Registry {
-    /// Offers `beta@1.0.0` (npm, not 2.0.0), `delta=1` (apt); nothing of `gamma` (PyPI).
+    /// Offers `beta@1.0.0` (npm, not 2.0.0), `delta=1` (apt, not 2); nothing of `gamma` (PyPI).
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -69,7 +71,7 @@ impl Registry {
         self.dir.path()
     }
 
-    /// A manifest with two candidates for beta, one for gamma (gone) and one for delta.
+    /// A manifest with two candidates for beta and for delta (the first gone), one for gamma (gone).
     fn manifest(&self, with_gamma: bool) -> PathBuf {
         let root = self.root();
         let beta = root.join("reg/beta@1.0.0/beta-1.0.0.tgz");
@@ -79,6 +81,7 @@ impl Registry {
             "# test manifest".to_string(),
             format!("beta\tnpm\tbeta@2.0.0\tbeta-2.0.0.tgz\t{}\t1\tMIT\tpackage/*", "0".repeat(64)),
             format!("beta\tnpm\tbeta@1.0.0\tbeta-1.0.0.tgz\t{}\t{}\tMIT\tpackage/*", sha256(&beta), size(&beta)),
+            format!("delta\tapt\tdelta=2\tdelta_2_all.deb\t{}\t1\tMIT\t./usr/share/delta/*", "2".repeat(64)),
             format!(
                 "delta\tapt\tdelta=1\tdelta_1_all.deb\t{}\t{}\tMIT\t./usr/share/delta/*",
                 sha256(&delta),
@@ -126,7 +129,7 @@ fn check_sources_names_the_candidate_used_and_fails_only_on_a_source_without_one
     assert_eq!(all.status.code(), Some(1), "{out}");
     let row = |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no row {name}: {out}"));
     assert!(row("beta").contains("1/2") && row("beta").contains("beta@1.0.0 (not offered: beta@2.0.0"), "{out}");
-    assert!(row("delta").contains("1/1"), "{out}");
+    assert!(row("delta").contains("1/2") && row("delta").contains("delta=2: apt offers 1 for delta, not 2"), "{out}");
     assert!(row("gamma").contains("NONE (gamma==1.0: ERROR: No matching distribution"), "{out}");
     assert!(out.contains("no candidate is offered any more for: gamma"), "{out}");
 
