@@ -249,6 +249,17 @@ fn at_path<'a>(doc: &'a mut Value, path: &[String]) -> &'a mut Value {
     })
 }
 
+/// Where mutation tests write their inputs: `/dev/shm` when there is one, as rewriting a file in
+/// place thousands of times on ext4 forces a disk flush each time (`auto_da_alloc`).
+pub fn scratch_root() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// Index of the input being read (for `CappedAlloc`'s message).
 static CURRENT_INPUT: AtomicUsize = AtomicUsize::new(usize::MAX);
 

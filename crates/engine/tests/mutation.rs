@@ -6,8 +6,10 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use vlmix_engine::mutation::{byte_mutants, check, json_mutants, CappedAlloc, Mutant, Rng};
-use vlmix_engine::params::{ParamFlags, ParamStore};
+use vlmix_engine::adamw::{AdamW, AdamWConfig};
+use vlmix_engine::checkpoint::{load_checkpoint, save_checkpoint, TrainState};
+use vlmix_engine::mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant, Rng};
+use vlmix_engine::params::{ParamFlags, ParamId, ParamStore};
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_engine::torch_file::read_state_dict;
 use vlmix_engine::Cpu;
@@ -23,7 +25,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vlmix-mutation-{tag}-{}", std::process::id()));
+        let dir = scratch_root().join(format!("vlmix-mutation-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -161,6 +163,19 @@ fn torch_checkpoints_survive_mutation() {
     check("torch zip entries and pickle", &inner, read);
 }
 
+/// The header and tensor-data offsets of a safetensors file, its header and where its data starts.
+fn safetensors_layout(bytes: &[u8]) -> (Vec<usize>, Value, usize) {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let mut boundaries = vec![8, 8 + header_len];
+    for t in header.as_object().unwrap().values() {
+        if let Some(offsets) = t["data_offsets"].as_array() {
+            boundaries.extend(offsets.iter().map(|o| 8 + header_len + o.as_u64().unwrap() as usize));
+        }
+    }
+    (boundaries, header, 8 + header_len)
+}
+
 /// A safetensors file of every dtype the readers convert, with metadata.
 fn safetensors_file() -> Vec<u8> {
     let f32s: Vec<u8> = (0..6).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
@@ -205,15 +220,8 @@ fn safetensors_files_survive_mutation() {
     let read = |bytes: &[u8]| read_safetensors(&scratch.write("x.safetensors", bytes));
     let base = safetensors_file();
     assert_eq!(read(&base).unwrap(), 6 + 4 + 2 + 3 + 1, "the base file must be valid");
-    let header_len = u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&base[8..8 + header_len]).unwrap();
-    let data = &base[8 + header_len..];
-    let mut boundaries = vec![8, 8 + header_len];
-    for t in header.as_object().unwrap().values() {
-        if let Some(offsets) = t["data_offsets"].as_array() {
-            boundaries.extend(offsets.iter().map(|o| 8 + header_len + o.as_u64().unwrap() as usize));
-        }
-    }
+    let (boundaries, header, data_start) = safetensors_layout(&base);
+    let data = &base[data_start..];
     check("safetensors bytes", &byte_mutants(&base, &boundaries, 5, PER_READER), read);
 
     // Header damage in a well-framed file: wrong dtypes, huge shapes and offsets, dropped entries.
@@ -248,4 +256,58 @@ fn safetensors_files_survive_mutation() {
         mutants.push(Mutant { bytes: reframe(&serde_json::to_vec(&h).unwrap()), what });
     }
     check("safetensors header", &mutants, read);
+}
+
+fn tiny_model() -> ParamStore {
+    let mut s = ParamStore::new(Cpu::new().unwrap());
+    s.add("w", &[4, 3], (0..12).map(|i| i as f32 * 0.1).collect(), ParamFlags::MATRIX).unwrap();
+    s.add("n", &[3], vec![1.0; 3], ParamFlags::NO_DECAY).unwrap();
+    s
+}
+
+/// A run's checkpoint (issue 26's "checkpoint with one tensor cut short"): each of its three files
+/// damaged in turn, the others intact, must load or be refused cleanly.
+#[test]
+fn training_checkpoints_survive_mutation() {
+    let scratch = Scratch::new("checkpoint");
+    let mut params = tiny_model();
+    let mut opt = AdamW::new(AdamWConfig::default(), &params);
+    params.grad_mut(ParamId(0)).fill(0.5);
+    opt.step(&mut params, 1e-3);
+    let state = TrainState {
+        step: 1,
+        schedule: serde_json::json!({"lr": 1e-3, "warmup": 10}),
+        counters: serde_json::json!({"tokens": 64}),
+        data_cursor: serde_json::json!([3, 8]),
+    };
+    let dir = save_checkpoint(&scratch.0.join("run"), &state, &params, &opt).unwrap();
+    // One store and optimizer for every load: a load checks everything before changing anything.
+    let (mut into, mut into_opt) = (tiny_model(), AdamW::new(AdamWConfig::default(), &params));
+    let mut load = || load_checkpoint(&dir, &mut into, &mut into_opt);
+    assert_eq!(load().unwrap(), state, "the base checkpoint must load");
+
+    let path = dir.join("state.json");
+    let base: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let original = std::fs::read(&path).unwrap();
+    check("checkpoint state.json", &json_mutants(&base, 8, PER_READER), &mut |bytes: &[u8]| {
+        std::fs::write(&path, bytes)?;
+        load()
+    });
+    std::fs::write(&path, original).unwrap();
+
+    for (file, seed) in [("model.safetensors", 9), ("optimizer.safetensors", 10)] {
+        let path = dir.join(file);
+        let base = std::fs::read(&path).unwrap();
+        let (boundaries, header, data_start) = safetensors_layout(&base);
+        let mut mutants = byte_mutants(&base, &boundaries, seed, PER_READER / 2);
+        mutants.extend(json_mutants(&header, seed + 100, PER_READER / 2).into_iter().map(|m| Mutant {
+            bytes: [&(m.bytes.len() as u64).to_le_bytes()[..], &m.bytes, &base[data_start..]].concat(),
+            what: format!("header: {}", m.what),
+        }));
+        check(&format!("checkpoint {file}"), &mutants, &mut |bytes: &[u8]| {
+            std::fs::write(&path, bytes)?;
+            load()
+        });
+        std::fs::write(&path, base).unwrap();
+    }
 }
