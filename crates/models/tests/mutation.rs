@@ -5,8 +5,11 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use vlmix_engine::mutation::{byte_mutants, check, json_mutants, CappedAlloc, Mutant};
+use vlmix_engine::mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
 use vlmix_models::lm::openlm_io::{import_openlm, ImportOptions};
+use vlmix_models::lm::LmConfig;
+use vlmix_models::stage_record::StageRecord;
+use vlmix_models::vision::encoder::EncoderSpec;
 use vlmix_models::vision::encoder::{FeatureLayer, SiglipEncoder};
 
 /// The fixtures are under 300 KiB: a reader asking for more trusted a declared size.
@@ -21,7 +24,7 @@ fn fixture(path: &str) -> PathBuf {
 
 /// A copy of a fixture directory whose files the readers open by path; one file is replaced per input.
 fn scratch_copy(tag: &str, from: &str) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix(&format!("vlmix-mutation-{tag}")).tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix(&format!("vlmix-mutation-{tag}")).tempdir_in(scratch_root()).unwrap();
     for entry in std::fs::read_dir(fixture(from)).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
@@ -149,4 +152,57 @@ fn huge_siglip_layer_count_is_an_error_not_an_allocation() {
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("encoder.layers.3"), "the first missing block is named: {err}");
+}
+
+/// Regression (found by the mutation test with overflow checks): an `image_size` near `u64::MAX`
+/// overflowed the patch count.
+#[test]
+fn huge_siglip_image_size_is_an_error_naming_the_field() {
+    let mut config = json_of(&fixture("siglip_tiny/config.json"));
+    config["image_size"] = u64::MAX.into();
+    let err = format!("{:#}", vlmix_models::vision::siglip::SiglipConfig::from_json(&config).unwrap_err());
+    assert!(err.contains("image_size"), "{err}");
+}
+
+/// TOML text for each JSON mutant that TOML can hold (no nulls, ...); the JSON text itself otherwise
+/// (which the TOML reader must refuse cleanly).
+fn as_toml(mutants: Vec<Mutant>) -> Vec<Mutant> {
+    mutants
+        .into_iter()
+        .map(|m| {
+            let toml = serde_json::from_slice::<Value>(&m.bytes).ok().and_then(|v| toml::to_string(&v).ok());
+            Mutant { bytes: toml.map_or(m.bytes, String::into_bytes), what: m.what }
+        })
+        .collect()
+}
+
+/// A stage's record beside its checkpoints: `model.toml` and `encoder.json`.
+#[test]
+fn stage_records_survive_mutation() {
+    let stage = tempfile::Builder::new().prefix("vlmix-mutation-stage").tempdir_in(scratch_root()).unwrap();
+    let record = StageRecord {
+        model: LmConfig::preset("tiny").unwrap(),
+        encoder: Some(EncoderSpec::frozen(&fixture("siglip_tiny").display().to_string())),
+    };
+    record.write(stage.path()).unwrap();
+    let checkpoint = stage.path().join("checkpoints/step-00000001");
+    assert_eq!(StageRecord::of_checkpoint(&checkpoint).unwrap(), record, "the base record must read back");
+
+    let path = stage.path().join("model.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let base: Value = serde_json::to_value(toml::from_str::<toml::Table>(&text).unwrap()).unwrap();
+    let mut mutants = as_toml(json_mutants(&base, 31, PER_READER / 2));
+    let lines: Vec<usize> = text.bytes().enumerate().filter(|(_, b)| b"\n=\"[".contains(b)).map(|(i, _)| i).collect();
+    mutants.extend(byte_mutants(text.as_bytes(), &lines, 32, PER_READER / 2));
+    check("stage model.toml", &mutants, |bytes| {
+        std::fs::write(&path, bytes)?;
+        StageRecord::of_checkpoint(&checkpoint)
+    });
+    std::fs::write(&path, text).unwrap();
+
+    let path = stage.path().join("encoder.json");
+    check("stage encoder.json", &json_mutants(&json_of(&path), 33, PER_READER), |bytes| {
+        std::fs::write(&path, bytes)?;
+        StageRecord::of_checkpoint(&checkpoint)
+    });
 }

@@ -108,6 +108,9 @@ impl SiglipConfig {
         if config.patch_size > config.image_size {
             bail!("patch_size {} is larger than image_size {}", config.patch_size, config.image_size);
         }
+        if config.grid().checked_mul(config.grid()).is_none() {
+            bail!("field image_size: {} gives more patches than this machine can count", config.image_size);
+        }
         if config.num_channels != 3 {
             bail!("num_channels {} is not supported (RGB only)", config.num_channels);
         }
