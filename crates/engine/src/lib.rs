@@ -20,6 +20,7 @@ pub mod atomic_file;
 pub mod checkpoint;
 pub mod grad_clip;
 pub mod machine;
+pub mod mutation;
 pub mod nonfinite;
 pub mod params;
 pub mod safetensors_io;

@@ -203,3 +203,44 @@ fn unexpected_keys_wrong_shapes_and_off_inv_freq_are_refused_by_name() {
     let err = import_error(&case_dir("no_such_case"), InvFreqPolicy::Check);
     assert!(err.contains("no_such_case"), "{err}");
 }
+
+/// `case`'s torch checkpoint without the tensors `drop` picks, as a safetensors file alone in a
+/// fresh directory (no `config.json` beside it), keeping the checkpoint's `module.` names.
+fn checkpoint_without(case: &str, drop: impl Fn(&str) -> bool) -> (tempfile::TempDir, PathBuf) {
+    let tensors = vlmix_engine::torch_file::read_state_dict(&case_dir(case).join("epoch_1.pt")).unwrap();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .filter(|(n, _)| !drop(n))
+        .map(|(n, t)| (n.clone(), TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap()))
+        .collect();
+    let dir = scratch_dir(&format!("openlm-drop-{case}"));
+    let path = dir.path().join("epoch_1.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, None::<HashMap<String, String>>).unwrap()).unwrap();
+    (dir, path)
+}
+
+/// Regression (issue 26): a missing `tok_embeddings.weight` with `--config` panicked on a map index.
+#[test]
+fn missing_embedding_is_an_error_naming_file_and_tensor() {
+    let (_dir, path) = checkpoint_without("pt_layer_norm_ddp", |n| n == "module.tok_embeddings.weight");
+    let config = Some(case_dir("pt_layer_norm_ddp").join("model.json"));
+    let err = match import_openlm(&path, &ImportOptions { config, inv_freq: InvFreqPolicy::Check }) {
+        Ok(_) => panic!("imported without embeddings"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("epoch_1.safetensors") && err.contains("tok_embeddings.weight"), "{err}");
+}
+
+/// Regression (issue 26): without `--config`, a missing layer-0 `inv_freq` panicked; another layer's
+/// buffer gives `n_heads`, and only when none is left is `--config` asked for.
+#[test]
+fn missing_inv_freq_without_config_infers_from_another_layer() {
+    let (_dir, path) = checkpoint_without("pt_layer_norm_ddp", |n| n == "module.layers.0.attention.pos_embed.inv_freq");
+    let full = import_case("pt_layer_norm_ddp", InvFreqPolicy::Check);
+    let imported = import_openlm(&path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(imported.config.n_heads, full.config.n_heads);
+
+    let (_dir, path) = checkpoint_without("pt_layer_norm_ddp", |n| n.ends_with("inv_freq"));
+    let err = import_error(&path, InvFreqPolicy::Check);
+    assert!(err.contains("epoch_1.safetensors") && err.contains("inv_freq") && err.contains("--config"), "{err}");
+}

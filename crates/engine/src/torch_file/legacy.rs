@@ -39,8 +39,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Vec<(String, RawTensor)>> {
             "storage {key} holds {count} elements on disk but the pickle says {}",
             storage.numel
         );
-        let len = storage.numel * storage.dtype.bitsize() / 8;
-        let data = bytes.get(pos..pos + len).with_context(|| format!("storage {key} is truncated"))?;
+        let data = storage
+            .bytes()
+            .and_then(|len| bytes.get(pos..pos.checked_add(len)?))
+            .with_context(|| format!("storage {key} is truncated"))?;
+        let len = data.len();
         pos += len;
         storages.insert(key.to_string(), data);
     }
@@ -60,7 +63,7 @@ fn check_little_endian(sys_info: &Value) -> Result<()> {
 }
 
 fn read_i64(bytes: &[u8], pos: &mut usize) -> Result<i64> {
-    let raw = bytes.get(*pos..*pos + 8).context("truncated")?;
+    let raw = bytes.get(*pos..pos.saturating_add(8)).context("truncated")?;
     *pos += 8;
     Ok(i64::from_le_bytes(raw.try_into().unwrap()))
 }

@@ -38,6 +38,13 @@ struct StorageRef {
     numel: usize,
 }
 
+impl StorageRef {
+    /// Size in bytes; `None` when the declared element count overflows.
+    fn bytes(&self) -> Option<usize> {
+        self.numel.checked_mul(self.dtype.bitsize() / 8)
+    }
+}
+
 /// A tensor as the object pickle describes it, before the storages are read.
 struct TensorRef {
     storage: StorageRef,
@@ -102,7 +109,7 @@ fn gather_all<'a>(
         .map(|(name, t)| {
             let data = storage(&t.storage.key)
                 .with_context(|| format!("tensor {name}: storage {} is missing", t.storage.key))?;
-            let bytes = t.storage.numel * t.storage.dtype.bitsize() / 8;
+            let bytes = t.storage.bytes().with_context(|| format!("tensor {name}: storage numel overflows"))?;
             ensure!(
                 data.len() >= bytes,
                 "tensor {name}: storage {} holds {} bytes, the pickle says {bytes}",
@@ -194,17 +201,20 @@ fn storage_ref(value: &Value) -> Result<StorageRef> {
 /// Copies a strided view out of its storage into contiguous row-major order.
 fn gather(t: &TensorRef, storage: &[u8]) -> Result<RawTensor> {
     let elem = t.storage.dtype.bitsize() / 8;
-    let numel: usize = t.shape.iter().product();
+    let view = || format!("view (offset {}, size {:?}, stride {:?})", t.offset, t.shape, t.strides);
+    let numel =
+        t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).with_context(|| format!("{} overflows", view()))?;
+    // A view never holds more elements than its storage (no stride-0 expansion), which also caps
+    // the copy below by the storage's size, i.e. by the file.
+    ensure!(numel <= t.storage.numel, "{} has {numel} elements, its storage {}", view(), t.storage.numel);
     if numel > 0 {
-        let last = t.offset + t.shape.iter().zip(&t.strides).map(|(&n, &s)| (n - 1) * s).sum::<usize>();
-        ensure!(
-            last < t.storage.numel,
-            "view (offset {}, size {:?}, stride {:?}) reaches element {last} of a storage with {}",
-            t.offset,
-            t.shape,
-            t.strides,
-            t.storage.numel
-        );
+        let last = t
+            .shape
+            .iter()
+            .zip(&t.strides)
+            .try_fold(t.offset, |at, (&n, &s)| at.checked_add((n - 1).checked_mul(s)?))
+            .with_context(|| format!("{} overflows", view()))?;
+        ensure!(last < t.storage.numel, "{} reaches element {last} of a storage with {}", view(), t.storage.numel);
     }
     let mut data = Vec::with_capacity(numel * elem);
     let mut index = vec![0usize; t.shape.len()];
@@ -220,4 +230,24 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Result<RawTensor> {
         }
     }
     Ok(RawTensor { dtype: t.storage.dtype, shape: t.shape.clone(), data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(numel: usize, shape: Vec<usize>, strides: Vec<usize>) -> TensorRef {
+        TensorRef { storage: StorageRef { key: "0".into(), dtype: Dtype::F32, numel }, offset: 0, shape, strides }
+    }
+
+    /// A declared size is checked against the storage before anything is allocated (issue 26).
+    #[test]
+    fn oversized_or_overflowing_views_are_refused() {
+        let err = gather(&view(1, vec![1 << 40], vec![0]), &[0; 4]).unwrap_err().to_string();
+        assert!(err.contains("1099511627776 elements"), "{err}");
+        let err = gather(&view(usize::MAX, vec![usize::MAX, 2], vec![1, 1]), &[0; 4]).unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
+        let err = gather(&view(usize::MAX, vec![2, 2], vec![usize::MAX, 1]), &[0; 4]).unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
+    }
 }

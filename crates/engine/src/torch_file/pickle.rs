@@ -70,7 +70,10 @@ impl Value {
 /// Reads one pickle starting at `bytes[*pos]`, advancing `pos` past its `STOP` opcode.
 pub fn read(bytes: &[u8], pos: &mut usize) -> Result<Value> {
     let start = *pos;
-    let mut machine = Machine { bytes, pos, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() };
+    // Copies may total this many values: far above what a checkpoint's pickle needs, far below
+    // what doubling a value with DUP or memo gets repeatedly gives (2^n values from n bytes).
+    let budget = bytes.len().saturating_mul(64).saturating_add(1 << 16);
+    let mut machine = Machine { bytes, pos, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), budget };
     machine.run().with_context(|| format!("pickle starting at byte {start}"))
 }
 
@@ -81,6 +84,19 @@ struct Machine<'a, 'p> {
     /// Stack heights at each `MARK`.
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// Values still allowed to be copied (`charge`).
+    budget: usize,
+}
+
+/// How many values `v` is made of.
+fn nodes(v: &Value) -> usize {
+    1 + match v {
+        Value::Tuple(items) | Value::List(items) => items.iter().map(nodes).sum(),
+        Value::Dict(entries) => entries.iter().map(|(k, v)| nodes(k) + nodes(v)).sum(),
+        Value::Call { callable, args } => nodes(callable) + nodes(args),
+        Value::Persistent(id) => nodes(id),
+        _ => 0,
+    }
 }
 
 impl Machine<'_, '_> {
@@ -163,14 +179,25 @@ impl Machine<'_, '_> {
         Ok(())
     }
 
+    /// A copy of `value`, charged against the budget.
+    fn copy(&mut self, value: &Value) -> Result<Value> {
+        let size = nodes(value);
+        self.budget = self.budget.checked_sub(size).with_context(|| {
+            format!("copying a value of {size} parts at byte {} exceeds what the pickle's size allows", *self.pos)
+        })?;
+        Ok(value.clone())
+    }
+
     fn memo_get(&mut self, key: u32) -> Result<()> {
         let value = self.memo.get(&key).with_context(|| format!("memo key {key} was never stored"))?.clone();
+        let value = self.copy(&value)?;
         self.stack.push(value);
         Ok(())
     }
 
     fn memo_put(&mut self, key: u32) -> Result<()> {
-        let value = self.stack.last().context("PUT on an empty stack")?.clone();
+        let top = self.stack.last().context("PUT on an empty stack")?.clone();
+        let value = self.copy(&top)?;
         self.memo.insert(key, value);
         Ok(())
     }
@@ -314,6 +341,7 @@ impl Machine<'_, '_> {
                 }
                 b'2' => {
                     let top = self.stack.last().context("DUP on an empty stack")?.clone();
+                    let top = self.copy(&top)?;
                     self.stack.push(top);
                 }
                 other => bail!("unsupported pickle opcode 0x{other:02x} at byte {at}"),
@@ -374,5 +402,25 @@ mod tests {
         let mut pos = 0;
         let err = read(b"\x80\x04K\x01.", &mut pos).unwrap_err();
         assert!(format!("{err:#}").contains("protocol 4"), "{err:#}");
+    }
+
+    /// Issue 26: 64 doublings would build 2^64 values; the copy budget refuses them early.
+    #[test]
+    fn exponential_copies_are_refused() {
+        let mut bytes = b"\x80\x02K\x01".to_vec();
+        for _ in 0..64 {
+            bytes.extend(b"2\x86");
+        }
+        bytes.push(b'.');
+        let mut pos = 0;
+        let err = read(&bytes, &mut pos).unwrap_err();
+        assert!(format!("{err:#}").contains("exceeds what the pickle's size allows"), "{err:#}");
+        let mut memo = b"\x80\x02K\x01".to_vec();
+        for _ in 0..64 {
+            memo.extend(b"q\x00h\x00\x86");
+        }
+        memo.push(b'.');
+        let mut pos = 0;
+        assert!(read(&memo, &mut pos).is_err());
     }
 }

@@ -17,17 +17,17 @@ const ZIP64_LOCATOR: u32 = 0x0706_4b50;
 const ZIP64_EXTRA: u16 = 0x0001;
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16> {
-    let raw = b.get(at..at + 2).with_context(|| format!("truncated zip: needs 2 bytes at {at}"))?;
+    let raw = b.get(at..at.saturating_add(2)).with_context(|| format!("truncated zip: needs 2 bytes at {at}"))?;
     Ok(u16::from_le_bytes(raw.try_into().unwrap()))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32> {
-    let raw = b.get(at..at + 4).with_context(|| format!("truncated zip: needs 4 bytes at {at}"))?;
+    let raw = b.get(at..at.saturating_add(4)).with_context(|| format!("truncated zip: needs 4 bytes at {at}"))?;
     Ok(u32::from_le_bytes(raw.try_into().unwrap()))
 }
 
 fn u64_at(b: &[u8], at: usize) -> Result<u64> {
-    let raw = b.get(at..at + 8).with_context(|| format!("truncated zip: needs 8 bytes at {at}"))?;
+    let raw = b.get(at..at.saturating_add(8)).with_context(|| format!("truncated zip: needs 8 bytes at {at}"))?;
     Ok(u64::from_le_bytes(raw.try_into().unwrap()))
 }
 
@@ -85,9 +85,13 @@ fn entries(b: &[u8]) -> Result<HashMap<String, &[u8]>> {
         }
         ensure!(method == 0, "zip entry {name} is compressed (method {method}); PyTorch writes them stored");
         let local = usize_of(local)?;
-        ensure!(b.get(local..local + 4) == Some(LOCAL_HEADER), "zip entry {name}: bad local header at {local}");
+        ensure!(
+            b.get(local..local.saturating_add(4)) == Some(LOCAL_HEADER),
+            "zip entry {name}: bad local header at {local}"
+        );
         let data = local + 30 + u16_at(b, local + 26)? as usize + u16_at(b, local + 28)? as usize;
-        let bytes = b.get(data..data + usize_of(size)?).with_context(|| format!("zip entry {name} is truncated"))?;
+        let end = data.checked_add(usize_of(size)?);
+        let bytes = end.and_then(|end| b.get(data..end)).with_context(|| format!("zip entry {name} is truncated"))?;
         out.insert(name, bytes);
         at += 46 + name_len + extra_len + comment_len;
     }

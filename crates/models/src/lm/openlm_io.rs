@@ -65,17 +65,32 @@ struct Source {
 }
 
 impl Source {
+    /// Where `name` is stored: a file index (`None` for `raw`) and the stored name.
+    fn entry(&self, name: &str) -> Result<(Option<usize>, &str)> {
+        let (file, stored) =
+            self.names.get(name).with_context(|| format!("{}: no tensor {name}", self.origin.display()))?;
+        Ok((*file, stored))
+    }
+
+    fn raw(&self, stored: &str) -> Result<&RawTensor> {
+        self.raw.get(stored).with_context(|| format!("{}: no tensor {stored}", self.origin.display()))
+    }
+
     fn dtype_and_shape(&self, name: &str) -> Result<(Dtype, Vec<usize>)> {
-        match &self.names[name] {
-            (Some(f), stored) => self.files[*f].dtype_and_shape(stored),
-            (None, stored) => Ok((self.raw[stored].dtype, self.raw[stored].shape.clone())),
+        match self.entry(name)? {
+            (Some(f), stored) => self.files[f].dtype_and_shape(stored),
+            (None, stored) => self.raw(stored).map(|t| (t.dtype, t.shape.clone())),
         }
     }
 
     fn f32(&self, name: &str) -> Result<Vec<f32>> {
-        let values = match &self.names[name] {
-            (Some(f), stored) => self.files[*f].f32(stored)?.data,
-            (None, stored) => float_bytes_to_f32(self.raw[stored].dtype, &self.raw[stored].data)?,
+        let values = match self.entry(name)? {
+            (Some(f), stored) => self.files[f].f32(stored)?.data,
+            (None, stored) => {
+                let t = self.raw(stored)?;
+                float_bytes_to_f32(t.dtype, &t.data)
+                    .with_context(|| format!("{}: tensor {stored}", self.origin.display()))?
+            }
         };
         Ok(values)
     }
@@ -292,11 +307,13 @@ pub fn import_openlm(src: &Path, options: &ImportOptions) -> Result<Imported> {
     let n_heads = match c(&["n_heads"])? {
         Some(h) => h,
         None => {
-            let (_, shape) = source.dtype_and_shape(&inv_freq_name(0)).with_context(|| {
+            // Any layer's buffer gives head_dim; a checkpoint may lack some of them.
+            let buffer = (0..n_layers).map(inv_freq_name).find(|b| has(b)).with_context(|| {
                 format!(
                     "{origin}: no config gives n_heads and there is no inv_freq buffer to infer it from; pass --config"
                 )
             })?;
+            let (_, shape) = source.dtype_and_shape(&buffer)?;
             let head_dim = 2 * shape.first().copied().unwrap_or(0);
             ensure!(
                 head_dim > 0 && d_model.is_multiple_of(head_dim),
@@ -347,6 +364,15 @@ pub fn import_openlm(src: &Path, options: &ImportOptions) -> Result<Imported> {
         rope_inv_freq: None,
     };
     config.validate().with_context(|| format!("{origin}: the open_lm model maps onto no valid vlmix LM"))?;
+    // Checked before any allocation: the parameters below are sized from the config.
+    ensure!(
+        emb == [vocab, d_model],
+        "{origin}: tok_embeddings.weight has shape {emb:?}, the config needs [vocab {vocab}, dim {d_model}]"
+    );
+    ensure!(
+        n_layers <= layers_in_file,
+        "{origin}: the config has n_layers = {n_layers} but the file holds {layers_in_file} layers"
+    );
     notes.push("training rules set to open_lm's: z_loss 1e-4 over all positions (z_loss_rule = \"openlm\"), weight decay on every parameter (weight_decay_rule = \"openlm\"); edit model.toml to change them".into());
 
     // Names: the LM's parameters, open_lm's rotary buffers, and a tied model's second name.

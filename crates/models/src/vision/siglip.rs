@@ -108,6 +108,9 @@ impl SiglipConfig {
         if config.patch_size > config.image_size {
             bail!("patch_size {} is larger than image_size {}", config.patch_size, config.image_size);
         }
+        if config.grid().checked_mul(config.grid()).is_none() {
+            bail!("field image_size: {} gives more patches than this machine can count", config.image_size);
+        }
         if config.num_channels != 3 {
             bail!("num_channels {} is not supported (RGB only)", config.num_channels);
         }
@@ -372,7 +375,8 @@ impl<D: Device> SiglipVision<D> {
         } else {
             None
         };
-        let mut blocks = Vec::with_capacity(part.blocks.len());
+        // Not pre-sized from the config: its counts are only trusted once the weights match them.
+        let mut blocks = Vec::new();
         for i in part.blocks.clone() {
             let trainable = i >= part.first_trainable;
             let (matrix, vector) =
@@ -390,8 +394,7 @@ impl<D: Device> SiglipVision<D> {
             let ln2 = pair("layer_norm2", &[d], params)?;
             let fc1 = pair("mlp.fc1", &[hidden, d], params)?;
             let fc2 = pair("mlp.fc2", &[d, hidden], params)?;
-            let mut fused_weight = Vec::with_capacity(3 * d * d);
-            let mut fused_bias = Vec::with_capacity(3 * d);
+            let (mut fused_weight, mut fused_bias) = (Vec::new(), Vec::new());
             for proj in ["q_proj", "k_proj", "v_proj"] {
                 fused_weight.extend(weights.get(&format!("{b}.self_attn.{proj}.weight"), &[d, d])?);
                 fused_bias.extend(weights.get(&format!("{b}.self_attn.{proj}.bias"), &[d])?);
