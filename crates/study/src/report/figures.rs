@@ -273,10 +273,11 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Axis tick text without float noise: "10" not "10.0", "2.5e-5" for tiny learning rates.
+/// Axis tick text without float noise: "10" not "10.0", "0" not "3.5e-18" (a zero reached by
+/// stepping), "2.5e-5" for tiny learning rates.
 fn tick(value: &f64) -> String {
     let v = *value;
-    if v == 0.0 {
+    if v.abs() < 1e-12 {
         return "0".to_string();
     }
     if v.abs() < 1e-3 {
@@ -325,6 +326,7 @@ mod tests {
         assert_eq!(tick(&10.0), "10");
         assert_eq!(tick(&0.25), "0.25");
         assert_eq!(tick(&0.0), "0");
+        assert_eq!(tick(&3.5e-18), "0");
         assert_eq!(tick(&0.00003), "3.0e-5");
     }
 
