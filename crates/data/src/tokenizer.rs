@@ -56,9 +56,23 @@ impl TextTokenizer {
     }
 
     /// Loads a Hugging Face `tokenizer.json`, adding vlmix's special tokens where missing.
+    ///
+    /// The `tokenizers` crate panics on some malformed files (an `expect` inside its deserialisers,
+    /// e.g. a file cut inside `"decoder"`): the JSON syntax is checked first, and a panic left is
+    /// turned into an error naming the file (issue 26).
     pub fn load(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| anyhow::anyhow!("{}: not a loadable tokenizer.json: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading tokenizer {}", path.display()))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .with_context(|| format!("{}: not a loadable tokenizer.json: malformed JSON", path.display()))?;
+        let parsed = std::panic::catch_unwind(|| text.parse::<Tokenizer>()).map_err(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            anyhow::anyhow!("{}: not a loadable tokenizer.json: the tokenizers crate failed: {message}", path.display())
+        })?;
+        let inner = parsed.map_err(|e| anyhow::anyhow!("{}: not a loadable tokenizer.json: {e}", path.display()))?;
         Self::from_tokenizer(inner, &path.display().to_string())
     }
 

@@ -132,6 +132,7 @@ pub fn read_shard_with(
             return Ok(counts);
         }
     };
+    let shard_len = file.metadata().map_or(0, |m| m.len());
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let entries = match archive.entries() {
         Ok(entries) => entries,
@@ -179,7 +180,8 @@ pub fn read_shard_with(
             continue;
         };
         let expected = entry.size();
-        let mut data = Vec::with_capacity(expected as usize);
+        // The header's size is not trusted for the reservation: a member cannot outgrow its shard.
+        let mut data = Vec::with_capacity(expected.min(shard_len) as usize);
         if let Err(err) = entry.read_to_end(&mut data) {
             deliver(Err(problem(&name, format!("cannot read member data: {err}"), true)), &mut counts)?;
             return Ok(counts);

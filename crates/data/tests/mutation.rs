@@ -1,0 +1,381 @@
+//! Issue 26: the readers of outside data files (WebDataset shards, LLaVA JSON, vision-language and
+//! text eval JSONL, JSONL / .gz / .zst text, the VQAv2 and POPE benchmark layouts, tokenizer.json)
+//! given thousands of seeded damaged inputs end in `Ok` or a clean `Err`: no panic, no allocation
+//! over the cap. Each reader starts from a small valid file built here.
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use vlmix_data::byod::eval_sets::{EvalFormat, EvalSource};
+use vlmix_data::image_io::encode_png;
+use vlmix_data::jsonl::read_lines;
+use vlmix_data::llava::LlavaSet;
+use vlmix_data::text_eval::read_choice_items;
+use vlmix_data::tokenizer::TextTokenizer;
+use vlmix_data::vl_eval::EvalSet;
+use vlmix_data::webdataset::{read_shard, ShardBuilder};
+use vlmix_engine::mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
+
+/// The inputs are a few KiB: a reader asking for more trusted a declared size.
+#[global_allocator]
+static ALLOC: CappedAlloc = CappedAlloc { cap: 64 << 20 };
+
+const PER_READER: usize = 1000;
+
+fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("vlmix-mutation-{tag}")).tempdir_in(scratch_root()).unwrap()
+}
+
+fn png(seed: u8) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(6, 5, |x, y| image::Rgb([seed, x as u8 * 40, y as u8 * 50]));
+    encode_png(&image).unwrap()
+}
+
+/// Offsets of every byte in `text` that is one of `marks`.
+fn offsets_of(text: &[u8], marks: &[u8]) -> Vec<usize> {
+    text.iter().enumerate().filter(|(_, b)| marks.contains(b)).map(|(i, _)| i).collect()
+}
+
+/// JSONL mutants: each structural mutant damages one line (chosen by the seed) of `lines`, the rest
+/// are byte mutants of the whole file cut at lines and JSON punctuation.
+fn jsonl_mutants(lines: &[Value], seed: u64, count: usize) -> Vec<Mutant> {
+    let text: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap()).collect();
+    let whole = format!("{}\n", text.join("\n")).into_bytes();
+    let per_line = (count / 2).div_ceil(lines.len());
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        for m in json_mutants(line, seed + i as u64, per_line) {
+            let mut file = Vec::new();
+            for (j, other) in text.iter().enumerate() {
+                file.extend_from_slice(if i == j { &m.bytes } else { other.as_bytes() });
+                file.push(b'\n');
+            }
+            out.push(Mutant { bytes: file, what: format!("line {}: {}", i + 1, m.what) });
+        }
+    }
+    out.truncate(count / 2);
+    let rest = count - out.len();
+    out.extend(byte_mutants(&whole, &offsets_of(&whole, b"\n{}[],:\""), seed ^ 0xb17e, rest));
+    out
+}
+
+#[test]
+fn webdataset_shard_survives_mutation() {
+    let dir = scratch("wds");
+    let mut builder = ShardBuilder::new();
+    for (i, key) in ["a0", "a1", "a2"].iter().enumerate() {
+        let meta = serde_json::to_vec(&json!({"caption": format!("picture {i}"), "width": 6})).unwrap();
+        let image = png(i as u8 * 60);
+        let caption = format!("a picture number {i}");
+        builder.add(key, &[("png", &image), ("txt", caption.as_bytes()), ("json", &meta)]).unwrap();
+    }
+    let base = builder.finish().unwrap();
+    let shard = dir.path().join("shard-000000.tar");
+    let read = |path: &Path| {
+        let mut samples = 0;
+        let counts = read_shard(path, |item| {
+            if let Ok(sample) = item {
+                samples += usize::from(!sample.caption.is_empty() && sample.image.width() > 0);
+            }
+            Ok(())
+        })?;
+        anyhow::Ok((counts, samples))
+    };
+    std::fs::write(&shard, &base).unwrap();
+    let (counts, _) = read(&shard).unwrap();
+    assert_eq!((counts.samples, counts.problems), (3, 0), "the base shard must read cleanly");
+
+    // Tar headers and data blocks start every 512 bytes; the size field is at 124..136 of a header.
+    let mut boundaries: Vec<usize> = (0..base.len()).step_by(512).collect();
+    boundaries.extend((0..base.len()).step_by(512).map(|b| b + 124));
+    let mut mutants = byte_mutants(&base, &boundaries, 31, 2 * PER_READER);
+    // Bit flips in a header break its checksum; these keep it valid and lie about the size.
+    for header in tar_headers(&base) {
+        for size in SIZE_FIELDS {
+            mutants.push(Mutant {
+                bytes: with_size_field(&base, header, size),
+                what: format!("size {size:?} at {header}"),
+            });
+        }
+    }
+    let mut problems = 0;
+    check("WebDataset shard", &mutants, |bytes| {
+        std::fs::write(&shard, bytes)?;
+        let (counts, _) = read(&shard)?;
+        problems += counts.problems;
+        anyhow::Ok(())
+    });
+    assert!(problems > 0, "damaged shards are read to the end with their problems reported, not as errors");
+}
+
+/// Tar size fields: octal at the largest a ustar header holds, and GNU base-256 huge values.
+const SIZE_FIELDS: [[u8; 12]; 4] = [
+    *b"77777777777\0",
+    *b"00000001000\0",
+    [0x80, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0],
+    [0x80, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+];
+
+/// Offsets of the member headers of an intact tar archive.
+fn tar_headers(tar: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 512 <= tar.len() && tar[at] != 0 {
+        out.push(at);
+        let size = std::str::from_utf8(&tar[at + 124..at + 135]).unwrap().trim_matches(['\0', ' ']);
+        at += 512 + usize::from_str_radix(size, 8).unwrap().div_ceil(512) * 512;
+    }
+    out
+}
+
+/// `tar` with the header at `header` given size field `size` and a recomputed checksum.
+fn with_size_field(tar: &[u8], header: usize, size: [u8; 12]) -> Vec<u8> {
+    let mut out = tar.to_vec();
+    out[header + 124..header + 136].copy_from_slice(&size);
+    out[header + 148..header + 156].fill(b' ');
+    let sum: u32 = out[header..header + 512].iter().map(|&b| u32::from(b)).sum();
+    out[header + 148..header + 156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    out
+}
+
+/// Regression (found by the mutation test): a member header declaring a size of gigabytes made the
+/// reader reserve that much before reading the member.
+#[test]
+fn huge_tar_member_size_is_a_problem_not_an_allocation() {
+    let dir = scratch("wds-size");
+    let mut builder = ShardBuilder::new();
+    builder.add("k", &[("png", &png(9)), ("txt", b"a caption")]).unwrap();
+    let base = builder.finish().unwrap();
+    let shard = dir.path().join("big.tar");
+    for size in SIZE_FIELDS.into_iter().filter(|s| s != b"00000001000\0") {
+        std::fs::write(&shard, with_size_field(&base, 0, size)).unwrap();
+        let mut problems = Vec::new();
+        read_shard(&shard, |item| {
+            if let Err(problem) = item {
+                problems.push(problem);
+            }
+            Ok(())
+        })
+        .unwrap();
+        let fatal = problems.iter().find(|p| p.fatal).unwrap_or_else(|| panic!("size {size:?}: {problems:?}"));
+        assert!(fatal.to_string().contains("big.tar"), "{fatal}");
+    }
+}
+
+fn llava_base(dir: &Path) -> Value {
+    std::fs::write(dir.join("cat.png"), png(1)).unwrap();
+    json!([
+        {"id": "r1", "image": "cat.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A cat."},
+            {"from": "human", "value": "Which colour?"}, {"from": "gpt", "value": "Grey."}]},
+        {"id": 2, "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."}]},
+    ])
+}
+
+#[test]
+fn llava_json_survives_mutation() {
+    let dir = scratch("llava");
+    let base = llava_base(dir.path());
+    let path = dir.path().join("data.json");
+    let read = |path: &Path| {
+        let set = LlavaSet::read(path, None)?;
+        for (_, record) in &set.records {
+            let _ = set.image_path(record);
+            let _ = record.exchanges().count();
+        }
+        set.into_records()
+    };
+    std::fs::write(&path, serde_json::to_vec(&base).unwrap()).unwrap();
+    assert_eq!(read(&path).unwrap().len(), 2, "the base file must read cleanly");
+    check("LLaVA JSON array", &json_mutants(&base, 41, PER_READER), |bytes| {
+        std::fs::write(&path, bytes)?;
+        read(&path)
+    });
+    let lines = base.as_array().unwrap().clone();
+    let path = dir.path().join("data.jsonl");
+    check("LLaVA JSON Lines", &jsonl_mutants(&lines, 42, PER_READER), |bytes| {
+        std::fs::write(&path, bytes)?;
+        read(&path)
+    });
+}
+
+#[test]
+fn vl_eval_jsonl_survives_mutation() {
+    let dir = scratch("vl-eval");
+    std::fs::write(dir.path().join("a.png"), png(2)).unwrap();
+    let lines = vec![
+        json!({"id": "1", "task": "t", "image": "a.png", "question": "What?", "answers": ["cat"], "type": "open"}),
+        json!({"id": 2, "task": "t", "image": "a.png", "question": "A cat?", "answers": ["yes"], "type": "yes_no",
+               "chance": 0.5}),
+        json!({"id": "3", "task": "t", "image": "a.png", "question": "Which?", "answers": ["b"], "type": "choice",
+               "choices": ["a", "b", "c"]}),
+    ];
+    let path = dir.path().join("eval.jsonl");
+    let read = |path: &Path| {
+        let set = EvalSet::read(path)?;
+        anyhow::ensure!(set.problems.is_empty(), "{}", set.problems[0]);
+        Ok(set.items.len())
+    };
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&path, text.join("\n")).unwrap();
+    assert_eq!(read(&path).unwrap(), 3, "the base file must read cleanly");
+    check("vision-language eval JSONL", &jsonl_mutants(&lines, 51, PER_READER), |bytes| {
+        std::fs::write(&path, bytes)?;
+        read(&path)
+    });
+}
+
+fn choice_lines() -> Vec<Value> {
+    vec![
+        json!({"id": "t/1", "task": "t", "context": "Q: 1+1?", "choices": [" 1", " 2"], "gold": 1, "chance": 0.5}),
+        json!({"id": 2, "task": "t", "context": "", "choices": [" x", " y", " z"], "gold": 0,
+               "contexts": ["a", "b", "c"], "metric": "acc_norm"}),
+    ]
+}
+
+#[test]
+fn text_eval_jsonl_survives_mutation() {
+    let dir = scratch("text-eval");
+    let lines = choice_lines();
+    let path = dir.path().join("mc.jsonl");
+    let read = |path: &Path| {
+        let items = read_choice_items(path)?;
+        for item in &items {
+            let _ = (0..item.choices.len()).map(|i| item.context_for(i).len()).sum::<usize>();
+        }
+        anyhow::Ok(items.len())
+    };
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&path, text.join("\n")).unwrap();
+    assert_eq!(read(&path).unwrap(), 2, "the base file must read cleanly");
+    check("text eval JSONL", &jsonl_mutants(&lines, 61, PER_READER), |bytes| {
+        std::fs::write(&path, bytes)?;
+        read(&path)
+    });
+}
+
+/// Compressed JSONL: byte mutants of the compressed stream (the frame headers and the end), read
+/// through `jsonl::read_lines` as the text sources are.
+#[test]
+fn compressed_jsonl_survives_mutation() {
+    let dir = scratch("jsonl");
+    let lines: Vec<String> =
+        (0..40).map(|i| json!({"text": format!("document {i} with some words"), "id": i}).to_string()).collect();
+    let plain = format!("{}\n", lines.join("\n")).into_bytes();
+    let parse = |line: &str| serde_json::from_str::<Value>(line).map_err(|e| e.to_string());
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&plain[..], 3).unwrap();
+    let cases: [(&str, Vec<u8>, Vec<usize>); 3] = [
+        ("text.jsonl", plain.clone(), offsets_of(&plain, b"\n{}\"")),
+        ("text.jsonl.gz", gz.clone(), vec![4, 10, gz.len().saturating_sub(8)]),
+        ("text.jsonl.zst", zst.clone(), vec![4, 5, 6, 8, zst.len().saturating_sub(4)]),
+    ];
+    for (i, (name, base, boundaries)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &base).unwrap();
+        assert_eq!(read_lines(&path, "text", parse).unwrap().len(), 40, "{name} must read cleanly");
+        check(&format!("JSONL {name}"), &byte_mutants(&base, &boundaries, 71 + i as u64, PER_READER), |bytes| {
+            std::fs::write(&path, bytes)?;
+            read_lines(&path, "text", parse)
+        });
+    }
+}
+
+fn eval_source(dir: &Path, format: EvalFormat, questions: &str, annotations: Option<&str>) -> EvalSource {
+    EvalSource {
+        name: "bench".into(),
+        format,
+        questions: dir.join(questions),
+        annotations: annotations.map(|a| dir.join(a)),
+        images: dir.join("images"),
+    }
+}
+
+#[test]
+fn vqav2_files_survive_mutation() {
+    let dir = scratch("vqav2");
+    std::fs::create_dir(dir.path().join("images")).unwrap();
+    for id in [1, 2] {
+        std::fs::write(dir.path().join(format!("images/COCO_val2014_{id:012}.jpg")), png(3)).unwrap();
+    }
+    let questions = json!({"data_subtype": "val2014", "questions": [
+        {"question_id": 10, "image_id": 1, "question": "What colour?"},
+        {"question_id": 11, "image_id": 2, "question": "How many?"}]});
+    let annotations = json!({"annotations": [
+        {"question_id": 10, "answers": [{"answer": "red"}, {"answer": "red"}]},
+        {"question_id": 11, "answers": [{"answer": "2"}]}]});
+    let source = eval_source(dir.path(), EvalFormat::Vqav2, "q.json", Some("a.json"));
+    let write = |name: &str, value: &Value| std::fs::write(dir.path().join(name), value.to_string()).unwrap();
+    write("q.json", &questions);
+    write("a.json", &annotations);
+    let read = || source.read().map(|r| (r.items.len(), r.problems.len()));
+    assert_eq!(read().unwrap(), (2, 0), "the base files must read cleanly");
+    for (name, base, seed) in [("q.json", &questions, 81), ("a.json", &annotations, 82)] {
+        check(&format!("VQAv2 {name}"), &json_mutants(base, seed, PER_READER), |bytes| {
+            std::fs::write(dir.path().join(name), bytes)?;
+            read()
+        });
+        write(name, base);
+    }
+}
+
+#[test]
+fn pope_jsonl_survives_mutation() {
+    let dir = scratch("pope");
+    std::fs::create_dir(dir.path().join("images")).unwrap();
+    std::fs::write(dir.path().join("images/x.jpg"), png(4)).unwrap();
+    let lines = vec![
+        json!({"question_id": 1, "image": "x.jpg", "text": "Is there a cat?", "label": "yes"}),
+        json!({"question_id": 2, "image": "x.jpg", "text": "Is there a dog?", "answer": "No"}),
+    ];
+    let source = eval_source(dir.path(), EvalFormat::Pope, "pope.jsonl", None);
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&source.questions, text.join("\n")).unwrap();
+    let read = || source.read().map(|r| (r.items.len(), r.problems.len()));
+    assert_eq!(read().unwrap(), (2, 0), "the base file must read cleanly");
+    check("POPE JSONL", &jsonl_mutants(&lines, 91, PER_READER), |bytes| {
+        std::fs::write(&source.questions, bytes)?;
+        read()
+    });
+}
+
+#[test]
+fn tokenizer_json_survives_mutation() {
+    let dir = scratch("tokenizer");
+    let texts: Vec<String> =
+        (0..50).map(|i| format!("the quick brown fox {i} jumps over the lazy dog number {}", i * 7)).collect();
+    let tokenizer = TextTokenizer::train(texts.iter().map(String::as_str), 300).unwrap();
+    let path: PathBuf = dir.path().join("tokenizer.json");
+    tokenizer.save(&path).unwrap();
+    let base: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let read = |path: &Path| {
+        let t = TextTokenizer::load(path)?;
+        let ids = t.encode("the quick fox")?;
+        t.decode(&ids)
+    };
+    read(&path).expect("the base tokenizer must load");
+    check("tokenizer.json", &json_mutants(&base, 101, PER_READER), |bytes| {
+        std::fs::write(&path, bytes)?;
+        read(&path)
+    });
+}
+
+/// Regression (found by the mutation test): a tokenizer.json cut inside `"decoder"` made the
+/// `tokenizers` crate panic (an `expect` in its decoder deserialiser) instead of returning an error.
+#[test]
+fn tokenizer_json_cut_in_decoder_is_an_error_naming_the_file() {
+    let dir = scratch("tokenizer-cut");
+    let texts = ["a small text to train on", "another small text"];
+    let path = dir.path().join("tokenizer.json");
+    TextTokenizer::train(texts.into_iter(), 280).unwrap().save(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let decoder = text.find("\"decoder\"").expect("a trained tokenizer has a decoder");
+    for cut in [decoder + 11, decoder + 14, decoder + 20] {
+        std::fs::write(&path, &text[..cut]).unwrap();
+        let err = TextTokenizer::load(&path).err().expect("a cut file cannot load");
+        assert!(format!("{err:#}").contains("tokenizer.json"), "{err:#}");
+    }
+}
