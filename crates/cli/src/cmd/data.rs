@@ -168,8 +168,7 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
 /// One line per source this machine lacks, naming what the prepared data is without.
 fn print_missing(provenance: &vlmix_data::provenance::DataProvenance) {
     for m in &provenance.missing {
-        let lost = [&m.corpus_parts[..], &m.tasks[..]].concat().join(", ");
-        println!("MISSING {}: {} -> prepared without: {lost}", m.package, m.reason);
+        println!("{m}");
     }
 }
 

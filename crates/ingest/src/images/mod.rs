@@ -184,13 +184,7 @@ impl fmt::Display for ImagePrepareSummary {
             self.instruct_file.display()
         )?;
         for m in &self.missing {
-            writeln!(
-                f,
-                "  MISSING {:<12} ({}): no {}",
-                m.package,
-                m.reason,
-                [&m.corpus_parts[..], &m.tasks[..]].concat().join(", ")
-            )?;
+            writeln!(f, "  {m}")?;
         }
         writeln!(f, "vision-language eval (held-out images only):")?;
         for t in &self.eval_tasks {
@@ -232,12 +226,8 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
                 let Some(gone) = SourceMissing::of(&err) else {
                     return Err(err.context(format!("reading image source {}", source.name())));
                 };
-                let lost = MissingSource {
-                    package: gone.package.clone(),
-                    reason: gone.reason.clone(),
-                    corpus_parts: vec![format!("image corpus: {}", source.name())],
-                    tasks: vl_tasks::tasks_of(source).iter().map(|t| t.to_string()).collect(),
-                };
+                let tasks = vl_tasks::tasks_of(source).iter().map(|t| t.to_string()).collect();
+                let lost = MissingSource::image_corpus(&gone.package, &gone.reason, source.name(), tasks);
                 tracing::warn!("image source {} left out: {gone}", source.name());
                 missing.push(lost);
                 missing_sources.push(source);

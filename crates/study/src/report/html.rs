@@ -137,12 +137,11 @@ fn missing_banner(h: &mut String, data: &DataRecord) {
         );
     }
     for m in &data.provenance.missing {
-        let lost = [&m.corpus_parts[..], &m.tasks[..]].concat().join(", ");
         let _ = writeln!(
             h,
             "<li>source <code>{}</code> missing: prepared without {} ({})</li>",
             escape(&m.package),
-            escape(&lost),
+            escape(&m.lost()),
             escape(&m.reason)
         );
     }
