@@ -4,7 +4,7 @@ use crate::bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
 use crate::multiple_choice::predict_choice;
 use crate::prompt::{continuation, VlTemplate};
 use crate::scorer::{Answer, ImageRef, LogLikelihood, Request, Scorer};
-use crate::stats::{mean_ci, paired_diff_ci, Interval};
+use crate::stats::{accuracy_ci, paired_diff_ci, Interval};
 use crate::task::{load_tasks, ChoiceMetric, Modality, Task, TaskItems, TextChoiceItem, VlItem, VlQuestion};
 use crate::vqa_answer::{normalize_answer, vqa_accuracy};
 use crate::yes_no::{parse_yes_no, YesNoCounts, YesNoMetrics};
@@ -368,7 +368,7 @@ impl Tally {
         let chance = if n == 0 { 0.0 } else { self.chance_sum / n as f64 };
         let per_choice = |hits: usize| (self.choice_items > 0).then(|| hits as f64 / self.choice_items as f64);
         let scores: Vec<f64> = self.outcomes.iter().map(|o| o.score).collect();
-        let ci = if n == 0 { Interval { lo: 0.0, hi: 0.0 } } else { mean_ci(&scores)? };
+        let ci = if n == 0 { Interval { lo: 0.0, hi: 0.0 } } else { accuracy_ci(&scores)? };
         let mut samples = self.samples;
         let blind = match blind {
             None => None,

@@ -42,6 +42,9 @@ pub struct StudyConfig {
     pub finetune: FinetuneConfig,
     pub grid: GridConfig,
     pub eval: EvalConfig,
+    /// What the report's verdicts test, fixed before any result exists.
+    #[serde(default)]
+    pub verdicts: VerdictConfig,
     /// The user's own data (text, image-caption shards, instruction data, eval sets, tokenizer);
     /// absent entries use the prepared registry data.
     #[serde(default, skip_serializing_if = "crate::data_config::DataConfig::is_empty")]
@@ -174,10 +177,15 @@ pub struct GridConfig {
     /// Seeds of every grid point (seed changes the branch's initialisation and data order).
     #[serde(default = "one_seed")]
     pub seeds: Vec<u64>,
-    /// More seeds for the base point only, fine-tuned to the comparison epoch: the seed spread where
-    /// every comparison meets, without multiplying the whole grid.
+    /// More seeds for the base point: the seed noise every contrast carries, measured where every
+    /// comparison meets, without multiplying the whole grid. Each runs the base point's epoch sweep.
     #[serde(default)]
     pub extra_base_seeds: Vec<u64>,
+    /// Run `extra_base_seeds` also at the other arm of each finding's primary contrast (100 %, 0 %,
+    /// every image-token share, the largest instruction share), so both arms are replicated and
+    /// paired by seed; costs one cooldown, fine-tune and eval per point and seed.
+    #[serde(default)]
+    pub replicate_primary_arms: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -198,6 +206,21 @@ pub struct EvalConfig {
     /// not be had), dropped by `vlmix study --without-missing-tasks`; the report names them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<LeftOutTask>,
+}
+
+/// The analysis plan of the report's verdicts, fixed in the config (not chosen from results): which
+/// tasks make the vision side, and where the paper puts the best image-token share for this size.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictConfig {
+    /// Vision-language tasks whose per-item vision gain (credit minus the blind control's) every
+    /// verdict reads; empty: all of `eval.vision_tasks`.
+    #[serde(default)]
+    pub vision_tasks: Vec<String>,
+    /// `[lo, hi]` image-token fractions the paper predicts best for this model size (10-20 % at 1B;
+    /// smaller models prefer more); finding 2 tests whether the best share lies inside.
+    #[serde(default)]
+    pub image_token_optimum: Option<[f64; 2]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +279,42 @@ impl StudyConfig {
             }
         }
         seen
+    }
+
+    /// Every way this study departs from the paper's protocol, in words for the report's header.
+    pub fn protocol_departures(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "model preset {:?} trained on {} text tokens (the paper: 79M parameters on 237B tokens, 1.4B on 4.3T)",
+            self.model.preset, self.pretrain.tokens
+        )];
+        if !is_siglip_dir(Path::new(&self.encoder)) {
+            out.push(format!("vision encoder {:?} instead of SigLIP", self.encoder));
+        }
+        if self.cooldown.images_per_row > 1 {
+            out.push(format!(
+                "up to {} image-caption examples per cooldown row (the paper: one image per sequence)",
+                self.cooldown.images_per_row
+            ));
+        }
+        out.push(
+            "the instruction share counts examples within the image part of the cooldown mix, not tokens".to_string(),
+        );
+        if let Some(n) = self.finetune.max_examples {
+            out.push(format!("fine-tuning on a seeded subset of at most {n} conversations"));
+        }
+        out.push(format!(
+            "grid points compared after {} fine-tuning epochs; each epoch count is its own fine-tuning run with its own warmup and decay",
+            self.finetune.compare_epoch
+        ));
+        let g = &self.grid;
+        let replicated = if g.replicate_primary_arms {
+            "the base point and every primary contrast's other arm"
+        } else {
+            "the base point"
+        };
+        out.push(format!("seeds: {:?} everywhere, plus {:?} at {replicated}", g.seeds, g.extra_base_seeds));
+        out.push("vision-language tasks are small stand-ins for VQAv2 / GQA / TextVQA (README's task table); text by multiple choice where the text-only model is above chance, else held-out bits-per-byte".to_string());
+        out
     }
 
     /// Refuses impossible values before any training starts, naming the field.
@@ -349,6 +408,18 @@ impl StudyConfig {
             bail!("eval.vision_tasks lists a task twice");
         }
         positive("eval.max_items_per_task", self.eval.max_items_per_task as f64)?;
+        for (i, task) in self.verdicts.vision_tasks.iter().enumerate() {
+            if !self.eval.vision_tasks.contains(task) {
+                bail!("verdicts.vision_tasks[{i}] = {task:?} is not in eval.vision_tasks {:?}", self.eval.vision_tasks);
+            }
+        }
+        if let Some([lo, hi]) = self.verdicts.image_token_optimum {
+            unit("verdicts.image_token_optimum[0]", lo)?;
+            unit("verdicts.image_token_optimum[1]", hi)?;
+            if lo > hi {
+                bail!("verdicts.image_token_optimum = [{lo}, {hi}] must be [lo, hi] with lo <= hi");
+            }
+        }
         for (field, value) in
             [("eval.max_vision_items", self.eval.max_vision_items), ("eval.max_text_items", self.eval.max_text_items)]
         {

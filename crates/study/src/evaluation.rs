@@ -101,7 +101,9 @@ pub fn leave_out_missing_tasks(config: &mut StudyConfig, layout: &vlmix_data::Da
             task.reason
         );
     }
-    eval.left_out.extend(left_out);
+    let verdict_tasks = &mut config.verdicts.vision_tasks;
+    verdict_tasks.retain(|task| !left_out.iter().any(|l| l.task == *task));
+    config.eval.left_out.extend(left_out);
     Ok(())
 }
 

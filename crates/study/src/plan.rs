@@ -1,10 +1,13 @@
 //! The study grid as a DAG of runs that share prefixes.
 //!
 //! One text pre-training run serves every branch; each grid point x seed (plus the base point x each
-//! extra base seed) is one cooldown; each cooldown gets one fine-tuning run of the largest epoch count
-//! whose epoch-end checkpoints give the 1..=N-epoch models; each of those is evaluated. Only the base
-//! point of `grid.seeds` sweeps epochs, so the other fine-tunes stop at the comparison epoch. Node ids
-//! are stable strings, so a rerun finds the nodes it already finished.
+//! extra base seed, and with `grid.replicate_primary_arms` the other arms of the findings' primary
+//! contrasts x each extra seed) is one cooldown. Each epoch count a branch is compared at is its own
+//! fine-tuning run, with warmup and decay over exactly those epochs (the paper's reading of "N
+//! epochs"), and is evaluated once. The base point sweeps epochs 1..=N for its first seeds and
+//! 1..=compare_epoch for the extra ones (finding 5 compares 2 with 1 epochs on every seed); the
+//! other points are fine-tuned for the comparison epoch only. Node ids are stable strings, so a
+//! rerun finds the nodes it already finished.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -21,15 +24,14 @@ pub enum NodeKind {
         point: GridPoint,
         seed: u64,
     },
-    /// Fine-tunes the cooldown of the same point and seed. `epochs` is how many of the configured
-    /// epochs to train: all of them at the base point, only up to the comparison epoch elsewhere (the
-    /// LR schedule always spans the configured count).
+    /// Fine-tunes the cooldown of the same point and seed for `epochs` epochs, its LR schedule
+    /// spanning exactly those.
     Finetune {
         point: GridPoint,
         seed: u64,
         epochs: u32,
     },
-    /// Scores the fine-tune of the same point and seed at the end of `epoch`.
+    /// Scores the `epoch`-epoch fine-tune of the same point and seed.
     Eval {
         point: GridPoint,
         seed: u64,
@@ -77,8 +79,8 @@ pub fn cooldown_id(point: &GridPoint, seed: u64) -> String {
     format!("cooldown-{}", branch_label(point, seed))
 }
 
-pub fn finetune_id(point: &GridPoint, seed: u64) -> String {
-    format!("finetune-{}", branch_label(point, seed))
+pub fn finetune_id(point: &GridPoint, seed: u64, epochs: u32) -> String {
+    format!("finetune-{}", finetuned_run_id(point, seed, epochs))
 }
 
 pub fn eval_id(point: &GridPoint, seed: u64, epoch: u32) -> String {
@@ -120,31 +122,45 @@ impl Plan {
             nodes.push(Node { id: EVAL_TEXT_BASELINE.into(), kind: NodeKind::EvalTextBaseline, after: text.clone() });
         }
         let grid = &config.grid;
-        let branches = grid.seeds.iter().flat_map(|&seed| config.points().into_iter().map(move |point| (point, seed)));
-        let extra = grid.extra_base_seeds.iter().map(|&seed| (grid.base, seed));
+        let base = grid.base;
+        let primary_arm = |p: &GridPoint| {
+            *p != base
+                && (p.fraction == 0.0
+                    || p.fraction == 1.0
+                    || p.image_token_fraction != base.image_token_fraction
+                    || p.instruction_share != base.instruction_share)
+        };
+        let replicated = |p: &GridPoint| *p == base || (grid.replicate_primary_arms && primary_arm(p));
+        let points = config.points();
+        let branches = grid.seeds.iter().flat_map(|&seed| points.iter().map(move |&point| (point, seed)));
+        let extra = grid
+            .extra_base_seeds
+            .iter()
+            .flat_map(|&seed| points.iter().filter(|p| replicated(p)).map(move |&point| (point, seed)));
+        let f = &config.finetune;
         for (point, seed) in branches.chain(extra) {
-            let (cooldown, finetune) = (cooldown_id(&point, seed), finetune_id(&point, seed));
+            let cooldown = cooldown_id(&point, seed);
             nodes.push(Node {
                 id: cooldown.clone(),
                 kind: NodeKind::Cooldown { point, seed },
                 after: [vec![IMAGE_CORPUS.into()], text.clone()].concat(),
             });
-            let epochs: Vec<u32> = if point == grid.base && grid.seeds.contains(&seed) {
-                (1..=config.finetune.epochs).collect()
-            } else {
-                vec![config.finetune.compare_epoch]
+            let epochs: Vec<u32> = match (point == base, grid.seeds.contains(&seed)) {
+                (true, true) => (1..=f.epochs).collect(),
+                (true, false) => (1..=f.compare_epoch).collect(),
+                (false, _) => vec![f.compare_epoch],
             };
-            let trained_epochs = *epochs.last().expect("at least one epoch");
-            nodes.push(Node {
-                id: finetune.clone(),
-                kind: NodeKind::Finetune { point, seed, epochs: trained_epochs },
-                after: vec![cooldown],
-            });
-            for epoch in epochs {
+            for epochs in epochs {
+                let finetune = finetune_id(&point, seed, epochs);
                 nodes.push(Node {
-                    id: eval_id(&point, seed, epoch),
-                    kind: NodeKind::Eval { point, seed, epoch },
-                    after: vec![finetune.clone()],
+                    id: finetune.clone(),
+                    kind: NodeKind::Finetune { point, seed, epochs },
+                    after: vec![cooldown.clone()],
+                });
+                nodes.push(Node {
+                    id: eval_id(&point, seed, epochs),
+                    kind: NodeKind::Eval { point, seed, epoch: epochs },
+                    after: vec![finetune],
                 });
             }
         }
@@ -166,55 +182,81 @@ impl Plan {
 mod tests {
     use super::*;
 
+    fn smoke() -> StudyConfig {
+        toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap()
+    }
+
+    fn finetunes(plan: &Plan) -> Vec<(GridPoint, u64, u32)> {
+        plan.nodes
+            .iter()
+            .filter_map(|n| match n.kind {
+                NodeKind::Finetune { point, seed, epochs } => Some((point, seed, epochs)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn extra_base_seeds_add_one_branch_each_to_the_comparison_epoch() {
-        let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
+    fn each_epoch_count_is_its_own_finetune_and_extra_seeds_sweep_to_the_comparison_epoch() {
+        let mut config = smoke();
         (config.finetune.epochs, config.finetune.compare_epoch) = (3, 2);
-        let before = Plan::build(&config).unwrap();
+        config.grid.fractions = vec![0.0, 1.0];
         config.grid.extra_base_seeds = vec![1, 2];
         let plan = Plan::build(&config).unwrap();
-        assert_eq!(plan.nodes.len(), before.nodes.len() + 2 * 3, "a cooldown, a fine-tune and one eval per seed");
-        for seed in [1, 2] {
-            let base = config.grid.base;
-            let finetune = plan.nodes.iter().find(|n| n.id == finetune_id(&base, seed)).expect("fine-tune");
-            assert_eq!(finetune.kind, NodeKind::Finetune { point: base, seed, epochs: 2 });
-            assert!(plan.nodes.iter().any(|n| n.id == eval_id(&base, seed, 2)));
-            assert!(!plan.nodes.iter().any(|n| n.id == eval_id(&base, seed, 3)));
+        let base = config.grid.base;
+        let runs = finetunes(&plan);
+        let at = |point: GridPoint, seed: u64| -> Vec<u32> {
+            runs.iter().filter(|(p, s, _)| *p == point && *s == seed).map(|r| r.2).collect()
+        };
+        assert_eq!(at(base, 0), vec![1, 2, 3], "the base point's first seed sweeps every epoch count");
+        assert_eq!(at(base, 1), vec![1, 2], "extra seeds: every epoch count finding 5 compares");
+        assert_eq!(at(base, 2), vec![1, 2]);
+        for fraction in [0.0, 1.0] {
+            assert_eq!(at(GridPoint { fraction, ..base }, 0), vec![2], "other points: the comparison epoch");
+            assert!(at(GridPoint { fraction, ..base }, 1).is_empty(), "not replicated unless asked");
         }
+        // Every fine-tune has one eval of its own epoch count, after it.
+        for (point, seed, epochs) in &runs {
+            let eval = plan.nodes.iter().find(|n| n.id == eval_id(point, *seed, *epochs)).expect("eval");
+            assert_eq!(eval.after, vec![finetune_id(point, *seed, *epochs)]);
+        }
+        assert_eq!(plan.count(|k| matches!(k, NodeKind::Eval { .. })), runs.len());
         config.grid.extra_base_seeds = vec![0];
         assert!(format!("{:#}", config.validate().unwrap_err()).contains("seed 0 is listed twice"));
     }
 
     #[test]
-    fn one_text_run_one_cooldown_per_point_and_seed_one_eval_per_epoch() {
-        let mut config: StudyConfig = toml::from_str(include_str!("../../../configs/study/smoke.toml")).unwrap();
-        config.grid.seeds = vec![0, 1];
+    fn replicating_primary_arms_gives_extra_seeds_to_the_other_side_of_each_contrast() {
+        let mut config = smoke();
         (config.finetune.epochs, config.finetune.compare_epoch) = (3, 2);
+        config.pretrain.checkpoint_fractions = vec![0.25, 0.5, 1.0];
+        config.grid.fractions = vec![0.0, 0.25, 1.0];
+        config.grid.image_token_fractions = vec![0.1];
+        config.grid.instruction_shares = vec![0.2];
+        config.grid.extra_base_seeds = vec![1];
+        config.grid.replicate_primary_arms = true;
+        config.validate().unwrap();
         let plan = Plan::build(&config).unwrap();
-        let points = config.points().len();
-        assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 1);
-        assert_eq!(plan.count(|k| matches!(k, NodeKind::ImageCorpus)), 1);
-        assert_eq!(
-            plan.count(|k| matches!(k, NodeKind::EvalTextBaseline)),
-            1,
-            "one text-only baseline, shared by every seed"
-        );
-        assert_eq!(plan.count(|k| matches!(k, NodeKind::Cooldown { .. })), points * 2);
-        assert_eq!(plan.count(|k| matches!(k, NodeKind::Finetune { .. })), points * 2);
-        let evals_per_seed = config.finetune.epochs as usize + (points - 1);
-        let trained: Vec<u32> = plan
-            .nodes
-            .iter()
-            .filter_map(|n| if let NodeKind::Finetune { epochs, .. } = n.kind { Some(epochs) } else { None })
-            .collect();
-        assert_eq!(
-            trained.iter().filter(|&&e| e == config.finetune.epochs).count(),
-            2,
-            "only the base point trains every epoch"
-        );
-        assert!(trained.iter().all(|&e| e == config.finetune.epochs || e == config.finetune.compare_epoch));
-        assert_eq!(plan.count(|k| matches!(k, NodeKind::Eval { .. })), 2 * evals_per_seed);
-        // Every dependency appears before the node that needs it.
+        let base = config.grid.base;
+        let seeds_at = |point: GridPoint| -> Vec<u64> {
+            plan.nodes
+                .iter()
+                .filter_map(|n| match n.kind {
+                    NodeKind::Cooldown { point: p, seed } if p == point => Some(seed),
+                    _ => None,
+                })
+                .collect()
+        };
+        for arm in [
+            GridPoint { fraction: 0.0, ..base },
+            GridPoint { fraction: 1.0, ..base },
+            GridPoint { image_token_fraction: 0.1, ..base },
+            GridPoint { instruction_share: 0.2, ..base },
+        ] {
+            assert_eq!(seeds_at(arm), vec![0, 1], "{arm:?}");
+        }
+        assert_eq!(seeds_at(GridPoint { fraction: 0.25, ..base }), vec![0], "an interior point is no primary arm");
+        // Dependencies come first and ids are unique.
         for (i, node) in plan.nodes.iter().enumerate() {
             for dep in &node.after {
                 let j = plan.nodes.iter().position(|n| &n.id == dep).expect("dependency exists");
@@ -223,6 +265,8 @@ mod tests {
         }
         let ids: std::collections::BTreeSet<_> = plan.nodes.iter().map(|n| &n.id).collect();
         assert_eq!(ids.len(), plan.nodes.len(), "node ids are unique");
+        assert_eq!(plan.count(|k| matches!(k, NodeKind::Pretrain)), 1);
+        assert_eq!(plan.count(|k| matches!(k, NodeKind::EvalTextBaseline)), 1);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use crate::config::StudyConfig;
 use crate::executor::StudyDir;
 use crate::outputs::{BpbPoint, NodeOutputs};
 use crate::plan::{cooldown_id, finetuned_run_id, pretrain_run_id, NodeKind, Plan};
-use crate::report::{write_report, DataRecord, NodeRecord, ReportInput, ResultRow, ResultsTable, TrainingCurve};
+use crate::report::{
+    write_report, DataRecord, NodeRecord, Protocol, ReportInput, ResultRow, ResultsTable, TrainingCurve,
+};
 
 /// The machine in words, for the report: CPU model and core count.
 pub fn machine() -> String {
@@ -167,7 +169,9 @@ pub fn write_all(config: &StudyConfig, plan: &Plan, study: &StudyDir) -> Result<
         }
         None => format!("vlmix study: {}", config.name),
     };
-    let files = write_report(&report_dir(&study.root), &ReportInput { title: &title, table: &table, curves: &curves })?;
+    let protocol = Protocol { verdicts: config.verdicts.clone(), departures: config.protocol_departures() };
+    let input = ReportInput { title: &title, protocol: &protocol, table: &table, curves: &curves };
+    let files = write_report(&report_dir(&study.root), &input)?;
     Ok(files.index)
 }
 

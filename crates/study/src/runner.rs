@@ -362,8 +362,8 @@ impl<'a, D: Device> StudyRunner<'a, D> {
         self.finetune(start, seed, epochs, dir, &study.root)
     }
 
-    /// Instruction fine-tuning of the VLM checkpoint `start`, in `dir`, for the first `epochs` of the
-    /// configured schedule.
+    /// Instruction fine-tuning of the VLM checkpoint `start`, in `dir`: `epochs` epochs under a
+    /// schedule of their own.
     pub fn finetune(
         &mut self,
         start: PathBuf,
@@ -376,8 +376,7 @@ impl<'a, D: Device> StudyRunner<'a, D> {
         let spec = FinetuneSpec {
             model: self.model.clone(),
             start,
-            epochs: f.epochs,
-            stop_after_epoch: Some(epochs),
+            epochs,
             max_examples: f.max_examples,
             batch_size: f.batch_size,
             micro_batch_size: f.micro_batch_size,
@@ -409,7 +408,7 @@ impl<D: Device> NodeRunner for StudyRunner<'_, D> {
             }
             NodeKind::Eval { point, seed, epoch } => NodeOutputs::Eval(crate::evaluation::evaluate_node(
                 self,
-                &finetune_id(point, *seed),
+                &finetune_id(point, *seed, *epoch),
                 *epoch,
                 dir,
                 study,

@@ -287,11 +287,9 @@ pub struct FinetuneSpec {
     pub model: LmConfig,
     /// The cooldown checkpoint to fine-tune.
     pub start: PathBuf,
-    /// Epochs the LR schedule spans.
+    /// Epochs to train; the LR schedule's warmup and decay span exactly these, so an N-epoch model
+    /// is annealed (the paper fine-tunes each epoch count as its own run). Every epoch end is kept.
     pub epochs: u32,
-    /// Stop after this many epochs (<= `epochs`) when the later ones are not needed; the models
-    /// kept are the same as the full run's, because the schedule still spans all `epochs`.
-    pub stop_after_epoch: Option<u32>,
     /// Fine-tune on a seeded random subset of at most this many conversations.
     pub max_examples: Option<usize>,
     pub batch_size: usize,
@@ -352,7 +350,7 @@ pub fn finetune<Dev: Device>(
         warmup_steps: spec.warmup_steps.min(total / 2),
         total_steps: total,
     });
-    let last_epoch = spec.stop_after_epoch.unwrap_or(spec.epochs).clamp(1, spec.epochs.max(1));
+    let last_epoch = spec.epochs.max(1);
     let keep_steps: Vec<u64> = (1..=last_epoch as u64).map(|e| e * per_epoch).collect();
     let stop_step = Some(last_epoch as u64 * per_epoch);
     let config = LoopConfig { schedule, clip_norm: CLIP_NORM, keep_steps, save_every: SAVE_EVERY, stop_step };

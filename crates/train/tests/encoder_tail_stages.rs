@@ -93,7 +93,6 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         model: model(),
         start: cooled.clone(),
         epochs: 1,
-        stop_after_epoch: None,
         max_examples: None,
         batch_size: 4,
         micro_batch_size: None,

@@ -3,7 +3,7 @@
 //! atomically, so a killed report never leaves half a picture.
 
 use super::curves::TrainingCurve;
-use super::grid::{knob_series, Knob, Score};
+use super::grid::{knob_series, point_interval, seed_noise, series_rows, Knob, Score};
 use super::results_table::ResultRow;
 use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
@@ -42,6 +42,8 @@ pub struct PlotSeries {
     pub markers: bool,
     /// Points drawn as hollow circles and not joined (a different LR schedule).
     pub hollow: Vec<(f64, f64)>,
+    /// Vertical 95 % error bars `(x, lo, hi)`.
+    pub error_bars: Vec<(f64, f64, f64)>,
 }
 
 /// One chart of a figure.
@@ -85,11 +87,23 @@ pub fn knob_figure(rows: &[ResultRow], knob: Knob) -> Figure {
         y_label: "stable score (accuracy - chance)".to_string(),
         series: knob_series(rows, knob, score)
             .into_iter()
-            .map(|s| PlotSeries {
-                label: s.label,
-                line: s.points.iter().filter(|p| !p.fresh).map(|p| (p.x, p.mean)).collect(),
-                markers: true,
-                hollow: s.points.iter().filter(|p| p.fresh).map(|p| (p.x, p.mean)).collect(),
+            .map(|s| {
+                let noise = seed_noise(rows, |r| score.of(r));
+                let error_bars = s
+                    .points
+                    .iter()
+                    .filter_map(|p| {
+                        let ci = point_interval(&series_rows(rows, knob, &s.label, p.x, p.fresh), score, noise)?;
+                        Some((p.x, ci.lo, ci.hi))
+                    })
+                    .collect();
+                PlotSeries {
+                    line: s.points.iter().filter(|p| !p.fresh).map(|p| (p.x, p.mean)).collect(),
+                    markers: true,
+                    hollow: s.points.iter().filter(|p| p.fresh).map(|p| (p.x, p.mean)).collect(),
+                    error_bars,
+                    label: s.label,
+                }
             })
             .collect(),
         zero_line: true,
@@ -97,8 +111,8 @@ pub fn knob_figure(rows: &[ResultRow], knob: Knob) -> Figure {
         integer_x: knob == Knob::FinetuneEpochs,
     };
     let caption = match knob {
-        Knob::Introduction => "Mean over seeds. Hollow markers: scratch / full points, trained with a fresh warmup + cosine schedule instead of continuing the text schedule.",
-        _ => "Mean over seeds; one line per combination of the other knobs. Hollow markers: fresh-schedule cooldowns.",
+        Knob::Introduction => "Mean over seeds, with 95 % error bars (item noise plus seed noise, as in the findings). Hollow markers: scratch / full points, trained with a fresh warmup + cosine schedule instead of continuing the text schedule.",
+        _ => "Mean over seeds, with 95 % error bars (item noise plus seed noise, as in the findings); one line per combination of the other knobs. Hollow markers: fresh-schedule cooldowns.",
     };
     Figure {
         slug: knob.slug().to_string(),
@@ -125,7 +139,7 @@ pub fn curves_figure(curves: &[TrainingCurve]) -> Figure {
                 if (c.points.len() - 1) % stride != 0 {
                     line.push((last.tokens as f64 / 1e6, value(last)));
                 }
-                PlotSeries { label: c.run_id.clone(), line, markers: false, hollow: Vec::new() }
+                PlotSeries { label: c.run_id.clone(), line, markers: false, hollow: Vec::new(), error_bars: Vec::new() }
             })
             .collect(),
         zero_line: false,
@@ -228,8 +242,10 @@ fn draw_panel<DB: DrawingBackend>(
     labels: &[String],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let all_points = || panel.series.iter().flat_map(|s| s.line.iter().chain(&s.hollow));
+    let bar_ends = || panel.series.iter().flat_map(|s| s.error_bars.iter().flat_map(|b| [b.1, b.2]));
     let (x0, x1) = padded_range(all_points().map(|p| p.0), false);
-    let (y0, y1) = padded_range(all_points().map(|p| p.1).chain(panel.baseline.as_ref().map(|b| b.1)), panel.zero_line);
+    let ys = all_points().map(|p| p.1).chain(bar_ends()).chain(panel.baseline.as_ref().map(|b| b.1));
+    let (y0, y1) = padded_range(ys.filter(|y| y.is_finite()), panel.zero_line);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, 17))
         .margin(12)
@@ -269,6 +285,9 @@ fn draw_panel<DB: DrawingBackend>(
             chart.draw_series(s.line.iter().filter(finite).map(|&p| Circle::new(p, 4, c.filled())))?;
         }
         chart.draw_series(s.hollow.iter().filter(finite).map(|&p| Circle::new(p, 6, c.stroke_width(2))))?;
+        for &(x, lo, hi) in s.error_bars.iter().filter(|b| b.0.is_finite() && b.1.is_finite() && b.2.is_finite()) {
+            chart.draw_series(LineSeries::new([(x, lo), (x, hi)], c.stroke_width(1)))?;
+        }
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! for it (seeds averaged), and the marginal means the "what this grid says" table ranks.
 
 use super::results_table::{percent, ResultRow};
+use vlmix_eval::stats::{contrast, SeedNoise, SeedRun, Statistic};
+use vlmix_eval::{Interval, Modality};
 
 /// A knob of the study that a figure puts on its x axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,51 @@ impl Score {
             Score::Text => "text",
         }
     }
+
+    fn modality(self) -> Modality {
+        match self {
+            Score::Vision => Modality::Vision,
+            Score::Text => Modality::Text,
+        }
+    }
+}
+
+/// Rows equal in every knob but the seed share this key: replicates of one configuration.
+pub fn replicate_key(row: &ResultRow) -> String {
+    format!(
+        "{}|{:?}|{}|{}|{}|{}",
+        row.stage,
+        row.introduction,
+        row.fresh_schedule,
+        row.image_token_fraction,
+        row.instruction_share,
+        row.finetune_epochs
+    )
+}
+
+/// Pooled seed noise of `value` over the image-trained configurations with several seeds.
+pub fn seed_noise(rows: &[ResultRow], value: impl Fn(&ResultRow) -> Option<f64>) -> Option<SeedNoise> {
+    let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
+    for row in rows.iter().filter(|r| r.introduction.is_some()) {
+        let Some(v) = value(row) else { continue };
+        let key = replicate_key(row);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, values)) => values.push(v),
+            None => groups.push((key, vec![v])),
+        }
+    }
+    SeedNoise::pooled(&groups.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
+}
+
+/// 95 % interval of a figure point's mean stable score over its seeds: item noise of the runs' mean
+/// plus `noise / runs` (the figures' error bars; the same rule as the findings' contrasts).
+pub fn point_interval(runs: &[&ResultRow], score: Score, noise: Option<SeedNoise>) -> Option<Interval> {
+    let items: Vec<_> =
+        runs.iter().map(|r| r.run_items(score.modality()).map(|i| (r.seed, i))).collect::<Option<_>>()?;
+    let seed_runs: Vec<SeedRun> = items.iter().map(|(seed, items)| SeedRun { seed: *seed, items }).collect();
+    let level = contrast(&seed_runs, &[], Statistic::GroupMean, noise).ok()?;
+    let mean = runs.iter().filter_map(|r| score.of(r)).sum::<f64>() / runs.len() as f64;
+    Some(level.ci.shifted(mean - level.estimate))
 }
 
 /// A mean over the runs that share an x value (and schedule).
@@ -178,22 +225,4 @@ pub fn means_by_value(rows: &[&ResultRow], knob: Knob, score: Score) -> Vec<Mean
         points.into_iter().map(|(x, fresh, sum, runs)| MeanPoint { x, fresh, mean: sum / runs as f64, runs }).collect();
     means.sort_by(|a, b| a.x.total_cmp(&b.x).then(a.fresh.cmp(&b.fresh)));
     means
-}
-
-/// Largest max - min of the vision score among runs identical except for the seed.
-pub fn seed_spread(rows: &[ResultRow]) -> Option<f64> {
-    let mut groups: Vec<(Vec<Option<f64>>, bool, Vec<f64>)> = Vec::new();
-    for row in rows {
-        let Some(score) = Score::Vision.of(row) else { continue };
-        let key: Vec<Option<f64>> = Knob::ALL.iter().map(|k| k.value(row)).collect();
-        match groups.iter_mut().find(|(k, f, _)| *k == key && *f == row.fresh_schedule) {
-            Some((_, _, scores)) => scores.push(score),
-            None => groups.push((key, row.fresh_schedule, vec![score])),
-        }
-    }
-    groups
-        .iter()
-        .filter(|(_, _, s)| s.len() > 1)
-        .map(|(_, _, s)| s.iter().cloned().fold(f64::MIN, f64::max) - s.iter().cloned().fold(f64::MAX, f64::min))
-        .reduce(f64::max)
 }

@@ -2,7 +2,8 @@
 
 use super::figures::Figure;
 use super::findings::Finding;
-use super::results_table::{DataRecord, ResultRow, ResultsTable, TaskScore};
+use super::results_table::{percent, DataRecord, ResultRow, ResultsTable, TaskScore};
+use super::Protocol;
 use std::fmt::Write;
 use vlmix_eval::Interval;
 
@@ -61,7 +62,13 @@ fn text(value: &str) -> String {
 
 /// The whole page; figures are `(figure, its SVG)`, drawn inline so the page stands alone (the PNG and
 /// SVG files beside it are for slides and papers).
-pub fn render_page(title: &str, table: &ResultsTable, figures: &[(&Figure, &str)], findings: &[Finding]) -> String {
+pub fn render_page(
+    title: &str,
+    table: &ResultsTable,
+    figures: &[(&Figure, &str)],
+    findings: &[Finding],
+    protocol: &Protocol,
+) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -76,20 +83,8 @@ pub fn render_page(title: &str, table: &ResultsTable, figures: &[(&Figure, &str)
     );
     missing_banner(&mut h, &table.data);
 
-    h.push_str("<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Differences are score(a) - score(b) with a 95 % paired bootstrap interval over items (and seeds); \
-a difference whose interval contains 0 cannot be told apart from noise at this size. Text ability is judged by multiple choice where the text-only model is above chance, \
-else by held-out bits-per-byte (MC at chance cannot move).</p>\n<table class=\"findings\">\n<tr><th>paper's finding</th><th>verdict</th><th>this grid (95 % CI)</th><th>evidence (mean stable scores)</th></tr>\n");
-    for f in findings {
-        let _ = writeln!(
-            h,
-            "<tr>{}{}{}{}</tr>",
-            text(&f.question),
-            text(f.verdict.label()),
-            text(&f.answer),
-            text(&f.evidence)
-        );
-    }
-    h.push_str("</table>\n");
+    protocol_section(&mut h, protocol);
+    findings_section(&mut h, table, findings, protocol);
 
     h.push_str("<h2>Figures</h2>\n");
     for (f, svg) in figures {
@@ -118,6 +113,65 @@ else by held-out bits-per-byte (MC at chance cannot move).</p>\n<table class=\"f
     }
     h.push_str("</body>\n</html>\n");
     h
+}
+
+/// Where this study departs from the paper's protocol, and the verdicts' plan fixed in the config.
+fn protocol_section(h: &mut String, protocol: &Protocol) {
+    h.push_str("<h2>Protocol</h2>\n<p>Departures from the paper's protocol (read every result below with these in mind):</p>\n<ul>\n");
+    for d in &protocol.departures {
+        let _ = writeln!(h, "<li>{}</li>", escape(d));
+    }
+    h.push_str("</ul>\n");
+    let tasks = if protocol.verdicts.vision_tasks.is_empty() {
+        "every vision-language task".to_string()
+    } else {
+        protocol.verdicts.vision_tasks.join(", ")
+    };
+    let optimum = protocol.verdicts.image_token_optimum.map_or_else(
+        || "none given (finding 2 not tested)".to_string(),
+        |[lo, hi]| format!("{}-{} %", percent(lo), percent(hi)),
+    );
+    let _ = writeln!(
+        h,
+        "<p>Fixed before any result (<code>[verdicts]</code>): vision verdicts read {}; predicted best image-token share {}.</p>",
+        escape(&tasks),
+        escape(&optimum)
+    );
+}
+
+/// The findings table, with how its intervals and verdicts are made.
+fn findings_section(h: &mut String, table: &ResultsTable, findings: &[Finding], protocol: &Protocol) {
+    h.push_str("<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Each finding has one primary contrast, fixed in advance, on the vision gain: \
+per item, the model's credit minus its blind control's (blank image), so a task's answer prior cancels. A contrast compares seed-matched runs where both arms have them; \
+its 95 % interval is estimate &plusmn; t &middot; se, where se<sup>2</sup> = the paired item-bootstrap variance + &sigma;<sub>seed</sub><sup>2</sup>(1/n<sub>a</sub> + 1/n<sub>b</sub>) \
+and t has Welch-Satterthwaite degrees of freedom (&sigma;<sub>seed</sub> pooled from replicate runs on the same items). \
+A verdict is the primary test after Holm's adjustment across the findings (p raw / Holm shown); without measured seed noise it is \"cannot tell\". \
+Other intervals in the table hold per comparison only. Text is a separate sub-verdict between vision-language models: multiple choice where the text-only model is above chance, \
+else held-out bits-per-byte; \"holds\" is non-inferiority (agrees if the interval's lower end clears the margin, disagrees if its upper end is below it). \
+Chance of an open answer is one over the number of distinct gold answers.</p>\n");
+    if let Some(noise) = super::findings::seed_noise_summary(&table.rows, &protocol.verdicts) {
+        let _ = writeln!(h, "<p>Seed noise behind every contrast: {}.</p>", escape(&noise));
+    }
+    h.push_str("<table class=\"findings\">\n<tr><th>paper's finding (primary contrast)</th><th>verdict</th><th>primary contrast, 95 % CI with seed noise</th><th>p raw / Holm</th><th>text side</th><th>other comparisons</th><th>evidence (mean stable scores)</th></tr>\n");
+    for f in findings {
+        let verdict = match &f.text {
+            Some(t) => format!("{} (vision: {}; text: {})", f.verdict.label(), f.vision.label(), t.verdict.label()),
+            None => f.verdict.label().to_string(),
+        };
+        let p = f.p.map_or_else(|| "—".to_string(), |(raw, adjusted)| format!("{raw:.4} / {adjusted:.4}"));
+        let _ = writeln!(
+            h,
+            "<tr>{}{}{}{}{}{}{}</tr>",
+            text(&f.question),
+            text(&verdict),
+            text(&f.primary),
+            text(&p),
+            text(f.text.as_ref().map_or("", |t| t.text.as_str())),
+            text(&f.answer),
+            text(&f.evidence)
+        );
+    }
+    h.push_str("</table>\n");
 }
 
 /// At the top of the page: every task the config named that this run left out, and every source
@@ -212,11 +266,12 @@ fn task_tables(h: &mut String, table: &ResultsTable) {
         ("accuracy: 95 % bootstrap interval over items", |s| Some(interval(s.ci))),
         ("stable score = accuracy - chance", |s| Some(score(Some(s.stable_score)))),
         (
-            "blind control: accuracy with a blank (mid-grey) image, vision gain = accuracy - blind accuracy [95 % paired interval]; \"sees\" when the interval lies above 0",
+            "blind control: accuracy with a blank (mid-grey) image, vision gain = accuracy - blind accuracy [95 % paired interval]; \"sees\" when the interval lies above 0; gain over the better control = accuracy - max(blind, majority)",
             |s| {
                 let (blind, gain, ci) = (s.blind_accuracy?, s.vision_gain?, s.gain_ci?);
                 let sees = if ci.lo > 0.0 { " sees" } else { "" };
-                Some(format!("blind {blind:.3}, gain {gain:+.3} [{:+.3}, {:+.3}]{sees}", ci.lo, ci.hi))
+                let over = s.accuracy - s.majority.map_or(blind, |m| m.max(blind));
+                Some(format!("blind {blind:.3}, gain {gain:+.3} [{:+.3}, {:+.3}]{sees}; over max(blind, majority) {over:+.3}", ci.lo, ci.hi))
             },
         ),
     ];
@@ -227,9 +282,10 @@ fn task_tables(h: &mut String, table: &ResultsTable) {
             let first = table.rows.iter().flat_map(|r| &r.tasks).find(|t| t.task == *name);
             let (chance, majority, metric) =
                 (first.map(|t| t.chance), first.and_then(|t| t.majority), first.map_or("", |t| t.metric.as_str()));
+            let recall = if name == vlmix_data::vl_eval::prepared::FLAG_COUNTRY { ", seen-concept recall" } else { "" };
             let _ = write!(
                 h,
-                "<th>{} <span class=\"muted\">({modality:?}, {}, chance {}, majority {})</span></th>",
+                "<th>{} <span class=\"muted\">({modality:?}{recall}, {}, chance {}, majority {})</span></th>",
                 escape(name),
                 escape(metric),
                 score(chance),

@@ -23,8 +23,18 @@ pub const INDEX_FILE: &str = "index.html";
 /// Everything a report is drawn from.
 pub struct ReportInput<'a> {
     pub title: &'a str,
+    /// The verdicts' analysis plan and where this study departs from the paper's protocol.
+    pub protocol: &'a Protocol,
     pub table: &'a ResultsTable,
     pub curves: &'a [TrainingCurve],
+}
+
+/// What the report states about method before any number: the verdicts' plan (from the config) and
+/// every departure from the paper's protocol.
+#[derive(Debug, Clone, Default)]
+pub struct Protocol {
+    pub verdicts: crate::config::VerdictConfig,
+    pub departures: Vec<String>,
 }
 
 /// Paths written by [`write_report`].
@@ -55,7 +65,8 @@ pub fn write_report(report_dir: &Path, input: &ReportInput) -> Result<ReportFile
         svgs.push(rendered.svg);
     }
     let inline: Vec<(&figures::Figure, &str)> = figures.iter().zip(svgs.iter().map(String::as_str)).collect();
-    let page = html::render_page(input.title, input.table, &inline, &findings::findings(rows));
+    let findings = findings::findings(rows, &input.protocol.verdicts);
+    let page = html::render_page(input.title, input.table, &inline, &findings, input.protocol);
     let index = report_dir.join(INDEX_FILE);
     write_atomic(&index, page.as_bytes())?;
     Ok(ReportFiles { index, figures: written })

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use vlmix_eval::stats::{bootstrap, Arm, RunItems};
+use vlmix_eval::stats::{group_ci, RunItems};
 use vlmix_eval::{EvalReport, Interval, Modality, TaskResult};
 
 /// One task's headline numbers for one model, with what the report's intervals are drawn from.
@@ -37,6 +37,10 @@ pub struct TaskScore {
     /// Per-item credit in item order, for comparisons between models paired by item.
     #[serde(default)]
     pub item_scores: Vec<f64>,
+    /// Per-item credit of the blind control in the same order (empty where not scored): the
+    /// verdicts' vision gain is `item_scores - blind_item_scores`, item by item.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blind_item_scores: Vec<f64>,
     /// FNV-1a digest of the item ids: two rows are compared item by item only when it matches.
     #[serde(default)]
     pub items_digest: String,
@@ -57,6 +61,7 @@ impl From<&TaskResult> for TaskScore {
             vision_gain: t.blind.as_ref().map(|b| b.vision_gain),
             gain_ci: t.blind.as_ref().map(|b| b.gain_ci),
             item_scores: t.item_scores(),
+            blind_item_scores: t.blind.as_ref().map(|b| b.items.iter().map(|o| o.score).collect()).unwrap_or_default(),
             items_digest: items_digest(t.items.iter().map(|o| o.id.as_str())),
         }
     }
@@ -140,7 +145,7 @@ impl ResultRow {
         let Some(items) = self.run_items(modality) else { return Ok(None) };
         let tasks: Vec<&TaskScore> = self.tasks.iter().filter(|t| t.modality == modality).collect();
         let chance = tasks.iter().map(|t| t.chance).sum::<f64>() / tasks.len() as f64;
-        Ok(Some(bootstrap(&[Arm { runs: &[&items], weight: 1.0 }])?.shifted(-chance)))
+        Ok(Some(group_ci(&items)?.shifted(-chance)))
     }
 
     /// Rejects values the figures could not place, naming the row and field.
