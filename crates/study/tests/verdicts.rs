@@ -31,7 +31,7 @@ fn vision_task(name: &str, right: usize, blind: usize) -> TaskScore {
         majority: Some(0.1),
         blind_accuracy: Some(blind as f64 / ITEMS as f64),
         vision_gain: Some((right as f64 - blind as f64) / ITEMS as f64),
-        gain_ci: None,
+        gain_ci: Some(Interval { lo: 0.0, hi: 0.1 }),
         item_scores,
         blind_item_scores: binary(|i| i < blind),
         items_digest: format!("{name} items"),
@@ -239,7 +239,11 @@ fn finding_two_tests_the_configured_optimum() {
     let f = finding(&rows, &one_b, "2.");
     assert_eq!(f.vision, Verdict::Agrees, "{f:?}");
     assert!(f.primary.starts_with("predicted best 10-20 %: 10 % vs. 30 %: vision gain +0.150"), "{}", f.primary);
-    assert!(f.answer.contains("how often each share has the best vision gain") && f.answer.contains("10 % 1.00"), "{}", f.answer);
+    assert!(
+        f.answer.contains("how often each share has the best vision gain") && f.answer.contains("10 % 1.00"),
+        "{}",
+        f.answer
+    );
     // A small model's prediction (more than 20 %) on the same results: 10 % beats both: disagrees.
     let small = VerdictConfig { vision_tasks: vec![], image_token_optimum: Some([0.25, 1.0]) };
     assert_eq!(finding(&rows, &small, "2.").vision, Verdict::Disagrees);
