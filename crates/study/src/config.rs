@@ -217,10 +217,24 @@ pub struct VerdictConfig {
     /// verdict reads; empty: all of `eval.vision_tasks`.
     #[serde(default)]
     pub vision_tasks: Vec<String>,
+    /// What the vision side of a verdict reads per item: "gain" (credit minus the blind control's:
+    /// an answer prior cancels) or "accuracy" (credit: less seed noise where the blind control's own
+    /// answer prior swings by seed). The other is reported beside it.
+    #[serde(default)]
+    pub vision_measure: VisionMeasure,
     /// `[lo, hi]` image-token fractions the paper predicts best for this model size (10-20 % at 1B;
     /// smaller models prefer more); finding 2 tests whether the best share lies inside.
     #[serde(default)]
     pub image_token_optimum: Option<[f64; 2]>,
+}
+
+/// See [`VerdictConfig::vision_measure`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisionMeasure {
+    #[default]
+    Gain,
+    Accuracy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

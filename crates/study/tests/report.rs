@@ -205,7 +205,7 @@ fn report_has_every_figure_and_the_input_numbers() {
 
 fn protocol() -> Protocol {
     Protocol {
-        verdicts: VerdictConfig { vision_tasks: vec![], image_token_optimum: Some([0.1, 0.2]) },
+        verdicts: VerdictConfig { vision_tasks: vec![], image_token_optimum: Some([0.1, 0.2]), ..Default::default() },
         departures: vec!["a synthetic <grid>".to_string()],
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use vlmix_eval::stats::{Contrast, Interval};
 use vlmix_eval::Modality;
-use vlmix_study::config::VerdictConfig;
+use vlmix_study::config::{VerdictConfig, VisionMeasure};
 use vlmix_study::report::findings::{findings, Finding, Verdict};
 use vlmix_study::report::{write_report, Protocol, ReportInput, ResultRow, ResultsTable, TaskScore};
 
@@ -128,7 +128,7 @@ fn text_only() -> ResultRow {
 }
 
 fn plan() -> VerdictConfig {
-    VerdictConfig { vision_tasks: vec![], image_token_optimum: None }
+    VerdictConfig { vision_tasks: vec![], image_token_optimum: None, ..Default::default() }
 }
 
 fn finding(rows: &[ResultRow], verdicts: &VerdictConfig, n: &str) -> Finding {
@@ -204,7 +204,17 @@ fn the_blind_control_cancels_an_answer_prior() {
     }
     let f = finding(&rows, &plan(), "1.");
     assert!(f.primary.contains("vision gain +0.000"), "{}", f.primary);
+    assert!(f.primary.contains("(beside it: vision accuracy +0.100"), "the other measure co-reported: {}", f.primary);
     assert_eq!(f.vision, Verdict::CannotTell);
+    // A config that chose accuracy (less seed noise where the blind answer swings) reads the rise.
+    let accuracy = VerdictConfig { vision_measure: VisionMeasure::Accuracy, ..plan() };
+    let f = finding(&rows, &accuracy, "1.");
+    assert!(
+        f.primary.contains(": vision accuracy +0.100") && f.primary.contains("(beside it: vision gain +0.000"),
+        "{}",
+        f.primary
+    );
+    assert_eq!(f.vision, Verdict::Agrees);
 }
 
 #[test]
@@ -217,7 +227,8 @@ fn verdict_tasks_are_chosen_in_the_config() {
         r.set_intervals().unwrap();
     }
     assert_eq!(finding(&rows, &plan(), "1.").vision, Verdict::CannotTell, "the noisy task drowns the effect");
-    let chosen = VerdictConfig { vision_tasks: vec!["fashion_what".into()], image_token_optimum: None };
+    let chosen =
+        VerdictConfig { vision_tasks: vec!["fashion_what".into()], image_token_optimum: None, ..Default::default() };
     assert_eq!(finding(&rows, &chosen, "1.").vision, Verdict::Agrees);
 }
 
@@ -235,7 +246,7 @@ fn share_rows(rights: [usize; 3]) -> Vec<ResultRow> {
 fn finding_two_tests_the_configured_optimum() {
     // 1B-style: 10 % is best (240 vs. 180 and 160 right), and the config predicts 10-20 %.
     let rows = share_rows([240, 180, 160]);
-    let one_b = VerdictConfig { vision_tasks: vec![], image_token_optimum: Some([0.1, 0.2]) };
+    let one_b = VerdictConfig { vision_tasks: vec![], image_token_optimum: Some([0.1, 0.2]), ..Default::default() };
     let f = finding(&rows, &one_b, "2.");
     assert_eq!(f.vision, Verdict::Agrees, "{f:?}");
     assert!(f.primary.starts_with("predicted best 10-20 %: 10 % vs. 30 %: vision gain +0.150"), "{}", f.primary);
@@ -245,7 +256,7 @@ fn finding_two_tests_the_configured_optimum() {
         f.answer
     );
     // A small model's prediction (more than 20 %) on the same results: 10 % beats both: disagrees.
-    let small = VerdictConfig { vision_tasks: vec![], image_token_optimum: Some([0.25, 1.0]) };
+    let small = VerdictConfig { vision_tasks: vec![], image_token_optimum: Some([0.25, 1.0]), ..Default::default() };
     assert_eq!(finding(&rows, &small, "2.").vision, Verdict::Disagrees);
     // No prediction in the config: not tested, and the page says how to give one.
     let f = finding(&rows, &plan(), "2.");
@@ -291,7 +302,11 @@ fn the_page_states_its_protocol_and_method() {
     let rows = introduction_rows([240, 252, 228], 200);
     let table = ResultsTable { rows, nodes: vec![], data: Default::default() };
     let protocol = Protocol {
-        verdicts: VerdictConfig { vision_tasks: vec!["fashion_what".into()], image_token_optimum: Some([0.1, 0.2]) },
+        verdicts: VerdictConfig {
+            vision_tasks: vec!["fashion_what".into()],
+            image_token_optimum: Some([0.1, 0.2]),
+            ..Default::default()
+        },
         departures: vec!["up to 4 image-caption examples per cooldown row".into()],
     };
     let dir = tempfile::tempdir().unwrap();
@@ -302,7 +317,7 @@ fn the_page_states_its_protocol_and_method() {
     for needle in [
         "Departures from the paper",
         "up to 4 image-caption examples per cooldown row",
-        "vision verdicts read fashion_what; predicted best image-token share 10-20 %",
+        "vision verdicts read the vision gain (credit minus the blind control's) on fashion_what; predicted best image-token share 10-20 %",
         "Holm",
         "Welch-Satterthwaite",
         "Seed noise behind every contrast: seed standard deviation of the vision gain 0.0300",

@@ -15,7 +15,7 @@
 
 use super::grid::{knob_series, replicate_key, seed_noise, series_rows, Knob, KnobSeries, MeanPoint, Score};
 use super::results_table::ResultRow;
-use crate::config::VerdictConfig;
+use crate::config::{VerdictConfig, VisionMeasure};
 use vlmix_eval::stats::RunItems;
 use vlmix_eval::stats::{best_frequencies, contrast, holm, Contrast, SeedNoise, SeedRun, Statistic, ALPHA};
 use vlmix_eval::Modality;
@@ -117,6 +117,8 @@ pub const PAPER_SEED_SPREAD: f64 = 0.0063;
 enum Measure {
     /// Per item: credit minus the blind control's, over the verdict tasks.
     VisionGain,
+    /// Per item credit over the verdict tasks.
+    VisionAccuracy,
     /// Text multiple-choice credit.
     TextMc,
     /// Held-out nats per validation sequence (lower is better).
@@ -136,7 +138,7 @@ impl Measure {
         match self {
             Measure::Bpb => (!row.validation_nats.is_empty())
                 .then(|| (vec![row.validation_nats.clone()], vec![row.validation_nats.len().to_string()])),
-            Measure::TextMc | Measure::VisionGain => {
+            Measure::TextMc | Measure::VisionGain | Measure::VisionAccuracy => {
                 let modality = if self == Measure::TextMc { Modality::Text } else { Modality::Vision };
                 let tasks: Vec<_> = row
                     .tasks
@@ -148,7 +150,7 @@ impl Measure {
                     return None;
                 }
                 let per_item = |t: &super::results_table::TaskScore| -> Option<Vec<f64>> {
-                    if modality == Modality::Text {
+                    if self != Measure::VisionGain {
                         return Some(t.item_scores.clone());
                     }
                     (t.blind_item_scores.len() == t.item_scores.len())
@@ -165,9 +167,27 @@ impl Measure {
 struct Analysis<'a> {
     rows: &'a [ResultRow],
     vision_tasks: &'a [String],
+    /// What the primary contrasts read (`[verdicts] vision_measure`).
+    vision: Measure,
 }
 
 impl<'a> Analysis<'a> {
+    fn new(rows: &'a [ResultRow], verdicts: &'a VerdictConfig) -> Self {
+        let vision = match verdicts.vision_measure {
+            VisionMeasure::Gain => Measure::VisionGain,
+            VisionMeasure::Accuracy => Measure::VisionAccuracy,
+        };
+        Self { rows, vision_tasks: &verdicts.vision_tasks, vision }
+    }
+
+    /// The vision measure the primary contrasts do not read, co-reported beside them.
+    fn other_vision(&self) -> Measure {
+        match self.vision {
+            Measure::VisionGain => Measure::VisionAccuracy,
+            _ => Measure::VisionGain,
+        }
+    }
+
     /// Pooled seed noise of `measure` over every configuration scored by several seeds.
     fn seed_noise(&self, measure: Measure) -> Option<SeedNoise> {
         seed_noise(self.rows, |row| {
@@ -221,6 +241,9 @@ fn show(c: &Contrast, measure: Measure) -> String {
         }
         Measure::TextMc => format!("text MC {:+.3} [{:+.3}, {:+.3}]{seeds}", c.estimate, c.ci.lo, c.ci.hi),
         Measure::VisionGain => format!("vision gain {:+.3} [{:+.3}, {:+.3}]{seeds}", c.estimate, c.ci.lo, c.ci.hi),
+        Measure::VisionAccuracy => {
+            format!("vision accuracy {:+.3} [{:+.3}, {:+.3}]{seeds}", c.estimate, c.ci.lo, c.ci.hi)
+        }
     }
 }
 
@@ -431,17 +454,20 @@ fn draft(
     }
 }
 
-/// The primary contrast a - b on the vision gain, described, with its test.
+/// The primary contrast a - b on the configured vision measure, described with the other vision
+/// measure beside it, with its test.
 fn vision_primary(line: &Line, a: &MeanPoint, b: &MeanPoint) -> (String, Option<Primary>) {
-    match line.compare(a, b, Measure::VisionGain) {
-        Some(c) => (format!("{}: {}", line.label(a, b), show(&c, Measure::VisionGain)), Primary::greater(&c)),
-        None => (format!("{}: no blind-controlled item scores to compare", line.label(a, b)), None),
+    let (measure, other) = (line.analysis.vision, line.analysis.other_vision());
+    let beside = line.compare(a, b, other).map(|c| format!(" (beside it: {})", show(&c, other))).unwrap_or_default();
+    match line.compare(a, b, measure) {
+        Some(c) => (format!("{}: {}{beside}", line.label(a, b), show(&c, measure)), Primary::greater(&c)),
+        None => (format!("{}: no item scores to compare", line.label(a, b)), None),
     }
 }
 
 /// Checks each of the paper's findings 1-6 against the grid, Holm-adjusting the primary tests.
 pub fn findings(rows: &[ResultRow], verdicts: &VerdictConfig) -> Vec<Finding> {
-    let analysis = Analysis { rows, vision_tasks: &verdicts.vision_tasks };
+    let analysis = Analysis::new(rows, verdicts);
     let drafts = vec![
         introduction(&analysis),
         image_token_fraction(&analysis, verdicts.image_token_optimum),
@@ -536,7 +562,7 @@ fn image_token_fraction(analysis: &Analysis, optimum: Option<[f64; 2]>) -> Draft
         let per_winner = winners.iter().map(|w| {
             losers
                 .iter()
-                .map(|l| line.compare(w, l, Measure::VisionGain).and_then(|c| c.seed_variance.map(|_| c.p_greater())))
+                .map(|l| line.compare(w, l, line.analysis.vision).and_then(|c| c.seed_variance.map(|_| c.p_greater())))
                 .try_fold(0.0f64, |worst, p| p.map(|p| worst.max(p)))
         });
         let best = per_winner.collect::<Option<Vec<f64>>>()?.into_iter().fold(1.0f64, f64::min);
@@ -553,7 +579,7 @@ fn image_token_fraction(analysis: &Analysis, optimum: Option<[f64; 2]>) -> Draft
     let pairs: Vec<String> = inside
         .iter()
         .flat_map(|i| outside.iter().map(move |o| (*i, *o)))
-        .map(|(i, o)| line.describe(i, o, Measure::VisionGain))
+        .map(|(i, o)| line.describe(i, o, line.analysis.vision))
         .collect();
     let best = best_share_frequencies(&line);
     let text: Vec<SubVerdict> =
@@ -581,14 +607,14 @@ fn best_share_frequencies(line: &Line) -> String {
         .map(|p| {
             line.rows_at(p)
                 .iter()
-                .map(|r| Measure::VisionGain.items(r, line.analysis.vision_tasks).map(|(i, _)| (r.seed, i)))
+                .map(|r| line.analysis.vision.items(r, line.analysis.vision_tasks).map(|(i, _)| (r.seed, i)))
                 .collect()
         })
         .collect();
     let Some(rows) = rows else { return String::new() };
     let runs: Vec<Vec<SeedRun>> =
         rows.iter().map(|p| p.iter().map(|(seed, items)| SeedRun { seed: *seed, items }).collect()).collect();
-    let Ok(freq) = best_frequencies(&runs, Statistic::GroupMean, line.analysis.seed_noise(Measure::VisionGain)) else {
+    let Ok(freq) = best_frequencies(&runs, Statistic::GroupMean, line.analysis.seed_noise(line.analysis.vision)) else {
         return String::new();
     };
     let shown: Vec<String> =
@@ -624,7 +650,7 @@ fn scratch(analysis: &Analysis) -> Draft {
         .points
         .iter()
         .filter(|p| p.x > 0.0 && p.x != interior.x)
-        .map(|p| line.describe(p, zero, Measure::VisionGain))
+        .map(|p| line.describe(p, zero, line.analysis.vision))
         .collect();
     draft(q, &line, primary, Some(text), true, others.join(" · "))
 }
@@ -660,7 +686,7 @@ fn epochs(analysis: &Analysis) -> Draft {
     let mut text = vec![line.text_holds(two, one)];
     let mut later = Vec::new();
     for p in line.series.points.iter().filter(|p| p.x > 2.0) {
-        later.push(line.describe(p, two, Measure::VisionGain));
+        later.push(line.describe(p, two, line.analysis.vision));
         text.push(line.text_holds(two, p));
     }
     let verdict = if text.iter().all(|t| t.verdict == Verdict::Agrees) {
@@ -691,7 +717,7 @@ fn seeds(analysis: &Analysis) -> Draft {
     for (_, members) in groups.iter().filter(|(_, m)| m.len() > 1) {
         for (i, a) in members.iter().enumerate() {
             for b in &members[i + 1..] {
-                let items = |r: &ResultRow| Measure::VisionGain.items(r, analysis.vision_tasks).map(|(i, _)| i);
+                let items = |r: &ResultRow| analysis.vision.items(r, analysis.vision_tasks).map(|(i, _)| i);
                 let (Some(ia), Some(ib)) = (items(a), items(b)) else { continue };
                 // Item noise only: whether two seeds differ beyond what re-drawing items explains.
                 let ra = [SeedRun { seed: 0, items: &ia }];
@@ -702,7 +728,7 @@ fn seeds(analysis: &Analysis) -> Draft {
             }
         }
     }
-    let Some(noise) = analysis.seed_noise(Measure::VisionGain) else {
+    let Some(noise) = analysis.seed_noise(analysis.vision) else {
         return not_tested(
             q,
             "one seed per configuration: seed spread not measured (add grid.extra_base_seeds)".to_string(),
@@ -710,8 +736,7 @@ fn seeds(analysis: &Analysis) -> Draft {
     };
     let sd = noise.sd_interval();
     let p = pairs.iter().map(|(_, c)| c.p_two_sided()).fold(1.0f64, f64::min) * pairs.len().max(1) as f64;
-    let described =
-        pairs.iter().map(|(label, c)| format!("{label}: {}", show(c, Measure::VisionGain))).collect::<Vec<_>>();
+    let described = pairs.iter().map(|(label, c)| format!("{label}: {}", show(c, analysis.vision))).collect::<Vec<_>>();
     let equivalence = if sd.hi <= PAPER_SEED_SPREAD { Verdict::Agrees } else { Verdict::CannotTell };
     Draft {
         finding: Finding {
@@ -723,7 +748,7 @@ fn seeds(analysis: &Analysis) -> Draft {
             verdict: Verdict::CannotTell,
             answer: format!(
                 "{}; agrees only if its 95 % upper end is within the paper's {PAPER_SEED_SPREAD}",
-                seed_noise_text(&noise)
+                seed_noise_text(&noise, analysis.vision)
             ),
             evidence: String::new(),
         },
@@ -733,10 +758,11 @@ fn seeds(analysis: &Analysis) -> Draft {
     }
 }
 
-fn seed_noise_text(noise: &SeedNoise) -> String {
+fn seed_noise_text(noise: &SeedNoise, measure: Measure) -> String {
     let sd = noise.sd_interval();
+    let name = if measure == Measure::VisionGain { "vision gain" } else { "vision accuracy" };
     format!(
-        "seed standard deviation of the vision gain {:.4} [{:.4}, {:.4}] (chi-square, {} df)",
+        "seed standard deviation of the {name} {:.4} [{:.4}, {:.4}] (chi-square, {} df)",
         noise.sd(),
         sd.lo,
         sd.hi,
@@ -746,5 +772,6 @@ fn seed_noise_text(noise: &SeedNoise) -> String {
 
 /// The seed noise every vision contrast carries, for the findings' header; None without replicates.
 pub fn seed_noise_summary(rows: &[ResultRow], verdicts: &VerdictConfig) -> Option<String> {
-    Analysis { rows, vision_tasks: &verdicts.vision_tasks }.seed_noise(Measure::VisionGain).map(|n| seed_noise_text(&n))
+    let analysis = Analysis::new(rows, verdicts);
+    analysis.seed_noise(analysis.vision).map(|n| seed_noise_text(&n, analysis.vision))
 }
