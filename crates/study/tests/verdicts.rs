@@ -327,3 +327,38 @@ fn the_page_states_its_protocol_and_method() {
         assert!(page.contains(needle), "the page lacks {needle:?}");
     }
 }
+
+#[test]
+fn holm_keeps_a_lone_raw_success_from_becoming_a_finding() {
+    // 75 % (three identical seeds: seed noise 0) is right on 5 more of 400 items than 100 %: z = 2.25,
+    // raw p = 0.025. Findings 1, 3 and 6 are tested, so Holm multiplies the smallest p by 3: 0.075.
+    let mut rows = introduction_rows([205, 205, 205], 200);
+    rows.push(row(model(0.0, 0.3, 2, 0, 205, 40)));
+    let f = finding(&rows, &plan(), "1.");
+    let (raw, holm) = f.p.expect("tested");
+    assert!(raw < 0.05 && holm >= 0.05, "raw {raw}, Holm {holm}");
+    assert_eq!(f.vision, Verdict::CannotTell, "a per-comparison success, not a finding after Holm");
+}
+
+#[test]
+fn each_epoch_count_is_compared_with_its_text_side() {
+    // 1, 2 and 3 epochs at the base point (seeds 0-2 at 1 and 2): 2 beats 1 clearly; text (bits-per-
+    // byte) is equal, so "2 is the sweet spot for text" holds against both.
+    let mut rows = Vec::new();
+    for seed in 0..3 {
+        rows.push(row(model(0.75, 0.3, 1, seed, 150 + seed as usize, 40)));
+        rows.push(row(model(0.75, 0.3, 2, seed, 240 + seed as usize, 40)));
+    }
+    rows.push(row(model(0.75, 0.3, 3, 0, 250, 40)));
+    rows.push(text_only());
+    let f = finding(&rows, &plan(), "5.");
+    assert_eq!(f.vision, Verdict::Agrees, "{f:?}");
+    assert!(f.primary.starts_with("2 ep vs. 1 ep: vision gain +0.225"), "{}", f.primary);
+    let text = f.text.expect("a text side");
+    assert!(
+        text.text.contains("2 ep vs. 1 ep: bits-per-byte") && text.text.contains("2 ep vs. 3 ep: bits-per-byte"),
+        "{}",
+        text.text
+    );
+    assert!(f.answer.starts_with("3 ep vs. 2 ep: vision gain +0.025"), "{}", f.answer);
+}
