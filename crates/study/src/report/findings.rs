@@ -14,7 +14,7 @@
 //! it most, ties broken by the most runs, never by score.
 
 use super::grid::{knob_series, replicate_key, seed_noise, series_rows, Knob, KnobSeries, MeanPoint, Score};
-use super::results_table::ResultRow;
+use super::results_table::{percent, ResultRow};
 use crate::config::{VerdictConfig, VisionMeasure};
 use vlmix_eval::stats::RunItems;
 use vlmix_eval::stats::{best_frequencies, contrast, holm, Contrast, SeedNoise, SeedRun, Statistic, ALPHA};
@@ -80,6 +80,20 @@ impl Verdict {
 pub struct SubVerdict {
     pub verdict: Verdict,
     pub text: String,
+}
+
+impl SubVerdict {
+    /// Several parts that must all hold: agrees if every part does, disagrees if any part does.
+    fn all(parts: Vec<SubVerdict>) -> Self {
+        let verdict = if parts.iter().all(|t| t.verdict == Verdict::Agrees) {
+            Verdict::Agrees
+        } else if parts.iter().any(|t| t.verdict == Verdict::Disagrees) {
+            Verdict::Disagrees
+        } else {
+            Verdict::CannotTell
+        };
+        SubVerdict { verdict, text: parts.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" · ") }
+    }
 }
 
 /// One of the paper's findings, checked.
@@ -582,20 +596,10 @@ fn image_token_fraction(analysis: &Analysis, optimum: Option<[f64; 2]>) -> Draft
         .map(|(i, o)| line.describe(i, o, line.analysis.vision))
         .collect();
     let best = best_share_frequencies(&line);
-    let text: Vec<SubVerdict> =
-        inside.iter().flat_map(|i| outside.iter().map(move |o| (*i, *o))).map(|(i, o)| line.text_holds(i, o)).collect();
-    let text_verdict = if text.iter().all(|t| t.verdict == Verdict::Agrees) {
-        Verdict::Agrees
-    } else if text.iter().any(|t| t.verdict == Verdict::Disagrees) {
-        Verdict::Disagrees
-    } else {
-        Verdict::CannotTell
-    };
-    let text = SubVerdict {
-        verdict: text_verdict,
-        text: text.iter().map(|t| t.text.clone()).collect::<Vec<_>>().join(" · "),
-    };
-    let described = format!("predicted best {}-{} %: {}", 100.0 * lo, 100.0 * hi, pairs.join(" · "));
+    let text = SubVerdict::all(
+        inside.iter().flat_map(|i| outside.iter().map(move |o| (*i, *o))).map(|(i, o)| line.text_holds(i, o)).collect(),
+    );
+    let described = format!("predicted best {}-{} %: {}", percent(lo), percent(hi), pairs.join(" · "));
     draft(q, &line, (described, primary), Some(text), false, best)
 }
 
@@ -689,15 +693,7 @@ fn epochs(analysis: &Analysis) -> Draft {
         later.push(line.describe(p, two, line.analysis.vision));
         text.push(line.text_holds(two, p));
     }
-    let verdict = if text.iter().all(|t| t.verdict == Verdict::Agrees) {
-        Verdict::Agrees
-    } else if text.iter().any(|t| t.verdict == Verdict::Disagrees) {
-        Verdict::Disagrees
-    } else {
-        Verdict::CannotTell
-    };
-    let text = SubVerdict { verdict, text: text.iter().map(|t| t.text.clone()).collect::<Vec<_>>().join(" · ") };
-    draft(q, &line, primary, Some(text), false, later.join(" · "))
+    draft(q, &line, primary, Some(SubVerdict::all(text)), false, later.join(" · "))
 }
 
 /// Finding 6: seeds move scores little. Disagrees when two seeds of one configuration differ beyond
