@@ -90,6 +90,10 @@ pub struct ItemOutcome {
     pub id: String,
     pub prediction: String,
     pub score: f64,
+    /// The item's own image (its key; the blind pass too): items about one image are resampled
+    /// together ([`crate::stats::Design`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// One scored item as `samples.jsonl` logs it (lm-eval's `--log_samples`): enough to recompute
@@ -101,6 +105,9 @@ pub struct Sample {
     /// Scored with [`ImageRef::blank`] in place of the item's image (the blind control).
     #[serde(default)]
     pub blind: bool,
+    /// The key of the item's own image (vision-language items).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The prompt or context the model was given (the image, if any, comes first).
     pub prompt: String,
     /// Per-choice contexts, when the task varies them (Winogrande).
@@ -175,6 +182,11 @@ pub struct TaskResult {
 }
 
 impl TaskResult {
+    /// Per-item image keys in item order (empty strings for items without an image).
+    pub fn item_images(&self) -> Vec<String> {
+        self.items.iter().map(|o| o.image.clone().unwrap_or_default()).collect()
+    }
+
     /// Per-item credit in item order.
     pub fn item_scores(&self) -> Vec<f64> {
         self.items.iter().map(|o| o.score).collect()
@@ -307,6 +319,7 @@ struct Tally {
 /// One ranked multiple-choice item, as scored.
 struct Ranked<'a> {
     id: &'a str,
+    image: Option<&'a str>,
     prompt: &'a str,
     contexts: Option<&'a Vec<String>>,
     /// The answers as scored (surface forms), without the target delimiter.
@@ -333,6 +346,7 @@ impl Tally {
                 task: task.to_string(),
                 id: item.id.to_string(),
                 blind,
+                image: item.image.map(str::to_string),
                 prompt: item.prompt.to_string(),
                 contexts: item.contexts.cloned(),
                 gold: item.choices[item.gold].clone(),
@@ -354,6 +368,7 @@ impl Tally {
             id: sample.id.clone(),
             prediction: sample.prediction.clone(),
             score: sample.score,
+            image: sample.image.clone(),
         });
         self.samples.push(sample);
     }
@@ -537,6 +552,7 @@ fn score_text_items(scorer: &mut dyn Scorer, task: &str, items: &[TextChoiceItem
         );
         let ranked = Ranked {
             id: &item.id,
+            image: None,
             prompt: &item.context,
             contexts: item.contexts.as_ref(),
             choices: &item.choices,
@@ -618,6 +634,7 @@ fn record_vl_item(
         task: task.to_string(),
         id: item.id.clone(),
         blind,
+        image: Some(item.image.key.clone()),
         prompt: prompt.to_string(),
         contexts: None,
         gold,
@@ -656,6 +673,7 @@ fn record_vl_item(
             let lls = sums(&lls);
             let ranked = Ranked {
                 id: &item.id,
+                image: Some(&item.image.key),
                 prompt,
                 contexts: None,
                 choices: forms,

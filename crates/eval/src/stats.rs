@@ -6,7 +6,8 @@
 //! - A contrast between two configurations ([`contrast`]): the point estimate compares seed-matched
 //!   runs where the arms share seeds (seed-0 branches share projector init, data order and the
 //!   fine-tuning subset); its item variance comes from a paired bootstrap over items (a task's items
-//!   are drawn once per resample and shared by both arms, so item difficulty cancels); its seed
+//!   are drawn once per resample and shared by both arms, so item difficulty cancels; items about
+//!   the same image, in one task or two, are drawn together: [`Design`]); its seed
 //!   variance is `sigma_seed^2 (1/n_a + 1/n_b)`, with `sigma_seed^2` pooled from replicate runs of
 //!   one configuration on the same items ([`SeedNoise`]). The interval is `estimate +- t * se` with
 //!   Welch-Satterthwaite degrees of freedom, so a seed variance estimated from three runs widens it
@@ -203,6 +204,66 @@ fn t_quantile(df: f64, q: f64) -> f64 {
     }
 }
 
+/// What one bootstrap draw picks: units of items that share an image (every item about one photo,
+/// across tasks, so two tasks asking about it are not counted as independent evidence), stratified
+/// by the set of tasks a unit spans, so each task keeps its size in expectation and exactly where no
+/// image is shared (then this is the plain per-task item bootstrap).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Design {
+    /// `strata[s][unit][task]`: the item indices of each unit, per task.
+    strata: Vec<Vec<Vec<Vec<usize>>>>,
+    sizes: Vec<usize>,
+}
+
+impl Design {
+    /// Every item its own unit, stratified by task.
+    pub fn by_item(sizes: &[usize]) -> Self {
+        let keys: Vec<Vec<String>> = sizes.iter().map(|&n| vec![String::new(); n]).collect();
+        Self::by_key(&keys)
+    }
+
+    /// Items grouped by `keys[task][item]` (an image key); an empty key stands alone.
+    pub fn by_key(keys: &[Vec<String>]) -> Self {
+        let mut units: Vec<(String, Vec<Vec<usize>>)> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (task, task_keys) in keys.iter().enumerate() {
+            for (item, key) in task_keys.iter().enumerate() {
+                let key = if key.is_empty() { format!("\0{task}:{item}") } else { key.clone() };
+                let at = *index.entry(key.clone()).or_insert_with(|| {
+                    units.push((key, vec![Vec::new(); keys.len()]));
+                    units.len() - 1
+                });
+                units[at].1[task].push(item);
+            }
+        }
+        let mut strata: Vec<(Vec<bool>, Vec<Vec<Vec<usize>>>)> = Vec::new();
+        for (_, unit) in units {
+            let span: Vec<bool> = unit.iter().map(|items| !items.is_empty()).collect();
+            match strata.iter_mut().find(|(s, _)| *s == span) {
+                Some((_, members)) => members.push(unit),
+                None => strata.push((span, vec![unit])),
+            }
+        }
+        Self {
+            strata: strata.into_iter().map(|(_, units)| units).collect(),
+            sizes: keys.iter().map(Vec::len).collect(),
+        }
+    }
+
+    /// One resample: `draws[task]` is the item indices drawn for each task.
+    fn draw(&self, rng: &mut ChaCha8Rng, draws: &mut [Vec<usize>]) {
+        draws.iter_mut().for_each(Vec::clear);
+        for units in &self.strata {
+            for _ in 0..units.len() {
+                let unit = &units[rng.gen_range(0..units.len())];
+                for (draw, items) in draws.iter_mut().zip(unit) {
+                    draw.extend_from_slice(items);
+                }
+            }
+        }
+    }
+}
+
 fn check_items(runs: &[&RunItems]) -> Result<Vec<usize>> {
     let first = runs.first().ok_or_else(|| anyhow::anyhow!("nothing to compare"))?;
     let sizes: Vec<usize> = first.iter().map(Vec::len).collect();
@@ -217,18 +278,21 @@ fn check_items(runs: &[&RunItems]) -> Result<Vec<usize>> {
     Ok(sizes)
 }
 
-/// Resamples items per task (`draws[task]`), the same draw for every run: paired.
-fn item_resamples<T>(sizes: &[usize], mut stat: impl FnMut(&[Vec<usize>]) -> T) -> Vec<T> {
+/// Resamples items by `design` (`draws[task]`), the same draw for every run: paired.
+fn item_resamples<T>(design: &Design, sizes: &[usize], mut stat: impl FnMut(&[Vec<usize>]) -> T) -> Result<Vec<T>> {
+    ensure!(
+        design.sizes == sizes,
+        "the resampling design covers {:?} items per task, the runs {sizes:?}",
+        design.sizes
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
-    let mut draws: Vec<Vec<usize>> = sizes.iter().map(|&n| vec![0; n]).collect();
-    (0..RESAMPLES)
+    let mut draws: Vec<Vec<usize>> = vec![Vec::new(); sizes.len()];
+    Ok((0..RESAMPLES)
         .map(|_| {
-            for (draw, &n) in draws.iter_mut().zip(sizes) {
-                draw.iter_mut().for_each(|d| *d = rng.gen_range(0..n));
-            }
+            design.draw(&mut rng, &mut draws);
             stat(&draws)
         })
-        .collect()
+        .collect())
 }
 
 fn variance(xs: &[f64]) -> f64 {
@@ -242,6 +306,7 @@ fn variance(xs: &[f64]) -> f64 {
 pub fn contrast<'a>(
     a: &[SeedRun<'a>],
     b: &[SeedRun<'a>],
+    design: &Design,
     statistic: Statistic,
     noise: Option<SeedNoise>,
 ) -> Result<Contrast> {
@@ -263,7 +328,7 @@ pub fn contrast<'a>(
     };
     let full: Vec<Vec<usize>> = sizes.iter().map(|&n| (0..n).collect()).collect();
     let estimate = side(&a_runs, &full) - side(&b_runs, &full);
-    let item_variance = variance(&item_resamples(&sizes, |draws| side(&a_runs, draws) - side(&b_runs, draws)));
+    let item_variance = variance(&item_resamples(design, &sizes, |draws| side(&a_runs, draws) - side(&b_runs, draws))?);
     let inverse_runs = 1.0 / a_runs.len() as f64 + if b_runs.is_empty() { 0.0 } else { 1.0 / b_runs.len() as f64 };
     let seed_variance = noise.map(|n| n.variance * inverse_runs);
     let total = item_variance + seed_variance.unwrap_or(0.0);
@@ -289,20 +354,25 @@ pub fn contrast<'a>(
 /// How often each configuration has the highest statistic when items are resampled and each
 /// configuration's mean is moved by a draw of its seed noise (`N(0, sigma^2 / runs)`): a reader's
 /// "which point is best, and how sure is that".
-pub fn best_frequencies(points: &[Vec<SeedRun>], statistic: Statistic, noise: Option<SeedNoise>) -> Result<Vec<f64>> {
+pub fn best_frequencies(
+    points: &[Vec<SeedRun>],
+    design: &Design,
+    statistic: Statistic,
+    noise: Option<SeedNoise>,
+) -> Result<Vec<f64>> {
     let all: Vec<&RunItems> = points.iter().flatten().map(|r| r.items).collect();
     let sizes = check_items(&all)?;
     ensure!(points.iter().all(|p| !p.is_empty()), "every point needs a run");
     let normal = Normal::standard();
     let mut noise_rng = ChaCha8Rng::seed_from_u64(SEED + 1);
-    let winners = item_resamples(&sizes, |draws| {
+    let winners = item_resamples(design, &sizes, |draws| {
         let scores = points.iter().map(|runs| {
             let level = runs.iter().map(|r| statistic.of_draw(r.items, draws)).sum::<f64>() / runs.len() as f64;
             let sd = noise.map_or(0.0, |n| (n.variance / runs.len() as f64).sqrt());
             level + sd * normal.inverse_cdf(noise_rng.gen_range(1e-12..1.0 - 1e-12))
         });
         scores.enumerate().max_by(|x, y| x.1.total_cmp(&y.1)).map_or(0, |(i, _)| i)
-    });
+    })?;
     let wins = |point: usize| winners.iter().filter(|&&w| w == point).count() as f64 / RESAMPLES as f64;
     Ok((0..points.len()).map(wins).collect())
 }
@@ -337,17 +407,17 @@ pub fn accuracy_ci(items: &[f64]) -> Result<Interval> {
     Ok(Interval { lo: (centre - half).max(0.0), hi: (centre + half).min(1.0) })
 }
 
-/// 95 % percentile-bootstrap interval of a group mean over items (tasks resampled separately).
-pub fn group_ci(run: &RunItems) -> Result<Interval> {
+/// 95 % percentile-bootstrap interval of a group mean over items, drawn by `design`.
+pub fn group_ci(run: &RunItems, design: &Design) -> Result<Interval> {
     let sizes = check_items(&[run])?;
-    let mut stats = item_resamples(&sizes, |draws| Statistic::GroupMean.of_draw(run, draws));
+    let mut stats = item_resamples(design, &sizes, |draws| Statistic::GroupMean.of_draw(run, draws))?;
     stats.sort_by(f64::total_cmp);
     Ok(Interval { lo: quantile(&stats, ALPHA / 2.0), hi: quantile(&stats, 1.0 - ALPHA / 2.0) })
 }
 
 /// 95 % interval of the mean of one list of item credits.
 pub fn mean_ci(items: &[f64]) -> Result<Interval> {
-    group_ci(&vec![items.to_vec()])
+    group_ci(&vec![items.to_vec()], &Design::by_item(&[items.len()]))
 }
 
 /// 95 % interval of `mean(a) - mean(b)` over the same items, paired (percentile bootstrap).
@@ -361,10 +431,10 @@ pub fn paired_diff_ci(a: &[f64], b: &[f64]) -> Result<Interval> {
 /// pooled total, such as held-out bits-per-byte over the same sequences (the bytes cancel).
 pub fn paired_ratio_ci(a: &[f64], b: &[f64]) -> Result<Interval> {
     ensure!(a.len() == b.len() && !a.is_empty(), "a paired ratio needs the same non-empty items on both sides");
-    let mut stats = item_resamples(&[a.len()], |draws| {
+    let mut stats = item_resamples(&Design::by_item(&[a.len()]), &[a.len()], |draws| {
         let (sa, sb) = draws[0].iter().fold((0.0, 0.0), |(sa, sb), &i| (sa + a[i], sb + b[i]));
         sa / sb - 1.0
-    });
+    })?;
     stats.sort_by(f64::total_cmp);
     Ok(Interval { lo: quantile(&stats, ALPHA / 2.0), hi: quantile(&stats, 1.0 - ALPHA / 2.0) })
 }
@@ -420,6 +490,7 @@ mod tests {
         let c = contrast(
             &[SeedRun { seed: 0, items: &rb }],
             &[SeedRun { seed: 0, items: &ra }],
+            &Design::by_item(&[200]),
             Statistic::GroupMean,
             None,
         )
@@ -445,13 +516,13 @@ mod tests {
         let a = vec![binary(300, |i| i < 120)];
         let b = vec![binary(300, |i| i < 90)];
         let (ra, rb) = ([SeedRun { seed: 0, items: &a }], [SeedRun { seed: 0, items: &b }]);
-        let items_only = contrast(&ra, &rb, Statistic::GroupMean, None).unwrap();
+        let items_only = contrast(&ra, &rb, &Design::by_item(&[300]), Statistic::GroupMean, None).unwrap();
         assert!(items_only.ci.lo > 0.05, "{items_only:?}");
         // Seeds of one configuration spread by sd 0.05 (three runs: df 2). One run per arm adds
         // 2 * 0.0025 to the item variance 0.1 * 0.9 / 300 = 0.0003: df = 0.0053^2 / (0.005^2 / 2)
         // = 2.25, t = 3.9, half-width 3.9 * sqrt(0.0053) = 0.28 > 0.10.
         let noise = SeedNoise { variance: 0.0025, df: 2 };
-        let with_seeds = contrast(&ra, &rb, Statistic::GroupMean, Some(noise)).unwrap();
+        let with_seeds = contrast(&ra, &rb, &Design::by_item(&[300]), Statistic::GroupMean, Some(noise)).unwrap();
         assert!((with_seeds.seed_variance.unwrap() - 0.005).abs() < 1e-12);
         assert!(with_seeds.df > 2.1 && with_seeds.df < 2.4, "{with_seeds:?}");
         let half = with_seeds.ci.half_width();
@@ -464,10 +535,11 @@ mod tests {
         let run = |right: usize| vec![binary(100, move |i| i < right)];
         let (a0, a1, a2, b0) = (run(50), run(70), run(90), run(40));
         let a = [SeedRun { seed: 0, items: &a0 }, SeedRun { seed: 1, items: &a1 }, SeedRun { seed: 2, items: &a2 }];
-        let c = contrast(&a, &[SeedRun { seed: 0, items: &b0 }], Statistic::GroupMean, None).unwrap();
+        let c = contrast(&a, &[SeedRun { seed: 0, items: &b0 }], &Design::by_item(&[100]), Statistic::GroupMean, None)
+            .unwrap();
         assert!(c.seed_matched && c.runs == (1, 1) && (c.estimate - 0.10).abs() < 1e-12, "seed 0 vs seed 0: {c:?}");
         let b7 = [SeedRun { seed: 7, items: &b0 }];
-        let c = contrast(&a, &b7, Statistic::GroupMean, None).unwrap();
+        let c = contrast(&a, &b7, &Design::by_item(&[100]), Statistic::GroupMean, None).unwrap();
         assert!(!c.seed_matched && c.runs == (3, 1) && (c.estimate - 0.30).abs() < 1e-12, "all runs: {c:?}");
     }
 
@@ -501,11 +573,36 @@ mod tests {
         let run = |right: usize| vec![binary(300, move |i| i < right)];
         let (lo, hi) = (run(90), run(150));
         let points = vec![vec![SeedRun { seed: 0, items: &lo }], vec![SeedRun { seed: 0, items: &hi }]];
-        let f = best_frequencies(&points, Statistic::GroupMean, None).unwrap();
+        let f = best_frequencies(&points, &Design::by_item(&[300]), Statistic::GroupMean, None).unwrap();
         assert!(f[1] > 0.99 && (f[0] + f[1] - 1.0).abs() < 1e-12, "{f:?}");
         // Huge seed noise makes it a coin toss.
-        let f = best_frequencies(&points, Statistic::GroupMean, Some(SeedNoise { variance: 100.0, df: 2 })).unwrap();
+        let f = best_frequencies(
+            &points,
+            &Design::by_item(&[300]),
+            Statistic::GroupMean,
+            Some(SeedNoise { variance: 100.0, df: 2 }),
+        )
+        .unwrap();
         assert!(f[1] > 0.4 && f[1] < 0.6, "{f:?}");
+    }
+
+    #[test]
+    fn items_about_one_image_are_drawn_together() {
+        // Two tasks ask about the same 100 images, each right on exactly the same images: they are one
+        // piece of evidence, so the group mean's interval is as wide as one task's, not sqrt(2)
+        // narrower as two independent tasks would make it.
+        let one = binary(100, |i| i % 2 == 0);
+        let run = vec![one.clone(), one.clone()];
+        let keys: Vec<Vec<String>> = (0..2).map(|_| (0..100).map(|i| format!("img{i}")).collect()).collect();
+        let shared = group_ci(&run, &Design::by_key(&keys)).unwrap();
+        let single = group_ci(&vec![one], &Design::by_item(&[100])).unwrap();
+        let independent = group_ci(&run, &Design::by_item(&[100, 100])).unwrap();
+        assert!((shared.half_width() - single.half_width()).abs() < 0.01, "{shared:?} {single:?}");
+        assert!(independent.half_width() < 0.8 * shared.half_width(), "{independent:?} {shared:?}");
+        // Without shared keys the design is the per-task bootstrap, draw for draw.
+        let distinct: Vec<Vec<String>> = (0..2).map(|t| (0..100).map(|i| format!("t{t}-{i}")).collect()).collect();
+        assert_eq!(group_ci(&run, &Design::by_key(&distinct)).unwrap(), independent);
+        assert!(group_ci(&run, &Design::by_item(&[100])).is_err(), "a design for other items is refused");
     }
 
     #[test]
@@ -514,6 +611,7 @@ mod tests {
         assert!(contrast(
             &[SeedRun { seed: 0, items: &a }],
             &[SeedRun { seed: 0, items: &b }],
+            &Design::by_item(&[100]),
             Statistic::GroupMean,
             None
         )

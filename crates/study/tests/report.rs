@@ -104,6 +104,7 @@ fn task(name: &str, modality: Modality, accuracy: f64, chance: f64, salt: u64) -
             Vec::new()
         },
         item_scores,
+        item_images: Vec::new(),
         items_digest: "same items".into(),
     }
 }

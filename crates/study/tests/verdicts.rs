@@ -34,6 +34,7 @@ fn vision_task(name: &str, right: usize, blind: usize) -> TaskScore {
         gain_ci: Some(Interval { lo: 0.0, hi: 0.1 }),
         item_scores,
         blind_item_scores: binary(|i| i < blind),
+        item_images: Vec::new(),
         items_digest: format!("{name} items"),
     }
 }
@@ -55,6 +56,7 @@ fn text_task() -> TaskScore {
         gain_ci: None,
         item_scores,
         blind_item_scores: Vec::new(),
+        item_images: Vec::new(),
         items_digest: "arc items".into(),
     }
 }

@@ -14,10 +14,10 @@
 //! it most, ties broken by the most runs, never by score.
 
 use super::grid::{knob_series, replicate_key, seed_noise, series_rows, Knob, KnobSeries, MeanPoint, Score};
-use super::results_table::{percent, ResultRow};
+use super::results_table::{design_of, percent, ResultRow, TaskScore};
 use crate::config::{VerdictConfig, VisionMeasure};
 use vlmix_eval::stats::RunItems;
-use vlmix_eval::stats::{best_frequencies, contrast, holm, Contrast, SeedNoise, SeedRun, Statistic, ALPHA};
+use vlmix_eval::stats::{best_frequencies, contrast, holm, Contrast, Design, SeedNoise, SeedRun, Statistic, ALPHA};
 use vlmix_eval::Modality;
 
 /// A paper's claim as this grid answers it.
@@ -147,23 +147,34 @@ impl Measure {
         }
     }
 
+    /// How the items `items` returns are resampled: by image where items share one.
+    fn design(self, row: &ResultRow, vision_tasks: &[String]) -> Design {
+        match self {
+            Measure::Bpb => Design::by_item(&[row.validation_nats.len()]),
+            _ => design_of(self.tasks(row, vision_tasks).into_iter()),
+        }
+    }
+
+    fn tasks<'r>(self, row: &'r ResultRow, vision_tasks: &[String]) -> Vec<&'r TaskScore> {
+        let modality = if self == Measure::TextMc { Modality::Text } else { Modality::Vision };
+        row.tasks
+            .iter()
+            .filter(|t| t.modality == modality)
+            .filter(|t| modality == Modality::Text || vision_tasks.is_empty() || vision_tasks.contains(&t.task))
+            .collect()
+    }
+
     /// The row's items, with a key that must match between rows compared item by item.
     fn items(self, row: &ResultRow, vision_tasks: &[String]) -> Option<(RunItems, Vec<String>)> {
         match self {
             Measure::Bpb => (!row.validation_nats.is_empty())
                 .then(|| (vec![row.validation_nats.clone()], vec![row.validation_nats.len().to_string()])),
             Measure::TextMc | Measure::VisionGain | Measure::VisionAccuracy => {
-                let modality = if self == Measure::TextMc { Modality::Text } else { Modality::Vision };
-                let tasks: Vec<_> = row
-                    .tasks
-                    .iter()
-                    .filter(|t| t.modality == modality)
-                    .filter(|t| modality == Modality::Text || vision_tasks.is_empty() || vision_tasks.contains(&t.task))
-                    .collect();
+                let tasks = self.tasks(row, vision_tasks);
                 if tasks.is_empty() || tasks.iter().any(|t| t.item_scores.is_empty()) {
                     return None;
                 }
-                let per_item = |t: &super::results_table::TaskScore| -> Option<Vec<f64>> {
+                let per_item = |t: &TaskScore| -> Option<Vec<f64>> {
                     if self != Measure::VisionGain {
                         return Some(t.item_scores.clone());
                     }
@@ -222,9 +233,10 @@ impl<'a> Analysis<'a> {
         }
         let (a_runs, b_runs) = (seed_runs(&a_items), seed_runs(&b_items));
         let noise = self.seed_noise(measure);
+        let design = measure.design(a.first()?, self.vision_tasks);
         let c = match measure {
-            Measure::Bpb => contrast(&b_runs, &a_runs, measure.statistic(), noise),
-            _ => contrast(&a_runs, &b_runs, measure.statistic(), noise),
+            Measure::Bpb => contrast(&b_runs, &a_runs, &design, measure.statistic(), noise),
+            _ => contrast(&a_runs, &b_runs, &design, measure.statistic(), noise),
         };
         c.ok()
     }
@@ -618,7 +630,11 @@ fn best_share_frequencies(line: &Line) -> String {
     let Some(rows) = rows else { return String::new() };
     let runs: Vec<Vec<SeedRun>> =
         rows.iter().map(|p| p.iter().map(|(seed, items)| SeedRun { seed: *seed, items }).collect()).collect();
-    let Ok(freq) = best_frequencies(&runs, Statistic::GroupMean, line.analysis.seed_noise(line.analysis.vision)) else {
+    let (measure, tasks) = (line.analysis.vision, line.analysis.vision_tasks);
+    let Some(design) = points.first().and_then(|p| line.rows_at(p).first().map(|r| measure.design(r, tasks))) else {
+        return String::new();
+    };
+    let Ok(freq) = best_frequencies(&runs, &design, Statistic::GroupMean, line.analysis.seed_noise(measure)) else {
         return String::new();
     };
     let shown: Vec<String> =
@@ -718,7 +734,8 @@ fn seeds(analysis: &Analysis) -> Draft {
                 // Item noise only: whether two seeds differ beyond what re-drawing items explains.
                 let ra = [SeedRun { seed: 0, items: &ia }];
                 let rb = [SeedRun { seed: 0, items: &ib }];
-                if let Ok(c) = contrast(&ra, &rb, Statistic::GroupMean, None) {
+                let design = analysis.vision.design(a, analysis.vision_tasks);
+                if let Ok(c) = contrast(&ra, &rb, &design, Statistic::GroupMean, None) {
                     pairs.push((format!("{} seed {} vs. {}", a.run_id, a.seed, b.seed), c));
                 }
             }

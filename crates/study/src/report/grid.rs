@@ -132,7 +132,8 @@ pub fn point_interval(runs: &[&ResultRow], score: Score, noise: Option<SeedNoise
     let items: Vec<_> =
         runs.iter().map(|r| r.run_items(score.modality()).map(|i| (r.seed, i))).collect::<Option<_>>()?;
     let seed_runs: Vec<SeedRun> = items.iter().map(|(seed, items)| SeedRun { seed: *seed, items }).collect();
-    let level = contrast(&seed_runs, &[], Statistic::GroupMean, noise).ok()?;
+    let design = runs.first()?.design(score.modality());
+    let level = contrast(&seed_runs, &[], &design, Statistic::GroupMean, noise).ok()?;
     let mean = runs.iter().filter_map(|r| score.of(r)).sum::<f64>() / runs.len() as f64;
     Some(level.ci.shifted(mean - level.estimate))
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use vlmix_eval::stats::{group_ci, RunItems};
+use vlmix_eval::stats::{group_ci, Design, RunItems};
 use vlmix_eval::{EvalReport, Interval, Modality, TaskResult};
 
 /// One task's headline numbers for one model, with what the report's intervals are drawn from.
@@ -41,6 +41,10 @@ pub struct TaskScore {
     /// verdicts' vision gain is `item_scores - blind_item_scores`, item by item.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blind_item_scores: Vec<f64>,
+    /// Per-item image keys in the same order (empty where the item has none or rows predate it):
+    /// items about one image are resampled together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub item_images: Vec<String>,
     /// FNV-1a digest of the item ids: two rows are compared item by item only when it matches.
     #[serde(default)]
     pub items_digest: String,
@@ -62,9 +66,24 @@ impl From<&TaskResult> for TaskScore {
             gain_ci: t.blind.as_ref().map(|b| b.gain_ci),
             item_scores: t.item_scores(),
             blind_item_scores: t.blind.as_ref().map(|b| b.items.iter().map(|o| o.score).collect()).unwrap_or_default(),
+            item_images: t.item_images(),
             items_digest: items_digest(t.items.iter().map(|o| o.id.as_str())),
         }
     }
+}
+
+/// The resampling design of some tasks' items: their image keys where recorded, else item by item.
+pub fn design_of<'a>(tasks: impl Iterator<Item = &'a TaskScore>) -> Design {
+    let keys: Vec<Vec<String>> = tasks
+        .map(|t| {
+            if t.item_images.len() == t.item_scores.len() {
+                t.item_images.clone()
+            } else {
+                vec![String::new(); t.item_scores.len()]
+            }
+        })
+        .collect();
+    Design::by_key(&keys)
 }
 
 /// FNV-1a (64-bit) over the ids, newline-separated, as hex.
@@ -140,12 +159,17 @@ impl ResultRow {
             .then(|| tasks.iter().map(|t| t.item_scores.clone()).collect())
     }
 
+    /// How the items of `modality`'s tasks are resampled: by image where items share one.
+    pub fn design(&self, modality: Modality) -> Design {
+        design_of(self.tasks.iter().filter(|t| t.modality == modality))
+    }
+
     /// Interval of a stable score: the accuracy group mean's interval less the mean chance.
     fn stable_ci(&self, modality: Modality) -> Result<Option<Interval>> {
         let Some(items) = self.run_items(modality) else { return Ok(None) };
         let tasks: Vec<&TaskScore> = self.tasks.iter().filter(|t| t.modality == modality).collect();
         let chance = tasks.iter().map(|t| t.chance).sum::<f64>() / tasks.len() as f64;
-        Ok(Some(group_ci(&items)?.shifted(-chance)))
+        Ok(Some(group_ci(&items, &self.design(modality))?.shifted(-chance)))
     }
 
     /// Rejects values the figures could not place, naming the row and field.
