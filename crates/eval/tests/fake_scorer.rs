@@ -143,6 +143,10 @@ fn vision_tasks_score_open_yes_no_and_choice_items() {
     // "no"; shape: all "circle".
     assert_eq!((count.majority, pope.majority, shape.majority), (0.45, 0.5, 1.0));
     assert!(scorer.contexts.contains(&"<image>\nQuestion: Is there a cat?\nAnswer:".to_string()));
+    // Every vision item, blind pass too, names its own image: the bootstrap draws items by image.
+    assert_eq!(count.item_images(), ["a.png", "b.png"]);
+    assert_eq!(shape.item_images(), ["e.png"]);
+    assert!(blind(pope).items.iter().map(|o| o.image.as_deref()).eq([Some("c.png"), Some("d.png")]));
 }
 
 #[test]
