@@ -12,7 +12,8 @@ pub mod layers;
 pub use cpu::Cpu;
 pub use cuda::Cuda;
 pub use device::{
-    AdamWStep, AttnShape, Device, DeviceMemory, GeluKind, Gemm, LossStats, OnDevice, SavedAttention, ZLossTerm,
+    AdamWStep, AttnShape, Device, DeviceMemory, FlashHeadDims, GeluKind, Gemm, LossStats, OnDevice, SavedAttention,
+    ZLossTerm,
 };
 pub use device_choice::{DeviceChoice, DeviceKind};
 pub mod adamw;

@@ -43,7 +43,6 @@ use std::time::Instant;
 use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaStream, DeviceRepr};
 
 pub use buf::{CudaBuf, CudaVec, DevF32};
-pub use flash::supports as flash_supports;
 pub use gemm::Precision;
 
 use crate::device::{AdamWStep, AttnShape, Device, DeviceMemory, GeluKind, Gemm, LossStats, SavedAttention, ZLossTerm};
@@ -370,7 +369,11 @@ impl Device for Cuda {
     type Owned = CudaVec;
 
     fn memory(&self) -> DeviceMemory {
-        DeviceMemory { saved_attention: SavedAttention::Flash, attention_workers: 0, available_from: "free GPU memory" }
+        DeviceMemory {
+            saved_attention: SavedAttention::Flash(flash::HEAD_DIMS),
+            attention_workers: 0,
+            available_from: "free GPU memory",
+        }
     }
 
     fn available_memory(&self) -> anyhow::Result<u64> {
