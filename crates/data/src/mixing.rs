@@ -9,7 +9,7 @@
 //! rule splits image examples between captions and instruction conversations (the paper's
 //! instruction-share ablation). An image row holds one example, the paper's layout, or with
 //! `images_per_row > 1` up to that many examples of one kind back to back (less padding: see
-//! [`ImageRow`](vlmix_models::sequence::ImageRow)); the decision then weighs the whole row. The
+//! [`ImageRow`](crate::sequence::ImageRow)); the decision then weighs the whole row. The
 //! cursor (counters, stream positions, recent window) is serialisable; a sampler rebuilt from it
 //! continues exactly where the saved one stopped.
 use std::collections::VecDeque;
@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use vlmix_models::sequence::{ImageText, SpecialTokens, VlmSequence};
+use crate::sequence::{ImageText, SpecialTokens, VlmSequence};
 
 use crate::packing::{epoch_order, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
 

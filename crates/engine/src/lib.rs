@@ -17,12 +17,27 @@ pub use device::{
 };
 pub use device_choice::{DeviceChoice, DeviceKind};
 pub mod adamw;
-pub mod atomic_file;
+/// The engine's atomic file writes, for the study's report writers (`study/src/report/`) until
+/// they name [`vlmix_atomic_file`] directly (issue 23: the report is being rewritten elsewhere).
+pub use vlmix_atomic_file as atomic_file;
 pub mod checkpoint;
 pub mod grad_clip;
 pub mod machine;
-pub mod mutation;
 pub mod nonfinite;
 pub mod params;
 pub mod safetensors_io;
 pub mod torch_file;
+
+/// A fresh empty directory under the system temp dir, for unit tests.
+#[cfg(test)]
+pub(crate) fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vlmix-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

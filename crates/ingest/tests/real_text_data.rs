@@ -4,6 +4,7 @@ use std::path::Path;
 
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
 use vlmix_data::packing::SequenceKind;
+use vlmix_data::sequence::ImageText;
 use vlmix_data::text::shard::TokenShard;
 use vlmix_data::text_eval::read_choice_items;
 use vlmix_data::tokenizer::TextTokenizer;
@@ -14,7 +15,6 @@ use vlmix_ingest::text::documents::read_documents;
 use vlmix_ingest::text::sources::text_source;
 use vlmix_ingest::text::CorpusOptions;
 use vlmix_ingest::text_eval::read_oe_eval_requests;
-use vlmix_models::sequence::ImageText;
 
 /// The fetched cache with prepared output going to `out`; panics naming the fetch script when absent.
 fn fetched(out: &Path) -> DataLayout {

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use vlmix_atomic_file::write_atomic;
 use vlmix_data::DataLayout;
-use vlmix_engine::atomic_file::write_atomic;
 use vlmix_engine::{on_device, Device};
 
 use crate::config::StudyConfig;

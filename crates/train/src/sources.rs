@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
 use vlmix_data::packing::{epoch_order, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
+use vlmix_data::sequence::{ImageText, VlmSequence};
 use vlmix_data::tokenizer::SpecialTokens;
-use vlmix_models::sequence::{ImageText, VlmSequence};
+use vlmix_data::vlm_batch::VlmBatch;
 use vlmix_models::vision::feature_cache::FeatureCache;
-use vlmix_models::vlm::VlmBatch;
 
 use crate::corpus::{ImageCorpus, ImageExample};
 use crate::text_model::TokenBatch;

@@ -3,9 +3,10 @@
 use std::ops::Range;
 
 use anyhow::Result;
+use vlmix_data::vlm_batch::VlmBatch;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::{Cpu, Device};
-use vlmix_models::vlm::{Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 
 use crate::micro_batch::{accumulate, mask_sum};
 use crate::trainer::Trainable;

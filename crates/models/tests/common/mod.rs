@@ -1,8 +1,9 @@
 //! Checks shared by the VLM tests: a small image batch, finite differences of the loss, and the
 //! every-parameter-gets-a-gradient check.
 
+use vlmix_data::vlm_batch::{ImageSlot, VlmBatch};
 use vlmix_engine::params::ParamStore;
-use vlmix_models::vlm::{ImageSlot, Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 
 /// Vocabulary of the tiny LMs these tests build.
 pub const VOCAB: usize = 50;
