@@ -4,18 +4,14 @@
 //! rayon. [`layers`] hold each layer's forward and backward, written against `Device` only.
 pub mod blas;
 pub mod cpu;
-pub mod cuda;
 pub mod device;
-pub mod device_choice;
 pub mod layers;
 
 pub use cpu::Cpu;
-pub use cuda::Cuda;
 pub use device::{
     AdamWStep, AttnShape, Device, DeviceMemory, FlashHeadDims, GeluKind, Gemm, LossStats, OnDevice, SavedAttention,
     ZLossTerm,
 };
-pub use device_choice::{DeviceChoice, DeviceKind};
 pub mod adamw;
 /// The engine's atomic file writes, for the study's report writers (`study/src/report/`) until
 /// they name [`vlmix_atomic_file`] directly (issue 23: the report is being rewritten elsewhere).

@@ -12,8 +12,8 @@ use super::buf::CudaBuf;
 use super::compile::Family;
 use super::launch::launch;
 use super::Inner;
-use crate::device::{AttnShape, FlashHeadDims};
 use cudarc::driver::LaunchConfig;
+use vlmix_engine::device::{AttnShape, FlashHeadDims};
 
 pub const FAMILY: Family = Family {
     name: "flash",
@@ -320,10 +320,10 @@ mod tests {
         for head_dim in [7, 130, 256] {
             let odd = AttnShape { head_dim, ..shape };
             assert!(!supports(odd));
-            assert_eq!(crate::SavedAttention::Flash(HEAD_DIMS).len(odd), odd.probs_len());
+            assert_eq!(vlmix_engine::SavedAttention::Flash(HEAD_DIMS).len(odd), odd.probs_len());
         }
-        assert_eq!(crate::SavedAttention::Flash(HEAD_DIMS).len(shape), lse_len(shape));
-        assert_eq!(crate::SavedAttention::Probabilities.len(shape), shape.probs_len());
+        assert_eq!(vlmix_engine::SavedAttention::Flash(HEAD_DIMS).len(shape), lse_len(shape));
+        assert_eq!(vlmix_engine::SavedAttention::Probabilities.len(shape), shape.probs_len());
     }
 
     #[test]
