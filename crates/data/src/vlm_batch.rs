@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use anyhow::{bail, Result};
 
+use crate::packing::Sequence;
 use crate::sequence::VlmRow;
 
 /// Where one image goes in a batch: `n_image_tokens` positions from flat position `at` (`b * seq + t`),
@@ -30,6 +31,17 @@ pub struct VlmBatch {
     pub slots: Vec<ImageSlot>,
     /// `[images, n_image_tokens, feature width]` cached encoder features.
     pub features: Vec<f32>,
+    /// Per row, its real tokens as the sampler counted them ([`push_sequence`](Self::push_sequence));
+    /// empty when rows came without counts (a scorer's).
+    pub row_tokens: Vec<RowTokens>,
+}
+
+/// Real tokens of one sampled row: image slots, and text with each example's EOS (pads excluded),
+/// what the mixing sampler weighs, budgets count and the achieved image fraction divides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowTokens {
+    pub image: usize,
+    pub text: usize,
 }
 
 impl VlmBatch {
@@ -44,6 +56,20 @@ impl VlmBatch {
         let index = self.features.len().checked_div(features.len()).unwrap_or(0);
         self.features.extend_from_slice(features);
         index
+    }
+
+    /// Appends the sampled `sequence` as [`push_row`](Self::push_row) does, keeping its token counts.
+    pub fn push_sequence(&mut self, sequence: &Sequence, images: &[usize], pad: u32) -> Result<()> {
+        self.push_row(&sequence.row, images, pad)?;
+        self.row_tokens.push(RowTokens { image: sequence.n_image_tokens, text: sequence.n_text_tokens });
+        Ok(())
+    }
+
+    /// (image tokens, all tokens) of the rows pushed with their counts.
+    pub fn token_counts(&self) -> (u64, u64) {
+        let image: usize = self.row_tokens.iter().map(|t| t.image).sum();
+        let text: usize = self.row_tokens.iter().map(|t| t.text).sum();
+        (image as u64, (image + text) as u64)
     }
 
     /// Appends `row`, padded to `seq` with `pad`; its `k`-th image shows image `images[k]`.
@@ -108,6 +134,7 @@ impl VlmBatch {
             targets: self.targets[rows.clone()].to_vec(),
             loss_mask: self.loss_mask[rows.clone()].to_vec(),
             n_image_tokens: self.n_image_tokens,
+            row_tokens: self.row_tokens.get(range.clone()).map_or_else(Vec::new, <[RowTokens]>::to_vec),
             ..Default::default()
         };
         let mut renamed: Vec<(usize, usize)> = Vec::new();
@@ -124,5 +151,29 @@ impl VlmBatch {
             part.slots.push(ImageSlot { at: slot.at - rows.start, image });
         }
         Ok(part)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packing::SequenceKind;
+    use crate::sequence::{ImageText, SpecialTokens, VlmSequence};
+
+    #[test]
+    fn sampled_rows_carry_their_counts_into_micro_batches() {
+        let special = SpecialTokens { eos: 0, pad: 1, image: 2 };
+        let layout = VlmSequence::new(10, 4, special).unwrap();
+        let mut batch = VlmBatch::new(10, 4);
+        for (k, len) in [3, 1].into_iter().enumerate() {
+            let text = ImageText::caption((50..50 + len).collect());
+            let sequence = Sequence::image(SequenceKind::Caption, k as u64, &text, &layout);
+            let image = batch.push_image(&[0.0; 4]);
+            batch.push_sequence(&sequence, &[image], special.pad).unwrap();
+        }
+        // Four image slots per row; text with the EOS: 3 + 1 and 1 + 1. Pads are not counted.
+        assert_eq!(batch.row_tokens, [RowTokens { image: 4, text: 4 }, RowTokens { image: 4, text: 2 }]);
+        assert_eq!(batch.token_counts(), (8, 14));
+        assert_eq!(batch.sequences(1..2).unwrap().token_counts(), (4, 6));
     }
 }

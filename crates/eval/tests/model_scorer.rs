@@ -153,6 +153,7 @@ fn reference_vlm_path(ids: &[u32], n_image: usize, features: &[f32]) -> (Vec<f32
         slots: if n_image > 0 { vec![ImageSlot { at: 0, image: 0 }] } else { vec![] },
         n_image_tokens: n_image,
         features: features.to_vec(),
+        ..Default::default()
     };
     let nll = vlm.token_nll(&params, &batch).unwrap().to_vec();
     let vocab = config().vocab;
