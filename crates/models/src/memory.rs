@@ -226,12 +226,15 @@ impl TrainShape {
                 name: "image features read from the feature cache",
                 bytes: prod(&[copies, 4]).saturating_mul(image_values),
             });
-            // Projected rows and their gradient, projector GELU acts and scratch (hidden = d), the tail.
-            let per_image = prod(&[6, v.image_tokens, d])
-                .saturating_add(v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens, &self.device)));
+            // The VLM's image buffers and projector workspace (one image per sequence, the worst
+            // case), then the encoder tail.
+            let input = v.tail.map_or(v.feature_width, TailShape::out_width);
+            let images = crate::vlm::image_activation_lens(input, d, v.image_tokens, micro_batch, micro_batch);
+            let projector = images.iter().fold(0u64, |a, l| a.saturating_add(prod(&[l.len, 4])));
+            let tail = v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens, &self.device));
             parts.push(Part {
                 name: "projector and encoder-tail activations",
-                bytes: per_image.saturating_mul(micro_batch as u64).saturating_mul(4),
+                bytes: projector.saturating_add(tail.saturating_mul(micro_batch as u64).saturating_mul(4)),
             });
         }
         Breakdown { micro_batch, parts }

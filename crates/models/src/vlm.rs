@@ -9,13 +9,36 @@
 //! into it.
 
 use anyhow::{bail, ensure, Result};
+use vlmix_engine::layers::BufLen;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::{Cpu, Device, LossStats};
 
 use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput, PrefixCache};
-use crate::vision::projector::Projector;
+use crate::vision::projector::{self, Projector};
 use crate::vision::tail::EncoderTail;
 use vlmix_data::vlm_batch::VlmBatch;
+
+/// The VLM's own image buffers for `images` images of `image_tokens` tokens shown in `slots` slots:
+/// projected and its gradient (`[images * image_tokens, d_model]`), injected and its gradient
+/// (`[slots * image_tokens, d_model]`). `project` and `inject` size them from here.
+fn image_buffer_lens(d_model: usize, image_tokens: usize, images: usize, slots: usize) -> [BufLen; 4] {
+    let (projected, injected) = (images * image_tokens * d_model, slots * image_tokens * d_model);
+    [BufLen::saved(projected), BufLen::scratch(projected), BufLen::saved(injected), BufLen::scratch(injected)]
+}
+
+/// Every buffer a VLM step holds beside the LM's workspace (the encoder tail's aside): the image
+/// buffers, then the projector's workspace for the projected rows. What memory plans sum.
+pub fn image_activation_lens(
+    encoder_width: usize,
+    d_model: usize,
+    image_tokens: usize,
+    images: usize,
+    slots: usize,
+) -> Vec<BufLen> {
+    let mut lens = image_buffer_lens(d_model, image_tokens, images, slots).to_vec();
+    lens.extend(projector::activation_lens(encoder_width, d_model, images * image_tokens));
+    lens
+}
 
 /// The LM's view of a batch: token ids plus projected features at the image positions.
 fn lm_input<'a, D: Device>(batch: &'a VlmBatch, positions: &'a [usize], values: &'a D::Buf) -> LmInput<'a, D> {
@@ -130,7 +153,8 @@ impl<D: Device> Vlm<D> {
         );
         let dev = self.lm.device().clone();
         let mut projected = std::mem::replace(&mut self.projected, dev.zeros(0));
-        self.projected_len = images * batch.n_image_tokens * self.lm.config().d_model;
+        let d = self.lm.config().d_model;
+        self.projected_len = image_buffer_lens(d, batch.n_image_tokens, images, batch.slots.len())[0].len;
         let out = prefix(&dev, &mut projected, self.projected_len);
         if images > 0 {
             self.project_features(params, &dev.on_device(&batch.features), images, train, &mut *out)?;
@@ -155,7 +179,7 @@ impl<D: Device> Vlm<D> {
             .iter()
             .flat_map(|slot| slot.image * batch.n_image_tokens..(slot.image + 1) * batch.n_image_tokens)
             .collect();
-        self.injected_len = rows.len() * d;
+        self.injected_len = image_buffer_lens(d, batch.n_image_tokens, images, batch.slots.len())[2].len;
         dev.gather_rows(projected, &rows, prefix(dev, &mut self.injected, self.injected_len));
         Ok(batch.image_positions())
     }
@@ -245,5 +269,58 @@ impl<D: Device> Vlm<D> {
         let positions = self.inject(batch, projected)?;
         let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
         self.lm.prefix_caches(params, &lm_input(batch, &positions, injected), lens, rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap_count::held;
+    use crate::memory::{TrainShape, VisionShape};
+    use vlmix_data::sequence::{ImageText, SpecialTokens, VlmRow, VlmSequence};
+
+    /// `rows` rows of `seq` positions, each showing an image of its own (with `images`) or plain text.
+    fn batch(rows: usize, seq: usize, tokens: usize, width: usize, images: bool) -> VlmBatch {
+        let special = SpecialTokens { eos: 0, pad: 1, image: 2 };
+        let layout = VlmSequence::new(seq, tokens, special).unwrap();
+        let mut batch = VlmBatch::new(seq, tokens);
+        for r in 0..rows {
+            let text = ImageText::caption((10..11 + seq as u32).collect());
+            let row = if images {
+                let mut row = layout.row();
+                assert!(row.push(&text));
+                row.finish()
+            } else {
+                VlmRow::text(&text.tokens[..seq + 1])
+            };
+            let shown: Vec<usize> =
+                if images { vec![batch.push_image(&vec![0.1 * r as f32; tokens * width])] } else { vec![] };
+            batch.push_row(&row, &shown, special.pad).unwrap();
+        }
+        batch
+    }
+
+    #[test]
+    fn a_step_holds_the_image_buffers_the_plan_counts() {
+        let dev = Cpu::new().unwrap();
+        let (seq, tokens, width, rows) = (24, 4, 12, 3);
+        let config = LmConfig { seq_len: seq, ..LmConfig::preset("tiny").unwrap() };
+        let mut params = ParamStore::new(dev);
+        let mut vlm = Vlm::new(config.clone(), width, &mut params, 7).unwrap();
+        // A text step first: the LM's workspace and the gradients exist before the measured step.
+        vlm.forward_backward(&mut params, &batch(rows, seq, tokens, width, false)).unwrap();
+        let images = batch(rows, seq, tokens, width, true);
+        let before = held();
+        vlm.forward_backward(&mut params, &images).unwrap();
+        let kept = (held() - before) as u64;
+        let listed: u64 =
+            image_activation_lens(width, config.d_model, tokens, rows, rows).iter().map(|l| 4 * l.len as u64).sum();
+        assert!(listed > 0);
+        assert_eq!(kept, listed);
+        // The plan's part is that list (no encoder tail here).
+        let vision = VisionShape { image_tokens: tokens, feature_width: width, tail: None };
+        let plan = TrainShape::vlm(config, vision, dev.memory()).breakdown(rows, rows);
+        let part = plan.parts.iter().find(|p| p.name.starts_with("projector")).unwrap();
+        assert_eq!(part.bytes, listed);
     }
 }

@@ -157,65 +157,19 @@ impl<D: Device> Workspace<D> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::heap_count::held;
     use crate::memory::{TrainShape, VisionShape};
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
     use vlmix_engine::{Cpu, DeviceMemory};
-
-    thread_local! {
-        /// Heap bytes this thread holds (allocated minus freed here).
-        static HELD: Cell<i64> = const { Cell::new(0) };
-    }
-
-    /// Counts each thread's heap bytes, so a test measures exactly what a constructor keeps while
-    /// other tests allocate on their own threads.
-    struct Counting;
-
-    fn count(bytes: i64) {
-        // During thread teardown the counter may be gone; those frees are no test's.
-        let _ = HELD.try_with(|h| h.set(h.get() + bytes));
-    }
-
-    // SAFETY: every call is forwarded unchanged to the system allocator; the counting touches only
-    // a const-initialised thread-local `Cell`, which never allocates.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            count(layout.size() as i64);
-            // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
-            unsafe { System.alloc(layout) }
-        }
-
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            count(layout.size() as i64);
-            // SAFETY: as for `alloc`.
-            unsafe { System.alloc_zeroed(layout) }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            count(-(layout.size() as i64));
-            // SAFETY: `ptr` came from `System` with `layout` (every allocation above is System's).
-            unsafe { System.dealloc(ptr, layout) }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            count(new_size as i64 - layout.size() as i64);
-            // SAFETY: as for `dealloc`; the caller's contract for `realloc` is `System.realloc`'s.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
-
-    #[global_allocator]
-    static COUNTING: Counting = Counting;
 
     /// Bytes `Workspace::new` keeps for `config` at `batch` x `seq`, less the two `Vec`s of
     /// per-layer structs (bookkeeping, not buffers).
-    fn allocated(dev: &Cpu, config: &LmConfig, batch: usize, seq: usize) -> u64 {
+    pub(crate) fn allocated(dev: &Cpu, config: &LmConfig, batch: usize, seq: usize) -> u64 {
         let layers = LmLayers::new(config);
-        let before = HELD.with(Cell::get);
+        let before = held();
         let work = Workspace::new(dev, config, &layers, batch, seq);
-        let held = HELD.with(Cell::get) - before;
+        let held = held() - before;
         let bookkeeping = work.blocks.capacity() * std::mem::size_of::<BlockActs<Cpu>>()
             + work.residual.capacity() * std::mem::size_of::<Vec<f32>>();
         (held - bookkeeping as i64) as u64
@@ -223,7 +177,7 @@ mod tests {
 
     /// The plan's LM activations without the CPU attention backward's per-thread buffers, which
     /// the kernel allocates per call rather than the workspace.
-    fn planned(shape: &TrainShape, batch: usize, seq: usize) -> u64 {
+    pub(crate) fn planned(shape: &TrainShape, batch: usize, seq: usize) -> u64 {
         let shape = TrainShape { device: DeviceMemory { attention_workers: 0, ..shape.device }, ..shape.clone() };
         shape.lm_activation_parts(batch, seq).iter().map(|p| p.bytes).sum()
     }
