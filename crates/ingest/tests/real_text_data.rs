@@ -164,7 +164,7 @@ fn prepare_small_real_subset_end_to_end_and_mix_it() {
         seq_len: 128,
         n_image_tokens: 16,
         image_token_fraction: 0.1,
-        instruct_fraction: 0.0,
+        instruction_share: 0.0,
         seed: 1,
         log_every: 10,
         text_start: None,

@@ -319,7 +319,7 @@ impl<'a, D: Device> StudyRunner<'a, D> {
             micro_batch_size: c.micro_batch_size,
             weight_decay: c.weight_decay,
             image_token_fraction: point.image_token_fraction,
-            instruct_fraction: point.instruction_share,
+            instruction_share: point.instruction_share,
             images_per_row: c.images_per_row,
             encoder: encoder_spec(config),
             train_lm: c.train_lm,

@@ -291,7 +291,7 @@ mod tests {
             seq_len: 64,
             n_image_tokens: 16,
             image_token_fraction,
-            instruct_fraction: 0.0,
+            instruction_share: 0.0,
             seed: 3,
             log_every: 0,
             text_start: None,

@@ -137,7 +137,7 @@ pub struct CooldownSpec {
     pub micro_batch_size: Option<usize>,
     pub weight_decay: f64,
     pub image_token_fraction: f64,
-    pub instruct_fraction: f64,
+    pub instruction_share: f64,
     /// Image examples per row, at most (1: the paper's one image per sequence).
     #[serde(default = "one")]
     pub images_per_row: usize,
@@ -189,7 +189,7 @@ fn mix_config(spec: &CooldownSpec, corpus: &ImageCorpus) -> Result<MixConfig> {
         seq_len: spec.model.seq_len,
         n_image_tokens: corpus.n_image_tokens,
         image_token_fraction: spec.image_token_fraction,
-        instruct_fraction: spec.instruct_fraction,
+        instruction_share: spec.instruction_share,
         seed: spec.seed,
         log_every: 100,
         text_start,
