@@ -38,7 +38,7 @@ if [ "${1:-}" = "--prepare" ]; then
     set -e
     # Where cargo puts the binaries (CARGO_TARGET_DIR when set).
     built="${CARGO_TARGET_DIR:-target}/release"
-    cargo build --release -p vlmix-engine --bin vlmix-cuda-check
+    cargo build --release -p vlmix-cuda-check --bin vlmix-cuda-check
     cargo build --release -p vlmix --bin vlmix
     rm -rf "$kit"
     mkdir -p "$kit/lib"

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use vlmix_engine::cuda::probe;
+use vlmix_cuda::probe;
 
 /// True on a machine with the NVIDIA driver, where these commands would start on the GPU:
 /// scripts/gpu-check.sh runs the CUDA commands there.

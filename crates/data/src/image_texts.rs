@@ -9,8 +9,8 @@
 use anyhow::{Context, Result};
 
 use crate::llava::{LlavaRecord, IMAGE_PLACEHOLDER};
+use crate::sequence::ImageText;
 use crate::tokenizer::TextTokenizer;
-use vlmix_models::sequence::ImageText;
 
 /// A short answer as the instruction data writes it: "green" -> "Green.", "red heart" -> "Red heart."
 /// (a text already ending in '.', '!' or '?' keeps its own punctuation).

@@ -244,7 +244,7 @@ fn parse_record(json: &str, image_root: &Path) -> Result<LlavaRecord, RecordErro
 /// Writes records as a pretty JSON array (LLaVA's own layout), atomically.
 pub fn write_llava(path: &Path, records: &[LlavaRecord]) -> Result<()> {
     let json = serde_json::to_vec_pretty(records).context("serialising LLaVA records")?;
-    vlmix_engine::atomic_file::write_atomic(path, &json)
+    vlmix_atomic_file::write_atomic(path, &json)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! rule splits image examples between captions and instruction conversations (the paper's
 //! instruction-share ablation). An image row holds one example, the paper's layout, or with
 //! `images_per_row > 1` up to that many examples of one kind back to back (less padding: see
-//! [`ImageRow`](vlmix_models::sequence::ImageRow)); the decision then weighs the whole row. The
+//! [`ImageRow`](crate::sequence::ImageRow)); the decision then weighs the whole row. The
 //! cursor (counters, stream positions, recent window) is serialisable; a sampler rebuilt from it
 //! continues exactly where the saved one stopped.
 use std::collections::VecDeque;
@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use vlmix_models::sequence::{ImageText, SpecialTokens, VlmSequence};
+use crate::sequence::{ImageText, SpecialTokens, VlmSequence};
 
 use crate::packing::{epoch_order, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
 
@@ -51,7 +51,7 @@ pub struct MixConfig {
     /// Requested fraction of image tokens among all non-pad tokens, in [0, 1].
     pub image_token_fraction: f64,
     /// Fraction of image examples drawn from instruction conversations instead of captions.
-    pub instruct_fraction: f64,
+    pub instruction_share: f64,
     /// At most this many image examples per row (1: the paper's single image per sequence).
     pub images_per_row: usize,
     pub seed: u64,
@@ -109,7 +109,7 @@ pub struct MixStats {
     pub steps: u64,
     pub cumulative_image_fraction: f64,
     pub window_image_fraction: f64,
-    pub instruct_share: f64,
+    pub achieved_instruction_share: f64,
 }
 
 struct IndexedSet<S> {
@@ -156,17 +156,17 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         cursor: MixCursor,
     ) -> Result<Self> {
         check_fraction("image token fraction", config.image_token_fraction)?;
-        check_fraction("instruction fraction", config.instruct_fraction)?;
+        check_fraction("instruction share", config.instruction_share)?;
         let layout = VlmSequence::new(config.seq_len, config.n_image_tokens, special)?;
         anyhow::ensure!(config.images_per_row >= 1, "images per row must be at least 1");
         if config.image_token_fraction > 0.0 {
             anyhow::ensure!(
-                config.instruct_fraction == 1.0 || !captions.is_empty(),
+                config.instruction_share == 1.0 || !captions.is_empty(),
                 "an image token fraction above 0 needs image-caption examples; none were given"
             );
             anyhow::ensure!(
-                config.instruct_fraction == 0.0 || !instruct.is_empty(),
-                "an instruction fraction above 0 needs instruction examples; none were given"
+                config.instruction_share == 0.0 || !instruct.is_empty(),
+                "an instruction share above 0 needs instruction examples; none were given"
             );
         }
         for (name, at, len) in
@@ -199,7 +199,7 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
             steps: c.steps,
             cumulative_image_fraction: achieved_image_fraction(c.image_tokens, c.total_tokens),
             window_image_fraction: achieved_image_fraction(wi, wt),
-            instruct_share: ratio(c.instruct_examples, image_examples),
+            achieved_instruction_share: ratio(c.instruct_examples, image_examples),
         }
     }
 
@@ -220,7 +220,7 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
                 requested = self.config.image_token_fraction,
                 window = s.window_image_fraction,
                 cumulative = s.cumulative_image_fraction,
-                instruct_share = s.instruct_share,
+                achieved_instruction_share = s.achieved_instruction_share,
                 "image token fraction"
             );
         }
@@ -261,7 +261,7 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
     fn image_row(&mut self) -> Result<(Sequence, ExampleCursor)> {
         let image_examples = self.cursor.caption_examples + self.cursor.instruct_examples;
         let want_instruct =
-            (self.cursor.instruct_examples as f64 + 0.5) < self.config.instruct_fraction * (image_examples + 1) as f64;
+            (self.cursor.instruct_examples as f64 + 0.5) < self.config.instruction_share * (image_examples + 1) as f64;
         let (kind, mut cursor) = if want_instruct {
             (SequenceKind::Instruct, self.cursor.instruct)
         } else {
@@ -335,7 +335,7 @@ mod tests {
             seq_len: 256,
             n_image_tokens: 64,
             image_token_fraction: fraction,
-            instruct_fraction: instruct,
+            instruction_share: instruct,
             seed: 42,
             log_every: 0,
             images_per_row: 1,
@@ -416,7 +416,7 @@ mod tests {
             }
             let stats = s.stats();
             assert!((stats.window_image_fraction - 0.4).abs() < 0.005, "{per_row}: {stats:?}");
-            assert!((stats.instruct_share - 0.25).abs() < 0.02, "{per_row}: {stats:?}");
+            assert!((stats.achieved_instruction_share - 0.25).abs() < 0.02, "{per_row}: {stats:?}");
             (pads as f64 / image_rows as f64, examples as f64 / image_rows as f64)
         };
         let (one_pads, one_examples) = run(1);

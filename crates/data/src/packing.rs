@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use vlmix_models::sequence::{ImageText, VlmRow, VlmSequence};
+use crate::sequence::{ImageText, VlmRow, VlmSequence};
 
 use crate::text::shard::TokenShard;
 

@@ -15,7 +15,7 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
-use vlmix_engine::atomic_file::write_atomic;
+use vlmix_atomic_file::write_atomic;
 
 pub const EOS_TOKEN: &str = "<|endoftext|>";
 pub const PAD_TOKEN: &str = "<pad>";
@@ -23,7 +23,7 @@ pub const NEOX_PAD_TOKEN: &str = "<|padding|>";
 pub const IMAGE_TOKEN: &str = "<image>";
 
 /// Defined with the sequence layout that writes them.
-pub use vlmix_models::sequence::SpecialTokens;
+pub use crate::sequence::SpecialTokens;
 
 pub struct TextTokenizer {
     inner: Tokenizer,

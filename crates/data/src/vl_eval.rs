@@ -221,7 +221,7 @@ pub fn write_eval_set(path: &Path, items: &[EvalItem]) -> Result<()> {
         serde_json::to_writer(&mut bytes, item).context("serialising eval item")?;
         bytes.write_all(b"\n")?;
     }
-    vlmix_engine::atomic_file::write_atomic(path, &bytes)
+    vlmix_atomic_file::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use vlmix_data::text_eval::read_choice_items;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::vl_eval::EvalSet;
 use vlmix_data::webdataset::{read_shard, ShardBuilder};
-use vlmix_engine::mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
+use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
 
 /// The inputs are a few KiB: a reader asking for more trusted a declared size.
 #[global_allocator]

@@ -218,8 +218,8 @@ pub fn saved_steps(path: &Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::atomic_file::scratch_dir;
     use crate::params::ParamFlags;
+    use crate::scratch_dir;
 
     /// Literal transcription of the torch.optim.AdamW update in f64.
     #[allow(clippy::too_many_arguments)] // mirrors torch's functional signature

@@ -13,7 +13,6 @@
 //! a complete checkpoint.
 
 use crate::adamw::{self, AdamW};
-use crate::atomic_file::{sync_dir, write_atomic, TEMP_PREFIX};
 use crate::params::ParamStore;
 use crate::safetensors_io::SafetensorsFile;
 use crate::Device;
@@ -21,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use vlmix_atomic_file::{sync_dir, write_atomic, TEMP_PREFIX};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -169,8 +169,8 @@ pub fn load_checkpoint<D: Device>(
 mod tests {
     use super::*;
     use crate::adamw::AdamWConfig;
-    use crate::atomic_file::scratch_dir;
     use crate::params::{ParamFlags, ParamId};
+    use crate::scratch_dir;
     use serde_json::json;
 
     fn model(fill: f32) -> ParamStore {

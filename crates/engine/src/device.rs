@@ -94,14 +94,30 @@ pub enum SavedAttention {
     /// The softmax probabilities, `[batch, heads, seq, seq]` (the CPU).
     Probabilities,
     /// FlashAttention-2: only the per-row log-sum-exp, `[batch, heads, seq]`, for the head
-    /// dimensions its kernels take ([`crate::cuda::flash_supports`]); probabilities for the others.
-    Flash,
+    /// dimensions its kernels take; probabilities for the others.
+    Flash(FlashHeadDims),
+}
+
+/// The head dimensions a device's flash-attention kernels take, reported by the device itself so
+/// that planning (and this trait) need not know which backend it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlashHeadDims {
+    /// `head_dim` must be a multiple of this (the threads sharing one row).
+    pub multiple_of: usize,
+    pub max: usize,
+}
+
+impl FlashHeadDims {
+    /// Whether the kernels take `shape`'s head dimension.
+    pub fn take(self, shape: AttnShape) -> bool {
+        shape.head_dim.is_multiple_of(self.multiple_of) && shape.head_dim <= self.max
+    }
 }
 
 impl SavedAttention {
     /// Whether attention at `shape` runs the flash kernels.
     pub fn is_flash(self, shape: AttnShape) -> bool {
-        self == SavedAttention::Flash && crate::cuda::flash_supports(shape)
+        matches!(self, SavedAttention::Flash(dims) if dims.take(shape))
     }
 
     /// Length of the `saved` buffer of attention at `shape`.
@@ -392,4 +408,19 @@ pub trait Device: Clone + Send + Sync {
         grad_scale: Option<f32>,
         nll: &mut Self::Buf,
     ) -> LossStats;
+}
+
+/// Bytes of `bytes` as GiB with two decimals, the unit of every memory message.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Refuses to allocate `bytes` on `dev` for `what` when the device does not have them: an error
+/// with the numbers instead of an allocation abort.
+pub fn ensure_available<D: Device>(dev: &D, what: &str, bytes: u64) -> anyhow::Result<()> {
+    let available = dev.available_memory()?;
+    if bytes > available {
+        anyhow::bail!("{what} needs {}, {} available ({})", gib(bytes), gib(available), dev.memory().available_from);
+    }
+    Ok(())
 }

@@ -4,24 +4,33 @@
 //! rayon. [`layers`] hold each layer's forward and backward, written against `Device` only.
 pub mod blas;
 pub mod cpu;
-pub mod cuda;
 pub mod device;
-pub mod device_choice;
 pub mod layers;
 
 pub use cpu::Cpu;
-pub use cuda::Cuda;
 pub use device::{
-    AdamWStep, AttnShape, Device, DeviceMemory, GeluKind, Gemm, LossStats, OnDevice, SavedAttention, ZLossTerm,
+    AdamWStep, AttnShape, Device, DeviceMemory, FlashHeadDims, GeluKind, Gemm, LossStats, OnDevice, SavedAttention,
+    ZLossTerm,
 };
-pub use device_choice::{DeviceChoice, DeviceKind};
 pub mod adamw;
-pub mod atomic_file;
 pub mod checkpoint;
 pub mod grad_clip;
 pub mod machine;
-pub mod mutation;
 pub mod nonfinite;
 pub mod params;
 pub mod safetensors_io;
 pub mod torch_file;
+
+/// A fresh empty directory under the system temp dir, for unit tests.
+#[cfg(test)]
+pub(crate) fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vlmix-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

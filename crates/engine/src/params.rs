@@ -264,7 +264,7 @@ impl<D: Device> ParamStore<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::atomic_file::scratch_dir;
+    use crate::scratch_dir;
 
     fn store() -> ParamStore {
         let mut s = ParamStore::new(Cpu::new().unwrap());

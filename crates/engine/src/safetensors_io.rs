@@ -1,14 +1,14 @@
 //! Reading and writing named tensors in the safetensors format (PyTorch/HF exchange format).
 //!
 //! Values are f32 in memory; files may also hold i64/i32 (token ids in test fixtures) and
-//! f16/bf16/f64 weights, which are converted on read. Writes are atomic (see `atomic_file`).
+//! f16/bf16/f64 weights, which are converted on read. Writes are atomic (see `vlmix_atomic_file`).
 
-use crate::atomic_file::write_atomic_with;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use vlmix_atomic_file::write_atomic_with;
 
 #[cfg(target_endian = "big")]
 compile_error!("safetensors stores little-endian data; vlmix reinterprets f32 slices as bytes");
@@ -29,7 +29,7 @@ pub struct SafetensorsFile {
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: vlmix replaces files by rename (atomic_file), never rewrites them in place, so
+        // SAFETY: vlmix replaces files by rename (`vlmix_atomic_file`), never rewrites them in place, so
         // the mapped bytes do not change while mapped.
         let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
         SafeTensors::deserialize(&bytes)
@@ -167,7 +167,7 @@ pub fn write_f32_tensors<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::atomic_file::scratch_dir;
+    use crate::scratch_dir;
 
     #[test]
     fn f32_round_trip_with_metadata() {

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::checkpoint::{load_checkpoint, save_checkpoint, TrainState};
-use vlmix_engine::mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant, Rng};
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore};
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_engine::torch_file::read_state_dict;
 use vlmix_engine::Cpu;
+use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant, Rng};
 
 /// Every input is at most a few KiB: a reader asking for more trusted a declared size.
 #[global_allocator]

@@ -222,7 +222,7 @@ impl EvalReport {
     /// Writes the report as pretty JSON, atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("serialising eval report")?;
-        vlmix_engine::atomic_file::write_atomic(path, &json)
+        vlmix_atomic_file::write_atomic(path, &json)
     }
 
     pub fn read_json(path: &Path) -> Result<Self> {
@@ -237,7 +237,7 @@ impl EvalReport {
             serde_json::to_writer(&mut bytes, sample).context("serialising sample")?;
             bytes.push(b'\n');
         }
-        vlmix_engine::atomic_file::write_atomic(path, &bytes)
+        vlmix_atomic_file::write_atomic(path, &bytes)
     }
 }
 

@@ -14,18 +14,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use vlmix_data::sequence::{VlmRow, VlmSequence};
 use vlmix_data::tokenizer::TextTokenizer;
+use vlmix_data::vlm_batch::VlmBatch;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_engine::{Cpu, Device};
 use vlmix_models::lm::{target_log_prob, Lm, LmInput, PrefixCache};
-use vlmix_models::sequence::{VlmRow, VlmSequence};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::projector::FC1_WEIGHT;
-use vlmix_models::vlm::{Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 
 /// Rows (choices, prompts or rolling windows, of any items) run in one forward pass, at most.
 const MAX_ROWS: usize = 64;

@@ -3,17 +3,18 @@
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 use vlmix_data::packing::{Sequence, SequenceKind};
+use vlmix_data::sequence::{ImageText, VlmSequence};
 use vlmix_data::tokenizer::TextTokenizer;
+use vlmix_data::vlm_batch::{ImageSlot, VlmBatch};
 use vlmix_engine::params::ParamStore;
 use vlmix_eval::model_scorer::{rolling_windows, ImageFeatures, ModelScorer, ScoredModel};
 use vlmix_eval::{evaluate_files, Answer, Decoding, EvalOptions, ImageRef, Request, Scorer};
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
-use vlmix_models::sequence::{ImageText, VlmSequence};
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::preprocess::{Preprocess, ResizeMode};
 use vlmix_models::vision::resample::Resample;
-use vlmix_models::vlm::{ImageSlot, Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 
 const SEED: u64 = 7;
 const IMAGE_TOKENS: usize = 3;
@@ -152,6 +153,7 @@ fn reference_vlm_path(ids: &[u32], n_image: usize, features: &[f32]) -> (Vec<f32
         slots: if n_image > 0 { vec![ImageSlot { at: 0, image: 0 }] } else { vec![] },
         n_image_tokens: n_image,
         features: features.to_vec(),
+        ..Default::default()
     };
     let nll = vlm.token_nll(&params, &batch).unwrap().to_vec();
     let vocab = config().vocab;

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
 use vlmix_data::packing::SequenceKind;
+use vlmix_data::sequence::ImageText;
 use vlmix_data::text::shard::TokenShard;
 use vlmix_data::text_eval::read_choice_items;
 use vlmix_data::tokenizer::TextTokenizer;
@@ -14,7 +15,6 @@ use vlmix_ingest::text::documents::read_documents;
 use vlmix_ingest::text::sources::text_source;
 use vlmix_ingest::text::CorpusOptions;
 use vlmix_ingest::text_eval::read_oe_eval_requests;
-use vlmix_models::sequence::ImageText;
 
 /// The fetched cache with prepared output going to `out`; panics naming the fetch script when absent.
 fn fetched(out: &Path) -> DataLayout {
@@ -164,7 +164,7 @@ fn prepare_small_real_subset_end_to_end_and_mix_it() {
         seq_len: 128,
         n_image_tokens: 16,
         image_token_fraction: 0.1,
-        instruct_fraction: 0.0,
+        instruction_share: 0.0,
         seed: 1,
         log_every: 10,
         text_start: None,

@@ -1,7 +1,8 @@
 //! vlmix-models: the OpenLM decoder LM and, on top of it, the vision-language model.
+#[cfg(test)]
+mod heap_count;
 pub mod lm;
 pub mod memory;
-pub mod sequence;
 pub mod stage_record;
 pub mod vision;
 pub mod vlm;

@@ -5,7 +5,7 @@
 //! *before* it allocates anything and refuse a config that cannot fit with the numbers, instead of
 //! dying in an allocation abort. Plans are made for a device, described by plain data
 //! ([`DeviceMemory`], so a GPU plan can be made and tested anywhere) against its available memory
-//! ([`Device::available_memory`]: MemAvailable on the CPU, free memory on a GPU). On the CPU,
+//! ([`vlmix_engine::Device::available_memory`]: MemAvailable on the CPU, free memory on a GPU). On the CPU,
 //! attention keeps its full softmax probabilities (`[micro-batch, heads, seq, seq]` per layer) for the
 //! backward, which is what bounds the micro-batch at long sequences; under flash attention (CUDA) it
 //! keeps `[micro-batch, heads, seq]` log-sum-exps and the logits dominate instead.
@@ -13,39 +13,18 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use vlmix_engine::{AttnShape, Device, DeviceMemory};
+use vlmix_engine::device::gib;
+use vlmix_engine::layers::Role;
+use vlmix_engine::{AttnShape, DeviceMemory};
 
 use crate::lm::LmConfig;
 use crate::vision::encoder::{is_siglip_dir, EncoderSpec, PATCH_NAME};
 use crate::vision::siglip::SiglipConfig;
 use crate::vision::tail::PATCH_WIDTH;
 
-const GIB: f64 = (1u64 << 30) as f64;
 /// Share of the available memory a plan may use; the rest covers what the model does not count
 /// (allocator slack, the tokenizer, the corpus index, memory-mapped shards).
 pub const USABLE_FRACTION: f64 = 0.9;
-
-/// Bytes of `bytes` as GiB with two decimals, the unit of every memory message.
-pub fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / GIB)
-}
-
-/// Storage of activations. Weights, gradients and AdamW moments are f32 in every case (master
-/// copies); the CPU engine computes in `F32`, `Bf16` describes a mixed-precision device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    F32,
-    Bf16,
-}
-
-impl Precision {
-    fn bytes(self) -> u64 {
-        match self {
-            Precision::F32 => 4,
-            Precision::Bf16 => 2,
-        }
-    }
-}
 
 /// The trainable end of the image encoder, as far as memory is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,14 +94,13 @@ pub struct VisionShape {
     pub tail: Option<TailShape>,
 }
 
-/// What a training step is made of: the LM, the images (VLM stages), the activation precision and
-/// the device it runs on.
+/// What a training step is made of: the LM, the images (VLM stages) and the device it runs on.
+/// Every buffer is f32 (the CUDA bf16 mode rounds only the inputs of its products).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainShape {
     pub lm: LmConfig,
     pub vision: Option<VisionShape>,
-    pub precision: Precision,
-    /// What attention saves there, and its per-worker backward buffers ([`Device::memory`]).
+    /// What attention saves there, and its per-worker backward buffers ([`vlmix_engine::Device::memory`]).
     pub device: DeviceMemory,
 }
 
@@ -161,7 +139,7 @@ pub struct MemoryPlan {
     /// Forward/backward passes per optimizer step.
     pub micro_batches: usize,
     pub breakdown: Breakdown,
-    /// Bytes available when planned ([`Device::available_memory`]).
+    /// Bytes available when planned ([`vlmix_engine::Device::available_memory`]).
     pub available: u64,
 }
 
@@ -171,12 +149,12 @@ fn prod(xs: &[usize]) -> u64 {
 }
 
 impl TrainShape {
-    /// A text-only step of `lm` at f32 on `device` ([`Device::memory`]).
+    /// A text-only step of `lm` on `device` ([`vlmix_engine::Device::memory`]).
     pub fn text(lm: LmConfig, device: DeviceMemory) -> Self {
-        Self { lm, vision: None, precision: Precision::F32, device }
+        Self { lm, vision: None, device }
     }
 
-    /// A VLM step (projector always, tail if any) at f32 on `device`.
+    /// A VLM step (projector always, tail if any) on `device`.
     pub fn vlm(lm: LmConfig, vision: VisionShape, device: DeviceMemory) -> Self {
         Self { vision: Some(vision), ..Self::text(lm, device) }
     }
@@ -194,39 +172,35 @@ impl TrainShape {
         n
     }
 
-    /// Bytes of the LM's activation workspace for `batch` sequences of `seq` (exactly what
-    /// `lm/workspace.rs` allocates on the device), split into attention's saved buffers
-    /// (probabilities, or log-sum-exps under flash attention), logits, other saved activations and
-    /// backward scratch.
+    /// Bytes of the LM's activations for `batch` sequences of `seq`: the sum over what
+    /// `lm/workspace.rs` allocates on the device ([`crate::lm::activation_lens`]), split into
+    /// attention's saved buffers (probabilities, or log-sum-exps under flash attention), logits,
+    /// other saved activations and backward scratch, plus the per-thread buffers the CPU's
+    /// attention backward allocates inside the kernel.
     pub fn lm_activation_parts(&self, batch: usize, seq: usize) -> [Part; 4] {
         let c = &self.lm;
-        let b = self.precision.bytes();
-        let (d, h, layers) = (c.d_model, c.ffn_hidden(), c.n_layers);
-        let rows = batch.saturating_mul(seq);
-        let rd = prod(&[rows, d]);
-        let qk = if c.qk_norm { 2 * rd + 4 * rows as u64 } else { 0 };
-        // Per block: h, norm outputs x2, q, k, v, att; two norms' mean/rstd; SwiGLU gate_up + hidden; rope table.
-        let block = 7 * rd + qk + 4 * rows as u64 + prod(&[rows, 3 * h]) + prod(&[seq, c.head_dim()]);
-        let saved = prod(&[layers])
-            .saturating_mul(block)
-            .saturating_add(prod(&[layers + 2, rows, d]))
-            .saturating_add(3 * rows as u64);
         let attn = AttnShape { batch, seq, heads: c.n_heads, head_dim: c.head_dim(), causal: true };
-        let saved_attention = prod(&[layers, self.device.saved_attention.len(attn)]);
         let saved_name = match self.device.saved_attention.is_flash(attn) {
             true => "attention log-sum-exps (saved for backward)",
             false => "attention probabilities (saved for backward)",
         };
-        // d_residual, d_branch, d_norm; attention dq/dk/dv/datt; SwiGLU dhidden + dgate_up.
-        let scratch = 7 * rd + prod(&[rows, 3 * h]);
-        // The CPU attention backward keeps one [seq, seq] buffer per worker thread (always f32).
-        let per_thread = prod(&[self.device.attention_workers, seq, seq, 4]);
-        [
-            Part { name: saved_name, bytes: saved_attention.saturating_mul(b) },
-            Part { name: "logits", bytes: prod(&[rows, c.vocab]).saturating_mul(b) },
-            Part { name: "other saved activations", bytes: saved.saturating_mul(b) },
-            Part { name: "backward scratch", bytes: scratch.saturating_mul(b).saturating_add(per_thread) },
-        ]
+        let mut parts = [
+            Part { name: saved_name, bytes: 0 },
+            Part { name: "logits", bytes: 0 },
+            Part { name: "other saved activations", bytes: 0 },
+            // The CPU attention backward keeps one [seq, seq] buffer per worker thread.
+            Part { name: "backward scratch", bytes: prod(&[self.device.attention_workers, seq, seq, 4]) },
+        ];
+        for l in crate::lm::activation_lens(c, self.device.saved_attention, batch, seq) {
+            let part = match l.role {
+                Role::SavedAttention => 0,
+                Role::Logits => 1,
+                Role::Saved => 2,
+                Role::Scratch => 3,
+            };
+            parts[part].bytes = parts[part].bytes.saturating_add(prod(&[l.len, 4]));
+        }
+        parts
     }
 
     /// Every consumer of a step over a global batch of `global_batch` sequences taken `micro_batch`
@@ -244,7 +218,6 @@ impl TrainShape {
         // Token ids, targets (u32) and loss mask (f32) of the global batch, plus one micro-batch's copy.
         parts.push(Part { name: "batch tokens", bytes: prod(&[global_batch + micro_batch, seq, 12]) });
         if let Some(v) = &self.vision {
-            let b = self.precision.bytes();
             let d = self.lm.d_model;
             let image_values = prod(&[v.image_tokens, v.feature_width]);
             // The source reads the global batch's cached features (f32) and each micro-batch copies its share.
@@ -253,12 +226,15 @@ impl TrainShape {
                 name: "image features read from the feature cache",
                 bytes: prod(&[copies, 4]).saturating_mul(image_values),
             });
-            // Projected rows and their gradient, projector GELU acts and scratch (hidden = d), the tail.
-            let per_image = prod(&[6, v.image_tokens, d])
-                .saturating_add(v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens, &self.device)));
+            // The VLM's image buffers and projector workspace (one image per sequence, the worst
+            // case), then the encoder tail.
+            let input = v.tail.map_or(v.feature_width, TailShape::out_width);
+            let images = crate::vlm::image_activation_lens(input, d, v.image_tokens, micro_batch, micro_batch);
+            let projector = images.iter().fold(0u64, |a, l| a.saturating_add(prod(&[l.len, 4])));
+            let tail = v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens, &self.device));
             parts.push(Part {
                 name: "projector and encoder-tail activations",
-                bytes: per_image.saturating_mul(micro_batch as u64).saturating_mul(b),
+                bytes: projector.saturating_add(tail.saturating_mul(micro_batch as u64).saturating_mul(4)),
             });
         }
         Breakdown { micro_batch, parts }
@@ -325,20 +301,10 @@ impl TrainShape {
     }
 }
 
-/// Refuses to allocate `bytes` on `dev` for `what` when the device does not have them: an error
-/// with the numbers instead of an allocation abort.
-pub fn ensure_available<D: Device>(dev: &D, what: &str, bytes: u64) -> Result<()> {
-    let available = dev.available_memory()?;
-    if bytes > available {
-        bail!("{what} needs {}, {} available ({})", gib(bytes), gib(available), dev.memory().available_from);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vlmix_engine::SavedAttention;
+    use vlmix_engine::{Device, FlashHeadDims, SavedAttention};
 
     const GIB_BYTES: u64 = 1 << 30;
     /// A two-thread CPU, as `Cpu::memory` describes one.
@@ -349,7 +315,7 @@ mod tests {
     };
     /// A GPU with flash attention, as `Cuda::memory` describes one (no GPU needed to plan for it).
     const GPU: DeviceMemory = DeviceMemory {
-        saved_attention: SavedAttention::Flash,
+        saved_attention: SavedAttention::Flash(FlashHeadDims { multiple_of: 4, max: 128 }),
         attention_workers: 0,
         available_from: "free GPU memory",
     };
@@ -377,15 +343,6 @@ mod tests {
         assert_eq!(logits.bytes, 2048 * 50432 * 4);
         let [half, ..] = s.lm_activation_parts(1, 1024);
         assert_eq!(probs.bytes, 4 * half.bytes);
-    }
-
-    #[test]
-    fn bf16_halves_the_activations_but_not_the_weights() {
-        let f32_shape = shape("openlm-79m");
-        let bf16_shape = TrainShape { precision: Precision::Bf16, ..f32_shape.clone() };
-        let (a, b) = (f32_shape.breakdown(64, 4), bf16_shape.breakdown(64, 4));
-        assert_eq!(a.parts[0], b.parts[0]);
-        assert_eq!(a.parts[3].bytes, 2 * b.parts[3].bytes);
     }
 
     #[test]
@@ -488,7 +445,7 @@ mod tests {
         let cpu = vlmix_engine::Cpu::new().unwrap();
         assert_eq!(cpu.memory().saved_attention, SavedAttention::Probabilities);
         assert!(cpu.available_memory().unwrap() > 0);
-        let err = ensure_available(&cpu, "a test buffer", u64::MAX).unwrap_err().to_string();
+        let err = vlmix_engine::device::ensure_available(&cpu, "a test buffer", u64::MAX).unwrap_err().to_string();
         assert!(err.contains("a test buffer needs") && err.contains("MemAvailable"), "{err}");
     }
 }

@@ -35,12 +35,9 @@ impl StageRecord {
     /// Writes the record into the stage directory `dir` (created), each file atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        vlmix_engine::atomic_file::write_atomic(&dir.join(MODEL_CONFIG_FILE), self.model.to_toml().as_bytes())?;
+        vlmix_atomic_file::write_atomic(&dir.join(MODEL_CONFIG_FILE), self.model.to_toml().as_bytes())?;
         if let Some(encoder) = &self.encoder {
-            vlmix_engine::atomic_file::write_atomic(
-                &dir.join(ENCODER_SPEC_FILE),
-                &serde_json::to_vec_pretty(encoder)?,
-            )?;
+            vlmix_atomic_file::write_atomic(&dir.join(ENCODER_SPEC_FILE), &serde_json::to_vec_pretty(encoder)?)?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The vision-language model: projected image features in place of the image slots, one causal LM.
 //!
-//! Rows come laid out by [`VlmSequence`](crate::sequence::VlmSequence) (the paper: image tokens before
+//! Rows come laid out by [`VlmSequence`](vlmix_data::sequence::VlmSequence) into a [`VlmBatch`] (`vlmix_data::vlm_batch`) (the paper: image tokens before
 //! the caption, plain causal attention, loss on text only); each image slot's positions take the
 //! projector's outputs instead of token embeddings. The LM hands back the gradient at those positions
 //! and the projector turns it into its own weight gradients, so one backward trains both. Features
@@ -8,133 +8,36 @@
 //! [`EncoderTail`]), the features pass through it first and the projector's input gradient flows on
 //! into it.
 
-use std::ops::Range;
-
 use anyhow::{bail, ensure, Result};
+use vlmix_engine::layers::BufLen;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::{Cpu, Device, LossStats};
 
 use crate::lm::{InjectedEmbeddings, Lm, LmConfig, LmInput, PrefixCache};
-use crate::sequence::VlmRow;
-use crate::vision::projector::Projector;
+use crate::vision::projector::{self, Projector};
 use crate::vision::tail::EncoderTail;
+use vlmix_data::vlm_batch::VlmBatch;
 
-/// Where one image goes in a batch: `n_image_tokens` positions from flat position `at` (`b * seq + t`),
-/// filled with the features of image `image`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImageSlot {
-    pub at: usize,
-    pub image: usize,
+/// The VLM's own image buffers for `images` images of `image_tokens` tokens shown in `slots` slots:
+/// projected and its gradient (`[images * image_tokens, d_model]`), injected and its gradient
+/// (`[slots * image_tokens, d_model]`). `project` and `inject` size them from here.
+fn image_buffer_lens(d_model: usize, image_tokens: usize, images: usize, slots: usize) -> [BufLen; 4] {
+    let (projected, injected) = (images * image_tokens * d_model, slots * image_tokens * d_model);
+    [BufLen::saved(projected), BufLen::scratch(projected), BufLen::saved(injected), BufLen::scratch(injected)]
 }
 
-/// A batch of rows (laid out by [`VlmSequence`](crate::sequence::VlmSequence)) with their images.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct VlmBatch {
-    pub batch: usize,
-    pub seq: usize,
-    /// `[batch * seq]`; ids at image positions are ignored.
-    pub inputs: Vec<u32>,
-    pub targets: Vec<u32>,
-    pub loss_mask: Vec<f32>,
-    pub n_image_tokens: usize,
-    /// Increasing `at`; several slots may show the same image (a scorer's choices).
-    pub slots: Vec<ImageSlot>,
-    /// `[images, n_image_tokens, feature width]` cached encoder features.
-    pub features: Vec<f32>,
-}
-
-impl VlmBatch {
-    /// An empty batch of rows of `seq` positions.
-    pub fn new(seq: usize, n_image_tokens: usize) -> Self {
-        Self { seq, n_image_tokens, ..Default::default() }
-    }
-
-    /// Adds the features of one image (`[n_image_tokens, width]`, as every image of the batch); returns
-    /// its index for [`push_row`](Self::push_row).
-    pub fn push_image(&mut self, features: &[f32]) -> usize {
-        let index = self.features.len().checked_div(features.len()).unwrap_or(0);
-        self.features.extend_from_slice(features);
-        index
-    }
-
-    /// Appends `row`, padded to `seq` with `pad`; its `k`-th image shows image `images[k]`.
-    pub fn push_row(&mut self, row: &VlmRow, images: &[usize], pad: u32) -> Result<()> {
-        let n = row.inputs.len();
-        if n > self.seq || row.images.len() != images.len() {
-            bail!(
-                "a row of {n} positions and {} images does not fit a batch of {} positions with {} images given",
-                row.images.len(),
-                self.seq,
-                images.len()
-            );
-        }
-        let base = self.batch * self.seq;
-        self.slots.extend(row.images.iter().zip(images).map(|(&t, &image)| ImageSlot { at: base + t, image }));
-        self.inputs.extend_from_slice(&row.inputs);
-        self.inputs.resize(base + self.seq, pad);
-        self.targets.extend_from_slice(&row.targets);
-        self.targets.resize(base + self.seq, pad);
-        self.loss_mask.extend(row.loss_mask.iter().map(|&m| if m { 1.0 } else { 0.0 }));
-        self.loss_mask.resize(base + self.seq, 0.0);
-        self.batch += 1;
-        Ok(())
-    }
-}
-impl VlmBatch {
-    /// Images the slots show (every image is shown at least once), checking that each slot lies
-    /// inside its row and after the previous one.
-    fn images(&self) -> Result<usize> {
-        let mut free = 0;
-        for slot in &self.slots {
-            let (row, t) = (slot.at.checked_div(self.seq).unwrap_or(usize::MAX), slot.at % self.seq.max(1));
-            if slot.at < free || row >= self.batch || t + self.n_image_tokens > self.seq {
-                bail!(
-                    "image slot at position {t} of row {row} overlaps the previous image or leaves the batch of {} rows of {} positions",
-                    self.batch,
-                    self.seq
-                );
-            }
-            free = slot.at + self.n_image_tokens;
-        }
-        Ok(self.slots.iter().map(|s| s.image + 1).max().unwrap_or(0))
-    }
-
-    /// Flat positions that take projected features, slot after slot.
-    fn image_positions(&self) -> Vec<usize> {
-        self.slots.iter().flat_map(|s| s.at..s.at + self.n_image_tokens).collect()
-    }
-
-    /// Rows `range` as a batch of their own (a micro-batch), with the images they show.
-    pub fn sequences(&self, range: Range<usize>) -> Result<VlmBatch> {
-        if range.start >= range.end || range.end > self.batch {
-            bail!("sequences {range:?} are not a non-empty part of a batch of {}", self.batch);
-        }
-        let rows = range.start * self.seq..range.end * self.seq;
-        let per_image = self.features.len().checked_div(self.images()?).unwrap_or(0);
-        let mut part = VlmBatch {
-            batch: range.len(),
-            seq: self.seq,
-            inputs: self.inputs[rows.clone()].to_vec(),
-            targets: self.targets[rows.clone()].to_vec(),
-            loss_mask: self.loss_mask[rows.clone()].to_vec(),
-            n_image_tokens: self.n_image_tokens,
-            ..Default::default()
-        };
-        let mut renamed: Vec<(usize, usize)> = Vec::new();
-        for slot in self.slots.iter().filter(|s| rows.contains(&s.at)) {
-            let image = match renamed.iter().find(|(old, _)| *old == slot.image) {
-                Some(&(_, new)) => new,
-                None => {
-                    let block = &self.features[slot.image * per_image..(slot.image + 1) * per_image];
-                    let new = part.push_image(block);
-                    renamed.push((slot.image, new));
-                    new
-                }
-            };
-            part.slots.push(ImageSlot { at: slot.at - rows.start, image });
-        }
-        Ok(part)
-    }
+/// Every buffer a VLM step holds beside the LM's workspace (the encoder tail's aside): the image
+/// buffers, then the projector's workspace for the projected rows. What memory plans sum.
+pub fn image_activation_lens(
+    encoder_width: usize,
+    d_model: usize,
+    image_tokens: usize,
+    images: usize,
+    slots: usize,
+) -> Vec<BufLen> {
+    let mut lens = image_buffer_lens(d_model, image_tokens, images, slots).to_vec();
+    lens.extend(projector::activation_lens(encoder_width, d_model, images * image_tokens));
+    lens
 }
 
 /// The LM's view of a batch: token ids plus projected features at the image positions.
@@ -250,7 +153,8 @@ impl<D: Device> Vlm<D> {
         );
         let dev = self.lm.device().clone();
         let mut projected = std::mem::replace(&mut self.projected, dev.zeros(0));
-        self.projected_len = images * batch.n_image_tokens * self.lm.config().d_model;
+        let d = self.lm.config().d_model;
+        self.projected_len = image_buffer_lens(d, batch.n_image_tokens, images, batch.slots.len())[0].len;
         let out = prefix(&dev, &mut projected, self.projected_len);
         if images > 0 {
             self.project_features(params, &dev.on_device(&batch.features), images, train, &mut *out)?;
@@ -275,7 +179,7 @@ impl<D: Device> Vlm<D> {
             .iter()
             .flat_map(|slot| slot.image * batch.n_image_tokens..(slot.image + 1) * batch.n_image_tokens)
             .collect();
-        self.injected_len = rows.len() * d;
+        self.injected_len = image_buffer_lens(d, batch.n_image_tokens, images, batch.slots.len())[2].len;
         dev.gather_rows(projected, &rows, prefix(dev, &mut self.injected, self.injected_len));
         Ok(batch.image_positions())
     }
@@ -365,5 +269,58 @@ impl<D: Device> Vlm<D> {
         let positions = self.inject(batch, projected)?;
         let injected = self.lm.device().slice(&self.injected, 0..self.injected_len);
         self.lm.prefix_caches(params, &lm_input(batch, &positions, injected), lens, rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap_count::held;
+    use crate::memory::{TrainShape, VisionShape};
+    use vlmix_data::sequence::{ImageText, SpecialTokens, VlmRow, VlmSequence};
+
+    /// `rows` rows of `seq` positions, each showing an image of its own (with `images`) or plain text.
+    fn batch(rows: usize, seq: usize, tokens: usize, width: usize, images: bool) -> VlmBatch {
+        let special = SpecialTokens { eos: 0, pad: 1, image: 2 };
+        let layout = VlmSequence::new(seq, tokens, special).unwrap();
+        let mut batch = VlmBatch::new(seq, tokens);
+        for r in 0..rows {
+            let text = ImageText::caption((10..11 + seq as u32).collect());
+            let row = if images {
+                let mut row = layout.row();
+                assert!(row.push(&text));
+                row.finish()
+            } else {
+                VlmRow::text(&text.tokens[..seq + 1])
+            };
+            let shown: Vec<usize> =
+                if images { vec![batch.push_image(&vec![0.1 * r as f32; tokens * width])] } else { vec![] };
+            batch.push_row(&row, &shown, special.pad).unwrap();
+        }
+        batch
+    }
+
+    #[test]
+    fn a_step_holds_the_image_buffers_the_plan_counts() {
+        let dev = Cpu::new().unwrap();
+        let (seq, tokens, width, rows) = (24, 4, 12, 3);
+        let config = LmConfig { seq_len: seq, ..LmConfig::preset("tiny").unwrap() };
+        let mut params = ParamStore::new(dev);
+        let mut vlm = Vlm::new(config.clone(), width, &mut params, 7).unwrap();
+        // A text step first: the LM's workspace and the gradients exist before the measured step.
+        vlm.forward_backward(&mut params, &batch(rows, seq, tokens, width, false)).unwrap();
+        let images = batch(rows, seq, tokens, width, true);
+        let before = held();
+        vlm.forward_backward(&mut params, &images).unwrap();
+        let kept = (held() - before) as u64;
+        let listed: u64 =
+            image_activation_lens(width, config.d_model, tokens, rows, rows).iter().map(|l| 4 * l.len as u64).sum();
+        assert!(listed > 0);
+        assert_eq!(kept, listed);
+        // The plan's part is that list (no encoder tail here).
+        let vision = VisionShape { image_tokens: tokens, feature_width: width, tail: None };
+        let plan = TrainShape::vlm(config, vision, dev.memory()).breakdown(rows, rows);
+        let part = plan.parts.iter().find(|p| p.name.starts_with("projector")).unwrap();
+        assert_eq!(part.bytes, listed);
     }
 }

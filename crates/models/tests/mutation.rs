@@ -5,12 +5,12 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use vlmix_engine::mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
 use vlmix_models::lm::openlm_io::{import_openlm, ImportOptions};
 use vlmix_models::lm::LmConfig;
 use vlmix_models::stage_record::StageRecord;
 use vlmix_models::vision::encoder::EncoderSpec;
 use vlmix_models::vision::encoder::{FeatureLayer, SiglipEncoder};
+use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
 
 /// The fixtures are under 300 KiB: a reader asking for more trusted a declared size.
 #[global_allocator]

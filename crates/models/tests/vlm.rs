@@ -4,9 +4,10 @@
 mod common;
 
 use common::{assert_every_parameter_gets_a_gradient, assert_gradients_match_finite_differences, image_batch, VOCAB};
+use vlmix_data::vlm_batch::VlmBatch;
 use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::LmConfig;
-use vlmix_models::vlm::{Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 
 const ENC: usize = 12;
 

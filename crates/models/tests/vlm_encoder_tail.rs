@@ -7,11 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{assert_every_parameter_gets_a_gradient, assert_gradients_match_finite_differences, image_batch, VOCAB};
+use vlmix_data::vlm_batch::VlmBatch;
 use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::vision::encoder::{EncoderSpec, FeatureLayer, PATCH_NAME};
 use vlmix_models::vision::tail::EncoderTail;
-use vlmix_models::vlm::{Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 
 fn siglip_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/siglip_tiny")

@@ -8,8 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use vlmix_engine::cuda::Precision;
-use vlmix_engine::{DeviceChoice, DeviceKind};
+use vlmix_device::{DeviceChoice, DeviceKind, Precision};
 use vlmix_models::vision::encoder::is_siglip_dir;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

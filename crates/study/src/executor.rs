@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use vlmix_engine::atomic_file::write_atomic;
+use vlmix_atomic_file::write_atomic;
 
 use crate::outputs::NodeOutputs;
 use crate::plan::{Node, Plan};

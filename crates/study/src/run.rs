@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use vlmix_atomic_file::write_atomic;
 use vlmix_data::DataLayout;
-use vlmix_engine::atomic_file::write_atomic;
-use vlmix_engine::{on_device, Device};
+use vlmix_device::on_device;
+use vlmix_engine::Device;
 
 use crate::config::StudyConfig;
 use crate::estimate::print_estimate;
@@ -58,7 +59,7 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<Option<PathBuf>> 
 }
 
 /// The config's device, opened; an error names the config and its `device` key.
-fn open_device(config: &StudyConfig, config_path: &Path) -> Result<vlmix_engine::device_choice::Opened> {
+fn open_device(config: &StudyConfig, config_path: &Path) -> Result<vlmix_device::Opened> {
     config
         .device_choice()
         .open()

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use vlmix_data::byod::text::{open_text, DocSplit};
 use vlmix_data::byod::Skipped;
 use vlmix_data::mixing::achieved_image_fraction;
+use vlmix_data::sequence::VlmSequence;
 use vlmix_data::text::shard::TokenShards;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
@@ -15,7 +16,6 @@ use vlmix_engine::params::ParamStore;
 use vlmix_engine::{Cpu, Device};
 use vlmix_eval::task::Task;
 use vlmix_models::lm::{Lm, LmConfig};
-use vlmix_models::sequence::VlmSequence;
 use vlmix_models::stage_record::{weights_of, StageRecord};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
@@ -319,7 +319,7 @@ impl<'a, D: Device> StudyRunner<'a, D> {
             micro_batch_size: c.micro_batch_size,
             weight_decay: c.weight_decay,
             image_token_fraction: point.image_token_fraction,
-            instruct_fraction: point.instruction_share,
+            instruction_share: point.instruction_share,
             images_per_row: c.images_per_row,
             encoder: encoder_spec(config),
             train_lm: c.train_lm,

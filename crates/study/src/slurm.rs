@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use vlmix_engine::atomic_file::write_atomic;
+use vlmix_atomic_file::write_atomic;
 
 use crate::executor::StudyDir;
 use crate::plan::{NodeKind, Plan};

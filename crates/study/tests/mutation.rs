@@ -2,7 +2,7 @@
 //! seeded damaged configs ends in `Ok` or a clean `Err`: no panic, no allocation over the cap.
 
 use serde_json::Value;
-use vlmix_engine::mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
+use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
 use vlmix_study::config::StudyConfig;
 
 /// The config is 1 KiB: a reader asking for more trusted a declared size.

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
+use vlmix_atomic_file::write_atomic;
 use vlmix_data::byod::stream::{ShardStream, StreamConfig, StreamCursor};
 use vlmix_data::byod::{OnBadRecord, Skipped};
 use vlmix_data::image_texts::conversation_text;
 use vlmix_data::llava::LlavaSet;
+use vlmix_data::sequence::ImageText;
 use vlmix_data::tokenizer::TextTokenizer;
-use vlmix_engine::atomic_file::write_atomic;
-use vlmix_models::sequence::ImageText;
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::{image_key, FeatureCache, ImageKey};
 

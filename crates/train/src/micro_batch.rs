@@ -10,13 +10,15 @@ use std::ops::Range;
 use anyhow::Result;
 use vlmix_engine::LossStats;
 
-/// Runs `step(sequences, grad_scale)` over consecutive ranges of at most `micro` of the `batch`
-/// sequences and returns the batch's mean loss. `mask_sum(range)` is the loss-mask sum of those
-/// sequences; ranges without unmasked tokens are skipped (their gradient is zero). In a
-/// data-parallel job only this rank's slice of the batch runs, still weighted by the whole batch's
-/// tokens, so gradients and loss are this rank's part of a sum over ranks (`distributed`).
+/// Runs `step(sequences, grad_scale)` over consecutive ranges of at most `micro` of the sequences
+/// `rows` of a `batch`-sequence batch and returns their part of the batch's mean loss.
+/// `mask_sum(range)` is the loss-mask sum of those sequences; ranges without unmasked tokens are
+/// skipped (their gradient is zero). `rows` is the whole batch in a single process and this rank's
+/// slice in a data-parallel job (the trainer's `World::shard`); either way each range is weighted
+/// by the whole batch's tokens, so gradients and loss are this rank's part of a sum over ranks.
 pub fn accumulate(
     batch: usize,
+    rows: Range<usize>,
     micro: usize,
     mask_sum: impl Fn(Range<usize>) -> f64,
     mut step: impl FnMut(Range<usize>, f32) -> Result<LossStats>,
@@ -25,10 +27,9 @@ pub fn accumulate(
     if total <= 0.0 {
         return Ok(0.0);
     }
-    let shard = crate::distributed::world()?.shard(batch);
     let mut loss = 0.0f64;
-    for start in shard.clone().step_by(micro.max(1)) {
-        let range = start..(start + micro.max(1)).min(shard.end);
+    for start in rows.clone().step_by(micro.max(1)) {
+        let range = start..(start + micro.max(1)).min(rows.end);
         let share = mask_sum(range.clone()) / total;
         if share > 0.0 {
             loss += step(range, share as f32)?.loss as f64 * share;
@@ -53,6 +54,7 @@ mod tests {
         let mut calls = Vec::new();
         let loss = accumulate(
             4,
+            0..4,
             1,
             |r| mask_sum(&mask, 2, r),
             |r, scale| {
@@ -66,6 +68,7 @@ mod tests {
         assert!((loss - 7.0 / 5.0).abs() < 1e-6, "{loss}");
         let whole = accumulate(
             4,
+            0..4,
             8,
             |r| mask_sum(&mask, 2, r),
             |r, scale| {
@@ -74,6 +77,21 @@ mod tests {
             },
         );
         assert_eq!(whole.unwrap(), 2.5);
-        assert_eq!(accumulate(4, 2, |_| 0.0, |_, _| unreachable!("nothing to learn from")).unwrap(), 0.0);
+        assert_eq!(accumulate(4, 0..4, 2, |_| 0.0, |_, _| unreachable!("nothing to learn from")).unwrap(), 0.0);
+        // A rank's slice runs only its sequences, weighted by the whole batch's tokens.
+        let mut ranges = Vec::new();
+        let part = accumulate(
+            4,
+            2..4,
+            1,
+            |r| mask_sum(&mask, 2, r),
+            |r, scale| {
+                ranges.push((r.clone(), scale));
+                Ok(LossStats { loss: 1.0, nll_sum: 0.0, mask_sum: 0.0 })
+            },
+        )
+        .unwrap();
+        assert_eq!(ranges, vec![(3..4, 0.4)]);
+        assert!((part - 0.4).abs() < 1e-6, "{part}");
     }
 }

@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_data::mixing::{MixConfig, MixCursor, MixingSampler};
 use vlmix_data::packing::{epoch_order, Sequence, SequenceKind, TextCursor, TextPacker, TokenDocuments};
+use vlmix_data::sequence::{ImageText, VlmSequence};
 use vlmix_data::tokenizer::SpecialTokens;
-use vlmix_models::sequence::{ImageText, VlmSequence};
+use vlmix_data::vlm_batch::VlmBatch;
 use vlmix_models::vision::feature_cache::FeatureCache;
-use vlmix_models::vlm::VlmBatch;
 
 use crate::corpus::{ImageCorpus, ImageExample};
 use crate::text_model::TokenBatch;
@@ -83,23 +83,9 @@ fn vlm_batch(seqs: &[Sequence], corpus: &ImageCorpus, cache: &FeatureCache, pad:
             }
             images.push(batch.push_image(&features));
         }
-        batch.push_row(&s.row, &images, pad)?;
+        batch.push_sequence(s, &images, pad)?;
     }
     Ok(batch)
-}
-
-fn vlm_token_counts(b: &VlmBatch) -> (u64, u64) {
-    let image = (b.slots.len() * b.n_image_tokens) as u64;
-    // Non-pad tokens: everything the sequence holds up to its last trained target (pads carry no loss).
-    let mut text = 0u64;
-    for s in 0..b.batch {
-        let mask = &b.loss_mask[s * b.seq..(s + 1) * b.seq];
-        let used = mask.iter().rposition(|&m| m > 0.0).map_or(0, |p| p + 2).min(b.seq);
-        let rows = s * b.seq..(s + 1) * b.seq;
-        let image_here = b.slots.iter().filter(|slot| rows.contains(&slot.at)).count() * b.n_image_tokens;
-        text += used.saturating_sub(image_here) as u64;
-    }
-    (image, image + text)
 }
 
 /// Caption and instruction texts of the corpus, as the mixing sampler reads them.
@@ -187,7 +173,7 @@ impl<'a, D: TokenDocuments + Clone + 'a> BatchSource for MixedSource<'a, D> {
     }
 
     fn token_counts(&self, b: &VlmBatch) -> (u64, u64) {
-        vlm_token_counts(b)
+        b.token_counts()
     }
 
     fn cursor(&self) -> serde_json::Value {
@@ -274,7 +260,7 @@ impl BatchSource for InstructSource<'_> {
     }
 
     fn token_counts(&self, b: &VlmBatch) -> (u64, u64) {
-        vlm_token_counts(b)
+        b.token_counts()
     }
 
     fn cursor(&self) -> serde_json::Value {
@@ -305,7 +291,7 @@ mod tests {
             seq_len: 64,
             n_image_tokens: 16,
             image_token_fraction,
-            instruct_fraction: 0.0,
+            instruction_share: 0.0,
             seed: 3,
             log_every: 0,
             text_start: None,

@@ -10,10 +10,11 @@ use vlmix_data::packing::TokenDocuments;
 use vlmix_data::tokenizer::SpecialTokens;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::checkpoint::{read_state, OPTIMIZER_FILE, STATE_FILE};
+use vlmix_engine::device::gib;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig};
-use vlmix_models::memory::{gib, MemoryPlan, TailShape, TrainShape, VisionShape};
+use vlmix_models::memory::{MemoryPlan, TailShape, TrainShape, VisionShape};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::EncoderSpec;
 use vlmix_models::vision::feature_cache::FeatureCache;
@@ -136,7 +137,7 @@ pub struct CooldownSpec {
     pub micro_batch_size: Option<usize>,
     pub weight_decay: f64,
     pub image_token_fraction: f64,
-    pub instruct_fraction: f64,
+    pub instruction_share: f64,
     /// Image examples per row, at most (1: the paper's one image per sequence).
     #[serde(default = "one")]
     pub images_per_row: usize,
@@ -188,7 +189,7 @@ fn mix_config(spec: &CooldownSpec, corpus: &ImageCorpus) -> Result<MixConfig> {
         seq_len: spec.model.seq_len,
         n_image_tokens: corpus.n_image_tokens,
         image_token_fraction: spec.image_token_fraction,
-        instruct_fraction: spec.instruct_fraction,
+        instruction_share: spec.instruction_share,
         seed: spec.seed,
         log_every: 100,
         text_start,

@@ -1,5 +1,7 @@
 //! The LM as a [`Trainable`] over plain token batches (text pre-training).
 
+use std::ops::Range;
+
 use anyhow::Result;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::{Cpu, Device};
@@ -37,10 +39,15 @@ impl<D: Device> Trainable for TextModel<D> {
         &mut self.params
     }
 
-    fn forward_backward(&mut self, b: &TokenBatch) -> Result<f32> {
+    fn sequences(b: &TokenBatch) -> usize {
+        b.batch
+    }
+
+    fn forward_backward(&mut self, b: &TokenBatch, rows: Range<usize>) -> Result<f32> {
         let (lm, params, seq) = (&mut self.lm, &mut self.params, b.seq);
         accumulate(
             b.batch,
+            rows,
             self.micro_batch,
             |r| mask_sum(&b.loss_mask, seq, r),
             |r, scale| {

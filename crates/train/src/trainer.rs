@@ -6,6 +6,7 @@
 //! and at each kept step a full checkpoint is written; older unkept checkpoints are pruned only after
 //! a newer one is complete, so some complete checkpoint always exists.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -32,8 +33,11 @@ pub trait Trainable {
     type Dev: Device;
     fn params(&self) -> &ParamStore<Self::Dev>;
     fn params_mut(&mut self) -> &mut ParamStore<Self::Dev>;
-    /// Forward and backward over the batch, accumulating gradients; returns the mean loss.
-    fn forward_backward(&mut self, batch: &Self::Batch) -> Result<f32>;
+    /// Sequences in a batch (what the data-parallel ranks split).
+    fn sequences(batch: &Self::Batch) -> usize;
+    /// Forward and backward over the batch's sequences `rows` (this rank's slice; all of them in a
+    /// single process), accumulating gradients; returns their part of the batch's mean loss.
+    fn forward_backward(&mut self, batch: &Self::Batch, rows: Range<usize>) -> Result<f32>;
 }
 
 /// A deterministic, resumable stream of batches.
@@ -142,7 +146,8 @@ where
         let batch = source.next_batch()?;
         let (image_tokens, tokens) = source.token_counts(&batch);
         model.params_mut().zero_grad();
-        let mut loss = model.forward_backward(&batch)?;
+        let rows = world.shard(M::sequences(&batch));
+        let mut loss = model.forward_backward(&batch, rows)?;
         if world.size > 1 {
             loss = sum_over_ranks(world, model.params_mut(), loss, &mut scratch)?;
         }

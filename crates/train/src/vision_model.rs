@@ -1,9 +1,12 @@
 //! The VLM as a [`Trainable`] over image-text batches (cooldown and fine-tuning).
 
+use std::ops::Range;
+
 use anyhow::Result;
+use vlmix_data::vlm_batch::VlmBatch;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::{Cpu, Device};
-use vlmix_models::vlm::{Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 
 use crate::micro_batch::{accumulate, mask_sum};
 use crate::trainer::Trainable;
@@ -27,10 +30,15 @@ impl<D: Device> Trainable for VisionModel<D> {
         &mut self.params
     }
 
-    fn forward_backward(&mut self, batch: &VlmBatch) -> Result<f32> {
+    fn sequences(batch: &VlmBatch) -> usize {
+        batch.batch
+    }
+
+    fn forward_backward(&mut self, batch: &VlmBatch, rows: Range<usize>) -> Result<f32> {
         let (vlm, params) = (&mut self.vlm, &mut self.params);
         accumulate(
             batch.batch,
+            rows,
             self.micro_batch,
             |r| mask_sum(&batch.loss_mask, batch.seq, r),
             |r, scale| {

@@ -76,7 +76,7 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         micro_batch_size: Some(2),
         weight_decay: 0.1,
         image_token_fraction: 0.5,
-        instruct_fraction: 0.0,
+        instruction_share: 0.0,
         images_per_row: 1,
         encoder: spec.clone(),
         train_lm: true,

@@ -6,10 +6,11 @@
 
 use anyhow::Result;
 use vlmix_data::tokenizer::SpecialTokens;
+use vlmix_data::vlm_batch::{ImageSlot, VlmBatch};
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
 use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::{Lm, LmConfig};
-use vlmix_models::vlm::{ImageSlot, Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 use vlmix_train::schedule::{Schedule, WarmupCosine};
 use vlmix_train::stages::{pretrain, PretrainSpec};
 use vlmix_train::text_model::{TextModel, TokenBatch};

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use vlmix_data::DataLayout;
-use vlmix_engine::device_choice::Opened;
+use vlmix_device::Opened;
 use vlmix_engine::Device;
 use vlmix_models::lm::bench::{bench_score, bench_train, BenchOptions, ScoreOptions, ScoreReport};
 use vlmix_models::lm::LmConfig;

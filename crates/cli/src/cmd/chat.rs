@@ -6,7 +6,8 @@ use crate::cmd::eval::ModelArgs;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use vlmix_engine::{on_device, Device};
+use vlmix_device::on_device;
+use vlmix_engine::Device;
 use vlmix_eval::prompt::VlTemplate;
 use vlmix_eval::{Decoding, ImageRef, ModelScorer};
 

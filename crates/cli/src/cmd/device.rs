@@ -1,9 +1,8 @@
 //! `--device cpu|cuda` and `--precision f32|bf16`: which engine device a command computes on. The
-//! values and their opening live in `vlmix_engine::device_choice`, shared with study configs.
+//! values and their opening live in `vlmix_device`, shared with study configs.
 
 use clap::Args;
-use vlmix_engine::cuda::Precision;
-use vlmix_engine::{DeviceChoice, DeviceKind};
+use vlmix_device::{DeviceChoice, DeviceKind, Precision};
 
 #[derive(Args, Clone, Copy, Debug)]
 pub struct DeviceArgs {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
+use vlmix_device::Opened;
 use vlmix_engine::checkpoint::resolve_checkpoint;
-use vlmix_engine::device_choice::Opened;
 use vlmix_engine::Device;
 use vlmix_eval::{
     bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures,
@@ -142,7 +142,7 @@ fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    vlmix_engine::on_device!(args.model.open_device()?, dev => run_on(dev, &args))
+    vlmix_device::on_device!(args.model.open_device()?, dev => run_on(dev, &args))
 }
 
 fn run_on<D: Device>(dev: D, args: &Args) -> Result<()> {

@@ -3,7 +3,7 @@
 //! (`[pretrain] from`) read like a finished text pre-training.
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use vlmix_engine::atomic_file::write_atomic;
+use vlmix_atomic_file::write_atomic;
 use vlmix_engine::checkpoint::{LATEST_FILE, MODEL_FILE};
 use vlmix_models::lm::openlm_io::{import_openlm, ImportOptions, InvFreqPolicy};
 use vlmix_models::stage_record::StageRecord;

@@ -258,7 +258,7 @@ fn tokenized(
         tokens,
         skipped: skipped.clone(),
     };
-    vlmix_engine::atomic_file::write_atomic(&record_path, &serde_json::to_vec_pretty(&record)?)?;
+    vlmix_atomic_file::write_atomic(&record_path, &serde_json::to_vec_pretty(&record)?)?;
     tracing::info!(documents, tokens, skipped = skipped.count, shard = %shard.display(), "tokenized text");
     Ok((shard, skipped))
 }

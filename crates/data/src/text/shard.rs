@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use memmap2::Mmap;
-use vlmix_engine::atomic_file::write_atomic_with;
+use vlmix_atomic_file::write_atomic_with;
 
 const MAGIC: &[u8; 8] = b"VLMXTOK1";
 const HEADER_BYTES: usize = 64;

@@ -11,8 +11,8 @@
 
 use super::linear::{Linear, LinearGrads, LinearParams};
 use super::norm::{Norm, NormActs, NormGrads, NormKind, NormParams};
-use super::rows_of;
-use crate::{AttnShape, Device, Gemm};
+use super::{rows_of, BufLen, Role};
+use crate::{AttnShape, Device, Gemm, SavedAttention};
 
 /// Rotary base used by OpenLM (and GPT-NeoX).
 pub const ROPE_BASE: f32 = 10_000.0;
@@ -140,30 +140,61 @@ impl Attention {
         AttnShape { batch, seq, heads: self.heads, head_dim: self.head_dim, causal: self.causal }
     }
 
-    pub fn acts<D: Device>(&self, dev: &D, max_batch: usize, max_seq: usize) -> AttentionActs<D> {
+    /// The buffers [`acts`](Self::acts) allocates on a device whose attention saves `saved`
+    /// ([`crate::DeviceMemory::saved_attention`]): q_raw, k_raw, q, k, v, the QK-norms' mean and
+    /// rstd, saved, att, the rotary table.
+    pub fn acts_lens(&self, saved: SavedAttention, max_batch: usize, max_seq: usize) -> [BufLen; 12] {
         let rows = max_batch * max_seq;
         let n = rows * self.inner();
         let norm_len = if self.qk_norm.is_some() { n } else { 0 };
         let norm_rows = if self.qk_norm.is_some() { rows } else { 0 };
+        // The QK-norms' statistics: what `Norm::acts` allocates for `norm_rows` rows (any kind).
         let norm = Norm { kind: NormKind::LayerNorm, width: self.inner(), eps: self.norm_eps };
+        let ([q_mean, q_rstd], [k_mean, k_rstd]) = (norm.acts_lens(norm_rows), norm.acts_lens(norm_rows));
+        [
+            BufLen::saved(norm_len),
+            BufLen::saved(norm_len),
+            BufLen::saved(n),
+            BufLen::saved(n),
+            BufLen::saved(n),
+            q_mean,
+            q_rstd,
+            k_mean,
+            k_rstd,
+            BufLen { role: Role::SavedAttention, len: saved.len(self.shape(max_batch, max_seq)) },
+            BufLen::saved(n),
+            BufLen::saved(max_seq * self.head_dim),
+        ]
+    }
+
+    pub fn acts<D: Device>(&self, dev: &D, max_batch: usize, max_seq: usize) -> AttentionActs<D> {
+        let lens = self.acts_lens(dev.memory().saved_attention, max_batch, max_seq);
+        let [q_raw, k_raw, q, k, v, q_mean, q_rstd, k_mean, k_rstd, saved, att] =
+            std::array::from_fn(|i| dev.zeros(lens[i].len));
+        let rope_rows = lens[11].len / self.head_dim;
         AttentionActs {
-            q_raw: dev.zeros(norm_len),
-            k_raw: dev.zeros(norm_len),
-            q: dev.zeros(n),
-            k: dev.zeros(n),
-            v: dev.zeros(n),
-            q_norm: norm.acts(dev, norm_rows),
-            k_norm: norm.acts(dev, norm_rows),
-            saved: dev.zeros(dev.attention_saved_len(self.shape(max_batch, max_seq))),
-            att: dev.zeros(n),
-            rope: dev.upload(&rope_table(max_seq, &rope_inv_freq(self.head_dim))),
+            q_raw,
+            k_raw,
+            q,
+            k,
+            v,
+            q_norm: NormActs { mean: q_mean, rstd: q_rstd },
+            k_norm: NormActs { mean: k_mean, rstd: k_rstd },
+            saved,
+            att,
+            rope: dev.upload(&rope_table(rope_rows, &rope_inv_freq(self.head_dim))),
             max_seq,
         }
     }
 
+    /// The buffers [`scratch`](Self::scratch) allocates: datt, dq, dk, dv.
+    pub fn scratch_lens(&self, max_rows: usize) -> [BufLen; 4] {
+        [BufLen::scratch(max_rows * self.inner()); 4]
+    }
+
     pub fn scratch<D: Device>(&self, dev: &D, max_rows: usize) -> AttentionScratch<D> {
-        let n = max_rows * self.inner();
-        AttentionScratch { datt: dev.zeros(n), dq: dev.zeros(n), dk: dev.zeros(n), dv: dev.zeros(n) }
+        let [datt, dq, dk, dv] = self.scratch_lens(max_rows).map(|b| dev.zeros(b.len));
+        AttentionScratch { datt, dq, dk, dv }
     }
 
     /// `x`, `y`: `[batch*seq, width]`, sequences contiguous.

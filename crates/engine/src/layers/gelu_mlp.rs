@@ -1,7 +1,7 @@
 //! Two-layer GELU MLP with biases (`fc1` -> GELU -> `fc2`): ViT blocks and the VLM projector.
 
 use super::linear::{Linear, LinearGrads, LinearParams};
-use super::rows_of;
+use super::{rows_of, BufLen};
 use crate::{Device, GeluKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,12 +46,24 @@ impl GeluMlp {
         Linear { in_dim: self.hidden, out_dim: self.out_dim, bias: true }
     }
 
+    /// The buffers [`acts`](Self::acts) allocates: pre, act.
+    pub fn acts_lens(&self, max_rows: usize) -> [BufLen; 2] {
+        [BufLen::saved(max_rows * self.hidden); 2]
+    }
+
     pub fn acts<D: Device>(&self, dev: &D, max_rows: usize) -> GeluMlpActs<D> {
-        GeluMlpActs { pre: dev.zeros(max_rows * self.hidden), act: dev.zeros(max_rows * self.hidden) }
+        let [pre, act] = self.acts_lens(max_rows).map(|b| dev.zeros(b.len));
+        GeluMlpActs { pre, act }
+    }
+
+    /// The buffers [`scratch`](Self::scratch) allocates: dact, dpre.
+    pub fn scratch_lens(&self, max_rows: usize) -> [BufLen; 2] {
+        [BufLen::scratch(max_rows * self.hidden); 2]
     }
 
     pub fn scratch<D: Device>(&self, dev: &D, max_rows: usize) -> GeluMlpScratch<D> {
-        GeluMlpScratch { dact: dev.zeros(max_rows * self.hidden), dpre: dev.zeros(max_rows * self.hidden) }
+        let [dact, dpre] = self.scratch_lens(max_rows).map(|b| dev.zeros(b.len));
+        GeluMlpScratch { dact, dpre }
     }
 
     /// `x`: `[rows, in_dim]`, `y`: `[rows, out_dim]`.

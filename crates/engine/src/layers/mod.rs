@@ -7,6 +7,9 @@
 //! - `forward` fills an `XActs` (allocated once with `X::acts(dev, max_rows)`), which `backward` reads.
 //!   `backward` takes the same input `x` forward saw (the caller keeps it) and may use an `XScratch`
 //!   that all layers of one shape can share.
+//! - `X::acts_lens` / `X::scratch_lens` list the buffers `acts` / `scratch` allocate ([`BufLen`]);
+//!   the constructors allocate from those lists and memory plans sum them (llm.c's `act_sizes`), so
+//!   a plan cannot drift from the allocation.
 //! - `backward` *accumulates* parameter gradients and *overwrites* input gradients.
 //! - Row counts come from the input length, so one `XActs` sized for the largest batch serves
 //!   smaller ones too.
@@ -32,6 +35,36 @@ pub use norm::{Norm, NormActs, NormGrads, NormKind, NormParams};
 pub use swiglu::{SwiGlu, SwiGluActs, SwiGluGrads, SwiGluParams, SwiGluScratch};
 
 use crate::Device;
+
+/// What a buffer of activations or scratch holds, as memory plans group them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Attention's saved buffer: probabilities, or log-sum-exps under flash attention.
+    SavedAttention,
+    /// The `[rows, vocab]` logits of a whole batch.
+    Logits,
+    /// Any other value a forward keeps for its backward.
+    Saved,
+    /// Backward temporaries.
+    Scratch,
+}
+
+/// One buffer an `acts` or `scratch` constructor allocates: what it holds and its length in values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufLen {
+    pub role: Role,
+    pub len: usize,
+}
+
+impl BufLen {
+    pub fn saved(len: usize) -> Self {
+        BufLen { role: Role::Saved, len }
+    }
+
+    pub fn scratch(len: usize) -> Self {
+        BufLen { role: Role::Scratch, len }
+    }
+}
 
 /// Rows of `x` when it holds whole rows of `width`; shapes are programmer contracts, so a mismatch
 /// panics with the layer's name.

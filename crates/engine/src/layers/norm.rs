@@ -1,7 +1,7 @@
 //! Normalisation over the last dimension: LayerNorm gain-only (OpenLM), LayerNorm with bias (ViTs),
 //! RMSNorm.
 
-use super::rows_of;
+use super::{rows_of, BufLen};
 use crate::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +46,14 @@ pub struct NormActs<D: Device> {
 }
 
 impl Norm {
+    /// The buffers [`acts`](Self::acts) allocates: mean, rstd.
+    pub fn acts_lens(&self, max_rows: usize) -> [BufLen; 2] {
+        [BufLen::saved(max_rows); 2]
+    }
+
     pub fn acts<D: Device>(&self, dev: &D, max_rows: usize) -> NormActs<D> {
-        NormActs { mean: dev.zeros(max_rows), rstd: dev.zeros(max_rows) }
+        let [mean, rstd] = self.acts_lens(max_rows).map(|b| dev.zeros(b.len));
+        NormActs { mean, rstd }
     }
 
     fn check<D: Device>(&self, dev: &D, weight: &D::Buf, has_bias: bool) {

@@ -1,7 +1,7 @@
 //! SwiGLU feed-forward as OpenLM computes it: `w12` -> split into gate, up -> `silu(gate) * up` -> `w3`.
 
 use super::linear::{Linear, LinearGrads, LinearParams};
-use super::rows_of;
+use super::{rows_of, BufLen};
 use crate::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,12 +44,24 @@ impl SwiGlu {
         Linear { in_dim: self.hidden, out_dim: self.width, bias: false }
     }
 
+    /// The buffers [`acts`](Self::acts) allocates: gate_up, hidden.
+    pub fn acts_lens(&self, max_rows: usize) -> [BufLen; 2] {
+        [BufLen::saved(max_rows * 2 * self.hidden), BufLen::saved(max_rows * self.hidden)]
+    }
+
     pub fn acts<D: Device>(&self, dev: &D, max_rows: usize) -> SwiGluActs<D> {
-        SwiGluActs { gate_up: dev.zeros(max_rows * 2 * self.hidden), hidden: dev.zeros(max_rows * self.hidden) }
+        let [gate_up, hidden] = self.acts_lens(max_rows).map(|b| dev.zeros(b.len));
+        SwiGluActs { gate_up, hidden }
+    }
+
+    /// The buffers [`scratch`](Self::scratch) allocates: dhidden, dgate_up.
+    pub fn scratch_lens(&self, max_rows: usize) -> [BufLen; 2] {
+        [BufLen::scratch(max_rows * self.hidden), BufLen::scratch(max_rows * 2 * self.hidden)]
     }
 
     pub fn scratch<D: Device>(&self, dev: &D, max_rows: usize) -> SwiGluScratch<D> {
-        SwiGluScratch { dhidden: dev.zeros(max_rows * self.hidden), dgate_up: dev.zeros(max_rows * 2 * self.hidden) }
+        let [dhidden, dgate_up] = self.scratch_lens(max_rows).map(|b| dev.zeros(b.len));
+        SwiGluScratch { dhidden, dgate_up }
     }
 
     /// `x`, `y`: `[rows, width]`.

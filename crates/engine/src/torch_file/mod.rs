@@ -78,7 +78,7 @@ pub fn convert_to_safetensors(checkpoint: &Path, out: &Path) -> Result<()> {
     metadata.insert("converted_from".to_string(), checkpoint.display().to_string());
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| anyhow::anyhow!("serialising {}: {e}", out.display()))?;
-    crate::atomic_file::write_atomic(out, &bytes)
+    vlmix_atomic_file::write_atomic(out, &bytes)
 }
 
 /// The state dict's tensors described by the object pickle: the object itself, or its `state_dict`

@@ -332,7 +332,7 @@ pub fn prepare(layout: &DataLayout, config: &ImageConfig) -> Result<ImagePrepare
         seconds: started.elapsed().as_secs_f64(),
     };
     let manifest = serde_json::to_vec_pretty(&summary).context("serialising the image manifest")?;
-    vlmix_engine::atomic_file::write_atomic(&layout.images_dir().join("manifest.json"), &manifest)?;
+    vlmix_atomic_file::write_atomic(&layout.images_dir().join("manifest.json"), &manifest)?;
     Ok(summary)
 }
 
@@ -443,7 +443,7 @@ fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<
     if old.exists() {
         std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     }
-    vlmix_engine::atomic_file::sync_dir(parent)
+    vlmix_atomic_file::sync_dir(parent)
 }
 
 pub(crate) fn require_dir(dir: &Path) -> Result<PathBuf> {

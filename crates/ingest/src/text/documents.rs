@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use vlmix_engine::atomic_file::write_atomic_with;
+use vlmix_atomic_file::write_atomic_with;
 
 use vlmix_data::jsonl::read_lines;
 

@@ -13,3 +13,4 @@ mod workspace;
 pub use config::{LmConfig, NormKind, ParamCount, WeightDecayRule, ZLossRule};
 pub use input::{InjectedEmbeddings, LmInput};
 pub use model::{target_log_prob, Lm, PrefixCache};
+pub use workspace::activation_lens;

@@ -10,9 +10,9 @@ use super::init::Initializer;
 use super::input::LmInput;
 use super::layers::LmLayers;
 use super::weights::{register, BlockIds, LmParamIds, NormIds};
-use super::workspace::Workspace;
-use crate::memory::{ensure_available, TrainShape};
+use super::workspace::{activation_lens, Workspace};
 use anyhow::{bail, Context, Result};
+use vlmix_engine::device::ensure_available;
 use vlmix_engine::layers::{
     AttentionGrads, AttentionParams, CachedKv, LinearGrads, LinearParams, NormGrads, NormParams, SwiGluGrads,
     SwiGluParams,
@@ -125,8 +125,8 @@ impl<D: Device> Lm<D> {
                 None => (batch, seq),
             };
             self.work = None;
-            let parts = TrainShape::text(self.config.clone(), self.dev.memory()).lm_activation_parts(b, s);
-            let bytes = parts.iter().fold(0u64, |a, p| a.saturating_add(p.bytes));
+            let lens = activation_lens(&self.config, self.dev.memory().saved_attention, b, s);
+            let bytes = lens.iter().fold(0u64, |a, l| a.saturating_add(4 * l.len as u64));
             ensure_available(&self.dev, &format!("the LM's activations for batch {b} x seq {s}"), bytes)?;
             self.work = Some(Workspace::new(&self.dev, &self.config, &self.layers, b, s));
         }

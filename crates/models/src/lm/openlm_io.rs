@@ -548,5 +548,5 @@ pub fn export_openlm(config: &LmConfig, params: &ParamStore, out: &Path) -> Resu
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_f32_tensors(&out.join("model.safetensors"), tensors, Some(metadata))?;
     let text = serde_json::to_string_pretty(&openlm_hf_config(config))? + "\n";
-    vlmix_engine::atomic_file::write_atomic(&out.join("config.json"), text.as_bytes())
+    vlmix_atomic_file::write_atomic(&out.join("config.json"), text.as_bytes())
 }

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use vlmix_engine::atomic_file::write_atomic_with;
+use vlmix_atomic_file::write_atomic_with;
 
 /// Where the caches live under `$VLMIX_HOME`.
 pub const CACHE_SUBDIR: &str = "features";
@@ -90,7 +90,7 @@ impl FeatureCache {
             Ok(stored) if stored == encoder.id() => {}
             Ok(stored) => bail!("{}: belongs to encoder {stored:?}, not {:?}", id_file.display(), encoder.id()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                vlmix_engine::atomic_file::write_atomic(&id_file, encoder.id().as_bytes())?;
+                vlmix_atomic_file::write_atomic(&id_file, encoder.id().as_bytes())?;
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", id_file.display())),
         }

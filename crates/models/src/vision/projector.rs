@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vlmix_engine::layers::{
-    GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch, LinearGrads, LinearParams,
+    BufLen, GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams, GeluMlpScratch, LinearGrads, LinearParams,
 };
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore, Values};
 use vlmix_engine::{Cpu, Device, GeluKind};
@@ -39,6 +39,20 @@ pub struct Projector<D: Device = Cpu> {
     ids: ProjectorIds,
     dev: D,
     work: Option<Workspace<D>>,
+}
+
+/// The projector's layer: `encoder_width -> d_model -> d_model`, exact GELU.
+fn mlp(encoder_width: usize, d_model: usize) -> GeluMlp {
+    GeluMlp { in_dim: encoder_width, hidden: d_model, out_dim: d_model, gelu: GeluKind::Erf }
+}
+
+/// The buffers the projector's workspace holds for `rows` feature rows (what
+/// [`Projector::forward`] allocates): the MLP's activations, then its backward scratch.
+pub fn activation_lens(encoder_width: usize, d_model: usize, rows: usize) -> Vec<BufLen> {
+    let mlp = mlp(encoder_width, d_model);
+    let mut lens = mlp.acts_lens(rows).to_vec();
+    lens.extend(mlp.scratch_lens(rows));
+    lens
 }
 
 /// PyTorch's `nn.Linear` default initialisation: weight and bias uniform in `±1/sqrt(fan_in)`.
@@ -101,8 +115,7 @@ impl<D: Device> Projector<D> {
     }
 
     fn with_ids(dev: &D, encoder_width: usize, d_model: usize, ids: ProjectorIds) -> Self {
-        let mlp = GeluMlp { in_dim: encoder_width, hidden: d_model, out_dim: d_model, gelu: GeluKind::Erf };
-        Self { mlp, ids, dev: dev.clone(), work: None }
+        Self { mlp: mlp(encoder_width, d_model), ids, dev: dev.clone(), work: None }
     }
 
     pub fn encoder_width(&self) -> usize {

@@ -1,8 +1,9 @@
 //! Checks shared by the VLM tests: a small image batch, finite differences of the loss, and the
 //! every-parameter-gets-a-gradient check.
 
+use vlmix_data::vlm_batch::{ImageSlot, VlmBatch};
 use vlmix_engine::params::ParamStore;
-use vlmix_models::vlm::{ImageSlot, Vlm, VlmBatch};
+use vlmix_models::vlm::Vlm;
 
 /// Vocabulary of the tiny LMs these tests build.
 pub const VOCAB: usize = 50;
@@ -17,7 +18,7 @@ pub fn image_batch(n_img: usize, width: usize, seq: usize) -> VlmBatch {
         (0..batch * seq).map(|r| if r >= seq && r < seq + n_img - 1 { 0.0 } else { 1.0 }).collect();
     let features: Vec<f32> = (0..n_img * width).map(|i| ((i * 37 % 23) as f32 - 11.0) / 9.0).collect();
     let slots = vec![ImageSlot { at: seq, image: 0 }];
-    VlmBatch { batch, seq, inputs, targets, loss_mask, slots, n_image_tokens: n_img, features }
+    VlmBatch { batch, seq, inputs, targets, loss_mask, slots, n_image_tokens: n_img, features, ..Default::default() }
 }
 
 /// One forward + backward gives every parameter a non-zero gradient; returns how many parameters

@@ -15,7 +15,7 @@ pub use results_table::{DataRecord, NodeRecord, ResultRow, ResultsTable, TaskSco
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use vlmix_engine::atomic_file::write_atomic;
+use vlmix_atomic_file::write_atomic;
 
 /// Name of the page inside the report directory.
 pub const INDEX_FILE: &str = "index.html";

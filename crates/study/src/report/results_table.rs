@@ -252,7 +252,7 @@ impl ResultsTable {
     /// Writes pretty JSON atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("serialising results table")?;
-        vlmix_engine::atomic_file::write_atomic(path, &json)
+        vlmix_atomic_file::write_atomic(path, &json)
     }
 
     /// Task names in first-seen order, vision tasks first.
@@ -310,7 +310,7 @@ impl ResultsTable {
             cells.extend(tasks.iter().map(|(t, _)| opt(r.tasks.iter().find(|s| s.task == *t).map(|s| s.stable_score))));
             out.push_str(&csv_line(&cells));
         }
-        vlmix_engine::atomic_file::write_atomic(path, out.as_bytes())
+        vlmix_atomic_file::write_atomic(path, out.as_bytes())
     }
 }
 

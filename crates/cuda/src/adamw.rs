@@ -1,11 +1,11 @@
 //! One AdamW update of one parameter tensor, as `torch.optim.AdamW` (single-tensor path); the
-//! step's scalars come from the host ([`crate::device::AdamWStep`]).
+//! step's scalars come from the host ([`vlmix_engine::device::AdamWStep`]).
 
 use super::buf::CudaBuf;
 use super::compile::Family;
 use super::launch::{self, launch};
 use super::Inner;
-use crate::device::AdamWStep;
+use vlmix_engine::device::AdamWStep;
 
 pub const FAMILY: Family = Family { name: "adamw", src: SRC, kernels: &["adamw_step"] };
 

@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use crate::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, ZLossTerm};
-use crate::layers::{
+use vlmix_cuda::Cuda;
+use vlmix_engine::device::{AdamWStep, AttnShape, Device, GeluKind, Gemm, ZLossTerm};
+use vlmix_engine::layers::{
     Attention, AttentionGrads, AttentionParams, LinearGrads, LinearParams, LmHead, NormGrads, NormKind, NormParams,
     SwiGlu, SwiGluGrads, SwiGluParams,
 };
-use crate::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
-use crate::Cuda;
+use vlmix_engine::safetensors_io::{write_f32_tensors, F32View, SafetensorsFile};
 
 /// One compared output.
 #[derive(Clone, Debug, serde::Serialize)]

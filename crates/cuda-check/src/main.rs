@@ -21,8 +21,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use vlmix_engine::cuda::{compile, parity, probe, Precision};
-use vlmix_engine::{AttnShape, Cpu, Cuda, Device};
+use vlmix_cuda::{compile, probe, Cuda, Precision};
+use vlmix_cuda_check::parity;
+use vlmix_engine::{AttnShape, Cpu, Device};
 
 const F32_TOLERANCE: f64 = 1e-4;
 const BF16_PRODUCT_TOLERANCE: f64 = 3e-2;
@@ -140,7 +141,8 @@ fn gemm_cmd(mut args: Args) -> Result<bool> {
         let cuda = Cuda::with(0, precision)?;
         device = cuda.describe();
         for n in [2048, 8192] {
-            let rate = cuda.gemm_rate(n, if n == 8192 { 10 } else { 50 });
+            let (a, b) = (parity::random(n * n, 1, 1.0), parity::random(n * n, 2, 1.0));
+            let rate = cuda.gemm_rate(&a, &b, n, if n == 8192 { 10 } else { 50 });
             eprintln!("{precision:?} inputs, {n}^3: {rate:.1} TFLOP/s");
             rates.insert(format!("{precision:?} {n}^3 TFLOP/s"), rate.into());
         }

@@ -1,6 +1,7 @@
 //! The CUDA device: cuBLASLt for matrix products, NVRTC-compiled kernels for everything else, one
 //! stream per device, every library dlopened at run time (cudarc with `dynamic-loading`), so this
-//! module builds, lints and unit-tests on machines without a toolkit or a GPU.
+//! crate builds, lints and unit-tests on machines without a toolkit or a GPU. The engine's
+//! `Device` trait knows nothing of it; `vlmix-device` opens it beside the CPU.
 //!
 //! - Memory: [`CudaBuf`] / [`CudaVec`] (see `buf.rs` for why a zero-sized-element slice is a
 //!   sound `&Device::Buf` for device memory). Allocations are stream-ordered (`cuMemAllocAsync`
@@ -32,7 +33,6 @@ mod flash;
 pub mod gemm;
 mod launch;
 mod norm;
-pub mod parity;
 pub mod probe;
 mod rope;
 
@@ -43,12 +43,13 @@ use std::time::Instant;
 use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaStream, DeviceRepr};
 
 pub use buf::{CudaBuf, CudaVec, DevF32};
-pub use flash::supports as flash_supports;
 pub use gemm::Precision;
 
-use crate::device::{AdamWStep, AttnShape, Device, DeviceMemory, GeluKind, Gemm, LossStats, SavedAttention, ZLossTerm};
 use compile::{Family, KernelCache};
 use gemm::{Batch, Gemms};
+use vlmix_engine::device::{
+    AdamWStep, AttnShape, Device, DeviceMemory, GeluKind, Gemm, LossStats, SavedAttention, ZLossTerm,
+};
 
 /// A CUDA GPU. Cloning shares the context, stream, kernels and GEMM plans.
 #[derive(Clone)]
@@ -327,15 +328,13 @@ impl Cuda {
         }
     }
 
-    /// TFLOP/s of `n x n x n` products on operands already in the product precision (bf16 copies
-    /// made once, untimed: the ceiling the models' products approach), after one untimed call.
-    pub fn gemm_rate(&self, n: usize, reps: usize) -> f64 {
+    /// TFLOP/s of `n x n x n` products of the `[n, n]` operands `a`, `b` (the caller's values: the
+    /// check kit's seeded ones) already in the product precision (bf16 copies made once, untimed: the
+    /// ceiling the models' products approach), after one untimed call.
+    pub fn gemm_rate(&self, a: &[f32], b: &[f32], n: usize, reps: usize) -> f64 {
+        assert!(a.len() == n * n && b.len() == n * n, "gemm rate: operands are not [{n}, {n}]");
         let dev = &*self.inner;
-        let (a, b, c) = (
-            self.upload(&parity::random(n * n, 1, 1.0)),
-            self.upload(&parity::random(n * n, 2, 1.0)),
-            self.zeros(n * n),
-        );
+        let (a, b, c) = (self.upload(a), self.upload(b), self.zeros(n * n));
         let operand = |x: &CudaVec| match dev.precision {
             Precision::F32 => None,
             Precision::Bf16 => {
@@ -370,7 +369,11 @@ impl Device for Cuda {
     type Owned = CudaVec;
 
     fn memory(&self) -> DeviceMemory {
-        DeviceMemory { saved_attention: SavedAttention::Flash, attention_workers: 0, available_from: "free GPU memory" }
+        DeviceMemory {
+            saved_attention: SavedAttention::Flash(flash::HEAD_DIMS),
+            attention_workers: 0,
+            available_from: "free GPU memory",
+        }
     }
 
     fn available_memory(&self) -> anyhow::Result<u64> {

@@ -17,7 +17,7 @@ use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
 
 use super::Inner;
-use crate::device::Gemm;
+use vlmix_engine::device::Gemm;
 
 /// What the GEMM inputs are rounded to. f32 is exact (parity with the CPU engine); bf16 is the
 /// mixed-precision training path. Spelled `f32` / `bf16` in flags and study configs.

@@ -1,4 +1,4 @@
-//! Device memory in the shape the [`crate::Device`] trait wants: an unsized borrowed buffer that
+//! Device memory in the shape the [`vlmix_engine::Device`] trait wants: an unsized borrowed buffer that
 //! slices and splits like `[f32]`.
 //!
 //! [`CudaBuf`] is a `#[repr(transparent)]` newtype over `[DevF32]`, a slice of a zero-sized

@@ -4,7 +4,7 @@ use super::buf::CudaBuf;
 use super::compile::Family;
 use super::launch::{self, launch};
 use super::Inner;
-use crate::device::AttnShape;
+use vlmix_engine::device::AttnShape;
 
 pub const FAMILY: Family = Family { name: "rope", src: SRC, kernels: &["rope"] };
 

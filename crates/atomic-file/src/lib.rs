@@ -65,37 +65,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// A fresh empty directory under the system temp dir, for tests.
-#[cfg(test)]
-pub(crate) fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "vlmix-{tag}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn replaces_content_and_leaves_no_temp_files() {
-        let dir = scratch_dir("atomic");
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let path = dir.join("a.json");
         write_atomic(&path, b"old").unwrap();
         write_atomic(&path, b"new").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
-        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn failed_write_keeps_old_file_and_removes_temp() {
-        let dir = scratch_dir("atomic-fail");
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let path = dir.join("a.bin");
         write_atomic(&path, b"good").unwrap();
         let err = write_atomic_with(&path, |temp| {
@@ -105,7 +94,6 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("a.bin"), "{err:#}");
         assert_eq!(std::fs::read(&path).unwrap(), b"good");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(dir).unwrap();
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1);
     }
 }

@@ -4,7 +4,7 @@ use super::buf::CudaBuf;
 use super::compile::Family;
 use super::launch::{self, launch};
 use super::Inner;
-use crate::device::GeluKind;
+use vlmix_engine::device::GeluKind;
 
 pub const FAMILY: Family = Family {
     name: "activation",

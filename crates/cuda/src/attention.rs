@@ -13,7 +13,7 @@ use super::compile::Family;
 use super::gemm::Batch;
 use super::launch::{self, launch};
 use super::Inner;
-use crate::device::{AttnShape, Gemm};
+use vlmix_engine::device::{AttnShape, Gemm};
 
 pub const FAMILY: Family = Family { name: "attention", src: SRC, kernels: &["softmax_forward", "softmax_backward"] };
 

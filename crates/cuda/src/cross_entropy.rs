@@ -6,7 +6,7 @@ use super::buf::CudaBuf;
 use super::compile::Family;
 use super::launch::{self, launch};
 use super::Inner;
-use crate::device::{LossStats, ZLossTerm};
+use vlmix_engine::device::{LossStats, ZLossTerm};
 
 pub const FAMILY: Family = Family { name: "cross_entropy", src: SRC, kernels: &["cross_entropy"] };
 

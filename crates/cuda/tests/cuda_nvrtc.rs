@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use vlmix_engine::cuda::compile::{self, Output, FAMILIES};
+use vlmix_cuda::compile::{self, Output, FAMILIES};
 
 /// The wheel's lib folder under `$VLMIX_HOME` (default `~/.cache/vlmix`).
 fn nvrtc_lib_dir() -> PathBuf {

@@ -2,7 +2,8 @@
 //! `--precision` flags and a study config's `device` / `precision` keys, and the one place a choice
 //! is opened.
 //!
-//! Everything above the engine is generic over [`Device`](crate::Device); [`on_device!`] hands the
+//! The one crate that sees both the engine's CPU and the CUDA backend (`vlmix-cuda`). Everything
+//! above them is generic over [`Device`](vlmix_engine::Device); [`on_device!`] hands the
 //! opened device to such generic code, so each caller instantiates it for `Cpu` and `Cuda` in one
 //! expression instead of writing the two paths out.
 
@@ -12,8 +13,11 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cuda::Precision;
-use crate::{Cpu, Cuda};
+use vlmix_cuda::Cuda;
+/// The precision of a choice's matrix products (defined by the CUDA backend, the only device with
+/// more than f32), re-exported so callers of [`DeviceChoice`] need only this crate.
+pub use vlmix_cuda::Precision;
+use vlmix_engine::Cpu;
 
 /// Where to compute. Spelled `cpu` / `cuda` in flags and study configs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,8 +92,8 @@ impl DeviceChoice {
 macro_rules! on_device {
     ($opened:expr, $dev:ident => $body:expr) => {
         match $opened {
-            $crate::device_choice::Opened::Cpu($dev) => $body,
-            $crate::device_choice::Opened::Cuda($dev) => $body,
+            $crate::Opened::Cpu($dev) => $body,
+            $crate::Opened::Cuda($dev) => $body,
         }
     };
 }

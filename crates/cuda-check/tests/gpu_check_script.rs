@@ -81,7 +81,7 @@ fn rows(summary: &Value) -> &Vec<Value> {
 }
 
 fn no_libcuda() -> bool {
-    vlmix_engine::cuda::probe::missing().iter().any(|m| m.starts_with("libcuda.so.1"))
+    vlmix_cuda::probe::missing().iter().any(|m| m.starts_with("libcuda.so.1"))
 }
 
 const FILES: [&str; 4] = ["details.tgz", "gpu-check.log", "machine.txt", "summary.json"];

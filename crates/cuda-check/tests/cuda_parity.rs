@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use vlmix_engine::cuda::parity;
+use vlmix_cuda_check::parity;
 use vlmix_engine::Cpu;
 
 /// Every Device method and the layers the harness must exercise, as output-name prefixes.

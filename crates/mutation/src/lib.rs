@@ -1,8 +1,8 @@
 //! Seeded mutation testing of readers of outside bytes (issue 26): every damaged input must end in
 //! `Ok` or a clean `Err`, never a panic or an oversized allocation.
 //!
-//! Test-only by purpose, but a plain module so that every crate's tests can use it (the engine is
-//! everyone's dependency, and this module depends on nothing of vlmix). Deterministic: the same
+//! Test-only by purpose: a crate of its own that depends on nothing of vlmix, so every crate's
+//! tests can use it as a dev-dependency without widening the crate graph. Deterministic: the same
 //! seed gives the same inputs, so a failure names an input that can be replayed.
 
 use serde_json::Value;

@@ -12,8 +12,8 @@ use super::buf::CudaBuf;
 use super::compile::Family;
 use super::launch::launch;
 use super::Inner;
-use crate::device::AttnShape;
 use cudarc::driver::LaunchConfig;
+use vlmix_engine::device::{AttnShape, FlashHeadDims};
 
 pub const FAMILY: Family = Family {
     name: "flash",
@@ -215,10 +215,13 @@ pub fn lse_len(shape: AttnShape) -> usize {
     shape.batch * shape.heads * shape.seq
 }
 
-/// Whether the kernels take `shape`: `head_dim` a multiple of [`THREADS_PER_ROW`], at most
-/// [`MAX_HEAD_DIM`].
+/// The head dimensions the kernels take: a multiple of [`THREADS_PER_ROW`], at most
+/// [`MAX_HEAD_DIM`] (what `Cuda::memory` reports).
+pub const HEAD_DIMS: FlashHeadDims = FlashHeadDims { multiple_of: THREADS_PER_ROW, max: MAX_HEAD_DIM };
+
+/// Whether the kernels take `shape`.
 pub fn supports(shape: AttnShape) -> bool {
-    shape.head_dim.is_multiple_of(THREADS_PER_ROW) && shape.head_dim <= MAX_HEAD_DIM
+    HEAD_DIMS.take(shape)
 }
 
 /// Checks the shapes the kernels support and the buffers' lengths.
@@ -317,10 +320,10 @@ mod tests {
         for head_dim in [7, 130, 256] {
             let odd = AttnShape { head_dim, ..shape };
             assert!(!supports(odd));
-            assert_eq!(crate::SavedAttention::Flash.len(odd), odd.probs_len());
+            assert_eq!(vlmix_engine::SavedAttention::Flash(HEAD_DIMS).len(odd), odd.probs_len());
         }
-        assert_eq!(crate::SavedAttention::Flash.len(shape), lse_len(shape));
-        assert_eq!(crate::SavedAttention::Probabilities.len(shape), shape.probs_len());
+        assert_eq!(vlmix_engine::SavedAttention::Flash(HEAD_DIMS).len(shape), lse_len(shape));
+        assert_eq!(vlmix_engine::SavedAttention::Probabilities.len(shape), shape.probs_len());
     }
 
     #[test]
