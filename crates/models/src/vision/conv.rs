@@ -295,7 +295,8 @@ mod tests {
     #[test]
     fn depthwise_matches_reference_for_odd_and_even_sizes() {
         for &(h, w, k, stride) in &[(9, 8, 3, 2), (7, 7, 5, 2), (6, 5, 5, 1), (4, 4, 3, 1)] {
-            let c = 5;
+            // 21 channels: one register block of `LANES` and a remainder.
+            let c = 21;
             let x = values(c * h * w, 1);
             let weight = values(c * k * k, 2);
             let (want, oh, ow) = reference_conv(&x, (h, w), c, c, c, k, stride, &weight);
