@@ -12,11 +12,11 @@ use anyhow::{Context, Result};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
+use vlmix_engine::cpu::simd;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
 use vlmix_models::memory::{gib, Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
-use vlmix_engine::cpu::simd;
 use vlmix_models::vision::encoder::{open_encoder, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 
