@@ -96,28 +96,6 @@ impl LmHead {
         if let Some((_, dx, dweight)) = grads.as_ref() {
             assert!(dev.len(dx) == rows * width && dev.len(dweight) == vocab * width, "lm head: dx / dweight shapes");
         }
-        // Rows the loss leaves out (image tokens, prompts, padding: often half the rows of a
-        // cooldown or fine-tuning batch) get neither loss nor gradient, so training projects only
-        // the others to the vocabulary, gathered; their `dx` rows are zero.
-        if let Some((scale, dx, dweight)) = grads.take() {
-            let kept: Vec<usize> = (0..rows).filter(|&r| mask[r] != 0.0).collect();
-            if kept.len() < rows {
-                dev.fill(dx, 0.0);
-                if kept.is_empty() {
-                    return Ok(LossStats { loss: 0.0, nll_sum: 0.0, mask_sum: 0.0 });
-                }
-                let mut x_kept = dev.zeros(kept.len() * width);
-                dev.gather_rows(x, &kept, &mut x_kept);
-                let targets: Vec<u32> = kept.iter().map(|&r| targets[r]).collect();
-                let mask: Vec<f32> = kept.iter().map(|&r| mask[r]).collect();
-                let mut dx_kept = dev.zeros(kept.len() * width);
-                let stats =
-                    self.run(dev, weight, &x_kept, &targets, &mask, Some((scale, &mut dx_kept, dweight)), scratch)?;
-                dev.scatter_rows(&dx_kept, &kept, dx);
-                return Ok(stats);
-            }
-            grads = Some((scale, dx, dweight));
-        }
         // Chunks see only their own rows, so only the masked z-loss rule can be fused.
         let ce = CrossEntropy { vocab, z_loss: self.z_loss, z_rule: ZLossRule::Masked };
         let chunk = self.chunk_rows.min(dev.len(&scratch.logits) / vocab).max(1);
