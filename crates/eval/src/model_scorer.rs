@@ -97,17 +97,33 @@ impl ImageFeatures {
 
     /// `[tokens * width]` features of one image file (or of [`ImageRef::blank`]).
     pub fn of(&mut self, image: &ImageRef) -> Result<Vec<f32>> {
-        let path = &image.path;
-        let decoded = if image.is_blank() {
-            ImageRef::blank_pixels()
-        } else {
-            let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-            vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("decoding image {}", path.display()))?
-        };
+        let decoded = decode(image)?;
         self.cache
             .features(self.encoder.as_ref(), &[&decoded])
-            .with_context(|| format!("encoding image {}", path.display()))
+            .with_context(|| format!("encoding image {}", image.path.display()))
     }
+
+    /// Encodes the uncached ones among `images` into the cache, many per forward pass (what [`Self::of`]
+    /// does one at a time); returns how many were encoded.
+    pub fn cache_all(&mut self, images: &[ImageRef]) -> Result<usize> {
+        let misses = self.cache.stats().misses;
+        for chunk in images.chunks(64) {
+            let decoded = chunk.iter().map(decode).collect::<Result<Vec<_>>>()?;
+            self.cache.cache_all(self.encoder.as_ref(), &decoded.iter().collect::<Vec<_>>())?;
+        }
+        self.cache.flush()?;
+        Ok(self.cache.stats().misses - misses)
+    }
+}
+
+/// The pixels of an image file (or of [`ImageRef::blank`]), decoded as the feature cache keys them.
+fn decode(image: &ImageRef) -> Result<image::RgbImage> {
+    if image.is_blank() {
+        return Ok(ImageRef::blank_pixels());
+    }
+    let path = &image.path;
+    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+    vlmix_data::image_io::decode_rgb(&bytes).with_context(|| format!("decoding image {}", path.display()))
 }
 
 /// How [`ModelScorer::generate_with`] picks each token.

@@ -12,12 +12,14 @@ use anyhow::{Context, Result};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
+use vlmix_engine::cpu::simd;
 use vlmix_engine::device::gib;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
 use vlmix_models::memory::{Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
-use vlmix_models::vision::encoder::open_encoder;
+use vlmix_models::vision::encoder::{open_encoder, ImageEncoder};
+use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 
 use crate::config::StudyConfig;
 use crate::evaluation::item_limit;
@@ -28,6 +30,82 @@ use crate::runner::{encoder_spec, model_config, steps_for};
 const FULL_PROBE_FLOPS: f64 = 1e11;
 /// Sequence length of the reduced probe.
 const REDUCED_PROBE_SEQ: usize = 512;
+
+/// Cost of a node's position relative to a pre-training position (the probe's), measured on the
+/// `mini` runs of sessions 5 (Xeon) and 6 (Zen 3), per node against the same run's pre-training:
+/// cooldowns 1.30 / 1.21 (image features through the projector, image-token blocks), fine-tuning
+/// 1.04 / 0.98, evals 0.78 / 0.62 of the eval position count below, the text baseline 1.03 / 0.91. Since
+/// training projects only loss rows to the vocabulary, cooldowns take 0.78x and fine-tunes 0.67x the
+/// CPU time they did (issue 25, same nodes A/B), so 1.25 -> 0.98 and 1.0 -> 0.67.
+const COOLDOWN_POSITION_COST: f64 = 0.98;
+const FINETUNE_POSITION_COST: f64 = 0.67;
+const EVAL_POSITION_COST: f64 = 0.7;
+const TEXT_EVAL_POSITION_COST: f64 = 1.0;
+/// An image encoded while building the corpus costs this many of the encoder probe's images
+/// (decode, resize, hashing, real pictures vs the probe's noise: 214 s for 11.4k images on Zen 3,
+/// whose `vlmix bench encode` gives 92.8 images/s).
+const CORPUS_ENCODE_COST: f64 = 1.75;
+
+/// What the probes measured on this machine.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    /// Training positions (forward + backward) per second.
+    pub positions_per_s: f64,
+    /// One AdamW step.
+    pub optimizer_s: f64,
+    /// One image through the frozen encoder (batches of 4).
+    pub encode_image_s: f64,
+}
+
+/// The work of one node: training-equivalent positions and optimizer steps, or images to encode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Work {
+    Pretrain { positions: u64, steps: u64 },
+    Cooldown { positions: u64, steps: u64 },
+    Finetune { positions: u64, steps: u64 },
+    Eval { positions: u64 },
+    TextEval { positions: u64 },
+    Corpus { images_to_encode: u64 },
+}
+
+impl Work {
+    pub fn positions(&self) -> u64 {
+        match *self {
+            Work::Pretrain { positions, .. }
+            | Work::Cooldown { positions, .. }
+            | Work::Finetune { positions, .. }
+            | Work::Eval { positions }
+            | Work::TextEval { positions } => positions,
+            Work::Corpus { .. } => 0,
+        }
+    }
+
+    /// Estimated seconds at `rates`.
+    pub fn seconds(&self, rates: &Rates) -> f64 {
+        let train = |positions: u64, steps: u64, cost: f64| {
+            positions as f64 * cost / rates.positions_per_s + steps as f64 * rates.optimizer_s
+        };
+        match *self {
+            Work::Pretrain { positions, steps } => train(positions, steps, 1.0),
+            Work::Cooldown { positions, steps } => train(positions, steps, COOLDOWN_POSITION_COST),
+            Work::Finetune { positions, steps } => train(positions, steps, FINETUNE_POSITION_COST),
+            Work::Eval { positions } => train(positions, 0, EVAL_POSITION_COST),
+            Work::TextEval { positions } => train(positions, 0, TEXT_EVAL_POSITION_COST),
+            Work::Corpus { images_to_encode } => images_to_encode as f64 * CORPUS_ENCODE_COST * rates.encode_image_s,
+        }
+    }
+}
+
+/// Times `batch` images through `encoder` (after one untimed batch): seconds per image.
+fn probe_encoder(encoder: &dyn ImageEncoder, batch: usize) -> Result<f64> {
+    let (h, w) = encoder.preprocess().output_size();
+    let pixels: Vec<f32> =
+        (0..batch * 3 * h as usize * w as usize).map(|i| ((i * 2_654_435_761) % 256) as f32 / 128.0 - 1.0).collect();
+    encoder.encode(&pixels, batch)?;
+    let start = Instant::now();
+    encoder.encode(&pixels, batch)?;
+    Ok(start.elapsed().as_secs_f64() / batch as f64)
+}
 
 /// Time of one training step's parts, for the full model.
 pub struct Probe {
@@ -118,6 +196,9 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
         .unwrap_or(LmConfig::preset(&config.model.preset)?.vocab);
     let model = model_config(config, vocab)?;
     let seq = model.seq_len;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("cpu: {} ({threads} threads)", vlmix_engine::machine::cpu_model());
+    println!("simd: {} (detected {}; {} forces a level)", simd::level().name(), simd::detected().name(), simd::ENV);
     println!(
         "model: d_model {} layers {} heads {} seq {} vocab {} ({:.2}M parameters), f32 weights; device {}, {} products",
         model.d_model,
@@ -140,7 +221,8 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     );
     let text = TrainShape::text(model.clone(), device);
     let spec = encoder_spec(config);
-    let vision = open_encoder(&spec, &layout.home).and_then(|e| {
+    let encoder = open_encoder(&spec, &layout.home);
+    let vision = encoder.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|e| {
         Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? })
     });
     let stages = [
@@ -190,8 +272,17 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
 
     let probe = probe(dev, &model, micro[0])?;
     let rate = (micro[0] * seq) as f64 / probe.forward_backward_secs;
+    let encode_image_s = match &encoder {
+        Ok(encoder) => probe_encoder(encoder.as_ref(), 4)?,
+        Err(_) => 0.0,
+    };
+    let rates = Rates { positions_per_s: rate, optimizer_s: probe.optimizer_secs, encode_image_s };
     println!("\ntime: {}", probe.how);
-    println!("  forward + backward {rate:.0} positions/s, AdamW step {:.2} s", probe.optimizer_secs);
+    println!(
+        "  forward + backward {rate:.0} positions/s, AdamW step {:.2} s, encoder {:.1} images/s",
+        probe.optimizer_secs,
+        1.0 / encode_image_s.max(1e-9)
+    );
     if !all_fit {
         println!("  (a stage above does not fit here: its times are for a machine like this one with enough memory)");
     }
@@ -200,9 +291,9 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     let finetune_positions_per_epoch = config.finetune.max_examples.unwrap_or(20_000) as u64 * seq as u64;
     // Scoring runs an item's prompt (image included; ~half a window) once into a prefix cache, then
     // ~16 continuation tokens (its choices, or a short answer); the blind pass repeats the prompt
-    // only where it differs between items (~a quarter). A forward-only position costs about a
-    // training position here: the continuation rows are a few tokens wide and attend over whole rows,
-    // plus the vocabulary softmax of every scored token (mini: 27 s estimated, 23-26 s measured).
+    // only where it differs between items (~a quarter). A forward-only position costs
+    // `EVAL_POSITION_COST` training positions: the continuation rows are a few tokens wide and attend
+    // over whole rows, plus the vocabulary softmax of every scored token.
     let items = item_limit(&config.eval);
     let (vision_items, text_items) = (items.vision.unwrap_or(0) as u64, items.text.unwrap_or(0) as u64);
     let item_positions = seq as u64 / 2 + 16;
@@ -210,35 +301,61 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     let eval_positions =
         config.eval.vision_tasks.len() as u64 * vision_items * item_positions * 5 / 4 + text_eval_positions;
     let positions_per_step = |batch: usize| (batch * seq) as u64;
+    // A cold corpus encodes the caption images (the instruction images are the same files in the
+    // presets) and the eval images; whatever the cache holds already is assumed to be among them.
+    let cached = match &encoder {
+        Ok(encoder) => FeatureCache::open(&layout.home.join(CACHE_SUBDIR), encoder.as_ref())?.len() as u64,
+        Err(_) => 0,
+    };
+    let eval_images = config.eval.vision_tasks.len() as u64 * vision_items + 1;
+    let images_to_encode = (config.max_images.unwrap_or(0) as u64 + eval_images).saturating_sub(cached);
     println!("{:<48} {:>14} {:>12}", "node", "positions", "est. time");
     let mut total = 0.0;
     for node in &plan.nodes {
-        // (positions trained, optimizer steps), or the training-equivalent positions of an eval.
-        let (positions, steps) = match &node.kind {
-            NodeKind::ImageCorpus => (0, 0),
+        let work = match &node.kind {
+            NodeKind::ImageCorpus => Work::Corpus { images_to_encode },
             NodeKind::Pretrain => {
                 let steps = steps_for(config.pretrain.tokens, config.pretrain.batch_size, seq);
-                (steps * positions_per_step(config.pretrain.batch_size), steps)
+                Work::Pretrain { positions: steps * positions_per_step(config.pretrain.batch_size), steps }
             }
             NodeKind::Cooldown { .. } => {
                 let steps = steps_for(config.cooldown.tokens, config.cooldown.batch_size, seq);
-                (steps * positions_per_step(config.cooldown.batch_size), steps)
+                Work::Cooldown { positions: steps * positions_per_step(config.cooldown.batch_size), steps }
             }
             NodeKind::Finetune { epochs, .. } => {
                 let positions = *epochs as u64 * finetune_positions_per_epoch;
-                (positions, positions.div_ceil(positions_per_step(config.finetune.batch_size)))
+                Work::Finetune { positions, steps: positions.div_ceil(positions_per_step(config.finetune.batch_size)) }
             }
-            NodeKind::Eval { .. } => (eval_positions, 0),
-            NodeKind::EvalTextBaseline => (text_eval_positions, 0),
+            NodeKind::Eval { .. } => Work::Eval { positions: eval_positions },
+            NodeKind::EvalTextBaseline => Work::TextEval { positions: text_eval_positions },
         };
-        let secs = positions as f64 / rate + steps as f64 * probe.optimizer_secs;
+        let (positions, secs) = (work.positions(), work.seconds(&rates));
         total += secs;
         println!("{:<48} {:>14} {:>12}", node.id, positions, duration(secs));
     }
     println!(
-        "\n{} nodes, estimated {} on this device (plus one-time image feature caching)",
+        "\n{} nodes, estimated {} on this device ({images_to_encode} images to encode; {cached} in the feature cache)",
         plan.nodes.len(),
         duration(total)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_times_follow_the_measured_costs() {
+        // Zen 3, session 6's mini: pre-training ran 6,633 positions/s.
+        let rates = Rates { positions_per_s: 6633.0, optimizer_s: 0.02, encode_image_s: 1.0 / 92.8 };
+        let secs = |work: Work| (work.seconds(&rates) * 10.0).round() / 10.0;
+        assert_eq!(secs(Work::Pretrain { positions: 1_499_136, steps: 732 }), 240.7);
+        assert_eq!(secs(Work::Cooldown { positions: 548_864, steps: 268 }), 86.5);
+        assert_eq!(secs(Work::Finetune { positions: 460_800, steps: 225 }), 51.0);
+        assert_eq!(secs(Work::Eval { positions: 300_000 }), 31.7);
+        assert_eq!(secs(Work::TextEval { positions: 120_000 }), 18.1);
+        assert_eq!(secs(Work::Corpus { images_to_encode: 12_000 }), 226.3);
+        assert_eq!(Work::Corpus { images_to_encode: 12_000 }.positions(), 0);
+    }
 }

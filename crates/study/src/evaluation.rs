@@ -1,12 +1,14 @@
 //! Evaluation nodes: score one fine-tuned model on the study's tasks, plus held-out bits-per-byte.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_engine::Device;
 use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
-use vlmix_eval::task::{load_tasks, Modality};
+use vlmix_eval::scorer::ImageRef;
+use vlmix_eval::task::{load_tasks, Modality, Task, TaskItems};
 use vlmix_eval::{evaluate, EvalOptions, EvalReport, ItemLimit};
 use vlmix_models::vision::encoder::open_encoder;
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
@@ -107,6 +109,39 @@ pub fn leave_out_missing_tasks(config: &mut StudyConfig, layout: &vlmix_data::Da
     Ok(())
 }
 
+/// The study's tasks: the prepared ones and the `[data]` eval sets (the vision ones only with `vision`).
+fn study_tasks<D: Device>(runner: &StudyRunner<D>, vision: bool) -> Result<Vec<Task>> {
+    let mut tasks = load_tasks(&task_files(runner.config, &runner.layout, vision)?)?;
+    for task in runner.extra_tasks.iter().filter(|t| vision || t.modality() == Modality::Text) {
+        if let Some(other) = tasks.iter().find(|t| t.name == task.name) {
+            anyhow::bail!(
+                "eval task {:?} comes from both {} and {}; rename the data.eval set",
+                task.name,
+                other.source.display(),
+                task.source.display()
+            );
+        }
+        tasks.push(task.clone());
+    }
+    Ok(tasks)
+}
+
+/// Encodes the images of every vision item the study's evals score, and the blind control's blank,
+/// into the feature cache (many per forward pass), so that the first eval node does not encode them
+/// one at a time; returns how many were encoded. Part of the `image-corpus` node.
+pub fn cache_eval_images<D: Device>(runner: &StudyRunner<D>) -> Result<usize> {
+    let limit = item_limit(&runner.config.eval).of(Modality::Vision);
+    let mut seen = HashSet::new();
+    let mut images = vec![ImageRef::blank()];
+    for task in study_tasks(runner, true)? {
+        if let TaskItems::Vision(items) = task.items {
+            images.extend(items.into_iter().take(limit).map(|item| item.image).filter(|i| seen.insert(i.path.clone())));
+        }
+    }
+    let encoder = open_encoder(&encoder_spec(runner.config), &runner.layout.home)?;
+    ImageFeatures::open(encoder, &runner.layout.home.join(CACHE_SUBDIR))?.cache_all(&images)
+}
+
 /// Scores `checkpoint` on the study's tasks (prepared ones and `[data]` eval sets; the vision ones
 /// too with `vision`, each also blind) and writes the full report to `dir/eval.json` and every item
 /// to `dir/samples.jsonl`; returns the report and that
@@ -119,18 +154,7 @@ fn score_checkpoint<D: Device>(
     study: &StudyDir,
 ) -> Result<(EvalReport, String)> {
     let layout = &runner.layout;
-    let mut tasks = load_tasks(&task_files(runner.config, layout, vision)?)?;
-    for task in runner.extra_tasks.iter().filter(|t| vision || t.modality() == Modality::Text) {
-        if let Some(other) = tasks.iter().find(|t| t.name == task.name) {
-            anyhow::bail!(
-                "eval task {:?} comes from both {} and {}; rename the data.eval set",
-                task.name,
-                other.source.display(),
-                task.source.display()
-            );
-        }
-        tasks.push(task.clone());
-    }
+    let tasks = study_tasks(runner, vision)?;
     let tokenizer = TextTokenizer::load(&runner.tokenizer_path)?;
     let images = match vision {
         true => Some(ImageFeatures::open(

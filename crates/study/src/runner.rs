@@ -170,7 +170,8 @@ impl<'a, D: Device> StudyRunner<'a, D> {
         root.join("image_corpus.json")
     }
 
-    /// Encodes every training image into the feature cache and tokenizes captions and conversations.
+    /// Encodes every training image (and every eval image, [`crate::evaluation::cache_eval_images`])
+    /// into the feature cache and tokenizes captions and conversations.
     pub fn build_corpus(&mut self, root: &Path) -> Result<CorpusOutputs> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let captions = self.config.data.caption_source(&self.layout, self.config.grid.seeds[0])?;
@@ -189,6 +190,13 @@ impl<'a, D: Device> StudyRunner<'a, D> {
                 progress.advance(seen, seen);
             },
         )?;
+        let clock = std::time::Instant::now();
+        let eval_images = crate::evaluation::cache_eval_images(self)?;
+        tracing::info!(
+            encoded = eval_images,
+            seconds = format!("{:.1}", clock.elapsed().as_secs_f64()),
+            "eval images cached"
+        );
         let path = Self::corpus_path(root);
         built.corpus.save(&path)?;
         let corpus = &built.corpus;

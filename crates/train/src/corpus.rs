@@ -5,6 +5,7 @@
 //! so the many cooldown and fine-tuning runs of a study never touch image files.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
@@ -17,7 +18,7 @@ use vlmix_data::llava::LlavaSet;
 use vlmix_data::sequence::ImageText;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_models::vision::encoder::ImageEncoder;
-use vlmix_models::vision::feature_cache::{image_key, FeatureCache, ImageKey};
+use vlmix_models::vision::feature_cache::{CacheStats, CacheTimes, FeatureCache, ImageKey};
 
 /// One image with the text that follows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -56,11 +57,43 @@ fn caption_example(key: ImageKey, caption: &str, tokenizer: &TextTokenizer) -> R
     Ok(ImageExample { key: hex::encode(key), loss: vec![true; tokens.len()], tokens })
 }
 
+/// Where a corpus build's time went besides the feature cache's own phases ([`CacheTimes`]).
+#[derive(Default)]
+struct BuildTimes {
+    /// Waiting for the caption stream (its reader thread reads shards and decodes ahead).
+    wait_decode_s: f64,
+    /// Reading and decoding the instruction images.
+    decode_s: f64,
+    /// Tokenizing captions and building conversations.
+    text_s: f64,
+    /// Writing the last feature shard.
+    flush_s: f64,
+}
+
+impl BuildTimes {
+    fn log(&self, total_s: f64, cache: &CacheTimes, stats: CacheStats) {
+        let s = |v: f64| format!("{v:.1}");
+        tracing::info!(
+            total_s = s(total_s),
+            images_encoded = stats.misses,
+            images_cached = stats.hits,
+            wait_for_caption_images_s = s(self.wait_decode_s),
+            decode_instruction_images_s = s(self.decode_s),
+            hash_s = s(cache.hash_s),
+            lookup_s = s(cache.lookup_s),
+            preprocess_s = s(cache.preprocess_s),
+            encode_s = s(cache.encode_s),
+            cache_write_s = s(cache.store_s + self.flush_s),
+            text_s = s(self.text_s),
+            "image corpus built"
+        );
+    }
+}
+
 /// Encodes images in chunks through the cache (computing misses) and returns their keys.
 fn cache_features(cache: &mut FeatureCache, encoder: &dyn ImageEncoder, images: &[RgbImage]) -> Result<Vec<ImageKey>> {
     let refs: Vec<&RgbImage> = images.iter().collect();
-    cache.features(encoder, &refs)?;
-    Ok(images.iter().map(image_key).collect())
+    cache.cache_all(encoder, &refs)
 }
 
 const CHUNK: usize = 64;
@@ -100,31 +133,41 @@ impl ImageCorpus {
         cache: &mut FeatureCache,
         on_progress: &mut dyn FnMut(usize),
     ) -> Result<CorpusBuild> {
+        let started = Instant::now();
+        let mut times = BuildTimes::default();
         let mut captions = Vec::new();
         let (mut images, mut texts) = (Vec::new(), Vec::new());
-        let mut flush =
-            |images: &mut Vec<RgbImage>, texts: &mut Vec<String>, captions: &mut Vec<ImageExample>| -> Result<()> {
-                let keys = cache_features(cache, encoder, images)?;
-                for (key, text) in keys.into_iter().zip(texts.iter()) {
-                    captions.push(caption_example(key, text, tokenizer)?);
-                }
-                on_progress(images.len());
-                images.clear();
-                texts.clear();
-                Ok(())
-            };
+        let mut flush = |images: &mut Vec<RgbImage>,
+                         texts: &mut Vec<String>,
+                         captions: &mut Vec<ImageExample>,
+                         times: &mut BuildTimes|
+         -> Result<()> {
+            let keys = cache_features(cache, encoder, images)?;
+            let clock = Instant::now();
+            for (key, text) in keys.into_iter().zip(texts.iter()) {
+                captions.push(caption_example(key, text, tokenizer)?);
+            }
+            times.text_s += clock.elapsed().as_secs_f64();
+            on_progress(images.len());
+            images.clear();
+            texts.clear();
+            Ok(())
+        };
         let limit = max_images.unwrap_or(usize::MAX);
         let mut stream =
             ShardStream::new(captions_from.shards.clone(), captions_from.stream.clone(), StreamCursor::default())?;
+        let mut clock = Instant::now();
         for sample in stream.by_ref().take(limit) {
             let sample = sample?;
+            times.wait_decode_s += clock.elapsed().as_secs_f64();
             images.push(sample.image);
             texts.push(sample.caption);
             if images.len() == CHUNK {
-                flush(&mut images, &mut texts, &mut captions)?;
+                flush(&mut images, &mut texts, &mut captions, &mut times)?;
             }
+            clock = Instant::now();
         }
-        flush(&mut images, &mut texts, &mut captions)?;
+        flush(&mut images, &mut texts, &mut captions, &mut times)?;
         let skipped_captions = stream.skipped().clone();
         drop(stream);
         if captions.is_empty() {
@@ -140,6 +183,7 @@ impl ImageCorpus {
                 skipped_conversations.record(policy, "instruction data", problem)?;
             }
             for chunk in set.records[..set.records.len().min(limit)].chunks(CHUNK) {
+                let clock = Instant::now();
                 let mut images = Vec::with_capacity(chunk.len());
                 let mut kept = Vec::with_capacity(chunk.len());
                 for (line, record) in chunk {
@@ -164,16 +208,22 @@ impl ImageCorpus {
                         )?,
                     }
                 }
+                times.decode_s += clock.elapsed().as_secs_f64();
                 let keys = cache_features(cache, encoder, &images)?;
+                let clock = Instant::now();
                 for (key, (line, record)) in keys.into_iter().zip(kept) {
                     let text =
                         conversation_text(record, tokenizer).with_context(|| format!("{}:{line}", file.display()))?;
                     instruct.push(ImageExample { key: hex::encode(key), tokens: text.tokens, loss: text.loss });
                 }
+                times.text_s += clock.elapsed().as_secs_f64();
                 on_progress(chunk.len());
             }
         }
+        let clock = Instant::now();
         cache.flush()?;
+        times.flush_s = clock.elapsed().as_secs_f64();
+        times.log(started.elapsed().as_secs_f64(), &cache.times(), cache.stats());
         let corpus = Self {
             encoder_id: encoder.id().to_string(),
             n_image_tokens: encoder.tokens(),

@@ -156,23 +156,39 @@ fn fill_cache(encoder: &dyn ImageEncoder, inputs: &[PathBuf], root: &Path) -> Re
     let shards = shard_paths(inputs)?;
     let mut cache = FeatureCache::open(root, encoder)?;
     let mut images = 0usize;
+    let mut decode_s = 0.0;
     for shard in &shards {
+        let clock = Instant::now();
         let members = shard_images(shard)?;
+        decode_s += clock.elapsed().as_secs_f64();
         for batch in members.chunks(CACHE_BATCH) {
+            let clock = Instant::now();
             let decoded: Vec<RgbImage> = batch
                 .par_iter()
                 .map(|(name, bytes)| {
                     image_io::decode_rgb(bytes).with_context(|| format!("{}: member {name}", shard.display()))
                 })
                 .collect::<Result<_>>()?;
+            decode_s += clock.elapsed().as_secs_f64();
             let refs: Vec<&RgbImage> = decoded.iter().collect();
-            cache.features(encoder, &refs)?;
+            cache.cache_all(encoder, &refs)?;
             images += batch.len();
         }
         tracing::info!(shard = %shard.display(), images, elapsed_s = start.elapsed().as_secs_f64(), "encoded shard");
     }
     cache.flush()?;
     let stats = cache.stats();
+    let t = cache.times();
+    tracing::info!(
+        total_s = format!("{:.1}", start.elapsed().as_secs_f64()),
+        read_and_decode_s = format!("{decode_s:.1}"),
+        hash_s = format!("{:.1}", t.hash_s),
+        lookup_s = format!("{:.1}", t.lookup_s),
+        preprocess_s = format!("{:.1}", t.preprocess_s),
+        encode_s = format!("{:.1}", t.encode_s),
+        cache_write_s = format!("{:.1}", t.store_s),
+        "encode: time per phase"
+    );
     let bytes: u64 = std::fs::read_dir(cache.dir())?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
     println!(
         "encode: {images} images from {} shards in {:.1} s ({} cached, {} computed); cache {} holds {} images of {}x{} in {:.1} MB",

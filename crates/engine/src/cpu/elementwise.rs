@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::par::{row_blocks, rows_per_task};
+use super::simd::multiversion;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -17,20 +18,28 @@ pub fn copy(src: &[f32], dst: &mut [f32]) {
 
 pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(a.len() == out.len() && b.len() == out.len(), "add: length mismatch");
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
-        for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| sum(o, a, b));
+}
+
+multiversion! {
+    fn sum(out: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
             *o = a + b;
         }
-    });
+    }
 }
 
 pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     assert_eq!(acc.len(), x.len(), "add_assign: length mismatch");
-    acc.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(acc, x)| {
+    acc.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(acc, x)| accumulate(acc, x));
+}
+
+multiversion! {
+    fn accumulate(acc: &mut [f32], x: &[f32]) {
         for (a, x) in acc.iter_mut().zip(x) {
             *a += x;
         }
-    });
+    }
 }
 
 pub fn add_bias(y: &mut [f32], bias: &[f32]) {
@@ -39,9 +48,7 @@ pub fn add_bias(y: &mut [f32], bias: &[f32]) {
     let rows_per = rows_per_task(y.len() / width, width);
     y.par_chunks_mut(rows_per * width).for_each(|block| {
         for row in block.chunks_exact_mut(width) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
+            accumulate(row, bias);
         }
     });
 }
@@ -58,9 +65,7 @@ pub fn bias_backward(dy: &[f32], dbias: &mut [f32]) {
         .map(|rows| {
             let mut sum = vec![0.0f32; width];
             for row in dy[rows.start * width..rows.end * width].chunks_exact(width) {
-                for (s, d) in sum.iter_mut().zip(row) {
-                    *s += d;
-                }
+                accumulate(&mut sum, row);
             }
             sum
         })
@@ -73,7 +78,13 @@ pub fn bias_backward(dy: &[f32], dbias: &mut [f32]) {
 }
 
 pub fn scale(x: &mut [f32], s: f32) {
-    x.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+    x.par_chunks_mut(CHUNK).for_each(|c| scale_chunk(c, s));
+}
+
+multiversion! {
+    fn scale_chunk(x: &mut [f32], s: f32) {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
 }
 
 /// Elements per partial sum of `sum_squares`; part of the result's rounding, so fixed.

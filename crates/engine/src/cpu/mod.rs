@@ -16,7 +16,7 @@ mod math;
 mod norm;
 mod par;
 mod rope;
-pub(crate) mod simd;
+pub mod simd;
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -33,10 +33,12 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    /// Loads OpenBLAS (error names the fix when it is missing) and makes it single-threaded.
+    /// Loads OpenBLAS (error names the fix when it is missing) and makes it single-threaded; checks
+    /// that a SIMD level forced by `VLMIX_SIMD` is one this CPU has.
     pub fn new() -> anyhow::Result<Self> {
         blas::init().map_err(anyhow::Error::msg)?;
         blas::set_num_threads(1);
+        simd::try_level()?;
         Ok(Cpu { _loaded: () })
     }
 }

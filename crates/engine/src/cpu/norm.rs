@@ -132,18 +132,24 @@ pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], rst
     let rows = rows_of(x, width, "rmsnorm");
     assert!(out.len() == x.len() && rstd.len() >= rows, "rmsnorm: buffer sizes");
     let per = rows_per_task(rows, width);
-    out.par_chunks_mut(per * width).zip(x.par_chunks(per * width)).zip(rstd[..rows].par_chunks_mut(per)).for_each(
-        |((out, x), rstd)| {
-            for ((o, x), r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(rstd) {
-                let ms = dot(x, x) / width as f32;
-                let rs = 1.0 / (ms + eps).sqrt();
-                for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
-                    *o = x * rs * w;
-                }
-                *r = rs;
+    out.par_chunks_mut(per * width)
+        .zip(x.par_chunks(per * width))
+        .zip(rstd[..rows].par_chunks_mut(per))
+        .for_each(|((out, x), rstd)| rmsnorm_rows(out, x, weight, eps, rstd));
+}
+
+multiversion! {
+    fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32, rstd: &mut [f32]) {
+        let width = weight.len();
+        for ((o, x), r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(rstd) {
+            let ms = dot(x, x) / width as f32;
+            let rs = 1.0 / (ms + eps).sqrt();
+            for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
+                *o = x * rs * w;
             }
-        },
-    );
+            *r = rs;
+        }
+    }
 }
 
 pub fn rmsnorm_backward(dout: &[f32], x: &[f32], weight: &[f32], rstd: &[f32], dx: &mut [f32], dweight: &mut [f32]) {
@@ -157,27 +163,35 @@ pub fn rmsnorm_backward(dout: &[f32], x: &[f32], weight: &[f32], rstd: &[f32], d
         .zip(dx_blocks)
         .map(|(range, dx)| {
             let mut dw = vec![0.0f32; width];
-            for (i, r) in range.enumerate() {
-                let xr = &x[r * width..(r + 1) * width];
-                let dy = &dout[r * width..(r + 1) * width];
-                let rs = rstd[r];
-                let mut sum_gx = 0.0f32;
-                for j in 0..width {
-                    sum_gx += dy[j] * weight[j] * xr[j];
-                    dw[j] += dy[j] * xr[j] * rs;
-                }
-                let coef = sum_gx * rs * rs * rs / width as f32;
-                let dxr = &mut dx[i * width..(i + 1) * width];
-                for j in 0..width {
-                    dxr[j] = dy[j] * weight[j] * rs - xr[j] * coef;
-                }
-            }
+            rmsnorm_backward_rows(range.start, dout, x, weight, rstd, dx, &mut dw);
             dw
         })
         .collect();
     for dw in partials {
         for (acc, v) in dweight.iter_mut().zip(dw) {
             *acc += v;
+        }
+    }
+}
+
+multiversion! {
+    /// The rows of `dx` (rows `first..` of the batch); adds their weight gradient to `dw`.
+    fn rmsnorm_backward_rows(first: usize, dout: &[f32], x: &[f32], weight: &[f32], rstd: &[f32], dx: &mut [f32], dw: &mut [f32]) {
+        let width = weight.len();
+        for (i, dxr) in dx.chunks_exact_mut(width).enumerate() {
+            let r = first + i;
+            let xr = &x[r * width..(r + 1) * width];
+            let dy = &dout[r * width..(r + 1) * width];
+            let rs = rstd[r];
+            let mut sum_gx = 0.0f32;
+            for j in 0..width {
+                sum_gx += dy[j] * weight[j] * xr[j];
+                dw[j] += dy[j] * xr[j] * rs;
+            }
+            let coef = sum_gx * rs * rs * rs / width as f32;
+            for j in 0..width {
+                dxr[j] = dy[j] * weight[j] * rs - xr[j] * coef;
+            }
         }
     }
 }

@@ -5,13 +5,14 @@
 //! tied embedding). Parameters live in a caller-owned `ParamStore` so
 //! a VLM can keep the LM, projector and encoder in one store with one optimizer and checkpoint.
 
-use super::config::LmConfig;
+use super::config::{LmConfig, ZLossRule};
 use super::init::Initializer;
 use super::input::LmInput;
 use super::layers::LmLayers;
 use super::weights::{register, BlockIds, LmParamIds, NormIds};
 use super::workspace::{activation_lens, Workspace};
 use anyhow::{bail, Context, Result};
+use std::borrow::Cow;
 use vlmix_engine::device::ensure_available;
 use vlmix_engine::layers::{
     AttentionGrads, AttentionParams, CachedKv, LinearGrads, LinearParams, NormGrads, NormParams, SwiGluGrads,
@@ -244,10 +245,10 @@ impl<D: Device> Lm<D> {
         layers.norm.forward(dev, &norm_params(v, ids.norm), last, &mut ws.final_norm, &mut *final_norm_out);
         let output = LinearParams { weight: v.get(ids.output_weight()), bias: None };
         if let Some(picked) = output_rows {
-            // Only the picked rows are projected; they are gathered into `d_norm`, which is free
-            // outside the backward.
+            // Only the picked rows are projected; they are gathered into `d_branch`, the blocks'
+            // scratch, free from here until the backward's blocks.
             anyhow::ensure!(picked.iter().all(|&r| r < rows), "an output row lies outside the {rows} positions");
-            let gathered = dev.slice_mut(&mut ws.d_norm, 0..picked.len() * d);
+            let gathered = dev.slice_mut(&mut ws.d_branch, 0..picked.len() * d);
             dev.gather_rows(final_norm_out, picked, &mut *gathered);
             layers.output.forward(
                 dev,
@@ -292,14 +293,30 @@ impl<D: Device> Lm<D> {
             None if injected_rows > 0 => bail!("injected embeddings need an injected_grad buffer for their gradient"),
             _ => {}
         }
-        self.forward(params, input, None, None)?;
+        // Rows the loss leaves out (image tokens, prompts, padding: a third to most of a cooldown's
+        // or fine-tune's rows) get neither loss nor gradient, so only the others are projected to the
+        // vocabulary, the largest product of a small model. Exact unless the z-loss covers every row.
+        let rows = input.rows();
+        let exact = self.config.z_loss_rule == ZLossRule::Masked || self.config.z_loss == 0.0;
+        let picked = if exact && loss_mask.len() == rows && targets.len() == rows {
+            let kept: Vec<usize> = (0..rows).filter(|&r| loss_mask[r] != 0.0).collect();
+            (!kept.is_empty() && kept.len() < rows).then_some(kept)
+        } else {
+            None
+        };
+        self.forward(params, input, None, picked.as_deref())?;
         let (dev, layers, ids) = (&self.dev, &self.layers, &self.ids);
         let ws = self.work.as_mut().expect("forward reserved it");
-        let (rows, d, vocab) = (input.rows(), self.config.d_model, self.config.vocab);
+        let (d, vocab) = (self.config.d_model, self.config.vocab);
         let n = rows * d;
-        let logits = dev.slice_mut(&mut ws.logits, 0..rows * vocab);
-        let nll = dev.slice_mut(&mut ws.nll, 0..rows);
-        let stats = layers.loss.forward_backward(dev, &mut *logits, targets, loss_mask, grad_scale, nll)?;
+        let (targets, loss_mask): (Cow<[u32]>, Cow<[f32]>) = match &picked {
+            Some(kept) => (kept.iter().map(|&r| targets[r]).collect(), kept.iter().map(|&r| loss_mask[r]).collect()),
+            None => (Cow::Borrowed(targets), Cow::Borrowed(loss_mask)),
+        };
+        let projected = picked.as_ref().map_or(rows, Vec::len);
+        let logits = dev.slice_mut(&mut ws.logits, 0..projected * vocab);
+        let nll = dev.slice_mut(&mut ws.nll, 0..projected);
+        let stats = layers.loss.forward_backward(dev, &mut *logits, &targets, &loss_mask, grad_scale, nll)?;
 
         let (v, mut g) = params.split();
         let d_residual = dev.slice_mut(&mut ws.d_residual, 0..n);
@@ -307,14 +324,32 @@ impl<D: Device> Lm<D> {
         let d_branch = dev.slice_mut(&mut ws.d_branch, 0..n);
         let output = LinearParams { weight: v.get(ids.output_weight()), bias: None };
         let mut output_grad = LinearGrads { weight: g.get_mut(ids.output_weight()), bias: None };
-        layers.output.backward(
-            dev,
-            &output,
-            dev.slice(&ws.final_norm_out, 0..n),
-            logits,
-            Some(&mut *d_norm),
-            &mut output_grad,
-        );
+        match &picked {
+            None => layers.output.backward(
+                dev,
+                &output,
+                dev.slice(&ws.final_norm_out, 0..n),
+                logits,
+                Some(&mut *d_norm),
+                &mut output_grad,
+            ),
+            Some(kept) => {
+                // The forward gathered the kept rows' inputs into `d_branch`; their gradient goes
+                // through `d_residual` (written only by the norm's backward below) into `d_norm`.
+                let k = kept.len() * d;
+                let d_kept = dev.slice_mut(d_residual, 0..k);
+                layers.output.backward(
+                    dev,
+                    &output,
+                    dev.slice(d_branch, 0..k),
+                    logits,
+                    Some(&mut *d_kept),
+                    &mut output_grad,
+                );
+                dev.fill(d_norm, 0.0);
+                dev.scatter_rows(d_kept, kept, d_norm);
+            }
+        }
         let last = dev.slice(&ws.residual[ids.blocks.len()], 0..n);
         layers.norm.backward(
             dev,

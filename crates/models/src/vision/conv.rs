@@ -5,7 +5,7 @@
 //! projector consumes. Batch norm is folded into each convolution's weight and bias beforehand.
 
 use rayon::prelude::*;
-use vlmix_engine::{Cpu, Device, Gemm};
+use vlmix_engine::{multiversion, Cpu, Device, Gemm};
 
 /// Spatial size of a feature map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    #[inline]
+    #[inline(always)]
     fn apply(self, v: f32) -> f32 {
         match self {
             Activation::None => v,
@@ -54,28 +54,41 @@ impl Activation {
     }
 }
 
-/// Adds `bias` to every row of `y` (`[rows, bias.len()]`) and applies `act`, in parallel.
-fn bias_activation(y: &mut [f32], bias: &[f32], act: Activation) {
-    let width = bias.len();
-    y.par_chunks_mut(width * 64).for_each(|block| {
-        for row in block.chunks_exact_mut(width) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = act.apply(*v + b);
-            }
+/// Applies `act` to every element of `y`, in parallel.
+fn activate(y: &mut [f32], act: Activation) {
+    if act != Activation::None {
+        y.par_chunks_mut(64 * 1024).for_each(|chunk| activate_chunk(chunk, act));
+    }
+}
+
+multiversion! {
+    fn activate_chunk(y: &mut [f32], act: Activation) {
+        for v in y.iter_mut() {
+            *v = act.apply(*v);
         }
-    });
+    }
 }
 
 /// 1x1 convolution: `y = act(x W^T + b)` with `x: [pixels, in]`, `weight: [out, in]`.
 ///
 /// The product goes through the engine's CPU device, which splits it across the rayon pool (the
-/// engine keeps OpenBLAS single-threaded so only one thread pool competes for the cores).
+/// engine keeps OpenBLAS single-threaded so only one thread pool competes for the cores). `y` starts
+/// as the bias and the product is added to it: zeroing it first would cost a pass over memory.
 pub fn pointwise(dev: &Cpu, x: &[f32], pixels: usize, weight: &[f32], bias: &[f32], act: Activation) -> Vec<f32> {
     let out = bias.len();
     let inp = weight.len() / out;
-    let mut y = vec![0.0; pixels * out];
-    dev.gemm(Gemm::new(false, true, pixels, out, inp), x, weight, &mut y);
-    bias_activation(&mut y, bias, act);
+    let mut y: Vec<f32> = Vec::with_capacity(pixels * out);
+    y.spare_capacity_mut()[..pixels * out].par_chunks_mut(out * 64).for_each(|block| {
+        for row in block.chunks_exact_mut(out) {
+            for (d, &b) in row.iter_mut().zip(bias) {
+                d.write(b);
+            }
+        }
+    });
+    // SAFETY: the loop above wrote all `pixels * out` elements (every row of every block).
+    unsafe { y.set_len(pixels * out) };
+    dev.gemm(Gemm::new(false, true, pixels, out, inp).accumulate(), x, weight, &mut y);
+    activate(&mut y, act);
     y
 }
 
@@ -97,37 +110,75 @@ pub fn depthwise(
     let (out_shape, pad_top, pad_left) = same_output(shape, kernel, stride);
     let (out_h, out_w) = (out_shape.height, out_shape.width);
     let mut y = vec![0.0; out_shape.pixels() * channels];
+    let geometry = Window { in_h: shape.height, in_w: shape.width, channels, kernel, stride, pad_top, pad_left };
+    let image_len = shape.height * shape.width * channels;
     y.par_chunks_mut(out_w * channels).enumerate().for_each(|(row_index, out_row)| {
         let b = row_index / out_h;
-        let oy = row_index % out_h;
-        let image = &x[b * shape.height * shape.width * channels..(b + 1) * shape.height * shape.width * channels];
-        for ox in 0..out_w {
-            let acc = &mut out_row[ox * channels..(ox + 1) * channels];
-            acc.copy_from_slice(bias);
-            for ky in 0..kernel {
-                let iy = (oy * stride + ky) as isize - pad_top as isize;
-                if iy < 0 || iy >= shape.height as isize {
-                    continue;
-                }
-                for kx in 0..kernel {
-                    let ix = (ox * stride + kx) as isize - pad_left as isize;
-                    if ix < 0 || ix >= shape.width as isize {
-                        continue;
-                    }
-                    let pixel = (iy as usize * shape.width + ix as usize) * channels;
-                    let input = &image[pixel..pixel + channels];
-                    let w = &weight[(ky * kernel + kx) * channels..(ky * kernel + kx + 1) * channels];
-                    for ((a, &v), &wv) in acc.iter_mut().zip(input).zip(w) {
-                        *a += v * wv;
-                    }
-                }
-            }
-            for a in acc.iter_mut() {
-                *a = act.apply(*a);
-            }
-        }
+        let image = &x[b * image_len..(b + 1) * image_len];
+        depthwise_row(out_row, image, row_index % out_h, geometry, weight, bias, act);
     });
     (y, out_shape)
+}
+
+/// Where a depthwise kernel reads its input.
+#[derive(Clone, Copy)]
+struct Window {
+    in_h: usize,
+    in_w: usize,
+    channels: usize,
+    kernel: usize,
+    stride: usize,
+    pad_top: usize,
+    pad_left: usize,
+}
+
+/// Channels summed at once in registers: every tap is added to the register block, not to memory.
+const LANES: usize = 16;
+
+multiversion! {
+    /// Output row `oy` of one image. Each channel sums the bias and then the taps in `(ky, kx)`
+    /// order, the same order whatever the block size, so every SIMD level gives the same values.
+    fn depthwise_row(out_row: &mut [f32], image: &[f32], oy: usize, g: Window, weight: &[f32], bias: &[f32], act: Activation) {
+        let c = g.channels;
+        let mut taps: Vec<(usize, usize)> = Vec::with_capacity(g.kernel * g.kernel);
+        for (ox, acc) in out_row.chunks_exact_mut(c).enumerate() {
+            // (input offset, weight offset) of the taps inside the image.
+            taps.clear();
+            for ky in 0..g.kernel {
+                let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+                if iy < 0 || iy >= g.in_h as isize {
+                    continue;
+                }
+                for kx in 0..g.kernel {
+                    let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+                    if ix >= 0 && ix < g.in_w as isize {
+                        taps.push(((iy as usize * g.in_w + ix as usize) * c, (ky * g.kernel + kx) * c));
+                    }
+                }
+            }
+            let blocked = c - c % LANES;
+            for c0 in (0..blocked).step_by(LANES) {
+                let mut sum: [f32; LANES] = bias[c0..c0 + LANES].try_into().unwrap();
+                for &(i, w) in &taps {
+                    let input: &[f32; LANES] = image[i + c0..i + c0 + LANES].try_into().unwrap();
+                    let wt: &[f32; LANES] = weight[w + c0..w + c0 + LANES].try_into().unwrap();
+                    for l in 0..LANES {
+                        sum[l] += input[l] * wt[l];
+                    }
+                }
+                for l in 0..LANES {
+                    acc[c0 + l] = act.apply(sum[l]);
+                }
+            }
+            for ch in blocked..c {
+                let mut sum = bias[ch];
+                for &(i, w) in &taps {
+                    sum += image[i + ch] * weight[w + ch];
+                }
+                acc[ch] = act.apply(sum);
+            }
+        }
+    }
 }
 
 /// Dense `k x k` convolution with stride and SAME padding, as im2col + one matrix product.
@@ -244,7 +295,8 @@ mod tests {
     #[test]
     fn depthwise_matches_reference_for_odd_and_even_sizes() {
         for &(h, w, k, stride) in &[(9, 8, 3, 2), (7, 7, 5, 2), (6, 5, 5, 1), (4, 4, 3, 1)] {
-            let c = 5;
+            // 21 channels: one register block of `LANES` and a remainder.
+            let c = 21;
             let x = values(c * h * w, 1);
             let weight = values(c * k * k, 2);
             let (want, oh, ow) = reference_conv(&x, (h, w), c, c, c, k, stride, &weight);

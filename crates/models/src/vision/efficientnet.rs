@@ -13,7 +13,7 @@ use super::conv::{self, Activation, Spatial};
 use super::weights::Weights;
 use anyhow::{bail, Result};
 use std::path::Path;
-use vlmix_engine::Cpu;
+use vlmix_engine::{Cpu, Device};
 
 const BN_EPS: f32 = 1e-3;
 const STEM_CHANNELS: usize = 32;
@@ -286,9 +286,7 @@ impl EfficientNetLite0 {
             Activation::None,
         );
         if block.residual {
-            for (o, i) in out.iter_mut().zip(x) {
-                *o += i;
-            }
+            self.dev.add_assign(&mut out, x);
         }
         (out, out_shape)
     }

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use vlmix_atomic_file::write_atomic_with;
 
 /// Where the caches live under `$VLMIX_HOME`.
@@ -57,6 +58,22 @@ struct Shard {
     features_at: usize,
 }
 
+/// Seconds spent in each phase of [`FeatureCache::features`] since the cache was opened (logged by
+/// the callers that fill it, to show where a cold corpus's time goes).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CacheTimes {
+    /// SHA-256 of the decoded pixels.
+    pub hash_s: f64,
+    /// Index look-ups and reading cached rows (f16 to f32).
+    pub lookup_s: f64,
+    /// Resize and normalise the misses.
+    pub preprocess_s: f64,
+    /// The encoder's forward on the misses.
+    pub encode_s: f64,
+    /// Adding new rows and writing shards.
+    pub store_s: f64,
+}
+
 /// Hit and miss counts since the cache was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -75,6 +92,7 @@ pub struct FeatureCache {
     pending: Vec<f16>,
     pending_index: HashMap<ImageKey, usize>,
     stats: CacheStats,
+    times: CacheTimes,
 }
 
 static SHARD_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -104,6 +122,7 @@ impl FeatureCache {
             pending: Vec::new(),
             pending_index: HashMap::new(),
             stats: CacheStats::default(),
+            times: CacheTimes::default(),
         };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&cache.dir)
             .with_context(|| format!("listing {}", cache.dir.display()))?
@@ -146,6 +165,10 @@ impl FeatureCache {
 
     pub fn stats(&self) -> CacheStats {
         self.stats
+    }
+
+    pub fn times(&self) -> CacheTimes {
+        self.times
     }
 
     fn row_len(&self) -> usize {
@@ -265,6 +288,24 @@ impl FeatureCache {
     /// preprocessed and encoded (in parallel) and added to the cache. Values are always the stored
     /// f16 ones, whether computed now or read.
     pub fn features(&mut self, encoder: &dyn ImageEncoder, images: &[&RgbImage]) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; images.len() * self.row_len()];
+        self.fill(encoder, images, Some(&mut out))?;
+        Ok(out)
+    }
+
+    /// Makes sure every image's features are cached, encoding the misses, and returns the keys.
+    pub fn cache_all(&mut self, encoder: &dyn ImageEncoder, images: &[&RgbImage]) -> Result<Vec<ImageKey>> {
+        self.fill(encoder, images, None)
+    }
+
+    /// Encodes the misses among `images` into the cache and, given `out`, copies every image's
+    /// features there.
+    fn fill(
+        &mut self,
+        encoder: &dyn ImageEncoder,
+        images: &[&RgbImage],
+        mut out: Option<&mut [f32]>,
+    ) -> Result<Vec<ImageKey>> {
         ensure!(
             encoder.tokens() == self.tokens && encoder.width() == self.width,
             "feature cache holds {}x{} features but the encoder gives {}x{}",
@@ -274,38 +315,53 @@ impl FeatureCache {
             encoder.width()
         );
         let n = self.row_len();
+        let clock = Instant::now();
         let keys: Vec<ImageKey> = images.par_iter().map(|im| image_key(im)).collect();
-        let mut out = vec![0.0f32; images.len() * n];
+        self.times.hash_s += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let mut missing: Vec<usize> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            if !self.get(key, &mut out[i * n..(i + 1) * n]) {
+            let cached = match out.as_deref_mut() {
+                Some(out) => self.get(key, &mut out[i * n..(i + 1) * n]),
+                None => self.index.contains_key(key) || self.pending_index.contains_key(key),
+            };
+            if !cached {
                 missing.push(i);
             }
         }
+        self.times.lookup_s += clock.elapsed().as_secs_f64();
         self.stats.hits += images.len() - missing.len();
         self.stats.misses += missing.len();
         let (h, w) = encoder.preprocess().output_size();
         let per_image = 3 * h as usize * w as usize;
         for chunk in missing.chunks(ENCODE_BATCH) {
+            let clock = Instant::now();
             let mut pixels = vec![0.0f32; chunk.len() * per_image];
             pixels.par_chunks_mut(per_image).zip(chunk.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
                 dst.copy_from_slice(&encoder.preprocess().pixels(images[i])?);
                 Ok(())
             })?;
+            self.times.preprocess_s += clock.elapsed().as_secs_f64();
+            let clock = Instant::now();
             let features = encoder.encode(&pixels, chunk.len())?;
+            self.times.encode_s += clock.elapsed().as_secs_f64();
             ensure!(
                 features.len() == chunk.len() * n,
                 "encoder returned {} values for {} images",
                 features.len(),
                 chunk.len()
             );
+            let clock = Instant::now();
             for (row, &i) in chunk.iter().enumerate() {
                 self.insert(keys[i], &features[row * n..(row + 1) * n])?;
-                // Read back the stored (f16-rounded) row, so a miss and a later hit give the same values.
-                self.get(&keys[i], &mut out[i * n..(i + 1) * n]);
+                if let Some(out) = out.as_deref_mut() {
+                    // Read back the stored (f16-rounded) row, so a miss and a later hit give the same values.
+                    self.get(&keys[i], &mut out[i * n..(i + 1) * n]);
+                }
             }
+            self.times.store_s += clock.elapsed().as_secs_f64();
         }
-        Ok(out)
+        Ok(keys)
     }
 }
 
