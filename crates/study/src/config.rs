@@ -105,15 +105,16 @@ pub struct CooldownConfig {
     #[serde(default = "yes")]
     pub train_lm: bool,
     /// Text a branched cooldown reads: pre-training's stream from where the branch checkpoint
-    /// stopped ("continue"), or the corpus again from its start ("fresh").
+    /// stopped ("continue"), or the corpus again from its start ("fresh": an ablation, replaying
+    /// text the model has read).
     #[serde(default)]
     pub text_stream: Carry,
     /// AdamW moments of a branch whose LR schedule continues the text run's (an interior branch):
-    /// the text checkpoint's ("continue"), or zeros ("fresh", the old behaviour).
+    /// the text checkpoint's ("continue"), or zeros ("fresh": an ablation).
     #[serde(default)]
     pub optimizer: Carry,
-    /// Count pad positions in `tokens` (the old rule, under which a higher image fraction, whose
-    /// rows are more padded, saw fewer real tokens); by default only real tokens count.
+    /// Count pad positions in `tokens` (an ablation: a higher image fraction, whose rows are more
+    /// padded, then sees fewer real tokens); by default only real tokens count.
     #[serde(default)]
     pub count_padding: bool,
     /// Image examples per image row, at most: 1 is the paper's single image per sequence (rows
