@@ -80,13 +80,24 @@ impl StudyDir {
         self.root.join("nodes").join(id)
     }
 
+    /// The node's record, None while it is unfinished. A record damaged on disk is reported, set
+    /// aside as `done.json.damaged`, and the node counts as unfinished, so it runs again (resuming
+    /// from its last good checkpoint) instead of failing the study.
     pub fn done(&self, id: &str) -> Result<Option<NodeDone>> {
         let path = self.node_dir(id).join("done.json");
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?))
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        match serde_json::from_slice(&text) {
+            Ok(done) => Ok(Some(done)),
+            Err(e) => {
+                let aside = path.with_extension("json.damaged");
+                tracing::warn!("{}: damaged ({e}); set aside as {}, node {id} runs again", path.display(), aside.display());
+                std::fs::rename(&path, &aside).with_context(|| format!("setting {} aside", path.display()))?;
+                Ok(None)
+            }
+        }
     }
 
     /// The record of `id`, which must be finished (a dependency of the node asking).
@@ -115,7 +126,10 @@ impl StudyDir {
 /// Runs every unfinished node of `plan` in order. Returns how many nodes ran now.
 pub fn execute(plan: &Plan, study: &StudyDir, runner: &mut dyn NodeRunner) -> Result<usize> {
     let total = plan.nodes.len();
-    let mut finished = plan.nodes.iter().filter(|n| study.node_dir(&n.id).join("done.json").exists()).count();
+    let mut finished = 0;
+    for node in &plan.nodes {
+        finished += usize::from(study.done(&node.id)?.is_some());
+    }
     let mut ran = 0;
     for node in &plan.nodes {
         if study.done(&node.id)?.is_some() {

@@ -39,7 +39,12 @@ impl MetricsLog {
     /// Opens `path` for appending, keeping only the lines of steps before `resume_step`.
     pub fn open(path: &Path, resume_step: u64) -> Result<Self> {
         if path.exists() {
-            let kept = read(path)?.into_iter().filter(|m| m.step < resume_step).collect::<Vec<_>>();
+            // A damaged line (a disk fault, a hand edit) costs its metric point, not the run.
+            let lines = read_lines(path, |line, e| {
+                tracing::warn!("{}:{line}: bad metrics line dropped on resume ({e})", path.display());
+                Ok(())
+            })?;
+            let kept = lines.into_iter().filter(|m| m.step < resume_step).collect::<Vec<_>>();
             let mut text = String::new();
             for m in &kept {
                 text.push_str(&serde_json::to_string(m)?);
@@ -75,14 +80,21 @@ impl MetricsLog {
 
 /// Reads a metrics file; a torn last line (killed mid-write) is ignored, any other bad line is an error.
 pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let lines: Vec<String> = BufReader::new(file).lines().collect::<std::io::Result<_>>()?;
+    read_lines(path, |line, e| anyhow::bail!("{}:{line}: bad metrics line: {e}", path.display()))
+}
+
+/// The file's metrics lines; a torn last line is skipped, any other bad one goes to `on_bad` (its
+/// 1-based line number and the parse error), which decides whether reading goes on.
+fn read_lines(path: &Path, mut on_bad: impl FnMut(usize, serde_json::Error) -> Result<()>) -> Result<Vec<StepMetrics>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         match serde_json::from_str(line) {
             Ok(m) => out.push(m),
             Err(_) if i + 1 == lines.len() => break,
-            Err(e) => anyhow::bail!("{}:{}: bad metrics line: {e}", path.display(), i + 1),
+            Err(e) => on_bad(i + 1, e)?,
         }
     }
     Ok(out)

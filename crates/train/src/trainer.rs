@@ -121,22 +121,13 @@ where
     S: BatchSource<Batch = M::Batch>,
 {
     let ckpt_root = dir.join("checkpoints");
-    let mut counters = Counters::default();
-    let mut step = 0;
-    if let Some(latest) = latest_checkpoint(&ckpt_root)? {
-        let state = load_checkpoint(&latest, model.params_mut(), optimizer)?;
-        source
-            .restore(&state.data_cursor)
-            .with_context(|| format!("restoring data cursor from {}", latest.display()))?;
-        counters = serde_json::from_value(state.counters.clone()).with_context(|| {
-            format!(
-                "{}: field `counters` is not this trainer's token counters; refusing to resume with wrong totals",
-                latest.join(STATE_FILE).display()
-            )
-        })?;
-        step = state.step;
-        tracing::info!(step, checkpoint = %latest.display(), "resuming");
-    }
+    let (mut step, mut counters) = match resume(world, &ckpt_root, model, optimizer, source)? {
+        Some((step, counters, dir)) => {
+            tracing::info!(step, checkpoint = %dir.display(), "resuming");
+            (step, counters)
+        }
+        None => (0, Counters::default()),
+    };
     let total = config.stop_step.map_or(config.schedule.total_steps(), |s| s.min(config.schedule.total_steps()));
     let mut log = if world.is_leader() { Some(MetricsLog::open(&dir.join("metrics.jsonl"), step)?) } else { None };
     let mut scratch = Vec::new();
@@ -222,6 +213,114 @@ fn sum_over_ranks<D: Device>(
         at += n;
     }
     Ok(flat[at])
+}
+
+/// Prefix a damaged checkpoint directory is renamed to, so neither `latest` nor pruning sees it again.
+pub const DAMAGED_PREFIX: &str = "damaged-";
+
+/// Where training resumes: the newest checkpoint that reads back whole, `latest` first, then the
+/// other complete step directories, newest first. A damaged one (a truncated `state.json`, a tensor
+/// cut short) is reported naming its file and set aside as `damaged-<name>` (by rank 0), so the node
+/// reruns from the checkpoint before it, or from the start when there is none.
+fn resume<M, S>(
+    world: &World,
+    root: &Path,
+    model: &mut M,
+    optimizer: &mut AdamW<M::Dev>,
+    source: &mut S,
+) -> Result<Option<(u64, Counters, PathBuf)>>
+where
+    M: Trainable,
+    S: BatchSource<Batch = M::Batch>,
+{
+    let mut candidates = Vec::new();
+    match latest_checkpoint(root) {
+        Ok(Some(dir)) => candidates.push(dir),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e:#}; looking for an earlier checkpoint"),
+    }
+    for dir in step_dirs_newest_first(root)? {
+        if !candidates.contains(&dir) {
+            candidates.push(dir);
+        }
+    }
+    let mut restored_any = false;
+    let mut damaged = Vec::new();
+    for dir in candidates {
+        match restore(&dir, model, optimizer, source, &mut restored_any) {
+            Ok((step, counters)) => {
+                if !damaged.is_empty() && world.is_leader() {
+                    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    vlmix_atomic_file::write_atomic(&root.join(LATEST_FILE), name.as_bytes())?;
+                }
+                return Ok(Some((step, counters, dir)));
+            }
+            Err(e) => {
+                tracing::warn!("damaged checkpoint: {e:#}; setting it aside and trying an earlier one");
+                if world.is_leader() {
+                    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let aside = root.join(format!("{DAMAGED_PREFIX}{name}"));
+                    std::fs::rename(&dir, &aside)
+                        .with_context(|| format!("setting damaged {} aside as {}", dir.display(), aside.display()))?;
+                }
+                damaged.push(dir);
+            }
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        !restored_any,
+        "no checkpoint under {} reads back whole, and one was half restored into this process's model; rerun the node (it then starts from the beginning)",
+        root.display()
+    );
+    tracing::warn!("no usable checkpoint under {}: the node starts from the beginning", root.display());
+    Ok(None)
+}
+
+/// Restores one checkpoint into the model, optimizer and data source.
+fn restore<M, S>(
+    dir: &Path,
+    model: &mut M,
+    optimizer: &mut AdamW<M::Dev>,
+    source: &mut S,
+    restored_any: &mut bool,
+) -> Result<(u64, Counters)>
+where
+    M: Trainable,
+    S: BatchSource<Batch = M::Batch>,
+{
+    // Nothing is half-loaded when this fails; after it, the model holds the checkpoint's weights.
+    let state = load_checkpoint(dir, model.params_mut(), optimizer)?;
+    *restored_any = true;
+    source.restore(&state.data_cursor).with_context(|| format!("restoring data cursor from {}", dir.display()))?;
+    let counters = serde_json::from_value(state.counters.clone()).with_context(|| {
+        format!(
+            "{}: field `counters` is not this trainer's token counters; refusing to resume with wrong totals",
+            dir.join(STATE_FILE).display()
+        )
+    })?;
+    Ok((state.step, counters))
+}
+
+/// Complete step directories (`step-NNNNNNNN`, `step-NNNNNNNN-rK`), newest first.
+fn step_dirs_newest_first(root: &Path) -> Result<Vec<PathBuf>> {
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut dirs: Vec<((u64, u64), PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("step-") else { continue };
+        let (step, retry) = rest.split_once("-r").unwrap_or((rest, "0"));
+        if let (Ok(step), Ok(retry)) = (step.parse::<u64>(), retry.parse::<u64>()) {
+            dirs.push(((step, retry), entry.path()));
+        }
+    }
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(dirs.into_iter().map(|(_, d)| d).collect())
 }
 
 fn step_dir(root: &Path, step: u64) -> Option<PathBuf> {

@@ -175,3 +175,43 @@ fn checkpoints_written_before_the_counters_rename_still_resume() {
     let (_, straight) = run(tempfile::tempdir().unwrap().path(), None).unwrap();
     assert_eq!(outcome.tokens, straight.tokens);
 }
+
+#[test]
+fn a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before() {
+    let straight = tempfile::tempdir().unwrap();
+    let (reference, _) = run(straight.path(), None).unwrap();
+    let reference_log = metrics::read(&straight.path().join("metrics.jsonl")).unwrap();
+    let cut = |path: std::path::PathBuf| {
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    let damages: [(&str, &dyn Fn(&std::path::Path)); 2] = [
+        ("a tensor cut short", &|ckpt| cut(ckpt.join("model.safetensors"))),
+        ("a truncated state.json", &|ckpt| cut(ckpt.join("state.json"))),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), Some(10)).err().expect("the first attempt crashes");
+        // Checkpoints 6 (kept) and 8 (latest) remain; damage the latest and a middle metrics line.
+        let latest = dir.path().join("checkpoints/step-00000008");
+        damage(&latest);
+        let log = dir.path().join("metrics.jsonl");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[2] = "{\"step\": 2, \"tok";
+        std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+
+        let (model, outcome) = run(dir.path(), None).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert_eq!(outcome.steps, 12, "{what}");
+        for id in reference.params.ids() {
+            assert_eq!(reference.params.value(id), model.params.value(id), "{what}: {} differs", reference.params.info(id).name);
+        }
+        assert!(dir.path().join("checkpoints/damaged-step-00000008").is_dir(), "{what}: set aside for a look");
+        let resumed_log = metrics::read(&log).unwrap();
+        assert_eq!(resumed_log.len(), 11, "{what}: only the damaged line's point is lost");
+        for m in &resumed_log {
+            let r = &reference_log[m.step as usize];
+            assert_eq!((m.step, m.loss), (r.step, r.loss), "{what}");
+        }
+    }
+}
