@@ -93,7 +93,11 @@ impl StudyDir {
             Ok(done) => Ok(Some(done)),
             Err(e) => {
                 let aside = path.with_extension("json.damaged");
-                tracing::warn!("{}: damaged ({e}); set aside as {}, node {id} runs again", path.display(), aside.display());
+                tracing::warn!(
+                    "{}: damaged ({e}); set aside as {}, node {id} runs again",
+                    path.display(),
+                    aside.display()
+                );
                 std::fs::rename(&path, &aside).with_context(|| format!("setting {} aside", path.display()))?;
                 Ok(None)
             }
@@ -229,6 +233,21 @@ mod tests {
         assert_eq!(study.finished("c").unwrap().outputs.finetune("c").unwrap().epoch("c", 1).unwrap(), "c");
         let mut runner = Counting { runs: vec![], fail_on: None };
         assert_eq!(execute(&plan(), &study, &mut runner).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_damaged_done_record_reruns_its_node_instead_of_failing_the_study() {
+        let tmp = tempfile::tempdir().unwrap();
+        let study = StudyDir::open(tmp.path()).unwrap();
+        execute(&plan(), &study, &mut Counting { runs: vec![], fail_on: None }).unwrap();
+        let done = study.node_dir("b").join("done.json");
+        let text = std::fs::read(&done).unwrap();
+        std::fs::write(&done, &text[..text.len() / 2]).unwrap();
+        let mut runner = Counting { runs: vec![], fail_on: None };
+        assert_eq!(execute(&plan(), &study, &mut runner).unwrap(), 1);
+        assert_eq!(runner.runs, vec!["b"], "only the node whose record was damaged");
+        assert!(study.node_dir("b").join("done.json.damaged").is_file(), "set aside for a look");
+        assert!(study.finished("b").is_ok());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! file as its step ends, so `tail -f metrics.jsonl` (and anything watching a run) sees live progress.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};

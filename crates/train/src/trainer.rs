@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use vlmix_data::mixing::achieved_image_fraction;
 use vlmix_engine::adamw::AdamW;
 use vlmix_engine::checkpoint::{
-    latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, LATEST_FILE, STATE_FILE,
+    latest_checkpoint, load_checkpoint, read_state, save_checkpoint, TrainState, LATEST_FILE, STATE_FILE,
 };
 use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::nonfinite::ensure_finite;
@@ -257,13 +257,14 @@ where
             }
             Err(e) => {
                 tracing::warn!("damaged checkpoint: {e:#}; setting it aside and trying an earlier one");
+                let e = format!("{e:#}");
                 if world.is_leader() {
                     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     let aside = root.join(format!("{DAMAGED_PREFIX}{name}"));
                     std::fs::rename(&dir, &aside)
                         .with_context(|| format!("setting damaged {} aside as {}", dir.display(), aside.display()))?;
                 }
-                damaged.push(dir);
+                damaged.push(e);
             }
         }
     }
@@ -272,10 +273,15 @@ where
     }
     anyhow::ensure!(
         !restored_any,
-        "no checkpoint under {} reads back whole, and one was half restored into this process's model; rerun the node (it then starts from the beginning)",
-        root.display()
+        "no checkpoint under {} reads back whole ({}), and one was half restored into this process's model; rerun the node (it then starts from the beginning)",
+        root.display(),
+        damaged.join("; ")
     );
-    tracing::warn!("no usable checkpoint under {}: the node starts from the beginning", root.display());
+    tracing::warn!(
+        "no usable checkpoint under {} ({}): the node starts from the beginning",
+        root.display(),
+        damaged.join("; ")
+    );
     Ok(None)
 }
 
@@ -291,16 +297,17 @@ where
     M: Trainable,
     S: BatchSource<Batch = M::Batch>,
 {
-    // Nothing is half-loaded when this fails; after it, the model holds the checkpoint's weights.
-    let state = load_checkpoint(dir, model.params_mut(), optimizer)?;
-    *restored_any = true;
-    source.restore(&state.data_cursor).with_context(|| format!("restoring data cursor from {}", dir.display()))?;
-    let counters = serde_json::from_value(state.counters.clone()).with_context(|| {
+    // What can be checked without touching the model comes first.
+    let counters = serde_json::from_value(read_state(dir)?.counters).with_context(|| {
         format!(
             "{}: field `counters` is not this trainer's token counters; refusing to resume with wrong totals",
             dir.join(STATE_FILE).display()
         )
     })?;
+    // Nothing is half-loaded when this fails; after it, the model holds the checkpoint's weights.
+    let state = load_checkpoint(dir, model.params_mut(), optimizer)?;
+    *restored_any = true;
+    source.restore(&state.data_cursor).with_context(|| format!("restoring data cursor from {}", dir.display()))?;
     Ok((state.step, counters))
 }
 
