@@ -364,3 +364,18 @@ fn each_epoch_count_is_compared_with_its_text_side() {
     );
     assert!(f.answer.starts_with("3 ep vs. 2 ep: vision gain +0.025"), "{}", f.answer);
 }
+
+#[test]
+fn a_contrast_carries_the_seed_noise_of_its_own_arms() {
+    // One-epoch fine-tunes spread seeds far wider (100 / 200 / 300 right) than two-epoch ones
+    // (240 / 241 / 242). 75 % vs. 100 % at two epochs reads the two-epoch replicates' noise: agrees.
+    // Pooled with the one-epoch spread it would be lost in it.
+    let mut rows = introduction_rows([240, 241, 242], 200);
+    for (seed, right) in [100, 200, 300].into_iter().enumerate() {
+        rows.push(row(model(0.75, 0.3, 1, seed as u64, right, 40)));
+    }
+    let f = finding(&rows, &plan(), "1.");
+    assert_eq!(f.vision, Verdict::Agrees, "{f:?}");
+    let header = vlmix_study::report::findings::seed_noise_summary(&rows, &plan()).unwrap();
+    assert!(header.contains("(chi-square, 4 df)"), "the header pools every replicate: {header}");
+}

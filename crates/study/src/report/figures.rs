@@ -3,7 +3,7 @@
 //! atomically, so a killed report never leaves half a picture.
 
 use super::curves::TrainingCurve;
-use super::grid::{knob_series, point_interval, seed_noise, series_rows, Knob, Score};
+use super::grid::{knob_series, point_interval, seed_noise_at, series_rows, Knob, Score};
 use super::results_table::ResultRow;
 use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
@@ -88,12 +88,13 @@ pub fn knob_figure(rows: &[ResultRow], knob: Knob) -> Figure {
         series: knob_series(rows, knob, score)
             .into_iter()
             .map(|s| {
-                let noise = seed_noise(rows, |r| score.of(r));
                 let error_bars = s
                     .points
                     .iter()
                     .filter_map(|p| {
-                        let ci = point_interval(&series_rows(rows, knob, &s.label, p.x, p.fresh), score, noise)?;
+                        let runs = series_rows(rows, knob, &s.label, p.x, p.fresh);
+                        let noise = seed_noise_at(rows, &runs, |r| score.of(r));
+                        let ci = point_interval(&runs, score, noise)?;
                         Some((p.x, ci.lo, ci.hi))
                     })
                     .collect();

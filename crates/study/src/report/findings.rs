@@ -13,7 +13,9 @@
 //! A knob is judged along one line of its figure (the other knobs held fixed): the line that varies
 //! it most, ties broken by the most runs, never by score.
 
-use super::grid::{knob_series, replicate_key, seed_noise, series_rows, Knob, KnobSeries, MeanPoint, Score};
+use super::grid::{
+    knob_series, replicate_key, seed_noise, seed_noise_at, series_rows, Knob, KnobSeries, MeanPoint, Score,
+};
 use super::results_table::{design_of, percent, ResultRow, TaskScore};
 use crate::config::{VerdictConfig, VisionMeasure};
 use vlmix_eval::stats::RunItems;
@@ -214,10 +216,18 @@ impl<'a> Analysis<'a> {
     }
 
     /// Pooled seed noise of `measure` over every configuration scored by several seeds.
+    /// Pooled seed noise of `measure` over every replicated configuration (finding 6, the header).
     fn seed_noise(&self, measure: Measure) -> Option<SeedNoise> {
-        seed_noise(self.rows, |row| {
-            measure.items(row, self.vision_tasks).map(|(items, _)| measure.statistic().of(&items))
-        })
+        seed_noise(self.rows, |row| self.statistic(measure, row))
+    }
+
+    /// Seed noise of the configurations `compared`, where replicated (see [`seed_noise_at`]).
+    fn seed_noise_at(&self, measure: Measure, compared: &[&ResultRow]) -> Option<SeedNoise> {
+        seed_noise_at(self.rows, compared, |row| self.statistic(measure, row))
+    }
+
+    fn statistic(&self, measure: Measure, row: &ResultRow) -> Option<f64> {
+        measure.items(row, self.vision_tasks).map(|(items, _)| measure.statistic().of(&items))
     }
 
     /// `measure(a) - measure(b)` (for bits-per-byte: `log bpb(b) - log bpb(a)`, so that positive
@@ -232,7 +242,7 @@ impl<'a> Analysis<'a> {
             return None;
         }
         let (a_runs, b_runs) = (seed_runs(&a_items), seed_runs(&b_items));
-        let noise = self.seed_noise(measure);
+        let noise = self.seed_noise_at(measure, &[a, b].concat());
         let design = measure.design(a.first()?, self.vision_tasks);
         let c = match measure {
             Measure::Bpb => contrast(&b_runs, &a_runs, &design, measure.statistic(), noise),
@@ -537,7 +547,7 @@ fn versus_text_only(analysis: &Analysis, model: &[&ResultRow]) -> String {
 
 /// Finding 1: images ~80 % of the way in beat adding them to the fully trained model, text holding.
 fn introduction(analysis: &Analysis) -> Draft {
-    let q = "1. Introducing images ~80 % of the way through text pre-training beats adding them to the fully trained model, while text holds (primary: vision gain, the interior point nearest 80 % vs. 100 %; text: the same two VLMs, non-inferiority).";
+    let q = "1. Introducing images ~80 % of the way through text pre-training beats adding them to the fully trained model, while text holds (primary: the vision measure, the interior point nearest 80 % vs. 100 %; text: the same two VLMs, non-inferiority).";
     let Some(line) = Line::new(analysis, Knob::Introduction) else {
         return not_tested(q, "no image-trained models with scores yet".to_string());
     };
@@ -559,7 +569,7 @@ fn introduction(analysis: &Analysis) -> Draft {
 
 /// Finding 2: the best image-token share lies where the paper predicts for this model size.
 fn image_token_fraction(analysis: &Analysis, optimum: Option<[f64; 2]>) -> Draft {
-    let q = "2. The visual-token fraction matters: 10-20 % is best at 1B, smaller models prefer more (primary: some share inside the range `[verdicts] image_token_optimum` predicts beats every share outside it, vision gain).";
+    let q = "2. The visual-token fraction matters: 10-20 % is best at 1B, smaller models prefer more (primary: some share inside the range `[verdicts] image_token_optimum` predicts beats every share outside it, on the vision measure).";
     let Some(line) = Line::new(analysis, Knob::ImageTokenFraction) else {
         return not_tested(q, "no image-trained models with scores yet".to_string());
     };
@@ -634,7 +644,9 @@ fn best_share_frequencies(line: &Line) -> String {
     let Some(design) = points.first().and_then(|p| line.rows_at(p).first().map(|r| measure.design(r, tasks))) else {
         return String::new();
     };
-    let Ok(freq) = best_frequencies(&runs, &design, Statistic::GroupMean, line.analysis.seed_noise(measure)) else {
+    let compared: Vec<&ResultRow> = points.iter().flat_map(|p| line.rows_at(p)).collect();
+    let noise = line.analysis.seed_noise_at(measure, &compared);
+    let Ok(freq) = best_frequencies(&runs, &design, Statistic::GroupMean, noise) else {
         return String::new();
     };
     let shown: Vec<String> =
@@ -647,7 +659,7 @@ fn best_share_frequencies(line: &Line) -> String {
 
 /// Finding 3: images from scratch hurt vision and text.
 fn scratch(analysis: &Analysis) -> Draft {
-    let q = "3. Images from scratch (0 %) hurt both vision and text (primary: vision gain, the interior point nearest 80 % vs. scratch; text: the same two VLMs).";
+    let q = "3. Images from scratch (0 %) hurt both vision and text (primary: the vision measure, the interior point nearest 80 % vs. scratch; text: the same two VLMs).";
     let Some(line) = Line::new(analysis, Knob::Introduction) else {
         return not_tested(q, "no image-trained models with scores yet".to_string());
     };
@@ -677,7 +689,7 @@ fn scratch(analysis: &Analysis) -> Draft {
 
 /// Finding 4: instruction data in the cooldown mix hurts vision.
 fn instruction(analysis: &Analysis) -> Draft {
-    let q = "4. Instruction data mixed into pre-training hurts vision-language results (primary: vision gain, no instruction data vs. the largest share).";
+    let q = "4. Instruction data mixed into pre-training hurts vision-language results (primary: the vision measure, no instruction data vs. the largest share).";
     let Some(line) = Line::new(analysis, Knob::InstructionShare) else {
         return not_tested(q, "no image-trained models with scores yet".to_string());
     };
@@ -695,7 +707,7 @@ fn instruction(analysis: &Analysis) -> Draft {
 
 /// Finding 5: 2-4 fine-tuning epochs are best for vision; 2 is the sweet spot for text.
 fn epochs(analysis: &Analysis) -> Draft {
-    let q = "5. 2-4 fine-tuning epochs are best for vision; 2 is the sweet spot for text (primary: vision gain, 2 vs. 1 epochs, each its own fine-tuning run; text: 2 epochs not worse than 1 or 3).";
+    let q = "5. 2-4 fine-tuning epochs are best for vision; 2 is the sweet spot for text (primary: the vision measure, 2 vs. 1 epochs, each its own fine-tuning run; text: 2 epochs not worse than 1 or 3).";
     let Some(line) = Line::new(analysis, Knob::FinetuneEpochs) else {
         return not_tested(q, "no image-trained models with scores yet".to_string());
     };
@@ -716,7 +728,7 @@ fn epochs(analysis: &Analysis) -> Draft {
 /// item noise (paired; Bonferroni over the pairs, then Holm); agrees only when the seed standard
 /// deviation's 95 % upper end is within the paper's spread.
 fn seeds(analysis: &Analysis) -> Draft {
-    let q = "6. Seed-to-seed spread is small (<= 0.63 VQAv2 points), so single-seed grids are informative (primary: paired differences between seeds of one configuration, vision gain).";
+    let q = "6. Seed-to-seed spread is small (<= 0.63 VQAv2 points), so single-seed grids are informative (primary: paired differences between seeds of one configuration, on the vision measure).";
     let mut groups: Vec<(String, Vec<&ResultRow>)> = Vec::new();
     for row in analysis.rows.iter().filter(|r| r.introduction.is_some()) {
         let key = replicate_key(row);
@@ -749,7 +761,9 @@ fn seeds(analysis: &Analysis) -> Draft {
     };
     let sd = noise.sd_interval();
     let p = pairs.iter().map(|(_, c)| c.p_two_sided()).fold(1.0f64, f64::min) * pairs.len().max(1) as f64;
-    let described = pairs.iter().map(|(label, c)| format!("{label}: {}", show(c, analysis.vision))).collect::<Vec<_>>();
+    // Item noise only, by design: whether two seeds differ beyond what redrawing items explains.
+    let items_only = |c: &Contrast| show(c, analysis.vision).replace(", seed noise not measured", " (items only)");
+    let described = pairs.iter().map(|(label, c)| format!("{label}: {}", items_only(c))).collect::<Vec<_>>();
     let equivalence = if sd.hi <= PAPER_SEED_SPREAD { Verdict::Agrees } else { Verdict::CannotTell };
     Draft {
         finding: Finding {

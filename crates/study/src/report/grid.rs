@@ -114,8 +114,28 @@ pub fn replicate_key(row: &ResultRow) -> String {
 
 /// Pooled seed noise of `value` over the image-trained configurations with several seeds.
 pub fn seed_noise(rows: &[ResultRow], value: impl Fn(&ResultRow) -> Option<f64>) -> Option<SeedNoise> {
+    seed_noise_of(rows, |_| true, value)
+}
+
+/// Seed noise of the configurations `compared` (pooled over those with replicates), else of every
+/// configuration: training noise differs by configuration (one fine-tuning epoch spreads seeds far
+/// wider than two), so a contrast carries its own arms' noise where they were replicated.
+pub fn seed_noise_at(
+    rows: &[ResultRow],
+    compared: &[&ResultRow],
+    value: impl Fn(&ResultRow) -> Option<f64>,
+) -> Option<SeedNoise> {
+    let keys: Vec<String> = compared.iter().map(|r| replicate_key(r)).collect();
+    seed_noise_of(rows, |r| keys.contains(&replicate_key(r)), &value).or_else(|| seed_noise(rows, value))
+}
+
+fn seed_noise_of(
+    rows: &[ResultRow],
+    include: impl Fn(&ResultRow) -> bool,
+    value: impl Fn(&ResultRow) -> Option<f64>,
+) -> Option<SeedNoise> {
     let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
-    for row in rows.iter().filter(|r| r.introduction.is_some()) {
+    for row in rows.iter().filter(|r| r.introduction.is_some() && include(r)) {
         let Some(v) = value(row) else { continue };
         let key = replicate_key(row);
         match groups.iter_mut().find(|(k, _)| *k == key) {
