@@ -211,9 +211,12 @@ fn t_quantile(df: f64, q: f64) -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Design {
     /// `strata[s][unit][task]`: the item indices of each unit, per task.
-    strata: Vec<Vec<Vec<Vec<usize>>>>,
+    strata: Vec<Vec<Unit>>,
     sizes: Vec<usize>,
 }
+
+/// One resampling unit: its item indices per task.
+type Unit = Vec<Vec<usize>>;
 
 impl Design {
     /// Every item its own unit, stratified by task.
@@ -224,7 +227,7 @@ impl Design {
 
     /// Items grouped by `keys[task][item]` (an image key); an empty key stands alone.
     pub fn by_key(keys: &[Vec<String>]) -> Self {
-        let mut units: Vec<(String, Vec<Vec<usize>>)> = Vec::new();
+        let mut units: Vec<(String, Unit)> = Vec::new();
         let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (task, task_keys) in keys.iter().enumerate() {
             for (item, key) in task_keys.iter().enumerate() {
@@ -236,7 +239,7 @@ impl Design {
                 units[at].1[task].push(item);
             }
         }
-        let mut strata: Vec<(Vec<bool>, Vec<Vec<Vec<usize>>>)> = Vec::new();
+        let mut strata: Vec<(Vec<bool>, Vec<Unit>)> = Vec::new();
         for (_, unit) in units {
             let span: Vec<bool> = unit.iter().map(|items| !items.is_empty()).collect();
             match strata.iter_mut().find(|(s, _)| *s == span) {

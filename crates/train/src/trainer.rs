@@ -326,7 +326,7 @@ fn step_dirs_newest_first(root: &Path) -> Result<Vec<PathBuf>> {
             dirs.push(((step, retry), entry.path()));
         }
     }
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     Ok(dirs.into_iter().map(|(_, d)| d).collect())
 }
 

@@ -191,16 +191,11 @@ fn a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before() {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     };
-    let damages: [(&str, &dyn Fn(&std::path::Path)); 2] = [
-        ("a tensor cut short", &|ckpt| cut(ckpt.join("model.safetensors"))),
-        ("a truncated state.json", &|ckpt| cut(ckpt.join("state.json"))),
-    ];
-    for (what, damage) in damages {
+    for (what, file) in [("a tensor cut short", "model.safetensors"), ("a truncated state.json", "state.json")] {
         let dir = tempfile::tempdir().unwrap();
         run(dir.path(), Some(10)).err().expect("the first attempt crashes");
         // Checkpoints 6 (kept) and 8 (latest) remain; damage the latest and a middle metrics line.
-        let latest = dir.path().join("checkpoints/step-00000008");
-        damage(&latest);
+        cut(dir.path().join("checkpoints/step-00000008").join(file));
         let log = dir.path().join("metrics.jsonl");
         let text = std::fs::read_to_string(&log).unwrap();
         let mut lines: Vec<&str> = text.lines().collect();
