@@ -128,7 +128,9 @@ impl<'de> Deserialize<'de> for FractionCheckpoints {
     }
 }
 
-/// A cooldown: its last checkpoint and the tokens it trained on.
+/// A cooldown: its last checkpoint and the tokens it trained on (the achieved image-token fraction
+/// is `image_tokens / tokens`, `vlmix_data::mixing::achieved_image_fraction`; records written before
+/// it was dropped here still read, their copy ignored).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CooldownOutputs {
     pub checkpoint: String,
@@ -136,7 +138,6 @@ pub struct CooldownOutputs {
     pub fresh_schedule: bool,
     pub tokens: u64,
     pub image_tokens: u64,
-    pub achieved_image_fraction: f64,
 }
 
 /// A fine-tune: the checkpoint at the end of every epoch it trained.
@@ -291,7 +292,10 @@ mod tests {
                 NodeOutputs::TextBaseline(_) => 5,
             };
             assert_eq!(got, stage, "{text}");
-            assert_eq!(serde_json::to_value(&outputs).unwrap(), value, "the on-disk shape is kept");
+            // The one field dropped since: a cooldown's achieved fraction (image_tokens / tokens).
+            let mut kept = value.clone();
+            kept.as_object_mut().expect("an object").remove("achieved_image_fraction");
+            assert_eq!(serde_json::to_value(&outputs).unwrap(), kept, "the on-disk shape is kept");
         }
     }
 

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use vlmix_data::byod::text::{open_text, DocSplit};
 use vlmix_data::byod::Skipped;
-use vlmix_data::mixing::achieved_image_fraction;
 use vlmix_data::sequence::VlmSequence;
 use vlmix_data::text::shard::TokenShards;
 use vlmix_data::tokenizer::TextTokenizer;
@@ -353,7 +352,6 @@ impl<'a, D: Device> StudyRunner<'a, D> {
             fresh_schedule: spec.schedule.is_fresh(),
             tokens: outcome.tokens,
             image_tokens: outcome.image_tokens,
-            achieved_image_fraction: achieved_image_fraction(outcome.image_tokens, outcome.tokens),
         })
     }
 
