@@ -135,10 +135,11 @@ pub enum Carry {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneConfig {
-    /// Largest epoch count; the run keeps every epoch-end model, yielding 1..=epochs.
+    /// Largest epoch count of the base point's epoch sweep: each count 1..=epochs is its own
+    /// fine-tuning run, its LR schedule spanning exactly those epochs.
     pub epochs: u32,
-    /// The epoch at which grid points are compared; only the base point is evaluated at every epoch
-    /// (the epoch sweep), which keeps evaluation cost linear in the grid.
+    /// The epoch count at which grid points are compared; only the base point sweeps epochs, which
+    /// keeps fine-tuning and evaluation cost linear in the grid.
     pub compare_epoch: u32,
     /// Fine-tune on a seeded random subset of at most this many conversations (all when absent).
     pub max_examples: Option<usize>,
