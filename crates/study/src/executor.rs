@@ -130,15 +130,10 @@ impl StudyDir {
 /// Runs every unfinished node of `plan` in order. Returns how many nodes ran now.
 pub fn execute(plan: &Plan, study: &StudyDir, runner: &mut dyn NodeRunner) -> Result<usize> {
     let total = plan.nodes.len();
-    let mut finished = 0;
-    for node in &plan.nodes {
-        finished += usize::from(study.done(&node.id)?.is_some());
-    }
+    let done = plan.nodes.iter().map(|n| Ok(study.done(&n.id)?.is_some())).collect::<Result<Vec<bool>>>()?;
+    let mut finished = done.iter().filter(|&&d| d).count();
     let mut ran = 0;
-    for node in &plan.nodes {
-        if study.done(&node.id)?.is_some() {
-            continue;
-        }
+    for (node, _) in plan.nodes.iter().zip(&done).filter(|(_, &d)| !d) {
         runner.on_progress(finished, total, Some(node));
         execute_node(node, study, runner)?;
         finished += 1;

@@ -14,7 +14,7 @@
 //! it most, ties broken by the most runs, never by score.
 
 use super::grid::{
-    knob_series, replicate_key, seed_noise, seed_noise_at, series_rows, Knob, KnobSeries, MeanPoint, Score,
+    knob_series, replicate_groups, seed_noise, seed_noise_at, series_rows, Knob, KnobSeries, MeanPoint, Score,
 };
 use super::results_table::{design_of, percent, ResultRow, TaskScore};
 use crate::config::{VerdictConfig, VisionMeasure};
@@ -352,19 +352,22 @@ impl<'a> Line<'a> {
     /// The text side of "a holds text against b": non-inferiority within the measure's margin.
     fn text_holds(&self, a: &MeanPoint, b: &MeanPoint) -> SubVerdict {
         let measure = self.analysis.text_measure();
+        let margin_note = format!(" (non-inferiority margin {})", margin_text(measure));
+        self.text_side(a, b, |c| Verdict::non_inferior(c, margin(measure)), &margin_note)
+    }
+
+    /// The text side of "a is better than b at text".
+    fn text_better(&self, a: &MeanPoint, b: &MeanPoint) -> SubVerdict {
+        self.text_side(a, b, Verdict::positive, "")
+    }
+
+    /// a vs. b on the text measure, judged by `judge` when the seed noise was measured.
+    fn text_side(&self, a: &MeanPoint, b: &MeanPoint, judge: impl Fn(&Contrast) -> Verdict, note: &str) -> SubVerdict {
+        let measure = self.analysis.text_measure();
         match self.compare(a, b, measure) {
             Some(c) => SubVerdict {
-                verdict: if c.seed_variance.is_some() {
-                    Verdict::non_inferior(&c, margin(measure))
-                } else {
-                    Verdict::CannotTell
-                },
-                text: format!(
-                    "{}: {} (non-inferiority margin {})",
-                    self.label(a, b),
-                    show(&c, measure),
-                    margin_text(measure)
-                ),
+                verdict: if c.seed_variance.is_some() { judge(&c) } else { Verdict::CannotTell },
+                text: format!("{}: {}{note}", self.label(a, b), show(&c, measure)),
             },
             None => SubVerdict {
                 verdict: Verdict::CannotTell,
@@ -373,19 +376,13 @@ impl<'a> Line<'a> {
         }
     }
 
-    /// The text side of "a is better than b at text".
-    fn text_better(&self, a: &MeanPoint, b: &MeanPoint) -> SubVerdict {
-        let measure = self.analysis.text_measure();
-        match self.compare(a, b, measure) {
-            Some(c) => SubVerdict {
-                verdict: if c.seed_variance.is_some() { Verdict::positive(&c) } else { Verdict::CannotTell },
-                text: format!("{}: {}", self.label(a, b), show(&c, measure)),
-            },
-            None => SubVerdict {
-                verdict: Verdict::CannotTell,
-                text: format!("{}: no text measure to compare", self.label(a, b)),
-            },
-        }
+    /// The interior introduction point nearest 80 % (the paper's), the arm findings 1 and 3 share.
+    fn interior_near_80(&self) -> Option<&MeanPoint> {
+        self.series
+            .points
+            .iter()
+            .filter(|p| p.x > 0.0 && p.x < 100.0)
+            .min_by(|a, b| (a.x - 80.0).abs().total_cmp(&(b.x - 80.0).abs()))
     }
 
     fn evidence(&self) -> String {
@@ -551,14 +548,7 @@ fn introduction(analysis: &Analysis) -> Draft {
     let Some(line) = Line::new(analysis, Knob::Introduction) else {
         return not_tested(q, "no image-trained models with scores yet".to_string());
     };
-    let full = line.at(100.0);
-    let interior = line
-        .series
-        .points
-        .iter()
-        .filter(|p| p.x > 0.0 && p.x < 100.0)
-        .min_by(|a, b| (a.x - 80.0).abs().total_cmp(&(b.x - 80.0).abs()));
-    let (Some(full), Some(interior)) = (full, interior) else {
+    let (Some(full), Some(interior)) = (line.at(100.0), line.interior_near_80()) else {
         return not_tested(q, "needs an interior introduction point and the 100 % point on one line".to_string());
     };
     let primary = vision_primary(&line, interior, full);
@@ -666,13 +656,7 @@ fn scratch(analysis: &Analysis) -> Draft {
     let Some(zero) = line.at(0.0) else {
         return not_tested(q, "no scratch (0 %) point".to_string());
     };
-    let Some(interior) = line
-        .series
-        .points
-        .iter()
-        .filter(|p| p.x > 0.0 && p.x < 100.0)
-        .min_by(|a, b| (a.x - 80.0).abs().total_cmp(&(b.x - 80.0).abs()))
-    else {
+    let Some(interior) = line.interior_near_80() else {
         return not_tested(q, "no interior introduction point besides scratch".to_string());
     };
     let primary = vision_primary(&line, interior, zero);
@@ -729,16 +713,8 @@ fn epochs(analysis: &Analysis) -> Draft {
 /// deviation's 95 % upper end is within the paper's spread.
 fn seeds(analysis: &Analysis) -> Draft {
     let q = "6. Seed-to-seed spread is small (<= 0.63 VQAv2 points), so single-seed grids are informative (primary: paired differences between seeds of one configuration, on the vision measure).";
-    let mut groups: Vec<(String, Vec<&ResultRow>)> = Vec::new();
-    for row in analysis.rows.iter().filter(|r| r.introduction.is_some()) {
-        let key = replicate_key(row);
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, members)) => members.push(row),
-            None => groups.push((key, vec![row])),
-        }
-    }
     let mut pairs = Vec::new();
-    for (_, members) in groups.iter().filter(|(_, m)| m.len() > 1) {
+    for members in replicate_groups(analysis.rows, |_| true).iter().filter(|m| m.len() > 1) {
         for (i, a) in members.iter().enumerate() {
             for b in &members[i + 1..] {
                 let items = |r: &ResultRow| analysis.vision.items(r, analysis.vision_tasks).map(|(i, _)| i);

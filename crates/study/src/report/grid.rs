@@ -134,16 +134,22 @@ fn seed_noise_of(
     include: impl Fn(&ResultRow) -> bool,
     value: impl Fn(&ResultRow) -> Option<f64>,
 ) -> Option<SeedNoise> {
-    let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
+    let values: Vec<Vec<f64>> =
+        replicate_groups(rows, include).iter().map(|g| g.iter().filter_map(|r| value(r)).collect()).collect();
+    SeedNoise::pooled(&values)
+}
+
+/// The image-trained rows `include` admits, grouped by configuration (rows that differ only in seed).
+pub fn replicate_groups(rows: &[ResultRow], include: impl Fn(&ResultRow) -> bool) -> Vec<Vec<&ResultRow>> {
+    let mut groups: Vec<(String, Vec<&ResultRow>)> = Vec::new();
     for row in rows.iter().filter(|r| r.introduction.is_some() && include(r)) {
-        let Some(v) = value(row) else { continue };
         let key = replicate_key(row);
         match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, values)) => values.push(v),
-            None => groups.push((key, vec![v])),
+            Some((_, members)) => members.push(row),
+            None => groups.push((key, vec![row])),
         }
     }
-    SeedNoise::pooled(&groups.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
+    groups.into_iter().map(|(_, members)| members).collect()
 }
 
 /// 95 % interval of a figure point's mean stable score over its seeds: item noise of the runs' mean
