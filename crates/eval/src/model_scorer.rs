@@ -12,16 +12,18 @@ use crate::scorer::{Answer, ImageRef, LogLikelihood, Request, Scorer};
 use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_data::sequence::{VlmRow, VlmSequence};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::vlm_batch::VlmBatch;
 use vlmix_engine::checkpoint::resolve_checkpoint;
+use vlmix_engine::cpu::target_log_probs;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::safetensors_io::SafetensorsFile;
 use vlmix_engine::{Cpu, Device};
-use vlmix_models::lm::{target_log_prob, Lm, LmInput, PrefixCache};
+use vlmix_models::lm::{Lm, LmInput, PrefixCache};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::ImageEncoder;
 use vlmix_models::vision::feature_cache::FeatureCache;
@@ -372,15 +374,15 @@ impl<D: Device> ModelScorer<D> {
     }
 
     /// Runs `rows` (whole prefixes, each with its image index) into prefix caches; returns them
-    /// with the host logits of each row's last position.
-    fn prefix_caches(&mut self, rows: &[(&VlmRow, usize)]) -> Result<(Vec<PrefixCache<D>>, Vec<f32>)> {
+    /// with the host logits of each row's last position (borrowed on the CPU: no copy).
+    fn prefix_caches(&mut self, rows: &[(&VlmRow, usize)]) -> Result<(Vec<PrefixCache<D>>, Cow<'_, [f32]>)> {
         let batch = self.batch(rows)?;
         let lens: Vec<usize> = rows.iter().map(|(r, _)| r.inputs.len()).collect();
         let last: Vec<usize> = lens.iter().enumerate().map(|(r, &len)| r * batch.seq + len - 1).collect();
         let block = self.layout.n_image_tokens() * self.d_model;
         let projected = shown_images(self.params.device(), &self.projected, &self.no_image, &batch, block)?;
         let (caches, logits) = self.model.prefix_caches(&self.params, &batch, projected, &lens, &last)?;
-        Ok((caches, self.params.device().to_host(logits).into_owned()))
+        Ok((caches, self.params.device().to_host(logits)))
     }
 
     /// Host logits `[positions.len(), vocab]` of `tokens` (`[prefixes.len(), width]`, row `r`
@@ -391,10 +393,10 @@ impl<D: Device> ModelScorer<D> {
         tokens: &[u32],
         width: usize,
         positions: &[usize],
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Cow<'_, [f32]>> {
         let input = LmInput::tokens(prefixes.len(), width, tokens);
         let logits = self.model.lm_mut().logits_continuing(&self.params, &input, prefixes, positions)?;
-        Ok(self.params.device().to_host(logits).into_owned())
+        Ok(self.params.device().to_host(logits))
     }
 
     /// Forward groups over `rows` (indices into `lens`, the rows' lengths) in order of length, so
@@ -455,21 +457,18 @@ impl<D: Device> ModelScorer<D> {
         let lens: Vec<usize> = prefixes.iter().map(|(r, _)| r.inputs.len()).collect();
         for group in self.groups(&lens, &vec![1; lens.len()]) {
             let members: Vec<(&VlmRow, usize)> = group.iter().map(|&p| (&prefixes[p].0, prefixes[p].1)).collect();
+            // Each user's first token, scored by its prefix's last logits.
+            let firsts: Vec<(usize, usize)> =
+                group.iter().enumerate().flat_map(|(k, &p)| users[p].iter().map(move |&i| (i, k))).collect();
+            let picks: Vec<(usize, u32)> =
+                firsts.iter().map(|&(i, k)| (k, rows[i].0.targets[lens[group[k]] - 1])).collect();
             let (caches, last_logits) = self.prefix_caches(&members)?;
-            // (row, its prefix's place in the group) of rows with tokens after their prefix.
-            let mut continuing = Vec::new();
-            for (k, &p) in group.iter().enumerate() {
-                for &i in &users[p] {
-                    add_score(
-                        &mut results[i],
-                        &last_logits[k * vocab..(k + 1) * vocab],
-                        rows[i].0.targets[lens[p] - 1],
-                    );
-                    if rows[i].0.inputs.len() > lens[p] {
-                        continuing.push((i, k));
-                    }
-                }
+            for (&(i, _), &score) in firsts.iter().zip(&target_log_probs(&last_logits, vocab, &picks)) {
+                add_score(&mut results[i], score);
             }
+            // (row, its prefix's place in the group) of rows with tokens after their prefix.
+            let continuing: Vec<(usize, usize)> =
+                firsts.into_iter().filter(|&(i, k)| rows[i].0.inputs.len() > lens[group[k]]).collect();
             let spans: Vec<usize> = continuing.iter().map(|&(i, _)| rows[i].0.inputs.len()).collect();
             let tails: Vec<usize> = continuing.iter().map(|&(i, k)| rows[i].0.inputs.len() - lens[group[k]]).collect();
             for part in self.groups(&spans, &tails) {
@@ -483,11 +482,18 @@ impl<D: Device> ModelScorer<D> {
                     positions.extend((0..tails[c]).map(|j| r * width + j));
                 }
                 let refs: Vec<&PrefixCache<D>> = part.iter().map(|&c| &caches[continuing[c].1]).collect();
+                let owners: Vec<usize> = positions.iter().map(|&at| continuing[part[at / width]].0).collect();
+                let picks: Vec<(usize, u32)> = positions
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &at)| {
+                        let (i, k) = continuing[part[at / width]];
+                        (n, rows[i].0.targets[lens[group[k]] + at % width])
+                    })
+                    .collect();
                 let logits = self.continuation_logits(&refs, &tokens, width, &positions)?;
-                for (n, &at) in positions.iter().enumerate() {
-                    let (i, k) = continuing[part[at / width]];
-                    let target = rows[i].0.targets[lens[group[k]] + at % width];
-                    add_score(&mut results[i], &logits[n * vocab..(n + 1) * vocab], target);
+                for (&i, &score) in owners.iter().zip(&target_log_probs(&logits, vocab, &picks)) {
+                    add_score(&mut results[i], score);
                 }
             }
         }
@@ -531,7 +537,8 @@ impl<D: Device> ModelScorer<D> {
                 continue;
             }
             let members: Vec<(&VlmRow, usize)> = active.iter().map(|&i| (&rows[i].0, rows[i].1)).collect();
-            let (caches, mut logits) = self.prefix_caches(&members)?;
+            let (caches, logits) = self.prefix_caches(&members)?;
+            let mut logits = logits.into_owned();
             let mut live: Vec<usize> = (0..active.len()).collect();
             loop {
                 for (n, &k) in live.iter().enumerate() {
@@ -549,7 +556,7 @@ impl<D: Device> ModelScorer<D> {
                     live.iter().flat_map(|&k| decodes[active[k]].generated.iter().copied()).collect();
                 let positions: Vec<usize> = (1..=live.len()).map(|r| r * width - 1).collect();
                 let refs: Vec<&PrefixCache<D>> = live.iter().map(|&k| &caches[k]).collect();
-                logits = self.continuation_logits(&refs, &tokens, width, &positions)?;
+                logits = self.continuation_logits(&refs, &tokens, width, &positions)?.into_owned();
             }
         }
         Ok(decodes.into_iter().map(|d| d.text).collect())
@@ -592,9 +599,8 @@ fn shown_images<'a, D: Device>(
 /// What a row scores before any token is added.
 const NOTHING_SCORED: LogLikelihood = LogLikelihood { sum_logprob: 0.0, n_tokens: 0, is_greedy: true };
 
-/// Adds one scored token (`target` under `logits`) to `ll`.
-fn add_score(ll: &mut LogLikelihood, logits: &[f32], target: u32) {
-    let (logprob, greedy) = target_log_prob(logits, target);
+/// Adds one scored token (its log-probability, and whether it was the argmax) to `ll`.
+fn add_score(ll: &mut LogLikelihood, (logprob, greedy): (f64, bool)) {
     ll.sum_logprob += logprob;
     ll.n_tokens += 1;
     ll.is_greedy &= greedy;

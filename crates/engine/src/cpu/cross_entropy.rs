@@ -1,6 +1,7 @@
 //! Masked softmax cross-entropy with z-loss, fused with its gradient: one pass finds the row
 //! maximum, one computes the exponentials (in place when the gradient is wanted) and one scales
-//! them into `dlogits`, so no `[rows, vocab]` buffer is allocated.
+//! them into `dlogits`, so no `[rows, vocab]` buffer is allocated. [`target_log_probs`] is the
+//! same log-softmax read at one index per row, for scorers holding logits on the host.
 
 use rayon::prelude::*;
 
@@ -48,6 +49,33 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// `log p(target)` under one row of logits and whether `target` is the row's first maximum
+    /// (as torch.argmax picks it).
+    fn target_log_prob(row: &[f32], target: u32) -> (f64, bool) {
+        let target = target as usize;
+        let row_max = max(row);
+        let lse = row_max as f64 + (exp_shifted_sum(row, row_max) as f64).ln();
+        let greedy = row[target] == row_max && row[..target].iter().all(|&x| x < row_max);
+        (row[target] as f64 - lse, greedy)
+    }
+}
+
+/// `(log p(target), target is the argmax)` for each `(row, target)` of `picks`, rows of `logits`
+/// (`[rows, vocab]`, host memory) read in parallel: how an evaluator scores continuations. A row
+/// may be picked more than once (one prompt's last logits score the first token of each answer).
+pub fn target_log_probs(logits: &[f32], vocab: usize, picks: &[(usize, u32)]) -> Vec<(f64, bool)> {
+    assert!(vocab > 0 && logits.len() % vocab == 0, "target_log_probs: logits are not [rows, vocab]");
+    let rows = logits.len() / vocab;
+    let outside = picks.iter().find(|&&(row, target)| row >= rows || target as usize >= vocab);
+    assert!(outside.is_none(), "target_log_probs: pick {outside:?} outside [{rows}, {vocab}]");
+    picks
+        .par_iter()
+        .with_min_len(rows_per_task(picks.len(), vocab))
+        .map(|&(row, target)| target_log_prob(&logits[row * vocab..][..vocab], target))
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
     logits: &mut [f32],
@@ -84,4 +112,33 @@ pub fn cross_entropy(
         loss += z * mean_lse * mean_lse;
     }
     LossStats { loss, nll_sum, mask_sum }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log-softmax at the target in f64, and the first maximum's index.
+    fn reference(row: &[f32], target: usize) -> (f64, usize) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let first_max = row.iter().position(|&x| x as f64 == max).unwrap();
+        (row[target] as f64 - lse, first_max)
+    }
+
+    #[test]
+    fn target_log_probs_match_an_f64_log_softmax_and_torch_argmax() {
+        let vocab = 1003; // not a multiple of the SIMD lanes
+        let mut logits: Vec<f32> = (0..4 * vocab).map(|i| ((i * 7919 % 1000) as f32 / 50.0) - 10.0).collect();
+        logits[2 * vocab + 5] = 40.0; // row 2: a tie for the maximum at 5 and 9
+        logits[2 * vocab + 9] = 40.0;
+        let picks = [(0, 0), (1, 17), (2, 5), (2, 9), (3, 1002), (0, 640)];
+        let got = target_log_probs(&logits, vocab, &picks);
+        for (&(row, target), &(logprob, greedy)) in picks.iter().zip(&got) {
+            let (want, first_max) = reference(&logits[row * vocab..][..vocab], target as usize);
+            assert!((logprob - want).abs() < 1e-5, "row {row} target {target}: {logprob} vs {want}");
+            assert_eq!(greedy, first_max == target as usize, "row {row} target {target}");
+        }
+        assert_eq!(got.iter().filter(|&&(_, greedy)| greedy).count(), 1, "only the first of a tie is the argmax");
+    }
 }

@@ -18,6 +18,8 @@ mod par;
 mod rope;
 pub mod simd;
 
+pub use cross_entropy::target_log_probs;
+
 use std::borrow::Cow;
 use std::ops::Range;
 

@@ -3,13 +3,14 @@
 //! `reference/bench_train.py` and `reference/bench_score.py` are the PyTorch twins; each pair prints
 //! the same JSON fields so `scripts/bench.sh` can compare them.
 
-use super::{target_log_prob, Lm, LmConfig, LmInput, PrefixCache};
+use super::{Lm, LmConfig, LmInput, PrefixCache};
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::time::Instant;
 use vlmix_engine::adamw::{AdamW, AdamWConfig};
+use vlmix_engine::cpu::target_log_probs;
 use vlmix_engine::grad_clip::clip_grad_norm;
 use vlmix_engine::nonfinite::ensure_finite;
 use vlmix_engine::params::ParamStore;
@@ -258,12 +259,14 @@ fn score_full<D: Device>(
             positions.extend((0..o.choice_len).map(|j| r * seq + o.prefix - 1 + j));
         }
         let input = LmInput::tokens(pass.len(), seq, &tokens);
-        let logits = params.device().to_host(lm.logits_at(params, &input, &positions)?).into_owned();
-        for (r, &(i, k)) in pass.iter().enumerate() {
-            let answer = data.answer(i, k);
-            let at = |j: usize| &logits[(r * o.choice_len + j) * vocab..][..vocab];
-            scores.push((0..o.choice_len).map(|j| target_log_prob(at(j), answer[j]).0).sum());
-        }
+        let picks: Vec<(usize, u32)> = pass
+            .iter()
+            .enumerate()
+            .flat_map(|(r, &(i, k))| (0..o.choice_len).map(move |j| (r * o.choice_len + j, data.answer(i, k)[j])))
+            .collect();
+        let logits = params.device().to_host(lm.logits_at(params, &input, &positions)?);
+        let scored = target_log_probs(&logits, vocab, &picks);
+        scores.extend(scored.chunks(o.choice_len).map(|answer| answer.iter().map(|s| s.0).sum::<f64>()));
         work.positions += pass.len() * seq;
         work.passes += 1;
         work.flops += pass.len() as f64 * forward_flops(lm.config(), 0, seq, o.choice_len);
@@ -289,12 +292,13 @@ fn score_cached<D: Device>(
         let last: Vec<usize> = (0..group.len()).map(|r| r * o.prefix + o.prefix - 1).collect();
         let input = LmInput::tokens(group.len(), o.prefix, &tokens);
         let (caches, logits) = lm.prefix_caches(params, &input, &vec![o.prefix; group.len()], &last)?;
-        let logits = params.device().to_host(logits).into_owned();
+        let picks: Vec<(usize, u32)> = group
+            .iter()
+            .enumerate()
+            .flat_map(|(r, &i)| (0..o.choices).map(move |k| (r, data.answer(i, k)[0])))
+            .collect();
         let first = scores.len();
-        for (r, &i) in group.iter().enumerate() {
-            let at = &logits[r * vocab..][..vocab];
-            scores.extend((0..o.choices).map(|k| target_log_prob(at, data.answer(i, k)[0]).0));
-        }
+        scores.extend(target_log_probs(&params.device().to_host(logits), vocab, &picks).iter().map(|s| s.0));
         work.positions += group.len() * o.prefix;
         work.passes += 1;
         work.flops += group.len() as f64 * forward_flops(lm.config(), 0, o.prefix, 1);
@@ -307,13 +311,15 @@ fn score_cached<D: Device>(
             let positions: Vec<usize> = (0..pass.len() * width).collect();
             let prefixes: Vec<&PrefixCache<D>> = pass.iter().map(|&(r, _)| &caches[r]).collect();
             let input = LmInput::tokens(pass.len(), width, &tokens);
-            let logits =
-                params.device().to_host(lm.logits_continuing(params, &input, &prefixes, &positions)?).into_owned();
-            for (n, &(r, k)) in pass.iter().enumerate() {
-                let answer = data.answer(group[r], k);
-                let at = |j: usize| &logits[(n * width + j) * vocab..][..vocab];
-                scores[first + r * o.choices + k] +=
-                    (0..width).map(|j| target_log_prob(at(j), answer[j + 1]).0).sum::<f64>();
+            let picks: Vec<(usize, u32)> = pass
+                .iter()
+                .enumerate()
+                .flat_map(|(n, &(r, k))| (0..width).map(move |j| (n * width + j, data.answer(group[r], k)[j + 1])))
+                .collect();
+            let logits = params.device().to_host(lm.logits_continuing(params, &input, &prefixes, &positions)?);
+            let scored = target_log_probs(&logits, vocab, &picks);
+            for (&(r, k), answer) in pass.iter().zip(scored.chunks(width)) {
+                scores[first + r * o.choices + k] += answer.iter().map(|s| s.0).sum::<f64>();
             }
             work.positions += pass.len() * width;
             work.passes += 1;

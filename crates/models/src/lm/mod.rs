@@ -12,5 +12,5 @@ mod workspace;
 
 pub use config::{LmConfig, NormKind, ParamCount, WeightDecayRule, ZLossRule};
 pub use input::{InjectedEmbeddings, LmInput};
-pub use model::{target_log_prob, Lm, PrefixCache};
+pub use model::{Lm, PrefixCache};
 pub use workspace::activation_lens;

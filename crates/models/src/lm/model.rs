@@ -535,19 +535,3 @@ impl<D: Device> Lm<D> {
         &self.dev
     }
 }
-
-/// `log p(target)` under one row of logits (a log-softmax at one index), and whether `target` is
-/// the argmax (the first maximum, as torch.argmax): how scorers and benchmarks read scored logits.
-pub fn target_log_prob(logits: &[f32], target: u32) -> (f64, bool) {
-    let (mut best, mut best_at) = (f32::NEG_INFINITY, 0);
-    for (i, &x) in logits.iter().enumerate() {
-        if x > best {
-            best = x;
-            best_at = i;
-        }
-    }
-    // f32 exponentials (each in (0, 1]) summed in f64: the f64 exponential cost a tenth of an eval.
-    let sum: f64 = logits.iter().map(|&x| f64::from((x - best).exp())).sum();
-    let lse = best as f64 + sum.ln();
-    (logits[target as usize] as f64 - lse, best_at == target as usize)
-}
