@@ -54,6 +54,9 @@ pub struct MixConfig {
     pub instruction_share: f64,
     /// At most this many image examples per row (1: the paper's single image per sequence).
     pub images_per_row: usize,
+    /// Fill an image row's padding with the text stream, as far as the fraction rule wants text.
+    #[serde(default)]
+    pub fill_image_rows: bool,
     pub seed: u64,
     /// Log the achieved fraction every this many steps (0: never).
     pub log_every: u64,
@@ -233,16 +236,18 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         if f == 0.0 {
             return Ok(self.take_text());
         }
-        let (sequence, after) = self.image_row()?;
+        let deficit = self.cursor.image_tokens as f64 - f * self.cursor.total_tokens as f64;
+        let (sequence, after, text_after) = self.image_row(deficit)?;
         let n_img = sequence.n_image_tokens as f64;
         let image_total = (sequence.n_image_tokens + sequence.n_text_tokens) as f64;
-        let deficit = self.cursor.image_tokens as f64 - f * self.cursor.total_tokens as f64;
         let after_image = deficit + n_img - f * image_total;
         let after_text = deficit - f * self.config.seq_len as f64;
         if after_text.abs() < after_image.abs() {
             return Ok(self.take_text());
         }
+        self.text.cursor = text_after;
         let c = &mut self.cursor;
+        c.text = text_after;
         c.image_tokens += sequence.n_image_tokens as u64;
         c.total_tokens += (sequence.n_image_tokens + sequence.n_text_tokens) as u64;
         let examples = sequence.examples.len() as u64;
@@ -256,9 +261,11 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
         Ok(sequence)
     }
 
-    /// The image row the sampler would take next and where its set's cursor would then stand: its
-    /// kind by the instruction-share rule, then examples of that kind while they fit.
-    fn image_row(&mut self) -> Result<(Sequence, ExampleCursor)> {
+    /// The image row the sampler would take next at image-token deficit `deficit`, and where its
+    /// set's cursor and the text stream would then stand: its kind by the instruction-share rule,
+    /// examples of that kind while they fit, then (with `fill_image_rows`) as much of the text
+    /// stream as brings the deficit closest to zero.
+    fn image_row(&mut self, deficit: f64) -> Result<(Sequence, ExampleCursor, TextCursor)> {
         let image_examples = self.cursor.caption_examples + self.cursor.instruct_examples;
         let want_instruct =
             (self.cursor.instruct_examples as f64 + 0.5) < self.config.instruction_share * (image_examples + 1) as f64;
@@ -283,8 +290,20 @@ impl<D: TokenDocuments, C: ImageTexts, I: ImageTexts> MixingSampler<D, C, I> {
             examples.push(index);
             cursor = advance(cursor, len);
         }
+        let mut text_after = self.cursor.text;
+        if self.config.fill_image_rows {
+            let f = self.config.image_token_fraction;
+            let (n_img, total) = (row.image_tokens() as f64, (row.image_tokens() + row.text_tokens()) as f64);
+            let wanted = ((deficit + n_img - f * total) / f).round().max(0.0) as usize;
+            let n = wanted.min(row.room());
+            if n > 0 {
+                let (tokens, after) = self.text.peek(self.cursor.text, n, n == row.room());
+                row.fill(&tokens);
+                text_after = after;
+            }
+        }
         let (n_image_tokens, n_text_tokens) = (row.image_tokens(), row.text_tokens());
-        Ok((Sequence { kind, examples, row: row.finish(), n_image_tokens, n_text_tokens }, cursor))
+        Ok((Sequence { kind, examples, row: row.finish(), n_image_tokens, n_text_tokens }, cursor, text_after))
     }
 
     fn take_text(&mut self) -> Sequence {
@@ -339,6 +358,7 @@ mod tests {
             seed: 42,
             log_every: 0,
             images_per_row: 1,
+            fill_image_rows: false,
             text_start: None,
         }
     }
@@ -427,8 +447,52 @@ mod tests {
     }
 
     #[test]
+    fn filled_image_rows_read_the_text_stream_on_hold_the_mix_and_pad_least() {
+        for fraction in [0.1, 0.4, 0.55] {
+            let run = |fill: bool| {
+                let cfg = MixConfig { images_per_row: 4, fill_image_rows: fill, ..config(fraction, 0.25) };
+                let mut s = sampler(cfg, MixCursor::default());
+                let (mut text, mut pads) = (Vec::new(), 0);
+                for _ in 0..300 {
+                    for q in s.next_batch(8).unwrap() {
+                        let inputs = &q.row.inputs[..q.n_image_tokens + q.n_text_tokens];
+                        pads += 256 - inputs.len();
+                        let text_from = match q.row.images.last() {
+                            // Captions hold no EOS (token 0): the fill starts after the last one's.
+                            Some(&last) => last + 64 + inputs[last + 64..].iter().position(|&t| t == 0).unwrap() + 1,
+                            None => 0,
+                        };
+                        text.extend_from_slice(&inputs[text_from..]);
+                    }
+                }
+                let stats = s.stats();
+                assert!((stats.window_image_fraction - fraction).abs() < 0.005, "{fraction} {fill}: {stats:?}");
+                assert!((stats.achieved_instruction_share - 0.25).abs() < 0.02, "{fraction} {fill}: {stats:?}");
+                (text, pads)
+            };
+            let (text, pads) = run(true);
+            let mut reference = TextPacker::new(docs(), 256, SPECIAL.eos, 42, TextCursor::default()).unwrap();
+            assert_eq!(
+                text,
+                reference.peek(TextCursor::default(), text.len(), false).0,
+                "{fraction}: one stream, in order"
+            );
+            let (_, unfilled_pads) = run(false);
+            if fraction < 0.5 {
+                assert!(pads * 3 < unfilled_pads, "{fraction}: {pads} pads filled vs {unfilled_pads}");
+            }
+        }
+    }
+
+    #[test]
     fn same_seed_same_batches_and_resume_from_saved_cursor_is_exact() {
-        let cfg = config(0.2, 0.1);
+        for fill_image_rows in [false, true] {
+            same_batches_and_exact_resume(MixConfig { fill_image_rows, images_per_row: 2, ..config(0.2, 0.1) });
+        }
+        same_batches_and_exact_resume(config(0.2, 0.1));
+    }
+
+    fn same_batches_and_exact_resume(cfg: MixConfig) {
         let mut straight = sampler(cfg, MixCursor::default());
         let mut first: Vec<Vec<Sequence>> = (0..37).map(|_| straight.next_batch(4).unwrap()).collect();
         let saved = serde_json::to_string(straight.cursor()).unwrap();

@@ -155,11 +155,21 @@ impl<D: TokenDocuments> TextPacker<D> {
         cursor
     }
 
+    /// `n` stream tokens from `cursor`, and with `with_next` the token after them (a last target that
+    /// is also the next input); returns them and the cursor after the `n`. The packer's own cursor
+    /// stays where it is.
+    pub fn peek(&mut self, cursor: TextCursor, n: usize, with_next: bool) -> (Vec<u32>, TextCursor) {
+        let mut tokens = Vec::with_capacity(n + 1);
+        let after = self.read(cursor, n, &mut tokens);
+        if with_next {
+            self.read(after, 1, &mut tokens);
+        }
+        (tokens, after)
+    }
+
     /// The next text sequence; the stream advances by `seq_len` (its last target is the next input).
     pub fn next_sequence(&mut self) -> Sequence {
-        let mut window = Vec::with_capacity(self.seq_len + 1);
-        let after_inputs = self.read(self.cursor, self.seq_len, &mut window);
-        self.read(after_inputs, 1, &mut window);
+        let (window, after_inputs) = self.peek(self.cursor, self.seq_len, true);
         self.cursor = after_inputs;
         Sequence {
             kind: SequenceKind::Text,

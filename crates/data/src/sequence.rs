@@ -169,9 +169,23 @@ impl ImageRow {
         self.images.len() * self.layout.n_image_tokens
     }
 
-    /// Text tokens in the row (EOS included, pads not).
+    /// Text tokens in the row's inputs (EOS included, pads not).
     pub fn text_tokens(&self) -> usize {
-        self.stream.len() - self.image_tokens()
+        self.stream.len().min(self.layout.seq_len) - self.image_tokens()
+    }
+
+    /// Input positions left after the row's examples.
+    pub fn room(&self) -> usize {
+        self.layout.seq_len.saturating_sub(self.stream.len())
+    }
+
+    /// Appends text-stream tokens after the row's examples, every one trained as in packed text (the
+    /// EOS before them predicts the first); at most [`room`](Self::room) of them plus one that is
+    /// only the last position's target.
+    pub fn fill(&mut self, tokens: &[u32]) {
+        assert!(self.stream.len() + tokens.len() <= self.layout.seq_len + 1, "text fill past the row's end");
+        self.stream.extend_from_slice(tokens);
+        self.trained.resize(self.stream.len(), true);
     }
 
     /// The row, padded to `seq_len`.
@@ -231,6 +245,27 @@ mod tests {
         assert_eq!(row.inputs, [2, 2, 50, 51, 0, 2, 2, 60, 0, 1, 1, 1]);
         assert_eq!(row.loss_mask, [false, true, true, true, false, false, true, true, false, false, false, false]);
         assert_eq!(row.images, [0, 5]);
+    }
+
+    #[test]
+    fn text_fill_trains_every_token_after_the_examples_eos() {
+        let layout = VlmSequence::new(8, 2, SPECIAL).unwrap();
+        let mut row = layout.row();
+        assert!(row.push(&ImageText::caption(vec![50])));
+        assert_eq!(row.room(), 4);
+        row.fill(&[80, 81, 82, 83, 84]); // four inputs and the last position's target
+        assert_eq!((row.image_tokens(), row.text_tokens(), row.room()), (2, 6, 0));
+        let row = row.finish();
+        assert_eq!(row.inputs, [2, 2, 50, 0, 80, 81, 82, 83]);
+        assert_eq!(row.targets, [2, 50, 0, 80, 81, 82, 83, 84]);
+        assert_eq!(row.loss_mask, [false, true, true, true, true, true, true, true]);
+
+        let mut partial = layout.row();
+        assert!(partial.push(&ImageText::caption(vec![50])));
+        partial.fill(&[80, 81]);
+        let partial = partial.finish();
+        assert_eq!(partial.inputs, [2, 2, 50, 0, 80, 81, 1, 1]);
+        assert_eq!(partial.loss_mask, [false, true, true, true, true, false, false, false]);
     }
 
     #[test]

@@ -169,6 +169,7 @@ fn prepare_small_real_subset_end_to_end_and_mix_it() {
         log_every: 10,
         text_start: None,
         images_per_row: 1,
+        fill_image_rows: false,
     };
     let mut sampler =
         MixingSampler::new(config, tokenizer.special, shard, captions, Vec::<ImageText>::new(), MixCursor::default())

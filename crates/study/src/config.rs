@@ -121,6 +121,10 @@ pub struct CooldownConfig {
     /// padded to `seq_len`); more packs [image, caption] examples back to back, as text is packed.
     #[serde(default = "one_image")]
     pub images_per_row: usize,
+    /// Fill what an image row leaves as padding with the text stream, as far as the image-token
+    /// fraction wants text (the paper pads each image sequence): every position then trains.
+    #[serde(default)]
+    pub fill_image_rows: bool,
 }
 
 /// Whether a branch carries on with what its checkpoint saved or starts anew.
@@ -310,6 +314,11 @@ impl StudyConfig {
                 "up to {} image-caption examples per cooldown row (the paper: one image per sequence)",
                 self.cooldown.images_per_row
             ));
+        }
+        if self.cooldown.fill_image_rows {
+            out.push(
+                "cooldown image rows filled with the text stream after their examples (the paper pads them)".into(),
+            );
         }
         out.push(
             "the instruction share counts examples within the image part of the cooldown mix, not tokens".to_string(),

@@ -328,6 +328,7 @@ impl<'a, D: Device> StudyRunner<'a, D> {
             image_token_fraction: point.image_token_fraction,
             instruction_share: point.instruction_share,
             images_per_row: c.images_per_row,
+            fill_image_rows: c.fill_image_rows,
             encoder: encoder_spec(config),
             train_lm: c.train_lm,
             seed,

@@ -296,6 +296,7 @@ mod tests {
             log_every: 0,
             text_start: None,
             images_per_row: 1,
+            fill_image_rows: false,
         }
     }
 

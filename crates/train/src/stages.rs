@@ -141,6 +141,9 @@ pub struct CooldownSpec {
     /// Image examples per row, at most (1: the paper's one image per sequence).
     #[serde(default = "one")]
     pub images_per_row: usize,
+    /// Fill image rows' padding with the text stream (see [`MixConfig::fill_image_rows`]).
+    #[serde(default)]
+    pub fill_image_rows: bool,
     /// The encoder whose cached features the corpus holds; a trainable tail of it (SigLIP's last
     /// blocks, the patch projection) is created here and trained with the VLM.
     pub encoder: EncoderSpec,
@@ -194,6 +197,7 @@ fn mix_config(spec: &CooldownSpec, corpus: &ImageCorpus) -> Result<MixConfig> {
         log_every: 100,
         text_start,
         images_per_row: spec.images_per_row,
+        fill_image_rows: spec.fill_image_rows,
     })
 }
 

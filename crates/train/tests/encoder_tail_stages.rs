@@ -78,6 +78,7 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         image_token_fraction: 0.5,
         instruction_share: 0.0,
         images_per_row: 1,
+        fill_image_rows: false,
         encoder: spec.clone(),
         train_lm: true,
         seed: 1,
