@@ -277,8 +277,10 @@ pub fn evaluate_with_progress(
             done += 1;
             on_item(done, total);
         };
+        let started = std::time::Instant::now();
         let result =
             score_task(scorer, task, options, &mut tick).with_context(|| format!("evaluating task {:?}", task.name))?;
+        tracing::info!(task = task.name, seconds = started.elapsed().as_secs_f64(), "task scored");
         results.push(result);
     }
     Ok(EvalReport::new(results, validation))
