@@ -56,7 +56,8 @@ pub struct EvalOptions {
     pub max_new_tokens: usize,
     pub yes_no: YesNoMode,
     pub limit: ItemLimit,
-    /// Score every vision-language item a second time with [`ImageRef::blank`] in place of its image.
+    /// Score every vision-language item twice more: with [`ImageRef::blank`] in place of its image,
+    /// and with no image at all (the [`Control`]s).
     pub blind_control: bool,
 }
 
@@ -73,15 +74,31 @@ impl Default for EvalOptions {
 }
 
 impl EvalOptions {
-    /// Items to score for `task`, blind-control passes included (for progress bars).
+    /// Items to score for `task`, control passes included (for progress bars).
     pub fn work(&self, task: &Task) -> usize {
         let items = task.len().min(self.limit.of(task.modality()));
         if self.blind_control && task.modality() == Modality::Vision {
-            2 * items
+            (1 + Control::ALL.len()) * items
         } else {
             items
         }
     }
+}
+
+/// A control pass of a vision-language task: the same model and items without the item's image.
+/// The blank image is the classic blind control but is itself an input (a mid-grey picture answers
+/// "gray"); no image at all carries no answer, so a gain over both is the image's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// [`ImageRef::blank`] in place of the item's image.
+    Blank,
+    /// The prompt alone, no image slots.
+    NoImage,
+}
+
+impl Control {
+    pub const ALL: [Control; 2] = [Control::Blank, Control::NoImage];
 }
 
 /// What the model answered on one item and the credit it got (0..=1).
@@ -102,9 +119,9 @@ pub struct ItemOutcome {
 pub struct Sample {
     pub task: String,
     pub id: String,
-    /// Scored with [`ImageRef::blank`] in place of the item's image (the blind control).
-    #[serde(default)]
-    pub blind: bool,
+    /// Scored in a control pass instead of with the item's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<Control>,
     /// The key of the item's own image (vision-language items).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -129,11 +146,11 @@ pub struct Sample {
     pub score: f64,
 }
 
-/// The blind control of one vision-language task: the same model with [`ImageRef::blank`].
+/// One control pass of a vision-language task ([`Control`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlindControl {
     pub accuracy: f64,
-    /// `accuracy - blind accuracy`, paired over the same items.
+    /// `accuracy - control accuracy`, paired over the same items.
     pub vision_gain: f64,
     /// 95 % paired-bootstrap interval of the gain (see [`crate::stats`]).
     pub gain_ci: Interval,
@@ -172,11 +189,14 @@ pub struct TaskResult {
     /// POPE metrics over the yes/no items, when there are any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub yes_no: Option<YesNoMetrics>,
-    /// Vision-language tasks scored with the blind control.
+    /// Vision-language tasks: the blank-image control ([`Control::Blank`]).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub blind: Option<BlindControl>,
+    /// Vision-language tasks: the control without an image ([`Control::NoImage`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub no_image: Option<BlindControl>,
     pub items: Vec<ItemOutcome>,
-    /// Every scored item in full (blind passes included), for `samples.jsonl`; not in the JSON report.
+    /// Every scored item in full (control passes included), for `samples.jsonl`; not in the JSON report.
     #[serde(skip)]
     pub samples: Vec<Sample>,
 }
@@ -333,7 +353,7 @@ struct Ranked<'a> {
 }
 
 impl Tally {
-    fn add_choice(&mut self, task: &str, blind: bool, item: Ranked) -> Result<()> {
+    fn add_choice(&mut self, task: &str, control: Option<Control>, item: Ranked) -> Result<()> {
         let p = predict_choice(item.choices, item.lls).with_context(|| format!("item {:?}", item.id))?;
         self.choice_items += 1;
         self.acc_hits += usize::from(p.raw == item.gold);
@@ -347,7 +367,7 @@ impl Tally {
             Sample {
                 task: task.to_string(),
                 id: item.id.to_string(),
-                blind,
+                control,
                 image: item.image.map(str::to_string),
                 prompt: item.prompt.to_string(),
                 contexts: item.contexts.cloned(),
@@ -379,7 +399,8 @@ impl Tally {
         mean(&self.outcomes.iter().map(|o| o.score).collect::<Vec<_>>())
     }
 
-    fn finish(self, task: &Task, metric: &str, majority: f64, blind: Option<Tally>) -> Result<TaskResult> {
+    /// The task's result; `controls` are the control passes' tallies, in [`Control::ALL`]'s order.
+    fn finish(self, task: &Task, metric: &str, majority: f64, controls: Vec<Tally>) -> Result<TaskResult> {
         let n = self.outcomes.len();
         let accuracy = self.accuracy();
         let chance = if n == 0 { 0.0 } else { self.chance_sum / n as f64 };
@@ -387,22 +408,22 @@ impl Tally {
         let scores: Vec<f64> = self.outcomes.iter().map(|o| o.score).collect();
         let ci = if n == 0 { Interval { lo: 0.0, hi: 0.0 } } else { accuracy_ci(&scores)? };
         let mut samples = self.samples;
-        let blind = match blind {
-            None => None,
-            Some(blind) => {
-                let blind_scores: Vec<f64> = blind.outcomes.iter().map(|o| o.score).collect();
-                let gain_ci = paired_diff_ci(&scores, &blind_scores)?;
-                let blind_accuracy = blind.accuracy();
-                samples.extend(blind.samples);
-                Some(BlindControl {
-                    accuracy: blind_accuracy,
-                    vision_gain: accuracy - blind_accuracy,
-                    sees: gain_ci.lo > 0.0,
-                    gain_ci,
-                    items: blind.outcomes,
-                })
-            }
-        };
+        let mut results = Vec::with_capacity(controls.len());
+        for control in controls {
+            let control_scores: Vec<f64> = control.outcomes.iter().map(|o| o.score).collect();
+            let gain_ci = paired_diff_ci(&scores, &control_scores)?;
+            let control_accuracy = control.accuracy();
+            samples.extend(control.samples);
+            results.push(BlindControl {
+                accuracy: control_accuracy,
+                vision_gain: accuracy - control_accuracy,
+                sees: gain_ci.lo > 0.0,
+                gain_ci,
+                items: control.outcomes,
+            });
+        }
+        let mut results = results.into_iter();
+        let (blind, no_image) = (results.next(), results.next());
         Ok(TaskResult {
             task: task.name.clone(),
             modality: task.modality(),
@@ -418,6 +439,7 @@ impl Tally {
             acc_norm: per_choice(self.acc_norm_hits),
             yes_no: (self.yes_no_items > 0).then(|| self.yes_no.metrics()),
             blind,
+            no_image,
             items: self.outcomes,
             samples,
         })
@@ -496,17 +518,18 @@ fn score_task(
     let limit = options.limit.of(task.modality());
     let majority = majority_baseline(task, limit);
     let mut tally = Tally::default();
-    let mut blind = None;
+    let mut controls = Vec::new();
     match &task.items {
         TaskItems::Vision(items) => {
             let items = &items[..items.len().min(limit)];
             score_vl_items(scorer, &task.name, items, None, options, &mut tally, tick)?;
             if options.blind_control {
-                let mut blind_tally = Tally::default();
-                let blank = ImageRef::blank();
-                score_vl_items(scorer, &task.name, items, Some(&blank), options, &mut blind_tally, tick)
-                    .context("with the blank image")?;
-                blind = Some(blind_tally);
+                for control in Control::ALL {
+                    let mut control_tally = Tally::default();
+                    score_vl_items(scorer, &task.name, items, Some(control), options, &mut control_tally, tick)
+                        .with_context(|| format!("in the {control:?} control"))?;
+                    controls.push(control_tally);
+                }
             }
         }
         TaskItems::Text(items) => {
@@ -516,7 +539,7 @@ fn score_task(
             }
         }
     }
-    tally.finish(task, task_metric(task), majority, blind)
+    tally.finish(task, task_metric(task), majority, controls)
 }
 
 /// Scores text items, all their requests in one call: one per item, or one per choice where the
@@ -563,7 +586,7 @@ fn score_text_items(scorer: &mut dyn Scorer, task: &str, items: &[TextChoiceItem
             metric: item.metric,
             chance: item.chance,
         };
-        tally.add_choice(task, false, ranked)?;
+        tally.add_choice(task, None, ranked)?;
     }
     Ok(())
 }
@@ -580,17 +603,18 @@ fn ranked_forms(item: &VlItem, options: &EvalOptions) -> Option<Vec<String>> {
     }
 }
 
-/// Scores vision-language items with their own images, or all with `image_override` (the blank
-/// image of the blind control), [`ITEMS_PER_CALL`] at a time.
+/// Scores vision-language items with their own images, or in the `control` pass,
+/// [`ITEMS_PER_CALL`] at a time.
 fn score_vl_items(
     scorer: &mut dyn Scorer,
     task: &str,
     items: &[VlItem],
-    image_override: Option<&ImageRef>,
+    control: Option<Control>,
     options: &EvalOptions,
     tally: &mut Tally,
     tick: &mut dyn FnMut(),
 ) -> Result<()> {
+    let blank = ImageRef::blank();
     for chunk in items.chunks(ITEMS_PER_CALL) {
         let prompts: Vec<String> = chunk.iter().map(|item| options.vl_template.render(&item.question)).collect();
         let forms: Vec<Option<Vec<String>>> = chunk.iter().map(|item| ranked_forms(item, options)).collect();
@@ -601,7 +625,11 @@ fn score_vl_items(
             .zip(&prompts)
             .zip(&continuations)
             .map(|((item, prompt), conts)| {
-                let image = Some(image_override.unwrap_or(&item.image));
+                let image = match control {
+                    None => Some(&item.image),
+                    Some(Control::Blank) => Some(&blank),
+                    Some(Control::NoImage) => None,
+                };
                 match conts {
                     Some(continuations) => Request::Rank { image, context: prompt, continuations },
                     None => Request::Generate { image, prompt, max_tokens: options.max_new_tokens },
@@ -613,8 +641,7 @@ fn score_vl_items(
         })?;
         ensure!(answers.len() == chunk.len(), "the scorer answered {} of {} items", answers.len(), chunk.len());
         for (((item, prompt), forms), answer) in chunk.iter().zip(&prompts).zip(&forms).zip(answers) {
-            let blind = image_override.is_some_and(|i| i.is_blank());
-            record_vl_item(task, item, blind, prompt, forms.as_deref(), answer, tally)
+            record_vl_item(task, item, control, prompt, forms.as_deref(), answer, tally)
                 .with_context(|| format!("item {:?}", item.id))?;
             tick();
         }
@@ -626,7 +653,7 @@ fn score_vl_items(
 fn record_vl_item(
     task: &str,
     item: &VlItem,
-    blind: bool,
+    control: Option<Control>,
     prompt: &str,
     forms: Option<&[String]>,
     answer: Answer,
@@ -635,7 +662,7 @@ fn record_vl_item(
     let sample = |gold: String, prediction: String, score: f64, ranked: Option<(Vec<String>, Vec<f64>)>| Sample {
         task: task.to_string(),
         id: item.id.clone(),
-        blind,
+        control,
         image: Some(item.image.key.clone()),
         prompt: prompt.to_string(),
         contexts: None,
@@ -663,7 +690,7 @@ fn record_vl_item(
                 (Answer::Generated(text), None) => (parse_yes_no(&first_line(&text)), None),
                 _ => bail!("the scorer's answer does not match the yes/no question"),
             };
-            if !blind {
+            if control.is_none() {
                 tally.yes_no.add(said_yes, *gold_yes);
                 tally.yes_no_items += 1;
             }
@@ -684,7 +711,7 @@ fn record_vl_item(
                 metric: ChoiceMetric::Acc,
                 chance: item.chance,
             };
-            tally.add_choice(task, blind, ranked)?;
+            tally.add_choice(task, control, ranked)?;
         }
         _ => bail!("the scorer's answer is not of the kind the question asks for"),
     }

@@ -17,7 +17,7 @@ pub mod yes_no;
 pub use bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
 pub use evaluate::{
     evaluate, evaluate_files, evaluate_task, evaluate_with_progress, majority_baseline, read_samples, BlindControl,
-    EvalOptions, EvalReport, ItemLimit, ItemOutcome, Sample, TaskResult, YesNoMode,
+    Control, EvalOptions, EvalReport, ItemLimit, ItemOutcome, Sample, TaskResult, YesNoMode,
 };
 pub use model_scorer::{Decoding, ImageFeatures, ModelScorer, ScoredModel};
 pub use scorer::{Answer, ImageRef, LogLikelihood, Request, Scorer};

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vlmix_eval::{
     bits_per_byte, evaluate, evaluate_files, evaluate_with_progress, load_task_file, load_tasks, load_text_documents,
-    read_samples, EvalOptions, EvalReport, ImageRef, ItemLimit, LogLikelihood, Modality, Scorer, YesNoMode,
+    read_samples, Control, EvalOptions, EvalReport, ImageRef, ItemLimit, LogLikelihood, Modality, Scorer, YesNoMode,
 };
 
 /// Log-likelihoods and generations looked up from tables; -10 for anything unlisted.
@@ -149,6 +149,31 @@ fn vision_tasks_score_open_yes_no_and_choice_items() {
     assert!(blind(pope).items.iter().map(|o| o.image.as_deref()).eq([Some("c.png"), Some("d.png")]));
 }
 
+/// The blank image is itself an input: a model may have learned that mid-grey means "gray". The
+/// control without an image carries no answer, so the gain over the best control is the image's own.
+#[test]
+fn a_blank_image_that_answers_is_caught_by_the_control_without_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    touch_images(dir.path(), &["g.png", "r.png"]);
+    let item = |id: &str, image: &str, gold: &str| {
+        serde_json::json!({"id": id, "task": "colour", "image": image, "question": "Which colour?", "answers": [gold],
+                           "type": "choice", "choices": ["blue", "gray", "red"]})
+    };
+    let file = write(dir.path(), "colour.jsonl", &[item("1", "g.png", "gray"), item("2", "r.png", "red")]);
+    let tasks = load_task_file(&file).unwrap();
+    let blank = ImageRef::blank().key;
+    let mut scorer =
+        FakeScorer::default().ll("g.png", " Gray.", -1.0).ll("r.png", " Red.", -1.0).ll(&blank, " Gray.", -1.0); // the grey picture answers "gray"; no image: -10 for all, the first choice
+    let report = evaluate(&mut scorer, &tasks, None, &EvalOptions::default()).unwrap();
+    let t = &report.tasks[0];
+    let (blind, no_image) = (t.blind.as_ref().unwrap(), t.no_image.as_ref().unwrap());
+    assert_eq!((t.accuracy, blind.accuracy, no_image.accuracy), (1.0, 0.5, 0.0));
+    assert_eq!((blind.vision_gain, no_image.vision_gain), (0.5, 1.0));
+    assert!(scorer.contexts.contains(&"<image>\nQuestion: Which colour?\nAnswer:".to_string()));
+    let best_control = [blind.accuracy, no_image.accuracy, t.majority].into_iter().fold(0.0, f64::max);
+    assert_eq!(t.accuracy - best_control, 0.5, "the gain over the best control");
+}
+
 #[test]
 fn yes_no_by_generation_parses_like_pope() {
     let dir = tempfile::tempdir().unwrap();
@@ -251,18 +276,20 @@ fn samples_jsonl_recomputes_every_accuracy() {
     let path = dir.path().join("samples.jsonl");
     report.write_samples(&path).unwrap();
     let samples = read_samples(&path).unwrap();
-    let mean = |task: &str, blind: bool| {
-        let scores: Vec<f64> = samples.iter().filter(|s| s.task == task && s.blind == blind).map(|s| s.score).collect();
+    let mean = |task: &str, control: Option<Control>| {
+        let scores: Vec<f64> =
+            samples.iter().filter(|s| s.task == task && s.control == control).map(|s| s.score).collect();
         scores.iter().sum::<f64>() / scores.len() as f64
     };
     for t in &report.tasks {
-        assert_eq!(mean(&t.task, false), t.accuracy, "{}", t.task);
-        if let Some(b) = &t.blind {
-            assert_eq!(mean(&t.task, true), b.accuracy, "{} blind", t.task);
+        assert_eq!(mean(&t.task, None), t.accuracy, "{}", t.task);
+        if let (Some(blind), Some(no_image)) = (&t.blind, &t.no_image) {
+            assert_eq!(mean(&t.task, Some(Control::Blank)), blind.accuracy, "{} blind", t.task);
+            assert_eq!(mean(&t.task, Some(Control::NoImage)), no_image.accuracy, "{} without an image", t.task);
         }
     }
-    assert_eq!(samples.len(), 2 * 3 + 2, "vision items twice (image, blank), text once");
-    let s1 = samples.iter().find(|s| s.id == "s1" && !s.blind).unwrap();
+    assert_eq!(samples.len(), 3 * 3 + 2, "vision items three times (image, blank, none), text once");
+    let s1 = samples.iter().find(|s| s.id == "s1" && s.control.is_none()).unwrap();
     assert_eq!((s1.gold.as_str(), s1.prediction.as_str(), s1.acc), ("Star.", "Star.", Some(true)));
     assert_eq!(s1.continuations.as_deref(), Some(&[" Circle.".to_string(), " Star.".to_string()][..]));
     assert_eq!(s1.loglikelihoods.as_deref(), Some(&[-10.0, -1.0][..]));

@@ -97,6 +97,7 @@ fn task(name: &str, modality: Modality, accuracy: f64, chance: f64, salt: u64) -
         blind_accuracy: None,
         vision_gain: None,
         gain_ci: None,
+        no_image_accuracy: None,
         // The blind control is right on every fifth item: the answer prior, the same for every model.
         blind_item_scores: if modality == Modality::Vision {
             (0..ITEMS).map(|i| f64::from(u8::from(i % 5 == 0))).collect()

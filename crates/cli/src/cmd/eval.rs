@@ -264,8 +264,17 @@ fn validation_file(args: &Args, layout: &DataLayout) -> Option<PathBuf> {
 fn print_table(report: &EvalReport, tasks: &[Task]) {
     let width = tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
     println!(
-        "{:<width$}  {:<6}  {:>5}  {:>22}  {:>6}  {:>8}  {:>7}  {:>6}  {:>24}",
-        "task", "kind", "n", "accuracy [95% CI]", "chance", "majority", "stable", "blind", "vision gain [95% CI]"
+        "{:<width$}  {:<6}  {:>5}  {:>22}  {:>6}  {:>8}  {:>7}  {:>6}  {:>24}  {:>8}",
+        "task",
+        "kind",
+        "n",
+        "accuracy [95% CI]",
+        "chance",
+        "majority",
+        "stable",
+        "blind",
+        "vision gain [95% CI]",
+        "no image"
     );
     for t in &report.tasks {
         let kind = match t.modality {
@@ -286,8 +295,9 @@ fn print_table(report: &EvalReport, tasks: &[Task]) {
             ),
             None => ("-".to_string(), "-".to_string()),
         };
+        let no_image = t.no_image.as_ref().map_or("-".to_string(), |c| format!("{:.3}", c.accuracy));
         println!(
-            "{:<width$}  {kind:<6}  {:>5}  {accuracy:>22}  {:>6.3}  {:>8.3}  {:>+7.3}  {blind:>6}  {gain:>24}",
+            "{:<width$}  {kind:<6}  {:>5}  {accuracy:>22}  {:>6.3}  {:>8.3}  {:>+7.3}  {blind:>6}  {gain:>24}  {no_image:>8}",
             t.task, t.n_items, t.chance, t.majority, t.stable_score
         );
     }

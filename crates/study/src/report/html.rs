@@ -271,12 +271,18 @@ fn task_tables(h: &mut String, table: &ResultsTable) {
         ("accuracy: 95 % bootstrap interval over items", |s| Some(interval(s.ci))),
         ("stable score = accuracy - chance", |s| Some(score(Some(s.stable_score)))),
         (
-            "blind control: accuracy with a blank (mid-grey) image, vision gain = accuracy - blind accuracy [95 % paired interval]; \"sees\" when the interval lies above 0; gain over the better control = accuracy - max(blind, majority)",
+            "controls: accuracy with a blank (mid-grey) image (blind) and with no image at all (which carries no answer); vision gain = accuracy - blind accuracy [95 % paired interval], \"sees\" when the interval lies above 0; gain over the best control = accuracy - max(blind, no image, majority)",
             |s| {
                 let (blind, gain, ci) = (s.blind_accuracy?, s.vision_gain?, s.gain_ci?);
                 let sees = if ci.lo > 0.0 { " sees" } else { "" };
-                let over = s.accuracy - s.majority.map_or(blind, |m| m.max(blind));
-                Some(format!("blind {blind:.3}, gain {gain:+.3} [{:+.3}, {:+.3}]{sees}; over max(blind, majority) {over:+.3}", ci.lo, ci.hi))
+                let best = [s.majority, s.no_image_accuracy].into_iter().flatten().fold(blind, f64::max);
+                let no_image = s.no_image_accuracy.map_or(String::new(), |a| format!(", no image {a:.3}"));
+                Some(format!(
+                    "blind {blind:.3}{no_image}, gain {gain:+.3} [{:+.3}, {:+.3}]{sees}; over the best control {:+.3}",
+                    ci.lo,
+                    ci.hi,
+                    s.accuracy - best
+                ))
             },
         ),
     ];

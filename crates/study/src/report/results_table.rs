@@ -34,6 +34,9 @@ pub struct TaskScore {
     pub vision_gain: Option<f64>,
     #[serde(default)]
     pub gain_ci: Option<Interval>,
+    /// Accuracy of the control without an image (vision-language tasks): it carries no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_image_accuracy: Option<f64>,
     /// Per-item credit in item order, for comparisons between models paired by item.
     #[serde(default)]
     pub item_scores: Vec<f64>,
@@ -64,6 +67,7 @@ impl From<&TaskResult> for TaskScore {
             blind_accuracy: t.blind.as_ref().map(|b| b.accuracy),
             vision_gain: t.blind.as_ref().map(|b| b.vision_gain),
             gain_ci: t.blind.as_ref().map(|b| b.gain_ci),
+            no_image_accuracy: t.no_image.as_ref().map(|c| c.accuracy),
             item_scores: t.item_scores(),
             blind_item_scores: t.blind.as_ref().map(|b| b.items.iter().map(|o| o.score).collect()).unwrap_or_default(),
             item_images: t.item_images(),
