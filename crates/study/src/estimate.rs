@@ -36,11 +36,15 @@ const REDUCED_PROBE_SEQ: usize = 512;
 /// cooldowns 1.30 / 1.21 (image features through the projector, image-token blocks), fine-tuning
 /// 1.04 / 0.98, evals 0.78 / 0.62 of the eval position count below, the text baseline 1.03 / 0.91. Since
 /// training projects only loss rows to the vocabulary, cooldowns take 0.78x and fine-tunes 0.67x the
-/// CPU time they did (issue 25, same nodes A/B), so 1.25 -> 0.98 and 1.0 -> 0.67.
-const COOLDOWN_POSITION_COST: f64 = 0.98;
-const FINETUNE_POSITION_COST: f64 = 0.67;
-const EVAL_POSITION_COST: f64 = 0.7;
-const TEXT_EVAL_POSITION_COST: f64 = 1.0;
+/// CPU time they did (issue 25, same nodes A/B), so 1.25 -> 0.98 and 1.0 -> 0.67. Session 8 (Zen 3,
+/// quiet, per node against these): image rows filled with text (`fill_image_rows`) take ~15 % of
+/// the 30 % cooldown's steps away and cooldowns ran 62-67 s (0.98 -> 0.75), fine-tunes of two epochs
+/// 35-50 s (0.6), evals scoring all rows of a pass at once 21 s with two controls (0.7 -> 0.48), the
+/// text baseline 11 s (0.6).
+const COOLDOWN_POSITION_COST: f64 = 0.75;
+const FINETUNE_POSITION_COST: f64 = 0.6;
+const EVAL_POSITION_COST: f64 = 0.48;
+const TEXT_EVAL_POSITION_COST: f64 = 0.6;
 /// An image encoded while building the corpus costs this many of the encoder probe's images
 /// (decode, resize, hashing, real pictures vs the probe's noise: 214 s for 11.4k images on Zen 3,
 /// whose `vlmix bench encode` gives 92.8 images/s).
@@ -351,10 +355,10 @@ mod tests {
         let rates = Rates { positions_per_s: 6633.0, optimizer_s: 0.02, encode_image_s: 1.0 / 92.8 };
         let secs = |work: Work| (work.seconds(&rates) * 10.0).round() / 10.0;
         assert_eq!(secs(Work::Pretrain { positions: 1_499_136, steps: 732 }), 240.7);
-        assert_eq!(secs(Work::Cooldown { positions: 548_864, steps: 268 }), 86.5);
-        assert_eq!(secs(Work::Finetune { positions: 460_800, steps: 225 }), 51.0);
-        assert_eq!(secs(Work::Eval { positions: 300_000 }), 31.7);
-        assert_eq!(secs(Work::TextEval { positions: 120_000 }), 18.1);
+        assert_eq!(secs(Work::Cooldown { positions: 548_864, steps: 268 }), 67.4);
+        assert_eq!(secs(Work::Finetune { positions: 460_800, steps: 225 }), 46.2);
+        assert_eq!(secs(Work::Eval { positions: 300_000 }), 21.7);
+        assert_eq!(secs(Work::TextEval { positions: 120_000 }), 10.9);
         assert_eq!(secs(Work::Corpus { images_to_encode: 12_000 }), 226.3);
         assert_eq!(Work::Corpus { images_to_encode: 12_000 }.positions(), 0);
     }

@@ -326,7 +326,8 @@ fn the_page_states_its_protocol_and_method() {
         "Welch-Satterthwaite",
         "Seed noise behind every contrast: seed standard deviation of the vision gain 0.0300",
         "p raw / Holm",
-        "over max(blind, majority)",
+        "over the best control",
+        "max(blind, no image, majority)",
     ] {
         assert!(page.contains(needle), "the page lacks {needle:?}");
     }
