@@ -195,12 +195,12 @@ fn render_tree(tree: &usvg::Tree, max_side: u32) -> Result<RgbImage> {
     let width = ((size.width() * scale).round() as u32).clamp(1, max_side);
     let height = ((size.height() * scale).round() as u32).clamp(1, max_side);
     let content = tree.root().abs_layer_bounding_box();
-    let reach = [content.left(), content.top(), content.right(), content.bottom()]
-        .into_iter()
-        .map(|v| (v * scale).abs())
-        .fold(0.0f32, f32::max);
-    if !(reach <= MAX_SVG_REACH) {
-        bail!("SVG content reaches {reach} pixels from the canvas (more than {MAX_SVG_REACH}): damaged coordinates");
+    let corners = [content.left(), content.top(), content.right(), content.bottom()].map(|v| (v * scale).abs());
+    if corners.iter().any(|v| v.is_nan() || *v > MAX_SVG_REACH) {
+        bail!(
+            "SVG content reaches {} pixels from the canvas (more than {MAX_SVG_REACH}): damaged coordinates",
+            corners.iter().fold(0.0f32, |a, &v| a.max(v))
+        );
     }
     let mut pixmap = tiny_skia::Pixmap::new(width, height).context("allocating the SVG canvas")?;
     resvg::render(tree, tiny_skia::Transform::from_scale(scale, scale), &mut pixmap.as_mut());

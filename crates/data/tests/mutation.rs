@@ -492,7 +492,7 @@ fn byod_text_corpus_survives_mutation() {
     let mut read = |bytes: &[u8]| {
         std::fs::write(&file, bytes)?;
         round += 1;
-        let on_bad_record = if round % 2 == 0 { OnBadRecord::Skip } else { OnBadRecord::Fail };
+        let on_bad_record = if round.is_multiple_of(2) { OnBadRecord::Skip } else { OnBadRecord::Fail };
         let spec = TextSpec {
             files: vec![file.clone()],
             validation_files: vec![],
