@@ -28,11 +28,30 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat> {
     }
 }
 
-/// Decodes PNG / JPEG / WebP bytes into RGB, compositing any alpha over white.
+/// Widest and tallest image decoded: a header declaring more is refused before any pixel buffer is
+/// allocated (a few damaged bytes can declare four billion pixels).
+pub const MAX_DECODED_SIDE: u32 = 16_384;
+/// Largest decoded pixel buffer (8-bit RGB of about 9,400 x 9,400 pixels), checked the same way.
+pub const MAX_DECODED_BYTES: u64 = 256 << 20;
+
+/// Decodes PNG / JPEG / WebP bytes into RGB, compositing any alpha over white. Sizes over
+/// [`MAX_DECODED_SIDE`] or [`MAX_DECODED_BYTES`] are errors.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     let format = sniff_format(bytes)?;
-    let image =
-        image::load_from_memory_with_format(bytes, format).with_context(|| format!("corrupt {format:?} image"))?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODED_SIDE);
+    limits.max_image_height = Some(MAX_DECODED_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|err| match err {
+        image::ImageError::Limits(_) => anyhow::anyhow!(
+            "{format:?} image declares a size over vlmix's limits ({MAX_DECODED_SIDE} pixels a side, \
+             {} MiB decoded): {err}",
+            MAX_DECODED_BYTES >> 20
+        ),
+        other => anyhow::Error::new(other).context(format!("corrupt {format:?} image")),
+    })?;
     Ok(flatten_on_white(image))
 }
 
@@ -98,8 +117,73 @@ fn scaled_dims(width: u32, height: u32, max_side: u32) -> (u32, u32) {
 /// Text elements render only with fonts, which are not loaded: the sources draw their glyphs as
 /// paths, and loading system fonts would make output depend on the machine.
 pub fn rasterize_svg(svg: &[u8], max_side: u32) -> Result<RgbImage> {
-    let tree = usvg::Tree::from_data(svg, &usvg::Options::default()).context("malformed SVG")?;
-    render_tree(&tree, max_side)
+    let unpacked;
+    let svg = if svg.starts_with(&[0x1f, 0x8b]) {
+        unpacked = usvg::decompress_svgz(svg).context("malformed compressed SVG")?;
+        &unpacked[..]
+    } else {
+        svg
+    };
+    let depth = element_depth(svg);
+    if depth > MAX_SVG_DEPTH {
+        bail!("SVG elements nested deeper than {MAX_SVG_DEPTH} levels (at least {depth})");
+    }
+    // resvg and tiny-skia panic on some extreme coordinates (issue 26): a panic left is an error.
+    std::panic::catch_unwind(|| {
+        let tree = usvg::Tree::from_data(svg, &usvg::Options::default()).context("malformed SVG")?;
+        render_tree(&tree, max_side)
+    })
+    .unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        bail!("the SVG renderer failed on this file: {message}")
+    })
+}
+
+/// Farthest from the canvas, in output pixels, that an SVG's content (strokes and filter regions
+/// included) may reach: tiny-skia indexes out of bounds on coordinates near a billion and then
+/// aborts the process unwinding, which no `catch_unwind` stops; drawings stay near their canvas.
+const MAX_SVG_REACH: f32 = 100_000.0;
+
+/// Deepest element nesting rasterised: usvg converts nested elements recursively, so a file
+/// nesting groups a hundred thousand deep overflowed the stack (drawings nest a few dozen deep).
+const MAX_SVG_DEPTH: usize = 128;
+
+/// How deep the elements of XML text nest, counted without parsing: each `<name` opens an element
+/// (until `/>`), each `</` closes one. Tags inside comments count too, so it never undercounts.
+fn element_depth(xml: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while let Some(offset) = xml[i..].iter().position(|&b| b == b'<') {
+        i += offset + 1;
+        match xml.get(i) {
+            Some(b'/') => depth = depth.saturating_sub(1),
+            Some(b'!' | b'?') | None => {}
+            Some(_) => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                // The tag's end outside quoted attribute values; `/>` closes the element again.
+                let mut quote = None;
+                while let Some(&b) = xml.get(i) {
+                    match (quote, b) {
+                        (Some(q), b) if b == q => quote = None,
+                        (None, b'"' | b'\'') => quote = Some(b),
+                        (None, b'>') => {
+                            if xml[i - 1] == b'/' {
+                                depth -= 1;
+                            }
+                            break;
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+        }
+    }
+    deepest
 }
 
 fn render_tree(tree: &usvg::Tree, max_side: u32) -> Result<RgbImage> {
@@ -110,6 +194,14 @@ fn render_tree(tree: &usvg::Tree, max_side: u32) -> Result<RgbImage> {
     let scale = max_side as f32 / size.width().max(size.height());
     let width = ((size.width() * scale).round() as u32).clamp(1, max_side);
     let height = ((size.height() * scale).round() as u32).clamp(1, max_side);
+    let content = tree.root().abs_layer_bounding_box();
+    let corners = [content.left(), content.top(), content.right(), content.bottom()].map(|v| (v * scale).abs());
+    if corners.iter().any(|v| v.is_nan() || *v > MAX_SVG_REACH) {
+        bail!(
+            "SVG content reaches {} pixels from the canvas (more than {MAX_SVG_REACH}): damaged coordinates",
+            corners.iter().fold(0.0f32, |a, &v| a.max(v))
+        );
+    }
     let mut pixmap = tiny_skia::Pixmap::new(width, height).context("allocating the SVG canvas")?;
     resvg::render(tree, tiny_skia::Transform::from_scale(scale, scale), &mut pixmap.as_mut());
     Ok(premultiplied_on_white(pixmap.data(), width, height))

@@ -1,5 +1,6 @@
 //! Issue 26: the readers of outside data files (WebDataset shards, LLaVA JSON, vision-language and
-//! text eval JSONL, JSONL / .gz / .zst text, the VQAv2 and POPE benchmark layouts, tokenizer.json)
+//! text eval JSONL, JSONL / .gz / .zst text, the VQAv2, GQA, TextVQA and POPE benchmark layouts,
+//! tokenizer.json, token shards, a bring-your-own text corpus and the shard stream with its cursor)
 //! given thousands of seeded damaged inputs end in `Ok` or a clean `Err`: no panic, no allocation
 //! over the cap. Each reader starts from a small valid file built here.
 
@@ -7,9 +8,14 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use vlmix_data::byod::eval_sets::{EvalFormat, EvalSource};
+use vlmix_data::byod::stream::{ShardStream, StreamConfig, StreamCursor};
+use vlmix_data::byod::text::{open_text, TextSpec};
+use vlmix_data::byod::OnBadRecord;
 use vlmix_data::image_io::encode_png;
 use vlmix_data::jsonl::read_lines;
 use vlmix_data::llava::LlavaSet;
+use vlmix_data::packing::TokenDocuments;
+use vlmix_data::text::shard::{write_token_shard, TokenShard, TokenShards};
 use vlmix_data::text_eval::read_choice_items;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::vl_eval::EvalSet;
@@ -20,7 +26,10 @@ use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAllo
 #[global_allocator]
 static ALLOC: CappedAlloc = CappedAlloc { cap: 64 << 20 };
 
-const PER_READER: usize = 1000;
+/// Inputs per reader: 1,000 in the test suite, more under scripts/fuzz.sh.
+fn per_reader() -> usize {
+    vlmix_mutation::per_reader(1000)
+}
 
 fn scratch(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("vlmix-mutation-{tag}")).tempdir_in(scratch_root()).unwrap()
@@ -88,7 +97,7 @@ fn webdataset_shard_survives_mutation() {
     // Tar headers and data blocks start every 512 bytes; the size field is at 124..136 of a header.
     let mut boundaries: Vec<usize> = (0..base.len()).step_by(512).collect();
     boundaries.extend((0..base.len()).step_by(512).map(|b| b + 124));
-    let mut mutants = byte_mutants(&base, &boundaries, 31, 2 * PER_READER);
+    let mut mutants = byte_mutants(&base, &boundaries, 31, 2 * per_reader());
     // Bit flips in a header break its checksum; these keep it valid and lie about the size.
     for header in tar_headers(&base) {
         for size in SIZE_FIELDS {
@@ -187,13 +196,13 @@ fn llava_json_survives_mutation() {
     };
     std::fs::write(&path, serde_json::to_vec(&base).unwrap()).unwrap();
     assert_eq!(read(&path).unwrap().len(), 2, "the base file must read cleanly");
-    check("LLaVA JSON array", &json_mutants(&base, 41, PER_READER), |bytes| {
+    check("LLaVA JSON array", &json_mutants(&base, 41, per_reader()), |bytes| {
         std::fs::write(&path, bytes)?;
         read(&path)
     });
     let lines = base.as_array().unwrap().clone();
     let path = dir.path().join("data.jsonl");
-    check("LLaVA JSON Lines", &jsonl_mutants(&lines, 42, PER_READER), |bytes| {
+    check("LLaVA JSON Lines", &jsonl_mutants(&lines, 42, per_reader()), |bytes| {
         std::fs::write(&path, bytes)?;
         read(&path)
     });
@@ -219,7 +228,7 @@ fn vl_eval_jsonl_survives_mutation() {
     let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     std::fs::write(&path, text.join("\n")).unwrap();
     assert_eq!(read(&path).unwrap(), 3, "the base file must read cleanly");
-    check("vision-language eval JSONL", &jsonl_mutants(&lines, 51, PER_READER), |bytes| {
+    check("vision-language eval JSONL", &jsonl_mutants(&lines, 51, per_reader()), |bytes| {
         std::fs::write(&path, bytes)?;
         read(&path)
     });
@@ -248,7 +257,7 @@ fn text_eval_jsonl_survives_mutation() {
     let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     std::fs::write(&path, text.join("\n")).unwrap();
     assert_eq!(read(&path).unwrap(), 2, "the base file must read cleanly");
-    check("text eval JSONL", &jsonl_mutants(&lines, 61, PER_READER), |bytes| {
+    check("text eval JSONL", &jsonl_mutants(&lines, 61, per_reader()), |bytes| {
         std::fs::write(&path, bytes)?;
         read(&path)
     });
@@ -277,7 +286,7 @@ fn compressed_jsonl_survives_mutation() {
         let path = dir.path().join(name);
         std::fs::write(&path, &base).unwrap();
         assert_eq!(read_lines(&path, "text", parse).unwrap().len(), 40, "{name} must read cleanly");
-        check(&format!("JSONL {name}"), &byte_mutants(&base, &boundaries, 71 + i as u64, PER_READER), |bytes| {
+        check(&format!("JSONL {name}"), &byte_mutants(&base, &boundaries, 71 + i as u64, per_reader()), |bytes| {
             std::fs::write(&path, bytes)?;
             read_lines(&path, "text", parse)
         });
@@ -314,7 +323,7 @@ fn vqav2_files_survive_mutation() {
     let read = || source.read().map(|r| (r.items.len(), r.problems.len()));
     assert_eq!(read().unwrap(), (2, 0), "the base files must read cleanly");
     for (name, base, seed) in [("q.json", &questions, 81), ("a.json", &annotations, 82)] {
-        check(&format!("VQAv2 {name}"), &json_mutants(base, seed, PER_READER), |bytes| {
+        check(&format!("VQAv2 {name}"), &json_mutants(base, seed, per_reader()), |bytes| {
             std::fs::write(dir.path().join(name), bytes)?;
             read()
         });
@@ -336,7 +345,7 @@ fn pope_jsonl_survives_mutation() {
     std::fs::write(&source.questions, text.join("\n")).unwrap();
     let read = || source.read().map(|r| (r.items.len(), r.problems.len()));
     assert_eq!(read().unwrap(), (2, 0), "the base file must read cleanly");
-    check("POPE JSONL", &jsonl_mutants(&lines, 91, PER_READER), |bytes| {
+    check("POPE JSONL", &jsonl_mutants(&lines, 91, per_reader()), |bytes| {
         std::fs::write(&source.questions, bytes)?;
         read()
     });
@@ -357,7 +366,7 @@ fn tokenizer_json_survives_mutation() {
         t.decode(&ids)
     };
     read(&path).expect("the base tokenizer must load");
-    check("tokenizer.json", &json_mutants(&base, 101, PER_READER), |bytes| {
+    check("tokenizer.json", &json_mutants(&base, 101, per_reader()), |bytes| {
         std::fs::write(&path, bytes)?;
         read(&path)
     });
@@ -378,4 +387,223 @@ fn tokenizer_json_cut_in_decoder_is_an_error_naming_the_file() {
         let err = TextTokenizer::load(&path).err().expect("a cut file cannot load");
         assert!(format!("{err:#}").contains("tokenizer.json"), "{err:#}");
     }
+}
+
+#[test]
+fn gqa_questions_survive_mutation() {
+    let dir = scratch("gqa");
+    std::fs::create_dir(dir.path().join("images")).unwrap();
+    for id in ["n1", "n2"] {
+        std::fs::write(dir.path().join(format!("images/{id}.jpg")), png(5)).unwrap();
+    }
+    let questions = json!({
+        "201307251": {"question": "Is it overcast?", "imageId": "n1", "answer": "no", "fullAnswer": "No.",
+                      "types": {"semantic": "global"}, "isBalanced": true, "entailed": ["201307252"]},
+        "201640614": {"question": "Who is wearing the dress?", "imageId": "n2", "answer": "woman"},
+    });
+    let source = eval_source(dir.path(), EvalFormat::Gqa, "testdev_balanced_questions.json", None);
+    std::fs::write(&source.questions, questions.to_string()).unwrap();
+    let read = || source.read().map(|r| (r.items.len(), r.problems.len()));
+    assert_eq!(read().unwrap(), (2, 0), "the base file must read cleanly");
+    check("GQA questions JSON", &json_mutants(&questions, 121, per_reader()), |bytes| {
+        std::fs::write(&source.questions, bytes)?;
+        read()
+    });
+}
+
+#[test]
+fn textvqa_file_survives_mutation() {
+    let dir = scratch("textvqa");
+    std::fs::create_dir(dir.path().join("images")).unwrap();
+    std::fs::write(dir.path().join("images/003a8ae2ef43b901.jpg"), png(6)).unwrap();
+    let file = json!({"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": [
+        {"question": "what brand?", "image_id": "003a8ae2ef43b901", "image_width": 1024, "image_height": 664,
+         "answers": ["dakota", "dakota", "nous les gosses", "dakota digital"], "question_id": 34602, "set_name": "val"},
+        {"question": "what number?", "image_id": "003a8ae2ef43b901", "answers": ["7"], "question_id": 34603}]});
+    let source = eval_source(dir.path(), EvalFormat::Textvqa, "TextVQA_0.5.1_val.json", None);
+    std::fs::write(&source.questions, file.to_string()).unwrap();
+    let read = || source.read().map(|r| (r.items.len(), r.problems.len()));
+    assert_eq!(read().unwrap(), (2, 0), "the base file must read cleanly");
+    check("TextVQA JSON", &json_mutants(&file, 131, per_reader()), |bytes| {
+        std::fs::write(&source.questions, bytes)?;
+        read()
+    });
+}
+
+/// Reads every document of a token shard as training does, and scans its ids as `data inspect` does.
+fn read_token_shard(path: &Path, vocab: usize) -> anyhow::Result<usize> {
+    let shard = TokenShard::open(path)?;
+    let problems = shard.check_token_ids();
+    let shards = TokenShards::open(&[path.to_path_buf()], vocab)?;
+    let mut tokens = Vec::new();
+    for d in 0..shards.n_docs() {
+        shards.extend_with_doc(d, &mut tokens);
+    }
+    anyhow::ensure!(tokens.len() == shards.n_tokens());
+    Ok(tokens.len() + problems.len())
+}
+
+#[test]
+fn token_shard_survives_mutation() {
+    let dir = scratch("tokens");
+    let path = dir.path().join("docs.tokens");
+    for (seed, vocab) in [(141u64, 300usize), (142, 70_000)] {
+        let docs: Vec<Vec<u32>> =
+            (0..6u32).map(|d| (0..d * 3).map(|t| (t * 37 + d) % vocab as u32).collect()).collect();
+        write_token_shard(&path, vocab, &docs).unwrap();
+        let base = std::fs::read(&path).unwrap();
+        assert_eq!(read_token_shard(&path, vocab).unwrap(), 45, "the base shard must read cleanly");
+        // Header fields, then each document offset, then the ids.
+        let mut boundaries = vec![8, 12, 16, 24, 32, 40, 64];
+        boundaries.extend((0..=docs.len()).map(|d| 64 + 8 * d));
+        check(
+            &format!("token shard (vocab {vocab})"),
+            &byte_mutants(&base, &boundaries, seed, per_reader()),
+            |bytes| {
+                std::fs::write(&path, bytes)?;
+                read_token_shard(&path, vocab)
+            },
+        );
+    }
+}
+
+fn byod_tokenizer(dir: &Path) -> (TextTokenizer, PathBuf) {
+    let texts = ["the quick brown fox jumps over the lazy dog", "a cat sat on the mat by the door"];
+    let path = dir.join("tokenizer.json");
+    TextTokenizer::train(texts.iter().copied().cycle().take(40), 280).unwrap().save(&path).unwrap();
+    (TextTokenizer::load(&path).unwrap(), path)
+}
+
+/// A user's DCLM-style JSONL corpus through `open_text` (tokenized into the cache, then read back
+/// with a hold-out), under both bad-record policies: a damaged line is skipped and counted or
+/// refused naming file:line, never a panic.
+#[test]
+fn byod_text_corpus_survives_mutation() {
+    let dir = scratch("byod-text");
+    let (tokenizer, tokenizer_json) = byod_tokenizer(dir.path());
+    let lines: Vec<Value> = (0..4)
+        .map(
+            |i| json!({"text": {"body": format!("the fox {i} sat on the mat")}, "url": "https://example.org", "id": i}),
+        )
+        .collect();
+    let file = dir.path().join("corpus.jsonl");
+    let cache = dir.path().join("cache");
+    let mut round = 0usize;
+    let mut read = |bytes: &[u8]| {
+        std::fs::write(&file, bytes)?;
+        round += 1;
+        let on_bad_record = if round.is_multiple_of(2) { OnBadRecord::Skip } else { OnBadRecord::Fail };
+        let spec = TextSpec {
+            files: vec![file.clone()],
+            validation_files: vec![],
+            text_field: "text.body".into(),
+            on_bad_record,
+        };
+        // Each input its own cache directory (the key hashes the file's time, which may not move).
+        let data = open_text(&spec, &tokenizer, &tokenizer_json, &cache.join(round.to_string()))?;
+        let mut tokens = Vec::new();
+        for view in [&data.train, &data.validation] {
+            for d in 0..view.n_docs() {
+                view.extend_with_doc(d, &mut tokens);
+            }
+        }
+        anyhow::Ok((tokens.len(), data.skipped.count))
+    };
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    read(format!("{}\n", text.join("\n")).as_bytes()).expect("the base corpus must read cleanly");
+    check("bring-your-own text JSONL", &jsonl_mutants(&lines, 151, per_reader()), read);
+}
+
+/// Set when any thread panicked: the stream reads shards on a thread of its own, whose panic would
+/// otherwise only end the stream early.
+static THREAD_PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn watch_thread_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            THREAD_PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+            previous(info)
+        }));
+    });
+}
+
+/// The seeded shard stream over damaged shards (skip policy, problems counted) and resumed from
+/// damaged cursors (as a saved cursor would be read back).
+#[test]
+fn shard_stream_and_cursor_survive_mutation() {
+    watch_thread_panics();
+    let dir = scratch("stream");
+    let shards: Vec<PathBuf> = (0..2)
+        .map(|s| {
+            let mut builder = ShardBuilder::new();
+            for k in 0..3 {
+                builder
+                    .add(&format!("s{s}k{k}"), &[("png", &png(k)), ("txt", format!("caption {s} {k}").as_bytes())])
+                    .unwrap();
+            }
+            let path = dir.path().join(format!("{s:05}.tar"));
+            std::fs::write(&path, builder.finish().unwrap()).unwrap();
+            path
+        })
+        .collect();
+    let config = StreamConfig {
+        seed: Some(7),
+        shuffle_buffer: 3,
+        caption: Default::default(),
+        on_bad_record: OnBadRecord::Skip,
+    };
+    let drain = |cursor: StreamCursor| {
+        THREAD_PANICKED.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut stream = ShardStream::new(shards.clone(), config.clone(), cursor)?;
+        let mut samples = 0;
+        for sample in stream.by_ref() {
+            sample?;
+            samples += 1;
+        }
+        assert!(!THREAD_PANICKED.load(std::sync::atomic::Ordering::SeqCst), "the stream's reading thread panicked");
+        anyhow::Ok((samples, stream.skipped().count))
+    };
+    assert_eq!(drain(StreamCursor::default()).unwrap(), (6, 0), "the base shards must stream cleanly");
+
+    let base = std::fs::read(&shards[1]).unwrap();
+    let boundaries: Vec<usize> = (0..base.len()).step_by(512).flat_map(|b| [b, b + 124]).collect();
+    let mut skipped = 0;
+    check("shard stream (shard bytes)", &byte_mutants(&base, &boundaries, 161, per_reader()), |bytes| {
+        std::fs::write(&shards[1], bytes)?;
+        let (samples, left_out) = drain(StreamCursor::default())?;
+        skipped += left_out;
+        anyhow::Ok(samples)
+    });
+    assert!(skipped > 0, "damaged shards stream on with their bad records skipped and counted");
+    std::fs::write(&shards[1], &base).unwrap();
+
+    let mut stream = ShardStream::new(shards.clone(), config.clone(), StreamCursor::default()).unwrap();
+    stream.next().unwrap().unwrap();
+    let cursor = serde_json::to_value(stream.cursor()).unwrap();
+    drop(stream);
+    check("shard stream cursor JSON", &json_mutants(&cursor, 162, per_reader()), |bytes| {
+        drain(serde_json::from_slice(bytes)?)
+    });
+}
+
+/// Regression (found by the mutation test): a saved cursor counting `u64::MAX` samples handed out
+/// overflowed the next count (a panic with overflow checks on).
+#[test]
+fn a_stream_cursor_at_the_counters_end_reads_on() {
+    let dir = scratch("stream-end");
+    let mut builder = ShardBuilder::new();
+    builder.add("k", &[("png", &png(1)), ("txt", b"a caption")]).unwrap();
+    let path = dir.path().join("00000.tar");
+    std::fs::write(&path, builder.finish().unwrap()).unwrap();
+    let config = StreamConfig {
+        seed: Some(1),
+        shuffle_buffer: 2,
+        caption: Default::default(),
+        on_bad_record: OnBadRecord::Fail,
+    };
+    let cursor = StreamCursor { emitted: u64::MAX, ..Default::default() };
+    let samples: Vec<_> = ShardStream::new(vec![path], config, cursor).unwrap().collect::<anyhow::Result<_>>().unwrap();
+    assert_eq!(samples.len(), 1);
 }

@@ -18,7 +18,10 @@ use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAllo
 #[global_allocator]
 static ALLOC: CappedAlloc = CappedAlloc { cap: 64 << 20 };
 
-const PER_READER: usize = 1500;
+/// Inputs per reader: 1,500 in the test suite, more under scripts/fuzz.sh.
+fn per_reader() -> usize {
+    vlmix_mutation::per_reader(1500)
+}
 
 /// A scratch file the readers open by path, removed with its directory on drop.
 struct Scratch(PathBuf);
@@ -126,21 +129,21 @@ fn torch_checkpoints_survive_mutation() {
 
     let (legacy, boundaries) = legacy_file();
     assert_eq!(read(&legacy).unwrap().len(), 1, "the legacy base file must be valid");
-    check("torch legacy file", &byte_mutants(&legacy, &boundaries, 1, PER_READER), read);
+    check("torch legacy file", &byte_mutants(&legacy, &boundaries, 1, per_reader()), read);
 
     let (zip, boundaries) = zip_file(&zip_entries());
     assert_eq!(read(&zip).unwrap().len(), 1, "the zip base file must be valid");
-    check("torch zip file", &byte_mutants(&zip, &boundaries, 2, PER_READER), read);
+    check("torch zip file", &byte_mutants(&zip, &boundaries, 2, per_reader()), read);
 
     // The pickle and the storages damaged inside an intact archive, and entries dropped or doubled.
     let mut inner = Vec::new();
-    for m in byte_mutants(OBJECT, &pickle_boundaries(OBJECT), 3, PER_READER * 2 / 3) {
+    for m in byte_mutants(OBJECT, &pickle_boundaries(OBJECT), 3, per_reader() * 2 / 3) {
         let mut entries = zip_entries();
         entries[0].1 = m.bytes;
         inner.push(Mutant { bytes: zip_file(&entries).0, what: format!("data.pkl: {}", m.what) });
     }
     let mut rng = Rng::new(4);
-    while inner.len() < PER_READER {
+    while inner.len() < per_reader() {
         let mut entries = zip_entries();
         let i = rng.below(entries.len());
         let what = match rng.below(3) {
@@ -222,17 +225,17 @@ fn safetensors_files_survive_mutation() {
     assert_eq!(read(&base).unwrap(), 6 + 4 + 2 + 3 + 1, "the base file must be valid");
     let (boundaries, header, data_start) = safetensors_layout(&base);
     let data = &base[data_start..];
-    check("safetensors bytes", &byte_mutants(&base, &boundaries, 5, PER_READER), read);
+    check("safetensors bytes", &byte_mutants(&base, &boundaries, 5, per_reader()), read);
 
     // Header damage in a well-framed file: wrong dtypes, huge shapes and offsets, dropped entries.
     let reframe = |header: &[u8]| -> Vec<u8> { [&(header.len() as u64).to_le_bytes()[..], header, data].concat() };
-    let mut mutants: Vec<Mutant> = json_mutants(&header, 6, PER_READER / 2)
+    let mut mutants: Vec<Mutant> = json_mutants(&header, 6, per_reader() / 2)
         .into_iter()
         .map(|m| Mutant { bytes: reframe(&m.bytes), what: format!("header: {}", m.what) })
         .collect();
     let mut rng = Rng::new(7);
     let names = ["a", "b", "c", "d", "e"];
-    while mutants.len() < PER_READER {
+    while mutants.len() < per_reader() {
         let mut h = header.clone();
         let name = *rng.pick(&names);
         let what = match rng.below(3) {
@@ -289,7 +292,7 @@ fn training_checkpoints_survive_mutation() {
     let path = dir.join("state.json");
     let base: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let original = std::fs::read(&path).unwrap();
-    check("checkpoint state.json", &json_mutants(&base, 8, PER_READER), &mut |bytes: &[u8]| {
+    check("checkpoint state.json", &json_mutants(&base, 8, per_reader()), &mut |bytes: &[u8]| {
         std::fs::write(&path, bytes)?;
         load()
     });
@@ -299,8 +302,8 @@ fn training_checkpoints_survive_mutation() {
         let path = dir.join(file);
         let base = std::fs::read(&path).unwrap();
         let (boundaries, header, data_start) = safetensors_layout(&base);
-        let mut mutants = byte_mutants(&base, &boundaries, seed, PER_READER / 2);
-        mutants.extend(json_mutants(&header, seed + 100, PER_READER / 2).into_iter().map(|m| Mutant {
+        let mut mutants = byte_mutants(&base, &boundaries, seed, per_reader() / 2);
+        mutants.extend(json_mutants(&header, seed + 100, per_reader() / 2).into_iter().map(|m| Mutant {
             bytes: [&(m.bytes.len() as u64).to_le_bytes()[..], &m.bytes, &base[data_start..]].concat(),
             what: format!("header: {}", m.what),
         }));

@@ -1,5 +1,6 @@
 //! Issue 26: the model readers of outside files (open_lm imports in both layouts with their config
-//! JSON, a SigLIP directory's `config.json`, `preprocessor_config.json` and weights) given
+//! JSON, a SigLIP directory's `config.json`, `preprocessor_config.json` and weights, a stage's
+//! records, the frozen-encoder feature cache's shards) given
 //! thousands of seeded damaged inputs end in `Ok` or a clean `Err`: no panic, no allocation over
 //! the cap.
 
@@ -16,7 +17,10 @@ use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAllo
 #[global_allocator]
 static ALLOC: CappedAlloc = CappedAlloc { cap: 64 << 20 };
 
-const PER_READER: usize = 1000;
+/// Inputs per reader: 1,000 in the test suite, more under scripts/fuzz.sh.
+fn per_reader() -> usize {
+    vlmix_mutation::per_reader(1000)
+}
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
@@ -76,14 +80,14 @@ fn openlm_torch_import_survives_mutation() {
     import().expect("the base checkpoint must import");
 
     let base = std::fs::read(&pt).unwrap();
-    check("open_lm torch checkpoint", &byte_mutants(&base, &zip_boundaries(&base), 11, PER_READER), |bytes| {
+    check("open_lm torch checkpoint", &byte_mutants(&base, &zip_boundaries(&base), 11, per_reader()), |bytes| {
         std::fs::write(&pt, bytes)?;
         import()
     });
     std::fs::write(&pt, &base).unwrap();
 
     let base = json_of(&config);
-    check("open_lm model config JSON", &json_mutants(&base, 12, PER_READER), |bytes| {
+    check("open_lm model config JSON", &json_mutants(&base, 12, per_reader()), |bytes| {
         std::fs::write(&config, bytes)?;
         import()
     });
@@ -97,8 +101,8 @@ fn openlm_hf_import_survives_mutation() {
     import().expect("the base directory must import");
 
     let base = std::fs::read(&weights).unwrap();
-    let mut mutants = byte_mutants(&base, &safetensors_boundaries(&base), 13, PER_READER / 2);
-    mutants.extend(safetensors_header_mutants(&base, 14, PER_READER / 2));
+    let mut mutants = byte_mutants(&base, &safetensors_boundaries(&base), 13, per_reader() / 2);
+    mutants.extend(safetensors_header_mutants(&base, 14, per_reader() / 2));
     check("open_lm HF model.safetensors", &mutants, |bytes| {
         std::fs::write(&weights, bytes)?;
         import()
@@ -106,7 +110,7 @@ fn openlm_hf_import_survives_mutation() {
     std::fs::write(&weights, &base).unwrap();
 
     let base = json_of(&config);
-    check("open_lm HF config.json", &json_mutants(&base, 15, PER_READER), |bytes| {
+    check("open_lm HF config.json", &json_mutants(&base, 15, per_reader()), |bytes| {
         std::fs::write(&config, bytes)?;
         import()
     });
@@ -121,7 +125,7 @@ fn siglip_directory_survives_mutation() {
     for (file, seed) in [("config.json", 21), ("preprocessor_config.json", 22)] {
         let path = dir.path().join(file);
         let base = json_of(&path);
-        check(&format!("SigLIP {file}"), &json_mutants(&base, seed, PER_READER), |bytes| {
+        check(&format!("SigLIP {file}"), &json_mutants(&base, seed, per_reader()), |bytes| {
             std::fs::write(&path, bytes)?;
             load()
         });
@@ -130,8 +134,8 @@ fn siglip_directory_survives_mutation() {
 
     let weights = dir.path().join("model.safetensors");
     let base = std::fs::read(&weights).unwrap();
-    let mut mutants = byte_mutants(&base, &safetensors_boundaries(&base), 23, PER_READER / 2);
-    mutants.extend(safetensors_header_mutants(&base, 24, PER_READER / 2));
+    let mut mutants = byte_mutants(&base, &safetensors_boundaries(&base), 23, per_reader() / 2);
+    mutants.extend(safetensors_header_mutants(&base, 24, per_reader() / 2));
     check("SigLIP model.safetensors", &mutants, |bytes| {
         std::fs::write(&weights, bytes)?;
         load()
@@ -191,9 +195,9 @@ fn stage_records_survive_mutation() {
     let path = stage.path().join("model.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let base: Value = serde_json::to_value(toml::from_str::<toml::Table>(&text).unwrap()).unwrap();
-    let mut mutants = as_toml(json_mutants(&base, 31, PER_READER / 2));
+    let mut mutants = as_toml(json_mutants(&base, 31, per_reader() / 2));
     let lines: Vec<usize> = text.bytes().enumerate().filter(|(_, b)| b"\n=\"[".contains(b)).map(|(i, _)| i).collect();
-    mutants.extend(byte_mutants(text.as_bytes(), &lines, 32, PER_READER / 2));
+    mutants.extend(byte_mutants(text.as_bytes(), &lines, 32, per_reader() / 2));
     check("stage model.toml", &mutants, |bytes| {
         std::fs::write(&path, bytes)?;
         StageRecord::of_checkpoint(&checkpoint)
@@ -201,8 +205,79 @@ fn stage_records_survive_mutation() {
     std::fs::write(&path, text).unwrap();
 
     let path = stage.path().join("encoder.json");
-    check("stage encoder.json", &json_mutants(&json_of(&path), 33, PER_READER), |bytes| {
+    check("stage encoder.json", &json_mutants(&json_of(&path), 33, per_reader()), |bytes| {
         std::fs::write(&path, bytes)?;
         StageRecord::of_checkpoint(&checkpoint)
+    });
+}
+
+/// A stand-in encoder for the feature cache: 2 tokens x 3 values per image, from its mean colour.
+struct MeanColour {
+    preprocess: vlmix_models::vision::preprocess::Preprocess,
+}
+
+impl vlmix_models::vision::encoder::ImageEncoder for MeanColour {
+    fn id(&self) -> &str {
+        "mean-colour-for-mutation"
+    }
+    fn preprocess(&self) -> &vlmix_models::vision::preprocess::Preprocess {
+        &self.preprocess
+    }
+    fn tokens(&self) -> usize {
+        2
+    }
+    fn width(&self) -> usize {
+        3
+    }
+    fn encode(&self, pixels: &[f32], batch: usize) -> anyhow::Result<Vec<f32>> {
+        let per = pixels.len() / batch;
+        Ok((0..batch).flat_map(|b| (0..6).map(move |i| pixels[b * per + i * 5] * (i + 1) as f32)).collect())
+    }
+}
+
+/// The feature cache's shards (`shard-*.safetensors`: keys and f16 features) given damaged bytes and
+/// headers: reopening the cache and reading every key ends in an error naming the shard, or rows.
+#[test]
+fn feature_cache_shard_survives_mutation() {
+    use vlmix_models::vision::feature_cache::{image_key, FeatureCache};
+    use vlmix_models::vision::preprocess::{Preprocess, ResizeMode};
+    let encoder = MeanColour {
+        preprocess: Preprocess {
+            resize: ResizeMode::Exact { height: 4, width: 4 },
+            resample: vlmix_models::vision::resample::Resample::Bilinear,
+            rescale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        },
+    };
+    let root = tempfile::Builder::new().prefix("vlmix-mutation-features").tempdir_in(scratch_root()).unwrap();
+    let images: Vec<image::RgbImage> = (0..5u8)
+        .map(|i| image::RgbImage::from_fn(6, 5, |x, y| image::Rgb([i * 40, x as u8 * 30, y as u8 * 20])))
+        .collect();
+    let refs: Vec<&image::RgbImage> = images.iter().collect();
+    let mut cache = FeatureCache::open(root.path(), &encoder).unwrap();
+    cache.features(&encoder, &refs).unwrap();
+    cache.flush().unwrap();
+    let dir = cache.dir().to_path_buf();
+    drop(cache);
+    let shard = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .expect("a flushed cache has a shard");
+    let keys: Vec<_> = images.iter().map(image_key).collect();
+    let read = || {
+        let cache = FeatureCache::open(root.path(), &encoder)?;
+        let mut row = vec![0.0f32; 6];
+        anyhow::Ok(keys.iter().filter(|k| cache.get(k, &mut row)).count())
+    };
+    assert_eq!(read().unwrap(), 5, "the base cache must read back");
+
+    let base = std::fs::read(&shard).unwrap();
+    let mut mutants = byte_mutants(&base, &safetensors_boundaries(&base), 41, per_reader() / 2);
+    mutants.extend(safetensors_header_mutants(&base, 42, per_reader() / 2));
+    check("feature cache shard", &mutants, |bytes| {
+        std::fs::write(&shard, bytes)?;
+        read()
     });
 }

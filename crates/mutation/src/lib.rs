@@ -37,6 +37,26 @@ impl Rng {
     }
 }
 
+/// `base` inputs per reader, times `VLMIX_MUTATION_SCALE` when set (scripts/fuzz.sh's longer runs).
+pub fn per_reader(base: usize) -> usize {
+    base * env_number("VLMIX_MUTATION_SCALE").unwrap_or(1).max(1) as usize
+}
+
+/// `seed` moved by `VLMIX_MUTATION_SEED` when set, so each round of a longer run tries new inputs
+/// (the default 0 keeps the test suite's inputs fixed).
+fn offset_seed(seed: u64) -> u64 {
+    match env_number("VLMIX_MUTATION_SEED") {
+        Some(round) if round > 0 => seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        _ => seed,
+    }
+}
+
+/// A number from the environment; a value that is not one is a mistake worth stopping for.
+fn env_number(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    Some(text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")))
+}
+
 /// One damaged input and how it was made (for the failure report).
 pub struct Mutant {
     pub bytes: Vec<u8>,
@@ -76,7 +96,7 @@ pub fn byte_mutants(base: &[u8], boundaries: &[usize], seed: u64, count: usize) 
         .take(count)
         .map(|c| Mutant { bytes: base[..c].to_vec(), what: format!("cut at {c}") })
         .collect();
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::new(offset_seed(seed));
     while out.len() < count && !base.is_empty() {
         let mut bytes = base.to_vec();
         let what = match rng.below(7) {
@@ -133,7 +153,7 @@ pub fn byte_mutants(base: &[u8], boundaries: &[usize], seed: u64, count: usize) 
 pub fn json_mutants(base: &Value, seed: u64, count: usize) -> Vec<Mutant> {
     let text = serde_json::to_vec(base).expect("a Value serialises");
     let structural = count - count / 4;
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::new(offset_seed(seed));
     let mut out = Vec::with_capacity(count);
     for _ in 0..structural {
         let mut doc = base.clone();
@@ -148,6 +168,7 @@ pub fn json_mutants(base: &Value, seed: u64, count: usize) -> Vec<Mutant> {
                     Value::from(0),
                     Value::from(-1),
                     Value::from(1u64 << 40),
+                    Value::from(u32::MAX),
                     Value::from(1e308),
                     Value::from(-0.5),
                     Value::from(1.5),

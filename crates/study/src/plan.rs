@@ -59,6 +59,10 @@ pub struct Plan {
 // Node ids and result-row ids: made here only.
 
 /// Id of the node that encodes the training images and tokenizes their texts.
+/// Most nodes a plan may hold: far beyond any study that could finish, far below what a typo (or a
+/// damaged `study.json`) such as four billion fine-tuning epochs would try to list in memory.
+const MAX_NODES: usize = 100_000;
+
 pub const IMAGE_CORPUS: &str = "image-corpus";
 /// Id of the text pre-training node.
 pub const PRETRAIN: &str = "pretrain";
@@ -138,6 +142,17 @@ impl Plan {
             .iter()
             .flat_map(|&seed| points.iter().filter(|p| replicated(p)).map(move |&point| (point, seed)));
         let f = &config.finetune;
+        let runs = (grid.seeds.len() + grid.extra_base_seeds.len()).saturating_mul(points.len());
+        let per_run = 1 + 2 * f.epochs.max(f.compare_epoch) as usize;
+        if runs.saturating_mul(per_run) > MAX_NODES {
+            bail!(
+                "{} seeds x {} grid points x finetune.epochs = {} would plan up to {} nodes, more than {MAX_NODES}",
+                grid.seeds.len() + grid.extra_base_seeds.len(),
+                points.len(),
+                f.epochs,
+                runs.saturating_mul(per_run)
+            );
+        }
         for (point, seed) in branches.chain(extra) {
             let cooldown = cooldown_id(&point, seed);
             nodes.push(Node {

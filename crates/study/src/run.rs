@@ -108,13 +108,14 @@ pub fn submit(config_path: &Path, options: &RunOptions, executor: &ExecutorConfi
     slurm::submit(&plan, &study, executor, &launch, &config.name)
 }
 
-/// The config and plan pinned in a run directory.
-fn pinned(run_dir: &Path) -> Result<(StudyConfig, Plan)> {
+/// The config and plan pinned in a run directory. Not validated again: that would ask for the
+/// study's data files, which a report or a finished run no longer needs.
+pub fn pinned(run_dir: &Path) -> Result<(StudyConfig, Plan)> {
     let path = run_dir.join("study.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{} is not a study run directory (no study.json)", run_dir.display()))?;
     let config: StudyConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let plan = Plan::build(&config)?;
+    let plan = Plan::build(&config).with_context(|| format!("planning the study of {}", path.display()))?;
     Ok((config, plan))
 }
 

@@ -61,7 +61,7 @@ impl Skipped {
             ),
             OnBadRecord::Skip => {
                 tracing::warn!(source, %problem, "skipped a bad record");
-                self.count += 1;
+                self.count = self.count.saturating_add(1);
                 if self.first.len() < KEPT_PROBLEMS {
                     self.first.push(problem.to_string());
                 }

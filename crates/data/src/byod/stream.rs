@@ -141,7 +141,7 @@ impl Iterator for ShardStream {
             }
             None => 0,
         };
-        self.cursor.emitted += 1;
+        self.cursor.emitted = self.cursor.emitted.wrapping_add(1);
         Some(Ok(self.buffer.swap_remove(pick as usize).1))
     }
 }

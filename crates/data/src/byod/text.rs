@@ -140,7 +140,7 @@ pub fn open_text(
         let (path, left_out) =
             tokenized(files, &spec.text_field, spec.on_bad_record, tokenizer, tokenizer_json, cache_root)
                 .with_context(|| format!("data.text.{what}"))?;
-        skipped.count += left_out.count;
+        skipped.count = skipped.count.saturating_add(left_out.count);
         skipped.first.extend(left_out.first);
         TokenShards::open(&[path], tokenizer.vocab_size())
     };

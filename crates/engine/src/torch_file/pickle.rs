@@ -67,6 +67,21 @@ impl Value {
     }
 }
 
+/// Deepest nesting accepted (a state dict nests about six deep). Every value on the machine's stack
+/// stays within it, so the recursive walks, clones and drops of a value cannot overflow the stack.
+const MAX_DEPTH: usize = 100;
+
+/// Levels of nesting in `v` (1 for a plain value); bounded by `MAX_DEPTH` for any value built here.
+fn depth(v: &Value) -> usize {
+    1 + match v {
+        Value::Tuple(items) | Value::List(items) => items.iter().map(depth).max().unwrap_or(0),
+        Value::Dict(entries) => entries.iter().map(|(k, v)| depth(k).max(depth(v))).max().unwrap_or(0),
+        Value::Call { callable, args } => depth(callable).max(depth(args)),
+        Value::Persistent(id) => depth(id),
+        _ => 0,
+    }
+}
+
 /// Reads one pickle starting at `bytes[*pos]`, advancing `pos` past its `STOP` opcode.
 pub fn read(bytes: &[u8], pos: &mut usize) -> Result<Value> {
     let start = *pos;
@@ -132,6 +147,14 @@ impl Machine<'_, '_> {
         Ok(text)
     }
 
+    /// Refuses to put `items` inside a container when that would nest deeper than `MAX_DEPTH`.
+    fn check_nesting<'v>(&self, items: impl IntoIterator<Item = &'v Value>) -> Result<()> {
+        if items.into_iter().any(|v| depth(v) >= MAX_DEPTH) {
+            bail!("values nested deeper than {MAX_DEPTH} levels at byte {}", *self.pos);
+        }
+        Ok(())
+    }
+
     fn pop(&mut self) -> Result<Value> {
         self.stack.pop().context("stack underflow")
     }
@@ -153,6 +176,7 @@ impl Machine<'_, '_> {
         if !items.len().is_multiple_of(2) {
             bail!("SETITEMS with an odd number of values");
         }
+        self.check_nesting(&items)?;
         let Value::Dict(entries) = self.top_mut()? else { bail!("SETITEM(S) on a value that is not a dict") };
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -165,6 +189,7 @@ impl Machine<'_, '_> {
     }
 
     fn append(&mut self, items: Vec<Value>) -> Result<()> {
+        self.check_nesting(&items)?;
         let Value::List(list) = self.top_mut()? else { bail!("APPEND(S) on a value that is not a list") };
         list.extend(items);
         Ok(())
@@ -175,6 +200,7 @@ impl Machine<'_, '_> {
             bail!("stack underflow building a {n}-tuple");
         }
         let items = self.stack.split_off(self.stack.len() - n);
+        self.check_nesting(&items)?;
         self.stack.push(Value::Tuple(items));
         Ok(())
     }
@@ -267,10 +293,12 @@ impl Machine<'_, '_> {
                 b'}' => self.stack.push(Value::Dict(Vec::new())),
                 b't' => {
                     let items = self.pop_to_mark()?;
+                    self.check_nesting(&items)?;
                     self.stack.push(Value::Tuple(items));
                 }
                 b'l' => {
                     let items = self.pop_to_mark()?;
+                    self.check_nesting(&items)?;
                     self.stack.push(Value::List(items));
                 }
                 b'd' => {
@@ -322,6 +350,7 @@ impl Machine<'_, '_> {
                 b'R' | 0x81 => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
+                    self.check_nesting([&callable, &args])?;
                     self.stack.push(call(callable, args));
                 }
                 b'b' => {
@@ -334,6 +363,7 @@ impl Machine<'_, '_> {
                 }
                 b'Q' => {
                     let id = self.pop()?;
+                    self.check_nesting([&id])?;
                     self.stack.push(Value::Persistent(Box::new(id)));
                 }
                 b'0' => {
@@ -402,6 +432,28 @@ mod tests {
         let mut pos = 0;
         let err = read(b"\x80\x04K\x01.", &mut pos).unwrap_err();
         assert!(format!("{err:#}").contains("protocol 4"), "{err:#}");
+    }
+
+    /// Issue 26: a million nested 1-tuples (one byte each) would overflow the stack when the value
+    /// is dropped; the depth limit refuses the nesting as it is built.
+    #[test]
+    fn deep_nesting_is_refused() {
+        for wrap in [&b"\x85"[..], b"N\x86", b"NR", b"Q"] {
+            let mut bytes = b"\x80\x02N".to_vec();
+            for _ in 0..1_000_000 {
+                bytes.extend(wrap);
+            }
+            bytes.push(b'.');
+            let mut pos = 0;
+            let err = read(&bytes, &mut pos).unwrap_err();
+            assert!(format!("{err:#}").contains("nested deeper than 100 levels"), "{wrap:?}: {err:#}");
+        }
+        let mut lists = b"\x80\x02".to_vec();
+        lists.extend(std::iter::repeat_n(b']', 1_000_000));
+        lists.extend(std::iter::repeat_n(b'a', 999_999));
+        lists.push(b'.');
+        let mut pos = 0;
+        assert!(format!("{:#}", read(&lists, &mut pos).unwrap_err()).contains("nested deeper"));
     }
 
     /// Issue 26: 64 doublings would build 2^64 values; the copy budget refuses them early.
