@@ -4,12 +4,17 @@
 //! rather than a full Cartesian product, which would cost fractions x ratios x shares cooldowns.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_device::{DeviceChoice, DeviceKind, Precision};
-use vlmix_models::vision::encoder::is_siglip_dir;
+use vlmix_engine::checkpoint::resolve_checkpoint;
+use vlmix_eval::ItemLimit;
+use vlmix_models::lm::LmConfig;
+use vlmix_models::stage_record::StageRecord;
+use vlmix_models::vision::encoder::{is_siglip_dir, EncoderSpec, FeatureLayer};
+use vlmix_train::schedule::{cooldown_schedule, Schedule, WarmupCosine};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +55,7 @@ pub struct StudyConfig {
     pub data: crate::data_config::DataConfig,
     /// Where the nodes run (`[executor]`: local, or Slurm jobs); not pinned with the run directory.
     #[serde(default, skip_serializing)]
-    pub executor: crate::slurm::ExecutorConfig,
+    pub executor: ExecutorConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -247,6 +252,88 @@ pub struct LeftOutTask {
     pub reason: String,
 }
 
+/// The `[executor]` table of a study config. It is not part of the study's identity: a run directory
+/// may be resumed locally or on another partition.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// `local` (the default: one process runs every node) or `slurm`.
+    #[serde(default, rename = "type")]
+    pub kind: ExecutorKind,
+    /// `sbatch --partition`.
+    pub partition: Option<String>,
+    /// `sbatch --account`.
+    pub account: Option<String>,
+    /// Time limit of each job (`sbatch --time`, e.g. `"4:00:00"`).
+    pub time: Option<String>,
+    /// CPUs of each job's task (`--cpus-per-task`).
+    pub cpus_per_task: Option<u32>,
+    /// Memory of each job (`--mem`, e.g. `"16G"`).
+    pub mem: Option<String>,
+    /// Training nodes (pretrain, cooldowns, fine-tunes) only: machines, ranks per machine and GPUs
+    /// per machine; with more than one rank in all the node runs under `srun` as a data-parallel job.
+    #[serde(default = "one")]
+    pub train_nodes: u32,
+    #[serde(default = "one")]
+    pub train_tasks_per_node: u32,
+    pub train_gpus_per_node: Option<u32>,
+    /// Extra lines for every job script, each written as `#SBATCH <line>` (e.g. `"--qos=high"`).
+    #[serde(default)]
+    pub sbatch_lines: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            kind: ExecutorKind::Local,
+            partition: None,
+            account: None,
+            time: None,
+            cpus_per_task: None,
+            mem: None,
+            train_nodes: 1,
+            train_tasks_per_node: 1,
+            train_gpus_per_node: None,
+            sbatch_lines: vec![],
+        }
+    }
+}
+
+impl ExecutorConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.train_nodes == 0 || self.train_tasks_per_node == 0 || self.cpus_per_task == Some(0) {
+            bail!("executor: train_nodes, train_tasks_per_node and cpus_per_task must be at least 1");
+        }
+        if let Some(line) = self.sbatch_lines.iter().find(|l| !l.trim().starts_with('-') || l.contains('\n')) {
+            bail!("executor.sbatch_lines: {line:?} is not one sbatch option (`--name=value`)");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+    Slurm,
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "local" => Ok(Self::Local),
+            "slurm" => Ok(Self::Slurm),
+            other => bail!("unknown executor {other:?}: use local or slurm"),
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -441,6 +528,93 @@ impl StudyConfig {
             value.map_or(Ok(()), |v| positive(field, v as f64))?;
         }
         self.data.validate()
+    }
+}
+
+/// Steps of a stage that consumes `tokens` in batches of `batch` sequences of `seq` positions.
+pub fn steps_for(tokens: u64, batch: usize, seq: usize) -> u64 {
+    (tokens / (batch * seq) as u64).max(1)
+}
+
+impl EvalConfig {
+    /// Items scored per task: the first N of each file, the same for every model of the study.
+    pub fn item_limit(&self) -> ItemLimit {
+        ItemLimit {
+            vision: Some(self.max_vision_items.unwrap_or(self.max_items_per_task)),
+            text: Some(self.max_text_items.unwrap_or(self.max_items_per_task)),
+        }
+    }
+}
+
+/// What the config means once resolved against the files it names: the runner, the dry run and
+/// the eval nodes read the model, encoder and schedules from here only.
+impl StudyConfig {
+    /// The study's model: preset, overrides, and the tokenizer's vocabulary; `pretrain.from`'s
+    /// model (at `model.seq_len` when given) when the study starts from a checkpoint.
+    pub fn model_config(&self, vocab: usize) -> Result<LmConfig> {
+        if let Some(from) = self.imported_checkpoint()? {
+            let mut lm = StageRecord::of_checkpoint(&from)
+                .map(|r| r.model)
+                .with_context(|| format!("study field `pretrain.from` ({})", from.display()))?;
+            if lm.vocab != vocab {
+                bail!("pretrain.from = {}: the model's vocabulary has {} tokens but the tokenizer has {vocab}; start from a model of this tokenizer", from.display(), lm.vocab);
+            }
+            lm.seq_len = self.model.seq_len.unwrap_or(lm.seq_len);
+            lm.validate().context("study field `model.seq_len`")?;
+            return Ok(lm);
+        }
+        let m = &self.model;
+        let mut lm = LmConfig::preset(&m.preset).context("study field `model.preset`")?;
+        lm.vocab = vocab;
+        lm.d_model = m.d_model.unwrap_or(lm.d_model);
+        lm.n_layers = m.n_layers.unwrap_or(lm.n_layers);
+        lm.n_heads = m.n_heads.unwrap_or(lm.n_heads);
+        lm.seq_len = m.seq_len.unwrap_or(lm.seq_len);
+        lm.validate().context("study field `model`")?;
+        Ok(lm)
+    }
+
+    /// The checkpoint `pretrain.from` names (resolved, absolute), when the study starts from one.
+    pub fn imported_checkpoint(&self) -> Result<Option<PathBuf>> {
+        let Some(from) = &self.pretrain.from else { return Ok(None) };
+        let checkpoint = resolve_checkpoint(from).context("study field `pretrain.from`")?;
+        Ok(Some(std::fs::canonicalize(&checkpoint).unwrap_or(checkpoint)))
+    }
+
+    /// The study's encoder, with a SigLIP directory made absolute so stage records stay valid anywhere.
+    pub fn encoder_spec(&self) -> EncoderSpec {
+        let source =
+            std::fs::canonicalize(&self.encoder).map_or_else(|_| self.encoder.clone(), |p| p.display().to_string());
+        EncoderSpec {
+            source,
+            layer: FeatureLayer::default(),
+            resolution: None,
+            trainable_blocks: self.encoder_trainable_blocks,
+        }
+    }
+
+    /// The text run's LR schedule at `seq` positions per sequence.
+    pub fn text_schedule(&self, seq: usize) -> WarmupCosine {
+        let p = &self.pretrain;
+        WarmupCosine {
+            peak: p.peak_lr,
+            floor: p.min_lr,
+            warmup_steps: p.warmup_steps,
+            total_steps: steps_for(p.tokens, p.batch_size, seq),
+        }
+    }
+
+    /// A cooldown's LR schedule over `steps` steps, branched at `fraction` of the text run: the
+    /// text run's decay continued from there, or a fresh warmup and decay at 0 % and 100 %.
+    pub fn cooldown_schedule(&self, fraction: f64, steps: u64, seq: usize) -> Schedule {
+        let c = &self.cooldown;
+        let fresh = WarmupCosine {
+            peak: c.fresh_peak_lr,
+            floor: self.pretrain.min_lr,
+            warmup_steps: c.fresh_warmup_steps,
+            total_steps: steps,
+        };
+        cooldown_schedule(&self.text_schedule(seq), fraction, steps, &fresh)
     }
 }
 

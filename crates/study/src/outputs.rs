@@ -147,14 +147,6 @@ pub struct FinetuneOutputs {
     pub tokens: u64,
 }
 
-/// A model's held-out text: bits per byte, and the summed loss (nats) of each validation sequence
-/// so two models' bits-per-byte compare with a paired interval over the same sequences.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HeldOutText {
-    pub bits_per_byte: f64,
-    pub sequence_nats: Vec<f64>,
-}
-
 /// An eval of a fine-tuned model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalOutputs {
@@ -162,7 +154,8 @@ pub struct EvalOutputs {
     pub report: String,
     pub checkpoint: String,
     pub bits_per_byte: f64,
-    /// Per validation sequence (see [`HeldOutText`]); empty in runs written before it was kept.
+    /// Summed loss (nats) of each validation sequence ([`vlmix_eval::BitsPerByte::sequence_nats`]):
+    /// what a paired interval of two models' bits-per-byte resamples; empty in runs written before it was kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validation_nats: Vec<f64>,
     pub vision_stable_score: Option<f64>,
@@ -187,7 +180,7 @@ pub struct TextBaselineOutputs {
     pub imported: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validation_bpb: Vec<BpbPoint>,
-    /// The evaluated checkpoint's per-sequence validation loss (see [`HeldOutText`]).
+    /// The evaluated checkpoint's per-sequence validation loss (see [`EvalOutputs::validation_nats`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validation_nats: Vec<f64>,
     pub text_stable_score: Option<f64>,
