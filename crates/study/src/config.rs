@@ -14,7 +14,7 @@ use vlmix_eval::ItemLimit;
 use vlmix_models::lm::LmConfig;
 use vlmix_models::stage_record::StageRecord;
 use vlmix_models::vision::encoder::{is_siglip_dir, EncoderSpec, FeatureLayer};
-use vlmix_train::schedule::{cooldown_schedule, Schedule, WarmupCosine};
+use vlmix_train::schedule::{steps_for, CooldownSchedule, WarmupCosine};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -531,11 +531,6 @@ impl StudyConfig {
     }
 }
 
-/// Steps of a stage that consumes `tokens` in batches of `batch` sequences of `seq` positions.
-pub fn steps_for(tokens: u64, batch: usize, seq: usize) -> u64 {
-    (tokens / (batch * seq) as u64).max(1)
-}
-
 impl EvalConfig {
     /// Items scored per task: the first N of each file, the same for every model of the study.
     pub fn item_limit(&self) -> ItemLimit {
@@ -604,17 +599,15 @@ impl StudyConfig {
         }
     }
 
-    /// A cooldown's LR schedule over `steps` steps, branched at `fraction` of the text run: the
-    /// text run's decay continued from there, or a fresh warmup and decay at 0 % and 100 %.
-    pub fn cooldown_schedule(&self, fraction: f64, steps: u64, seq: usize) -> Schedule {
-        let c = &self.cooldown;
-        let fresh = WarmupCosine {
-            peak: c.fresh_peak_lr,
-            floor: self.pretrain.min_lr,
-            warmup_steps: c.fresh_warmup_steps,
-            total_steps: steps,
-        };
-        cooldown_schedule(&self.text_schedule(seq), fraction, steps, &fresh)
+    /// The LR schedule of a cooldown branched at `fraction` of the text run (its steps are the
+    /// stage's to count).
+    pub fn cooldown_schedule(&self, fraction: f64, seq: usize) -> CooldownSchedule {
+        CooldownSchedule {
+            text: self.text_schedule(seq),
+            fraction,
+            fresh_peak: self.cooldown.fresh_peak_lr,
+            fresh_warmup_steps: self.cooldown.fresh_warmup_steps,
+        }
     }
 }
 

@@ -21,8 +21,9 @@ use vlmix_models::memory::{Breakdown, TailShape, TrainShape, VisionShape, USABLE
 use vlmix_models::vision::encoder::{open_encoder, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 
-use crate::config::{steps_for, StudyConfig};
+use crate::config::StudyConfig;
 use crate::plan::{NodeKind, Plan};
+use vlmix_train::schedule::steps_for;
 
 /// Largest step (training FLOPs) the probe runs on the full model; beyond it, a reduced copy.
 const FULL_PROBE_FLOPS: f64 = 1e11;

@@ -21,7 +21,7 @@ use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use vlmix_train::corpus::ImageCorpus;
 use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start, TextStream};
 
-use crate::config::{steps_for, Carry, GridPoint, StudyConfig};
+use crate::config::{Carry, GridPoint, StudyConfig};
 use crate::executor::{NodeRunner, StudyDir};
 use crate::outputs::{
     BpbPoint, CooldownOutputs, CorpusOutputs, CorpusSkipped, FinetuneOutputs, FractionCheckpoints, NodeOutputs,
@@ -235,12 +235,15 @@ impl<'a, D: Device> StudyRunner<'a, D> {
             Carry::Continue if branched => TextStream::Continue { pretrain_seed: config.grid.seeds[0] },
             _ => TextStream::Restart,
         };
-        let seq = self.model.seq_len;
-        let schedule = |steps: u64| config.cooldown_schedule(point.fraction, steps, seq);
-        let mut spec = CooldownSpec {
+        let schedule = config.cooldown_schedule(point.fraction, self.model.seq_len);
+        // Endpoints restart the schedule (a fresh warmup), so they restart the moments too.
+        let continue_optimizer = branched && c.optimizer == Carry::Continue && !schedule.is_fresh();
+        let spec = CooldownSpec {
             model: self.model.clone(),
             start,
-            schedule: schedule(steps_for(c.tokens, c.batch_size, seq)),
+            schedule,
+            tokens: c.tokens,
+            count_padding: c.count_padding,
             batch_size: c.batch_size,
             micro_batch_size: c.micro_batch_size,
             weight_decay: c.weight_decay,
@@ -251,17 +254,12 @@ impl<'a, D: Device> StudyRunner<'a, D> {
             train_lm: c.train_lm,
             seed,
             text_stream,
-            continue_optimizer: false,
+            continue_optimizer,
         };
         let docs = self.train_docs.clone();
         let special = self.tokenizer.special;
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
-        if !c.count_padding {
-            spec.schedule = schedule(stages::cooldown_steps(&spec, docs.clone(), corpus, special, c.tokens)?);
-        }
-        // Endpoints restart the schedule (a fresh warmup), so they restart the moments too.
-        spec.continue_optimizer = branched && c.optimizer == Carry::Continue && !spec.schedule.is_fresh();
         let outcome = stages::cooldown(self.dev.clone(), &spec, docs, corpus, cache, special, dir, &mut |s, t, m| {
             progress.step(s, t, m)
         })?;
