@@ -90,9 +90,7 @@ pub struct MixCursor {
     pub image_tokens: u64,
     pub total_tokens: u64,
     pub text_sequences: u64,
-    #[serde(alias = "caption_sequences")]
     pub caption_examples: u64,
-    #[serde(alias = "instruct_sequences")]
     pub instruct_examples: u64,
     pub steps: u64,
     /// (image tokens, total tokens) of the last [`WINDOW_STEPS`] steps.

@@ -1,6 +1,6 @@
 //! Runs tasks against a [`Scorer`] and turns item outcomes into task accuracies and stable scores.
 
-use crate::bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
+use crate::bits_per_byte::BitsPerByte;
 use crate::multiple_choice::predict_choice;
 use crate::prompt::{continuation, VlTemplate};
 use crate::scorer::{Answer, ImageRef, LogLikelihood, Request, Scorer};
@@ -298,31 +298,17 @@ pub fn evaluate_with_progress(
             on_item(done, total);
         };
         let started = std::time::Instant::now();
-        let result =
-            score_task(scorer, task, options, &mut tick).with_context(|| format!("evaluating task {:?}", task.name))?;
+        let result = score_task(scorer, task, options, &mut tick)
+            .with_context(|| format!("evaluating task {:?} ({})", task.name, task.source.display()))?;
         tracing::info!(task = task.name, seconds = started.elapsed().as_secs_f64(), "task scored");
         results.push(result);
     }
     Ok(EvalReport::new(results, validation))
 }
 
-/// Loads task files (and optionally a validation JSONL of `{"text": ...}` documents), evaluates,
-/// and returns the report: the whole `eval` stage in one call.
-pub fn evaluate_files(
-    scorer: &mut dyn Scorer,
-    task_files: &[PathBuf],
-    validation_file: Option<&Path>,
-    options: &EvalOptions,
-) -> Result<EvalReport> {
-    let tasks = load_tasks(task_files)?;
-    let validation = match validation_file {
-        Some(path) => {
-            let docs = load_text_documents(path)?;
-            Some(bits_per_byte(scorer, &docs).with_context(|| format!("bits-per-byte on {}", path.display()))?)
-        }
-        None => None,
-    };
-    evaluate(scorer, &tasks, validation, options)
+/// Loads task files, evaluates, and returns the report.
+pub fn evaluate_files(scorer: &mut dyn Scorer, task_files: &[PathBuf], options: &EvalOptions) -> Result<EvalReport> {
+    evaluate(scorer, &load_tasks(task_files)?, None, options)
 }
 
 /// Running sums while a task's items are scored.

@@ -1,9 +1,11 @@
-//! vlmix-eval: vision-language and text tasks, stable score, bits-per-byte.
+//! vlmix-eval: vision-language and text tasks, stable score, bits-per-byte, and one checkpoint's
+//! whole evaluation ([`evaluate_checkpoint`]).
 //!
 //! Models plug in through [`Scorer`]; tasks load from JSONL ([`task`]); [`evaluate`] returns an
 //! [`EvalReport`] whose stable scores (accuracy minus chance, averaged per modality) are the
 //! paper's headline numbers.
 pub mod bits_per_byte;
+pub mod checkpoint;
 pub mod evaluate;
 pub mod model_scorer;
 pub mod multiple_choice;
@@ -14,7 +16,8 @@ pub mod task;
 pub mod vqa_answer;
 pub mod yes_no;
 
-pub use bits_per_byte::{bits_per_byte, load_text_documents, BitsPerByte};
+pub use bits_per_byte::{load_text_documents, BitsPerByte, ValidationSet, VALIDATION_SEQUENCES};
+pub use checkpoint::{evaluate_checkpoint, CheckpointEval};
 pub use evaluate::{
     evaluate, evaluate_files, evaluate_task, evaluate_with_progress, majority_baseline, read_samples, BlindControl,
     Control, EvalOptions, EvalReport, ItemLimit, ItemOutcome, Sample, TaskResult, YesNoMode,

@@ -415,7 +415,7 @@ fn text_only_model_refuses_image_items_naming_the_task() {
     let line = serde_json::json!({"id": "q1", "task": "colours", "image": "red.png", "question": "What colour?", "answers": ["red"], "type": "open"});
     std::fs::write(&tasks, format!("{line}\n")).unwrap();
     let mut scorer = text_scorer();
-    let err = format!("{:#}", evaluate_files(&mut scorer, &[tasks], None, &EvalOptions::default()).unwrap_err());
+    let err = format!("{:#}", evaluate_files(&mut scorer, &[tasks], &EvalOptions::default()).unwrap_err());
     assert!(err.contains("colours") && err.contains("text-only"), "{err}");
 }
 

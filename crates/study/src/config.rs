@@ -4,12 +4,17 @@
 //! rather than a full Cartesian product, which would cost fractions x ratios x shares cooldowns.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_device::{DeviceChoice, DeviceKind, Precision};
-use vlmix_models::vision::encoder::is_siglip_dir;
+use vlmix_engine::checkpoint::resolve_checkpoint;
+use vlmix_eval::ItemLimit;
+use vlmix_models::lm::LmConfig;
+use vlmix_models::stage_record::StageRecord;
+use vlmix_models::vision::encoder::{is_siglip_dir, EncoderSpec, FeatureLayer};
+use vlmix_train::schedule::{steps_for, CooldownSchedule, WarmupCosine};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +55,7 @@ pub struct StudyConfig {
     pub data: crate::data_config::DataConfig,
     /// Where the nodes run (`[executor]`: local, or Slurm jobs); not pinned with the run directory.
     #[serde(default, skip_serializing)]
-    pub executor: crate::slurm::ExecutorConfig,
+    pub executor: ExecutorConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -161,8 +166,7 @@ pub struct FinetuneConfig {
 pub struct GridPoint {
     /// Fraction of the text run at which the cooldown branches (0 = scratch, 1 = fully trained).
     pub fraction: f64,
-    /// Requested fraction of image tokens among all cooldown tokens (`image_fraction` before).
-    #[serde(alias = "image_fraction")]
+    /// Requested fraction of image tokens among all cooldown tokens.
     pub image_token_fraction: f64,
     /// Share of instruction data within the image part of the cooldown mix.
     pub instruction_share: f64,
@@ -175,7 +179,7 @@ pub struct GridConfig {
     /// Each list varies one knob with the others held at `base`.
     #[serde(default)]
     pub fractions: Vec<f64>,
-    #[serde(default, alias = "image_fractions")]
+    #[serde(default)]
     pub image_token_fractions: Vec<f64>,
     #[serde(default)]
     pub instruction_shares: Vec<f64>,
@@ -249,6 +253,88 @@ pub struct LeftOutTask {
     /// The scripts/data-sources.tsv source it comes from.
     pub package: String,
     pub reason: String,
+}
+
+/// The `[executor]` table of a study config. It is not part of the study's identity: a run directory
+/// may be resumed locally or on another partition.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// `local` (the default: one process runs every node) or `slurm`.
+    #[serde(default, rename = "type")]
+    pub kind: ExecutorKind,
+    /// `sbatch --partition`.
+    pub partition: Option<String>,
+    /// `sbatch --account`.
+    pub account: Option<String>,
+    /// Time limit of each job (`sbatch --time`, e.g. `"4:00:00"`).
+    pub time: Option<String>,
+    /// CPUs of each job's task (`--cpus-per-task`).
+    pub cpus_per_task: Option<u32>,
+    /// Memory of each job (`--mem`, e.g. `"16G"`).
+    pub mem: Option<String>,
+    /// Training nodes (pretrain, cooldowns, fine-tunes) only: machines, ranks per machine and GPUs
+    /// per machine; with more than one rank in all the node runs under `srun` as a data-parallel job.
+    #[serde(default = "one")]
+    pub train_nodes: u32,
+    #[serde(default = "one")]
+    pub train_tasks_per_node: u32,
+    pub train_gpus_per_node: Option<u32>,
+    /// Extra lines for every job script, each written as `#SBATCH <line>` (e.g. `"--qos=high"`).
+    #[serde(default)]
+    pub sbatch_lines: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            kind: ExecutorKind::Local,
+            partition: None,
+            account: None,
+            time: None,
+            cpus_per_task: None,
+            mem: None,
+            train_nodes: 1,
+            train_tasks_per_node: 1,
+            train_gpus_per_node: None,
+            sbatch_lines: vec![],
+        }
+    }
+}
+
+impl ExecutorConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.train_nodes == 0 || self.train_tasks_per_node == 0 || self.cpus_per_task == Some(0) {
+            bail!("executor: train_nodes, train_tasks_per_node and cpus_per_task must be at least 1");
+        }
+        if let Some(line) = self.sbatch_lines.iter().find(|l| !l.trim().starts_with('-') || l.contains('\n')) {
+            bail!("executor.sbatch_lines: {line:?} is not one sbatch option (`--name=value`)");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+    Slurm,
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "local" => Ok(Self::Local),
+            "slurm" => Ok(Self::Slurm),
+            other => bail!("unknown executor {other:?}: use local or slurm"),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -453,6 +539,86 @@ impl StudyConfig {
     }
 }
 
+impl EvalConfig {
+    /// Items scored per task: the first N of each file, the same for every model of the study.
+    pub fn item_limit(&self) -> ItemLimit {
+        ItemLimit {
+            vision: Some(self.max_vision_items.unwrap_or(self.max_items_per_task)),
+            text: Some(self.max_text_items.unwrap_or(self.max_items_per_task)),
+        }
+    }
+}
+
+/// What the config means once resolved against the files it names: the runner, the dry run and
+/// the eval nodes read the model, encoder and schedules from here only.
+impl StudyConfig {
+    /// The study's model: preset, overrides, and the tokenizer's vocabulary; `pretrain.from`'s
+    /// model (at `model.seq_len` when given) when the study starts from a checkpoint.
+    pub fn model_config(&self, vocab: usize) -> Result<LmConfig> {
+        if let Some(from) = self.imported_checkpoint()? {
+            let mut lm = StageRecord::of_checkpoint(&from)
+                .map(|r| r.model)
+                .with_context(|| format!("study field `pretrain.from` ({})", from.display()))?;
+            if lm.vocab != vocab {
+                bail!("pretrain.from = {}: the model's vocabulary has {} tokens but the tokenizer has {vocab}; start from a model of this tokenizer", from.display(), lm.vocab);
+            }
+            lm.seq_len = self.model.seq_len.unwrap_or(lm.seq_len);
+            lm.validate().context("study field `model.seq_len`")?;
+            return Ok(lm);
+        }
+        let m = &self.model;
+        let mut lm = LmConfig::preset(&m.preset).context("study field `model.preset`")?;
+        lm.vocab = vocab;
+        lm.d_model = m.d_model.unwrap_or(lm.d_model);
+        lm.n_layers = m.n_layers.unwrap_or(lm.n_layers);
+        lm.n_heads = m.n_heads.unwrap_or(lm.n_heads);
+        lm.seq_len = m.seq_len.unwrap_or(lm.seq_len);
+        lm.validate().context("study field `model`")?;
+        Ok(lm)
+    }
+
+    /// The checkpoint `pretrain.from` names (resolved, absolute), when the study starts from one.
+    pub fn imported_checkpoint(&self) -> Result<Option<PathBuf>> {
+        let Some(from) = &self.pretrain.from else { return Ok(None) };
+        let checkpoint = resolve_checkpoint(from).context("study field `pretrain.from`")?;
+        Ok(Some(std::fs::canonicalize(&checkpoint).unwrap_or(checkpoint)))
+    }
+
+    /// The study's encoder, with a SigLIP directory made absolute so stage records stay valid anywhere.
+    pub fn encoder_spec(&self) -> EncoderSpec {
+        let source =
+            std::fs::canonicalize(&self.encoder).map_or_else(|_| self.encoder.clone(), |p| p.display().to_string());
+        EncoderSpec {
+            source,
+            layer: FeatureLayer::default(),
+            resolution: None,
+            trainable_blocks: self.encoder_trainable_blocks,
+        }
+    }
+
+    /// The text run's LR schedule at `seq` positions per sequence.
+    pub fn text_schedule(&self, seq: usize) -> WarmupCosine {
+        let p = &self.pretrain;
+        WarmupCosine {
+            peak: p.peak_lr,
+            floor: p.min_lr,
+            warmup_steps: p.warmup_steps,
+            total_steps: steps_for(p.tokens, p.batch_size, seq),
+        }
+    }
+
+    /// The LR schedule of a cooldown branched at `fraction` of the text run (its steps are the
+    /// stage's to count).
+    pub fn cooldown_schedule(&self, fraction: f64, seq: usize) -> CooldownSchedule {
+        CooldownSchedule {
+            text: self.text_schedule(seq),
+            fraction,
+            fresh_peak: self.cooldown.fresh_peak_lr,
+            fresh_warmup_steps: self.cooldown.fresh_warmup_steps,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,15 +683,12 @@ mod tests {
     }
 
     #[test]
-    fn configs_with_the_old_image_fraction_names_read_the_same() {
+    fn unknown_keys_are_refused_naming_them() {
         let text = include_str!("../../../configs/study/smoke.toml");
-        let old = text
-            .replace("image_token_fraction = ", "image_fraction = ")
-            .replace("image_token_fractions = []", "image_fractions = [0.6]");
+        let old = text.replace("image_token_fractions = []", "image_fractions = [0.6]");
         assert_ne!(old, text);
-        let (old, mut new) = (toml::from_str::<StudyConfig>(&old).unwrap(), smoke());
-        new.grid.image_token_fractions = vec![0.6];
-        assert_eq!(serde_json::to_string(&old).unwrap(), serde_json::to_string(&new).unwrap());
+        let err = toml::from_str::<StudyConfig>(&old).unwrap_err().to_string();
+        assert!(err.contains("unknown field `image_fractions`"), "{err}");
     }
 
     #[test]

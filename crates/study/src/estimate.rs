@@ -22,9 +22,8 @@ use vlmix_models::vision::encoder::{open_encoder, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 
 use crate::config::StudyConfig;
-use crate::evaluation::item_limit;
 use crate::plan::{NodeKind, Plan};
-use crate::runner::{encoder_spec, model_config, steps_for};
+use vlmix_train::schedule::steps_for;
 
 /// Largest step (training FLOPs) the probe runs on the full model; beyond it, a reduced copy.
 const FULL_PROBE_FLOPS: f64 = 1e11;
@@ -198,7 +197,7 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     let vocab = TextTokenizer::load(&layout.tokenizer_json())
         .map(|t| t.vocab_size())
         .unwrap_or(LmConfig::preset(&config.model.preset)?.vocab);
-    let model = model_config(config, vocab)?;
+    let model = config.model_config(vocab)?;
     let seq = model.seq_len;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("cpu: {} ({threads} threads)", vlmix_engine::machine::cpu_model());
@@ -224,7 +223,7 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
         USABLE_FRACTION * 100.0
     );
     let text = TrainShape::text(model.clone(), device);
-    let spec = encoder_spec(config);
+    let spec = config.encoder_spec();
     let encoder = open_encoder(&spec, &layout.home);
     let vision = encoder.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|e| {
         Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? })
@@ -298,7 +297,7 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     // only where it differs between items (~a quarter). A forward-only position costs
     // `EVAL_POSITION_COST` training positions: the continuation rows are a few tokens wide and attend
     // over whole rows, plus the vocabulary softmax of every scored token.
-    let items = item_limit(&config.eval);
+    let items = config.eval.item_limit();
     let (vision_items, text_items) = (items.vision.unwrap_or(0) as u64, items.text.unwrap_or(0) as u64);
     let item_positions = seq as u64 / 2 + 16;
     let text_eval_positions = config.eval.text_tasks.len() as u64 * text_items * item_positions;

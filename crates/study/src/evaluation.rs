@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_engine::Device;
-use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer};
+use vlmix_eval::model_scorer::ImageFeatures;
 use vlmix_eval::scorer::ImageRef;
 use vlmix_eval::task::{load_tasks, Modality, Task, TaskItems};
-use vlmix_eval::{evaluate, EvalOptions, EvalReport, ItemLimit};
+use vlmix_eval::{evaluate_checkpoint, BitsPerByte, CheckpointEval, EvalOptions, EvalReport};
 use vlmix_models::vision::encoder::open_encoder;
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
@@ -17,19 +17,11 @@ use crate::config::{LeftOutTask, StudyConfig};
 use crate::executor::StudyDir;
 use crate::outputs::{BpbPoint, EvalOutputs, EvalSkipped, TextBaselineOutputs};
 use crate::plan::PRETRAIN;
-use crate::runner::{encoder_spec, StudyRunner};
+use crate::runner::StudyRunner;
 use vlmix_data::provenance::DataProvenance;
 
 /// Per-item log of an eval node, beside its `eval.json` (see [`vlmix_eval::Sample`]).
 pub const SAMPLES_FILE: &str = "samples.jsonl";
-
-/// Items scored per task: the first N of each file, the same for every model of the study.
-pub fn item_limit(eval: &crate::config::EvalConfig) -> ItemLimit {
-    ItemLimit {
-        vision: Some(eval.max_vision_items.unwrap_or(eval.max_items_per_task)),
-        text: Some(eval.max_text_items.unwrap_or(eval.max_items_per_task)),
-    }
-}
 
 /// File of each configured task (vision ones only with `vision`), in the prepared data; a missing
 /// file is an error naming the field, and the source package and what to do when the prepared
@@ -130,7 +122,7 @@ fn study_tasks<D: Device>(runner: &StudyRunner<D>, vision: bool) -> Result<Vec<T
 /// into the feature cache (many per forward pass), so that the first eval node does not encode them
 /// one at a time; returns how many were encoded. Part of the `image-corpus` node.
 pub fn cache_eval_images<D: Device>(runner: &StudyRunner<D>) -> Result<usize> {
-    let limit = item_limit(&runner.config.eval).of(Modality::Vision);
+    let limit = runner.config.eval.item_limit().of(Modality::Vision);
     let mut seen = HashSet::new();
     let mut images = vec![ImageRef::blank()];
     for task in study_tasks(runner, true)? {
@@ -138,40 +130,41 @@ pub fn cache_eval_images<D: Device>(runner: &StudyRunner<D>) -> Result<usize> {
             images.extend(items.into_iter().take(limit).map(|item| item.image).filter(|i| seen.insert(i.path.clone())));
         }
     }
-    let encoder = open_encoder(&encoder_spec(runner.config), &runner.layout.home)?;
+    let encoder = open_encoder(&runner.config.encoder_spec(), &runner.layout.home)?;
     ImageFeatures::open(encoder, &runner.layout.home.join(CACHE_SUBDIR))?.cache_all(&images)
 }
 
 /// Scores `checkpoint` on the study's tasks (prepared ones and `[data]` eval sets; the vision ones
-/// too with `vision`, each also blind) and writes the full report to `dir/eval.json` and every item
-/// to `dir/samples.jsonl`; returns the report and that
-/// file's path relative to the run.
+/// too with `vision`, each also blind) and the held-out text ([`evaluate_checkpoint`]); writes the
+/// full report to `dir/eval.json` and every item to `dir/samples.jsonl`. Returns the report, that
+/// file's path relative to the run, and the bits-per-byte.
 fn score_checkpoint<D: Device>(
     runner: &StudyRunner<D>,
     checkpoint: &Path,
     vision: bool,
     dir: &Path,
     study: &StudyDir,
-) -> Result<(EvalReport, String)> {
-    let layout = &runner.layout;
+) -> Result<(EvalReport, String, BitsPerByte)> {
     let tasks = study_tasks(runner, vision)?;
     let tokenizer = TextTokenizer::load(&runner.tokenizer_path)?;
-    let images = match vision {
-        true => Some(ImageFeatures::open(
-            open_encoder(&encoder_spec(runner.config), &layout.home)?,
-            &layout.home.join(CACHE_SUBDIR),
-        )?),
-        false => None,
+    let home = &runner.layout.home;
+    let mut images =
+        |_: &Path| ImageFeatures::open(open_encoder(&runner.config.encoder_spec(), home)?, &home.join(CACHE_SUBDIR));
+    let what = CheckpointEval {
+        tasks: &tasks,
+        options: EvalOptions {
+            limit: runner.config.eval.item_limit(),
+            blind_control: vision,
+            ..EvalOptions::default()
+        },
+        validation: Some(&runner.validation),
     };
-    let mut scorer = ModelScorer::from_checkpoint(runner.dev.clone(), checkpoint, tokenizer, images)?;
-    let options =
-        EvalOptions { limit: item_limit(&runner.config.eval), blind_control: vision, ..EvalOptions::default() };
-    let mut report = evaluate(&mut scorer, &tasks, None, &options)?;
-    report.validation = None;
+    let report = evaluate_checkpoint(runner.dev.clone(), checkpoint, tokenizer, &mut images, &what, &mut |_, _| {})?;
     let path = dir.join("eval.json");
     report.write_json(&path)?;
     report.write_samples(&dir.join(SAMPLES_FILE))?;
-    Ok((report, path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy().into_owned()))
+    let held_out = report.validation.clone().context("a study scores held-out text")?;
+    Ok((report, path.strip_prefix(&study.root).unwrap_or(&path).to_string_lossy().into_owned(), held_out))
 }
 
 pub fn evaluate_node<D: Device>(
@@ -184,8 +177,7 @@ pub fn evaluate_node<D: Device>(
     let done = study.finished(finetune)?;
     let rel = done.outputs.finetune(finetune)?.epoch(finetune, epoch)?;
     let checkpoint = study.root.join(rel);
-    let (report, report_path) = score_checkpoint(runner, &checkpoint, true, dir, study)?;
-    let held_out = runner.validation_text(&checkpoint)?;
+    let (report, report_path, held_out) = score_checkpoint(runner, &checkpoint, true, dir, study)?;
     Ok(EvalOutputs {
         report: report_path,
         checkpoint: rel.to_string(),
@@ -203,9 +195,8 @@ pub fn evaluate_text_baseline<D: Device>(
     dir: &Path,
     study: &StudyDir,
 ) -> Result<TextBaselineOutputs> {
-    if let Some(from) = crate::runner::imported_checkpoint(runner.config)? {
-        let (report, report_path) = score_checkpoint(runner, &from, false, dir, study)?;
-        let held_out = runner.validation_text(&from)?;
+    if let Some(from) = runner.config.imported_checkpoint()? {
+        let (report, report_path, held_out) = score_checkpoint(runner, &from, false, dir, study)?;
         return Ok(TextBaselineOutputs {
             report: report_path,
             checkpoint: from.display().to_string(),
@@ -220,14 +211,14 @@ pub fn evaluate_text_baseline<D: Device>(
     let Some((fraction, rel)) = done.outputs.pretrain(PRETRAIN)?.checkpoints.last() else {
         anyhow::bail!("pretrain kept no checkpoint")
     };
-    let (report, report_path) = score_checkpoint(runner, &study.root.join(rel), false, dir, study)?;
+    let (report, report_path, held_out) = score_checkpoint(runner, &study.root.join(rel), false, dir, study)?;
     Ok(TextBaselineOutputs {
         report: report_path,
         checkpoint: rel.to_string(),
         fraction,
         imported: false,
         validation_bpb: Vec::new(),
-        validation_nats: runner.validation_text(&study.root.join(rel))?.sequence_nats,
+        validation_nats: held_out.sequence_nats,
         text_stable_score: report.text_stable_score,
     })
 }

@@ -80,9 +80,10 @@ impl StudyDir {
         self.root.join("nodes").join(id)
     }
 
-    /// The node's record, None while it is unfinished. A record damaged on disk is reported, set
-    /// aside as `done.json.damaged`, and the node counts as unfinished, so it runs again (resuming
-    /// from its last good checkpoint) instead of failing the study.
+    /// The node's record, None while it is unfinished. A record damaged on disk, or one this
+    /// version cannot read (outputs from before their stage tag), is reported, set aside as
+    /// `done.json.damaged`, and the node counts as unfinished, so it runs again (resuming from its
+    /// last good checkpoint) instead of failing the study.
     pub fn done(&self, id: &str) -> Result<Option<NodeDone>> {
         let path = self.node_dir(id).join("done.json");
         if !path.exists() {
@@ -243,6 +244,14 @@ mod tests {
         assert_eq!(runner.runs, vec!["b"], "only the node whose record was damaged");
         assert!(study.node_dir("b").join("done.json.damaged").is_file(), "set aside for a look");
         assert!(study.finished("b").is_ok());
+
+        // Outputs without their stage tag (run directories written before it) are read the same way.
+        let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&done).unwrap()).unwrap();
+        record["outputs"].as_object_mut().unwrap().remove("stage").expect("tagged");
+        std::fs::write(&done, record.to_string()).unwrap();
+        let mut runner = Counting { runs: vec![], fail_on: None };
+        assert_eq!(execute(&plan(), &study, &mut runner).unwrap(), 1);
+        assert_eq!(runner.runs, vec!["b"]);
     }
 
     #[test]

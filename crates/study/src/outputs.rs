@@ -1,8 +1,9 @@
 //! What each node leaves in its `done.json` under `outputs`, typed. Paths are relative to the run
 //! directory (so a run directory can move), except an imported model's absolute checkpoint.
 //!
-//! The JSON carries no stage tag (the shape predates these types): each stage is told apart by a field
-//! only its outputs have ([`NodeOutputs::deserialize`]), so run directories written before keep reading.
+//! Each record names its stage (`"stage": "cooldown"`, ...). A `done.json` written before the tag,
+//! or by no known stage, does not read: the executor sets it aside as `done.json.damaged` and runs
+//! the node again ([`crate::executor::StudyDir::done`]), resuming from its last checkpoint.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vlmix_data::byod::Skipped;
 
 /// The outputs of one finished node.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
 pub enum NodeOutputs {
     ImageCorpus(CorpusOutputs),
     Pretrain(PretrainOutputs),
@@ -20,33 +21,6 @@ pub enum NodeOutputs {
     Finetune(FinetuneOutputs),
     Eval(EvalOutputs),
     TextBaseline(TextBaselineOutputs),
-}
-
-impl<'de> Deserialize<'de> for NodeOutputs {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let value = serde_json::Value::deserialize(d)?;
-        let has = |field: &str| value.get(field).is_some();
-        let outputs = if has("corpus") {
-            serde_json::from_value(value).map(Self::ImageCorpus)
-        } else if has("checkpoints") {
-            serde_json::from_value(value).map(Self::Pretrain)
-        } else if has("image_tokens") {
-            serde_json::from_value(value).map(Self::Cooldown)
-        } else if has("epochs") {
-            serde_json::from_value(value).map(Self::Finetune)
-        } else if has("bits_per_byte") {
-            serde_json::from_value(value).map(Self::Eval)
-        } else if has("fraction") {
-            serde_json::from_value(value).map(Self::TextBaseline)
-        } else {
-            return Err(D::Error::custom(
-                "outputs of no known stage (none of `corpus`, `checkpoints`, `image_tokens`, `epochs`, \
-                 `bits_per_byte`, `fraction`)",
-            ));
-        };
-        outputs.map_err(D::Error::custom)
-    }
 }
 
 /// `image-corpus`: the corpus file and what went into it.
@@ -57,7 +31,6 @@ pub struct CorpusOutputs {
     pub conversations: usize,
     pub cache_hits: usize,
     pub cache_misses: usize,
-    #[serde(default)]
     pub skipped_records: CorpusSkipped,
 }
 
@@ -75,7 +48,6 @@ pub struct PretrainOutputs {
     pub validation_bpb: Vec<BpbPoint>,
     pub tokens: u64,
     pub steps: u64,
-    #[serde(default)]
     pub skipped_records: TextSkipped,
 }
 
@@ -129,12 +101,10 @@ impl<'de> Deserialize<'de> for FractionCheckpoints {
 }
 
 /// A cooldown: its last checkpoint and the tokens it trained on (the achieved image-token fraction
-/// is `image_tokens / tokens`, `vlmix_data::mixing::achieved_image_fraction`; records written before
-/// it was dropped here still read, their copy ignored).
+/// is `image_tokens / tokens`, `vlmix_data::mixing::achieved_image_fraction`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CooldownOutputs {
     pub checkpoint: String,
-    #[serde(default)]
     pub fresh_schedule: bool,
     pub tokens: u64,
     pub image_tokens: u64,
@@ -143,16 +113,22 @@ pub struct CooldownOutputs {
 /// A fine-tune: the checkpoint at the end of every epoch it trained.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneOutputs {
+    #[serde(deserialize_with = "epochs_by_key")]
     pub epochs: BTreeMap<u32, String>,
     pub tokens: u64,
 }
 
-/// A model's held-out text: bits per byte, and the summed loss (nats) of each validation sequence
-/// so two models' bits-per-byte compare with a paired interval over the same sequences.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HeldOutText {
-    pub bits_per_byte: f64,
-    pub sequence_nats: Vec<f64>,
+/// Reads the epochs' JSON object keys as numbers itself: serde's tagged-enum buffer hands a map key
+/// on as the string it was, which a `u32` key refuses.
+fn epochs_by_key<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, String>, D::Error> {
+    BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(key, checkpoint)| {
+            let epoch =
+                key.parse().map_err(|_| serde::de::Error::custom(format!("`epochs`: key {key:?} is not an epoch")));
+            Ok((epoch?, checkpoint))
+        })
+        .collect()
 }
 
 /// An eval of a fine-tuned model.
@@ -162,12 +138,11 @@ pub struct EvalOutputs {
     pub report: String,
     pub checkpoint: String,
     pub bits_per_byte: f64,
-    /// Per validation sequence (see [`HeldOutText`]); empty in runs written before it was kept.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Summed loss (nats) of each validation sequence ([`vlmix_eval::BitsPerByte::sequence_nats`]):
+    /// what a paired interval of two models' bits-per-byte resamples.
     pub validation_nats: Vec<f64>,
     pub vision_stable_score: Option<f64>,
     pub text_stable_score: Option<f64>,
-    #[serde(default)]
     pub skipped_records: EvalSkipped,
 }
 
@@ -187,8 +162,7 @@ pub struct TextBaselineOutputs {
     pub imported: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validation_bpb: Vec<BpbPoint>,
-    /// The evaluated checkpoint's per-sequence validation loss (see [`HeldOutText`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The evaluated checkpoint's per-sequence validation loss (see [`EvalOutputs::validation_nats`]).
     pub validation_nats: Vec<f64>,
     pub text_stable_score: Option<f64>,
 }
@@ -259,28 +233,29 @@ impl FinetuneOutputs {
 mod tests {
     use super::*;
 
-    /// `outputs` of every node kind as a study wrote them before these types existed (smoke, and
-    /// the imported model's baseline).
-    const OLD: [&str; 7] = [
-        r#"{"cache_hits": 1200, "cache_misses": 0, "captions": 600, "conversations": 600, "corpus": "image_corpus.json",
+    /// `outputs` of every node kind as a study writes them (smoke, and the imported model's baseline).
+    const RECORDS: [&str; 7] = [
+        r#"{"stage": "image_corpus", "cache_hits": 1200, "cache_misses": 0, "captions": 600, "conversations": 600, "corpus": "image_corpus.json",
             "skipped_records": {"captions": {"count": 0, "first": []}, "conversations": {"count": 2, "first": ["a", "b"]}}}"#,
-        r#"{"checkpoints": {"0.5": "nodes/pretrain/checkpoints/step-00000098", "1": "nodes/pretrain/checkpoints/step-00000195"},
+        r#"{"stage": "pretrain", "checkpoints": {"0.5": "nodes/pretrain/checkpoints/step-00000098", "1": "nodes/pretrain/checkpoints/step-00000195"},
             "skipped_records": {"text": {"count": 0, "first": []}}, "steps": 195, "tokens": 199680,
             "validation_bpb": [{"bits_per_byte": 8.1, "fraction": 0.0}, {"bits_per_byte": 3.2, "fraction": 0.5}, {"bits_per_byte": 3.0, "fraction": 1.0}]}"#,
-        r#"{"achieved_image_fraction": 0.30045845272206306, "checkpoint": "nodes/cooldown-at050-img030-inst000-seed0/checkpoints/step-00000052",
+        r#"{"stage": "cooldown", "checkpoint": "nodes/cooldown-at050-img030-inst000-seed0/checkpoints/step-00000052",
             "fresh_schedule": false, "image_tokens": 10486, "tokens": 34900}"#,
-        r#"{"epochs": {"1": "nodes/finetune-x/checkpoints/step-00000008", "2": "nodes/finetune-x/checkpoints/step-00000016"}, "tokens": 12288}"#,
-        r#"{"bits_per_byte": 3.111280582508189, "checkpoint": "nodes/finetune-x/checkpoints/step-00000008", "report": "nodes/eval-x/eval.json",
-            "skipped_records": {"eval": {"count": 0, "first": []}}, "text_stable_score": 0.05249999999999999, "vision_stable_score": null}"#,
-        r#"{"checkpoint": "nodes/pretrain/checkpoints/step-00000195", "fraction": 1.0, "report": "nodes/eval-text-baseline/eval.json",
-            "text_stable_score": 0.05249999999999999}"#,
-        r#"{"checkpoint": "/models/imported/checkpoints/step-00000000", "fraction": 1.0, "imported": true, "report": "nodes/eval-text-baseline/eval.json",
-            "text_stable_score": null, "validation_bpb": [{"bits_per_byte": 2.5, "fraction": 1.0}]}"#,
+        r#"{"stage": "finetune", "epochs": {"1": "nodes/finetune-x/checkpoints/step-00000008", "2": "nodes/finetune-x/checkpoints/step-00000016"}, "tokens": 12288}"#,
+        r#"{"stage": "eval", "bits_per_byte": 3.111280582508189, "checkpoint": "nodes/finetune-x/checkpoints/step-00000008", "report": "nodes/eval-x/eval.json",
+            "skipped_records": {"eval": {"count": 0, "first": []}}, "text_stable_score": 0.05249999999999999, "validation_nats": [1.5, 2.5],
+            "vision_stable_score": null}"#,
+        r#"{"stage": "text_baseline", "checkpoint": "nodes/pretrain/checkpoints/step-00000195", "fraction": 1.0, "report": "nodes/eval-text-baseline/eval.json",
+            "text_stable_score": 0.05249999999999999, "validation_nats": [1.5, 2.5]}"#,
+        r#"{"stage": "text_baseline", "checkpoint": "/models/imported/checkpoints/step-00000000", "fraction": 1.0, "imported": true,
+            "report": "nodes/eval-text-baseline/eval.json", "text_stable_score": null, "validation_bpb": [{"bits_per_byte": 2.5, "fraction": 1.0}],
+            "validation_nats": [1.5, 2.5]}"#,
     ];
 
     #[test]
-    fn outputs_written_before_read_as_their_stage_and_write_back_the_same_json() {
-        for (text, stage) in OLD.iter().zip([0, 1, 2, 3, 4, 5, 5]) {
+    fn records_read_as_their_stage_and_write_back_the_same_json() {
+        for (text, stage) in RECORDS.iter().zip([0, 1, 2, 3, 4, 5, 5]) {
             let value: serde_json::Value = serde_json::from_str(text).unwrap();
             let outputs: NodeOutputs = serde_json::from_value(value.clone()).unwrap();
             let got = match &outputs {
@@ -292,42 +267,36 @@ mod tests {
                 NodeOutputs::TextBaseline(_) => 5,
             };
             assert_eq!(got, stage, "{text}");
-            // The one field dropped since: a cooldown's achieved fraction (image_tokens / tokens).
-            let mut kept = value.clone();
-            kept.as_object_mut().expect("an object").remove("achieved_image_fraction");
-            assert_eq!(serde_json::to_value(&outputs).unwrap(), kept, "the on-disk shape is kept");
+            assert_eq!(serde_json::to_value(&outputs).unwrap(), value, "the on-disk shape is kept");
         }
     }
 
     #[test]
     fn pretrain_checkpoints_are_found_by_fraction_and_the_last_is_the_largest() {
-        let outputs: NodeOutputs = serde_json::from_str(OLD[1]).unwrap();
+        let outputs: NodeOutputs = serde_json::from_str(RECORDS[1]).unwrap();
         let pretrain = outputs.pretrain("pretrain").unwrap();
         assert_eq!(pretrain.checkpoints.at(0.5), Some("nodes/pretrain/checkpoints/step-00000098"));
         assert_eq!(pretrain.checkpoints.at(0.25), None);
         assert_eq!(pretrain.checkpoints.last(), Some((1.0, "nodes/pretrain/checkpoints/step-00000195")));
         let err = outputs.cooldown("pretrain").unwrap_err().to_string();
         assert!(err.contains("node pretrain recorded a pre-training's outputs"), "{err}");
+        let finetune: NodeOutputs = serde_json::from_str(RECORDS[3]).unwrap();
+        let err = finetune.finetune("f").unwrap().epoch("f", 3).unwrap_err().to_string();
+        assert!(err.contains("f kept no epoch 3"), "{err}");
     }
 
     #[test]
-    fn broken_outputs_name_the_field() {
-        let err = serde_json::from_str::<NodeOutputs>(r#"{"image_tokens": 1, "tokens": 2}"#).unwrap_err().to_string();
+    fn broken_or_untagged_outputs_do_not_read() {
+        let err = serde_json::from_str::<NodeOutputs>(r#"{"stage": "cooldown", "image_tokens": 1, "tokens": 2}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing field `checkpoint`"), "{err}");
-        let err = serde_json::from_str::<NodeOutputs>(r#"{"checkpoints": {"half": "c"}}"#).unwrap_err().to_string();
+        let err = serde_json::from_str::<NodeOutputs>(r#"{"stage": "pretrain", "checkpoints": {"half": "c"}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"half\" is not a fraction"), "{err}");
-        let err = serde_json::from_str::<NodeOutputs>(r#"{"id": 1}"#).unwrap_err().to_string();
-        assert!(err.contains("no known stage"), "{err}");
-    }
-
-    #[test]
-    fn outputs_of_older_runs_without_skipped_records_still_read() {
-        let outputs: NodeOutputs = serde_json::from_str(r#"{"epochs": {}, "tokens": 1}"#).unwrap();
-        assert!(outputs.finetune("f").unwrap().epoch("f", 1).unwrap_err().to_string().contains("f kept no epoch 1"));
-        let eval: NodeOutputs = serde_json::from_str(
-            r#"{"bits_per_byte": 3.0, "checkpoint": "c", "report": "r", "text_stable_score": null, "vision_stable_score": 0.1}"#,
-        )
-        .unwrap();
-        assert_eq!(eval.eval("e").unwrap().skipped_records, EvalSkipped::default());
+        // A record from before the stage tag: the executor reruns its node.
+        let err = serde_json::from_str::<NodeOutputs>(r#"{"epochs": {}, "tokens": 1}"#).unwrap_err().to_string();
+        assert!(err.contains("missing field `stage`"), "{err}");
     }
 }

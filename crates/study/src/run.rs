@@ -8,14 +8,14 @@ use vlmix_data::DataLayout;
 use vlmix_device::on_device;
 use vlmix_engine::Device;
 
-use crate::config::StudyConfig;
+use crate::config::{ExecutorConfig, StudyConfig};
 use crate::estimate::print_estimate;
 use crate::evaluation::{leave_out_missing_tasks, task_files};
 use crate::executor::{execute, execute_node, StudyDir};
 use crate::plan::Plan;
 use crate::results::write_all;
 use crate::runner::StudyRunner;
-use crate::slurm::{self, ExecutorConfig, Launch, StatusRow, Submission, RESULTS};
+use crate::slurm::{self, Launch, StatusRow, Submission, RESULTS};
 use vlmix_data::provenance::DataProvenance;
 
 pub struct RunOptions {

@@ -3,95 +3,32 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use vlmix_data::byod::text::{open_text, DocSplit};
 use vlmix_data::byod::Skipped;
 use vlmix_data::sequence::VlmSequence;
 use vlmix_data::text::shard::TokenShards;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
-use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::{Cpu, Device};
 use vlmix_eval::task::Task;
+use vlmix_eval::{ValidationSet, VALIDATION_SEQUENCES};
 use vlmix_models::lm::{Lm, LmConfig};
-use vlmix_models::stage_record::{weights_of, StageRecord};
-use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, ImageEncoder};
+use vlmix_models::stage_record::weights_of;
+use vlmix_models::vision::encoder::{open_encoder, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use vlmix_train::corpus::ImageCorpus;
-use vlmix_train::schedule::{cooldown_schedule, WarmupCosine};
 use vlmix_train::stages::{self, CooldownSpec, FinetuneSpec, PretrainSpec, Start, TextStream};
-use vlmix_train::validation::ValidationSet;
 
 use crate::config::{Carry, GridPoint, StudyConfig};
 use crate::executor::{NodeRunner, StudyDir};
 use crate::outputs::{
-    BpbPoint, CooldownOutputs, CorpusOutputs, CorpusSkipped, FinetuneOutputs, FractionCheckpoints, HeldOutText,
-    NodeOutputs, PretrainOutputs, TextSkipped,
+    BpbPoint, CooldownOutputs, CorpusOutputs, CorpusSkipped, FinetuneOutputs, FractionCheckpoints, NodeOutputs,
+    PretrainOutputs, TextSkipped,
 };
 use crate::plan::{cooldown_id, finetune_id, Node, NodeKind, PRETRAIN};
 use crate::progress::StudyProgress;
-
-/// Validation sequences scored at every kept pre-training checkpoint.
-const VALIDATION_SEQUENCES: usize = 32;
-
-/// Resolves the study's model: preset, overrides, and the tokenizer's vocabulary.
-pub fn model_config(config: &StudyConfig, vocab: usize) -> Result<LmConfig> {
-    if let Some(from) = imported_checkpoint(config)? {
-        let mut lm = StageRecord::of_checkpoint(&from)
-            .map(|r| r.model)
-            .with_context(|| format!("study field `pretrain.from` ({})", from.display()))?;
-        if lm.vocab != vocab {
-            bail!("pretrain.from = {}: the model's vocabulary has {} tokens but the tokenizer has {vocab}; start from a model of this tokenizer", from.display(), lm.vocab);
-        }
-        lm.seq_len = config.model.seq_len.unwrap_or(lm.seq_len);
-        lm.validate().context("study field `model.seq_len`")?;
-        return Ok(lm);
-    }
-    let m = &config.model;
-    let mut lm = LmConfig::preset(&m.preset).context("study field `model.preset`")?;
-    lm.vocab = vocab;
-    lm.d_model = m.d_model.unwrap_or(lm.d_model);
-    lm.n_layers = m.n_layers.unwrap_or(lm.n_layers);
-    lm.n_heads = m.n_heads.unwrap_or(lm.n_heads);
-    lm.seq_len = m.seq_len.unwrap_or(lm.seq_len);
-    lm.validate().context("study field `model`")?;
-    Ok(lm)
-}
-
-/// The checkpoint `pretrain.from` names (resolved, absolute), when the study starts from one.
-pub fn imported_checkpoint(config: &StudyConfig) -> Result<Option<PathBuf>> {
-    let Some(from) = &config.pretrain.from else { return Ok(None) };
-    let checkpoint = resolve_checkpoint(from).context("study field `pretrain.from`")?;
-    Ok(Some(std::fs::canonicalize(&checkpoint).unwrap_or(checkpoint)))
-}
-
-/// The study's encoder, with a SigLIP directory made absolute so stage records stay valid anywhere.
-pub fn encoder_spec(config: &StudyConfig) -> EncoderSpec {
-    let source =
-        std::fs::canonicalize(&config.encoder).map_or_else(|_| config.encoder.clone(), |p| p.display().to_string());
-    EncoderSpec {
-        source,
-        layer: FeatureLayer::default(),
-        resolution: None,
-        trainable_blocks: config.encoder_trainable_blocks,
-    }
-}
-
-/// Steps of a stage that consumes `tokens` in batches of `batch` sequences of `seq` positions.
-pub fn steps_for(tokens: u64, batch: usize, seq: usize) -> u64 {
-    (tokens / (batch * seq) as u64).max(1)
-}
-
-pub fn text_schedule(config: &StudyConfig, seq: usize) -> WarmupCosine {
-    let p = &config.pretrain;
-    WarmupCosine {
-        peak: p.peak_lr,
-        floor: p.min_lr,
-        warmup_steps: p.warmup_steps,
-        total_steps: steps_for(p.tokens, p.batch_size, seq),
-    }
-}
 
 /// Everything the nodes of one study share, loaded once, and the device every node computes on.
 pub struct StudyRunner<'a, D: Device = Cpu> {
@@ -108,7 +45,8 @@ pub struct StudyRunner<'a, D: Device = Cpu> {
     /// The `[data]` eval sets, read once, and the questions left out of them.
     pub extra_tasks: Vec<Task>,
     pub eval_skipped: Skipped,
-    validation: ValidationSet,
+    /// Held-out text every kept pre-training checkpoint and every evaluated model is scored on.
+    pub validation: ValidationSet,
     encoder: Box<dyn ImageEncoder>,
     cache: FeatureCache,
     corpus: Option<ImageCorpus>,
@@ -126,7 +64,7 @@ impl<'a, D: Device> StudyRunner<'a, D> {
         let tokenizer_path = data.tokenizer_path(&layout);
         let tokenizer = TextTokenizer::load(&tokenizer_path)
             .context("loading the tokenizer (data.tokenizer, or the prepared one: run `vlmix data prepare`)")?;
-        let model = model_config(config, tokenizer.vocab_size())?;
+        let model = config.model_config(tokenizer.vocab_size())?;
         let (train_docs, validation_docs, text_skipped) = match data.text_spec()? {
             Some(spec) => {
                 let text = open_text(&spec, &tokenizer, &tokenizer_path, &layout.home.join("tokenized"))?;
@@ -141,7 +79,7 @@ impl<'a, D: Device> StudyRunner<'a, D> {
         };
         let validation = ValidationSet::new(validation_docs, model.seq_len, VALIDATION_SEQUENCES, &tokenizer)?;
         let (extra_tasks, eval_skipped) = data.eval_tasks()?;
-        let encoder = open_encoder(&encoder_spec(config), &layout.home)
+        let encoder = open_encoder(&config.encoder_spec(), &layout.home)
             .context("study fields `encoder`, `encoder_trainable_blocks`")?;
         let cache = FeatureCache::open(&layout.home.join(CACHE_SUBDIR), encoder.as_ref())?;
         VlmSequence::new(model.seq_len, encoder.tokens(), tokenizer.special)
@@ -223,22 +161,12 @@ impl<'a, D: Device> StudyRunner<'a, D> {
         Ok(self.corpus.as_ref().expect("set above"))
     }
 
-    /// Held-out text of any checkpoint's LM (projector weights, if any, are ignored): bits per byte
-    /// and each validation sequence's loss.
-    pub fn validation_text(&self, checkpoint: &Path) -> Result<HeldOutText> {
-        let mut params = ParamStore::new(self.dev.clone());
-        let mut lm = Lm::new(self.model.clone(), &mut params, 0)?;
-        params.load_partial_safetensors(&weights_of(checkpoint))?;
-        let sequence_nats = self.validation.nats_per_sequence(&mut lm, &params)?;
-        Ok(HeldOutText { bits_per_byte: self.validation.bits_per_byte_of(&sequence_nats), sequence_nats })
-    }
-
     /// Text pre-training in `dir`, with validation bits-per-byte at init and every kept fraction.
     pub fn pretrain(&mut self, dir: &Path, root: &Path) -> Result<PretrainOutputs> {
         let p = &self.config.pretrain;
         let spec = PretrainSpec {
             model: self.model.clone(),
-            schedule: text_schedule(self.config, self.model.seq_len),
+            schedule: self.config.text_schedule(self.model.seq_len),
             batch_size: p.batch_size,
             micro_batch_size: p.micro_batch_size,
             weight_decay: p.weight_decay,
@@ -258,11 +186,11 @@ impl<'a, D: Device> StudyRunner<'a, D> {
         let mut curve = Vec::new();
         let mut params = ParamStore::new(self.dev.clone());
         let mut lm = Lm::new(self.model.clone(), &mut params, spec.seed)?;
-        curve.push(BpbPoint { fraction: 0.0, bits_per_byte: self.validation.bits_per_byte(&mut lm, &params)? });
+        curve.push(BpbPoint { fraction: 0.0, bits_per_byte: self.validation.score(&mut lm, &params)?.bits_per_byte });
         let mut checkpoints = FractionCheckpoints::default();
         for &(fraction, ref ckpt) in &outcome.checkpoints {
             params.load_safetensors(&weights_of(ckpt))?;
-            curve.push(BpbPoint { fraction, bits_per_byte: self.validation.bits_per_byte(&mut lm, &params)? });
+            curve.push(BpbPoint { fraction, bits_per_byte: self.validation.score(&mut lm, &params)?.bits_per_byte });
             checkpoints.0.push((fraction, rel(root, ckpt)));
         }
         Ok(PretrainOutputs {
@@ -277,7 +205,7 @@ impl<'a, D: Device> StudyRunner<'a, D> {
     fn cooldown_node(&mut self, point: &GridPoint, seed: u64, dir: &Path, study: &StudyDir) -> Result<CooldownOutputs> {
         let start = if point.fraction <= 0.0 {
             Start::Scratch
-        } else if let Some(from) = imported_checkpoint(self.config)? {
+        } else if let Some(from) = self.config.imported_checkpoint()? {
             Start::TextCheckpoint(from)
         } else {
             let pretrain = study.finished(PRETRAIN)?;
@@ -307,21 +235,15 @@ impl<'a, D: Device> StudyRunner<'a, D> {
             Carry::Continue if branched => TextStream::Continue { pretrain_seed: config.grid.seeds[0] },
             _ => TextStream::Restart,
         };
-        let positions_steps = steps_for(c.tokens, c.batch_size, self.model.seq_len);
-        let text = text_schedule(config, self.model.seq_len);
-        let schedule = |steps: u64| {
-            let fresh = WarmupCosine {
-                peak: c.fresh_peak_lr,
-                floor: config.pretrain.min_lr,
-                warmup_steps: c.fresh_warmup_steps,
-                total_steps: steps,
-            };
-            cooldown_schedule(&text, point.fraction, steps, &fresh)
-        };
-        let mut spec = CooldownSpec {
+        let schedule = config.cooldown_schedule(point.fraction, self.model.seq_len);
+        // Endpoints restart the schedule (a fresh warmup), so they restart the moments too.
+        let continue_optimizer = branched && c.optimizer == Carry::Continue && !schedule.is_fresh();
+        let spec = CooldownSpec {
             model: self.model.clone(),
             start,
-            schedule: schedule(positions_steps),
+            schedule,
+            tokens: c.tokens,
+            count_padding: c.count_padding,
             batch_size: c.batch_size,
             micro_batch_size: c.micro_batch_size,
             weight_decay: c.weight_decay,
@@ -329,21 +251,16 @@ impl<'a, D: Device> StudyRunner<'a, D> {
             instruction_share: point.instruction_share,
             images_per_row: c.images_per_row,
             fill_image_rows: c.fill_image_rows,
-            encoder: encoder_spec(config),
+            encoder: config.encoder_spec(),
             train_lm: c.train_lm,
             seed,
             text_stream,
-            continue_optimizer: false,
+            continue_optimizer,
         };
         let docs = self.train_docs.clone();
         let special = self.tokenizer.special;
         self.corpus(root)?;
         let (corpus, cache, progress) = (self.corpus.as_ref().expect("built"), &self.cache, &self.progress);
-        if !c.count_padding {
-            spec.schedule = schedule(stages::cooldown_steps(&spec, docs.clone(), corpus, special, c.tokens)?);
-        }
-        // Endpoints restart the schedule (a fresh warmup), so they restart the moments too.
-        spec.continue_optimizer = branched && c.optimizer == Carry::Continue && !spec.schedule.is_fresh();
         let outcome = stages::cooldown(self.dev.clone(), &spec, docs, corpus, cache, special, dir, &mut |s, t, m| {
             progress.step(s, t, m)
         })?;

@@ -18,90 +18,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vlmix_atomic_file::write_atomic;
 
+use crate::config::ExecutorConfig;
 use crate::executor::StudyDir;
 use crate::plan::{NodeKind, Plan};
-
-/// The `[executor]` table of a study config. It is not part of the study's identity: a run directory
-/// may be resumed locally or on another partition.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecutorConfig {
-    /// `local` (the default: one process runs every node) or `slurm`.
-    #[serde(default, rename = "type")]
-    pub kind: ExecutorKind,
-    /// `sbatch --partition`.
-    pub partition: Option<String>,
-    /// `sbatch --account`.
-    pub account: Option<String>,
-    /// Time limit of each job (`sbatch --time`, e.g. `"4:00:00"`).
-    pub time: Option<String>,
-    /// CPUs of each job's task (`--cpus-per-task`).
-    pub cpus_per_task: Option<u32>,
-    /// Memory of each job (`--mem`, e.g. `"16G"`).
-    pub mem: Option<String>,
-    /// Training nodes (pretrain, cooldowns, fine-tunes) only: machines, ranks per machine and GPUs
-    /// per machine; with more than one rank in all the node runs under `srun` as a data-parallel job.
-    #[serde(default = "one")]
-    pub train_nodes: u32,
-    #[serde(default = "one")]
-    pub train_tasks_per_node: u32,
-    pub train_gpus_per_node: Option<u32>,
-    /// Extra lines for every job script, each written as `#SBATCH <line>` (e.g. `"--qos=high"`).
-    #[serde(default)]
-    pub sbatch_lines: Vec<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl Default for ExecutorConfig {
-    fn default() -> Self {
-        Self {
-            kind: ExecutorKind::Local,
-            partition: None,
-            account: None,
-            time: None,
-            cpus_per_task: None,
-            mem: None,
-            train_nodes: 1,
-            train_tasks_per_node: 1,
-            train_gpus_per_node: None,
-            sbatch_lines: vec![],
-        }
-    }
-}
-
-impl ExecutorConfig {
-    fn validate(&self) -> Result<()> {
-        if self.train_nodes == 0 || self.train_tasks_per_node == 0 || self.cpus_per_task == Some(0) {
-            bail!("executor: train_nodes, train_tasks_per_node and cpus_per_task must be at least 1");
-        }
-        if let Some(line) = self.sbatch_lines.iter().find(|l| !l.trim().starts_with('-') || l.contains('\n')) {
-            bail!("executor.sbatch_lines: {line:?} is not one sbatch option (`--name=value`)");
-        }
-        Ok(())
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExecutorKind {
-    #[default]
-    Local,
-    Slurm,
-}
-
-impl std::str::FromStr for ExecutorKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "local" => Ok(Self::Local),
-            "slurm" => Ok(Self::Slurm),
-            other => bail!("unknown executor {other:?}: use local or slurm"),
-        }
-    }
-}
 
 /// The pseudo node id of the final job, which writes `results.json` and the report.
 pub const RESULTS: &str = "results";
@@ -479,6 +398,7 @@ pub fn cancel(root: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ExecutorKind;
 
     fn launch() -> Launch {
         Launch {

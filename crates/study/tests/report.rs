@@ -298,14 +298,14 @@ fn metrics_jsonl_loads_and_bad_lines_name_the_place() {
     let path = dir.path().join("metrics.jsonl");
     std::fs::write(
         &path,
-        "{\"step\":1,\"tokens\":4096,\"loss\":7.5,\"lr\":0.001,\"image_fraction\":0.2,\"tokens_per_s\":900.0,\"extra\":1}\n\n{\"step\":2,\"tokens\":8192,\"lr\":0.001,\"image_fraction\":0.2,\"tokens_per_s\":900.0}\n",
+        "{\"step\":1,\"tokens\":4096,\"loss\":7.5,\"lr\":0.001,\"achieved_image_fraction\":0.2,\"tokens_per_s\":900.0,\"extra\":1}\n\n{\"step\":2,\"tokens\":8192,\"lr\":0.001,\"achieved_image_fraction\":0.2,\"tokens_per_s\":900.0}\n",
     )
     .unwrap();
     let err = format!("{:#}", TrainingCurve::load_jsonl("r", &path).unwrap_err());
     assert!(err.contains("metrics.jsonl:3") && err.contains("loss"), "{err}");
     std::fs::write(
         &path,
-        "{\"step\":1,\"tokens\":4096,\"loss\":7.5,\"lr\":0.001,\"image_fraction\":0.2,\"tokens_per_s\":900.0}\n",
+        "{\"step\":1,\"tokens\":4096,\"loss\":7.5,\"lr\":0.001,\"achieved_image_fraction\":0.2,\"tokens_per_s\":900.0}\n",
     )
     .unwrap();
     let c = TrainingCurve::load_jsonl("r", &path).unwrap();

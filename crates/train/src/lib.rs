@@ -9,5 +9,4 @@ pub mod stages;
 pub mod tensorboard;
 pub mod text_model;
 pub mod trainer;
-pub mod validation;
 pub mod vision_model;

@@ -21,9 +21,7 @@ pub struct StepMetrics {
     pub tokens: u64,
     pub loss: f64,
     pub lr: f64,
-    /// Fraction of image tokens among this step's tokens (0 in text-only stages); older runs'
-    /// metrics name it `image_fraction`.
-    #[serde(alias = "image_fraction")]
+    /// Fraction of image tokens among this step's tokens (0 in text-only stages).
     pub achieved_image_fraction: f64,
     pub tokens_per_s: f64,
     pub grad_norm: f64,

@@ -71,21 +71,49 @@ impl Schedule {
     }
 }
 
-/// Picks the cooldown schedule for a branch at `fraction` of a text run with schedule `text`.
-///
-/// Interior branch points continue the text LR; the endpoints (0 and 1) get `fresh`, whose
-/// `total_steps` is replaced by the cooldown's own length.
-pub fn cooldown_schedule(text: &WarmupCosine, fraction: f64, cooldown_steps: u64, fresh: &WarmupCosine) -> Schedule {
-    let at_endpoint = fraction <= 0.0 || fraction >= 1.0;
-    if at_endpoint {
-        Schedule::WarmupCosine(WarmupCosine { total_steps: cooldown_steps, ..fresh.clone() })
-    } else {
-        let branch_step = (fraction * text.total_steps as f64).round() as u64;
-        Schedule::ContinuedCosine(ContinuedCosine {
-            start: text.lr(branch_step),
-            floor: text.floor,
-            total_steps: cooldown_steps,
-        })
+/// Steps of a stage that consumes `tokens` in batches of `batch` sequences of `seq` positions.
+pub fn steps_for(tokens: u64, batch: usize, seq: usize) -> u64 {
+    (tokens / (batch * seq) as u64).max(1)
+}
+
+/// A cooldown's schedule before its length is known: the stage counts its steps from its token
+/// budget ([`crate::stages::cooldown`]), then asks [`CooldownSchedule::over`] for the schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CooldownSchedule {
+    /// The text run the branch leaves.
+    pub text: WarmupCosine,
+    /// Where it leaves it (0: scratch, 1: the finished run).
+    pub fraction: f64,
+    /// Peak and warmup of the fresh schedule of the endpoints (whose floor is the text run's).
+    pub fresh_peak: f64,
+    pub fresh_warmup_steps: u64,
+}
+
+impl CooldownSchedule {
+    /// The endpoints (0 and 1) get a fresh warmup + cosine; interior branch points continue the
+    /// text LR.
+    pub fn is_fresh(&self) -> bool {
+        self.fraction <= 0.0 || self.fraction >= 1.0
+    }
+
+    /// The schedule of a cooldown of `steps` steps.
+    pub fn over(&self, steps: u64) -> Schedule {
+        let text = &self.text;
+        if self.is_fresh() {
+            Schedule::WarmupCosine(WarmupCosine {
+                peak: self.fresh_peak,
+                floor: text.floor,
+                warmup_steps: self.fresh_warmup_steps,
+                total_steps: steps,
+            })
+        } else {
+            let branch_step = (self.fraction * text.total_steps as f64).round() as u64;
+            Schedule::ContinuedCosine(ContinuedCosine {
+                start: text.lr(branch_step),
+                floor: text.floor,
+                total_steps: steps,
+            })
+        }
     }
 }
 
@@ -112,8 +140,7 @@ mod tests {
     #[test]
     fn interior_branch_continues_from_the_text_lr() {
         let s = text();
-        let cd =
-            cooldown_schedule(&s, 0.8, 50, &WarmupCosine { peak: 3e-3, floor: 0.0, warmup_steps: 5, total_steps: 0 });
+        let cd = CooldownSchedule { text: s.clone(), fraction: 0.8, fresh_peak: 3e-3, fresh_warmup_steps: 5 }.over(50);
         let branch_lr = s.lr(88);
         assert!(!cd.is_fresh());
         assert!((cd.lr(0) - branch_lr).abs() < 1e-15);
@@ -123,9 +150,8 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_fresh_warmup() {
-        let fresh = WarmupCosine { peak: 3e-3, floor: 0.0, warmup_steps: 5, total_steps: 0 };
         for fraction in [0.0, 1.0] {
-            let cd = cooldown_schedule(&text(), fraction, 50, &fresh);
+            let cd = CooldownSchedule { text: text(), fraction, fresh_peak: 3e-3, fresh_warmup_steps: 5 }.over(50);
             assert!(cd.is_fresh());
             assert_eq!(cd.total_steps(), 50);
             assert!((cd.lr(4) - 3e-3).abs() < 1e-12);

@@ -22,7 +22,7 @@ use vlmix_models::vision::tail::EncoderTail;
 use vlmix_models::vlm::Vlm;
 
 use crate::corpus::ImageCorpus;
-use crate::schedule::{Schedule, WarmupCosine};
+use crate::schedule::{steps_for, CooldownSchedule, Schedule, WarmupCosine};
 use crate::sources::{InstructSource, MixedSource, TextSource};
 use crate::text_model::TextModel;
 use crate::trainer::{train, LoopConfig, LoopOutcome, OnStep};
@@ -130,7 +130,11 @@ pub enum Start {
 pub struct CooldownSpec {
     pub model: LmConfig,
     pub start: Start,
-    pub schedule: Schedule,
+    pub schedule: CooldownSchedule,
+    /// Tokens to train on: real (non-pad) image and text tokens, or every position with
+    /// `count_padding` (an ablation: a more padded mix then sees fewer real tokens).
+    pub tokens: u64,
+    pub count_padding: bool,
     pub batch_size: usize,
     /// Sequences per forward/backward pass; chosen from the memory plan when absent.
     #[serde(default)]
@@ -201,15 +205,18 @@ fn mix_config(spec: &CooldownSpec, corpus: &ImageCorpus) -> Result<MixConfig> {
     })
 }
 
-/// Steps the cooldown of `spec` needs to read `tokens` non-pad tokens (image and text).
-pub fn cooldown_steps<D: TokenDocuments + Clone>(
+/// Steps the cooldown of `spec` needs to read its token budget: a dry run of the sampler counts
+/// real tokens, so the schedule spans what the run will read.
+fn cooldown_steps<D: TokenDocuments + Clone>(
     spec: &CooldownSpec,
     docs: D,
     corpus: &ImageCorpus,
     special: SpecialTokens,
-    tokens: u64,
 ) -> Result<u64> {
-    MixedSource::steps_for_tokens(docs, corpus, mix_config(spec, corpus)?, special, spec.batch_size, tokens)
+    if spec.count_padding {
+        return Ok(steps_for(spec.tokens, spec.batch_size, spec.model.seq_len));
+    }
+    MixedSource::steps_for_tokens(docs, corpus, mix_config(spec, corpus)?, special, spec.batch_size, spec.tokens)
 }
 
 /// Image-text continued pre-training on `dev` branched from `spec.start`, at the requested
@@ -269,15 +276,11 @@ pub fn cooldown<D: TokenDocuments + Clone, Dev: Device>(
             .with_context(|| format!("continuing the optimizer state of {}", checkpoint.display()))?;
         tracing::info!(continued, checkpoint = %checkpoint.display(), "AdamW moments continued");
     }
+    let schedule = spec.schedule.over(cooldown_steps(spec, docs.clone(), corpus, special)?);
     let mut source = MixedSource::new(docs, corpus, cache, mix_config(spec, corpus)?, special, spec.batch_size)?;
-    let total = spec.schedule.total_steps();
-    let config = LoopConfig {
-        schedule: spec.schedule.clone(),
-        clip_norm: CLIP_NORM,
-        keep_steps: vec![total],
-        save_every: SAVE_EVERY,
-        stop_step: None,
-    };
+    let total = schedule.total_steps();
+    let config =
+        LoopConfig { schedule, clip_norm: CLIP_NORM, keep_steps: vec![total], save_every: SAVE_EVERY, stop_step: None };
     let outcome = train(&mut model, &mut optimizer, &mut source, &config, dir, on_step)?;
     tracing::info!(
         achieved = source.achieved_image_fraction(),

@@ -12,7 +12,7 @@ use vlmix_models::stage_record::{load_vlm, StageRecord};
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, PATCH_NAME};
 use vlmix_models::vision::feature_cache::{image_key, FeatureCache};
 use vlmix_train::corpus::{ImageCorpus, ImageExample};
-use vlmix_train::schedule::{Schedule, WarmupCosine};
+use vlmix_train::schedule::{CooldownSchedule, WarmupCosine};
 use vlmix_train::stages::{cooldown, finetune, CooldownSpec, FinetuneSpec, Start, TextStream};
 
 const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
@@ -70,7 +70,15 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
     let cooldown_spec = CooldownSpec {
         model: model(),
         start: Start::Scratch,
-        schedule: Schedule::WarmupCosine(WarmupCosine { peak: 3e-3, floor: 0.0, warmup_steps: 2, total_steps: 6 }),
+        // From scratch: a fresh warmup + cosine over 6 steps of 4 sequences.
+        schedule: CooldownSchedule {
+            text: WarmupCosine { peak: 3e-3, floor: 0.0, warmup_steps: 2, total_steps: 6 },
+            fraction: 0.0,
+            fresh_peak: 3e-3,
+            fresh_warmup_steps: 2,
+        },
+        tokens: 6 * 4 * model().seq_len as u64,
+        count_padding: true,
         batch_size: 4,
         // Two passes per step: the tail trains through micro-batches too.
         micro_batch_size: Some(2),

@@ -1,18 +1,21 @@
 //! `vlmix eval`: the paper's evaluation (vision-language and text tasks, stable scores, validation
-//! bits-per-byte) on any checkpoint, or on the user's own JSONL task files.
+//! bits-per-byte) on any checkpoint, or on the user's own JSONL task files, through the same
+//! `evaluate_checkpoint` as the study's eval nodes.
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use vlmix_data::text::shard::TokenShards;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::DataLayout;
 use vlmix_device::Opened;
 use vlmix_engine::checkpoint::resolve_checkpoint;
 use vlmix_engine::Device;
 use vlmix_eval::{
-    bits_per_byte, evaluate_with_progress, load_tasks, load_text_documents, EvalOptions, EvalReport, ImageFeatures,
-    ItemLimit, Modality, ModelScorer, Task, YesNoMode,
+    evaluate_checkpoint, load_tasks, load_text_documents, CheckpointEval, EvalOptions, EvalReport, ImageFeatures,
+    ItemLimit, Modality, ModelScorer, ValidationSet, YesNoMode, VALIDATION_SEQUENCES,
 };
+use vlmix_models::stage_record::StageRecord;
 use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, EFFICIENTNET_NAME};
 use vlmix_models::vision::feature_cache::CACHE_SUBDIR;
 
@@ -72,20 +75,28 @@ impl ModelArgs {
         self.device.choice().open()
     }
 
+    /// The prepared tokenizer.
+    fn tokenizer(&self, layout: &DataLayout) -> Result<TextTokenizer> {
+        let path = layout.tokenizer_json();
+        if !path.is_file() {
+            bail!("no tokenizer at {}: run `vlmix data prepare` (or pass --data DIR)", path.display());
+        }
+        TextTokenizer::load(&path)
+    }
+
+    /// The encoder `checkpoint` was trained with, over the feature cache.
+    fn image_features(&self, checkpoint: &Path, layout: &DataLayout) -> Result<ImageFeatures> {
+        let encoder = open_encoder(&self.encoder_spec(checkpoint)?, &layout.home)?;
+        ImageFeatures::open(encoder, &layout.home.join(CACHE_SUBDIR))
+    }
+
     /// Loads the checkpoint onto `dev` with the prepared tokenizer; a VLM also gets its encoder and
     /// feature cache.
     pub fn open_scorer<D: Device>(&self, dev: D, checkpoint: &Path) -> Result<ModelScorer<D>> {
         let layout = self.layout()?;
-        let tokenizer_path = layout.tokenizer_json();
-        if !tokenizer_path.is_file() {
-            bail!("no tokenizer at {}: run `vlmix data prepare` (or pass --data DIR)", tokenizer_path.display());
-        }
-        let tokenizer = TextTokenizer::load(&tokenizer_path)?;
-        let mut scorer = ModelScorer::from_checkpoint(dev, checkpoint, tokenizer, None)?;
+        let mut scorer = ModelScorer::from_checkpoint(dev, checkpoint, self.tokenizer(&layout)?, None)?;
         if scorer.is_vision() {
-            let spec = self.encoder_spec(checkpoint)?;
-            let encoder = open_encoder(&spec, &layout.home)?;
-            scorer.attach_images(ImageFeatures::open(encoder, &layout.home.join(CACHE_SUBDIR))?)?;
+            scorer.attach_images(self.image_features(checkpoint, &layout)?)?;
         }
         Ok(scorer)
     }
@@ -103,14 +114,15 @@ pub struct Args {
     /// Evaluate only the first N items of each task.
     #[arg(long)]
     limit: Option<usize>,
-    /// Documents for validation bits-per-byte (default: the prepared text validation split).
+    /// JSONL documents (`{"text": ...}`) for validation bits-per-byte (default: the prepared text
+    /// validation split, the one a study without `[data.text]` scores).
     #[arg(long)]
     validation: Option<PathBuf>,
-    /// Use only the first N validation documents.
-    #[arg(long)]
-    validation_docs: Option<usize>,
+    /// Packed validation sequences to score (the study scores 32).
+    #[arg(long, default_value_t = VALIDATION_SEQUENCES)]
+    validation_sequences: usize,
     /// Skip validation bits-per-byte.
-    #[arg(long, conflicts_with_all = ["validation", "validation_docs"])]
+    #[arg(long, conflicts_with_all = ["validation"])]
     no_validation: bool,
     /// How yes/no questions are answered: rank (compare " yes" and " no") or generate.
     #[arg(long, default_value = "rank", value_parser = ["rank", "generate"])]
@@ -157,69 +169,40 @@ fn run_on<D: Device>(dev: D, args: &Args) -> Result<()> {
     } else {
         args.tasks.clone()
     };
-    let mut tasks = load_tasks(&task_files)?;
-    let mut scorer = args.model.open_scorer(dev, &args.checkpoint)?;
-    if !scorer.is_vision() {
-        let skipped: Vec<String> =
-            tasks.iter().filter(|t| t.modality() == Modality::Vision).map(|t| t.name.clone()).collect();
-        if !skipped.is_empty() {
-            eprintln!(
-                "eval: {} is a text-only checkpoint (no projector): skipping vision tasks {}",
-                args.checkpoint.display(),
-                skipped.join(", ")
-            );
-        }
-        tasks.retain(|t| t.modality() == Modality::Text);
-    }
-    let options = EvalOptions {
-        limit: ItemLimit::all(args.limit),
-        yes_no: if args.yes_no == "generate" { YesNoMode::Generate } else { YesNoMode::Rank },
-        ..EvalOptions::default()
+    let tasks = load_tasks(&task_files)?;
+    let tokenizer = args.model.tokenizer(&layout)?;
+    let validation = validation_set(args, &layout, &tokenizer)?;
+    let what = CheckpointEval {
+        tasks: &tasks,
+        options: EvalOptions {
+            limit: ItemLimit::all(args.limit),
+            yes_no: if args.yes_no == "generate" { YesNoMode::Generate } else { YesNoMode::Rank },
+            ..EvalOptions::default()
+        },
+        validation: validation.as_ref(),
     };
 
     let start = Instant::now();
-    let validation = match validation_file(args, &layout) {
-        Some(path) => {
-            let mut docs = load_text_documents(&path)?;
-            docs.truncate(args.validation_docs.unwrap_or(usize::MAX));
-            let spinner = ProgressBar::new_spinner()
-                .with_message(format!("validation bits-per-byte over {} documents", docs.len()));
-            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-            let result =
-                bits_per_byte(&mut scorer, &docs).with_context(|| format!("bits-per-byte on {}", path.display()));
-            spinner.finish_and_clear();
-            Some(result?)
-        }
-        None => None,
-    };
-    let validation_s = start.elapsed().as_secs_f64();
-
-    let items_start = Instant::now();
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{spinner} eval [{bar:30}] {pos}/{len} items ({per_sec}, ETA {eta})")
             .expect("static template")
             .progress_chars("=> "),
     );
-    let total: usize = tasks.iter().map(|t| options.work(t)).sum();
-    bar.set_length(total as u64);
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in &tasks {
-        let done_before = bar.position();
-        let one = evaluate_with_progress(&mut scorer, std::slice::from_ref(task), None, &options, &mut |done, _| {
-            bar.set_position(done_before + done as u64)
-        });
-        match one {
-            Ok(report) => results.extend(report.tasks),
-            Err(err) => {
-                bar.abandon();
-                return Err(err.context(format!("task file {}", task.source.display())));
-            }
-        }
-    }
+    let report = evaluate_checkpoint(
+        dev,
+        &args.checkpoint,
+        tokenizer,
+        &mut |checkpoint| args.model.image_features(checkpoint, &layout),
+        &what,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64)
+        },
+    );
     bar.finish_and_clear();
-    let report = EvalReport::new(results, validation);
+    let report = report?;
     let items: usize = report.tasks.iter().map(|t| t.n_items).sum();
-    let items_s = items_start.elapsed().as_secs_f64();
+    let seconds = start.elapsed().as_secs_f64();
 
     if let Some(out) = &args.out {
         report.write_json(out)?;
@@ -228,12 +211,8 @@ fn run_on<D: Device>(dev: D, args: &Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serialising eval report")?);
     } else {
-        print_table(&report, &tasks);
-        println!(
-            "{items} items in {items_s:.1} s ({:.1} items/s){}",
-            items as f64 / items_s.max(1e-9),
-            if report.validation.is_some() { format!("; validation {validation_s:.1} s") } else { String::new() }
-        );
+        print_table(&report);
+        println!("{items} items{} in {seconds:.1} s", if report.validation.is_some() { " and validation" } else { "" });
         if let Some(out) = &args.out {
             println!("report written to {}", out.display());
         }
@@ -241,28 +220,36 @@ fn run_on<D: Device>(dev: D, args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The validation documents to score, if any: the flag, or the prepared split when it exists.
-fn validation_file(args: &Args, layout: &DataLayout) -> Option<PathBuf> {
+/// The validation set to score, if any: the `--validation` documents, or the prepared split's token
+/// shards when they exist, packed at the checkpoint's window.
+fn validation_set(args: &Args, layout: &DataLayout, tokenizer: &TextTokenizer) -> Result<Option<ValidationSet>> {
     if args.no_validation {
-        return None;
+        return Ok(None);
     }
+    let seq = StageRecord::of_checkpoint(&resolve_checkpoint(&args.checkpoint)?)?.model.seq_len;
+    let sequences = args.validation_sequences;
     if let Some(path) = &args.validation {
-        return Some(path.clone());
+        let docs: Vec<Vec<u32>> = load_text_documents(path)?
+            .iter()
+            .map(|doc| tokenizer.encode(doc))
+            .collect::<Result<_>>()
+            .with_context(|| format!("tokenizing {}", path.display()))?;
+        let set = ValidationSet::new(docs, seq, sequences, tokenizer);
+        return set.with_context(|| format!("validation documents {}", path.display())).map(Some);
     }
-    let prepared = layout.text_documents("validation");
-    if prepared.is_file() {
-        Some(prepared)
-    } else {
+    let prepared = layout.text_tokens("validation");
+    if !prepared.is_file() {
         eprintln!("eval: no validation split at {}: skipping bits-per-byte", prepared.display());
-        None
+        return Ok(None);
     }
+    ValidationSet::new(TokenShards::open(&[prepared], tokenizer.vocab_size())?, seq, sequences, tokenizer).map(Some)
 }
 
 /// One line per task: the accuracy with its 95 % interval over items, chance and the majority-class
 /// baseline, and for vision tasks the blind control (same items, blank image) with the vision gain's
 /// paired interval: a model "sees" on a task only when that interval excludes 0.
-fn print_table(report: &EvalReport, tasks: &[Task]) {
-    let width = tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+fn print_table(report: &EvalReport) {
+    let width = report.tasks.iter().map(|t| t.task.len()).max().unwrap_or(4).max(4);
     println!(
         "{:<width$}  {:<6}  {:>5}  {:>22}  {:>6}  {:>8}  {:>7}  {:>6}  {:>24}  {:>8}",
         "task",
@@ -306,8 +293,11 @@ fn print_table(report: &EvalReport, tasks: &[Task]) {
     println!("text stable score:   {}", show(report.text_stable_score));
     if let Some(v) = &report.validation {
         println!(
-            "validation bits-per-byte: {:.4} ({} documents, {} tokens, {} bytes)",
-            v.bits_per_byte, v.documents, v.tokens, v.bytes
+            "validation bits-per-byte: {:.4} ({} sequences, {} tokens, {} bytes)",
+            v.bits_per_byte,
+            v.sequence_nats.len(),
+            v.tokens,
+            v.bytes
         );
     }
 }

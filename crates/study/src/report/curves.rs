@@ -1,7 +1,7 @@
 //! Per-run training curves, read from the metrics JSONL each training node writes.
 //!
 //! Line format: `{"step","tokens","loss","lr","achieved_image_fraction","tokens_per_s"}` (extra
-//! fields are ignored, so the trainer may log more; older runs' `image_fraction` reads the same).
+//! fields are ignored, so the trainer may log more).
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,6 @@ pub struct MetricPoint {
     pub loss: f64,
     pub lr: f64,
     /// Achieved share of image tokens in the step's batch.
-    #[serde(alias = "image_fraction")]
     pub achieved_image_fraction: f64,
     pub tokens_per_s: f64,
 }

@@ -145,7 +145,7 @@ impl ResultRow {
         self.tasks = eval.tasks.iter().map(TaskScore::from).collect();
         self.vision_stable_score = eval.vision_stable_score;
         self.text_stable_score = eval.text_stable_score;
-        self.bits_per_byte = eval.validation.map(|v| v.bits_per_byte);
+        self.bits_per_byte = eval.validation.as_ref().map(|v| v.bits_per_byte);
         self.set_intervals()
     }
 
