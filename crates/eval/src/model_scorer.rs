@@ -30,9 +30,9 @@ use vlmix_models::vision::feature_cache::FeatureCache;
 use vlmix_models::vision::projector::FC1_WEIGHT;
 use vlmix_models::vlm::Vlm;
 
-/// Rows (choices, prompts or rolling windows, of any items) run in one forward pass, at most.
+/// Rows (choices or prompts, of any items) run in one forward pass, at most.
 const MAX_ROWS: usize = 64;
-/// Padded positions (rows x longest row) of one forward pass, at most: long windows get fewer rows.
+/// Padded positions (rows x longest row) of one forward pass, at most: long rows come fewer a pass.
 const MAX_POSITIONS: usize = 8192;
 /// Logit values one forward may produce (256 MB): big-vocabulary models score fewer rows at once.
 const LOGITS_BUDGET: usize = 64 << 20;
@@ -143,29 +143,6 @@ impl Decoding {
     pub fn greedy(max_tokens: usize) -> Self {
         Self { max_tokens, temperature: 0.0, top_k: None, seed: 0 }
     }
-}
-
-/// One forward window of [`ModelScorer::rolling_loglikelihood`] over a document of `n` tokens:
-/// inputs are `[EOS] + tokens` from `start` to `end` (exclusive), and the window scores tokens
-/// `end - scored .. end` (each token exactly once over all windows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RollingWindow {
-    pub start: usize,
-    pub end: usize,
-    pub scored: usize,
-}
-
-/// lm-eval's `get_rolling_token_windows` with one token of context: disjoint blocks of `seq_len`
-/// scored tokens, each fed the longest context that fits (the first from the EOS prefix).
-pub fn rolling_windows(n_tokens: usize, seq_len: usize) -> Vec<RollingWindow> {
-    let mut windows = Vec::new();
-    let mut predicted = 0;
-    while predicted < n_tokens {
-        let end = (predicted + seq_len).min(n_tokens);
-        windows.push(RollingWindow { start: end.saturating_sub(seq_len), end, scored: end - predicted });
-        predicted = end;
-    }
-    windows
 }
 
 pub struct ModelScorer<D: Device = Cpu> {
@@ -426,7 +403,7 @@ impl<D: Device> ModelScorer<D> {
         groups
     }
 
-    /// Log-likelihoods of scoring rows (continuations after a context, or rolling windows; each row
+    /// Log-likelihoods of scoring rows (continuations after a context; each row
     /// with its image index). Rows that share everything before their first scored token (the
     /// choices of one item) share one prefix: it runs once into a prefix cache, whose last logits
     /// score every row's first token, and only the rest of each continuation runs after it.
@@ -767,25 +744,5 @@ impl<D: Device> Scorer for ModelScorer<D> {
                 Request::Generate { .. } => Answer::Generated(texts[slots[0].expect("a prompt's slot")].clone()),
             })
             .collect())
-    }
-
-    fn rolling_loglikelihood(&mut self, text: &str) -> Result<LogLikelihood> {
-        let mut all = vec![self.tokenizer.special.eos];
-        all.extend(self.tokenizer.encode(text)?);
-        let n = all.len() - 1;
-        let rows: Vec<(VlmRow, usize)> = rolling_windows(n, self.layout.seq_len())
-            .into_iter()
-            .map(|w| {
-                let first_target = w.end - w.scored + 1;
-                (self.layout.scoring_row(false, &all[w.start..first_target], &all[first_target..=w.end]), 0)
-            })
-            .collect();
-        let mut total = NOTHING_SCORED;
-        for ll in self.score_continuations(&rows)? {
-            total.sum_logprob += ll.sum_logprob;
-            total.n_tokens += ll.n_tokens;
-            total.is_greedy &= ll.is_greedy;
-        }
-        Ok(total)
     }
 }

@@ -1,7 +1,7 @@
 //! The one interface evaluation needs from a model, so scoring is testable without one.
 //!
-//! Mirrors lm-eval-harness's request types (`loglikelihood`, `generate_until`,
-//! `loglikelihood_rolling`) plus an optional image, so an LM, a VLM or a test fake all plug in.
+//! Mirrors lm-eval-harness's request types (`loglikelihood`, `generate_until`) plus an optional
+//! image, so an LM, a VLM or a test fake all plug in.
 
 use anyhow::Result;
 use std::path::PathBuf;
@@ -109,8 +109,4 @@ pub trait Scorer {
             })
             .collect()
     }
-
-    /// Log-likelihood of a whole document from its first token, in windows of the model's context
-    /// length (lm-eval's `loglikelihood_rolling`); `n_tokens` counts every scored token.
-    fn rolling_loglikelihood(&mut self, text: &str) -> Result<LogLikelihood>;
 }

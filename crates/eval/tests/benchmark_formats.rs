@@ -31,10 +31,6 @@ impl Scorer for ByImage {
     fn generate(&mut self, image: Option<&ImageRef>, _prompt: &str, _max_tokens: usize) -> anyhow::Result<String> {
         Ok(self.0.get(name(image)).copied().unwrap_or_default().to_string())
     }
-
-    fn rolling_loglikelihood(&mut self, text: &str) -> anyhow::Result<LogLikelihood> {
-        Ok(LogLikelihood { sum_logprob: -(text.len() as f64), n_tokens: text.len(), is_greedy: false })
-    }
 }
 
 fn write(dir: &Path, name: &str, value: &serde_json::Value) {

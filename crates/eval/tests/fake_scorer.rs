@@ -50,11 +50,6 @@ impl Scorer for FakeScorer {
         self.contexts.push(prompt.to_string());
         Ok(self.generations.get(&key(image)).cloned().unwrap_or_default())
     }
-
-    /// -0.5 nats per byte, over one token per 4 bytes.
-    fn rolling_loglikelihood(&mut self, text: &str) -> anyhow::Result<LogLikelihood> {
-        Ok(LogLikelihood { sum_logprob: -0.5 * text.len() as f64, n_tokens: text.len().div_ceil(4), is_greedy: false })
-    }
 }
 
 fn write(dir: &Path, name: &str, lines: &[serde_json::Value]) -> PathBuf {

@@ -7,7 +7,7 @@ use vlmix_data::sequence::{ImageText, VlmSequence};
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::vlm_batch::{ImageSlot, VlmBatch};
 use vlmix_engine::params::ParamStore;
-use vlmix_eval::model_scorer::{rolling_windows, ImageFeatures, ModelScorer, ScoredModel};
+use vlmix_eval::model_scorer::{ImageFeatures, ModelScorer, ScoredModel};
 use vlmix_eval::{evaluate_files, Answer, Decoding, EvalOptions, ImageRef, Request, Scorer};
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
 use vlmix_models::vision::encoder::ImageEncoder;
@@ -447,50 +447,6 @@ fn a_continuation_longer_than_the_window_is_scored_on_its_tail() {
     assert!(close(ll.sum_logprob, want), "{} vs {want}", ll.sum_logprob);
 }
 
-#[test]
-fn rolling_windows_score_every_token_exactly_once() {
-    for seq_len in [1, 2, 5, 64] {
-        for n in 0..200 {
-            let windows = rolling_windows(n, seq_len);
-            let mut covered = vec![0; n];
-            for w in &windows {
-                assert!(w.end - w.start <= seq_len && w.scored >= 1 && w.scored <= w.end - w.start, "{w:?}");
-                for c in &mut covered[w.end - w.scored..w.end] {
-                    *c += 1;
-                }
-            }
-            assert!(covered.iter().all(|&c| c == 1), "n {n} seq {seq_len}: {windows:?}");
-            assert_eq!(windows.len(), n.div_ceil(seq_len));
-        }
-    }
-}
-
-#[test]
-fn rolling_loglikelihood_scores_the_whole_document() {
-    let tok = tokenizer();
-    let mut scorer = text_scorer();
-    let short = SENTENCES[0];
-    let ids = tok.encode(short).unwrap();
-    let ll = scorer.rolling_loglikelihood(short).unwrap();
-    let mut all = vec![tok.special.eos];
-    all.extend(&ids);
-    let (want, _) = reference_score(&all, 0, &[], ids.len());
-    assert_eq!(ll.n_tokens, ids.len());
-    assert!(close(ll.sum_logprob, want), "{} vs {want}", ll.sum_logprob);
-
-    let long = SENTENCES.join(" ").repeat(4);
-    let n = tok.encode(&long).unwrap().len();
-    assert!(n > 2 * config().seq_len, "the test needs several windows");
-    let ll = scorer.rolling_loglikelihood(&long).unwrap();
-    assert_eq!(ll.n_tokens, n);
-    // Each window is the same computation as scoring its tokens after the window's context.
-    let windows = rolling_windows(n, config().seq_len);
-    let mut all = vec![tok.special.eos];
-    all.extend(tok.encode(&long).unwrap());
-    let want: f64 = windows.iter().map(|w| reference_score(&all[w.start..=w.end], 0, &[], w.scored).0).sum();
-    assert!(close(ll.sum_logprob, want), "{} vs {want}", ll.sum_logprob);
-}
-
 fn save_stage(dir: &Path, params: &ParamStore) -> PathBuf {
     std::fs::create_dir_all(dir.join("checkpoints/step-00000004")).unwrap();
     std::fs::write(dir.join("model.toml"), config().to_toml()).unwrap();
@@ -531,8 +487,8 @@ fn checkpoints_load_as_vlm_or_text_lm_by_their_tensors() {
             .unwrap();
     assert!(!text.is_vision());
     assert_eq!(
-        text.rolling_loglikelihood(SENTENCES[1]).unwrap(),
-        text_scorer().rolling_loglikelihood(SENTENCES[1]).unwrap()
+        text.loglikelihood(None, SENTENCES[0], SENTENCES[1]).unwrap(),
+        text_scorer().loglikelihood(None, SENTENCES[0], SENTENCES[1]).unwrap()
     );
 
     let err = ModelScorer::from_checkpoint(vlmix_engine::Cpu::new().unwrap(), fx.dir.path(), tokenizer(), None)
