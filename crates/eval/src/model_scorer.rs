@@ -37,6 +37,9 @@ const MAX_POSITIONS: usize = 8192;
 /// Logit values one forward may produce (256 MB): big-vocabulary models score fewer rows at once.
 const LOGITS_BUDGET: usize = 64 << 20;
 
+/// Prefix caches of some rows and the host logits of each row's last position.
+type CachedPrefixes<'a, D> = (Vec<PrefixCache<D>>, Cow<'a, [f32]>);
+
 /// The network being scored.
 #[allow(clippy::large_enum_variant)] // one per scorer, never moved in a loop: boxing would buy nothing
 pub enum ScoredModel<D: Device = Cpu> {
@@ -352,7 +355,7 @@ impl<D: Device> ModelScorer<D> {
 
     /// Runs `rows` (whole prefixes, each with its image index) into prefix caches; returns them
     /// with the host logits of each row's last position (borrowed on the CPU: no copy).
-    fn prefix_caches(&mut self, rows: &[(&VlmRow, usize)]) -> Result<(Vec<PrefixCache<D>>, Cow<'_, [f32]>)> {
+    fn prefix_caches(&mut self, rows: &[(&VlmRow, usize)]) -> Result<CachedPrefixes<'_, D>> {
         let batch = self.batch(rows)?;
         let lens: Vec<usize> = rows.iter().map(|(r, _)| r.inputs.len()).collect();
         let last: Vec<usize> = lens.iter().enumerate().map(|(r, &len)| r * batch.seq + len - 1).collect();

@@ -65,7 +65,7 @@ multiversion! {
 /// (`[rows, vocab]`, host memory) read in parallel: how an evaluator scores continuations. A row
 /// may be picked more than once (one prompt's last logits score the first token of each answer).
 pub fn target_log_probs(logits: &[f32], vocab: usize, picks: &[(usize, u32)]) -> Vec<(f64, bool)> {
-    assert!(vocab > 0 && logits.len() % vocab == 0, "target_log_probs: logits are not [rows, vocab]");
+    assert!(vocab > 0 && logits.len().is_multiple_of(vocab), "target_log_probs: logits are not [rows, vocab]");
     let rows = logits.len() / vocab;
     let outside = picks.iter().find(|&&(row, target)| row >= rows || target as usize >= vocab);
     assert!(outside.is_none(), "target_log_probs: pick {outside:?} outside [{rows}, {vocab}]");
