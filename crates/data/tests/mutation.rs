@@ -20,7 +20,7 @@ use vlmix_data::text_eval::read_choice_items;
 use vlmix_data::tokenizer::TextTokenizer;
 use vlmix_data::vl_eval::EvalSet;
 use vlmix_data::webdataset::{read_shard, ShardBuilder};
-use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
+use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_dir, CappedAlloc, Mutant};
 
 /// The inputs are a few KiB: a reader asking for more trusted a declared size.
 #[global_allocator]
@@ -29,10 +29,6 @@ static ALLOC: CappedAlloc = CappedAlloc { cap: 64 << 20 };
 /// Inputs per reader: 1,000 in the test suite, more under scripts/fuzz.sh.
 fn per_reader() -> usize {
     vlmix_mutation::per_reader(1000)
-}
-
-fn scratch(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("vlmix-mutation-{tag}")).tempdir_in(scratch_root()).unwrap()
 }
 
 fn png(seed: u8) -> Vec<u8> {
@@ -70,7 +66,7 @@ fn jsonl_mutants(lines: &[Value], seed: u64, count: usize) -> Vec<Mutant> {
 
 #[test]
 fn webdataset_shard_survives_mutation() {
-    let dir = scratch("wds");
+    let dir = scratch_dir("wds");
     let mut builder = ShardBuilder::new();
     for (i, key) in ["a0", "a1", "a2"].iter().enumerate() {
         let meta = serde_json::to_vec(&json!({"caption": format!("picture {i}"), "width": 6})).unwrap();
@@ -151,7 +147,7 @@ fn with_size_field(tar: &[u8], header: usize, size: [u8; 12]) -> Vec<u8> {
 /// reader reserve that much before reading the member.
 #[test]
 fn huge_tar_member_size_is_a_problem_not_an_allocation() {
-    let dir = scratch("wds-size");
+    let dir = scratch_dir("wds-size");
     let mut builder = ShardBuilder::new();
     builder.add("k", &[("png", &png(9)), ("txt", b"a caption")]).unwrap();
     let base = builder.finish().unwrap();
@@ -183,7 +179,7 @@ fn llava_base(dir: &Path) -> Value {
 
 #[test]
 fn llava_json_survives_mutation() {
-    let dir = scratch("llava");
+    let dir = scratch_dir("llava");
     let base = llava_base(dir.path());
     let path = dir.path().join("data.json");
     let read = |path: &Path| {
@@ -210,7 +206,7 @@ fn llava_json_survives_mutation() {
 
 #[test]
 fn vl_eval_jsonl_survives_mutation() {
-    let dir = scratch("vl-eval");
+    let dir = scratch_dir("vl-eval");
     std::fs::write(dir.path().join("a.png"), png(2)).unwrap();
     let lines = vec![
         json!({"id": "1", "task": "t", "image": "a.png", "question": "What?", "answers": ["cat"], "type": "open"}),
@@ -244,7 +240,7 @@ fn choice_lines() -> Vec<Value> {
 
 #[test]
 fn text_eval_jsonl_survives_mutation() {
-    let dir = scratch("text-eval");
+    let dir = scratch_dir("text-eval");
     let lines = choice_lines();
     let path = dir.path().join("mc.jsonl");
     let read = |path: &Path| {
@@ -267,7 +263,7 @@ fn text_eval_jsonl_survives_mutation() {
 /// through `jsonl::read_lines` as the text sources are.
 #[test]
 fn compressed_jsonl_survives_mutation() {
-    let dir = scratch("jsonl");
+    let dir = scratch_dir("jsonl");
     let lines: Vec<String> =
         (0..40).map(|i| json!({"text": format!("document {i} with some words"), "id": i}).to_string()).collect();
     let plain = format!("{}\n", lines.join("\n")).into_bytes();
@@ -305,7 +301,7 @@ fn eval_source(dir: &Path, format: EvalFormat, questions: &str, annotations: Opt
 
 #[test]
 fn vqav2_files_survive_mutation() {
-    let dir = scratch("vqav2");
+    let dir = scratch_dir("vqav2");
     std::fs::create_dir(dir.path().join("images")).unwrap();
     for id in [1, 2] {
         std::fs::write(dir.path().join(format!("images/COCO_val2014_{id:012}.jpg")), png(3)).unwrap();
@@ -333,7 +329,7 @@ fn vqav2_files_survive_mutation() {
 
 #[test]
 fn pope_jsonl_survives_mutation() {
-    let dir = scratch("pope");
+    let dir = scratch_dir("pope");
     std::fs::create_dir(dir.path().join("images")).unwrap();
     std::fs::write(dir.path().join("images/x.jpg"), png(4)).unwrap();
     let lines = vec![
@@ -353,7 +349,7 @@ fn pope_jsonl_survives_mutation() {
 
 #[test]
 fn tokenizer_json_survives_mutation() {
-    let dir = scratch("tokenizer");
+    let dir = scratch_dir("tokenizer");
     let texts: Vec<String> =
         (0..50).map(|i| format!("the quick brown fox {i} jumps over the lazy dog number {}", i * 7)).collect();
     let tokenizer = TextTokenizer::train(texts.iter().map(String::as_str), 300).unwrap();
@@ -376,7 +372,7 @@ fn tokenizer_json_survives_mutation() {
 /// `tokenizers` crate panic (an `expect` in its decoder deserialiser) instead of returning an error.
 #[test]
 fn tokenizer_json_cut_in_decoder_is_an_error_naming_the_file() {
-    let dir = scratch("tokenizer-cut");
+    let dir = scratch_dir("tokenizer-cut");
     let texts = ["a small text to train on", "another small text"];
     let path = dir.path().join("tokenizer.json");
     TextTokenizer::train(texts.into_iter(), 280).unwrap().save(&path).unwrap();
@@ -391,7 +387,7 @@ fn tokenizer_json_cut_in_decoder_is_an_error_naming_the_file() {
 
 #[test]
 fn gqa_questions_survive_mutation() {
-    let dir = scratch("gqa");
+    let dir = scratch_dir("gqa");
     std::fs::create_dir(dir.path().join("images")).unwrap();
     for id in ["n1", "n2"] {
         std::fs::write(dir.path().join(format!("images/{id}.jpg")), png(5)).unwrap();
@@ -413,7 +409,7 @@ fn gqa_questions_survive_mutation() {
 
 #[test]
 fn textvqa_file_survives_mutation() {
-    let dir = scratch("textvqa");
+    let dir = scratch_dir("textvqa");
     std::fs::create_dir(dir.path().join("images")).unwrap();
     std::fs::write(dir.path().join("images/003a8ae2ef43b901.jpg"), png(6)).unwrap();
     let file = json!({"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": [
@@ -445,7 +441,7 @@ fn read_token_shard(path: &Path, vocab: usize) -> anyhow::Result<usize> {
 
 #[test]
 fn token_shard_survives_mutation() {
-    let dir = scratch("tokens");
+    let dir = scratch_dir("tokens");
     let path = dir.path().join("docs.tokens");
     for (seed, vocab) in [(141u64, 300usize), (142, 70_000)] {
         let docs: Vec<Vec<u32>> =
@@ -479,7 +475,7 @@ fn byod_tokenizer(dir: &Path) -> (TextTokenizer, PathBuf) {
 /// refused naming file:line, never a panic.
 #[test]
 fn byod_text_corpus_survives_mutation() {
-    let dir = scratch("byod-text");
+    let dir = scratch_dir("byod-text");
     let (tokenizer, tokenizer_json) = byod_tokenizer(dir.path());
     let lines: Vec<Value> = (0..4)
         .map(
@@ -534,7 +530,7 @@ fn watch_thread_panics() {
 #[test]
 fn shard_stream_and_cursor_survive_mutation() {
     watch_thread_panics();
-    let dir = scratch("stream");
+    let dir = scratch_dir("stream");
     let shards: Vec<PathBuf> = (0..2)
         .map(|s| {
             let mut builder = ShardBuilder::new();
@@ -592,7 +588,7 @@ fn shard_stream_and_cursor_survive_mutation() {
 /// overflowed the next count (a panic with overflow checks on).
 #[test]
 fn a_stream_cursor_at_the_counters_end_reads_on() {
-    let dir = scratch("stream-end");
+    let dir = scratch_dir("stream-end");
     let mut builder = ShardBuilder::new();
     builder.add("k", &[("png", &png(1)), ("txt", b"a caption")]).unwrap();
     let path = dir.path().join("00000.tar");

@@ -13,7 +13,7 @@ use vlmix_data::image_io::encode_png;
 use vlmix_data::DataLayout;
 use vlmix_ingest::images::{emoji, fashion, flags, openmoji, tuxpaint, ImageConfig, SourceOutput};
 use vlmix_ingest::text_eval::read_oe_eval_requests;
-use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_root, CappedAlloc, Mutant};
+use vlmix_mutation::{byte_mutants, check, json_mutants, scratch_dir, CappedAlloc, Mutant};
 
 /// The packages built here are a few KiB: a reader asking for more trusted a declared size.
 #[global_allocator]
@@ -22,10 +22,6 @@ static ALLOC: CappedAlloc = CappedAlloc { cap: 64 << 20 };
 /// Inputs per reader: 1,000 in the test suite, more under scripts/fuzz.sh.
 fn per_reader() -> usize {
     vlmix_mutation::per_reader(1000)
-}
-
-fn scratch(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("vlmix-mutation-{tag}")).tempdir_in(scratch_root()).unwrap()
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -61,7 +57,7 @@ fn request_lines() -> Vec<Value> {
 
 #[test]
 fn olmes_requests_survive_mutation() {
-    let dir = scratch("olmes");
+    let dir = scratch_dir("olmes");
     let path = dir.path().join("requests.jsonl.gz");
     let config =
         json!({"task_config": {"primary_metric": "acc_per_char", "metric_kwargs": {"uncond_docid_offset": 1000000}}});
@@ -108,7 +104,7 @@ fn layout(dir: &Path) -> DataLayout {
 /// Fashion-MNIST's two IDX files: their bytes (gzipped again) and the gzip streams.
 #[test]
 fn fashion_idx_files_survive_mutation() {
-    let dir = scratch("fashion");
+    let dir = scratch_dir("fashion");
     let layout = layout(dir.path());
     let data = layout.source("fashion-mnist").join("usr/share/datasets/fashion-mnist");
     let (images_path, labels_path) = (data.join("t10k-images-idx3-ubyte.gz"), data.join("t10k-labels-idx1-ubyte.gz"));
@@ -157,7 +153,7 @@ fn index_survives(
 
 #[test]
 fn emoji_index_survives_mutation() {
-    let dir = scratch("emoji");
+    let dir = scratch_dir("emoji");
     let layout = layout(dir.path());
     let root = layout.source("emoji-datasource-google").join("package");
     for (i, name) in ["1f44b.png", "1f44b-1f3fd.png", "1f600.png"].iter().enumerate() {
@@ -176,7 +172,7 @@ fn emoji_index_survives_mutation() {
 
 #[test]
 fn openmoji_index_survives_mutation() {
-    let dir = scratch("openmoji");
+    let dir = scratch_dir("openmoji");
     let layout = layout(dir.path());
     let root = layout.source("openmoji").join("package");
     for hex in ["1F600", "1F44B-1F3FD"] {
@@ -196,7 +192,7 @@ fn openmoji_index_survives_mutation() {
 
 #[test]
 fn flag_index_survives_mutation() {
-    let dir = scratch("flags");
+    let dir = scratch_dir("flags");
     let layout = layout(dir.path());
     let root = layout.source("flag-icons").join("package");
     for code in ["fr", "jp"] {
@@ -216,7 +212,7 @@ fn flag_index_survives_mutation() {
 
 #[test]
 fn tuxpaint_descriptions_survive_mutation() {
-    let dir = scratch("tuxpaint");
+    let dir = scratch_dir("tuxpaint");
     let layout = layout(dir.path());
     let stamps: PathBuf = layout.source("tuxpaint-stamps-default").join("usr/share/tuxpaint/stamps/animals");
     write(&stamps.join("cat.png"), &png(90));

@@ -281,6 +281,11 @@ pub fn scratch_root() -> std::path::PathBuf {
     }
 }
 
+/// A fresh directory under [`scratch_root`] for one reader's inputs, removed when dropped.
+pub fn scratch_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("vlmix-mutation-{tag}")).tempdir_in(scratch_root()).unwrap()
+}
+
 /// Index of the input being read (for `CappedAlloc`'s message).
 static CURRENT_INPUT: AtomicUsize = AtomicUsize::new(usize::MAX);
 

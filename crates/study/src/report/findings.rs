@@ -724,7 +724,9 @@ fn seeds(analysis: &Analysis) -> Draft {
                 let rb = [SeedRun { seed: 0, items: &ib }];
                 let design = analysis.vision.design(a, analysis.vision_tasks);
                 if let Ok(c) = contrast(&ra, &rb, &design, Statistic::GroupMean, None) {
-                    pairs.push((format!("{} seed {} vs. {}", a.run_id, a.seed, b.seed), c));
+                    // The configuration's id without the first run's seed in it.
+                    let config = a.run_id.replace(&format!("-seed{}", a.seed), "");
+                    pairs.push((format!("{config} seed {} vs. {}", a.seed, b.seed), c));
                 }
             }
         }
