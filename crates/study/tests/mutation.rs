@@ -94,11 +94,11 @@ fn done_records_survive_mutation() {
     let node = study.node_dir("n");
     std::fs::create_dir_all(&node).unwrap();
     let outputs = [
-        serde_json::json!({"checkpoints": {"0.5": "nodes/p/checkpoints/step-00000098", "1": "nodes/p/checkpoints/step-00000195"},
+        serde_json::json!({"stage": "pretrain", "checkpoints": {"0.5": "nodes/p/checkpoints/step-00000098", "1": "nodes/p/checkpoints/step-00000195"},
             "skipped_records": {"text": {"count": 0, "first": []}}, "steps": 195, "tokens": 199680,
             "validation_bpb": [{"bits_per_byte": 8.1, "fraction": 0.0}, {"bits_per_byte": 3.0, "fraction": 1.0}]}),
-        serde_json::json!({"epochs": {"1": "nodes/f/checkpoints/step-00000008", "2": "nodes/f/checkpoints/step-00000016"}, "tokens": 12288}),
-        serde_json::json!({"bits_per_byte": 3.1, "checkpoint": "nodes/f/checkpoints/step-00000008", "report": "nodes/e/eval.json",
+        serde_json::json!({"stage": "finetune", "epochs": {"1": "nodes/f/checkpoints/step-00000008", "2": "nodes/f/checkpoints/step-00000016"}, "tokens": 12288}),
+        serde_json::json!({"stage": "eval", "bits_per_byte": 3.1, "validation_nats": [40.5, 38.25], "checkpoint": "nodes/f/checkpoints/step-00000008", "report": "nodes/e/eval.json",
             "skipped_records": {"eval": {"count": 0, "first": []}}, "text_stable_score": 0.05, "vision_stable_score": null}),
     ];
     let read = || {
