@@ -454,23 +454,21 @@ impl<D: Device> ModelScorer<D> {
             for part in self.groups(&spans, &tails) {
                 let width = part.iter().map(|&c| tails[c]).max().expect("groups are not empty");
                 let mut tokens = Vec::with_capacity(part.len() * width);
-                let mut positions = Vec::new();
+                // Per scored position: where it sits in `tokens`, the row it scores for, its target
+                // (a pick of the position's own logits row).
+                let (mut positions, mut owners, mut picks) = (Vec::new(), Vec::new(), Vec::new());
                 for (r, &c) in part.iter().enumerate() {
                     let (i, k) = continuing[c];
-                    tokens.extend_from_slice(&rows[i].0.inputs[lens[group[k]]..]);
+                    let prefix = lens[group[k]];
+                    tokens.extend_from_slice(&rows[i].0.inputs[prefix..]);
                     tokens.resize((r + 1) * width, pad);
-                    positions.extend((0..tails[c]).map(|j| r * width + j));
+                    for j in 0..tails[c] {
+                        picks.push((positions.len(), rows[i].0.targets[prefix + j]));
+                        positions.push(r * width + j);
+                        owners.push(i);
+                    }
                 }
                 let refs: Vec<&PrefixCache<D>> = part.iter().map(|&c| &caches[continuing[c].1]).collect();
-                let owners: Vec<usize> = positions.iter().map(|&at| continuing[part[at / width]].0).collect();
-                let picks: Vec<(usize, u32)> = positions
-                    .iter()
-                    .enumerate()
-                    .map(|(n, &at)| {
-                        let (i, k) = continuing[part[at / width]];
-                        (n, rows[i].0.targets[lens[group[k]] + at % width])
-                    })
-                    .collect();
                 let logits = self.continuation_logits(&refs, &tokens, width, &positions)?;
                 for (&i, &score) in owners.iter().zip(&target_log_probs(&logits, vocab, &picks)) {
                     add_score(&mut results[i], score);
