@@ -364,6 +364,33 @@ pub trait Device: Clone + Send + Sync {
         saved: &mut Self::Buf,
         out: &mut Self::Buf,
     );
+    /// Causal attention for rows that continue cached prefixes: row `b` of `q`, `k`, `v`
+    /// (`[shape.batch * shape.seq, width]`, keys and values of the prefix included) is scored only
+    /// at its `cont` queries from position `starts[b]` on; `out` (`[shape.batch * cont, width]`) gets
+    /// their outputs, each what [`attention_forward`](Device::attention_forward) gives that
+    /// position. This general path runs whole rows and keeps those positions; the CPU computes
+    /// only the continuation's queries (scoring answers after a long prompt).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_continuing(
+        &self,
+        shape: AttnShape,
+        starts: &[usize],
+        cont: usize,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+    ) {
+        let mut saved = self.zeros(self.attention_saved_len(shape));
+        let mut whole = self.zeros(shape.rows() * shape.width());
+        self.attention_forward(shape, q, k, v, &mut saved, &mut whole);
+        let at: Vec<usize> = starts
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &start)| (0..cont).map(move |j| b * shape.seq + start + j))
+            .collect();
+        self.gather_rows(&whole, &at, out);
+    }
     /// Writes `dq`, `dk`, `dv` from the forward's inputs, its `saved` buffer and its output `out`
     /// (flash attention recomputes the probabilities from the log-sum-exp and needs `out` for the
     /// softmax gradient's row sums; the CPU's saved probabilities make it unused there).

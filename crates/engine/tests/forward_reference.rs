@@ -5,7 +5,7 @@ mod common;
 
 use common::{cpu, rand_vec};
 use vlmix_engine::layers::*;
-use vlmix_engine::{Cpu, Device, GeluKind, Gemm};
+use vlmix_engine::{AttnShape, Cpu, Device, GeluKind, Gemm};
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -143,6 +143,31 @@ fn attention_matches_openlm_definition() {
             out_b.as_deref(),
         );
         assert_close(&format!("{layer:?}"), &y, &want, 2e-5);
+    }
+}
+
+#[test]
+fn attention_of_continuations_is_the_whole_rows_attention_at_their_positions() {
+    // Rows longer than one causal block (64), continuations starting at the first position, inside
+    // the first block, across the block edge and at the end: the CPU scores only those queries.
+    let dev = cpu();
+    let shape = AttnShape { batch: 4, seq: 70, heads: 2, head_dim: 8, causal: true };
+    let (starts, cont) = ([0, 33, 62, 66], 4);
+    let n = shape.rows() * shape.width();
+    let (q, k, v) = (rand_vec(n, 11, 1.0), rand_vec(n, 12, 1.0), rand_vec(n, 13, 1.0));
+    let mut saved = dev.zeros(dev.attention_saved_len(shape));
+    let mut whole = vec![0.0; n];
+    dev.attention_forward(shape, &q, &k, &v, &mut saved, &mut whole);
+    let mut got = vec![0.0; shape.batch * cont * shape.width()];
+    dev.attention_continuing(shape, &starts, cont, &q, &k, &v, &mut got);
+    for (b, &start) in starts.iter().enumerate() {
+        for j in 0..cont {
+            let want = &whole[(b * shape.seq + start + j) * shape.width()..][..shape.width()];
+            let row = &got[(b * cont + j) * shape.width()..][..shape.width()];
+            for (g, w) in row.iter().zip(want) {
+                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "row {b} query {j}: {g} vs {w}");
+            }
+        }
     }
 }
 

@@ -15,11 +15,14 @@ use crate::device::{AttnShape, Gemm};
 
 const CAUSAL_BLOCK: usize = 64;
 
-fn check(shape: AttnShape, bufs: &[(&str, usize)], probs: usize) {
+fn check(shape: AttnShape, bufs: &[(&str, usize)]) {
     let len = shape.rows() * shape.width();
     for (name, got) in bufs {
         assert_eq!(*got, len, "attention: {name} is not [batch*seq, heads*head_dim] for {shape:?}");
     }
+}
+
+fn check_probs(shape: AttnShape, probs: usize) {
     assert!(probs >= shape.probs_len(), "attention: probs shorter than batch*heads*seq*seq for {shape:?}");
 }
 
@@ -34,11 +37,11 @@ fn blocks(shape: AttnShape) -> impl Iterator<Item = (usize, usize, usize)> {
 }
 
 multiversion! {
-    /// Rows `i0..i1` of one head's `[t, t]` scores become probabilities; masked entries become 0.
-    fn softmax_rows(p: &mut [f32], t: usize, i0: usize, i1: usize, causal: bool) {
-        for i in i0..i1 {
-            let row = &mut p[i * t..(i + 1) * t];
-            let valid = if causal { i + 1 } else { t };
+    /// Each row of `rows` (rows of `stride` scores) becomes probabilities over its first
+    /// `first_valid + i` entries (row `i`; at most `stride`); the masked rest becomes 0.
+    fn softmax_rows(rows: &mut [f32], stride: usize, first_valid: usize) {
+        for (i, row) in rows.chunks_exact_mut(stride).enumerate() {
+            let valid = (first_valid + i).min(stride);
             let row_max = max(&row[..valid]);
             let inv = 1.0 / exp_shifted_in_place(&mut row[..valid], row_max);
             row[..valid].iter_mut().for_each(|x| *x *= inv);
@@ -66,7 +69,8 @@ multiversion! {
 }
 
 pub fn forward(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f32], out: &mut [f32]) {
-    check(shape, &[("q", q.len()), ("k", k.len()), ("v", v.len()), ("out", out.len())], probs.len());
+    check(shape, &[("q", q.len()), ("k", k.len()), ("v", v.len()), ("out", out.len())]);
+    check_probs(shape, probs.len());
     let (t, d, hd) = (shape.seq, shape.width(), shape.head_dim);
     let scale = 1.0 / (hd as f32).sqrt();
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -81,13 +85,47 @@ pub fn forward(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f
                 let g = Gemm::new(false, true, rows, nk, hd).alpha(scale).strides(d, d, t);
                 call(g, q.as_ptr().add(base + i0 * d), k.as_ptr().add(base), p.as_mut_ptr().add(i0 * t));
             }
-            softmax_rows(p, t, i0, i1, shape.causal);
+            softmax_rows(&mut p[i0 * t..i1 * t], t, if shape.causal { i0 + 1 } else { t });
             unsafe {
                 let g = Gemm::new(false, false, rows, hd, nk).strides(t, d, d);
                 call(g, p.as_ptr().add(i0 * t), v.as_ptr().add(base), out_ptr.get().add(base + i0 * d));
             }
         }
     });
+}
+
+/// Causal attention of only the queries that continue cached prefixes: in row `b`, the `cont`
+/// positions from `starts[b]` on (see `Device::attention_continuing`). Each query's scores and
+/// probabilities are those of [`forward`]; the prefix's own queries are never computed.
+pub fn continuing(shape: AttnShape, starts: &[usize], cont: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+    check(shape, &[("q", q.len()), ("k", k.len()), ("v", v.len())]);
+    let (t, d, hd) = (shape.seq, shape.width(), shape.head_dim);
+    assert!(shape.causal, "attention: only causal rows continue a prefix");
+    assert_eq!(starts.len(), shape.batch, "attention: {} starts for {} rows", starts.len(), shape.batch);
+    assert!(starts.iter().all(|&s| s + cont <= t), "attention: continuations past the rows' {t} positions");
+    assert_eq!(out.len(), shape.batch * cont * d, "attention: out is not [batch*cont, heads*head_dim]");
+    let scale = 1.0 / (hd as f32).sqrt();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..shape.batch * shape.heads).into_par_iter().for_each_init(
+        || vec![0.0f32; cont * t],
+        |p, task| {
+            let (b, h) = (task / shape.heads, task % shape.heads);
+            let (start, base) = (starts[b], b * t * d + h * hd);
+            // Keys up to the last query's own position.
+            let nk = start + cont;
+            // SAFETY: q/k/v extents checked above, starts + cont within the rows; this task alone
+            // writes head h of row b's `cont` output rows.
+            unsafe {
+                let g = Gemm::new(false, true, cont, nk, hd).alpha(scale).strides(d, d, nk);
+                call(g, q.as_ptr().add(base + start * d), k.as_ptr().add(base), p.as_mut_ptr());
+            }
+            softmax_rows(&mut p[..cont * nk], nk, start + 1);
+            unsafe {
+                let g = Gemm::new(false, false, cont, hd, nk).strides(nk, d, d);
+                call(g, p.as_ptr(), v.as_ptr().add(base), out_ptr.get().add(b * cont * d + h * hd));
+            }
+        },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -103,8 +141,9 @@ pub fn backward(
     dv: &mut [f32],
 ) {
     let lens = [("q", q.len()), ("k", k.len()), ("v", v.len()), ("dout", dout.len())];
-    check(shape, &lens, probs.len());
-    check(shape, &[("dq", dq.len()), ("dk", dk.len()), ("dv", dv.len())], probs.len());
+    check(shape, &lens);
+    check(shape, &[("dq", dq.len()), ("dk", dk.len()), ("dv", dv.len())]);
+    check_probs(shape, probs.len());
     let (t, d, hd) = (shape.seq, shape.width(), shape.head_dim);
     let scale = 1.0 / (hd as f32).sqrt();
     let (dq_ptr, dk_ptr, dv_ptr) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));

@@ -225,6 +225,19 @@ impl Device for Cpu {
         attention::forward(shape, q, k, v, saved, out);
     }
 
+    fn attention_continuing(
+        &self,
+        shape: AttnShape,
+        starts: &[usize],
+        cont: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+    ) {
+        attention::continuing(shape, starts, cont, q, k, v, out);
+    }
+
     fn attention_backward(
         &self,
         shape: AttnShape,

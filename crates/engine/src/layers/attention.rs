@@ -285,10 +285,10 @@ impl Attention {
 
     /// Forward only, for rows that continue cached prefixes: row `r` of `x` (`[rows * cont,
     /// width]`) holds positions `prefixes[r].len ..` of a sequence whose earlier keys and values are
-    /// `prefixes[r]`. Only the continuation positions are projected; the attention itself runs
-    /// over whole rows (prefix keys copied in), so a continuation sees exactly what a forward over
-    /// the whole sequence shows it. `acts` must fit `rows x (longest prefix + cont)`; nothing is
-    /// saved for a backward.
+    /// `prefixes[r]`. Only the continuation positions are projected and attend (to the prefix keys
+    /// copied in before them), so a continuation sees exactly what a forward over the whole
+    /// sequence shows it. `acts` must fit `rows x (longest prefix + cont)`; nothing is saved for a
+    /// backward.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_continuing<D: Device>(
         &self,
@@ -341,11 +341,9 @@ impl Attention {
             dev.scatter_rows(&cached.k, &rows, &mut *k);
             dev.scatter_rows(&cached.v, &rows, &mut *v);
         }
-        let saved = dev.slice_mut(&mut acts.saved, 0..dev.attention_saved_len(shape));
-        let att = dev.slice_mut(&mut acts.att, 0..n);
-        dev.attention_forward(shape, q, k, v, saved, att);
+        let starts: Vec<usize> = prefixes.iter().map(|c| c.len).collect();
         let mut continued = dev.zeros(at.len() * inner);
-        dev.gather_rows(att, &at, &mut continued);
+        dev.attention_continuing(shape, &starts, cont, q, k, v, &mut continued);
         self.out_proj().forward(dev, &p.out_proj, &continued, y);
     }
 
