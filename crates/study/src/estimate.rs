@@ -33,22 +33,21 @@ const REDUCED_PROBE_SEQ: usize = 512;
 /// Cost of a node's position relative to a pre-training position (the probe's), measured on the
 /// `mini` runs of sessions 5 (Xeon) and 6 (Zen 3), per node against the same run's pre-training:
 /// cooldowns 1.30 / 1.21 (image features through the projector, image-token blocks), fine-tuning
-/// 1.04 / 0.98, evals 0.78 / 0.62 of the eval position count below, the text baseline 1.03 / 0.91. Since
-/// training projects only loss rows to the vocabulary, cooldowns take 0.78x and fine-tunes 0.67x the
-/// CPU time they did (issue 25, same nodes A/B), so 1.25 -> 0.98 and 1.0 -> 0.67. Session 8 (Zen 3,
-/// quiet, per node against these): image rows filled with text (`fill_image_rows`) take ~15 % of
-/// the 30 % cooldown's steps away and cooldowns ran 62-67 s (0.98 -> 0.75), fine-tunes of two epochs
-/// 35-50 s (0.6), evals scoring all rows of a pass at once 21 s with two controls (0.7 -> 0.48), the
-/// text baseline 11 s (0.6).
-const COOLDOWN_POSITION_COST: f64 = 0.75;
+/// 1.04 / 0.98, evals 0.78 / 0.62 of the eval position count below, the text baseline 1.03 / 0.91.
+/// Since then training projects only loss rows to the vocabulary, image rows are filled with text,
+/// scoring runs only the continuation's queries and all rows of a pass at once. Refit in session 9
+/// (Zen 3, new binary, the median probe reading ~7,000 positions/s): the 30 % cooldown 70.9 s,
+/// a one-epoch fine-tune 19.8 s, an eval node 17-20 s, the text baseline 9.8 s.
+const COOLDOWN_POSITION_COST: f64 = 0.85;
 const FINETUNE_POSITION_COST: f64 = 0.6;
-const EVAL_POSITION_COST: f64 = 0.48;
-const TEXT_EVAL_POSITION_COST: f64 = 0.6;
+const EVAL_POSITION_COST: f64 = 0.42;
+const TEXT_EVAL_POSITION_COST: f64 = 0.57;
 /// An image encoded while building the corpus costs this many of the encoder probe's images
 /// (decode, resize, hashing, real pictures vs the probe's noise). Zen 3: 214 s for 11.4k images
 /// where `vlmix bench encode` gave 92.8 images/s (1.75; session 6), 156 s for 8.5k where the dry
-/// run's one-batch probe gave 61.6 (1.14; session 8): the probe moves more than the encoder.
-const CORPUS_ENCODE_COST: f64 = 1.4;
+/// run's one-batch probe gave 61.6 (1.14; session 8), 120 s for 8.6k at the median probe's ~75
+/// (1.05; session 9).
+const CORPUS_ENCODE_COST: f64 = 1.1;
 
 /// What the probes measured on this machine.
 #[derive(Clone, Copy, Debug)]
@@ -100,15 +99,30 @@ impl Work {
     }
 }
 
-/// Times `batch` images through `encoder` (after one untimed batch): seconds per image.
+/// Timed repetitions of each probed operation, after one untimed warm-up; the median is kept. One
+/// timing swung by 1.5x between two quiet dry runs on the same 2-core machine (5,964 vs 8,926
+/// positions/s), which moved mini's estimate from 19.8 to 31 minutes.
+const PROBE_REPEATS: usize = 5;
+
+/// The median of [`PROBE_REPEATS`] timings of `op` (seconds), after one untimed call.
+fn median_time(mut op: impl FnMut() -> Result<()>) -> Result<f64> {
+    op()?;
+    let mut times = Vec::with_capacity(PROBE_REPEATS);
+    for _ in 0..PROBE_REPEATS {
+        let start = Instant::now();
+        op()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[PROBE_REPEATS / 2])
+}
+
+/// Times batches of `batch` images through `encoder`: seconds per image.
 fn probe_encoder(encoder: &dyn ImageEncoder, batch: usize) -> Result<f64> {
     let (h, w) = encoder.preprocess().output_size();
     let pixels: Vec<f32> =
         (0..batch * 3 * h as usize * w as usize).map(|i| ((i * 2_654_435_761) % 256) as f32 / 128.0 - 1.0).collect();
-    encoder.encode(&pixels, batch)?;
-    let start = Instant::now();
-    encoder.encode(&pixels, batch)?;
-    Ok(start.elapsed().as_secs_f64() / batch as f64)
+    Ok(median_time(|| encoder.encode(&pixels, batch).map(drop))? / batch as f64)
 }
 
 /// Time of one training step's parts, for the full model.
@@ -125,9 +139,10 @@ fn step_flops(model: &LmConfig, sequences: usize) -> f64 {
     model.train_flops_per_token(model.seq_len) * (sequences * model.seq_len) as f64
 }
 
-/// Times one forward + backward of `micro` sequences of `model` (or of the reduced copy, scaled)
-/// and one AdamW step on `dev`, each after one untimed warm-up (the first AdamW step touches its
-/// fresh moment buffers: timed, it read 0.07 s for a ~3 ms step and added 7 minutes to mini).
+/// Times forward + backward of `micro` sequences of `model` (or of the reduced copy, scaled) and
+/// AdamW steps on `dev`: the median of a few, each after one untimed warm-up (the first AdamW step
+/// touches its fresh moment buffers: timed, it read 0.07 s for a ~3 ms step and added 7 minutes to
+/// mini).
 pub fn probe<D: Device>(dev: &D, model: &LmConfig, micro: usize) -> Result<Probe> {
     let full = step_flops(model, micro) <= FULL_PROBE_FLOPS;
     let (probed, batch) = if full {
@@ -145,34 +160,30 @@ pub fn probe<D: Device>(dev: &D, model: &LmConfig, micro: usize) -> Result<Probe
     let n = batch * probed.seq_len;
     let tokens: Vec<u32> = (0..n).map(|i| (i * 7919 % probed.vocab) as u32).collect();
     let mask = vec![1.0; n];
-    let mut forward_backward = |params: &mut ParamStore<D>| -> Result<f64> {
-        let start = Instant::now();
+    let fb = median_time(|| {
         params.zero_grad();
-        lm.forward_backward(params, &LmInput::tokens(batch, probed.seq_len, &tokens), &tokens, &mask, 1.0, None)?;
+        lm.forward_backward(&mut params, &LmInput::tokens(batch, probed.seq_len, &tokens), &tokens, &mask, 1.0, None)?;
         dev.synchronize();
-        Ok(start.elapsed().as_secs_f64())
-    };
-    forward_backward(&mut params)?;
-    let fb = forward_backward(&mut params)?;
-    optimizer.step(&mut params, 1e-4);
-    dev.synchronize();
-    let start = Instant::now();
-    optimizer.step(&mut params, 1e-4);
-    dev.synchronize();
-    let opt = start.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    let opt = median_time(|| {
+        optimizer.step(&mut params, 1e-4);
+        dev.synchronize();
+        Ok(())
+    })?;
     let param_scale = model.param_count().total as f64 / probed.param_count().total as f64;
     Ok(if full {
         Probe {
             forward_backward_secs: fb,
             optimizer_secs: opt,
-            how: format!("measured on one micro-batch of {micro} sequences of the full model"),
+            how: format!("median of {PROBE_REPEATS} micro-batches of {micro} sequences of the full model"),
         }
     } else {
         Probe {
             forward_backward_secs: fb * step_flops(model, micro) / step_flops(&probed, 1),
             optimizer_secs: opt * param_scale,
             how: format!(
-                "measured on 1 sequence of {} positions through a 1-layer copy, scaled by training FLOPs (6N + 12LTd) to {micro} x {} positions through {} layers; AdamW scaled by parameter count",
+                "median of {PROBE_REPEATS} sequences of {} positions through a 1-layer copy, scaled by training FLOPs (6N + 12LTd) to {micro} x {} positions through {} layers; AdamW scaled by parameter count",
                 probed.seq_len, model.seq_len, model.n_layers
             ),
         }
@@ -299,8 +310,8 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     // Scoring runs an item's prompt (image included; ~half a window) once into a prefix cache, then
     // ~16 continuation tokens (its choices, or a short answer); the blind pass repeats the prompt
     // only where it differs between items (~a quarter). A forward-only position costs
-    // `EVAL_POSITION_COST` training positions: the continuation rows are a few tokens wide and attend
-    // over whole rows, plus the vocabulary softmax of every scored token.
+    // `EVAL_POSITION_COST` training positions: no backward, but the continuation rows are a few
+    // tokens wide (small products) and every scored token takes the vocabulary softmax.
     let items = config.eval.item_limit();
     let (vision_items, text_items) = (items.vision.unwrap_or(0) as u64, items.text.unwrap_or(0) as u64);
     let item_positions = seq as u64 / 2 + 16;
@@ -358,11 +369,11 @@ mod tests {
         let rates = Rates { positions_per_s: 6633.0, optimizer_s: 0.02, encode_image_s: 1.0 / 92.8 };
         let secs = |work: Work| (work.seconds(&rates) * 10.0).round() / 10.0;
         assert_eq!(secs(Work::Pretrain { positions: 1_499_136, steps: 732 }), 240.7);
-        assert_eq!(secs(Work::Cooldown { positions: 548_864, steps: 268 }), 67.4);
+        assert_eq!(secs(Work::Cooldown { positions: 548_864, steps: 268 }), 75.7);
         assert_eq!(secs(Work::Finetune { positions: 460_800, steps: 225 }), 46.2);
-        assert_eq!(secs(Work::Eval { positions: 300_000 }), 21.7);
-        assert_eq!(secs(Work::TextEval { positions: 120_000 }), 10.9);
-        assert_eq!(secs(Work::Corpus { images_to_encode: 12_000 }), 181.0);
+        assert_eq!(secs(Work::Eval { positions: 300_000 }), 19.0);
+        assert_eq!(secs(Work::TextEval { positions: 120_000 }), 10.3);
+        assert_eq!(secs(Work::Corpus { images_to_encode: 12_000 }), 142.2);
         assert_eq!(Work::Corpus { images_to_encode: 12_000 }.positions(), 0);
     }
 }
