@@ -132,22 +132,33 @@ fn protocol_section(h: &mut String, protocol: &Protocol) {
         || "none given (finding 2 not tested)".to_string(),
         |[lo, hi]| format!("{}-{} %", percent(lo), percent(hi)),
     );
-    let measure = match protocol.verdicts.vision_measure {
-        VisionMeasure::Gain => "the vision gain (credit minus the blind control's)",
-        VisionMeasure::Accuracy => "accuracy (the vision gain beside it)",
-    };
     let _ = writeln!(
         h,
-        "<p>Fixed before any result (<code>[verdicts]</code>): vision verdicts read {measure} on {}; predicted best image-token share {}.</p>",
+        "<p>Fixed before any result (<code>[verdicts]</code>): vision verdicts read {} on {}; predicted best image-token share {}.</p>",
+        vision_measure(protocol.verdicts.vision_measure),
         escape(&tasks),
         escape(&optimum)
     );
 }
 
+/// What the vision verdicts read, as the report names it.
+fn vision_measure(measure: VisionMeasure) -> &'static str {
+    match measure {
+        VisionMeasure::Gain => {
+            "the vision gain: per item, the model's credit minus its blind control's, so a task's answer prior cancels"
+        }
+        VisionMeasure::Accuracy => "accuracy, with the vision gain (credit minus the blind control's) beside it",
+    }
+}
+
 /// The findings table, with how its intervals and verdicts are made.
 fn findings_section(h: &mut String, table: &ResultsTable, findings: &[Finding], protocol: &Protocol) {
-    h.push_str("<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Each finding has one primary contrast, fixed in advance, on the vision measure named above \
-(the vision gain: per item, the model's credit minus its blind control's, so a task's answer prior cancels). A contrast compares seed-matched runs where both arms have them; \
+    let _ = write!(
+        h,
+        "<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Each finding has one primary contrast, fixed in advance, on the vision measure named above ({}). ",
+        vision_measure(protocol.verdicts.vision_measure)
+    );
+    h.push_str("A contrast compares seed-matched runs where both arms have them; \
 its 95 % interval is estimate &plusmn; t &middot; se, where se<sup>2</sup> = the paired item-bootstrap variance + &sigma;<sub>seed</sub><sup>2</sup>(1/n<sub>a</sub> + 1/n<sub>b</sub>) \
 and t has Welch-Satterthwaite degrees of freedom (&sigma;<sub>seed</sub> pooled from replicate runs on the same items). \
 A verdict is the primary test after Holm's adjustment across the findings (p raw / Holm shown); without measured seed noise it is \"cannot tell\". \
