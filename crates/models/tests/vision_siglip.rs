@@ -249,7 +249,7 @@ fn unfrozen_last_block_gradients_match_finite_differences() {
     };
     let mut tape = SiglipTape::new();
     model.forward(&params, &pixels, 2, Some(&mut tape)).unwrap();
-    model.backward(&mut params, &tape, &r).unwrap();
+    model.backward(&mut params, &mut tape, &r).unwrap();
 
     let trainable = |name: &str| name.contains("layers.2.") || name.contains("post_layernorm");
     let ids: Vec<_> = params.ids().collect();
