@@ -333,7 +333,7 @@ mod tests {
     /// text step) are the plan's projector-and-tail part, made from the spec alone.
     fn assert_a_tail_step_holds_what_the_plan_counts(spec: &EncoderSpec, rows: usize) {
         let dev = Cpu::new().unwrap();
-        let mut params = ParamStore::new(dev.clone());
+        let mut params = ParamStore::new(dev);
         let tail = EncoderTail::open(spec, &mut params, 5).unwrap().expect("the spec has a tail");
         let (width, tokens) = (tail.input_width(), tail.tokens());
         let seq = tokens + 8;

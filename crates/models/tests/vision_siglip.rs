@@ -116,7 +116,7 @@ fn encoder_and_tail_open_an_unprefixed_directory() {
     let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let mut tail = EncoderTail::open(&spec, &mut params, 0).unwrap().expect("one trainable block gives a tail");
     let got = tail.forward(&params, &hidden, 2, false).unwrap();
-    assert_close("unprefixed trunk + tail", &got, &outputs.f32("last_hidden_state").unwrap().data, 1e-4);
+    assert_close("unprefixed trunk + tail", got, &outputs.f32("last_hidden_state").unwrap().data, 1e-4);
 }
 
 #[test]
