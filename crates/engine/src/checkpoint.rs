@@ -36,9 +36,7 @@ pub struct TrainState {
     /// LR schedule position and parameters.
     pub schedule: Value,
     /// What the run has consumed so far (e.g. tokens and image tokens); restored on resume, so a
-    /// resumed run reports the same totals as an uninterrupted one. Read as `rng` from checkpoints
-    /// written before the field had its real name.
-    #[serde(alias = "rng")]
+    /// resumed run reports the same totals as an uninterrupted one.
     pub counters: Value,
     /// Where the data loader resumes.
     pub data_cursor: Value,

@@ -53,3 +53,11 @@ static COUNTING: Counting = Counting;
 pub(crate) fn held() -> i64 {
     HELD.with(Cell::get)
 }
+
+/// Runs `f` on a one-thread rayon pool of its own. The engine's kernels then run on the thread
+/// that counts, and no other test's jobs pass through it: on the global pool, rayon's job queue
+/// allocates a block on whichever thread pushes and frees it on whichever thread pops, so a count
+/// made beside other tests can be off by one such block.
+pub(crate) fn on_own_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool").install(f)
+}

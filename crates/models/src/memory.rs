@@ -14,12 +14,12 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use vlmix_engine::device::gib;
-use vlmix_engine::layers::Role;
-use vlmix_engine::{AttnShape, DeviceMemory};
+use vlmix_engine::layers::{BufLen, Role};
+use vlmix_engine::{AttnShape, DeviceMemory, SavedAttention};
 
 use crate::lm::LmConfig;
-use crate::vision::encoder::{is_siglip_dir, EncoderSpec, PATCH_NAME};
-use crate::vision::siglip::SiglipConfig;
+use crate::vision::encoder::{is_siglip_dir, EncoderSpec, FeatureLayer, PATCH_NAME};
+use crate::vision::siglip::{SiglipConfig, TapeShape};
 use crate::vision::tail::PATCH_WIDTH;
 
 /// Share of the available memory a plan may use; the rest covers what the model does not count
@@ -31,8 +31,9 @@ pub const USABLE_FRACTION: f64 = 0.9;
 pub enum TailShape {
     /// The patch projection: `[in_dim] -> [width]` per image token.
     Linear { in_dim: usize, width: usize },
-    /// `blocks` ViT blocks (SigLIP) of `width`, MLP `hidden`, `heads` heads.
-    Vit { blocks: usize, width: usize, hidden: usize, heads: usize },
+    /// `blocks` ViT blocks (SigLIP) of `width`, MLP `hidden`, `heads` heads; `post_layernorm`
+    /// after them with `post` (the last-layer features).
+    Vit { blocks: usize, width: usize, hidden: usize, heads: usize, post: bool },
 }
 
 impl TailShape {
@@ -50,6 +51,7 @@ impl TailShape {
             width: config.hidden_size,
             hidden: config.intermediate_size,
             heads: config.num_attention_heads,
+            post: spec.layer == FeatureLayer::Last,
         }))
     }
 
@@ -71,18 +73,19 @@ impl TailShape {
         }
     }
 
-    /// Values the tail's forward keeps and its backward uses, per image of `tokens` tokens.
-    fn activations_per_image(self, tokens: usize, device: &DeviceMemory) -> u64 {
-        match self {
-            TailShape::Linear { width, .. } => prod(&[2, tokens, width]),
-            // Per block (SiglipTape): x, ln1_out, h, ln2_out, q, k, v, att [T, W]; GELU pre/act [T, I];
-            // attention's saved buffer; plus shared backward scratch and the output and its gradient.
-            TailShape::Vit { blocks, width: w, hidden, heads } => {
-                let attn = AttnShape { batch: 1, seq: tokens, heads, head_dim: w / heads, causal: false };
-                let block = prod(&[tokens, 8 * w + 2 * hidden + 4]) + device.saved_attention.len(attn) as u64;
-                prod(&[blocks]) * block + prod(&[tokens, 4 * w + 2 * hidden]) + prod(&[2, tokens, w])
+    /// Every buffer the tail holds after a training step of `images` images of `tokens` tokens on
+    /// a device whose attention saves `saved`: what the tail allocates
+    /// ([`crate::vision::tail::activation_lens`]). The CPU attention backward's per-thread
+    /// `[tokens, tokens]` buffers come and go inside the kernel, within the LM's (its sequence holds
+    /// the image's tokens and more).
+    pub fn activation_lens(self, tokens: usize, images: usize, saved: SavedAttention) -> Vec<BufLen> {
+        let tape = match self {
+            TailShape::Linear { .. } => None,
+            TailShape::Vit { blocks, width, hidden, heads, post } => {
+                Some(TapeShape { width, hidden, heads, tokens, blocks, post })
             }
-        }
+        };
+        crate::vision::tail::activation_lens(self.out_width(), tokens, tape, saved, images)
     }
 }
 
@@ -227,14 +230,15 @@ impl TrainShape {
                 bytes: prod(&[copies, 4]).saturating_mul(image_values),
             });
             // The VLM's image buffers and projector workspace (one image per sequence, the worst
-            // case), then the encoder tail.
+            // case), then the encoder tail's.
             let input = v.tail.map_or(v.feature_width, TailShape::out_width);
-            let images = crate::vlm::image_activation_lens(input, d, v.image_tokens, micro_batch, micro_batch);
-            let projector = images.iter().fold(0u64, |a, l| a.saturating_add(prod(&[l.len, 4])));
-            let tail = v.tail.map_or(0, |t| t.activations_per_image(v.image_tokens, &self.device));
+            let mut lens = crate::vlm::image_activation_lens(input, d, v.image_tokens, micro_batch, micro_batch);
+            if let Some(tail) = v.tail {
+                lens.extend(tail.activation_lens(v.image_tokens, micro_batch, self.device.saved_attention));
+            }
             parts.push(Part {
                 name: "projector and encoder-tail activations",
-                bytes: projector.saturating_add(tail.saturating_mul(micro_batch as u64).saturating_mul(4)),
+                bytes: lens.iter().fold(0u64, |a, l| a.saturating_add(prod(&[l.len, 4]))),
             });
         }
         Breakdown { micro_batch, parts }
@@ -396,7 +400,10 @@ mod tests {
         assert_eq!(vlm.param_count() - text.param_count(), d * 320 + d * d + 2 * d);
         let with_tail = TrainShape::vlm(
             lm,
-            VisionShape { tail: Some(TailShape::Vit { blocks: 2, width: 320, hidden: 1024, heads: 4 }), ..vision },
+            VisionShape {
+                tail: Some(TailShape::Vit { blocks: 2, width: 320, hidden: 1024, heads: 4, post: true }),
+                ..vision
+            },
             CPU,
         );
         assert!(with_tail.breakdown(8, 2).total() > vlm.breakdown(8, 2).total() + 2 * 49 * 49 * 4 * 2 * 4);

@@ -26,8 +26,9 @@ fn image_buffer_lens(d_model: usize, image_tokens: usize, images: usize, slots: 
     [BufLen::saved(projected), BufLen::scratch(projected), BufLen::saved(injected), BufLen::scratch(injected)]
 }
 
-/// Every buffer a VLM step holds beside the LM's workspace (the encoder tail's aside): the image
-/// buffers, then the projector's workspace for the projected rows. What memory plans sum.
+/// Every buffer a VLM step holds beside the LM's workspace and the encoder tail's
+/// ([`crate::vision::tail::activation_lens`]): the image buffers, then the projector's workspace
+/// for the projected rows. What memory plans sum.
 pub fn image_activation_lens(
     encoder_width: usize,
     d_model: usize,
@@ -59,8 +60,6 @@ pub struct Vlm<D: Device = Cpu> {
     pub lm: Lm<D>,
     pub projector: Projector<D>,
     tail: Option<EncoderTail<D>>,
-    /// The tail's output of the last forward (the projector's input), when there is a tail.
-    tail_out: D::Owned,
     /// Projected images of the last forward, `[images * n_image_tokens, d_model]` (a prefix).
     projected: D::Owned,
     projected_len: usize,
@@ -92,7 +91,6 @@ impl<D: Device> Vlm<D> {
             lm,
             projector,
             tail: None,
-            tail_out: dev.zeros(0),
             projected: dev.zeros(0),
             projected_len: 0,
             d_projected: dev.zeros(0),
@@ -132,8 +130,8 @@ impl<D: Device> Vlm<D> {
     ) -> Result<()> {
         match &mut self.tail {
             Some(tail) => {
-                self.tail_out = tail.forward(params, features, images, train)?;
-                self.projector.forward(params, &self.tail_out, out)
+                let tail_out = tail.forward(params, features, images, train)?;
+                self.projector.forward(params, tail_out, out)
             }
             None => self.projector.forward(params, features, out),
         }
@@ -231,9 +229,9 @@ impl<D: Device> Vlm<D> {
         let d_projected = dev.slice(&self.d_projected, 0..self.projected_len);
         match &mut self.tail {
             Some(tail) => {
-                let mut d_tail_out = dev.zeros(dev.len(&self.tail_out));
-                self.projector.backward(params, &self.tail_out, d_projected, Some(&mut d_tail_out))?;
-                tail.backward(params, &features, images, &d_tail_out)?;
+                let (tail_out, d_tail_out) = tail.output_and_gradient();
+                self.projector.backward(params, tail_out, d_projected, Some(d_tail_out))?;
+                tail.backward(params, &features, images)?;
             }
             None => self.projector.backward(params, &features, d_projected, None)?,
         }
@@ -275,8 +273,11 @@ impl<D: Device> Vlm<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heap_count::held;
-    use crate::memory::{TrainShape, VisionShape};
+    use crate::heap_count::{held, on_own_pool};
+    use crate::memory::{TailShape, TrainShape, VisionShape};
+    use crate::vision::encoder::{EncoderSpec, FeatureLayer, PATCH_NAME};
+    use crate::vision::siglip;
+    use std::path::Path;
     use vlmix_data::sequence::{ImageText, SpecialTokens, VlmRow, VlmSequence};
 
     /// `rows` rows of `seq` positions, each showing an image of its own (with `images`) or plain text.
@@ -302,6 +303,10 @@ mod tests {
 
     #[test]
     fn a_step_holds_the_image_buffers_the_plan_counts() {
+        on_own_pool(image_step_holds_the_image_buffers_the_plan_counts);
+    }
+
+    fn image_step_holds_the_image_buffers_the_plan_counts() {
         let dev = Cpu::new().unwrap();
         let (seq, tokens, width, rows) = (24, 4, 12, 3);
         let config = LmConfig { seq_len: seq, ..LmConfig::preset("tiny").unwrap() };
@@ -322,5 +327,52 @@ mod tests {
         let plan = TrainShape::vlm(config, vision, dev.memory()).breakdown(rows, rows);
         let part = plan.parts.iter().find(|p| p.name.starts_with("projector")).unwrap();
         assert_eq!(part.bytes, listed);
+    }
+
+    /// A VLM with the tail `spec` asks for: the heap bytes one step of `rows` images keeps (after a
+    /// text step) are the plan's projector-and-tail part, made from the spec alone.
+    fn assert_a_tail_step_holds_what_the_plan_counts(spec: &EncoderSpec, rows: usize) {
+        let dev = Cpu::new().unwrap();
+        let mut params = ParamStore::new(dev);
+        let tail = EncoderTail::open(spec, &mut params, 5).unwrap().expect("the spec has a tail");
+        let (width, tokens) = (tail.input_width(), tail.tokens());
+        let seq = tokens + 8;
+        let config = LmConfig { seq_len: seq, ..LmConfig::preset("tiny").unwrap() };
+        let lm = Lm::new(config.clone(), &mut params, 3).unwrap();
+        let mut vlm = Vlm::with_new_projector(lm, tail.output_width(), &mut params, 4).unwrap();
+        vlm.set_tail(tail).unwrap();
+        vlm.forward_backward(&mut params, &batch(rows, seq, tokens, width, false)).unwrap();
+        let images = batch(rows, seq, tokens, width, true);
+        let before = held();
+        vlm.forward_backward(&mut params, &images).unwrap();
+        // Less the `Vec` of per-block structs in a SigLIP tape (bookkeeping, not buffers).
+        let bookkeeping = siglip::tape_bookkeeping(spec.trainable_blocks) as i64;
+        let kept = (held() - before - bookkeeping) as u64;
+        let tail = TailShape::of(spec, width).unwrap();
+        let vision = VisionShape { image_tokens: tokens, feature_width: width, tail };
+        let plan = TrainShape::vlm(config, vision, dev.memory()).breakdown(rows, rows);
+        let part = plan.parts.iter().find(|p| p.name.starts_with("projector")).unwrap();
+        assert!(part.bytes > 0);
+        assert_eq!(kept, part.bytes, "{spec:?}");
+        // A later step of fewer images allocates nothing.
+        let before = held();
+        vlm.forward_backward(&mut params, &batch(rows - 1, seq, tokens, width, true)).unwrap();
+        assert_eq!(held(), before, "{spec:?}");
+    }
+
+    #[test]
+    fn a_step_holds_the_tail_buffers_the_plan_counts() {
+        let siglip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/siglip_tiny").display().to_string();
+        for (layer, blocks) in [(FeatureLayer::Last, 2), (FeatureLayer::Penultimate, 1)] {
+            let spec = EncoderSpec { source: siglip.clone(), layer, resolution: None, trainable_blocks: blocks };
+            on_own_pool(|| assert_a_tail_step_holds_what_the_plan_counts(&spec, 3));
+        }
+        let patch = EncoderSpec {
+            source: PATCH_NAME.into(),
+            layer: FeatureLayer::Last,
+            resolution: Some(16),
+            trainable_blocks: 0,
+        };
+        on_own_pool(|| assert_a_tail_step_holds_what_the_plan_counts(&patch, 3));
     }
 }

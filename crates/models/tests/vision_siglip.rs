@@ -116,7 +116,7 @@ fn encoder_and_tail_open_an_unprefixed_directory() {
     let mut params = ParamStore::new(vlmix_engine::Cpu::new().unwrap());
     let mut tail = EncoderTail::open(&spec, &mut params, 0).unwrap().expect("one trainable block gives a tail");
     let got = tail.forward(&params, &hidden, 2, false).unwrap();
-    assert_close("unprefixed trunk + tail", &got, &outputs.f32("last_hidden_state").unwrap().data, 1e-4);
+    assert_close("unprefixed trunk + tail", got, &outputs.f32("last_hidden_state").unwrap().data, 1e-4);
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn unfrozen_last_block_gradients_match_finite_differences() {
     };
     let mut tape = SiglipTape::new();
     model.forward(&params, &pixels, 2, Some(&mut tape)).unwrap();
-    model.backward(&mut params, &tape, &r).unwrap();
+    model.backward(&mut params, &mut tape, &r).unwrap();
 
     let trainable = |name: &str| name.contains("layers.2.") || name.contains("post_layernorm");
     let ids: Vec<_> = params.ids().collect();

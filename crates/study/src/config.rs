@@ -15,6 +15,7 @@ use vlmix_models::lm::LmConfig;
 use vlmix_models::stage_record::StageRecord;
 use vlmix_models::vision::encoder::{is_siglip_dir, EncoderSpec, FeatureLayer};
 use vlmix_train::schedule::{steps_for, CooldownSchedule, WarmupCosine};
+use vlmix_train::stages::Batching;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +159,27 @@ pub struct FinetuneConfig {
     pub peak_lr: f64,
     pub warmup_steps: u64,
     pub weight_decay: f64,
+}
+
+impl PretrainConfig {
+    /// The batching the stage's spec takes.
+    pub fn batching(&self) -> Batching {
+        Batching { batch_size: self.batch_size, micro_batch_size: self.micro_batch_size }
+    }
+}
+
+impl CooldownConfig {
+    /// The batching the stage's spec takes.
+    pub fn batching(&self) -> Batching {
+        Batching { batch_size: self.batch_size, micro_batch_size: self.micro_batch_size }
+    }
+}
+
+impl FinetuneConfig {
+    /// The batching the stage's spec takes.
+    pub fn batching(&self) -> Batching {
+        Batching { batch_size: self.batch_size, micro_batch_size: self.micro_batch_size }
+    }
 }
 
 /// One point of the grid: where images come in, how many, and how much instruction data.
@@ -425,6 +447,18 @@ impl StudyConfig {
         out.push(format!("seeds: {:?} everywhere, plus {:?} at {replicated}", g.seeds, g.extra_base_seeds));
         out.push("vision-language tasks are small stand-ins for VQAv2 / GQA / TextVQA (README's task table); text by multiple choice where the text-only model is above chance, else held-out bits-per-byte".to_string());
         out
+    }
+
+    /// Every stage's micro-batch set to `micro_batch_size` when one is given (a command-line
+    /// override; the batch stays each stage's `batch_size`).
+    pub fn override_micro_batch_size(&mut self, micro_batch_size: Option<usize>) {
+        for m in [
+            &mut self.pretrain.micro_batch_size,
+            &mut self.cooldown.micro_batch_size,
+            &mut self.finetune.micro_batch_size,
+        ] {
+            *m = micro_batch_size.or(*m);
+        }
     }
 
     /// Refuses impossible values before any training starts, naming the field.

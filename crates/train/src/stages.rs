@@ -36,13 +36,8 @@ pub const SAVE_EVERY: u64 = 50;
 /// Plans a stage's memory on `dev` before anything is allocated: the micro-batch (`requested`, or
 /// the largest that fits in the device's available memory), or an error naming the largest
 /// consumers and that memory.
-pub fn plan_memory<Dev: Device>(
-    stage: &str,
-    dev: &Dev,
-    shape: &TrainShape,
-    batch: usize,
-    requested: Option<usize>,
-) -> Result<MemoryPlan> {
+pub fn plan_memory<Dev: Device>(stage: &str, dev: &Dev, shape: &TrainShape, batching: Batching) -> Result<MemoryPlan> {
+    let Batching { batch_size: batch, micro_batch_size: requested } = batching;
     let plan = shape
         .plan(batch, requested, dev.available_memory()?)
         .with_context(|| format!("{stage} does not fit in memory"))?;
@@ -50,15 +45,23 @@ pub fn plan_memory<Dev: Device>(
     Ok(plan)
 }
 
+/// How a stage batches its sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batching {
+    /// Sequences per optimizer step (the global batch).
+    pub batch_size: usize,
+    /// Sequences per forward/backward pass (gradients accumulate over the passes of a step); chosen
+    /// from the memory plan when absent.
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PretrainSpec {
     pub model: LmConfig,
     pub schedule: WarmupCosine,
-    /// Sequences per optimizer step (the global batch).
-    pub batch_size: usize,
-    /// Sequences per forward/backward pass; chosen from the memory plan when absent.
-    #[serde(default)]
-    pub micro_batch_size: Option<usize>,
+    #[serde(flatten)]
+    pub batching: Batching,
     pub weight_decay: f64,
     /// Fractions of the run whose checkpoints are kept.
     pub keep_fractions: Vec<f64>,
@@ -90,14 +93,14 @@ pub fn pretrain<D: TokenDocuments, Dev: Device>(
     on_step: &mut OnStep,
 ) -> Result<PretrainOutcome> {
     let shape = TrainShape::text(spec.model.clone(), dev.memory());
-    let plan = plan_memory("pre-training", &dev, &shape, spec.batch_size, spec.micro_batch_size)?;
+    let plan = plan_memory("pre-training", &dev, &shape, spec.batching)?;
     StageRecord { model: spec.model.clone(), encoder: None }.write(dir)?;
     let mut params = ParamStore::new(dev);
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
     let mut model = TextModel { lm, params, micro_batch: plan.micro_batch };
     let mut optimizer =
         AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
-    let mut source = TextSource::new(docs, spec.model.seq_len, spec.batch_size, special.eos, spec.seed)?;
+    let mut source = TextSource::new(docs, spec.model.seq_len, spec.batching.batch_size, special.eos, spec.seed)?;
     let keep_steps: Vec<u64> = spec.keep_fractions.iter().map(|&f| spec.step_at(f)).filter(|&s| s > 0).collect();
     let config = LoopConfig {
         schedule: Schedule::WarmupCosine(spec.schedule.clone()),
@@ -135,10 +138,8 @@ pub struct CooldownSpec {
     /// `count_padding` (an ablation: a more padded mix then sees fewer real tokens).
     pub tokens: u64,
     pub count_padding: bool,
-    pub batch_size: usize,
-    /// Sequences per forward/backward pass; chosen from the memory plan when absent.
-    #[serde(default)]
-    pub micro_batch_size: Option<usize>,
+    #[serde(flatten)]
+    pub batching: Batching,
     pub weight_decay: f64,
     pub image_token_fraction: f64,
     pub instruction_share: f64,
@@ -214,9 +215,16 @@ fn cooldown_steps<D: TokenDocuments + Clone>(
     special: SpecialTokens,
 ) -> Result<u64> {
     if spec.count_padding {
-        return Ok(steps_for(spec.tokens, spec.batch_size, spec.model.seq_len));
+        return Ok(steps_for(spec.tokens, spec.batching.batch_size, spec.model.seq_len));
     }
-    MixedSource::steps_for_tokens(docs, corpus, mix_config(spec, corpus)?, special, spec.batch_size, spec.tokens)
+    MixedSource::steps_for_tokens(
+        docs,
+        corpus,
+        mix_config(spec, corpus)?,
+        special,
+        spec.batching.batch_size,
+        spec.tokens,
+    )
 }
 
 /// Image-text continued pre-training on `dev` branched from `spec.start`, at the requested
@@ -238,7 +246,7 @@ pub fn cooldown<D: TokenDocuments + Clone, Dev: Device>(
         tail: TailShape::of(&spec.encoder, corpus.feature_width)?,
     };
     let shape = TrainShape::vlm(spec.model.clone(), vision, dev.memory());
-    let plan = plan_memory("cooldown", &dev, &shape, spec.batch_size, spec.micro_batch_size)?;
+    let plan = plan_memory("cooldown", &dev, &shape, spec.batching)?;
     StageRecord { model: spec.model.clone(), encoder: Some(spec.encoder.clone()) }.write(dir)?;
     let mut params = ParamStore::new(dev);
     let lm = Lm::new(spec.model.clone(), &mut params, spec.seed)?;
@@ -277,7 +285,8 @@ pub fn cooldown<D: TokenDocuments + Clone, Dev: Device>(
         tracing::info!(continued, checkpoint = %checkpoint.display(), "AdamW moments continued");
     }
     let schedule = spec.schedule.over(cooldown_steps(spec, docs.clone(), corpus, special)?);
-    let mut source = MixedSource::new(docs, corpus, cache, mix_config(spec, corpus)?, special, spec.batch_size)?;
+    let mut source =
+        MixedSource::new(docs, corpus, cache, mix_config(spec, corpus)?, special, spec.batching.batch_size)?;
     let total = schedule.total_steps();
     let config =
         LoopConfig { schedule, clip_norm: CLIP_NORM, keep_steps: vec![total], save_every: SAVE_EVERY, stop_step: None };
@@ -300,10 +309,8 @@ pub struct FinetuneSpec {
     pub epochs: u32,
     /// Fine-tune on a seeded random subset of at most this many conversations.
     pub max_examples: Option<usize>,
-    pub batch_size: usize,
-    /// Sequences per forward/backward pass; chosen from the memory plan when absent.
-    #[serde(default)]
-    pub micro_batch_size: Option<usize>,
+    #[serde(flatten)]
+    pub batching: Batching,
     pub peak_lr: f64,
     pub warmup_steps: u64,
     pub weight_decay: f64,
@@ -335,7 +342,7 @@ pub fn finetune<Dev: Device>(
     };
     let vision = VisionShape { image_tokens: corpus.n_image_tokens, feature_width: corpus.feature_width, tail };
     let shape = TrainShape::vlm(spec.model.clone(), vision, dev.memory());
-    let plan = plan_memory("fine-tuning", &dev, &shape, spec.batch_size, spec.micro_batch_size)?;
+    let plan = plan_memory("fine-tuning", &dev, &shape, spec.batching)?;
     StageRecord { model: spec.model.clone(), encoder: encoder.clone() }.write(dir)?;
     let (vlm, params) = load_vlm(dev, &spec.model, &spec.start)?;
     anyhow::ensure!(
@@ -348,8 +355,15 @@ pub fn finetune<Dev: Device>(
     let mut model = VisionModel { vlm, params, micro_batch: plan.micro_batch };
     let mut optimizer =
         AdamW::new(AdamWConfig { weight_decay: spec.weight_decay, ..AdamWConfig::default() }, &model.params);
-    let mut source =
-        InstructSource::new(corpus, cache, special, spec.model.seq_len, spec.batch_size, spec.max_examples, spec.seed)?;
+    let mut source = InstructSource::new(
+        corpus,
+        cache,
+        special,
+        spec.model.seq_len,
+        spec.batching.batch_size,
+        spec.max_examples,
+        spec.seed,
+    )?;
     let per_epoch = source.steps_per_epoch();
     let total = per_epoch * spec.epochs as u64;
     let schedule = Schedule::WarmupCosine(WarmupCosine {

@@ -13,7 +13,7 @@ use vlmix_models::vision::encoder::{open_encoder, EncoderSpec, FeatureLayer, PAT
 use vlmix_models::vision::feature_cache::{image_key, FeatureCache};
 use vlmix_train::corpus::{ImageCorpus, ImageExample};
 use vlmix_train::schedule::{CooldownSchedule, WarmupCosine};
-use vlmix_train::stages::{cooldown, finetune, CooldownSpec, FinetuneSpec, Start, TextStream};
+use vlmix_train::stages::{cooldown, finetune, Batching, CooldownSpec, FinetuneSpec, Start, TextStream};
 
 const SPECIAL: SpecialTokens = SpecialTokens { eos: 0, pad: 1, image: 2 };
 
@@ -79,9 +79,8 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         },
         tokens: 6 * 4 * model().seq_len as u64,
         count_padding: true,
-        batch_size: 4,
         // Two passes per step: the tail trains through micro-batches too.
-        micro_batch_size: Some(2),
+        batching: Batching { batch_size: 4, micro_batch_size: Some(2) },
         weight_decay: 0.1,
         image_token_fraction: 0.5,
         instruction_share: 0.0,
@@ -103,8 +102,7 @@ fn cooldown_then_finetune(spec: &EncoderSpec, root: &Path) -> (PathBuf, PathBuf)
         start: cooled.clone(),
         epochs: 1,
         max_examples: None,
-        batch_size: 4,
-        micro_batch_size: None,
+        batching: Batching { batch_size: 4, micro_batch_size: None },
         peak_lr: 1e-3,
         warmup_steps: 1,
         weight_decay: 0.0,

@@ -12,7 +12,7 @@ use vlmix_engine::params::ParamStore;
 use vlmix_models::lm::{Lm, LmConfig};
 use vlmix_models::vlm::Vlm;
 use vlmix_train::schedule::{Schedule, WarmupCosine};
-use vlmix_train::stages::{pretrain, PretrainSpec};
+use vlmix_train::stages::{pretrain, Batching, PretrainSpec};
 use vlmix_train::text_model::{TextModel, TokenBatch};
 use vlmix_train::trainer::{train, BatchSource, LoopConfig, Trainable};
 use vlmix_train::vision_model::VisionModel;
@@ -189,8 +189,7 @@ fn a_model_that_cannot_fit_fails_before_training_with_the_numbers() {
     let spec = PretrainSpec {
         model,
         schedule: WarmupCosine { peak: 1e-3, floor: 0.0, warmup_steps: 1, total_steps: 5 },
-        batch_size: 256,
-        micro_batch_size: None,
+        batching: Batching { batch_size: 256, micro_batch_size: None },
         weight_decay: 0.0,
         keep_fractions: vec![1.0],
         seed: 0,

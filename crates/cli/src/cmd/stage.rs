@@ -167,6 +167,7 @@ fn run_stage(common: &Common, config: &StudyConfig, stage: Stage) -> Result<()> 
     let layout = DataLayout::from_env(common.data.as_deref())?;
     let mut config = config.clone();
     common.data_flags.apply(&mut config)?;
+    config.override_micro_batch_size(common.micro_batch_size);
     let choice = common.device.choice_over(config.device_choice());
     (config.device, config.precision) = (choice.device, choice.precision);
     let outputs = on_device!(choice.open()?, dev => run_on(dev, common, &config, layout, stage))?;
@@ -192,14 +193,12 @@ fn run_on<D: Device>(
 }
 
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
-    let mut config = StudyConfig::load(&args.common.config)?;
-    config.pretrain.micro_batch_size = args.common.micro_batch_size.or(config.pretrain.micro_batch_size);
+    let config = StudyConfig::load(&args.common.config)?;
     run_stage(&args.common, &config, Stage::Pretrain)
 }
 
 pub fn cooldown(args: CooldownArgs) -> Result<()> {
-    let mut config = StudyConfig::load(&args.common.config)?;
-    config.cooldown.micro_batch_size = args.common.micro_batch_size.or(config.cooldown.micro_batch_size);
+    let config = StudyConfig::load(&args.common.config)?;
     for (field, v) in [
         ("--fraction", args.fraction),
         ("--image-token-fraction", args.image_token_fraction),
@@ -225,7 +224,6 @@ pub fn cooldown(args: CooldownArgs) -> Result<()> {
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let mut config = StudyConfig::load(&args.common.config)?;
-    config.finetune.micro_batch_size = args.common.micro_batch_size.or(config.finetune.micro_batch_size);
     if let Some(epochs) = args.epochs {
         config.finetune.epochs = epochs;
         config.finetune.compare_epoch = config.finetune.compare_epoch.min(epochs);

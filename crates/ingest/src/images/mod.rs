@@ -52,7 +52,6 @@ pub struct ImageConfig {
     /// Percent of clip art, stamps and emoji concepts held out.
     pub heldout_percent: u32,
     /// Percent of Fashion-MNIST photos held out (each gives one open and two yes/no eval items).
-    #[serde(alias = "cifar_heldout_percent")]
     pub photo_heldout_percent: u32,
     /// Reads only the first N items of each source (tests and quick looks); None reads all.
     pub max_per_source: Option<usize>,

@@ -11,5 +11,6 @@ pub mod preprocess;
 pub mod projector;
 pub mod resample;
 pub mod siglip;
+mod siglip_tape;
 pub mod tail;
 pub mod weights;

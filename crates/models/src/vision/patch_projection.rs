@@ -100,11 +100,19 @@ impl<D: Device> PatchProjection<D> {
     /// `[batch, tokens, width]` features of `patches` (`[batch, tokens, 3 * patch^2]`, from
     /// [`patchify`](super::patches::patchify)).
     pub fn forward(&self, params: &ParamStore<D>, patches: &D::Buf, batch: usize) -> Result<D::Owned> {
-        self.check_patches(patches, batch)?;
         let mut out = self.dev.zeros(batch * self.tokens() * self.width());
-        let p = LinearParams { weight: params.value(self.weight), bias: Some(params.value(self.bias)) };
-        self.linear.forward(&self.dev, &p, patches, &mut out);
+        self.forward_into(params, patches, batch, &mut out)?;
         Ok(out)
+    }
+
+    /// As [`forward`](Self::forward), into `out` (`[batch, tokens, width]`).
+    pub fn forward_into(&self, params: &ParamStore<D>, patches: &D::Buf, batch: usize, out: &mut D::Buf) -> Result<()> {
+        self.check_patches(patches, batch)?;
+        let (n, got) = (batch * self.tokens() * self.width(), self.dev.len(out));
+        ensure!(got == n, "patch projection output buffer has {got} values, expected {n}");
+        let p = LinearParams { weight: params.value(self.weight), bias: Some(params.value(self.bias)) };
+        self.linear.forward(&self.dev, &p, patches, out);
+        Ok(())
     }
 
     /// Accumulates the gradients of the projection from `dfeatures` (`[batch, tokens, width]`).

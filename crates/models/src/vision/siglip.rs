@@ -27,11 +27,16 @@ use serde_json::Value;
 use std::ops::Range;
 use std::path::Path;
 use vlmix_engine::layers::{
-    Attention, AttentionActs, AttentionGrads, AttentionParams, GeluMlp, GeluMlpActs, GeluMlpGrads, GeluMlpParams,
-    LinearGrads, LinearParams, Norm, NormActs, NormGrads, NormKind, NormParams,
+    Attention, AttentionGrads, AttentionParams, GeluMlp, GeluMlpGrads, GeluMlpParams, LinearGrads, LinearParams, Norm,
+    NormGrads, NormKind, NormParams,
 };
 use vlmix_engine::params::{ParamFlags, ParamId, ParamStore, Values};
 use vlmix_engine::{Cpu, Device, GeluKind, Gemm};
+
+#[cfg(test)]
+pub(crate) use super::siglip_tape::tape_bookkeeping;
+use super::siglip_tape::{BlockActs, TapeBuffers};
+pub use super::siglip_tape::{SiglipTape, TapeShape};
 
 /// Prefix of the tower's parameter names in the `ParamStore` (and in VLM checkpoints).
 const PREFIX: &str = "vision_model";
@@ -149,27 +154,6 @@ struct BlockIds {
     fc2: (ParamId, ParamId),
 }
 
-/// Activations one trainable block saves for its backward.
-struct BlockTape<D: Device> {
-    x: D::Owned,
-    ln1: NormActs<D>,
-    ln1_out: D::Owned,
-    attention: AttentionActs<D>,
-    h: D::Owned,
-    ln2: NormActs<D>,
-    ln2_out: D::Owned,
-    mlp: GeluMlpActs<D>,
-}
-
-/// What [`SiglipVision::forward`] keeps for [`SiglipVision::backward`].
-pub struct SiglipTape<D: Device = Cpu> {
-    batch: usize,
-    /// Tapes of the trainable blocks, in forward order.
-    blocks: Vec<BlockTape<D>>,
-    /// Input and statistics of `post_layernorm` (last-layer features only).
-    post: Option<(D::Owned, NormActs<D>)>,
-}
-
 pub struct SiglipVision<D: Device = Cpu> {
     config: SiglipConfig,
     dev: D,
@@ -258,19 +242,6 @@ fn load<D: Device>(
     flags: ParamFlags,
 ) -> Result<ParamId> {
     params.add(&format!("{PREFIX}.{name}"), shape, weights.get(name, shape)?, flags)
-}
-
-impl<D: Device> SiglipTape<D> {
-    /// An empty tape for [`SiglipVision::forward`] to fill.
-    pub fn new() -> Self {
-        SiglipTape { batch: 0, blocks: Vec::new(), post: None }
-    }
-}
-
-impl<D: Device> Default for SiglipTape<D> {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl<D: Device> SiglipVision<D> {
@@ -457,6 +428,98 @@ impl<D: Device> SiglipVision<D> {
         copy
     }
 
+    /// The shape of this part's tape: its trainable blocks (and `post_layernorm`).
+    pub fn tape_shape(&self) -> TapeShape {
+        let c = &self.config;
+        TapeShape {
+            width: c.hidden_size,
+            hidden: c.intermediate_size,
+            heads: c.num_attention_heads,
+            tokens: c.tokens(),
+            blocks: self.blocks.len() - self.first_trainable,
+            post: self.post.is_some(),
+        }
+    }
+
+    /// Checks the input (`[batch, 3, image_size, image_size]` pixels, or for a tail the trunk's
+    /// hidden states `[batch, tokens, d]`).
+    fn check_input(&self, input: &D::Buf, batch: usize) -> Result<()> {
+        let (dev, c) = (&self.dev, &self.config);
+        let (seq, got) = (c.tokens(), dev.len(input));
+        match self.embedding {
+            Some(_) => {
+                let s = c.image_size;
+                ensure!(
+                    got == batch * c.num_channels * s * s,
+                    "SigLIP input has {got} values, expected [{batch}, {}, {s}, {s}]",
+                    c.num_channels
+                );
+            }
+            None => ensure!(
+                got == batch * seq * c.hidden_size,
+                "SigLIP tail input has {got} values, expected [{batch}, {seq}, {}]",
+                c.hidden_size
+            ),
+        }
+        Ok(())
+    }
+
+    /// One block: `out = h + mlp(ln2(h))` with `h = x + attn(ln1(x))`, `x` being `acts.x`; fills
+    /// `acts` with what the backward needs. `out` is `[batch * tokens, d]`; `acts` and `branch`
+    /// may be sized for more images.
+    fn run_block(
+        &self,
+        v: Values<'_, D>,
+        b: &BlockIds,
+        acts: &mut BlockActs<D>,
+        branch: &mut D::Buf,
+        out: &mut D::Buf,
+        batch: usize,
+    ) {
+        let dev = &self.dev;
+        let (seq, n) = (self.config.tokens(), dev.len(out));
+        let BlockActs { x, ln1_out, h, ln2_out, ln1, attention, ln2, mlp } = acts;
+        let (x, branch) = (dev.slice(x, 0..n), dev.slice_mut(branch, 0..n));
+        let (ln1_out, h, ln2_out) =
+            (dev.slice_mut(ln1_out, 0..n), dev.slice_mut(h, 0..n), dev.slice_mut(ln2_out, 0..n));
+        self.norm.forward(dev, &norm_params(v, b.ln1), x, ln1, ln1_out);
+        let attn = AttentionParams {
+            in_proj: linear_params(v, b.in_proj),
+            q_norm: None,
+            k_norm: None,
+            out_proj: linear_params(v, b.out_proj),
+        };
+        self.attention.forward(dev, &attn, ln1_out, batch, seq, attention, branch);
+        dev.add(x, branch, h);
+        self.norm.forward(dev, &norm_params(v, b.ln2), h, ln2, ln2_out);
+        let mlp_params = GeluMlpParams { fc1: linear_params(v, b.fc1), fc2: linear_params(v, b.fc2) };
+        self.mlp.forward(dev, &mlp_params, ln2_out, mlp, branch);
+        dev.add(h, branch, out);
+    }
+
+    /// The hidden states after the embedding (if any) and the first `blocks` blocks, which keep
+    /// nothing: one block's buffers serve them all.
+    fn run_frozen(&self, v: Values<'_, D>, input: &D::Buf, batch: usize, blocks: usize) -> D::Owned {
+        let dev = &self.dev;
+        let mut x = match self.embedding {
+            Some(embedding) => self.embed(v, embedding, input, batch),
+            None => self.duplicate(input),
+        };
+        if blocks == 0 {
+            return x;
+        }
+        let (seq, d) = (self.config.tokens(), self.config.hidden_size);
+        let mut acts = BlockActs::new(dev, &self.tape_shape().layers(), batch, seq, d);
+        let mut branch = dev.zeros(batch * seq * d);
+        // `acts.x` holds the stream; `x` (the spare) takes each block's output.
+        std::mem::swap(&mut acts.x, &mut x);
+        for b in &self.blocks[..blocks] {
+            self.run_block(v, b, &mut acts, &mut branch, &mut x, batch);
+            std::mem::swap(&mut acts.x, &mut x);
+        }
+        acts.x
+    }
+
     /// Features `[batch, tokens, d]` at this part's output. The input is `[batch, 3, image_size,
     /// image_size]` pixels, or for a tail the trunk's hidden states `[batch, tokens, d]`. With
     /// `tape`, saves what [`backward`](Self::backward) needs.
@@ -465,123 +528,123 @@ impl<D: Device> SiglipVision<D> {
         params: &ParamStore<D>,
         input: &D::Buf,
         batch: usize,
-        mut tape: Option<&mut SiglipTape<D>>,
+        tape: Option<&mut SiglipTape<D>>,
     ) -> Result<D::Owned> {
+        self.check_input(input, batch)?;
         let v = params.values();
+        match tape {
+            Some(tape) if self.first_trainable < self.blocks.len() => {
+                let mut out = self.dev.zeros(batch * self.config.tokens() * self.config.hidden_size);
+                self.forward_taped(v, input, batch, tape, &mut out);
+                Ok(out)
+            }
+            _ => Ok(self.infer(v, input, batch)),
+        }
+    }
+
+    /// As [`forward`](Self::forward), into `out` (`[batch, tokens, d]`).
+    pub fn forward_into(
+        &self,
+        params: &ParamStore<D>,
+        input: &D::Buf,
+        batch: usize,
+        tape: Option<&mut SiglipTape<D>>,
+        out: &mut D::Buf,
+    ) -> Result<()> {
+        self.check_input(input, batch)?;
+        let n = batch * self.config.tokens() * self.config.hidden_size;
+        ensure!(self.dev.len(out) == n, "SigLIP output buffer has {} values, expected {n}", self.dev.len(out));
+        let v = params.values();
+        match tape {
+            Some(tape) if self.first_trainable < self.blocks.len() => self.forward_taped(v, input, batch, tape, out),
+            _ => self.dev.copy(&self.infer(v, input, batch), out),
+        }
+        Ok(())
+    }
+
+    /// A forward that keeps nothing.
+    fn infer(&self, v: Values<'_, D>, input: &D::Buf, batch: usize) -> D::Owned {
+        let x = self.run_frozen(v, input, batch, self.blocks.len());
+        let Some(post) = self.post else { return x };
         let dev = &self.dev;
-        let seq = self.config.tokens();
-        let rows = batch * seq;
-        let n = rows * self.config.hidden_size;
-        let mut x = match self.embedding {
-            Some(embedding) => {
-                let s = self.config.image_size;
-                let c = self.config.num_channels;
-                ensure!(
-                    dev.len(input) == batch * c * s * s,
-                    "SigLIP input has {} values, expected [{batch}, {c}, {s}, {s}]",
-                    dev.len(input)
-                );
-                self.embed(v, embedding, input, batch)
-            }
-            None => {
-                ensure!(
-                    dev.len(input) == n,
-                    "SigLIP tail input has {} values, expected [{batch}, {seq}, {}]",
-                    dev.len(input),
-                    self.config.hidden_size
-                );
-                self.duplicate(input)
-            }
-        };
-        if let Some(t) = tape.as_deref_mut() {
-            *t = SiglipTape { batch, blocks: Vec::new(), post: None };
+        let mut acts = self.norm.acts(dev, batch * self.config.tokens());
+        let mut out = dev.zeros(dev.len(&x));
+        self.norm.forward(dev, &norm_params(v, post), &x, &mut acts, &mut out);
+        out
+    }
+
+    /// A forward whose trainable blocks keep their activations in `tape` (its buffers are made, or
+    /// grown, from [`TapeShape::lens`] first).
+    fn forward_taped(
+        &self,
+        v: Values<'_, D>,
+        input: &D::Buf,
+        batch: usize,
+        tape: &mut SiglipTape<D>,
+        out: &mut D::Buf,
+    ) {
+        let dev = &self.dev;
+        let n = dev.len(out);
+        let shape = self.tape_shape();
+        if tape.buffers.as_ref().is_none_or(|t| t.shape != shape || t.images < batch) {
+            tape.buffers = None;
+            tape.buffers = Some(TapeBuffers::new(dev, shape, batch));
         }
-        let mut ln1 = self.norm.acts(dev, rows);
-        let mut ln2 = self.norm.acts(dev, rows);
-        let mut attention = self.attention.acts(dev, batch, seq);
-        let mut mlp = self.mlp.acts(dev, rows);
-        let (mut ln_out, mut h, mut branch) = (dev.zeros(n), dev.zeros(n), dev.zeros(n));
-        let mut ln2_out = dev.zeros(n);
-        for (i, b) in self.blocks.iter().enumerate() {
-            let keep = tape.is_some() && i >= self.first_trainable;
-            if keep {
-                ln1 = self.norm.acts(dev, rows);
-                ln2 = self.norm.acts(dev, rows);
-                attention = self.attention.acts(dev, batch, seq);
-                mlp = self.mlp.acts(dev, rows);
-            }
-            self.norm.forward(dev, &norm_params(v, b.ln1), &x, &mut ln1, &mut ln_out);
-            let attn = AttentionParams {
-                in_proj: linear_params(v, b.in_proj),
-                q_norm: None,
-                k_norm: None,
-                out_proj: linear_params(v, b.out_proj),
+        tape.batch = batch;
+        let TapeBuffers { blocks, post_in, post, branch, .. } = tape.buffers.as_mut().expect("made above");
+        // The first trainable block's input.
+        let first = dev.slice_mut(&mut blocks[0].x, 0..n);
+        if self.embedding.is_none() && self.first_trainable == 0 {
+            dev.copy(input, first);
+        } else {
+            dev.copy(&self.run_frozen(v, input, batch, self.first_trainable), first);
+        }
+        for (i, b) in self.blocks[self.first_trainable..].iter().enumerate() {
+            let (done, rest) = blocks.split_at_mut(i + 1);
+            // Each block's output is the next one's input, or post_layernorm's, or the features.
+            let next = match rest.first_mut() {
+                Some(next) => dev.slice_mut(&mut next.x, 0..n),
+                None if self.post.is_some() => dev.slice_mut(post_in, 0..n),
+                None => &mut *out,
             };
-            self.attention.forward(dev, &attn, &ln_out, batch, seq, &mut attention, &mut branch);
-            dev.add(&x, &branch, &mut h);
-            self.norm.forward(dev, &norm_params(v, b.ln2), &h, &mut ln2, &mut ln2_out);
-            let mlp_params = GeluMlpParams { fc1: linear_params(v, b.fc1), fc2: linear_params(v, b.fc2) };
-            self.mlp.forward(dev, &mlp_params, &ln2_out, &mut mlp, &mut branch);
-            let mut next = dev.zeros(n);
-            dev.add(&h, &branch, &mut next);
-            let input = std::mem::replace(&mut x, next);
-            if keep {
-                let tape = tape.as_deref_mut().expect("keep implies a tape");
-                tape.blocks.push(BlockTape {
-                    x: input,
-                    ln1: std::mem::replace(&mut ln1, self.norm.acts(dev, 0)),
-                    ln1_out: self.duplicate(&ln_out),
-                    attention: std::mem::replace(&mut attention, self.attention.acts(dev, 0, 0)),
-                    h: self.duplicate(&h),
-                    ln2: std::mem::replace(&mut ln2, self.norm.acts(dev, 0)),
-                    ln2_out: self.duplicate(&ln2_out),
-                    mlp: std::mem::replace(&mut mlp, self.mlp.acts(dev, 0)),
-                });
-            }
+            self.run_block(v, b, &mut done[i], branch, next, batch);
         }
-        if let Some(post) = self.post {
-            let mut acts = self.norm.acts(dev, rows);
-            let mut out = dev.zeros(n);
-            self.norm.forward(dev, &norm_params(v, post), &x, &mut acts, &mut out);
-            if let Some(t) = tape {
-                t.post = Some((x, acts));
-            }
-            return Ok(out);
+        if let Some(ids) = self.post {
+            self.norm.forward(dev, &norm_params(v, ids), dev.slice(post_in, 0..n), post, out);
         }
-        Ok(x)
     }
 
     /// Backward of a [`forward`](Self::forward) that filled `tape`: accumulates the gradients of the
     /// trainable blocks (and `post_layernorm` when trainable) from `dfeatures` (`[batch, tokens, d]`).
-    pub fn backward(&self, params: &mut ParamStore<D>, tape: &SiglipTape<D>, dfeatures: &D::Buf) -> Result<()> {
+    pub fn backward(&self, params: &mut ParamStore<D>, tape: &mut SiglipTape<D>, dfeatures: &D::Buf) -> Result<()> {
         let dev = &self.dev;
         let seq = self.config.tokens();
-        let rows = tape.batch * seq;
+        let (batch, rows) = (tape.batch, tape.batch * seq);
         let n = rows * self.config.hidden_size;
         let got = dev.len(dfeatures);
         ensure!(got == n, "SigLIP feature gradient has {got} values, expected {n}");
         if self.first_trainable == self.blocks.len() {
             bail!("SigLIP backward called on a frozen tower (0 trainable blocks)");
         }
-        ensure!(
-            tape.blocks.len() == self.blocks.len() - self.first_trainable,
-            "tape does not come from a forward with a tape"
-        );
+        let Some(buffers) = tape.buffers.as_mut().filter(|t| batch > 0 && t.shape == self.tape_shape()) else {
+            bail!("tape does not come from a forward of this tower with a tape");
+        };
+        let TapeBuffers {
+            blocks, post_in, post: post_acts, dx, dbranch, dh, dln, attention_scratch, mlp_scratch, ..
+        } = buffers;
+        let (dx, dbranch) = (dev.slice_mut(dx, 0..n), dev.slice_mut(dbranch, 0..n));
+        let (dh, dln) = (dev.slice_mut(dh, 0..n), dev.slice_mut(dln, 0..n));
         let (values, mut grads) = params.split();
-        let mut dx = dev.zeros(n);
-        match (self.post, &tape.post) {
-            (Some(post), Some((input, acts))) => {
+        match self.post {
+            Some(post) => {
                 let [w, b] = grads.get_many_mut([post.0, post.1]);
                 let mut g = NormGrads { weight: w, bias: Some(b) };
-                self.norm.backward(dev, &norm_params(values, post), input, acts, dfeatures, &mut dx, &mut g);
+                let input = dev.slice(post_in, 0..n);
+                self.norm.backward(dev, &norm_params(values, post), input, post_acts, dfeatures, dx, &mut g);
             }
-            (None, None) => dev.copy(dfeatures, &mut dx),
-            _ => bail!("tape does not match the feature layer"),
+            None => dev.copy(dfeatures, dx),
         }
-        let mut attn_scratch = self.attention.scratch(dev, rows);
-        let mut mlp_scratch = self.mlp.scratch(dev, rows);
-        let (mut dbranch, mut dh, mut dln) = (dev.zeros(n), dev.zeros(n), dev.zeros(n));
-        for (b, t) in self.blocks[self.first_trainable..].iter().zip(&tape.blocks).rev() {
+        for (b, t) in self.blocks[self.first_trainable..].iter().zip(blocks.iter()).rev() {
             let ids = [
                 b.ln1.0,
                 b.ln1.1,
@@ -597,32 +660,25 @@ impl<D: Device> SiglipVision<D> {
                 b.fc2.1,
             ];
             let [ln1w, ln1b, inw, inb, outw, outb, ln2w, ln2b, fc1w, fc1b, fc2w, fc2b] = grads.get_many_mut(ids);
+            let (x, h) = (dev.slice(&t.x, 0..n), dev.slice(&t.h, 0..n));
+            let (ln1_out, ln2_out) = (dev.slice(&t.ln1_out, 0..n), dev.slice(&t.ln2_out, 0..n));
             // x' = h + mlp(ln2(h))
             let mlp_params = GeluMlpParams { fc1: linear_params(values, b.fc1), fc2: linear_params(values, b.fc2) };
             let mut mlp_grads = GeluMlpGrads {
                 fc1: LinearGrads { weight: fc1w, bias: Some(fc1b) },
                 fc2: LinearGrads { weight: fc2w, bias: Some(fc2b) },
             };
-            self.mlp.backward(
-                dev,
-                &mlp_params,
-                &t.ln2_out,
-                &t.mlp,
-                &dx,
-                Some(&mut dln),
-                &mut mlp_grads,
-                &mut mlp_scratch,
-            );
+            self.mlp.backward(dev, &mlp_params, ln2_out, &t.mlp, dx, Some(&mut *dln), &mut mlp_grads, mlp_scratch);
             self.norm.backward(
                 dev,
                 &norm_params(values, b.ln2),
-                &t.h,
+                h,
                 &t.ln2,
-                &dln,
-                &mut dbranch,
+                dln,
+                dbranch,
                 &mut NormGrads { weight: ln2w, bias: Some(ln2b) },
             );
-            dev.add(&dx, &dbranch, &mut dh);
+            dev.add(dx, dbranch, dh);
             // h = x + attn(ln1(x))
             let attn = AttentionParams {
                 in_proj: linear_params(values, b.in_proj),
@@ -639,25 +695,25 @@ impl<D: Device> SiglipVision<D> {
             self.attention.backward(
                 dev,
                 &attn,
-                &t.ln1_out,
-                tape.batch,
+                ln1_out,
+                batch,
                 seq,
                 &t.attention,
-                &dh,
-                &mut dln,
+                dh,
+                dln,
                 &mut attn_grads,
-                &mut attn_scratch,
+                attention_scratch,
             );
             self.norm.backward(
                 dev,
                 &norm_params(values, b.ln1),
-                &t.x,
+                x,
                 &t.ln1,
-                &dln,
-                &mut dbranch,
+                dln,
+                dbranch,
                 &mut NormGrads { weight: ln1w, bias: Some(ln1b) },
             );
-            dev.add(&dh, &dbranch, &mut dx);
+            dev.add(dh, dbranch, dx);
         }
         Ok(())
     }
