@@ -244,23 +244,14 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
         Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? })
     });
     let stages = [
-        ("pretrain", Ok(text.clone()), config.pretrain.batch_size, config.pretrain.micro_batch_size),
-        (
-            "cooldown",
-            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)),
-            config.cooldown.batch_size,
-            config.cooldown.micro_batch_size,
-        ),
-        (
-            "finetune",
-            vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)),
-            config.finetune.batch_size,
-            config.finetune.micro_batch_size,
-        ),
+        ("pretrain", Ok(text.clone()), config.pretrain.batching()),
+        ("cooldown", vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)), config.cooldown.batching()),
+        ("finetune", vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)), config.finetune.batching()),
     ];
     let mut micro = [1usize; 3];
     let mut all_fit = true;
-    for (i, (stage, shape, batch, requested)) in stages.iter().enumerate() {
+    for (i, (stage, shape, batching)) in stages.iter().enumerate() {
+        let (batch, requested) = (&batching.batch_size, &batching.micro_batch_size);
         let shape = match shape {
             Ok(shape) => shape,
             Err(e) => {
