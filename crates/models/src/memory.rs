@@ -97,6 +97,18 @@ pub struct VisionShape {
     pub tail: Option<TailShape>,
 }
 
+impl VisionShape {
+    /// The images a stage trains on: `image_tokens` cached features of `feature_width` per image,
+    /// through the tail `encoder` trains (none without an encoder record).
+    pub fn new(image_tokens: usize, feature_width: usize, encoder: Option<&EncoderSpec>) -> Result<Self> {
+        let tail = match encoder {
+            Some(spec) => TailShape::of(spec, feature_width)?,
+            None => None,
+        };
+        Ok(VisionShape { image_tokens, feature_width, tail })
+    }
+}
+
 /// What a training step is made of: the LM, the images (VLM stages) and the device it runs on.
 /// Every buffer is f32 (the CUDA bf16 mode rounds only the inputs of its products).
 #[derive(Clone, Debug, PartialEq)]

@@ -17,7 +17,7 @@ use vlmix_engine::device::gib;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig, LmInput};
-use vlmix_models::memory::{Breakdown, TailShape, TrainShape, VisionShape, USABLE_FRACTION};
+use vlmix_models::memory::{Breakdown, TrainShape, VisionShape, USABLE_FRACTION};
 use vlmix_models::vision::encoder::{open_encoder, ImageEncoder};
 use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 
@@ -240,9 +240,10 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     let text = TrainShape::text(model.clone(), device);
     let spec = config.encoder_spec();
     let encoder = open_encoder(&spec, &layout.home);
-    let vision = encoder.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|e| {
-        Ok(VisionShape { image_tokens: e.tokens(), feature_width: e.width(), tail: TailShape::of(&spec, e.width())? })
-    });
+    let vision = encoder
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|e| VisionShape::new(e.tokens(), e.width(), Some(&spec)));
     let stages = [
         ("pretrain", Ok(text.clone()), config.pretrain.batching()),
         ("cooldown", vision.as_ref().map(|v| TrainShape::vlm(model.clone(), *v, device)), config.cooldown.batching()),

@@ -14,7 +14,7 @@ use vlmix_engine::device::gib;
 use vlmix_engine::params::ParamStore;
 use vlmix_engine::Device;
 use vlmix_models::lm::{Lm, LmConfig};
-use vlmix_models::memory::{MemoryPlan, TailShape, TrainShape, VisionShape};
+use vlmix_models::memory::{MemoryPlan, TrainShape, VisionShape};
 use vlmix_models::stage_record::{load_vlm, weights_of, StageRecord};
 use vlmix_models::vision::encoder::EncoderSpec;
 use vlmix_models::vision::feature_cache::FeatureCache;
@@ -240,11 +240,7 @@ pub fn cooldown<D: TokenDocuments + Clone, Dev: Device>(
     dir: &Path,
     on_step: &mut OnStep,
 ) -> Result<LoopOutcome> {
-    let vision = VisionShape {
-        image_tokens: corpus.n_image_tokens,
-        feature_width: corpus.feature_width,
-        tail: TailShape::of(&spec.encoder, corpus.feature_width)?,
-    };
+    let vision = VisionShape::new(corpus.n_image_tokens, corpus.feature_width, Some(&spec.encoder))?;
     let shape = TrainShape::vlm(spec.model.clone(), vision, dev.memory());
     let plan = plan_memory("cooldown", &dev, &shape, spec.batching)?;
     StageRecord { model: spec.model.clone(), encoder: Some(spec.encoder.clone()) }.write(dir)?;
@@ -336,11 +332,7 @@ pub fn finetune<Dev: Device>(
     on_step: &mut OnStep,
 ) -> Result<FinetuneOutcome> {
     let encoder = StageRecord::of_checkpoint(&spec.start)?.encoder;
-    let tail = match &encoder {
-        Some(encoder) => TailShape::of(encoder, corpus.feature_width)?,
-        None => None,
-    };
-    let vision = VisionShape { image_tokens: corpus.n_image_tokens, feature_width: corpus.feature_width, tail };
+    let vision = VisionShape::new(corpus.n_image_tokens, corpus.feature_width, encoder.as_ref())?;
     let shape = TrainShape::vlm(spec.model.clone(), vision, dev.memory());
     let plan = plan_memory("fine-tuning", &dev, &shape, spec.batching)?;
     StageRecord { model: spec.model.clone(), encoder: encoder.clone() }.write(dir)?;
