@@ -321,7 +321,8 @@ fn the_page_states_its_protocol_and_method() {
     for needle in [
         "Departures from the paper",
         "up to 4 image-caption examples per cooldown row",
-        "vision verdicts read the vision gain (credit minus the blind control's) on fashion_what; predicted best image-token share 10-20 %",
+        "vision verdicts read the vision gain (per item, credit minus the blind control's, so a task's answer prior cancels) on fashion_what; predicted best image-token share 10-20 %",
+        "on the vision measure named above: the vision gain (per item",
         "Holm",
         "Welch-Satterthwaite",
         "Seed noise behind every contrast: seed standard deviation of the vision gain 0.0300",

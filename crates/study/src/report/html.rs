@@ -145,9 +145,9 @@ fn protocol_section(h: &mut String, protocol: &Protocol) {
 fn vision_measure(measure: VisionMeasure) -> &'static str {
     match measure {
         VisionMeasure::Gain => {
-            "the vision gain: per item, the model's credit minus its blind control's, so a task's answer prior cancels"
+            "the vision gain (per item, credit minus the blind control's, so a task's answer prior cancels)"
         }
-        VisionMeasure::Accuracy => "accuracy, with the vision gain (credit minus the blind control's) beside it",
+        VisionMeasure::Accuracy => "accuracy (the vision gain, credit minus the blind control's, beside it)",
     }
 }
 
@@ -155,7 +155,7 @@ fn vision_measure(measure: VisionMeasure) -> &'static str {
 fn findings_section(h: &mut String, table: &ResultsTable, findings: &[Finding], protocol: &Protocol) {
     let _ = write!(
         h,
-        "<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Each finding has one primary contrast, fixed in advance, on the vision measure named above ({}). ",
+        "<h2>The paper's findings, checked</h2>\n<p class=\"muted\">Each finding has one primary contrast, fixed in advance, on the vision measure named above: {}. ",
         vision_measure(protocol.verdicts.vision_measure)
     );
     h.push_str("A contrast compares seed-matched runs where both arms have them; \
