@@ -86,6 +86,12 @@ impl AttnShape {
     pub fn probs_len(&self) -> usize {
         self.batch * self.heads * self.seq * self.seq
     }
+
+    /// Indices into the `batch * seq` rows of the `cont` positions that continue row `b` from
+    /// `starts[b]` on, row by row: where [`Device::attention_continuing`]'s queries sit.
+    pub fn continuation_rows(&self, starts: &[usize], cont: usize) -> Vec<usize> {
+        starts.iter().enumerate().flat_map(|(b, &start)| (0..cont).map(move |j| b * self.seq + start + j)).collect()
+    }
 }
 
 /// What a device's attention forward saves for its backward ([`DeviceMemory::saved_attention`]).
@@ -384,12 +390,7 @@ pub trait Device: Clone + Send + Sync {
         let mut saved = self.zeros(self.attention_saved_len(shape));
         let mut whole = self.zeros(shape.rows() * shape.width());
         self.attention_forward(shape, q, k, v, &mut saved, &mut whole);
-        let at: Vec<usize> = starts
-            .iter()
-            .enumerate()
-            .flat_map(|(b, &start)| (0..cont).map(move |j| b * shape.seq + start + j))
-            .collect();
-        self.gather_rows(&whole, &at, out);
+        self.gather_rows(&whole, &shape.continuation_rows(starts, cont), out);
     }
     /// Writes `dq`, `dk`, `dv` from the forward's inputs, its `saved` buffer and its output `out`
     /// (flash attention recomputes the probabilities from the log-sum-exp and needs `out` for the

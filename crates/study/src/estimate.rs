@@ -24,6 +24,7 @@ use vlmix_models::vision::feature_cache::{FeatureCache, CACHE_SUBDIR};
 use crate::config::StudyConfig;
 use crate::plan::{NodeKind, Plan};
 use vlmix_train::schedule::steps_for;
+use vlmix_train::stages::Batching;
 
 /// Largest step (training FLOPs) the probe runs on the full model; beyond it, a reduced copy.
 const FULL_PROBE_FLOPS: f64 = 1e11;
@@ -252,7 +253,7 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
     let mut micro = [1usize; 3];
     let mut all_fit = true;
     for (i, (stage, shape, batching)) in stages.iter().enumerate() {
-        let (batch, requested) = (&batching.batch_size, &batching.micro_batch_size);
+        let Batching { batch_size: batch, micro_batch_size: requested } = *batching;
         let shape = match shape {
             Ok(shape) => shape,
             Err(e) => {
@@ -260,7 +261,7 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
                 continue;
             }
         };
-        match shape.plan(*batch, *requested, available) {
+        match shape.plan(batch, requested, available) {
             Ok(p) => {
                 micro[i] = p.micro_batch;
                 let how = if requested.is_some() { "as configured" } else { "the largest that fits" };
@@ -275,7 +276,7 @@ pub fn print_estimate<D: Device>(dev: &D, config: &StudyConfig, plan: &Plan, lay
             Err(e) => {
                 all_fit = false;
                 println!("  {stage}: DOES NOT FIT: {e:#}");
-                print_breakdown(&shape.breakdown(*batch, requested.unwrap_or(1).min(*batch)));
+                print_breakdown(&shape.breakdown(batch, requested.unwrap_or(1).min(batch)));
             }
         }
     }

@@ -309,8 +309,8 @@ impl Attention {
         assert!(seq <= acts.max_seq && shape.rows() * inner <= dev.len(&acts.q), "attention: acts too small");
         // Continuation positions, each at its prefix's length onwards; the rest of a row is padding
         // after every query of interest, which the causal mask hides.
-        let at: Vec<usize> =
-            prefixes.iter().enumerate().flat_map(|(r, c)| (0..cont).map(move |j| r * seq + c.len + j)).collect();
+        let starts: Vec<usize> = prefixes.iter().map(|c| c.len).collect();
+        let at = shape.continuation_rows(&starts, cont);
         let project = |j: usize| {
             let mut out = dev.zeros(at.len() * inner);
             self.project(dev, p, x, at.len(), j, &mut out);
@@ -341,7 +341,6 @@ impl Attention {
             dev.scatter_rows(&cached.k, &rows, &mut *k);
             dev.scatter_rows(&cached.v, &rows, &mut *v);
         }
-        let starts: Vec<usize> = prefixes.iter().map(|c| c.len).collect();
         let mut continued = dev.zeros(at.len() * inner);
         dev.attention_continuing(shape, &starts, cont, q, k, v, &mut continued);
         self.out_proj().forward(dev, &p.out_proj, &continued, y);
